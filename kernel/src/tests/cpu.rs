@@ -1,0 +1,46 @@
+//! Traps and timer.
+
+use crate::arch;
+use crate::ktest::TestResult;
+
+ktest! {
+    fn breakpoint_is_handled_and_resumed() -> TestResult {
+        let before = arch::breakpoint_count();
+        arch::breakpoint();
+        arch::breakpoint();
+        check_eq!(arch::breakpoint_count(), before + 2);
+        Ok(())
+    }
+}
+
+ktest! {
+    fn timer_interrupts_are_counted() -> TestResult {
+        check!(arch::interrupts_enabled(), "interrupts are on while tests run");
+        let start_ticks = arch::timer_ticks();
+        let start = arch::now_ns();
+        // Ten ticks at 100 Hz is 100 ms; allow a slow emulator five seconds.
+        while arch::timer_ticks() < start_ticks + 10 {
+            check!(arch::now_ns() - start < 5_000_000_000, "timer did not tick 10 times in 5 s");
+            arch::wait_for_interrupt();
+        }
+        let elapsed = arch::now_ns() - start;
+        // The ticks and the clock must agree roughly: 10 ticks cannot take less than 50 ms.
+        check!(elapsed >= 50_000_000, "10 ticks in {} ns: timer or clock is off", elapsed);
+        Ok(())
+    }
+}
+
+ktest! {
+    fn clock_is_monotonic() -> TestResult {
+        let mut last = arch::now_ns();
+        for _ in 0..1000 {
+            let now = arch::now_ns();
+            check!(now >= last, "clock went back from {} to {}", last, now);
+            last = now;
+        }
+        let c0 = arch::cycles();
+        let c1 = arch::cycles();
+        check!(c1 >= c0, "cycle counter went back");
+        Ok(())
+    }
+}

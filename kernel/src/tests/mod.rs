@@ -1,0 +1,4 @@
+//! In-kernel tests: CPU, interrupts, timer, buses.
+
+mod cpu;
+mod selftest;
