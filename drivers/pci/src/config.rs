@@ -1,0 +1,155 @@
+//! Configuration-space access: function addresses, the access trait, and ECAM.
+
+use core::ops::RangeInclusive;
+
+use hal::Mmio;
+
+use crate::PciError;
+use crate::regs::{COMMAND, CONFIG_SPACE_LEN};
+
+/// A function's address on the bus: bus, device (0..32), function (0..8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bdf {
+    bus: u8,
+    dev: u8,
+    func: u8,
+}
+
+impl Bdf {
+    /// The function `bus:dev.func`, or `None` if `dev >= 32` or `func >= 8`.
+    pub const fn try_new(bus: u8, dev: u8, func: u8) -> Option<Bdf> {
+        if dev < 32 && func < 8 { Some(Bdf { bus, dev, func }) } else { None }
+    }
+
+    /// The function `bus:dev.func`; `dev` and `func` are reduced to their 5 and 3 bits.
+    pub const fn new(bus: u8, dev: u8, func: u8) -> Bdf {
+        Bdf { bus, dev: dev & 0x1f, func: func & 0x7 }
+    }
+
+    /// Bus number.
+    pub const fn bus(self) -> u8 {
+        self.bus
+    }
+
+    /// Device number (0..32).
+    pub const fn dev(self) -> u8 {
+        self.dev
+    }
+
+    /// Function number (0..8).
+    pub const fn func(self) -> u8 {
+        self.func
+    }
+
+    /// Offset of this function's 4 KiB in an ECAM window that starts at bus 0:
+    /// `bus << 20 | dev << 15 | func << 12`.
+    pub const fn ecam_offset(self) -> usize {
+        (self.bus as usize) << 20 | (self.dev as usize) << 15 | (self.func as usize) << 12
+    }
+}
+
+/// Reads and writes of configuration registers, 32 bits at a time.
+///
+/// Implemented by [`Ecam`] for real hardware and by device models in tests. Offsets handed to
+/// the implementation are below 4096 and multiples of 4. A read of a function that does not
+/// exist returns all ones; a write to it is dropped.
+///
+/// The crate never writes a 16-bit register by read-modify-write of its dword when the other
+/// half holds write-one-to-clear bits (the status registers): it writes zeros there instead,
+/// so a plain 32-bit store is always correct.
+pub trait ConfigAccess {
+    /// The bus numbers this access method reaches. Enumeration starts at the first and only
+    /// numbers bridges inside the range.
+    fn bus_range(&self) -> RangeInclusive<u8>;
+
+    /// The dword at `off` (a multiple of 4 below 4096) of function `bdf`.
+    fn read32(&self, bdf: Bdf, off: u16) -> u32;
+
+    /// Stores `value` into the dword at `off` of function `bdf`.
+    fn write32(&self, bdf: Bdf, off: u16, value: u32);
+
+    /// The 16 bits at `off` (a multiple of 2).
+    fn read16(&self, bdf: Bdf, off: u16) -> u16 {
+        (self.read32(bdf, off & !3) >> ((off & 2) * 8)) as u16
+    }
+
+    /// The byte at `off`.
+    fn read8(&self, bdf: Bdf, off: u16) -> u8 {
+        (self.read32(bdf, off & !3) >> ((off & 3) * 8)) as u8
+    }
+}
+
+/// Writes the command register; the status half of the dword gets zeros (its bits are
+/// read-only or write-one-to-clear, so zeros leave it untouched).
+pub(crate) fn write_command<C: ConfigAccess + ?Sized>(cfg: &C, bdf: Bdf, cmd: u16) {
+    cfg.write32(bdf, COMMAND, u32::from(cmd));
+}
+
+/// Sets and clears bits of the command register.
+pub(crate) fn update_command<C: ConfigAccess + ?Sized>(cfg: &C, bdf: Bdf, set: u16, clear: u16) {
+    let cmd = cfg.read16(bdf, COMMAND);
+    write_command(cfg, bdf, (cmd & !clear) | set);
+}
+
+/// Replaces the upper 16 bits of the dword at `off` (a capability's control register at
+/// `cap + 2`), keeping the lower half, which there holds the read-only ID and next pointer.
+pub(crate) fn write_upper16<C: ConfigAccess + ?Sized>(cfg: &C, bdf: Bdf, off: u16, value: u16) {
+    let low = cfg.read32(bdf, off) & 0xffff;
+    cfg.write32(bdf, off, low | u32::from(value) << 16);
+}
+
+/// Size of one bus in an ECAM window.
+const ECAM_BUS_SIZE: usize = 1 << 20;
+
+/// PCIe enhanced configuration access: a memory window in which every function has 4 KiB.
+///
+/// On x86_64 the window comes from the ACPI MCFG table (q35: usually `0xb000_0000`), on riscv64
+/// virt from the device tree (`0x3000_0000`, 256 MiB).
+#[derive(Debug)]
+pub struct Ecam {
+    mmio: Mmio,
+    first_bus: u8,
+    last_bus: u8,
+}
+
+impl Ecam {
+    /// Config access over `mmio`, whose offset 0 is the configuration space of bus `first_bus`
+    /// (for an MCFG entry: its base address plus `first_bus << 20`). The window must be a whole
+    /// number of 1 MiB bus slices; buses past 255 are ignored.
+    pub fn new(mmio: Mmio, first_bus: u8) -> Result<Ecam, PciError> {
+        let buses = mmio.len() / ECAM_BUS_SIZE;
+        if buses == 0 || mmio.len() % ECAM_BUS_SIZE != 0 {
+            return Err(PciError::BadEcamWindow);
+        }
+        let last = (usize::from(first_bus) + buses - 1).min(255) as u8;
+        Ok(Ecam { mmio, first_bus, last_bus: last })
+    }
+
+    /// The byte offset of `bdf`'s register `off` in the window, if the bus is covered.
+    fn offset(&self, bdf: Bdf, off: u16) -> Option<usize> {
+        if !(self.first_bus..=self.last_bus).contains(&bdf.bus) || off >= CONFIG_SPACE_LEN {
+            return None;
+        }
+        let rel = Bdf::new(bdf.bus - self.first_bus, bdf.dev, bdf.func);
+        Some(rel.ecam_offset() + usize::from(off & !3))
+    }
+}
+
+impl ConfigAccess for Ecam {
+    fn bus_range(&self) -> RangeInclusive<u8> {
+        self.first_bus..=self.last_bus
+    }
+
+    fn read32(&self, bdf: Bdf, off: u16) -> u32 {
+        match self.offset(bdf, off) {
+            Some(at) => self.mmio.read32(at),
+            None => u32::MAX,
+        }
+    }
+
+    fn write32(&self, bdf: Bdf, off: u16, value: u32) {
+        if let Some(at) = self.offset(bdf, off) {
+            self.mmio.write32(at, value);
+        }
+    }
+}
