@@ -1,0 +1,296 @@
+//! riscv64 support (QEMU `virt` and boards booted by OpenSBI): Sv39 higher-half boot, traps,
+//! SBI timer, PLIC, NS16550 console, device tree discovery, exit through the SiFive test device.
+//!
+//! Memory map once paging is on: physical 0..256 GiB is identity-mapped (devices, RAM, PCI
+//! windows: a buffer's physical address is also a usable pointer), and the kernel image runs at
+//! `KERNEL_OFFSET + physical` (0xffff_ffff_8020_0000 for a load at 0x8020_0000).
+
+mod discover;
+mod entry;
+mod fdt;
+mod plic;
+mod sbi;
+mod trap;
+mod uart;
+
+use crate::boot::BootInfo;
+use core::arch::asm;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use entry::{IDENTITY_LIMIT, KERNEL_OFFSET};
+use hal::{Mmio, MmioMapper, PhysAddr};
+use heapless::Vec;
+use spin::Once;
+
+/// Architecture name, as reported at boot.
+pub const NAME: &str = "riscv64";
+
+const SSTATUS_SIE: usize = 1 << 1;
+/// Where QEMU `virt` has the SiFive test device; used only when there is no device tree.
+const VIRT_TEST_DEVICE: usize = 0x10_0000;
+const TEST_PASS: u32 = 0x5555;
+const TEST_FAIL: u32 = 0x3333;
+const DEFAULT_TIMEBASE: u64 = 10_000_000;
+const CMDLINE_MAX: usize = 512;
+
+static TIMEBASE: AtomicU64 = AtomicU64::new(DEFAULT_TIMEBASE);
+static TEST_DEVICE: AtomicUsize = AtomicUsize::new(VIRT_TEST_DEVICE);
+static CMDLINE: Once<heapless::String<CMDLINE_MAX>> = Once::new();
+/// Device register windows the MMIO mapper hands out: `(base, size)`.
+static WINDOWS: Once<Vec<(u64, u64), 16>> = Once::new();
+
+/// Rust entry from `entry.rs`: paging is on, we run in the higher half on the boot stack with
+/// BSS cleared and the FPU on; interrupts are off.
+#[unsafe(no_mangle)]
+extern "C" fn riscv64_entry(hart: usize, dtb: usize) -> ! {
+    trap::init();
+    let fdt = device_tree(dtb);
+    let board = fdt.as_ref().map(|f| discover::board(f, hart));
+
+    if let Some(u) = board.as_ref().and_then(|b| b.uart.as_ref())
+        && u.base < IDENTITY_LIMIT
+    {
+        // SAFETY: the device tree names this NS16550 as the console; it is identity-mapped
+        // (below `IDENTITY_LIMIT`) and only the console code touches it.
+        unsafe { uart::init(u.base as usize, u.shift, u.clock) };
+    }
+    if let Some(tb) = board.as_ref().and_then(|b| b.timebase).filter(|&t| t > 0) {
+        TIMEBASE.store(tb, Ordering::Relaxed);
+    }
+    match board.as_ref().map(|b| b.test_device) {
+        Some(Some(base)) if base < IDENTITY_LIMIT => {
+            TEST_DEVICE.store(base as usize, Ordering::Relaxed);
+        }
+        Some(_) => TEST_DEVICE.store(0, Ordering::Relaxed), // a board without one
+        None => {}                                          // no tree: assume QEMU virt
+    }
+    if let Some(p) = board.as_ref().and_then(|b| b.plic.as_ref())
+        && p.base < IDENTITY_LIMIT
+    {
+        // SAFETY: the device tree describes this PLIC with `sources` sources and names
+        // `context` as this hart's S-mode context; it is identity-mapped.
+        unsafe { plic::init(p.base as usize, p.context, p.sources) };
+    }
+    // SAFETY: enabling the timer and external interrupt sources in `sie` only lets them be taken
+    // once `sstatus.SIE` is set; the trap vector is installed.
+    unsafe {
+        asm!("csrs sie, {}", in(reg) trap::SIE_STIE | trap::SIE_SEIE, options(nomem, nostack))
+    };
+
+    let mut info = BootInfo {
+        cmdline: "",
+        firmware: sbi::implementation(),
+        pci: None,
+        virtio_mmio: Vec::new(),
+    };
+    let mut windows: Vec<(u64, u64), 16> = Vec::new();
+    if let Some(b) = board {
+        let mut line = heapless::String::new();
+        for c in b.cmdline.chars() {
+            if line.push(c).is_err() {
+                break;
+            }
+        }
+        info.cmdline = CMDLINE.call_once(|| line).as_str();
+        for d in &b.virtio_mmio {
+            let _ = windows.push((d.base, d.size));
+        }
+        if let Some(pci) = &b.pci {
+            let _ = windows.push((pci.ecam_base, pci.ecam_size));
+            let _ = windows.push(pci.mmio32);
+            let _ = pci.mmio64.map(|w| windows.push(w));
+            let _ = pci.io.map(|w| windows.push(w));
+        }
+        info.virtio_mmio = b.virtio_mmio;
+        info.pci = b.pci;
+    }
+    WINDOWS.call_once(|| windows);
+    crate::kmain(info)
+}
+
+/// The device tree at physical `dtb`, if there is a valid one.
+fn device_tree(dtb: usize) -> Option<fdt::Fdt<'static>> {
+    if dtb == 0 || !dtb.is_multiple_of(8) || dtb as u64 + 8 > IDENTITY_LIMIT {
+        return None;
+    }
+    // SAFETY: the firmware passed `dtb` as the device tree's physical address; RAM is
+    // identity-mapped, and the first 8 bytes (magic, size) are read before trusting more.
+    let header = unsafe { core::slice::from_raw_parts(dtb as *const u8, 8) };
+    let size = fdt::Fdt::total_size(header)?;
+    if size > (4 << 20) || dtb as u64 + size as u64 > IDENTITY_LIMIT {
+        return None;
+    }
+    // SAFETY: the header says the blob is `size` bytes; firmware placed it in RAM (mapped, see
+    // above) and reserved it, and nothing in the kernel writes there (the kernel only uses its
+    // own statics), so it stays valid and unchanged for the whole run.
+    let blob = unsafe { core::slice::from_raw_parts(dtb as *const u8, size) };
+    fdt::Fdt::new(blob)
+}
+
+/// Sends raw bytes to the serial console (polling); usable anywhere, interrupts on or off.
+pub fn console_write(bytes: &[u8]) {
+    uart::write_bytes(bytes);
+}
+
+/// Ends the run: QEMU exits with status 0 (`success`) or 1.
+pub fn exit(success: bool) -> ! {
+    interrupts_disable();
+    let dev = TEST_DEVICE.load(Ordering::Relaxed);
+    if dev != 0 {
+        let v = if success {
+            TEST_PASS
+        } else {
+            1 << 16 | TEST_FAIL
+        };
+        // SAFETY: `dev` is the identity-mapped SiFive test device (from the device tree, or
+        // QEMU virt's fixed address when booted without one); a 32-bit write to its only
+        // register ends the emulation.
+        unsafe { (dev as *mut u32).write_volatile(v) };
+    }
+    sbi::system_reset(!success);
+    loop {
+        // SAFETY: `wfi` only idles the hart; with interrupts off it stays here.
+        unsafe { asm!("wfi", options(nomem, nostack)) };
+    }
+}
+
+/// Lets interrupts be taken (`sstatus.SIE`).
+pub fn interrupts_enable() {
+    // SAFETY: the trap vector and its handlers are installed before `kmain` runs.
+    unsafe { asm!("csrs sstatus, {}", in(reg) SSTATUS_SIE, options(nomem, nostack)) };
+}
+
+/// Masks interrupts.
+pub fn interrupts_disable() {
+    // SAFETY: clearing `sstatus.SIE` only defers interrupts. The memory clobber (no `nomem`)
+    // keeps the compiler from moving memory accesses out of a section this starts.
+    unsafe { asm!("csrc sstatus, {}", in(reg) SSTATUS_SIE, options(nostack)) };
+}
+
+/// Whether interrupts can be taken now.
+pub fn interrupts_enabled() -> bool {
+    let s: usize;
+    // SAFETY: reading `sstatus` has no side effects.
+    unsafe { asm!("csrr {}, sstatus", out(reg) s, options(nomem, nostack)) };
+    s & SSTATUS_SIE != 0
+}
+
+/// Runs `f` with interrupts masked, then restores the previous state.
+pub fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
+    let was_on = interrupts_enabled();
+    interrupts_disable();
+    let r = f();
+    if was_on {
+        interrupts_enable();
+    }
+    r
+}
+
+/// Sleeps until an interrupt arrives and has been handled, then restores the previous
+/// interrupt state. Call with interrupts off after checking for work to close the race: `wfi`
+/// wakes on a pending interrupt even with `sstatus.SIE` clear, which is then taken here.
+pub fn wait_for_interrupt() {
+    let was_on = interrupts_enabled();
+    interrupts_disable();
+    let seen = trap::interrupts_taken();
+    while trap::interrupts_taken() == seen {
+        // SAFETY: `wfi` idles until an interrupt is pending; enabling SIE right after takes it
+        // (the handler is installed), and SIE is masked again before the check.
+        unsafe {
+            asm!("wfi", "csrs sstatus, {sie}", "csrc sstatus, {sie}", sie = in(reg) SSTATUS_SIE,
+                 options(nostack));
+        }
+    }
+    if was_on {
+        interrupts_enable();
+    }
+}
+
+/// Executes `ebreak`; the trap handler counts it and resumes after it.
+pub fn breakpoint() {
+    // SAFETY: the breakpoint exception is handled by the trap handler, which steps over the
+    // instruction and returns with every register restored.
+    unsafe { asm!("ebreak", options(nostack)) };
+}
+
+/// Breakpoints handled so far.
+pub fn breakpoint_count() -> u64 {
+    trap::breakpoints()
+}
+
+/// Starts the periodic timer interrupt at `hz` ticks a second (0 stops it).
+pub fn timer_start(hz: u32) {
+    let period = if hz == 0 {
+        0
+    } else {
+        (TIMEBASE.load(Ordering::Relaxed) / u64::from(hz)).max(1)
+    };
+    trap::timer_start(period);
+}
+
+/// Timer interrupts taken so far.
+pub fn timer_ticks() -> u64 {
+    trap::ticks()
+}
+
+/// The `time` CSR (ticks at the device tree's timebase frequency).
+fn timer_now() -> u64 {
+    let t: u64;
+    // SAFETY: reading `time` has no side effects (OpenSBI lets S-mode read it).
+    unsafe { asm!("rdtime {}", out(reg) t, options(nomem, nostack)) };
+    t
+}
+
+/// Nanoseconds since the machine started.
+pub fn now_ns() -> u64 {
+    let t = timer_now();
+    let f = TIMEBASE.load(Ordering::Relaxed);
+    (t / f) * 1_000_000_000 + (t % f) * 1_000_000_000 / f
+}
+
+/// A fine-grained counter for cost figures: the `time` CSR (`cycle` may trap in S-mode).
+pub fn cycles() -> u64 {
+    timer_now()
+}
+
+/// Physical address of a kernel address: statics in the higher half, identity below.
+pub fn virt_to_phys(virt: usize) -> u64 {
+    if virt >= KERNEL_OFFSET {
+        (virt - KERNEL_OFFSET) as u64
+    } else {
+        virt as u64
+    }
+}
+
+/// Index of this CPU (one hart for now).
+pub fn cpu_id() -> usize {
+    0
+}
+
+/// The PLIC.
+pub fn irq_chip() -> &'static dyn hal::irq::IrqChip {
+    &plic::PLIC
+}
+
+struct Mapper;
+
+impl MmioMapper for Mapper {
+    fn map(&self, phys: PhysAddr, len: usize) -> Option<Mmio> {
+        let end = phys.0.checked_add(len as u64)?;
+        if end > IDENTITY_LIMIT {
+            return None;
+        }
+        let inside = |&(base, size): &(u64, u64)| phys.0 >= base && end <= base + size;
+        WINDOWS.get()?.iter().any(inside).then(|| {
+            // SAFETY: 1. the range lies in a device window from the device tree (virtio-mmio
+            // slot, PCI ECAM or a PCI host window), identity-mapped by the boot page table;
+            // devices there take naturally aligned volatile accesses. 2. `MmioMapper` callers
+            // (bus code) only map what they assigned or read from the device, one owner each.
+            unsafe { Mmio::new(phys.0 as usize, phys, len) }
+        })
+    }
+}
+
+/// Identity mapper for the device windows the device tree lists.
+pub fn mmio_mapper() -> &'static dyn MmioMapper {
+    &Mapper
+}
