@@ -1,0 +1,266 @@
+//! x86_64: PVH / Multiboot2 boot, identity paging, GDT/TSS/IDT, LAPIC + IOAPIC, MSI, TSC clock,
+//! COM1 console, ACPI discovery of the PCI ECAM, isa-debug-exit.
+//!
+//! Boot order: `_start32` (entry.rs) reaches long mode and calls [`x86_64_entry`], which sets
+//! up the console, descriptor tables, stack guard, interrupt controllers and clocks, reads the
+//! hand-over and ACPI, and calls `crate::kmain` with interrupts disabled.
+
+mod acpi;
+mod apic;
+mod entry;
+mod gdt;
+mod handoff;
+mod paging;
+mod port;
+mod serial;
+mod time;
+mod trap;
+
+use crate::boot::{BootInfo, IntxMap, PciHost};
+use core::arch::asm;
+use hal::{Mmio, MmioMapper, PhysAddr};
+use spin::Once;
+
+/// Architecture name.
+pub const NAME: &str = "x86_64";
+
+/// Device hole below 4 GiB: PCI BARs, IOAPIC, HPET, LAPIC, firmware ROM. Mapped uncached.
+const DEVICE_HOLE: (u64, u64) = (0xC000_0000, 1 << 32);
+/// Where q35's ECAM sits when ACPI has no MCFG.
+const Q35_ECAM_BASE: u64 = 0xB000_0000;
+/// Port space handed to the PCI code for I/O BARs.
+const PCI_IO_WINDOW: (u64, u64) = (0xC000, 0x4000);
+/// isa-debug-exit port (QEMU `-device isa-debug-exit,iobase=0xf4`).
+const DEBUG_EXIT_PORT: u16 = 0xF4;
+const RFLAGS_IF: u64 = 1 << 9;
+
+/// The PCI ECAM window found at boot (base, size), mappable through [`mmio_mapper`].
+static ECAM_WINDOW: Once<(u64, u64)> = Once::new();
+
+/// Rust entry from `_start32`, in long mode on the boot stack with `.bss` cleared.
+#[unsafe(no_mangle)]
+extern "C" fn x86_64_entry(magic: u32, info: u32) -> ! {
+    serial::init();
+    // SAFETY: the boot CPU is the only one running, interrupts are off and this runs once:
+    // the descriptor tables and page tables are not in use by anything else.
+    unsafe {
+        gdt::init();
+        trap::init();
+        paging::unmap_stack_guard();
+    }
+    apic::init();
+    time::calibrate();
+    let handoff = handoff::parse(magic, info);
+    let acpi = acpi::discover(handoff.rsdp);
+    if let Some(ioapic) = acpi
+        .ioapic
+        .filter(|&a| a != apic::DEFAULT_IOAPIC && in_device_hole(a, 0x20))
+    {
+        apic::ioapic_init(ioapic);
+    }
+    let pci = pci_host(acpi.ecam);
+    let boot_info = BootInfo {
+        cmdline: handoff.cmdline,
+        firmware: handoff.protocol,
+        pci,
+        virtio_mmio: heapless::Vec::new(),
+    };
+    crate::kmain(boot_info)
+}
+
+fn in_device_hole(base: u64, len: u64) -> bool {
+    base >= DEVICE_HOLE.0
+        && base
+            .checked_add(len)
+            .is_some_and(|end| end <= DEVICE_HOLE.1)
+}
+
+/// Builds the PCI host description from the MCFG (or q35's fixed ECAM if a device answers
+/// there), marks the ECAM uncached and picks the 32-bit BAR window.
+fn pci_host(ecam: Option<(u64, u8, u8)>) -> Option<PciHost> {
+    let (base, bus_start, bus_end) = match ecam {
+        Some(e) => e,
+        None if q35_ecam_answers() => (Q35_ECAM_BASE, 0, 255),
+        None => return None,
+    };
+    // The window as it lies in memory: bus `bus_start` first.
+    let ecam_base = base + (u64::from(bus_start) << 20);
+    let ecam_size = (u64::from(bus_end) - u64::from(bus_start) + 1) << 20;
+    if ecam_base
+        .checked_add(ecam_size)
+        .is_none_or(|end| end > 1 << 32)
+    {
+        return None;
+    }
+    if !in_device_hole(ecam_base, ecam_size) {
+        // SAFETY: boot CPU, nothing else touches the page tables; the ECAM is device memory
+        // (firmware reserves it), and it lies far above the kernel image and its stack guard.
+        unsafe { paging::set_uncached(ecam_base, ecam_size) };
+    }
+    ECAM_WINDOW.call_once(|| (ecam_base, ecam_size));
+    Some(PciHost {
+        ecam_base,
+        ecam_size,
+        bus_start,
+        bus_end,
+        mmio32: mmio32_window(ecam_base, ecam_size),
+        mmio64: None,
+        io: Some(PCI_IO_WINDOW),
+        intx: IntxMap::default(),
+    })
+}
+
+/// Whether function 00:00.0 of q35's default ECAM has a plausible vendor id.
+fn q35_ecam_answers() -> bool {
+    // SAFETY: 0xB000_0000 is mapped (identity, below 4 GiB); on q35 it is the ECAM, elsewhere
+    // an unclaimed bus address, where a read returns all ones without side effects.
+    let vendor = unsafe { core::ptr::read_volatile(Q35_ECAM_BASE as *const u16) };
+    vendor != 0xFFFF && vendor != 0
+}
+
+/// The 32-bit BAR window: from the device hole's start to the IOAPIC, minus the ECAM.
+fn mmio32_window(ecam_base: u64, ecam_size: u64) -> (u64, u64) {
+    let (mut start, end) = (DEVICE_HOLE.0, apic::DEFAULT_IOAPIC);
+    let ecam_end = ecam_base + ecam_size;
+    if ecam_base < end && ecam_end > start {
+        // Keep the larger piece on either side of the ECAM.
+        if ecam_base.saturating_sub(start) >= end.saturating_sub(ecam_end) {
+            return (start, ecam_base - start);
+        }
+        start = ecam_end;
+    }
+    (start, end - start)
+}
+
+/// Writes `bytes` to COM1 by polling. Usable anywhere, interrupts on or off.
+pub fn console_write(bytes: &[u8]) {
+    serial::write(bytes);
+}
+
+/// Ends the run: QEMU exits with 33 (success) or 35 (failure) through isa-debug-exit;
+/// elsewhere the CPU halts.
+pub fn exit(success: bool) -> ! {
+    port::outb(DEBUG_EXIT_PORT, if success { 0x10 } else { 0x11 });
+    loop {
+        // SAFETY: disabling interrupts and halting only stops this CPU.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
+/// Enables interrupts.
+pub fn interrupts_enable() {
+    // SAFETY: the IDT is loaded before kmain runs, so every vector has a handler.
+    unsafe { asm!("sti", options(nomem, nostack)) };
+}
+
+/// Disables interrupts.
+pub fn interrupts_disable() {
+    // SAFETY: masking interrupts cannot break memory safety.
+    unsafe { asm!("cli", options(nomem, nostack)) };
+}
+
+/// Whether interrupts are enabled.
+pub fn interrupts_enabled() -> bool {
+    let flags: u64;
+    // SAFETY: reads RFLAGS through the stack (push, then pop into a register).
+    unsafe { asm!("pushfq", "pop {}", out(reg) flags, options(nomem, preserves_flags)) };
+    flags & RFLAGS_IF != 0
+}
+
+/// Runs `f` with interrupts disabled, restoring the previous state afterwards.
+pub fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
+    let was_enabled = interrupts_enabled();
+    if was_enabled {
+        interrupts_disable();
+    }
+    let result = f();
+    if was_enabled {
+        interrupts_enable();
+    }
+    result
+}
+
+/// Enables interrupts and halts until one has been handled (`sti; hlt` cannot lose a wake-up:
+/// `sti` takes effect after the next instruction), then restores the previous interrupt state.
+pub fn wait_for_interrupt() {
+    let was_enabled = interrupts_enabled();
+    // SAFETY: as in `interrupts_enable`; the handler runs between `sti` and the return from
+    // `hlt`. No `nomem`: handlers change memory, so this is a compiler barrier.
+    unsafe { asm!("sti", "hlt", options(nostack)) };
+    if !was_enabled {
+        interrupts_disable();
+    }
+}
+
+/// Executes `int3`; the handler counts it and resumes after it.
+pub fn breakpoint() {
+    // SAFETY: the #BP handler only increments a counter and returns.
+    unsafe { asm!("int3", options(nostack)) };
+}
+
+/// Breakpoints taken so far.
+pub fn breakpoint_count() -> u64 {
+    trap::breakpoint_count()
+}
+
+/// Starts the periodic LAPIC timer at `hz` interrupts per second (0 stops it).
+pub fn timer_start(hz: u32) {
+    apic::timer_start(hz);
+}
+
+/// Timer interrupts taken so far.
+pub fn timer_ticks() -> u64 {
+    trap::timer_ticks()
+}
+
+/// Monotonic nanoseconds since boot (TSC, calibrated against the PIT).
+pub fn now_ns() -> u64 {
+    time::now_ns()
+}
+
+/// The time-stamp counter.
+pub fn cycles() -> u64 {
+    time::rdtsc()
+}
+
+/// Physical address of a kernel virtual address (identity map).
+pub fn virt_to_phys(virt: usize) -> u64 {
+    virt as u64
+}
+
+/// Index of the running CPU (only the boot CPU runs).
+pub fn cpu_id() -> usize {
+    0
+}
+
+/// The LAPIC/IOAPIC interrupt controller; interrupt numbers are vectors.
+pub fn irq_chip() -> &'static dyn hal::irq::IrqChip {
+    &apic::CHIP
+}
+
+/// Identity mapper for device windows: the device hole below 4 GiB and the PCI ECAM.
+struct IdentityMapper;
+
+static MAPPER: IdentityMapper = IdentityMapper;
+
+impl MmioMapper for IdentityMapper {
+    fn map(&self, phys: PhysAddr, len: usize) -> Option<Mmio> {
+        let (base, len64) = (phys.as_u64(), len as u64);
+        let end = base.checked_add(len64)?;
+        let in_ecam = ECAM_WINDOW
+            .get()
+            .is_some_and(|&(b, s)| base >= b && end <= b + s);
+        if !(in_device_hole(base, len64) || in_ecam) {
+            return None;
+        }
+        // SAFETY: the range is identity-mapped and uncached (device hole, or the ECAM marked
+        // uncached at boot); the `MmioMapper` contract makes the caller ask only for ranges that
+        // belong to devices.
+        Some(unsafe { Mmio::new(base as usize, phys, len) })
+    }
+}
+
+/// The device-window mapper for bus code.
+pub fn mmio_mapper() -> &'static dyn MmioMapper {
+    &MAPPER
+}

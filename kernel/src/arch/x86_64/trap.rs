@@ -1,0 +1,305 @@
+//! The IDT, the entry stubs of all 256 vectors and the common trap handler.
+//!
+//! Every vector has a 16-byte stub that pushes a zero error code (unless the CPU pushed one),
+//! then the vector number, and jumps to `x86_trap_common`, which saves the general registers
+//! and calls [`x86_trap`] with a pointer to the [`TrapFrame`]. Vectors:
+//!
+//! | vectors      | use                                                        |
+//! |--------------|------------------------------------------------------------|
+//! | 0..=31       | CPU exceptions: #BP is counted and resumed, others are fatal |
+//! | 32..=47      | the (masked) 8259 PICs: only spurious interrupts can arrive |
+//! | 48..=223     | MSI, handed out by `alloc_msi`                             |
+//! | 224..=247    | IOAPIC pins 0..=23                                         |
+//! | 254          | LAPIC timer                                                |
+//! | 255          | LAPIC spurious                                             |
+
+use super::{apic, gdt};
+use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Size of each entry stub (the IDT points at `x86_trap_stubs + 16 * vector`).
+const STUB_SIZE: u64 = 16;
+
+global_asm!(
+    ".section .text.traps, \"ax\"",
+    ".balign 16",
+    ".global x86_trap_stubs",
+    "x86_trap_stubs:",
+    ".set vector, 0",
+    ".rept 256",
+    ".balign 16",
+    // Exceptions with a CPU-pushed error code: #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP, #VC, #SX.
+    ".if (vector == 8) || (vector == 10) || (vector == 11) || (vector == 12) || (vector == 13) || (vector == 14) || (vector == 17) || (vector == 21) || (vector == 29) || (vector == 30)",
+    ".else",
+    "pushq $0",
+    ".endif",
+    "pushq $vector",
+    "jmp x86_trap_common",
+    ".set vector, vector + 1",
+    ".endr",
+    "",
+    "x86_trap_common:",
+    "pushq %rax",
+    "pushq %rbx",
+    "pushq %rcx",
+    "pushq %rdx",
+    "pushq %rsi",
+    "pushq %rdi",
+    "pushq %rbp",
+    "pushq %r8",
+    "pushq %r9",
+    "pushq %r10",
+    "pushq %r11",
+    "pushq %r12",
+    "pushq %r13",
+    "pushq %r14",
+    "pushq %r15",
+    // The CPU aligned RSP to 16 before pushing its 5-word frame; with the error code, vector and
+    // 15 registers the total is 22 words, so RSP is 16-byte aligned here as the ABI wants.
+    "movq %rsp, %rdi",
+    "cld",
+    "call x86_trap",
+    "popq %r15",
+    "popq %r14",
+    "popq %r13",
+    "popq %r12",
+    "popq %r11",
+    "popq %r10",
+    "popq %r9",
+    "popq %r8",
+    "popq %rbp",
+    "popq %rdi",
+    "popq %rsi",
+    "popq %rdx",
+    "popq %rcx",
+    "popq %rbx",
+    "popq %rax",
+    "addq $16, %rsp",
+    "iretq",
+    ".text",
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static x86_trap_stubs: u8;
+}
+
+/// What the stubs and the CPU leave on the stack.
+#[repr(C)]
+#[derive(Debug)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// One 16-byte interrupt gate.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Gate {
+    offset_low: u16,
+    selector: u16,
+    ist: u8,
+    attributes: u8,
+    offset_mid: u16,
+    offset_high: u32,
+    reserved: u32,
+}
+
+const GATE_INTERRUPT: u8 = 0x8E; // present, DPL 0, 64-bit interrupt gate
+
+#[repr(C, align(16))]
+struct Idt([Gate; 256]);
+
+static mut IDT: Idt = Idt([Gate {
+    offset_low: 0,
+    selector: 0,
+    ist: 0,
+    attributes: 0,
+    offset_mid: 0,
+    offset_high: 0,
+    reserved: 0,
+}; 256]);
+
+#[repr(C, packed(2))]
+struct DescriptorPointer {
+    limit: u16,
+    base: u64,
+}
+
+pub const VECTOR_BREAKPOINT: u64 = 3;
+pub const VECTOR_DOUBLE_FAULT: u64 = 8;
+pub const VECTOR_PAGE_FAULT: u64 = 14;
+pub const VECTOR_PIC_FIRST: u64 = 32;
+pub const VECTOR_PIC_LAST: u64 = 47;
+pub const VECTOR_MSI_FIRST: u32 = 48;
+pub const VECTOR_MSI_LAST: u32 = 223;
+pub const VECTOR_IOAPIC_FIRST: u32 = 224;
+pub const VECTOR_IOAPIC_LAST: u32 = 247;
+pub const VECTOR_TIMER: u64 = 254;
+pub const VECTOR_SPURIOUS: u64 = 255;
+
+static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
+static TICKS: AtomicU64 = AtomicU64::new(0);
+static SPURIOUS: AtomicU64 = AtomicU64::new(0);
+
+/// Breakpoints taken so far.
+pub fn breakpoint_count() -> u64 {
+    BREAKPOINTS.load(Ordering::Relaxed)
+}
+
+/// Timer interrupts taken so far.
+pub fn timer_ticks() -> u64 {
+    TICKS.load(Ordering::Relaxed)
+}
+
+/// Fills and loads the IDT.
+///
+/// # Safety
+/// Boot CPU only, once, after [`gdt::init`] (the double-fault gate uses its IST slot).
+pub unsafe fn init() {
+    // Defined by the global_asm above: only its address is taken.
+    let stubs = (&raw const x86_trap_stubs) as u64;
+    let idt = &raw mut IDT;
+    for vector in 0..256u64 {
+        let handler = stubs + vector * STUB_SIZE;
+        let ist = if vector == VECTOR_DOUBLE_FAULT {
+            gdt::DOUBLE_FAULT_IST
+        } else {
+            0
+        };
+        let gate = Gate {
+            offset_low: handler as u16,
+            selector: gdt::KERNEL_CS,
+            ist,
+            attributes: GATE_INTERRUPT,
+            offset_mid: (handler >> 16) as u16,
+            offset_high: (handler >> 32) as u32,
+            reserved: 0,
+        };
+        // SAFETY: `vector < 256`; boot CPU only and the IDT is not loaded yet.
+        unsafe { (*idt).0[vector as usize] = gate };
+    }
+    let pointer = DescriptorPointer {
+        limit: (size_of::<Idt>() - 1) as u16,
+        base: idt as u64,
+    };
+    // SAFETY: the IDT is a static that lives forever and every gate points at a stub in
+    // `x86_trap_stubs` with the kernel code selector.
+    unsafe { asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags)) };
+}
+
+/// Names of the architectural exceptions.
+fn exception_name(vector: u64) -> &'static str {
+    match vector {
+        0 => "divide error",
+        1 => "debug",
+        2 => "NMI",
+        3 => "breakpoint",
+        4 => "overflow",
+        5 => "bound range exceeded",
+        6 => "invalid opcode",
+        7 => "device not available",
+        8 => "double fault",
+        9 => "coprocessor segment overrun",
+        10 => "invalid TSS",
+        11 => "segment not present",
+        12 => "stack-segment fault",
+        13 => "general protection",
+        14 => "page fault",
+        16 => "x87 floating-point",
+        17 => "alignment check",
+        18 => "machine check",
+        19 => "SIMD floating-point",
+        20 => "virtualization",
+        21 => "control protection",
+        28 => "hypervisor injection",
+        29 => "VMM communication",
+        30 => "security",
+        _ => "reserved",
+    }
+}
+
+fn read_cr2() -> u64 {
+    let cr2: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
+    cr2
+}
+
+/// Reports a fatal exception and ends the run with failure.
+fn fatal_exception(frame: &TrapFrame) -> ! {
+    let name = exception_name(frame.vector);
+    if frame.vector == VECTOR_PAGE_FAULT {
+        defmt::error!(
+            "exception {=u64} ({=str}): error {=u64:#x} rip {=u64:#x} rsp {=u64:#x} cr2 {=u64:#x}",
+            frame.vector,
+            name,
+            frame.error,
+            frame.rip,
+            frame.rsp,
+            read_cr2()
+        );
+    } else {
+        defmt::error!(
+            "exception {=u64} ({=str}): error {=u64:#x} rip {=u64:#x} rsp {=u64:#x}",
+            frame.vector,
+            name,
+            frame.error,
+            frame.rip,
+            frame.rsp
+        );
+    }
+    if frame.vector == VECTOR_DOUBLE_FAULT {
+        defmt::error!("double fault: probably a kernel stack overflow");
+    }
+    super::exit(false)
+}
+
+/// Called by `x86_trap_common` for every vector, with interrupts off.
+#[unsafe(no_mangle)]
+extern "C" fn x86_trap(frame: &mut TrapFrame) {
+    let vector = frame.vector;
+    match vector {
+        VECTOR_BREAKPOINT => {
+            // `int3` is a trap: RIP already points after it, so returning resumes.
+            BREAKPOINTS.fetch_add(1, Ordering::Relaxed);
+        }
+        0..=31 => fatal_exception(frame),
+        VECTOR_PIC_FIRST..=VECTOR_PIC_LAST => {
+            // The PICs are masked: only their spurious IRQ 7/15 can get here, which need no EOI.
+            SPURIOUS.fetch_add(1, Ordering::Relaxed);
+        }
+        VECTOR_TIMER => {
+            TICKS.fetch_add(1, Ordering::Relaxed);
+            apic::eoi();
+        }
+        VECTOR_SPURIOUS => {
+            // LAPIC spurious interrupts must not be acknowledged.
+            SPURIOUS.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {
+            hal::irq::dispatch(vector as u32);
+            apic::eoi();
+        }
+    }
+}
