@@ -1,1 +1,421 @@
-fn main() {}
+//! `cargo xtask`: build, boot and test the storage stack.
+
+mod boot;
+mod console;
+mod guest;
+mod host;
+mod ktest;
+mod profile;
+mod workspace;
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use boot::{Accel, BootSpec, Limits, Verbosity};
+use ktest::{Problem, Verdict};
+use profile::{Arch, Disk, Profile};
+use workspace::{BuildProfile, Kernel};
+
+/// Developer front door of the storage stack: builds the kernel, boots it in QEMU, runs the tests.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the kernel and boot it in QEMU with a live, decoded console; exits with the
+    /// kernel's status.
+    Run(RunArgs),
+    /// Run the host tests, then the in-kernel suite on every matching QEMU profile; ends with
+    /// one line `N passed, N failed`.
+    Test(TestArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Guest architecture.
+    #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+    arch: Arch,
+    /// Disk controller to attach.
+    #[arg(long, value_enum, default_value_t = Disk::None)]
+    disk: Disk,
+    /// Boot this profile from qemu/ (file stem, e.g. riscv64-virtio-mmio) instead of choosing
+    /// by --arch and --disk.
+    #[arg(long, conflicts_with_all = ["arch", "disk"])]
+    profile: Option<String>,
+    /// QEMU accelerator.
+    #[arg(long, value_enum, default_value_t = Accel::Tcg)]
+    accel: Accel,
+    /// Start QEMU halted with a gdb server on :1234 and print how to attach.
+    #[arg(long)]
+    gdb: bool,
+    #[command(flatten)]
+    build: BuildArgs,
+    /// Arguments passed to QEMU unchanged (after `--`).
+    #[arg(last = true)]
+    qemu_args: Vec<String>,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Only profiles of this architecture.
+    #[arg(long, value_enum)]
+    arch: Option<Arch>,
+    /// Only profiles with this disk controller (includes profiles not in the default set).
+    #[arg(long, value_enum)]
+    disk: Option<Disk>,
+    /// Only this profile from qemu/.
+    #[arg(long, conflicts_with_all = ["arch", "disk"])]
+    profile: Option<String>,
+    /// QEMU accelerator.
+    #[arg(long, value_enum, default_value_t = Accel::Tcg)]
+    accel: Accel,
+    /// Add a deliberately failing or hanging test to the suite; the run must then fail.
+    #[arg(long, value_enum)]
+    selftest: Option<SelfTest>,
+    /// Skip the host tests.
+    #[arg(long)]
+    no_host: bool,
+    /// Print the whole kernel console, not only the test results.
+    #[arg(long, short)]
+    verbose: bool,
+    #[command(flatten)]
+    build: BuildArgs,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Build the kernel with the release profile (the default).
+    #[arg(long, conflicts_with = "debug")]
+    release: bool,
+    /// Build the kernel with the dev profile.
+    #[arg(long)]
+    debug: bool,
+}
+
+impl BuildArgs {
+    fn profile(&self) -> BuildProfile {
+        if self.debug {
+            BuildProfile::Debug
+        } else {
+            BuildProfile::Release
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SelfTest {
+    Fail,
+    Hang,
+}
+
+impl SelfTest {
+    fn word(self) -> &'static str {
+        match self {
+            SelfTest::Fail => "selftest=fail",
+            SelfTest::Hang => "selftest=hang",
+        }
+    }
+
+    fn test_name(self) -> &'static str {
+        match self {
+            SelfTest::Fail => "selftest_fail",
+            SelfTest::Hang => "selftest_hang",
+        }
+    }
+}
+
+/// Per-test limit while a deliberately hanging test is in the suite.
+const HANG_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run(args) => run(args),
+        Cmd::Test(args) => test(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn profiles() -> Result<Vec<Profile>> {
+    profile::load_all(&workspace::root().join("qemu"))
+}
+
+fn by_name(all: &[Profile], name: &str) -> Result<Profile> {
+    match all.iter().find(|p| p.name == name) {
+        Some(p) => Ok(p.clone()),
+        None => {
+            let names: Vec<_> = all.iter().map(|p| p.name.as_str()).collect();
+            bail!("no profile {name:?} in qemu/ (have: {})", names.join(", "))
+        }
+    }
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let all = profiles()?;
+    let profile = match &args.profile {
+        Some(name) => by_name(&all, name)?,
+        None => profile::select_for_run(&all, args.arch, args.disk)?,
+    };
+    workspace::ensure_toolchain(&[profile.arch])?;
+    workspace::ensure_qemu(&[profile.arch])?;
+    let kernel = workspace::build_kernel(profile.arch, args.build.profile(), &profile.features)?;
+    let image = boot::image_path(&profile, false);
+    if let (Some(path), Some(spec)) = (&image, &profile.image) {
+        workspace::prepare_image(path, spec.size_mib, false)?;
+    }
+    let spec = BootSpec {
+        profile: &profile,
+        kernel: &kernel,
+        accel: args.accel,
+        words: vec!["mode=run".into()],
+        gdb: args.gdb,
+        extra: args.qemu_args,
+        image,
+    };
+    let code = boot::run(&spec)?;
+    Ok(match code {
+        Some(c) if c == profile.exit.success => ExitCode::SUCCESS,
+        Some(c) if c == profile.exit.failure => {
+            eprintln!("the kernel reported failure");
+            ExitCode::FAILURE
+        }
+        Some(c) => {
+            eprintln!("QEMU exited with status {c}");
+            ExitCode::from(u8::try_from(c).unwrap_or(1).max(1))
+        }
+        None => {
+            eprintln!("QEMU was killed by a signal");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// Totals for the final line.
+#[derive(Debug, Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    skipped: usize,
+}
+
+impl Tally {
+    fn add(&mut self, verdict: &Verdict) {
+        self.passed += verdict.passed.len();
+        self.failed += verdict.failures();
+        self.skipped += verdict.skipped.len();
+    }
+
+    fn summary(&self) -> String {
+        let mut line = format!("{} passed, {} failed", self.passed, self.failed);
+        if self.skipped > 0 {
+            line.push_str(&format!(", {} skipped", self.skipped));
+        }
+        line
+    }
+}
+
+fn test(args: TestArgs) -> Result<ExitCode> {
+    let all = profiles()?;
+    let selected = match &args.profile {
+        Some(name) => vec![by_name(&all, name)?],
+        None => profile::select_for_test(&all, args.arch, args.disk),
+    };
+    if selected.is_empty() {
+        bail!("no QEMU profile matches the filters");
+    }
+    let mut tally = Tally::default();
+
+    if !args.no_host {
+        println!("== host tests");
+        let host = host::run()?;
+        tally.passed += host.passed;
+        tally.failed += host.failed;
+        tally.skipped += host.ignored;
+    }
+
+    let mut arches: Vec<Arch> = selected.iter().map(|p| p.arch).collect();
+    arches.sort();
+    arches.dedup();
+    workspace::ensure_toolchain(&arches)?;
+    workspace::ensure_qemu(&arches)?;
+
+    let build = args.build.profile();
+    let mut kernels: HashMap<(Arch, Vec<String>), Result<Kernel, String>> = HashMap::new();
+    let verbosity = if args.verbose {
+        Verbosity::Console
+    } else {
+        Verbosity::Tests
+    };
+    let logs = workspace::target_dir().join("qemu").join("logs");
+
+    for profile in &selected {
+        let label = &profile.name;
+        println!("== {label}: {}", profile.description);
+        let kernel = kernels
+            .entry((profile.arch, profile.features.clone()))
+            .or_insert_with(|| {
+                workspace::build_kernel(profile.arch, build, &profile.features)
+                    .map_err(|e| format!("{e:#}"))
+            });
+        let kernel = match kernel {
+            Ok(k) => &*k,
+            Err(e) => {
+                println!("[{label}] FAIL build: {e}");
+                tally.failed += 1;
+                continue;
+            }
+        };
+        let mut words = test_words(profile);
+        let mut limits = Limits {
+            timeout: Duration::from_secs(profile.timeout),
+            test_timeout: Duration::from_secs(profile.test_timeout),
+        };
+        if let Some(selftest) = args.selftest {
+            words.push(selftest.word().into());
+            if selftest == SelfTest::Hang {
+                limits.test_timeout = limits.test_timeout.min(HANG_TIMEOUT);
+            }
+        }
+        let started = Instant::now();
+        let spec = test_spec(profile, kernel, args.accel, words)?;
+        let verdict = boot::test(&spec, limits, verbosity, &logs.join(format!("{label}.log")))?;
+        println!(
+            "[{label}] {} passed, {} failed, {} skipped in {:.1}s",
+            verdict.passed.len(),
+            verdict.failures(),
+            verdict.skipped.len(),
+            started.elapsed().as_secs_f64()
+        );
+        tally.add(&verdict);
+    }
+
+    // Prove that the harness notices a failing and a hanging test.
+    let base = selected.iter().find(|p| p.name == "x86_64");
+    if let (None, Some(profile)) = (args.selftest, base) {
+        let key = (profile.arch, profile.features.clone());
+        if let Some(Ok(kernel)) = kernels.get(&key) {
+            for selftest in [SelfTest::Fail, SelfTest::Hang] {
+                let caught = self_check(profile, kernel, args.accel, selftest, &logs)?;
+                let label = &profile.name;
+                match caught {
+                    Ok(what) => {
+                        println!(
+                            "[{label}] ok   harness catches {} ({what})",
+                            selftest.word()
+                        );
+                        tally.passed += 1;
+                    }
+                    Err(what) => {
+                        println!(
+                            "[{label}] FAIL harness self-check {}: {what}",
+                            selftest.word()
+                        );
+                        tally.failed += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    println!("{}", tally.summary());
+    Ok(if tally.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn test_words(profile: &Profile) -> Vec<String> {
+    let mut words = vec!["mode=test".to_owned()];
+    words.extend(profile.expect_pci_word());
+    words
+}
+
+fn test_spec<'a>(
+    profile: &'a Profile,
+    kernel: &'a Kernel,
+    accel: Accel,
+    words: Vec<String>,
+) -> Result<BootSpec<'a>> {
+    let image = boot::image_path(profile, true);
+    if let (Some(path), Some(spec)) = (&image, &profile.image) {
+        workspace::prepare_image(path, spec.size_mib, true)
+            .with_context(|| format!("disk image for {}", profile.name))?;
+    }
+    Ok(BootSpec {
+        profile,
+        kernel,
+        accel,
+        words,
+        gdb: false,
+        extra: Vec::new(),
+        image,
+    })
+}
+
+/// Boots with a deliberately failing or hanging test and checks that the harness reports
+/// exactly that. `Ok` carries what was caught, `Err` what happened instead.
+fn self_check(
+    profile: &Profile,
+    kernel: &Kernel,
+    accel: Accel,
+    selftest: SelfTest,
+    logs: &std::path::Path,
+) -> Result<Result<String, String>> {
+    let mut words = test_words(profile);
+    words.push(selftest.word().into());
+    let limits = Limits {
+        timeout: Duration::from_secs(profile.timeout),
+        test_timeout: HANG_TIMEOUT,
+    };
+    let log = logs.join(format!("{}-{}.log", profile.name, selftest.test_name()));
+    let spec = test_spec(profile, kernel, accel, words)?;
+    let verdict = boot::test(&spec, limits, Verbosity::Quiet, &log)?;
+    let name = selftest.test_name();
+    let caught = match selftest {
+        SelfTest::Fail => verdict
+            .failed
+            .iter()
+            .find(|(test, _)| test == name)
+            .filter(|_| verdict.problems.is_empty())
+            .map(|(test, reason)| format!("FAIL {test}: {reason}")),
+        SelfTest::Hang => verdict
+            .problems
+            .iter()
+            .find(|p| matches!(p, Problem::Timeout { test: Some(t), .. } if t == name))
+            .map(ToString::to_string),
+    };
+    Ok(caught.ok_or_else(|| {
+        let mut seen: Vec<String> = verdict
+            .failed
+            .iter()
+            .map(|(t, r)| format!("FAIL {t}: {r}"))
+            .collect();
+        seen.extend(verdict.problems.iter().map(ToString::to_string));
+        if seen.is_empty() {
+            seen.push(format!(
+                "{} tests passed and nothing failed",
+                verdict.passed.len()
+            ));
+        }
+        format!(
+            "expected {name} to be caught, saw: {} (log: {})",
+            seen.join("; "),
+            log.display()
+        )
+    }))
+}

@@ -1,0 +1,416 @@
+//! QEMU profiles: one TOML file per architecture and disk controller in `qemu/`.
+//!
+//! A profile is data only. xtask adds what every boot needs (`-serial stdio`, `-kernel`,
+//! `-append`, the accelerator, gdb flags); the profile names the machine, its devices, its drives
+//! and what the in-kernel test suite should find.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::ValueEnum;
+use serde::Deserialize;
+
+/// A guest architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    #[value(name = "x86_64")]
+    X86_64,
+    Riscv64,
+}
+
+impl Arch {
+    /// The Rust target the kernel is built for.
+    pub fn triple(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-unknown-none",
+            Arch::Riscv64 => "riscv64gc-unknown-none-elf",
+        }
+    }
+
+    pub fn qemu_binary(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Riscv64 => "qemu-system-riscv64",
+        }
+    }
+
+    pub fn gdb(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "gdb",
+            Arch::Riscv64 => "gdb-multiarch",
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Riscv64 => "riscv64",
+        })
+    }
+}
+
+/// The disk controller a profile attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Disk {
+    None,
+    Virtio,
+    Ahci,
+    Nvme,
+}
+
+impl fmt::Display for Disk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Disk::None => "none",
+            Disk::Virtio => "virtio",
+            Disk::Ahci => "ahci",
+            Disk::Nvme => "nvme",
+        })
+    }
+}
+
+/// QEMU exit statuses that mean the kernel reported success or failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitCodes {
+    pub success: i32,
+    pub failure: i32,
+}
+
+/// A disk image xtask creates for the `{image}` placeholder.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// Size of the raw image in MiB.
+    pub size_mib: u64,
+}
+
+/// One `qemu/<name>.toml` file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// File stem, e.g. `x86_64-virtio`; used as the label of every output line.
+    #[serde(skip)]
+    pub name: String,
+    pub description: String,
+    pub arch: Arch,
+    pub disk: Disk,
+    /// Machine, memory, firmware and display arguments, one option with its value per entry.
+    pub machine: Vec<String>,
+    /// Devices (exit device, PCI test devices, disk controllers).
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Block backends; may use `{image}`.
+    #[serde(default)]
+    pub drives: Vec<String>,
+    /// Present when the drives use `{image}`.
+    pub image: Option<ImageSpec>,
+    /// PCI `vendor:device` pairs (hex) the test suite must find.
+    #[serde(default)]
+    pub expect_pci: Vec<String>,
+    /// Extra kernel command-line words, in every mode.
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+    /// Cargo features of the kernel build.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// Seconds a whole test boot may take before the guest is killed.
+    pub timeout: u64,
+    /// Seconds one in-kernel test may run before the guest is killed.
+    pub test_timeout: u64,
+    pub exit: ExitCodes,
+    /// Whether `cargo xtask test` boots this profile without an explicit `--disk`.
+    #[serde(default = "yes")]
+    pub test: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Values substituted into profile arguments.
+#[derive(Debug, Default)]
+pub struct Placeholders {
+    pub image: Option<PathBuf>,
+}
+
+const PLACEHOLDERS: &[&str] = &["image"];
+
+impl Profile {
+    pub fn parse(name: &str, text: &str) -> Result<Profile> {
+        let mut profile: Profile = toml::from_str(text)?;
+        profile.name = name.to_owned();
+        profile.validate()?;
+        Ok(profile)
+    }
+
+    fn validate(&self) -> Result<()> {
+        for pair in &self.expect_pci {
+            parse_pci_id(pair)?;
+        }
+        let mut uses_image = false;
+        for arg in self.all_args() {
+            for key in placeholders_in(arg)? {
+                ensure!(
+                    PLACEHOLDERS.contains(&key),
+                    "unknown placeholder {{{key}}} in {arg:?} (known: {PLACEHOLDERS:?})"
+                );
+                uses_image |= key == "image";
+            }
+        }
+        ensure!(
+            uses_image == self.image.is_some(),
+            "a profile has an [image] table exactly when its arguments use {{image}}"
+        );
+        ensure!(
+            self.timeout > 0 && self.test_timeout > 0,
+            "timeouts must be positive"
+        );
+        for word in &self.cmdline {
+            ensure!(
+                !word.is_empty() && !word.contains(char::is_whitespace),
+                "cmdline entries are single words: {word:?}"
+            );
+        }
+        Ok(())
+    }
+
+    fn all_args(&self) -> impl Iterator<Item = &String> {
+        self.machine.iter().chain(&self.devices).chain(&self.drives)
+    }
+
+    /// The profile's QEMU arguments with placeholders filled in. Each entry is split on
+    /// whitespace before substitution, so substituted paths may contain spaces.
+    pub fn qemu_args(&self, values: &Placeholders) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in self.all_args() {
+            for word in entry.split_whitespace() {
+                out.push(substitute(word, values)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `expect_pci=VVVV:DDDD,...`, or nothing when the profile expects no devices.
+    pub fn expect_pci_word(&self) -> Option<String> {
+        if self.expect_pci.is_empty() {
+            None
+        } else {
+            Some(format!("expect_pci={}", self.expect_pci.join(",")))
+        }
+    }
+}
+
+fn parse_pci_id(pair: &str) -> Result<(u16, u16)> {
+    let parse = || {
+        let (vendor, device) = pair.split_once(':')?;
+        if vendor.len() != 4 || device.len() != 4 {
+            return None;
+        }
+        Some((
+            u16::from_str_radix(vendor, 16).ok()?,
+            u16::from_str_radix(device, 16).ok()?,
+        ))
+    };
+    parse().with_context(|| format!("expect_pci entry {pair:?} is not VVVV:DDDD in hex"))
+}
+
+fn placeholders_in(arg: &str) -> Result<Vec<&str>> {
+    let mut keys = Vec::new();
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            bail!("unclosed '{{' in {arg:?}");
+        };
+        keys.push(&rest[open + 1..open + close]);
+        rest = &rest[open + close + 1..];
+    }
+    Ok(keys)
+}
+
+fn substitute(word: &str, values: &Placeholders) -> Result<String> {
+    let mut out = word.to_owned();
+    for key in placeholders_in(word)? {
+        let value = match key {
+            "image" => values
+                .image
+                .as_deref()
+                .context("the profile uses {image} but no image was prepared")?
+                .to_str()
+                .context("image path is not UTF-8")?
+                .to_owned(),
+            other => bail!("unknown placeholder {{{other}}}"),
+        };
+        out = out.replace(&format!("{{{key}}}"), &value);
+    }
+    Ok(out)
+}
+
+/// Every profile in `dir`, sorted by name.
+pub fn load_all(dir: &Path) -> Result<Vec<Profile>> {
+    let mut found = BTreeMap::new();
+    let entries = fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_none_or(|ext| ext != "toml") {
+            continue;
+        }
+        let name = path
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .context("profile file name is not UTF-8")?
+            .to_owned();
+        let text = fs::read_to_string(&path)?;
+        let profile =
+            Profile::parse(&name, &text).with_context(|| format!("in {}", path.display()))?;
+        found.insert(name, profile);
+    }
+    Ok(found.into_values().collect())
+}
+
+/// Profiles a `test` run boots: all that match the filters; without `--disk`, only those
+/// marked `test = true`.
+pub fn select_for_test(all: &[Profile], arch: Option<Arch>, disk: Option<Disk>) -> Vec<Profile> {
+    all.iter()
+        .filter(|p| arch.is_none_or(|a| p.arch == a))
+        .filter(|p| match disk {
+            Some(d) => p.disk == d,
+            None => p.test,
+        })
+        .cloned()
+        .collect()
+}
+
+/// The profile a `run` boots: the first (by name) matching arch and disk.
+pub fn select_for_run(all: &[Profile], arch: Arch, disk: Disk) -> Result<Profile> {
+    let matching: Vec<_> = all
+        .iter()
+        .filter(|p| p.arch == arch && p.disk == disk)
+        .collect();
+    match matching.first() {
+        Some(first) => {
+            if matching.len() > 1 {
+                let others: Vec<_> = matching[1..].iter().map(|p| p.name.as_str()).collect();
+                eprintln!(
+                    "note: using profile {} (also matching: {}; pick one with --profile)",
+                    first.name,
+                    others.join(", ")
+                );
+            }
+            Ok((*first).clone())
+        }
+        None => {
+            let names: Vec<_> = all
+                .iter()
+                .filter(|p| p.arch == arch)
+                .map(|p| format!("{} (disk {})", p.name, p.disk))
+                .collect();
+            bail!(
+                "no profile in qemu/ for {arch} with disk {disk}; available for {arch}: {}",
+                names.join(", ")
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+        description = "sample"
+        arch = "riscv64"
+        disk = "virtio"
+        machine = ["-machine virt", "-m 128M"]
+        devices = ["-device virtio-blk-device,drive=d0"]
+        drives = ["-drive if=none,id=d0,format=raw,file={image}"]
+        image = { size_mib = 16 }
+        expect_pci = ["1234:11e8", "1b36:0008"]
+        cmdline = ["log=debug"]
+        timeout = 300
+        test_timeout = 60
+        exit = { success = 0, failure = 1 }
+    "#;
+
+    #[test]
+    fn parses_and_substitutes() {
+        let p = Profile::parse("riscv64-virtio-mmio", SAMPLE).unwrap();
+        assert_eq!(p.arch, Arch::Riscv64);
+        assert!(p.test);
+        let values = Placeholders {
+            image: Some(PathBuf::from("/tmp/a b/disk.img")),
+        };
+        let args = p.qemu_args(&values).unwrap();
+        assert_eq!(args[..4], ["-machine", "virt", "-m", "128M"]);
+        assert_eq!(
+            args.last().unwrap(),
+            "if=none,id=d0,format=raw,file=/tmp/a b/disk.img"
+        );
+        assert_eq!(
+            p.expect_pci_word().unwrap(),
+            "expect_pci=1234:11e8,1b36:0008"
+        );
+    }
+
+    #[test]
+    fn missing_image_is_an_error() {
+        let p = Profile::parse("x", SAMPLE).unwrap();
+        assert!(p.qemu_args(&Placeholders::default()).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_profiles() {
+        let bad_pci = SAMPLE.replace("1b36:0008", "1b36-0008");
+        assert!(Profile::parse("x", &bad_pci).is_err());
+        let unknown = SAMPLE.replace("{image}", "{disk}");
+        assert!(Profile::parse("x", &unknown).is_err());
+        let no_image_table = SAMPLE.replace("image = { size_mib = 16 }", "");
+        assert!(Profile::parse("x", &no_image_table).is_err());
+        let typo = SAMPLE.replace("test_timeout", "test_timout");
+        assert!(Profile::parse("x", &typo).is_err());
+    }
+
+    #[test]
+    fn repository_profiles_are_valid() {
+        let dir = crate::workspace::root().join("qemu");
+        let all = load_all(&dir).unwrap();
+        for arch in [Arch::X86_64, Arch::Riscv64] {
+            let base = select_for_run(&all, arch, Disk::None).unwrap();
+            assert_eq!(base.name, arch.to_string());
+            assert!(base.test);
+        }
+        for p in &all {
+            assert!(
+                p.name.starts_with(&p.arch.to_string()),
+                "{} is named after its arch",
+                p.name
+            );
+        }
+    }
+
+    #[test]
+    fn selection() {
+        let a = Profile::parse("riscv64-virtio-mmio", SAMPLE).unwrap();
+        let mut b = a.clone();
+        b.name = "riscv64-virtio-pci".into();
+        b.test = false;
+        let all = vec![a, b];
+        assert_eq!(
+            select_for_run(&all, Arch::Riscv64, Disk::Virtio)
+                .unwrap()
+                .name,
+            "riscv64-virtio-mmio"
+        );
+        assert!(select_for_run(&all, Arch::X86_64, Disk::Virtio).is_err());
+        assert_eq!(select_for_test(&all, None, None).len(), 1);
+        assert_eq!(select_for_test(&all, None, Some(Disk::Virtio)).len(), 2);
+        assert_eq!(select_for_test(&all, Some(Arch::X86_64), None).len(), 0);
+    }
+}

@@ -1,0 +1,222 @@
+//! The workspace on disk: where things are, the tools it needs, and the kernel build.
+
+use std::env;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail, ensure};
+use defmt_decoder::{Locations, Table};
+
+use crate::profile::Arch;
+
+/// The workspace root (the parent of `xtask/`).
+pub fn root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// The default cargo target directory of the workspace.
+pub fn target_dir() -> PathBuf {
+    root().join("target")
+}
+
+/// The cargo that runs us, so the pinned toolchain is used for everything.
+pub fn cargo() -> Command {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root());
+    cmd
+}
+
+const COMPONENTS: [&str; 2] = ["rust-src", "llvm-tools"];
+
+/// Adds missing rustup targets for `arches` and the components the kernel build needs.
+pub fn ensure_toolchain(arches: &[Arch]) -> Result<()> {
+    let Some(targets) = rustup_list(&["target", "list", "--installed"]) else {
+        eprintln!("note: rustup not found; assuming the bare-metal targets are installed");
+        return Ok(());
+    };
+    let missing: Vec<&str> = arches
+        .iter()
+        .map(|a| a.triple())
+        .filter(|t| !targets.iter().any(|have| have == t))
+        .collect();
+    if !missing.is_empty() {
+        rustup(&[&["target", "add"][..], &missing].concat())?;
+    }
+    let components = rustup_list(&["component", "list", "--installed"]).unwrap_or_default();
+    let missing: Vec<&str> = COMPONENTS
+        .into_iter()
+        .filter(|c| !components.iter().any(|have| have.starts_with(c)))
+        .collect();
+    if !missing.is_empty() {
+        rustup(&[&["component", "add"][..], &missing].concat())?;
+    }
+    Ok(())
+}
+
+fn rustup_list(args: &[&str]) -> Option<Vec<String>> {
+    let out = Command::new("rustup")
+        .args(args)
+        .current_dir(root())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .collect()
+    })
+}
+
+fn rustup(args: &[&str]) -> Result<()> {
+    eprintln!("running: rustup {}", args.join(" "));
+    let status = Command::new("rustup")
+        .args(args)
+        .current_dir(root())
+        .status()?;
+    ensure!(status.success(), "rustup {} failed", args.join(" "));
+    Ok(())
+}
+
+/// The Debian command that installs both QEMU system emulators.
+pub const QEMU_INSTALL: &str =
+    "apt-get update && apt-get install -y --no-install-recommends qemu-system-x86 qemu-system-misc";
+
+/// Makes sure the QEMU binaries for `arches` run; installs them as root on Debian.
+pub fn ensure_qemu(arches: &[Arch]) -> Result<()> {
+    let missing = |arches: &[Arch]| -> Vec<&'static str> {
+        arches
+            .iter()
+            .map(|a| a.qemu_binary())
+            .filter(|bin| {
+                Command::new(bin)
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_err()
+            })
+            .collect()
+    };
+    let absent = missing(arches);
+    if absent.is_empty() {
+        return Ok(());
+    }
+    let debian = Path::new("/etc/debian_version").exists();
+    if debian && is_root() {
+        eprintln!("{} missing; running: {QEMU_INSTALL}", absent.join(", "));
+        let status = Command::new("sh").args(["-c", QEMU_INSTALL]).status()?;
+        ensure!(status.success(), "installing QEMU failed: {QEMU_INSTALL}");
+        let still = missing(arches);
+        ensure!(
+            still.is_empty(),
+            "still missing after install: {}",
+            still.join(", ")
+        );
+        return Ok(());
+    }
+    bail!(
+        "{} not found. Install QEMU{}:\n    {QEMU_INSTALL}",
+        absent.join(", "),
+        if debian {
+            " as root"
+        } else {
+            " (Debian command shown)"
+        }
+    )
+}
+
+fn is_root() -> bool {
+    // Uid line of /proc/self/status: real, effective, saved, filesystem.
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+            Some(line.split_whitespace().nth(2)? == "0")
+        })
+        .unwrap_or(false)
+}
+
+/// Optimisation of the kernel build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BuildProfile {
+    Release,
+    Debug,
+}
+
+/// A built kernel and what the console needs to decode its logs.
+pub struct Kernel {
+    pub elf: PathBuf,
+    pub table: Option<Table>,
+    pub locations: Option<Locations>,
+}
+
+/// Builds the `kernel` package for `arch` into the workspace's `target/`.
+pub fn build_kernel(arch: Arch, build: BuildProfile, features: &[String]) -> Result<Kernel> {
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--package",
+        "kernel",
+        "--bin",
+        "kernel",
+        "--target",
+    ])
+    .arg(arch.triple())
+    .arg("--target-dir")
+    .arg(target_dir())
+    .env_remove("CARGO_TARGET_DIR");
+    if build == BuildProfile::Release {
+        cmd.arg("--release");
+    }
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
+    }
+    let status = cmd.status().context("running cargo build")?;
+    ensure!(status.success(), "building the kernel for {arch} failed");
+
+    let dir = match build {
+        BuildProfile::Release => "release",
+        BuildProfile::Debug => "debug",
+    };
+    let elf = target_dir().join(arch.triple()).join(dir).join("kernel");
+    let bytes = fs::read(&elf).with_context(|| format!("reading {}", elf.display()))?;
+    let table = Table::parse(&bytes)
+        .with_context(|| format!("reading the defmt table of {}", elf.display()))?;
+    let locations = match &table {
+        Some(table) => match table.get_locations(&bytes) {
+            Ok(locs) if !locs.is_empty() => Some(locs),
+            Ok(_) => None,
+            Err(e) => {
+                eprintln!("note: no source locations for log lines: {e}");
+                None
+            }
+        },
+        None => {
+            eprintln!("note: the kernel has no .defmt section; showing its output as text");
+            None
+        }
+    };
+    Ok(Kernel {
+        elf,
+        table,
+        locations,
+    })
+}
+
+/// Creates (or, with `fresh`, recreates) a zero-filled raw image of `size_mib` MiB.
+pub fn prepare_image(path: &Path, size_mib: u64, fresh: bool) -> Result<()> {
+    if path.exists() && !fresh {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    file.set_len(size_mib * 1024 * 1024)?;
+    Ok(())
+}
