@@ -75,6 +75,11 @@ impl Plic {
         super::without_interrupts(|| {
             let v = self.read(word);
             self.write(word, if on { v | bit } else { v & !bit });
+            // QEMU's PLIC re-evaluates its outputs on a threshold write but not on an enable
+            // write: without this, a source already pending when enabled (a level interrupt
+            // raised before its driver was ready) would never be signalled.
+            let threshold = self.context_reg(THRESHOLD);
+            self.write(threshold, self.read(threshold));
         });
     }
 }
