@@ -5,8 +5,8 @@ use hal::PhysAddr;
 use crate::PciError;
 use crate::config::{Bdf, ConfigAccess};
 use crate::regs::{
-    BAR_IO, BAR_MEM_PREFETCH, BAR_MEM_TYPE_1M, BAR_MEM_TYPE_32, BAR_MEM_TYPE_64,
-    BAR_MEM_TYPE_MASK, BAR0,
+    BAR_IO, BAR_MEM_PREFETCH, BAR_MEM_TYPE_1M, BAR_MEM_TYPE_32, BAR_MEM_TYPE_64, BAR_MEM_TYPE_MASK,
+    BAR0,
 };
 
 /// Most BARs a header has (type 0: six, type 1: two).
@@ -113,7 +113,11 @@ pub(crate) fn probe<C: ConfigAccess + ?Sized>(
             addr_mask |= 0xffff_0000;
         }
         let size = 1u64 << addr_mask.trailing_zeros();
-        return Probe::Request(BarRequest { kind: BarKind::Io, prefetchable: false, size });
+        return Probe::Request(BarRequest {
+            kind: BarKind::Io,
+            prefetchable: false,
+            size,
+        });
     }
 
     let prefetchable = original & BAR_MEM_PREFETCH != 0;
@@ -124,7 +128,11 @@ pub(crate) fn probe<C: ConfigAccess + ?Sized>(
                 return Probe::Unused;
             }
             let size = 1u64 << addr_mask.trailing_zeros();
-            Probe::Request(BarRequest { kind: BarKind::Mem32, prefetchable, size })
+            Probe::Request(BarRequest {
+                kind: BarKind::Mem32,
+                prefetchable,
+                size,
+            })
         }
         BAR_MEM_TYPE_64 => {
             if index + 1 >= slots {
@@ -139,7 +147,11 @@ pub(crate) fn probe<C: ConfigAccess + ?Sized>(
                 return Probe::Unused;
             }
             let size = 1u64 << addr_mask.trailing_zeros();
-            Probe::Request(BarRequest { kind: BarKind::Mem64, prefetchable, size })
+            Probe::Request(BarRequest {
+                kind: BarKind::Mem64,
+                prefetchable,
+                size,
+            })
         }
         _ => Probe::Invalid,
     }

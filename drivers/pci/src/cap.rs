@@ -57,7 +57,12 @@ impl Capabilities {
 ///
 /// Pointers are dword-aligned (the low two bits are reserved and ignored) and must lie in
 /// 0x40..0x100; every dword may be visited once, which bounds the walk to 48 steps.
-pub(crate) fn walk<C: ConfigAccess + ?Sized>(cfg: &C, bdf: Bdf, status: u16, ptr_reg: u16) -> Capabilities {
+pub(crate) fn walk<C: ConfigAccess + ?Sized>(
+    cfg: &C,
+    bdf: Bdf,
+    status: u16,
+    ptr_reg: u16,
+) -> Capabilities {
     let mut caps = Capabilities::default();
     if status & STATUS_CAP_LIST == 0 {
         return caps;
@@ -76,7 +81,10 @@ pub(crate) fn walk<C: ConfigAccess + ?Sized>(cfg: &C, bdf: Bdf, status: u16, ptr
             caps.truncated = true;
             break;
         }
-        let cap = Capability { id: header as u8, offset: ptr };
+        let cap = Capability {
+            id: header as u8,
+            offset: ptr,
+        };
         if caps.entries.push(cap).is_err() {
             caps.truncated = true;
             break;

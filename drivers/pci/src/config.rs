@@ -18,12 +18,20 @@ pub struct Bdf {
 impl Bdf {
     /// The function `bus:dev.func`, or `None` if `dev >= 32` or `func >= 8`.
     pub const fn try_new(bus: u8, dev: u8, func: u8) -> Option<Bdf> {
-        if dev < 32 && func < 8 { Some(Bdf { bus, dev, func }) } else { None }
+        if dev < 32 && func < 8 {
+            Some(Bdf { bus, dev, func })
+        } else {
+            None
+        }
     }
 
     /// The function `bus:dev.func`; `dev` and `func` are reduced to their 5 and 3 bits.
     pub const fn new(bus: u8, dev: u8, func: u8) -> Bdf {
-        Bdf { bus, dev: dev & 0x1f, func: func & 0x7 }
+        Bdf {
+            bus,
+            dev: dev & 0x1f,
+            func: func & 0x7,
+        }
     }
 
     /// Bus number.
@@ -118,11 +126,15 @@ impl Ecam {
     /// number of 1 MiB bus slices; buses past 255 are ignored.
     pub fn new(mmio: Mmio, first_bus: u8) -> Result<Ecam, PciError> {
         let buses = mmio.len() / ECAM_BUS_SIZE;
-        if buses == 0 || mmio.len() % ECAM_BUS_SIZE != 0 {
+        if buses == 0 || !mmio.len().is_multiple_of(ECAM_BUS_SIZE) {
             return Err(PciError::BadEcamWindow);
         }
         let last = (usize::from(first_bus) + buses - 1).min(255) as u8;
-        Ok(Ecam { mmio, first_bus, last_bus: last })
+        Ok(Ecam {
+            mmio,
+            first_bus,
+            last_bus: last,
+        })
     }
 
     /// The byte offset of `bdf`'s register `off` in the window, if the bus is covered.

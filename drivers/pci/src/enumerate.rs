@@ -57,7 +57,11 @@ impl<'a, C: ConfigAccess + ?Sized, const N: usize> Scan<'a, '_, C, N> {
             let funcs = if multi { 8 } else { 1 };
             let path = IntxPath {
                 root_dev: Some(path.root_dev.unwrap_or(dev)),
-                swizzle: if path.root_dev.is_some() { path.swizzle.wrapping_add(dev) } else { 0 },
+                swizzle: if path.root_dev.is_some() {
+                    path.swizzle.wrapping_add(dev)
+                } else {
+                    0
+                },
             };
             for func in 0..funcs {
                 let bdf = Bdf::new(bus, dev, func);
@@ -104,7 +108,11 @@ impl<'a, C: ConfigAccess + ?Sized, const N: usize> Scan<'a, '_, C, N> {
         }
 
         let status = cfg.read16(bdf, COMMAND + 2);
-        let caps = if slots > 0 { cap::walk(cfg, bdf, status, CAP_PTR) } else { Default::default() };
+        let caps = if slots > 0 {
+            cap::walk(cfg, bdf, status, CAP_PTR)
+        } else {
+            Default::default()
+        };
         let function = PciFunction {
             cfg,
             bdf,
@@ -150,7 +158,11 @@ impl<'a, C: ConfigAccess + ?Sized, const N: usize> Scan<'a, '_, C, N> {
         self.scan_bus(secondary, Some(index as u16), path);
         let subordinate = self.next_bus;
         cfg.write32(bdf, BUS_NUMBERS, numbers(subordinate));
-        self.list[index].bridge = Some(BridgeInfo { secondary, subordinate, ..BridgeInfo::default() });
+        self.list[index].bridge = Some(BridgeInfo {
+            secondary,
+            subordinate,
+            ..BridgeInfo::default()
+        });
     }
 }
 
@@ -177,7 +189,14 @@ pub fn enumerate_into<'a, C: ConfigAccess + ?Sized, const N: usize>(
         next_bus: first,
         report: ScanReport::default(),
     };
-    scan.scan_bus(first, None, IntxPath { root_dev: None, swizzle: 0 });
+    scan.scan_bus(
+        first,
+        None,
+        IntxPath {
+            root_dev: None,
+            swizzle: 0,
+        },
+    );
     let mut report = scan.report;
     resource::assign(out, windows);
     report.failed_bars = out

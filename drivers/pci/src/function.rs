@@ -7,8 +7,8 @@ use crate::bar::{Bar, BarRequest, BarSlot, MAX_BARS};
 use crate::cap::{self, Capabilities};
 use crate::config::{self, Bdf, ConfigAccess, Ecam};
 use crate::regs::{
-    CMD_BUS_MASTER, CMD_INTX_DISABLE, CMD_IO, CMD_MEMORY, COMMAND, CAP_ID_MSI, CAP_ID_MSIX,
-    CAP_ID_PCIE, CAP_ID_PM, HEADER_MULTI_FUNCTION, HEADER_TYPE_MASK, PM_CTRL, PM_PME_STATUS,
+    CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_PCIE, CAP_ID_PM, CMD_BUS_MASTER, CMD_INTX_DISABLE, CMD_IO,
+    CMD_MEMORY, COMMAND, HEADER_MULTI_FUNCTION, HEADER_TYPE_MASK, PM_CTRL, PM_PME_STATUS,
     PM_STATE_MASK,
 };
 use crate::resource::Need;

@@ -7,7 +7,7 @@ use crate::config::{self, Bdf, ConfigAccess, Ecam};
 use crate::function::PciFunction;
 use crate::regs::{
     CMD_INTX_DISABLE, MSI_ADDR_HI, MSI_ADDR_LO, MSI_CTRL_64BIT, MSI_CTRL_ENABLE,
-    MSI_CTRL_MME_MASK, MSI_CTRL_MMC_SHIFT, MSI_CTRL_PER_VECTOR_MASK, MSI_DATA_32, MSI_DATA_64,
+    MSI_CTRL_MMC_SHIFT, MSI_CTRL_MME_MASK, MSI_CTRL_PER_VECTOR_MASK, MSI_DATA_32, MSI_DATA_64,
     MSI_MASK_32, MSI_MASK_64, MSI_PENDING_32, MSI_PENDING_64, MSIX_BIR_MASK, MSIX_CTRL_ENABLE,
     MSIX_CTRL_FUNCTION_MASK, MSIX_CTRL_TABLE_SIZE, MSIX_ENTRY_ADDR_HI, MSIX_ENTRY_ADDR_LO,
     MSIX_ENTRY_CTRL, MSIX_ENTRY_DATA, MSIX_ENTRY_MASKED, MSIX_ENTRY_SIZE, MSIX_PBA, MSIX_TABLE,
@@ -30,15 +30,30 @@ pub struct MsiInfo {
 
 impl MsiInfo {
     fn data_offset(&self) -> u16 {
-        u16::from(self.offset) + if self.addr64 { MSI_DATA_64 } else { MSI_DATA_32 }
+        u16::from(self.offset)
+            + if self.addr64 {
+                MSI_DATA_64
+            } else {
+                MSI_DATA_32
+            }
     }
 
     fn mask_offset(&self) -> u16 {
-        u16::from(self.offset) + if self.addr64 { MSI_MASK_64 } else { MSI_MASK_32 }
+        u16::from(self.offset)
+            + if self.addr64 {
+                MSI_MASK_64
+            } else {
+                MSI_MASK_32
+            }
     }
 
     fn pending_offset(&self) -> u16 {
-        u16::from(self.offset) + if self.addr64 { MSI_PENDING_64 } else { MSI_PENDING_32 }
+        u16::from(self.offset)
+            + if self.addr64 {
+                MSI_PENDING_64
+            } else {
+                MSI_PENDING_32
+            }
     }
 }
 
@@ -154,11 +169,24 @@ impl<C: ConfigAccess + ?Sized> PciFunction<'_, C> {
         let pba_len = usize::from(entries).div_ceil(64) * 8;
         let table = self.map_msix_part(mapper, u16::from(cap) + MSIX_TABLE, table_len)?;
         let pba = self.map_msix_part(mapper, u16::from(cap) + MSIX_PBA, pba_len)?;
-        Ok(MsixTable { cfg: self.cfg, bdf: self.bdf, cap, msi: self.msi_offset(), entries, table, pba })
+        Ok(MsixTable {
+            cfg: self.cfg,
+            bdf: self.bdf,
+            cap,
+            msi: self.msi_offset(),
+            entries,
+            table,
+            pba,
+        })
     }
 
     /// Maps `len` bytes at the BAR and offset that the register at `reg` names.
-    fn map_msix_part(&self, mapper: &dyn MmioMapper, reg: u16, len: usize) -> Result<Mmio, PciError> {
+    fn map_msix_part(
+        &self,
+        mapper: &dyn MmioMapper,
+        reg: u16,
+        len: usize,
+    ) -> Result<Mmio, PciError> {
         let raw = self.cfg.read32(self.bdf, reg);
         let bir = (raw & MSIX_BIR_MASK) as usize;
         let offset = u64::from(raw & !MSIX_BIR_MASK);
@@ -170,7 +198,9 @@ impl<C: ConfigAccess + ?Sized> PciFunction<'_, C> {
             Some(end) if end <= bar.size => {}
             _ => return Err(PciError::TableOutsideBar),
         }
-        mapper.map(bar.cpu_addr.add(offset), len).ok_or(PciError::MapFailed)
+        mapper
+            .map(bar.cpu_addr.add(offset), len)
+            .ok_or(PciError::MapFailed)
     }
 }
 
@@ -213,10 +243,13 @@ impl<C: ConfigAccess + ?Sized> MsixTable<'_, C> {
         let at = self.entry(index)?;
         let ctrl = self.table.read32(at + MSIX_ENTRY_CTRL);
         if ctrl & MSIX_ENTRY_MASKED == 0 {
-            self.table.write32(at + MSIX_ENTRY_CTRL, ctrl | MSIX_ENTRY_MASKED);
+            self.table
+                .write32(at + MSIX_ENTRY_CTRL, ctrl | MSIX_ENTRY_MASKED);
         }
-        self.table.write32(at + MSIX_ENTRY_ADDR_LO, msg.address as u32);
-        self.table.write32(at + MSIX_ENTRY_ADDR_HI, (msg.address >> 32) as u32);
+        self.table
+            .write32(at + MSIX_ENTRY_ADDR_LO, msg.address as u32);
+        self.table
+            .write32(at + MSIX_ENTRY_ADDR_HI, (msg.address >> 32) as u32);
         self.table.write32(at + MSIX_ENTRY_DATA, msg.data);
         if ctrl & MSIX_ENTRY_MASKED == 0 {
             self.table.write32(at + MSIX_ENTRY_CTRL, ctrl);
@@ -229,13 +262,20 @@ impl<C: ConfigAccess + ?Sized> MsixTable<'_, C> {
         let at = self.entry(index)?;
         let lo = u64::from(self.table.read32(at + MSIX_ENTRY_ADDR_LO));
         let hi = u64::from(self.table.read32(at + MSIX_ENTRY_ADDR_HI));
-        Ok(MsiMessage { address: hi << 32 | lo, data: self.table.read32(at + MSIX_ENTRY_DATA) })
+        Ok(MsiMessage {
+            address: hi << 32 | lo,
+            data: self.table.read32(at + MSIX_ENTRY_DATA),
+        })
     }
 
     fn set_masked(&self, index: u16, masked: bool) -> Result<(), PciError> {
         let at = self.entry(index)? + MSIX_ENTRY_CTRL;
         let ctrl = self.table.read32(at);
-        let value = if masked { ctrl | MSIX_ENTRY_MASKED } else { ctrl & !MSIX_ENTRY_MASKED };
+        let value = if masked {
+            ctrl | MSIX_ENTRY_MASKED
+        } else {
+            ctrl & !MSIX_ENTRY_MASKED
+        };
         self.table.write32(at, value);
         Ok(())
     }
@@ -281,14 +321,22 @@ impl<C: ConfigAccess + ?Sized> MsixTable<'_, C> {
 
     /// Disables MSI-X.
     pub fn disable(&self) {
-        write_control(self.cfg, self.bdf, self.cap, self.control() & !MSIX_CTRL_ENABLE);
+        write_control(
+            self.cfg,
+            self.bdf,
+            self.cap,
+            self.control() & !MSIX_CTRL_ENABLE,
+        );
     }
 
     /// Sets or clears the function mask, which holds back every vector at once.
     pub fn set_function_mask(&self, masked: bool) {
         let ctrl = self.control();
-        let value =
-            if masked { ctrl | MSIX_CTRL_FUNCTION_MASK } else { ctrl & !MSIX_CTRL_FUNCTION_MASK };
+        let value = if masked {
+            ctrl | MSIX_CTRL_FUNCTION_MASK
+        } else {
+            ctrl & !MSIX_CTRL_FUNCTION_MASK
+        };
         write_control(self.cfg, self.bdf, self.cap, value);
     }
 

@@ -45,13 +45,21 @@ pub struct Window {
 impl Window {
     /// A window the CPU sees at the same addresses as the bus (memory on q35 and virt).
     pub const fn new(base: PhysAddr, size: u64) -> Window {
-        Window { pci_base: base.0, cpu_base: base, size }
+        Window {
+            pci_base: base.0,
+            cpu_base: base,
+            size,
+        }
     }
 
     /// A window whose bus addresses `pci_base..` appear to the CPU at `cpu_base..`, like the
     /// riscv64 virt I/O space (ports 0.. at CPU 0x0300_0000).
     pub const fn translated(pci_base: u64, cpu_base: PhysAddr, size: u64) -> Window {
-        Window { pci_base, cpu_base, size }
+        Window {
+            pci_base,
+            cpu_base,
+            size,
+        }
     }
 
     fn end(&self) -> Option<u64> {
@@ -149,7 +157,11 @@ impl Pass {
 
 /// Block size and alignment of a BAR in the layout.
 fn block(req: &BarRequest) -> u64 {
-    if req.kind.is_memory() { req.size.max(MIN_MEM_BLOCK) } else { req.size }
+    if req.kind.is_memory() {
+        req.size.max(MIN_MEM_BLOCK)
+    } else {
+        req.size
+    }
 }
 
 /// A bump allocator over `cursor..end`.
@@ -162,7 +174,11 @@ struct Region {
 
 impl Region {
     fn new(base: u64, end: u64) -> Region {
-        Region { cursor: base, end, max_align: 1 }
+        Region {
+            cursor: base,
+            end,
+            max_align: 1,
+        }
     }
 
     fn take(&mut self, size: u64, align: u64) -> Option<u64> {
@@ -196,7 +212,9 @@ fn place<C: ConfigAccess + ?Sized>(
                 continue;
             }
             for slot in 0..list[i].bars.len() {
-                let BarState::Pending(req) = list[i].bars[slot] else { continue };
+                let BarState::Pending(req) = list[i].bars[slot] else {
+                    continue;
+                };
                 if !pass.takes(&req) || block(&req) != align {
                     continue;
                 }
@@ -217,7 +235,8 @@ fn place<C: ConfigAccess + ?Sized>(
                         }));
                     }
                     None if pass != Pass::Mem64 => {
-                        f.bars[slot] = BarState::Done(BarSlot::Failed(req, PciError::WindowExhausted));
+                        f.bars[slot] =
+                            BarState::Done(BarSlot::Failed(req, PciError::WindowExhausted));
                     }
                     None => {}
                 }
@@ -240,7 +259,11 @@ fn place<C: ConfigAccess + ?Sized>(
             };
             if let Some(b) = list[i].bridge.as_mut() {
                 let win = addr.map(|a| (a, need.size));
-                if n == MEM { b.mem_window = win } else { b.io_window = win }
+                if n == MEM {
+                    b.mem_window = win
+                } else {
+                    b.io_window = win
+                }
             }
             place(list, Some(i as u16), pass, below, window, true);
         }
@@ -256,19 +279,36 @@ fn measure<C: ConfigAccess + ?Sized>(list: &mut [PciFunction<'_, C>], pass: Pass
         if list[i].bridge.is_none() {
             continue;
         }
-        let used = place(list, Some(i as u16), pass, Region::new(0, u64::MAX), window, false);
+        let used = place(
+            list,
+            Some(i as u16),
+            pass,
+            Region::new(0, u64::MAX),
+            window,
+            false,
+        );
         let granule = pass.granule();
         list[i].needs[n] = if used.cursor == 0 {
             Need::default()
         } else {
-            let size = used.cursor.checked_next_multiple_of(granule).unwrap_or(u64::MAX);
-            Need { size, align: used.max_align.max(granule) }
+            let size = used
+                .cursor
+                .checked_next_multiple_of(granule)
+                .unwrap_or(u64::MAX);
+            Need {
+                size,
+                align: used.max_align.max(granule),
+            }
         };
     }
 }
 
 /// Marks every pending BAR that `pass` takes as failed with `error`.
-fn fail_pending<C: ConfigAccess + ?Sized>(list: &mut [PciFunction<'_, C>], pass: Pass, error: PciError) {
+fn fail_pending<C: ConfigAccess + ?Sized>(
+    list: &mut [PciFunction<'_, C>],
+    pass: Pass,
+    error: PciError,
+) {
     for f in list.iter_mut() {
         for b in f.bars.iter_mut() {
             if let BarState::Pending(req) = *b
@@ -281,7 +321,11 @@ fn fail_pending<C: ConfigAccess + ?Sized>(list: &mut [PciFunction<'_, C>], pass:
 }
 
 /// Runs one pass over the whole tree with `window`, or fails its BARs without one.
-fn run<C: ConfigAccess + ?Sized>(list: &mut [PciFunction<'_, C>], pass: Pass, window: Option<&Window>) {
+fn run<C: ConfigAccess + ?Sized>(
+    list: &mut [PciFunction<'_, C>],
+    pass: Pass,
+    window: Option<&Window>,
+) {
     let Some(w) = window else {
         fail_pending(list, pass, PciError::NoWindow);
         return;
@@ -296,7 +340,14 @@ fn run<C: ConfigAccess + ?Sized>(list: &mut [PciFunction<'_, C>], pass: Pass, wi
 pub(crate) fn assign<C: ConfigAccess + ?Sized>(list: &mut [PciFunction<'_, C>], windows: &Windows) {
     if let Some(w) = &windows.mem64 {
         let end = w.end().unwrap_or(u64::MAX);
-        place(list, None, Pass::Mem64, Region::new(w.pci_base, end), w, true);
+        place(
+            list,
+            None,
+            Pass::Mem64,
+            Region::new(w.pci_base, end),
+            w,
+            true,
+        );
     }
     run(list, Pass::Mem, windows.mem32.as_ref());
     run(list, Pass::Io, windows.io.as_ref());
