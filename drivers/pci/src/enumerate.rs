@@ -47,7 +47,32 @@ impl<'a, C: ConfigAccess + ?Sized, const N: usize> Scan<'a, '_, C, N> {
         !matches!(self.cfg.read16(bdf, VENDOR_ID), 0xffff | 0x0000)
     }
 
+    /// Present functions on `bus`, honouring the multi-function bit of function 0.
+    fn functions(&self, bus: u8) -> impl Iterator<Item = Bdf> + '_ {
+        (0..32u8).flat_map(move |dev| {
+            let bdf0 = Bdf::new(bus, dev, 0);
+            let funcs = if !self.present(bdf0) {
+                0
+            } else if self.cfg.read8(bdf0, HEADER + 2) & HEADER_MULTI_FUNCTION != 0 {
+                8
+            } else {
+                1
+            };
+            (0..funcs)
+                .map(move |func| Bdf::new(bus, dev, func))
+                .filter(|&bdf| self.present(bdf))
+        })
+    }
+
     fn scan_bus(&mut self, bus: u8, parent: Option<u16>, path: IntxPath) {
+        // Bus numbers left by firmware could make two bridges claim the bus numbered next:
+        // close every bridge on this bus before numbering any.
+        for bdf in self.functions(bus) {
+            if self.cfg.read8(bdf, HEADER + 2) & HEADER_TYPE_MASK == 1 {
+                let latency = self.cfg.read32(bdf, BUS_NUMBERS) & 0xff00_0000;
+                self.cfg.write32(bdf, BUS_NUMBERS, latency);
+            }
+        }
         for dev in 0..32 {
             let bdf0 = Bdf::new(bus, dev, 0);
             if !self.present(bdf0) {

@@ -797,3 +797,34 @@ fn ecam_addresses_functions_and_ignores_uncovered_buses() {
     let odd = unsafe { hal::Mmio::new(base, PhysAddr(0x3000_0000), 0x1000) };
     assert_eq!(Ecam::new(odd, 0).err(), Some(PciError::BadEcamWindow));
 }
+
+#[test]
+fn stale_firmware_bus_numbers_do_not_misroute_the_scan() {
+    // Firmware numbered the bridge at 00:02.0 with bus 1; it comes first in the model's
+    // routing order, so unless it is closed it would answer for bus 1 while 00:01.0 is
+    // scanned.
+    let mut stale = FakeFn::bridge(2, 0);
+    stale.regs[6] = 0x0001_0100;
+    let bus = FakeBus::new(vec![
+        stale,
+        FakeFn::bridge(1, 0),
+        FakeFn::endpoint(0, 0, 0x1111, 0x0001, 0x01_08_02).under(1),
+        FakeFn::endpoint(0, 0, 0x2222, 0x0002, 0x01_08_02).under(0),
+    ]);
+    let funcs = enumerate(&bus, &windows()).unwrap();
+    let found: Vec<_> = funcs
+        .iter()
+        .map(|f| (f.bdf().bus(), f.bdf().dev(), f.vendor_id()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (0, 1, 0x1b36),
+            (1, 0, 0x1111),
+            (0, 2, 0x1b36),
+            (2, 0, 0x2222)
+        ]
+    );
+    assert_eq!(bus.get(0).regs[6] & 0x00ff_ffff, 0x0002_0200);
+    assert_eq!(bus.get(1).regs[6] & 0x00ff_ffff, 0x0001_0100);
+}
