@@ -4,9 +4,12 @@
 //! source that is pending raises the supervisor external interrupt. The trap handler claims,
 //! dispatches and completes ([`handle`]). A source that fires with no handler registered (say
 //! a device that finished a request before its driver enabled the line) is masked again
-//! instead of firing forever.
+//! instead of firing forever, and remembered: the claim consumed its pending bit, and QEMU's
+//! PLIC does not set it again for a level interrupt that stays asserted, so the next time the
+//! line is enabled its handlers run once right away (handlers tolerate calls with nothing to
+//! do) to service the device.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use hal::irq::{IrqChip, MsiMessage};
 
 const PRIORITY: usize = 0x0;
@@ -17,21 +20,22 @@ const CONTEXT_STRIDE: usize = 0x1000;
 const THRESHOLD: usize = 0x0;
 const CLAIM: usize = 0x4;
 
+/// Sources claimed while nobody handled them, one bit each.
+static MISSED: [AtomicU32; hal::irq::MAX_IRQS / 32] =
+    [const { AtomicU32::new(0) }; hal::irq::MAX_IRQS / 32];
+
 /// The PLIC, once [`init`] found it; every call before that does nothing.
 pub struct Plic {
     base: AtomicUsize,
     context: AtomicUsize,
     /// Highest source number + 1.
     sources: AtomicU32,
-    /// Interrupts masked because nobody handled them.
-    unhandled: AtomicU64,
 }
 
 pub static PLIC: Plic = Plic {
     base: AtomicUsize::new(0),
     context: AtomicUsize::new(0),
     sources: AtomicU32::new(0),
-    unhandled: AtomicU64::new(0),
 };
 
 impl Plic {
@@ -75,11 +79,19 @@ impl Plic {
         super::without_interrupts(|| {
             let v = self.read(word);
             self.write(word, if on { v | bit } else { v & !bit });
-            // QEMU's PLIC re-evaluates its outputs on a threshold write but not on an enable
-            // write: without this, a source already pending when enabled (a level interrupt
-            // raised before its driver was ready) would never be signalled.
+            // QEMU 7.2's PLIC does not re-evaluate its output when an enable bit changes, only
+            // on writes such as the threshold's: without this rewrite, a level interrupt already
+            // pending when its source is enabled (raised before the driver was ready) was never
+            // signalled. Harmless on other PLICs.
             let threshold = self.context_reg(THRESHOLD);
             self.write(threshold, self.read(threshold));
+            let missed = &MISSED[irq as usize / 32];
+            if on && missed.fetch_and(!bit, Ordering::Relaxed) & bit != 0 {
+                // Interrupts are off here, as in the trap handler.
+                if !hal::irq::dispatch(irq) {
+                    missed.fetch_or(bit, Ordering::Relaxed);
+                }
+            }
         });
     }
 }
@@ -126,7 +138,11 @@ pub fn handle() {
             return;
         }
         if !hal::irq::dispatch(irq) {
-            PLIC.unhandled.fetch_add(1, Ordering::Relaxed);
+            // Register the handler before enabling the line, or this masks it again.
+            defmt::warn!("PLIC source {=u32} fired with no handler: masked", irq);
+            if let Some(m) = MISSED.get(irq as usize / 32) {
+                m.fetch_or(1 << (irq % 32), Ordering::Relaxed);
+            }
             PLIC.set_enabled(irq, false);
         }
         PLIC.write(PLIC.context_reg(CLAIM), irq);
