@@ -828,3 +828,155 @@ fn stale_firmware_bus_numbers_do_not_misroute_the_scan() {
     assert_eq!(bus.get(0).regs[6] & 0x00ff_ffff, 0x0002_0200);
     assert_eq!(bus.get(1).regs[6] & 0x00ff_ffff, 0x0001_0100);
 }
+
+/// A small xorshift generator, so the randomized test needs no dependency and is repeatable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Random BARs on a random endpoint.
+fn random_endpoint(rng: &mut Rng, dev: u8) -> FakeFn {
+    let mut f = FakeFn::endpoint(dev, 0, 0x1234, rng.below(0xffff) as u16, 0x01_80_00);
+    let mut slot = 0;
+    while slot < 6 {
+        match rng.below(5) {
+            0 => f = f.mem32(slot, 1 << (4 + rng.below(19)), rng.below(2) == 0),
+            1 if slot < 5 => {
+                f = f.mem64(slot, 1 << (4 + rng.below(21)), rng.below(2) == 0);
+                slot += 1;
+            }
+            2 => f = f.io(slot, 1 << (2 + rng.below(7))),
+            _ => {}
+        }
+        slot += 1;
+    }
+    f
+}
+
+#[test]
+fn random_topologies_keep_every_assignment_invariant() {
+    let (mut assigned, mut behind_bridges, mut failed) = (0, 0, 0);
+    for seed in 1..200u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut fns = Vec::new();
+        for dev in 0..(1 + rng.below(6)) as u8 {
+            if rng.below(3) == 0 {
+                let b = fns.len();
+                fns.push(FakeFn::bridge(dev, 0));
+                for child in 0..rng.below(4) as u8 {
+                    if rng.below(4) == 0 {
+                        let b2 = fns.len();
+                        fns.push(FakeFn::bridge(child, 0).under(b));
+                        for grandchild in 0..rng.below(3) as u8 {
+                            fns.push(random_endpoint(&mut rng, grandchild).under(b2));
+                        }
+                    } else {
+                        fns.push(random_endpoint(&mut rng, child).under(b));
+                    }
+                }
+            } else {
+                fns.push(random_endpoint(&mut rng, dev));
+            }
+        }
+        let bus = FakeBus::new(fns);
+        let mem_size = 1 << (22 + rng.below(5));
+        let mem = Window::new(PhysAddr(0x4000_0000 + (rng.below(64) << 20)), mem_size);
+        let io = Window::new(PhysAddr(0x1000), 0x1000 << rng.below(4));
+        let w = Windows {
+            mem32: Some(mem),
+            io: Some(io),
+            ..Windows::default()
+        };
+        let mut list: heapless::Vec<PciFunction<'_, FakeBus>, 64> = heapless::Vec::new();
+        enumerate_into(&bus, &w, &mut list).unwrap();
+
+        // Every assigned block with the chain of bridges above it.
+        let ancestors = |mut i: usize| {
+            let mut up = Vec::new();
+            while let Some(p) = list[i].parent {
+                up.push(usize::from(p));
+                i = usize::from(p);
+            }
+            up
+        };
+        let mut blocks: Vec<(bool, u64, u64, usize)> = Vec::new();
+        for (i, f) in list.iter().enumerate() {
+            for slot in 0..6 {
+                match f.bar_slot(slot) {
+                    BarSlot::Assigned(b) => {
+                        let (win, len) = if b.kind.is_memory() {
+                            (mem, b.size.max(MIN_MEM_BLOCK))
+                        } else {
+                            (io, b.size)
+                        };
+                        assert_eq!(b.pci_addr % len, 0, "seed {seed}: {b:x?}");
+                        assert!(
+                            b.pci_addr >= win.pci_base
+                                && b.pci_addr + len <= win.pci_base + win.size
+                        );
+                        let reg = u64::from(f.config_read32(0x10 + 4 * slot as u16) & !0xf & !3);
+                        assert_eq!(reg, b.pci_addr & 0xffff_fff0, "seed {seed}");
+                        for a in ancestors(i) {
+                            let info = list[a].bridge().unwrap();
+                            let (base, size) = if b.kind.is_memory() {
+                                info.mem_window
+                            } else {
+                                info.io_window
+                            }
+                            .expect("an assigned BAR behind a closed window");
+                            assert!(
+                                b.pci_addr >= base && b.pci_addr + len <= base + size,
+                                "seed {seed}"
+                            );
+                        }
+                        blocks.push((b.kind.is_memory(), b.pci_addr, len, i));
+                        assigned += 1;
+                        behind_bridges += usize::from(f.parent.is_some());
+                    }
+                    BarSlot::Failed(_, e) => {
+                        assert_eq!(e, PciError::WindowExhausted, "seed {seed}");
+                        failed += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (i, a) in blocks.iter().enumerate() {
+            for b in &blocks[i + 1..] {
+                if a.0 == b.0 {
+                    assert!(
+                        a.1 + a.2 <= b.1 || b.1 + b.2 <= a.1,
+                        "seed {seed}: {a:x?} {b:x?}"
+                    );
+                }
+            }
+        }
+        // Sibling bridge windows do not overlap, and BARs outside a bridge are outside its
+        // window.
+        for (i, f) in list.iter().enumerate() {
+            let Some(info) = f.bridge() else { continue };
+            for (mem_space, window) in [(true, info.mem_window), (false, info.io_window)] {
+                let Some((base, size)) = window else { continue };
+                for blk in blocks
+                    .iter()
+                    .filter(|b| b.0 == mem_space && !ancestors(b.3).contains(&i))
+                {
+                    assert!(blk.1 + blk.2 <= base || base + size <= blk.1, "seed {seed}");
+                }
+            }
+        }
+    }
+    println!("{assigned} assigned, {behind_bridges} behind bridges, {failed} failed");
+    assert!(assigned > 1000 && behind_bridges > 200 && failed > 0);
+}
