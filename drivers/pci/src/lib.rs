@@ -9,8 +9,8 @@
 //!
 //! ```ignore
 //! let funcs = pci::enumerate(&ECAM, &windows)?;
-//! let nvme = funcs.into_iter().find(|f| f.class().name() == "NVM controller (NVMe)");
-//! let regs = nvme.map_bar(0, &MAPPER).ok_or(...)?;
+//! let nvme = funcs.into_iter().find(|f| (f.vendor_id(), f.device_id()) == (0x1b36, 0x0010))?;
+//! let regs = nvme.map_bar(0, &MAPPER)?;
 //! nvme.enable_bus_master();
 //! let (line, msg) = hal::irq::alloc_msi().ok_or(...)?;
 //! let table = nvme.msix(&MAPPER)?;
@@ -67,6 +67,9 @@ pub type FunctionList<'a, C = Ecam> = heapless::Vec<PciFunction<'a, C>, MAX_FUNC
 
 /// Enumerates and assigns everything (see [`enumerate_into`]) into a list of up to
 /// [`MAX_FUNCTIONS`] functions. Functions beyond that are left with decoding off.
+///
+/// The list is about 11 KiB and is returned by value; boot code short of stack can use
+/// [`enumerate_into`] with a list in a `static`.
 pub fn enumerate<'a, C: ConfigAccess + ?Sized>(
     cfg: &'a C,
     windows: &Windows,

@@ -88,7 +88,8 @@ pub struct Windows {
     pub mem32: Option<Window>,
     /// Memory above 4 GiB, for 64-bit BARs on the first bus.
     pub mem64: Option<Window>,
-    /// I/O ports. Without it I/O BARs stay disabled.
+    /// I/O ports. Without it I/O BARs stay disabled. Keep it below 64 KiB: some I/O BARs and
+    /// bridges only decode 16-bit port numbers.
     pub io: Option<Window>,
 }
 

@@ -980,3 +980,14 @@ fn random_topologies_keep_every_assignment_invariant() {
     println!("{assigned} assigned, {behind_bridges} behind bridges, {failed} failed");
     assert!(assigned > 1000 && behind_bridges > 200 && failed > 0);
 }
+
+#[test]
+fn list_size_stays_modest() {
+    // The list is returned by value on a kernel stack; keep an eye on it.
+    let size = core::mem::size_of::<FunctionList<'_, Ecam>>();
+    println!(
+        "FunctionList: {size} bytes, PciFunction: {}",
+        core::mem::size_of::<PciFunction<'_, Ecam>>()
+    );
+    assert!(size <= 16 * 1024);
+}
