@@ -151,7 +151,7 @@ impl<'a, C: ConfigAccess + ?Sized, const N: usize> Scan<'a, '_, C, N> {
             parent,
             bridge: None,
             needs: [Need::default(); 2],
-            command: command & !(CMD_MEMORY | CMD_IO),
+            command,
         };
         let is_bridge = header & HEADER_TYPE_MASK == 1;
         if self.list.push(function).is_err() {

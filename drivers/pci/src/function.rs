@@ -152,7 +152,7 @@ pub struct PciFunction<'a, C: ConfigAccess + ?Sized = Ecam> {
     pub(crate) bridge: Option<BridgeInfo>,
     /// What the bridge's subtree needs, memory and I/O (bridges only).
     pub(crate) needs: [Need; 2],
-    /// Command register as found, decode bits cleared.
+    /// Command register as found.
     pub(crate) command: u16,
 }
 
@@ -364,10 +364,13 @@ impl<'a, C: ConfigAccess + ?Sized> PciFunction<'a, C> {
         })
     }
 
-    /// Whether some BAR of the given space has an address.
-    pub(crate) fn any_assigned(&self, memory: bool) -> bool {
+    /// Whether the function has BARs of the given space (assigned or not).
+    pub(crate) fn has_bars(&self, memory: bool) -> bool {
         self.bars.iter().any(|b| match b {
             BarState::Done(BarSlot::Assigned(bar)) => bar.kind.is_memory() == memory,
+            BarState::Done(BarSlot::Failed(req, _)) | BarState::Pending(req) => {
+                req.kind.is_memory() == memory
+            }
             _ => false,
         })
     }

@@ -5,7 +5,8 @@
 //! first one, numbers PCI-to-PCI bridges, sizes every BAR and assigns it (firmware
 //! assignments are ignored: riscv64 virt has none, qboot on x86_64 neither), programs bridge
 //! windows, walks capability lists, and turns memory/I/O decoding on for functions whose BARs
-//! all found a place. Drivers then pick their [`PciFunction`] from the list:
+//! of that space all found a place (a function with no BARs of a space keeps the decoding bit
+//! it had, for legacy ranges such as an ISA bridge's). Drivers then pick their [`PciFunction`] from the list:
 //!
 //! ```ignore
 //! let funcs = pci::enumerate(&ECAM, &windows)?;

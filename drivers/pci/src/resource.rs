@@ -357,13 +357,18 @@ pub(crate) fn assign<C: ConfigAccess + ?Sized>(list: &mut [PciFunction<'_, C>], 
             program_bridge_windows(f, &b);
         }
         let mut cmd = f.command & !(CMD_MEMORY | CMD_IO);
-        let bridge_mem = f.bridge.is_some_and(|b| b.mem_window.is_some());
-        let bridge_io = f.bridge.is_some_and(|b| b.io_window.is_some());
-        if bridge_mem || (f.any_assigned(true) && f.all_assigned(true)) {
-            cmd |= CMD_MEMORY;
-        }
-        if bridge_io || (f.any_assigned(false) && f.all_assigned(false)) {
-            cmd |= CMD_IO;
+        for (memory, bit) in [(true, CMD_MEMORY), (false, CMD_IO)] {
+            let on = match f.bridge {
+                Some(b) if memory => b.mem_window.is_some(),
+                Some(b) => b.io_window.is_some(),
+                // Nothing of this space to assign: keep what was found, for functions that
+                // decode fixed legacy ranges (an ISA bridge's ports).
+                None if !f.has_bars(memory) => f.command & bit != 0,
+                None => f.all_assigned(memory),
+            };
+            if on {
+                cmd |= bit;
+            }
         }
         if f.bridge.is_some() {
             // Devices below a bridge reach memory (DMA, MSI) only through it.

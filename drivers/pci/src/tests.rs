@@ -185,8 +185,9 @@ fn sizing_happens_with_decoding_off() {
         0,
         "decoding must be off while sizing"
     );
-    // Bus mastering as found is kept; memory decoding is back on at the end.
-    assert_eq!(bus.get(2).reg(0x04) & 0xffff, 0x0006);
+    // Bus mastering as found is kept, memory decoding is back on at the end, and I/O
+    // decoding (no I/O BARs) is as found.
+    assert_eq!(bus.get(2).reg(0x04) & 0xffff, 0x0007);
 }
 
 #[test]
@@ -990,4 +991,20 @@ fn list_size_stays_modest() {
         core::mem::size_of::<PciFunction<'_, Ecam>>()
     );
     assert!(size <= 16 * 1024);
+}
+
+#[test]
+fn functions_without_bars_keep_their_decoding_bits() {
+    let mut lpc = FakeFn::endpoint(0x1f, 0, 0x8086, 0x2918, 0x06_01_00);
+    lpc.regs[1] = 0x0000_0003;
+    let mut stale = FakeFn::endpoint(2, 0, 0x1234, 0x0001, 0).mem32(0, 0x1000, false);
+    stale.regs[1] = 0x0000_0003; // I/O on, but it has no I/O BARs: kept; memory from its BAR
+    let bus = FakeBus::new(vec![lpc, stale]);
+    let funcs = enumerate(&bus, &Windows::default()).unwrap();
+    assert_eq!(funcs[1].command() & 0b11, 0b11);
+    assert_eq!(
+        funcs[0].command() & 0b11,
+        0b01,
+        "memory BAR unplaced: memory off, I/O kept"
+    );
 }
