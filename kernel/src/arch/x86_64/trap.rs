@@ -248,6 +248,8 @@ fn read_cr2() -> u64 {
 
 /// Reports a fatal exception and ends the run with failure.
 fn fatal_exception(frame: &TrapFrame) -> ! {
+    // The fault may have hit while a log frame was being written: close it first.
+    crate::console::recover_for_panic();
     let name = exception_name(frame.vector);
     if frame.vector == VECTOR_PAGE_FAULT {
         defmt::error!(
