@@ -17,7 +17,9 @@ const PORT_B: u16 = 0x61;
 /// Used if calibration fails (it cannot under QEMU; a nonsense PIT on a board).
 const FALLBACK_TSC_HZ: u64 = 1_000_000_000;
 
-static TSC_HZ: AtomicU64 = AtomicU64::new(FALLBACK_TSC_HZ);
+/// Nanoseconds per TSC tick as a 32.32 fixed-point number, so reading the clock needs a
+/// multiply and a shift, not a 128-bit division.
+static NS_PER_TICK_FP32: AtomicU64 = AtomicU64::new(ns_per_tick_fp32(FALLBACK_TSC_HZ));
 static TSC_AT_BOOT: AtomicU64 = AtomicU64::new(0);
 
 /// Reads the time-stamp counter.
@@ -58,7 +60,7 @@ pub fn calibrate() {
     let per_second = |delta: u64| delta.saturating_mul(PIT_HZ) / u64::from(CALIBRATION_TICKS);
     let tsc_hz = per_second(tsc_end.wrapping_sub(tsc_start));
     if tsc_hz >= 1_000_000 {
-        TSC_HZ.store(tsc_hz, Ordering::Relaxed);
+        NS_PER_TICK_FP32.store(ns_per_tick_fp32(tsc_hz), Ordering::Relaxed);
     }
     let lapic_hz = per_second(u64::from(lapic_start.wrapping_sub(lapic_end)));
     // A LAPIC timer below 10 kHz is implausible: fall back to a typical 1 GHz bus / 16.
@@ -69,13 +71,12 @@ pub fn calibrate() {
     });
 }
 
-/// Calibrated TSC rate, Hz.
-pub fn tsc_hz() -> u64 {
-    TSC_HZ.load(Ordering::Relaxed)
+const fn ns_per_tick_fp32(hz: u64) -> u64 {
+    ((1_000_000_000u128 << 32) / hz as u128) as u64
 }
 
 /// Nanoseconds since [`calibrate`] started.
 pub fn now_ns() -> u64 {
     let delta = rdtsc().wrapping_sub(TSC_AT_BOOT.load(Ordering::Relaxed));
-    (u128::from(delta) * 1_000_000_000 / u128::from(tsc_hz())) as u64
+    ((u128::from(delta) * u128::from(NS_PER_TICK_FP32.load(Ordering::Relaxed))) >> 32) as u64
 }
