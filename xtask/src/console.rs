@@ -50,8 +50,10 @@ impl fmt::Display for Line {
                 if let Some(ts) = timestamp {
                     write!(f, "{ts} ")?;
                 }
-                let level = level.unwrap_or("print").to_uppercase();
-                write!(f, "{level:<5} {message}")?;
+                if let Some(level) = level {
+                    write!(f, "{:<5} ", level.to_uppercase())?;
+                }
+                f.write_str(message)?;
                 if let Some(loc) = location {
                     write!(f, "  ({loc})")?;
                 }

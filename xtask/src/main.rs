@@ -390,13 +390,13 @@ fn self_check(
         SelfTest::Fail => verdict
             .failed
             .iter()
-            .find(|(test, _)| test == name)
+            .find(|(test, _)| is_test(test, name))
             .filter(|_| verdict.problems.is_empty())
             .map(|(test, reason)| format!("FAIL {test}: {reason}")),
         SelfTest::Hang => verdict
             .problems
             .iter()
-            .find(|p| matches!(p, Problem::Timeout { test: Some(t), .. } if t == name))
+            .find(|p| matches!(p, Problem::Timeout { test: Some(t), .. } if is_test(t, name)))
             .map(ToString::to_string),
     };
     Ok(caught.ok_or_else(|| {
@@ -418,4 +418,60 @@ fn self_check(
             log.display()
         )
     }))
+}
+
+/// Whether the kernel's test `full` (possibly a module path) is the test `name`.
+fn is_test(full: &str, name: &str) -> bool {
+    full == name
+        || full
+            .strip_suffix(name)
+            .is_some_and(|head| head.ends_with("::"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_names_match_by_last_segment() {
+        assert!(is_test("selftest_fail", "selftest_fail"));
+        assert!(is_test(
+            "kernel::tests::selftest::selftest_fail",
+            "selftest_fail"
+        ));
+        assert!(!is_test(
+            "kernel::tests::not_selftest_fail",
+            "selftest_fail"
+        ));
+        assert!(!is_test("selftest_hang", "selftest_fail"));
+    }
+
+    #[test]
+    fn summary_line() {
+        let mut tally = Tally::default();
+        assert_eq!(tally.summary(), "0 passed, 0 failed");
+        tally.passed = 7;
+        tally.failed = 1;
+        tally.skipped = 2;
+        assert_eq!(tally.summary(), "7 passed, 1 failed, 2 skipped");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "xtask", "run", "--arch", "riscv64", "--gdb", "--debug", "--", "-d", "int",
+        ])
+        .unwrap();
+        let Cmd::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.arch, Arch::Riscv64);
+        assert!(run.gdb);
+        assert_eq!(run.build.profile(), BuildProfile::Debug);
+        assert_eq!(run.qemu_args, ["-d", "int"]);
+        assert!(Cli::try_parse_from(["xtask", "test", "--selftest", "hang"]).is_ok());
+        assert!(Cli::try_parse_from(["xtask", "run", "--release", "--debug"]).is_err());
+    }
 }
