@@ -2,6 +2,8 @@
 
 mod boot;
 mod console;
+#[cfg(all(test, feature = "e2e"))]
+mod e2e;
 mod guest;
 mod host;
 mod ktest;
