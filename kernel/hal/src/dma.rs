@@ -47,7 +47,7 @@ static REGION: Mutex<Option<Region>> = Mutex::new(None);
 /// 2. `virt` and `phys` are page-aligned.
 /// 3. Called once (a second call panics).
 pub unsafe fn init(virt: usize, phys: PhysAddr, len: usize) {
-    assert!(virt % PAGE_SIZE == 0 && phys.0 % PAGE_SIZE as u64 == 0, "dma region unaligned");
+    assert!(virt.is_multiple_of(PAGE_SIZE) && phys.0.is_multiple_of(PAGE_SIZE as u64), "dma region unaligned");
     let mut r = REGION.lock();
     assert!(r.is_none(), "dma::init called twice");
     *r = Some(Region {
@@ -173,7 +173,7 @@ impl DmaBuf {
     #[inline]
     fn ptr(&self, off: usize, size: usize) -> usize {
         assert!(
-            off % size == 0 && off.checked_add(size).is_some_and(|e| e <= self.len),
+            off.is_multiple_of(size) && off.checked_add(size).is_some_and(|e| e <= self.len),
             "dma access out of buffer"
         );
         self.virt + off

@@ -51,7 +51,7 @@ impl Mmio {
     #[inline]
     fn check(&self, off: usize, size: usize) -> usize {
         assert!(
-            off % size == 0 && off.checked_add(size).is_some_and(|end| end <= self.len),
+            off.is_multiple_of(size) && off.checked_add(size).is_some_and(|end| end <= self.len),
             "mmio access out of window"
         );
         self.virt + off
@@ -121,7 +121,7 @@ mod tests {
         assert!(m.subregion(30, 4).is_none());
         assert!(std::panic::catch_unwind(|| m.read32(30)).is_err());
         assert!(std::panic::catch_unwind(|| m.read32(2)).is_err());
-        drop(m);
+        let _ = m;
         assert_eq!(mem[1], 42);
     }
 }
