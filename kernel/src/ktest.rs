@@ -12,7 +12,7 @@ use core::fmt::Write;
 #[derive(Debug)]
 pub enum Outcome {
     /// The test failed: the message says what was expected.
-    Fail(heapless::String<160>),
+    Fail(heapless::String<100>),
     /// The test could not run here (missing device, option off).
     Skip(&'static str),
 }
@@ -21,6 +21,7 @@ pub enum Outcome {
 pub type TestResult = Result<(), Outcome>;
 
 /// One registered test.
+#[repr(C)]
 pub struct KTest {
     /// Name reported over serial (the function path).
     pub name: &'static str,
@@ -94,15 +95,15 @@ macro_rules! check_eq {
 
 fn all() -> &'static [KTest] {
     unsafe extern "C" {
-        static __ktests_start: KTest;
-        static __ktests_end: KTest;
+        static __ktests_start: u8;
+        static __ktests_end: u8;
     }
     // SAFETY: the linker script places every `.ktests` entry, each a `KTest` emitted by
     // `ktest!` (same type, so same size and alignment, no padding between array elements),
     // contiguously between these two symbols; the section is read-only data for the whole run.
     unsafe {
-        let start = &raw const __ktests_start;
-        let end = &raw const __ktests_end;
+        let start = (&raw const __ktests_start).cast::<KTest>();
+        let end = (&raw const __ktests_end).cast::<KTest>();
         let n = (end as usize - start as usize) / core::mem::size_of::<KTest>();
         core::slice::from_raw_parts(start, n)
     }
@@ -112,10 +113,10 @@ fn all() -> &'static [KTest] {
 pub fn run_all(cmdline: &str) -> bool {
     let (mut passed, mut failed, mut skipped) = (0u32, 0u32, 0u32);
     for t in all() {
-        if let Some(word) = t.only_with {
-            if !cmdline.split_ascii_whitespace().any(|w| w == word) {
-                continue;
-            }
+        if let Some(word) = t.only_with
+            && !cmdline.split_ascii_whitespace().any(|w| w == word)
+        {
+            continue;
         }
         defmt::println!("KTEST start {=str}", t.name);
         match (t.run)() {

@@ -12,6 +12,7 @@ mod console;
 mod dma;
 #[macro_use]
 mod ktest;
+mod pci;
 mod tests;
 
 use boot::BootInfo;
@@ -34,12 +35,14 @@ pub fn kmain(info: BootInfo) -> ! {
     dma::init();
     hal::irq::set_chip(arch::irq_chip());
     defmt::println!(
-        "storage-stack kernel {=str} on {=str} ({=str}), cmdline \"{=str}\"",
+        "storage-stack kernel {=str} on {=str} cpu {=usize} ({=str}), cmdline \"{=str}\"",
         env!("CARGO_PKG_VERSION"),
         arch::NAME,
+        arch::cpu_id(),
         info.firmware,
         info.cmdline
     );
+    pci::init(info);
     arch::timer_start(TIMER_HZ);
     arch::interrupts_enable();
 

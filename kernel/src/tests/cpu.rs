@@ -1,7 +1,7 @@
 //! Traps and timer.
 
 use crate::arch;
-use crate::ktest::TestResult;
+
 
 ktest! {
     fn breakpoint_is_handled_and_resumed() -> TestResult {

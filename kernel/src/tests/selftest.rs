@@ -1,7 +1,7 @@
 //! Deliberately broken tests, run only when asked for on the command line, so the host harness
 //! can prove it notices a failing and a hanging test.
 
-use crate::ktest::TestResult;
+
 
 ktest! {
     #[only_with = "selftest=fail"]
