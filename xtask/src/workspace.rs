@@ -185,8 +185,13 @@ pub fn build_kernel(arch: Arch, build: BuildProfile, features: &[String]) -> Res
     };
     let elf = target_dir().join(arch.triple()).join(dir).join("kernel");
     let bytes = fs::read(&elf).with_context(|| format!("reading {}", elf.display()))?;
-    let table = Table::parse(&bytes)
-        .with_context(|| format!("reading the defmt table of {}", elf.display()))?;
+    let table = Table::parse(&bytes).unwrap_or_else(|e| {
+        eprintln!(
+            "warning: cannot read the defmt table of {}: {e:#}",
+            elf.display()
+        );
+        None
+    });
     let locations = match &table {
         Some(table) => match table.get_locations(&bytes) {
             Ok(locs) if !locs.is_empty() => Some(locs),
@@ -197,7 +202,7 @@ pub fn build_kernel(arch: Arch, build: BuildProfile, features: &[String]) -> Res
             }
         },
         None => {
-            eprintln!("note: the kernel has no .defmt section; showing its output as text");
+            eprintln!("note: no defmt table; showing the kernel's output as text");
             None
         }
     };
