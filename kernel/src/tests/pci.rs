@@ -108,6 +108,8 @@ ktest! {
         // Message-signalled where the platform has MSI, else the routed INTx line.
         let line: IrqLine = match hal::irq::alloc_msi() {
             Some((line, msg)) => {
+                // An MSI is a memory write by the device: it needs bus mastering.
+                f.enable_bus_master();
                 f.enable_msi(msg).map_err(|e| crate::ktest::fail(format_args!("enable_msi: {:?}", e)))?;
                 line
             }
