@@ -72,9 +72,13 @@ pub struct IntxEntry {
 impl IntxMap {
     /// The interrupt line the pin `pin` (1..=4) of function `bus:dev.func` raises, if mapped.
     pub fn route(&self, bus: u8, dev: u8, func: u8, pin: u8) -> Option<u32> {
-        let hi = (u32::from(bus) << 16 | u32::from(dev) << 11 | u32::from(func) << 8) & self.mask_hi;
+        let hi =
+            (u32::from(bus) << 16 | u32::from(dev) << 11 | u32::from(func) << 8) & self.mask_hi;
         let pin = u32::from(pin) & self.mask_pin;
-        self.entries.iter().find(|e| e.hi == hi && e.pin == pin).map(|e| e.irq)
+        self.entries
+            .iter()
+            .find(|e| e.hi == hi && e.pin == pin)
+            .map(|e| e.irq)
     }
 }
 

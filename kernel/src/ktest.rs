@@ -87,7 +87,12 @@ macro_rules! check_eq {
         if a != b {
             return Err($crate::ktest::fail(format_args!(
                 "{} == {}: {:?} != {:?} ({}:{})",
-                stringify!($a), stringify!($b), a, b, file!(), line!()
+                stringify!($a),
+                stringify!($b),
+                a,
+                b,
+                file!(),
+                line!()
             )));
         }
     }};
@@ -134,6 +139,11 @@ pub fn run_all(cmdline: &str) -> bool {
             }
         }
     }
-    defmt::println!("KTEST done passed={=u32} failed={=u32} skipped={=u32}", passed, failed, skipped);
+    defmt::println!(
+        "KTEST done passed={=u32} failed={=u32} skipped={=u32}",
+        passed,
+        failed,
+        skipped
+    );
     failed == 0
 }

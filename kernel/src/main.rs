@@ -22,7 +22,8 @@ static BOOT: Once<BootInfo> = Once::new();
 
 /// What the arch code found at boot.
 pub fn boot_info() -> &'static BootInfo {
-    BOOT.get().expect("boot info is set before anything asks for it")
+    BOOT.get()
+        .expect("boot info is set before anything asks for it")
 }
 
 /// Periodic timer rate.

@@ -76,7 +76,11 @@ fn log_function(f: &PciFunction<'static>) {
                 b.size
             ),
             BarSlot::Failed(_, e) => {
-                defmt::error!("    bar{=usize} not assigned: {}", i, defmt::Debug2Format(e))
+                defmt::error!(
+                    "    bar{=usize} not assigned: {}",
+                    i,
+                    defmt::Debug2Format(e)
+                )
             }
             _ => {}
         }
@@ -90,14 +94,18 @@ pub fn functions() -> &'static [PciFunction<'static>] {
 
 /// The first function with this vendor and device ID.
 pub fn find(vendor: u16, device: u16) -> Option<&'static PciFunction<'static>> {
-    functions().iter().find(|f| f.vendor_id() == vendor && f.device_id() == device)
+    functions()
+        .iter()
+        .find(|f| f.vendor_id() == vendor && f.device_id() == device)
 }
 
 /// The platform's INTx line for a function (riscv virt: from the device tree's interrupt-map).
 pub fn intx_line(f: &PciFunction<'static>) -> Option<IrqLine> {
     let host = crate::boot_info().pci.as_ref()?;
     let router = |root_dev: u8, pin: IntxPin| {
-        host.intx.route(host.bus_start, root_dev, 0, pin.index() + 1).map(IrqLine::new)
+        host.intx
+            .route(host.bus_start, root_dev, 0, pin.index() + 1)
+            .map(IrqLine::new)
     };
     f.intx_line(&router)
 }

@@ -2,7 +2,6 @@
 
 use crate::arch;
 
-
 ktest! {
     fn breakpoint_is_handled_and_resumed() -> TestResult {
         let before = arch::breakpoint_count();

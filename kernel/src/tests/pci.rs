@@ -10,7 +10,10 @@ use spin::Once;
 
 fn parse_id(s: &str) -> Option<(u16, u16)> {
     let (v, d) = s.split_once(':')?;
-    Some((u16::from_str_radix(v, 16).ok()?, u16::from_str_radix(d, 16).ok()?))
+    Some((
+        u16::from_str_radix(v, 16).ok()?,
+        u16::from_str_radix(d, 16).ok()?,
+    ))
 }
 
 ktest! {
@@ -89,8 +92,11 @@ impl IrqHandler for EduIrq {
     }
 }
 
-static EDU: EduIrq =
-    EduIrq { regs: Once::new(), fired: AtomicU32::new(0), last_status: AtomicU32::new(0) };
+static EDU: EduIrq = EduIrq {
+    regs: Once::new(),
+    fired: AtomicU32::new(0),
+    last_status: AtomicU32::new(0),
+};
 
 ktest! {
     fn device_interrupt_is_delivered() -> TestResult {

@@ -1,8 +1,6 @@
 //! Deliberately broken tests, run only when asked for on the command line, so the host harness
 //! can prove it notices a failing and a hanging test.
 
-
-
 ktest! {
     #[only_with = "selftest=fail"]
     fn selftest_fail() -> TestResult {
