@@ -46,7 +46,10 @@ pub fn run() -> Result<HostCounts> {
     }
     let status = child.wait()?;
     if !status.success() && counts.failed == 0 {
-        println!("[host] FAIL cargo test: exited with {status} before any test failed");
+        println!(
+            "[host] FAIL cargo test: {status} without a failing test \
+             (a build error or a crashed test binary, see above)"
+        );
         counts.failed = 1;
     }
     Ok(counts)
