@@ -474,6 +474,10 @@ mod tests {
         assert_eq!(run.build.profile(), BuildProfile::Debug);
         assert_eq!(run.qemu_args, ["-d", "int"]);
         assert!(Cli::try_parse_from(["xtask", "test", "--selftest", "hang"]).is_ok());
+        assert!(Cli::try_parse_from(["xtask", "run", "--profile", "riscv64-nvme"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["xtask", "run", "--profile", "x", "--arch", "riscv64"]).is_err()
+        );
         assert!(Cli::try_parse_from(["xtask", "run", "--release", "--debug"]).is_err());
     }
 }
