@@ -142,6 +142,30 @@ impl DmaBuf {
         unsafe { core::ptr::write_bytes(self.virt as *mut u8, 0, self.pages * PAGE_SIZE) };
     }
 
+    /// Gives up the handle without freeing: `(virtual address, physical address, length)`. The
+    /// pages stay allocated until [`DmaBuf::from_raw_parts`] rebuilds the handle and drops it.
+    /// For a dependency whose DMA API passes raw addresses around.
+    pub fn into_raw_parts(self) -> (usize, PhysAddr, usize) {
+        let parts = (self.virt, self.phys, self.len);
+        core::mem::forget(self);
+        parts
+    }
+
+    /// Rebuilds a handle from [`DmaBuf::into_raw_parts`].
+    ///
+    /// # Safety
+    /// `virt`, `phys` and `len` come from one `into_raw_parts` call whose buffer has not been
+    /// rebuilt since (one handle per allocation).
+    pub unsafe fn from_raw_parts(virt: usize, phys: PhysAddr, len: usize) -> DmaBuf {
+        let first_page = REGION.lock().as_ref().map_or(0, |r| (virt - r.virt) / PAGE_SIZE);
+        DmaBuf { virt, phys, len, first_page, pages: len.div_ceil(PAGE_SIZE) }
+    }
+
+    /// Virtual address of the first byte (for a dependency that wants a pointer).
+    pub fn virt(&self) -> usize {
+        self.virt
+    }
+
     /// Physical address of the first byte.
     pub fn phys(&self) -> PhysAddr {
         self.phys
@@ -247,6 +271,12 @@ mod tests {
         assert_eq!(c.phys(), PhysAddr(0x10_0000));
         assert_eq!(c.as_slice()[99], 0, "buffers come zeroed");
         drop((b, c));
+        assert_eq!(usage().0, 0);
+        let d = DmaBuf::alloc(3 * PAGE_SIZE, 8).unwrap();
+        let (virt, phys, len) = d.into_raw_parts();
+        assert_eq!(usage().0, 3, "raw parts keep the pages");
+        // SAFETY: the parts of `d`, rebuilt once.
+        drop(unsafe { DmaBuf::from_raw_parts(virt, phys, len) });
         assert_eq!(usage().0, 0);
     }
 }

@@ -30,6 +30,12 @@ impl Mmio {
         self.phys
     }
 
+    /// Virtual address of the window's start, for a dependency that insists on a raw pointer
+    /// (e.g. a transport crate's register struct). Accesses through it bypass the bounds checks.
+    pub fn virt(&self) -> usize {
+        self.virt
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
