@@ -1,1 +1,70 @@
+//! The block layer: bios, BioSets with front_pad, static slabs and lock-free mempools, queue
+//! limits, split and chain, plugging and merging, tags and requests, `map_sg`, completion,
+//! timeouts, stacking (partitions, linear, striped) and a RAM disk.
+//!
+//! `no_std`, no `alloc`, no hardware access. The crate denies `unsafe` except in `slab`
+//! (lock-free slab, mempools, slot handles) and `mem` (segment memory access). See
+//! `docs/blk.md` for the design.
 #![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub(crate) mod loom;
+
+pub mod freelist;
+pub mod tag;
+
+#[cfg(not(loom))]
+pub mod bio;
+#[cfg(not(loom))]
+pub mod bioset;
+#[cfg(not(loom))]
+pub mod bounce;
+#[cfg(not(loom))]
+pub mod device;
+#[cfg(not(loom))]
+pub mod error;
+#[cfg(not(loom))]
+pub mod limits;
+#[cfg(not(loom))]
+pub mod map_sg;
+#[cfg(not(loom))]
+#[allow(unsafe_code)]
+pub mod mem;
+#[cfg(not(loom))]
+pub mod partition;
+#[cfg(not(loom))]
+pub mod ramdisk;
+#[cfg(not(loom))]
+pub mod request;
+#[cfg(not(loom))]
+#[allow(unsafe_code)]
+pub mod slab;
+#[cfg(not(loom))]
+pub mod split;
+#[cfg(not(loom))]
+pub mod stack;
+#[cfg(not(loom))]
+pub mod stats;
+#[cfg(not(loom))]
+pub mod wait;
+
+#[cfg(not(loom))]
+pub use crate::{
+    bio::{Bio, BioFlags, BioIter, BioList, BioVec, EndIo, Op, SECTOR_SIZE, bio_endio, bio_io_error},
+    bioset::{BioSet, BioSlab, BvecPools, BvecSlabs},
+    bounce::{BouncePad, BouncePage, Bouncer},
+    device::{BlockDevice, CpuCtx, Plug, submit_bio},
+    error::{BlkError, BlkStatus},
+    limits::QueueLimits,
+    map_sg::{SgEntry, map_sg},
+    request::{HwQueue, PtCmd, PtResult, Queue, QueueConfig, QueueRqError, Request, TagComplete, TimeoutAction},
+    slab::{Mempool, MempoolStats, PoolBox, Slab, Wait},
+    split::bio_split,
+    stats::{BlkStats, StatsSnapshot},
+    wait::{BioFuture, submit_bio_async, submit_bio_wait},
+};
+pub use tag::TagSet;
+
+#[cfg(all(test, not(loom)))]
+mod tests;

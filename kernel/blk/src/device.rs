@@ -1,0 +1,248 @@
+//! The `BlockDevice` trait, the per-CPU submission context, `submit_bio` and plugging.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use crate::bio::{Bio, BioList, Op, SECTOR_SHIFT, bio_io_error};
+use crate::error::BlkError;
+
+/// Anything bios can be submitted to: a driver's request queue or a stacked device.
+pub trait BlockDevice: Sync {
+    /// Size in 512-byte sectors.
+    fn capacity(&self) -> u64;
+    /// Logical block size in bytes (sector and size of every bio are multiples of it).
+    fn logical_block_size(&self) -> u32 {
+        512
+    }
+    /// Whether writes are refused.
+    fn read_only(&self) -> bool {
+        false
+    }
+    /// Whether the device does `op` at all.
+    fn supports(&self, op: Op) -> bool {
+        let _ = op;
+        true
+    }
+    /// Takes ownership of a bio already checked against `capacity`, block size, read-only and
+    /// `supports`. A stacked device remaps it and hands it on with [`CpuCtx::submit`] (never by
+    /// calling a lower device directly); a request queue queues it. Errors end the bio.
+    fn submit(&'static self, bio: Bio, ctx: &CpuCtx);
+    /// Takes the bios a plug collected for this device, in submission order.
+    fn flush_plugged(&'static self, mut bios: BioList, ctx: &CpuCtx) {
+        while let Some(b) = bios.pop_front() {
+            self.submit(b, ctx);
+        }
+    }
+}
+
+/// Checks `bio` against its device: range, block alignment, read-only, supported op.
+pub fn check_bio_dev(dev: &dyn BlockDevice, bio: &Bio) -> Result<(), BlkError> {
+    let op = bio.op();
+    if !dev.supports(op) {
+        return Err(BlkError::Unsupported);
+    }
+    if op.is_write() && op != Op::Flush && dev.read_only() {
+        return Err(BlkError::ReadOnly);
+    }
+    if op == Op::Flush {
+        return if bio.size() == 0 { Ok(()) } else { Err(BlkError::InvalidArgument) };
+    }
+    let lbs = dev.logical_block_size() as u64;
+    if (bio.sector() << SECTOR_SHIFT) % lbs != 0 || bio.size() as u64 % lbs != 0 {
+        return Err(BlkError::Misaligned);
+    }
+    match bio.sector().checked_add(bio.sectors()) {
+        Some(end) if end <= dev.capacity() => Ok(()),
+        _ => Err(BlkError::OutOfRange),
+    }
+}
+
+/// Per-CPU submission state: the pending list that turns stacked submission into a loop, and
+/// the plug. The kernel keeps one per CPU (e.g. `static CPUS: [CpuCtx; NCPU]`) and passes the
+/// current CPU's. End-io callbacks running in interrupt context must not submit through the
+/// context of the CPU they interrupted (defer to process context instead).
+pub struct CpuCtx {
+    cpu: u32,
+    active: AtomicBool,
+    pending: spin::Mutex<BioList>,
+    plug: spin::Mutex<BioList>,
+    plug_depth: AtomicU32,
+    submitted: AtomicU64,
+    loops: AtomicU64,
+}
+
+/// Bios a plug holds before it flushes by itself.
+pub const PLUG_MAX: usize = 64;
+
+impl CpuCtx {
+    /// The context of CPU `cpu`.
+    pub const fn new(cpu: u32) -> Self {
+        CpuCtx {
+            cpu,
+            active: AtomicBool::new(false),
+            pending: spin::Mutex::new(BioList::new()),
+            plug: spin::Mutex::new(BioList::new()),
+            plug_depth: AtomicU32::new(0),
+            submitted: AtomicU64::new(0),
+            loops: AtomicU64::new(0),
+        }
+    }
+
+    /// The CPU id.
+    pub fn cpu(&self) -> u32 {
+        self.cpu
+    }
+
+    /// Bios accepted by `submit_bio`/`submit` on this context.
+    pub fn submitted(&self) -> u64 {
+        self.submitted.load(Ordering::Relaxed)
+    }
+
+    /// Bios the submission loop handed to a device.
+    pub fn loop_iterations(&self) -> u64 {
+        self.loops.load(Ordering::Relaxed)
+    }
+
+    /// Submits a bio whose errors go to its `end_io` (what stacked devices and completion
+    /// paths use). Inside the submission loop this only queues it.
+    pub fn submit(&self, bio: Bio) {
+        self.submitted.fetch_add(1, Ordering::Relaxed);
+        if self.active.swap(true, Ordering::Acquire) {
+            self.pending.lock().push_back(bio);
+            return;
+        }
+        self.run(bio);
+    }
+
+    fn run(&self, first: Bio) {
+        let mut next = Some(first);
+        loop {
+            while let Some(bio) = next.take() {
+                self.loops.fetch_add(1, Ordering::Relaxed);
+                let Some(dev) = bio.dev() else {
+                    bio_io_error(bio, BlkError::InvalidArgument);
+                    next = self.pending.lock().pop_front();
+                    continue;
+                };
+                let mut older = core::mem::take(&mut *self.pending.lock());
+                match check_bio_dev(dev, &bio) {
+                    Ok(()) => dev.submit(bio, self),
+                    Err(e) => bio_io_error(bio, e),
+                }
+                // Bios for lower devices first, then more for this device, then the older ones.
+                let mut new = core::mem::take(&mut *self.pending.lock());
+                let (mut lower, mut same) = (BioList::new(), BioList::new());
+                while let Some(b) = new.pop_front() {
+                    if b.is_for(dev) {
+                        same.push_back(b);
+                    } else {
+                        lower.push_back(b);
+                    }
+                }
+                lower.append(&mut same);
+                lower.append(&mut older);
+                let mut p = self.pending.lock();
+                lower.append(&mut p);
+                *p = lower;
+                next = p.pop_front();
+            }
+            self.active.store(false, Ordering::Release);
+            // A bio queued by another thread between the last pop and clearing `active`.
+            if self.pending.lock().is_empty() || self.active.swap(true, Ordering::Acquire) {
+                return;
+            }
+            next = self.pending.lock().pop_front();
+            if next.is_none() {
+                self.active.store(false, Ordering::Release);
+                return;
+            }
+        }
+    }
+
+    /// Starts plugging: request queues collect bios until the returned guard is dropped (or
+    /// [`Plug::finish`]ed), then merge them and dispatch them in batches. Plugs nest; the
+    /// outermost flushes.
+    pub fn plug(&self) -> Plug<'_> {
+        let outer = self.plug_depth.fetch_add(1, Ordering::AcqRel) == 0;
+        Plug { ctx: self, outer }
+    }
+
+    /// Whether a plug is active.
+    pub fn plugged(&self) -> bool {
+        self.plug_depth.load(Ordering::Acquire) > 0
+    }
+
+    /// Adds a bio to the plug (request queues call this when [`CpuCtx::plugged`]).
+    pub fn add_to_plug(&self, bio: Bio) {
+        let full = {
+            let mut p = self.plug.lock();
+            p.push_back(bio);
+            p.len() >= PLUG_MAX
+        };
+        if full {
+            self.flush_plug();
+        }
+    }
+
+    /// Hands every plugged bio to its device, grouped by device, in submission order.
+    pub fn flush_plug(&self) {
+        loop {
+            let mut all = core::mem::take(&mut *self.plug.lock());
+            if all.is_empty() {
+                return;
+            }
+            while let Some(first) = all.pop_front() {
+                let Some(dev) = first.dev() else {
+                    bio_io_error(first, BlkError::InvalidArgument);
+                    continue;
+                };
+                let (mut group, mut rest) = (BioList::new(), BioList::new());
+                group.push_back(first);
+                while let Some(b) = all.pop_front() {
+                    if b.is_for(dev) {
+                        group.push_back(b);
+                    } else {
+                        rest.push_back(b);
+                    }
+                }
+                all = rest;
+                dev.flush_plugged(group, self);
+            }
+        }
+    }
+}
+
+/// An active plug (see [`CpuCtx::plug`]).
+pub struct Plug<'a> {
+    ctx: &'a CpuCtx,
+    outer: bool,
+}
+
+impl Plug<'_> {
+    /// Ends the plug now (same as dropping it).
+    pub fn finish(self) {}
+}
+
+impl Drop for Plug<'_> {
+    fn drop(&mut self) {
+        if self.outer {
+            self.ctx.flush_plug();
+        }
+        self.ctx.plug_depth.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Submits `bio` to its device. Up-front refusals (no device, out of range, misaligned,
+/// read-only, unsupported op) hand the bio back with the error; later errors reach `end_io`.
+///
+/// Never recurses: a device submitting to lower devices only queues bios on `ctx`, and the
+/// outermost `submit_bio` on this CPU runs them in a loop, lower devices first.
+pub fn submit_bio(ctx: &CpuCtx, bio: Bio) -> Result<(), (BlkError, Bio)> {
+    let Some(dev) = bio.dev() else {
+        return Err((BlkError::InvalidArgument, bio));
+    };
+    if let Err(e) = check_bio_dev(dev, &bio) {
+        return Err((e, bio));
+    }
+    ctx.submit(bio);
+    Ok(())
+}

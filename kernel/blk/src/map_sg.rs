@@ -1,0 +1,63 @@
+//! `map_sg`: a request's segments as the scatter-gather list the hardware reads.
+
+use hal::PhysAddr;
+
+use crate::error::BlkError;
+use crate::limits::QueueLimits;
+use crate::request::Request;
+
+/// One scatter-gather entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SgEntry {
+    /// Physical address.
+    pub addr: PhysAddr,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// Builds the scatter-gather list of `rq` into `out`: physically contiguous segments (across
+/// bios too) are merged as long as the entry stays within `max_segment_size` and does not cross
+/// a segment boundary. Returns the number of entries; never more than `limits.max_segments` or
+/// `out.len()` (`InvalidArgument` if they would not suffice).
+pub fn map_sg(rq: &Request, limits: &QueueLimits, out: &mut [SgEntry]) -> Result<usize, BlkError> {
+    let max = out.len().min(limits.max_segments as usize);
+    let mut n = 0usize;
+    let mut cur: Option<SgEntry> = None;
+    for v in rq.segments() {
+        let (mut a, mut left) = (v.addr.0, v.len as u64);
+        while left > 0 {
+            if let Some(c) = cur.as_mut()
+                && c.addr.0 + c.len as u64 == a
+            {
+                let room = (limits.max_segment_size as u64 - c.len as u64)
+                    .min(limits.bytes_to_boundary(c.addr.0).saturating_sub(c.len as u64));
+                let take = left.min(room);
+                if take > 0 {
+                    c.len += take as u32;
+                    a += take;
+                    left -= take;
+                    continue;
+                }
+            }
+            if let Some(c) = cur.take() {
+                if n >= max {
+                    return Err(BlkError::InvalidArgument);
+                }
+                out[n] = c;
+                n += 1;
+            }
+            let take = left.min(limits.max_segment_size as u64).min(limits.bytes_to_boundary(a));
+            cur = Some(SgEntry { addr: PhysAddr(a), len: take as u32 });
+            a += take;
+            left -= take;
+        }
+    }
+    if let Some(c) = cur {
+        if n >= max {
+            return Err(BlkError::InvalidArgument);
+        }
+        out[n] = c;
+        n += 1;
+    }
+    Ok(n)
+}

@@ -1,0 +1,2 @@
+//! Host tests that span modules.
+mod mempool;
