@@ -1,0 +1,224 @@
+//! The one module where `unsafe` is allowed: virtio-drivers' `Hal` trait, its `unsafe fn`
+//! queue calls, the MMIO transport constructor, and the raw used-ring reads (event index, test
+//! hook). Everything here relies on one platform fact: every RAM physical address is mapped at
+//! the same virtual address, and device register windows come from `hal::MmioMapper`.
+#![allow(unsafe_code)]
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use hal::{DmaBuf, Mmio, PhysAddr};
+use virtio_drivers::queue::VirtQueue;
+use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
+use virtio_drivers::{BufferDirection, Hal};
+
+use crate::spec::used_ring;
+
+/// virtio-drivers' view of our DMA memory: pages from `hal::dma`, identity addresses for
+/// buffers (the driver only hands it memory it names by physical address).
+pub struct VirtioHal;
+
+/// Virtual address of the last device-written ("used ring") area the queue allocated.
+static LAST_USED_AREA: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: `dma_alloc` returns zeroed, page-aligned pages that belong to nobody else until
+// `dma_dealloc`; `share` returns the address the device must use for a buffer (identity for
+// every buffer this driver passes, see `phys_bytes`); `mmio_phys_to_virt` is the identity,
+// which is how the boot code maps device windows on both architectures.
+unsafe impl Hal for VirtioHal {
+    fn dma_alloc(pages: usize, direction: BufferDirection) -> (u64, NonNull<u8>) {
+        let Ok(buf) = DmaBuf::alloc(pages * hal::dma::PAGE_SIZE, hal::dma::PAGE_SIZE) else {
+            return (0, NonNull::dangling());
+        };
+        let (virt, phys, _) = buf.into_raw_parts();
+        if direction == BufferDirection::DeviceToDriver {
+            LAST_USED_AREA.store(virt, Ordering::Relaxed);
+        }
+        match NonNull::new(virt as *mut u8) {
+            Some(p) => (phys.0, p),
+            None => (0, NonNull::dangling()),
+        }
+    }
+
+    unsafe fn dma_dealloc(paddr: u64, vaddr: NonNull<u8>, pages: usize) -> i32 {
+        // SAFETY: the caller passes back what `dma_alloc` returned, once.
+        drop(unsafe {
+            DmaBuf::from_raw_parts(
+                vaddr.as_ptr() as usize,
+                PhysAddr(paddr),
+                pages * hal::dma::PAGE_SIZE,
+            )
+        });
+        0
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: u64, _size: usize) -> NonNull<u8> {
+        NonNull::new(paddr as *mut u8).unwrap_or(NonNull::dangling())
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> u64 {
+        buffer.as_ptr() as *mut u8 as u64
+    }
+
+    unsafe fn unshare(_paddr: u64, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
+}
+
+/// The used area the last `VirtQueue::new` allocated (read right after creating a queue, at
+/// initialisation, which is single-threaded).
+pub(crate) fn take_used_area() -> usize {
+    LAST_USED_AREA.swap(0, Ordering::Relaxed)
+}
+
+/// `len` bytes of memory at physical address `addr`, as the slice virtio-drivers' `add` wants
+/// (it only takes the address and length of it).
+///
+/// # Safety
+/// `addr..addr + len` is RAM (identity mapped) that stays allocated while the device owns the
+/// chain, and nothing reads it as a Rust value meanwhile.
+unsafe fn phys_bytes<'a>(addr: u64, len: u32) -> &'a mut [u8] {
+    // SAFETY: the caller's contract; a non-null, identity-mapped RAM address.
+    unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, len as usize) }
+}
+
+/// One buffer of a chain: physical address, length, device-writable.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChainBuf {
+    pub addr: u64,
+    pub len: u32,
+}
+
+/// Most buffers in one chain.
+pub(crate) const MAX_CHAIN: usize = crate::MAX_SEGMENTS as usize + 2;
+
+/// Adds a chain (`readable` then `writable` buffers) without notifying; returns its head.
+///
+/// Crate-internal contract (what makes this safe to call): every buffer is either a data
+/// segment of a block-layer request, which the block layer leaves alone until the request
+/// completes (after the chain came back through [`pop_chain`] or the device was reset), or the
+/// driver's own command memory for that tag, which it only touches through volatile accessors.
+pub(crate) fn add_chain<const RING: usize>(
+    vq: &mut VirtQueue<VirtioHal, RING>,
+    readable: &[ChainBuf],
+    writable: &[ChainBuf],
+) -> virtio_drivers::Result<u16> {
+    let mut ins: [&[u8]; MAX_CHAIN] = [&[]; MAX_CHAIN];
+    let mut outs: [&mut [u8]; MAX_CHAIN] = core::array::from_fn(|_| <&mut [u8]>::default());
+    if readable.len() > MAX_CHAIN || writable.len() > MAX_CHAIN {
+        return Err(virtio_drivers::Error::InvalidParam);
+    }
+    for (slot, b) in ins.iter_mut().zip(readable) {
+        // SAFETY: RAM owned by the device until the chain is popped (the contract above).
+        *slot = unsafe { phys_bytes(b.addr, b.len) };
+    }
+    for (slot, b) in outs.iter_mut().zip(writable) {
+        // SAFETY: as above.
+        *slot = unsafe { phys_bytes(b.addr, b.len) };
+    }
+    // SAFETY: the buffers stay valid and untouched by the CPU until `pop_chain` returns this
+    // head or the device is reset (the contract above).
+    unsafe { vq.add(&ins[..readable.len()], &mut outs[..writable.len()]) }
+}
+
+/// Pops the next used chain, which the caller has checked is `head` with `readable` and
+/// `writable` buffers; returns the device's `len`.
+pub(crate) fn pop_chain<const RING: usize>(
+    vq: &mut VirtQueue<VirtioHal, RING>,
+    head: u16,
+    readable: u16,
+    writable: u16,
+) -> virtio_drivers::Result<u32> {
+    // Placeholders with the right count: `VirtioHal::unshare` ignores the buffers, and the
+    // queue walks the chain from its own trusted copy of the descriptors.
+    static RO: [u8; 1] = [0];
+    let mut rw = [0u8; MAX_CHAIN];
+    let ins: [&[u8]; MAX_CHAIN] = [&RO; MAX_CHAIN];
+    let mut outs: [&mut [u8]; MAX_CHAIN] = core::array::from_fn(|_| <&mut [u8]>::default());
+    for (slot, b) in outs.iter_mut().zip(rw.chunks_mut(1)) {
+        *slot = b;
+    }
+    let (r, w) = (readable as usize, writable as usize);
+    if r > MAX_CHAIN || w > MAX_CHAIN {
+        return Err(virtio_drivers::Error::InvalidParam);
+    }
+    // SAFETY: `head` is a chain this driver added with exactly `readable` + `writable` buffers
+    // (checked against the head table by the caller); the placeholders only have to match in
+    // number because `unshare` does nothing.
+    unsafe { vq.pop_used(head, &ins[..r], &mut outs[..w]) }
+}
+
+/// A virtio-mmio transport over a register window from the mapper.
+pub(crate) fn mmio_transport(regs: &Mmio) -> Result<MmioTransport<'static>, crate::InitError> {
+    let header =
+        NonNull::new(regs.virt() as *mut VirtIOHeader).ok_or(crate::InitError::Transport)?;
+    // SAFETY: `regs` is a mapped virtio-mmio register window owned by this driver for the rest
+    // of the program (the boot crate mapped it from the slot's device-tree range).
+    unsafe { MmioTransport::new(header, regs.len()) }.map_err(|_| crate::InitError::Transport)
+}
+
+/// Raw access to a queue's used area (device-written), for what `VirtQueue` does not expose.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UsedArea {
+    virt: usize,
+    ring: usize,
+}
+
+impl UsedArea {
+    /// The used area at `virt` of a ring of `ring` entries (`None` if unknown).
+    pub(crate) fn new(virt: usize, ring: usize) -> Option<Self> {
+        (virt != 0 && virt.is_multiple_of(4)).then_some(UsedArea { virt, ring })
+    }
+
+    fn ptr16(&self, off: usize) -> *mut u16 {
+        (self.virt + off) as *mut u16
+    }
+
+    /// `avail_event`: the avail index the device wants to be notified at (event-index mode).
+    pub(crate) fn avail_event(&self) -> u16 {
+        // SAFETY: inside the used area (`4 + 8 * ring` is its last field), aligned, memory the
+        // queue allocated and keeps; a volatile read of a device-written word.
+        unsafe {
+            self.ptr16(used_ring::RING + used_ring::ELEM * self.ring)
+                .read_volatile()
+        }
+    }
+
+    /// Test hook: appends a used element `{id, len}` as if the device had written it. Only
+    /// meaningful while the device has nothing in flight.
+    pub(crate) fn inject(&self, id: u32, len: u32) {
+        // SAFETY: every access is inside the used area and aligned; the device is idle (nothing
+        // in flight), so it does not write the ring concurrently.
+        unsafe {
+            let idx = self.ptr16(used_ring::IDX).read_volatile();
+            let slot = idx as usize % self.ring;
+            let elem = (self.virt + used_ring::RING + used_ring::ELEM * slot) as *mut u32;
+            elem.write_volatile(id);
+            elem.add(1).write_volatile(len);
+            core::sync::atomic::fence(Ordering::SeqCst);
+            self.ptr16(used_ring::IDX)
+                .write_volatile(idx.wrapping_add(1));
+        }
+    }
+}
+
+/// Configuration space of one PCI function, for virtio-drivers' `PciRoot` (which only asks
+/// about the function it was given).
+pub(crate) struct FunctionConfig(pub &'static ::pci::PciFunction<'static>);
+
+impl virtio_drivers::transport::pci::bus::ConfigurationAccess for FunctionConfig {
+    fn read_word(&self, _df: virtio_drivers::transport::pci::bus::DeviceFunction, off: u8) -> u32 {
+        self.0.config_read32(off as u16 & !3)
+    }
+
+    fn write_word(
+        &mut self,
+        _df: virtio_drivers::transport::pci::bus::DeviceFunction,
+        off: u8,
+        data: u32,
+    ) {
+        self.0.config_write32(off as u16 & !3, data);
+    }
+
+    unsafe fn unsafe_clone(&self) -> Self {
+        FunctionConfig(self.0)
+    }
+}

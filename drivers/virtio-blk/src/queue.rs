@@ -1,0 +1,779 @@
+//! The driver proper: bring-up, `blk::HwQueue` (requests to descriptor chains, batched
+//! notification), reaping the used ring with every entry checked, completion by tag, device
+//! reset after a protocol violation, and the statistics.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use blk::{
+    BioFlags, BlkError, BlkStatus, HwQueue, Op, QueueLimits, QueueRqError, Request, SgEntry,
+    TagComplete,
+};
+use hal::{DmaBuf, IrqLine};
+use spin::{Mutex, Once};
+use virtio_drivers::queue::VirtQueue;
+use virtio_drivers::transport::{DeviceStatus, DeviceType, SomeTransport, Transport};
+
+use crate::hal_impl::{ChainBuf, UsedArea, VirtioHal, add_chain, pop_chain, take_used_area};
+use crate::sg::{HeadTable, RequestKind, need_event, plan};
+use crate::spec::{config, feature, status};
+use crate::{InitError, MAX_SEGMENTS, QUEUE_DEPTH, RING_SIZE};
+
+/// How completions are noticed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The device interrupts; the handler reaps.
+    Interrupt,
+    /// No interrupts: `HwQueue::poll` reaps (the kernel's wait hook calls it).
+    Polling,
+}
+
+/// `BlkError::DeviceError` codes this driver reports besides the device's own status byte.
+pub mod device_error {
+    /// The used ring named a chain that was not in flight (or no chain at all).
+    pub const BAD_USED_ID: u16 = 0x100;
+    /// The device reported fewer bytes written than the chain needed.
+    pub const SHORT_LENGTH: u16 = 0x101;
+    /// The request was in flight when the driver reset the device.
+    pub const RESET: u16 = 0x102;
+    /// The device is unusable (a reset failed).
+    pub const DEAD: u16 = 0x103;
+}
+
+/// What the device offered and the driver took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Size in 512-byte sectors.
+    pub capacity: u64,
+    /// Logical block size.
+    pub block_size: u32,
+    /// Most data segments per request (device `seg_max`, capped by [`MAX_SEGMENTS`]).
+    pub max_segments: u16,
+    /// Largest segment (device `size_max`, or unlimited as far as the ring goes).
+    pub max_segment_size: u32,
+    /// Writes are refused.
+    pub read_only: bool,
+    /// `VIRTIO_BLK_F_FLUSH` negotiated (a volatile cache to flush).
+    pub flush: bool,
+    /// Most sectors per discard (0: none).
+    pub max_discard_sectors: u32,
+    /// Most sectors per write-zeroes (0: none).
+    pub max_write_zeroes_sectors: u32,
+    /// `VIRTIO_F_EVENT_IDX` negotiated.
+    pub event_idx: bool,
+    /// Negotiated feature bits.
+    pub features: u64,
+    /// Ring entries.
+    pub ring_size: u16,
+    /// Tags.
+    pub queue_depth: u16,
+}
+
+impl DeviceInfo {
+    /// The block layer's limits for this device.
+    pub fn queue_limits(&self) -> QueueLimits {
+        let mut l = QueueLimits::new();
+        l.logical_block_size = self.block_size;
+        l.max_segments = self.max_segments;
+        l.max_segment_size = self.max_segment_size;
+        // The header's sector field is 64-bit; one request stays within 1 MiB so a request
+        // never hogs the ring for long (and splits are exercised).
+        l.max_sectors = 2048;
+        l.dma_alignment = 4;
+        l.max_discard_sectors = self.max_discard_sectors;
+        l.max_write_zeroes_sectors = self.max_write_zeroes_sectors;
+        l
+    }
+}
+
+macro_rules! driver_stats {
+    ($( $(#[$m:meta])* $name:ident ),* $(,)?) => {
+        /// Counters of one device (relaxed atomics).
+        #[derive(Debug, Default)]
+        pub struct DriverStats { $( $(#[$m])* pub $name: AtomicU64, )* }
+
+        impl DriverStats {
+            const fn new() -> Self { DriverStats { $( $name: AtomicU64::new(0), )* } }
+        }
+    };
+}
+
+driver_stats! {
+    /// Requests turned into descriptor chains.
+    requests,
+    /// `queue_rq` answered `Busy` (ring full).
+    busy,
+    /// Doorbell writes.
+    notifies,
+    /// Commits that skipped the doorbell because the device did not ask for it.
+    notifies_suppressed,
+    /// Interrupt handler runs.
+    interrupts,
+    /// Chains reaped from the used ring.
+    reaped,
+    /// Requests completed to the block layer.
+    completions,
+    /// Requests completed with an error.
+    errors,
+    /// Used entries with a bad id.
+    bad_used_ids,
+    /// Used entries with a short length.
+    short_lengths,
+    /// Device resets after a protocol violation.
+    resets,
+    /// Post-flushes run for FUA writes.
+    fua_flushes,
+}
+
+/// Bytes of command memory per tag: header at 0, range segment at 16, status at 32.
+const CMD_STRIDE: usize = 64;
+const CMD_RANGE: usize = 16;
+const CMD_STATUS: usize = 32;
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    readable: u16,
+    writable: u16,
+    min_used_len: u32,
+    bytes: u32,
+    /// A FUA write whose post-flush is still to run.
+    fua: bool,
+}
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        readable: 0,
+        writable: 0,
+        min_used_len: 0,
+        bytes: 0,
+        fua: false,
+    };
+}
+
+struct Inner {
+    transport: SomeTransport<'static>,
+    vq: VirtQueue<VirtioHal, RING_SIZE>,
+    used: Option<UsedArea>,
+    heads: HeadTable<RING_SIZE>,
+    slots: [Slot; QUEUE_DEPTH],
+    /// Chains added since bring-up (equals the queue's avail index).
+    added: u16,
+    /// `added` at the last notification decision.
+    notified: u16,
+    dead: bool,
+}
+
+type Done = (u16, BlkStatus);
+
+/// One virtio-blk device with one request queue.
+pub struct VirtioBlk {
+    inner: Mutex<Inner>,
+    cmd: DmaBuf,
+    info: DeviceInfo,
+    limits: QueueLimits,
+    mode: Mode,
+    sink: Once<&'static dyn TagComplete>,
+    irq: Once<IrqLine>,
+    msix: Once<(
+        &'static ::pci::PciFunction<'static>,
+        &'static dyn hal::MmioMapper,
+        u16,
+    )>,
+    /// Someone has to reap: set by an interrupt that found the lock taken.
+    reap_pending: AtomicBool,
+    /// Next reap replaces the id of the first used entry (test hook).
+    corrupt_next: Mutex<Option<u32>>,
+    stats: DriverStats,
+}
+
+const WANTED: u64 = feature::VERSION_1
+    | feature::SIZE_MAX
+    | feature::SEG_MAX
+    | feature::RO
+    | feature::BLK_SIZE
+    | feature::FLUSH
+    | feature::DISCARD
+    | feature::WRITE_ZEROES;
+
+/// Resets the device, negotiates, sets up queue 0; the caller sets DRIVER_OK.
+fn bring_up(
+    t: &mut SomeTransport<'static>,
+    mode: Mode,
+) -> Result<(u64, VirtQueue<VirtioHal, RING_SIZE>, Option<UsedArea>), InitError> {
+    t.set_status(DeviceStatus::empty());
+    t.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
+    let offered = t.read_device_features();
+    if offered & feature::VERSION_1 == 0 {
+        t.set_status(DeviceStatus::FAILED);
+        return Err(InitError::Legacy);
+    }
+    let mut wanted = WANTED;
+    if mode == Mode::Interrupt {
+        wanted |= feature::RING_EVENT_IDX;
+    }
+    let features = offered & wanted;
+    t.write_driver_features(features);
+    t.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK);
+    if !t.get_status().contains(DeviceStatus::FEATURES_OK) {
+        t.set_status(DeviceStatus::FAILED);
+        return Err(InitError::Transport);
+    }
+    let event_idx = features & feature::RING_EVENT_IDX != 0;
+    let _ = take_used_area();
+    let mut vq =
+        VirtQueue::<VirtioHal, RING_SIZE>::new(t, 0, false, event_idx).map_err(|e| match e {
+            virtio_drivers::Error::DmaError => InitError::NoMemory,
+            _ => InitError::Queue,
+        })?;
+    let used = UsedArea::new(take_used_area(), RING_SIZE);
+    if mode == Mode::Polling {
+        vq.set_dev_notify(false);
+    }
+    Ok((features, vq, used))
+}
+
+fn read_u32(t: &SomeTransport<'static>, off: usize) -> Result<u32, InitError> {
+    t.read_config_space::<u32>(off)
+        .map_err(|_| InitError::BadConfig)
+}
+
+impl VirtioBlk {
+    /// Brings the device behind `transport` up (reset, negotiation, queue, DRIVER_OK). Attach
+    /// the block layer's queue with [`VirtioBlk::attach`] before submitting.
+    pub fn new(mut transport: SomeTransport<'static>, mode: Mode) -> Result<VirtioBlk, InitError> {
+        if transport.device_type() != DeviceType::Block {
+            return Err(InitError::NotBlock);
+        }
+        let (features, vq, used) = bring_up(&mut transport, mode)?;
+        let has = |f: u64| features & f != 0;
+        let capacity = read_u32(&transport, config::CAPACITY)? as u64
+            | (read_u32(&transport, config::CAPACITY + 4)? as u64) << 32;
+        let block_size = if has(feature::BLK_SIZE) {
+            read_u32(&transport, config::BLK_SIZE)?
+        } else {
+            512
+        };
+        let seg_max = if has(feature::SEG_MAX) {
+            read_u32(&transport, config::SEG_MAX)?
+        } else {
+            1
+        };
+        let size_max = if has(feature::SIZE_MAX) {
+            read_u32(&transport, config::SIZE_MAX)?
+        } else {
+            u32::MAX
+        };
+        let max_discard_sectors = if has(feature::DISCARD) {
+            read_u32(&transport, config::MAX_DISCARD_SECTORS)?
+        } else {
+            0
+        };
+        let max_write_zeroes_sectors = if has(feature::WRITE_ZEROES) {
+            read_u32(&transport, config::MAX_WRITE_ZEROES_SECTORS)?
+        } else {
+            0
+        };
+        // Keep segments block-aligned and within what a descriptor length can say.
+        let max_segment_size = (size_max.clamp(4096, 1 << 22) / 4096) * 4096;
+        let info = DeviceInfo {
+            capacity,
+            block_size,
+            max_segments: (seg_max.clamp(1, MAX_SEGMENTS as u32)) as u16,
+            max_segment_size,
+            read_only: has(feature::RO),
+            flush: has(feature::FLUSH),
+            max_discard_sectors,
+            max_write_zeroes_sectors,
+            event_idx: has(feature::RING_EVENT_IDX),
+            features,
+            ring_size: RING_SIZE as u16,
+            queue_depth: QUEUE_DEPTH as u16,
+        };
+        let limits = info.queue_limits();
+        if limits.validate().is_err() {
+            transport.set_status(DeviceStatus::FAILED);
+            return Err(InitError::BadConfig);
+        }
+        let cmd = DmaBuf::alloc(QUEUE_DEPTH * CMD_STRIDE, 64).map_err(|_| InitError::NoMemory)?;
+        transport.finish_init();
+        Ok(VirtioBlk {
+            inner: Mutex::new(Inner {
+                transport,
+                vq,
+                used,
+                heads: HeadTable::new(),
+                slots: [Slot::EMPTY; QUEUE_DEPTH],
+                added: 0,
+                notified: 0,
+                dead: false,
+            }),
+            cmd,
+            info,
+            limits,
+            mode,
+            sink: Once::new(),
+            irq: Once::new(),
+            msix: Once::new(),
+            reap_pending: AtomicBool::new(false),
+            corrupt_next: Mutex::new(None),
+            stats: DriverStats::new(),
+        })
+    }
+
+    /// What the device offered.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// The limits to build the block layer's queue with.
+    pub fn limits(&self) -> QueueLimits {
+        self.limits
+    }
+
+    /// Completion mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &DriverStats {
+        &self.stats
+    }
+
+    /// Connects the block layer's queue (completion by tag). Once.
+    pub fn attach(&self, queue: &'static dyn TagComplete) {
+        self.sink.call_once(|| queue);
+    }
+
+    /// The interrupt line (masked briefly when the handler finds the queue lock taken).
+    pub fn set_irq_line(&self, line: IrqLine) {
+        self.irq.call_once(|| line);
+    }
+
+    /// Routes queue 0 to MSI-X entry `entry` of PCI function `f` (again after every reset).
+    pub fn set_msix(
+        &self,
+        f: &'static ::pci::PciFunction<'static>,
+        mapper: &'static dyn hal::MmioMapper,
+        entry: u16,
+    ) -> bool {
+        self.msix.call_once(|| (f, mapper, entry));
+        crate::pci::set_queue_msix_vector(f, mapper, entry)
+    }
+
+    /// Requests in flight in the device.
+    pub fn in_flight(&self) -> u16 {
+        self.inner.lock().heads.in_flight()
+    }
+
+    /// Whether a protocol violation left the device unusable.
+    pub fn is_dead(&self) -> bool {
+        self.inner.lock().dead
+    }
+
+    /// Test hook: the next used entry reaped gets id `id` instead of the device's, as if the
+    /// device had written a corrupt entry. With nothing in flight, writes a whole bogus entry
+    /// into the used ring instead (the next reap finds it).
+    pub fn inject_corrupt_used(&self, id: u32) {
+        let inner = self.inner.lock();
+        match inner.used {
+            Some(u) if inner.heads.in_flight() == 0 => u.inject(id, 1),
+            _ => *self.corrupt_next.lock() = Some(id),
+        }
+    }
+
+    /// The interrupt handler: acknowledge, reap, complete by tag. Never waits.
+    pub fn handle_irq(&self) {
+        self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+        self.reap_pending.store(true, Ordering::Release);
+        match self.inner.try_lock() {
+            Some(mut inner) => {
+                inner.transport.ack_interrupt();
+                let mut done = [(0u16, Ok(())); QUEUE_DEPTH];
+                let n = self.reap_locked(&mut inner, &mut done);
+                drop(inner);
+                self.deliver(&done[..n]);
+                self.reap_if_pending();
+            }
+            None => {
+                // Process context holds the lock on this CPU: it reaps when it lets go. A
+                // level-triggered line stays masked until then.
+                if let Some(l) = self.irq.get() {
+                    let _ = l.disable();
+                }
+            }
+        }
+    }
+
+    /// Reaps if an interrupt asked for it while the lock was taken.
+    fn reap_if_pending(&self) {
+        while self.reap_pending.load(Ordering::Acquire) {
+            let Some(mut inner) = self.inner.try_lock() else {
+                return;
+            };
+            if self.mode == Mode::Interrupt {
+                inner.transport.ack_interrupt();
+            }
+            let mut done = [(0u16, Ok(())); QUEUE_DEPTH];
+            let n = self.reap_locked(&mut inner, &mut done);
+            drop(inner);
+            if let Some(l) = self.irq.get()
+                && self.mode == Mode::Interrupt
+            {
+                let _ = l.enable();
+            }
+            self.deliver(&done[..n]);
+        }
+    }
+
+    fn deliver(&self, done: &[Done]) {
+        let Some(sink) = self.sink.get() else { return };
+        for &(tag, st) in done {
+            self.stats.completions.fetch_add(1, Ordering::Relaxed);
+            match st {
+                Ok(()) => sink.complete(tag, Ok(()), None),
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    sink.complete(tag, Err(e), Some(0));
+                }
+            }
+        }
+    }
+
+    /// Takes every used entry, checking each; returns the completions to deliver.
+    fn reap_locked(&self, inner: &mut Inner, done: &mut [Done; QUEUE_DEPTH]) -> usize {
+        self.reap_pending.store(false, Ordering::Release);
+        let mut n = 0;
+        let mut renotify = false;
+        while let Some(mut id) = inner.vq.peek_used() {
+            if let Some(bad) = self.corrupt_next.lock().take() {
+                id = bad as u16;
+                if bad > u16::MAX as u32 {
+                    id = u16::MAX;
+                }
+            }
+            let tag = match inner.heads.check(id) {
+                Ok(tag) => tag,
+                Err(e) => {
+                    self.stats.bad_used_ids.fetch_add(1, Ordering::Relaxed);
+                    let _ = e;
+                    n = self.reset_locked(inner, done, n);
+                    break;
+                }
+            };
+            let Some(slot) = inner.slots.get(tag as usize).copied() else {
+                n = self.reset_locked(inner, done, n);
+                break;
+            };
+            let len = match pop_chain(&mut inner.vq, id, slot.readable, slot.writable) {
+                Ok(len) => len,
+                Err(_) => {
+                    n = self.reset_locked(inner, done, n);
+                    break;
+                }
+            };
+            inner.heads.remove(id);
+            self.stats.reaped.fetch_add(1, Ordering::Relaxed);
+            let base = tag as usize * CMD_STRIDE;
+            let st = if len < slot.min_used_len {
+                self.stats.short_lengths.fetch_add(1, Ordering::Relaxed);
+                Err(BlkError::DeviceError(device_error::SHORT_LENGTH))
+            } else {
+                match self.cmd.read8(base + CMD_STATUS) {
+                    status::OK => Ok(()),
+                    status::IOERR => Err(BlkError::Io),
+                    status::UNSUPP => Err(BlkError::Unsupported),
+                    other => Err(BlkError::DeviceError(other as u16)),
+                }
+            };
+            if st.is_ok() && slot.fua {
+                // The write is done; make it stable before completing it.
+                self.stats.fua_flushes.fetch_add(1, Ordering::Relaxed);
+                self.write_header(tag, RequestKind::Flush, 0);
+                let p = plan(RequestKind::Flush, 0, 0);
+                if self
+                    .add_locked(inner, tag, RequestKind::Flush, &[], p.readable, p.writable)
+                    .is_ok()
+                {
+                    inner.slots[tag as usize] = Slot {
+                        readable: p.readable,
+                        writable: p.writable,
+                        min_used_len: p.min_used_len,
+                        bytes: slot.bytes,
+                        fua: false,
+                    };
+                    renotify = true;
+                    continue;
+                }
+                // No room for the flush: let the block layer retry the whole write.
+                done[n] = (tag, Err(BlkError::Busy));
+                n += 1;
+                continue;
+            }
+            inner.slots[tag as usize] = Slot::EMPTY;
+            done[n] = (tag, st);
+            n += 1;
+            if n == QUEUE_DEPTH {
+                break;
+            }
+        }
+        if renotify {
+            self.notify_locked(inner);
+        }
+        n
+    }
+
+    /// The device broke the protocol: reset it (it stops touching memory), fail everything in
+    /// flight, and bring it up again.
+    fn reset_locked(
+        &self,
+        inner: &mut Inner,
+        done: &mut [Done; QUEUE_DEPTH],
+        mut n: usize,
+    ) -> usize {
+        self.stats.resets.fetch_add(1, Ordering::Relaxed);
+        inner.transport.set_status(DeviceStatus::empty());
+        let slots = &mut inner.slots;
+        inner.heads.drain(|tag| {
+            if let Some(s) = slots.get_mut(tag as usize) {
+                *s = Slot::EMPTY;
+            }
+            if n < QUEUE_DEPTH {
+                done[n] = (tag, Err(BlkError::DeviceError(device_error::RESET)));
+                n += 1;
+            }
+        });
+        match bring_up(&mut inner.transport, self.mode) {
+            Ok((features, vq, used)) if features == self.info.features => {
+                inner.vq = vq;
+                inner.used = used;
+                inner.added = 0;
+                inner.notified = 0;
+                if let Some(&(f, mapper, entry)) = self.msix.get() {
+                    crate::pci::set_queue_msix_vector(f, mapper, entry);
+                }
+                inner.transport.finish_init();
+            }
+            _ => {
+                inner.dead = true;
+                inner.transport.set_status(DeviceStatus::FAILED);
+            }
+        }
+        n
+    }
+
+    fn write_header(&self, tag: u16, kind: RequestKind, sector: u64) {
+        let base = tag as usize * CMD_STRIDE;
+        self.cmd.write32(base, kind.wire_type());
+        self.cmd.write32(base + 4, 0);
+        self.cmd.write64(base + 8, sector);
+        // A device that never writes the status leaves an error behind.
+        self.cmd.write8(base + CMD_STATUS, 0xff);
+    }
+
+    /// Adds the chain for `tag`: header, `data` (readable or writable by kind), range segment,
+    /// status.
+    fn add_locked(
+        &self,
+        inner: &mut Inner,
+        tag: u16,
+        kind: RequestKind,
+        data: &[SgEntry],
+        readable: u16,
+        writable: u16,
+    ) -> Result<u16, QueueRqError> {
+        if inner.vq.available_desc() < (readable + writable) as usize {
+            return Err(QueueRqError::Busy);
+        }
+        let base = self.cmd.phys().0 + (tag as usize * CMD_STRIDE) as u64;
+        let header = ChainBuf {
+            addr: base,
+            len: 16,
+        };
+        let status = ChainBuf {
+            addr: base + CMD_STATUS as u64,
+            len: 1,
+        };
+        let mut r = [header; MAX_SEGMENTS as usize + 2];
+        let mut w = [status; MAX_SEGMENTS as usize + 2];
+        let (mut nr, mut nw) = (1usize, 0usize);
+        match kind {
+            RequestKind::Read => {
+                for s in data {
+                    w[nw] = ChainBuf {
+                        addr: s.addr.0,
+                        len: s.len,
+                    };
+                    nw += 1;
+                }
+            }
+            RequestKind::Write => {
+                for s in data {
+                    r[nr] = ChainBuf {
+                        addr: s.addr.0,
+                        len: s.len,
+                    };
+                    nr += 1;
+                }
+            }
+            RequestKind::Discard | RequestKind::WriteZeroes => {
+                r[nr] = ChainBuf {
+                    addr: base + CMD_RANGE as u64,
+                    len: 16,
+                };
+                nr += 1;
+            }
+            RequestKind::Flush => {}
+        }
+        w[nw] = status;
+        nw += 1;
+        // The request's segments (the block layer's until completion) and this tag's command
+        // memory: `add_chain`'s contract.
+        let head = add_chain(&mut inner.vq, &r[..nr], &w[..nw]).map_err(|e| match e {
+            virtio_drivers::Error::QueueFull => QueueRqError::Busy,
+            _ => QueueRqError::Fatal(BlkError::InvalidArgument),
+        })?;
+        inner.heads.insert(head, tag);
+        inner.added = inner.added.wrapping_add(1);
+        Ok(head)
+    }
+
+    fn notify_locked(&self, inner: &mut Inner) {
+        if inner.added == inner.notified {
+            return;
+        }
+        let need = match (self.info.event_idx, inner.used) {
+            (true, Some(u)) => need_event(u.avail_event(), inner.added, inner.notified),
+            _ => inner.vq.should_notify(),
+        };
+        inner.notified = inner.added;
+        if need {
+            self.stats.notifies.fetch_add(1, Ordering::Relaxed);
+            inner.transport.notify(0);
+        } else {
+            self.stats
+                .notifies_suppressed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn submit(&self, rq: &Request) -> Result<(), QueueRqError> {
+        let tag = rq.tag();
+        if tag as usize >= QUEUE_DEPTH {
+            return Err(QueueRqError::Fatal(BlkError::InvalidArgument));
+        }
+        if rq.passthrough().is_some() {
+            return Err(QueueRqError::Fatal(BlkError::Unsupported));
+        }
+        let kind = match rq.op() {
+            Op::Read => RequestKind::Read,
+            Op::Write => RequestKind::Write,
+            Op::Flush => RequestKind::Flush,
+            Op::Discard => RequestKind::Discard,
+            Op::WriteZeroes => RequestKind::WriteZeroes,
+        };
+        if kind.modifies() && self.info.read_only {
+            return Err(QueueRqError::Fatal(BlkError::ReadOnly));
+        }
+        let mut sg = [SgEntry::default(); MAX_SEGMENTS as usize];
+        let nsg = match kind {
+            RequestKind::Read | RequestKind::Write => rq
+                .map_sg(&self.limits, &mut sg)
+                .map_err(QueueRqError::Fatal)?,
+            RequestKind::Flush if !self.info.flush => {
+                // Write-through device: nothing to flush.
+                if let Some(s) = self.sink.get() {
+                    s.complete(tag, Ok(()), None);
+                }
+                return Ok(());
+            }
+            RequestKind::Discard if self.info.max_discard_sectors == 0 => {
+                return Err(QueueRqError::Fatal(BlkError::Unsupported));
+            }
+            RequestKind::WriteZeroes if self.info.max_write_zeroes_sectors == 0 => {
+                return Err(QueueRqError::Fatal(BlkError::Unsupported));
+            }
+            _ => 0,
+        };
+        if kind.has_data() && nsg == 0 {
+            return Err(QueueRqError::Fatal(BlkError::InvalidArgument));
+        }
+        let fua =
+            kind == RequestKind::Write && self.info.flush && rq.flags().contains(BioFlags::FUA);
+        let sector = if kind == RequestKind::Flush {
+            0
+        } else {
+            rq.sector()
+        };
+        self.write_header(tag, kind, sector);
+        if matches!(kind, RequestKind::Discard | RequestKind::WriteZeroes) {
+            let base = tag as usize * CMD_STRIDE + CMD_RANGE;
+            self.cmd.write64(base, rq.sector());
+            self.cmd.write32(base + 8, rq.bytes() >> 9);
+            self.cmd.write32(base + 12, 0);
+        }
+        let p = plan(kind, nsg as u16, rq.bytes());
+        let mut inner = self.inner.lock();
+        if inner.dead {
+            return Err(QueueRqError::Fatal(BlkError::DeviceError(
+                device_error::DEAD,
+            )));
+        }
+        let res = self.add_locked(&mut inner, tag, kind, &sg[..nsg], p.readable, p.writable);
+        match res {
+            Ok(_) => {
+                inner.slots[tag as usize] = Slot {
+                    readable: p.readable,
+                    writable: p.writable,
+                    min_used_len: p.min_used_len,
+                    bytes: rq.bytes(),
+                    fua,
+                };
+                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(QueueRqError::Busy) => {
+                self.stats.busy.fetch_add(1, Ordering::Relaxed);
+                // Descriptors may only come back through a reap: make sure one happens.
+                if inner.heads.in_flight() > 0 {
+                    self.notify_locked(&mut inner);
+                }
+            }
+            Err(_) => {}
+        }
+        drop(inner);
+        self.reap_if_pending();
+        res.map(|_| ())
+    }
+}
+
+impl HwQueue for VirtioBlk {
+    fn queue_rq(&self, rq: &Request, _last: bool) -> Result<(), QueueRqError> {
+        self.submit(rq)
+    }
+
+    fn commit(&self) {
+        let mut inner = self.inner.lock();
+        self.notify_locked(&mut inner);
+        drop(inner);
+        self.reap_if_pending();
+    }
+
+    fn poll(&self) -> usize {
+        let Some(mut inner) = self.inner.try_lock() else {
+            return 0;
+        };
+        if !inner.vq.can_pop() {
+            return 0;
+        }
+        let mut done = [(0u16, Ok(())); QUEUE_DEPTH];
+        let n = self.reap_locked(&mut inner, &mut done);
+        drop(inner);
+        self.deliver(&done[..n]);
+        n
+    }
+}
+
+impl hal::IrqHandler for VirtioBlk {
+    fn handle(&self) {
+        self.handle_irq();
+    }
+}
