@@ -28,7 +28,10 @@ pub struct BioVec {
 
 impl BioVec {
     /// The empty segment.
-    pub const ZERO: BioVec = BioVec { addr: PhysAddr(0), len: 0 };
+    pub const ZERO: BioVec = BioVec {
+        addr: PhysAddr(0),
+        len: 0,
+    };
 
     /// A segment.
     pub const fn new(addr: PhysAddr, len: u32) -> Self {
@@ -38,7 +41,10 @@ impl BioVec {
     /// A segment over a buffer (its address is its physical address, by the identity mapping).
     /// The caller keeps the buffer alive and untouched until the bio completes.
     pub fn from_buf(buf: &mut [u8]) -> Self {
-        BioVec { addr: crate::mem::phys_of(buf), len: buf.len() as u32 }
+        BioVec {
+            addr: crate::mem::phys_of(buf),
+            len: buf.len() as u32,
+        }
     }
 
     /// One past the last byte.
@@ -119,7 +125,9 @@ impl BioIter {
         self.sector += (bytes >> SECTOR_SHIFT) as u64;
         let mut left = bytes;
         while left > 0 {
-            let Some(v) = vecs.get(self.idx as usize) else { break };
+            let Some(v) = vecs.get(self.idx as usize) else {
+                break;
+            };
             let in_vec = v.len - self.done;
             if left < in_vec {
                 self.done += left;
@@ -154,7 +162,12 @@ pub struct Segments<'a> {
 impl<'a> Segments<'a> {
     /// Segments of `vecs` from `iter`.
     pub fn new(vecs: &'a [BioVec], iter: BioIter) -> Self {
-        Segments { vecs, idx: iter.idx as usize, done: iter.done, left: iter.size }
+        Segments {
+            vecs,
+            idx: iter.idx as usize,
+            done: iter.done,
+            left: iter.size,
+        }
     }
 }
 
@@ -320,7 +333,9 @@ impl Bio {
     }
     /// Whether the bio targets `dev` (same object).
     pub fn is_for(&self, dev: &dyn BlockDevice) -> bool {
-        self.0.dev.is_some_and(|d| core::ptr::addr_eq(d as *const dyn BlockDevice, dev as *const dyn BlockDevice))
+        self.0.dev.is_some_and(|d| {
+            core::ptr::addr_eq(d as *const dyn BlockDevice, dev as *const dyn BlockDevice)
+        })
     }
     /// Vectors this bio can hold.
     pub fn max_vecs(&self) -> usize {
@@ -339,7 +354,12 @@ impl Bio {
         if n >= self.0.vecs.slice().len() {
             return Err(BlkError::InvalidArgument);
         }
-        let size = self.0.iter.size.checked_add(v.len).ok_or(BlkError::InvalidArgument)?;
+        let size = self
+            .0
+            .iter
+            .size
+            .checked_add(v.len)
+            .ok_or(BlkError::InvalidArgument)?;
         self.0.vecs.slice_mut()[n] = v;
         self.0.vcnt += 1;
         self.0.iter.size = size;
@@ -499,7 +519,11 @@ fn stack_pop(top: &mut Option<Bio>) -> Option<Bio> {
 impl BioList {
     /// An empty list.
     pub const fn new() -> Self {
-        BioList { front: None, back: None, len: 0 }
+        BioList {
+            front: None,
+            back: None,
+            len: 0,
+        }
     }
     /// Number of bios.
     pub fn len(&self) -> usize {
@@ -560,7 +584,10 @@ impl BioList {
     }
     /// Iterates in order if normalized (see the type docs).
     pub fn iter(&self) -> BioListIter<'_> {
-        BioListIter { cur: self.front.as_ref(), then: self.back.as_ref() }
+        BioListIter {
+            cur: self.front.as_ref(),
+            then: self.back.as_ref(),
+        }
     }
 }
 

@@ -9,7 +9,14 @@ use crate::slab::{Mempool, MempoolStats, Node, Padded, Slab, VecBuf, Wait};
 pub type BioSlab<F, const N: usize> = Slab<Padded<BioInner, F>, N>;
 
 /// The six static slabs behind [`BvecPools`]: arrays of 1, 4, 16, 64, 128 and 256 vectors.
-pub struct BvecSlabs<const A: usize, const B: usize, const C: usize, const D: usize, const E: usize, const G: usize> {
+pub struct BvecSlabs<
+    const A: usize,
+    const B: usize,
+    const C: usize,
+    const D: usize,
+    const E: usize,
+    const G: usize,
+> {
     s1: Slab<[BioVec; 1], A>,
     s4: Slab<[BioVec; 4], B>,
     s16: Slab<[BioVec; 16], C>,
@@ -18,8 +25,8 @@ pub struct BvecSlabs<const A: usize, const B: usize, const C: usize, const D: us
     s256: Slab<[BioVec; 256], G>,
 }
 
-impl<const A: usize, const B: usize, const C: usize, const D: usize, const E: usize, const G: usize> Default
-    for BvecSlabs<A, B, C, D, E, G>
+impl<const A: usize, const B: usize, const C: usize, const D: usize, const E: usize, const G: usize>
+    Default for BvecSlabs<A, B, C, D, E, G>
 {
     fn default() -> Self {
         Self::new()
@@ -57,7 +64,14 @@ pub const BVEC_CLASSES: [usize; 6] = [1, 4, 16, 64, 128, 256];
 
 impl BvecPools {
     /// Pools over `slabs`, each keeping `min_nr` arrays in reserve.
-    pub const fn new<const A: usize, const B: usize, const C: usize, const D: usize, const E: usize, const G: usize>(
+    pub const fn new<
+        const A: usize,
+        const B: usize,
+        const C: usize,
+        const D: usize,
+        const E: usize,
+        const G: usize,
+    >(
         slabs: &'static BvecSlabs<A, B, C, D, E, G>,
         min_nr: u32,
     ) -> Self {
@@ -85,12 +99,36 @@ impl BvecPools {
     pub fn alloc(&'static self, n: usize, wait: Wait) -> Result<VecBuf<BioVec>, BlkError> {
         let z = BioVec::ZERO;
         let r = match n {
-            0..=1 => self.p1.alloc([z; 1], wait).map(|b| b.into_vecbuf()).map_err(|_| ()),
-            2..=4 => self.p4.alloc([z; 4], wait).map(|b| b.into_vecbuf()).map_err(|_| ()),
-            5..=16 => self.p16.alloc([z; 16], wait).map(|b| b.into_vecbuf()).map_err(|_| ()),
-            17..=64 => self.p64.alloc([z; 64], wait).map(|b| b.into_vecbuf()).map_err(|_| ()),
-            65..=128 => self.p128.alloc([z; 128], wait).map(|b| b.into_vecbuf()).map_err(|_| ()),
-            129..=MAX_VECS => self.p256.alloc([z; 256], wait).map(|b| b.into_vecbuf()).map_err(|_| ()),
+            0..=1 => self
+                .p1
+                .alloc([z; 1], wait)
+                .map(|b| b.into_vecbuf())
+                .map_err(|_| ()),
+            2..=4 => self
+                .p4
+                .alloc([z; 4], wait)
+                .map(|b| b.into_vecbuf())
+                .map_err(|_| ()),
+            5..=16 => self
+                .p16
+                .alloc([z; 16], wait)
+                .map(|b| b.into_vecbuf())
+                .map_err(|_| ()),
+            17..=64 => self
+                .p64
+                .alloc([z; 64], wait)
+                .map(|b| b.into_vecbuf())
+                .map_err(|_| ()),
+            65..=128 => self
+                .p128
+                .alloc([z; 128], wait)
+                .map(|b| b.into_vecbuf())
+                .map_err(|_| ()),
+            129..=MAX_VECS => self
+                .p256
+                .alloc([z; 256], wait)
+                .map(|b| b.into_vecbuf())
+                .map_err(|_| ()),
             _ => return Err(BlkError::InvalidArgument),
         };
         r.map_err(|()| BlkError::NoMemory)
@@ -121,8 +159,15 @@ pub struct BioSet<F: 'static> {
 
 impl<F: Send + Sync + 'static> BioSet<F> {
     /// A bio set over `slab` with `min_nr` reserved bios and optional vector pools.
-    pub const fn new<const N: usize>(slab: &'static BioSlab<F, N>, min_nr: u32, bvecs: Option<&'static BvecPools>) -> Self {
-        BioSet { pool: Mempool::new(slab, min_nr), bvecs }
+    pub const fn new<const N: usize>(
+        slab: &'static BioSlab<F, N>,
+        min_nr: u32,
+        bvecs: Option<&'static BvecPools>,
+    ) -> Self {
+        BioSet {
+            pool: Mempool::new(slab, min_nr),
+            bvecs,
+        }
     }
 
     /// Fills the reserves (also done lazily by the first allocation).
@@ -137,14 +182,22 @@ impl<F: Send + Sync + 'static> BioSet<F> {
     /// A new bio for `op` with room for `nr_vecs` segments, its front pad set to `front`.
     /// Waits as `wait` says when memory is short; only `Wait::Never` fails with `NoMemory`.
     /// More than 4 vectors need vector pools (`InvalidArgument` without), at most 256.
-    pub fn alloc(&'static self, front: F, op: Op, nr_vecs: usize, wait: Wait) -> Result<Bio, BlkError> {
+    pub fn alloc(
+        &'static self,
+        front: F,
+        op: Op,
+        nr_vecs: usize,
+        wait: Wait,
+    ) -> Result<Bio, BlkError> {
         let vecs = if nr_vecs <= INLINE_VECS {
             None
         } else {
             let pools = self.bvecs.ok_or(BlkError::InvalidArgument)?;
             Some(pools.alloc(nr_vecs, wait)?)
         };
-        Node::alloc(&self.pool, BioInner::new(op, vecs), front, wait).map(Bio).map_err(|_| BlkError::NoMemory)
+        Node::alloc(&self.pool, BioInner::new(op, vecs), front, wait)
+            .map(Bio)
+            .map_err(|_| BlkError::NoMemory)
     }
 
     /// The front pad of `bio` if it comes from a `BioSet<F>`.

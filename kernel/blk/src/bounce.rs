@@ -29,7 +29,10 @@ pub struct BouncePad {
 impl BouncePad {
     /// An empty pad (what `BioSet<BouncePad>::alloc` starts from).
     pub const fn new() -> Self {
-        BouncePad { orig: None, pages: heapless::Vec::new() }
+        BouncePad {
+            orig: None,
+            pages: heapless::Vec::new(),
+        }
     }
 }
 
@@ -71,7 +74,9 @@ fn copy_segments(bio: &Bio, pages: &[PoolBox<BouncePage>], to_pages: bool) {
 fn bounce_end_io(mut clone: Bio) {
     let status = clone.status();
     let is_read = clone.op() == crate::bio::Op::Read;
-    let Some(pad) = clone.front_mut::<BouncePad>() else { return };
+    let Some(pad) = clone.front_mut::<BouncePad>() else {
+        return;
+    };
     let Some(orig) = pad.orig.take() else { return };
     if is_read && status.is_ok() {
         copy_segments(&orig, &pad.pages, false);
@@ -92,7 +97,12 @@ impl Bouncer {
     /// Replaces `orig` (at most [`BOUNCE_MAX_BYTES`]) by a clone whose segments are bounce
     /// pages below `limits.dma_limit`; writes are copied now, reads on completion, and `orig`
     /// completes when the clone does.
-    pub fn bounce(&'static self, orig: Bio, limits: &QueueLimits, wait: Wait) -> Result<Bio, (BlkError, Bio)> {
+    pub fn bounce(
+        &'static self,
+        orig: Bio,
+        limits: &QueueLimits,
+        wait: Wait,
+    ) -> Result<Bio, (BlkError, Bio)> {
         let size = orig.size() as usize;
         if size > BOUNCE_MAX_BYTES as usize {
             return Err((BlkError::InvalidArgument, orig));

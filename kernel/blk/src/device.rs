@@ -44,7 +44,11 @@ pub fn check_bio_dev(dev: &dyn BlockDevice, bio: &Bio) -> Result<(), BlkError> {
         return Err(BlkError::ReadOnly);
     }
     if op == Op::Flush {
-        return if bio.size() == 0 { Ok(()) } else { Err(BlkError::InvalidArgument) };
+        return if bio.size() == 0 {
+            Ok(())
+        } else {
+            Err(BlkError::InvalidArgument)
+        };
     }
     let lbs = dev.logical_block_size() as u64;
     if (bio.sector() << SECTOR_SHIFT) % lbs != 0 || bio.size() as u64 % lbs != 0 {

@@ -73,7 +73,10 @@ impl BlkError {
 
     /// Whether retrying the same request may help.
     pub const fn is_retryable(self) -> bool {
-        matches!(self, BlkError::Io | BlkError::Timeout | BlkError::Busy | BlkError::DeviceError(_))
+        matches!(
+            self,
+            BlkError::Io | BlkError::Timeout | BlkError::Busy | BlkError::DeviceError(_)
+        )
     }
 }
 

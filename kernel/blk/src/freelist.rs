@@ -36,13 +36,17 @@ impl FreeStack {
     /// An empty stack.
     #[cfg(not(loom))]
     pub const fn new() -> Self {
-        FreeStack { head: AtomicU64::new(pack(0, NIL)) }
+        FreeStack {
+            head: AtomicU64::new(pack(0, NIL)),
+        }
     }
 
     /// An empty stack.
     #[cfg(loom)]
     pub fn new() -> Self {
-        FreeStack { head: AtomicU64::new(pack(0, NIL)) }
+        FreeStack {
+            head: AtomicU64::new(pack(0, NIL)),
+        }
     }
 
     /// Pushes `idx`, which the caller owns (it is in no stack). `idx < links.len()`.

@@ -51,14 +51,19 @@ pub mod wait;
 
 #[cfg(not(loom))]
 pub use crate::{
-    bio::{Bio, BioFlags, BioIter, BioList, BioVec, EndIo, Op, SECTOR_SIZE, bio_endio, bio_io_error},
+    bio::{
+        Bio, BioFlags, BioIter, BioList, BioVec, EndIo, Op, SECTOR_SIZE, bio_endio, bio_io_error,
+    },
     bioset::{BioSet, BioSlab, BvecPools, BvecSlabs},
     bounce::{BouncePad, BouncePage, Bouncer},
     device::{BlockDevice, CpuCtx, Plug, submit_bio},
     error::{BlkError, BlkStatus},
     limits::QueueLimits,
     map_sg::{SgEntry, map_sg},
-    request::{HwQueue, PtCmd, PtResult, Queue, QueueConfig, QueueRqError, Request, TagComplete, TimeoutAction},
+    request::{
+        HwQueue, PtCmd, PtResult, Queue, QueueConfig, QueueRqError, Request, TagComplete,
+        TimeoutAction,
+    },
     slab::{Mempool, MempoolStats, PoolBox, Slab, Wait},
     split::bio_split,
     stats::{BlkStats, StatsSnapshot},

@@ -77,8 +77,13 @@ impl QueueLimits {
                     && l.max_segment_size == u32::MAX))
             && l.dma_limit >= 4095
             && (l.chunk_sectors == 0
-                || (l.chunk_sectors.is_power_of_two() && l.chunk_sectors << SECTOR_SHIFT >= l.logical_block_size));
-        if ok { Ok(()) } else { Err(BlkError::InvalidLimits) }
+                || (l.chunk_sectors.is_power_of_two()
+                    && l.chunk_sectors << SECTOR_SHIFT >= l.logical_block_size));
+        if ok {
+            Ok(())
+        } else {
+            Err(BlkError::InvalidLimits)
+        }
     }
 
     /// Most bytes per request.
@@ -105,7 +110,9 @@ impl QueueLimits {
     pub fn pieces(&self, v: &BioVec) -> u32 {
         let (mut a, mut left, mut n) = (v.addr.0, v.len as u64, 0);
         while left > 0 {
-            let piece = left.min(self.max_segment_size as u64).min(self.bytes_to_boundary(a));
+            let piece = left
+                .min(self.max_segment_size as u64)
+                .min(self.bytes_to_boundary(a));
             a += piece;
             left -= piece;
             n += 1;
@@ -138,7 +145,10 @@ pub fn check_bio(l: &QueueLimits, bio: &Bio) -> Result<(), BlkError> {
     }
     if bio.op().has_data() {
         let a = l.dma_alignment as u64 - 1;
-        if bio.segments().any(|v| v.addr.0 & a != 0 || v.len as u64 & a != 0) {
+        if bio
+            .segments()
+            .any(|v| v.addr.0 & a != 0 || v.len as u64 & a != 0)
+        {
             return Err(BlkError::Misaligned);
         }
     }
@@ -148,7 +158,11 @@ pub fn check_bio(l: &QueueLimits, bio: &Bio) -> Result<(), BlkError> {
 /// Bytes of the largest front part of `bio` that obeys the limits (`extra_max` caps the size
 /// further), or `None` if the whole bio fits. The split point is a multiple of the logical
 /// block size; `Misaligned` if no such non-empty front part exists.
-pub fn split_point(l: &QueueLimits, bio: &Bio, extra_max: Option<u32>) -> Result<Option<u32>, BlkError> {
+pub fn split_point(
+    l: &QueueLimits,
+    bio: &Bio,
+    extra_max: Option<u32>,
+) -> Result<Option<u32>, BlkError> {
     let size = bio.size();
     let lbs = l.logical_block_size;
     let mut max_bytes = match bio.op() {
@@ -176,7 +190,11 @@ pub fn split_point(l: &QueueLimits, bio: &Bio, extra_max: Option<u32>) -> Result
         }
     };
     if !bio.op().has_data() {
-        return if size > max_bytes { cut(max_bytes) } else { Ok(None) };
+        return if size > max_bytes {
+            cut(max_bytes)
+        } else {
+            Ok(None)
+        };
     }
     let (mut bytes, mut nsegs) = (0u32, 0u32);
     let mut prev: Option<BioVec> = None;
@@ -188,7 +206,9 @@ pub fn split_point(l: &QueueLimits, bio: &Bio, extra_max: Option<u32>) -> Result
         }
         let (mut a, mut left) = (v.addr.0, v.len);
         while left > 0 {
-            let piece = (left as u64).min(l.max_segment_size as u64).min(l.bytes_to_boundary(a)) as u32;
+            let piece = (left as u64)
+                .min(l.max_segment_size as u64)
+                .min(l.bytes_to_boundary(a)) as u32;
             if nsegs + 1 > l.max_segments as u32 {
                 return cut(bytes);
             }

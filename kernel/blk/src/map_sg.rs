@@ -29,8 +29,11 @@ pub fn map_sg(rq: &Request, limits: &QueueLimits, out: &mut [SgEntry]) -> Result
             if let Some(c) = cur.as_mut()
                 && c.addr.0 + c.len as u64 == a
             {
-                let room = (limits.max_segment_size as u64 - c.len as u64)
-                    .min(limits.bytes_to_boundary(c.addr.0).saturating_sub(c.len as u64));
+                let room = (limits.max_segment_size as u64 - c.len as u64).min(
+                    limits
+                        .bytes_to_boundary(c.addr.0)
+                        .saturating_sub(c.len as u64),
+                );
                 let take = left.min(room);
                 if take > 0 {
                     c.len += take as u32;
@@ -46,8 +49,13 @@ pub fn map_sg(rq: &Request, limits: &QueueLimits, out: &mut [SgEntry]) -> Result
                 out[n] = c;
                 n += 1;
             }
-            let take = left.min(limits.max_segment_size as u64).min(limits.bytes_to_boundary(a));
-            cur = Some(SgEntry { addr: PhysAddr(a), len: take as u32 });
+            let take = left
+                .min(limits.max_segment_size as u64)
+                .min(limits.bytes_to_boundary(a));
+            cur = Some(SgEntry {
+                addr: PhysAddr(a),
+                len: take as u32,
+            });
             a += take;
             left -= take;
         }

@@ -32,7 +32,9 @@ pub fn copy_from_phys(dst: &mut [u8], src: PhysAddr) {
     }
     // SAFETY: by the segment contract, `src` names `dst.len()` readable bytes; `dst` is a live
     // unique slice that is not the segment's memory.
-    unsafe { core::ptr::copy_nonoverlapping(src.0 as usize as *const u8, dst.as_mut_ptr(), dst.len()) }
+    unsafe {
+        core::ptr::copy_nonoverlapping(src.0 as usize as *const u8, dst.as_mut_ptr(), dst.len())
+    }
 }
 
 /// Copies `len` bytes between two segment memories (`copy`, so overlap is allowed).
@@ -71,7 +73,10 @@ unsafe impl Send for Store {}
 impl Store {
     /// A store over `mem`, which it keeps for ever.
     pub fn new(mem: &'static mut [u8]) -> Self {
-        Store { base: mem.as_mut_ptr(), len: mem.len() }
+        Store {
+            base: mem.as_mut_ptr(),
+            len: mem.len(),
+        }
     }
 
     /// Size in bytes.
@@ -95,7 +100,11 @@ impl Store {
         }
         // SAFETY: `off..off+len` is inside the store (checked above); `dst` follows the segment
         // contract.
-        copy_phys(dst, PhysAddr(unsafe { self.base.add(off as usize) } as usize as u64), len);
+        copy_phys(
+            dst,
+            PhysAddr(unsafe { self.base.add(off as usize) } as usize as u64),
+            len,
+        );
         true
     }
 
@@ -105,7 +114,11 @@ impl Store {
             return false;
         }
         // SAFETY: as in `read_to`.
-        copy_phys(PhysAddr(unsafe { self.base.add(off as usize) } as usize as u64), src, len);
+        copy_phys(
+            PhysAddr(unsafe { self.base.add(off as usize) } as usize as u64),
+            src,
+            len,
+        );
         true
     }
 
@@ -115,7 +128,10 @@ impl Store {
             return false;
         }
         // SAFETY: the range is inside the store (checked above).
-        zero_phys(PhysAddr(unsafe { self.base.add(off as usize) } as usize as u64), len);
+        zero_phys(
+            PhysAddr(unsafe { self.base.add(off as usize) } as usize as u64),
+            len,
+        );
         true
     }
 
@@ -125,7 +141,10 @@ impl Store {
             return false;
         }
         // SAFETY: the range is inside the store (checked above).
-        copy_from_phys(dst, PhysAddr(unsafe { self.base.add(off as usize) } as usize as u64));
+        copy_from_phys(
+            dst,
+            PhysAddr(unsafe { self.base.add(off as usize) } as usize as u64),
+        );
         true
     }
 
@@ -135,7 +154,10 @@ impl Store {
             return false;
         }
         // SAFETY: the range is inside the store (checked above).
-        copy_to_phys(PhysAddr(unsafe { self.base.add(off as usize) } as usize as u64), src);
+        copy_to_phys(
+            PhysAddr(unsafe { self.base.add(off as usize) } as usize as u64),
+            src,
+        );
         true
     }
 }

@@ -62,11 +62,16 @@ pub fn crc32(data: &[u8]) -> u32 {
 }
 
 fn push_checked(t: &mut PartTable, e: PartEntry, disk_sectors: u64) -> Result<(), BlkError> {
-    let end = e.start.checked_add(e.sectors).ok_or(BlkError::BadPartitionTable)?;
+    let end = e
+        .start
+        .checked_add(e.sectors)
+        .ok_or(BlkError::BadPartitionTable)?;
     if e.start == 0 || e.sectors == 0 || end > disk_sectors {
         return Err(BlkError::BadPartitionTable);
     }
-    if t.iter().any(|o| e.start < o.start + o.sectors && o.start < end) {
+    if t.iter()
+        .any(|o| e.start < o.start + o.sectors && o.start < end)
+    {
         return Err(BlkError::BadPartitionTable);
     }
     t.push(e).map_err(|_| BlkError::BadPartitionTable)
@@ -90,10 +95,22 @@ pub fn parse_mbr(sector0: &[u8], disk_sectors: u64) -> Result<PartTable, BlkErro
         if ty == MBR_PROTECTIVE {
             // Covers the whole disk (or 2^32-1 sectors); not a real partition.
             let mut p = PartTable::new();
-            let _ = p.push(PartEntry { start, sectors: count, kind: PartKind::Mbr(ty) });
+            let _ = p.push(PartEntry {
+                start,
+                sectors: count,
+                kind: PartKind::Mbr(ty),
+            });
             return Ok(p);
         }
-        push_checked(&mut t, PartEntry { start, sectors: count, kind: PartKind::Mbr(ty) }, disk_sectors)?;
+        push_checked(
+            &mut t,
+            PartEntry {
+                start,
+                sectors: count,
+                kind: PartKind::Mbr(ty),
+            },
+            disk_sectors,
+        )?;
     }
     Ok(t)
 }
@@ -157,13 +174,25 @@ pub fn parse_gpt_header(lba1: &[u8], disk_sectors: u64) -> Result<GptHeader, Blk
         && h.entry_size <= 4096
         && h.num_entries <= 1024
         && h.entries_lba >= 2
-        && h.entries_lba.saturating_add((h.entries_bytes() as u64).div_ceil(512)) <= disk_sectors;
-    if ok { Ok(h) } else { Err(BlkError::BadPartitionTable) }
+        && h.entries_lba
+            .saturating_add((h.entries_bytes() as u64).div_ceil(512))
+            <= disk_sectors;
+    if ok {
+        Ok(h)
+    } else {
+        Err(BlkError::BadPartitionTable)
+    }
 }
 
 /// Parses the GPT entry array `entries` (at least `h.entries_bytes()` bytes) described by `h`.
-pub fn parse_gpt_entries(h: &GptHeader, entries: &[u8], disk_sectors: u64) -> Result<PartTable, BlkError> {
-    let bytes = entries.get(..h.entries_bytes()).ok_or(BlkError::BadPartitionTable)?;
+pub fn parse_gpt_entries(
+    h: &GptHeader,
+    entries: &[u8],
+    disk_sectors: u64,
+) -> Result<PartTable, BlkError> {
+    let bytes = entries
+        .get(..h.entries_bytes())
+        .ok_or(BlkError::BadPartitionTable)?;
     if crc32(bytes) != h.entries_crc {
         return Err(BlkError::BadPartitionTable);
     }
@@ -183,7 +212,14 @@ pub fn parse_gpt_entries(h: &GptHeader, entries: &[u8], disk_sectors: u64) -> Re
         }
         push_checked(
             &mut t,
-            PartEntry { start: first, sectors: last - first + 1, kind: PartKind::Gpt { type_guid, unique_guid } },
+            PartEntry {
+                start: first,
+                sectors: last - first + 1,
+                kind: PartKind::Gpt {
+                    type_guid,
+                    unique_guid,
+                },
+            },
             disk_sectors,
         )?;
     }

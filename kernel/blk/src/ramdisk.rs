@@ -102,7 +102,8 @@ impl RamDisk {
 
     /// Requests touching `sector` fail with `Io` (after transferring the bytes before it).
     pub fn fail_at(&self, sector: Option<u64>) {
-        self.fail_sector.store(sector.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.fail_sector
+            .store(sector.unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Swallows the next `n` completions (so the requests time out).
@@ -126,7 +127,9 @@ impl RamDisk {
     }
 
     fn take_one(counter: &AtomicU32) -> bool {
-        counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
+        counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     fn check(&self, rq: &Request, sg: &[SgEntry]) {
@@ -226,11 +229,17 @@ impl RamDisk {
         if rq.flags().contains(crate::bio::BioFlags::FUA) {
             self.flushes.fetch_add(1, Ordering::Relaxed);
         }
-        if limit < rq.bytes() { (Err(BlkError::Io), Some(limit)) } else { (Ok(()), None) }
+        if limit < rq.bytes() {
+            (Err(BlkError::Io), Some(limit))
+        } else {
+            (Ok(()), None)
+        }
     }
 
     fn do_passthrough(&self, rq: &Request) -> (BlkStatus, u64) {
-        let Some(cmd) = rq.passthrough() else { return (Err(BlkError::Io), 0) };
+        let Some(cmd) = rq.passthrough() else {
+            return (Err(BlkError::Io), 0);
+        };
         match cmd.opcode {
             PT_IDENTIFY => {
                 let cap = self.capacity();

@@ -3,7 +3,9 @@
 
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
-use crate::bio::{Bio, BioFlags, BioList, BioListIter, BioVec, Op, SECTOR_SHIFT, bio_endio, bio_io_error};
+use crate::bio::{
+    Bio, BioFlags, BioList, BioListIter, BioVec, Op, SECTOR_SHIFT, bio_endio, bio_io_error,
+};
 use crate::bioset::BioSet;
 use crate::bounce::{BOUNCE_MAX_BYTES, Bouncer};
 use crate::device::{BlockDevice, CpuCtx};
@@ -253,6 +255,10 @@ impl QueueConfig {
     }
 }
 
+/// Rounds of re-dispatch one `kick` does at most (a driver answering `Busy` forever must not
+/// keep the submitter spinning).
+pub const KICK_ROUNDS: usize = 16;
+
 /// Most requests merged and dispatched as one batch.
 pub const BATCH_MAX: usize = 32;
 
@@ -275,7 +281,12 @@ type Open = heapless::Vec<u16, BATCH_MAX>;
 
 impl<const D: usize> Queue<D> {
     /// A queue of depth `D` (at most 1024) for driver `hw`. Split bios come from `split_set`.
-    pub const fn new(hw: &'static dyn HwQueue, limits: QueueLimits, cfg: QueueConfig, split_set: &'static BioSet<()>) -> Self {
+    pub const fn new(
+        hw: &'static dyn HwQueue,
+        limits: QueueLimits,
+        cfg: QueueConfig,
+        split_set: &'static BioSet<()>,
+    ) -> Self {
         assert!(D >= 1 && D <= MAX_DEPTH, "queue depth out of range");
         // Each request gets its tag written when its slot is taken.
         let slots = [const { RqSlot::new(0) }; D];
@@ -427,8 +438,13 @@ impl<const D: usize> Queue<D> {
         {
             return None;
         }
-        let (start, end) = (rq.sector.min(bio.sector()), rq.end_sector().max(bio.end_sector()));
-        if l.chunk_sectors != 0 && start / l.chunk_sectors as u64 != (end - 1) / l.chunk_sectors as u64 {
+        let (start, end) = (
+            rq.sector.min(bio.sector()),
+            rq.end_sector().max(bio.end_sector()),
+        );
+        if l.chunk_sectors != 0
+            && start / l.chunk_sectors as u64 != (end - 1) / l.chunk_sectors as u64
+        {
             return None;
         }
         let first = bio.segments().next()?;
@@ -519,7 +535,8 @@ impl<const D: usize> Queue<D> {
         for (i, &t) in tags.iter().enumerate() {
             let Some(slot) = self.slot(t) else { continue };
             slot.early_bytes.store(NO_BYTES, Ordering::Relaxed);
-            slot.deadline.store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
+            slot.deadline
+                .store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
             slot.state.store(DISPATCHING, Ordering::Release);
             let res = {
                 let mut rq = slot.rq.lock();
@@ -531,7 +548,12 @@ impl<const D: usize> Queue<D> {
                 Ok(()) => {
                     if slot
                         .state
-                        .compare_exchange(DISPATCHING, INFLIGHT, Ordering::AcqRel, Ordering::Acquire)
+                        .compare_exchange(
+                            DISPATCHING,
+                            INFLIGHT,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
                         .is_err()
                     {
                         // Completed during queue_rq (state EARLY): finish it here.
@@ -572,12 +594,18 @@ impl<const D: usize> Queue<D> {
             match kind {
                 PtKind::Async(done, private) => {
                     self.release(slot, tag);
-                    done(PtResult { status, result, private, cmd });
+                    done(PtResult {
+                        status,
+                        result,
+                        private,
+                        cmd,
+                    });
                 }
                 PtKind::Sync => {
                     // Keep the command for the waiter, which frees the slot.
                     slot.rq.lock().pt = Some((cmd, kind));
-                    slot.early_status.store(status_code(status), Ordering::Release);
+                    slot.early_status
+                        .store(status_code(status), Ordering::Release);
                     slot.state.store(PT_DONE, Ordering::Release);
                 }
             }
@@ -590,7 +618,9 @@ impl<const D: usize> Queue<D> {
         };
         let mut left = done >> SECTOR_SHIFT << SECTOR_SHIFT;
         while left > 0 {
-            let Some(mut b) = rq.bios.pop_front() else { break };
+            let Some(mut b) = rq.bios.pop_front() else {
+                break;
+            };
             let n = b.size().min(left);
             b.advance(n);
             left -= n;
@@ -643,8 +673,18 @@ impl<const D: usize> Queue<D> {
         }
     }
 
-    /// Dispatches every requeued request (process context).
+    /// Dispatches every requeued request (process context). Requests requeued again while
+    /// this runs (partial completion, retry) go again, for a bounded number of rounds.
     pub fn kick(&self) {
+        for _ in 0..KICK_ROUNDS {
+            if self.requeue.iter().all(|w| w.load(Ordering::Relaxed) == 0) {
+                return;
+            }
+            self.kick_once();
+        }
+    }
+
+    fn kick_once(&self) {
         let mut batch = Open::new();
         for w in 0..TAG_WORDS {
             if self.requeue[w].load(Ordering::Relaxed) == 0 {
@@ -656,7 +696,11 @@ impl<const D: usize> Queue<D> {
                 bits &= bits - 1;
                 let tag = (w * 64) as u16 + b as u16;
                 let Some(slot) = self.slot(tag) else { continue };
-                if slot.state.compare_exchange(REQUEUE, BUILD, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                if slot
+                    .state
+                    .compare_exchange(REQUEUE, BUILD, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
                     if batch.is_full() {
                         self.dispatch(&batch);
                         batch.clear();
@@ -677,7 +721,12 @@ impl<const D: usize> Queue<D> {
         let mut s = slot.state.load(Ordering::Acquire);
         loop {
             match s {
-                INFLIGHT => match slot.state.compare_exchange(INFLIGHT, COMPLETING, Ordering::AcqRel, Ordering::Acquire) {
+                INFLIGHT => match slot.state.compare_exchange(
+                    INFLIGHT,
+                    COMPLETING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
                     Ok(_) => {
                         self.finish(tag, status, done_bytes, true);
                         return;
@@ -685,9 +734,16 @@ impl<const D: usize> Queue<D> {
                     Err(now) => s = now,
                 },
                 DISPATCHING => {
-                    slot.early_status.store(status_code(status), Ordering::Release);
-                    slot.early_bytes.store(done_bytes.unwrap_or(NO_BYTES), Ordering::Release);
-                    match slot.state.compare_exchange(DISPATCHING, EARLY, Ordering::AcqRel, Ordering::Acquire) {
+                    slot.early_status
+                        .store(status_code(status), Ordering::Release);
+                    slot.early_bytes
+                        .store(done_bytes.unwrap_or(NO_BYTES), Ordering::Release);
+                    match slot.state.compare_exchange(
+                        DISPATCHING,
+                        EARLY,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
                         Ok(_) => return,
                         Err(now) => s = now,
                     }
@@ -705,10 +761,16 @@ impl<const D: usize> Queue<D> {
     pub fn check_timeouts(&self, now: u64) -> usize {
         let mut n = 0;
         for (t, slot) in self.slots.iter().enumerate() {
-            if slot.state.load(Ordering::Acquire) != INFLIGHT || slot.deadline.load(Ordering::Relaxed) > now {
+            if slot.state.load(Ordering::Acquire) != INFLIGHT
+                || slot.deadline.load(Ordering::Relaxed) > now
+            {
                 continue;
             }
-            if slot.state.compare_exchange(INFLIGHT, TIMEDOUT, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            if slot
+                .state
+                .compare_exchange(INFLIGHT, TIMEDOUT, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
                 continue;
             }
             n += 1;
@@ -720,7 +782,8 @@ impl<const D: usize> Queue<D> {
             };
             match action {
                 TimeoutAction::Extend => {
-                    slot.deadline.store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
+                    slot.deadline
+                        .store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
                     slot.state.store(INFLIGHT, Ordering::Release);
                 }
                 TimeoutAction::Retry if !is_pt && retries < self.cfg.max_retries => {
@@ -765,7 +828,12 @@ impl<const D: usize> Queue<D> {
 
     /// Sends a passthrough command through the queue; `done` gets the result (often in
     /// interrupt context). On refusal the command is handed back.
-    pub fn passthrough(&self, cmd: PtCmd, done: fn(PtResult), private: usize) -> Result<(), (BlkError, PtCmd)> {
+    pub fn passthrough(
+        &self,
+        cmd: PtCmd,
+        done: fn(PtResult),
+        private: usize,
+    ) -> Result<(), (BlkError, PtCmd)> {
         let tag = self.start_pt(cmd, PtKind::Async(done, private))?;
         self.dispatch(&[tag]);
         Ok(())

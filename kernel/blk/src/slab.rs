@@ -11,11 +11,11 @@ use core::marker::PhantomData;
 use core::mem::{ManuallyDrop, MaybeUninit};
 use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use core::task::Waker;
 
-pub use crate::freelist::{FreeStack, NIL};
 use crate::error::BlkError;
+pub use crate::freelist::{FreeStack, NIL};
 
 /// How a may-wait allocation waits when both the shared slab and the reserve are empty.
 #[derive(Clone, Copy, Debug)]
@@ -172,7 +172,10 @@ impl<T: 'static> Mempool<T> {
     /// Fills the reserve with `min_nr` elements taken from the shared slab. Idempotent.
     /// `Err(NoMemory)` if the slab could not supply them all (frees top the reserve up later).
     pub fn init(&self) -> Result<(), BlkError> {
-        match self.state.compare_exchange(UNINIT, INITING, Ordering::AcqRel, Ordering::Acquire) {
+        match self
+            .state
+            .compare_exchange(UNINIT, INITING, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => {}
             Err(_) => {
                 while self.state.load(Ordering::Acquire) != READY {
@@ -215,7 +218,9 @@ impl<T: 'static> Mempool<T> {
             return None;
         }
         self.fresh
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| (f < cap).then_some(f + 1))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                (f < cap).then_some(f + 1)
+            })
             .ok()
     }
 
@@ -234,7 +239,9 @@ impl<T: 'static> Mempool<T> {
         let allocs = self.counters.allocs.fetch_add(1, Ordering::Relaxed) + 1;
         let in_use = allocs.saturating_sub(self.counters.frees.load(Ordering::Relaxed));
         if in_use > self.counters.high_water.load(Ordering::Relaxed) {
-            self.counters.high_water.fetch_max(in_use, Ordering::Relaxed);
+            self.counters
+                .high_water
+                .fetch_max(in_use, Ordering::Relaxed);
         }
         Some(idx)
     }
@@ -245,7 +252,12 @@ impl<T: 'static> Mempool<T> {
         self.counters.frees.fetch_add(1, Ordering::Relaxed);
         let mut n = self.reserve_len.load(Ordering::Relaxed);
         while n < self.min_nr {
-            match self.reserve_len.compare_exchange_weak(n, n + 1, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.reserve_len.compare_exchange_weak(
+                n,
+                n + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => {
                     self.reserve.push(self.links, idx);
                     return;
@@ -483,7 +495,9 @@ impl NodeHdr {
 
     /// Records `code` (non-zero) unless an error is already recorded: the first error wins.
     pub fn set_status_once(&self, code: u32) {
-        let _ = self.status.compare_exchange(0, code, Ordering::AcqRel, Ordering::Relaxed);
+        let _ = self
+            .status
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// Overwrites the status code (0 = success).
@@ -559,8 +573,15 @@ impl<B: Send + 'static> Node<B> {
         // uninitialised; writing the whole value initialises it. The field addresses are taken
         // without creating references, so the three handles' regions stay disjoint.
         let (bp, hp) = unsafe {
-            p.write(Padded { hdr: NodeHdr::new(), body, front });
-            (core::ptr::addr_of_mut!((*p).body), core::ptr::addr_of_mut!((*p).hdr))
+            p.write(Padded {
+                hdr: NodeHdr::new(),
+                body,
+                front,
+            });
+            (
+                core::ptr::addr_of_mut!((*p).body),
+                core::ptr::addr_of_mut!((*p).hdr),
+            )
         };
         Ok(Node {
             body: NonNull::new(bp).unwrap_or(NonNull::dangling()),
@@ -599,7 +620,13 @@ impl<B: Send + 'static> Node<B> {
     /// the returned `ChainRef` is put.
     pub fn chain_ref(&self) -> ChainRef<B> {
         self.hdr().remaining.fetch_add(1, Ordering::AcqRel);
-        ChainRef { body: self.body, hdr: self.hdr, home: self.home, idx: self.idx, _p: PhantomData }
+        ChainRef {
+            body: self.body,
+            hdr: self.hdr,
+            home: self.home,
+            idx: self.idx,
+            _p: PhantomData,
+        }
     }
 
     /// Drops the owner's chain reference. If it was the last one, the node is handed back to
@@ -621,7 +648,13 @@ impl<B: Send + 'static> Node<B> {
         if prev & W_WAITER != 0 {
             return None;
         }
-        Some(WaitRef { body: self.body, hdr: self.hdr, home: self.home, idx: self.idx, _p: PhantomData })
+        Some(WaitRef {
+            body: self.body,
+            hdr: self.hdr,
+            home: self.home,
+            idx: self.idx,
+            _p: PhantomData,
+        })
     }
 
     /// Hands the completed node to its waiter (and wakes it). Without a waiter the node is
@@ -714,7 +747,12 @@ impl<B: Send + 'static> ChainRef<B> {
             // The owner parked the node (its `put` saw a count above one) and every other
             // reference is gone: this side is now the unique owner.
             this.hdr().remaining.store(1, Ordering::Release);
-            Some(Node { body: this.body, hdr: this.hdr, home: this.home, idx: this.idx })
+            Some(Node {
+                body: this.body,
+                hdr: this.hdr,
+                home: this.home,
+                idx: this.idx,
+            })
         } else {
             None
         }
@@ -767,7 +805,12 @@ impl<B: Send + 'static> WaitRef<B> {
         let this = ManuallyDrop::new(self);
         // The handshake is over: the node is an ordinary owned node again.
         this.h().wait_state.store(0, Ordering::Release);
-        Ok(Node { body: this.body, hdr: this.hdr, home: this.home, idx: this.idx })
+        Ok(Node {
+            body: this.body,
+            hdr: this.hdr,
+            home: this.home,
+            idx: this.idx,
+        })
     }
 
     /// Registers `waker` to be woken on completion; true if already done.
@@ -817,12 +860,20 @@ unsafe impl Send for AtomicWaker {}
 impl AtomicWaker {
     /// An empty cell.
     pub const fn new() -> Self {
-        AtomicWaker { state: AtomicU8::new(AW_IDLE), waker: UnsafeCell::new(None) }
+        AtomicWaker {
+            state: AtomicU8::new(AW_IDLE),
+            waker: UnsafeCell::new(None),
+        }
     }
 
     /// Stores `w` (one registrar at a time).
     pub fn register(&self, w: &Waker) {
-        match self.state.compare_exchange(AW_IDLE, AW_REGISTERING, Ordering::Acquire, Ordering::Acquire) {
+        match self.state.compare_exchange(
+            AW_IDLE,
+            AW_REGISTERING,
+            Ordering::Acquire,
+            Ordering::Acquire,
+        ) {
             Ok(_) => {
                 // SAFETY: AW_REGISTERING gives this side exclusive access to the cell.
                 unsafe {

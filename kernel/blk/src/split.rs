@@ -10,7 +10,12 @@ use crate::slab::Wait;
 /// The returned front bio is chained to `bio` (its parent), and `bio` is advanced past the
 /// front part. `bio` then completes once, after the front part and itself, with the first
 /// error of either. `bytes` must be non-zero and less than `bio.size()`.
-pub fn bio_split(bio: &mut Bio, bytes: u32, set: &'static BioSet<()>, wait: Wait) -> Result<Bio, BlkError> {
+pub fn bio_split(
+    bio: &mut Bio,
+    bytes: u32,
+    set: &'static BioSet<()>,
+    wait: Wait,
+) -> Result<Bio, BlkError> {
     if bytes == 0 || bytes >= bio.size() {
         return Err(BlkError::InvalidArgument);
     }

@@ -33,7 +33,13 @@ impl Linear {
         if !start.is_multiple_of(lbs_sectors) || !len.is_multiple_of(lbs_sectors) {
             return Err(BlkError::Misaligned);
         }
-        Ok(Linear { lower, start, len, read_only: false, stats: BlkStats::new() })
+        Ok(Linear {
+            lower,
+            start,
+            len,
+            read_only: false,
+            stats: BlkStats::new(),
+        })
     }
 
     /// A partition of `disk`.
@@ -73,8 +79,12 @@ impl BlockDevice for Linear {
     fn submit(&'static self, mut bio: Bio, ctx: &CpuCtx) {
         self.stats.bios_submitted(1);
         if bio.op() != Op::Flush {
-            let in_range = bio.sector().checked_add(bio.sectors()).is_some_and(|end| end <= self.len);
-            let Some(lower_sector) = bio.sector().checked_add(self.start).filter(|_| in_range) else {
+            let in_range = bio
+                .sector()
+                .checked_add(bio.sectors())
+                .is_some_and(|end| end <= self.len);
+            let Some(lower_sector) = bio.sector().checked_add(self.start).filter(|_| in_range)
+            else {
                 self.stats.bio_errors(1);
                 bio_io_error(bio, BlkError::OutOfRange);
                 return;
@@ -101,15 +111,31 @@ pub struct Striped<const N: usize> {
 impl<const N: usize> Striped<N> {
     /// A striped device; `InvalidArgument` unless `chunk_sectors` is a power of two and a
     /// multiple of every leg's block size, and `N >= 1`.
-    pub fn new(legs: [&'static dyn BlockDevice; N], chunk_sectors: u64, split_set: &'static BioSet<()>, wait: Wait) -> Result<Self, BlkError> {
+    pub fn new(
+        legs: [&'static dyn BlockDevice; N],
+        chunk_sectors: u64,
+        split_set: &'static BioSet<()>,
+        wait: Wait,
+    ) -> Result<Self, BlkError> {
         if N == 0 || !chunk_sectors.is_power_of_two() {
             return Err(BlkError::InvalidArgument);
         }
-        if legs.iter().any(|l| !chunk_sectors.is_multiple_of((l.logical_block_size() >> SECTOR_SHIFT) as u64)) {
+        if legs
+            .iter()
+            .any(|l| !chunk_sectors.is_multiple_of((l.logical_block_size() >> SECTOR_SHIFT) as u64))
+        {
             return Err(BlkError::Misaligned);
         }
-        let per_leg = legs.iter().map(|l| l.capacity()).min().unwrap_or(0) / chunk_sectors * chunk_sectors;
-        Ok(Striped { legs, chunk: chunk_sectors, len: per_leg * N as u64, split_set, wait, stats: BlkStats::new() })
+        let per_leg =
+            legs.iter().map(|l| l.capacity()).min().unwrap_or(0) / chunk_sectors * chunk_sectors;
+        Ok(Striped {
+            legs,
+            chunk: chunk_sectors,
+            len: per_leg * N as u64,
+            split_set,
+            wait,
+            stats: BlkStats::new(),
+        })
     }
 
     /// Counters.
@@ -129,7 +155,11 @@ impl<const N: usize> BlockDevice for Striped<N> {
         self.len
     }
     fn logical_block_size(&self) -> u32 {
-        self.legs.iter().map(|l| l.logical_block_size()).max().unwrap_or(512)
+        self.legs
+            .iter()
+            .map(|l| l.logical_block_size())
+            .max()
+            .unwrap_or(512)
     }
     fn read_only(&self) -> bool {
         self.legs.iter().any(|l| l.read_only())

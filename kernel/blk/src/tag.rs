@@ -26,7 +26,11 @@ impl TagSet {
         } else {
             depth
         };
-        TagSet { words: [const { AtomicU64::new(0) }; TAG_WORDS], depth: depth as u32, hint: AtomicU32::new(0) }
+        TagSet {
+            words: [const { AtomicU64::new(0) }; TAG_WORDS],
+            depth: depth as u32,
+            hint: AtomicU32::new(0),
+        }
     }
 
     /// A tag set of `depth` tags (clamped to `1..=MAX_DEPTH`).
@@ -99,7 +103,10 @@ impl TagSet {
 
     /// Tags in use now.
     pub fn in_use(&self) -> usize {
-        self.words.iter().map(|w| w.load(Ordering::Relaxed).count_ones() as usize).sum()
+        self.words
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed).count_ones() as usize)
+            .sum()
     }
 }
 
@@ -128,8 +135,11 @@ mod tests {
     #[test]
     fn tags_two_threads() {
         let t = std::sync::Arc::new(TagSet::new(8));
-        let owners: std::sync::Arc<Vec<std::sync::atomic::AtomicU32>> =
-            std::sync::Arc::new((0..8).map(|_| std::sync::atomic::AtomicU32::new(0)).collect());
+        let owners: std::sync::Arc<Vec<std::sync::atomic::AtomicU32>> = std::sync::Arc::new(
+            (0..8)
+                .map(|_| std::sync::atomic::AtomicU32::new(0))
+                .collect(),
+        );
         let hs: Vec<_> = (0..2)
             .map(|_| {
                 let (t, o) = (t.clone(), owners.clone());

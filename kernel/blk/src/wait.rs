@@ -43,13 +43,22 @@ pub struct BioFuture {
 pub fn submit_bio_async(ctx: &CpuCtx, mut bio: Bio) -> BioFuture {
     bio.clear_end_io();
     let Some(w) = bio.waiter() else {
-        return BioFuture { w: None, early: Some((BlkError::InvalidArgument, bio)) };
+        return BioFuture {
+            w: None,
+            early: Some((BlkError::InvalidArgument, bio)),
+        };
     };
     match submit_bio(ctx, bio) {
-        Ok(()) => BioFuture { w: Some(w), early: None },
+        Ok(()) => BioFuture {
+            w: Some(w),
+            early: None,
+        },
         Err((e, b)) => {
             drop(w);
-            BioFuture { w: None, early: Some((e, b)) }
+            BioFuture {
+                w: None,
+                early: Some((e, b)),
+            }
         }
     }
 }

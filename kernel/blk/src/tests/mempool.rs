@@ -1,6 +1,6 @@
 use crate::slab::{Mempool, PoolBox, Slab, Wait};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 fn leak<T>(v: T) -> &'static T {
     Box::leak(Box::new(v))
@@ -51,7 +51,11 @@ fn pools_share_a_slab_with_own_reserves() {
     while let Ok(x) = a.try_alloc([1; 32]) {
         ha.push(x);
     }
-    assert_eq!(ha.len(), 4 + 3, "a takes the shared slab and its own reserve");
+    assert_eq!(
+        ha.len(),
+        4 + 3,
+        "a takes the shared slab and its own reserve"
+    );
     let mut hb = Vec::new();
     while let Ok(x) = b.try_alloc([2; 32]) {
         hb.push(x);
@@ -83,7 +87,10 @@ fn may_wait_alloc_waits_for_a_free() {
     let s2 = started.clone();
     let t = std::thread::spawn(move || {
         s2.store(true, Ordering::SeqCst);
-        let z = pool.alloc(3, Wait::Hook(std::thread::yield_now)).ok().unwrap();
+        let z = pool
+            .alloc(3, Wait::Hook(std::thread::yield_now))
+            .ok()
+            .unwrap();
         *z
     });
     while !started.load(Ordering::SeqCst) {
@@ -103,7 +110,8 @@ fn two_thread_stress_no_loss_no_dup() {
     const N: usize = 16;
     let slab = leak(Slab::<(u32, u32), N>::new());
     let pool = leak(Mempool::new(slab, 4));
-    let owner: &'static [AtomicU32] = leak((0..N).map(|_| AtomicU32::new(0)).collect::<Vec<_>>()).as_slice();
+    let owner: &'static [AtomicU32] =
+        leak((0..N).map(|_| AtomicU32::new(0)).collect::<Vec<_>>()).as_slice();
     let threads: Vec<_> = (1..=2u32)
         .map(|me| {
             std::thread::spawn(move || {
@@ -112,7 +120,11 @@ fn two_thread_stress_no_loss_no_dup() {
                     if i % 3 != 2 {
                         if let Ok(b) = pool.try_alloc((me, i)) {
                             let idx = b.index() as usize;
-                            assert_eq!(owner[idx].swap(me, Ordering::SeqCst), 0, "slot handed out twice");
+                            assert_eq!(
+                                owner[idx].swap(me, Ordering::SeqCst),
+                                0,
+                                "slot handed out twice"
+                            );
                             held.push(b);
                         }
                     } else if let Some(b) = held.pop() {
