@@ -51,7 +51,9 @@ pub fn check_bio_dev(dev: &dyn BlockDevice, bio: &Bio) -> Result<(), BlkError> {
         };
     }
     let lbs = dev.logical_block_size() as u64;
-    if (bio.sector() << SECTOR_SHIFT) % lbs != 0 || bio.size() as u64 % lbs != 0 {
+    if !(bio.sector() << SECTOR_SHIFT).is_multiple_of(lbs)
+        || !(bio.size() as u64).is_multiple_of(lbs)
+    {
         return Err(BlkError::Misaligned);
     }
     match bio.sector().checked_add(bio.sectors()) {

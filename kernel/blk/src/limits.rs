@@ -140,7 +140,9 @@ pub fn check_bio(l: &QueueLimits, bio: &Bio) -> Result<(), BlkError> {
         Op::WriteZeroes if l.max_write_zeroes_sectors == 0 => return Err(BlkError::Unsupported),
         _ => {}
     }
-    if (bio.sector() << SECTOR_SHIFT) % lbs != 0 || bio.size() as u64 % lbs != 0 {
+    if !(bio.sector() << SECTOR_SHIFT).is_multiple_of(lbs)
+        || !(bio.size() as u64).is_multiple_of(lbs)
+    {
         return Err(BlkError::Misaligned);
     }
     if bio.op().has_data() {

@@ -138,7 +138,7 @@ impl RamDisk {
         if rq.bytes() > l.max_bytes() || sg.len() > l.max_segments as usize {
             bad += 1;
         }
-        if rq.op().has_data() && rq.bytes() as u64 % l.logical_block_size as u64 != 0 {
+        if rq.op().has_data() && !(rq.bytes() as u64).is_multiple_of(l.logical_block_size as u64) {
             bad += 1;
         }
         if l.chunk_sectors != 0 && rq.bytes() > 0 {

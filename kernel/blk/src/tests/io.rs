@@ -173,7 +173,7 @@ fn refused_bios_come_back_with_typed_errors() {
     let (err, _) = submit_bio(e.ctx, e.bio(Op::Discard, 0, &[])).expect_err("no discard");
     assert_eq!(err, BlkError::Unsupported);
     // Misaligned buffer: caught by the queue's DMA alignment check, reported through end_io.
-    let odd = BioVec::new(PhysAddr(phys_of(rest).0 + 2), 4096 - 8 + 8 - 4096 + 4096);
+    let odd = BioVec::new(PhysAddr(phys_of(rest).0 + 2), 4096);
     let l2 = QueueLimits {
         dma_alignment: 512,
         ..QueueLimits::new()
@@ -200,7 +200,7 @@ fn plug_merges_back_and_front_into_one_batch() {
     let mem = buf(8 * 4096);
     mem.copy_from_slice(&pattern(2, 8 * 4096));
     let chunks: Vec<&mut [u8]> = mem.chunks_mut(4096).collect();
-    let segs: Vec<BioVec> = chunks.into_iter().map(|c| BioVec::from_buf(c)).collect();
+    let segs: Vec<BioVec> = chunks.into_iter().map(BioVec::from_buf).collect();
     {
         let _plug = e.ctx.plug();
         // 4..8 ascending (back merges), then 3,2,1,0 descending (front merges).

@@ -69,7 +69,9 @@ fn layout(raw: &[(u64, u32, bool)], base: u64, lbs: u32) -> Vec<BioVec> {
 /// Reference: does this list of segments at `sector` fit the limits as one request?
 fn fits(l: &QueueLimits, sector: u64, segs: &[BioVec]) -> bool {
     let bytes: u64 = segs.iter().map(|v| v.len as u64).sum();
-    if bytes == 0 || bytes % l.logical_block_size as u64 != 0 || bytes > l.max_sectors as u64 * 512
+    if bytes == 0
+        || !bytes.is_multiple_of(l.logical_block_size as u64)
+        || bytes > l.max_sectors as u64 * 512
     {
         return false;
     }
@@ -83,7 +85,7 @@ fn fits(l: &QueueLimits, sector: u64, segs: &[BioVec]) -> bool {
     for (i, v) in segs.iter().enumerate() {
         if l.virt_boundary_mask != 0 && i > 0 {
             let page = l.virt_boundary_mask + 1;
-            if segs[i - 1].end() % page != 0 || v.addr.0 % page != 0 {
+            if !segs[i - 1].end().is_multiple_of(page) || v.addr.0 % page != 0 {
                 return false;
             }
         }
