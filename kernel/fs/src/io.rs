@@ -1,0 +1,79 @@
+//! The filesystem's view of its device: whole blocks, multi-block reads, batched writes with
+//! ordering flags. [`crate::blkdev::BlkDisk`] implements it with `blk` bios; host tools and
+//! tests also have in-memory and file-backed devices.
+
+use crate::format::BLOCK_SIZE;
+
+/// Ordering flags of a write batch (the bio flags they become).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteFlags {
+    /// Everything completed before this batch is made durable before it is written (`PREFLUSH`).
+    pub preflush: bool,
+    /// The batch is durable when it completes (`FUA`).
+    pub fua: bool,
+}
+
+impl WriteFlags {
+    /// No ordering.
+    pub const NONE: WriteFlags = WriteFlags {
+        preflush: false,
+        fua: false,
+    };
+    /// `PREFLUSH | FUA`: the commit record.
+    pub const COMMIT: WriteFlags = WriteFlags {
+        preflush: true,
+        fua: true,
+    };
+}
+
+/// One contiguous run of blocks to write: `data.len()` is a multiple of [`BLOCK_SIZE`].
+#[derive(Clone, Copy, Debug)]
+pub struct Run<'a> {
+    /// First block.
+    pub block: u64,
+    /// Bytes of the blocks.
+    pub data: &'a [u8],
+}
+
+/// Device failures as the filesystem sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoError {
+    /// The device reported an error (or refused the request).
+    Device,
+    /// A block past the end of the device.
+    OutOfRange,
+}
+
+/// A block device in filesystem blocks.
+pub trait BlockIo {
+    /// Device size in blocks of [`BLOCK_SIZE`].
+    fn block_count(&self) -> u64;
+    /// Reads `buf.len() / BLOCK_SIZE` contiguous blocks from `block` as one I/O and waits.
+    fn read(&mut self, block: u64, buf: &mut [u8]) -> Result<(), IoError>;
+    /// Issues every run (each one I/O) together, plugged, and waits for all of them.
+    fn write(&mut self, runs: &[Run<'_>], flags: WriteFlags) -> Result<(), IoError>;
+}
+
+#[cfg_attr(not(any(test, feature = "std")), allow(dead_code))]
+pub(crate) fn check_range(count: u64, block: u64, bytes: usize) -> Result<u64, IoError> {
+    if bytes % BLOCK_SIZE != 0 {
+        return Err(IoError::OutOfRange);
+    }
+    let n = (bytes / BLOCK_SIZE) as u64;
+    match block.checked_add(n) {
+        Some(end) if end <= count => Ok(n),
+        _ => Err(IoError::OutOfRange),
+    }
+}
+
+impl<T: BlockIo + ?Sized> BlockIo for &mut T {
+    fn block_count(&self) -> u64 {
+        (**self).block_count()
+    }
+    fn read(&mut self, block: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        (**self).read(block, buf)
+    }
+    fn write(&mut self, runs: &[Run<'_>], flags: WriteFlags) -> Result<(), IoError> {
+        (**self).write(runs, flags)
+    }
+}
