@@ -1228,6 +1228,8 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
         self.sb = sb;
         self.dirty = 0;
         self.pinned.copy_from(&self.used);
+        // First fit again: blocks this commit released are reused soonest.
+        self.cursor = SUPER_BLOCKS;
         Ok(())
     }
 }
