@@ -7,6 +7,7 @@
 #![no_main]
 
 mod arch;
+mod block;
 mod boot;
 mod console;
 mod dma;
@@ -44,6 +45,7 @@ pub fn kmain(info: BootInfo) -> ! {
         info.cmdline
     );
     pci::init(info);
+    block::init(info);
     arch::timer_start(TIMER_HZ);
     arch::interrupts_enable();
 

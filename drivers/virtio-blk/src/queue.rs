@@ -370,15 +370,23 @@ impl VirtioBlk {
         self.inner.lock().dead
     }
 
-    /// Test hook: the next used entry reaped gets id `id` instead of the device's, as if the
-    /// device had written a corrupt entry. With nothing in flight, writes a whole bogus entry
-    /// into the used ring instead (the next reap finds it).
-    pub fn inject_corrupt_used(&self, id: u32) {
-        let inner = self.inner.lock();
-        match inner.used {
-            Some(u) if inner.heads.in_flight() == 0 => u.inject(id, 1),
-            _ => *self.corrupt_next.lock() = Some(id),
-        }
+    /// Test hook: writes a used entry with id `id` into the used ring as if the device had, and
+    /// reaps it at once. Only with nothing in flight (returns `false` otherwise).
+    pub fn inject_corrupt_used(&self, id: u32) -> bool {
+        let mut inner = self.inner.lock();
+        let Some(u) = inner.used.filter(|_| inner.heads.in_flight() == 0) else { return false };
+        u.inject(id, 1);
+        let mut done = [(0u16, Ok(())); QUEUE_DEPTH];
+        let n = self.reap_locked(&mut inner, &mut done);
+        drop(inner);
+        self.deliver(&done[..n]);
+        true
+    }
+
+    /// Test hook: the next used entry the device returns is read with id `id` instead of its
+    /// own (a corrupt entry for a request in flight).
+    pub fn corrupt_next_used_id(&self, id: u32) {
+        *self.corrupt_next.lock() = Some(id);
     }
 
     /// The interrupt handler: acknowledge, reap, complete by tag. Never waits.

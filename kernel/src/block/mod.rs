@@ -1,0 +1,72 @@
+//! The kernel's block glue: the per-CPU submission contexts, the wait hook and clock the block
+//! layer takes, the deferred-work loop (kick requeued requests, poll polled devices, check
+//! timeouts) and driver probing.
+
+pub mod virtio;
+
+use blk::{BioSet, BioSlab, BvecPools, BvecSlabs, CpuCtx};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::arch;
+
+/// One submission context per CPU (one CPU for now).
+static CPUS: [CpuCtx; 1] = [CpuCtx::new(0)];
+
+/// The running CPU's submission context.
+pub fn cpu_ctx() -> &'static CpuCtx {
+    &CPUS[arch::cpu_id().min(CPUS.len() - 1)]
+}
+
+/// The block layer's clock: monotonic nanoseconds.
+pub fn clock() -> u64 {
+    arch::now_ns()
+}
+
+/// Whether some device is polled (then waiting spins instead of halting).
+static POLLED: AtomicBool = AtomicBool::new(false);
+/// Last timeout scan.
+static LAST_TIMEOUT_SCAN: AtomicU64 = AtomicU64::new(0);
+/// Timeouts are scanned at most this often.
+const TIMEOUT_SCAN_NS: u64 = 100_000_000;
+
+/// Deferred work, in process context: requeued requests, polled completions, timeouts.
+pub fn run_deferred() {
+    let now = clock();
+    let scan = now.saturating_sub(LAST_TIMEOUT_SCAN.load(Ordering::Relaxed)) >= TIMEOUT_SCAN_NS;
+    if scan {
+        LAST_TIMEOUT_SCAN.store(now, Ordering::Relaxed);
+    }
+    if let Some(d) = virtio::disk() {
+        d.deferred(scan.then_some(now));
+    }
+}
+
+/// The wait hook: do the deferred work, then halt until an interrupt (or spin when a device is
+/// polled).
+pub fn wait() {
+    run_deferred();
+    if POLLED.load(Ordering::Relaxed) {
+        core::hint::spin_loop();
+    } else {
+        arch::wait_for_interrupt();
+    }
+}
+
+/// Bios for stacking splits and for the kernel's own I/O (tests, demo): one slab, two sets.
+static BIO_SLAB: BioSlab<(), 256> = BioSlab::new();
+static BVEC_SLABS: BvecSlabs<64, 64, 32, 16, 8, 4> = BvecSlabs::new();
+static BVECS: BvecPools = BvecPools::new(&BVEC_SLABS, 2);
+/// Split bios of every queue.
+pub static SPLIT_SET: BioSet<()> = BioSet::new(&BIO_SLAB, 16, Some(&BVECS));
+/// Bios of the kernel's own I/O.
+pub static IO_SET: BioSet<()> = BioSet::new(&BIO_SLAB, 16, Some(&BVECS));
+
+/// Probes block devices (after PCI enumeration, before interrupts are needed).
+pub fn init(info: &crate::boot::BootInfo) {
+    if let Err(e) = SPLIT_SET.init().and_then(|_| IO_SET.init()) {
+        defmt::error!("block: bio pools: {}", defmt::Debug2Format(&e));
+    }
+    let polled = crate::boot::cmdline_arg(info.cmdline, "vblk") == Some("poll");
+    POLLED.store(polled, Ordering::Relaxed);
+    virtio::probe(info, polled);
+}

@@ -1,0 +1,153 @@
+//! virtio-blk probing: PCI first (either arch), then the riscv64 virtio-mmio slots; the block
+//! layer's queue on top; MSI-X, INTx or the slot's PLIC line for completions.
+
+use blk::{Queue, QueueConfig, Wait};
+use hal::{IrqLine, PhysAddr};
+use spin::Once;
+use virtio_blk::{Mode, QUEUE_DEPTH, VirtioBlk};
+
+use crate::{arch, boot::BootInfo, pci};
+
+/// How the device is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, defmt::Format)]
+pub enum Attach {
+    /// virtio-pci with MSI-X.
+    PciMsix,
+    /// virtio-pci with the INTx line.
+    PciIntx,
+    /// virtio-mmio with its interrupt-controller line.
+    Mmio,
+}
+
+/// The virtio disk: driver, request queue, interrupt line.
+pub struct VirtioDisk {
+    /// The driver.
+    pub hw: &'static VirtioBlk,
+    /// The block layer's queue (the `BlockDevice` to submit bios to).
+    pub queue: &'static Queue<QUEUE_DEPTH>,
+    /// The completion interrupt (none when polled).
+    pub irq: Option<IrqLine>,
+    /// Transport and interrupt kind.
+    pub attach: Attach,
+}
+
+impl VirtioDisk {
+    /// Deferred work for this disk; `now` when timeouts are due for a scan.
+    pub fn deferred(&self, now: Option<u64>) {
+        if self.hw.mode() == Mode::Polling {
+            blk::HwQueue::poll(self.hw);
+        }
+        self.queue.kick();
+        if let Some(now) = now {
+            self.queue.check_timeouts(now);
+        }
+    }
+
+    /// Interrupts taken on the completion line so far.
+    pub fn irq_count(&self) -> u64 {
+        self.irq.map_or(0, |l| l.count())
+    }
+}
+
+static HW: Once<VirtioBlk> = Once::new();
+static QUEUE: Once<Queue<QUEUE_DEPTH>> = Once::new();
+static DISK: Once<VirtioDisk> = Once::new();
+
+/// The virtio disk, if one was found.
+pub fn disk() -> Option<&'static VirtioDisk> {
+    DISK.get()
+}
+
+enum Found {
+    Pci(&'static ::pci::PciFunction<'static>),
+    Mmio(u32),
+}
+
+/// Finds the first virtio-blk device and brings it up.
+pub fn probe(info: &BootInfo, polled: bool) {
+    let mode = if polled { Mode::Polling } else { Mode::Interrupt };
+    let Some((hw, found)) = find(info, mode) else { return };
+    let hw = HW.call_once(|| hw);
+    let mut cfg = QueueConfig::new(hw.info().capacity);
+    cfg.read_only = hw.info().read_only;
+    cfg.clock = super::clock;
+    cfg.wait = Wait::Hook(super::wait);
+    cfg.timeout_ns = 5_000_000_000;
+    let queue = QUEUE.call_once(|| Queue::new(hw, hw.limits(), cfg, &super::SPLIT_SET));
+    hw.attach(queue);
+    let (irq, attach) = match found {
+        Found::Pci(f) => match (mode, hal::irq::alloc_msi()) {
+            (Mode::Interrupt, Some((line, msg))) => {
+                let ok = f.msix(arch::mmio_mapper()).is_ok_and(|t| {
+                    t.set_entry(0, msg).is_ok() && t.unmask(0).is_ok() && {
+                        t.enable();
+                        true
+                    }
+                });
+                if !ok || !hw.set_msix(f, arch::mmio_mapper(), 0) {
+                    defmt::error!("virtio-blk: MSI-X setup failed");
+                }
+                (Some(line), Attach::PciMsix)
+            }
+            (Mode::Interrupt, None) => {
+                let line = pci::intx_line(f);
+                if line.is_some() {
+                    f.enable_intx();
+                }
+                (line, Attach::PciIntx)
+            }
+            (Mode::Polling, _) => (None, Attach::PciIntx),
+        },
+        Found::Mmio(irq) => ((mode == Mode::Interrupt).then(|| IrqLine::new(irq)), Attach::Mmio),
+    };
+    if let Some(line) = irq {
+        if attach != Attach::PciMsix {
+            hw.set_irq_line(line);
+        }
+        if line.register(hw).is_err() || line.enable().is_err() {
+            defmt::error!("virtio-blk: cannot use interrupt line {=u32}", line.number());
+        }
+    }
+    let i = hw.info();
+    defmt::println!(
+        "virtio-blk: {} {=u64} sectors, block {=u32}, segs {=u16}x{=u32}, ro {=bool}, flush {=bool}, discard {=u32}, wzeroes {=u32}, event-idx {=bool}, ring {=u16}, depth {=u16}, {=str}",
+        attach,
+        i.capacity,
+        i.block_size,
+        i.max_segments,
+        i.max_segment_size,
+        i.read_only,
+        i.flush,
+        i.max_discard_sectors,
+        i.max_write_zeroes_sectors,
+        i.event_idx,
+        i.ring_size,
+        i.queue_depth,
+        if polled { "polled" } else { "interrupts" }
+    );
+    DISK.call_once(|| VirtioDisk { hw, queue, irq, attach });
+}
+
+fn find(info: &BootInfo, mode: Mode) -> Option<(VirtioBlk, Found)> {
+    use virtio_blk::pci::{DEVICE_ID_MODERN, DEVICE_ID_TRANSITIONAL, VENDOR_ID};
+    if let Some(f) = pci::find(VENDOR_ID, DEVICE_ID_MODERN).or_else(|| pci::find(VENDOR_ID, DEVICE_ID_TRANSITIONAL)) {
+        match virtio_blk::pci::transport(f).and_then(|t| VirtioBlk::new(t, mode)) {
+            Ok(hw) => return Some((hw, Found::Pci(f))),
+            Err(e) => defmt::error!("virtio-blk pci: {}", defmt::Debug2Format(&e)),
+        }
+    }
+    for slot in &info.virtio_mmio {
+        let Some(regs) = arch::mmio_mapper().map(PhysAddr(slot.base), slot.size as usize) else {
+            continue;
+        };
+        // Slot magic "virt" and device ID 2 (block); empty slots have ID 0.
+        if regs.read32(0) != 0x7472_6976 || regs.read32(8) != 2 {
+            continue;
+        }
+        match virtio_blk::mmio_transport(&regs).and_then(|t| VirtioBlk::new(t, mode)) {
+            Ok(hw) => return Some((hw, Found::Mmio(slot.irq))),
+            Err(e) => defmt::error!("virtio-blk mmio {=u64:#x}: {}", slot.base, defmt::Debug2Format(&e)),
+        }
+    }
+    None
+}
