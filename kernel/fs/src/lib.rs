@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod bitmap;
+pub mod blkdev;
 pub mod check;
 pub mod crc;
 pub mod extent;

@@ -34,3 +34,4 @@ pub fn scale() -> u64 {
         .unwrap_or(1)
         .max(1)
 }
+mod overblk;

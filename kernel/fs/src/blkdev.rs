@@ -1,0 +1,245 @@
+//! The filesystem's I/O over the `blk` block layer: every read and write becomes bios from the
+//! filesystem's own [`BioSet`], whose front pad ([`FsIo`]) carries the per-I/O state; a
+//! multi-block read is one bio, and the bios of a write batch are submitted under one plug so
+//! the queue merges them before they reach the driver.
+
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context, Poll, Waker};
+
+use blk::bio::MAX_VECS;
+use blk::mem::phys_of;
+use blk::{
+    Bio, BioFlags, BioFuture, BioSet, BioVec, BlkError, BlockDevice, CpuCtx, Op, SECTOR_SIZE, Wait,
+};
+
+use crate::format::{BLOCK_SIZE, SECTORS_PER_BLOCK};
+use crate::io::{BlockIo, IoError, Run, WriteFlags};
+
+/// Per-I/O state in front of every filesystem bio.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FsIo {
+    /// First filesystem block of the I/O.
+    pub block: u64,
+    /// Blocks it covers.
+    pub blocks: u32,
+    /// Part of a commit record write (PREFLUSH | FUA).
+    pub commit: bool,
+}
+
+/// Bios in flight per batch: the plug is released and the batch waited for when it is full.
+pub const MAX_INFLIGHT: usize = 32;
+/// Blocks per bio: one 4 KiB segment per block, `MAX_VECS` segments (1 MiB).
+pub const BLOCKS_PER_BIO: usize = MAX_VECS;
+
+/// A `blk` block device as a [`BlockIo`].
+///
+/// `set` is the filesystem's `BioSet<FsIo>` (a static with its own reserve, so the filesystem
+/// keeps making progress when other users exhaust the shared slab); `wait` is called while
+/// waiting for completions (halt until the next interrupt in a kernel; a yield or a spin on the
+/// host, or a call that processes a deferred RAM disk's completions).
+pub struct BlkDisk {
+    dev: &'static dyn BlockDevice,
+    ctx: &'static CpuCtx,
+    set: &'static BioSet<FsIo>,
+    wait: fn(),
+    blocks: u64,
+}
+
+impl core::fmt::Debug for BlkDisk {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BlkDisk")
+            .field("blocks", &self.blocks)
+            .finish()
+    }
+}
+
+fn io_err(e: BlkError) -> IoError {
+    match e {
+        BlkError::OutOfRange => IoError::OutOfRange,
+        _ => IoError::Device,
+    }
+}
+
+impl BlkDisk {
+    /// A filesystem device over `dev`; `None` when its logical block size does not divide 4096.
+    pub fn new(
+        dev: &'static dyn BlockDevice,
+        ctx: &'static CpuCtx,
+        set: &'static BioSet<FsIo>,
+        wait: fn(),
+    ) -> Option<Self> {
+        let lbs = dev.logical_block_size();
+        if lbs == 0
+            || lbs as usize > BLOCK_SIZE
+            || BLOCK_SIZE % lbs as usize != 0
+            || lbs % SECTOR_SIZE != 0
+        {
+            return None;
+        }
+        Some(BlkDisk {
+            dev,
+            ctx,
+            set,
+            wait,
+            blocks: dev.capacity() / SECTORS_PER_BLOCK,
+        })
+    }
+
+    fn bio(
+        &self,
+        op: Op,
+        block: u64,
+        blocks: usize,
+        flags: BioFlags,
+        commit: bool,
+    ) -> Result<Bio, IoError> {
+        let front = FsIo {
+            block,
+            blocks: blocks as u32,
+            commit,
+        };
+        let mut bio = self
+            .set
+            .alloc(front, op, blocks, Wait::Hook(self.wait))
+            .map_err(io_err)?;
+        bio.set_dev(self.dev);
+        bio.set_sector(block * SECTORS_PER_BLOCK);
+        bio.set_flags(flags);
+        Ok(bio)
+    }
+
+    /// Waits for every future, calling the wait hook between polls; the first error wins.
+    fn wait_all(&self, futs: &mut [Option<BioFuture>]) -> Result<(), IoError> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut result = Ok(());
+        loop {
+            let mut pending = false;
+            for slot in futs.iter_mut() {
+                let Some(f) = slot.as_mut() else { continue };
+                match Pin::new(f).poll(&mut cx) {
+                    Poll::Ready((status, _bio)) => {
+                        if let Err(e) = status
+                            && result.is_ok()
+                        {
+                            result = Err(io_err(e));
+                        }
+                        *slot = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+            if !pending {
+                return result;
+            }
+            (self.wait)();
+        }
+    }
+
+    /// Submits the bios `make(i)` for `i in 0..n`, plugged, at most [`MAX_INFLIGHT`] at a time,
+    /// and waits for all of them.
+    fn submit_all(
+        &self,
+        n: usize,
+        make: &mut dyn FnMut(usize) -> Result<Bio, IoError>,
+    ) -> Result<(), IoError> {
+        let mut i = 0;
+        let mut result = Ok(());
+        while i < n {
+            let mut futs: [Option<BioFuture>; MAX_INFLIGHT] = [const { None }; MAX_INFLIGHT];
+            {
+                let _plug = self.ctx.plug();
+                for slot in futs.iter_mut() {
+                    if i >= n {
+                        break;
+                    }
+                    match make(i) {
+                        Ok(bio) => *slot = Some(blk::submit_bio_async(self.ctx, bio)),
+                        Err(e) => {
+                            result = Err(e);
+                            i = n;
+                            break;
+                        }
+                    }
+                    i += 1;
+                }
+            }
+            let r = self.wait_all(&mut futs);
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}
+
+impl BlockIo for BlkDisk {
+    fn block_count(&self) -> u64 {
+        self.blocks
+    }
+
+    fn read(&mut self, block: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        crate::io::check_range(self.blocks, block, buf.len())?;
+        let chunk = BLOCKS_PER_BIO * BLOCK_SIZE;
+        let n = buf.len().div_ceil(chunk);
+        let this = &*self;
+        let mut parts = buf.chunks_mut(chunk);
+        this.submit_all(n, &mut |i| {
+            let part = parts.next().ok_or(IoError::OutOfRange)?;
+            let blocks = part.len() / BLOCK_SIZE;
+            let mut bio = this.bio(
+                Op::Read,
+                block + (i * BLOCKS_PER_BIO) as u64,
+                blocks,
+                BioFlags::empty(),
+                false,
+            )?;
+            for page in part.chunks_mut(BLOCK_SIZE) {
+                bio.add_vec(BioVec::from_buf(page)).map_err(io_err)?;
+            }
+            Ok(bio)
+        })
+    }
+
+    fn write(&mut self, runs: &[Run<'_>], flags: WriteFlags) -> Result<(), IoError> {
+        for r in runs {
+            crate::io::check_range(self.blocks, r.block, r.data.len())?;
+        }
+        let chunk = BLOCKS_PER_BIO * BLOCK_SIZE;
+        // Bio `i` of the batch: run by run, each cut into bios of at most BLOCKS_PER_BIO blocks.
+        let total: usize = runs.iter().map(|r| r.data.len().div_ceil(chunk)).sum();
+        let mut bf = BioFlags::empty();
+        if flags.preflush {
+            bf |= BioFlags::PREFLUSH;
+        }
+        if flags.fua {
+            bf |= BioFlags::FUA;
+        }
+        let commit = flags.preflush && flags.fua;
+        let this = &*self;
+        this.submit_all(total, &mut |mut i| {
+            for r in runs {
+                let k = r.data.len().div_ceil(chunk);
+                if i < k {
+                    let part = &r.data[i * chunk..r.data.len().min((i + 1) * chunk)];
+                    let blocks = part.len() / BLOCK_SIZE;
+                    let mut bio = this.bio(
+                        Op::Write,
+                        r.block + (i * BLOCKS_PER_BIO) as u64,
+                        blocks,
+                        bf,
+                        commit,
+                    )?;
+                    for page in part.chunks(BLOCK_SIZE) {
+                        // The device only reads this memory for a write.
+                        bio.add_vec(BioVec::new(phys_of(page), page.len() as u32))
+                            .map_err(io_err)?;
+                    }
+                    return Ok(bio);
+                }
+                i -= k;
+            }
+            Err(IoError::OutOfRange)
+        })
+    }
+}

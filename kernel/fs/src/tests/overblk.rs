@@ -1,0 +1,113 @@
+//! The filesystem over the real block layer: a RAM disk behind a request queue.
+
+use blk::ramdisk::{CompletionMode, RamDisk};
+use blk::{BioSet, BioSlab, BvecPools, BvecSlabs, CpuCtx, Queue, QueueConfig, QueueLimits};
+
+use super::Rng;
+use super::model::{Model, SmallFs, compare, step};
+use crate::blkdev::{BlkDisk, FsIo};
+use crate::*;
+
+fn leak<T>(v: T) -> &'static T {
+    Box::leak(Box::new(v))
+}
+
+fn spin() {
+    std::hint::spin_loop();
+}
+
+struct Env {
+    disk: &'static RamDisk,
+    q: &'static Queue<64>,
+    ctx: &'static CpuCtx,
+    set: &'static BioSet<FsIo>,
+}
+
+fn env(blocks: u64) -> Env {
+    let mem: &'static mut [u8] =
+        Box::leak(vec![0u8; blocks as usize * BLOCK_SIZE].into_boxed_slice());
+    let limits = QueueLimits::new();
+    let disk: &'static RamDisk = leak(RamDisk::new(mem, limits, CompletionMode::Inline));
+    let bslabs: &'static BvecSlabs<64, 64, 64, 32, 32, 64> = leak(BvecSlabs::new());
+    let bvecs: &'static BvecPools = leak(BvecPools::new(bslabs, 2));
+    let split_slab: &'static BioSlab<(), 256> = leak(BioSlab::new());
+    let split = leak(BioSet::new(split_slab, 4, Some(bvecs)));
+    let q: &'static Queue<64> = leak(Queue::new(
+        disk,
+        limits,
+        QueueConfig::new(disk.capacity()),
+        split,
+    ));
+    disk.attach(q);
+    let slab: &'static BioSlab<FsIo, 128> = leak(BioSlab::new());
+    let set = leak(BioSet::new(slab, 8, Some(bvecs)));
+    Env {
+        disk,
+        q,
+        ctx: leak(CpuCtx::new(0)),
+        set,
+    }
+}
+
+#[test]
+fn model_over_blk_ramdisk() {
+    let e = env(2048);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut m = Model::default();
+    let mut rng = Rng::new(99);
+    {
+        let dev = BlkDisk::new(e.q, e.ctx, e.set, spin).unwrap();
+        let mut fs = SmallFs::new(dev, &mut buf);
+        fs.mkfs(MkfsOptions {
+            blocks: None,
+            inode_blocks: 4,
+        })
+        .unwrap();
+        fs.mount(false).unwrap();
+        for _ in 0..300 {
+            step(&mut rng, &mut fs, &mut m, true);
+        }
+        compare(&mut fs, &m).unwrap();
+        fs.unmount().unwrap();
+    }
+    let dev = BlkDisk::new(e.q, e.ctx, e.set, spin).unwrap();
+    let mut fs = SmallFs::new(dev, &mut buf);
+    fs.mount(true).unwrap();
+    compare(&mut fs, &m).unwrap();
+    assert_eq!(
+        e.disk.violations.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert!(
+        e.disk.flushes.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "commits must flush"
+    );
+}
+
+#[test]
+fn large_write_is_few_large_bios() {
+    let e = env(4096);
+    let mut buf = vec![0u8; 1 << 20];
+    let dev = BlkDisk::new(e.q, e.ctx, e.set, spin).unwrap();
+    let mut fs = SmallFs::new(dev, &mut buf);
+    fs.mkfs(MkfsOptions {
+        blocks: None,
+        inode_blocks: 1,
+    })
+    .unwrap();
+    fs.mount(false).unwrap();
+    let f = fs.create("/big").unwrap();
+    let data: Vec<u8> = (0..(4 << 20)).map(|i: u32| (i * 7 % 253) as u8).collect();
+    let before = e.disk.requests.load(std::sync::atomic::Ordering::Relaxed);
+    fs.write(f, 0, &data).unwrap();
+    let reqs = e.disk.requests.load(std::sync::atomic::Ordering::Relaxed) - before;
+    // 4 MiB through a 1 MiB buffer: four 256-segment bios.
+    assert!(reqs <= 8, "{reqs} requests for a 4 MiB write");
+    let before = e.disk.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let mut out = vec![0u8; data.len()];
+    assert_eq!(fs.read(f, 0, &mut out).unwrap(), data.len());
+    let reqs = e.disk.requests.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(reqs <= 8, "{reqs} requests for a 4 MiB read");
+    assert!(out == data);
+    fs.unmount().unwrap();
+}
