@@ -56,7 +56,7 @@ pub fn kmain(info: BootInfo) -> ! {
             for d in &info.virtio_mmio {
                 defmt::println!("virtio-mmio {=u64:#x} irq {=u32}", d.base, d.irq);
             }
-            true
+            block::demo::run()
         }
         other => {
             defmt::error!("unknown mode {=str}", other);

@@ -374,7 +374,9 @@ impl VirtioBlk {
     /// reaps it at once. Only with nothing in flight (returns `false` otherwise).
     pub fn inject_corrupt_used(&self, id: u32) -> bool {
         let mut inner = self.inner.lock();
-        let Some(u) = inner.used.filter(|_| inner.heads.in_flight() == 0) else { return false };
+        let Some(u) = inner.used.filter(|_| inner.heads.in_flight() == 0) else {
+            return false;
+        };
         u.inject(id, 1);
         let mut done = [(0u16, Ok(())); QUEUE_DEPTH];
         let n = self.reap_locked(&mut inner, &mut done);

@@ -2,6 +2,7 @@
 //! layer takes, the deferred-work loop (kick requeued requests, poll polled devices, check
 //! timeouts) and driver probing.
 
+pub mod demo;
 pub mod virtio;
 
 use blk::{BioSet, BioSlab, BvecPools, BvecSlabs, CpuCtx};

@@ -65,8 +65,14 @@ enum Found {
 
 /// Finds the first virtio-blk device and brings it up.
 pub fn probe(info: &BootInfo, polled: bool) {
-    let mode = if polled { Mode::Polling } else { Mode::Interrupt };
-    let Some((hw, found)) = find(info, mode) else { return };
+    let mode = if polled {
+        Mode::Polling
+    } else {
+        Mode::Interrupt
+    };
+    let Some((hw, found)) = find(info, mode) else {
+        return;
+    };
     let hw = HW.call_once(|| hw);
     let mut cfg = QueueConfig::new(hw.info().capacity);
     cfg.read_only = hw.info().read_only;
@@ -98,14 +104,20 @@ pub fn probe(info: &BootInfo, polled: bool) {
             }
             (Mode::Polling, _) => (None, Attach::PciIntx),
         },
-        Found::Mmio(irq) => ((mode == Mode::Interrupt).then(|| IrqLine::new(irq)), Attach::Mmio),
+        Found::Mmio(irq) => (
+            (mode == Mode::Interrupt).then(|| IrqLine::new(irq)),
+            Attach::Mmio,
+        ),
     };
     if let Some(line) = irq {
         if attach != Attach::PciMsix {
             hw.set_irq_line(line);
         }
         if line.register(hw).is_err() || line.enable().is_err() {
-            defmt::error!("virtio-blk: cannot use interrupt line {=u32}", line.number());
+            defmt::error!(
+                "virtio-blk: cannot use interrupt line {=u32}",
+                line.number()
+            );
         }
     }
     let i = hw.info();
@@ -125,12 +137,19 @@ pub fn probe(info: &BootInfo, polled: bool) {
         i.queue_depth,
         if polled { "polled" } else { "interrupts" }
     );
-    DISK.call_once(|| VirtioDisk { hw, queue, irq, attach });
+    DISK.call_once(|| VirtioDisk {
+        hw,
+        queue,
+        irq,
+        attach,
+    });
 }
 
 fn find(info: &BootInfo, mode: Mode) -> Option<(VirtioBlk, Found)> {
     use virtio_blk::pci::{DEVICE_ID_MODERN, DEVICE_ID_TRANSITIONAL, VENDOR_ID};
-    if let Some(f) = pci::find(VENDOR_ID, DEVICE_ID_MODERN).or_else(|| pci::find(VENDOR_ID, DEVICE_ID_TRANSITIONAL)) {
+    if let Some(f) = pci::find(VENDOR_ID, DEVICE_ID_MODERN)
+        .or_else(|| pci::find(VENDOR_ID, DEVICE_ID_TRANSITIONAL))
+    {
         match virtio_blk::pci::transport(f).and_then(|t| VirtioBlk::new(t, mode)) {
             Ok(hw) => return Some((hw, Found::Pci(f))),
             Err(e) => defmt::error!("virtio-blk pci: {}", defmt::Debug2Format(&e)),
@@ -146,7 +165,11 @@ fn find(info: &BootInfo, mode: Mode) -> Option<(VirtioBlk, Found)> {
         }
         match virtio_blk::mmio_transport(&regs).and_then(|t| VirtioBlk::new(t, mode)) {
             Ok(hw) => return Some((hw, Found::Mmio(slot.irq))),
-            Err(e) => defmt::error!("virtio-blk mmio {=u64:#x}: {}", slot.base, defmt::Debug2Format(&e)),
+            Err(e) => defmt::error!(
+                "virtio-blk mmio {=u64:#x}: {}",
+                slot.base,
+                defmt::Debug2Format(&e)
+            ),
         }
     }
     None

@@ -6,7 +6,10 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use blk::{Bio, BioFlags, BioVec, BlkError, BlockDevice, Op, StatsSnapshot, Wait, submit_bio, submit_bio_wait};
+use blk::{
+    Bio, BioFlags, BioVec, BlkError, BlockDevice, Op, StatsSnapshot, Wait, submit_bio,
+    submit_bio_wait,
+};
 use hal::{DmaBuf, PhysAddr};
 
 use crate::block::{self, IO_SET, cpu_ctx};
@@ -29,7 +32,8 @@ pub struct Target {
 }
 
 fn dma(len: usize) -> Result<DmaBuf, Outcome> {
-    DmaBuf::alloc(len, 4096).map_err(|e| fail(format_args!("no DMA memory for {} bytes: {:?}", len, e)))
+    DmaBuf::alloc(len, 4096)
+        .map_err(|e| fail(format_args!("no DMA memory for {} bytes: {:?}", len, e)))
 }
 
 fn fill(buf: &mut [u8], seed: u32) {
@@ -39,7 +43,13 @@ fn fill(buf: &mut [u8], seed: u32) {
     }
 }
 
-fn new_bio(t: &Target, op: Op, sector: u64, segs: &[(PhysAddr, u32)], flags: BioFlags) -> Result<Bio, BlkError> {
+fn new_bio(
+    t: &Target,
+    op: Op,
+    sector: u64,
+    segs: &[(PhysAddr, u32)],
+    flags: BioFlags,
+) -> Result<Bio, BlkError> {
     let mut bio = IO_SET.alloc((), op, segs.len().max(1), Wait::Hook(block::wait))?;
     bio.set_dev(t.dev);
     bio.set_sector(sector);
@@ -51,13 +61,20 @@ fn new_bio(t: &Target, op: Op, sector: u64, segs: &[(PhysAddr, u32)], flags: Bio
 }
 
 /// Submits one bio and waits for it.
-pub fn io(t: &Target, op: Op, sector: u64, segs: &[(PhysAddr, u32)], flags: BioFlags) -> Result<(), BlkError> {
+pub fn io(
+    t: &Target,
+    op: Op,
+    sector: u64,
+    segs: &[(PhysAddr, u32)],
+    flags: BioFlags,
+) -> Result<(), BlkError> {
     let bio = new_bio(t, op, sector, segs, flags)?;
     submit_bio_wait(cpu_ctx(), bio, block::wait).0
 }
 
 fn io_ok(t: &Target, op: Op, sector: u64, segs: &[(PhysAddr, u32)], flags: BioFlags) -> TestResult {
-    io(t, op, sector, segs, flags).map_err(|e| fail(format_args!("{:?} at sector {}: {:?}", op, sector, e)))
+    io(t, op, sector, segs, flags)
+        .map_err(|e| fail(format_args!("{:?} at sector {}: {:?}", op, sector, e)))
 }
 
 /// Bios completed through the asynchronous path, and the first error seen.
@@ -87,7 +104,8 @@ fn async_reset() {
 
 /// Submits a bio whose completion is counted by [`async_end_io`]; `i` < 256 names it.
 fn submit_async(t: &Target, i: usize, op: Op, sector: u64, segs: &[(PhysAddr, u32)]) -> TestResult {
-    let mut bio = new_bio(t, op, sector, segs, BioFlags::empty()).map_err(|e| fail(format_args!("bio: {:?}", e)))?;
+    let mut bio = new_bio(t, op, sector, segs, BioFlags::empty())
+        .map_err(|e| fail(format_args!("bio: {:?}", e)))?;
     bio.set_end_io(async_end_io);
     bio.set_private(i);
     ASYNC_PENDING[(i / 64) % 4].fetch_or(1 << (i % 64), Ordering::AcqRel);
@@ -97,7 +115,12 @@ fn submit_async(t: &Target, i: usize, op: Op, sector: u64, segs: &[(PhysAddr, u3
 fn async_wait(n: u32) -> TestResult {
     let start = block::clock();
     while ASYNC_DONE.load(Ordering::Acquire) < n {
-        check!(block::clock() - start < 10_000_000_000, "only {} of {} bios completed in 10 s", ASYNC_DONE.load(Ordering::Acquire), n);
+        check!(
+            block::clock() - start < 10_000_000_000,
+            "only {} of {} bios completed in 10 s",
+            ASYNC_DONE.load(Ordering::Acquire),
+            n
+        );
         block::wait();
     }
     check_eq!(ASYNC_DONE.load(Ordering::Acquire), n);
@@ -117,7 +140,11 @@ pub fn readback_start_middle_end(t: &Target) -> TestResult {
         fill(w.as_mut_slice(), 0x100 + k as u32);
         io_ok(t, Op::Write, sector, &[(w.phys(), 4096)], BioFlags::empty())?;
         io_ok(t, Op::Read, sector, &[(r.phys(), 4096)], BioFlags::empty())?;
-        check!(r.as_slice() == w.as_slice(), "read-back mismatch at sector {}", sector);
+        check!(
+            r.as_slice() == w.as_slice(),
+            "read-back mismatch at sector {}",
+            sector
+        );
     }
     Ok(())
 }
@@ -131,8 +158,18 @@ pub fn past_end_refused(t: &Target) -> TestResult {
             .map_err(|e| fail(format_args!("bio: {:?}", e)))?;
         match submit_bio(cpu_ctx(), bio) {
             Err((BlkError::OutOfRange, _bio)) => {}
-            Err((e, _)) => return Err(fail(format_args!("sector {}: {:?}, not OutOfRange", sector, e))),
-            Ok(()) => return Err(fail(format_args!("write at sector {} past the end accepted", sector))),
+            Err((e, _)) => {
+                return Err(fail(format_args!(
+                    "sector {}: {:?}, not OutOfRange",
+                    sector, e
+                )));
+            }
+            Ok(()) => {
+                return Err(fail(format_args!(
+                    "write at sector {} past the end accepted",
+                    sector
+                )));
+            }
         }
     }
     Ok(())
@@ -145,11 +182,20 @@ pub fn single_sector_and_1mib(t: &Target) -> TestResult {
     fill(w.as_mut_slice(), 7);
     io_ok(t, Op::Write, 3, &[(w.phys(), 512)], BioFlags::empty())?;
     io_ok(t, Op::Read, 3, &[(r.phys(), 512)], BioFlags::empty())?;
-    check!(r.as_slice() == w.as_slice(), "single-sector read-back mismatch");
+    check!(
+        r.as_slice() == w.as_slice(),
+        "single-sector read-back mismatch"
+    );
     let mut w = dma(1 << 20)?;
     let r = dma(1 << 20)?;
     fill(w.as_mut_slice(), 8);
-    io_ok(t, Op::Write, 8192, &[(w.phys(), 1 << 20)], BioFlags::empty())?;
+    io_ok(
+        t,
+        Op::Write,
+        8192,
+        &[(w.phys(), 1 << 20)],
+        BioFlags::empty(),
+    )?;
     io_ok(t, Op::Read, 8192, &[(r.phys(), 1 << 20)], BioFlags::empty())?;
     check!(r.as_slice() == w.as_slice(), "1 MiB read-back mismatch");
     Ok(())
@@ -159,20 +205,39 @@ pub fn single_sector_and_1mib(t: &Target) -> TestResult {
 /// scattered and contiguous.
 pub fn multi_segment_scattered(t: &Target) -> TestResult {
     // (offset in the arena, length): gaps between all of them, none page-sized.
-    const SEGS: [(u64, u32); 6] = [(0, 512), (8192, 1536), (20480 + 512, 3072), (40960, 512), (49152 + 1024, 2560), (65536 + 4, 1024)];
+    const SEGS: [(u64, u32); 6] = [
+        (0, 512),
+        (8192, 1536),
+        (20480 + 512, 3072),
+        (40960, 512),
+        (49152 + 1024, 2560),
+        (65536 + 4, 1024),
+    ];
     let total: u32 = SEGS.iter().map(|s| s.1).sum();
     check_eq!(total % 512, 0);
     let mut arena = dma(96 * 1024)?;
     let base = arena.phys();
     fill(arena.as_mut_slice(), 21);
-    let segs: heapless::Vec<(PhysAddr, u32), 8> = SEGS.iter().map(|&(o, l)| (base.add(o), l)).collect();
+    let segs: heapless::Vec<(PhysAddr, u32), 8> =
+        SEGS.iter().map(|&(o, l)| (base.add(o), l)).collect();
     io_ok(t, Op::Write, 1000, &segs, BioFlags::empty())?;
     let flat = dma(total as usize)?;
-    io_ok(t, Op::Read, 1000, &[(flat.phys(), total)], BioFlags::empty())?;
+    io_ok(
+        t,
+        Op::Read,
+        1000,
+        &[(flat.phys(), total)],
+        BioFlags::empty(),
+    )?;
     let mut off = 0usize;
     for &(o, l) in &SEGS {
         let want = &arena.as_slice()[o as usize..o as usize + l as usize];
-        check!(&flat.as_slice()[off..off + l as usize] == want, "segment at {:#x}+{} read back wrong", o, l);
+        check!(
+            &flat.as_slice()[off..off + l as usize] == want,
+            "segment at {:#x}+{} read back wrong",
+            o,
+            l
+        );
         off += l as usize;
     }
     arena.as_mut_slice().fill(0);
@@ -180,7 +245,12 @@ pub fn multi_segment_scattered(t: &Target) -> TestResult {
     let mut off = 0usize;
     for &(o, l) in &SEGS {
         let got = &arena.as_slice()[o as usize..o as usize + l as usize];
-        check!(got == &flat.as_slice()[off..off + l as usize], "scattered read of segment {:#x}+{} wrong", o, l);
+        check!(
+            got == &flat.as_slice()[off..off + l as usize],
+            "scattered read of segment {:#x}+{} wrong",
+            o,
+            l
+        );
         off += l as usize;
     }
     Ok(())
@@ -193,17 +263,32 @@ pub fn split_by_limits(t: &Target) -> TestResult {
     const N: usize = 160;
     let mut arena = dma(N * 2 * 4096)?;
     fill(arena.as_mut_slice(), 33);
-    let segs: heapless::Vec<(PhysAddr, u32), N> = (0..N).map(|i| (arena.phys().add((i * 8192) as u64), 4096)).collect();
+    let segs: heapless::Vec<(PhysAddr, u32), N> = (0..N)
+        .map(|i| (arena.phys().add((i * 8192) as u64), 4096))
+        .collect();
     let before = (t.stats)();
     io_ok(t, Op::Write, 20000, &segs, BioFlags::empty())?;
     let mid = (t.stats)();
-    check!(mid.splits > before.splits, "a {}-segment bio was not split (max request {} bytes)", N, t.max_request_bytes);
+    check!(
+        mid.splits > before.splits,
+        "a {}-segment bio was not split (max request {} bytes)",
+        N,
+        t.max_request_bytes
+    );
     let flat = dma(N * 4096)?;
-    io_ok(t, Op::Read, 20000, &[(flat.phys(), (N * 4096) as u32)], BioFlags::empty())?;
+    io_ok(
+        t,
+        Op::Read,
+        20000,
+        &[(flat.phys(), (N * 4096) as u32)],
+        BioFlags::empty(),
+    )?;
     for i in 0..N {
         check!(
-            flat.as_slice()[i * 4096..(i + 1) * 4096] == arena.as_slice()[i * 8192..i * 8192 + 4096],
-            "page {} of the split write read back wrong", i
+            flat.as_slice()[i * 4096..(i + 1) * 4096]
+                == arena.as_slice()[i * 8192..i * 8192 + 4096],
+            "page {} of the split write read back wrong",
+            i
         );
     }
     Ok(())
@@ -219,19 +304,45 @@ pub fn plug_merges(t: &Target) -> TestResult {
     {
         let _plug = cpu_ctx().plug();
         for i in 0..N {
-            submit_async(t, i, Op::Write, 40000 + (i as u64) * 8, &[(buf.phys().add((i * 4096) as u64), 4096)])?;
+            submit_async(
+                t,
+                i,
+                Op::Write,
+                40000 + (i as u64) * 8,
+                &[(buf.phys().add((i * 4096) as u64), 4096)],
+            )?;
         }
     }
     async_wait(N as u32)?;
     let after = (t.stats)();
     let rqs = after.requests_dispatched - before.requests_dispatched;
-    let merges = (after.merges_back + after.merges_front) - (before.merges_back + before.merges_front);
-    defmt::println!("plug: {=usize} bios -> {=u64} requests, {=u64} merges", N, rqs, merges);
-    check!(rqs < N as u64, "{} plugged contiguous bios became {} requests", N, rqs);
+    let merges =
+        (after.merges_back + after.merges_front) - (before.merges_back + before.merges_front);
+    defmt::println!(
+        "plug: {=usize} bios -> {=u64} requests, {=u64} merges",
+        N,
+        rqs,
+        merges
+    );
+    check!(
+        rqs < N as u64,
+        "{} plugged contiguous bios became {} requests",
+        N,
+        rqs
+    );
     check!(merges > 0, "no merges counted");
     let r = dma(N * 4096)?;
-    io_ok(t, Op::Read, 40000, &[(r.phys(), (N * 4096) as u32)], BioFlags::empty())?;
-    check!(r.as_slice() == buf.as_slice(), "merged write read back wrong");
+    io_ok(
+        t,
+        Op::Read,
+        40000,
+        &[(r.phys(), (N * 4096) as u32)],
+        BioFlags::empty(),
+    )?;
+    check!(
+        r.as_slice() == buf.as_slice(),
+        "merged write read back wrong"
+    );
     Ok(())
 }
 
@@ -246,17 +357,31 @@ pub fn full_depth_in_flight(t: &Target) -> TestResult {
     let res = crate::arch::without_interrupts(|| -> TestResult {
         for i in 0..n {
             // Every other 4 KiB block: nothing merges.
-            submit_async(t, i, Op::Read, 60000 + (i as u64) * 16, &[(buf.phys().add((i * 4096) as u64), 4096)])?;
+            submit_async(
+                t,
+                i,
+                Op::Read,
+                60000 + (i as u64) * 16,
+                &[(buf.phys().add((i * 4096) as u64), 4096)],
+            )?;
             peak = peak.max((t.tags_in_use)());
         }
         Ok(())
     });
     res?;
     async_wait(n as u32)?;
-    defmt::println!("depth: {=usize} submitted, {=usize} tags in use at peak", n, peak);
+    defmt::println!(
+        "depth: {=usize} submitted, {=usize} tags in use at peak",
+        n,
+        peak
+    );
     check_eq!(peak, n);
     if irq_before != 0 || (t.irq_count)() != 0 {
-        check!((t.irq_count)() > irq_before, "no interrupt for {} completions", n);
+        check!(
+            (t.irq_count)() > irq_before,
+            "no interrupt for {} completions",
+            n
+        );
     }
     Ok(())
 }
@@ -280,12 +405,22 @@ pub fn completion_accounting(t: &Target) -> TestResult {
     let b = dma(8 * 4096)?;
     async_reset();
     for i in 0..32 {
-        submit_async(t, i, Op::Read, 80000 + (i as u64) * 64, &[(b.phys().add(((i % 8) * 4096) as u64), 4096)])?;
+        submit_async(
+            t,
+            i,
+            Op::Read,
+            80000 + (i as u64) * 64,
+            &[(b.phys().add(((i % 8) * 4096) as u64), 4096)],
+        )?;
     }
     async_wait(32)?;
     let after = (t.stats)();
-    let dispatched = after.requests_dispatched - before.requests_dispatched - (after.requeues - before.requeues);
-    check_eq!(after.requests_completed - before.requests_completed, dispatched);
+    let dispatched =
+        after.requests_dispatched - before.requests_dispatched - (after.requeues - before.requeues);
+    check_eq!(
+        after.requests_completed - before.requests_completed,
+        dispatched
+    );
     check_eq!(after.late_completions, before.late_completions);
     check_eq!((t.tags_in_use)(), 0);
     Ok(())
@@ -300,7 +435,11 @@ fn virtio() -> Result<Target, Outcome> {
     };
     Ok(Target {
         dev: d.queue,
-        stats: || block::virtio::disk().map(|d| d.queue.stats().snapshot()).unwrap_or_default(),
+        stats: || {
+            block::virtio::disk()
+                .map(|d| d.queue.stats().snapshot())
+                .unwrap_or_default()
+        },
         tags_in_use: || block::virtio::disk().map_or(0, |d| d.queue.tags_in_use()),
         depth: virtio_blk::QUEUE_DEPTH,
         max_request_bytes: d.queue.limits().max_bytes(),
