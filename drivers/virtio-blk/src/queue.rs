@@ -122,12 +122,16 @@ driver_stats! {
     resets,
     /// Post-flushes run for FUA writes.
     fua_flushes,
+    /// Pre-flushes run for PREFLUSH writes.
+    preflushes,
 }
 
-/// Bytes of command memory per tag: header at 0, range segment at 16, status at 32.
-const CMD_STRIDE: usize = 64;
+/// Bytes of command memory per tag: header at 0, range segment at 16, status at 32, and from 64
+/// the saved scatter-gather list of a write that waits for its pre-flush.
+const CMD_STRIDE: usize = 64 + 16 * MAX_SEGMENTS as usize;
 const CMD_RANGE: usize = 16;
 const CMD_STATUS: usize = 32;
+const CMD_SG: usize = 64;
 
 #[derive(Clone, Copy, Debug)]
 struct Slot {
@@ -137,6 +141,10 @@ struct Slot {
     bytes: u32,
     /// A FUA write whose post-flush is still to run.
     fua: bool,
+    /// This chain is the pre-flush of a write with this many saved segments (0: not one).
+    preflush_segs: u16,
+    /// Sector of that write.
+    sector: u64,
 }
 
 impl Slot {
@@ -146,6 +154,8 @@ impl Slot {
         min_used_len: 0,
         bytes: 0,
         fua: false,
+        preflush_segs: 0,
+        sector: 0,
     };
 }
 
@@ -495,28 +505,17 @@ impl VirtioBlk {
                     other => Err(BlkError::DeviceError(other as u16)),
                 }
             };
-            if st.is_ok() && slot.fua {
-                // The write is done; make it stable before completing it.
-                self.stats.fua_flushes.fetch_add(1, Ordering::Relaxed);
-                self.write_header(tag, RequestKind::Flush, 0);
-                let p = plan(RequestKind::Flush, 0, 0);
-                if self
-                    .add_locked(inner, tag, RequestKind::Flush, &[], p.readable, p.writable)
-                    .is_ok()
-                {
-                    inner.slots[tag as usize] = Slot {
-                        readable: p.readable,
-                        writable: p.writable,
-                        min_used_len: p.min_used_len,
-                        bytes: slot.bytes,
-                        fua: false,
-                    };
+            if st.is_ok() && (slot.fua || slot.preflush_segs > 0) {
+                // The next stage of the same request: the write after its pre-flush, or the
+                // flush that makes a FUA write stable.
+                if self.next_stage_locked(inner, tag, &slot) {
                     renotify = true;
-                    continue;
+                } else {
+                    // No room: let the block layer retry the whole request.
+                    inner.slots[tag as usize] = Slot::EMPTY;
+                    done[n] = (tag, Err(BlkError::Busy));
+                    n += 1;
                 }
-                // No room for the flush: let the block layer retry the whole write.
-                done[n] = (tag, Err(BlkError::Busy));
-                n += 1;
                 continue;
             }
             inner.slots[tag as usize] = Slot::EMPTY;
@@ -530,6 +529,42 @@ impl VirtioBlk {
             self.notify_locked(inner);
         }
         n
+    }
+
+    /// Starts the next chain of a staged request; `false` if the ring has no room.
+    fn next_stage_locked(&self, inner: &mut Inner, tag: u16, slot: &Slot) -> bool {
+        let mut sg = [SgEntry::default(); MAX_SEGMENTS as usize];
+        let (kind, nsg, fua) = if slot.preflush_segs > 0 {
+            let base = tag as usize * CMD_STRIDE + CMD_SG;
+            let nsg = (slot.preflush_segs as usize).min(sg.len());
+            for (i, e) in sg.iter_mut().take(nsg).enumerate() {
+                e.addr = hal::PhysAddr(self.cmd.read64(base + 16 * i));
+                e.len = self.cmd.read32(base + 16 * i + 8);
+            }
+            self.write_header(tag, RequestKind::Write, slot.sector);
+            (RequestKind::Write, nsg, slot.fua)
+        } else {
+            self.stats.fua_flushes.fetch_add(1, Ordering::Relaxed);
+            self.write_header(tag, RequestKind::Flush, 0);
+            (RequestKind::Flush, 0, false)
+        };
+        let p = plan(kind, nsg as u16, slot.bytes);
+        if self
+            .add_locked(inner, tag, kind, &sg[..nsg], p.readable, p.writable)
+            .is_err()
+        {
+            return false;
+        }
+        inner.slots[tag as usize] = Slot {
+            readable: p.readable,
+            writable: p.writable,
+            min_used_len: p.min_used_len,
+            bytes: slot.bytes,
+            fua,
+            preflush_segs: 0,
+            sector: slot.sector,
+        };
+        true
     }
 
     /// The device broke the protocol: reset it (it stops touching memory), fail everything in
@@ -714,6 +749,27 @@ impl VirtioBlk {
         } else {
             rq.sector()
         };
+        // A pre-flush runs first as its own chain; the write's segments wait in command memory.
+        let preflush = kind == RequestKind::Write
+            && self.info.flush
+            && rq.flags().contains(BioFlags::PREFLUSH);
+        let data_segs = nsg as u16;
+        let (kind, nsg) = if preflush {
+            let base = tag as usize * CMD_STRIDE + CMD_SG;
+            for (i, e) in sg[..nsg].iter().enumerate() {
+                self.cmd.write64(base + 16 * i, e.addr.0);
+                self.cmd.write32(base + 16 * i + 8, e.len);
+            }
+            (RequestKind::Flush, 0)
+        } else {
+            (kind, nsg)
+        };
+        let preflush_segs = if preflush {
+            self.stats.preflushes.fetch_add(1, Ordering::Relaxed);
+            data_segs
+        } else {
+            0
+        };
         self.write_header(tag, kind, sector);
         if matches!(kind, RequestKind::Discard | RequestKind::WriteZeroes) {
             let base = tag as usize * CMD_STRIDE + CMD_RANGE;
@@ -737,6 +793,8 @@ impl VirtioBlk {
                     min_used_len: p.min_used_len,
                     bytes: rq.bytes(),
                     fua,
+                    preflush_segs,
+                    sector,
                 };
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
             }

@@ -454,7 +454,20 @@ ktest! { fn virtio_multi_segment_scattered() -> TestResult { multi_segment_scatt
 ktest! { fn virtio_split_by_limits() -> TestResult { split_by_limits(&virtio()?) } }
 ktest! { fn virtio_plug_merges() -> TestResult { plug_merges(&virtio()?) } }
 ktest! { fn virtio_full_depth_in_flight() -> TestResult { full_depth_in_flight(&virtio()?) } }
-ktest! { fn virtio_flush_and_fua() -> TestResult { flush_and_fua(&virtio()?) } }
+ktest! {
+    fn virtio_flush_and_fua() -> TestResult {
+        let t = virtio()?;
+        let Some(d) = block::virtio::disk() else { return Err(Outcome::Skip("no virtio-blk")) };
+        let s = d.hw.stats();
+        let (fua0, pre0) = (s.fua_flushes.load(Ordering::Relaxed), s.preflushes.load(Ordering::Relaxed));
+        flush_and_fua(&t)?;
+        if d.hw.info().flush {
+            check_eq!(s.fua_flushes.load(Ordering::Relaxed) - fua0, 1);
+            check_eq!(s.preflushes.load(Ordering::Relaxed) - pre0, 1);
+        }
+        Ok(())
+    }
+}
 
 ktest! {
     fn virtio_completion_accounting_and_interrupts() -> TestResult {
