@@ -72,8 +72,8 @@ impl BlkDisk {
         let lbs = dev.logical_block_size();
         if lbs == 0
             || lbs as usize > BLOCK_SIZE
-            || BLOCK_SIZE % lbs as usize != 0
-            || lbs % SECTOR_SIZE != 0
+            || !BLOCK_SIZE.is_multiple_of(lbs as usize)
+            || !lbs.is_multiple_of(SECTOR_SIZE)
         {
             return None;
         }

@@ -229,7 +229,7 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
     }
 
     fn check_buf(&self) -> Result<()> {
-        if self.buf.len() % BLOCK_SIZE != 0 || self.buf.len() < 2 * BLOCK_SIZE {
+        if !self.buf.len().is_multiple_of(BLOCK_SIZE) || self.buf.len() < 2 * BLOCK_SIZE {
             return Err(FsError::BufferTooSmall);
         }
         Ok(())
@@ -357,7 +357,7 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
         // Tail bytes of each file's last block must be zero.
         for ino in 0..self.sb.inode_count() as u32 {
             let n = self.inode(ino);
-            if n.kind != Kind::File || n.size % BS == 0 {
+            if n.kind != Kind::File || n.size.is_multiple_of(BS) {
                 continue;
             }
             let ext = ExtList::of(&n);
@@ -896,10 +896,10 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
             let (phys, k) = self.alloc_run(want, self.reserve())?;
             let chunk_end = end.min((fb + k) * BS);
             // Partial first and last blocks start from their old contents (zeros in a hole).
-            if pos % BS != 0 {
+            if !pos.is_multiple_of(BS) {
                 read_file_blocks(&mut self.dev, self.buf, &ext, fb, 1)?;
             }
-            if chunk_end % BS != 0 && (chunk_end / BS != fb || pos % BS == 0) {
+            if chunk_end % BS != 0 && (chunk_end / BS != fb || pos.is_multiple_of(BS)) {
                 let lb = chunk_end / BS;
                 let i = (lb - fb) as usize;
                 let tail = self
@@ -1001,7 +1001,7 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
         })
         .map_err(|_| FsError::TooFragmented)?;
         let fb = size / BS;
-        if size % BS != 0
+        if !size.is_multiple_of(BS)
             && let Mapping::Mapped { phys: old, .. } = ext.lookup(fb)
         {
             // Copy the new last block with its tail zeroed, so growing later reads zeros.

@@ -54,9 +54,8 @@ pub trait BlockIo {
     fn write(&mut self, runs: &[Run<'_>], flags: WriteFlags) -> Result<(), IoError>;
 }
 
-#[cfg_attr(not(any(test, feature = "std")), allow(dead_code))]
 pub(crate) fn check_range(count: u64, block: u64, bytes: usize) -> Result<u64, IoError> {
-    if bytes % BLOCK_SIZE != 0 {
+    if !bytes.is_multiple_of(BLOCK_SIZE) {
         return Err(IoError::OutOfRange);
     }
     let n = (bytes / BLOCK_SIZE) as u64;
