@@ -51,6 +51,22 @@ impl<const W: usize> Bitmap<W> {
     pub fn count(&self, n: u64) -> u64 {
         (0..n).filter(|&i| self.get(i)).count() as u64
     }
+    /// Bits set in `a | b` among `[0, n)`.
+    pub fn count_union(a: &Self, b: &Self, n: u64) -> u64 {
+        let mut total = 0u64;
+        for (i, (x, y)) in a.w.iter().zip(b.w.iter()).enumerate() {
+            let lo = i as u64 * 64;
+            if lo >= n {
+                break;
+            }
+            let mut v = x | y;
+            if n - lo < 64 {
+                v &= (1u64 << (n - lo)) - 1;
+            }
+            total += v.count_ones() as u64;
+        }
+        total
+    }
     /// True when bit `i` is clear in both.
     pub fn free_in_both(a: &Self, b: &Self, i: u64) -> bool {
         !a.get(i) && !b.get(i)

@@ -610,13 +610,8 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
     // ---- space ------------------------------------------------------------------------
 
     fn free_blocks(&self) -> u64 {
-        let mut used = 0;
-        for b in 0..self.sb.block_count {
-            if self.used.get(b) || self.pinned.get(b) {
-                used += 1;
-            }
-        }
-        self.sb.block_count - used
+        let n = self.sb.block_count;
+        n - Bitmap::count_union(&self.used, &self.pinned, n).min(n)
     }
 
     fn is_free(&self, b: u64) -> bool {

@@ -35,3 +35,4 @@ pub fn scale() -> u64 {
         .max(1)
 }
 mod overblk;
+mod tools;
