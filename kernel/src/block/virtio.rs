@@ -17,6 +17,8 @@ pub enum Attach {
     PciIntx,
     /// virtio-mmio with its interrupt-controller line.
     Mmio,
+    /// Polled, no interrupt line.
+    Polled,
 }
 
 /// The virtio disk: driver, request queue, interrupt line.
@@ -102,7 +104,7 @@ pub fn probe(info: &BootInfo, polled: bool) {
                 }
                 (line, Attach::PciIntx)
             }
-            (Mode::Polling, _) => (None, Attach::PciIntx),
+            (Mode::Polling, _) => (None, Attach::Polled),
         },
         Found::Mmio(irq) => (
             (mode == Mode::Interrupt).then(|| IrqLine::new(irq)),
