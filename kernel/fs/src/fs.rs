@@ -697,7 +697,12 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
             .filter(|c| !c.is_empty())
     }
 
+    fn check_path(path: &str) -> Result<()> {
+        Self::components(path).try_for_each(check_name)
+    }
+
     fn resolve(&self, path: &str) -> Result<u32> {
+        Self::check_path(path)?;
         let mut cur = ROOT_INO;
         for c in Self::components(path) {
             check_name(c)?;
@@ -711,6 +716,7 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
 
     /// The directory a path's last component lives in, and that component.
     fn resolve_parent<'p>(&self, path: &'p str) -> Result<(u32, &'p [u8])> {
+        Self::check_path(path)?;
         let mut it = Self::components(path).peekable();
         let mut cur = ROOT_INO;
         while let Some(c) = it.next() {
