@@ -89,6 +89,8 @@ pub(crate) struct ChainBuf {
 
 /// Most buffers in one chain.
 pub(crate) const MAX_CHAIN: usize = crate::MAX_SEGMENTS as usize + 2;
+/// Chain arrays for requests of a few segments (no 66-entry arrays on the common path).
+pub(crate) const SMALL_CHAIN: usize = 8;
 
 /// Adds a chain (`readable` then `writable` buffers) without notifying; returns its head.
 ///
@@ -96,14 +98,14 @@ pub(crate) const MAX_CHAIN: usize = crate::MAX_SEGMENTS as usize + 2;
 /// segment of a block-layer request, which the block layer leaves alone until the request
 /// completes (after the chain came back through [`pop_chain`] or the device was reset), or the
 /// driver's own command memory for that tag, which it only touches through volatile accessors.
-pub(crate) fn add_chain<const RING: usize>(
+pub(crate) fn add_chain<const RING: usize, const N: usize>(
     vq: &mut VirtQueue<VirtioHal, RING>,
     readable: &[ChainBuf],
     writable: &[ChainBuf],
 ) -> virtio_drivers::Result<u16> {
-    let mut ins: [&[u8]; MAX_CHAIN] = [&[]; MAX_CHAIN];
-    let mut outs: [&mut [u8]; MAX_CHAIN] = core::array::from_fn(|_| <&mut [u8]>::default());
-    if readable.len() > MAX_CHAIN || writable.len() > MAX_CHAIN {
+    let mut ins: [&[u8]; N] = [&[]; N];
+    let mut outs: [&mut [u8]; N] = core::array::from_fn(|_| <&mut [u8]>::default());
+    if readable.len() > N || writable.len() > N {
         return Err(virtio_drivers::Error::InvalidParam);
     }
     for (slot, b) in ins.iter_mut().zip(readable) {
@@ -127,17 +129,31 @@ pub(crate) fn pop_chain<const RING: usize>(
     readable: u16,
     writable: u16,
 ) -> virtio_drivers::Result<u32> {
+    // Small chains (the common case) build small placeholder arrays.
+    if readable.max(writable) <= SMALL_CHAIN as u16 {
+        pop_chain_n::<RING, SMALL_CHAIN>(vq, head, readable, writable)
+    } else {
+        pop_chain_n::<RING, MAX_CHAIN>(vq, head, readable, writable)
+    }
+}
+
+fn pop_chain_n<const RING: usize, const N: usize>(
+    vq: &mut VirtQueue<VirtioHal, RING>,
+    head: u16,
+    readable: u16,
+    writable: u16,
+) -> virtio_drivers::Result<u32> {
     // Placeholders with the right count: `VirtioHal::unshare` ignores the buffers, and the
     // queue walks the chain from its own trusted copy of the descriptors.
     static RO: [u8; 1] = [0];
-    let mut rw = [0u8; MAX_CHAIN];
-    let ins: [&[u8]; MAX_CHAIN] = [&RO; MAX_CHAIN];
-    let mut outs: [&mut [u8]; MAX_CHAIN] = core::array::from_fn(|_| <&mut [u8]>::default());
+    let mut rw = [0u8; N];
+    let ins: [&[u8]; N] = [&RO; N];
+    let mut outs: [&mut [u8]; N] = core::array::from_fn(|_| <&mut [u8]>::default());
     for (slot, b) in outs.iter_mut().zip(rw.chunks_mut(1)) {
         *slot = b;
     }
     let (r, w) = (readable as usize, writable as usize);
-    if r > MAX_CHAIN || w > MAX_CHAIN {
+    if r > N || w > N {
         return Err(virtio_drivers::Error::InvalidParam);
     }
     // SAFETY: `head` is a chain this driver added with exactly `readable` + `writable` buffers

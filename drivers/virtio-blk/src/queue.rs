@@ -13,7 +13,9 @@ use spin::{Mutex, Once};
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, SomeTransport, Transport};
 
-use crate::hal_impl::{ChainBuf, UsedArea, VirtioHal, add_chain, pop_chain, take_used_area};
+use crate::hal_impl::{
+    ChainBuf, MAX_CHAIN, SMALL_CHAIN, UsedArea, VirtioHal, add_chain, pop_chain, take_used_area,
+};
 use crate::sg::{HeadTable, RequestKind, need_event, plan};
 use crate::spec::{config, feature, status};
 use crate::{InitError, MAX_SEGMENTS, QUEUE_DEPTH, RING_SIZE};
@@ -617,7 +619,24 @@ impl VirtioBlk {
 
     /// Adds the chain for `tag`: header, `data` (readable or writable by kind), range segment,
     /// status.
+    /// Adds the chain for `tag` with arrays sized for it.
     fn add_locked(
+        &self,
+        inner: &mut Inner,
+        tag: u16,
+        kind: RequestKind,
+        data: &[SgEntry],
+        readable: u16,
+        writable: u16,
+    ) -> Result<u16, QueueRqError> {
+        if data.len() + 2 <= SMALL_CHAIN {
+            self.add_locked_n::<SMALL_CHAIN>(inner, tag, kind, data, readable, writable)
+        } else {
+            self.add_locked_n::<MAX_CHAIN>(inner, tag, kind, data, readable, writable)
+        }
+    }
+
+    fn add_locked_n<const N: usize>(
         &self,
         inner: &mut Inner,
         tag: u16,
@@ -638,8 +657,11 @@ impl VirtioBlk {
             addr: base + CMD_STATUS as u64,
             len: 1,
         };
-        let mut r = [header; MAX_SEGMENTS as usize + 2];
-        let mut w = [status; MAX_SEGMENTS as usize + 2];
+        if data.len() + 2 > N {
+            return Err(QueueRqError::Fatal(BlkError::InvalidArgument));
+        }
+        let mut r = [header; N];
+        let mut w = [status; N];
         let (mut nr, mut nw) = (1usize, 0usize);
         match kind {
             RequestKind::Read => {
@@ -673,10 +695,11 @@ impl VirtioBlk {
         nw += 1;
         // The request's segments (the block layer's until completion) and this tag's command
         // memory: `add_chain`'s contract.
-        let head = add_chain(&mut inner.vq, &r[..nr], &w[..nw]).map_err(|e| match e {
-            virtio_drivers::Error::QueueFull => QueueRqError::Busy,
-            _ => QueueRqError::Fatal(BlkError::InvalidArgument),
-        })?;
+        let head =
+            add_chain::<RING_SIZE, N>(&mut inner.vq, &r[..nr], &w[..nw]).map_err(|e| match e {
+                virtio_drivers::Error::QueueFull => QueueRqError::Busy,
+                _ => QueueRqError::Fatal(BlkError::InvalidArgument),
+            })?;
         inner.heads.insert(head, tag);
         inner.added = inner.added.wrapping_add(1);
         Ok(head)
@@ -702,6 +725,17 @@ impl VirtioBlk {
     }
 
     fn submit(&self, rq: &Request) -> Result<(), QueueRqError> {
+        if rq.nr_segments() as usize <= SMALL_CHAIN - 2 {
+            match self.submit_n::<{ SMALL_CHAIN - 2 }>(rq) {
+                // More entries than segments (a boundary cut): the full-size path.
+                Err(QueueRqError::Fatal(BlkError::InvalidArgument)) => {}
+                r => return r,
+            }
+        }
+        self.submit_n::<{ MAX_SEGMENTS as usize }>(rq)
+    }
+
+    fn submit_n<const S: usize>(&self, rq: &Request) -> Result<(), QueueRqError> {
         let tag = rq.tag();
         if tag as usize >= QUEUE_DEPTH {
             return Err(QueueRqError::Fatal(BlkError::InvalidArgument));
@@ -719,7 +753,7 @@ impl VirtioBlk {
         if kind.modifies() && self.info.read_only {
             return Err(QueueRqError::Fatal(BlkError::ReadOnly));
         }
-        let mut sg = [SgEntry::default(); MAX_SEGMENTS as usize];
+        let mut sg = [SgEntry::default(); S];
         let nsg = match kind {
             RequestKind::Read | RequestKind::Write => rq
                 .map_sg(&self.limits, &mut sg)
