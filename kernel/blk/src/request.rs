@@ -178,6 +178,22 @@ impl Request {
     pub fn map_sg(&self, limits: &QueueLimits, out: &mut [SgEntry]) -> Result<usize, BlkError> {
         map_sg(self, limits, out)
     }
+    /// A request outside any queue made of `bios` (for drivers' host tests and benchmarks of
+    /// `map_sg`): starts at the first bio, `bytes` is their sum, tag 0.
+    pub fn standalone(mut bios: BioList) -> Self {
+        bios.normalize();
+        let mut rq = Request::empty(0);
+        if let Some(b) = bios.first() {
+            rq.op = b.op();
+            rq.flags = b.flags();
+            rq.sector = b.sector();
+        }
+        rq.bytes = bios.iter().map(|b| b.size()).sum();
+        rq.nr_segs = bios.iter().map(|b| b.segments().count() as u32).sum();
+        rq.bios = bios;
+        rq
+    }
+
     fn end_sector(&self) -> u64 {
         self.sector + (self.bytes >> SECTOR_SHIFT) as u64
     }
