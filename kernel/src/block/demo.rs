@@ -127,6 +127,37 @@ fn demo(d: &'static virtio::VirtioDisk) -> Result<(), BlkError> {
     wait_bio(bio(dev, Op::Flush, 0, &mut core::iter::empty(), 0)?)?;
     let ns = super::clock() - t0;
 
+    // 5. QD1 4 KiB reads: cost of the submit path (bio to doorbell) and the whole round trip,
+    // in `arch::cycles()` units (guest instructions under `-icount shift=0` on x86_64).
+    const QD1: u64 = 256;
+    let (mut submit, mut total) = (0u64, 0u64);
+    for i in 0..QD1 {
+        let v = BioVec::new(scattered.phys(), 4096);
+        let mut b = bio(
+            dev,
+            Op::Read,
+            start + (i % 256) * 8,
+            &mut core::iter::once(v),
+            1,
+        )?;
+        b.set_end_io(end_io);
+        DONE.store(0, Ordering::Relaxed);
+        let t0 = crate::arch::cycles();
+        submit_bio(cpu_ctx(), b).map_err(|(e, _)| e)?;
+        let t1 = crate::arch::cycles();
+        while DONE.load(Ordering::Acquire) == 0 {
+            super::wait();
+        }
+        submit += t1 - t0;
+        total += crate::arch::cycles() - t0;
+    }
+    defmt::println!(
+        "qd1 4 KiB read: submit path {=u64} cycles, round trip {=u64} cycles (mean of {=u64})",
+        submit / QD1,
+        total / QD1,
+        QD1
+    );
+
     let s = d.queue.stats().snapshot();
     let m = IO_SET.stats();
     defmt::println!(
