@@ -6,7 +6,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use blk::{
     BioFlags, BlkError, BlkStatus, HwQueue, Op, QueueLimits, QueueRqError, Request, SgEntry,
-    TagComplete,
+    TagComplete, TimeoutAction,
 };
 use hal::{DmaBuf, IrqLine};
 use spin::{Mutex, Once};
@@ -124,6 +124,8 @@ driver_stats! {
     resets,
     /// Post-flushes run for FUA writes.
     fua_flushes,
+    /// Requests that timed out (each resets the device).
+    timeouts,
     /// Pre-flushes run for PREFLUSH writes.
     preflushes,
 }
@@ -859,6 +861,10 @@ impl HwQueue for VirtioBlk {
         self.reap_if_pending();
     }
 
+    fn timeout(&self, rq: &Request) -> TimeoutAction {
+        self.abort_by_reset(rq.tag())
+    }
+
     fn poll(&self) -> usize {
         let Some(mut inner) = self.inner.try_lock() else {
             return 0;
@@ -871,6 +877,29 @@ impl HwQueue for VirtioBlk {
         drop(inner);
         self.deliver(&done[..n]);
         n
+    }
+}
+
+impl VirtioBlk {
+    /// A request passed its deadline. virtio has no per-request abort: the device is reset
+    /// (it stops using every chain), everything else in flight fails with a retryable device
+    /// error, and the late request is retried by the block layer.
+    fn abort_by_reset(&self, tag: u16) -> TimeoutAction {
+        let mut inner = self.inner.lock();
+        let Some(slot_in_flight) = inner.slots.get(tag as usize).map(|s| s.readable != 0) else {
+            return TimeoutAction::Fail;
+        };
+        if !slot_in_flight {
+            // Not in the ring (refused or already reaped): nothing to abort.
+            return TimeoutAction::Retry;
+        }
+        self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        let mut done = [(0u16, Ok(())); QUEUE_DEPTH];
+        let n = self.reset_locked(&mut inner, &mut done, 0);
+        drop(inner);
+        // The late request's own completion is dropped by the queue (it owns the tag now).
+        self.deliver(&done[..n]);
+        TimeoutAction::Retry
     }
 }
 
