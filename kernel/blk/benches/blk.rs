@@ -145,7 +145,7 @@ fn bench_split_map_sg(c: &mut Criterion) {
                 let front = blk::bio_split(&mut bio, n, set, Wait::Spin).expect("split");
                 (front, bio)
             },
-            BatchSize::SmallInput,
+            BatchSize::PerIteration,
         )
     });
     let mut list = BioList::new();
