@@ -11,6 +11,7 @@ mod block;
 mod boot;
 mod console;
 mod dma;
+mod fs;
 #[macro_use]
 mod ktest;
 mod pci;
@@ -56,7 +57,8 @@ pub fn kmain(info: BootInfo) -> ! {
             for d in &info.virtio_mmio {
                 defmt::println!("virtio-mmio {=u64:#x} irq {=u32}", d.base, d.irq);
             }
-            block::demo::run()
+            let raw = block::demo::run();
+            raw && fs::demo()
         }
         other => {
             defmt::error!("unknown mode {=str}", other);

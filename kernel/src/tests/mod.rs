@@ -2,5 +2,6 @@
 
 mod blockdev;
 mod cpu;
+mod fs;
 mod pci;
 mod selftest;

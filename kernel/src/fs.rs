@@ -1,0 +1,311 @@
+//! tinyfs on the virtio disk: the filesystem's bio set (its own slab, reserve and 256-entry
+//! vector pools), its 1 MiB DMA I/O buffer, an instance over the disk, mounting (with mkfs on a
+//! blank disk), and the filesystem half of the `mode=run` demo.
+//!
+//! A disk counts as blank only when both superblock slots (blocks 0 and 1) are all zeros; a
+//! disk with anything else there that does not mount is reported, never reformatted.
+
+use blk::{BioSet, BioSlab, BioVec, BlockDevice, BvecPools, BvecSlabs, Op, Wait, submit_bio_wait};
+use hal::DmaBuf;
+use spin::Mutex;
+use tinyfs::blkdev::{BlkDisk, FsIo};
+use tinyfs::{BLOCK_SIZE, FsError, Ino, Kind, MkfsOptions};
+
+use crate::block::{self, cpu_ctx, virtio};
+
+/// Inode-table blocks an instance holds (15 inodes each).
+pub const IB: usize = 8;
+/// Bitmap words: filesystems of up to `64 * BW` blocks (64 MiB).
+pub const BW: usize = 256;
+/// The filesystem type the kernel uses.
+pub type KernelFs<'b> = tinyfs::Fs<'b, BlkDisk, IB, BW>;
+
+/// Bytes of the I/O buffer: the largest single filesystem I/O (256 blocks, one 1 MiB bio).
+pub const IO_BUF_BYTES: usize = 1 << 20;
+/// The disk's last MiB is left outside the filesystem: the raw-I/O demo uses it as scratch.
+const TAIL_RESERVED_BLOCKS: u64 = (1 << 20) / BLOCK_SIZE as u64;
+
+/// Filesystem bios: one slab, a reserve of 8, and vector pools whose 256-entry class covers
+/// every bio of a full batch (at most 32 in flight).
+static FS_SLAB: BioSlab<FsIo, 64> = BioSlab::new();
+static FS_BVEC_SLABS: BvecSlabs<8, 8, 8, 8, 8, 40> = BvecSlabs::new();
+static FS_BVECS: BvecPools = BvecPools::new(&FS_BVEC_SLABS, 2);
+/// The filesystem's bio set.
+pub static FS_SET: BioSet<FsIo> = BioSet::new(&FS_SLAB, 8, Some(&FS_BVECS));
+
+/// The I/O buffer, allocated once; whoever holds the lock owns it.
+static IO_BUF: Mutex<Option<&'static mut [u8]>> = Mutex::new(None);
+
+/// Why no filesystem instance could be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setup {
+    /// No virtio disk.
+    NoDisk,
+    /// The disk's block size does not divide 4 KiB.
+    BlockSize,
+    /// No DMA memory (or bio pools) for the filesystem.
+    NoMemory,
+}
+
+fn io_buffer() -> Result<&'static mut [u8], Setup> {
+    FS_SET.init().map_err(|_| Setup::NoMemory)?;
+    let buf = DmaBuf::alloc(IO_BUF_BYTES, BLOCK_SIZE).map_err(|_| Setup::NoMemory)?;
+    let (_, phys, len) = buf.into_raw_parts();
+    // SAFETY: the pages were just allocated for this buffer and are never freed (the handle
+    // is given up and not rebuilt), so nothing else uses them; the slice is made once and
+    // kept in `IO_BUF`, whose lock hands it to one user at a time. Every RAM physical address
+    // is mapped at the same virtual address on both architectures, so `phys` is a valid
+    // pointer to `len` bytes of RAM, and the block layer, which takes a buffer's address as
+    // its physical address (`blk::mem::phys_of`), gets the right one for DMA.
+    Ok(unsafe { core::slice::from_raw_parts_mut(phys.0 as usize as *mut u8, len) })
+}
+
+/// Runs `f` on an unmounted filesystem instance over the virtio disk. One instance exists at a
+/// time (the I/O buffer is locked for the duration); `f` should unmount before returning.
+pub fn with_fs<R>(f: impl FnOnce(&mut KernelFs<'_>) -> R) -> Result<R, Setup> {
+    let disk = virtio::disk().ok_or(Setup::NoDisk)?;
+    let mut guard = IO_BUF.lock();
+    if guard.is_none() {
+        *guard = Some(io_buffer()?);
+    }
+    let buf: &mut [u8] = guard.as_deref_mut().ok_or(Setup::NoMemory)?;
+    let dev: &'static dyn BlockDevice = disk.queue;
+    let dev = BlkDisk::new(dev, cpu_ctx(), &FS_SET, block::wait).ok_or(Setup::BlockSize)?;
+    let mut fs = KernelFs::new(dev, buf);
+    Ok(f(&mut fs))
+}
+
+/// The filesystem size mkfs uses on a device of `dev_blocks` blocks.
+pub fn fs_blocks(dev_blocks: u64) -> u64 {
+    dev_blocks
+        .saturating_sub(TAIL_RESERVED_BLOCKS)
+        .min(64 * BW as u64)
+}
+
+/// Writes an empty filesystem on the disk (the instance stays unmounted).
+pub fn mkfs(fs: &mut KernelFs<'_>) -> Result<(), FsError> {
+    let blocks = fs_blocks(virtio::disk().map_or(0, |d| d.queue.capacity() / 8));
+    fs.mkfs(MkfsOptions {
+        blocks: Some(blocks),
+        inode_blocks: IB as u32,
+    })
+}
+
+/// Whether both superblock slots are all zeros (read straight from the disk).
+pub fn superblocks_blank() -> Result<bool, FsError> {
+    let disk = virtio::disk().ok_or(FsError::Io)?;
+    let buf = DmaBuf::alloc(2 * BLOCK_SIZE, BLOCK_SIZE).map_err(|_| FsError::Io)?;
+    let mut bio = block::IO_SET
+        .alloc((), Op::Read, 1, Wait::Hook(block::wait))
+        .map_err(|_| FsError::Io)?;
+    bio.set_dev(disk.queue);
+    bio.set_sector(0);
+    bio.add_vec(BioVec::new(buf.phys(), 2 * BLOCK_SIZE as u32))
+        .map_err(|_| FsError::Io)?;
+    submit_bio_wait(cpu_ctx(), bio, block::wait)
+        .0
+        .map_err(|_| FsError::Io)?;
+    Ok(buf.as_slice().iter().all(|&b| b == 0))
+}
+
+/// How [`mount`] found the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mounted {
+    /// An existing filesystem.
+    Existing,
+    /// The disk was blank; a new filesystem was written first.
+    Formatted,
+}
+
+/// Mounts read-write; on a blank disk (both superblocks all zeros) writes a filesystem first.
+/// Anything else that does not mount is an error (never reformatted).
+pub fn mount(fs: &mut KernelFs<'_>) -> Result<Mounted, FsError> {
+    match fs.mount(false) {
+        Ok(()) => Ok(Mounted::Existing),
+        Err(FsError::Corrupt { block, what }) => {
+            if !superblocks_blank()? {
+                return Err(FsError::Corrupt { block, what });
+            }
+            mkfs(fs)?;
+            fs.mount(false)?;
+            Ok(Mounted::Formatted)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Deterministic file contents: byte `i` of the file made from `seed`.
+///
+/// The host side of the reboot test (`xtask/src/reboot.rs`) carries the same formula; keep the
+/// two identical.
+pub fn pattern_word(seed: u64, n: u64) -> u64 {
+    let mut z = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ n.wrapping_add(1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z ^= z >> 31;
+    z = z.wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 29)
+}
+
+/// Fills `buf` with the pattern of `seed` from file offset `off`.
+pub fn fill_pattern(buf: &mut [u8], seed: u64, off: u64) {
+    let mut i = 0usize;
+    while i < buf.len() {
+        let pos = off + i as u64;
+        let word = pattern_word(seed, pos / 8).to_le_bytes();
+        let from = (pos % 8) as usize;
+        let n = (8 - from).min(buf.len() - i);
+        buf[i..i + n].copy_from_slice(&word[from..from + n]);
+        i += n;
+    }
+}
+
+/// Offset of the first byte of `buf` that differs from the pattern of `seed` at `off`.
+pub fn pattern_mismatch(buf: &[u8], seed: u64, off: u64) -> Option<u64> {
+    let mut want = [0u8; 512];
+    for (k, chunk) in buf.chunks(want.len()).enumerate() {
+        let at = off + (k * want.len()) as u64;
+        fill_pattern(&mut want[..chunk.len()], seed, at);
+        if let Some(j) = chunk.iter().zip(&want).position(|(a, b)| a != b) {
+            return Some(at + j as u64);
+        }
+    }
+    None
+}
+
+/// Prints the tree under `dir` (whose path is `path`), one line per entry.
+pub fn print_tree(fs: &KernelFs<'_>, dir: Ino, path: &str, depth: usize) -> Result<(), FsError> {
+    let mut cookie = 0;
+    while let Some((e, next)) = fs.readdir(dir, cookie)? {
+        cookie = next;
+        let name = core::str::from_utf8(e.name()).unwrap_or("?");
+        let mut full: heapless::String<256> = heapless::String::new();
+        let _ = full.push_str(path.trim_end_matches('/'));
+        let _ = full.push('/');
+        let _ = full.push_str(name);
+        match e.kind {
+            Kind::Dir => {
+                defmt::println!("  {=str}/", full.as_str());
+                if depth < 8 {
+                    print_tree(fs, e.ino, full.as_str(), depth + 1)?;
+                }
+            }
+            _ => defmt::println!("  {=str}  {=u64} bytes", full.as_str(), e.size),
+        }
+    }
+    Ok(())
+}
+
+/// Prints `statfs`.
+pub fn print_statfs(fs: &KernelFs<'_>) -> Result<(), FsError> {
+    let s = fs.statfs()?;
+    defmt::println!(
+        "  statfs: {=u64} blocks of {=u32} bytes, {=u64} free; {=u32} inodes, {=u32} free; generation {=u64}; names up to {=u32} bytes",
+        s.blocks,
+        s.block_size,
+        s.free_blocks,
+        s.inodes,
+        s.free_inodes,
+        s.generation,
+        s.name_max
+    );
+    Ok(())
+}
+
+/// `mode=run`, after the raw-I/O demo: mount (mkfs a blank disk), write two files, read them
+/// back, list the tree, statfs, sync, unmount. `false` if anything failed.
+pub fn demo() -> bool {
+    match with_fs(demo_on) {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            defmt::error!("fs: {}", defmt::Display2Format(&e));
+            false
+        }
+        Err(Setup::NoDisk) => true,
+        Err(e) => {
+            defmt::error!("fs: cannot set up: {}", defmt::Debug2Format(&e));
+            false
+        }
+    }
+}
+
+/// Size of the demo's large file.
+const DEMO_BIG: usize = 384 * 1024 + 123;
+const DEMO_SEED: u64 = 0x7469_6e79;
+
+fn demo_on(fs: &mut KernelFs<'_>) -> Result<(), FsError> {
+    let how = mount(fs)?;
+    defmt::println!(
+        "fs: tinyfs mounted ({=str}), generation {=u64}",
+        match how {
+            Mounted::Existing => "existing filesystem",
+            Mounted::Formatted => "blank disk: formatted first",
+        },
+        fs.generation()
+    );
+    let r = demo_files(fs);
+    let u = fs.unmount();
+    r?;
+    u?;
+    defmt::println!("fs: unmounted cleanly");
+    Ok(())
+}
+
+fn demo_files(fs: &mut KernelFs<'_>) -> Result<(), FsError> {
+    match fs.mkdir("/demo") {
+        Ok(_) | Err(FsError::Exists) => {}
+        Err(e) => return Err(e),
+    }
+    let text: &[u8] = b"hello from tinyfs on virtio-blk\n";
+    let small = recreate(fs, "/demo/hello.txt")?;
+    fs.write(small, 0, text)?;
+
+    // The large file in one call: the filesystem turns it into bios of up to 1 MiB.
+    let mut src = DmaBuf::alloc(DEMO_BIG, BLOCK_SIZE).map_err(|_| FsError::Io)?;
+    fill_pattern(src.as_mut_slice(), DEMO_SEED, 0);
+    let big = recreate(fs, "/demo/big.bin")?;
+    let t0 = block::clock();
+    fs.write(big, 0, src.as_slice())?;
+    fs.fsync(big)?;
+    let write_us = (block::clock() - t0) / 1000;
+
+    let mut back = DmaBuf::alloc(DEMO_BIG, BLOCK_SIZE).map_err(|_| FsError::Io)?;
+    let t1 = block::clock();
+    let n = fs.read(big, 0, back.as_mut_slice())?;
+    let read_us = (block::clock() - t1) / 1000;
+    let mut small_back = [0u8; 64];
+    let m = fs.read(small, 0, &mut small_back)?;
+    let big_ok = n == DEMO_BIG && pattern_mismatch(back.as_slice(), DEMO_SEED, 0).is_none();
+    let small_ok = small_back[..m] == *text;
+    defmt::println!(
+        "fs: wrote and fsynced {=usize} bytes in {=u64} us, read back in {=u64} us: {=str}; {=usize}-byte text file: {=str}",
+        DEMO_BIG,
+        write_us,
+        read_us,
+        if big_ok { "match" } else { "MISMATCH" },
+        m,
+        if small_ok { "match" } else { "MISMATCH" }
+    );
+    defmt::println!("fs: tree");
+    print_tree(fs, Ino::ROOT, "/", 0)?;
+    print_statfs(fs)?;
+    fs.sync()?;
+    if big_ok && small_ok {
+        Ok(())
+    } else {
+        Err(FsError::Corrupt {
+            block: 0,
+            what: "file read back differs from what was written",
+        })
+    }
+}
+
+/// Creates `path`, replacing a file of that name left by an earlier run.
+fn recreate(fs: &mut KernelFs<'_>, path: &str) -> Result<Ino, FsError> {
+    match fs.create(path) {
+        Err(FsError::Exists) => {
+            fs.unlink(path)?;
+            fs.create(path)
+        }
+        r => r,
+    }
+}

@@ -1,0 +1,336 @@
+//! tinyfs on the virtio disk: namespace and file operations with remount and fsck, a 4 MiB file
+//! byte for byte, and the two phases of the reboot test (`fs_phase=write`, then
+//! `fs_phase=verify` on the same image after a reboot; `cargo xtask test` runs them with
+//! `ktest=gated` and checks the image on the host afterwards).
+
+use hal::DmaBuf;
+use tinyfs::{FsError, Ino, Kind};
+
+use crate::block::{self, virtio};
+use crate::fs::{self, KernelFs, Setup, fill_pattern, pattern_mismatch, with_fs};
+use crate::ktest::{Outcome, TestResult, fail};
+
+/// Runs `body` on an unmounted instance; no disk is a skip.
+fn on_disk(body: impl FnOnce(&mut KernelFs<'_>) -> TestResult) -> TestResult {
+    match with_fs(body) {
+        Ok(r) => r,
+        Err(Setup::NoDisk) => Err(Outcome::Skip("no virtio disk")),
+        Err(e) => Err(fail(format_args!("no filesystem instance: {:?}", e))),
+    }
+}
+
+/// Unwraps a filesystem result, failing the test with the operation and the error.
+fn ok<T>(r: Result<T, FsError>, what: &str) -> Result<T, Outcome> {
+    r.map_err(|e| fail(format_args!("{}: {}", what, e)))
+}
+
+/// Expects a specific error.
+fn err_is<T: core::fmt::Debug>(r: Result<T, FsError>, want: FsError, what: &str) -> TestResult {
+    match r {
+        Err(e) if e == want => Ok(()),
+        other => Err(fail(format_args!(
+            "{}: {:?}, expected Err({:?})",
+            what, other, want
+        ))),
+    }
+}
+
+fn scratch(len: usize) -> Result<DmaBuf, Outcome> {
+    DmaBuf::alloc(len, 4096).map_err(|e| fail(format_args!("no memory for {} bytes: {:?}", len, e)))
+}
+
+/// Names in `dir`, sorted into `out`; returns how many.
+fn list(fs: &KernelFs<'_>, dir: Ino, out: &mut [[u8; 16]; 8]) -> Result<usize, Outcome> {
+    let (mut n, mut cookie) = (0, 0);
+    while let Some((e, next)) = ok(fs.readdir(dir, cookie), "readdir")? {
+        cookie = next;
+        if n == out.len() {
+            return Err(fail(format_args!("more than {} entries", out.len())));
+        }
+        out[n] = [0; 16];
+        let name = e.name();
+        out[n][..name.len().min(16)].copy_from_slice(&name[..name.len().min(16)]);
+        n += 1;
+    }
+    out[..n].sort_unstable();
+    Ok(n)
+}
+
+fn names_are(fs: &KernelFs<'_>, path: &str, want: &[&str]) -> TestResult {
+    let dir = ok(fs.open(path), "open directory")?;
+    let mut got = [[0u8; 16]; 8];
+    let n = list(fs, dir, &mut got)?;
+    let mut expect = [[0u8; 16]; 8];
+    for (i, w) in want.iter().enumerate() {
+        expect[i][..w.len()].copy_from_slice(w.as_bytes());
+    }
+    expect[..want.len()].sort_unstable();
+    check!(
+        n == want.len() && got[..n] == expect[..n],
+        "{} lists {} entries, expected {:?}",
+        path,
+        n,
+        want
+    );
+    Ok(())
+}
+
+fn fsck_clean(fs: &mut KernelFs<'_>) -> TestResult {
+    let mut first = None;
+    let stats = ok(
+        fs.fsck(&mut |p| {
+            first.get_or_insert(p);
+        }),
+        "fsck",
+    )?;
+    check!(
+        stats.problems == 0,
+        "fsck: {} problems, first {:?}",
+        stats.problems,
+        first
+    );
+    Ok(())
+}
+
+/// Checks that file `path` holds exactly `size` bytes of the pattern of `seed`.
+fn verify_file(
+    fs: &mut KernelFs<'_>,
+    path: &str,
+    seed: u64,
+    size: u64,
+    buf: &mut [u8],
+) -> TestResult {
+    let st = ok(fs.stat_path(path), path)?;
+    check_eq!(st.kind, Kind::File);
+    check!(
+        st.size == size,
+        "{}: size {}, expected {}",
+        path,
+        st.size,
+        size
+    );
+    let mut off = 0u64;
+    while off < size {
+        let n = ok(fs.read(st.ino, off, buf), "read")?;
+        let want = (size - off).min(buf.len() as u64) as usize;
+        check!(
+            n == want,
+            "{}: read {} bytes at {}, expected {}",
+            path,
+            n,
+            off,
+            want
+        );
+        if let Some(at) = pattern_mismatch(&buf[..n], seed, off) {
+            return Err(fail(format_args!(
+                "{}: content differs at byte {}",
+                path, at
+            )));
+        }
+        off += n as u64;
+    }
+    let mut past = [0u8; 16];
+    check_eq!(ok(fs.read(st.ino, size, &mut past), "read at EOF")?, 0);
+    Ok(())
+}
+
+/// Writes `size` bytes of the pattern of `seed` to `ino`, `buf.len()` bytes per call.
+fn write_pattern(
+    fs: &mut KernelFs<'_>,
+    ino: Ino,
+    seed: u64,
+    size: u64,
+    buf: &mut [u8],
+) -> TestResult {
+    let mut off = 0u64;
+    while off < size {
+        let n = (size - off).min(buf.len() as u64) as usize;
+        fill_pattern(&mut buf[..n], seed, off);
+        let w = ok(fs.write(ino, off, &buf[..n]), "write")?;
+        check_eq!(w, n);
+        off += n as u64;
+    }
+    Ok(())
+}
+
+ktest! {
+    fn fs_namespace_and_file_ops() -> TestResult {
+        on_disk(|fs| {
+            ok(fs::mkfs(fs), "mkfs")?;
+            ok(fs.mount(false), "mount")?;
+            let s0 = ok(fs.statfs(), "statfs")?;
+            let disk_blocks = virtio::disk().map_or(0, |d| blk::BlockDevice::capacity(d.queue) / 8);
+            check_eq!(s0.blocks, fs::fs_blocks(disk_blocks));
+            check_eq!(s0.block_size, 4096);
+            check_eq!(s0.free_inodes, s0.inodes - 1);
+            names_are(fs, "/", &[])?;
+
+            // A small file.
+            let a = ok(fs.create("/a.txt"), "create /a.txt")?;
+            check_eq!(ok(fs.write(a, 0, b"hello"), "write")?, 5);
+            check_eq!(ok(fs.append(a, b", world"), "append")?, 5);
+            let mut out = [0u8; 32];
+            let n = ok(fs.read(a, 0, &mut out), "read")?;
+            check!(out[..n] == *b"hello, world", "read back {:?}", &out[..n]);
+            err_is(fs.create("/a.txt"), FsError::Exists, "create twice")?;
+
+            // Directories, a file with a hole in front of its data.
+            ok(fs.mkdir("/d"), "mkdir /d")?;
+            ok(fs.mkdir("/d/e"), "mkdir /d/e")?;
+            let f = ok(fs.create("/d/e/f"), "create /d/e/f")?;
+            let mut data = [0u8; 10_000];
+            fill_pattern(&mut data, 7, 5000);
+            check_eq!(ok(fs.write(f, 5000, &data), "write after a hole")?, data.len());
+            let mut back = [0xffu8; 15_000];
+            check_eq!(ok(fs.read(f, 0, &mut back), "read with hole")?, 15_000);
+            check!(back[..5000].iter().all(|&b| b == 0), "hole does not read as zeros");
+            check!(pattern_mismatch(&back[5000..], 7, 5000).is_none(), "data after the hole differs");
+            err_is(fs.create("/nope/x"), FsError::NotFound, "create in a missing directory")?;
+            err_is(fs.create("/a.txt/x"), FsError::NotDir, "create under a file")?;
+            err_is(fs.read(ok(fs.open("/d"), "open /d")?, 0, &mut out), FsError::IsDir, "read a directory")?;
+
+            // Rename (also over an existing file), unlink, rmdir.
+            ok(fs.rename("/a.txt", "/d/b.txt"), "rename")?;
+            err_is(fs.stat_path("/a.txt"), FsError::NotFound, "old name after rename")?;
+            check_eq!(ok(fs.stat_path("/d/b.txt"), "stat renamed")?.size, 12);
+            let c = ok(fs.create("/c.txt"), "create /c.txt")?;
+            ok(fs.write(c, 0, b"replacement"), "write /c.txt")?;
+            ok(fs.rename("/c.txt", "/d/b.txt"), "rename over a file")?;
+            check_eq!(ok(fs.stat_path("/d/b.txt"), "stat replaced")?.size, 11);
+            ok(fs.create("/gone"), "create /gone")?;
+            ok(fs.unlink("/gone"), "unlink")?;
+            err_is(fs.stat_path("/gone"), FsError::NotFound, "unlinked file")?;
+            err_is(fs.rmdir("/d"), FsError::NotEmpty, "rmdir non-empty")?;
+            err_is(fs.unlink("/d"), FsError::IsDir, "unlink a directory")?;
+            ok(fs.mkdir("/empty"), "mkdir /empty")?;
+            ok(fs.rmdir("/empty"), "rmdir /empty")?;
+            names_are(fs, "/", &["d"])?;
+            names_are(fs, "/d", &["b.txt", "e"])?;
+            names_are(fs, "/d/e", &["f"])?;
+
+            // fsync commits: a new generation, blocks in use.
+            let g = fs.generation();
+            ok(fs.fsync(f), "fsync")?;
+            let s1 = ok(fs.statfs(), "statfs")?;
+            check!(s1.generation > g, "fsync left generation {} (was {})", s1.generation, g);
+            check!(s1.free_blocks < s0.free_blocks, "no blocks used: {} free", s1.free_blocks);
+            check_eq!(s1.free_inodes, s0.free_inodes - 4);
+
+            // Remount: everything is there; fsck finds nothing.
+            ok(fs.unmount(), "unmount")?;
+            fsck_clean(fs)?;
+            ok(fs.mount(false), "remount")?;
+            names_are(fs, "/d", &["b.txt", "e"])?;
+            let f = ok(fs.open("/d/e/f"), "open after remount")?;
+            back.fill(0xff);
+            check_eq!(ok(fs.read(f, 0, &mut back), "read after remount")?, 15_000);
+            check!(back[..5000].iter().all(|&b| b == 0), "hole after remount");
+            check!(pattern_mismatch(&back[5000..], 7, 5000).is_none(), "data after remount");
+            let b = ok(fs.open("/d/b.txt"), "open /d/b.txt")?;
+            let n = ok(fs.read(b, 0, &mut out), "read /d/b.txt")?;
+            check!(out[..n] == *b"replacement", "renamed-over file reads {:?}", &out[..n]);
+            check_eq!(ok(fs.statfs(), "statfs")?.free_blocks, s1.free_blocks);
+            ok(fs.unmount(), "unmount")?;
+            fsck_clean(fs)
+        })
+    }
+}
+
+const BIG: u64 = 4 << 20;
+const BIG_SEED: u64 = 0xb16;
+
+ktest! {
+    fn fs_4mib_file_byte_exact_across_remount() -> TestResult {
+        on_disk(|fs| {
+            let disk = virtio::disk().ok_or(Outcome::Skip("no virtio disk"))?;
+            ok(fs::mkfs(fs), "mkfs")?;
+            ok(fs.mount(false), "mount")?;
+            let mut buf = scratch(1 << 20)?;
+            let buf = buf.as_mut_slice();
+            let ino = ok(fs.create("/big.bin"), "create")?;
+            let s0 = disk.queue.stats().snapshot();
+            let t0 = block::clock();
+            write_pattern(fs, ino, BIG_SEED, BIG, buf)?;
+            ok(fs.fsync(ino), "fsync")?;
+            let write_ns = block::clock() - t0;
+            let s1 = disk.queue.stats().snapshot();
+            let st = ok(fs.stat(ino), "stat")?;
+            check_eq!(st.size, BIG);
+            check_eq!(st.blocks, BIG / 4096);
+            let t1 = block::clock();
+            verify_file(fs, "/big.bin", BIG_SEED, BIG, buf)?;
+            let read_ns = block::clock() - t1;
+            let s2 = disk.queue.stats().snapshot();
+            // An unaligned read across a 1 MiB boundary.
+            let mut odd = [0u8; 10_000];
+            let at = (1 << 20) - 4097;
+            check_eq!(ok(fs.read(ino, at, &mut odd), "unaligned read")?, odd.len());
+            check!(pattern_mismatch(&odd, BIG_SEED, at).is_none(), "unaligned read differs");
+            defmt::println!(
+                "fs: 4 MiB written and fsynced in {=u64} us ({=u64} requests), read back in {=u64} us ({=u64} requests)",
+                write_ns / 1000,
+                s1.requests_dispatched - s0.requests_dispatched,
+                read_ns / 1000,
+                s2.requests_dispatched - s1.requests_dispatched
+            );
+            ok(fs.unmount(), "unmount")?;
+            ok(fs.mount(false), "remount")?;
+            verify_file(fs, "/big.bin", BIG_SEED, BIG, buf)?;
+            ok(fs.unmount(), "unmount")?;
+            fsck_clean(fs)
+        })
+    }
+}
+
+/// The reboot test's files: path, seed, size. `xtask/src/reboot.rs` checks the same list on
+/// the host; keep the two identical.
+const REBOOT_FILES: [(&str, u64, u64); 3] = [
+    ("/reboot/small.txt", 1, 1000),
+    ("/reboot/big.bin", 2, 1_572_987),
+    ("/reboot/sub/deep.bin", 3, 70_001),
+];
+/// Written after the last fsync and never committed: must be gone after the reboot.
+const REBOOT_UNSYNCED: &str = "/reboot/unsynced.bin";
+
+ktest! {
+    #[only_with = "fs_phase=write"]
+    fn fs_reboot_phase_write() -> TestResult {
+        on_disk(|fs| {
+            let how = ok(fs::mount(fs), "mount (mkfs if blank)")?;
+            check_eq!(how, fs::Mounted::Formatted);
+            ok(fs.mkdir("/reboot"), "mkdir")?;
+            ok(fs.mkdir("/reboot/sub"), "mkdir")?;
+            let mut buf = scratch(256 << 10)?;
+            let buf = buf.as_mut_slice();
+            for (path, seed, size) in REBOOT_FILES {
+                let ino = ok(fs.create(path), path)?;
+                write_pattern(fs, ino, seed, size, buf)?;
+                ok(fs.fsync(ino), "fsync")?;
+            }
+            let ino = ok(fs.create(REBOOT_UNSYNCED), "create")?;
+            write_pattern(fs, ino, 9, 64 << 10, buf)?;
+            // No sync, no unmount: the machine goes down with the last fsync as the state.
+            Ok(())
+        })
+    }
+}
+
+ktest! {
+    #[only_with = "fs_phase=verify"]
+    fn fs_reboot_phase_verify() -> TestResult {
+        on_disk(|fs| {
+            // A plain mount: a blank or corrupt disk here is a failure, not a reason to mkfs.
+            ok(fs.mount(false), "mount")?;
+            let mut buf = scratch(256 << 10)?;
+            let buf = buf.as_mut_slice();
+            for (path, seed, size) in REBOOT_FILES {
+                verify_file(fs, path, seed, size, buf)?;
+            }
+            err_is(fs.stat_path(REBOOT_UNSYNCED), FsError::NotFound, "unsynced file")?;
+            names_are(fs, "/reboot", &["big.bin", "small.txt", "sub"])?;
+            names_are(fs, "/reboot/sub", &["deep.bin"])?;
+            ok(fs.unmount(), "unmount")?;
+            fsck_clean(fs)
+        })
+    }
+}
