@@ -6,6 +6,7 @@ mod console;
 mod e2e;
 mod guest;
 mod host;
+mod image;
 mod ktest;
 mod profile;
 mod workspace;
@@ -19,10 +20,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use boot::{Accel, BootSpec, Limits, Verbosity};
 use ktest::{Problem, Verdict};
-use profile::{Arch, Disk, Profile};
+use profile::{Arch, Disk, ImageFormat, Profile};
 use workspace::{BuildProfile, Kernel};
 
-/// Developer front door of the storage stack: builds the kernel, boots it in QEMU, runs the tests.
+/// Developer front door of the storage stack: builds the kernel, boots it in QEMU, runs the tests,
+/// and reads and writes tinyfs images.
 #[derive(Parser)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask")]
 struct Cli {
@@ -38,6 +40,8 @@ enum Cmd {
     /// Run the host tests, then the in-kernel suite on every matching QEMU profile; ends with
     /// one line `N passed, N failed`.
     Test(TestArgs),
+    #[command(flatten)]
+    Image(image::ImageCmd),
 }
 
 #[derive(Args)]
@@ -142,6 +146,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Run(args) => run(args),
         Cmd::Test(args) => test(args),
+        Cmd::Image(cmd) => image::run(cmd),
     };
     match result {
         Ok(code) => code,
@@ -177,7 +182,12 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let kernel = workspace::build_kernel(profile.arch, args.build.profile(), &profile.features)?;
     let image = boot::image_path(&profile, false);
     if let (Some(path), Some(spec)) = (&image, &profile.image) {
-        workspace::prepare_image(path, spec.size_mib, false)?;
+        let format = spec.format_for(false);
+        if format == ImageFormat::Tinyfs && !path.exists() {
+            eprintln!("note: creating a tinyfs image {}", path.display());
+        }
+        image::prepare(path, spec.size_mib, format, false)
+            .with_context(|| format!("disk image for {}", profile.name))?;
     }
     let spec = BootSpec {
         profile: &profile,
@@ -355,7 +365,7 @@ fn test_spec<'a>(
 ) -> Result<BootSpec<'a>> {
     let image = boot::image_path(profile, true);
     if let (Some(path), Some(spec)) = (&image, &profile.image) {
-        workspace::prepare_image(path, spec.size_mib, true)
+        image::prepare(path, spec.size_mib, spec.format_for(true), true)
             .with_context(|| format!("disk image for {}", profile.name))?;
     }
     Ok(BootSpec {
@@ -479,5 +489,25 @@ mod tests {
             Cli::try_parse_from(["xtask", "run", "--profile", "x", "--arch", "riscv64"]).is_err()
         );
         assert!(Cli::try_parse_from(["xtask", "run", "--release", "--debug"]).is_err());
+        let cli = Cli::try_parse_from(["xtask", "mkfs", "a.img", "--size", "64M"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Cmd::Image(image::ImageCmd::Mkfs {
+                size: 0x400_0000,
+                inode_blocks: 8,
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["xtask", "mkfs", "a.img", "--size", "0"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "mkfs", "a.img", "--size", "lots"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "mkfs", "a.img"]).is_err());
+        let cli = Cli::try_parse_from(["xtask", "ls", "a.img"]).unwrap();
+        assert!(
+            matches!(cli.command, Cmd::Image(image::ImageCmd::Ls { ref path, .. }) if path == "/")
+        );
+        assert!(Cli::try_parse_from(["xtask", "fsck", "a.img"]).is_ok());
+        assert!(Cli::try_parse_from(["xtask", "put", "a.img", "in", "/x"]).is_ok());
+        assert!(Cli::try_parse_from(["xtask", "get", "a.img", "/x", "out"]).is_ok());
+        assert!(Cli::try_parse_from(["xtask", "get", "a.img", "/x"]).is_err());
     }
 }

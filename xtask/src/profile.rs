@@ -88,8 +88,31 @@ pub struct ExitCodes {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageSpec {
-    /// Size of the raw image in MiB.
+    /// Size of the image in MiB.
     pub size_mib: u64,
+    /// What a new image holds; without it, `run` makes a tinyfs image and `test` a zeroed one.
+    pub format: Option<ImageFormat>,
+}
+
+impl ImageSpec {
+    /// The format of an image made for `run` (`for_test == false`) or for a test boot.
+    pub fn format_for(&self, for_test: bool) -> ImageFormat {
+        match self.format {
+            Some(format) => format,
+            None if for_test => ImageFormat::Raw,
+            None => ImageFormat::Tinyfs,
+        }
+    }
+}
+
+/// The contents of a new disk image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageFormat {
+    /// All zeros.
+    Raw,
+    /// An empty tinyfs filesystem (`cargo xtask mkfs`).
+    Tinyfs,
 }
 
 /// One `qemu/<name>.toml` file.
@@ -169,6 +192,16 @@ impl Profile {
             uses_image == self.image.is_some(),
             "a profile has an [image] table exactly when its arguments use {{image}}"
         );
+        if let Some(image) = &self.image {
+            ensure!(image.size_mib > 0, "image size_mib must be positive");
+            let tinyfs_max = crate::image::MAX_BYTES >> 20;
+            ensure!(
+                image.format == Some(ImageFormat::Raw) || image.size_mib <= tinyfs_max,
+                "image size_mib = {} is larger than a tinyfs image can be ({tinyfs_max}); \
+                 use format = \"raw\" for a bigger disk",
+                image.size_mib
+            );
+        }
         ensure!(
             self.timeout > 0 && self.test_timeout > 0,
             "timeouts must be positive"
@@ -375,6 +408,38 @@ mod tests {
         assert!(Profile::parse("x", &no_image_table).is_err());
         let typo = SAMPLE.replace("test_timeout", "test_timout");
         assert!(Profile::parse("x", &typo).is_err());
+        for image in [
+            "image = { size_mib = 0 }",
+            "image = { size_mib = 16, format = \"ext4\" }",
+            "image = { size_mib = 16, formt = \"raw\" }",
+            "image = { size_mib = 8192, format = \"tinyfs\" }",
+            "image = { size_mib = 8192 }",
+        ] {
+            let bad = SAMPLE.replace("image = { size_mib = 16 }", image);
+            assert!(Profile::parse("x", &bad).is_err(), "{image}");
+        }
+    }
+
+    #[test]
+    fn image_formats() {
+        let p = Profile::parse("x", SAMPLE).unwrap();
+        let image = p.image.unwrap();
+        assert_eq!(image.format_for(false), ImageFormat::Tinyfs);
+        assert_eq!(image.format_for(true), ImageFormat::Raw);
+        for (key, format) in [("raw", ImageFormat::Raw), ("tinyfs", ImageFormat::Tinyfs)] {
+            let text = SAMPLE.replace(
+                "image = { size_mib = 16 }",
+                &format!("image = {{ size_mib = 16, format = \"{key}\" }}"),
+            );
+            let image = Profile::parse("x", &text).unwrap().image.unwrap();
+            assert_eq!(image.format_for(false), format);
+            assert_eq!(image.format_for(true), format);
+        }
+        let big = SAMPLE.replace(
+            "image = { size_mib = 16 }",
+            "image = { size_mib = 8192, format = \"raw\" }",
+        );
+        assert!(Profile::parse("x", &big).is_ok());
     }
 
     #[test]
