@@ -2,6 +2,7 @@
 //! layer takes, the deferred-work loop (kick requeued requests, poll polled devices, check
 //! timeouts) and driver probing.
 
+pub mod ahci;
 pub mod demo;
 pub mod virtio;
 
@@ -40,6 +41,9 @@ pub fn run_deferred() {
     if let Some(d) = virtio::disk() {
         d.deferred(scan.then_some(now));
     }
+    if let Some(d) = ahci::disk() {
+        d.deferred(scan.then_some(now));
+    }
 }
 
 /// The wait hook: do the deferred work, then halt until an interrupt (or spin when a device is
@@ -70,4 +74,7 @@ pub fn init(info: &crate::boot::BootInfo) {
     let polled = crate::boot::cmdline_arg(info.cmdline, "vblk") == Some("poll");
     POLLED.store(polled, Ordering::Relaxed);
     virtio::probe(info, polled);
+    let ahci_polled = crate::boot::cmdline_arg(info.cmdline, "ahci") == Some("poll");
+    POLLED.fetch_or(ahci_polled, Ordering::Relaxed);
+    ahci::probe(polled || ahci_polled);
 }

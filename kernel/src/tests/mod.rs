@@ -1,5 +1,6 @@
 //! In-kernel tests: CPU, interrupts, timer, buses.
 
+mod ahci;
 mod blockdev;
 mod cpu;
 mod fs;

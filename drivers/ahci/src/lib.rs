@@ -1,0 +1,93 @@
+//! AHCI: SATA disks behind an AHCI host bus adapter, as a `blk` hardware queue.
+//!
+//! Bring-up takes the HBA from the BIOS when it offers a handoff, resets it, enables AHCI mode,
+//! picks the first port with a device present and the PHY up, gives it a command list and a
+//! received-FIS area in DMA memory and identifies the disk (capacity, sector sizes, NCQ, write
+//! cache, TRIM). Block-layer tags are command slots: read and write requests go out as
+//! READ/WRITE FPDMA QUEUED when the disk and the HBA do NCQ, else as READ/WRITE DMA EXT one at a
+//! time; flush, TRIM, FUA/PREFLUSH writes and passthrough commands run alone (the port drains
+//! its queued commands first). Completion reaps PxSACT/PxCI from the interrupt handler (or
+//! `poll`) and completes by tag. Errors stop the port; recovery (process context) names the
+//! failed command (the only one outstanding, or the NCQ error log, or by replaying the suspects
+//! one at a time), resets the port (COMRESET), fails that command and replays the others. See
+//! `docs/ahci.md`.
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cmd;
+pub mod port;
+pub mod regs;
+pub mod sg;
+pub mod spec;
+
+pub use port::{Ahci, DeviceInfo, DriverStats, Mode, Tracker};
+pub use spec::IdentifyInfo;
+
+/// Tags (command slots) of the one queue.
+pub const QUEUE_DEPTH: usize = cmd::SLOTS;
+
+/// Why a controller could not be brought up.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitError {
+    /// The register window is too small or the controller never left reset.
+    Controller,
+    /// Fewer than 32 command slots.
+    TooFewSlots,
+    /// No port with a device present and the PHY up.
+    NoDevice,
+    /// The port did not start.
+    PortStart,
+    /// IDENTIFY DEVICE failed (ATA status and error in `PxTFD` layout).
+    Identify(u32),
+    /// IDENTIFY data refused.
+    BadIdentify(spec::IdentifyError),
+    /// No DMA memory (or none the controller can reach).
+    NoMemory,
+}
+
+/// Passthrough commands: `PtCmd::opcode` is the ATA command byte, `args[0]` the LBA,
+/// `args[1]` the count, `args[2]` the features, `args[3]` the device register (0: LBA mode);
+/// `data` an optional buffer (even length and address), `write` its direction.
+pub mod pt {
+    use blk::{BioVec, PtCmd};
+
+    /// IDENTIFY DEVICE into `buf` (512 bytes).
+    pub fn identify(buf: BioVec) -> PtCmd {
+        PtCmd {
+            opcode: crate::spec::ata::IDENTIFY_DEVICE as u32,
+            args: [0; 4],
+            data: Some(buf),
+            write: false,
+        }
+    }
+
+    /// FLUSH CACHE EXT.
+    pub fn flush() -> PtCmd {
+        PtCmd {
+            opcode: crate::spec::ata::FLUSH_CACHE_EXT as u32,
+            ..PtCmd::default()
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_dma {
+    /// Gives `hal::dma` leaked host memory once per test process.
+    pub fn init() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            const LEN: usize = 4 << 20;
+            let mem = Box::leak(vec![0u8; LEN + 4096].into_boxed_slice());
+            let base = (mem.as_mut_ptr() as usize).next_multiple_of(4096);
+            // SAFETY: 1. the memory is leaked, so it lives for the rest of the process;
+            // 2. nothing else uses it; 3. the range is page aligned and LEN long; 4. the host
+            // has no device, so the "physical" address is the pointer itself.
+            #[allow(unsafe_code)]
+            unsafe {
+                hal::dma::init(base, hal::PhysAddr(base as u64), LEN)
+            };
+        });
+    }
+}

@@ -1,0 +1,143 @@
+//! AHCI probing: the first SATA AHCI function (class 01:06:01, e.g. q35's ICH9 at 00:1f.2 or
+//! `-device ahci`), ABAR (BAR5) mapped, bus mastering on, the block layer's queue on top; MSI on
+//! x86_64 when offered, else INTx (through the PLIC on riscv64), or polling (`ahci=poll`).
+
+use ahci::{Ahci, Mode, QUEUE_DEPTH};
+use blk::{Queue, QueueConfig, Wait};
+use hal::IrqLine;
+use spin::Once;
+
+use crate::{arch, pci};
+
+/// How completions arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, defmt::Format)]
+pub enum Attach {
+    /// MSI.
+    Msi,
+    /// The INTx line.
+    Intx,
+    /// Polled.
+    Polled,
+}
+
+/// The AHCI disk: driver, request queue, interrupt line.
+pub struct AhciDisk {
+    /// The driver.
+    pub hw: &'static Ahci,
+    /// The block layer's queue.
+    pub queue: &'static Queue<QUEUE_DEPTH>,
+    /// The completion interrupt (none when polled).
+    pub irq: Option<IrqLine>,
+    /// Interrupt kind.
+    pub attach: Attach,
+}
+
+impl AhciDisk {
+    /// Deferred work (recovery, polling, requeued requests); `now` when timeouts are due.
+    pub fn deferred(&self, now: Option<u64>) {
+        self.hw.deferred();
+        self.queue.kick();
+        if let Some(now) = now {
+            self.queue.check_timeouts(now);
+        }
+    }
+
+    /// Interrupts taken on the completion line so far.
+    pub fn irq_count(&self) -> u64 {
+        self.irq.map_or(0, |l| l.count())
+    }
+}
+
+static HW: Once<Ahci> = Once::new();
+static QUEUE: Once<Queue<QUEUE_DEPTH>> = Once::new();
+static DISK: Once<AhciDisk> = Once::new();
+
+/// The AHCI disk, if one was found.
+pub fn disk() -> Option<&'static AhciDisk> {
+    DISK.get()
+}
+
+/// PCI class code of an AHCI 1.0 SATA controller.
+const CLASS_AHCI: (u8, u8, u8) = (0x01, 0x06, 0x01);
+
+/// Finds the first AHCI controller and brings up the disk on its first live port.
+pub fn probe(polled: bool) {
+    let Some(f) = pci::functions().iter().find(|f| {
+        let c = f.class();
+        (c.class, c.subclass, c.prog_if) == CLASS_AHCI
+    }) else {
+        return;
+    };
+    let Some(abar) = f.map_bar(5, arch::mmio_mapper()) else {
+        defmt::error!("ahci: BAR5 not mapped");
+        return;
+    };
+    f.enable_bus_master();
+    let mode = if polled {
+        Mode::Polling
+    } else {
+        Mode::Interrupt
+    };
+    let hw = match Ahci::new(abar, mode) {
+        Ok(hw) => HW.call_once(|| hw),
+        Err(e) => {
+            defmt::error!("ahci: {}", defmt::Debug2Format(&e));
+            return;
+        }
+    };
+    let i = *hw.info();
+    let mut cfg = QueueConfig::new(i.identify.sectors());
+    cfg.clock = super::clock;
+    cfg.wait = Wait::Hook(super::wait);
+    cfg.timeout_ns = 5_000_000_000;
+    let queue = QUEUE.call_once(|| Queue::new(hw, hw.limits(), cfg, &super::SPLIT_SET));
+    hw.attach(queue);
+    let (irq, attach) = match mode {
+        Mode::Polling => (None, Attach::Polled),
+        Mode::Interrupt => {
+            let msi = if cfg!(target_arch = "x86_64") && f.msi_offset().is_some() {
+                hal::irq::alloc_msi()
+            } else {
+                None
+            };
+            match msi {
+                Some((line, msg)) if f.enable_msi(msg).is_ok() => (Some(line), Attach::Msi),
+                _ => {
+                    let line = pci::intx_line(f);
+                    if line.is_some() {
+                        f.enable_intx();
+                    }
+                    (line, Attach::Intx)
+                }
+            }
+        }
+    };
+    if let Some(line) = irq
+        && (line.register(hw).is_err() || line.enable().is_err())
+    {
+        defmt::error!("ahci: cannot use interrupt line {=u32}", line.number());
+    }
+    let (model, serial) = hw.model_serial();
+    let id = &i.identify;
+    defmt::println!(
+        "ahci: port {=u8} \"{=str}\" serial \"{=str}\" {=u64} sectors, logical {=u32} physical {=u32}, ncq {=bool} depth {=u8}, write cache {=bool}, trim {=bool}, 64-bit {=bool}, {}",
+        i.port,
+        model,
+        serial,
+        id.sectors(),
+        id.logical_sector_size,
+        id.physical_sector_size,
+        i.ncq,
+        i.ncq_depth,
+        id.write_cache_enabled,
+        id.trim,
+        i.addr64,
+        attach
+    );
+    DISK.call_once(|| AhciDisk {
+        hw,
+        queue,
+        irq,
+        attach,
+    });
+}

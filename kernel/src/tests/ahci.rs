@@ -1,0 +1,287 @@
+//! AHCI: the block-device conformance suite on the SATA disk, a request that fills the PRDT,
+//! IDENTIFY DEVICE through passthrough, and injected read and write errors (QEMU blkdebug, named
+//! on the command line by `ahci_eio_read=SECTOR` / `ahci_eio_write=SECTOR`) in a QD32 workload.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use blk::{Bio, BioFlags, BioVec, BlkError, Op, Wait, submit_bio};
+use hal::{DmaBuf, PhysAddr};
+
+use super::blockdev::{
+    Target, completion_accounting, flush_and_fua, full_depth_in_flight, multi_segment_scattered,
+    past_end_refused, plug_merges, readback_start_middle_end, single_sector_and_1mib,
+    split_by_limits,
+};
+use crate::block::{self, IO_SET, ahci::AhciDisk, cpu_ctx};
+use crate::ktest::{Outcome, TestResult, fail};
+
+fn disk() -> Result<&'static AhciDisk, Outcome> {
+    block::ahci::disk().ok_or(Outcome::Skip("no AHCI disk"))
+}
+
+fn target() -> Result<Target, Outcome> {
+    let d = disk()?;
+    Ok(Target {
+        dev: d.queue,
+        stats: || {
+            block::ahci::disk()
+                .map(|d| d.queue.stats().snapshot())
+                .unwrap_or_default()
+        },
+        tags_in_use: || block::ahci::disk().map_or(0, |d| d.queue.tags_in_use()),
+        depth: ahci::QUEUE_DEPTH,
+        max_request_bytes: d.queue.limits().max_bytes(),
+        irq_count: || block::ahci::disk().map_or(0, |d| d.irq_count()),
+    })
+}
+
+fn dma(len: usize) -> Result<DmaBuf, Outcome> {
+    DmaBuf::alloc(len, 4096).map_err(|e| fail(format_args!("no DMA memory: {:?}", e)))
+}
+
+fn pattern(buf: &mut [u8], seed: u32) {
+    for (i, w) in buf.chunks_exact_mut(4).enumerate() {
+        let v = seed.wrapping_mul(0x2545_f491) ^ (i as u32).wrapping_mul(0x9e37_79b9);
+        w.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn io_ok(t: &Target, op: Op, sector: u64, segs: &[(PhysAddr, u32)]) -> TestResult {
+    super::blockdev::io(t, op, sector, segs, BioFlags::empty())
+        .map_err(|e| fail(format_args!("{:?} at sector {}: {:?}", op, sector, e)))
+}
+
+ktest! { fn ahci_readback_start_middle_end() -> TestResult { readback_start_middle_end(&target()?) } }
+ktest! { fn ahci_past_end_refused() -> TestResult { past_end_refused(&target()?) } }
+ktest! { fn ahci_single_sector_and_1mib() -> TestResult { single_sector_and_1mib(&target()?) } }
+ktest! { fn ahci_multi_segment_scattered() -> TestResult { multi_segment_scattered(&target()?) } }
+ktest! { fn ahci_split_by_limits() -> TestResult { split_by_limits(&target()?) } }
+ktest! { fn ahci_plug_merges() -> TestResult { plug_merges(&target()?) } }
+ktest! { fn ahci_full_depth_in_flight() -> TestResult { full_depth_in_flight(&target()?) } }
+
+ktest! {
+    fn ahci_flush_and_fua() -> TestResult {
+        let t = target()?;
+        let d = disk()?;
+        let f0 = d.hw.stats().flushes.load(Ordering::Relaxed);
+        flush_and_fua(&t)?;
+        if d.hw.info().identify.write_cache {
+            // The flush, the FUA write's post-flush and the PREFLUSH write's pre-flush.
+            check_eq!(d.hw.stats().flushes.load(Ordering::Relaxed) - f0, 3);
+        }
+        Ok(())
+    }
+}
+
+ktest! {
+    fn ahci_completion_accounting_ncq_and_interrupts() -> TestResult {
+        let t = target()?;
+        let d = disk()?;
+        let s = d.hw.stats();
+        let (irq0, ncq0, done0, req0) = (
+            s.interrupts.load(Ordering::Relaxed),
+            s.ncq_commands.load(Ordering::Relaxed),
+            s.completions.load(Ordering::Relaxed),
+            s.requests.load(Ordering::Relaxed),
+        );
+        completion_accounting(&t)?;
+        check_eq!(d.hw.in_flight(), 0);
+        let reqs = s.requests.load(Ordering::Relaxed) - req0;
+        check_eq!(s.completions.load(Ordering::Relaxed) - done0, reqs);
+        if d.hw.info().ncq {
+            check!(s.ncq_commands.load(Ordering::Relaxed) - ncq0 >= 32, "reads did not use NCQ");
+        }
+        if d.irq.is_some() {
+            check!(s.interrupts.load(Ordering::Relaxed) > irq0, "no interrupt for 32 reads");
+        }
+        if cfg!(target_arch = "x86_64") && d.hw.mode() == ahci::Mode::Interrupt {
+            check!(d.attach == block::ahci::Attach::Msi, "ICH9 offers MSI, but {:?} is used", d.attach);
+        }
+        Ok(())
+    }
+}
+
+ktest! {
+    fn ahci_request_fills_the_prdt() -> TestResult {
+        let t = target()?;
+        let d = disk()?;
+        // 128 scattered 512-byte segments (every other 1 KiB): one request, 128 PRDT entries.
+        const N: usize = ahci::cmd::PRDT_ENTRIES;
+        let mut arena = dma(N * 1024)?;
+        pattern(arena.as_mut_slice(), 77);
+        let segs: heapless::Vec<(PhysAddr, u32), N> =
+            (0..N).map(|i| (arena.phys().add((i * 1024) as u64), 512)).collect();
+        let before = (t.stats)();
+        io_ok(&t, Op::Write, 30000, &segs)?;
+        check_eq!((t.stats)().splits, before.splits);
+        check_eq!(d.hw.stats().max_prdt_entries.load(Ordering::Relaxed), N as u64);
+        let flat = dma(N * 512)?;
+        io_ok(&t, Op::Read, 30000, &[(flat.phys(), (N * 512) as u32)])?;
+        for i in 0..N {
+            check!(
+                flat.as_slice()[i * 512..(i + 1) * 512] == arena.as_slice()[i * 1024..i * 1024 + 512],
+                "segment {} read back wrong",
+                i
+            );
+        }
+        // And scattered reads into the same 128 segments.
+        arena.as_mut_slice().fill(0);
+        io_ok(&t, Op::Read, 30000, &segs)?;
+        for i in 0..N {
+            check!(
+                arena.as_slice()[i * 1024..i * 1024 + 512] == flat.as_slice()[i * 512..(i + 1) * 512],
+                "scattered segment {} read wrong",
+                i
+            );
+        }
+        Ok(())
+    }
+}
+
+ktest! {
+    fn ahci_identify_through_passthrough() -> TestResult {
+        let d = disk()?;
+        let buf = dma(512)?;
+        let res = d
+            .queue
+            .passthrough_wait(ahci::pt::identify(BioVec::new(buf.phys(), 512)), block::wait)
+            .map_err(|(e, _)| fail(format_args!("passthrough refused: {:?}", e)))?;
+        check!(res.status.is_ok(), "IDENTIFY failed: {:?}", res.status);
+        let mut bytes = [0u8; 512];
+        bytes.copy_from_slice(buf.as_slice());
+        let id = ahci::IdentifyInfo::parse(&ahci::spec::words(&bytes))
+            .map_err(|e| fail(format_args!("IDENTIFY data: {:?}", e)))?;
+        check_eq!(id, d.hw.info().identify);
+        check_eq!(id.sectors(), blk::BlockDevice::capacity(d.queue));
+        // A flush through passthrough too, then normal I/O still works.
+        let res = d
+            .queue
+            .passthrough_wait(ahci::pt::flush(), block::wait)
+            .map_err(|(e, _)| fail(format_args!("passthrough refused: {:?}", e)))?;
+        check!(res.status.is_ok(), "FLUSH CACHE EXT failed: {:?}", res.status);
+        readback_start_middle_end(&target()?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Injected errors
+
+static EIO_DONE: AtomicU32 = AtomicU32::new(0);
+static EIO_TWICE: AtomicU32 = AtomicU32::new(0);
+/// Bit per bio (`private` < 64): completed / completed with `Io`.
+static EIO_SEEN: AtomicU64 = AtomicU64::new(0);
+static EIO_FAILED: AtomicU64 = AtomicU64::new(0);
+static EIO_OTHER: AtomicU32 = AtomicU32::new(0);
+
+fn eio_end_io(bio: Bio) {
+    let b = 1u64 << (bio.private() % 64);
+    if EIO_SEEN.fetch_or(b, Ordering::AcqRel) & b != 0 {
+        EIO_TWICE.fetch_add(1, Ordering::Relaxed);
+    }
+    match bio.status() {
+        Ok(()) => {}
+        Err(BlkError::Io) => {
+            EIO_FAILED.fetch_or(b, Ordering::AcqRel);
+        }
+        Err(e) => {
+            EIO_OTHER.store(e.code(), Ordering::Relaxed);
+        }
+    }
+    EIO_DONE.fetch_add(1, Ordering::Release);
+}
+
+fn cmdline_sector(key: &str) -> Option<u64> {
+    crate::boot::cmdline_arg(crate::boot_info().cmdline, key)?
+        .parse()
+        .ok()
+}
+
+/// 32 bios of 4 KiB, one of them covering `bad`, all in flight at once; returns which failed.
+fn qd32_with_bad_sector(t: &Target, op: Op, bad: u64, buf: &DmaBuf) -> Result<u64, Outcome> {
+    EIO_DONE.store(0, Ordering::Relaxed);
+    EIO_TWICE.store(0, Ordering::Relaxed);
+    EIO_SEEN.store(0, Ordering::Relaxed);
+    EIO_FAILED.store(0, Ordering::Relaxed);
+    EIO_OTHER.store(0, Ordering::Relaxed);
+    // Every other 4 KiB block from 8 blocks before the bad sector's block: nothing merges.
+    let first = (bad & !7).saturating_sub(8 * 16);
+    let mut expect = 0u64;
+    crate::arch::without_interrupts(|| -> TestResult {
+        for i in 0..32u64 {
+            let sector = first + i * 16;
+            if (sector..sector + 8).contains(&bad) {
+                expect |= 1 << i;
+            }
+            let mut bio = IO_SET
+                .alloc((), op, 1, Wait::Hook(block::wait))
+                .map_err(|e| fail(format_args!("bio: {:?}", e)))?;
+            bio.set_dev(t.dev);
+            bio.set_sector(sector);
+            bio.add_vec(BioVec::new(buf.phys().add(i * 4096), 4096))
+                .map_err(|e| fail(format_args!("vec: {:?}", e)))?;
+            bio.set_end_io(eio_end_io);
+            bio.set_private(i as usize);
+            submit_bio(cpu_ctx(), bio).map_err(|(e, _)| fail(format_args!("submit: {:?}", e)))?;
+        }
+        Ok(())
+    })?;
+    check!(
+        expect.count_ones() == 1,
+        "sector {} not covered by the workload",
+        bad
+    );
+    let start = block::clock();
+    while EIO_DONE.load(Ordering::Acquire) < 32 {
+        check!(
+            block::clock() - start < 60_000_000_000,
+            "only {} of 32 bios completed",
+            EIO_DONE.load(Ordering::Acquire)
+        );
+        block::wait();
+    }
+    check_eq!(EIO_DONE.load(Ordering::Acquire), 32);
+    check_eq!(EIO_TWICE.load(Ordering::Relaxed), 0);
+    check_eq!(EIO_SEEN.load(Ordering::Relaxed), u32::MAX as u64);
+    check_eq!(EIO_OTHER.load(Ordering::Relaxed), 0);
+    let failed = EIO_FAILED.load(Ordering::Relaxed);
+    check!(
+        failed == expect,
+        "failed bios {:#x}, expected {:#x}",
+        failed,
+        expect
+    );
+    Ok(failed)
+}
+
+ktest! {
+    fn ahci_injected_read_and_write_errors() -> TestResult {
+        let t = target()?;
+        let d = disk()?;
+        let (Some(bad_read), Some(bad_write)) =
+            (cmdline_sector("ahci_eio_read"), cmdline_sector("ahci_eio_write"))
+        else {
+            return Err(Outcome::Skip("no injected errors in this profile"));
+        };
+        let s = d.hw.stats();
+        let (rec0, err0) = (s.recoveries.load(Ordering::Relaxed), s.errors.load(Ordering::Relaxed));
+        let mut buf = dma(32 * 4096)?;
+        pattern(buf.as_mut_slice(), 99);
+        qd32_with_bad_sector(&t, Op::Read, bad_read, &buf)?;
+        qd32_with_bad_sector(&t, Op::Write, bad_write, &buf)?;
+        check!(s.recoveries.load(Ordering::Relaxed) > rec0, "no recovery ran");
+        check!(s.errors.load(Ordering::Relaxed) > err0, "no error completed");
+        check!(!d.hw.is_dead(), "port dead after recovery");
+        check_eq!(d.hw.in_flight(), 0);
+        defmt::println!(
+            "ahci errors: recoveries {=u64}, resets {=u64}, log reads {=u64}, isolations {=u64}, replays {=u64}",
+            s.recoveries.load(Ordering::Relaxed) - rec0,
+            s.port_resets.load(Ordering::Relaxed),
+            s.log_reads.load(Ordering::Relaxed),
+            s.isolations.load(Ordering::Relaxed),
+            s.replays.load(Ordering::Relaxed)
+        );
+        // The port keeps working: the rest of the suite's read-back, and QD32 elsewhere.
+        readback_start_middle_end(&t)?;
+        full_depth_in_flight(&t)
+    }
+}
