@@ -31,12 +31,12 @@ pub struct Target {
     pub irq_count: fn() -> u64,
 }
 
-fn dma(len: usize) -> Result<DmaBuf, Outcome> {
+pub(super) fn dma(len: usize) -> Result<DmaBuf, Outcome> {
     DmaBuf::alloc(len, 4096)
         .map_err(|e| fail(format_args!("no DMA memory for {} bytes: {:?}", len, e)))
 }
 
-fn fill(buf: &mut [u8], seed: u32) {
+pub(super) fn fill(buf: &mut [u8], seed: u32) {
     for (i, w) in buf.chunks_exact_mut(4).enumerate() {
         let v = seed.wrapping_mul(0x9e37_79b9) ^ (i as u32).wrapping_mul(0x85eb_ca6b);
         w.copy_from_slice(&v.to_le_bytes());
@@ -72,7 +72,13 @@ pub fn io(
     submit_bio_wait(cpu_ctx(), bio, block::wait).0
 }
 
-fn io_ok(t: &Target, op: Op, sector: u64, segs: &[(PhysAddr, u32)], flags: BioFlags) -> TestResult {
+pub(super) fn io_ok(
+    t: &Target,
+    op: Op,
+    sector: u64,
+    segs: &[(PhysAddr, u32)],
+    flags: BioFlags,
+) -> TestResult {
     io(t, op, sector, segs, flags)
         .map_err(|e| fail(format_args!("{:?} at sector {}: {:?}", op, sector, e)))
 }
@@ -96,14 +102,20 @@ fn async_end_io(bio: Bio) {
     ASYNC_DONE.fetch_add(1, Ordering::Release);
 }
 
-fn async_reset() {
+pub(super) fn async_reset() {
     ASYNC_DONE.store(0, Ordering::Relaxed);
     ASYNC_ERR.store(0, Ordering::Relaxed);
     ASYNC_TWICE.store(0, Ordering::Relaxed);
 }
 
 /// Submits a bio whose completion is counted by [`async_end_io`]; `i` < 256 names it.
-fn submit_async(t: &Target, i: usize, op: Op, sector: u64, segs: &[(PhysAddr, u32)]) -> TestResult {
+pub(super) fn submit_async(
+    t: &Target,
+    i: usize,
+    op: Op,
+    sector: u64,
+    segs: &[(PhysAddr, u32)],
+) -> TestResult {
     let mut bio = new_bio(t, op, sector, segs, BioFlags::empty())
         .map_err(|e| fail(format_args!("bio: {:?}", e)))?;
     bio.set_end_io(async_end_io);
@@ -112,7 +124,7 @@ fn submit_async(t: &Target, i: usize, op: Op, sector: u64, segs: &[(PhysAddr, u3
     submit_bio(cpu_ctx(), bio).map_err(|(e, _)| fail(format_args!("submit {}: {:?}", i, e)))
 }
 
-fn async_wait(n: u32) -> TestResult {
+pub(super) fn async_wait(n: u32) -> TestResult {
     let start = block::clock();
     while ASYNC_DONE.load(Ordering::Acquire) < n {
         check!(

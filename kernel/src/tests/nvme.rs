@@ -1,0 +1,181 @@
+//! NVMe: the block-device conformance suite on the NVMe namespace, a request whose PRP list
+//! needs a second list page, Identify through passthrough, and a controller reset in the
+//! middle of a QD32 workload.
+
+use core::sync::atomic::Ordering;
+
+use blk::{BioFlags, BioVec, Op, PtCmd};
+use hal::PhysAddr;
+
+use super::blockdev::{
+    Target, async_reset, async_wait, completion_accounting, dma, fill, flush_and_fua,
+    full_depth_in_flight, io_ok, multi_segment_scattered, past_end_refused, plug_merges,
+    readback_start_middle_end, single_sector_and_1mib, split_by_limits, submit_async,
+};
+use crate::block::{self, nvme::NvmeDisk};
+use crate::ktest::{Outcome, TestResult};
+
+fn disk() -> Result<&'static NvmeDisk, Outcome> {
+    block::nvme::disk().ok_or(Outcome::Skip("no NVMe controller"))
+}
+
+fn target() -> Result<Target, Outcome> {
+    let d = disk()?;
+    Ok(Target {
+        dev: d.queue,
+        stats: || {
+            block::nvme::disk()
+                .map(|d| d.queue.stats().snapshot())
+                .unwrap_or_default()
+        },
+        tags_in_use: || block::nvme::disk().map_or(0, |d| d.queue.tags_in_use()),
+        depth: nvme::QUEUE_DEPTH,
+        max_request_bytes: d.queue.limits().max_bytes(),
+        irq_count: || block::nvme::disk().map_or(0, |d| d.irq_count()),
+    })
+}
+
+ktest! { fn nvme_readback_start_middle_end() -> TestResult { readback_start_middle_end(&target()?) } }
+ktest! { fn nvme_past_end_refused() -> TestResult { past_end_refused(&target()?) } }
+ktest! { fn nvme_single_sector_and_1mib() -> TestResult { single_sector_and_1mib(&target()?) } }
+ktest! { fn nvme_multi_segment_scattered() -> TestResult { multi_segment_scattered(&target()?) } }
+ktest! { fn nvme_split_by_limits() -> TestResult { split_by_limits(&target()?) } }
+ktest! { fn nvme_plug_merges() -> TestResult { plug_merges(&target()?) } }
+ktest! { fn nvme_full_depth_in_flight() -> TestResult { full_depth_in_flight(&target()?) } }
+ktest! { fn nvme_flush_and_fua() -> TestResult { flush_and_fua(&target()?) } }
+
+ktest! {
+    fn nvme_completion_accounting_and_interrupts() -> TestResult {
+        let t = target()?;
+        let d = disk()?;
+        let s = d.hw.stats();
+        let irq0 = s.interrupts.load(Ordering::Relaxed);
+        let bad0 = s.bad_cids.load(Ordering::Relaxed);
+        completion_accounting(&t)?;
+        check_eq!(d.hw.in_flight(), 0);
+        check_eq!(s.bad_cids.load(Ordering::Relaxed), bad0);
+        if d.irq.is_some() {
+            check!(s.interrupts.load(Ordering::Relaxed) > irq0, "no interrupt for 32 reads");
+        }
+        Ok(())
+    }
+}
+
+ktest! {
+    fn nvme_prp_list_needs_two_pages() -> TestResult {
+        let t = target()?;
+        let d = disk()?;
+        if d.hw.info().sgl {
+            return Err(Outcome::Skip("SGLs in use"));
+        }
+        // 640 pages from an offset: 640 PRP entries, 639 in lists (a page holds 512).
+        const BYTES: usize = 640 * 4096;
+        check!(
+            t.max_request_bytes as usize >= BYTES,
+            "max request {} bytes: the controller's MDTS is too small for this test",
+            t.max_request_bytes
+        );
+        let mut buf = dma(BYTES + 4096)?;
+        let off = 512usize;
+        fill(&mut buf.as_mut_slice()[off..off + BYTES], 77);
+        let chained0 = d.hw.stats().chained_lists.load(Ordering::Relaxed);
+        let seg = [(buf.phys().add(off as u64), BYTES as u32)];
+        io_ok(&t, Op::Write, 30000, &seg, BioFlags::empty())?;
+        check_eq!(d.hw.stats().chained_lists.load(Ordering::Relaxed), chained0 + 1);
+        buf.as_mut_slice().fill(0);
+        io_ok(&t, Op::Read, 30000, &seg, BioFlags::empty())?;
+        check_eq!(d.hw.stats().chained_lists.load(Ordering::Relaxed), chained0 + 2);
+        let mut want = [0u8; 4096];
+        for (k, chunk) in buf.as_slice()[off..off + BYTES].chunks(4096).enumerate() {
+            fill(&mut want, 77);
+            let _ = &want;
+            let _ = k;
+            check!(chunk.iter().any(|&b| b != 0), "page {} read back empty", k);
+        }
+        let mut again = dma(BYTES)?;
+        fill(again.as_mut_slice(), 77);
+        check!(
+            buf.as_slice()[off..off + BYTES] == again.as_slice()[..],
+            "two-page PRP list read back wrong"
+        );
+        Ok(())
+    }
+}
+
+ktest! {
+    fn nvme_identify_through_passthrough() -> TestResult {
+        let d = disk()?;
+        let buf = dma(4096)?;
+        let cmd = PtCmd {
+            opcode: nvme::pt::ADMIN,
+            // Identify (0x06), CNS 1 (controller).
+            args: [0x06, 1, 0, 0],
+            data: Some(BioVec::new(buf.phys(), 4096)),
+            write: false,
+        };
+        let before = d.hw.stats().passthrough.load(Ordering::Relaxed);
+        let r = d
+            .queue
+            .passthrough_wait(cmd, block::wait)
+            .map_err(|(e, _)| crate::ktest::fail(format_args!("passthrough: {:?}", e)))?;
+        check!(r.status.is_ok(), "identify failed: {:?}", r.status);
+        check_eq!(d.hw.stats().passthrough.load(Ordering::Relaxed), before + 1);
+        let b = buf.as_slice();
+        check_eq!(u16::from_le_bytes([b[0], b[1]]), d.hw.info().vendor);
+        check_eq!(u16::from_le_bytes([b[0], b[1]]), 0x1b36);
+        check!(b[4..24] == d.hw.info().serial, "serial differs from bring-up Identify");
+        check!(b[4..13] == *b"stack0001", "serial is not the profile's");
+        // An invalid opcode is refused with an error, not lost.
+        let bad = PtCmd { opcode: nvme::pt::ADMIN, args: [0xef, 0, 0, 0], data: None, write: false };
+        let r = d
+            .queue
+            .passthrough_wait(bad, block::wait)
+            .map_err(|(e, _)| crate::ktest::fail(format_args!("passthrough: {:?}", e)))?;
+        check!(r.status.is_err(), "invalid admin opcode succeeded");
+        check_eq!(d.hw.in_flight(), 0);
+        Ok(())
+    }
+}
+
+ktest! {
+    fn nvme_reset_during_qd32_completes_each_once() -> TestResult {
+        let t = target()?;
+        let d = disk()?;
+        let s = d.hw.stats();
+        let resets0 = s.resets.load(Ordering::Relaxed);
+        let before = (t.stats)();
+        let mut buf = dma(32 * 4096)?;
+        fill(buf.as_mut_slice(), 91);
+        async_reset();
+        let mut in_flight = 0;
+        let res = crate::arch::without_interrupts(|| -> TestResult {
+            for i in 0..32usize {
+                let op = if i % 2 == 0 { Op::Write } else { Op::Read };
+                submit_async(
+                    &t,
+                    i,
+                    op,
+                    100_000 + (i as u64) * 16,
+                    &[(PhysAddr(buf.phys().0 + (i * 4096) as u64), 4096)],
+                )?;
+            }
+            in_flight = d.hw.in_flight();
+            check!(d.hw.force_reset(), "controller did not come back after reset");
+            Ok(())
+        });
+        res?;
+        defmt::println!("reset with {=usize} commands in flight", in_flight);
+        async_wait(32)?;
+        check_eq!(s.resets.load(Ordering::Relaxed), resets0 + 1);
+        check!(!d.hw.is_dead(), "controller dead");
+        let after = (t.stats)();
+        check_eq!(after.late_completions, before.late_completions);
+        check_eq!((t.tags_in_use)(), 0);
+        check_eq!(d.hw.in_flight(), 0);
+        // The controller still works.
+        let r = dma(4096)?;
+        io_ok(&t, Op::Read, 100_000, &[(r.phys(), 4096)], BioFlags::empty())?;
+        check!(r.as_slice() == &buf.as_slice()[..4096], "write before the reset lost");
+        Ok(())
+    }
+}
