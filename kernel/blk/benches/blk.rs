@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use blk::bioset::{BioSet, BioSlab, BvecPools, BvecSlabs};
 use blk::ramdisk::{CompletionMode, RamDisk};
-use blk::{Bio, BioList, BioVec, CpuCtx, Mempool, Op, Queue, QueueConfig, QueueLimits, Request, SgEntry, Slab, Wait};
+use blk::{
+    Bio, BioList, BioVec, CpuCtx, Mempool, Op, Queue, QueueConfig, QueueLimits, Request, SgEntry,
+    Slab, Wait,
+};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 fn leak<T>(v: T) -> &'static T {
@@ -46,13 +49,25 @@ fn two_threads(iters: u64, op: impl Fn() + Sync) -> Duration {
 fn bench_mempool(c: &mut Criterion) {
     let pool = mempool();
     let mut g = c.benchmark_group("alloc_free");
-    g.bench_function("mempool_1thread", |b| b.iter(|| drop(black_box(pool.try_alloc(black_box([1, 2, 3, 4]))))));
-    g.bench_function("box_1thread", |b| b.iter(|| drop(black_box(Box::new(black_box([1u64, 2, 3, 4]))))));
+    g.bench_function("mempool_1thread", |b| {
+        b.iter(|| drop(black_box(pool.try_alloc(black_box([1, 2, 3, 4])))))
+    });
+    g.bench_function("box_1thread", |b| {
+        b.iter(|| drop(black_box(Box::new(black_box([1u64, 2, 3, 4])))))
+    });
     g.bench_function("mempool_2threads", |b| {
-        b.iter_custom(|iters| two_threads(iters, || drop(black_box(pool.try_alloc(black_box([1, 2, 3, 4]))))))
+        b.iter_custom(|iters| {
+            two_threads(iters, || {
+                drop(black_box(pool.try_alloc(black_box([1, 2, 3, 4]))))
+            })
+        })
     });
     g.bench_function("box_2threads", |b| {
-        b.iter_custom(|iters| two_threads(iters, || drop(black_box(Box::new(black_box([1u64, 2, 3, 4]))))))
+        b.iter_custom(|iters| {
+            two_threads(iters, || {
+                drop(black_box(Box::new(black_box([1u64, 2, 3, 4]))))
+            })
+        })
     });
     g.finish();
 }
@@ -68,11 +83,19 @@ struct Fs {
 }
 
 fn bench_roundtrip(c: &mut Criterion) {
-    let disk: &'static RamDisk =
-        leak(RamDisk::new(Box::leak(vec![0u8; 1 << 20].into_boxed_slice()), QueueLimits::new(), CompletionMode::Inline));
+    let disk: &'static RamDisk = leak(RamDisk::new(
+        Box::leak(vec![0u8; 1 << 20].into_boxed_slice()),
+        QueueLimits::new(),
+        CompletionMode::Inline,
+    ));
     let split_slab: &'static BioSlab<(), 64> = leak(BioSlab::new());
     let split: &'static BioSet<()> = leak(BioSet::new(split_slab, 4, Some(bvecs())));
-    let q: &'static Queue<32> = leak(Queue::new(disk, QueueLimits::new(), QueueConfig::new(disk.capacity()), split));
+    let q: &'static Queue<32> = leak(Queue::new(
+        disk,
+        QueueLimits::new(),
+        QueueConfig::new(disk.capacity()),
+        split,
+    ));
     disk.attach(q);
     let slab: &'static BioSlab<Fs, 256> = leak(BioSlab::new());
     let set: &'static BioSet<Fs> = leak(BioSet::new(slab, 16, None));
@@ -86,7 +109,9 @@ fn bench_roundtrip(c: &mut Criterion) {
     let mut i = 0u64;
     g.bench_function("ramdisk_4k_write", |b| {
         b.iter(|| {
-            let mut bio = set.alloc(Fs { inode: i }, Op::Write, 1, Wait::Spin).expect("bio");
+            let mut bio = set
+                .alloc(Fs { inode: i }, Op::Write, 1, Wait::Spin)
+                .expect("bio");
             let _ = bio.add_vec(seg);
             bio.set_sector((i % 128) * 8);
             bio.set_dev(q);
@@ -97,13 +122,34 @@ fn bench_roundtrip(c: &mut Criterion) {
     });
     g.bench_function("ramdisk_4k_read", |b| {
         b.iter(|| {
-            let mut bio = set.alloc(Fs { inode: i }, Op::Read, 1, Wait::Spin).expect("bio");
+            let mut bio = set
+                .alloc(Fs { inode: i }, Op::Read, 1, Wait::Spin)
+                .expect("bio");
             let _ = bio.add_vec(seg);
             bio.set_sector((i % 128) * 8);
             bio.set_dev(q);
             bio.set_end_io(end);
             i += 1;
             let _ = blk::submit_bio(ctx, bio);
+        })
+    });
+    g.bench_function("ramdisk_flush_no_data", |b| {
+        b.iter(|| {
+            let mut bio = set
+                .alloc(Fs { inode: i }, Op::Flush, 0, Wait::Spin)
+                .expect("bio");
+            bio.set_dev(q);
+            bio.set_end_io(end);
+            i += 1;
+            let _ = blk::submit_bio(ctx, bio);
+        })
+    });
+    g.bench_function("baseline_copy_4k", |b| {
+        let src = vec![1u8; 4096];
+        let mut dst = vec![0u8; 4096];
+        b.iter(|| {
+            dst.copy_from_slice(black_box(&src));
+            black_box(&mut dst);
         })
     });
     g.bench_function("box_baseline_alloc_4k_copy", |b| {
@@ -115,11 +161,16 @@ fn bench_roundtrip(c: &mut Criterion) {
         })
     });
     g.finish();
-    assert_eq!(disk.violations.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        disk.violations.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }
 
 fn big_bio(set: &'static BioSet<()>, segs: &[BioVec]) -> Bio {
-    let mut bio = set.alloc((), Op::Write, segs.len(), Wait::Spin).expect("bio");
+    let mut bio = set
+        .alloc((), Op::Write, segs.len(), Wait::Spin)
+        .expect("bio");
     for s in segs {
         let _ = bio.add_vec(*s);
     }
@@ -135,13 +186,20 @@ fn bench_split_map_sg(c: &mut Criterion) {
     let segs: Vec<BioVec> = (0..256u64)
         .map(|i| BioVec::new(hal::PhysAddr(base + (i + i / 2) * 4096), 4096))
         .collect();
-    let limits = QueueLimits { max_segments: 128, max_sectors: 4096, ..QueueLimits::new() };
+    let limits = QueueLimits {
+        max_segments: 128,
+        max_sectors: 4096,
+        ..QueueLimits::new()
+    };
     let mut g = c.benchmark_group("segments_256");
     g.bench_function("split_at_limits", |b| {
         b.iter_batched(
             || big_bio(set, &segs),
             |mut bio| {
-                let n = blk::limits::split_point(&limits, &bio, None).ok().flatten().expect("needs split");
+                let n = blk::limits::split_point(&limits, &bio, None)
+                    .ok()
+                    .flatten()
+                    .expect("needs split");
                 let front = blk::bio_split(&mut bio, n, set, Wait::Spin).expect("split");
                 (front, bio)
             },
@@ -151,9 +209,14 @@ fn bench_split_map_sg(c: &mut Criterion) {
     let mut list = BioList::new();
     list.push_back(big_bio(set, &segs));
     let rq = Request::standalone(list);
-    let wide = QueueLimits { max_segments: 256, ..QueueLimits::new() };
+    let wide = QueueLimits {
+        max_segments: 256,
+        ..QueueLimits::new()
+    };
     let mut out = [SgEntry::default(); 256];
-    g.bench_function("map_sg", |b| b.iter(|| black_box(blk::map_sg(black_box(&rq), &wide, &mut out))));
+    g.bench_function("map_sg", |b| {
+        b.iter(|| black_box(blk::map_sg(black_box(&rq), &wide, &mut out)))
+    });
     g.bench_function("baseline_copy_256_segments_to_vec", |b| {
         b.iter(|| black_box(rq.segments().map(|v| (v.addr, v.len)).collect::<Vec<_>>()))
     });

@@ -505,11 +505,13 @@ impl fmt::Debug for BioList {
     }
 }
 
+#[inline]
 fn stack_push(top: &mut Option<Bio>, mut b: Bio) {
     b.set_next(top.take());
     *top = Some(b);
 }
 
+#[inline]
 fn stack_pop(top: &mut Option<Bio>) -> Option<Bio> {
     let mut b = top.take()?;
     *top = b.take_next();
@@ -526,24 +528,29 @@ impl BioList {
         }
     }
     /// Number of bios.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
     /// Whether empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
     /// Appends.
+    #[inline]
     pub fn push_back(&mut self, b: Bio) {
         stack_push(&mut self.back, b);
         self.len += 1;
     }
     /// Prepends.
+    #[inline]
     pub fn push_front(&mut self, b: Bio) {
         stack_push(&mut self.front, b);
         self.len += 1;
     }
     /// Takes the first bio.
+    #[inline]
     pub fn pop_front(&mut self) -> Option<Bio> {
         if self.front.is_none() {
             while let Some(b) = stack_pop(&mut self.back) {
@@ -555,7 +562,15 @@ impl BioList {
         Some(b)
     }
     /// Moves all of `other` to the end of this list.
+    #[inline]
     pub fn append(&mut self, other: &mut BioList) {
+        if other.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            core::mem::swap(self, other);
+            return;
+        }
         while let Some(b) = other.pop_front() {
             self.push_back(b);
         }
@@ -592,7 +607,11 @@ impl BioList {
 }
 
 impl Drop for BioList {
+    #[inline]
     fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
         while self.pop_front().is_some() {}
     }
 }

@@ -135,7 +135,16 @@ impl CpuCtx {
                     Err(e) => bio_io_error(bio, e),
                 }
                 // Bios for lower devices first, then more for this device, then the older ones.
-                let mut new = core::mem::take(&mut *self.pending.lock());
+                let mut new = {
+                    let mut p = self.pending.lock();
+                    if p.is_empty() {
+                        // Nothing new (the common case at the bottom of a stack).
+                        *p = older;
+                        next = p.pop_front();
+                        continue;
+                    }
+                    core::mem::take(&mut *p)
+                };
                 let (mut lower, mut same) = (BioList::new(), BioList::new());
                 while let Some(b) = new.pop_front() {
                     if b.is_for(dev) {

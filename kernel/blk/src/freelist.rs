@@ -179,4 +179,35 @@ mod loom_tests {
             assert_eq!(count, 2);
         });
     }
+
+    /// A mempool's shared slab and its reserve are two stacks over one links array: elements
+    /// move between them concurrently and are neither lost nor duplicated.
+    #[test]
+    fn loom_two_stacks_share_links() {
+        loom::model(|| {
+            let l = links(2);
+            let a = Arc::new(FreeStack::new());
+            let b = Arc::new(FreeStack::new());
+            a.push(&l, 0);
+            b.push(&l, 1);
+            let (l2, a2, b2) = (l.clone(), a.clone(), b.clone());
+            let t = loom::thread::spawn(move || {
+                if let Some(i) = a2.pop(&l2) {
+                    b2.push(&l2, i);
+                }
+            });
+            if let Some(i) = b.pop(&l) {
+                a.push(&l, i);
+            }
+            t.join().unwrap();
+            let mut seen = [false; 2];
+            for s in [&a, &b] {
+                while let Some(i) = s.pop(&l) {
+                    assert!(!seen[i as usize], "duplicated element");
+                    seen[i as usize] = true;
+                }
+            }
+            assert_eq!(seen, [true; 2], "lost element");
+        });
+    }
 }
