@@ -9,6 +9,7 @@ mod host;
 mod image;
 mod ktest;
 mod profile;
+mod reboot;
 mod workspace;
 
 use std::collections::HashMap;
@@ -313,6 +314,11 @@ fn test(args: TestArgs) -> Result<ExitCode> {
             started.elapsed().as_secs_f64()
         );
         tally.add(&verdict);
+        if args.selftest.is_none() {
+            let (passed, failed) = reboot::run(profile, kernel, args.accel, &logs)?;
+            tally.passed += passed;
+            tally.failed += failed;
+        }
     }
 
     // Prove that the harness notices a failing and a hanging test.
