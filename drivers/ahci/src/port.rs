@@ -1050,7 +1050,7 @@ impl Ahci {
                 let mut prds = [Prd::default(); PRDT_ENTRIES];
                 let (np, bytes) = build_prdt(&sg[..n], self.limits.dma_limit, &mut prds)
                     .map_err(|_| QueueRqError::Fatal(BlkError::Misaligned))?;
-                if bytes != rq.bytes() || bytes as u64 % lbs != 0 || bytes == 0 {
+                if bytes != rq.bytes() || !(bytes as u64).is_multiple_of(lbs) || bytes == 0 {
                     return Err(QueueRqError::Fatal(BlkError::Misaligned));
                 }
                 self.stats
@@ -1094,8 +1094,8 @@ impl Ahci {
                 let mut ranges = [0u64; 64];
                 let n = trim_ranges(lba, blocks, &mut ranges)
                     .ok_or(QueueRqError::Fatal(BlkError::Misaligned))?;
-                for i in 0..64 {
-                    let v = if i < n { ranges[i] } else { 0 };
+                for (i, r) in ranges.iter().enumerate() {
+                    let v = if i < n { *r } else { 0 };
                     self.mem.write64(table + TRIM_OFFSET + 8 * i, v);
                 }
                 let a = self.mem.phys().0 + (table + TRIM_OFFSET) as u64;
