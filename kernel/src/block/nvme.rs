@@ -86,20 +86,8 @@ pub fn probe(polled: bool, prefer_sgl: bool) {
         prefer_sgl,
         clock: super::clock,
     };
-    let hw = match Nvme::new(bar0, cfg) {
-        Ok(hw) => HW.call_once(|| hw),
-        Err(e) => {
-            defmt::error!("nvme: {}", defmt::Debug2Format(&e));
-            return;
-        }
-    };
-    let i = *hw.info();
-    let mut qc = QueueConfig::new(i.capacity);
-    qc.clock = super::clock;
-    qc.wait = Wait::Hook(super::wait);
-    qc.timeout_ns = 5_000_000_000;
-    let queue = QUEUE.call_once(|| Queue::new(hw, hw.limits(), qc, &super::SPLIT_SET));
-    hw.attach(queue);
+    // QEMU only signals a completion queue's MSI-X vector if MSI-X was enabled when the
+    // queue was created: program it before the controller is enabled.
     let (irq, attach) = match msi {
         Some((line, msg)) => {
             let ok = f.msix(arch::mmio_mapper()).is_ok_and(|t| {
@@ -122,6 +110,20 @@ pub fn probe(polled: bool, prefer_sgl: bool) {
         }
         None => (None, Attach::Polled),
     };
+    let hw = match Nvme::new(bar0, cfg) {
+        Ok(hw) => HW.call_once(|| hw),
+        Err(e) => {
+            defmt::error!("nvme: {}", defmt::Debug2Format(&e));
+            return;
+        }
+    };
+    let i = *hw.info();
+    let mut qc = QueueConfig::new(i.capacity);
+    qc.clock = super::clock;
+    qc.wait = Wait::Hook(super::wait);
+    qc.timeout_ns = 5_000_000_000;
+    let queue = QUEUE.call_once(|| Queue::new(hw, hw.limits(), qc, &super::SPLIT_SET));
+    hw.attach(queue);
     if let Some(line) = irq
         && (line.register(hw).is_err() || line.enable().is_err())
     {
