@@ -506,11 +506,11 @@ impl Nvme {
         let mut got = None;
         wait_until(self.cfg.clock, 2_000, || {
             self.reap_admin(a, done);
-            if let Some(e) = a.internal.take() {
-                if e.cid == cid {
-                    got = Some(e);
-                    return true;
-                }
+            if let Some(e) = a.internal.take()
+                && e.cid == cid
+            {
+                got = Some(e);
+                return true;
             }
             self.regs.read32(regs::CSTS) & csts::CFS != 0
         });
@@ -648,19 +648,18 @@ impl Nvme {
                 continue;
             };
             let st = e.status.to_blk();
-            if let Some(mut w) = io.staged.get_mut(tag as usize).and_then(|s| s.take()) {
-                if st.is_ok()
-                    && let Some(cid) = io.cids.issue(tag)
-                {
-                    w.set_cid(cid);
-                    if io.sq.push(&w) {
-                        resubmit = true;
-                        continue;
-                    }
-                    io.cids.forget(tag);
-                    done.push(tag, Err(BlkError::Busy), 0, false);
+            if let Some(mut w) = io.staged.get_mut(tag as usize).and_then(|s| s.take())
+                && st.is_ok()
+                && let Some(cid) = io.cids.issue(tag)
+            {
+                w.set_cid(cid);
+                if io.sq.push(&w) {
+                    resubmit = true;
                     continue;
                 }
+                io.cids.forget(tag);
+                done.push(tag, Err(BlkError::Busy), 0, false);
+                continue;
             }
             done.push(tag, st, 0, false);
         }
