@@ -7,6 +7,7 @@
 #![no_main]
 
 mod arch;
+mod bench;
 mod block;
 mod boot;
 mod console;
@@ -53,6 +54,7 @@ pub fn kmain(info: BootInfo) -> ! {
     let mode = boot::cmdline_arg(info.cmdline, "mode").unwrap_or("run");
     let ok = match mode {
         "test" => ktest::run_all(info.cmdline),
+        "bench" => bench::run(),
         "run" => {
             for d in &info.virtio_mmio {
                 defmt::println!("virtio-mmio {=u64:#x} irq {=u32}", d.base, d.irq);

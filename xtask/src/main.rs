@@ -1,5 +1,6 @@
 //! `cargo xtask`: build, boot and test the storage stack.
 
+mod bench;
 mod boot;
 mod console;
 #[cfg(all(test, feature = "e2e"))]
@@ -41,6 +42,8 @@ enum Cmd {
     /// Run the host tests, then the in-kernel suite on every matching QEMU profile; ends with
     /// one line `N passed, N failed`.
     Test(TestArgs),
+    /// Boot a bench build and run fixed device workloads (IOPS, MiB/s, latency, cost per I/O).
+    Bench(bench::BenchArgs),
     #[command(flatten)]
     Image(image::ImageCmd),
 }
@@ -147,6 +150,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Run(args) => run(args),
         Cmd::Test(args) => test(args),
+        Cmd::Bench(args) => bench::run(args),
         Cmd::Image(cmd) => image::run(cmd),
     };
     match result {

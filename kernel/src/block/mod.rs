@@ -47,14 +47,41 @@ pub fn run_deferred() {
 }
 
 /// The wait hook: do the deferred work, then halt until an interrupt (or spin when a device is
-/// polled).
+/// polled). Time spent halted is counted in [`halted_ns`].
 pub fn wait() {
     run_deferred();
     if POLLED.load(Ordering::Relaxed) {
         core::hint::spin_loop();
     } else {
+        // `max(1)`: 0 means "not halted".
+        HALT_START.store(arch::now_ns().max(1), Ordering::Relaxed);
         arch::wait_for_interrupt();
+        woke();
     }
+}
+
+/// When the CPU last went idle in [`wait`] (0: not idle).
+static HALT_START: AtomicU64 = AtomicU64::new(0);
+/// Nanoseconds spent idle in [`wait`] so far.
+static HALTED_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Ends an idle interval. The arch trap handlers call it on every interrupt, before the
+/// handler runs: the interrupt that wakes a halted CPU is taken inside `wait_for_interrupt`,
+/// and its handler is work, not idle time.
+#[inline]
+pub fn woke() {
+    if HALT_START.load(Ordering::Relaxed) != 0 {
+        let start = HALT_START.swap(0, Ordering::Relaxed);
+        if start != 0 {
+            HALTED_NS.fetch_add(arch::now_ns().saturating_sub(start), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Nanoseconds the CPU has spent halted waiting for interrupts in [`wait`] since boot. Under
+/// `-icount shift=0` everything else is executed instructions.
+pub fn halted_ns() -> u64 {
+    HALTED_NS.load(Ordering::Relaxed)
 }
 
 /// Bios for stacking splits and for the kernel's own I/O (tests, demo): one slab, two sets.

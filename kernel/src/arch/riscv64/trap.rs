@@ -194,6 +194,7 @@ extern "C" fn trap_handler(frame: &mut TrapFrame) {
     let (scause, stval) = read_scause_stval();
     let code = scause & !INTERRUPT;
     if scause & INTERRUPT != 0 {
+        crate::block::woke();
         INTERRUPTS.fetch_add(1, Ordering::Relaxed);
         match code {
             IRQ_S_TIMER => timer_tick(),

@@ -281,6 +281,9 @@ fn fatal_exception(frame: &TrapFrame) -> ! {
 #[unsafe(no_mangle)]
 extern "C" fn x86_trap(frame: &mut TrapFrame) {
     let vector = frame.vector;
+    if vector >= 32 {
+        crate::block::woke();
+    }
     match vector {
         VECTOR_BREAKPOINT => {
             // `int3` is a trap: RIP already points after it, so returning resumes.

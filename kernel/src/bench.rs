@@ -1,0 +1,278 @@
+//! `mode=bench`: fixed workloads on the virtio disk (`cargo xtask bench`).
+//!
+//! Each job keeps `qd` bios in flight until `ios` have completed: the process-context loop
+//! refills the queue, `end_io` (interrupt context) records the latency and counts. One line per
+//! job, parsed by xtask:
+//!
+//! ```text
+//! BENCH job=randread bs=4096 qd=32 ios=8192 ns=.. halted_ns=.. cycles=.. p50_ns=.. p99_ns=.. errors=0
+//! ```
+//!
+//! `ns` is the job's elapsed `arch::now_ns()`, `halted_ns` the part of it spent halted in the
+//! wait hook (so under `-icount shift=0`, `ns - halted_ns` is executed guest instructions), and
+//! `cycles` the elapsed `arch::cycles()`.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use blk::{Bio, BioSet, BioSlab, BioVec, BlkError, BlockDevice, Op, SECTOR_SIZE, Wait, submit_bio};
+use hal::DmaBuf;
+use spin::Mutex;
+
+use crate::arch;
+use crate::block::{self, cpu_ctx, virtio};
+
+/// One workload.
+struct Job {
+    name: &'static str,
+    op: Op,
+    bs: u32,
+    qd: u32,
+    ios: u32,
+    random: bool,
+}
+
+const JOBS: [Job; 5] = [
+    Job {
+        name: "randread",
+        op: Op::Read,
+        bs: 4096,
+        qd: 1,
+        ios: 4096,
+        random: true,
+    },
+    Job {
+        name: "randread",
+        op: Op::Read,
+        bs: 4096,
+        qd: 32,
+        ios: 8192,
+        random: true,
+    },
+    Job {
+        name: "randwrite",
+        op: Op::Write,
+        bs: 4096,
+        qd: 32,
+        ios: 8192,
+        random: true,
+    },
+    Job {
+        name: "seqread",
+        op: Op::Read,
+        bs: 128 << 10,
+        qd: 8,
+        ios: 2048,
+        random: false,
+    },
+    Job {
+        name: "seqwrite",
+        op: Op::Write,
+        bs: 128 << 10,
+        qd: 8,
+        ios: 2048,
+        random: false,
+    },
+];
+
+/// Most I/Os of one job (size of the latency array).
+const MAX_IOS: usize = 8192;
+/// Most bios in flight.
+const MAX_QD: usize = 32;
+/// Data buffer: `MAX_QD` blocks of the largest size would be 4 MiB; in-flight I/Os share it by
+/// slot (`issued % qd`), and jobs with big blocks have a small depth.
+const BUF_BYTES: usize = 1 << 20;
+/// The workloads touch at most the first GiB of the disk.
+const SPAN_BYTES: u64 = 1 << 30;
+
+/// Bios of the bench: the front pad holds the submit time (`arch::now_ns()`).
+static SLAB: BioSlab<u64, 64> = BioSlab::new();
+static SET: BioSet<u64> = BioSet::new(&SLAB, MAX_QD as u32, None);
+
+/// Completions of the running job (interrupt context writes, process context reads).
+static DONE: AtomicU32 = AtomicU32::new(0);
+static ERRORS: AtomicU32 = AtomicU32::new(0);
+/// Latency of each completion, ns, in completion order.
+static LAT: [AtomicU32; MAX_IOS] = [const { AtomicU32::new(0) }; MAX_IOS];
+/// Sorted copy for the percentiles.
+static SORTED: Mutex<[u32; MAX_IOS]> = Mutex::new([0; MAX_IOS]);
+
+fn end_io(bio: Bio) {
+    let now = arch::now_ns();
+    let t0 = bio.front::<u64>().copied().unwrap_or(now);
+    if bio.status().is_err() {
+        ERRORS.fetch_add(1, Ordering::Relaxed);
+    }
+    drop(bio);
+    // An interrupt can complete bios while a process-context reap is in its end_io calls:
+    // take the index atomically. The process context reads the latencies only after the last
+    // end_io has returned.
+    let i = DONE.fetch_add(1, Ordering::AcqRel) as usize;
+    if let Some(slot) = LAT.get(i) {
+        slot.store(
+            now.saturating_sub(t0).min(u64::from(u32::MAX)) as u32,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// xorshift64*: deterministic offsets, the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Result of one job.
+struct Outcome {
+    ns: u64,
+    halted_ns: u64,
+    cycles: u64,
+    p50_ns: u32,
+    p99_ns: u32,
+    errors: u32,
+}
+
+fn run_job(
+    dev: &'static dyn BlockDevice,
+    job: &Job,
+    ios: u32,
+    buf: &DmaBuf,
+    rng: &mut Rng,
+) -> Result<Outcome, BlkError> {
+    let span = (dev.capacity() * SECTOR_SIZE as u64).min(SPAN_BYTES);
+    let blocks = span / u64::from(job.bs);
+    let slots = (BUF_BYTES as u32 / job.bs).min(job.qd).max(1);
+    DONE.store(0, Ordering::Relaxed);
+    ERRORS.store(0, Ordering::Relaxed);
+
+    let (t0, h0, c0) = (arch::now_ns(), block::halted_ns(), arch::cycles());
+    let mut issued = 0u32;
+    loop {
+        let mut done = DONE.load(Ordering::Acquire);
+        while issued < ios && issued - done < job.qd {
+            let block = if job.random {
+                rng.next() % blocks
+            } else {
+                u64::from(issued) % blocks
+            };
+            let addr = buf.phys().add(u64::from((issued % slots) * job.bs));
+            let mut b = SET.alloc(arch::now_ns(), job.op, 1, Wait::Hook(block::wait))?;
+            b.set_dev(dev);
+            b.set_sector(block * u64::from(job.bs) / SECTOR_SIZE as u64);
+            b.add_vec(BioVec::new(addr, job.bs))?;
+            b.set_end_io(end_io);
+            if let Some(t) = b.front_mut::<u64>() {
+                *t = arch::now_ns();
+            }
+            submit_bio(cpu_ctx(), b).map_err(|(e, _)| e)?;
+            issued += 1;
+            done = DONE.load(Ordering::Acquire);
+        }
+        if done >= ios {
+            break;
+        }
+        // Check and halt with interrupts off: a completion between the check and the halt
+        // would otherwise leave the CPU asleep until the next timer tick.
+        arch::interrupts_disable();
+        if DONE.load(Ordering::Acquire) == done {
+            block::wait();
+        }
+        arch::interrupts_enable();
+    }
+    let (ns, halted_ns, cycles) = (
+        arch::now_ns() - t0,
+        block::halted_ns() - h0,
+        arch::cycles() - c0,
+    );
+
+    let n = (ios as usize).min(MAX_IOS);
+    let mut sorted = SORTED.lock();
+    let lat = &mut sorted[..n];
+    for (d, s) in lat.iter_mut().zip(&LAT) {
+        *d = s.load(Ordering::Relaxed);
+    }
+    lat.sort_unstable();
+    let pct = |p: usize| lat[(n * p / 100).min(n - 1)];
+    Ok(Outcome {
+        ns,
+        halted_ns,
+        cycles,
+        p50_ns: pct(50),
+        p99_ns: pct(99),
+        errors: ERRORS.load(Ordering::Relaxed),
+    })
+}
+
+/// Runs every job; `false` if there is no disk or an I/O failed.
+pub fn run() -> bool {
+    let Some(d) = virtio::disk() else {
+        defmt::error!("bench: no virtio-blk disk");
+        return false;
+    };
+    let dev: &'static dyn BlockDevice = d.queue;
+    let Ok(buf) = DmaBuf::alloc(BUF_BYTES, 4096) else {
+        defmt::error!("bench: no DMA memory for the buffers");
+        return false;
+    };
+    if let Err(e) = SET.init() {
+        defmt::error!("bench: bio pool: {}", defmt::Debug2Format(&e));
+        return false;
+    }
+    defmt::println!(
+        "BENCH start arch={=str} attach={} capacity_sectors={=u64}",
+        arch::NAME,
+        d.attach,
+        dev.capacity()
+    );
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    // Warm-up (not reported): first touch of the rings, the slab and the code paths.
+    if let Err(e) = run_job(dev, &JOBS[0], 256, &buf, &mut rng) {
+        defmt::error!("bench: warm-up failed: {}", defmt::Debug2Format(&e));
+        return false;
+    }
+    let (irq0, notify0) = (d.irq_count(), d.hw.stats().notifies.load(Ordering::Relaxed));
+    let mut ok = true;
+    for job in &JOBS {
+        let irq = d.irq_count();
+        let notify = d.hw.stats().notifies.load(Ordering::Relaxed);
+        match run_job(dev, job, job.ios, &buf, &mut rng) {
+            Ok(o) => {
+                defmt::println!(
+                    "BENCH job={=str} bs={=u32} qd={=u32} ios={=u32} ns={=u64} halted_ns={=u64} cycles={=u64} p50_ns={=u32} p99_ns={=u32} errors={=u32} irqs={=u64} notifies={=u64}",
+                    job.name,
+                    job.bs,
+                    job.qd,
+                    job.ios,
+                    o.ns,
+                    o.halted_ns,
+                    o.cycles,
+                    o.p50_ns,
+                    o.p99_ns,
+                    o.errors,
+                    d.irq_count() - irq,
+                    d.hw.stats().notifies.load(Ordering::Relaxed) - notify
+                );
+                ok &= o.errors == 0;
+            }
+            Err(e) => {
+                defmt::error!(
+                    "bench: {=str} failed: {}",
+                    job.name,
+                    defmt::Debug2Format(&e)
+                );
+                ok = false;
+            }
+        }
+    }
+    defmt::println!(
+        "BENCH done irqs={=u64} notifies={=u64}",
+        d.irq_count() - irq0,
+        d.hw.stats().notifies.load(Ordering::Relaxed) - notify0
+    );
+    ok
+}

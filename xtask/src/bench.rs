@@ -1,0 +1,543 @@
+//! `cargo xtask bench`: boots the kernel with `mode=bench` on a benchmark profile from
+//! `qemu/bench/` and turns its `BENCH` lines into a table (and optionally JSON).
+//!
+//! The profiles live in their own directory so that `run` and `test` never pick them.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Args, ValueEnum};
+
+use crate::boot::{self, Accel, BootSpec, Limits};
+use crate::console::Console;
+use crate::guest::Guest;
+use crate::ktest::Ending;
+use crate::profile::{Arch, Disk, Profile};
+use crate::workspace::{self, BuildProfile};
+
+/// Block backend behind the virtio disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// `null-co`: no data, no host I/O; measures the guest stack and QEMU's device model.
+    Null,
+    /// A raw 256 MiB image file, `cache=none,aio=threads`.
+    File,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Null => "null",
+            Backend::File => "file",
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Guest architecture.
+    #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+    arch: Arch,
+    /// Disk controller.
+    #[arg(long, value_enum, default_value_t = Disk::Virtio)]
+    disk: Disk,
+    /// Transport on riscv64 (x86_64 always uses PCI).
+    #[arg(long, value_enum, default_value_t = Transport::Mmio)]
+    transport: Transport,
+    /// Block backend.
+    #[arg(long, value_enum, default_value_t = Backend::Null)]
+    backend: Backend,
+    /// Use this profile from qemu/bench/ (file stem) instead of choosing by the options above.
+    #[arg(long, conflicts_with_all = ["arch", "disk", "transport", "backend"])]
+    profile: Option<String>,
+    /// Also write the rows as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Run QEMU with `-icount shift=0` (guest clock = executed instructions) and report busy
+    /// guest instructions per I/O.
+    #[arg(long)]
+    icount: bool,
+    /// QEMU accelerator.
+    #[arg(long, value_enum, default_value_t = Accel::Tcg)]
+    accel: Accel,
+    /// Build the kernel with the dev profile (default: release).
+    #[arg(long)]
+    debug: bool,
+    /// Print the whole kernel console.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+/// virtio transport on riscv64.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    Mmio,
+    Pci,
+}
+
+/// The profile file stem in `qemu/bench/` for these options.
+fn profile_name(arch: Arch, disk: Disk, transport: Transport, backend: Backend) -> String {
+    let transport = match (arch, transport) {
+        (Arch::Riscv64, Transport::Pci) => "-pci",
+        _ => "",
+    };
+    format!("{arch}-{disk}{transport}-{}", backend.name())
+}
+
+fn load(dir: &Path, name: &str) -> Result<Profile> {
+    let path = dir.join(format!("{name}.toml"));
+    if !path.exists() {
+        let mut have: Vec<String> = fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let p = e.path();
+                (p.extension()? == "toml").then(|| p.file_stem()?.to_str().map(str::to_owned))?
+            })
+            .collect();
+        have.sort();
+        bail!(
+            "no benchmark profile {name:?} in qemu/bench/ (have: {})",
+            have.join(", ")
+        );
+    }
+    let text = fs::read_to_string(&path)?;
+    Profile::parse(name, &text).with_context(|| format!("in {}", path.display()))
+}
+
+/// One `BENCH job=...` line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub job: String,
+    pub bs: u64,
+    pub qd: u64,
+    pub ios: u64,
+    pub ns: u64,
+    pub halted_ns: u64,
+    pub cycles: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub errors: u64,
+    pub irqs: u64,
+    pub notifies: u64,
+}
+
+impl Row {
+    /// Parses `BENCH job=NAME key=value ...`; `None` for other lines.
+    pub fn parse(line: &str) -> Option<Result<Row>> {
+        let rest = line.strip_prefix("BENCH job=")?;
+        Some(Self::parse_fields(rest).with_context(|| format!("malformed bench line {line:?}")))
+    }
+
+    fn parse_fields(rest: &str) -> Result<Row> {
+        let mut words = rest.split_whitespace();
+        let job = words.next().context("no job name")?.to_owned();
+        let mut row = Row {
+            job,
+            bs: 0,
+            qd: 0,
+            ios: 0,
+            ns: 0,
+            halted_ns: 0,
+            cycles: 0,
+            p50_ns: 0,
+            p99_ns: 0,
+            errors: 0,
+            irqs: 0,
+            notifies: 0,
+        };
+        let mut seen = 0u32;
+        for word in words {
+            let (key, value) = word.split_once('=').context("word without '='")?;
+            let value: u64 = value
+                .parse()
+                .with_context(|| format!("{key} is not a number"))?;
+            let (field, bit) = match key {
+                "bs" => (&mut row.bs, 0),
+                "qd" => (&mut row.qd, 1),
+                "ios" => (&mut row.ios, 2),
+                "ns" => (&mut row.ns, 3),
+                "halted_ns" => (&mut row.halted_ns, 4),
+                "cycles" => (&mut row.cycles, 5),
+                "p50_ns" => (&mut row.p50_ns, 6),
+                "p99_ns" => (&mut row.p99_ns, 7),
+                "errors" => (&mut row.errors, 8),
+                "irqs" => (&mut row.irqs, 9),
+                "notifies" => (&mut row.notifies, 10),
+                _ => continue, // newer kernels may add keys
+            };
+            *field = value;
+            seen |= 1 << bit;
+        }
+        ensure!(seen & 0xff == 0xff, "missing fields");
+        ensure!(row.ios > 0 && row.ns > 0, "empty job");
+        Ok(row)
+    }
+
+    pub fn iops(&self) -> f64 {
+        self.ios as f64 * 1e9 / self.ns as f64
+    }
+
+    pub fn mib_s(&self) -> f64 {
+        self.iops() * self.bs as f64 / (1 << 20) as f64
+    }
+
+    pub fn cycles_per_io(&self) -> f64 {
+        self.cycles as f64 / self.ios as f64
+    }
+
+    /// (elapsed - halted) / I/Os: guest instructions per I/O under `-icount shift=0`.
+    pub fn busy_per_io(&self) -> f64 {
+        self.ns.saturating_sub(self.halted_ns) as f64 / self.ios as f64
+    }
+
+    fn label(&self) -> String {
+        let bs = if self.bs.is_multiple_of(1024) {
+            format!("{}k", self.bs / 1024)
+        } else {
+            format!("{}", self.bs)
+        };
+        format!("{}-{bs}", self.job)
+    }
+}
+
+/// Where and how the numbers were taken.
+struct Setup {
+    profile: String,
+    arch: Arch,
+    qemu: String,
+    accel: &'static str,
+    icount: bool,
+    attach: String,
+}
+
+fn table(setup: &Setup, rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} ({}), {}, accel {}{}, attach {}",
+        setup.profile,
+        setup.arch,
+        setup.qemu,
+        setup.accel,
+        if setup.icount {
+            ", -icount shift=0"
+        } else {
+            ""
+        },
+        setup.attach
+    );
+    let insn = if setup.icount { "  insn/io" } else { "" };
+    let _ = writeln!(
+        out,
+        "{:<14} {:>3} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10}{insn}",
+        "job", "qd", "ios", "IOPS", "MiB/s", "p50 us", "p99 us", "cycles/io"
+    );
+    for r in rows {
+        let _ = write!(
+            out,
+            "{:<14} {:>3} {:>6} {:>9.0} {:>9.1} {:>9.1} {:>9.1} {:>10.0}",
+            r.label(),
+            r.qd,
+            r.ios,
+            r.iops(),
+            r.mib_s(),
+            r.p50_ns as f64 / 1e3,
+            r.p99_ns as f64 / 1e3,
+            r.cycles_per_io()
+        );
+        if setup.icount {
+            let _ = write!(out, " {:>8.0}", r.busy_per_io());
+        }
+        out.push('\n');
+    }
+    if setup.icount {
+        out.push_str(
+            "under -icount shift=0 the guest clock counts executed instructions (1 ns each) and \
+             real time while halted: us figures are not wall-clock times; insn/io = \
+             (elapsed - halted) / I/Os\n",
+        );
+    }
+    out
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json(setup: &Setup, rows: &[Row]) -> String {
+    let mut out = String::from("{\n");
+    let _ = writeln!(out, "  \"profile\": {},", json_str(&setup.profile));
+    let _ = writeln!(out, "  \"arch\": {},", json_str(&setup.arch.to_string()));
+    let _ = writeln!(out, "  \"qemu\": {},", json_str(&setup.qemu));
+    let _ = writeln!(out, "  \"accel\": {},", json_str(setup.accel));
+    let _ = writeln!(out, "  \"icount\": {},", setup.icount);
+    let _ = writeln!(out, "  \"attach\": {},", json_str(&setup.attach));
+    out.push_str("  \"rows\": [\n");
+    for (i, r) in rows.iter().enumerate() {
+        let _ = write!(
+            out,
+            "    {{\"job\": {}, \"bs\": {}, \"qd\": {}, \"ios\": {}, \"iops\": {:.1}, \
+             \"mib_s\": {:.2}, \"p50_us\": {:.2}, \"p99_us\": {:.2}, \"cycles_per_io\": {:.1}, \
+             \"elapsed_ns\": {}, \"halted_ns\": {}, \"irqs\": {}, \"notifies\": {}",
+            json_str(&r.label()),
+            r.bs,
+            r.qd,
+            r.ios,
+            r.iops(),
+            r.mib_s(),
+            r.p50_ns as f64 / 1e3,
+            r.p99_ns as f64 / 1e3,
+            r.cycles_per_io(),
+            r.ns,
+            r.halted_ns,
+            r.irqs,
+            r.notifies
+        );
+        if setup.icount {
+            let _ = write!(out, ", \"insn_per_io\": {:.1}", r.busy_per_io());
+        }
+        out.push('}');
+        if i + 1 < rows.len() {
+            out.push(',');
+        }
+        out.push('\n');
+    }
+    out.push_str("  ]\n}\n");
+    out
+}
+
+/// First line of `qemu-system-* --version`.
+fn qemu_version(arch: Arch) -> Result<String> {
+    let out = Command::new(arch.qemu_binary())
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", arch.qemu_binary()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .next()
+        .unwrap_or("QEMU (unknown version)")
+        .to_owned())
+}
+
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    let dir = workspace::root().join("qemu").join("bench");
+    let name = args
+        .profile
+        .clone()
+        .unwrap_or_else(|| profile_name(args.arch, args.disk, args.transport, args.backend));
+    let profile = load(&dir, &name)?;
+    workspace::ensure_toolchain(&[profile.arch])?;
+    workspace::ensure_qemu(&[profile.arch])?;
+    let build = if args.debug {
+        BuildProfile::Debug
+    } else {
+        BuildProfile::Release
+    };
+    let kernel = workspace::build_kernel(profile.arch, build, &profile.features)?;
+    let image = boot::image_path(&profile, false).map(|p| {
+        p.with_file_name(format!(
+            "bench-{}",
+            p.file_name().unwrap().to_string_lossy()
+        ))
+    });
+    if let (Some(path), Some(spec)) = (&image, &profile.image) {
+        workspace::prepare_image(path, spec.size_mib, false)
+            .with_context(|| format!("disk image for {}", profile.name))?;
+    }
+    let mut extra = Vec::new();
+    if args.icount {
+        extra.extend(["-icount".to_owned(), "shift=0".to_owned()]);
+    }
+    let spec = BootSpec {
+        profile: &profile,
+        kernel: &kernel,
+        accel: args.accel,
+        words: vec!["mode=bench".into()],
+        gdb: false,
+        extra,
+        image,
+    };
+    let qemu = qemu_version(profile.arch)?;
+    eprintln!("booting {} ({})", profile.name, profile.description);
+
+    let mut guest = Guest::spawn(spec.command()?, true)?;
+    let mut console = match &kernel.table {
+        Some(table) => Console::defmt(table, kernel.locations.as_ref(), Some(workspace::root())),
+        None => Console::text(),
+    };
+    let limits = Limits {
+        timeout: Duration::from_secs(profile.timeout),
+        test_timeout: Duration::from_secs(profile.test_timeout),
+    };
+    let mut rows = Vec::new();
+    let mut transcript = Vec::new();
+    let mut attach = String::from("?");
+    let mut problems = Vec::new();
+    let verbose = args.verbose;
+    let (_, ending) = boot::supervise(&mut guest, &mut console, Some(limits), |line, _| {
+        transcript.push(line.to_string());
+        if verbose {
+            println!("  {line}");
+        }
+        let Some(msg) = line.message() else { return };
+        if let Some(rest) = msg.strip_prefix("BENCH start ") {
+            attach = rest
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("attach="))
+                .unwrap_or("?")
+                .to_owned();
+        }
+        match Row::parse(msg) {
+            Some(Ok(row)) => rows.push(row),
+            Some(Err(e)) => problems.push(format!("{e:#}")),
+            None => {}
+        }
+    })?;
+
+    let log = workspace::target_dir()
+        .join("qemu")
+        .join("logs")
+        .join(format!("bench-{}.log", profile.name));
+    if let Some(d) = log.parent() {
+        fs::create_dir_all(d)?;
+    }
+    let mut text = transcript.join("\n");
+    text.push('\n');
+    let stderr = guest.stderr();
+    if !stderr.is_empty() {
+        text.push_str("--- QEMU stderr ---\n");
+        text.push_str(&stderr);
+    }
+    fs::write(&log, text)?;
+
+    let setup = Setup {
+        profile: profile.name.clone(),
+        arch: profile.arch,
+        qemu,
+        accel: match args.accel {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        },
+        icount: args.icount,
+        attach,
+    };
+    if !rows.is_empty() {
+        print!("{}", table(&setup, &rows));
+    }
+    if let Some(path) = &args.json {
+        fs::write(path, json(&setup, &rows))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    match ending {
+        Ending::Exited(Some(code)) if code == profile.exit.success => {}
+        Ending::Exited(code) => problems.push(format!("QEMU exited with status {code:?}")),
+        Ending::TimedOut(limit) => problems.push(format!("killed after {}s", limit.as_secs())),
+    }
+    if rows.iter().any(|r| r.errors > 0) {
+        problems.push("I/O errors in some jobs".into());
+    }
+    if problems.is_empty() && rows.is_empty() {
+        problems.push("the kernel printed no BENCH lines".into());
+    }
+    if problems.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &problems {
+        eprintln!("bench: {p}");
+    }
+    let tail = transcript.len().saturating_sub(20);
+    for line in &transcript[tail..] {
+        eprintln!("    | {line}");
+    }
+    eprintln!("    full console: {}", log.display());
+    Ok(ExitCode::FAILURE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINE: &str = "BENCH job=randread bs=4096 qd=32 ios=1000 ns=50000000 halted_ns=48000000 \
+                        cycles=50000000 p50_ns=1000000 p99_ns=2000000 errors=0 irqs=900 notifies=10";
+
+    #[test]
+    fn parses_rows() {
+        let row = Row::parse(LINE).unwrap().unwrap();
+        assert_eq!(row.job, "randread");
+        assert_eq!((row.bs, row.qd, row.ios), (4096, 32, 1000));
+        assert!((row.iops() - 20_000.0).abs() < 1e-6);
+        assert!((row.busy_per_io() - 2_000.0).abs() < 1e-6);
+        assert_eq!(row.label(), "randread-4k");
+        assert!(Row::parse("BENCH start arch=x").is_none());
+        assert!(Row::parse("KTEST pass x").is_none());
+        assert!(Row::parse("BENCH job=x bs=1").unwrap().is_err());
+        assert!(
+            Row::parse(&LINE.replace("qd=32", "qd=lots"))
+                .unwrap()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn json_has_the_fields() {
+        let row = Row::parse(LINE).unwrap().unwrap();
+        let setup = Setup {
+            profile: "x86_64-virtio-null".into(),
+            arch: Arch::X86_64,
+            qemu: "QEMU emulator version 7.2.0 \"x\"".into(),
+            accel: "tcg",
+            icount: true,
+            attach: "PciMsix".into(),
+        };
+        let text = json(&setup, &[row.clone(), row]);
+        for key in [
+            "\"job\"",
+            "\"qd\"",
+            "\"iops\"",
+            "\"mib_s\"",
+            "\"p50_us\"",
+            "\"p99_us\"",
+            "\"insn_per_io\"",
+        ] {
+            assert_eq!(text.matches(key).count(), 2, "{key}");
+        }
+        assert!(text.contains("7.2.0 \\\"x\\\""));
+        assert!(table(&setup, &[]).contains("insn/io"));
+    }
+
+    #[test]
+    fn profiles_exist_and_parse() {
+        let dir = workspace::root().join("qemu").join("bench");
+        for arch in [Arch::X86_64, Arch::Riscv64] {
+            for backend in [Backend::Null, Backend::File] {
+                for transport in [Transport::Mmio, Transport::Pci] {
+                    let name = profile_name(arch, Disk::Virtio, transport, backend);
+                    let p = load(&dir, &name).unwrap();
+                    assert_eq!(p.arch, arch);
+                    assert!(!p.test);
+                    assert_eq!(p.image.is_some(), backend == Backend::File, "{name}");
+                }
+            }
+        }
+        assert!(load(&dir, "x86_64-nvme-null").is_err());
+    }
+}
