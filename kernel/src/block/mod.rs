@@ -4,6 +4,7 @@
 
 pub mod ahci;
 pub mod demo;
+pub mod nvme;
 pub mod virtio;
 
 use blk::{BioSet, BioSlab, BvecPools, BvecSlabs, CpuCtx};
@@ -42,6 +43,9 @@ pub fn run_deferred() {
         d.deferred(scan.then_some(now));
     }
     if let Some(d) = ahci::disk() {
+        d.deferred(scan.then_some(now));
+    }
+    if let Some(d) = nvme::disk() {
         d.deferred(scan.then_some(now));
     }
 }
@@ -104,4 +108,6 @@ pub fn init(info: &crate::boot::BootInfo) {
     let ahci_polled = crate::boot::cmdline_arg(info.cmdline, "ahci") == Some("poll");
     POLLED.fetch_or(ahci_polled, Ordering::Relaxed);
     ahci::probe(polled || ahci_polled);
+    let nvme_arg = crate::boot::cmdline_arg(info.cmdline, "nvme");
+    nvme::probe(polled || nvme_arg == Some("poll"), nvme_arg == Some("sgl"));
 }

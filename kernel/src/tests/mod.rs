@@ -2,6 +2,7 @@
 
 mod ahci;
 mod blockdev;
+mod nvme;
 mod cpu;
 mod fs;
 mod pci;
