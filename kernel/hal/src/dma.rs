@@ -47,7 +47,10 @@ static REGION: Mutex<Option<Region>> = Mutex::new(None);
 /// 2. `virt` and `phys` are page-aligned.
 /// 3. Called once (a second call panics).
 pub unsafe fn init(virt: usize, phys: PhysAddr, len: usize) {
-    assert!(virt.is_multiple_of(PAGE_SIZE) && phys.0.is_multiple_of(PAGE_SIZE as u64), "dma region unaligned");
+    assert!(
+        virt.is_multiple_of(PAGE_SIZE) && phys.0.is_multiple_of(PAGE_SIZE as u64),
+        "dma region unaligned"
+    );
     let mut r = REGION.lock();
     assert!(r.is_none(), "dma::init called twice");
     *r = Some(Region {
@@ -61,7 +64,10 @@ pub unsafe fn init(virt: usize, phys: PhysAddr, len: usize) {
 
 /// Pages in use and pages in all, for statistics.
 pub fn usage() -> (usize, usize) {
-    REGION.lock().as_ref().map_or((0, 0), |r| (r.in_use, r.pages))
+    REGION
+        .lock()
+        .as_ref()
+        .map_or((0, 0), |r| (r.in_use, r.pages))
 }
 
 impl Region {
@@ -157,8 +163,17 @@ impl DmaBuf {
     /// `virt`, `phys` and `len` come from one `into_raw_parts` call whose buffer has not been
     /// rebuilt since (one handle per allocation).
     pub unsafe fn from_raw_parts(virt: usize, phys: PhysAddr, len: usize) -> DmaBuf {
-        let first_page = REGION.lock().as_ref().map_or(0, |r| (virt - r.virt) / PAGE_SIZE);
-        DmaBuf { virt, phys, len, first_page, pages: len.div_ceil(PAGE_SIZE) }
+        let first_page = REGION
+            .lock()
+            .as_ref()
+            .map_or(0, |r| (virt - r.virt) / PAGE_SIZE);
+        DmaBuf {
+            virt,
+            phys,
+            len,
+            first_page,
+            pages: len.div_ceil(PAGE_SIZE),
+        }
     }
 
     /// Virtual address of the first byte (for a dependency that wants a pointer).

@@ -120,7 +120,9 @@ impl IrqLine {
 
     /// Adds `handler` to the line (it stays for the life of the program).
     pub fn register(&self, handler: &'static dyn IrqHandler) -> Result<(), IrqError> {
-        let line = HANDLERS.get(self.irq as usize).ok_or(IrqError::OutOfRange)?;
+        let line = HANDLERS
+            .get(self.irq as usize)
+            .ok_or(IrqError::OutOfRange)?;
         for slot in line {
             let mut mine = false;
             slot.call_once(|| {
@@ -148,7 +150,9 @@ impl IrqLine {
 
     /// How many times the line has fired.
     pub fn count(&self) -> u64 {
-        COUNTS.get(self.irq as usize).map_or(0, |c| c.load(Ordering::Relaxed))
+        COUNTS
+            .get(self.irq as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 }
 

@@ -51,7 +51,11 @@ impl Mmio {
         if off.checked_add(len)? > self.len {
             return None;
         }
-        Some(Mmio { virt: self.virt + off, phys: self.phys.add(off as u64), len })
+        Some(Mmio {
+            virt: self.virt + off,
+            phys: self.phys.add(off as u64),
+            len,
+        })
     }
 
     #[inline]

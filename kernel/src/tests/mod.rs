@@ -2,8 +2,8 @@
 
 mod ahci;
 mod blockdev;
-mod nvme;
 mod cpu;
 mod fs;
+mod nvme;
 mod pci;
 mod selftest;
