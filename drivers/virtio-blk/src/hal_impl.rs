@@ -91,6 +91,8 @@ pub(crate) struct ChainBuf {
 pub(crate) const MAX_CHAIN: usize = crate::MAX_SEGMENTS as usize + 2;
 /// Chain arrays for requests of a few segments (no 66-entry arrays on the common path).
 pub(crate) const SMALL_CHAIN: usize = 8;
+/// Chain arrays for the most common requests: header, one or two data segments, status.
+pub(crate) const TINY_CHAIN: usize = 4;
 
 /// Adds a chain (`readable` then `writable` buffers) without notifying; returns its head.
 ///
@@ -130,7 +132,10 @@ pub(crate) fn pop_chain<const RING: usize>(
     writable: u16,
 ) -> virtio_drivers::Result<u32> {
     // Small chains (the common case) build small placeholder arrays.
-    if readable.max(writable) <= SMALL_CHAIN as u16 {
+    let most = readable.max(writable);
+    if most <= TINY_CHAIN as u16 {
+        pop_chain_n::<RING, TINY_CHAIN>(vq, head, readable, writable)
+    } else if most <= SMALL_CHAIN as u16 {
         pop_chain_n::<RING, SMALL_CHAIN>(vq, head, readable, writable)
     } else {
         pop_chain_n::<RING, MAX_CHAIN>(vq, head, readable, writable)

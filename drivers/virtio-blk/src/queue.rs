@@ -14,7 +14,8 @@ use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, SomeTransport, Transport};
 
 use crate::hal_impl::{
-    ChainBuf, MAX_CHAIN, SMALL_CHAIN, UsedArea, VirtioHal, add_chain, pop_chain, take_used_area,
+    ChainBuf, MAX_CHAIN, SMALL_CHAIN, TINY_CHAIN, UsedArea, VirtioHal, add_chain, pop_chain,
+    take_used_area,
 };
 use crate::sg::{HeadTable, RequestKind, need_event, plan};
 use crate::spec::{config, feature, status};
@@ -196,6 +197,8 @@ pub struct VirtioBlk {
     reap_pending: AtomicBool,
     /// Next reap replaces the id of the first used entry (test hook).
     corrupt_next: Mutex<Option<u32>>,
+    /// `corrupt_next` is set (checked before taking its lock on every used entry).
+    corrupt_armed: AtomicBool,
     stats: DriverStats,
 }
 
@@ -329,6 +332,7 @@ impl VirtioBlk {
             msix: Once::new(),
             reap_pending: AtomicBool::new(false),
             corrupt_next: Mutex::new(None),
+            corrupt_armed: AtomicBool::new(false),
             stats: DriverStats::new(),
         })
     }
@@ -403,6 +407,7 @@ impl VirtioBlk {
     /// own (a corrupt entry for a request in flight).
     pub fn corrupt_next_used_id(&self, id: u32) {
         *self.corrupt_next.lock() = Some(id);
+        self.corrupt_armed.store(true, Ordering::Release);
     }
 
     /// The interrupt handler: acknowledge, reap, complete by tag. Never waits.
@@ -469,7 +474,10 @@ impl VirtioBlk {
         let mut n = 0;
         let mut renotify = false;
         while let Some(mut id) = inner.vq.peek_used() {
-            if let Some(bad) = self.corrupt_next.lock().take() {
+            if self.corrupt_armed.load(Ordering::Acquire)
+                && let Some(bad) = self.corrupt_next.lock().take()
+            {
+                self.corrupt_armed.store(false, Ordering::Relaxed);
                 id = bad as u16;
                 if bad > u16::MAX as u32 {
                     id = u16::MAX;
@@ -631,7 +639,9 @@ impl VirtioBlk {
         readable: u16,
         writable: u16,
     ) -> Result<u16, QueueRqError> {
-        if data.len() + 2 <= SMALL_CHAIN {
+        if data.len() + 2 <= TINY_CHAIN {
+            self.add_locked_n::<TINY_CHAIN>(inner, tag, kind, data, readable, writable)
+        } else if data.len() + 2 <= SMALL_CHAIN {
             self.add_locked_n::<SMALL_CHAIN>(inner, tag, kind, data, readable, writable)
         } else {
             self.add_locked_n::<MAX_CHAIN>(inner, tag, kind, data, readable, writable)
