@@ -46,6 +46,27 @@ fn two_threads(iters: u64, op: impl Fn() + Sync) -> Duration {
     })
 }
 
+/// As `two_threads`, each thread passing its own CPU id (0 timed, 1 beside it).
+fn two_threads_cpu(iters: u64, op: impl Fn(u32) + Sync) -> Duration {
+    let barrier = Barrier::new(2);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            barrier.wait();
+            for _ in 0..iters {
+                op(1);
+            }
+        });
+        barrier.wait();
+        let t = Instant::now();
+        for _ in 0..iters {
+            op(0);
+        }
+        let d = t.elapsed();
+        h.join().expect("thread");
+        d
+    })
+}
+
 fn bench_mempool(c: &mut Criterion) {
     let pool = mempool();
     let mut g = c.benchmark_group("alloc_free");
@@ -59,6 +80,17 @@ fn bench_mempool(c: &mut Criterion) {
         b.iter_custom(|iters| {
             two_threads(iters, || {
                 drop(black_box(pool.try_alloc(black_box([1, 2, 3, 4]))))
+            })
+        })
+    });
+    let percpu = mempool();
+    g.bench_function("mempool_percpu_1thread", |b| {
+        b.iter(|| drop(black_box(percpu.try_alloc_on(0, black_box([1, 2, 3, 4])))))
+    });
+    g.bench_function("mempool_percpu_2threads", |b| {
+        b.iter_custom(|iters| {
+            two_threads_cpu(iters, |cpu| {
+                drop(black_box(percpu.try_alloc_on(cpu, black_box([1, 2, 3, 4]))))
             })
         })
     });

@@ -62,6 +62,13 @@ pub fn check_bio_dev(dev: &dyn BlockDevice, bio: &Bio) -> Result<(), BlkError> {
     }
 }
 
+/// Adds one to a counter only its own CPU's submission path writes (a plain load and store, no
+/// locked instruction); readers may see it a little late.
+#[inline]
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+}
+
 /// Per-CPU submission state: the pending list that turns stacked submission into a loop, and
 /// the plug. The kernel keeps one per CPU (e.g. `static CPUS: [CpuCtx; NCPU]`) and passes the
 /// current CPU's. End-io callbacks running in interrupt context must not submit through the
@@ -70,6 +77,7 @@ pub struct CpuCtx {
     cpu: u32,
     active: AtomicBool,
     pending: spin::Mutex<BioList>,
+    has_pending: AtomicBool,
     plug: spin::Mutex<BioList>,
     plug_depth: AtomicU32,
     submitted: AtomicU64,
@@ -86,6 +94,7 @@ impl CpuCtx {
             cpu,
             active: AtomicBool::new(false),
             pending: spin::Mutex::new(BioList::new()),
+            has_pending: AtomicBool::new(false),
             plug: spin::Mutex::new(BioList::new()),
             plug_depth: AtomicU32::new(0),
             submitted: AtomicU64::new(0),
@@ -111,65 +120,103 @@ impl CpuCtx {
     /// Submits a bio whose errors go to its `end_io` (what stacked devices and completion
     /// paths use). Inside the submission loop this only queues it.
     pub fn submit(&self, bio: Bio) {
-        self.submitted.fetch_add(1, Ordering::Relaxed);
-        if self.active.swap(true, Ordering::Acquire) {
-            self.pending.lock().push_back(bio);
-            return;
-        }
-        self.run(bio);
+        self.enter(bio, false);
     }
 
-    fn run(&self, first: Bio) {
-        let mut next = Some(first);
+    /// Runs `bio` (already checked against its device if `checked`), or queues it if this
+    /// context is inside its submission loop already.
+    #[inline]
+    fn enter(&self, bio: Bio, checked: bool) {
+        bump(&self.submitted);
+        if !self.active.swap(true, Ordering::Acquire) {
+            self.run(Some(bio), checked);
+            return;
+        }
+        {
+            let mut p = self.pending.lock();
+            p.push_back(bio);
+            self.has_pending.store(true, Ordering::SeqCst);
+        }
+        // The loop may have ended between our look at `active` and the push: then it did not
+        // see the bio (it looked at `has_pending` before we set it) and we run it here.
+        if !self.active.swap(true, Ordering::SeqCst) {
+            self.run(None, false);
+        }
+    }
+
+    /// Takes the first pending bio (lock only when there is one).
+    #[inline]
+    fn pop_pending(&self) -> Option<Bio> {
+        if !self.has_pending.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut p = self.pending.lock();
+        let b = p.pop_front();
+        self.has_pending.store(!p.is_empty(), Ordering::Release);
+        b
+    }
+
+    fn run(&self, first: Option<Bio>, first_checked: bool) {
+        let mut next = first;
+        let mut checked = first_checked;
+        if next.is_none() {
+            next = self.pop_pending();
+        }
         loop {
             while let Some(bio) = next.take() {
-                self.loops.fetch_add(1, Ordering::Relaxed);
+                bump(&self.loops);
                 let Some(dev) = bio.dev() else {
                     bio_io_error(bio, BlkError::InvalidArgument);
-                    next = self.pending.lock().pop_front();
+                    next = self.pop_pending();
                     continue;
                 };
-                let mut older = core::mem::take(&mut *self.pending.lock());
-                match check_bio_dev(dev, &bio) {
-                    Ok(()) => dev.submit(bio, self),
-                    Err(e) => bio_io_error(bio, e),
+                if !checked && let Err(e) = check_bio_dev(dev, &bio) {
+                    bio_io_error(bio, e);
+                    next = self.pop_pending();
+                    continue;
+                }
+                checked = false;
+                let mut older = if self.has_pending.load(Ordering::Acquire) {
+                    let mut p = self.pending.lock();
+                    self.has_pending.store(false, Ordering::Release);
+                    core::mem::take(&mut *p)
+                } else {
+                    BioList::new()
+                };
+                dev.submit(bio, self);
+                if older.is_empty() && !self.has_pending.load(Ordering::Acquire) {
+                    // Nothing older, nothing new (the common case at the bottom of a stack).
+                    continue;
                 }
                 // Bios for lower devices first, then more for this device, then the older ones.
-                let mut new = {
-                    let mut p = self.pending.lock();
-                    if p.is_empty() {
-                        // Nothing new (the common case at the bottom of a stack).
-                        *p = older;
-                        next = p.pop_front();
-                        continue;
-                    }
-                    core::mem::take(&mut *p)
-                };
-                let (mut lower, mut same) = (BioList::new(), BioList::new());
-                while let Some(b) = new.pop_front() {
-                    if b.is_for(dev) {
-                        same.push_back(b);
-                    } else {
-                        lower.push_back(b);
-                    }
-                }
-                lower.append(&mut same);
-                lower.append(&mut older);
                 let mut p = self.pending.lock();
-                lower.append(&mut p);
-                *p = lower;
+                if p.is_empty() {
+                    *p = older;
+                } else {
+                    let mut new = core::mem::take(&mut *p);
+                    let (mut lower, mut same) = (BioList::new(), BioList::new());
+                    while let Some(b) = new.pop_front() {
+                        if b.is_for(dev) {
+                            same.push_back(b);
+                        } else {
+                            lower.push_back(b);
+                        }
+                    }
+                    lower.append(&mut same);
+                    lower.append(&mut older);
+                    *p = lower;
+                }
                 next = p.pop_front();
+                self.has_pending.store(!p.is_empty(), Ordering::Release);
             }
-            self.active.store(false, Ordering::Release);
-            // A bio queued by another thread between the last pop and clearing `active`.
-            if self.pending.lock().is_empty() || self.active.swap(true, Ordering::Acquire) {
+            self.active.store(false, Ordering::SeqCst);
+            // A bio queued by another thread between the last look and clearing `active`:
+            // either we see it here or its submitter sees `active` clear and runs it.
+            if !self.has_pending.load(Ordering::SeqCst) || self.active.swap(true, Ordering::SeqCst)
+            {
                 return;
             }
-            next = self.pending.lock().pop_front();
-            if next.is_none() {
-                self.active.store(false, Ordering::Release);
-                return;
-            }
+            next = self.pop_pending();
         }
     }
 
@@ -258,6 +305,6 @@ pub fn submit_bio(ctx: &CpuCtx, bio: Bio) -> Result<(), (BlkError, Bio)> {
     if let Err(e) = check_bio_dev(dev, &bio) {
         return Err((e, bio));
     }
-    ctx.submit(bio);
+    ctx.enter(bio, true);
     Ok(())
 }

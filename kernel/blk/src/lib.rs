@@ -12,6 +12,7 @@
 pub(crate) mod loom;
 
 pub mod freelist;
+pub mod magazine;
 pub mod tag;
 
 #[cfg(not(loom))]

@@ -32,6 +32,9 @@ pub const PT_FLUSH: u32 = 2;
 /// Most scatter-gather entries per request the RAM disk accepts.
 pub const RAMDISK_MAX_SG: usize = 256;
 
+/// Scatter-gather list size for requests of few segments.
+const SMALL_SG: usize = 8;
+
 /// The RAM disk.
 pub struct RamDisk {
     store: Store,
@@ -191,15 +194,25 @@ impl RamDisk {
             }
             Op::Read | Op::Write => {}
         }
+        // Most requests have a few segments: a small list avoids clearing the big one.
+        if rq.nr_segments() as usize <= SMALL_SG {
+            let mut sg = [SgEntry::default(); SMALL_SG];
+            if let Ok(n) = rq.map_sg(&self.limits, &mut sg) {
+                return self.transfer(rq, byte_off, &sg[..n]);
+            }
+        }
         let mut sg = [SgEntry::default(); RAMDISK_MAX_SG];
-        let n = match rq.map_sg(&self.limits, &mut sg) {
-            Ok(n) => n,
+        match rq.map_sg(&self.limits, &mut sg) {
+            Ok(n) => self.transfer(rq, byte_off, &sg[..n]),
             Err(e) => {
                 self.violations.fetch_add(1, Ordering::Relaxed);
-                return (Err(e), Some(0));
+                (Err(e), Some(0))
             }
-        };
-        let sg = &sg[..n];
+        }
+    }
+
+    fn transfer(&self, rq: &Request, byte_off: u64, sg: &[SgEntry]) -> (BlkStatus, Option<u32>) {
+        let n = sg.len();
         self.sg_entries.fetch_add(n as u64, Ordering::Relaxed);
         self.check(rq, sg);
         // Error injection: transfer up to the bad sector, then fail.

@@ -559,38 +559,139 @@ impl<const D: usize> Queue<D> {
                 rq.bios.normalize();
                 self.hw.queue_rq(&rq, i + 1 == n)
             };
-            self.stats.requests_dispatched(1);
-            match res {
-                Ok(()) => {
-                    if slot
-                        .state
-                        .compare_exchange(
-                            DISPATCHING,
-                            INFLIGHT,
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        )
-                        .is_err()
-                    {
-                        // Completed during queue_rq (state EARLY): finish it here.
-                        let st = status_from_code(slot.early_status.load(Ordering::Acquire));
-                        let b = slot.early_bytes.load(Ordering::Acquire);
-                        slot.state.store(COMPLETING, Ordering::Release);
-                        self.finish(t, st, (b != NO_BYTES).then_some(b), true);
+            self.dispatched(slot, t, res);
+        }
+        self.hw.commit();
+    }
+
+    /// What follows the driver's answer to `queue_rq` for request `t`.
+    #[inline]
+    fn dispatched(&self, slot: &RqSlot, t: u16, res: Result<(), QueueRqError>) {
+        self.stats.requests_dispatched(1);
+        {
+            {
+                match res {
+                    Ok(()) => {
+                        if slot
+                            .state
+                            .compare_exchange(
+                                DISPATCHING,
+                                INFLIGHT,
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            )
+                            .is_err()
+                        {
+                            // Completed during queue_rq (state EARLY): finish it here.
+                            let st = status_from_code(slot.early_status.load(Ordering::Acquire));
+                            let b = slot.early_bytes.load(Ordering::Acquire);
+                            slot.state.store(COMPLETING, Ordering::Release);
+                            self.finish(t, st, (b != NO_BYTES).then_some(b), true);
+                        }
                     }
-                }
-                Err(QueueRqError::Busy) => {
-                    // A completion cannot have arrived for a request the driver refused.
-                    self.stats.requeues(1);
-                    self.mark_requeue(slot, t);
-                }
-                Err(QueueRqError::Fatal(e)) => {
-                    slot.state.store(COMPLETING, Ordering::Release);
-                    self.finish(t, Err(e), Some(0), false);
+                    Err(QueueRqError::Busy) => {
+                        // A completion cannot have arrived for a request the driver refused.
+                        self.stats.requeues(1);
+                        self.mark_requeue(slot, t);
+                    }
+                    Err(QueueRqError::Fatal(e)) => {
+                        slot.state.store(COMPLETING, Ordering::Release);
+                        self.finish(t, Err(e), Some(0), false);
+                    }
                 }
             }
         }
+    }
+
+    /// Bitmap words the depth uses.
+    const WORDS: usize = D.div_ceil(64);
+
+    fn requeue_pending(&self) -> bool {
+        self.requeue[..Self::WORDS]
+            .iter()
+            .any(|w| w.load(Ordering::Relaxed) != 0)
+    }
+
+    /// Segment count of `bio` if it can become a request of its own as it is: a flush, or a
+    /// read/write of at most `DIRECT_SEGS` segments, each within the DMA limit and alignment,
+    /// the segment size and boundary, without virt-boundary gaps, within max sectors,
+    /// max segments and one chunk. Sector, size and range were checked by `submit_bio`.
+    #[inline]
+    fn direct_segments(&self, bio: &Bio) -> Option<u32> {
+        const DIRECT_SEGS: u32 = 4;
+        let l = &self.limits;
+        match bio.op() {
+            Op::Flush => return Some(0),
+            Op::Read | Op::Write => {}
+            Op::Discard | Op::WriteZeroes => return None,
+        }
+        let size = bio.size();
+        if size == 0 || size > l.max_bytes() {
+            return None;
+        }
+        if l.chunk_sectors != 0 {
+            let c = l.chunk_sectors as u64;
+            if bio.sector() / c != (bio.end_sector() - 1) / c {
+                return None;
+            }
+        }
+        let align = l.dma_alignment as u64 - 1;
+        let mut n = 0u32;
+        let mut prev: Option<BioVec> = None;
+        for v in bio.segments() {
+            n += 1;
+            if n > DIRECT_SEGS
+                || (v.addr.0 | v.len as u64) & align != 0
+                || v.end() - 1 > l.dma_limit
+                || v.len > l.max_segment_size
+                || v.len as u64 > l.bytes_to_boundary(v.addr.0)
+                || prev.is_some_and(|p| l.virt_gap(&p, &v))
+            {
+                return None;
+            }
+            prev = Some(v);
+        }
+        (n <= l.max_segments as u32).then_some(n)
+    }
+
+    /// The direct path for a bio submitted without a plug: if it fits the limits as it is and
+    /// a tag is free now, it becomes a request and goes to the driver at once. Otherwise the
+    /// bio is handed back for the general path.
+    fn submit_direct(&'static self, bio: Bio) -> Result<(), Bio> {
+        let Some(segs) = self.direct_segments(&bio) else {
+            return Err(bio);
+        };
+        let Some(tag) = self.tags.alloc() else {
+            return Err(bio);
+        };
+        let Some(slot) = self.slot(tag) else {
+            return Err(bio);
+        };
+        self.stats.bios_submitted(1);
+        let now = (self.cfg.clock)();
+        slot.early_bytes.store(NO_BYTES, Ordering::Relaxed);
+        slot.deadline
+            .store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
+        let res = {
+            let mut rq = slot.rq.lock();
+            rq.tag = tag;
+            rq.op = bio.op();
+            rq.flags = bio.flags();
+            rq.sector = bio.sector();
+            rq.bytes = bio.size();
+            rq.nr_segs = segs;
+            rq.retries = 0;
+            rq.pt = None;
+            // One bio: merges never look at this request, so its first and last segments
+            // are not needed.
+            rq.bios.push_front(bio);
+            slot.state.store(DISPATCHING, Ordering::Release);
+            self.hw.queue_rq(&rq, true)
+        };
+        self.dispatched(slot, tag, res);
         self.hw.commit();
+        self.kick();
+        Ok(())
     }
 
     fn mark_requeue(&self, slot: &RqSlot, tag: u16) {
@@ -601,9 +702,26 @@ impl<const D: usize> Queue<D> {
     /// Ends request `tag` (the caller moved its state to COMPLETING).
     fn finish(&self, tag: u16, status: BlkStatus, done_bytes: Option<u32>, may_retry: bool) {
         let Some(slot) = self.slot(tag) else { return };
-        let mut ended = BioList::new();
         let mut rq = slot.rq.lock();
-        if let Some((cmd, kind)) = rq.pt.take() {
+        if status.is_ok() && done_bytes.is_none() && rq.pt.is_none() {
+            // All done (the common case): every bio ends with success.
+            let mut ended = core::mem::take(&mut rq.bios);
+            rq.sector += (rq.bytes >> SECTOR_SHIFT) as u64;
+            rq.bytes = 0;
+            drop(rq);
+            self.stats.requests_completed(1);
+            self.release(slot, tag);
+            while let Some(mut b) = ended.pop_front() {
+                let n = b.size();
+                b.advance(n);
+                bio_endio(b);
+            }
+            return;
+        }
+        let mut ended = BioList::new();
+        if rq.pt.is_some()
+            && let Some((cmd, kind)) = rq.pt.take()
+        {
             drop(rq);
             let result = slot.result.load(Ordering::Acquire);
             self.stats.requests_completed(1);
@@ -693,7 +811,7 @@ impl<const D: usize> Queue<D> {
     /// this runs (partial completion, retry) go again, for a bounded number of rounds.
     pub fn kick(&self) {
         for _ in 0..KICK_ROUNDS {
-            if self.requeue.iter().all(|w| w.load(Ordering::Relaxed) == 0) {
+            if !self.requeue_pending() {
                 return;
             }
             self.kick_once();
@@ -702,7 +820,7 @@ impl<const D: usize> Queue<D> {
 
     fn kick_once(&self) {
         let mut batch = Open::new();
-        for w in 0..TAG_WORDS {
+        for w in 0..Self::WORDS {
             if self.requeue[w].load(Ordering::Relaxed) == 0 {
                 continue;
             }
@@ -920,6 +1038,11 @@ impl<const D: usize> BlockDevice for Queue<D> {
             ctx.add_to_plug(bio);
             return;
         }
+        // No plug: a bio that needs no split or bounce goes straight to the driver.
+        let bio = match self.submit_direct(bio) {
+            Ok(()) => return,
+            Err(bio) => bio,
+        };
         let mut l = BioList::new();
         l.push_back(bio);
         self.make_requests(l);

@@ -16,6 +16,7 @@ use core::task::Waker;
 
 use crate::error::BlkError;
 pub use crate::freelist::{FreeStack, NIL};
+use crate::magazine::{MAG_SLOTS, MAX_CPUS, Magazine};
 
 /// How a may-wait allocation waits when both the shared slab and the reserve are empty.
 #[derive(Clone, Copy, Debug)]
@@ -139,7 +140,12 @@ pub struct Mempool<T: 'static> {
     min_nr: u32,
     state: AtomicU8,
     counters: MempoolCounters,
+    mags: [Magazine; MAX_CPUS],
+    mags_used: AtomicU8,
 }
+
+/// The CPU id of a [`PoolBox`] allocated without one.
+const NO_CPU: u32 = u32::MAX;
 
 // SAFETY: as for `Slab`: each slot has one owner at a time, handed over through the lock-free
 // stacks; the counters are atomics.
@@ -166,6 +172,8 @@ impl<T: 'static> Mempool<T> {
                 failures: AtomicU64::new(0),
                 high_water: AtomicU64::new(0),
             },
+            mags: [const { Magazine::new() }; MAX_CPUS],
+            mags_used: AtomicU8::new(0),
         }
     }
 
@@ -237,13 +245,64 @@ impl<T: 'static> Mempool<T> {
             }
         };
         let allocs = self.counters.allocs.fetch_add(1, Ordering::Relaxed) + 1;
-        let in_use = allocs.saturating_sub(self.counters.frees.load(Ordering::Relaxed));
+        let mut in_use = allocs.saturating_sub(self.counters.frees.load(Ordering::Relaxed));
+        if self.mags_used.load(Ordering::Relaxed) != 0 {
+            let (a, f) = self.mag_counts();
+            in_use = (allocs + a).saturating_sub(self.counters.frees.load(Ordering::Relaxed) + f);
+        }
         if in_use > self.counters.high_water.load(Ordering::Relaxed) {
             self.counters
                 .high_water
                 .fetch_max(in_use, Ordering::Relaxed);
         }
         Some(idx)
+    }
+
+    /// Allocations and frees counted in the magazines.
+    fn mag_counts(&self) -> (u64, u64) {
+        self.mags.iter().fold((0, 0), |(a, f), m| {
+            let (ma, mf) = m.counts();
+            (a + ma, f + mf)
+        })
+    }
+
+    /// Takes an element from any CPU's magazine (the shared stack and the reserve are empty).
+    fn steal(&self) -> Option<u32> {
+        if self.mags_used.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let i = self.mags.iter().find_map(|m| m.take())?;
+        self.counters.allocs.fetch_add(1, Ordering::Relaxed);
+        Some(i)
+    }
+
+    /// As `take`, CPU `cpu`'s magazine first.
+    #[inline]
+    fn take_on(&self, cpu: u32) -> Option<u32> {
+        if let Some(m) = self.mags.get(cpu as usize) {
+            if let Some(i) = m.take() {
+                m.count_alloc();
+                return Some(i);
+            }
+            if self.mags_used.load(Ordering::Relaxed) == 0 {
+                self.mags_used.store(1, Ordering::Relaxed);
+            }
+        }
+        self.take()
+    }
+
+    /// Returns slot `idx` freed on CPU `cpu`: the reserve if it is short, else that CPU's
+    /// magazine, else the shared stack.
+    #[inline]
+    fn put_on(&self, cpu: u32, idx: u32) {
+        if let Some(m) = self.mags.get(cpu as usize)
+            && self.reserve_len.load(Ordering::Relaxed) >= self.min_nr
+            && m.put(idx)
+        {
+            m.count_free();
+            return;
+        }
+        self.put(idx);
     }
 
     /// Returns slot `idx` (whose value has been dropped or moved out): reserve first.
@@ -276,7 +335,15 @@ impl<T: 'static> Mempool<T> {
 
     #[inline]
     fn take_waiting(&self, wait: Wait) -> Option<u32> {
-        if let Some(i) = self.take() {
+        self.take_waiting_on(NO_CPU, wait)
+    }
+
+    #[inline]
+    fn take_waiting_on(&self, cpu: u32, wait: Wait) -> Option<u32> {
+        if let Some(i) = self.take_on(cpu) {
+            return Some(i);
+        }
+        if let Some(i) = self.steal() {
             return Some(i);
         }
         if matches!(wait, Wait::Never) {
@@ -286,7 +353,7 @@ impl<T: 'static> Mempool<T> {
         self.counters.waits.fetch_add(1, Ordering::Relaxed);
         loop {
             wait.wait_once();
-            if let Some(i) = self.take() {
+            if let Some(i) = self.take_on(cpu).or_else(|| self.steal()) {
                 return Some(i);
             }
         }
@@ -302,21 +369,49 @@ impl<T: 'static> Mempool<T> {
     /// reserve are empty. Only `Wait::Never` can fail.
     #[inline]
     pub fn alloc(&'static self, value: T, wait: Wait) -> Result<PoolBox<T>, T> {
-        match self.take_waiting(wait) {
+        self.alloc_on(NO_CPU, value, wait)
+    }
+
+    /// As [`Mempool::alloc`] on CPU `cpu`: served from that CPU's magazine (a few free elements
+    /// kept in front of the shared stack, on a cache line of its own) when it has one, and the
+    /// returned box goes back there when dropped. Any `cpu` is safe (a wrong or shared id only
+    /// costs speed); ids `>= MAX_CPUS` use the shared stack. Usable from interrupt context.
+    #[inline]
+    pub fn alloc_on(&'static self, cpu: u32, value: T, wait: Wait) -> Result<PoolBox<T>, T> {
+        match self.take_waiting_on(cpu, wait) {
             Some(idx) => {
-                // SAFETY: `idx` was just popped or bumped, so this pool owns the slot
-                // exclusively and it holds no live value; writing initialises it.
+                // SAFETY: `idx` was just taken from a magazine, popped or bumped, so this pool
+                // owns the slot exclusively and it holds no live value; writing initialises it.
                 unsafe { self.slot_ptr(idx).write(value) };
-                Ok(PoolBox { pool: self, idx })
+                Ok(PoolBox {
+                    pool: self,
+                    idx,
+                    cpu,
+                })
             }
             None => Err(value),
         }
     }
 
+    /// As [`Mempool::try_alloc`] on CPU `cpu` (see [`Mempool::alloc_on`]).
+    #[inline]
+    pub fn try_alloc_on(&'static self, cpu: u32, value: T) -> Result<PoolBox<T>, T> {
+        self.alloc_on(cpu, value, Wait::Never)
+    }
+
+    /// Free elements cached in the per-CPU magazines now (at most `MAG_SLOTS * MAX_CPUS`).
+    pub fn cached(&self) -> usize {
+        self.mags.iter().map(|m| m.len()).sum()
+    }
+
+    /// Most free elements the per-CPU magazines of one mempool can hold.
+    pub const MAX_CACHED: usize = MAG_SLOTS * MAX_CPUS;
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> MempoolStats {
-        let allocs = self.counters.allocs.load(Ordering::Relaxed);
-        let frees = self.counters.frees.load(Ordering::Relaxed);
+        let (ma, mf) = self.mag_counts();
+        let allocs = self.counters.allocs.load(Ordering::Relaxed) + ma;
+        let frees = self.counters.frees.load(Ordering::Relaxed) + mf;
         MempoolStats {
             allocs,
             frees,
@@ -339,6 +434,7 @@ impl<T: 'static> Mempool<T> {
 pub struct PoolBox<T: 'static> {
     pool: &'static Mempool<T>,
     idx: u32,
+    cpu: u32,
 }
 
 // SAFETY: a `PoolBox` is the unique owner of its value, like `Box<T>`.
@@ -358,8 +454,13 @@ impl<T> PoolBox<T> {
         // SAFETY: the slot holds an initialised value owned by this box; `this` is never
         // dropped, so the value is read out exactly once before the slot is freed.
         let v = unsafe { this.pool.slot_ptr(this.idx).read() };
-        this.pool.put(this.idx);
+        this.pool.put_on(this.cpu, this.idx);
         v
+    }
+
+    /// Frees on CPU `cpu` (into its magazine) instead of the CPU given at allocation.
+    pub fn free_on(mut self, cpu: u32) {
+        self.cpu = cpu;
     }
 
     /// The address of the value (its "physical" address in an identity-mapped kernel).
@@ -390,7 +491,7 @@ impl<T> Drop for PoolBox<T> {
     fn drop(&mut self) {
         // SAFETY: the slot holds an initialised value owned by this box, dropped once here.
         unsafe { core::ptr::drop_in_place(self.pool.slot_ptr(self.idx)) };
-        self.pool.put(self.idx);
+        self.pool.put_on(self.cpu, self.idx);
     }
 }
 
@@ -632,6 +733,11 @@ impl<B: Send + 'static> Node<B> {
     /// Drops the owner's chain reference. If it was the last one, the node is handed back to
     /// complete; otherwise it is parked and the last [`ChainRef::put`] gets it.
     pub fn put(self) -> Option<Node<B>> {
+        // Only the owner makes chain references, so a count of 1 seen by the owner means no
+        // child is outstanding and none can appear: no read-modify-write needed.
+        if self.hdr().remaining.load(Ordering::Acquire) == 1 {
+            return Some(self);
+        }
         if self.hdr().remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             // Unique again: restore the owner's own reference.
             self.hdr().remaining.store(1, Ordering::Release);
@@ -710,7 +816,10 @@ impl<B: 'static> Drop for Node<B> {
             unsafe { hand_to_waiter(self.hdr, self.home, self.idx) };
             return;
         }
-        if h.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // A count of 1 seen by the owner: no chain reference is left (see `put`).
+        if h.remaining.load(Ordering::Acquire) == 1
+            || h.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+        {
             // SAFETY: no chain reference is left and this handle is not used after drop.
             unsafe { self.home.release(self.idx) };
         }

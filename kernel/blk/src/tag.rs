@@ -61,11 +61,17 @@ impl TagSet {
     }
 
     /// Takes a free tag, or `None` when all `depth` tags are in use.
+    #[inline]
     pub fn alloc(&self) -> Option<u16> {
         let nwords = (self.depth as usize).div_ceil(64);
-        let start = self.hint.load(Ordering::Relaxed) as usize % nwords;
+        let start = self.hint.load(Ordering::Relaxed) as usize;
+        let start = if start < nwords { start } else { 0 };
         for k in 0..nwords {
-            let w = (start + k) % nwords;
+            let w = if start + k < nwords {
+                start + k
+            } else {
+                start + k - nwords
+            };
             let mask = self.word_mask(w);
             let mut cur = self.words[w].load(Ordering::Relaxed);
             loop {
@@ -76,7 +82,9 @@ impl TagSet {
                 let bit = free.trailing_zeros();
                 let prev = self.words[w].fetch_or(1u64 << bit, Ordering::Acquire);
                 if prev & (1u64 << bit) == 0 {
-                    self.hint.store(w as u32, Ordering::Relaxed);
+                    if w != start {
+                        self.hint.store(w as u32, Ordering::Relaxed);
+                    }
                     return Some((w * 64) as u16 + bit as u16);
                 }
                 cur = prev | (1u64 << bit);
