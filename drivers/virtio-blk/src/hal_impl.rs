@@ -7,6 +7,7 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use blk::SgEntry;
 use hal::{DmaBuf, Mmio, PhysAddr};
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
@@ -80,7 +81,7 @@ unsafe fn phys_bytes<'a>(addr: u64, len: u32) -> &'a mut [u8] {
     unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, len as usize) }
 }
 
-/// One buffer of a chain: physical address, length, device-writable.
+/// One buffer of a chain: physical address and length.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ChainBuf {
     pub addr: u64,
@@ -94,77 +95,81 @@ pub(crate) const SMALL_CHAIN: usize = 8;
 /// Chain arrays for the most common requests: header, one or two data segments, status.
 pub(crate) const TINY_CHAIN: usize = 4;
 
-/// Adds a chain (`readable` then `writable` buffers) without notifying; returns its head.
+/// Adds the chain of one request without notifying; returns its head: `header` (readable),
+/// the data segments (readable, or writable if `data_writable`), `range` (readable) if any, and
+/// `status` (writable). `N` bounds the chain (`data.len() + 2 <= N`).
 ///
 /// Crate-internal contract (what makes this safe to call): every buffer is either a data
 /// segment of a block-layer request, which the block layer leaves alone until the request
 /// completes (after the chain came back through [`pop_chain`] or the device was reset), or the
 /// driver's own command memory for that tag, which it only touches through volatile accessors.
-pub(crate) fn add_chain<const RING: usize, const N: usize>(
+pub(crate) fn add_request<const RING: usize, const N: usize>(
     vq: &mut VirtQueue<VirtioHal, RING>,
-    readable: &[ChainBuf],
-    writable: &[ChainBuf],
+    header: ChainBuf,
+    data: &[SgEntry],
+    data_writable: bool,
+    range: Option<ChainBuf>,
+    status: ChainBuf,
 ) -> virtio_drivers::Result<u16> {
-    let mut ins: [&[u8]; N] = [&[]; N];
-    let mut outs: [&mut [u8]; N] = core::array::from_fn(|_| <&mut [u8]>::default());
-    if readable.len() > N || writable.len() > N {
+    if data.len() + 2 > N {
         return Err(virtio_drivers::Error::InvalidParam);
     }
-    for (slot, b) in ins.iter_mut().zip(readable) {
-        // SAFETY: RAM owned by the device until the chain is popped (the contract above).
-        *slot = unsafe { phys_bytes(b.addr, b.len) };
+    let mut ins: [&[u8]; N] = [&[]; N];
+    let mut outs: [&mut [u8]; N] = core::array::from_fn(|_| <&mut [u8]>::default());
+    // SAFETY: this tag's command memory, the device's until the chain is popped or the device
+    // is reset (the contract above).
+    ins[0] = unsafe { phys_bytes(header.addr, header.len) };
+    let (mut nr, mut nw) = (1, 0);
+    if data_writable {
+        for (slot, s) in outs.iter_mut().zip(data) {
+            // SAFETY: a request segment, the device's until the chain is popped (as above).
+            *slot = unsafe { phys_bytes(s.addr.0, s.len) };
+        }
+        nw = data.len();
+    } else {
+        for (slot, s) in ins[1..].iter_mut().zip(data) {
+            // SAFETY: a request segment, the device's until the chain is popped (as above).
+            *slot = unsafe { phys_bytes(s.addr.0, s.len) };
+        }
+        nr += data.len();
     }
-    for (slot, b) in outs.iter_mut().zip(writable) {
-        // SAFETY: as above.
-        *slot = unsafe { phys_bytes(b.addr, b.len) };
+    if let Some(r) = range
+        && let Some(slot) = ins.get_mut(nr)
+    {
+        // SAFETY: this tag's command memory (as above).
+        *slot = unsafe { phys_bytes(r.addr, r.len) };
+        nr += 1;
     }
+    let Some(slot) = outs.get_mut(nw) else {
+        return Err(virtio_drivers::Error::InvalidParam);
+    };
+    // SAFETY: this tag's command memory (as above).
+    *slot = unsafe { phys_bytes(status.addr, status.len) };
+    nw += 1;
     // SAFETY: the buffers stay valid and untouched by the CPU until `pop_chain` returns this
     // head or the device is reset (the contract above).
-    unsafe { vq.add(&ins[..readable.len()], &mut outs[..writable.len()]) }
+    unsafe { vq.add(&ins[..nr], &mut outs[..nw]) }
 }
 
-/// Pops the next used chain, which the caller has checked is `head` with `readable` and
-/// `writable` buffers; returns the device's `len`.
+/// What `pop_used` is given for a chain: `VirtioHal::unshare` ignores buffers and directions,
+/// and the queue walks the chain from its own copy of the descriptors, so only the number of
+/// (non-empty) buffers has to match. One shared table, nothing built per call.
+static PLACEHOLDERS: [&[u8]; MAX_CHAIN] = [&[0u8]; MAX_CHAIN];
+
+/// Pops the next used chain, which the caller has checked is `head` with `descriptors`
+/// buffers (from its own records); returns the device's `len`.
 pub(crate) fn pop_chain<const RING: usize>(
     vq: &mut VirtQueue<VirtioHal, RING>,
     head: u16,
-    readable: u16,
-    writable: u16,
+    descriptors: u16,
 ) -> virtio_drivers::Result<u32> {
-    // Small chains (the common case) build small placeholder arrays.
-    let most = readable.max(writable);
-    if most <= TINY_CHAIN as u16 {
-        pop_chain_n::<RING, TINY_CHAIN>(vq, head, readable, writable)
-    } else if most <= SMALL_CHAIN as u16 {
-        pop_chain_n::<RING, SMALL_CHAIN>(vq, head, readable, writable)
-    } else {
-        pop_chain_n::<RING, MAX_CHAIN>(vq, head, readable, writable)
-    }
-}
-
-fn pop_chain_n<const RING: usize, const N: usize>(
-    vq: &mut VirtQueue<VirtioHal, RING>,
-    head: u16,
-    readable: u16,
-    writable: u16,
-) -> virtio_drivers::Result<u32> {
-    // Placeholders with the right count: `VirtioHal::unshare` ignores the buffers, and the
-    // queue walks the chain from its own trusted copy of the descriptors.
-    static RO: [u8; 1] = [0];
-    let mut rw = [0u8; N];
-    let ins: [&[u8]; N] = [&RO; N];
-    let mut outs: [&mut [u8]; N] = core::array::from_fn(|_| <&mut [u8]>::default());
-    for (slot, b) in outs.iter_mut().zip(rw.chunks_mut(1)) {
-        *slot = b;
-    }
-    let (r, w) = (readable as usize, writable as usize);
-    if r > N || w > N {
+    let Some(ins) = PLACEHOLDERS.get(..descriptors as usize) else {
         return Err(virtio_drivers::Error::InvalidParam);
-    }
-    // SAFETY: `head` is a chain this driver added with exactly `readable` + `writable` buffers
-    // (checked against the head table by the caller); the placeholders only have to match in
-    // number because `unshare` does nothing.
-    unsafe { vq.pop_used(head, &ins[..r], &mut outs[..w]) }
+    };
+    // SAFETY: `head` is a chain this driver added with exactly `descriptors` buffers (checked
+    // against the head table by the caller); the placeholders only have to match in number
+    // because `unshare` does nothing.
+    unsafe { vq.pop_used(head, ins, &mut []) }
 }
 
 /// A virtio-mmio transport over a register window from the mapper.

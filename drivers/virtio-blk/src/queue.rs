@@ -9,12 +9,12 @@ use blk::{
     TagComplete, TimeoutAction,
 };
 use hal::{DmaBuf, IrqLine};
-use spin::{Mutex, Once};
+use spin::{Mutex, MutexGuard, Once};
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, SomeTransport, Transport};
 
 use crate::hal_impl::{
-    ChainBuf, MAX_CHAIN, SMALL_CHAIN, TINY_CHAIN, UsedArea, VirtioHal, add_chain, pop_chain,
+    ChainBuf, MAX_CHAIN, SMALL_CHAIN, TINY_CHAIN, UsedArea, VirtioHal, add_request, pop_chain,
     take_used_area,
 };
 use crate::sg::{HeadTable, RequestKind, need_event, plan};
@@ -179,6 +179,22 @@ struct Inner {
 
 type Done = (u16, BlkStatus);
 
+/// Completions reaped per pass under the lock (then delivered outside it; a full batch leaves
+/// `reap_pending` set so the next pass picks up the rest). Small, so the array is cheap to set
+/// up on every interrupt.
+const BATCH: usize = 8;
+
+/// Why a reap pass stopped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The used ring is empty.
+    Empty,
+    /// The batch is full; more may be waiting.
+    Full,
+    /// A used entry broke the protocol: the device has to be reset.
+    Violation,
+}
+
 /// One virtio-blk device with one request queue.
 pub struct VirtioBlk {
     inner: Mutex<Inner>,
@@ -195,6 +211,8 @@ pub struct VirtioBlk {
     )>,
     /// Someone has to reap: set by an interrupt that found the lock taken.
     reap_pending: AtomicBool,
+    /// Chains were added without a doorbell decision (`commit` skips the lock otherwise).
+    unnotified: AtomicBool,
     /// Next reap replaces the id of the first used entry (test hook).
     corrupt_next: Mutex<Option<u32>>,
     /// `corrupt_next` is set (checked before taking its lock on every used entry).
@@ -331,6 +349,7 @@ impl VirtioBlk {
             irq: Once::new(),
             msix: Once::new(),
             reap_pending: AtomicBool::new(false),
+            unnotified: AtomicBool::new(false),
             corrupt_next: Mutex::new(None),
             corrupt_armed: AtomicBool::new(false),
             stats: DriverStats::new(),
@@ -391,15 +410,13 @@ impl VirtioBlk {
     /// Test hook: writes a used entry with id `id` into the used ring as if the device had, and
     /// reaps it at once. Only with nothing in flight (returns `false` otherwise).
     pub fn inject_corrupt_used(&self, id: u32) -> bool {
-        let mut inner = self.inner.lock();
+        let inner = self.inner.lock();
         let Some(u) = inner.used.filter(|_| inner.heads.in_flight() == 0) else {
             return false;
         };
         u.inject(id, 1);
-        let mut done = [(0u16, Ok(())); QUEUE_DEPTH];
-        let n = self.reap_locked(&mut inner, &mut done);
-        drop(inner);
-        self.deliver(&done[..n]);
+        self.reap_deliver(inner);
+        self.reap_if_pending();
         true
     }
 
@@ -417,10 +434,7 @@ impl VirtioBlk {
         match self.inner.try_lock() {
             Some(mut inner) => {
                 inner.transport.ack_interrupt();
-                let mut done = [(0u16, Ok(())); QUEUE_DEPTH];
-                let n = self.reap_locked(&mut inner, &mut done);
-                drop(inner);
-                self.deliver(&done[..n]);
+                self.reap_deliver(inner);
                 self.reap_if_pending();
             }
             None => {
@@ -442,22 +456,51 @@ impl VirtioBlk {
             if self.mode == Mode::Interrupt {
                 inner.transport.ack_interrupt();
             }
-            let mut done = [(0u16, Ok(())); QUEUE_DEPTH];
-            let n = self.reap_locked(&mut inner, &mut done);
-            drop(inner);
+            self.reap_deliver(inner);
             if let Some(l) = self.irq.get()
                 && self.mode == Mode::Interrupt
             {
                 let _ = l.enable();
             }
-            self.deliver(&done[..n]);
         }
+    }
+
+    /// One reap pass with the lock held, then delivery outside it; returns the completions
+    /// delivered. A full batch leaves `reap_pending` set: callers follow with
+    /// [`VirtioBlk::reap_if_pending`].
+    fn reap_deliver(&self, mut inner: MutexGuard<'_, Inner>) -> usize {
+        let mut done = [(0u16, Ok(())); BATCH];
+        let (n, stop) = self.reap_locked(&mut inner, &mut done);
+        match stop {
+            Stop::Empty => {}
+            Stop::Full => self.reap_pending.store(true, Ordering::Release),
+            Stop::Violation => return self.reset_deliver(inner, &done[..n]),
+        }
+        drop(inner);
+        self.deliver(&done[..n]);
+        n
+    }
+
+    /// A used entry broke the protocol: reset, then deliver `reaped` and everything that was in
+    /// flight.
+    #[cold]
+    #[inline(never)]
+    fn reset_deliver(&self, mut inner: MutexGuard<'_, Inner>, reaped: &[Done]) -> usize {
+        let mut done = [(0u16, Ok(())); QUEUE_DEPTH + BATCH];
+        let n = reaped.len().min(BATCH);
+        done[..n].copy_from_slice(&reaped[..n]);
+        let n = self.reset_locked(&mut inner, &mut done, n);
+        drop(inner);
+        self.deliver(&done[..n]);
+        n
     }
 
     fn deliver(&self, done: &[Done]) {
         let Some(sink) = self.sink.get() else { return };
+        self.stats
+            .completions
+            .fetch_add(done.len() as u64, Ordering::Relaxed);
         for &(tag, st) in done {
-            self.stats.completions.fetch_add(1, Ordering::Relaxed);
             match st {
                 Ok(()) => sink.complete(tag, Ok(()), None),
                 Err(e) => {
@@ -468,12 +511,20 @@ impl VirtioBlk {
         }
     }
 
-    /// Takes every used entry, checking each; returns the completions to deliver.
-    fn reap_locked(&self, inner: &mut Inner, done: &mut [Done; QUEUE_DEPTH]) -> usize {
-        self.reap_pending.store(false, Ordering::Release);
+    /// Takes used entries, checking each, until the ring is empty, `done` is full or an entry
+    /// breaks the protocol; returns the completions to deliver and why it stopped.
+    fn reap_locked(&self, inner: &mut Inner, done: &mut [Done; BATCH]) -> (usize, Stop) {
+        self.reap_pending.store(false, Ordering::Relaxed);
         let mut n = 0;
+        let mut reaped = 0u64;
         let mut renotify = false;
-        while let Some(mut id) = inner.vq.peek_used() {
+        let stop = loop {
+            if n == BATCH {
+                break Stop::Full;
+            }
+            let Some(mut id) = inner.vq.peek_used() else {
+                break Stop::Empty;
+            };
             if self.corrupt_armed.load(Ordering::Acquire)
                 && let Some(bad) = self.corrupt_next.lock().take()
             {
@@ -483,34 +534,23 @@ impl VirtioBlk {
                     id = u16::MAX;
                 }
             }
-            let tag = match inner.heads.check(id) {
-                Ok(tag) => tag,
-                Err(e) => {
-                    self.stats.bad_used_ids.fetch_add(1, Ordering::Relaxed);
-                    let _ = e;
-                    n = self.reset_locked(inner, done, n);
-                    break;
-                }
+            let Ok(tag) = inner.heads.check(id) else {
+                self.stats.bad_used_ids.fetch_add(1, Ordering::Relaxed);
+                break Stop::Violation;
             };
-            let Some(slot) = inner.slots.get(tag as usize).copied() else {
-                n = self.reset_locked(inner, done, n);
-                break;
+            let Some(&slot) = inner.slots.get(tag as usize) else {
+                break Stop::Violation;
             };
-            let len = match pop_chain(&mut inner.vq, id, slot.readable, slot.writable) {
-                Ok(len) => len,
-                Err(_) => {
-                    n = self.reset_locked(inner, done, n);
-                    break;
-                }
+            let Ok(len) = pop_chain(&mut inner.vq, id, slot.readable + slot.writable) else {
+                break Stop::Violation;
             };
             inner.heads.remove(id);
-            self.stats.reaped.fetch_add(1, Ordering::Relaxed);
-            let base = tag as usize * CMD_STRIDE;
+            reaped += 1;
             let st = if len < slot.min_used_len {
                 self.stats.short_lengths.fetch_add(1, Ordering::Relaxed);
                 Err(BlkError::DeviceError(device_error::SHORT_LENGTH))
             } else {
-                match self.cmd.read8(base + CMD_STATUS) {
+                match self.cmd.read8(tag as usize * CMD_STRIDE + CMD_STATUS) {
                     status::OK => Ok(()),
                     status::IOERR => Err(BlkError::Io),
                     status::UNSUPP => Err(BlkError::Unsupported),
@@ -522,25 +562,23 @@ impl VirtioBlk {
                 // flush that makes a FUA write stable.
                 if self.next_stage_locked(inner, tag, &slot) {
                     renotify = true;
-                } else {
-                    // No room: let the block layer retry the whole request.
-                    inner.slots[tag as usize] = Slot::EMPTY;
-                    done[n] = (tag, Err(BlkError::Busy));
-                    n += 1;
+                    continue;
                 }
+                // No room: let the block layer retry the whole request.
+                inner.slots[tag as usize] = Slot::EMPTY;
+                done[n] = (tag, Err(BlkError::Busy));
+                n += 1;
                 continue;
             }
             inner.slots[tag as usize] = Slot::EMPTY;
             done[n] = (tag, st);
             n += 1;
-            if n == QUEUE_DEPTH {
-                break;
-            }
-        }
+        };
+        self.stats.reaped.fetch_add(reaped, Ordering::Relaxed);
         if renotify {
             self.notify_locked(inner);
         }
-        n
+        (n, stop)
     }
 
     /// Starts the next chain of a staged request; `false` if the ring has no room.
@@ -561,10 +599,7 @@ impl VirtioBlk {
             (RequestKind::Flush, 0, false)
         };
         let p = plan(kind, nsg as u16, slot.bytes);
-        if self
-            .add_locked(inner, tag, kind, &sg[..nsg], p.readable, p.writable)
-            .is_err()
-        {
+        if self.add_locked(inner, tag, kind, &sg[..nsg]).is_err() {
             return false;
         }
         inner.slots[tag as usize] = Slot {
@@ -581,12 +616,7 @@ impl VirtioBlk {
 
     /// The device broke the protocol: reset it (it stops touching memory), fail everything in
     /// flight, and bring it up again.
-    fn reset_locked(
-        &self,
-        inner: &mut Inner,
-        done: &mut [Done; QUEUE_DEPTH],
-        mut n: usize,
-    ) -> usize {
+    fn reset_locked(&self, inner: &mut Inner, done: &mut [Done], mut n: usize) -> usize {
         self.stats.resets.fetch_add(1, Ordering::Relaxed);
         inner.transport.set_status(DeviceStatus::empty());
         let slots = &mut inner.slots;
@@ -594,8 +624,8 @@ impl VirtioBlk {
             if let Some(s) = slots.get_mut(tag as usize) {
                 *s = Slot::EMPTY;
             }
-            if n < QUEUE_DEPTH {
-                done[n] = (tag, Err(BlkError::DeviceError(device_error::RESET)));
+            if let Some(d) = done.get_mut(n) {
+                *d = (tag, Err(BlkError::DeviceError(device_error::RESET)));
                 n += 1;
             }
         });
@@ -628,38 +658,14 @@ impl VirtioBlk {
     }
 
     /// Adds the chain for `tag`: header, `data` (readable or writable by kind), range segment,
-    /// status.
-    /// Adds the chain for `tag` with arrays sized for it.
+    /// status; arrays sized for the chain.
     fn add_locked(
         &self,
         inner: &mut Inner,
         tag: u16,
         kind: RequestKind,
         data: &[SgEntry],
-        readable: u16,
-        writable: u16,
     ) -> Result<u16, QueueRqError> {
-        if data.len() + 2 <= TINY_CHAIN {
-            self.add_locked_n::<TINY_CHAIN>(inner, tag, kind, data, readable, writable)
-        } else if data.len() + 2 <= SMALL_CHAIN {
-            self.add_locked_n::<SMALL_CHAIN>(inner, tag, kind, data, readable, writable)
-        } else {
-            self.add_locked_n::<MAX_CHAIN>(inner, tag, kind, data, readable, writable)
-        }
-    }
-
-    fn add_locked_n<const N: usize>(
-        &self,
-        inner: &mut Inner,
-        tag: u16,
-        kind: RequestKind,
-        data: &[SgEntry],
-        readable: u16,
-        writable: u16,
-    ) -> Result<u16, QueueRqError> {
-        if inner.vq.available_desc() < (readable + writable) as usize {
-            return Err(QueueRqError::Busy);
-        }
         let base = self.cmd.phys().0 + (tag as usize * CMD_STRIDE) as u64;
         let header = ChainBuf {
             addr: base,
@@ -669,55 +675,33 @@ impl VirtioBlk {
             addr: base + CMD_STATUS as u64,
             len: 1,
         };
-        if data.len() + 2 > N {
-            return Err(QueueRqError::Fatal(BlkError::InvalidArgument));
-        }
-        let mut r = [header; N];
-        let mut w = [status; N];
-        let (mut nr, mut nw) = (1usize, 0usize);
-        match kind {
-            RequestKind::Read => {
-                for s in data {
-                    w[nw] = ChainBuf {
-                        addr: s.addr.0,
-                        len: s.len,
-                    };
-                    nw += 1;
-                }
-            }
-            RequestKind::Write => {
-                for s in data {
-                    r[nr] = ChainBuf {
-                        addr: s.addr.0,
-                        len: s.len,
-                    };
-                    nr += 1;
-                }
-            }
-            RequestKind::Discard | RequestKind::WriteZeroes => {
-                r[nr] = ChainBuf {
-                    addr: base + CMD_RANGE as u64,
-                    len: 16,
-                };
-                nr += 1;
-            }
-            RequestKind::Flush => {}
-        }
-        w[nw] = status;
-        nw += 1;
+        let range =
+            matches!(kind, RequestKind::Discard | RequestKind::WriteZeroes).then_some(ChainBuf {
+                addr: base + CMD_RANGE as u64,
+                len: 16,
+            });
+        let writable = kind == RequestKind::Read;
+        let vq = &mut inner.vq;
         // The request's segments (the block layer's until completion) and this tag's command
-        // memory: `add_chain`'s contract.
-        let head =
-            add_chain::<RING_SIZE, N>(&mut inner.vq, &r[..nr], &w[..nw]).map_err(|e| match e {
-                virtio_drivers::Error::QueueFull => QueueRqError::Busy,
-                _ => QueueRqError::Fatal(BlkError::InvalidArgument),
-            })?;
+        // memory: `add_request`'s contract.
+        let res = if data.len() + 2 <= TINY_CHAIN {
+            add_request::<RING_SIZE, TINY_CHAIN>(vq, header, data, writable, range, status)
+        } else if data.len() + 2 <= SMALL_CHAIN {
+            add_request::<RING_SIZE, SMALL_CHAIN>(vq, header, data, writable, range, status)
+        } else {
+            add_request::<RING_SIZE, MAX_CHAIN>(vq, header, data, writable, range, status)
+        };
+        let head = res.map_err(|e| match e {
+            virtio_drivers::Error::QueueFull => QueueRqError::Busy,
+            _ => QueueRqError::Fatal(BlkError::InvalidArgument),
+        })?;
         inner.heads.insert(head, tag);
         inner.added = inner.added.wrapping_add(1);
         Ok(head)
     }
 
     fn notify_locked(&self, inner: &mut Inner) {
+        self.unnotified.store(false, Ordering::Relaxed);
         if inner.added == inner.notified {
             return;
         }
@@ -736,18 +720,26 @@ impl VirtioBlk {
         }
     }
 
-    fn submit(&self, rq: &Request) -> Result<(), QueueRqError> {
-        if rq.nr_segments() as usize <= SMALL_CHAIN - 2 {
-            match self.submit_n::<{ SMALL_CHAIN - 2 }>(rq) {
-                // More entries than segments (a boundary cut): the full-size path.
+    fn submit(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
+        let segs = rq.nr_segments() as usize;
+        // More entries than segments (a boundary cut) fail with `InvalidArgument`: the next
+        // larger size.
+        if segs <= TINY_CHAIN - 2 {
+            match self.submit_n::<{ TINY_CHAIN - 2 }>(rq, last) {
                 Err(QueueRqError::Fatal(BlkError::InvalidArgument)) => {}
                 r => return r,
             }
         }
-        self.submit_n::<{ MAX_SEGMENTS as usize }>(rq)
+        if segs <= SMALL_CHAIN - 2 {
+            match self.submit_n::<{ SMALL_CHAIN - 2 }>(rq, last) {
+                Err(QueueRqError::Fatal(BlkError::InvalidArgument)) => {}
+                r => return r,
+            }
+        }
+        self.submit_n::<{ MAX_SEGMENTS as usize }>(rq, last)
     }
 
-    fn submit_n<const S: usize>(&self, rq: &Request) -> Result<(), QueueRqError> {
+    fn submit_n<const S: usize>(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
         let tag = rq.tag();
         if tag as usize >= QUEUE_DEPTH {
             return Err(QueueRqError::Fatal(BlkError::InvalidArgument));
@@ -830,7 +822,7 @@ impl VirtioBlk {
                 device_error::DEAD,
             )));
         }
-        let res = self.add_locked(&mut inner, tag, kind, &sg[..nsg], p.readable, p.writable);
+        let res = self.add_locked(&mut inner, tag, kind, &sg[..nsg]);
         match res {
             Ok(_) => {
                 inner.slots[tag as usize] = Slot {
@@ -843,6 +835,13 @@ impl VirtioBlk {
                     sector,
                 };
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                if last {
+                    // The end of the batch: the doorbell decision now, under this lock
+                    // (`commit` then has nothing to do).
+                    self.notify_locked(&mut inner);
+                } else {
+                    self.unnotified.store(true, Ordering::Relaxed);
+                }
             }
             Err(QueueRqError::Busy) => {
                 self.stats.busy.fetch_add(1, Ordering::Relaxed);
@@ -860,14 +859,17 @@ impl VirtioBlk {
 }
 
 impl HwQueue for VirtioBlk {
-    fn queue_rq(&self, rq: &Request, _last: bool) -> Result<(), QueueRqError> {
-        self.submit(rq)
+    fn queue_rq(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
+        self.submit(rq, last)
     }
 
     fn commit(&self) {
-        let mut inner = self.inner.lock();
-        self.notify_locked(&mut inner);
-        drop(inner);
+        // Set (under the lock, by this CPU or another) whenever a chain was added without a
+        // doorbell decision; the CPU that added it reads its own store here.
+        if self.unnotified.load(Ordering::Relaxed) {
+            let mut inner = self.inner.lock();
+            self.notify_locked(&mut inner);
+        }
         self.reap_if_pending();
     }
 
@@ -876,16 +878,14 @@ impl HwQueue for VirtioBlk {
     }
 
     fn poll(&self) -> usize {
-        let Some(mut inner) = self.inner.try_lock() else {
+        let Some(inner) = self.inner.try_lock() else {
             return 0;
         };
         if !inner.vq.can_pop() {
             return 0;
         }
-        let mut done = [(0u16, Ok(())); QUEUE_DEPTH];
-        let n = self.reap_locked(&mut inner, &mut done);
-        drop(inner);
-        self.deliver(&done[..n]);
+        let n = self.reap_deliver(inner);
+        self.reap_if_pending();
         n
     }
 }
