@@ -22,6 +22,12 @@ pub trait BlockDevice: Sync {
         let _ = op;
         true
     }
+    /// Checks `bio` against this device: range, block alignment, read-only, supported op
+    /// ([`check_bio_dev`]). Devices may override it with the same checks done without going
+    /// through the other trait methods one virtual call at a time.
+    fn check(&self, bio: &Bio) -> Result<(), BlkError> {
+        check_bio_dev(self, bio)
+    }
     /// Takes ownership of a bio already checked against `capacity`, block size, read-only and
     /// `supports`. A stacked device remaps it and hands it on with [`CpuCtx::submit`] (never by
     /// calling a lower device directly); a request queue queues it. Errors end the bio.
@@ -35,7 +41,8 @@ pub trait BlockDevice: Sync {
 }
 
 /// Checks `bio` against its device: range, block alignment, read-only, supported op.
-pub fn check_bio_dev(dev: &dyn BlockDevice, bio: &Bio) -> Result<(), BlkError> {
+#[inline]
+pub fn check_bio_dev<D: BlockDevice + ?Sized>(dev: &D, bio: &Bio) -> Result<(), BlkError> {
     let op = bio.op();
     if !dev.supports(op) {
         return Err(BlkError::Unsupported);
@@ -170,7 +177,7 @@ impl CpuCtx {
                     next = self.pop_pending();
                     continue;
                 };
-                if !checked && let Err(e) = check_bio_dev(dev, &bio) {
+                if !checked && let Err(e) = dev.check(&bio) {
                     bio_io_error(bio, e);
                     next = self.pop_pending();
                     continue;
@@ -302,7 +309,7 @@ pub fn submit_bio(ctx: &CpuCtx, bio: Bio) -> Result<(), (BlkError, Bio)> {
     let Some(dev) = bio.dev() else {
         return Err((BlkError::InvalidArgument, bio));
     };
-    if let Err(e) = check_bio_dev(dev, &bio) {
+    if let Err(e) = dev.check(&bio) {
         return Err((e, bio));
     }
     ctx.enter(bio, true);

@@ -8,7 +8,7 @@ use crate::bio::{
 };
 use crate::bioset::BioSet;
 use crate::bounce::{BOUNCE_MAX_BYTES, Bouncer};
-use crate::device::{BlockDevice, CpuCtx};
+use crate::device::{BlockDevice, CpuCtx, check_bio_dev};
 use crate::error::{BlkError, BlkStatus, status_code, status_from_code};
 use crate::limits::{QueueLimits, check_bio, split_point};
 use crate::map_sg::{SgEntry, map_sg};
@@ -712,8 +712,7 @@ impl<const D: usize> Queue<D> {
             self.stats.requests_completed(1);
             self.release(slot, tag);
             while let Some(mut b) = ended.pop_front() {
-                let n = b.size();
-                b.advance(n);
+                b.advance_all();
                 bio_endio(b);
             }
             return;
@@ -1032,6 +1031,9 @@ impl<const D: usize> BlockDevice for Queue<D> {
             Op::Discard => self.limits.max_discard_sectors > 0,
             Op::WriteZeroes => self.limits.max_write_zeroes_sectors > 0,
         }
+    }
+    fn check(&self, bio: &Bio) -> Result<(), BlkError> {
+        check_bio_dev(self, bio)
     }
     fn submit(&'static self, bio: Bio, ctx: &CpuCtx) {
         if ctx.plugged() && bio.op().has_data() {
