@@ -117,6 +117,18 @@ impl Command {
         c.dw[11] = (cqid as u32) << 16 | 1;
         c
     }
+    /// Delete I/O submission queue `qid`.
+    pub fn delete_sq(qid: u16) -> Command {
+        let mut c = Command::new(admin::DELETE_SQ, 0);
+        c.dw[10] = qid as u32;
+        c
+    }
+    /// Delete I/O completion queue `qid` (its submission queues must be gone).
+    pub fn delete_cq(qid: u16) -> Command {
+        let mut c = Command::new(admin::DELETE_CQ, 0);
+        c.dw[10] = qid as u32;
+        c
+    }
     /// Abort command `cid` on submission queue `sqid`.
     pub fn abort(sqid: u16, cid: u16) -> Command {
         let mut c = Command::new(admin::ABORT, 0);
@@ -160,5 +172,9 @@ mod tests {
         let q = Command::create_cq(1, 256, 0x5000, 0, true);
         assert_eq!(q.dw[10], 255 << 16 | 1);
         assert_eq!(q.dw[11], 3);
+        let d = Command::delete_sq(1);
+        assert_eq!((d.dw[0] & 0xff, d.dw[10]), (0, 1));
+        let d = Command::delete_cq(1);
+        assert_eq!((d.dw[0] & 0xff, d.dw[10]), (4, 1));
     }
 }

@@ -240,6 +240,8 @@ struct IoQ {
     /// Writes waiting for their pre-flush, by tag.
     staged: [Option<Command>; QUEUE_DEPTH],
     rung: u16,
+    /// The controller has the queue pair (created, not deleted).
+    live: bool,
 }
 
 struct AdminQ {
@@ -316,6 +318,7 @@ impl Nvme {
             cids: CidTable::new(),
             staged: [None; QUEUE_DEPTH],
             rung: 0,
+            live: false,
         };
         let lists = DmaBuf::alloc(QUEUE_DEPTH * LIST_PAGES * PAGE as usize, 4096).map_err(nomem)?;
         let ident = DmaBuf::alloc(4096, 4096).map_err(nomem)?;
@@ -471,6 +474,7 @@ impl Nvme {
         io.sq.reset();
         io.cq.reset();
         io.rung = 0;
+        io.live = false;
         let irq = self.cfg.mode == Mode::Interrupt;
         run(
             admin,
@@ -480,6 +484,7 @@ impl Nvme {
             admin,
             Command::create_sq(IOQ, io.sq.entries(), io.sq.phys(), IOQ),
         )?;
+        io.live = true;
         Ok(())
     }
 
@@ -599,8 +604,20 @@ impl Nvme {
                 self.pending.store(true, Ordering::Release);
                 return false;
             };
-            self.reap_io(&mut io, &mut done);
-            self.reap_admin(&mut admin, &mut done);
+            // Until a pass finds both queues empty after their head doorbells: with INTx the
+            // controller only lowers the line when a head doorbell finds its queue empty, and
+            // QEMU 7.2's PLIC only signals a rising edge, so an entry posted after the last
+            // look but before the doorbell would otherwise wait for the next interrupt.
+            loop {
+                let n = self.reap_io(&mut io, &mut done) + self.reap_admin(&mut admin, &mut done);
+                if n == 0 {
+                    break;
+                }
+                if done.is_full() {
+                    self.pending.store(true, Ordering::Release);
+                    break;
+                }
+            }
             drop(admin);
             drop(io);
             self.deliver(&done);
@@ -653,6 +670,10 @@ impl Nvme {
                 && let Some(cid) = io.cids.issue(tag)
             {
                 w.set_cid(cid);
+                if !io.live {
+                    // The queue is being deleted: the write stays in flight for the reset.
+                    continue;
+                }
                 if io.sq.push(&w) {
                     resubmit = true;
                     continue;
@@ -877,6 +898,7 @@ impl Nvme {
             // What already finished completes normally.
             self.reap_io(&mut io, &mut done);
             self.reap_admin(&mut a, &mut done);
+            self.delete_io_queues(&mut a, &mut io, &mut done);
             let _ = self.disable();
             let mut failed = DoneList::new();
             let IoQ { cids, staged, .. } = &mut *io;
@@ -911,6 +933,24 @@ impl Nvme {
         self.deliver(&done);
         self.after_unlock();
         ok
+    }
+
+    /// Deletes the I/O queue pair before a disable, as long as the controller still answers:
+    /// the controller stops fetching commands and finishes (or cancels) the ones it started,
+    /// so none of them is still being processed when `CC.EN` clears. What it completes while
+    /// deleting is reaped (the completion queue still exists then). QEMU 7.2 fetches and
+    /// starts commands it had not fetched yet while `CC.EN = 0` drains the namespace, then
+    /// frees the queue under them and crashes when they finish (see `docs/nvme.md`).
+    fn delete_io_queues(&self, a: &mut AdminQ, io: &mut IoQ, done: &mut DoneList) {
+        if self.is_dead() || self.regs.read32(regs::CSTS) & (csts::RDY | csts::CFS) != csts::RDY {
+            return;
+        }
+        if self.admin_sync(a, Command::delete_sq(IOQ), done).is_err() {
+            return;
+        }
+        io.live = false;
+        self.reap_io(io, done);
+        let _ = self.admin_sync(a, Command::delete_cq(IOQ), done);
     }
 
     /// Test hook: reset the controller now, as a timeout or a fatal status would.

@@ -29,7 +29,6 @@ pub struct NvmeDisk {
     /// The completion interrupt (none when polled).
     pub irq: Option<IrqLine>,
     /// Interrupt kind.
-    #[allow(dead_code)]
     pub attach: Attach,
 }
 
@@ -73,6 +72,7 @@ pub fn probe(polled: bool, prefer_sgl: bool) {
         return;
     };
     f.enable_bus_master();
+    super::POLLED.fetch_or(polled, core::sync::atomic::Ordering::Relaxed);
     let msi = if polled { None } else { hal::irq::alloc_msi() };
     let intx = !polled && msi.is_none();
     let mode = if polled {
