@@ -269,6 +269,7 @@ pub fn run() -> bool {
             }
         }
     }
+    ok &= crate::bench_fs::run();
     defmt::println!(
         "BENCH done irqs={=u64} notifies={=u64}",
         d.irq_count() - irq0,

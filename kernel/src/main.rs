@@ -8,6 +8,7 @@
 
 mod arch;
 mod bench;
+mod bench_fs;
 mod block;
 mod boot;
 mod console;

@@ -266,6 +266,30 @@ fn table(setup: &Setup, rows: &[Row]) -> String {
     out
 }
 
+/// The filesystem jobs (`fs-*`) as ratios to the raw 128 KiB sequential write of the same run.
+fn fs_ratios(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let Some(raw) = rows
+        .iter()
+        .find(|r| r.job == "seqwrite" && r.bs == 128 << 10)
+    else {
+        return out;
+    };
+    for r in rows.iter().filter(|r| r.job.starts_with("fs-")) {
+        let _ = writeln!(
+            out,
+            "{:<18} {:>9.1} MiB/s = {:>6.1}% of raw seqwrite-128k qd{} ({:.1} MiB/s); {:.0} ops/s",
+            r.label(),
+            r.mib_s(),
+            100.0 * r.mib_s() / raw.mib_s(),
+            raw.qd,
+            raw.mib_s(),
+            r.iops()
+        );
+    }
+    out
+}
+
 fn json_str(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
@@ -371,7 +395,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         profile: &profile,
         kernel: &kernel,
         accel: args.accel,
-        words: vec!["mode=bench".into()],
+        // The filesystem jobs only where the disk keeps data (an image file, not null-co).
+        words: if profile.image.is_some() {
+            vec!["mode=bench".into(), "benchfs=1".into()]
+        } else {
+            vec!["mode=bench".into()]
+        },
         gdb: false,
         extra,
         image,
@@ -442,6 +471,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     };
     if !rows.is_empty() {
         print!("{}", table(&setup, &rows));
+        print!("{}", fs_ratios(&rows));
     }
     if let Some(path) = &args.json {
         fs::write(path, json(&setup, &rows))

@@ -44,6 +44,17 @@ pub struct BlkDisk {
     set: &'static BioSet<FsIo>,
     wait: fn(),
     blocks: u64,
+    /// Write-behind bios in flight: the future and the memory range (address, bytes) it reads.
+    pending: [Option<(BioFuture, usize, usize)>; MAX_INFLIGHT],
+    /// First error of a write-behind bio not yet reported.
+    error: Option<IoError>,
+}
+
+impl Drop for BlkDisk {
+    /// Waits for the write-behind bios: their memory belongs to the caller again afterwards.
+    fn drop(&mut self) {
+        let _ = self.drain();
+    }
 }
 
 impl core::fmt::Debug for BlkDisk {
@@ -83,6 +94,8 @@ impl BlkDisk {
             set,
             wait,
             blocks: dev.capacity() / SECTORS_PER_BLOCK,
+            pending: [const { None }; MAX_INFLIGHT],
+            error: None,
         })
     }
 
@@ -107,6 +120,45 @@ impl BlkDisk {
         bio.set_sector(block * SECTORS_PER_BLOCK);
         bio.set_flags(flags);
         Ok(bio)
+    }
+
+    /// Polls the write-behind bios until `done(address, bytes)` holds for none still in flight
+    /// and at least `free` slots are empty, calling the wait hook between polls.
+    fn reap(&mut self, free: usize, busy: &dyn Fn(usize, usize) -> bool) {
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            let mut empty = 0;
+            let mut blocked = false;
+            for slot in self.pending.iter_mut() {
+                let Some((f, addr, len)) = slot.as_mut() else {
+                    empty += 1;
+                    continue;
+                };
+                match Pin::new(f).poll(&mut cx) {
+                    Poll::Ready((status, _bio)) => {
+                        if let Err(e) = status
+                            && self.error.is_none()
+                        {
+                            self.error = Some(io_err(e));
+                        }
+                        *slot = None;
+                        empty += 1;
+                    }
+                    Poll::Pending => blocked |= busy(*addr, *len),
+                }
+            }
+            if empty >= free && !blocked {
+                return;
+            }
+            (self.wait)();
+        }
+    }
+
+    fn take_error(&mut self) -> Result<(), IoError> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Waits for every future, calling the wait hook between polls; the first error wins.
@@ -174,6 +226,58 @@ impl BlkDisk {
 }
 
 impl BlockIo for BlkDisk {
+    /// Submits the runs' bios (plugged) into free write-behind slots, first waiting for enough
+    /// slots; a batch of more bios than slots is written and waited for like [`BlockIo::write`].
+    fn write_behind(&mut self, runs: &[Run<'_>]) -> Result<(), IoError> {
+        for r in runs {
+            crate::io::check_range(self.blocks, r.block, r.data.len())?;
+        }
+        let chunk = BLOCKS_PER_BIO * BLOCK_SIZE;
+        let total: usize = runs.iter().map(|r| r.data.len().div_ceil(chunk)).sum();
+        if total > MAX_INFLIGHT {
+            self.drain()?;
+            return self.write(runs, WriteFlags::NONE);
+        }
+        self.reap(total, &|_, _| false);
+        let _plug = self.ctx.plug();
+        for r in runs {
+            for (i, part) in r.data.chunks(chunk).enumerate() {
+                let blocks = part.len() / BLOCK_SIZE;
+                let mut bio = self.bio(
+                    Op::Write,
+                    r.block + (i * BLOCKS_PER_BIO) as u64,
+                    blocks,
+                    BioFlags::empty(),
+                    false,
+                )?;
+                for page in part.chunks(BLOCK_SIZE) {
+                    // The device only reads this memory for a write.
+                    bio.add_vec(BioVec::new(phys_of(page), page.len() as u32))
+                        .map_err(io_err)?;
+                }
+                let slot = self
+                    .pending
+                    .iter()
+                    .position(Option::is_none)
+                    .ok_or(IoError::Device)?;
+                let fut = blk::submit_bio_async(self.ctx, bio);
+                self.pending[slot] = Some((fut, part.as_ptr() as usize, part.len()));
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_for(&mut self, mem: &[u8]) -> Result<(), IoError> {
+        let (lo, hi) = (mem.as_ptr() as usize, mem.as_ptr() as usize + mem.len());
+        self.reap(0, &|a, n| a < hi && lo < a + n);
+        self.take_error()
+    }
+
+    fn drain(&mut self) -> Result<(), IoError> {
+        self.reap(MAX_INFLIGHT, &|_, _| true);
+        self.take_error()
+    }
+
     fn block_count(&self) -> u64 {
         self.blocks
     }

@@ -143,6 +143,8 @@ pub struct Fs<'b, D: BlockIo, const IB: usize, const BW: usize> {
     cursor: u64,
     mode: Mode,
     failed: bool,
+    /// Buffer offset where the next write-behind chunk goes (see [`Fs::write`]).
+    ring: usize,
 }
 
 fn io(_: IoError) -> FsError {
@@ -201,7 +203,20 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
             cursor: SUPER_BLOCKS,
             mode: Mode::Unmounted,
             failed: false,
+            ring: 0,
         }
+    }
+
+    /// Waits for the data writes [`Fs::write`] left in flight. Done before anything that reads
+    /// the device, reuses the buffer from its start, frees blocks, or commits; an error among
+    /// those writes fails the instance (changes are refused until it is mounted again).
+    fn quiesce(&mut self) -> Result<()> {
+        self.ring = 0;
+        if self.dev.drain().is_err() {
+            self.failed = true;
+            return Err(FsError::Io);
+        }
+        Ok(())
     }
 
     /// The device.
@@ -241,6 +256,7 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
         if self.mode != Mode::Unmounted {
             return Err(FsError::Busy);
         }
+        self.quiesce()?;
         let blocks = opts.blocks.unwrap_or(self.dev.block_count());
         if blocks > self.dev.block_count() {
             return Err(FsError::InvalidArgument);
@@ -317,6 +333,7 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
         if self.mode != Mode::Unmounted {
             return Err(FsError::Busy);
         }
+        self.quiesce()?;
         let mut first: Option<FsError> = None;
         let r = self.load(&mut |p: Problem| {
             if first.is_none() {
@@ -348,6 +365,7 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
         if self.mode != Mode::Unmounted {
             return Err(FsError::Busy);
         }
+        self.quiesce()?;
         let mut problems = 0u32;
         let mut rep = |p: Problem| {
             problems += 1;
@@ -558,11 +576,12 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
 
     /// Commits everything and unmounts.
     pub fn unmount(&mut self) -> Result<()> {
+        let drained = self.quiesce();
         if self.mode == Mode::ReadWrite && !self.failed {
             self.sync()?;
         }
         self.mode = Mode::Unmounted;
-        Ok(())
+        drained
     }
 
     fn mounted(&self) -> Result<()> {
@@ -849,6 +868,7 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
     /// Reads from `off`; returns the bytes read (short at end of file).
     pub fn read(&mut self, ino: Ino, off: u64, out: &mut [u8]) -> Result<usize> {
         self.mounted()?;
+        self.quiesce()?;
         let n = self.file(ino)?;
         if off >= n.size || out.is_empty() {
             return Ok(0);
@@ -893,29 +913,55 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
                 self.set_inode(ino.0, n);
             }
             let fb = pos / BS;
-            let want = ((end - 1) / BS - fb + 1).min(cap);
+            let mut want = ((end - 1) / BS - fb + 1).min(cap);
+            // Write-behind: a block-aligned chunk past every mapped block of the file (an
+            // append) reads nothing from the device and frees nothing, so it is written from the
+            // next unused part of the buffer and not waited for; whatever reads the device,
+            // frees blocks or commits waits for such writes first (`quiesce`).
+            let behind = pos.is_multiple_of(BS) && fb >= n.size.div_ceil(BS);
+            let base = if behind {
+                if self.ring + BLOCK_SIZE > self.buf.len() {
+                    self.ring = 0;
+                }
+                want = want.min(((self.buf.len() - self.ring) / BLOCK_SIZE) as u64);
+                let region = &self.buf[self.ring..self.ring + (want * BS) as usize];
+                if self.dev.wait_for(region).is_err() {
+                    self.failed = true;
+                    return Err(FsError::Io);
+                }
+                self.ring
+            } else {
+                self.quiesce()?;
+                0
+            };
             let (phys, k) = self.alloc_run(want, self.reserve())?;
             let chunk_end = end.min((fb + k) * BS);
+            let buf = &mut self.buf[base..];
             // Partial first and last blocks start from their old contents (zeros in a hole).
             if !pos.is_multiple_of(BS) {
-                read_file_blocks(&mut self.dev, self.buf, &ext, fb, 1)?;
+                read_file_blocks(&mut self.dev, buf, &ext, fb, 1)?;
             }
             if chunk_end % BS != 0 && (chunk_end / BS != fb || pos.is_multiple_of(BS)) {
                 let lb = chunk_end / BS;
                 let i = (lb - fb) as usize;
-                let tail = self
-                    .buf
+                let tail = buf
                     .get_mut(i * BLOCK_SIZE..)
                     .ok_or(FsError::BufferTooSmall)?;
                 read_file_blocks(&mut self.dev, tail, &ext, lb, 1)?;
             }
-            let dst = &mut self.buf[(pos - fb * BS) as usize..(chunk_end - fb * BS) as usize];
+            let dst = &mut buf[(pos - fb * BS) as usize..(chunk_end - fb * BS) as usize];
             dst.copy_from_slice(&data[(pos - off) as usize..(chunk_end - off) as usize]);
             let run = Run {
                 block: phys,
-                data: &self.buf[..(k * BS) as usize],
+                data: &buf[..(k * BS) as usize],
             };
-            if self.dev.write(&[run], WriteFlags::NONE).is_err() {
+            let r = if behind {
+                self.ring = base + (k * BS) as usize;
+                self.dev.write_behind(&[run])
+            } else {
+                self.dev.write(&[run], WriteFlags::NONE)
+            };
+            if r.is_err() {
                 Self::free_range(&mut self.used, phys, k);
                 self.failed = true;
                 return Err(FsError::Io);
@@ -947,6 +993,7 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
 
     /// Rewrites a file's mapped range into one contiguous extent (holes inside become zeros).
     fn compact(&mut self, ext: &mut ExtList) -> Result<()> {
+        self.quiesce()?;
         let (Some(first), Some(last)) = (
             ext.as_slice().first().copied(),
             ext.as_slice().last().copied(),
@@ -986,6 +1033,7 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
     /// Sets the size: shrinking frees blocks past the end, growing leaves a hole.
     pub fn truncate(&mut self, ino: Ino, size: u64) -> Result<()> {
         self.writable()?;
+        self.quiesce()?;
         let mut n = self.file(ino)?;
         if size > MAX_FILE_SIZE {
             return Err(FsError::FileTooLarge);
@@ -1070,6 +1118,7 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
     /// Removes a file.
     pub fn unlink(&mut self, path: &str) -> Result<()> {
         self.writable()?;
+        self.quiesce()?;
         let ino = self.resolve(path)?;
         self.file(Ino(ino))?;
         self.remove(ino);
@@ -1079,6 +1128,7 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
     /// Removes an empty directory.
     pub fn rmdir(&mut self, path: &str) -> Result<()> {
         self.writable()?;
+        self.quiesce()?;
         let ino = self.resolve(path)?;
         if ino == ROOT_INO {
             return Err(FsError::InvalidArgument);
@@ -1097,6 +1147,7 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
     /// is a directory) already at `to`.
     pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
         self.writable()?;
+        self.quiesce()?;
         let src = self.resolve(from)?;
         if src == ROOT_INO {
             return Err(FsError::InvalidArgument);
@@ -1148,6 +1199,7 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
     /// Commits every change: new inode-table blocks, then the superblock with PREFLUSH | FUA.
     pub fn sync(&mut self) -> Result<()> {
         self.writable()?;
+        self.quiesce()?;
         if self.dirty == 0 {
             return Ok(());
         }

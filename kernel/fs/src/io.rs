@@ -52,6 +52,22 @@ pub trait BlockIo {
     fn read(&mut self, block: u64, buf: &mut [u8]) -> Result<(), IoError>;
     /// Issues every run (each one I/O) together, plugged, and waits for all of them.
     fn write(&mut self, runs: &[Run<'_>], flags: WriteFlags) -> Result<(), IoError>;
+    /// Starts writing `runs` (no ordering flags) and may return before they complete: the
+    /// memory of `runs` must not change until [`BlockIo::wait_for`] on it or
+    /// [`BlockIo::drain`] has returned. An error may be reported here or by either of those.
+    /// Default: the waited [`BlockIo::write`].
+    fn write_behind(&mut self, runs: &[Run<'_>]) -> Result<(), IoError> {
+        self.write(runs, WriteFlags::NONE)
+    }
+    /// Waits for the writes started by `write_behind` whose memory overlaps `mem`.
+    fn wait_for(&mut self, mem: &[u8]) -> Result<(), IoError> {
+        let _ = mem;
+        Ok(())
+    }
+    /// Waits for every write started by `write_behind`; the first error among them.
+    fn drain(&mut self) -> Result<(), IoError> {
+        Ok(())
+    }
 }
 
 pub(crate) fn check_range(count: u64, block: u64, bytes: usize) -> Result<u64, IoError> {
@@ -74,5 +90,14 @@ impl<T: BlockIo + ?Sized> BlockIo for &mut T {
     }
     fn write(&mut self, runs: &[Run<'_>], flags: WriteFlags) -> Result<(), IoError> {
         (**self).write(runs, flags)
+    }
+    fn write_behind(&mut self, runs: &[Run<'_>]) -> Result<(), IoError> {
+        (**self).write_behind(runs)
+    }
+    fn wait_for(&mut self, mem: &[u8]) -> Result<(), IoError> {
+        (**self).wait_for(mem)
+    }
+    fn drain(&mut self) -> Result<(), IoError> {
+        (**self).drain()
     }
 }

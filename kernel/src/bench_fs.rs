@@ -1,0 +1,251 @@
+//! The filesystem half of `mode=bench`: tinyfs workloads on the bench disk, run after the raw
+//! jobs when the command line has `benchfs=1` (xtask adds it for disk-image backends only: the
+//! `null` backend keeps no data, so a filesystem on it cannot be read back).
+//!
+//! The raw jobs have overwritten the disk, so the filesystem is made afresh (mkfs, mount) and
+//! each job prints a line in the raw jobs' format, under a job name starting with `fs-`:
+//!
+//! - `fs-seqwrite`: one new file of [`SEQ_BYTES`] written in [`SEQ_BS`] `write` calls, then one
+//!   `fsync` (all inside the timed span); `ios` counts the writes, latencies are per write (the
+//!   `fsync` is in `ns` but not in the percentiles); `fs-seqwrite-nosync` is the same run up to
+//!   the point where the data writes have completed, before the `fsync` (no commit, no flush:
+//!   like the raw jobs, which never flush);
+//! - `fs-randwrite`: [`RAND_OPS`] 4 KiB overwrites at random block offsets of a
+//!   [`RAND_FILE_BYTES`] file, each followed by `fsync` (latency = write + fsync);
+//! - `fs-smallfiles`: [`SMALL_FILES`] files, each `create` + 4 KiB `write` + `fsync`
+//!   (latency per file), in rounds of [`SMALL_ROUND`]: the kernel instance has 120 inodes, so
+//!   after each round its files are unlinked and the removal committed; the unlinks and their
+//!   commit are outside the timed spans (`ns` is the sum of the rounds' create/write/fsync spans).
+
+use blk::BlockDevice;
+use hal::DmaBuf;
+use tinyfs::io::BlockIo;
+use tinyfs::{FsError, Ino};
+
+use crate::block;
+use crate::fs::{self, KernelFs};
+use crate::{arch, boot};
+
+/// Sequential file size and write size.
+const SEQ_BYTES: usize = 32 << 20;
+const SEQ_BS: usize = 128 << 10;
+/// Random overwrites: file size and count.
+const RAND_FILE_BYTES: usize = 4 << 20;
+const RAND_OPS: usize = 512;
+/// Small files: total, per round (live at once), bytes each.
+const SMALL_FILES: usize = 1000;
+const SMALL_ROUND: usize = 100;
+const SMALL_BYTES: usize = 4096;
+/// Most latencies recorded per job.
+const MAX_OPS: usize = 1024;
+
+/// Timing of one job.
+struct Span {
+    ns: u64,
+    halted_ns: u64,
+    cycles: u64,
+}
+
+/// Start marks of a [`Span`].
+struct Mark(u64, u64, u64);
+
+impl Mark {
+    fn now() -> Mark {
+        Mark(arch::now_ns(), block::halted_ns(), arch::cycles())
+    }
+
+    fn add_to(&self, s: &mut Span) {
+        s.ns += arch::now_ns() - self.0;
+        s.halted_ns += block::halted_ns() - self.1;
+        s.cycles += arch::cycles() - self.2;
+    }
+}
+
+fn report(name: &str, bs: usize, ios: usize, span: &Span, lat: &mut [u32]) {
+    lat.sort_unstable();
+    let n = lat.len().max(1);
+    let pct = |p: usize| lat.get((n * p / 100).min(n - 1)).copied().unwrap_or(0);
+    defmt::println!(
+        "BENCH job={=str} bs={=u32} qd=1 ios={=u32} ns={=u64} halted_ns={=u64} cycles={=u64} p50_ns={=u32} p99_ns={=u32} errors=0",
+        name,
+        bs as u32,
+        ios as u32,
+        span.ns,
+        span.halted_ns,
+        span.cycles,
+        pct(50),
+        pct(99)
+    );
+}
+
+fn since(t0: u64) -> u32 {
+    (arch::now_ns() - t0).min(u64::from(u32::MAX)) as u32
+}
+
+/// Runs the filesystem jobs if the command line asks for them; `false` if one failed.
+pub fn run() -> bool {
+    if boot::cmdline_arg(crate::boot_info().cmdline, "benchfs") != Some("1") {
+        defmt::println!("BENCH fs skipped (no benchfs=1: the backend keeps no data)");
+        return true;
+    }
+    let Ok(mut src) = DmaBuf::alloc(SEQ_BS, 4096) else {
+        defmt::error!("benchfs: no memory for the source buffer");
+        return false;
+    };
+    fs::fill_pattern(src.as_mut_slice(), 0x6265_6e63, 0);
+    match fs::with_fs(|f| jobs(f, src.as_slice())) {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            defmt::error!("benchfs: {}", defmt::Display2Format(&e));
+            false
+        }
+        Err(fs::Setup::NoDisk) => {
+            defmt::println!("BENCH fs skipped (the filesystem runs on a virtio disk only)");
+            true
+        }
+        Err(e) => {
+            defmt::error!("benchfs: cannot set up: {}", defmt::Debug2Format(&e));
+            false
+        }
+    }
+}
+
+fn jobs(f: &mut KernelFs<'_>, src: &[u8]) -> Result<(), FsError> {
+    // The raw jobs left garbage in both superblock slots: always format.
+    fs::mkfs(f)?;
+    f.mount(false)?;
+    let s = f.statfs()?;
+    defmt::println!(
+        "BENCH fs mkfs blocks={=u64} inodes={=u32} io_buf={=u32} capacity_sectors={=u64}",
+        s.blocks,
+        s.inodes,
+        fs::IO_BUF_BYTES as u32,
+        crate::block::virtio::disk().map_or(0, |d| d.queue.capacity())
+    );
+    let r = seqwrite(f, src)
+        .and_then(|()| randwrite(f, src))
+        .and_then(|()| smallfiles(f, src));
+    let u = f.unmount();
+    r?;
+    u
+}
+
+fn seqwrite(f: &mut KernelFs<'_>, src: &[u8]) -> Result<(), FsError> {
+    let ino = f.create("/seq.bin")?;
+    let ios = SEQ_BYTES / SEQ_BS;
+    let mut lat = [0u32; MAX_OPS];
+    let mut span = Span {
+        ns: 0,
+        halted_ns: 0,
+        cycles: 0,
+    };
+    let m = Mark::now();
+    for (i, l) in lat.iter_mut().enumerate().take(ios) {
+        let t = arch::now_ns();
+        f.write(ino, (i * SEQ_BS) as u64, &src[..SEQ_BS])?;
+        *l = since(t);
+    }
+    // The data on the device (write-behind drained), before the commit: comparable to the
+    // raw job, which never flushes.
+    f.device().drain().map_err(|_| FsError::Io)?;
+    let mut data = Span {
+        ns: 0,
+        halted_ns: 0,
+        cycles: 0,
+    };
+    m.add_to(&mut data);
+    f.fsync(ino)?;
+    m.add_to(&mut span);
+    report(
+        "fs-seqwrite-nosync",
+        SEQ_BS,
+        ios,
+        &data,
+        &mut lat[..ios.min(MAX_OPS)],
+    );
+    report(
+        "fs-seqwrite",
+        SEQ_BS,
+        ios,
+        &span,
+        &mut lat[..ios.min(MAX_OPS)],
+    );
+    f.unlink("/seq.bin")?;
+    f.sync()
+}
+
+fn randwrite(f: &mut KernelFs<'_>, src: &[u8]) -> Result<(), FsError> {
+    let ino = f.create("/rand.bin")?;
+    for off in (0..RAND_FILE_BYTES).step_by(SEQ_BS) {
+        f.write(ino, off as u64, &src[..SEQ_BS])?;
+    }
+    f.fsync(ino)?;
+    let blocks = (RAND_FILE_BYTES / 4096) as u64;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut lat = [0u32; MAX_OPS];
+    let mut span = Span {
+        ns: 0,
+        halted_ns: 0,
+        cycles: 0,
+    };
+    let m = Mark::now();
+    for l in lat.iter_mut().take(RAND_OPS) {
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        let b = rng.wrapping_mul(0x2545_f491_4f6c_dd1d) % blocks;
+        let t = arch::now_ns();
+        f.write(ino, b * 4096, &src[..4096])?;
+        f.fsync(ino)?;
+        *l = since(t);
+    }
+    m.add_to(&mut span);
+    report("fs-randwrite", 4096, RAND_OPS, &span, &mut lat[..RAND_OPS]);
+    f.unlink("/rand.bin")?;
+    f.sync()
+}
+
+fn smallfiles(f: &mut KernelFs<'_>, src: &[u8]) -> Result<(), FsError> {
+    f.mkdir("/small")?;
+    let mut lat = [0u32; MAX_OPS];
+    let mut span = Span {
+        ns: 0,
+        halted_ns: 0,
+        cycles: 0,
+    };
+    let mut done = 0usize;
+    while done < SMALL_FILES {
+        let round = SMALL_ROUND.min(SMALL_FILES - done);
+        let m = Mark::now();
+        for i in done..done + round {
+            let t = arch::now_ns();
+            let ino: Ino = f.create(name(i).as_str())?;
+            f.write(ino, 0, &src[..SMALL_BYTES])?;
+            f.fsync(ino)?;
+            if let Some(l) = lat.get_mut(i) {
+                *l = since(t);
+            }
+        }
+        m.add_to(&mut span);
+        for i in done..done + round {
+            f.unlink(name(i).as_str())?;
+        }
+        f.sync()?;
+        done += round;
+    }
+    report(
+        "fs-smallfiles",
+        SMALL_BYTES,
+        SMALL_FILES,
+        &span,
+        &mut lat[..SMALL_FILES.min(MAX_OPS)],
+    );
+    f.rmdir("/small")?;
+    f.sync()
+}
+
+fn name(i: usize) -> heapless::String<32> {
+    let mut s = heapless::String::new();
+    let _ = core::fmt::Write::write_fmt(&mut s, format_args!("/small/f{i:04}"));
+    s
+}
