@@ -1,4 +1,4 @@
-//! `mode=bench`: fixed workloads on the virtio disk (`cargo xtask bench`).
+//! `mode=bench`: fixed workloads on the disk (virtio-blk, NVMe or AHCI; `cargo xtask bench`).
 //!
 //! Each job keeps `qd` bios in flight until `ios` have completed: the process-context loop
 //! refills the queue, `end_io` (interrupt context) records the latency and counts. One line per
@@ -19,7 +19,7 @@ use hal::DmaBuf;
 use spin::Mutex;
 
 use crate::arch;
-use crate::block::{self, cpu_ctx, virtio};
+use crate::block::{self, ahci, cpu_ctx, nvme, virtio};
 
 /// One workload.
 struct Job {
@@ -208,13 +208,71 @@ fn run_job(
     })
 }
 
+/// The disk under test: the first of virtio-blk, NVMe, AHCI that was found.
+#[derive(Clone, Copy)]
+enum Disk {
+    Virtio(&'static virtio::VirtioDisk),
+    Nvme(&'static nvme::NvmeDisk),
+    Ahci(&'static ahci::AhciDisk),
+}
+
+impl Disk {
+    fn find() -> Option<Self> {
+        virtio::disk()
+            .map(Disk::Virtio)
+            .or_else(|| nvme::disk().map(Disk::Nvme))
+            .or_else(|| ahci::disk().map(Disk::Ahci))
+    }
+
+    fn dev(self) -> &'static dyn BlockDevice {
+        match self {
+            Disk::Virtio(d) => d.queue,
+            Disk::Nvme(d) => d.queue,
+            Disk::Ahci(d) => d.queue,
+        }
+    }
+
+    fn irq_count(self) -> u64 {
+        match self {
+            Disk::Virtio(d) => d.irq_count(),
+            Disk::Nvme(d) => d.irq_count(),
+            Disk::Ahci(d) => d.irq_count(),
+        }
+    }
+
+    /// Device notifications: virtio queue notifies, NVMe submission doorbells, AHCI commands
+    /// issued (NCQ and one-at-a-time).
+    fn notifies(self) -> u64 {
+        match self {
+            Disk::Virtio(d) => d.hw.stats().notifies.load(Ordering::Relaxed),
+            Disk::Nvme(d) => d.hw.stats().doorbells.load(Ordering::Relaxed),
+            Disk::Ahci(d) => {
+                let s = d.hw.stats();
+                s.ncq_commands.load(Ordering::Relaxed)
+                    + s.exclusive_commands.load(Ordering::Relaxed)
+            }
+        }
+    }
+}
+
+/// `kind-interrupts`, e.g. `nvme-Msix`: one word for the BENCH start line's `attach=`.
+impl defmt::Format for Disk {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        match self {
+            Disk::Virtio(d) => defmt::write!(f, "virtio-{}", d.attach),
+            Disk::Nvme(d) => defmt::write!(f, "nvme-{}", d.attach),
+            Disk::Ahci(d) => defmt::write!(f, "ahci-{}", d.attach),
+        }
+    }
+}
+
 /// Runs every job; `false` if there is no disk or an I/O failed.
 pub fn run() -> bool {
-    let Some(d) = virtio::disk() else {
-        defmt::error!("bench: no virtio-blk disk");
+    let Some(d) = Disk::find() else {
+        defmt::error!("bench: no disk (virtio-blk, NVMe or AHCI)");
         return false;
     };
-    let dev: &'static dyn BlockDevice = d.queue;
+    let dev = d.dev();
     let Ok(buf) = DmaBuf::alloc(BUF_BYTES, 4096) else {
         defmt::error!("bench: no DMA memory for the buffers");
         return false;
@@ -226,7 +284,7 @@ pub fn run() -> bool {
     defmt::println!(
         "BENCH start arch={=str} attach={} capacity_sectors={=u64}",
         arch::NAME,
-        d.attach,
+        d,
         dev.capacity()
     );
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -235,11 +293,11 @@ pub fn run() -> bool {
         defmt::error!("bench: warm-up failed: {}", defmt::Debug2Format(&e));
         return false;
     }
-    let (irq0, notify0) = (d.irq_count(), d.hw.stats().notifies.load(Ordering::Relaxed));
+    let (irq0, notify0) = (d.irq_count(), d.notifies());
     let mut ok = true;
     for job in &JOBS {
         let irq = d.irq_count();
-        let notify = d.hw.stats().notifies.load(Ordering::Relaxed);
+        let notify = d.notifies();
         match run_job(dev, job, job.ios, &buf, &mut rng) {
             Ok(o) => {
                 defmt::println!(
@@ -255,7 +313,7 @@ pub fn run() -> bool {
                     o.p99_ns,
                     o.errors,
                     d.irq_count() - irq,
-                    d.hw.stats().notifies.load(Ordering::Relaxed) - notify
+                    d.notifies() - notify
                 );
                 ok &= o.errors == 0;
             }
@@ -273,7 +331,7 @@ pub fn run() -> bool {
     defmt::println!(
         "BENCH done irqs={=u64} notifies={=u64}",
         d.irq_count() - irq0,
-        d.hw.stats().notifies.load(Ordering::Relaxed) - notify0
+        d.notifies() - notify0
     );
     ok
 }

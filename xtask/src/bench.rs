@@ -45,7 +45,7 @@ pub struct BenchArgs {
     /// Disk controller.
     #[arg(long, value_enum, default_value_t = Disk::Virtio)]
     disk: Disk,
-    /// Transport on riscv64 (x86_64 always uses PCI).
+    /// virtio transport on riscv64 (x86_64, NVMe and AHCI always use PCI).
     #[arg(long, value_enum, default_value_t = Transport::Mmio)]
     transport: Transport,
     /// Block backend.
@@ -81,8 +81,8 @@ pub enum Transport {
 
 /// The profile file stem in `qemu/bench/` for these options.
 fn profile_name(arch: Arch, disk: Disk, transport: Transport, backend: Backend) -> String {
-    let transport = match (arch, transport) {
-        (Arch::Riscv64, Transport::Pci) => "-pci",
+    let transport = match (arch, disk, transport) {
+        (Arch::Riscv64, Disk::Virtio, Transport::Pci) => "-pci",
         _ => "",
     };
     format!("{arch}-{disk}{transport}-{}", backend.name())
@@ -568,6 +568,18 @@ mod tests {
                 }
             }
         }
-        assert!(load(&dir, "x86_64-nvme-null").is_err());
+        for arch in [Arch::X86_64, Arch::Riscv64] {
+            for disk in [Disk::Nvme, Disk::Ahci] {
+                for transport in [Transport::Mmio, Transport::Pci] {
+                    let name = profile_name(arch, disk, transport, Backend::Null);
+                    assert_eq!(name, format!("{arch}-{disk}-null"));
+                    let p = load(&dir, &name).unwrap();
+                    assert_eq!((p.arch, p.disk), (arch, disk));
+                    assert!(!p.test);
+                    assert!(p.image.is_none(), "{name}");
+                }
+            }
+        }
+        assert!(load(&dir, "x86_64-nvme-file").is_err());
     }
 }
