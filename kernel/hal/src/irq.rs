@@ -78,8 +78,11 @@ pub fn dispatch(irq: u32) -> bool {
         return false;
     };
     COUNTS[irq as usize].fetch_add(1, Ordering::Relaxed);
+    // Slots fill in order (`register` takes the first free one), so the first empty slot ends
+    // the line.
     let mut any = false;
-    for h in line.iter().filter_map(|slot| slot.get()) {
+    for slot in line {
+        let Some(h) = slot.get() else { break };
         h.handle();
         any = true;
     }

@@ -27,26 +27,46 @@ pub fn clock() -> u64 {
 
 /// Whether some device is polled (then waiting spins instead of halting).
 static POLLED: AtomicBool = AtomicBool::new(false);
-/// Last timeout scan.
-static LAST_TIMEOUT_SCAN: AtomicU64 = AtomicU64::new(0);
+/// When the next timeout scan is due.
+static NEXT_TIMEOUT_SCAN: AtomicU64 = AtomicU64::new(TIMEOUT_SCAN_NS);
 /// Timeouts are scanned at most this often.
 const TIMEOUT_SCAN_NS: u64 = 100_000_000;
 
 /// Deferred work, in process context: requeued requests, polled completions, timeouts.
+#[inline]
 pub fn run_deferred() {
     let now = clock();
-    let scan = now.saturating_sub(LAST_TIMEOUT_SCAN.load(Ordering::Relaxed)) >= TIMEOUT_SCAN_NS;
-    if scan {
-        LAST_TIMEOUT_SCAN.store(now, Ordering::Relaxed);
+    if now >= NEXT_TIMEOUT_SCAN.load(Ordering::Relaxed) {
+        deferred_with_scan(now);
+        return;
     }
+    // The common case, on every wait: no timeout scan, so the drivers' `deferred` stay small
+    // (a mode check and an empty requeue check each).
     if let Some(d) = virtio::disk() {
-        d.deferred(scan.then_some(now));
+        d.deferred(None);
     }
     if let Some(d) = ahci::disk() {
-        d.deferred(scan.then_some(now));
+        d.deferred(None);
     }
     if let Some(d) = nvme::disk() {
-        d.deferred(scan.then_some(now));
+        d.deferred(None);
+    }
+}
+
+/// [`run_deferred`] with a timeout scan: out of line, it runs at most every
+/// [`TIMEOUT_SCAN_NS`].
+#[cold]
+#[inline(never)]
+fn deferred_with_scan(now: u64) {
+    NEXT_TIMEOUT_SCAN.store(now.saturating_add(TIMEOUT_SCAN_NS), Ordering::Relaxed);
+    if let Some(d) = virtio::disk() {
+        d.deferred(Some(now));
+    }
+    if let Some(d) = ahci::disk() {
+        d.deferred(Some(now));
+    }
+    if let Some(d) = nvme::disk() {
+        d.deferred(Some(now));
     }
 }
 

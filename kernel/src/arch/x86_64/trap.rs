@@ -1,8 +1,11 @@
 //! The IDT, the entry stubs of all 256 vectors and the common trap handler.
 //!
-//! Every vector has a 16-byte stub that pushes a zero error code (unless the CPU pushed one),
-//! then the vector number, and jumps to `x86_trap_common`, which saves the general registers
-//! and calls [`x86_trap`] with a pointer to the [`TrapFrame`]. Vectors:
+//! Every vector has a 16-byte stub. An exception stub (vectors 0..=31) pushes a zero error code
+//! (unless the CPU pushed one), then the vector number, and jumps to `x86_trap_common`, which
+//! saves the general registers and calls [`x86_trap`] with a pointer to the [`TrapFrame`]. An
+//! interrupt stub (32..=255) saves `rdi`, loads the vector into it and jumps to
+//! `x86_irq_common`, which saves only the other caller-saved registers (the callee-saved ones
+//! are preserved by [`x86_irq`] itself) and calls [`x86_irq`] with the vector. Vectors:
 //!
 //! | vectors      | use                                                        |
 //! |--------------|------------------------------------------------------------|
@@ -28,6 +31,11 @@ global_asm!(
     ".set vector, 0",
     ".rept 256",
     ".balign 16",
+    ".if vector >= 32",
+    "pushq %rdi",
+    "movl $vector, %edi",
+    "jmp x86_irq_common",
+    ".else",
     // Exceptions with a CPU-pushed error code: #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP, #VC, #SX.
     ".if (vector == 8) || (vector == 10) || (vector == 11) || (vector == 12) || (vector == 13) || (vector == 14) || (vector == 17) || (vector == 21) || (vector == 29) || (vector == 30)",
     ".else",
@@ -35,6 +43,7 @@ global_asm!(
     ".endif",
     "pushq $vector",
     "jmp x86_trap_common",
+    ".endif",
     ".set vector, vector + 1",
     ".endr",
     "",
@@ -75,6 +84,29 @@ global_asm!(
     "popq %rbx",
     "popq %rax",
     "addq $16, %rsp",
+    "iretq",
+    "",
+    "x86_irq_common:",
+    "pushq %rax",
+    "pushq %rcx",
+    "pushq %rdx",
+    "pushq %rsi",
+    "pushq %r8",
+    "pushq %r9",
+    "pushq %r10",
+    "pushq %r11",
+    // The CPU's 5-word frame, `rdi` and 8 registers: 14 words, RSP stays 16-byte aligned.
+    "cld",
+    "call x86_irq",
+    "popq %r11",
+    "popq %r10",
+    "popq %r9",
+    "popq %r8",
+    "popq %rsi",
+    "popq %rdx",
+    "popq %rcx",
+    "popq %rax",
+    "popq %rdi",
     "iretq",
     ".text",
     options(att_syntax)
@@ -277,34 +309,39 @@ fn fatal_exception(frame: &TrapFrame) -> ! {
     super::exit(false)
 }
 
-/// Called by `x86_trap_common` for every vector, with interrupts off.
+/// Called by `x86_trap_common` for the exceptions (vectors 0..=31), with interrupts off.
 #[unsafe(no_mangle)]
 extern "C" fn x86_trap(frame: &mut TrapFrame) {
-    let vector = frame.vector;
-    if vector >= 32 {
-        crate::block::woke();
+    if frame.vector == VECTOR_BREAKPOINT {
+        // `int3` is a trap: RIP already points after it, so returning resumes.
+        BREAKPOINTS.fetch_add(1, Ordering::Relaxed);
+    } else {
+        fatal_exception(frame);
     }
+}
+
+/// Called by `x86_irq_common` for every interrupt vector (32..=255), with interrupts off.
+#[unsafe(no_mangle)]
+extern "C" fn x86_irq(vector: u32) {
+    crate::block::woke();
     match vector {
-        VECTOR_BREAKPOINT => {
-            // `int3` is a trap: RIP already points after it, so returning resumes.
-            BREAKPOINTS.fetch_add(1, Ordering::Relaxed);
-        }
-        0..=31 => fatal_exception(frame),
-        VECTOR_PIC_FIRST..=VECTOR_PIC_LAST => {
-            // The PICs are masked: only their spurious IRQ 7/15 can get here, which need no EOI.
+        // The PICs are masked: only their spurious IRQ 7/15 can get here, which need no EOI.
+        // LAPIC spurious interrupts must not be acknowledged.
+        PIC_FIRST..=PIC_LAST | SPURIOUS_VECTOR => {
             SPURIOUS.fetch_add(1, Ordering::Relaxed);
         }
-        VECTOR_TIMER => {
+        TIMER_VECTOR => {
             TICKS.fetch_add(1, Ordering::Relaxed);
             apic::eoi();
         }
-        VECTOR_SPURIOUS => {
-            // LAPIC spurious interrupts must not be acknowledged.
-            SPURIOUS.fetch_add(1, Ordering::Relaxed);
-        }
         _ => {
-            hal::irq::dispatch(vector as u32);
+            hal::irq::dispatch(vector);
             apic::eoi();
         }
     }
 }
+
+const PIC_FIRST: u32 = VECTOR_PIC_FIRST as u32;
+const PIC_LAST: u32 = VECTOR_PIC_LAST as u32;
+const TIMER_VECTOR: u32 = VECTOR_TIMER as u32;
+const SPURIOUS_VECTOR: u32 = VECTOR_SPURIOUS as u32;
