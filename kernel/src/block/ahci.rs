@@ -4,47 +4,18 @@
 
 use ahci::{Ahci, Mode, QUEUE_DEPTH};
 use blk::{Queue, QueueConfig, Wait};
-use hal::IrqLine;
 use spin::Once;
 
 use crate::{arch, pci};
 
-/// How completions arrive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, defmt::Format)]
-pub enum Attach {
-    /// MSI.
-    Msi,
-    /// The INTx line.
-    Intx,
-    /// Polled.
-    Polled,
-}
+pub use super::Attach;
 
 /// The AHCI disk: driver, request queue, interrupt line.
-pub struct AhciDisk {
-    /// The driver.
-    pub hw: &'static Ahci,
-    /// The block layer's queue.
-    pub queue: &'static Queue<QUEUE_DEPTH>,
-    /// The completion interrupt (none when polled).
-    pub irq: Option<IrqLine>,
-    /// Interrupt kind.
-    pub attach: Attach,
-}
+pub type AhciDisk = super::Disk<Ahci, QUEUE_DEPTH>;
 
-impl AhciDisk {
-    /// Deferred work (recovery, polling, requeued requests); `now` when timeouts are due.
-    pub fn deferred(&self, now: Option<u64>) {
-        self.hw.deferred();
-        self.queue.kick();
-        if let Some(now) = now {
-            self.queue.check_timeouts(now);
-        }
-    }
-
-    /// Interrupts taken on the completion line so far.
-    pub fn irq_count(&self) -> u64 {
-        self.irq.map_or(0, |l| l.count())
+impl super::DriverDeferred for Ahci {
+    fn deferred(&self) {
+        Ahci::deferred(self);
     }
 }
 

@@ -7,10 +7,60 @@ pub mod demo;
 pub mod nvme;
 pub mod virtio;
 
-use blk::{BioSet, BioSlab, BvecPools, BvecSlabs, CpuCtx};
+use blk::{BioSet, BioSlab, BvecPools, BvecSlabs, CpuCtx, Queue};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use hal::IrqLine;
 
 use crate::arch;
+
+/// How a disk's completions arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, defmt::Format)]
+pub enum Attach {
+    /// A PCI function's MSI-X vector.
+    Msix,
+    /// A PCI function's MSI.
+    Msi,
+    /// A PCI function's INTx line.
+    Intx,
+    /// A memory-mapped device's interrupt-controller line (virtio-mmio).
+    MmioLine,
+    /// Polled, no interrupt line.
+    Polled,
+}
+
+/// A driver's own share of the deferred work (recovery, polled completions).
+pub trait DriverDeferred: Sync {
+    /// Process context, from the wait hook.
+    fn deferred(&self);
+}
+
+/// A probed disk: its driver, the block layer's queue on top, its completion interrupt.
+pub struct Disk<H: 'static, const DEPTH: usize> {
+    /// The driver.
+    pub hw: &'static H,
+    /// The block layer's queue (the `BlockDevice` to submit bios to).
+    pub queue: &'static Queue<DEPTH>,
+    /// The completion interrupt (none when polled).
+    pub irq: Option<IrqLine>,
+    /// How completions arrive.
+    pub attach: Attach,
+}
+
+impl<H: DriverDeferred, const DEPTH: usize> Disk<H, DEPTH> {
+    /// Deferred work for this disk; `now` when timeouts are due for a scan.
+    pub fn deferred(&self, now: Option<u64>) {
+        self.hw.deferred();
+        self.queue.kick();
+        if let Some(now) = now {
+            self.queue.check_timeouts(now);
+        }
+    }
+
+    /// Interrupts taken on the completion line so far.
+    pub fn irq_count(&self) -> u64 {
+        self.irq.map_or(0, |l| l.count())
+    }
+}
 
 /// One submission context per CPU (one CPU for now).
 static CPUS: [CpuCtx; 1] = [CpuCtx::new(0)];

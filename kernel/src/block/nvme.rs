@@ -3,48 +3,19 @@
 //! INTx through the PLIC on riscv64, or polling.
 
 use blk::{Queue, QueueConfig, Wait};
-use hal::IrqLine;
 use nvme::{Config, Mode, Nvme, QUEUE_DEPTH};
 use spin::Once;
 
 use crate::{arch, pci};
 
-/// How completions arrive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, defmt::Format)]
-pub enum Attach {
-    /// MSI-X vector 0.
-    Msix,
-    /// The INTx line.
-    Intx,
-    /// Polled.
-    Polled,
-}
+pub use super::Attach;
 
 /// The NVMe disk: driver, request queue, interrupt line.
-pub struct NvmeDisk {
-    /// The driver.
-    pub hw: &'static Nvme,
-    /// The block layer's queue.
-    pub queue: &'static Queue<QUEUE_DEPTH>,
-    /// The completion interrupt (none when polled).
-    pub irq: Option<IrqLine>,
-    /// Interrupt kind.
-    pub attach: Attach,
-}
+pub type NvmeDisk = super::Disk<Nvme, QUEUE_DEPTH>;
 
-impl NvmeDisk {
-    /// Deferred work; `now` when timeouts are due for a scan.
-    pub fn deferred(&self, now: Option<u64>) {
-        self.hw.deferred();
-        self.queue.kick();
-        if let Some(now) = now {
-            self.queue.check_timeouts(now);
-        }
-    }
-
-    /// Interrupts taken on the completion line so far.
-    pub fn irq_count(&self) -> u64 {
-        self.irq.map_or(0, |l| l.count())
+impl super::DriverDeferred for Nvme {
+    fn deferred(&self) {
+        Nvme::deferred(self);
     }
 }
 

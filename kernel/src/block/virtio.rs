@@ -8,46 +8,16 @@ use virtio_blk::{Mode, QUEUE_DEPTH, VirtioBlk};
 
 use crate::{arch, boot::BootInfo, pci};
 
-/// How the device is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, defmt::Format)]
-pub enum Attach {
-    /// virtio-pci with MSI-X.
-    PciMsix,
-    /// virtio-pci with the INTx line.
-    PciIntx,
-    /// virtio-mmio with its interrupt-controller line.
-    Mmio,
-    /// Polled, no interrupt line.
-    Polled,
-}
+pub use super::Attach;
 
 /// The virtio disk: driver, request queue, interrupt line.
-pub struct VirtioDisk {
-    /// The driver.
-    pub hw: &'static VirtioBlk,
-    /// The block layer's queue (the `BlockDevice` to submit bios to).
-    pub queue: &'static Queue<QUEUE_DEPTH>,
-    /// The completion interrupt (none when polled).
-    pub irq: Option<IrqLine>,
-    /// Transport and interrupt kind.
-    pub attach: Attach,
-}
+pub type VirtioDisk = super::Disk<VirtioBlk, QUEUE_DEPTH>;
 
-impl VirtioDisk {
-    /// Deferred work for this disk; `now` when timeouts are due for a scan.
-    pub fn deferred(&self, now: Option<u64>) {
-        if self.hw.mode() == Mode::Polling {
-            blk::HwQueue::poll(self.hw);
+impl super::DriverDeferred for VirtioBlk {
+    fn deferred(&self) {
+        if self.mode() == Mode::Polling {
+            blk::HwQueue::poll(self);
         }
-        self.queue.kick();
-        if let Some(now) = now {
-            self.queue.check_timeouts(now);
-        }
-    }
-
-    /// Interrupts taken on the completion line so far.
-    pub fn irq_count(&self) -> u64 {
-        self.irq.map_or(0, |l| l.count())
     }
 }
 
@@ -95,24 +65,24 @@ pub fn probe(info: &BootInfo, polled: bool) {
                 if !ok || !hw.set_msix(f, arch::mmio_mapper(), 0) {
                     defmt::error!("virtio-blk: MSI-X setup failed");
                 }
-                (Some(line), Attach::PciMsix)
+                (Some(line), Attach::Msix)
             }
             (Mode::Interrupt, None) => {
                 let line = pci::intx_line(f);
                 if line.is_some() {
                     f.enable_intx();
                 }
-                (line, Attach::PciIntx)
+                (line, Attach::Intx)
             }
             (Mode::Polling, _) => (None, Attach::Polled),
         },
         Found::Mmio(irq) => (
             (mode == Mode::Interrupt).then(|| IrqLine::new(irq)),
-            Attach::Mmio,
+            Attach::MmioLine,
         ),
     };
     if let Some(line) = irq {
-        if attach != Attach::PciMsix {
+        if attach != Attach::Msix {
             hw.set_irq_line(line);
         }
         if line.register(hw).is_err() || line.enable().is_err() {

@@ -95,7 +95,7 @@ ktest! {
             check!(s.interrupts.load(Ordering::Relaxed) > irq0, "no interrupt for 32 reads");
         }
         if cfg!(target_arch = "x86_64") && d.hw.mode() == ahci::Mode::Interrupt {
-            check!(d.attach == block::ahci::Attach::Msi, "ICH9 offers MSI, but {:?} is used", d.attach);
+            check!(d.attach == block::Attach::Msi, "ICH9 offers MSI, but {:?} is used", d.attach);
         }
         Ok(())
     }
