@@ -381,7 +381,19 @@ pub fn prepare(path: &Path, size_mib: u64, format: ImageFormat, fresh: bool) -> 
             tmp.push(".tmp");
             let tmp = PathBuf::from(tmp);
             let _ = fs::remove_file(&tmp);
-            mkfs(&tmp, size_mib << 20, MkfsOptions::default().inode_blocks)?;
+            // The filesystem leaves the disk's last MiB out, as the kernel's own mkfs does: the
+            // raw-I/O demo of `cargo xtask run` uses it as scratch space.
+            let fs_bytes = if size_mib > 1 {
+                (size_mib - 1) << 20
+            } else {
+                size_mib << 20
+            };
+            mkfs(&tmp, fs_bytes, MkfsOptions::default().inode_blocks)?;
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&tmp)
+                .and_then(|f| f.set_len(size_mib << 20))
+                .with_context(|| format!("sizing {}", tmp.display()))?;
             fs::rename(&tmp, path).with_context(|| format!("creating {}", path.display()))?;
             Ok(())
         }

@@ -51,6 +51,11 @@ pub fn probe(polled: bool) {
     };
     let hw = match Ahci::new(abar, mode) {
         Ok(hw) => HW.call_once(|| hw),
+        // q35 always has its ICH9 controller; without a disk behind it there is nothing to do.
+        Err(ahci::InitError::NoDevice) => {
+            defmt::println!("ahci: controller without a disk");
+            return;
+        }
         Err(e) => {
             defmt::error!("ahci: {}", defmt::Debug2Format(&e));
             return;
