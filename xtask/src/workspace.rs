@@ -17,9 +17,14 @@ pub fn root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-/// The default cargo target directory of the workspace.
+/// The cargo target directory: `CARGO_TARGET_DIR` when set (relative to the workspace root),
+/// else the workspace's `target/`. Kernel builds, disk images and boot logs go there, so two
+/// checkouts' or two users' runs with different target directories never share an ELF.
 pub fn target_dir() -> PathBuf {
-    root().join("target")
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => root().join(d),
+        _ => root().join("target"),
+    }
 }
 
 /// The cargo that runs us, so the pinned toolchain is used for everything.
