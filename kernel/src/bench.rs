@@ -161,14 +161,12 @@ fn run_job(
                 u64::from(issued) % blocks
             };
             let addr = buf.phys().add(u64::from((issued % slots) * job.bs));
+            // The front pad holds the submit time.
             let mut b = SET.alloc(arch::now_ns(), job.op, 1, Wait::Hook(block::wait))?;
             b.set_dev(dev);
             b.set_sector(block * u64::from(job.bs) / SECTOR_SIZE as u64);
             b.add_vec(BioVec::new(addr, job.bs))?;
             b.set_end_io(end_io);
-            if let Some(t) = b.front_mut::<u64>() {
-                *t = arch::now_ns();
-            }
             submit_bio(cpu_ctx(), b).map_err(|(e, _)| e)?;
             issued += 1;
             done = DONE.load(Ordering::Acquire);
@@ -266,6 +264,29 @@ impl defmt::Format for Disk {
     }
 }
 
+/// `benchprof=J:N`: run only job `J` (index into [`JOBS`]) with `N` I/Os, between calls of
+/// [`profile_mark_begin`] and [`profile_mark_end`], and no filesystem jobs. For instruction
+/// profiles from a QEMU execution trace: the trace is counted between the two marks' addresses.
+fn profile_request() -> Option<(usize, u32)> {
+    let v = crate::boot::cmdline_arg(crate::boot_info().cmdline, "benchprof")?;
+    let (j, n) = v.split_once(':')?;
+    Some((j.parse().ok()?, n.parse().ok()?))
+}
+
+/// Start of the profiled job (its address is looked up in the kernel's symbols).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn profile_mark_begin() {
+    core::hint::black_box(());
+}
+
+/// End of the profiled job.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn profile_mark_end() {
+    core::hint::black_box(1u8);
+}
+
 /// Runs every job; `false` if there is no disk or an I/O failed.
 pub fn run() -> bool {
     let Some(d) = Disk::find() else {
@@ -294,18 +315,31 @@ pub fn run() -> bool {
         return false;
     }
     let (irq0, notify0) = (d.irq_count(), d.notifies());
+    let prof = profile_request();
     let mut ok = true;
-    for job in &JOBS {
+    for (j, job) in JOBS.iter().enumerate() {
+        let ios = match prof {
+            Some((pj, n)) if pj == j => n.min(job.ios),
+            Some(_) => continue,
+            None => job.ios,
+        };
         let irq = d.irq_count();
         let notify = d.notifies();
-        match run_job(dev, job, job.ios, &buf, &mut rng) {
+        if prof.is_some() {
+            profile_mark_begin();
+        }
+        let res = run_job(dev, job, ios, &buf, &mut rng);
+        if prof.is_some() {
+            profile_mark_end();
+        }
+        match res {
             Ok(o) => {
                 defmt::println!(
                     "BENCH job={=str} bs={=u32} qd={=u32} ios={=u32} ns={=u64} halted_ns={=u64} cycles={=u64} p50_ns={=u32} p99_ns={=u32} errors={=u32} irqs={=u64} notifies={=u64}",
                     job.name,
                     job.bs,
                     job.qd,
-                    job.ios,
+                    ios,
                     o.ns,
                     o.halted_ns,
                     o.cycles,
@@ -327,7 +361,9 @@ pub fn run() -> bool {
             }
         }
     }
-    ok &= crate::bench_fs::run();
+    if prof.is_none() {
+        ok &= crate::bench_fs::run();
+    }
     defmt::println!(
         "BENCH done irqs={=u64} notifies={=u64}",
         d.irq_count() - irq0,

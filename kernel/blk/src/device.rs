@@ -136,6 +136,27 @@ impl CpuCtx {
     fn enter(&self, bio: Bio, checked: bool) {
         bump(&self.submitted);
         if !self.active.swap(true, Ordering::Acquire) {
+            if checked
+                && !self.has_pending.load(Ordering::Acquire)
+                && let Some(dev) = bio.dev()
+            {
+                // The common case, outside any loop with nothing queued: straight to the
+                // device, then the loop only if the device queued bios meanwhile.
+                bump(&self.loops);
+                dev.submit(bio, self);
+                if !self.has_pending.load(Ordering::Acquire) {
+                    self.active.store(false, Ordering::SeqCst);
+                    // As at the end of `run`: a bio queued by another thread before `active`
+                    // was cleared is seen here, or its submitter runs it.
+                    if !self.has_pending.load(Ordering::SeqCst)
+                        || self.active.swap(true, Ordering::SeqCst)
+                    {
+                        return;
+                    }
+                }
+                self.run(None, false);
+                return;
+            }
             self.run(Some(bio), checked);
             return;
         }

@@ -19,7 +19,23 @@ pub struct SgEntry {
 /// bios too) are merged as long as the entry stays within `max_segment_size` and does not cross
 /// a segment boundary. Returns the number of entries; never more than `limits.max_segments` or
 /// `out.len()` (`InvalidArgument` if they would not suffice).
+#[inline]
 pub fn map_sg(rq: &Request, limits: &QueueLimits, out: &mut [SgEntry]) -> Result<usize, BlkError> {
+    match single_entry(rq, limits) {
+        Some(e) => match out.first_mut() {
+            Some(o) if limits.max_segments > 0 => {
+                *o = e;
+                Ok(1)
+            }
+            _ => Err(BlkError::InvalidArgument),
+        },
+        None => map_sg_walk(rq, limits, out),
+    }
+}
+
+/// The general case of [`map_sg`]: walks every segment of every bio.
+#[inline(never)]
+fn map_sg_walk(rq: &Request, limits: &QueueLimits, out: &mut [SgEntry]) -> Result<usize, BlkError> {
     let max = out.len().min(limits.max_segments as usize);
     let mut n = 0usize;
     let mut cur: Option<SgEntry> = None;
@@ -68,4 +84,26 @@ pub fn map_sg(rq: &Request, limits: &QueueLimits, out: &mut [SgEntry]) -> Result
         n += 1;
     }
     Ok(n)
+}
+
+/// The one entry of a request made of one bio whose remaining data sits in one vector that is
+/// within the segment size and boundary (the common small I/O), without the general walk.
+#[inline]
+fn single_entry(rq: &Request, limits: &QueueLimits) -> Option<SgEntry> {
+    let mut bios = rq.bios();
+    let bio = bios.next()?;
+    if bios.next().is_some() {
+        return None;
+    }
+    let it = bio.iter();
+    let v = bio.vecs().get(it.idx as usize)?;
+    let len = it.size;
+    if len == 0 || Some(len) > v.len.checked_sub(it.done) || len > limits.max_segment_size {
+        return None;
+    }
+    let addr = v.addr.0 + it.done as u64;
+    (len as u64 <= limits.bytes_to_boundary(addr)).then_some(SgEntry {
+        addr: PhysAddr(addr),
+        len,
+    })
 }

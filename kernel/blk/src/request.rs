@@ -606,6 +606,7 @@ impl<const D: usize> Queue<D> {
     /// Bitmap words the depth uses.
     const WORDS: usize = D.div_ceil(64);
 
+    #[inline]
     fn requeue_pending(&self) -> bool {
         self.requeue[..Self::WORDS]
             .iter()
@@ -808,7 +809,15 @@ impl<const D: usize> Queue<D> {
 
     /// Dispatches every requeued request (process context). Requests requeued again while
     /// this runs (partial completion, retry) go again, for a bounded number of rounds.
+    #[inline]
     pub fn kick(&self) {
+        if self.requeue_pending() {
+            self.kick_rounds();
+        }
+    }
+
+    #[inline(never)]
+    fn kick_rounds(&self) {
         for _ in 0..KICK_ROUNDS {
             if !self.requeue_pending() {
                 return;
