@@ -9,6 +9,7 @@ mod guest;
 mod host;
 mod image;
 mod ktest;
+mod prof;
 mod profile;
 mod reboot;
 mod workspace;
@@ -44,6 +45,9 @@ enum Cmd {
     Test(TestArgs),
     /// Boot a bench build and run fixed device workloads (IOPS, MiB/s, latency, cost per I/O).
     Bench(bench::BenchArgs),
+    /// Instruction profile of one bench job from a QEMU execution trace: guest instructions
+    /// per I/O, per kernel function.
+    Prof(prof::ProfArgs),
     #[command(flatten)]
     Image(image::ImageCmd),
 }
@@ -151,6 +155,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run(args),
         Cmd::Test(args) => test(args),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Prof(args) => prof::run(args),
         Cmd::Image(cmd) => image::run(cmd),
     };
     match result {
