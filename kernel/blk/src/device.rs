@@ -154,7 +154,8 @@ impl CpuCtx {
                         return;
                     }
                 }
-                self.run(None, false);
+                let next = self.order_pending(dev, BioList::new());
+                self.run(next, false);
                 return;
             }
             self.run(Some(bio), checked);
@@ -216,26 +217,7 @@ impl CpuCtx {
                     // Nothing older, nothing new (the common case at the bottom of a stack).
                     continue;
                 }
-                // Bios for lower devices first, then more for this device, then the older ones.
-                let mut p = self.pending.lock();
-                if p.is_empty() {
-                    *p = older;
-                } else {
-                    let mut new = core::mem::take(&mut *p);
-                    let (mut lower, mut same) = (BioList::new(), BioList::new());
-                    while let Some(b) = new.pop_front() {
-                        if b.is_for(dev) {
-                            same.push_back(b);
-                        } else {
-                            lower.push_back(b);
-                        }
-                    }
-                    lower.append(&mut same);
-                    lower.append(&mut older);
-                    *p = lower;
-                }
-                next = p.pop_front();
-                self.has_pending.store(!p.is_empty(), Ordering::Release);
+                next = self.order_pending(dev, older);
             }
             self.active.store(false, Ordering::SeqCst);
             // A bio queued by another thread between the last look and clearing `active`:
@@ -246,6 +228,31 @@ impl CpuCtx {
             }
             next = self.pop_pending();
         }
+    }
+
+    /// After `dev.submit` queued bios: orders the pending list as bios for lower devices first,
+    /// then more for `dev`, then `older` (pending before that submit), and takes the first.
+    fn order_pending(&self, dev: &dyn BlockDevice, mut older: BioList) -> Option<Bio> {
+        let mut p = self.pending.lock();
+        if p.is_empty() {
+            *p = older;
+        } else {
+            let mut new = core::mem::take(&mut *p);
+            let (mut lower, mut same) = (BioList::new(), BioList::new());
+            while let Some(b) = new.pop_front() {
+                if b.is_for(dev) {
+                    same.push_back(b);
+                } else {
+                    lower.push_back(b);
+                }
+            }
+            lower.append(&mut same);
+            lower.append(&mut older);
+            *p = lower;
+        }
+        let next = p.pop_front();
+        self.has_pending.store(!p.is_empty(), Ordering::Release);
+        next
     }
 
     /// Starts plugging: request queues collect bios until the returned guard is dropped (or
