@@ -205,7 +205,7 @@ impl CpuCtx {
                     continue;
                 }
                 checked = false;
-                let mut older = if self.has_pending.load(Ordering::Acquire) {
+                let older = if self.has_pending.load(Ordering::Acquire) {
                     let mut p = self.pending.lock();
                     self.has_pending.store(false, Ordering::Release);
                     core::mem::take(&mut *p)
