@@ -77,12 +77,18 @@ impl H2dFis {
         ]
     }
 
-    /// The FIS as five little-endian dwords.
+    /// The FIS as five little-endian dwords (the bytes of [`H2dFis::to_bytes`]).
+    #[inline]
     pub fn to_dwords(&self) -> [u32; 5] {
-        let b = self.to_bytes();
-        core::array::from_fn(|i| {
-            u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
-        })
+        let f = self.features as u32;
+        let lba = self.lba;
+        [
+            FIS_TYPE_REG_H2D as u32 | 0x80 << 8 | (self.command as u32) << 16 | (f & 0xff) << 24,
+            (lba & 0xff_ffff) as u32 | (self.device as u32) << 24,
+            ((lba >> 24) & 0xff_ffff) as u32 | (f >> 8) << 24,
+            self.count as u32,
+            0,
+        ]
     }
 
     /// READ/WRITE FPDMA QUEUED of `blocks` (1..=65536) at `lba` with NCQ `tag`.
@@ -211,6 +217,35 @@ mod tests {
         let t = H2dFis::trim(1).to_bytes();
         assert_eq!((t[2], t[3], t[12]), (0x06, 1, 1));
         assert_eq!(H2dFis::simple(0xec).to_bytes()[2], 0xec);
+    }
+
+    #[test]
+    fn dwords_are_the_wire_bytes() {
+        let fises = [
+            H2dFis::fpdma(true, 0xfedc_ba98_7654, 65536, 31, true),
+            H2dFis::fpdma(false, 1, 8, 0, false),
+            H2dFis::dma_ext(true, 0xffff_ffff_ffff, 1),
+            H2dFis::read_log_ext(0x10, 1),
+            H2dFis::trim(1),
+            H2dFis {
+                command: 0xab,
+                features: 0xa55a,
+                lba: 0x0102_0304_0506,
+                device: 0xe0,
+                count: 0xbeef,
+            },
+        ];
+        for f in fises {
+            let b = f.to_bytes();
+            let d = f.to_dwords();
+            for i in 0..5 {
+                assert_eq!(
+                    d[i],
+                    u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]),
+                    "{f:?} dword {i}"
+                );
+            }
+        }
     }
 
     #[test]

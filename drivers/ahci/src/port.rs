@@ -5,7 +5,7 @@
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use blk::{
-    BioFlags, BlkError, BlkStatus, HwQueue, Op, PtCmd, QueueLimits, QueueRqError, Request, SgEntry,
+    BioFlags, BlkError, HwQueue, Op, PtCmd, QueueLimits, QueueRqError, Request, SgEntry,
     TagComplete, TimeoutAction,
 };
 use hal::{DmaBuf, Mmio, PhysAddr};
@@ -17,7 +17,7 @@ use crate::cmd::{
     trim_ranges,
 };
 use crate::regs::{bohc, cap, cap2, cmd, ghc, hba, is, port as px, sctl, ssts, tfd};
-use crate::sg::{Prd, build_prdt, write_prdt};
+use crate::sg::{Prd, build_prdt, write_prdt, write_prdt_sg};
 use crate::spec::{
     IdentifyInfo, LOG_NCQ_ERROR, NcqErrorLog, ata, parse_ncq_error_log, trimmed, words,
 };
@@ -154,7 +154,6 @@ struct SlotCmd {
     dw0: u32,
     steps: [Step; 3],
     nsteps: u8,
-    pt: bool,
 }
 
 impl SlotCmd {
@@ -169,7 +168,6 @@ impl SlotCmd {
         dw0: 0,
         steps: [Step::Main; 3],
         nsteps: 1,
-        pt: false,
     };
 }
 
@@ -251,6 +249,16 @@ impl Tracker {
     /// Commands in the port.
     pub fn active(&self) -> u32 {
         self.ncq_active | self.excl_active
+    }
+
+    /// Queued commands in the port.
+    pub fn ncq_active(&self) -> u32 {
+        self.ncq_active
+    }
+
+    /// The exclusive command in the port (one bit at most).
+    pub fn excl_active(&self) -> u32 {
+        self.excl_active
     }
 
     /// Whether an error stopped the port.
@@ -414,30 +422,42 @@ impl Tracker {
     }
 }
 
-/// Completions collected under the lock, delivered after it.
+/// Completions collected under the lock, delivered after it: one bit per tag (a tag is in at
+/// most one of `ok`, `io`, `dead`, since the tracker lets every tag leave once).
+#[derive(Clone, Copy, Default)]
 struct DoneList {
-    n: usize,
-    items: [(u8, u32, bool); SLOTS],
+    /// Completed successfully.
+    ok: u32,
+    /// Failed with `BlkError::Io`.
+    io: u32,
+    /// Failed because the port is dead.
+    dead: u32,
+    /// Which of them are passthrough commands.
+    pt: u32,
 }
 
 impl DoneList {
     const fn new() -> Self {
         DoneList {
-            n: 0,
-            items: [(0, 0, false); SLOTS],
+            ok: 0,
+            io: 0,
+            dead: 0,
+            pt: 0,
         }
     }
-    fn push(&mut self, tag: u8, status: BlkStatus, pt: bool) {
-        if self.n < SLOTS {
-            self.items[self.n] = (tag, blk::error::status_code(status), pt);
-            self.n += 1;
-        }
+
+    fn all(&self) -> u32 {
+        self.ok | self.io | self.dead
     }
 }
 
 struct Inner {
     tracker: Tracker,
     cmds: [SlotCmd; SLOTS],
+    /// Slots holding a passthrough command.
+    pt: u32,
+    /// Slots whose header and FIS `queue_rq` already wrote for their first issue.
+    loaded: u32,
     /// PxIS, PxTFD and PxSERR of the error that stopped the port.
     err_is: u32,
     err_tfd: u32,
@@ -459,12 +479,18 @@ const _: () =
 /// An AHCI controller with one disk on one port.
 pub struct Ahci {
     abar: Mmio,
+    /// The port's own registers (`PORT_BASE + port * PORT_STRIDE` of ABAR).
+    pregs: Mmio,
     port: usize,
     mem: DmaBuf,
     info: DeviceInfo,
     limits: QueueLimits,
+    /// log2 of the logical sector size.
+    lbs_shift: u32,
     mode: Mode,
     inner: Mutex<Inner>,
+    /// `queue_rq` took a request it left for `commit` to issue.
+    unissued: AtomicBool,
     queue: Once<&'static dyn TagComplete>,
     /// PxIS bits the handler cleared but could not act on (the lock was held).
     pending_is: AtomicU32,
@@ -538,8 +564,12 @@ impl Ahci {
             model: [b' '; 40],
             serial: [b' '; 20],
         };
+        let pregs = abar
+            .subregion(hba::PORT_BASE + port * hba::PORT_STRIDE, hba::PORT_STRIDE)
+            .ok_or(InitError::Controller)?;
         let mut ahci = Ahci {
             abar,
+            pregs,
             port,
             mem,
             info: DeviceInfo {
@@ -554,16 +584,20 @@ impl Ahci {
                 bios_handoff,
             },
             limits: QueueLimits::new(),
+            lbs_shift: 9,
             mode,
             inner: Mutex::new(Inner {
                 tracker: Tracker::new(),
                 cmds: [SlotCmd::EMPTY; SLOTS],
+                pt: 0,
+                loaded: 0,
                 err_is: 0,
                 err_tfd: 0,
                 err_serr: 0,
                 dead: false,
             }),
             queue: Once::new(),
+            unissued: AtomicBool::new(false),
             pending_is: AtomicU32::new(0),
             reap_pending: AtomicBool::new(false),
             recovery_pending: AtomicBool::new(false),
@@ -592,6 +626,8 @@ impl Ahci {
         ahci.limits
             .validate()
             .map_err(|_| InitError::BadIdentify(crate::spec::IdentifyError::BadSectorSize))?;
+        // A power of two (checked by `validate`).
+        ahci.lbs_shift = id.logical_sector_size.trailing_zeros();
         if mode == Mode::Interrupt {
             ahci.abar.write32(hba::GHC, ghc::AE | ghc::IE);
         }
@@ -641,14 +677,14 @@ impl Ahci {
         self.inner.lock().dead
     }
 
+    #[inline]
     fn pread(&self, off: usize) -> u32 {
-        self.abar
-            .read32(hba::PORT_BASE + self.port * hba::PORT_STRIDE + off)
+        self.pregs.read32(off)
     }
 
+    #[inline]
     fn pwrite(&self, off: usize, v: u32) {
-        self.abar
-            .write32(hba::PORT_BASE + self.port * hba::PORT_STRIDE + off, v)
+        self.pregs.write32(off, v)
     }
 
     fn table_off(slot: usize) -> usize {
@@ -715,19 +751,22 @@ impl Ahci {
     }
 
     /// Writes command header `slot` for a command table at `table`.
+    /// Dword 0 and PRDBC (cleared) as one 64-bit store, CTBA and CTBAU as another.
+    #[inline]
     fn write_header(&self, slot: usize, dw0: u32, table: usize) {
         let h = CL_OFF + slot * HEADER_BYTES;
         let t = self.mem.phys().0 + table as u64;
-        self.mem.write32(h, dw0);
-        self.mem.write32(h + 4, 0);
-        self.mem.write32(h + 8, t as u32);
-        self.mem.write32(h + 12, (t >> 32) as u32);
+        self.mem.write64(h, dw0 as u64);
+        self.mem.write64(h + 8, t);
     }
 
+    #[inline]
     fn write_cfis(&self, table: usize, fis: &H2dFis) {
-        for (i, d) in fis.to_dwords().iter().enumerate() {
-            self.mem.write32(table + 4 * i, *d);
-        }
+        let d = fis.to_dwords();
+        self.mem.write64(table, d[0] as u64 | (d[1] as u64) << 32);
+        self.mem
+            .write64(table + 8, d[2] as u64 | (d[3] as u64) << 32);
+        self.mem.write32(table + 16, d[4]);
     }
 
     /// Runs one command in slot 0 with the internal table and waits for it (port idle only:
@@ -761,8 +800,14 @@ impl Ahci {
         if failed { Err(t) } else { Ok(()) }
     }
 
-    /// Writes header and FIS of `tag` at its current step.
-    fn load_slot(&self, inner: &Inner, tag: u8) {
+    /// Writes header and FIS of `tag` at its current step (unless `queue_rq` already did for
+    /// the first issue).
+    fn load_slot(&self, inner: &mut Inner, tag: u8) {
+        let b = 1u32 << tag;
+        if inner.loaded & b != 0 {
+            inner.loaded &= !b;
+            return;
+        }
         let c = &inner.cmds[tag as usize];
         let table = Self::table_off(tag as usize);
         let step = inner.tracker.step(tag).min(c.nsteps - 1);
@@ -781,6 +826,7 @@ impl Ahci {
 
     /// Issues whatever the tracker allows.
     fn issue_ready(&self, inner: &mut Inner) {
+        self.unissued.store(false, Ordering::Relaxed);
         if inner.dead {
             return;
         }
@@ -792,9 +838,14 @@ impl Ahci {
                 m &= m - 1;
                 self.load_slot(inner, t);
             }
+            let n = if iss.ncq & (iss.ncq - 1) == 0 {
+                1
+            } else {
+                iss.ncq.count_ones()
+            };
             self.stats
                 .ncq_commands
-                .fetch_add(iss.ncq.count_ones() as u64, Ordering::Relaxed);
+                .fetch_add(n as u64, Ordering::Relaxed);
             self.pwrite(px::SACT, iss.ncq);
             self.pwrite(px::CI, iss.ncq);
         }
@@ -803,7 +854,7 @@ impl Ahci {
         }
     }
 
-    fn issue_exclusive(&self, inner: &Inner, t: u8) {
+    fn issue_exclusive(&self, inner: &mut Inner, t: u8) {
         self.load_slot(inner, t);
         self.stats
             .exclusive_commands
@@ -817,9 +868,13 @@ impl Ahci {
         let is_bits = self.pending_is.swap(0, Ordering::AcqRel);
         let t = self.pread(px::TFD);
         let error = is_bits & is::ERRORS != 0 || (t & tfd::ERR != 0 && t & tfd::BSY == 0);
-        let sact = self.pread(px::SACT);
-        let ci = self.pread(px::CI);
-        let mut ok = inner.tracker.reap_ncq(sact);
+        // Only the registers of commands in the port: with none of a kind, reaping that kind
+        // finds nothing.
+        let mut ok = if inner.tracker.ncq_active() != 0 {
+            inner.tracker.reap_ncq(self.pread(px::SACT))
+        } else {
+            0
+        };
         if error {
             if !inner.tracker.stopped() {
                 if is_bits & is::INTERFACE_ERRORS != 0 {
@@ -834,18 +889,17 @@ impl Ahci {
                 inner.tracker.stop();
             }
             self.recovery_pending.store(true, Ordering::Release);
-        } else if let Some((tag, finished)) = inner.tracker.reap_exclusive(ci) {
+        } else if inner.tracker.excl_active() != 0
+            && let Some((tag, finished)) = inner.tracker.reap_exclusive(self.pread(px::CI))
+        {
             if finished {
                 ok |= 1 << tag;
             } else {
                 self.issue_exclusive(inner, tag);
             }
         }
-        while ok != 0 {
-            let tag = ok.trailing_zeros() as u8;
-            ok &= ok - 1;
-            done.push(tag, Ok(()), inner.cmds[tag as usize].pt);
-        }
+        done.ok |= ok;
+        done.pt |= ok & inner.pt;
         self.issue_ready(inner);
     }
 
@@ -868,14 +922,35 @@ impl Ahci {
     }
 
     fn deliver(&self, done: &DoneList) {
+        let all = done.all();
+        if all == 0 {
+            return;
+        }
         let Some(q) = self.queue.get() else { return };
-        for &(tag, code, pt) in &done.items[..done.n] {
-            let st = blk::error::status_from_code(code);
-            self.stats.completions.fetch_add(1, Ordering::Relaxed);
-            if st.is_err() {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            if pt {
+        let one = all & (all - 1) == 0;
+        self.stats.completions.fetch_add(
+            if one { 1 } else { all.count_ones() as u64 },
+            Ordering::Relaxed,
+        );
+        let failed = done.io | done.dead;
+        if failed != 0 {
+            self.stats
+                .errors
+                .fetch_add(failed.count_ones() as u64, Ordering::Relaxed);
+        }
+        let mut m = all;
+        while m != 0 {
+            let tag = m.trailing_zeros();
+            m &= m - 1;
+            let b = 1u32 << tag;
+            let st = if done.ok & b != 0 {
+                Ok(())
+            } else if done.io & b != 0 {
+                Err(BlkError::Io)
+            } else {
+                Err(BlkError::DeviceError(device_error::DEAD))
+            };
+            if done.pt & b != 0 {
                 q.complete_pt(tag as u16, st, 0);
             } else {
                 q.complete(tag as u16, st, if st.is_ok() { None } else { Some(0) });
@@ -952,9 +1027,12 @@ impl Ahci {
     /// `timed_out` is a tag the block layer took back (forgotten, not completed here).
     fn recover(&self, inner: &mut Inner, timed_out: Option<u8>, done: &mut DoneList) {
         self.stats.recoveries.fetch_add(1, Ordering::Relaxed);
+        // The internal command below reuses slot 0's header: every slot is written afresh
+        // before it is issued again.
+        inner.loaded = 0;
         // Queued commands that finished before the error complete normally.
         let sact = self.pread(px::SACT);
-        let mut ok = if inner.tracker.stopped() || timed_out.is_some() {
+        let ok = if inner.tracker.stopped() || timed_out.is_some() {
             inner.tracker.reap_ncq(sact)
         } else {
             0
@@ -982,28 +1060,17 @@ impl Ahci {
         if !reset_ok {
             inner.dead = true;
         }
-        let mut failed_mask = r.failed;
-        while ok != 0 {
-            let tag = ok.trailing_zeros() as u8;
-            ok &= ok - 1;
-            done.push(tag, Ok(()), inner.cmds[tag as usize].pt);
-        }
-        while failed_mask != 0 {
-            let tag = failed_mask.trailing_zeros() as u8;
-            failed_mask &= failed_mask - 1;
-            done.push(tag, Err(BlkError::Io), inner.cmds[tag as usize].pt);
-        }
+        done.ok |= ok;
+        done.io |= r.failed;
+        done.pt |= (ok | r.failed) & inner.pt;
         if inner.dead {
             let mut rest = inner.tracker.busy();
+            done.dead |= rest;
+            done.pt |= rest & inner.pt;
             while rest != 0 {
                 let tag = rest.trailing_zeros() as u8;
                 rest &= rest - 1;
                 inner.tracker.forget(tag);
-                done.push(
-                    tag,
-                    Err(BlkError::DeviceError(device_error::DEAD)),
-                    inner.cmds[tag as usize].pt,
-                );
             }
             return;
         }
@@ -1021,7 +1088,7 @@ impl Ahci {
         self.pending_is.fetch_or(s, Ordering::AcqRel);
         let mut done = DoneList::new();
         self.reap_locked(&mut g, &mut done);
-        let n = done.n;
+        let n = done.all().count_ones() as usize;
         self.unlock_and_deliver(g, done);
         n
     }
@@ -1030,39 +1097,33 @@ impl Ahci {
     fn build(&self, inner: &mut Inner, rq: &Request) -> Result<(bool, u8), QueueRqError> {
         let tag = rq.tag() as usize;
         let table = Self::table_off(tag);
-        let lbs = self.info.identify.logical_sector_size as u64;
+        let shift = self.lbs_shift;
         let wc = self.info.identify.write_cache;
         if let Some(pt) = rq.passthrough() {
             return self.build_pt(inner, tag, pt);
         }
-        let c = &mut inner.cmds[tag];
-        c.pt = false;
+        let b = 1u32 << tag;
+        inner.pt &= !b;
         match rq.op() {
             Op::Read | Op::Write => {
                 let write = rq.op() == Op::Write;
-                let mut sg = [SgEntry {
-                    addr: PhysAddr(0),
-                    len: 0,
-                }; PRDT_ENTRIES];
-                let n = rq
-                    .map_sg(&self.limits, &mut sg)
-                    .map_err(QueueRqError::Fatal)?;
-                let mut prds = [Prd::default(); PRDT_ENTRIES];
-                let (np, bytes) = build_prdt(&sg[..n], self.limits.dma_limit, &mut prds)
-                    .map_err(|_| QueueRqError::Fatal(BlkError::Misaligned))?;
-                if bytes != rq.bytes() || !(bytes as u64).is_multiple_of(lbs) || bytes == 0 {
+                let (np, bytes) = self.map_prdt(rq, table)?;
+                let lbs_mask = (1u32 << shift) - 1;
+                if bytes != rq.bytes() || bytes & lbs_mask != 0 || bytes == 0 {
                     return Err(QueueRqError::Fatal(BlkError::Misaligned));
                 }
-                self.stats
-                    .max_prdt_entries
-                    .fetch_max(np as u64, Ordering::Relaxed);
-                write_prdt(&self.mem, table, &prds[..np]);
-                let lba = rq.sector() * 512 / lbs;
-                let blocks = (bytes as u64 / lbs) as u32;
+                if np as u64 > self.stats.max_prdt_entries.load(Ordering::Relaxed) {
+                    self.stats
+                        .max_prdt_entries
+                        .fetch_max(np as u64, Ordering::Relaxed);
+                }
+                let lba = (rq.sector() << 9) >> shift;
+                let blocks = bytes >> shift;
                 let flags = rq.flags();
                 let pre = write && wc && flags.contains(BioFlags::PREFLUSH);
                 let post = write && wc && flags.contains(BioFlags::FUA);
                 let ncq = self.info.ncq && (tag as u8) < self.info.ncq_depth && !pre && !post;
+                let c = &mut inner.cmds[tag];
                 c.fis = if ncq {
                     H2dFis::fpdma(write, lba, blocks, tag as u8, false)
                 } else {
@@ -1081,16 +1142,24 @@ impl Ahci {
                     k += 1;
                 }
                 c.nsteps = k as u8;
+                if !pre {
+                    // The first step is the data command: its FIS and header go out now, so
+                    // issuing is only the register writes.
+                    self.write_cfis(table, &c.fis);
+                    self.write_header(tag, c.dw0, table);
+                    inner.loaded |= b;
+                }
                 Ok((ncq, k as u8))
             }
             Op::Flush => {
+                let c = &mut inner.cmds[tag];
                 c.steps[0] = Step::Flush;
                 c.nsteps = 1;
                 Ok((false, 1))
             }
             Op::Discard if self.info.identify.trim => {
-                let lba = rq.sector() * 512 / lbs;
-                let blocks = rq.bytes() as u64 / lbs;
+                let lba = (rq.sector() << 9) >> shift;
+                let blocks = rq.bytes() as u64 >> shift;
                 let mut ranges = [0u64; 64];
                 let n = trim_ranges(lba, blocks, &mut ranges)
                     .ok_or(QueueRqError::Fatal(BlkError::Misaligned))?;
@@ -1100,6 +1169,7 @@ impl Ahci {
                 }
                 let a = self.mem.phys().0 + (table + TRIM_OFFSET) as u64;
                 write_prdt(&self.mem, table, &[Prd { dba: a, bytes: 512 }]);
+                let c = &mut inner.cmds[tag];
                 c.fis = H2dFis::trim(1);
                 c.dw0 = header_dw0(true, 1);
                 c.steps[0] = Step::Main;
@@ -1109,6 +1179,32 @@ impl Ahci {
             }
             _ => Err(QueueRqError::Fatal(BlkError::Unsupported)),
         }
+    }
+
+    /// The PRDT of a read or write, straight into the slot's table at `table`; (entries,
+    /// bytes). Requests of a few segments (most of them) map into a small list; the full
+    /// 128-entry list is only built for the others.
+    #[inline]
+    fn map_prdt(&self, rq: &Request, table: usize) -> Result<(usize, u32), QueueRqError> {
+        const SMALL: usize = 4;
+        if rq.nr_segments() as usize <= SMALL {
+            let mut sg = [SgEntry::default(); SMALL];
+            if let Ok(n) = rq.map_sg(&self.limits, &mut sg) {
+                return write_prdt_sg(&self.mem, table, &sg[..n], self.limits.dma_limit)
+                    .map_err(|_| QueueRqError::Fatal(BlkError::Misaligned));
+            }
+        }
+        self.map_prdt_large(rq, table)
+    }
+
+    #[inline(never)]
+    fn map_prdt_large(&self, rq: &Request, table: usize) -> Result<(usize, u32), QueueRqError> {
+        let mut sg = [SgEntry::default(); PRDT_ENTRIES];
+        let n = rq
+            .map_sg(&self.limits, &mut sg)
+            .map_err(QueueRqError::Fatal)?;
+        write_prdt_sg(&self.mem, table, &sg[..n], self.limits.dma_limit)
+            .map_err(|_| QueueRqError::Fatal(BlkError::Misaligned))
     }
 
     fn build_pt(
@@ -1135,8 +1231,8 @@ impl Ahci {
         } else {
             pt.args[3] as u8
         };
+        inner.pt |= 1 << tag;
         let c = &mut inner.cmds[tag];
-        c.pt = true;
         c.fis = H2dFis {
             command: pt.opcode as u8,
             features: pt.args[2] as u16,
@@ -1152,7 +1248,7 @@ impl Ahci {
 }
 
 impl HwQueue for Ahci {
-    fn queue_rq(&self, rq: &Request, _last: bool) -> Result<(), QueueRqError> {
+    fn queue_rq(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
         let tag = rq.tag();
         if tag as usize >= SLOTS {
             return Err(QueueRqError::Fatal(BlkError::Io));
@@ -1163,16 +1259,29 @@ impl HwQueue for Ahci {
                 device_error::DEAD,
             )));
         }
-        let (ncq, steps) = self.build(&mut g, rq)?;
-        if !g.tracker.accept(tag as u8, ncq, steps) {
+        if g.tracker.busy() & (1 << tag) != 0 {
+            // A block-layer bug: the slot's table belongs to the command in it.
             return Err(QueueRqError::Busy);
         }
+        let (ncq, steps) = self.build(&mut g, rq)?;
+        let accepted = g.tracker.accept(tag as u8, ncq, steps);
+        debug_assert!(accepted);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        drop(g);
+        if last {
+            // The last request of a batch goes out now; `commit` then has nothing to do.
+            self.issue_ready(&mut g);
+        } else {
+            self.unissued.store(true, Ordering::Relaxed);
+        }
+        // An interrupt that came while the lock was held left its reaping here.
+        self.unlock_and_deliver(g, DoneList::new());
         Ok(())
     }
 
     fn commit(&self) {
+        if !self.unissued.load(Ordering::Relaxed) {
+            return;
+        }
         let mut g = self.inner.lock();
         self.issue_ready(&mut g);
         self.unlock_and_deliver(g, DoneList::new());

@@ -5,7 +5,7 @@
 use blk::SgEntry;
 use hal::DmaBuf;
 
-use crate::cmd::{PRD_BYTES, PRDT_OFFSET};
+use crate::cmd::{PRD_BYTES, PRDT_ENTRIES, PRDT_OFFSET};
 
 /// Most bytes one PRD describes.
 pub const PRD_MAX_BYTES: u32 = 4 << 20;
@@ -45,6 +45,36 @@ pub fn build_prdt(
     dma_limit: u64,
     out: &mut [Prd],
 ) -> Result<(usize, u32), PrdtError> {
+    let max = out.len();
+    for_each_prd(sg, dma_limit, max, |i, p| {
+        if let Some(o) = out.get_mut(i) {
+            *o = p;
+        }
+    })
+}
+
+/// Checks `sg` and writes its PRDs straight into the command table at `table_off` of `mem`
+/// (at most [`PRDT_ENTRIES`] entries, cut at 4 MiB); returns (entries, bytes). On an error
+/// the table holds a partial PRDT (the command must not be issued).
+pub fn write_prdt_sg(
+    mem: &DmaBuf,
+    table_off: usize,
+    sg: &[SgEntry],
+    dma_limit: u64,
+) -> Result<(usize, u32), PrdtError> {
+    for_each_prd(sg, dma_limit, PRDT_ENTRIES, |i, p| {
+        write_prd(mem, table_off, i, &p)
+    })
+}
+
+/// The checks and cuts of [`build_prdt`]: `emit(i, prd)` for every PRD, `i < max`.
+#[inline(always)]
+fn for_each_prd(
+    sg: &[SgEntry],
+    dma_limit: u64,
+    max: usize,
+    mut emit: impl FnMut(usize, Prd),
+) -> Result<(usize, u32), PrdtError> {
     let (mut n, mut total) = (0usize, 0u32);
     for e in sg {
         if e.len == 0 || e.len % 2 != 0 || e.addr.0 % 2 != 0 {
@@ -59,11 +89,17 @@ pub fn build_prdt(
         }
         let (mut a, mut left) = (e.addr.0, e.len);
         while left > 0 {
+            if n >= max {
+                return Err(PrdtError::TooManyEntries);
+            }
             let piece = left.min(PRD_MAX_BYTES);
-            *out.get_mut(n).ok_or(PrdtError::TooManyEntries)? = Prd {
-                dba: a,
-                bytes: piece,
-            };
+            emit(
+                n,
+                Prd {
+                    dba: a,
+                    bytes: piece,
+                },
+            );
             n += 1;
             a += piece as u64;
             left -= piece;
@@ -73,14 +109,19 @@ pub fn build_prdt(
     Ok((n, total))
 }
 
+/// Writes PRD `i` of the command table at `table_off`: address (DBA, DBAU) as one 64-bit
+/// store, the reserved dword and DBC as another.
+#[inline(always)]
+fn write_prd(mem: &DmaBuf, table_off: usize, i: usize, p: &Prd) {
+    let o = table_off + PRDT_OFFSET + i * PRD_BYTES;
+    mem.write64(o, p.dba);
+    mem.write64(o + 8, (p.dbc_dword() as u64) << 32);
+}
+
 /// Writes `prds` into the command table at `table_off` of `mem`.
 pub fn write_prdt(mem: &DmaBuf, table_off: usize, prds: &[Prd]) {
     for (i, p) in prds.iter().enumerate() {
-        let o = table_off + PRDT_OFFSET + i * PRD_BYTES;
-        mem.write32(o, p.dba as u32);
-        mem.write32(o + 4, (p.dba >> 32) as u32);
-        mem.write32(o + 8, 0);
-        mem.write32(o + 12, p.dbc_dword());
+        write_prd(mem, table_off, i, p);
     }
 }
 
@@ -186,5 +227,42 @@ mod tests {
                 }
             );
         }
+        // The reserved dword stays zero.
+        assert_eq!(mem.read32(PRDT_OFFSET + 8), 0);
+    }
+
+    #[test]
+    fn prdt_written_straight_from_the_sg_list_matches_build_prdt() {
+        crate::test_dma::init();
+        let mem = DmaBuf::alloc(crate::cmd::TABLE_BYTES, 128).unwrap();
+        let list = [
+            sg(0x1_2345_6000, 4096),
+            sg(0x200_0000, 9 << 20),
+            sg(0x10, 2),
+        ];
+        let mut out = [Prd::default(); 8];
+        let (n, bytes) = build_prdt(&list, u64::MAX, &mut out).unwrap();
+        assert_eq!(write_prdt_sg(&mem, 0, &list, u64::MAX), Ok((n, bytes)));
+        assert_eq!(n, 5);
+        for (i, p) in out[..n].iter().enumerate() {
+            assert_eq!(read_prd(&mem, 0, i), *p);
+            assert_eq!(mem.read32(PRDT_OFFSET + i * PRD_BYTES + 8), 0);
+        }
+        // The same refusals.
+        assert_eq!(
+            write_prdt_sg(&mem, 0, &[sg(0x1001, 512)], u64::MAX),
+            Err(PrdtError::Misaligned)
+        );
+        assert_eq!(
+            write_prdt_sg(&mem, 0, &[sg(0xffff_f000, 0x2000)], 0xffff_ffff),
+            Err(PrdtError::AboveLimit)
+        );
+        let many: Vec<SgEntry> = (0..PRDT_ENTRIES as u64 + 1)
+            .map(|i| sg(0x10_0000 + i * 0x2000, 512))
+            .collect();
+        assert_eq!(
+            write_prdt_sg(&mem, 0, &many, u64::MAX),
+            Err(PrdtError::TooManyEntries)
+        );
     }
 }
