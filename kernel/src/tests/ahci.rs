@@ -1,6 +1,8 @@
 //! AHCI: the block-device conformance suite on the SATA disk, a request that fills the PRDT,
 //! IDENTIFY DEVICE through passthrough, and injected read and write errors (QEMU blkdebug, named
 //! on the command line by `ahci_eio_read=SECTOR` / `ahci_eio_write=SECTOR`) in a QD32 workload.
+//! With `ahci=poll` on the command line the same tests run with completions polled, and one more
+//! checks that nothing came through an interrupt.
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -160,6 +162,36 @@ ktest! {
             .map_err(|(e, _)| fail(format_args!("passthrough refused: {:?}", e)))?;
         check!(res.status.is_ok(), "FLUSH CACHE EXT failed: {:?}", res.status);
         readback_start_middle_end(&target()?)
+    }
+}
+
+ktest! {
+    #[only_with = "ahci=poll"]
+    fn ahci_polling_mode_completes_without_interrupts() -> TestResult {
+        let t = target()?;
+        let d = disk()?;
+        check_eq!(d.hw.mode(), ahci::Mode::Polling);
+        check_eq!(d.attach, block::Attach::Polled);
+        check!(d.irq.is_none(), "an interrupt line is attached in polling mode");
+        let s = d.hw.stats();
+        let (irq0, done0, req0, ncq0) = (
+            s.interrupts.load(Ordering::Relaxed),
+            s.completions.load(Ordering::Relaxed),
+            s.requests.load(Ordering::Relaxed),
+            s.ncq_commands.load(Ordering::Relaxed),
+        );
+        // 32 reads at once (NCQ when the disk does it), then a read-back of written data.
+        full_depth_in_flight(&t)?;
+        readback_start_middle_end(&t)?;
+        let reqs = s.requests.load(Ordering::Relaxed) - req0;
+        check!(reqs >= 32, "only {} requests", reqs);
+        check_eq!(s.completions.load(Ordering::Relaxed) - done0, reqs);
+        check_eq!(s.interrupts.load(Ordering::Relaxed), irq0);
+        if d.hw.info().ncq {
+            check!(s.ncq_commands.load(Ordering::Relaxed) - ncq0 >= 32, "reads did not use NCQ");
+        }
+        check_eq!(d.hw.in_flight(), 0);
+        Ok(())
     }
 }
 
