@@ -147,6 +147,89 @@ pub struct Fs<'b, D: BlockIo, const IB: usize, const BW: usize> {
     ring: usize,
 }
 
+/// The file a write is changing: its inode and extents as the write goes.
+#[derive(Clone, Copy, Debug)]
+struct WriteState {
+    ino: Ino,
+    n: Inode,
+    ext: ExtList,
+}
+
+/// One chunk of a write: file blocks `[fb, fb + k)` go to new blocks `[phys, phys + k)` from
+/// the buffer at `base`; bytes `[pos, end)` of the file are new.
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    fb: u64,
+    phys: u64,
+    k: u64,
+    base: usize,
+    behind: bool,
+    pos: u64,
+    end: u64,
+}
+
+impl Chunk {
+    /// Where the chunk's new bytes go in the buffer.
+    fn span(&self) -> (usize, usize) {
+        let at = |x: u64| self.base + (x - self.fb * BS) as usize;
+        (at(self.pos), at(self.end))
+    }
+}
+
+/// A region of the filesystem's I/O buffer lent for a zero-copy write ([`Fs::write_buffer`]).
+///
+/// It holds the filesystem borrowed: nothing else runs until it is committed or dropped.
+/// Dropping it without [`WriteBuf::commit`] gives its blocks back and leaves the file as it
+/// was.
+pub struct WriteBuf<'f, 'b, D: BlockIo, const IB: usize, const BW: usize> {
+    fs: &'f mut Fs<'b, D, IB, BW>,
+    st: WriteState,
+    c: Chunk,
+    live: bool,
+}
+
+impl<D: BlockIo, const IB: usize, const BW: usize> WriteBuf<'_, '_, D, IB, BW> {
+    /// The bytes to fill: file bytes `[offset, offset + len)`. They hold whatever the buffer
+    /// held (for a partial block's old part, see [`Fs::write_buffer`]: that part is outside).
+    pub fn buf(&mut self) -> &mut [u8] {
+        let (lo, hi) = self.c.span();
+        &mut self.fs.buf[lo..hi]
+    }
+
+    /// Bytes lent (at most the `len` asked for).
+    pub fn len(&self) -> usize {
+        (self.c.end - self.c.pos) as usize
+    }
+
+    /// Never empty (a zero-length request is refused); for clippy's `len` convention.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// File offset of the first byte.
+    pub fn offset(&self) -> u64 {
+        self.c.pos
+    }
+
+    /// Writes the region to the file; returns the bytes written ([`WriteBuf::len`]). Same
+    /// durability as [`Fs::write`]: part of the next commit.
+    pub fn commit(mut self) -> Result<usize> {
+        self.live = false;
+        let (mut st, c) = (self.st, self.c);
+        self.fs.write_finish(&mut st, &c)?;
+        Ok((c.end - c.pos) as usize)
+    }
+}
+
+impl<D: BlockIo, const IB: usize, const BW: usize> Drop for WriteBuf<'_, '_, D, IB, BW> {
+    /// Not committed: the blocks allocated for the region are free again.
+    fn drop(&mut self) {
+        if self.live {
+            Fs::<D, IB, BW>::free_range(&mut self.fs.used, self.c.phys, self.c.k);
+        }
+    }
+}
+
 fn io(_: IoError) -> FsError {
     FsError::Io
 }
@@ -895,7 +978,7 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
     /// Writes `data` at `off` (past the end and into holes included).
     pub fn write(&mut self, ino: Ino, off: u64, data: &[u8]) -> Result<usize> {
         self.writable()?;
-        let mut n = self.file(ino)?;
+        let n = self.file(ino)?;
         if data.is_empty() {
             return Ok(0);
         }
@@ -903,84 +986,167 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
             .checked_add(data.len() as u64)
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or(FsError::FileTooLarge)?;
-        let mut ext = ExtList::of(&n);
-        let cap = self.cap_blocks();
+        let mut st = WriteState {
+            ino,
+            n,
+            ext: ExtList::of(&n),
+        };
         let mut pos = off;
         while pos < end {
-            if ext.len() + 2 > EXTENTS_PER_INODE {
-                self.compact(&mut ext)?;
-                ext.store(&mut n).map_err(|_| FsError::TooFragmented)?;
-                self.set_inode(ino.0, n);
+            let c = self.write_prepare(&mut st, pos, end)?;
+            let (lo, hi) = c.span();
+            self.buf[lo..hi].copy_from_slice(&data[(pos - off) as usize..(c.end - off) as usize]);
+            self.write_finish(&mut st, &c)?;
+            pos = c.end;
+        }
+        Ok(data.len())
+    }
+
+    /// Lends the part of the I/O buffer that the next chunk of a write of `len` bytes at `off`
+    /// goes out from: fill [`WriteBuf::buf`] in place, then [`WriteBuf::commit`] writes it,
+    /// with no copy (zero-copy write). The region may be shorter than `len` (the buffer size,
+    /// the end of the buffer's ring, a short free run): call again from
+    /// `off + WriteBuf::len()`. Dropping the `WriteBuf` without committing changes nothing.
+    ///
+    /// An append at a block boundary (the streaming case) is written behind like [`Fs::write`]
+    /// writes it: the region comes from the next unused part of the buffer and `commit`
+    /// returns once its bios are submitted. Anything else (overwrites, unaligned starts) first
+    /// waits for the writes in flight and reads the partial first and last blocks into the
+    /// region before lending it, so the caller only supplies the new bytes.
+    pub fn write_buffer(
+        &mut self,
+        ino: Ino,
+        off: u64,
+        len: usize,
+    ) -> Result<WriteBuf<'_, 'b, D, IB, BW>> {
+        self.writable()?;
+        let n = self.file(ino)?;
+        if len == 0 {
+            return Err(FsError::InvalidArgument);
+        }
+        let end = off
+            .checked_add(len as u64)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::FileTooLarge)?;
+        let mut st = WriteState {
+            ino,
+            n,
+            ext: ExtList::of(&n),
+        };
+        let c = self.write_prepare(&mut st, off, end)?;
+        Ok(WriteBuf {
+            fs: self,
+            st,
+            c,
+            live: true,
+        })
+    }
+
+    /// First half of one chunk of a write from `pos` towards `end`: room in the extent list,
+    /// the place in the buffer (waiting for what still reads it), the new blocks, and the old
+    /// contents of partial first and last blocks. The chunk's bytes are then put at
+    /// [`Chunk::span`] and [`Fs::write_finish`] writes them.
+    fn write_prepare(&mut self, st: &mut WriteState, pos: u64, end: u64) -> Result<Chunk> {
+        if st.ext.len() + 2 > EXTENTS_PER_INODE {
+            self.compact(&mut st.ext)?;
+            st.ext
+                .store(&mut st.n)
+                .map_err(|_| FsError::TooFragmented)?;
+            self.set_inode(st.ino.0, st.n);
+        }
+        let cap = self.cap_blocks();
+        let fb = pos / BS;
+        let mut want = ((end - 1) / BS - fb + 1).min(cap);
+        // Write-behind: a block-aligned chunk past every mapped block of the file (an
+        // append) reads nothing from the device and frees nothing, so it is written from the
+        // next unused part of the buffer and not waited for; whatever reads the device,
+        // frees blocks or commits waits for such writes first (`quiesce`).
+        let behind = pos.is_multiple_of(BS) && fb >= st.n.size.div_ceil(BS);
+        let base = if behind {
+            if self.ring + BLOCK_SIZE > self.buf.len() {
+                self.ring = 0;
             }
-            let fb = pos / BS;
-            let mut want = ((end - 1) / BS - fb + 1).min(cap);
-            // Write-behind: a block-aligned chunk past every mapped block of the file (an
-            // append) reads nothing from the device and frees nothing, so it is written from the
-            // next unused part of the buffer and not waited for; whatever reads the device,
-            // frees blocks or commits waits for such writes first (`quiesce`).
-            let behind = pos.is_multiple_of(BS) && fb >= n.size.div_ceil(BS);
-            let base = if behind {
-                if self.ring + BLOCK_SIZE > self.buf.len() {
-                    self.ring = 0;
-                }
-                want = want.min(((self.buf.len() - self.ring) / BLOCK_SIZE) as u64);
-                let region = &self.buf[self.ring..self.ring + (want * BS) as usize];
-                if self.dev.wait_for(region).is_err() {
-                    self.failed = true;
-                    return Err(FsError::Io);
-                }
-                self.ring
-            } else {
-                self.quiesce()?;
-                0
-            };
-            let (phys, k) = self.alloc_run(want, self.reserve())?;
-            let chunk_end = end.min((fb + k) * BS);
-            let buf = &mut self.buf[base..];
-            // Partial first and last blocks start from their old contents (zeros in a hole).
-            if !pos.is_multiple_of(BS) {
-                read_file_blocks(&mut self.dev, buf, &ext, fb, 1)?;
-            }
-            if chunk_end % BS != 0 && (chunk_end / BS != fb || pos.is_multiple_of(BS)) {
-                let lb = chunk_end / BS;
-                let i = (lb - fb) as usize;
-                let tail = buf
-                    .get_mut(i * BLOCK_SIZE..)
-                    .ok_or(FsError::BufferTooSmall)?;
-                read_file_blocks(&mut self.dev, tail, &ext, lb, 1)?;
-            }
-            let dst = &mut buf[(pos - fb * BS) as usize..(chunk_end - fb * BS) as usize];
-            dst.copy_from_slice(&data[(pos - off) as usize..(chunk_end - off) as usize]);
-            let run = Run {
-                block: phys,
-                data: &buf[..(k * BS) as usize],
-            };
-            let r = if behind {
-                self.ring = base + (k * BS) as usize;
-                self.dev.write_behind(&[run])
-            } else {
-                self.dev.write(&[run], WriteFlags::NONE)
-            };
-            if r.is_err() {
-                Self::free_range(&mut self.used, phys, k);
+            want = want.min(((self.buf.len() - self.ring) / BLOCK_SIZE) as u64);
+            let region = &self.buf[self.ring..self.ring + (want * BS) as usize];
+            if self.dev.wait_for(region).is_err() {
                 self.failed = true;
                 return Err(FsError::Io);
             }
-            let used = &mut self.used;
-            ext.punch(fb, fb + k, &mut |p, l| Self::free_range(used, p, l))
-                .map_err(|_| FsError::TooFragmented)?;
-            ext.insert(Extent {
-                fblock: fb as u32,
-                len: k as u32,
-                phys,
+            self.ring
+        } else {
+            self.quiesce()?;
+            0
+        };
+        let (phys, k) = self.alloc_run(want, self.reserve())?;
+        let c = Chunk {
+            fb,
+            phys,
+            k,
+            base,
+            behind,
+            pos,
+            end: end.min((fb + k) * BS),
+        };
+        if let Err(e) = self.read_partial(&st.ext, &c) {
+            Self::free_range(&mut self.used, phys, k);
+            return Err(e);
+        }
+        Ok(c)
+    }
+
+    /// Partial first and last blocks of a chunk start from their old contents (zeros in a
+    /// hole or past the end).
+    fn read_partial(&mut self, ext: &ExtList, c: &Chunk) -> Result<()> {
+        let buf = &mut self.buf[c.base..];
+        if !c.pos.is_multiple_of(BS) {
+            read_file_blocks(&mut self.dev, buf, ext, c.fb, 1)?;
+        }
+        if !c.end.is_multiple_of(BS) && (c.end / BS != c.fb || c.pos.is_multiple_of(BS)) {
+            let lb = c.end / BS;
+            let i = (lb - c.fb) as usize;
+            let tail = buf
+                .get_mut(i * BLOCK_SIZE..)
+                .ok_or(FsError::BufferTooSmall)?;
+            read_file_blocks(&mut self.dev, tail, ext, lb, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Second half of a chunk: writes its blocks from the buffer (behind, or waited) and maps
+    /// them into the file.
+    fn write_finish(&mut self, st: &mut WriteState, c: &Chunk) -> Result<()> {
+        let run = Run {
+            block: c.phys,
+            data: &self.buf[c.base..c.base + (c.k * BS) as usize],
+        };
+        let r = if c.behind {
+            self.ring = c.base + (c.k * BS) as usize;
+            self.dev.write_behind(&[run])
+        } else {
+            self.dev.write(&[run], WriteFlags::NONE)
+        };
+        if r.is_err() {
+            Self::free_range(&mut self.used, c.phys, c.k);
+            self.failed = true;
+            return Err(FsError::Io);
+        }
+        let used = &mut self.used;
+        st.ext
+            .punch(c.fb, c.fb + c.k, &mut |p, l| Self::free_range(used, p, l))
+            .map_err(|_| FsError::TooFragmented)?;
+        st.ext
+            .insert(Extent {
+                fblock: c.fb as u32,
+                len: c.k as u32,
+                phys: c.phys,
             })
             .map_err(|_| FsError::TooFragmented)?;
-            ext.store(&mut n).map_err(|_| FsError::TooFragmented)?;
-            pos = chunk_end;
-            n.size = n.size.max(pos);
-            self.set_inode(ino.0, n);
-        }
-        Ok(data.len())
+        st.ext
+            .store(&mut st.n)
+            .map_err(|_| FsError::TooFragmented)?;
+        st.n.size = st.n.size.max(c.end);
+        self.set_inode(st.ino.0, st.n);
+        Ok(())
     }
 
     /// Appends `data`; returns the offset it was written at.

@@ -26,7 +26,7 @@ mod tests;
 
 pub use check::Problem;
 pub use format::{BLOCK_SIZE, Kind, NAME_MAX};
-pub use fs::{DirEntry, Fs, FsckStats, Ino, MkfsOptions, Mode, Stat, StatFs};
+pub use fs::{DirEntry, Fs, FsckStats, Ino, MkfsOptions, Mode, Stat, StatFs, WriteBuf};
 pub use io::{BlockIo, IoError, Run, WriteFlags};
 
 /// Filesystem errors.

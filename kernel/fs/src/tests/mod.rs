@@ -36,3 +36,4 @@ pub fn scale() -> u64 {
 }
 mod overblk;
 mod tools;
+mod zerocopy;

@@ -130,7 +130,11 @@ pub fn step<D: BlockIo>(rng: &mut Rng, fs: &mut SmallFs<'_, D>, m: &mut Model, b
                 };
                 let byte = rng.below(255) as u8 + 1;
                 let data: Vec<u8> = (0..len).map(|i| byte.wrapping_add(i as u8)).collect();
-                fs.write(ino, off, &data).unwrap();
+                if rng.chance(50) {
+                    fs.write(ino, off, &data).unwrap();
+                } else {
+                    zero_copy_write(rng, fs, ino, off, &data);
+                }
                 if let Some(Node::File(v)) = m.nodes.get_mut(p)
                     && len > 0
                 {
@@ -195,6 +199,41 @@ pub fn step<D: BlockIo>(rng: &mut Rng, fs: &mut SmallFs<'_, D>, m: &mut Model, b
         }
     }
     true
+}
+
+/// Writes `data` at `off` through [`Fs::write_buffer`] (the zero-copy path), sometimes
+/// dropping a lent region uncommitted first (which must change nothing).
+pub fn zero_copy_write<D: BlockIo>(
+    rng: &mut Rng,
+    fs: &mut SmallFs<'_, D>,
+    ino: Ino,
+    off: u64,
+    data: &[u8],
+) {
+    let mut done = 0usize;
+    while done < data.len() {
+        let at = off + done as u64;
+        if rng.chance(10) {
+            // Abandoned twice: the first may have compacted the file (a change of its own),
+            // the second must leave the free count as it was.
+            let mut free = 0;
+            for _ in 0..2 {
+                let mut w = fs.write_buffer(ino, at, data.len() - done).unwrap();
+                w.buf().fill(0xee);
+                drop(w);
+                let now = fs.statfs().unwrap().free_blocks;
+                assert!(free == 0 || now == free, "abandoned region kept blocks");
+                free = now;
+            }
+        }
+        let mut w = fs.write_buffer(ino, at, data.len() - done).unwrap();
+        let n = w.len();
+        assert!(n > 0 && n <= data.len() - done);
+        assert_eq!(w.offset(), at);
+        w.buf().copy_from_slice(&data[done..done + n]);
+        assert_eq!(w.commit().unwrap(), n);
+        done += n;
+    }
 }
 
 /// Compares the whole tree (listing, kinds, sizes, contents).
