@@ -189,6 +189,10 @@ driver_stats! {
     resets,
     /// Fatal status seen.
     fatal,
+    /// INTx masked by the handler (a lock was taken).
+    masks,
+    /// INTx unmasked after a masked interrupt.
+    unmasks,
 }
 
 /// One completion to hand to the block layer.
@@ -267,6 +271,8 @@ pub struct Nvme {
     sink: Once<&'static dyn TagComplete>,
     /// Someone has to reap: set by an interrupt that found a lock taken.
     pending: AtomicBool,
+    /// The handler masked INTx (`INTMS`): whoever next finishes a reap unmasks.
+    masked: AtomicBool,
     dead: AtomicBool,
     /// A fatal status was seen: reset from process context.
     reset_wanted: AtomicBool,
@@ -350,6 +356,7 @@ impl Nvme {
             cfg,
             sink: Once::new(),
             pending: AtomicBool::new(false),
+            masked: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             reset_wanted: AtomicBool::new(false),
             stats: DriverStats::new(),
@@ -571,7 +578,9 @@ impl Nvme {
     /// Commands in flight (I/O and passthrough).
     pub fn in_flight(&self) -> usize {
         let n = self.io.lock().cids.count();
-        n + self.admin.lock().cids.count()
+        let n = n + self.admin.lock().cids.count();
+        self.after_unlock();
+        n
     }
     /// The controller is unusable.
     pub fn is_dead(&self) -> bool {
@@ -587,12 +596,19 @@ impl Nvme {
         self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
         self.pending.store(true, Ordering::Release);
         if !self.reap_pending() && self.cfg.intx {
-            // Process context holds a lock: mask the level interrupt until it reaps.
+            // Process context holds a lock: mask the level interrupt until it reaps (the
+            // holder's `after_unlock`, or any other reaper that gets there first, unmasks).
+            self.masked.store(true, Ordering::Release);
+            self.stats.masks.fetch_add(1, Ordering::Relaxed);
             self.regs.write32(regs::INTMS, 1);
         }
     }
 
     /// Reaps while someone asked for it; `false` if a lock was taken (its holder reaps).
+    /// A complete reap also lifts the handler's INTx mask, whoever does it: the handler, the
+    /// lock holder's `after_unlock`, `poll` (passthrough waits, tag waits, timeouts). When
+    /// only `after_unlock` unmasked, a `poll` that consumed `pending` first left INTx masked
+    /// for good and every later completion went unsignalled (see `docs/nvme.md`).
     fn reap_pending(&self) -> bool {
         while self.pending.swap(false, Ordering::AcqRel) {
             let mut done = DoneList::new();
@@ -622,13 +638,22 @@ impl Nvme {
             drop(io);
             self.deliver(&done);
         }
+        // Both queues were found empty after their head doorbells with no lock taken: the
+        // controller has lowered its INTx status, and unmasking raises the line again only
+        // if something new was posted since (a fresh edge for the PLIC).
+        if self.masked.load(Ordering::Acquire) && self.masked.swap(false, Ordering::AcqRel) {
+            self.stats.unmasks.fetch_add(1, Ordering::Relaxed);
+            self.regs.write32(regs::INTMC, 1);
+        }
         true
     }
 
-    /// After process context let go of the locks: reap what an interrupt left, unmask.
+    /// After process context let go of the locks: reap what an interrupt left (which
+    /// unmasks INTx if the handler masked it). Every path that takes `io` or `admin` in
+    /// process context ends with this; `submit` relies on the block layer's `commit`.
     fn after_unlock(&self) {
-        if self.pending.load(Ordering::Acquire) && self.reap_pending() && self.cfg.intx {
-            self.regs.write32(regs::INTMC, 1);
+        if self.pending.load(Ordering::Acquire) {
+            self.reap_pending();
         }
     }
 
@@ -928,6 +953,8 @@ impl Nvme {
             ok
         };
         if self.cfg.intx {
+            // The disable cleared the controller's mask; keep ours in step.
+            self.masked.store(false, Ordering::Release);
             self.regs.write32(regs::INTMC, 1);
         }
         self.deliver(&done);
@@ -985,6 +1012,7 @@ impl Nvme {
         self.reap_all();
         let io_cid = self.io.lock().cids.in_flight(tag);
         let admin_cid = self.admin.lock().cids.in_flight(tag);
+        self.after_unlock();
         let (sqid, cid) = match (io_cid, admin_cid) {
             (Some(c), _) => (IOQ, c),
             (None, Some(c)) => (0, c),
@@ -997,7 +1025,9 @@ impl Nvme {
             let gone = wait_until(self.cfg.clock, 100, || {
                 self.reap_all();
                 let io = self.io.lock().cids.in_flight(tag);
-                io.is_none() && self.admin.lock().cids.in_flight(tag).is_none()
+                let gone = io.is_none() && self.admin.lock().cids.in_flight(tag).is_none();
+                self.after_unlock();
+                gone
             });
             if gone {
                 return TimeoutAction::Retry;
