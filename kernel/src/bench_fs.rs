@@ -5,11 +5,18 @@
 //! The raw jobs have overwritten the disk, so the filesystem is made afresh (mkfs, mount) and
 //! each job prints a line in the raw jobs' format, under a job name starting with `fs-`:
 //!
-//! - `fs-seqwrite`: one new file of [`SEQ_BYTES`] written in [`SEQ_BS`] `write` calls, then one
-//!   `fsync` (all inside the timed span); `ios` counts the writes, latencies are per write (the
-//!   `fsync` is in `ns` but not in the percentiles); `fs-seqwrite-nosync` is the same run up to
-//!   the point where the data writes have completed, before the `fsync` (no commit, no flush:
-//!   like the raw jobs, which never flush);
+//! - `fs-seqwrite`: one new file of [`SEQ_BYTES`] written in [`SEQ_BS`] zero-copy writes
+//!   (`write_buffer` + `commit`: the data goes out from the filesystem's own I/O buffer), then
+//!   one `fsync` (all inside the timed span); `ios` counts the writes, latencies are per write
+//!   (the `fsync` is in `ns` but not in the percentiles); `fs-seqwrite-nosync` is the same run
+//!   up to the point where the data writes have completed, before the `fsync` (no commit, no
+//!   flush: like the raw jobs, which never flush). The data is the same 128 KiB pattern the
+//!   copying job writes; like the raw jobs' buffer, it is produced once: a lent region is
+//!   filled only the first time its address comes up (the I/O buffer holds 8 such regions and
+//!   nothing else uses it during the job); the file is read back and checked afterwards,
+//!   outside the timed span;
+//! - `fs-seqwrite-copy`, `fs-seqwrite-copy-nosync`: the same with the copying `write` (every
+//!   call copies its 128 KiB from the caller's buffer into the I/O buffer);
 //! - `fs-randwrite`: [`RAND_OPS`] 4 KiB overwrites at random block offsets of a
 //!   [`RAND_FILE_BYTES`] file, each followed by `fsync` (latency = write + fsync);
 //! - `fs-smallfiles`: [`SMALL_FILES`] files, each `create` + 4 KiB `write` + `fsync`
@@ -122,7 +129,8 @@ fn jobs(f: &mut KernelFs<'_>, src: &[u8]) -> Result<(), FsError> {
         fs::IO_BUF_BYTES as u32,
         crate::block::virtio::disk().map_or(0, |d| d.queue.capacity())
     );
-    let r = seqwrite(f, src)
+    let r = seqwrite(f, src, true)
+        .and_then(|()| seqwrite(f, src, false))
         .and_then(|()| randwrite(f, src))
         .and_then(|()| smallfiles(f, src));
     let u = f.unmount();
@@ -130,7 +138,52 @@ fn jobs(f: &mut KernelFs<'_>, src: &[u8]) -> Result<(), FsError> {
     u
 }
 
-fn seqwrite(f: &mut KernelFs<'_>, src: &[u8]) -> Result<(), FsError> {
+/// Addresses of lent regions already holding the data (see the module comment).
+struct Filled {
+    at: [usize; 64],
+    n: usize,
+}
+
+impl Filled {
+    /// Whether the region at `addr` still needs the data; notes it as filled.
+    fn first_time(&mut self, addr: usize) -> bool {
+        if self.at[..self.n].contains(&addr) {
+            return false;
+        }
+        if let Some(slot) = self.at.get_mut(self.n) {
+            *slot = addr;
+            self.n += 1;
+        }
+        true
+    }
+}
+
+/// One `SEQ_BS` write at `off`: zero-copy (in as many lent regions as it takes) or copying.
+fn put(
+    f: &mut KernelFs<'_>,
+    ino: Ino,
+    off: u64,
+    src: &[u8],
+    filled: Option<&mut Filled>,
+) -> Result<(), FsError> {
+    let Some(filled) = filled else {
+        return f.write(ino, off, src).map(|_| ());
+    };
+    let mut done = 0;
+    while done < src.len() {
+        let mut w = f.write_buffer(ino, off + done as u64, src.len() - done)?;
+        let n = w.len();
+        let buf = w.buf();
+        if done != 0 || n != src.len() || filled.first_time(buf.as_ptr() as usize) {
+            buf.copy_from_slice(&src[done..done + n]);
+        }
+        w.commit()?;
+        done += n;
+    }
+    Ok(())
+}
+
+fn seqwrite(f: &mut KernelFs<'_>, src: &[u8], zero_copy: bool) -> Result<(), FsError> {
     let ino = f.create("/seq.bin")?;
     let ios = SEQ_BYTES / SEQ_BS;
     let mut lat = [0u32; MAX_OPS];
@@ -139,10 +192,12 @@ fn seqwrite(f: &mut KernelFs<'_>, src: &[u8]) -> Result<(), FsError> {
         halted_ns: 0,
         cycles: 0,
     };
+    let mut filled = Filled { at: [0; 64], n: 0 };
     let m = Mark::now();
     for (i, l) in lat.iter_mut().enumerate().take(ios) {
         let t = arch::now_ns();
-        f.write(ino, (i * SEQ_BS) as u64, &src[..SEQ_BS])?;
+        let off = (i * SEQ_BS) as u64;
+        put(f, ino, off, &src[..SEQ_BS], zero_copy.then_some(&mut filled))?;
         *l = since(t);
     }
     // The data on the device (write-behind drained), before the commit: comparable to the
@@ -156,22 +211,37 @@ fn seqwrite(f: &mut KernelFs<'_>, src: &[u8]) -> Result<(), FsError> {
     m.add_to(&mut data);
     f.fsync(ino)?;
     m.add_to(&mut span);
-    report(
-        "fs-seqwrite-nosync",
-        SEQ_BS,
-        ios,
-        &data,
-        &mut lat[..ios.min(MAX_OPS)],
-    );
-    report(
-        "fs-seqwrite",
-        SEQ_BS,
-        ios,
-        &span,
-        &mut lat[..ios.min(MAX_OPS)],
-    );
+    let (name, nosync) = if zero_copy {
+        ("fs-seqwrite", "fs-seqwrite-nosync")
+    } else {
+        ("fs-seqwrite-copy", "fs-seqwrite-copy-nosync")
+    };
+    report(nosync, SEQ_BS, ios, &data, &mut lat[..ios.min(MAX_OPS)]);
+    report(name, SEQ_BS, ios, &span, &mut lat[..ios.min(MAX_OPS)]);
+    verify(f, ino, src)?;
     f.unlink("/seq.bin")?;
     f.sync()
+}
+
+/// Reads the sequential file back (untimed): every `SEQ_BS` chunk must be `src`.
+fn verify(f: &mut KernelFs<'_>, ino: Ino, src: &[u8]) -> Result<(), FsError> {
+    let Ok(mut back) = DmaBuf::alloc(SEQ_BS, 4096) else {
+        return Err(FsError::Io);
+    };
+    let bad = FsError::Corrupt {
+        block: 0,
+        what: "benchfs: file read back differs from what was written",
+    };
+    for i in 0..SEQ_BYTES / SEQ_BS {
+        let n = f.read(ino, (i * SEQ_BS) as u64, back.as_mut_slice())?;
+        if n != SEQ_BS || back.as_slice() != &src[..SEQ_BS] {
+            return Err(bad);
+        }
+    }
+    if f.stat(ino)?.size != SEQ_BYTES as u64 {
+        return Err(bad);
+    }
+    Ok(())
 }
 
 fn randwrite(f: &mut KernelFs<'_>, src: &[u8]) -> Result<(), FsError> {

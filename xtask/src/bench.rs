@@ -110,6 +110,35 @@ fn load(dir: &Path, name: &str) -> Result<Profile> {
     Profile::parse(name, &text).with_context(|| format!("in {}", path.display()))
 }
 
+/// The bench image, written out in full (no holes) and synced, as fio lays out its files before
+/// a run: on a sparse image the raw jobs' first writes make the host allocate blocks, and the
+/// first flush (`fdatasync` of the image under `cache=none`) then commits that metadata too.
+/// An image of the right size with every block allocated is kept.
+fn preallocate_image(path: &Path, size_mib: u64) -> Result<()> {
+    use std::io::Write as _;
+    let bytes = size_mib << 20;
+    if let Ok(m) = fs::metadata(path) {
+        #[cfg(unix)]
+        let allocated = std::os::unix::fs::MetadataExt::blocks(&m) * 512 >= bytes;
+        #[cfg(not(unix))]
+        let allocated = true;
+        if m.len() == bytes && allocated {
+            return Ok(());
+        }
+    }
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut file =
+        fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..size_mib {
+        file.write_all(&zeros)?;
+    }
+    file.sync_all()?;
+    Ok(())
+}
+
 /// One `BENCH job=...` line.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
@@ -287,6 +316,19 @@ fn fs_ratios(rows: &[Row]) -> String {
             r.iops()
         );
     }
+    // A job and its `-nosync` twin (the same run timed up to the end of its data writes):
+    // the difference is what the final fsync (commit and flush) cost.
+    for r in rows.iter().filter(|r| r.job.starts_with("fs-")) {
+        let twin = format!("{}-nosync", r.job);
+        if let Some(d) = rows.iter().find(|d| d.job == twin && d.bs == r.bs) {
+            let _ = writeln!(
+                out,
+                "{:<18} fsync after the data: {:.1} ms",
+                r.label(),
+                r.ns.saturating_sub(d.ns) as f64 / 1e6
+            );
+        }
+    }
     out
 }
 
@@ -384,7 +426,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         ))
     });
     if let (Some(path), Some(spec)) = (&image, &profile.image) {
-        workspace::prepare_image(path, spec.size_mib, false)
+        preallocate_image(path, spec.size_mib)
             .with_context(|| format!("disk image for {}", profile.name))?;
     }
     let mut extra = Vec::new();
@@ -552,6 +594,30 @@ mod tests {
         }
         assert!(text.contains("7.2.0 \\\"x\\\""));
         assert!(table(&setup, &[]).contains("insn/io"));
+    }
+
+    #[test]
+    fn fs_ratios_and_fsync_cost() {
+        let raw = Row::parse(&LINE.replace("randread bs=4096 qd=32", "seqwrite bs=131072 qd=8"))
+            .unwrap()
+            .unwrap();
+        let fs = |job: &str, ns: u64| {
+            Row::parse(
+                &LINE
+                    .replace("randread", job)
+                    .replace("ns=50000000", &format!("ns={ns}")),
+            )
+            .unwrap()
+            .unwrap()
+        };
+        let text = fs_ratios(&[
+            raw,
+            fs("fs-seqwrite-nosync", 40_000_000),
+            fs("fs-seqwrite", 50_000_000),
+        ]);
+        assert!(text.contains("fs-seqwrite-4k"), "{text}");
+        assert!(text.contains("fsync after the data: 10.0 ms"), "{text}");
+        assert_eq!(text.matches("fsync after").count(), 1, "{text}");
     }
 
     #[test]
