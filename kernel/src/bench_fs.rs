@@ -197,7 +197,13 @@ fn seqwrite(f: &mut KernelFs<'_>, src: &[u8], zero_copy: bool) -> Result<(), FsE
     for (i, l) in lat.iter_mut().enumerate().take(ios) {
         let t = arch::now_ns();
         let off = (i * SEQ_BS) as u64;
-        put(f, ino, off, &src[..SEQ_BS], zero_copy.then_some(&mut filled))?;
+        put(
+            f,
+            ino,
+            off,
+            &src[..SEQ_BS],
+            zero_copy.then_some(&mut filled),
+        )?;
         *l = since(t);
     }
     // The data on the device (write-behind drained), before the commit: comparable to the
