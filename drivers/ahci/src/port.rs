@@ -808,6 +808,11 @@ impl Ahci {
             inner.loaded &= !b;
             return;
         }
+        self.write_slot(inner, tag);
+    }
+
+    /// Writes header and FIS of `tag` at its current step.
+    fn write_slot(&self, inner: &Inner, tag: u8) {
         let c = &inner.cmds[tag as usize];
         let table = Self::table_off(tag as usize);
         let step = inner.tracker.step(tag).min(c.nsteps - 1);
@@ -832,20 +837,17 @@ impl Ahci {
         }
         let iss = inner.tracker.next_issue();
         if iss.ncq != 0 {
-            let mut m = iss.ncq;
+            // Slots `queue_rq` loaded go out as they are; the others (replays) are written now.
+            let mut m = iss.ncq & !inner.loaded;
+            inner.loaded &= !iss.ncq;
             while m != 0 {
                 let t = m.trailing_zeros() as u8;
                 m &= m - 1;
-                self.load_slot(inner, t);
+                self.write_slot(inner, t);
             }
-            let n = if iss.ncq & (iss.ncq - 1) == 0 {
-                1
-            } else {
-                iss.ncq.count_ones()
-            };
             self.stats
                 .ncq_commands
-                .fetch_add(n as u64, Ordering::Relaxed);
+                .fetch_add(iss.ncq.count_ones() as u64, Ordering::Relaxed);
             self.pwrite(px::SACT, iss.ncq);
             self.pwrite(px::CI, iss.ncq);
         }

@@ -56,12 +56,29 @@ pub fn build_prdt(
 /// Checks `sg` and writes its PRDs straight into the command table at `table_off` of `mem`
 /// (at most [`PRDT_ENTRIES`] entries, cut at 4 MiB); returns (entries, bytes). On an error
 /// the table holds a partial PRDT (the command must not be issued).
+#[inline]
 pub fn write_prdt_sg(
     mem: &DmaBuf,
     table_off: usize,
     sg: &[SgEntry],
     dma_limit: u64,
 ) -> Result<(usize, u32), PrdtError> {
+    // One entry of at most 4 MiB (most requests): one PRD, the same checks.
+    if let [e] = sg
+        && e.len <= PRD_MAX_BYTES
+    {
+        check_entry(e, dma_limit)?;
+        write_prd(
+            mem,
+            table_off,
+            0,
+            &Prd {
+                dba: e.addr.0,
+                bytes: e.len,
+            },
+        );
+        return Ok((1, e.len));
+    }
     for_each_prd(sg, dma_limit, PRDT_ENTRIES, |i, p| {
         write_prd(mem, table_off, i, &p)
     })
@@ -77,16 +94,7 @@ fn for_each_prd(
 ) -> Result<(usize, u32), PrdtError> {
     let (mut n, mut total) = (0usize, 0u32);
     for e in sg {
-        if e.len == 0 || e.len % 2 != 0 || e.addr.0 % 2 != 0 {
-            return Err(PrdtError::Misaligned);
-        }
-        if e.addr
-            .0
-            .checked_add(e.len as u64 - 1)
-            .is_none_or(|end| end > dma_limit)
-        {
-            return Err(PrdtError::AboveLimit);
-        }
+        check_entry(e, dma_limit)?;
         let (mut a, mut left) = (e.addr.0, e.len);
         while left > 0 {
             if n >= max {
@@ -107,6 +115,22 @@ fn for_each_prd(
         total = total.wrapping_add(e.len);
     }
     Ok((n, total))
+}
+
+/// An entry's length and address are even and non-zero, and it ends within `dma_limit`.
+#[inline(always)]
+fn check_entry(e: &SgEntry, dma_limit: u64) -> Result<(), PrdtError> {
+    if e.len == 0 || (e.len as u64 | e.addr.0) & 1 != 0 {
+        return Err(PrdtError::Misaligned);
+    }
+    if e.addr
+        .0
+        .checked_add(e.len as u64 - 1)
+        .is_none_or(|end| end > dma_limit)
+    {
+        return Err(PrdtError::AboveLimit);
+    }
+    Ok(())
 }
 
 /// Writes PRD `i` of the command table at `table_off`: address (DBA, DBAU) as one 64-bit
@@ -248,7 +272,26 @@ mod tests {
             assert_eq!(read_prd(&mem, 0, i), *p);
             assert_eq!(mem.read32(PRDT_OFFSET + i * PRD_BYTES + 8), 0);
         }
-        // The same refusals.
+        // One entry (its own path), and the same refusals.
+        assert_eq!(
+            write_prdt_sg(&mem, 0, &[sg(0x7_0000, 4096)], u64::MAX),
+            Ok((1, 4096))
+        );
+        assert_eq!(
+            read_prd(&mem, 0, 0),
+            Prd {
+                dba: 0x7_0000,
+                bytes: 4096
+            }
+        );
+        assert_eq!(
+            write_prdt_sg(&mem, 0, &[sg(0x7_0000, 0)], u64::MAX),
+            Err(PrdtError::Misaligned)
+        );
+        assert_eq!(
+            write_prdt_sg(&mem, 0, &[sg(0x7_0000, 4097)], u64::MAX),
+            Err(PrdtError::Misaligned)
+        );
         assert_eq!(
             write_prdt_sg(&mem, 0, &[sg(0x1001, 512)], u64::MAX),
             Err(PrdtError::Misaligned)
