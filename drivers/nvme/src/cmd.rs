@@ -137,8 +137,9 @@ impl Command {
     }
     /// Writes the entry at byte `off` of `buf`.
     pub fn write_to(&self, buf: &DmaBuf, off: usize) {
-        for (i, d) in self.dw.iter().enumerate() {
-            buf.write32(off + 4 * i, *d);
+        // Eight 64-bit stores (little endian: the lower dword first).
+        for (i, d) in self.dw.chunks_exact(2).enumerate() {
+            buf.write64(off + 8 * i, d[0] as u64 | (d[1] as u64) << 32);
         }
     }
     /// Reads an entry back from byte `off` of `buf`.

@@ -16,7 +16,7 @@ pub mod queue;
 pub mod regs;
 pub mod spec;
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 
 use blk::error::{status_code, status_from_code};
 use blk::{
@@ -44,6 +44,8 @@ pub const ADMIN_ENTRIES: u16 = 32;
 pub const LIST_PAGES: usize = 2;
 /// Most scatter-gather entries per request.
 pub const MAX_SEGMENTS: usize = 128;
+/// Scatter-gather entries of the list on the stack for small requests.
+const SMALL_SG: usize = 4;
 /// The namespace this driver uses.
 pub const NSID: u32 = 1;
 /// The I/O queue id.
@@ -195,6 +197,16 @@ driver_stats! {
     unmasks,
 }
 
+/// What became of a staged write when its pre-flush completed.
+enum Staged {
+    /// On the submission queue (the doorbell is due).
+    Submitted,
+    /// Left in flight for a reset.
+    InFlight,
+    /// Complete the request with this status.
+    Done(BlkStatus),
+}
+
 /// One completion to hand to the block layer.
 #[derive(Clone, Copy)]
 struct Done {
@@ -204,12 +216,18 @@ struct Done {
     pt: bool,
 }
 
-struct DoneList {
-    items: [Done; QUEUE_DEPTH],
+/// Completions gathered under the locks, delivered after them. The interrupt path uses a
+/// small batch ([`BATCH`]; a full batch leaves the reap pending for another pass), the cold
+/// paths (bring-up, reset, waits for admin commands) room for every tag.
+struct DoneList<const N: usize = QUEUE_DEPTH> {
+    items: [Done; N],
     n: usize,
 }
 
-impl DoneList {
+/// Completions delivered per pass of the interrupt path.
+const BATCH: usize = 16;
+
+impl<const N: usize> DoneList<N> {
     fn new() -> Self {
         DoneList {
             items: [Done {
@@ -217,7 +235,7 @@ impl DoneList {
                 status: 0,
                 result: 0,
                 pt: false,
-            }; QUEUE_DEPTH],
+            }; N],
             n: 0,
         }
     }
@@ -273,6 +291,12 @@ pub struct Nvme {
     pending: AtomicBool,
     /// The handler masked INTx (`INTMS`): whoever next finishes a reap unmasks.
     masked: AtomicBool,
+    /// Admin commands submitted and not reaped yet (changed under the `admin` lock). The
+    /// controller posts nothing unasked on the admin queue (no asynchronous event requests),
+    /// so the interrupt path leaves the admin queue alone while this is 0.
+    admin_outstanding: AtomicU32,
+    /// Entries pushed on the I/O submission queue and not rung yet (`commit` rings them).
+    unrung: AtomicBool,
     dead: AtomicBool,
     /// A fatal status was seen: reset from process context.
     reset_wanted: AtomicBool,
@@ -357,6 +381,8 @@ impl Nvme {
             sink: Once::new(),
             pending: AtomicBool::new(false),
             masked: AtomicBool::new(false),
+            admin_outstanding: AtomicU32::new(0),
+            unrung: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             reset_wanted: AtomicBool::new(false),
             stats: DriverStats::new(),
@@ -397,6 +423,7 @@ impl Nvme {
         admin.sq.reset();
         admin.cq.reset();
         admin.internal = None;
+        self.admin_outstanding.store(0, Ordering::Release);
         let (sqe, cqe) = (admin.sq.entries() as u32, admin.cq.entries() as u32);
         self.regs.write32(regs::AQA, (cqe - 1) << 16 | (sqe - 1));
         self.regs.write64(regs::ASQ, admin.sq.phys());
@@ -415,7 +442,7 @@ impl Nvme {
     }
 
     fn identify(&self, admin: &mut AdminQ) -> Result<CtrlInfo, InitError> {
-        let mut done = DoneList::new();
+        let mut done = DoneList::<QUEUE_DEPTH>::new();
         let mut c = Command::identify(cns::CONTROLLER, 0);
         c.set_data(DataPtr::Prp(self.ident.phys().0, 0));
         self.admin_sync(admin, c, &mut done)
@@ -465,7 +492,7 @@ impl Nvme {
 
     /// Features and the I/O queue pair (after an enable).
     fn setup_io(&self, admin: &mut AdminQ, io: &mut IoQ) -> Result<(), InitError> {
-        let mut done = DoneList::new();
+        let mut done = DoneList::<QUEUE_DEPTH>::new();
         let mut run = |admin: &mut AdminQ, c: Command| {
             self.admin_sync(admin, c, &mut done)
                 .map_err(|_| InitError::Admin)
@@ -510,6 +537,7 @@ impl Nvme {
         if !a.sq.push(&c) {
             return Err(BlkError::Busy);
         }
+        self.admin_outstanding.fetch_add(1, Ordering::AcqRel);
         fence(Ordering::SeqCst);
         self.regs.write32(
             regs::sq_tail_doorbell(0, self.regs.cap().doorbell_stride()),
@@ -611,26 +639,38 @@ impl Nvme {
     /// for good and every later completion went unsignalled (see `docs/nvme.md`).
     fn reap_pending(&self) -> bool {
         while self.pending.swap(false, Ordering::AcqRel) {
-            let mut done = DoneList::new();
+            let mut done = DoneList::<BATCH>::new();
             let Some(mut io) = self.io.try_lock() else {
                 self.pending.store(true, Ordering::Release);
                 return false;
             };
-            let Some(mut admin) = self.admin.try_lock() else {
-                self.pending.store(true, Ordering::Release);
-                return false;
+            // One CPU: nothing submits an admin command while this runs, so a 0 here means
+            // no admin completion can be posted before the next look.
+            let mut admin = if self.admin_outstanding.load(Ordering::Acquire) != 0 {
+                let Some(a) = self.admin.try_lock() else {
+                    self.pending.store(true, Ordering::Release);
+                    return false;
+                };
+                Some(a)
+            } else {
+                None
             };
-            // Until a pass finds both queues empty after their head doorbells: with INTx the
-            // controller only lowers the line when a head doorbell finds its queue empty, and
-            // QEMU 7.2's PLIC only signals a rising edge, so an entry posted after the last
-            // look but before the doorbell would otherwise wait for the next interrupt.
             loop {
-                let n = self.reap_io(&mut io, &mut done) + self.reap_admin(&mut admin, &mut done);
-                if n == 0 {
-                    break;
+                let mut n = self.reap_io(&mut io, &mut done);
+                if let Some(a) = admin.as_mut() {
+                    n += self.reap_admin(a, &mut done);
                 }
                 if done.is_full() {
                     self.pending.store(true, Ordering::Release);
+                    break;
+                }
+                // Each reap ran until its queue looked empty. With MSI-X an entry posted after
+                // that look sends another message. With INTx, go round until a pass finds both
+                // queues empty after their head doorbells: the controller only lowers the line
+                // when a head doorbell finds its queue empty, and QEMU 7.2's PLIC only signals
+                // a rising edge, so an entry posted after the last look but before the doorbell
+                // would otherwise wait for the next interrupt.
+                if n == 0 || !self.cfg.intx {
                     break;
                 }
             }
@@ -657,11 +697,16 @@ impl Nvme {
         }
     }
 
-    fn deliver(&self, done: &DoneList) {
+    fn deliver<const N: usize>(&self, done: &DoneList<N>) {
         let Some(sink) = self.sink.get() else { return };
+        if done.n == 0 {
+            return;
+        }
+        self.stats
+            .completions
+            .fetch_add(done.n as u64, Ordering::Relaxed);
         for d in &done.items[..done.n] {
             let st = status_from_code(d.status);
-            self.stats.completions.fetch_add(1, Ordering::Relaxed);
             if st.is_err() {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -675,7 +720,7 @@ impl Nvme {
 
     /// Consumes the I/O completion queue: checks queue id, head and command id of each
     /// entry; starts the write after a finished pre-flush.
-    fn reap_io(&self, io: &mut IoQ, done: &mut DoneList) -> usize {
+    fn reap_io<const N: usize>(&self, io: &mut IoQ, done: &mut DoneList<N>) -> usize {
         let mut n = 0;
         let mut resubmit = false;
         while !done.is_full() {
@@ -690,22 +735,18 @@ impl Nvme {
                 continue;
             };
             let st = e.status.to_blk();
-            if let Some(mut w) = io.staged.get_mut(tag as usize).and_then(|s| s.take())
-                && st.is_ok()
-                && let Some(cid) = io.cids.issue(tag)
-            {
-                w.set_cid(cid);
-                if !io.live {
-                    // The queue is being deleted: the write stays in flight for the reset.
-                    continue;
+            if io.staged[tag as usize].is_some() {
+                match self.start_staged(io, tag, st) {
+                    Staged::Submitted => {
+                        resubmit = true;
+                        continue;
+                    }
+                    Staged::InFlight => continue,
+                    Staged::Done(st) => {
+                        done.push(tag, st, 0, false);
+                        continue;
+                    }
                 }
-                if io.sq.push(&w) {
-                    resubmit = true;
-                    continue;
-                }
-                io.cids.forget(tag);
-                done.push(tag, Err(BlkError::Busy), 0, false);
-                continue;
             }
             done.push(tag, st, 0, false);
         }
@@ -719,7 +760,32 @@ impl Nvme {
         n
     }
 
-    fn reap_admin(&self, a: &mut AdminQ, done: &mut DoneList) -> usize {
+    /// The pre-flush of tag `tag`'s staged write completed with `st`: submit the write.
+    #[cold]
+    #[inline(never)]
+    fn start_staged(&self, io: &mut IoQ, tag: u16, st: BlkStatus) -> Staged {
+        let Some(mut w) = io.staged[tag as usize].take() else {
+            return Staged::Done(st);
+        };
+        if st.is_err() {
+            return Staged::Done(st);
+        }
+        let Some(cid) = io.cids.issue(tag) else {
+            return Staged::Done(st);
+        };
+        w.set_cid(cid);
+        if !io.live {
+            // The queue is being deleted: the write stays in flight for the reset.
+            return Staged::InFlight;
+        }
+        if io.sq.push(&w) {
+            return Staged::Submitted;
+        }
+        io.cids.forget(tag);
+        Staged::Done(Err(BlkError::Busy))
+    }
+
+    fn reap_admin<const N: usize>(&self, a: &mut AdminQ, done: &mut DoneList<N>) -> usize {
         let mut n = 0;
         while !done.is_full() {
             let Some(e) = a.cq.peek() else { break };
@@ -742,6 +808,9 @@ impl Nvme {
         if n > 0 {
             self.stats.reaped.fetch_add(n as u64, Ordering::Relaxed);
             self.regs.ring_cq(0, a.cq.head());
+            let left = self.admin_outstanding.load(Ordering::Relaxed);
+            self.admin_outstanding
+                .store(left.saturating_sub(n as u32), Ordering::Release);
         }
         n
     }
@@ -782,6 +851,28 @@ impl Nvme {
         Ok(d)
     }
 
+    /// The data pointer of a read or write: requests of a few segments map into a small
+    /// list on the stack (clearing a `MAX_SEGMENTS` list for each of them was ~300
+    /// instructions), bigger ones take the general path.
+    fn map_data(&self, rq: &Request) -> Result<DataPtr, QueueRqError> {
+        if rq.nr_segments() as usize <= SMALL_SG {
+            let mut sg = [SgEntry::default(); SMALL_SG];
+            if let Ok(n) = rq.map_sg(&self.limits, &mut sg) {
+                return self.data_ptr(rq.tag(), &sg[..n]);
+            }
+        }
+        self.map_data_large(rq)
+    }
+
+    #[inline(never)]
+    fn map_data_large(&self, rq: &Request) -> Result<DataPtr, QueueRqError> {
+        let mut sg = [SgEntry::default(); MAX_SEGMENTS];
+        let n = rq
+            .map_sg(&self.limits, &mut sg)
+            .map_err(QueueRqError::Fatal)?;
+        self.data_ptr(rq.tag(), &sg[..n])
+    }
+
     fn build(&self, rq: &Request) -> Result<(Command, bool), QueueRqError> {
         let bs = self.info.block_size as u64;
         let lba = rq.sector() * 512 / bs;
@@ -792,13 +883,11 @@ impl Nvme {
                 if blocks == 0 || blocks > 65536 {
                     return Err(fatal(BlkError::InvalidArgument));
                 }
-                let mut sg = [SgEntry::default(); MAX_SEGMENTS];
-                let n = rq.map_sg(&self.limits, &mut sg).map_err(fatal)?;
                 let write = rq.op() == Op::Write;
                 let opc = if write { nvm::WRITE } else { nvm::READ };
                 let fua = write && rq.flags().contains(BioFlags::FUA);
                 let mut c = Command::rw(opc, NSID, lba, blocks, fua);
-                c.set_data(self.data_ptr(rq.tag(), &sg[..n])?);
+                c.set_data(self.map_data(rq)?);
                 let pre = write && self.info.vwc && rq.flags().contains(BioFlags::PREFLUSH);
                 return Ok((c, pre));
             }
@@ -854,13 +943,16 @@ impl Nvme {
             self.stats.busy.fetch_add(1, Ordering::Relaxed);
             return Err(QueueRqError::Busy);
         }
+        self.admin_outstanding.fetch_add(1, Ordering::AcqRel);
         fence(Ordering::SeqCst);
         self.regs.ring_sq(0, a.sq.tail());
         self.stats.passthrough.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    fn submit(&self, rq: &Request) -> Result<(), QueueRqError> {
+    /// Puts `rq` on a queue; the last request of a batch rings the I/O doorbell here (under
+    /// the lock already taken), earlier ones leave it to `commit`.
+    fn submit(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
         if self.dead.load(Ordering::Relaxed) {
             return Err(QueueRqError::Fatal(BlkError::DeviceError(
                 device_error::DEAD,
@@ -896,13 +988,18 @@ impl Nvme {
         first.set_cid(cid);
         let _ = io.sq.push(&first);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if last {
+            self.ring_io(&mut io);
+        } else {
+            self.unrung.store(true, Ordering::Relaxed);
+        }
         drop(io);
         Ok(())
     }
 
     /// Runs one internal admin command from process context (locks taken here).
     fn admin_command(&self, c: Command) -> Result<Cqe, BlkError> {
-        let mut done = DoneList::new();
+        let mut done = DoneList::<QUEUE_DEPTH>::new();
         let r = {
             let mut a = self.admin.lock();
             self.admin_sync(&mut a, c, &mut done)
@@ -916,7 +1013,7 @@ impl Nvme {
     /// retryable `DeviceError(RESET)`, the queues are set up again. Process context.
     pub fn reset_controller(&self, skip: Option<u16>) -> bool {
         self.stats.resets.fetch_add(1, Ordering::Relaxed);
-        let mut done = DoneList::new();
+        let mut done = DoneList::<QUEUE_DEPTH>::new();
         let ok = {
             let mut io = self.io.lock();
             let mut a = self.admin.lock();
@@ -925,7 +1022,7 @@ impl Nvme {
             self.reap_admin(&mut a, &mut done);
             self.delete_io_queues(&mut a, &mut io, &mut done);
             let _ = self.disable();
-            let mut failed = DoneList::new();
+            let mut failed = DoneList::<QUEUE_DEPTH>::new();
             let IoQ { cids, staged, .. } = &mut *io;
             cids.drain(|t| {
                 if let Some(s) = staged.get_mut(t as usize) {
@@ -1042,14 +1139,19 @@ impl Nvme {
 }
 
 impl HwQueue for Nvme {
-    fn queue_rq(&self, rq: &Request, _last: bool) -> Result<(), QueueRqError> {
-        self.submit(rq)
+    fn queue_rq(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
+        self.submit(rq, last)
     }
 
     fn commit(&self) {
-        let mut io = self.io.lock();
-        self.ring_io(&mut io);
-        drop(io);
+        // Entries of a batch whose last request was refused (or not marked last) are still
+        // unrung; the last request of a batch rang the doorbell itself.
+        if self.unrung.load(Ordering::Relaxed) {
+            let mut io = self.io.lock();
+            self.unrung.store(false, Ordering::Relaxed);
+            self.ring_io(&mut io);
+            drop(io);
+        }
         self.after_unlock();
     }
 

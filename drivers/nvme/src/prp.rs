@@ -106,6 +106,19 @@ fn prp_entries(sg: &[SgEntry]) -> impl Iterator<Item = u64> + '_ {
 /// needed; when a list page fills up and more than one entry remains, its last slot points to
 /// the next page. Returns the data pointer and the number of list pages used.
 pub fn build_prp(sg: &[SgEntry], list: &ListPages<'_>) -> Result<(DataPtr, usize), PrpError> {
+    // One segment over one or two pages (4 KiB I/O): PRP1 and PRP2, no list.
+    if let [e] = sg {
+        let (a, len) = (e.addr.0, e.len as u64);
+        let first = a & !(PAGE - 1);
+        if len > 0 && a & 3 == 0 {
+            if a + len <= first + PAGE {
+                return Ok((DataPtr::Prp(a, 0), 0));
+            }
+            if a + len <= first + 2 * PAGE {
+                return Ok((DataPtr::Prp(a, first + PAGE), 0));
+            }
+        }
+    }
     let n = prp_count(sg)?;
     if n > max_prp_entries(list.pages) {
         return Err(PrpError::TooLong);
