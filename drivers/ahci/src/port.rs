@@ -984,7 +984,9 @@ impl Ahci {
         if self.mode == Mode::Polling {
             self.poll_once();
         }
-        if self.recovery_pending.swap(false, Ordering::AcqRel) {
+        if self.recovery_pending.load(Ordering::Relaxed)
+            && self.recovery_pending.swap(false, Ordering::AcqRel)
+        {
             let mut g = self.inner.lock();
             let mut done = DoneList::new();
             if g.tracker.stopped() {
@@ -1101,10 +1103,12 @@ impl Ahci {
         let table = Self::table_off(tag);
         let shift = self.lbs_shift;
         let wc = self.info.identify.write_cache;
+        let b = 1u32 << tag;
+        // Set again below only when this request's first step is written here.
+        inner.loaded &= !b;
         if let Some(pt) = rq.passthrough() {
             return self.build_pt(inner, tag, pt);
         }
-        let b = 1u32 << tag;
         inner.pt &= !b;
         match rq.op() {
             Op::Read | Op::Write => {
