@@ -67,6 +67,32 @@ impl<const W: usize> Bitmap<W> {
         }
         total
     }
+    /// Bits clear in both `a` and `b` among `[0, n)`, counted word by word from the word of
+    /// bit `from` round to it again, stopping once `enough` are found: the exact count when it
+    /// is below `enough`, otherwise some count `>= enough`. (An allocation checks that much
+    /// space is left without counting the whole bitmap: free bits are usually near the
+    /// allocation cursor.)
+    pub fn free_at_least(a: &Self, b: &Self, n: u64, from: u64, enough: u64) -> u64 {
+        let words = (n.div_ceil(64) as usize).min(W);
+        if words == 0 {
+            return 0;
+        }
+        let start = ((from / 64) as usize).min(words - 1);
+        let mut free = 0u64;
+        for k in 0..words {
+            let i = (start + k) % words;
+            let lo = i as u64 * 64;
+            let mut used = a.w[i] | b.w[i];
+            if n - lo < 64 {
+                used |= !((1u64 << (n - lo)) - 1);
+            }
+            free += u64::from((!used).count_ones());
+            if free >= enough {
+                break;
+            }
+        }
+        free
+    }
     /// True when bit `i` is clear in both.
     pub fn free_in_both(a: &Self, b: &Self, i: u64) -> bool {
         !a.get(i) && !b.get(i)
@@ -76,5 +102,41 @@ impl<const W: usize> Bitmap<W> {
 impl<const W: usize> Default for Bitmap<W> {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bitmap;
+
+    #[test]
+    fn free_at_least_matches_the_full_count() {
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        for round in 0..200u64 {
+            let (mut a, mut b) = (Bitmap::<4>::new(), Bitmap::<4>::new());
+            let n = 1 + round % 256;
+            for i in 0..256 {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                if rng.is_multiple_of(3) {
+                    a.set(i);
+                }
+                if rng.is_multiple_of(5) {
+                    b.set(i);
+                }
+            }
+            let exact = n - Bitmap::count_union(&a, &b, n);
+            for from in [0, 63, 64, 100, 255, 1000] {
+                for enough in [0, 1, 10, exact, exact + 1, 300] {
+                    let got = Bitmap::free_at_least(&a, &b, n, from, enough);
+                    if exact < enough {
+                        assert_eq!(got, exact, "n {n} from {from} enough {enough}");
+                    } else {
+                        assert!(got >= enough && got <= exact, "n {n} from {from}");
+                    }
+                }
+            }
+        }
     }
 }

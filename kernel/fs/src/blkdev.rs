@@ -99,11 +99,13 @@ impl BlkDisk {
         })
     }
 
+    /// A bio for `blocks` blocks from `block` with room for `vecs` segments.
     fn bio(
         &self,
         op: Op,
         block: u64,
         blocks: usize,
+        vecs: usize,
         flags: BioFlags,
         commit: bool,
     ) -> Result<Bio, IoError> {
@@ -114,7 +116,7 @@ impl BlkDisk {
         };
         let mut bio = self
             .set
-            .alloc(front, op, blocks, Wait::Hook(self.wait))
+            .alloc(front, op, vecs, Wait::Hook(self.wait))
             .map_err(io_err)?;
         bio.set_dev(self.dev);
         bio.set_sector(block * SECTORS_PER_BLOCK);
@@ -247,14 +249,14 @@ impl BlockIo for BlkDisk {
                     Op::Write,
                     r.block + (i * BLOCKS_PER_BIO) as u64,
                     blocks,
+                    1,
                     BioFlags::empty(),
                     false,
                 )?;
-                for page in part.chunks(BLOCK_SIZE) {
-                    // The device only reads this memory for a write.
-                    bio.add_vec(BioVec::new(phys_of(page), page.len() as u32))
-                        .map_err(io_err)?;
-                }
+                // One segment: the part is contiguous memory (the queue cuts it to its limits).
+                // The device only reads this memory for a write.
+                bio.add_vec(BioVec::new(phys_of(part), part.len() as u32))
+                    .map_err(io_err)?;
                 let slot = self
                     .pending
                     .iter()
@@ -295,12 +297,12 @@ impl BlockIo for BlkDisk {
                 Op::Read,
                 block + (i * BLOCKS_PER_BIO) as u64,
                 blocks,
+                1,
                 BioFlags::empty(),
                 false,
             )?;
-            for page in part.chunks_mut(BLOCK_SIZE) {
-                bio.add_vec(BioVec::from_buf(page)).map_err(io_err)?;
-            }
+            // One segment: the part is contiguous memory.
+            bio.add_vec(BioVec::from_buf(part)).map_err(io_err)?;
             Ok(bio)
         })
     }
@@ -331,14 +333,13 @@ impl BlockIo for BlkDisk {
                         Op::Write,
                         r.block + (i * BLOCKS_PER_BIO) as u64,
                         blocks,
+                        1,
                         bf,
                         commit,
                     )?;
-                    for page in part.chunks(BLOCK_SIZE) {
-                        // The device only reads this memory for a write.
-                        bio.add_vec(BioVec::new(phys_of(page), page.len() as u32))
-                            .map_err(io_err)?;
-                    }
+                    // One segment (contiguous memory); the device only reads it for a write.
+                    bio.add_vec(BioVec::new(phys_of(part), part.len() as u32))
+                        .map_err(io_err)?;
                     return Ok(bio);
                 }
                 i -= k;

@@ -722,7 +722,14 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
 
     /// Allocates up to `want` contiguous blocks (next fit), keeping `reserve` blocks free.
     fn alloc_run(&mut self, want: u64, reserve: u64) -> Result<(u64, u64)> {
-        let free = self.free_blocks();
+        // Exact when fewer than `want + reserve` blocks are free; otherwise enough.
+        let free = Bitmap::free_at_least(
+            &self.used,
+            &self.pinned,
+            self.sb.block_count,
+            self.cursor,
+            want.saturating_add(reserve),
+        );
         if free <= reserve || want == 0 {
             return Err(FsError::NoSpace);
         }
