@@ -111,9 +111,10 @@ fn load(dir: &Path, name: &str) -> Result<Profile> {
 }
 
 /// The bench image, written out in full (no holes) and synced, as fio lays out its files before
-/// a run: on a sparse image the raw jobs' first writes make the host allocate blocks, and the
-/// first flush (`fdatasync` of the image under `cache=none`) then commits that metadata too.
-/// An image of the right size with every block allocated is kept.
+/// a run: on a sparse image the raw jobs' writes make the host allocate blocks as they go, which
+/// slows the first run after the image is made (the raw sequential write most) and leaves the
+/// allocation metadata to the first flush. An image of the right size with every block
+/// allocated is kept.
 fn preallocate_image(path: &Path, size_mib: u64) -> Result<()> {
     use std::io::Write as _;
     let bytes = size_mib << 20;
