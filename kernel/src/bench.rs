@@ -29,9 +29,11 @@ struct Job {
     qd: u32,
     ios: u32,
     random: bool,
+    /// Ends with a flush, inside the timed span (durable bandwidth).
+    flush: bool,
 }
 
-const JOBS: [Job; 5] = [
+const JOBS: [Job; 6] = [
     Job {
         name: "randread",
         op: Op::Read,
@@ -39,6 +41,7 @@ const JOBS: [Job; 5] = [
         qd: 1,
         ios: 4096,
         random: true,
+        flush: false,
     },
     Job {
         name: "randread",
@@ -47,6 +50,7 @@ const JOBS: [Job; 5] = [
         qd: 32,
         ios: 8192,
         random: true,
+        flush: false,
     },
     Job {
         name: "randwrite",
@@ -55,6 +59,7 @@ const JOBS: [Job; 5] = [
         qd: 32,
         ios: 8192,
         random: true,
+        flush: false,
     },
     Job {
         name: "seqread",
@@ -63,6 +68,7 @@ const JOBS: [Job; 5] = [
         qd: 8,
         ios: 2048,
         random: false,
+        flush: false,
     },
     Job {
         name: "seqwrite",
@@ -71,6 +77,18 @@ const JOBS: [Job; 5] = [
         qd: 8,
         ios: 2048,
         random: false,
+        flush: false,
+    },
+    // 32 MiB, then a flush: what the filesystem's sequential write + fsync job compares with
+    // when durability is counted on both sides.
+    Job {
+        name: "seqwrite-flush",
+        op: Op::Write,
+        bs: 128 << 10,
+        qd: 8,
+        ios: 256,
+        random: false,
+        flush: true,
     },
 ];
 
@@ -127,6 +145,13 @@ impl Rng {
     }
 }
 
+/// Flushes the device's volatile cache and waits for it.
+fn flush(dev: &'static dyn BlockDevice) -> Result<(), BlkError> {
+    let mut b = SET.alloc(arch::now_ns(), Op::Flush, 0, Wait::Hook(block::wait))?;
+    b.set_dev(dev);
+    blk::submit_bio_wait(cpu_ctx(), b, block::wait).0
+}
+
 /// Result of one job.
 struct Outcome {
     ns: u64,
@@ -147,6 +172,11 @@ fn run_job(
     let span = (dev.capacity() * SECTOR_SIZE as u64).min(SPAN_BYTES);
     let blocks = span / u64::from(job.bs);
     let slots = (BUF_BYTES as u32 / job.bs).min(job.qd).max(1);
+    // A job ending with a flush starts from a flushed device: its flush then covers only what
+    // the job wrote, not what earlier jobs left in the device's cache.
+    if job.flush {
+        flush(dev)?;
+    }
     DONE.store(0, Ordering::Relaxed);
     ERRORS.store(0, Ordering::Relaxed);
 
@@ -181,6 +211,9 @@ fn run_job(
             block::wait();
         }
         arch::interrupts_enable();
+    }
+    if job.flush && flush(dev).is_err() {
+        ERRORS.fetch_add(1, Ordering::Relaxed);
     }
     let (ns, halted_ns, cycles) = (
         arch::now_ns() - t0,

@@ -305,6 +305,11 @@ fn fs_ratios(rows: &[Row]) -> String {
     else {
         return out;
     };
+    // The raw write of the same size ended by a flush: durable bandwidth on both sides, for the
+    // jobs that end with an fsync.
+    let durable = rows
+        .iter()
+        .find(|r| r.job == "seqwrite-flush" && r.bs == 128 << 10);
     for r in rows.iter().filter(|r| r.job.starts_with("fs-")) {
         let _ = writeln!(
             out,
@@ -316,6 +321,20 @@ fn fs_ratios(rows: &[Row]) -> String {
             raw.mib_s(),
             r.iops()
         );
+        if let Some(d) = durable
+            && r.job.starts_with("fs-seqwrite")
+            && !r.job.ends_with("-nosync")
+        {
+            let _ = writeln!(
+                out,
+                "{:<18} {:>9.1} MiB/s = {:>6.1}% of raw seqwrite-flush-128k qd{} ({:.1} MiB/s, 32 MiB then a flush)",
+                r.label(),
+                r.mib_s(),
+                100.0 * r.mib_s() / d.mib_s(),
+                d.qd,
+                d.mib_s()
+            );
+        }
     }
     // A job and its `-nosync` twin (the same run timed up to the end of its data writes):
     // the difference is what the final fsync (commit and flush) cost.
@@ -619,6 +638,21 @@ mod tests {
         assert!(text.contains("fs-seqwrite-4k"), "{text}");
         assert!(text.contains("fsync after the data: 10.0 ms"), "{text}");
         assert_eq!(text.matches("fsync after").count(), 1, "{text}");
+        assert!(!text.contains("seqwrite-flush"), "{text}");
+        let durable =
+            Row::parse(&LINE.replace("randread bs=4096 qd=32", "seqwrite-flush bs=131072 qd=8"))
+                .unwrap()
+                .unwrap();
+        let text = fs_ratios(&[
+            Row::parse(&LINE.replace("randread bs=4096 qd=32", "seqwrite bs=131072 qd=8"))
+                .unwrap()
+                .unwrap(),
+            durable,
+            fs("fs-seqwrite-nosync", 40_000_000),
+            fs("fs-seqwrite", 50_000_000),
+        ]);
+        // Only the job with the fsync is compared with the flushed raw write.
+        assert_eq!(text.matches("of raw seqwrite-flush").count(), 1, "{text}");
     }
 
     #[test]
