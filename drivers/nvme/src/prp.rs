@@ -271,6 +271,36 @@ mod tests {
     }
 
     #[test]
+    fn one_segment_shortcut_agrees_with_the_entry_walk() {
+        dma_init();
+        let buf = DmaBuf::alloc(2 * 4096, 4096).unwrap();
+        let l = ListPages {
+            buf: &buf,
+            first: 0,
+            pages: 2,
+        };
+        for off in [0u64, 4, 0x200, 0xff8, 0xffc, 2, 0x201] {
+            for len in [
+                0u32, 4, 512, 0xe00, 0x1000, 0x1004, 0x1e00, 0x2000, 0x2004, 0x3000,
+            ] {
+                let e = sg(0x40_0000 + off, len);
+                let got = build_prp(&[e], &l);
+                // The general rules: count, then the entries in order.
+                let want = prp_count(&[e]).map(|n| {
+                    let v: Vec<u64> = prp_entries(&[e]).collect();
+                    assert_eq!(v.len(), n);
+                    match n {
+                        1 => (DataPtr::Prp(v[0], 0), 0),
+                        2 => (DataPtr::Prp(v[0], v[1]), 0),
+                        _ => (DataPtr::Prp(v[0], buf.phys().0), 1),
+                    }
+                });
+                assert_eq!(got, want, "segment at +{off:#x}, {len:#x} bytes");
+            }
+        }
+    }
+
+    #[test]
     fn list_entries_are_page_starts() {
         dma_init();
         let buf = DmaBuf::alloc(2 * 4096, 4096).unwrap();
