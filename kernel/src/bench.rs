@@ -300,13 +300,18 @@ impl defmt::Format for Disk {
 }
 
 /// `benchprof=J:N`: run only job `J` (index into [`JOBS`]) with `N` I/Os, between calls of
-/// [`profile_mark_begin`] and [`profile_mark_end`], and no filesystem jobs. For instruction
-/// profiles from a QEMU execution trace: the trace is counted between the two marks' addresses.
-fn profile_request() -> Option<(usize, u32)> {
+/// [`profile_mark_begin`] and [`profile_mark_end`], and no filesystem jobs; `J` =
+/// [`FS_PROFILE_JOB`] runs only the data phase of the filesystem's zero-copy sequential write
+/// between the marks (256 writes of 128 KiB, whatever `N`). For instruction profiles from a QEMU
+/// execution trace: the trace is counted between the two marks' addresses.
+pub(crate) fn profile_request() -> Option<(usize, u32)> {
     let v = crate::boot::cmdline_arg(crate::boot_info().cmdline, "benchprof")?;
     let (j, n) = v.split_once(':')?;
     Some((j.parse().ok()?, n.parse().ok()?))
 }
+
+/// The `benchprof` job number of the filesystem's sequential write (one past the raw jobs).
+pub(crate) const FS_PROFILE_JOB: usize = JOBS.len();
 
 /// Start of the profiled job (its address is looked up in the kernel's symbols).
 #[inline(never)]
@@ -396,7 +401,7 @@ pub fn run() -> bool {
             }
         }
     }
-    if prof.is_none() {
+    if prof.is_none_or(|(j, _)| j == FS_PROFILE_JOB) {
         ok &= crate::bench_fs::run();
     }
     defmt::println!(

@@ -129,8 +129,15 @@ fn jobs(f: &mut KernelFs<'_>, src: &[u8]) -> Result<(), FsError> {
         fs::IO_BUF_BYTES as u32,
         crate::block::virtio::disk().map_or(0, |d| d.queue.capacity())
     );
-    let r = seqwrite(f, src, true)
-        .and_then(|()| seqwrite(f, src, false))
+    if crate::bench::profile_request().is_some() {
+        // `benchprof`: only the zero-copy sequential write, its data phase between the marks.
+        let r = seqwrite(f, src, true, true);
+        let u = f.unmount();
+        r?;
+        return u;
+    }
+    let r = seqwrite(f, src, true, false)
+        .and_then(|()| seqwrite(f, src, false, false))
         .and_then(|()| randwrite(f, src))
         .and_then(|()| smallfiles(f, src));
     let u = f.unmount();
@@ -183,7 +190,13 @@ fn put(
     Ok(())
 }
 
-fn seqwrite(f: &mut KernelFs<'_>, src: &[u8], zero_copy: bool) -> Result<(), FsError> {
+/// `profile`: the data phase runs between the bench's profile marks.
+fn seqwrite(
+    f: &mut KernelFs<'_>,
+    src: &[u8],
+    zero_copy: bool,
+    profile: bool,
+) -> Result<(), FsError> {
     let ino = f.create("/seq.bin")?;
     let ios = SEQ_BYTES / SEQ_BS;
     let mut lat = [0u32; MAX_OPS];
@@ -194,6 +207,9 @@ fn seqwrite(f: &mut KernelFs<'_>, src: &[u8], zero_copy: bool) -> Result<(), FsE
     };
     let mut filled = Filled { at: [0; 64], n: 0 };
     let m = Mark::now();
+    if profile {
+        crate::bench::profile_mark_begin();
+    }
     for (i, l) in lat.iter_mut().enumerate().take(ios) {
         let t = arch::now_ns();
         let off = (i * SEQ_BS) as u64;
@@ -209,6 +225,9 @@ fn seqwrite(f: &mut KernelFs<'_>, src: &[u8], zero_copy: bool) -> Result<(), FsE
     // The data on the device (write-behind drained), before the commit: comparable to the
     // raw job, which never flushes.
     f.device().drain().map_err(|_| FsError::Io)?;
+    if profile {
+        crate::bench::profile_mark_end();
+    }
     let mut data = Span {
         ns: 0,
         halted_ns: 0,

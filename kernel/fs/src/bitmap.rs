@@ -97,6 +97,47 @@ impl<const W: usize> Bitmap<W> {
     pub fn free_in_both(a: &Self, b: &Self, i: u64) -> bool {
         !a.get(i) && !b.get(i)
     }
+    /// Length of the run of bits clear in both `a` and `b` from bit `start`, at most `max`
+    /// (bits past the end count as set), a word at a time.
+    pub fn free_run(a: &Self, b: &Self, start: u64, max: u64) -> u64 {
+        let mut len = 0u64;
+        while len < max {
+            let i = start + len;
+            let w = (i / 64) as usize;
+            let (Some(x), Some(y)) = (a.w.get(w), b.w.get(w)) else {
+                break;
+            };
+            let bit = i % 64;
+            // Used bits from `i` upward; the word's bits below `i` are shifted out.
+            let used = (x | y) >> bit;
+            let room = 64 - bit;
+            let free = u64::from(used.trailing_zeros()).min(room);
+            len += free;
+            if free < room {
+                break;
+            }
+        }
+        len.min(max)
+    }
+    /// Sets bits `[start, start + len)` (bits past the end are ignored), a word at a time.
+    pub fn set_range(&mut self, start: u64, len: u64) {
+        let end = start.saturating_add(len);
+        let mut i = start;
+        while i < end {
+            let bit = i % 64;
+            let n = (64 - bit).min(end - i);
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << bit
+            };
+            let Some(w) = self.w.get_mut((i / 64) as usize) else {
+                break;
+            };
+            *w |= mask;
+            i += n;
+        }
+    }
 }
 
 impl<const W: usize> Default for Bitmap<W> {
@@ -108,6 +149,58 @@ impl<const W: usize> Default for Bitmap<W> {
 #[cfg(test)]
 mod tests {
     use super::Bitmap;
+
+    fn xorshift(r: &mut u64) -> u64 {
+        *r ^= *r << 13;
+        *r ^= *r >> 7;
+        *r ^= *r << 17;
+        *r
+    }
+
+    #[test]
+    fn free_run_and_set_range_match_bit_by_bit() {
+        let mut rng = 0x0bad_cafe_f00d_1234u64;
+        for round in 0..300u64 {
+            let (mut a, mut b) = (Bitmap::<4>::new(), Bitmap::<4>::new());
+            // Sparse to dense used bits, so runs of every length up to whole words occur.
+            let density = 2 + round % 40;
+            for i in 0..256 {
+                if xorshift(&mut rng).is_multiple_of(density) {
+                    a.set(i);
+                }
+                if xorshift(&mut rng).is_multiple_of(density * 3) {
+                    b.set(i);
+                }
+            }
+            for _ in 0..20 {
+                let start = xorshift(&mut rng) % 300;
+                let max = xorshift(&mut rng) % 200;
+                let mut want = 0;
+                while want < max && Bitmap::free_in_both(&a, &b, start + want) {
+                    want += 1;
+                }
+                assert_eq!(
+                    Bitmap::free_run(&a, &b, start, max),
+                    want,
+                    "start {start} max {max}"
+                );
+                let mut by_bit = a.clone();
+                for i in start..start + want {
+                    by_bit.set(i);
+                }
+                let mut by_word = a.clone();
+                by_word.set_range(start, want);
+                assert!(by_word.w == by_bit.w, "set_range({start}, {want})");
+            }
+        }
+        // The end of the map: past it nothing is free, and setting there does nothing.
+        let (a, b) = (Bitmap::<1>::new(), Bitmap::<1>::new());
+        assert_eq!(Bitmap::free_run(&a, &b, 60, 100), 4);
+        assert_eq!(Bitmap::free_run(&a, &b, 64, 100), 0);
+        let mut c = Bitmap::<1>::new();
+        c.set_range(62, 10);
+        assert_eq!(c.w[0], 0b11 << 62);
+    }
 
     #[test]
     fn free_at_least_matches_the_full_count() {

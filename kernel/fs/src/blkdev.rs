@@ -129,13 +129,18 @@ impl BlkDisk {
     fn reap(&mut self, free: usize, busy: &dyn Fn(usize, usize) -> bool) {
         let mut cx = Context::from_waker(Waker::noop());
         loop {
-            let mut empty = 0;
+            let mut empty = self.pending.iter().filter(|s| s.is_none()).count();
             let mut blocked = false;
             for slot in self.pending.iter_mut() {
                 let Some((f, addr, len)) = slot.as_mut() else {
-                    empty += 1;
                     continue;
                 };
+                let hit = busy(*addr, *len);
+                if !hit && empty >= free {
+                    // Neither waited for nor needed for room: left for a later reap (`drain`
+                    // polls every one, so an error is never lost).
+                    continue;
+                }
                 match Pin::new(f).poll(&mut cx) {
                     Poll::Ready((status, _bio)) => {
                         if let Err(e) = status
@@ -146,7 +151,7 @@ impl BlkDisk {
                         *slot = None;
                         empty += 1;
                     }
-                    Poll::Pending => blocked |= busy(*addr, *len),
+                    Poll::Pending => blocked |= hit,
                 }
             }
             if empty >= free && !blocked {
@@ -202,7 +207,7 @@ impl BlkDisk {
         while i < n {
             let mut futs: [Option<BioFuture>; MAX_INFLIGHT] = [const { None }; MAX_INFLIGHT];
             {
-                let _plug = self.ctx.plug();
+                let _plug = (n - i > 1).then(|| self.ctx.plug());
                 for slot in futs.iter_mut() {
                     if i >= n {
                         break;
@@ -241,7 +246,9 @@ impl BlockIo for BlkDisk {
             return self.write(runs, WriteFlags::NONE);
         }
         self.reap(total, &|_, _| false);
-        let _plug = self.ctx.plug();
+        // A plug only pays for itself with several bios to merge and batch; one bio (a
+        // sequential write of up to `BLOCKS_PER_BIO` blocks) takes the queue's direct path.
+        let _plug = (total > 1).then(|| self.ctx.plug());
         for r in runs {
             for (i, part) in r.data.chunks(chunk).enumerate() {
                 let blocks = part.len() / BLOCK_SIZE;

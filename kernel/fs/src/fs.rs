@@ -748,11 +748,9 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
         if !self.is_free(start) {
             return Err(FsError::NoSpace);
         }
-        let mut len = 0;
-        while len < want && self.is_free(start + len) {
-            self.used.set(start + len);
-            len += 1;
-        }
+        // Within the filesystem's blocks (`start < n`: `is_free` checked it).
+        let len = Bitmap::free_run(&self.used, &self.pinned, start, want.min(n - start));
+        self.used.set_range(start, len);
         self.cursor = start + len;
         Ok((start, len))
     }
