@@ -44,6 +44,8 @@ macro_rules! ktest {
     ($(#[only_with = $word:literal])? fn $name:ident() -> TestResult $body:block) => {
         fn $name() -> $crate::ktest::TestResult $body
         const _: () = {
+            // `.ktests` holds only `KTest` values (this macro is its only writer), which `all`
+            // reads back as one array.
             #[unsafe(link_section = ".ktests")]
             #[used]
             static TEST: $crate::ktest::KTest = $crate::ktest::KTest {
@@ -99,6 +101,7 @@ macro_rules! check_eq {
 }
 
 fn all() -> &'static [KTest] {
+    // Bounds of `.ktests` from the linker script; only their addresses are used.
     unsafe extern "C" {
         static __ktests_start: u8;
         static __ktests_end: u8;

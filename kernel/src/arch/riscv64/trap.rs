@@ -100,6 +100,7 @@ static DYING: AtomicBool = AtomicBool::new(false);
 
 /// Points `stvec` at the trap entry (direct mode).
 pub fn init() {
+    // The assembly entry defined in this file's `global_asm!`; only its address is taken.
     unsafe extern "C" {
         fn trap_entry();
     }

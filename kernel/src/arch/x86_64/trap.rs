@@ -112,6 +112,8 @@ global_asm!(
     options(att_syntax)
 );
 
+// The first stub of the table in the `global_asm!` above; only its address is taken (the IDT
+// entries point into the table), the byte itself is never read.
 unsafe extern "C" {
     static x86_trap_stubs: u8;
 }
