@@ -295,3 +295,30 @@ mod tests {
         assert_eq!(usage().0, 0);
     }
 }
+
+/// Host tests of drivers: one process-wide DMA region of leaked host memory, in which a
+/// buffer's "physical" address is its host pointer (so a fake device model can reach what a
+/// driver hands it). Behind the `host-test` feature; drivers enable it as a dev-dependency.
+#[cfg(feature = "host-test")]
+pub mod host {
+    extern crate std;
+    use std::boxed::Box;
+    use std::vec;
+
+    /// Bytes of the test region (enough for every driver's rings plus test buffers).
+    pub const TEST_REGION_BYTES: usize = 16 << 20;
+
+    /// Gives [`super::init`] leaked host memory, once per test process; later calls do nothing.
+    pub fn init_test_region() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let mem = Box::leak(vec![0u8; TEST_REGION_BYTES + super::PAGE_SIZE].into_boxed_slice());
+            let base = (mem.as_mut_ptr() as usize).next_multiple_of(super::PAGE_SIZE);
+            // SAFETY: 1. `base..base + TEST_REGION_BYTES` lies inside `mem`, which is leaked,
+            // so it is valid for the rest of the process and used by nothing else; 2. `base`
+            // is page aligned, and so is the "physical" address, which is the same number;
+            // 3. `ONCE` makes this the only call.
+            unsafe { super::init(base, crate::PhysAddr(base as u64), TEST_REGION_BYTES) };
+        });
+    }
+}
