@@ -3,7 +3,7 @@
 //! driver enables one).
 
 use super::port::outb;
-use super::trap::{
+use super::vectors::{
     VECTOR_IOAPIC_FIRST, VECTOR_IOAPIC_LAST, VECTOR_MSI_FIRST, VECTOR_MSI_LAST, VECTOR_PIC_FIRST,
     VECTOR_SPURIOUS, VECTOR_TIMER,
 };

@@ -15,6 +15,7 @@ mod port;
 mod serial;
 mod time;
 mod trap;
+mod vectors;
 
 use crate::boot::{BootInfo, IntxMap, PciHost};
 use core::arch::asm;

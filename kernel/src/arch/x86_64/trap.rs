@@ -5,17 +5,13 @@
 //! saves the general registers and calls [`x86_trap`] with a pointer to the [`TrapFrame`]. An
 //! interrupt stub (32..=255) saves `rdi`, loads the vector into it and jumps to
 //! `x86_irq_common`, which saves only the other caller-saved registers (the callee-saved ones
-//! are preserved by [`x86_irq`] itself) and calls [`x86_irq`] with the vector. Vectors:
-//!
-//! | vectors      | use                                                        |
-//! |--------------|------------------------------------------------------------|
-//! | 0..=31       | CPU exceptions: #BP is counted and resumed, others are fatal |
-//! | 32..=47      | the (masked) 8259 PICs: only spurious interrupts can arrive |
-//! | 48..=223     | MSI, handed out by `alloc_msi`                             |
-//! | 224..=247    | IOAPIC pins 0..=23                                         |
-//! | 254          | LAPIC timer                                                |
-//! | 255          | LAPIC spurious                                             |
+//! are preserved by [`x86_irq`] itself) and calls [`x86_irq`] with the vector. Which vector is
+//! what: [`super::vectors`].
 
+use super::vectors::{
+    VECTOR_BREAKPOINT, VECTOR_DOUBLE_FAULT, VECTOR_PAGE_FAULT, VECTOR_PIC_FIRST, VECTOR_PIC_LAST,
+    VECTOR_SPURIOUS, VECTOR_TIMER,
+};
 use super::{apic, gdt};
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -179,18 +175,6 @@ struct DescriptorPointer {
     limit: u16,
     base: u64,
 }
-
-pub const VECTOR_BREAKPOINT: u64 = 3;
-pub const VECTOR_DOUBLE_FAULT: u64 = 8;
-pub const VECTOR_PAGE_FAULT: u64 = 14;
-pub const VECTOR_PIC_FIRST: u64 = 32;
-pub const VECTOR_PIC_LAST: u64 = 47;
-pub const VECTOR_MSI_FIRST: u32 = 48;
-pub const VECTOR_MSI_LAST: u32 = 223;
-pub const VECTOR_IOAPIC_FIRST: u32 = 224;
-pub const VECTOR_IOAPIC_LAST: u32 = 247;
-pub const VECTOR_TIMER: u64 = 254;
-pub const VECTOR_SPURIOUS: u64 = 255;
 
 static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
 static TICKS: AtomicU64 = AtomicU64::new(0);
