@@ -13,8 +13,12 @@ use super::vectors::{
     VECTOR_SPURIOUS, VECTOR_TIMER,
 };
 use super::{apic, gdt};
-use core::arch::{asm, global_asm};
+use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
+use x86_64::VirtAddr;
+use x86_64::instructions::tables::lidt;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::DescriptorTablePointer;
 
 /// Size of each entry stub (the IDT points at `x86_trap_stubs + 16 * vector`).
 const STUB_SIZE: u64 = 16;
@@ -143,6 +147,12 @@ pub struct TrapFrame {
 }
 
 /// One 16-byte interrupt gate.
+///
+/// The gates are written here rather than with the `x86_64` crate's `InterruptDescriptorTable`:
+/// every one of the 256 vectors points into the uniform stub table above, and that type types
+/// each exception entry for an `extern "x86-interrupt"` handler and keeps the reserved vectors
+/// (15, 22..=27, 31) private, so it cannot fill the whole table with these stubs. `lidt` and
+/// its pointer type do come from the crate.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Gate {
@@ -169,12 +179,6 @@ static mut IDT: Idt = Idt([Gate {
     offset_high: 0,
     reserved: 0,
 }; 256]);
-
-#[repr(C, packed(2))]
-struct DescriptorPointer {
-    limit: u16,
-    base: u64,
-}
 
 static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
 static TICKS: AtomicU64 = AtomicU64::new(0);
@@ -217,13 +221,13 @@ pub unsafe fn init() {
         // SAFETY: `vector < 256`; boot CPU only and the IDT is not loaded yet.
         unsafe { (*idt).0[vector as usize] = gate };
     }
-    let pointer = DescriptorPointer {
+    let pointer = DescriptorTablePointer {
         limit: (size_of::<Idt>() - 1) as u16,
-        base: idt as u64,
+        base: VirtAddr::from_ptr(idt),
     };
     // SAFETY: the IDT is a static that lives forever and every gate points at a stub in
     // `x86_trap_stubs` with the kernel code selector.
-    unsafe { asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags)) };
+    unsafe { lidt(&pointer) };
 }
 
 /// Names of the architectural exceptions.
@@ -257,13 +261,6 @@ fn exception_name(vector: u64) -> &'static str {
     }
 }
 
-fn read_cr2() -> u64 {
-    let cr2: u64;
-    // SAFETY: reading CR2 has no side effects.
-    unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
-    cr2
-}
-
 /// Reports a fatal exception and ends the run with failure.
 fn fatal_exception(frame: &TrapFrame) -> ! {
     // The fault may have hit while a log frame was being written: close it first.
@@ -277,7 +274,7 @@ fn fatal_exception(frame: &TrapFrame) -> ! {
             frame.error,
             frame.rip,
             frame.rsp,
-            read_cr2()
+            Cr2::read_raw()
         );
     } else {
         defmt::error!(
