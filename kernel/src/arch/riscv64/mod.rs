@@ -72,8 +72,9 @@ extern "C" fn riscv64_entry(hart: usize, dtb: usize) -> ! {
     // SAFETY: enabling the timer and external interrupt sources in `sie` only lets them be taken
     // once `sstatus.SIE` is set; the trap vector is installed.
     unsafe {
-        asm!("csrs sie, {}", in(reg) trap::SIE_STIE | trap::SIE_SEIE, options(nomem, nostack))
-    };
+        riscv::register::sie::set_stimer();
+        riscv::register::sie::set_sext();
+    }
 
     let mut info = BootInfo {
         cmdline: "",
@@ -151,6 +152,10 @@ pub fn exit(success: bool) -> ! {
         unsafe { asm!("wfi", options(nomem, nostack)) };
     }
 }
+
+// The `sstatus.SIE` toggles, the wait and the clock read below stay one-instruction asm rather
+// than the `riscv` crate's CSR functions: they run on every I/O, and each asm block's memory
+// clobber (or its absence) is chosen for the code around it.
 
 /// Lets interrupts be taken (`sstatus.SIE`).
 pub fn interrupts_enable() {
