@@ -1,10 +1,8 @@
 //! The static DMA region handed to `hal::dma`.
 
 use crate::arch;
+use crate::config::DMA_BYTES;
 use core::cell::UnsafeCell;
-
-/// Bytes of DMA-able memory: rings, command tables, data buffers of the tests and benches.
-const DMA_BYTES: usize = 16 << 20;
 
 #[repr(C, align(4096))]
 struct Area(UnsafeCell<[u8; DMA_BYTES]>);

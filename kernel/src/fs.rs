@@ -12,6 +12,7 @@ use tinyfs::blkdev::{BlkDisk, FsIo};
 use tinyfs::{BLOCK_SIZE, FsError, Ino, Kind, MkfsOptions};
 
 use crate::block::{self, cpu_ctx, virtio};
+use crate::config::{FS_BIO_RESERVE, FS_BIO_SLAB, FS_BVEC_256, FS_BVEC_RESERVE, FS_BVEC_SMALL};
 
 /// Inode-table blocks an instance holds (15 inodes each).
 pub const IB: usize = 8;
@@ -27,11 +28,19 @@ const TAIL_RESERVED_BLOCKS: u64 = (1 << 20) / BLOCK_SIZE as u64;
 
 /// Filesystem bios: one slab, a reserve of 8, and vector pools whose 256-entry class covers
 /// every bio of a full batch (at most 32 in flight).
-static FS_SLAB: BioSlab<FsIo, 64> = BioSlab::new();
-static FS_BVEC_SLABS: BvecSlabs<8, 8, 8, 8, 8, 40> = BvecSlabs::new();
-static FS_BVECS: BvecPools = BvecPools::new(&FS_BVEC_SLABS, 2);
+/// Sizes: [`crate::config`].
+static FS_SLAB: BioSlab<FsIo, FS_BIO_SLAB> = BioSlab::new();
+static FS_BVEC_SLABS: BvecSlabs<
+    FS_BVEC_SMALL,
+    FS_BVEC_SMALL,
+    FS_BVEC_SMALL,
+    FS_BVEC_SMALL,
+    FS_BVEC_SMALL,
+    FS_BVEC_256,
+> = BvecSlabs::new();
+static FS_BVECS: BvecPools = BvecPools::new(&FS_BVEC_SLABS, FS_BVEC_RESERVE);
 /// The filesystem's bio set.
-pub static FS_SET: BioSet<FsIo> = BioSet::new(&FS_SLAB, 8, Some(&FS_BVECS));
+pub static FS_SET: BioSet<FsIo> = BioSet::new(&FS_SLAB, FS_BIO_RESERVE, Some(&FS_BVECS));
 
 /// The I/O buffer, allocated once; whoever holds the lock owns it.
 static IO_BUF: Mutex<Option<&'static mut [u8]>> = Mutex::new(None);

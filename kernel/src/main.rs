@@ -11,6 +11,7 @@ mod bench;
 mod bench_fs;
 mod block;
 mod boot;
+mod config;
 mod console;
 mod dma;
 mod fs;

@@ -6,7 +6,7 @@ use ahci::{Ahci, Mode, QUEUE_DEPTH};
 use blk::{Queue, QueueConfig, Wait};
 use spin::Once;
 
-use crate::{arch, pci};
+use crate::{arch, config, pci};
 
 pub use super::Attach;
 
@@ -28,14 +28,11 @@ pub fn disk() -> Option<&'static AhciDisk> {
     DISK.get()
 }
 
-/// PCI class code of an AHCI 1.0 SATA controller.
-const CLASS_AHCI: (u8, u8, u8) = (0x01, 0x06, 0x01);
-
 /// Finds the first AHCI controller and brings up the disk on its first live port.
 pub fn probe(polled: bool) {
     let Some(f) = pci::functions().iter().find(|f| {
         let c = f.class();
-        (c.class, c.subclass, c.prog_if) == CLASS_AHCI
+        (c.class, c.subclass, c.prog_if) == config::AHCI_CLASS
     }) else {
         return;
     };
@@ -65,7 +62,7 @@ pub fn probe(polled: bool) {
     let mut cfg = QueueConfig::new(i.identify.sectors());
     cfg.clock = super::clock;
     cfg.wait = Wait::Hook(super::wait);
-    cfg.timeout_ns = 5_000_000_000;
+    cfg.timeout_ns = config::AHCI_TIMEOUT_NS;
     let queue = QUEUE.call_once(|| Queue::new(hw, hw.limits(), cfg, &super::SPLIT_SET));
     hw.attach(queue);
     let (irq, attach) = match mode {

@@ -12,6 +12,10 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use hal::IrqLine;
 
 use crate::arch;
+use crate::config::{
+    BLOCK_BIO_SLAB, BLOCK_BVEC_1, BLOCK_BVEC_4, BLOCK_BVEC_16, BLOCK_BVEC_64, BLOCK_BVEC_128,
+    BLOCK_BVEC_256, BLOCK_BVEC_RESERVE, BLOCK_IO_RESERVE, BLOCK_SPLIT_RESERVE, TIMEOUT_SCAN_NS,
+};
 
 /// How a disk's completions arrive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, defmt::Format)]
@@ -79,8 +83,6 @@ pub fn clock() -> u64 {
 static POLLED: AtomicBool = AtomicBool::new(false);
 /// When the next timeout scan is due.
 static NEXT_TIMEOUT_SCAN: AtomicU64 = AtomicU64::new(TIMEOUT_SCAN_NS);
-/// Timeouts are scanned at most this often.
-const TIMEOUT_SCAN_NS: u64 = 100_000_000;
 
 /// Deferred work, in process context: requeued requests, polled completions, timeouts.
 #[inline]
@@ -159,13 +161,21 @@ pub fn halted_ns() -> u64 {
 }
 
 /// Bios for stacking splits and for the kernel's own I/O (tests, demo): one slab, two sets.
-static BIO_SLAB: BioSlab<(), 256> = BioSlab::new();
-static BVEC_SLABS: BvecSlabs<64, 64, 32, 16, 8, 4> = BvecSlabs::new();
-static BVECS: BvecPools = BvecPools::new(&BVEC_SLABS, 2);
+/// Sizes: [`crate::config`].
+static BIO_SLAB: BioSlab<(), BLOCK_BIO_SLAB> = BioSlab::new();
+static BVEC_SLABS: BvecSlabs<
+    BLOCK_BVEC_1,
+    BLOCK_BVEC_4,
+    BLOCK_BVEC_16,
+    BLOCK_BVEC_64,
+    BLOCK_BVEC_128,
+    BLOCK_BVEC_256,
+> = BvecSlabs::new();
+static BVECS: BvecPools = BvecPools::new(&BVEC_SLABS, BLOCK_BVEC_RESERVE);
 /// Split bios of every queue.
-pub static SPLIT_SET: BioSet<()> = BioSet::new(&BIO_SLAB, 16, Some(&BVECS));
+pub static SPLIT_SET: BioSet<()> = BioSet::new(&BIO_SLAB, BLOCK_SPLIT_RESERVE, Some(&BVECS));
 /// Bios of the kernel's own I/O.
-pub static IO_SET: BioSet<()> = BioSet::new(&BIO_SLAB, 16, Some(&BVECS));
+pub static IO_SET: BioSet<()> = BioSet::new(&BIO_SLAB, BLOCK_IO_RESERVE, Some(&BVECS));
 
 /// Probes block devices (after PCI enumeration, before interrupts are needed).
 pub fn init(info: &crate::boot::BootInfo) {

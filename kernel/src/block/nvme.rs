@@ -6,7 +6,7 @@ use blk::{Queue, QueueConfig, Wait};
 use nvme::{Config, Mode, Nvme, QUEUE_DEPTH};
 use spin::Once;
 
-use crate::{arch, pci};
+use crate::{arch, config, pci};
 
 pub use super::Attach;
 
@@ -28,14 +28,9 @@ pub fn disk() -> Option<&'static NvmeDisk> {
     DISK.get()
 }
 
-/// QEMU's NVMe controller.
-pub const VENDOR_ID: u16 = 0x1b36;
-/// QEMU's NVMe controller.
-pub const DEVICE_ID: u16 = 0x0010;
-
 /// Finds the NVMe controller and brings it up.
 pub fn probe(polled: bool, prefer_sgl: bool) {
-    let Some(f) = pci::find(VENDOR_ID, DEVICE_ID) else {
+    let Some(f) = pci::find(config::NVME_VENDOR_ID, config::NVME_DEVICE_ID) else {
         return;
     };
     let Some(bar0) = f.map_bar(0, arch::mmio_mapper()) else {
@@ -92,7 +87,7 @@ pub fn probe(polled: bool, prefer_sgl: bool) {
     let mut qc = QueueConfig::new(i.capacity);
     qc.clock = super::clock;
     qc.wait = Wait::Hook(super::wait);
-    qc.timeout_ns = 5_000_000_000;
+    qc.timeout_ns = config::NVME_TIMEOUT_NS;
     let queue = QUEUE.call_once(|| Queue::new(hw, hw.limits(), qc, &super::SPLIT_SET));
     hw.attach(queue);
     if let Some(line) = irq

@@ -6,7 +6,7 @@ use hal::{IrqLine, PhysAddr};
 use spin::Once;
 use virtio_blk::{Mode, QUEUE_DEPTH, VirtioBlk};
 
-use crate::{arch, boot::BootInfo, pci};
+use crate::{arch, boot::BootInfo, config, pci};
 
 pub use super::Attach;
 
@@ -50,7 +50,7 @@ pub fn probe(info: &BootInfo, polled: bool) {
     cfg.read_only = hw.info().read_only;
     cfg.clock = super::clock;
     cfg.wait = Wait::Hook(super::wait);
-    cfg.timeout_ns = 5_000_000_000;
+    cfg.timeout_ns = config::VIRTIO_TIMEOUT_NS;
     let queue = QUEUE.call_once(|| Queue::new(hw, hw.limits(), cfg, &super::SPLIT_SET));
     hw.attach(queue);
     let (irq, attach) = match found {
@@ -118,9 +118,9 @@ pub fn probe(info: &BootInfo, polled: bool) {
 }
 
 fn find(info: &BootInfo, mode: Mode) -> Option<(VirtioBlk, Found)> {
-    use virtio_blk::pci::{DEVICE_ID_MODERN, DEVICE_ID_TRANSITIONAL, VENDOR_ID};
-    if let Some(f) = pci::find(VENDOR_ID, DEVICE_ID_MODERN)
-        .or_else(|| pci::find(VENDOR_ID, DEVICE_ID_TRANSITIONAL))
+    if let Some(f) = config::VIRTIO_BLK_PCI_IDS
+        .iter()
+        .find_map(|&(vendor, device)| pci::find(vendor, device))
     {
         match virtio_blk::pci::transport(f).and_then(|t| VirtioBlk::new(t, mode)) {
             Ok(hw) => return Some((hw, Found::Pci(f))),

@@ -1,8 +1,18 @@
 //! What the device tree says about the board: console, clock, interrupt controller, devices.
+//!
+//! The blob is parsed by the `flat_device_tree` crate (no allocation; malformed input yields
+//! `None`/empty iterators rather than panics in the calls used here). It decodes `reg` and
+//! `ranges` with the parents' cell counts; `interrupts-extended`, `bus-range` and
+//! `interrupt-map` (whose entry layout depends on each interrupt parent's cell counts) it leaves
+//! as raw bytes, read here with [`Cells`].
 
-use super::fdt::{Fdt, Node};
 use crate::boot::{IntxEntry, IntxMap, MmioDevice, PciHost};
+use flat_device_tree::Fdt;
+use flat_device_tree::node::FdtNode;
 use heapless::Vec;
+
+/// FDT header magic.
+const FDT_MAGIC: u32 = 0xd00d_feed;
 
 /// The interrupt controller found for this hart.
 pub struct PlicInfo {
@@ -29,95 +39,127 @@ pub struct Board<'a> {
     pub pci: Option<PciHost>,
 }
 
+/// Total size claimed by an FDT header (its first 8 bytes: magic, size), if the magic is right.
+/// The crate needs the whole blob as a slice, so the size is read before the slice is made.
+pub fn total_size(header: &[u8; 8]) -> Option<usize> {
+    let word =
+        |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    (word(0) == FDT_MAGIC).then_some(word(4) as usize)
+}
+
 /// Reads the board description for hart `hart` from `fdt`.
 pub fn board<'a>(fdt: &Fdt<'a>, hart: usize) -> Board<'a> {
-    let chosen = fdt.find_path("/chosen");
+    let chosen = fdt.find_node("/chosen");
     Board {
-        cmdline: chosen.and_then(|c| c.prop_str("bootargs")).unwrap_or(""),
+        cmdline: chosen.and_then(|c| prop_str(c, "bootargs")).unwrap_or(""),
         timebase: timebase(fdt, hart),
         uart: uart(fdt, chosen),
         plic: plic(fdt, hart),
         test_device: ["sifive,test1", "sifive,test0"]
             .iter()
-            .find_map(|c| fdt.compatible(c).next())
-            .and_then(|n| n.reg(0))
+            .find_map(|c| compatible(fdt, c).next())
+            .and_then(reg0)
             .map(|(base, _)| base),
-        virtio_mmio: fdt
-            .compatible("virtio,mmio")
+        virtio_mmio: compatible(fdt, "virtio,mmio")
             .filter_map(|n| {
-                let (base, size) = n.reg(0)?;
+                let (base, size) = reg0(n)?;
                 Some(MmioDevice {
                     base,
                     size,
-                    irq: n.prop_u32("interrupts")?,
+                    irq: prop_u32(n, "interrupts")?,
                 })
             })
             .take(8)
             .collect(),
-        pci: fdt
-            .compatible("pci-host-ecam-generic")
-            .find_map(|n| pci_host(fdt, n)),
+        pci: compatible(fdt, "pci-host-ecam-generic").find_map(|n| pci_host(fdt, n)),
     }
 }
 
+/// Every node whose `compatible` list has `compat`, in document order.
+fn compatible<'b, 'a>(
+    fdt: &'b Fdt<'a>,
+    compat: &'b str,
+) -> impl Iterator<Item = FdtNode<'b, 'a>> + 'b {
+    fdt.all_nodes().filter(move |n| is_compatible(*n, compat))
+}
+
+/// Whether `node`'s `compatible` lists `compat`.
+fn is_compatible(node: FdtNode<'_, '_>, compat: &str) -> bool {
+    node.compatible()
+        .is_some_and(|c| c.all().any(|s| s == compat))
+}
+
+/// The first cell of property `name`.
+fn prop_u32(node: FdtNode<'_, '_>, name: &str) -> Option<u32> {
+    Cells::of(node, name)?.u32()
+}
+
+/// A string property (its first string for a list).
+fn prop_str<'a>(node: FdtNode<'_, 'a>, name: &str) -> Option<&'a str> {
+    node.property(name)?.iter_str().next()
+}
+
+/// The first `(address, size)` of `reg` (size 0 where the parent has `#size-cells = <0>`).
+fn reg0(node: FdtNode<'_, '_>) -> Option<(u64, u64)> {
+    let r = node.reg().next()?;
+    Some((r.starting_address as u64, r.size.unwrap_or(0) as u64))
+}
+
 /// The cpu node of hart `hart`.
-fn cpu_node<'a>(fdt: &Fdt<'a>, hart: usize) -> Option<Node<'a>> {
-    fdt.nodes().find(|n| {
-        n.prop_str("device_type") == Some("cpu") && n.reg(0).map(|r| r.0) == Some(hart as u64)
+fn cpu_node<'b, 'a>(fdt: &'b Fdt<'a>, hart: usize) -> Option<FdtNode<'b, 'a>> {
+    fdt.all_nodes().find(|n| {
+        prop_str(*n, "device_type") == Some("cpu") && reg0(*n).map(|r| r.0) == Some(hart as u64)
     })
 }
 
 fn timebase(fdt: &Fdt<'_>, hart: usize) -> Option<u64> {
-    let from = |n: Node<'_>| n.prop_u32("timebase-frequency").map(u64::from);
+    let from = |n: FdtNode<'_, '_>| prop_u32(n, "timebase-frequency").map(u64::from);
     cpu_node(fdt, hart)
         .and_then(from)
-        .or_else(|| fdt.find_path("/cpus").and_then(from))
+        .or_else(|| fdt.find_node("/cpus").and_then(from))
 }
 
-fn uart<'a>(fdt: &Fdt<'a>, chosen: Option<Node<'a>>) -> Option<UartInfo> {
+fn uart(fdt: &Fdt<'_>, chosen: Option<FdtNode<'_, '_>>) -> Option<UartInfo> {
     // `stdout-path` names the console ("/soc/serial@10000000:115200" or an alias).
     let by_path = chosen
-        .and_then(|c| c.prop_str("stdout-path"))
+        .and_then(|c| prop_str(c, "stdout-path"))
         .and_then(|p| {
             let path = p.split(':').next().unwrap_or(p);
             if path.starts_with('/') {
-                fdt.find_path(path)
+                fdt.find_node(path)
             } else {
-                let full = fdt.find_path("/aliases")?.prop_str(path)?;
-                fdt.find_path(full)
+                fdt.find_node(prop_str(fdt.find_node("/aliases")?, path)?)
             }
         });
     let node = by_path
-        .filter(|n| n.is_compatible("ns16550a") || n.is_compatible("ns16550"))
-        .or_else(|| fdt.compatible("ns16550a").next())
-        .or_else(|| fdt.compatible("ns16550").next())?;
-    let (base, _) = node.reg(0)?;
+        .filter(|n| is_compatible(*n, "ns16550a") || is_compatible(*n, "ns16550"))
+        .or_else(|| compatible(fdt, "ns16550a").next())
+        .or_else(|| compatible(fdt, "ns16550").next())?;
+    let (base, _) = reg0(node)?;
     Some(UartInfo {
         base,
-        shift: node.prop_u32("reg-shift").unwrap_or(0),
-        clock: node.prop_u32("clock-frequency"),
+        shift: prop_u32(node, "reg-shift").unwrap_or(0),
+        clock: prop_u32(node, "clock-frequency"),
     })
 }
 
 fn plic(fdt: &Fdt<'_>, hart: usize) -> Option<PlicInfo> {
     let node = ["riscv,plic0", "sifive,plic-1.0.0"]
         .iter()
-        .find_map(|c| fdt.compatible(c).next())?;
-    let (base, _) = node.reg(0)?;
-    let sources = node.prop_u32("riscv,ndev").map_or(32, |n| n + 1);
+        .find_map(|c| compatible(fdt, c).next())?;
+    let (base, _) = reg0(node)?;
+    let sources = prop_u32(node, "riscv,ndev").map_or(32, |n| n + 1);
     // Context i is the i-th entry of `interrupts-extended`: (cpu intc phandle, cause). Ours is
-    // the one pointing at this hart's controller with cause 9 (supervisor external).
+    // the one pointing at this hart's controller (a child of its cpu node) with cause 9
+    // (supervisor external).
     let intc = cpu_node(fdt, hart).and_then(|cpu| {
-        fdt.nodes()
-            .skip_while(|n| n.name() != cpu.name() || n.depth != cpu.depth)
-            .skip(1)
-            .take_while(|n| n.depth > cpu.depth)
-            .find(|n| n.is_compatible("riscv,cpu-intc"))
-            .and_then(|n| n.prop_u32("phandle"))
+        cpu.children()
+            .find(|n| is_compatible(*n, "riscv,cpu-intc"))
+            .and_then(|n| prop_u32(n, "phandle"))
     });
     let context = intc
         .and_then(|ph| {
-            let mut cells = node.cells("interrupts-extended")?;
+            let mut cells = Cells::of(node, "interrupts-extended")?;
             let mut i = 0;
             while !cells.is_empty() {
                 let (p, cause) = (cells.u32()?, cells.u32()?);
@@ -136,28 +178,23 @@ fn plic(fdt: &Fdt<'_>, hart: usize) -> Option<PlicInfo> {
     })
 }
 
-fn pci_host(fdt: &Fdt<'_>, node: Node<'_>) -> Option<PciHost> {
-    let (ecam_base, ecam_size) = node.reg(0)?;
-    let (bus_start, bus_end) = match node.cells("bus-range") {
+fn pci_host(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Option<PciHost> {
+    let (ecam_base, ecam_size) = reg0(node)?;
+    let (bus_start, bus_end) = match Cells::of(node, "bus-range") {
         Some(mut c) => (c.u32()?.min(255) as u8, c.u32()?.min(255) as u8),
         None => (0, ((ecam_size >> 20).clamp(1, 256) - 1) as u8),
     };
-    let (child_ac, size_c) = node.own_cells();
-    let parent_ac = node.parent_cells.0;
 
+    // `ranges` entries: PCI address (3 cells, the space code in bits 24..26 of the first),
+    // CPU address, size.
     let (mut mmio32, mut mmio64, mut io) = (None, None, None);
-    if let Some(mut r) = node.cells("ranges") {
-        while !r.is_empty() {
-            let hi = r.u32()?;
-            r.skip(child_ac.checked_sub(1)?)?;
-            let cpu = r.take(parent_ac)?;
-            let size = r.take(size_c)?;
-            match (hi >> 24) & 3 {
-                1 if io.is_none() => io = Some((cpu, size)),
-                2 if mmio32.is_none() => mmio32 = Some((cpu, size)),
-                3 if mmio64.is_none() => mmio64 = Some((cpu, size)),
-                _ => {}
-            }
+    for r in node.ranges() {
+        let window = Some((r.parent_bus_address as u64, r.size as u64));
+        match (r.child_bus_address_hi >> 24) & 3 {
+            1 if io.is_none() => io = window,
+            2 if mmio32.is_none() => mmio32 = window,
+            3 if mmio64.is_none() => mmio64 = window,
+            _ => {}
         }
     }
 
@@ -175,12 +212,12 @@ fn pci_host(fdt: &Fdt<'_>, node: Node<'_>) -> Option<PciHost> {
 
 /// `interrupt-map` of a PCI host: entries of child unit address (3 cells), pin (1 cell),
 /// parent phandle, parent unit address and parent interrupt specifier (sizes from the parent).
-fn intx_map(fdt: &Fdt<'_>, node: Node<'_>) -> Option<IntxMap> {
-    let (child_ac, _) = node.own_cells();
-    let child_ic = node.prop_u32("#interrupt-cells").unwrap_or(1);
-    let mut mask = node.cells("interrupt-map-mask")?;
+fn intx_map(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Option<IntxMap> {
+    let child_ac = node.cell_sizes().address_cells.to_u32();
+    let child_ic = prop_u32(node, "#interrupt-cells").unwrap_or(1);
+    let mut mask = Cells::of(node, "interrupt-map-mask")?;
     let mask_hi = mask.u32()?;
-    mask.skip(child_ac - 1)?;
+    mask.skip(child_ac.checked_sub(1)?)?;
     let mask_pin = mask.u32()?;
 
     let mut map = IntxMap {
@@ -188,20 +225,20 @@ fn intx_map(fdt: &Fdt<'_>, node: Node<'_>) -> Option<IntxMap> {
         mask_pin,
         entries: Vec::new(),
     };
-    let mut m = node.cells("interrupt-map")?;
+    let mut m = Cells::of(node, "interrupt-map")?;
     let mut parent_cache: Option<(u32, u32, u32)> = None; // (phandle, address cells, irq cells)
     while !m.is_empty() {
         let hi = m.u32()?;
-        m.skip(child_ac - 1)?;
+        m.skip(child_ac.checked_sub(1)?)?;
         let pin = m.u32()?;
-        m.skip(child_ic - 1)?;
+        m.skip(child_ic.checked_sub(1)?)?;
         let ph = m.u32()?;
         let (pac, pic) = match parent_cache {
             Some((p, ac, ic)) if p == ph => (ac, ic),
             _ => {
-                let parent = fdt.by_phandle(ph)?;
-                let ac = parent.prop_u32("#address-cells").unwrap_or(0);
-                let ic = parent.prop_u32("#interrupt-cells").unwrap_or(1);
+                let parent = fdt.find_phandle(ph)?;
+                let ac = prop_u32(parent, "#address-cells").unwrap_or(0);
+                let ic = prop_u32(parent, "#interrupt-cells").unwrap_or(1);
                 parent_cache = Some((ph, ac, ic));
                 (ac, ic)
             }
@@ -217,4 +254,35 @@ fn intx_map(fdt: &Fdt<'_>, node: Node<'_>) -> Option<IntxMap> {
         });
     }
     Some(map)
+}
+
+/// Big-endian 32-bit cells of one property value, read in order.
+struct Cells<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Cells<'a> {
+    /// The value of `node`'s property `name`.
+    fn of(node: FdtNode<'_, 'a>, name: &str) -> Option<Self> {
+        node.property(name).map(|p| Cells { bytes: p.value })
+    }
+
+    /// The next cell.
+    fn u32(&mut self) -> Option<u32> {
+        let (head, rest) = self.bytes.split_first_chunk::<4>()?;
+        self.bytes = rest;
+        Some(u32::from_be_bytes(*head))
+    }
+
+    /// Skips `n` cells.
+    fn skip(&mut self, n: u32) -> Option<()> {
+        let len = usize::try_from(n).ok()?.checked_mul(4)?;
+        self.bytes = self.bytes.get(len..)?;
+        Some(())
+    }
+
+    /// Whether every cell has been read.
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
 }

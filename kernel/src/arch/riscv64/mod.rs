@@ -7,7 +7,6 @@
 
 mod discover;
 mod entry;
-mod fdt;
 mod plic;
 mod sbi;
 mod trap;
@@ -73,8 +72,9 @@ extern "C" fn riscv64_entry(hart: usize, dtb: usize) -> ! {
     // SAFETY: enabling the timer and external interrupt sources in `sie` only lets them be taken
     // once `sstatus.SIE` is set; the trap vector is installed.
     unsafe {
-        asm!("csrs sie, {}", in(reg) trap::SIE_STIE | trap::SIE_SEIE, options(nomem, nostack))
-    };
+        riscv::register::sie::set_stimer();
+        riscv::register::sie::set_sext();
+    }
 
     let mut info = BootInfo {
         cmdline: "",
@@ -108,14 +108,14 @@ extern "C" fn riscv64_entry(hart: usize, dtb: usize) -> ! {
 }
 
 /// The device tree at physical `dtb`, if there is a valid one.
-fn device_tree(dtb: usize) -> Option<fdt::Fdt<'static>> {
+fn device_tree(dtb: usize) -> Option<flat_device_tree::Fdt<'static>> {
     if dtb == 0 || !dtb.is_multiple_of(8) || dtb as u64 + 8 > IDENTITY_LIMIT {
         return None;
     }
     // SAFETY: the firmware passed `dtb` as the device tree's physical address; RAM is
     // identity-mapped, and the first 8 bytes (magic, size) are read before trusting more.
-    let header = unsafe { core::slice::from_raw_parts(dtb as *const u8, 8) };
-    let size = fdt::Fdt::total_size(header)?;
+    let header = unsafe { &*(dtb as *const [u8; 8]) };
+    let size = discover::total_size(header)?;
     if size > (4 << 20) || dtb as u64 + size as u64 > IDENTITY_LIMIT {
         return None;
     }
@@ -123,7 +123,7 @@ fn device_tree(dtb: usize) -> Option<fdt::Fdt<'static>> {
     // above) and reserved it, and nothing in the kernel writes there (the kernel only uses its
     // own statics), so it stays valid and unchanged for the whole run.
     let blob = unsafe { core::slice::from_raw_parts(dtb as *const u8, size) };
-    fdt::Fdt::new(blob)
+    flat_device_tree::Fdt::new(blob).ok()
 }
 
 /// Sends raw bytes to the serial console (polling); usable anywhere, interrupts on or off.
@@ -152,6 +152,10 @@ pub fn exit(success: bool) -> ! {
         unsafe { asm!("wfi", options(nomem, nostack)) };
     }
 }
+
+// The `sstatus.SIE` toggles, the wait and the clock read below stay one-instruction asm rather
+// than the `riscv` crate's CSR functions: they run on every I/O, and each asm block's memory
+// clobber (or its absence) is chosen for the code around it.
 
 /// Lets interrupts be taken (`sstatus.SIE`).
 pub fn interrupts_enable() {

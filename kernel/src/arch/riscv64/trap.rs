@@ -9,6 +9,7 @@
 use super::{plic, sbi, timer_now};
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use riscv::register::stvec::{self, Stvec, TrapMode};
 
 const INTERRUPT: u64 = 1 << 63;
 const IRQ_S_SOFT: u64 = 1;
@@ -16,9 +17,7 @@ const IRQ_S_TIMER: u64 = 5;
 const IRQ_S_EXTERNAL: u64 = 9;
 const EXC_BREAKPOINT: u64 = 3;
 
-/// `sie` bits: supervisor timer and external interrupts.
-pub const SIE_STIE: usize = 1 << 5;
-pub const SIE_SEIE: usize = 1 << 9;
+/// `sip` bit: supervisor software interrupt pending.
 const SIP_SSIP: usize = 1 << 1;
 
 /// Saved state of the interrupted code; layout shared with the assembly below.
@@ -107,7 +106,7 @@ pub fn init() {
     let entry = trap_entry as *const () as usize;
     // SAFETY: `trap_entry` is 4-byte aligned (direct mode needs the low two bits clear) and
     // handles every trap this kernel can take, returning with all state restored.
-    unsafe { asm!("csrw stvec, {}", in(reg) entry, options(nostack)) };
+    unsafe { stvec::write(Stvec::new(entry, TrapMode::Direct)) };
     sbi::set_timer(u64::MAX);
 }
 
@@ -181,6 +180,8 @@ fn cause_name(code: u64) -> &'static str {
     }
 }
 
+/// Reads the trap cause and value. Own asm, not the `riscv` crate's `scause`/`stval`: this runs
+/// on every interrupt, and the two raw reads are all the handler needs.
 fn read_scause_stval() -> (u64, u64) {
     let (scause, stval): (u64, u64);
     // SAFETY: reading `scause` and `stval` has no side effects.

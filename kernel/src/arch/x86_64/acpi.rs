@@ -1,5 +1,8 @@
 //! Just enough ACPI: find the RSDP, walk the RSDT/XSDT (checksums checked) and read the MCFG
 //! (PCI ECAM windows) and the MADT (IOAPIC address).
+//!
+//! Hand-written rather than the `acpi` crate: that crate needs `alloc` (its table and MADT
+//! types allocate), and the kernel links no allocator; two tables are all the kernel reads.
 
 /// Everything the kernel reads from ACPI.
 #[derive(Debug, Default, Clone, Copy)]

@@ -3,13 +3,13 @@
 //! driver enables one).
 
 use super::port::outb;
-use super::trap::{
+use super::vectors::{
     VECTOR_IOAPIC_FIRST, VECTOR_IOAPIC_LAST, VECTOR_MSI_FIRST, VECTOR_MSI_LAST, VECTOR_PIC_FIRST,
     VECTOR_SPURIOUS, VECTOR_TIMER,
 };
-use core::arch::asm;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use hal::irq::{IrqChip, MsiMessage};
+use x86_64::registers::model_specific::Msr;
 
 const IA32_APIC_BASE: u32 = 0x1B;
 const APIC_BASE_ENABLE: u64 = 1 << 11;
@@ -49,20 +49,14 @@ static NEXT_MSI: AtomicU32 = AtomicU32::new(VECTOR_MSI_FIRST);
 static IOAPIC_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
 fn rdmsr(msr: u32) -> u64 {
-    let (lo, hi): (u32, u32);
     // SAFETY: only architectural MSRs present on every x86_64 CPU are read.
-    unsafe {
-        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
-    };
-    (u64::from(hi) << 32) | u64::from(lo)
+    unsafe { Msr::new(msr).read() }
 }
 
 fn wrmsr(msr: u32, value: u64) {
     // SAFETY: only IA32_APIC_BASE is written, keeping its base address and setting the
     // global-enable bit.
-    unsafe {
-        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack, preserves_flags));
-    }
+    unsafe { Msr::new(msr).write(value) }
 }
 
 fn lapic_read(reg: usize) -> u32 {

@@ -12,6 +12,9 @@
 //! 5. calls `x86_64_entry(magic, info)` on the boot stack.
 //!
 //! The Rust side replaces the GDT (adding a TSS) and splits the stack's guard page out of the map.
+//!
+//! This stays assembly (no `x86_64` crate here): it runs in 32-bit protected mode before long
+//! mode exists, so its CR0/CR4/EFER writes and the boot GDT cannot be 64-bit Rust code.
 
 use core::arch::global_asm;
 

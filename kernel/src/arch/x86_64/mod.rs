@@ -15,6 +15,7 @@ mod port;
 mod serial;
 mod time;
 mod trap;
+mod vectors;
 
 use crate::boot::{BootInfo, IntxMap, PciHost};
 use core::arch::asm;
@@ -142,10 +143,15 @@ pub fn console_write(bytes: &[u8]) {
 pub fn exit(success: bool) -> ! {
     port::outb(DEBUG_EXIT_PORT, if success { 0x10 } else { 0x11 });
     loop {
-        // SAFETY: disabling interrupts and halting only stops this CPU.
-        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
     }
 }
+
+// The interrupt enable/disable/wait functions below stay hand-written: they sit on the I/O
+// path (locks and waits around every request), and the `x86_64` crate's versions differ in
+// codegen: its `enable` is `sti; nop` (one more instruction), its `disable` is a compiler
+// barrier, its `enable_and_hlt` is `nomem` (the wait below must be a compiler barrier).
 
 /// Enables interrupts.
 pub fn interrupts_enable() {
@@ -194,7 +200,8 @@ pub fn wait_for_interrupt() {
 
 /// Executes `int3`; the handler counts it and resumes after it.
 pub fn breakpoint() {
-    // SAFETY: the #BP handler only increments a counter and returns.
+    // SAFETY: the #BP handler only increments a counter and returns. Not the `x86_64` crate's
+    // `int3`, which is `nomem`: the handler writes the counter read after it.
     unsafe { asm!("int3", options(nostack)) };
 }
 

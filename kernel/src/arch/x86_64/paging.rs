@@ -7,8 +7,6 @@
 //!   the IST stack) instead of silently overwriting `.bss`;
 //! - [`set_uncached`] marks device windows found below the hole (the PCI ECAM) uncached.
 
-use core::arch::asm;
-
 /// Present | writable.
 const PTE_RW: u64 = 0x3;
 /// 2 MiB page.
@@ -38,11 +36,7 @@ unsafe extern "C" {
 
 /// Reloads CR3, dropping every cached translation.
 fn flush_tlb() {
-    // SAFETY: writing CR3 with its current value keeps the same address space; it only
-    // invalidates the TLB.
-    unsafe {
-        asm!("mov {0}, cr3", "mov cr3, {0}", out(reg) _, options(nostack, preserves_flags));
-    }
+    x86_64::instructions::tlb::flush_all();
 }
 
 /// Pointer to the page-directory entry for the 2 MiB page containing `addr` (below 4 GiB).

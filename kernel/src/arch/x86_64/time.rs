@@ -22,7 +22,8 @@ const FALLBACK_TSC_HZ: u64 = 1_000_000_000;
 static NS_PER_TICK_FP32: AtomicU64 = AtomicU64::new(ns_per_tick_fp32(FALLBACK_TSC_HZ));
 static TSC_AT_BOOT: AtomicU64 = AtomicU64::new(0);
 
-/// Reads the time-stamp counter.
+/// Reads the time-stamp counter. (Own asm: the `x86_64` crate has no RDTSC wrapper, and this is
+/// read for every I/O.)
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: RDTSC only reads the counter (CR4.TSD is clear, we run in ring 0).

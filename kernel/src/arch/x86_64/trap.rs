@@ -5,20 +5,20 @@
 //! saves the general registers and calls [`x86_trap`] with a pointer to the [`TrapFrame`]. An
 //! interrupt stub (32..=255) saves `rdi`, loads the vector into it and jumps to
 //! `x86_irq_common`, which saves only the other caller-saved registers (the callee-saved ones
-//! are preserved by [`x86_irq`] itself) and calls [`x86_irq`] with the vector. Vectors:
-//!
-//! | vectors      | use                                                        |
-//! |--------------|------------------------------------------------------------|
-//! | 0..=31       | CPU exceptions: #BP is counted and resumed, others are fatal |
-//! | 32..=47      | the (masked) 8259 PICs: only spurious interrupts can arrive |
-//! | 48..=223     | MSI, handed out by `alloc_msi`                             |
-//! | 224..=247    | IOAPIC pins 0..=23                                         |
-//! | 254          | LAPIC timer                                                |
-//! | 255          | LAPIC spurious                                             |
+//! are preserved by [`x86_irq`] itself) and calls [`x86_irq`] with the vector. Which vector is
+//! what: [`super::vectors`].
 
+use super::vectors::{
+    VECTOR_BREAKPOINT, VECTOR_DOUBLE_FAULT, VECTOR_PAGE_FAULT, VECTOR_PIC_FIRST, VECTOR_PIC_LAST,
+    VECTOR_SPURIOUS, VECTOR_TIMER,
+};
 use super::{apic, gdt};
-use core::arch::{asm, global_asm};
+use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
+use x86_64::VirtAddr;
+use x86_64::instructions::tables::lidt;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::DescriptorTablePointer;
 
 /// Size of each entry stub (the IDT points at `x86_trap_stubs + 16 * vector`).
 const STUB_SIZE: u64 = 16;
@@ -147,6 +147,12 @@ pub struct TrapFrame {
 }
 
 /// One 16-byte interrupt gate.
+///
+/// The gates are written here rather than with the `x86_64` crate's `InterruptDescriptorTable`:
+/// every one of the 256 vectors points into the uniform stub table above, and that type types
+/// each exception entry for an `extern "x86-interrupt"` handler and keeps the reserved vectors
+/// (15, 22..=27, 31) private, so it cannot fill the whole table with these stubs. `lidt` and
+/// its pointer type do come from the crate.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Gate {
@@ -173,24 +179,6 @@ static mut IDT: Idt = Idt([Gate {
     offset_high: 0,
     reserved: 0,
 }; 256]);
-
-#[repr(C, packed(2))]
-struct DescriptorPointer {
-    limit: u16,
-    base: u64,
-}
-
-pub const VECTOR_BREAKPOINT: u64 = 3;
-pub const VECTOR_DOUBLE_FAULT: u64 = 8;
-pub const VECTOR_PAGE_FAULT: u64 = 14;
-pub const VECTOR_PIC_FIRST: u64 = 32;
-pub const VECTOR_PIC_LAST: u64 = 47;
-pub const VECTOR_MSI_FIRST: u32 = 48;
-pub const VECTOR_MSI_LAST: u32 = 223;
-pub const VECTOR_IOAPIC_FIRST: u32 = 224;
-pub const VECTOR_IOAPIC_LAST: u32 = 247;
-pub const VECTOR_TIMER: u64 = 254;
-pub const VECTOR_SPURIOUS: u64 = 255;
 
 static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
 static TICKS: AtomicU64 = AtomicU64::new(0);
@@ -233,13 +221,13 @@ pub unsafe fn init() {
         // SAFETY: `vector < 256`; boot CPU only and the IDT is not loaded yet.
         unsafe { (*idt).0[vector as usize] = gate };
     }
-    let pointer = DescriptorPointer {
+    let pointer = DescriptorTablePointer {
         limit: (size_of::<Idt>() - 1) as u16,
-        base: idt as u64,
+        base: VirtAddr::from_ptr(idt),
     };
     // SAFETY: the IDT is a static that lives forever and every gate points at a stub in
     // `x86_trap_stubs` with the kernel code selector.
-    unsafe { asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags)) };
+    unsafe { lidt(&pointer) };
 }
 
 /// Names of the architectural exceptions.
@@ -273,13 +261,6 @@ fn exception_name(vector: u64) -> &'static str {
     }
 }
 
-fn read_cr2() -> u64 {
-    let cr2: u64;
-    // SAFETY: reading CR2 has no side effects.
-    unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
-    cr2
-}
-
 /// Reports a fatal exception and ends the run with failure.
 fn fatal_exception(frame: &TrapFrame) -> ! {
     // The fault may have hit while a log frame was being written: close it first.
@@ -293,7 +274,7 @@ fn fatal_exception(frame: &TrapFrame) -> ! {
             frame.error,
             frame.rip,
             frame.rsp,
-            read_cr2()
+            Cr2::read_raw()
         );
     } else {
         defmt::error!(
