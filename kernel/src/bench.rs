@@ -19,6 +19,7 @@ use hal::DmaBuf;
 use spin::Mutex;
 
 use crate::arch;
+use crate::bench_profile::{profile_mark_begin, profile_mark_end, profile_request};
 use crate::block::{self, ahci, cpu_ctx, nvme, virtio};
 
 /// One workload.
@@ -299,35 +300,8 @@ impl defmt::Format for Disk {
     }
 }
 
-/// `benchprof=J:N`: run only job `J` (index into [`JOBS`]) with `N` I/Os, between calls of
-/// [`profile_mark_begin`] and [`profile_mark_end`], and no filesystem jobs; `J` =
-/// [`FS_PROFILE_JOB`] runs only the data phase of the filesystem's zero-copy sequential write
-/// between the marks (256 writes of 128 KiB, whatever `N`). For instruction profiles from a QEMU
-/// execution trace: the trace is counted between the two marks' addresses.
-pub(crate) fn profile_request() -> Option<(usize, u32)> {
-    let v = crate::boot::cmdline_arg(crate::boot_info().cmdline, "benchprof")?;
-    let (j, n) = v.split_once(':')?;
-    Some((j.parse().ok()?, n.parse().ok()?))
-}
-
 /// The `benchprof` job number of the filesystem's sequential write (one past the raw jobs).
 pub(crate) const FS_PROFILE_JOB: usize = JOBS.len();
-
-/// Start of the profiled job (its address is looked up in the kernel's symbols).
-// `no_mangle` so xtask can find the address by name; the two names are unique in the kernel, so
-// no other symbol is displaced.
-#[inline(never)]
-#[unsafe(no_mangle)]
-pub extern "C" fn profile_mark_begin() {
-    core::hint::black_box(());
-}
-
-/// End of the profiled job.
-#[inline(never)]
-#[unsafe(no_mangle)]
-pub extern "C" fn profile_mark_end() {
-    core::hint::black_box(1u8);
-}
 
 /// Runs every job; `false` if there is no disk or an I/O failed.
 pub fn run() -> bool {

@@ -29,6 +29,7 @@ use hal::DmaBuf;
 use tinyfs::io::BlockIo;
 use tinyfs::{FsError, Ino};
 
+use crate::bench_profile::{profile_mark_begin, profile_mark_end, profile_request};
 use crate::block;
 use crate::fs::{self, KernelFs};
 use crate::{arch, boot};
@@ -129,7 +130,7 @@ fn jobs(f: &mut KernelFs<'_>, src: &[u8]) -> Result<(), FsError> {
         fs::IO_BUF_BYTES as u32,
         crate::block::virtio::disk().map_or(0, |d| d.queue.capacity())
     );
-    if crate::bench::profile_request().is_some() {
+    if profile_request().is_some() {
         // `benchprof`: only the zero-copy sequential write, its data phase between the marks.
         let r = seqwrite(f, src, true, true);
         let u = f.unmount();
@@ -208,7 +209,7 @@ fn seqwrite(
     let mut filled = Filled { at: [0; 64], n: 0 };
     let m = Mark::now();
     if profile {
-        crate::bench::profile_mark_begin();
+        profile_mark_begin();
     }
     for (i, l) in lat.iter_mut().enumerate().take(ios) {
         let t = arch::now_ns();
@@ -226,7 +227,7 @@ fn seqwrite(
     // raw job, which never flushes.
     f.device().drain().map_err(|_| FsError::Io)?;
     if profile {
-        crate::bench::profile_mark_end();
+        profile_mark_end();
     }
     let mut data = Span {
         ns: 0,

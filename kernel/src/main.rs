@@ -9,6 +9,7 @@
 mod arch;
 mod bench;
 mod bench_fs;
+mod bench_profile;
 mod block;
 mod boot;
 mod config;

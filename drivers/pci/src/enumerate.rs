@@ -6,12 +6,12 @@ use crate::PciError;
 use crate::bar::{self, BarSlot, MAX_BARS, Probe};
 use crate::cap;
 use crate::config::{self, Bdf, ConfigAccess};
-use crate::function::{BarState, BridgeInfo, PciFunction};
+use crate::function::{BridgeInfo, PciFunction};
 use crate::regs::{
     BUS_NUMBERS, CAP_PTR, CLASS_REV, CMD_IO, CMD_MEMORY, COMMAND, HEADER, HEADER_MULTI_FUNCTION,
     HEADER_TYPE_MASK, INTERRUPT, ROM_BAR_TYPE0, ROM_BAR_TYPE1, VENDOR_ID,
 };
-use crate::resource::{self, Need, Windows};
+use crate::resource::{self, Need, Scratch, Windows};
 
 /// What a scan found besides the functions it listed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,6 +36,8 @@ struct IntxPath {
 struct Scan<'a, 'l, C: ConfigAccess + ?Sized, const N: usize> {
     cfg: &'a C,
     list: &'l mut Vec<PciFunction<'a, C>, N>,
+    /// What BAR assignment needs about each function of `list`, at the same index.
+    scratch: &'l mut Vec<Scratch, N>,
     last_bus: u8,
     /// Highest bus number handed out so far.
     next_bus: u8,
@@ -109,17 +111,19 @@ impl<'a, C: ConfigAccess + ?Sized, const N: usize> Scan<'a, '_, C, N> {
             1 => 2,
             _ => 0,
         };
-        let mut bars = [BarState::Done(BarSlot::Unused); MAX_BARS];
+        let mut bars = [BarSlot::Unused; MAX_BARS];
+        let mut pending = [None; MAX_BARS];
         let mut i = 0;
         while i < slots {
             match bar::probe(cfg, bdf, i, slots) {
                 Probe::Unused => {}
-                Probe::Invalid => bars[i] = BarState::Done(BarSlot::Invalid),
+                Probe::Invalid => bars[i] = BarSlot::Invalid,
                 Probe::Request(req) => {
-                    bars[i] = BarState::Pending(req);
+                    bars[i] = BarSlot::Failed(req, PciError::BarNotAssigned);
+                    pending[i] = Some(req);
                     if req.kind == bar::BarKind::Mem64 {
                         i += 1;
-                        bars[i] = BarState::Done(BarSlot::Upper);
+                        bars[i] = BarSlot::Upper;
                     }
                 }
             }
@@ -148,16 +152,22 @@ impl<'a, C: ConfigAccess + ?Sized, const N: usize> Scan<'a, '_, C, N> {
             intx_root: (path.root_dev.unwrap_or(bdf.dev()), path.swizzle),
             bars,
             caps,
-            parent,
             bridge: None,
+        };
+        let scratch = Scratch {
+            pending,
+            parent,
             needs: [Need::default(); 2],
             command,
         };
         let is_bridge = header & HEADER_TYPE_MASK == 1;
-        if self.list.push(function).is_err() {
+        // The two lists have the same capacity and grow together.
+        if self.list.is_full() || self.scratch.is_full() {
             self.report.dropped += 1;
             return;
         }
+        let _ = self.list.push(function);
+        let _ = self.scratch.push(scratch);
         if is_bridge {
             let index = self.list.len() - 1;
             self.scan_bridge(index, bdf, path);
@@ -198,6 +208,9 @@ impl<'a, C: ConfigAccess + ?Sized, const N: usize> Scan<'a, '_, C, N> {
 /// Only an invalid window is an error; per-BAR failures are in each function's
 /// [`BarSlot`]s and counted in the report, and functions beyond `out`'s capacity are counted
 /// and left with decoding off.
+///
+/// While it runs it keeps the state of BAR assignment (about 140 bytes per slot of `out`) on
+/// the stack.
 pub fn enumerate_into<'a, C: ConfigAccess + ?Sized, const N: usize>(
     cfg: &'a C,
     windows: &Windows,
@@ -205,11 +218,13 @@ pub fn enumerate_into<'a, C: ConfigAccess + ?Sized, const N: usize>(
 ) -> Result<ScanReport, PciError> {
     windows.check()?;
     out.clear();
+    let mut scratch = Vec::new();
     let range = cfg.bus_range();
     let first = *range.start();
     let mut scan = Scan {
         cfg,
         list: out,
+        scratch: &mut scratch,
         last_bus: *range.end(),
         next_bus: first,
         report: ScanReport::default(),
@@ -223,7 +238,7 @@ pub fn enumerate_into<'a, C: ConfigAccess + ?Sized, const N: usize>(
         },
     );
     let mut report = scan.report;
-    resource::assign(out, windows);
+    resource::assign(out, &mut scratch, windows);
     report.failed_bars = out
         .iter()
         .flat_map(|f| f.bar_slots())

@@ -3,7 +3,7 @@
 use hal::{IrqLine, Mmio, MmioMapper};
 
 use crate::PciError;
-use crate::bar::{Bar, BarRequest, BarSlot, MAX_BARS};
+use crate::bar::{Bar, BarSlot, MAX_BARS};
 use crate::cap::{self, Capabilities};
 use crate::config::{self, Bdf, ConfigAccess, Ecam};
 use crate::regs::{
@@ -11,7 +11,6 @@ use crate::regs::{
     CMD_MEMORY, COMMAND, HEADER_MULTI_FUNCTION, HEADER_TYPE_MASK, PM_CTRL, PM_PME_STATUS,
     PM_STATE_MASK,
 };
-use crate::resource::Need;
 
 /// Class, subclass and programming interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,13 +122,6 @@ pub struct BridgeInfo {
     pub io_window: Option<(u64, u64)>,
 }
 
-/// A BAR slot during enumeration: sized but not yet placed, or settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BarState {
-    Pending(BarRequest),
-    Done(BarSlot),
-}
-
 /// One function found by enumeration.
 ///
 /// It holds a reference to the configuration access it was found through, so its methods
@@ -145,15 +137,11 @@ pub struct PciFunction<'a, C: ConfigAccess + ?Sized = Ecam> {
     pub(crate) interrupt_pin: u8,
     /// Device number on the first bus this function's INTx reaches, and the swizzle to add.
     pub(crate) intx_root: (u8, u8),
-    pub(crate) bars: [BarState; MAX_BARS],
+    /// A BAR sized but not yet placed reads `Failed(request, BarNotAssigned)`; enumeration
+    /// settles every slot before it hands the function out.
+    pub(crate) bars: [BarSlot; MAX_BARS],
     pub(crate) caps: Capabilities,
-    /// Index (in the enumeration list) of the bridge above, `None` on the first bus.
-    pub(crate) parent: Option<u16>,
     pub(crate) bridge: Option<BridgeInfo>,
-    /// What the bridge's subtree needs, memory and I/O (bridges only).
-    pub(crate) needs: [Need; 2],
-    /// Command register as found.
-    pub(crate) command: u16,
 }
 
 impl<'a, C: ConfigAccess + ?Sized> PciFunction<'a, C> {
@@ -222,12 +210,7 @@ impl<'a, C: ConfigAccess + ?Sized> PciFunction<'a, C> {
 
     /// What slot `index` holds: an assigned BAR, a failure, nothing.
     pub fn bar_slot(&self, index: usize) -> BarSlot {
-        match self.bars.get(index) {
-            Some(BarState::Done(slot)) => *slot,
-            // Enumeration settles every slot; a pending one cannot be seen from outside.
-            Some(BarState::Pending(req)) => BarSlot::Failed(*req, PciError::BarNotAssigned),
-            None => BarSlot::Unused,
-        }
+        self.bars.get(index).copied().unwrap_or(BarSlot::Unused)
     }
 
     /// BAR `index` if it was given an address.
@@ -357,9 +340,7 @@ impl<'a, C: ConfigAccess + ?Sized> PciFunction<'a, C> {
     /// Whether no BAR of the given space failed to get an address.
     pub(crate) fn all_assigned(&self, memory: bool) -> bool {
         !self.bars.iter().any(|b| match b {
-            BarState::Done(BarSlot::Failed(req, _)) | BarState::Pending(req) => {
-                req.kind.is_memory() == memory
-            }
+            BarSlot::Failed(req, _) => req.kind.is_memory() == memory,
             _ => false,
         })
     }
@@ -367,10 +348,8 @@ impl<'a, C: ConfigAccess + ?Sized> PciFunction<'a, C> {
     /// Whether the function has BARs of the given space (assigned or not).
     pub(crate) fn has_bars(&self, memory: bool) -> bool {
         self.bars.iter().any(|b| match b {
-            BarState::Done(BarSlot::Assigned(bar)) => bar.kind.is_memory() == memory,
-            BarState::Done(BarSlot::Failed(req, _)) | BarState::Pending(req) => {
-                req.kind.is_memory() == memory
-            }
+            BarSlot::Assigned(bar) => bar.kind.is_memory() == memory,
+            BarSlot::Failed(req, _) => req.kind.is_memory() == memory,
             _ => false,
         })
     }

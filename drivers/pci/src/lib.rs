@@ -69,7 +69,7 @@ pub type FunctionList<'a, C = Ecam> = heapless::Vec<PciFunction<'a, C>, MAX_FUNC
 /// Enumerates and assigns everything (see [`enumerate_into`]) into a list of up to
 /// [`MAX_FUNCTIONS`] functions. Functions beyond that are left with decoding off.
 ///
-/// The list is about 11 KiB and is returned by value; boot code short of stack can use
+/// The list is about 10 KiB and is returned by value; boot code short of stack can use
 /// [`enumerate_into`] with a list in a `static`.
 pub fn enumerate<'a, C: ConfigAccess + ?Sized>(
     cfg: &'a C,

@@ -20,9 +20,9 @@
 use hal::PhysAddr;
 
 use crate::PciError;
-use crate::bar::{self, Bar, BarKind, BarRequest, BarSlot};
+use crate::bar::{self, Bar, BarKind, BarRequest, BarSlot, MAX_BARS};
 use crate::config::{self, ConfigAccess};
-use crate::function::{BarState, PciFunction};
+use crate::function::{BridgeInfo, PciFunction};
 use crate::regs::{
     BRIDGE_IO_GRANULE, BRIDGE_MEM_GRANULE, CMD_BUS_MASTER, CMD_IO, CMD_MEMORY, IO_BASE_LIMIT,
     IO_UPPER, MEM_BASE_LIMIT, PREF_BASE_LIMIT, PREF_BASE_UPPER, PREF_LIMIT_UPPER,
@@ -116,7 +116,23 @@ pub(crate) struct Need {
     pub align: u64,
 }
 
-/// Index of the memory and I/O needs in [`PciFunction::needs`].
+/// What BAR assignment keeps about one function beside the [`PciFunction`] it fills in, at the
+/// same index of a list of its own: state that only enumeration needs, gone once every BAR is
+/// settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scratch {
+    /// BARs sized but not yet placed (their slot in the function reads
+    /// `Failed(request, BarNotAssigned)` until they are).
+    pub pending: [Option<BarRequest>; MAX_BARS],
+    /// Index (in the enumeration list) of the bridge above, `None` on the first bus.
+    pub parent: Option<u16>,
+    /// What the bridge's subtree needs, memory and I/O (bridges only).
+    pub needs: [Need; 2],
+    /// Command register as found.
+    pub command: u16,
+}
+
+/// Index of the memory and I/O needs in [`Scratch::needs`].
 const MEM: usize = 0;
 const IO: usize = 1;
 
@@ -200,6 +216,7 @@ impl Region {
 /// programs BARs, records bridge windows and recurses below each bridge.
 fn place<C: ConfigAccess + ?Sized>(
     list: &mut [PciFunction<'_, C>],
+    scratch: &mut [Scratch],
     parent: Option<u16>,
     pass: Pass,
     mut region: Region,
@@ -208,12 +225,12 @@ fn place<C: ConfigAccess + ?Sized>(
 ) -> Region {
     for shift in (0..64).rev() {
         let align = 1u64 << shift;
-        for i in 0..list.len() {
-            if list[i].parent != parent {
+        for i in 0..list.len().min(scratch.len()) {
+            if scratch[i].parent != parent {
                 continue;
             }
-            for slot in 0..list[i].bars.len() {
-                let BarState::Pending(req) = list[i].bars[slot] else {
+            for slot in 0..MAX_BARS {
+                let Some(req) = scratch[i].pending[slot] else {
                     continue;
                 };
                 if !pass.takes(&req) || block(&req) != align {
@@ -227,17 +244,18 @@ fn place<C: ConfigAccess + ?Sized>(
                 match addr {
                     Some(addr) => {
                         bar::program(f.cfg, f.bdf, slot, req.kind, addr);
-                        f.bars[slot] = BarState::Done(BarSlot::Assigned(Bar {
+                        f.bars[slot] = BarSlot::Assigned(Bar {
                             kind: req.kind,
                             prefetchable: req.prefetchable,
                             pci_addr: addr,
                             cpu_addr: window.cpu_addr(addr),
                             size: req.size,
-                        }));
+                        });
+                        scratch[i].pending[slot] = None;
                     }
                     None if pass != Pass::Mem64 => {
-                        f.bars[slot] =
-                            BarState::Done(BarSlot::Failed(req, PciError::WindowExhausted));
+                        f.bars[slot] = BarSlot::Failed(req, PciError::WindowExhausted);
+                        scratch[i].pending[slot] = None;
                     }
                     None => {}
                 }
@@ -246,7 +264,7 @@ fn place<C: ConfigAccess + ?Sized>(
             if list[i].bridge.is_none() {
                 continue;
             }
-            let need = list[i].needs[n];
+            let need = scratch[i].needs[n];
             if need.size == 0 || need.align != align {
                 continue;
             }
@@ -266,7 +284,7 @@ fn place<C: ConfigAccess + ?Sized>(
                     b.io_window = win
                 }
             }
-            place(list, Some(i as u16), pass, below, window, true);
+            place(list, scratch, Some(i as u16), pass, below, window, true);
         }
     }
     region
@@ -274,14 +292,20 @@ fn place<C: ConfigAccess + ?Sized>(
 
 /// Measures every bridge's needs for `pass`, deepest bridges first (they come later in the
 /// list, which is in depth-first order).
-fn measure<C: ConfigAccess + ?Sized>(list: &mut [PciFunction<'_, C>], pass: Pass, window: &Window) {
+fn measure<C: ConfigAccess + ?Sized>(
+    list: &mut [PciFunction<'_, C>],
+    scratch: &mut [Scratch],
+    pass: Pass,
+    window: &Window,
+) {
     let Some(n) = pass.need_index() else { return };
-    for i in (0..list.len()).rev() {
+    for i in (0..list.len().min(scratch.len())).rev() {
         if list[i].bridge.is_none() {
             continue;
         }
         let used = place(
             list,
+            scratch,
             Some(i as u16),
             pass,
             Region::new(0, u64::MAX),
@@ -289,7 +313,7 @@ fn measure<C: ConfigAccess + ?Sized>(list: &mut [PciFunction<'_, C>], pass: Pass
             false,
         );
         let granule = pass.granule();
-        list[i].needs[n] = if used.cursor == 0 {
+        scratch[i].needs[n] = if used.cursor == 0 {
             Need::default()
         } else {
             let size = used
@@ -307,15 +331,17 @@ fn measure<C: ConfigAccess + ?Sized>(list: &mut [PciFunction<'_, C>], pass: Pass
 /// Marks every pending BAR that `pass` takes as failed with `error`.
 fn fail_pending<C: ConfigAccess + ?Sized>(
     list: &mut [PciFunction<'_, C>],
+    scratch: &mut [Scratch],
     pass: Pass,
     error: PciError,
 ) {
-    for f in list.iter_mut() {
-        for b in f.bars.iter_mut() {
-            if let BarState::Pending(req) = *b
+    for (f, s) in list.iter_mut().zip(scratch.iter_mut()) {
+        for (b, p) in f.bars.iter_mut().zip(s.pending.iter_mut()) {
+            if let Some(req) = *p
                 && pass.takes(&req)
             {
-                *b = BarState::Done(BarSlot::Failed(req, error));
+                *b = BarSlot::Failed(req, error);
+                *p = None;
             }
         }
     }
@@ -324,25 +350,39 @@ fn fail_pending<C: ConfigAccess + ?Sized>(
 /// Runs one pass over the whole tree with `window`, or fails its BARs without one.
 fn run<C: ConfigAccess + ?Sized>(
     list: &mut [PciFunction<'_, C>],
+    scratch: &mut [Scratch],
     pass: Pass,
     window: Option<&Window>,
 ) {
     let Some(w) = window else {
-        fail_pending(list, pass, PciError::NoWindow);
+        fail_pending(list, scratch, pass, PciError::NoWindow);
         return;
     };
-    measure(list, pass, w);
+    measure(list, scratch, pass, w);
     let end = w.end().unwrap_or(u64::MAX);
-    place(list, None, pass, Region::new(w.pci_base, end), w, true);
+    place(
+        list,
+        scratch,
+        None,
+        pass,
+        Region::new(w.pci_base, end),
+        w,
+        true,
+    );
 }
 
-/// Assigns every BAR of `list`, programs bridge windows and turns decoding on where all BARs
-/// of a space got an address.
-pub(crate) fn assign<C: ConfigAccess + ?Sized>(list: &mut [PciFunction<'_, C>], windows: &Windows) {
+/// Assigns every BAR of `list` (whose enumeration state `scratch` holds, index for index),
+/// programs bridge windows and turns decoding on where all BARs of a space got an address.
+pub(crate) fn assign<C: ConfigAccess + ?Sized>(
+    list: &mut [PciFunction<'_, C>],
+    scratch: &mut [Scratch],
+    windows: &Windows,
+) {
     if let Some(w) = &windows.mem64 {
         let end = w.end().unwrap_or(u64::MAX);
         place(
             list,
+            scratch,
             None,
             Pass::Mem64,
             Region::new(w.pci_base, end),
@@ -350,20 +390,20 @@ pub(crate) fn assign<C: ConfigAccess + ?Sized>(list: &mut [PciFunction<'_, C>], 
             true,
         );
     }
-    run(list, Pass::Mem, windows.mem32.as_ref());
-    run(list, Pass::Io, windows.io.as_ref());
-    for f in list.iter() {
+    run(list, scratch, Pass::Mem, windows.mem32.as_ref());
+    run(list, scratch, Pass::Io, windows.io.as_ref());
+    for (f, s) in list.iter().zip(scratch.iter()) {
         if let Some(b) = f.bridge {
             program_bridge_windows(f, &b);
         }
-        let mut cmd = f.command & !(CMD_MEMORY | CMD_IO);
+        let mut cmd = s.command & !(CMD_MEMORY | CMD_IO);
         for (memory, bit) in [(true, CMD_MEMORY), (false, CMD_IO)] {
             let on = match f.bridge {
                 Some(b) if memory => b.mem_window.is_some(),
                 Some(b) => b.io_window.is_some(),
                 // Nothing of this space to assign: keep what was found, for functions that
                 // decode fixed legacy ranges (an ISA bridge's ports).
-                None if !f.has_bars(memory) => f.command & bit != 0,
+                None if !f.has_bars(memory) => s.command & bit != 0,
                 None => f.all_assigned(memory),
             };
             if on {
@@ -379,7 +419,7 @@ pub(crate) fn assign<C: ConfigAccess + ?Sized>(list: &mut [PciFunction<'_, C>], 
 }
 
 /// Writes a bridge's memory and I/O windows (or closes them) and closes its prefetchable one.
-fn program_bridge_windows<C: ConfigAccess + ?Sized>(f: &PciFunction<'_, C>, b: &crate::BridgeInfo) {
+fn program_bridge_windows<C: ConfigAccess + ?Sized>(f: &PciFunction<'_, C>, b: &BridgeInfo) {
     let (cfg, bdf) = (f.cfg, f.bdf);
     // A window is closed by a base above its limit.
     let mem = match b.mem_window {

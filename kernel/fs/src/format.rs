@@ -5,6 +5,7 @@
 //! `&'static str` naming what was wrong, turned into `FsError::Corrupt` by the caller.
 
 use crate::crc::crc32c;
+use crate::error::FsError;
 
 /// Bytes per block.
 pub const BLOCK_SIZE: usize = 4096;
@@ -419,13 +420,13 @@ impl Inode {
 }
 
 /// Checks a single name component (format rules).
-pub fn check_name(name: &[u8]) -> Result<(), crate::FsError> {
+pub fn check_name(name: &[u8]) -> Result<(), FsError> {
     if name.len() > NAME_MAX {
-        return Err(crate::FsError::NameTooLong);
+        return Err(FsError::NameTooLong);
     }
     if name.is_empty() || name == b"." || name == b".." || name.iter().any(|&c| c == b'/' || c == 0)
     {
-        return Err(crate::FsError::InvalidName);
+        return Err(FsError::InvalidName);
     }
     Ok(())
 }

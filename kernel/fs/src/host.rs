@@ -11,9 +11,10 @@ use std::string::String;
 use std::vec;
 use std::vec::Vec;
 
+use crate::error::FsError;
 use crate::format::BLOCK_SIZE;
 use crate::io::{BlockIo, IoError, Run, WriteFlags, check_range};
-use crate::{Fs, FsError, Ino, Kind, MkfsOptions, Problem};
+use crate::{Fs, Ino, Kind, MkfsOptions, Problem};
 
 /// Inode-table blocks of a host instance (the format maximum).
 pub const HOST_IB: usize = 64;
