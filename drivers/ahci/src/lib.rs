@@ -20,9 +20,11 @@ pub mod port;
 pub mod regs;
 pub mod sg;
 pub mod spec;
+pub mod stats;
 
-pub use port::{Ahci, DeviceInfo, DriverStats, Mode, Tracker};
+pub use port::{Ahci, DeviceInfo, Mode, Tracker};
 pub use spec::IdentifyInfo;
+pub use stats::DriverStats;
 
 /// Tags (command slots) of the one queue.
 pub const QUEUE_DEPTH: usize = cmd::SLOTS;
