@@ -13,7 +13,7 @@ use super::{
 };
 use crate::InitError;
 use crate::cmd::{H2dFis, SLOTS, header_dw0};
-use crate::regs::{bohc, cap, cap2, cmd, ghc, hba, is, port as px, sctl, ssts, tfd};
+use crate::regs::{Bohc, Cap, Cap2, Ghc, PxCmd, PxIs, Serr, Tfd, hba, port as px, sctl, ssts};
 use crate::sg::{Prd, write_prdt};
 use crate::spec::{IdentifyInfo, ata, words};
 use crate::stats::DriverStats;
@@ -26,22 +26,23 @@ impl Ahci {
         }
         // BIOS/OS handoff when offered.
         let mut bios_handoff = false;
-        if abar.read32(hba::CAP2) & cap2::BOH != 0 {
-            let b = abar.read32(hba::BOHC);
-            bios_handoff = b & bohc::BOS != 0;
-            abar.write32(hba::BOHC, b | bohc::OOS);
-            spin_until(|| abar.read32(hba::BOHC) & bohc::BOS == 0);
-            spin_until(|| abar.read32(hba::BOHC) & bohc::BB == 0);
+        if Cap2::from_bits_retain(abar.read32(hba::CAP2)).contains(Cap2::BOH) {
+            let bohc = || Bohc::from_bits_retain(abar.read32(hba::BOHC));
+            let b = bohc();
+            bios_handoff = b.contains(Bohc::BOS);
+            abar.write32(hba::BOHC, (b | Bohc::OOS).bits());
+            spin_until(|| !bohc().contains(Bohc::BOS));
+            spin_until(|| !bohc().contains(Bohc::BB));
         }
         // AHCI mode, HBA reset (firmware may have left ports running), AHCI mode again.
-        abar.write32(hba::GHC, ghc::AE);
-        abar.write32(hba::GHC, ghc::AE | ghc::HR);
-        if !spin_until(|| abar.read32(hba::GHC) & ghc::HR == 0) {
+        abar.write32(hba::GHC, Ghc::AE.bits());
+        abar.write32(hba::GHC, (Ghc::AE | Ghc::HR).bits());
+        if !spin_until(|| !Ghc::from_bits_retain(abar.read32(hba::GHC)).contains(Ghc::HR)) {
             return Err(InitError::Controller);
         }
-        abar.write32(hba::GHC, ghc::AE);
-        let cap_v = abar.read32(hba::CAP);
-        if ((cap_v >> cap::NCS_SHIFT) & 0x1f) + 1 < SLOTS as u32 {
+        abar.write32(hba::GHC, Ghc::AE.bits());
+        let cap_v = Cap::from_bits_retain(abar.read32(hba::CAP));
+        if cap_v.command_slots() < SLOTS as u32 {
             return Err(InitError::TooFewSlots);
         }
         let pi = abar.read32(hba::PI);
@@ -53,7 +54,7 @@ impl Ahci {
                 abar.read32(off) & ssts::DET_MASK == ssts::DET_PRESENT
             })
             .ok_or(InitError::NoDevice)?;
-        let addr64 = cap_v & cap::S64A != 0;
+        let addr64 = cap_v.contains(Cap::S64A);
         let mem = DmaBuf::alloc(MEM_BYTES, 4096).map_err(|_| InitError::NoMemory)?;
         if !addr64 && mem.phys().0 + MEM_BYTES as u64 > 1 << 32 {
             return Err(InitError::NoMemory);
@@ -100,9 +101,9 @@ impl Ahci {
                 cmds: [SlotCmd::EMPTY; SLOTS],
                 pt: 0,
                 loaded: 0,
-                err_is: 0,
-                err_tfd: 0,
-                err_serr: 0,
+                err_is: PxIs::empty(),
+                err_tfd: Tfd::empty(),
+                err_serr: Serr::empty(),
                 dead: false,
             }),
             queue: Once::new(),
@@ -129,7 +130,7 @@ impl Ahci {
         }
         let id = IdentifyInfo::parse(&words(&bytes)).map_err(InitError::BadIdentify)?;
         ahci.info.identify = id;
-        ahci.info.ncq = cap_v & cap::SNCQ != 0 && id.ncq && id.lba48;
+        ahci.info.ncq = cap_v.contains(Cap::SNCQ) && id.ncq && id.lba48;
         ahci.info.ncq_depth = if ahci.info.ncq { id.ncq_depth } else { 0 };
         ahci.limits = ahci.info.queue_limits();
         ahci.limits
@@ -138,19 +139,19 @@ impl Ahci {
         // A power of two (checked by `validate`).
         ahci.lbs_shift = id.logical_sector_size.trailing_zeros();
         if mode == Mode::Interrupt {
-            ahci.abar.write32(hba::GHC, ghc::AE | ghc::IE);
+            ahci.abar.write32(hba::GHC, (Ghc::AE | Ghc::IE).bits());
         }
         Ok(ahci)
     }
 
     /// Stops the command engine and FIS receive (AHCI 10.1.2).
     pub(super) fn port_stop(&self) -> bool {
-        let c = self.pread(px::CMD);
-        self.pwrite(px::CMD, c & !cmd::ST);
-        let a = spin_until(|| self.pread(px::CMD) & cmd::CR == 0);
-        let c = self.pread(px::CMD);
-        self.pwrite(px::CMD, c & !cmd::FRE);
-        let b = spin_until(|| self.pread(px::CMD) & cmd::FR == 0);
+        let c = self.pcmd();
+        self.pwrite(px::CMD, (c & !PxCmd::ST).bits());
+        let a = spin_until(|| !self.pcmd().contains(PxCmd::CR));
+        let c = self.pcmd();
+        self.pwrite(px::CMD, (c & !PxCmd::FRE).bits());
+        let b = spin_until(|| !self.pcmd().contains(PxCmd::FR));
         a && b
     }
 
@@ -166,23 +167,23 @@ impl Ahci {
         self.pwrite(px::CLBU, (cl >> 32) as u32);
         self.pwrite(px::FB, fb as u32);
         self.pwrite(px::FBU, (fb >> 32) as u32);
-        let c = self.pread(px::CMD);
-        self.pwrite(px::CMD, c | cmd::FRE | cmd::SUD | cmd::POD);
+        let c = self.pcmd();
+        self.pwrite(px::CMD, (c | PxCmd::FRE | PxCmd::SUD | PxCmd::POD).bits());
         self.pwrite(px::SERR, !0);
-        if !spin_until(|| self.pread(px::TFD) & (tfd::BSY | tfd::DRQ) == 0) {
+        if !spin_until(|| !self.tfd().intersects(Tfd::BSY | Tfd::DRQ)) {
             return false;
         }
         self.pwrite(px::IS, !0);
         self.pwrite(
             px::IE,
             if self.mode == Mode::Interrupt {
-                is::ENABLED
+                PxIs::ENABLED.bits()
             } else {
                 0
             },
         );
-        let c = self.pread(px::CMD);
-        self.pwrite(px::CMD, c | cmd::ST);
+        let c = self.pcmd();
+        self.pwrite(px::CMD, (c | PxCmd::ST).bits());
         true
     }
 
@@ -226,10 +227,10 @@ impl Ahci {
         self.write_header(0, header_dw0(write, n), INTERNAL_TABLE);
         self.pwrite(px::IS, !0);
         self.pwrite(px::CI, 1);
-        let ok = spin_until(|| self.pread(px::CI) & 1 == 0 || self.pread(px::IS) & is::ERRORS != 0);
-        let t = self.pread(px::TFD);
-        let failed = !ok || self.pread(px::IS) & is::ERRORS != 0 || t & tfd::ERR != 0;
+        let ok = spin_until(|| self.pread(px::CI) & 1 == 0 || self.pis().intersects(PxIs::ERRORS));
+        let t = self.tfd();
+        let failed = !ok || self.pis().intersects(PxIs::ERRORS) || t.contains(Tfd::ERR);
         self.pwrite(px::IS, !0);
-        if failed { Err(t) } else { Ok(()) }
+        if failed { Err(t.bits()) } else { Ok(()) }
     }
 }

@@ -7,7 +7,7 @@ use blk::BlkError;
 use spin::MutexGuard;
 
 use super::{Ahci, Inner, device_error};
-use crate::regs::{hba, is, port as px, tfd};
+use crate::regs::{PxIs, Serr, Tfd, hba, port as px};
 
 /// Completions collected under the lock, delivered after it: one bit per tag (a tag is in at
 /// most one of `ok`, `io`, `dead`, since the tracker lets every tag leave once).
@@ -42,9 +42,10 @@ impl Ahci {
     /// Reaps finished commands; an error stops the port for recovery.
     fn reap_locked(&self, inner: &mut Inner, done: &mut DoneList) {
         self.reap_pending.store(false, Ordering::Release);
-        let is_bits = self.pending_is.swap(0, Ordering::AcqRel);
-        let t = self.pread(px::TFD);
-        let error = is_bits & is::ERRORS != 0 || (t & tfd::ERR != 0 && t & tfd::BSY == 0);
+        let is_bits = PxIs::from_bits_retain(self.pending_is.swap(0, Ordering::AcqRel));
+        let t = self.tfd();
+        let error =
+            is_bits.intersects(PxIs::ERRORS) || (t.contains(Tfd::ERR) && !t.contains(Tfd::BSY));
         // Only the registers of commands in the port: with none of a kind, reaping that kind
         // finds nothing.
         let mut ok = if inner.tracker.ncq_active() != 0 {
@@ -54,15 +55,15 @@ impl Ahci {
         };
         if error {
             if !inner.tracker.stopped() {
-                if is_bits & is::INTERFACE_ERRORS != 0 {
+                if is_bits.intersects(PxIs::INTERFACE_ERRORS) {
                     self.stats.interface_errors.fetch_add(1, Ordering::Relaxed);
                 }
-                if is_bits & is::TFES != 0 || t & tfd::ERR != 0 {
+                if is_bits.contains(PxIs::TFES) || t.contains(Tfd::ERR) {
                     self.stats.task_file_errors.fetch_add(1, Ordering::Relaxed);
                 }
                 inner.err_is = is_bits;
                 inner.err_tfd = t;
-                inner.err_serr = self.pread(px::SERR);
+                inner.err_serr = Serr::from_bits_retain(self.pread(px::SERR));
                 inner.tracker.stop();
             }
             self.recovery_pending.store(true, Ordering::Release);

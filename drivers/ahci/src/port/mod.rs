@@ -21,6 +21,7 @@ use hal::{DmaBuf, Mmio};
 use spin::{Mutex, Once};
 
 use crate::cmd::{HEADER_BYTES, PRDT_ENTRIES, RFIS_BYTES, SLOTS, TABLE_BYTES};
+use crate::regs::{Cap, PxCmd, PxIs, Serr, Tfd, port as px};
 use crate::spec::{IdentifyInfo, trimmed};
 use crate::stats::DriverStats;
 
@@ -56,7 +57,7 @@ pub struct DeviceInfo {
     /// IDENTIFY DEVICE.
     pub identify: IdentifyInfo,
     /// HBA `CAP`.
-    pub cap: u32,
+    pub cap: Cap,
     /// HBA version.
     pub version: u32,
     /// Ports implemented.
@@ -103,9 +104,9 @@ struct Inner {
     /// Slots whose header and FIS `queue_rq` already wrote for their first issue.
     loaded: u32,
     /// PxIS, PxTFD and PxSERR of the error that stopped the port.
-    err_is: u32,
-    err_tfd: u32,
-    err_serr: u32,
+    err_is: PxIs,
+    err_tfd: Tfd,
+    err_serr: Serr,
     dead: bool,
 }
 
@@ -207,6 +208,24 @@ impl Ahci {
         self.pregs.write32(off, v)
     }
 
+    /// `PxCMD`.
+    #[inline]
+    fn pcmd(&self) -> PxCmd {
+        PxCmd::from_bits_retain(self.pread(px::CMD))
+    }
+
+    /// `PxIS`.
+    #[inline]
+    fn pis(&self) -> PxIs {
+        PxIs::from_bits_retain(self.pread(px::IS))
+    }
+
+    /// `PxTFD`.
+    #[inline]
+    fn tfd(&self) -> Tfd {
+        Tfd::from_bits_retain(self.pread(px::TFD))
+    }
+
     fn table_off(slot: usize) -> usize {
         TABLES_OFF + slot * TABLE_BYTES
     }
@@ -288,7 +307,7 @@ mod tests {
         let mut info = DeviceInfo {
             port: 0,
             identify: id,
-            cap: 0,
+            cap: Cap::empty(),
             version: 0,
             ports_implemented: 1,
             addr64: true,

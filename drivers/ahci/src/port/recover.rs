@@ -8,7 +8,7 @@ use core::sync::atomic::Ordering;
 use super::complete::DoneList;
 use super::{Ahci, Inner, Mode, SCRATCH_OFF};
 use crate::cmd::H2dFis;
-use crate::regs::{cmd, port as px};
+use crate::regs::{PxCmd, port as px};
 use crate::spec::{LOG_NCQ_ERROR, NcqErrorLog, parse_ncq_error_log};
 
 impl Ahci {
@@ -37,10 +37,10 @@ impl Ahci {
         }
         self.pwrite(px::SERR, !0);
         self.pwrite(px::IS, !0);
-        let c = self.pread(px::CMD);
-        self.pwrite(px::CMD, c | cmd::FRE);
-        let c = self.pread(px::CMD);
-        self.pwrite(px::CMD, c | cmd::ST);
+        let c = self.pcmd();
+        self.pwrite(px::CMD, (c | PxCmd::FRE).bits());
+        let c = self.pcmd();
+        self.pwrite(px::CMD, (c | PxCmd::ST).bits());
         let scratch = self.mem.phys().add(SCRATCH_OFF as u64);
         self.exec_internal(
             H2dFis::read_log_ext(LOG_NCQ_ERROR, 1),
