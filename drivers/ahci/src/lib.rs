@@ -75,21 +75,6 @@ pub mod pt {
 }
 
 #[cfg(test)]
-pub(crate) mod test_dma {
-    /// Gives `hal::dma` leaked host memory once per test process.
-    pub fn init() {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            const LEN: usize = 4 << 20;
-            let mem = Box::leak(vec![0u8; LEN + 4096].into_boxed_slice());
-            let base = (mem.as_mut_ptr() as usize).next_multiple_of(4096);
-            // SAFETY: 1. the memory is leaked, so it lives for the rest of the process;
-            // 2. nothing else uses it; 3. the range is page aligned and LEN long; 4. the host
-            // has no device, so the "physical" address is the pointer itself.
-            #[allow(unsafe_code)]
-            unsafe {
-                hal::dma::init(base, hal::PhysAddr(base as u64), LEN)
-            };
-        });
-    }
-}
+pub(crate) mod fake;
+#[cfg(test)]
+mod tests;
