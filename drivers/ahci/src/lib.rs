@@ -11,6 +11,11 @@
 //! failed command (the only one outstanding, or the NCQ error log, or by replaying the suspects
 //! one at a time), resets the port (COMRESET), fails that command and replays the others. See
 //! `docs/ahci.md`.
+//!
+//! Modules: [`regs`], [`spec`], [`cmd`] and [`sg`] are the hardware and ATA formats (pure);
+//! [`port`] is the driver ([`Ahci`], split into bring-up, request building, SG mapping,
+//! completion and recovery, with the slot bookkeeping in [`port::tracker`]); [`stats`] its
+//! counters. Host tests run the whole driver against a fake HBA (`fake`, test builds only).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
