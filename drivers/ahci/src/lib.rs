@@ -11,6 +11,11 @@
 //! failed command (the only one outstanding, or the NCQ error log, or by replaying the suspects
 //! one at a time), resets the port (COMRESET), fails that command and replays the others. See
 //! `docs/ahci.md`.
+//!
+//! Modules: [`regs`], [`spec`], [`cmd`] and [`sg`] are the hardware and ATA formats (pure);
+//! [`port`] is the driver ([`Ahci`], split into bring-up, request building, SG mapping,
+//! completion and recovery, with the slot bookkeeping in [`port::tracker`]); [`stats`] its
+//! counters. Host tests run the whole driver against a fake HBA (`fake`, test builds only).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -20,9 +25,11 @@ pub mod port;
 pub mod regs;
 pub mod sg;
 pub mod spec;
+pub mod stats;
 
-pub use port::{Ahci, DeviceInfo, DriverStats, Mode, Tracker};
+pub use port::{Ahci, DeviceInfo, Mode, Tracker};
 pub use spec::IdentifyInfo;
+pub use stats::DriverStats;
 
 /// Tags (command slots) of the one queue.
 pub const QUEUE_DEPTH: usize = cmd::SLOTS;
@@ -73,21 +80,6 @@ pub mod pt {
 }
 
 #[cfg(test)]
-pub(crate) mod test_dma {
-    /// Gives `hal::dma` leaked host memory once per test process.
-    pub fn init() {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            const LEN: usize = 4 << 20;
-            let mem = Box::leak(vec![0u8; LEN + 4096].into_boxed_slice());
-            let base = (mem.as_mut_ptr() as usize).next_multiple_of(4096);
-            // SAFETY: 1. the memory is leaked, so it lives for the rest of the process;
-            // 2. nothing else uses it; 3. the range is page aligned and LEN long; 4. the host
-            // has no device, so the "physical" address is the pointer itself.
-            #[allow(unsafe_code)]
-            unsafe {
-                hal::dma::init(base, hal::PhysAddr(base as u64), LEN)
-            };
-        });
-    }
-}
+pub(crate) mod fake;
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,6 @@
 //! AHCI 1.3.1 register map: generic host control (section 3.1) and per-port registers
-//! (section 3.3), as offsets and bit masks. No logic.
+//! (section 3.3): offsets, `bitflags` types for the registers the driver tests and sets bits
+//! in, and masks for the multi-bit fields.
 
 /// Generic host control registers (offsets into ABAR).
 pub mod hba {
@@ -25,42 +26,67 @@ pub mod hba {
     pub const ABAR_LEN: usize = PORT_BASE + 32 * PORT_STRIDE;
 }
 
-/// `CAP` bits.
-pub mod cap {
-    /// Number of ports minus one (bits 4:0).
-    pub const NP_MASK: u32 = 0x1f;
-    /// Number of command slots minus one (bits 12:8).
-    pub const NCS_SHIFT: u32 = 8;
-    /// Supports native command queuing.
-    pub const SNCQ: u32 = 1 << 30;
-    /// Supports 64-bit addressing.
-    pub const S64A: u32 = 1 << 31;
+bitflags::bitflags! {
+    /// `CAP`: host capabilities (the number-of-ports and command-slots fields through
+    /// [`Cap::ports`] and [`Cap::command_slots`]).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Cap: u32 {
+        /// Supports native command queuing.
+        const SNCQ = 1 << 30;
+        /// Supports 64-bit addressing.
+        const S64A = 1 << 31;
+        const _ = !0;
+    }
 }
 
-/// `CAP2` bits.
-pub mod cap2 {
-    /// BIOS/OS handoff supported.
-    pub const BOH: u32 = 1 << 0;
+impl Cap {
+    /// Ports the HBA supports (NP, bits 4:0, plus one).
+    pub const fn ports(self) -> u32 {
+        (self.bits() & 0x1f) + 1
+    }
+
+    /// Command slots per port (NCS, bits 12:8, plus one).
+    pub const fn command_slots(self) -> u32 {
+        ((self.bits() >> 8) & 0x1f) + 1
+    }
 }
 
-/// `BOHC` bits.
-pub mod bohc {
-    /// BIOS owned semaphore.
-    pub const BOS: u32 = 1 << 0;
-    /// OS owned semaphore.
-    pub const OOS: u32 = 1 << 1;
-    /// BIOS busy.
-    pub const BB: u32 = 1 << 4;
+bitflags::bitflags! {
+    /// `CAP2`: host capabilities extended.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Cap2: u32 {
+        /// BIOS/OS handoff supported.
+        const BOH = 1 << 0;
+        const _ = !0;
+    }
 }
 
-/// `GHC` bits.
-pub mod ghc {
-    /// HBA reset.
-    pub const HR: u32 = 1 << 0;
-    /// Interrupt enable.
-    pub const IE: u32 = 1 << 1;
-    /// AHCI enable.
-    pub const AE: u32 = 1 << 31;
+bitflags::bitflags! {
+    /// `BOHC`: BIOS/OS handoff control and status.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Bohc: u32 {
+        /// BIOS owned semaphore.
+        const BOS = 1 << 0;
+        /// OS owned semaphore.
+        const OOS = 1 << 1;
+        /// BIOS busy.
+        const BB = 1 << 4;
+        const _ = !0;
+    }
+}
+
+bitflags::bitflags! {
+    /// `GHC`: global host control.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Ghc: u32 {
+        /// HBA reset.
+        const HR = 1 << 0;
+        /// Interrupt enable.
+        const IE = 1 << 1;
+        /// AHCI enable.
+        const AE = 1 << 31;
+        const _ = !0;
+    }
 }
 
 /// Per-port register offsets (relative to the port's base).
@@ -95,72 +121,149 @@ pub mod port {
     pub const CI: usize = 0x38;
 }
 
-/// `PxCMD` bits.
-pub mod cmd {
-    /// Start: process the command list.
-    pub const ST: u32 = 1 << 0;
-    /// Spin-up device.
-    pub const SUD: u32 = 1 << 1;
-    /// Power on device.
-    pub const POD: u32 = 1 << 2;
-    /// FIS receive enable.
-    pub const FRE: u32 = 1 << 4;
-    /// FIS receive running.
-    pub const FR: u32 = 1 << 14;
-    /// Command list running.
-    pub const CR: u32 = 1 << 15;
+bitflags::bitflags! {
+    /// `PxCMD`: port command and status.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct PxCmd: u32 {
+        /// Start: process the command list.
+        const ST = 1 << 0;
+        /// Spin-up device.
+        const SUD = 1 << 1;
+        /// Power on device.
+        const POD = 1 << 2;
+        /// FIS receive enable.
+        const FRE = 1 << 4;
+        /// FIS receive running.
+        const FR = 1 << 14;
+        /// Command list running.
+        const CR = 1 << 15;
+        const _ = !0;
+    }
 }
 
-/// `PxIS` / `PxIE` bits.
-pub mod is {
-    /// Device-to-host register FIS received.
-    pub const DHRS: u32 = 1 << 0;
-    /// PIO setup FIS received.
-    pub const PSS: u32 = 1 << 1;
-    /// DMA setup FIS received.
-    pub const DSS: u32 = 1 << 2;
-    /// Set device bits FIS received (NCQ completions).
-    pub const SDBS: u32 = 1 << 3;
-    /// Unknown FIS.
-    pub const UFS: u32 = 1 << 4;
-    /// Descriptor processed.
-    pub const DPS: u32 = 1 << 5;
-    /// Port connect change.
-    pub const PCS: u32 = 1 << 6;
-    /// PhyRdy change.
-    pub const PRCS: u32 = 1 << 22;
-    /// Overflow.
-    pub const OFS: u32 = 1 << 24;
-    /// Interface non-fatal error.
-    pub const INFS: u32 = 1 << 26;
-    /// Interface fatal error.
-    pub const IFS: u32 = 1 << 27;
-    /// Host bus data error.
-    pub const HBDS: u32 = 1 << 28;
-    /// Host bus fatal error.
-    pub const HBFS: u32 = 1 << 29;
-    /// Task file error.
-    pub const TFES: u32 = 1 << 30;
-    /// Cold port detect.
-    pub const CPDS: u32 = 1 << 31;
-    /// Interface errors (the link or the host bus, not the device).
-    pub const INTERFACE_ERRORS: u32 = OFS | INFS | IFS | HBDS | HBFS;
-    /// Every error that stops the port.
-    pub const ERRORS: u32 = INTERFACE_ERRORS | TFES;
-    /// What the driver enables.
-    pub const ENABLED: u32 = DHRS | PSS | DSS | SDBS | UFS | DPS | PCS | PRCS | ERRORS;
+bitflags::bitflags! {
+    /// `PxIS` (write 1 to clear) and `PxIE`: port interrupt status and enable.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct PxIs: u32 {
+        /// Device-to-host register FIS received.
+        const DHRS = 1 << 0;
+        /// PIO setup FIS received.
+        const PSS = 1 << 1;
+        /// DMA setup FIS received.
+        const DSS = 1 << 2;
+        /// Set device bits FIS received (NCQ completions).
+        const SDBS = 1 << 3;
+        /// Unknown FIS.
+        const UFS = 1 << 4;
+        /// Descriptor processed.
+        const DPS = 1 << 5;
+        /// Port connect change.
+        const PCS = 1 << 6;
+        /// PhyRdy change.
+        const PRCS = 1 << 22;
+        /// Overflow.
+        const OFS = 1 << 24;
+        /// Interface non-fatal error.
+        const INFS = 1 << 26;
+        /// Interface fatal error.
+        const IFS = 1 << 27;
+        /// Host bus data error.
+        const HBDS = 1 << 28;
+        /// Host bus fatal error.
+        const HBFS = 1 << 29;
+        /// Task file error.
+        const TFES = 1 << 30;
+        /// Cold port detect.
+        const CPDS = 1 << 31;
+        /// Interface errors (the link or the host bus, not the device).
+        const INTERFACE_ERRORS = Self::OFS.bits()
+            | Self::INFS.bits()
+            | Self::IFS.bits()
+            | Self::HBDS.bits()
+            | Self::HBFS.bits();
+        /// Every error that stops the port.
+        const ERRORS = Self::INTERFACE_ERRORS.bits() | Self::TFES.bits();
+        /// What the driver enables.
+        const ENABLED = Self::DHRS.bits()
+            | Self::PSS.bits()
+            | Self::DSS.bits()
+            | Self::SDBS.bits()
+            | Self::UFS.bits()
+            | Self::DPS.bits()
+            | Self::PCS.bits()
+            | Self::PRCS.bits()
+            | Self::ERRORS.bits();
+        const _ = !0;
+    }
 }
 
-/// `PxTFD` status bits.
-pub mod tfd {
-    /// Error.
-    pub const ERR: u32 = 1 << 0;
-    /// Data request.
-    pub const DRQ: u32 = 1 << 3;
-    /// Device fault.
-    pub const DF: u32 = 1 << 5;
-    /// Busy.
-    pub const BSY: u32 = 1 << 7;
+bitflags::bitflags! {
+    /// `PxTFD`: task file data, the ATA status in bits 7:0 (these flags) and the ATA error in
+    /// bits 15:8 ([`Tfd::error`]).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Tfd: u32 {
+        /// Error.
+        const ERR = 1 << 0;
+        /// Data request.
+        const DRQ = 1 << 3;
+        /// Device fault.
+        const DF = 1 << 5;
+        /// Device ready.
+        const DRDY = 1 << 6;
+        /// Busy.
+        const BSY = 1 << 7;
+        const _ = !0;
+    }
+}
+
+impl Tfd {
+    /// The ATA error register (bits 15:8).
+    pub const fn error(self) -> u8 {
+        (self.bits() >> 8) as u8
+    }
+}
+
+bitflags::bitflags! {
+    /// `PxSERR`: SATA error (SError, write 1 to clear): the error bits (15:0) and the
+    /// diagnostics (31:16).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Serr: u32 {
+        /// Recovered data integrity error.
+        const ERR_I = 1 << 0;
+        /// Recovered communications error.
+        const ERR_M = 1 << 1;
+        /// Transient data integrity error.
+        const ERR_T = 1 << 8;
+        /// Persistent communication or data integrity error.
+        const ERR_C = 1 << 9;
+        /// Protocol error.
+        const ERR_P = 1 << 10;
+        /// Internal error.
+        const ERR_E = 1 << 11;
+        /// PhyRdy change.
+        const DIAG_N = 1 << 16;
+        /// Phy internal error.
+        const DIAG_I = 1 << 17;
+        /// COMWAKE detected.
+        const DIAG_W = 1 << 18;
+        /// 10B to 8B decode error.
+        const DIAG_B = 1 << 19;
+        /// Disparity error.
+        const DIAG_D = 1 << 20;
+        /// CRC error.
+        const DIAG_C = 1 << 21;
+        /// Handshake error.
+        const DIAG_H = 1 << 22;
+        /// Link sequence error.
+        const DIAG_S = 1 << 23;
+        /// Transport state transition error.
+        const DIAG_T = 1 << 24;
+        /// Unknown FIS type.
+        const DIAG_F = 1 << 25;
+        /// Exchanged (a device was attached or removed).
+        const DIAG_X = 1 << 26;
+        const _ = !0;
+    }
 }
 
 /// `PxSSTS` fields.

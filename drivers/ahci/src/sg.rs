@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_full_table_round_trips_through_dma_memory() {
-        crate::test_dma::init();
+        crate::fake::dma_init();
         let mem = DmaBuf::alloc(crate::cmd::TABLE_BYTES, 128).unwrap();
         let list: Vec<SgEntry> = (0..crate::cmd::PRDT_ENTRIES as u64)
             .map(|i| sg(0x10_0000 + i * 0x2000, 512 + 2 * i as u32))
@@ -257,7 +257,7 @@ mod tests {
 
     #[test]
     fn prdt_written_straight_from_the_sg_list_matches_build_prdt() {
-        crate::test_dma::init();
+        crate::fake::dma_init();
         let mem = DmaBuf::alloc(crate::cmd::TABLE_BYTES, 128).unwrap();
         let list = [
             sg(0x1_2345_6000, 4096),

@@ -1,0 +1,236 @@
+//! Bring-up: BIOS/OS handoff, HBA reset, port selection, port start and stop, COMRESET, the
+//! internal command (slot 0, polled) and IDENTIFY DEVICE.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use blk::QueueLimits;
+use hal::{DmaBuf, Mmio, PhysAddr};
+use spin::{Mutex, Once};
+
+use super::{
+    Ahci, CL_OFF, DeviceInfo, INTERNAL_TABLE, Inner, MEM_BYTES, Mode, RFIS_OFF, SCRATCH_OFF,
+    SlotCmd, Tracker, spin_until,
+};
+use crate::InitError;
+use crate::cmd::{H2dFis, SLOTS, header_dw0};
+use crate::regs::{Bohc, Cap, Cap2, Ghc, PxCmd, PxIs, Serr, Tfd, hba, port as px, sctl, ssts};
+use crate::sg::{Prd, write_prdt};
+use crate::spec::{IdentifyInfo, ata, words};
+use crate::stats::DriverStats;
+
+impl Ahci {
+    /// Brings up the HBA behind `abar` (BAR5) and the disk on its first live port.
+    pub fn new(abar: Mmio, mode: Mode) -> Result<Ahci, InitError> {
+        if abar.len() < hba::PORT_BASE + hba::PORT_STRIDE {
+            return Err(InitError::Controller);
+        }
+        // BIOS/OS handoff when offered.
+        let mut bios_handoff = false;
+        if Cap2::from_bits_retain(abar.read32(hba::CAP2)).contains(Cap2::BOH) {
+            let bohc = || Bohc::from_bits_retain(abar.read32(hba::BOHC));
+            let b = bohc();
+            bios_handoff = b.contains(Bohc::BOS);
+            abar.write32(hba::BOHC, (b | Bohc::OOS).bits());
+            spin_until(|| !bohc().contains(Bohc::BOS));
+            spin_until(|| !bohc().contains(Bohc::BB));
+        }
+        // AHCI mode, HBA reset (firmware may have left ports running), AHCI mode again.
+        abar.write32(hba::GHC, Ghc::AE.bits());
+        abar.write32(hba::GHC, (Ghc::AE | Ghc::HR).bits());
+        if !spin_until(|| !Ghc::from_bits_retain(abar.read32(hba::GHC)).contains(Ghc::HR)) {
+            return Err(InitError::Controller);
+        }
+        abar.write32(hba::GHC, Ghc::AE.bits());
+        let cap_v = Cap::from_bits_retain(abar.read32(hba::CAP));
+        if cap_v.command_slots() < SLOTS as u32 {
+            return Err(InitError::TooFewSlots);
+        }
+        let pi = abar.read32(hba::PI);
+        let nports = (abar.len() - hba::PORT_BASE) / hba::PORT_STRIDE;
+        let port = (0..nports.min(32))
+            .filter(|p| pi & (1 << p) != 0)
+            .find(|&p| {
+                let off = hba::PORT_BASE + p * hba::PORT_STRIDE + px::SSTS;
+                abar.read32(off) & ssts::DET_MASK == ssts::DET_PRESENT
+            })
+            .ok_or(InitError::NoDevice)?;
+        let addr64 = cap_v.contains(Cap::S64A);
+        let mem = DmaBuf::alloc(MEM_BYTES, 4096).map_err(|_| InitError::NoMemory)?;
+        if !addr64 && mem.phys().0 + MEM_BYTES as u64 > 1 << 32 {
+            return Err(InitError::NoMemory);
+        }
+        let placeholder = IdentifyInfo {
+            blocks: 0,
+            logical_sector_size: 512,
+            physical_sector_size: 512,
+            lba48: false,
+            ncq: false,
+            ncq_depth: 1,
+            write_cache: false,
+            write_cache_enabled: false,
+            fua: false,
+            trim: false,
+            trim_max_blocks: 0,
+            model: [b' '; 40],
+            serial: [b' '; 20],
+        };
+        let pregs = abar
+            .subregion(hba::PORT_BASE + port * hba::PORT_STRIDE, hba::PORT_STRIDE)
+            .ok_or(InitError::Controller)?;
+        let mut ahci = Ahci {
+            abar,
+            pregs,
+            port,
+            mem,
+            info: DeviceInfo {
+                port: port as u8,
+                identify: placeholder,
+                cap: cap_v,
+                version: 0,
+                ports_implemented: pi,
+                addr64,
+                ncq: false,
+                ncq_depth: 1,
+                bios_handoff,
+            },
+            limits: QueueLimits::new(),
+            lbs_shift: 9,
+            mode,
+            inner: Mutex::new(Inner {
+                tracker: Tracker::new(),
+                cmds: [SlotCmd::EMPTY; SLOTS],
+                pt: 0,
+                loaded: 0,
+                err_is: PxIs::empty(),
+                err_tfd: Tfd::empty(),
+                err_serr: Serr::empty(),
+                dead: false,
+            }),
+            queue: Once::new(),
+            unissued: AtomicBool::new(false),
+            pending_is: AtomicU32::new(0),
+            reap_pending: AtomicBool::new(false),
+            recovery_pending: AtomicBool::new(false),
+            stats: DriverStats::new(),
+        };
+        ahci.info.version = ahci.abar.read32(hba::VS);
+        if !ahci.port_start() {
+            return Err(InitError::PortStart);
+        }
+        let scratch = ahci.mem.phys().add(SCRATCH_OFF as u64);
+        ahci.exec_internal(
+            H2dFis::simple(ata::IDENTIFY_DEVICE),
+            Some((scratch, 512)),
+            false,
+        )
+        .map_err(InitError::Identify)?;
+        let mut bytes = [0u8; 512];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = ahci.mem.read8(SCRATCH_OFF + i);
+        }
+        let id = IdentifyInfo::parse(&words(&bytes)).map_err(InitError::BadIdentify)?;
+        ahci.info.identify = id;
+        ahci.info.ncq = cap_v.contains(Cap::SNCQ) && id.ncq && id.lba48;
+        ahci.info.ncq_depth = if ahci.info.ncq { id.ncq_depth } else { 0 };
+        ahci.limits = ahci.info.queue_limits();
+        ahci.limits
+            .validate()
+            .map_err(|_| InitError::BadIdentify(crate::spec::IdentifyError::BadSectorSize))?;
+        // A power of two (checked by `validate`).
+        ahci.lbs_shift = id.logical_sector_size.trailing_zeros();
+        if mode == Mode::Interrupt {
+            ahci.abar.write32(hba::GHC, (Ghc::AE | Ghc::IE).bits());
+        }
+        Ok(ahci)
+    }
+
+    /// Stops the command engine and FIS receive (AHCI 10.1.2).
+    pub(super) fn port_stop(&self) -> bool {
+        let c = self.pcmd();
+        self.pwrite(px::CMD, (c & !PxCmd::ST).bits());
+        let a = spin_until(|| !self.pcmd().contains(PxCmd::CR));
+        let c = self.pcmd();
+        self.pwrite(px::CMD, (c & !PxCmd::FRE).bits());
+        let b = spin_until(|| !self.pcmd().contains(PxCmd::FR));
+        a && b
+    }
+
+    /// Points the port at its memory, enables FIS receive, clears errors, starts the engine.
+    pub(super) fn port_start(&self) -> bool {
+        if !self.port_stop() {
+            return false;
+        }
+        let base = self.mem.phys().0;
+        let cl = base + CL_OFF as u64;
+        let fb = base + RFIS_OFF as u64;
+        self.pwrite(px::CLB, cl as u32);
+        self.pwrite(px::CLBU, (cl >> 32) as u32);
+        self.pwrite(px::FB, fb as u32);
+        self.pwrite(px::FBU, (fb >> 32) as u32);
+        let c = self.pcmd();
+        self.pwrite(px::CMD, (c | PxCmd::FRE | PxCmd::SUD | PxCmd::POD).bits());
+        self.pwrite(px::SERR, !0);
+        if !spin_until(|| !self.tfd().intersects(Tfd::BSY | Tfd::DRQ)) {
+            return false;
+        }
+        self.pwrite(px::IS, !0);
+        self.pwrite(
+            px::IE,
+            if self.mode == Mode::Interrupt {
+                PxIs::ENABLED.bits()
+            } else {
+                0
+            },
+        );
+        let c = self.pcmd();
+        self.pwrite(px::CMD, (c | PxCmd::ST).bits());
+        true
+    }
+
+    /// COMRESET and start again.
+    pub(super) fn port_reset(&self) -> bool {
+        self.stats.port_resets.fetch_add(1, Ordering::Relaxed);
+        self.port_stop();
+        let s = self.pread(px::SCTL) & !sctl::DET_MASK;
+        self.pwrite(px::SCTL, s | sctl::DET_COMRESET);
+        // At least 1 ms of COMRESET on real links.
+        for _ in 0..10_000 {
+            let _ = self.pread(px::SSTS);
+        }
+        self.pwrite(px::SCTL, s);
+        let up = spin_until(|| self.pread(px::SSTS) & ssts::DET_MASK == ssts::DET_PRESENT);
+        self.pwrite(px::SERR, !0);
+        up && self.port_start()
+    }
+
+    /// Runs one command in slot 0 with the internal table and waits for it (port idle only:
+    /// bring-up and recovery). Errors give `PxTFD`.
+    pub(super) fn exec_internal(
+        &self,
+        fis: H2dFis,
+        data: Option<(PhysAddr, u32)>,
+        write: bool,
+    ) -> Result<(), u32> {
+        let mut n = 0;
+        if let Some((a, len)) = data {
+            write_prdt(
+                &self.mem,
+                INTERNAL_TABLE,
+                &[Prd {
+                    dba: a.0,
+                    bytes: len,
+                }],
+            );
+            n = 1;
+        }
+        self.write_cfis(INTERNAL_TABLE, &fis);
+        self.write_header(0, header_dw0(write, n), INTERNAL_TABLE);
+        self.pwrite(px::IS, !0);
+        self.pwrite(px::CI, 1);
+        let ok = spin_until(|| self.pread(px::CI) & 1 == 0 || self.pis().intersects(PxIs::ERRORS));
+        let t = self.tfd();
+        let failed = !ok || self.pis().intersects(PxIs::ERRORS) || t.contains(Tfd::ERR);
+        self.pwrite(px::IS, !0);
+        if failed { Err(t.bits()) } else { Ok(()) }
+    }
+}

@@ -1,0 +1,176 @@
+//! Completion: the interrupt handler and polling acknowledge PxIS, reap PxSACT/PxCI into a
+//! [`DoneList`] under the lock, and deliver it by tag after the lock is dropped.
+
+use core::sync::atomic::Ordering;
+
+use blk::BlkError;
+use spin::MutexGuard;
+
+use super::{Ahci, Inner, device_error};
+use crate::regs::{PxIs, Serr, Tfd, hba, port as px};
+
+/// Completions collected under the lock, delivered after it: one bit per tag (a tag is in at
+/// most one of `ok`, `io`, `dead`, since the tracker lets every tag leave once).
+#[derive(Clone, Copy, Default)]
+pub(super) struct DoneList {
+    /// Completed successfully.
+    pub(super) ok: u32,
+    /// Failed with `BlkError::Io`.
+    pub(super) io: u32,
+    /// Failed because the port is dead.
+    pub(super) dead: u32,
+    /// Which of them are passthrough commands.
+    pub(super) pt: u32,
+}
+
+impl DoneList {
+    pub(super) const fn new() -> Self {
+        DoneList {
+            ok: 0,
+            io: 0,
+            dead: 0,
+            pt: 0,
+        }
+    }
+
+    pub(super) fn all(&self) -> u32 {
+        self.ok | self.io | self.dead
+    }
+}
+
+impl Ahci {
+    /// Reaps finished commands; an error stops the port for recovery.
+    fn reap_locked(&self, inner: &mut Inner, done: &mut DoneList) {
+        self.reap_pending.store(false, Ordering::Release);
+        let is_bits = PxIs::from_bits_retain(self.pending_is.swap(0, Ordering::AcqRel));
+        let t = self.tfd();
+        let error =
+            is_bits.intersects(PxIs::ERRORS) || (t.contains(Tfd::ERR) && !t.contains(Tfd::BSY));
+        // Only the registers of commands in the port: with none of a kind, reaping that kind
+        // finds nothing.
+        let mut ok = if inner.tracker.ncq_active() != 0 {
+            inner.tracker.reap_ncq(self.pread(px::SACT))
+        } else {
+            0
+        };
+        if error {
+            if !inner.tracker.stopped() {
+                if is_bits.intersects(PxIs::INTERFACE_ERRORS) {
+                    self.stats.interface_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if is_bits.contains(PxIs::TFES) || t.contains(Tfd::ERR) {
+                    self.stats.task_file_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                inner.err_is = is_bits;
+                inner.err_tfd = t;
+                inner.err_serr = Serr::from_bits_retain(self.pread(px::SERR));
+                inner.tracker.stop();
+            }
+            self.recovery_pending.store(true, Ordering::Release);
+        } else if inner.tracker.excl_active() != 0
+            && let Some((tag, finished)) = inner.tracker.reap_exclusive(self.pread(px::CI))
+        {
+            if finished {
+                ok |= 1 << tag;
+            } else {
+                self.issue_exclusive(inner, tag);
+            }
+        }
+        done.ok |= ok;
+        done.pt |= ok & inner.pt;
+        self.issue_ready(inner);
+    }
+
+    /// Drops the lock, delivers completions, and reaps again while the interrupt handler left
+    /// work behind.
+    pub(super) fn unlock_and_deliver<'a>(
+        &'a self,
+        mut guard: MutexGuard<'a, Inner>,
+        mut done: DoneList,
+    ) {
+        loop {
+            drop(guard);
+            self.deliver(&done);
+            if !self.reap_pending.load(Ordering::Acquire) {
+                return;
+            }
+            match self.inner.try_lock() {
+                Some(g) => guard = g,
+                None => return,
+            }
+            done = DoneList::new();
+            self.reap_locked(&mut guard, &mut done);
+        }
+    }
+
+    fn deliver(&self, done: &DoneList) {
+        let all = done.all();
+        if all == 0 {
+            return;
+        }
+        let Some(q) = self.queue.get() else { return };
+        let one = all & (all - 1) == 0;
+        self.stats.completions.fetch_add(
+            if one { 1 } else { all.count_ones() as u64 },
+            Ordering::Relaxed,
+        );
+        let failed = done.io | done.dead;
+        if failed != 0 {
+            self.stats
+                .errors
+                .fetch_add(failed.count_ones() as u64, Ordering::Relaxed);
+        }
+        let mut m = all;
+        while m != 0 {
+            let tag = m.trailing_zeros();
+            m &= m - 1;
+            let b = 1u32 << tag;
+            let st = if done.ok & b != 0 {
+                Ok(())
+            } else if done.io & b != 0 {
+                Err(BlkError::Io)
+            } else {
+                Err(BlkError::DeviceError(device_error::DEAD))
+            };
+            if done.pt & b != 0 {
+                q.complete_pt(tag as u16, st, 0);
+            } else {
+                q.complete(tag as u16, st, if st.is_ok() { None } else { Some(0) });
+            }
+        }
+    }
+
+    /// The interrupt handler: acknowledge the port and the HBA, then reap (or leave it to
+    /// whoever holds the lock).
+    pub fn handle_irq(&self) {
+        self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+        let s = self.pread(px::IS);
+        if s != 0 {
+            self.pwrite(px::IS, s);
+        }
+        self.abar.write32(hba::IS, 1 << self.port);
+        self.pending_is.fetch_or(s, Ordering::AcqRel);
+        self.reap_pending.store(true, Ordering::Release);
+        if let Some(mut g) = self.inner.try_lock() {
+            let mut done = DoneList::new();
+            self.reap_locked(&mut g, &mut done);
+            self.unlock_and_deliver(g, done);
+        }
+    }
+
+    pub(super) fn poll_once(&self) -> usize {
+        let Some(mut g) = self.inner.try_lock() else {
+            return 0;
+        };
+        let s = self.pread(px::IS);
+        if s != 0 {
+            self.pwrite(px::IS, s);
+        }
+        self.pending_is.fetch_or(s, Ordering::AcqRel);
+        let mut done = DoneList::new();
+        self.reap_locked(&mut g, &mut done);
+        let n = done.all().count_ones() as usize;
+        self.unlock_and_deliver(g, done);
+        n
+    }
+}
