@@ -214,8 +214,10 @@ pub struct VirtioBlk {
     /// Chains were added without a doorbell decision (`commit` skips the lock otherwise).
     unnotified: AtomicBool,
     /// Next reap replaces the id of the first used entry (test hook).
+    #[cfg(feature = "fault-injection")]
     corrupt_next: Mutex<Option<u32>>,
     /// `corrupt_next` is set (checked before taking its lock on every used entry).
+    #[cfg(feature = "fault-injection")]
     corrupt_armed: AtomicBool,
     stats: DriverStats,
 }
@@ -350,7 +352,9 @@ impl VirtioBlk {
             msix: Once::new(),
             reap_pending: AtomicBool::new(false),
             unnotified: AtomicBool::new(false),
+            #[cfg(feature = "fault-injection")]
             corrupt_next: Mutex::new(None),
+            #[cfg(feature = "fault-injection")]
             corrupt_armed: AtomicBool::new(false),
             stats: DriverStats::new(),
         })
@@ -407,8 +411,9 @@ impl VirtioBlk {
         self.inner.lock().dead
     }
 
-    /// Test hook: writes a used entry with id `id` into the used ring as if the device had, and
+    /// Test hook (feature `fault-injection`): writes a used entry with id `id` into the used ring as if the device had, and
     /// reaps it at once. Only with nothing in flight (returns `false` otherwise).
+    #[cfg(feature = "fault-injection")]
     pub fn inject_corrupt_used(&self, id: u32) -> bool {
         let inner = self.inner.lock();
         let Some(u) = inner.used.filter(|_| inner.heads.in_flight() == 0) else {
@@ -420,8 +425,9 @@ impl VirtioBlk {
         true
     }
 
-    /// Test hook: the next used entry the device returns is read with id `id` instead of its
+    /// Test hook (feature `fault-injection`): the next used entry the device returns is read with id `id` instead of its
     /// own (a corrupt entry for a request in flight).
+    #[cfg(feature = "fault-injection")]
     pub fn corrupt_next_used_id(&self, id: u32) {
         *self.corrupt_next.lock() = Some(id);
         self.corrupt_armed.store(true, Ordering::Release);
@@ -522,9 +528,11 @@ impl VirtioBlk {
             if n == BATCH {
                 break Stop::Full;
             }
+            #[cfg_attr(not(feature = "fault-injection"), allow(unused_mut))]
             let Some(mut id) = inner.vq.peek_used() else {
                 break Stop::Empty;
             };
+            #[cfg(feature = "fault-injection")]
             if self.corrupt_armed.load(Ordering::Acquire)
                 && let Some(bad) = self.corrupt_next.lock().take()
             {
