@@ -12,11 +12,10 @@ use blk::{HwQueue, QueueLimits, QueueRqError, Request, TagComplete, TimeoutActio
 use hal::{DmaBuf, IrqLine};
 use spin::{Mutex, Once};
 use virtio_drivers::queue::VirtQueue;
-use virtio_drivers::transport::SomeTransport;
 
 use crate::hal_impl::{UsedArea, VirtioHal};
 use crate::sg::HeadTable;
-use crate::{MAX_SEGMENTS, QUEUE_DEPTH, RING_SIZE};
+use crate::{DeviceTransport, MAX_SEGMENTS, QUEUE_DEPTH, RING_SIZE};
 
 mod done;
 #[cfg(feature = "fault-injection")]
@@ -86,7 +85,7 @@ impl Slot {
 }
 
 struct Inner {
-    transport: SomeTransport<'static>,
+    transport: DeviceTransport,
     vq: VirtQueue<VirtioHal, RING_SIZE>,
     used: Option<UsedArea>,
     heads: HeadTable<RING_SIZE>,

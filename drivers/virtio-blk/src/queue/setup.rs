@@ -6,14 +6,14 @@ use blk::QueueLimits;
 use hal::DmaBuf;
 use spin::{Mutex, Once};
 use virtio_drivers::queue::VirtQueue;
-use virtio_drivers::transport::{DeviceStatus, DeviceType, SomeTransport, Transport};
+use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
 
 use super::stats::DriverStats;
 use super::{CMD_STRIDE, Inner, Mode, Slot, VirtioBlk};
 use crate::hal_impl::{UsedArea, VirtioHal, take_used_area};
 use crate::sg::HeadTable;
 use crate::spec::{config, feature};
-use crate::{InitError, MAX_SEGMENTS, QUEUE_DEPTH, RING_SIZE};
+use crate::{DeviceTransport, InitError, MAX_SEGMENTS, QUEUE_DEPTH, RING_SIZE};
 
 /// What the device offered and the driver took.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +72,7 @@ const WANTED: u64 = feature::VERSION_1
 
 /// Resets the device, negotiates, sets up queue 0; the caller sets DRIVER_OK.
 pub(super) fn bring_up(
-    t: &mut SomeTransport<'static>,
+    t: &mut DeviceTransport,
     mode: Mode,
 ) -> Result<(u64, VirtQueue<VirtioHal, RING_SIZE>, Option<UsedArea>), InitError> {
     t.set_status(DeviceStatus::empty());
@@ -107,7 +107,7 @@ pub(super) fn bring_up(
     Ok((features, vq, used))
 }
 
-fn read_u32(t: &SomeTransport<'static>, off: usize) -> Result<u32, InitError> {
+fn read_u32(t: &DeviceTransport, off: usize) -> Result<u32, InitError> {
     t.read_config_space::<u32>(off)
         .map_err(|_| InitError::BadConfig)
 }
@@ -115,7 +115,7 @@ fn read_u32(t: &SomeTransport<'static>, off: usize) -> Result<u32, InitError> {
 impl VirtioBlk {
     /// Brings the device behind `transport` up (reset, negotiation, queue, DRIVER_OK). Attach
     /// the block layer's queue with [`VirtioBlk::attach`] before submitting.
-    pub fn new(mut transport: SomeTransport<'static>, mode: Mode) -> Result<VirtioBlk, InitError> {
+    pub fn new(mut transport: DeviceTransport, mode: Mode) -> Result<VirtioBlk, InitError> {
         if transport.device_type() != DeviceType::Block {
             return Err(InitError::NotBlock);
         }
