@@ -11,6 +11,8 @@ use super::VirtioBlk;
 pub(super) type Done = (u16, BlkStatus);
 
 impl VirtioBlk {
+    /// Completes `done` to the attached queue, counting completions and errors (called with
+    /// the queue lock released).
     pub(super) fn deliver(&self, done: &[Done]) {
         let Some(sink) = self.sink.get() else { return };
         self.stats

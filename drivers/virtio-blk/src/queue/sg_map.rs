@@ -1,7 +1,7 @@
 //! Scatter-gather mapping by size class: a request is mapped into the smallest stack array
 //! that holds its segments (small chains for the common one- and two-segment requests, the
-//! full [`MAX_SEGMENTS`] array only for big ones). Plumbing every driver has, kept apart from
-//! the virtio logic.
+//! full [`MAX_SEGMENTS`] array only for big ones; `submit::add_locked` then picks the chain array
+//! of the same class). Plumbing every driver has, kept apart from the virtio logic.
 
 use blk::{BlkError, QueueRqError, Request};
 
@@ -10,6 +10,7 @@ use crate::MAX_SEGMENTS;
 use crate::hal_impl::{SMALL_CHAIN, TINY_CHAIN};
 
 impl VirtioBlk {
+    /// Maps and adds `rq` with the smallest scatter-gather array that holds it.
     pub(super) fn submit(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
         let segs = rq.nr_segments() as usize;
         // More entries than segments (a boundary cut) fail with `InvalidArgument`: the next
