@@ -391,3 +391,23 @@ fn corrupt_used_entry_resets_and_every_request_completes_once() {
     }
     assert_eq!(hw.in_flight(), 0);
 }
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn fault_injection_hooks_reset_the_device() {
+    let _s = serial();
+    let r = rig(F_VERSION_1 | F_SEG_MAX);
+    // A used entry in the idle ring: nothing in flight, so only the reset.
+    assert!(r.blk.inject_corrupt_used(9999));
+    assert!(r.done.take().is_empty());
+    assert_eq!(r.blk.stats().resets.load(Relaxed), 1);
+    assert!(!r.blk.is_dead());
+    // The next real completion read with a wrong id: its request fails with the reset.
+    r.blk.corrupt_next_used_id(77);
+    assert_eq!(
+        r.io(Op::Read, 0, &mut [dma_vec(512)]),
+        [(0, Err(BlkError::DeviceError(device_error::RESET)))]
+    );
+    assert_eq!(r.blk.stats().bad_used_ids.load(Relaxed), 2);
+    assert_eq!(r.io(Op::Read, 0, &mut [dma_vec(512)]), [(0, Ok(()))]);
+}
