@@ -208,8 +208,8 @@ impl UsedArea {
         }
     }
 
-    /// Test hook (feature `fault-injection`): appends a used element `{id, len}` as if the device had written it. Only
-    /// meaningful while the device has nothing in flight.
+    /// Test hook (feature `fault-injection`): appends a used element `{id, len}` as if the
+    /// device had written it. Only meaningful while the device has nothing in flight.
     #[cfg(feature = "fault-injection")]
     pub(crate) fn inject(&self, id: u32, len: u32) {
         // SAFETY: every access is inside the used area and aligned; the device is idle (nothing
