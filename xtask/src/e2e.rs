@@ -11,7 +11,8 @@ use crate::workspace::{self, BuildProfile};
 fn boot_suite(arch: Arch, extra_words: &[&str], test_timeout: u64) -> crate::ktest::Verdict {
     let all = profile::load_all(&workspace::root().join("qemu")).unwrap();
     let profile = profile::select_for_run(&all, arch, Disk::None).unwrap();
-    let kernel = workspace::build_kernel(arch, BuildProfile::Release, &profile.features).unwrap();
+    let kernel =
+        workspace::build_test_kernel(arch, BuildProfile::Release, &profile.features).unwrap();
     let mut words = vec!["mode=test".to_owned()];
     words.extend(profile.expect_pci_word());
     words.extend(extra_words.iter().map(|w| w.to_string()));

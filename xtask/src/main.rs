@@ -290,7 +290,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         let kernel = kernels
             .entry((profile.arch, profile.features.clone()))
             .or_insert_with(|| {
-                workspace::build_kernel(profile.arch, build, &profile.features)
+                workspace::build_test_kernel(profile.arch, build, &profile.features)
                     .map_err(|e| format!("{e:#}"))
             });
         let kernel = match kernel {

@@ -160,6 +160,27 @@ pub struct Kernel {
     pub locations: Option<Locations>,
 }
 
+/// Kernel cargo features every `mode=test` build has on top of its profile's: the drivers'
+/// fault-injection hooks that the in-kernel suite drives. `run`, `bench` and `prof` builds
+/// leave them out, so those kernels carry no test hooks.
+pub const TEST_FEATURES: &[&str] = &["fault-injection"];
+
+/// The features of a test kernel: `profile`'s, then each of [`TEST_FEATURES`] it lacks.
+pub fn test_features(profile: &[String]) -> Vec<String> {
+    let mut all = profile.to_vec();
+    for f in TEST_FEATURES {
+        if !all.iter().any(|p| p == f) {
+            all.push((*f).to_owned());
+        }
+    }
+    all
+}
+
+/// [`build_kernel`] for `mode=test` boots: with [`test_features`].
+pub fn build_test_kernel(arch: Arch, build: BuildProfile, features: &[String]) -> Result<Kernel> {
+    build_kernel(arch, build, &test_features(features))
+}
+
 /// Builds the `kernel` package for `arch` into the workspace's `target/`.
 pub fn build_kernel(arch: Arch, build: BuildProfile, features: &[String]) -> Result<Kernel> {
     let mut cmd = cargo();
@@ -229,4 +250,17 @@ pub fn prepare_image(path: &Path, size_mib: u64, fresh: bool) -> Result<()> {
     let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     file.set_len(size_mib * 1024 * 1024)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_kernels_get_the_fault_injection_hooks_once() {
+        assert_eq!(test_features(&[]), ["fault-injection"]);
+        let profile = vec!["x".to_owned(), "fault-injection".to_owned()];
+        assert_eq!(test_features(&profile), profile);
+        assert_eq!(test_features(&["x".to_owned()]), ["x", "fault-injection"]);
+    }
 }

@@ -46,6 +46,15 @@ impl Capabilities {
         self.entries.iter().find(|c| c.id == id).map(|c| c.offset)
     }
 
+    /// Offsets of every capability with `id`, in list order (a function may carry several of
+    /// one kind, vendor-specific ones above all).
+    pub fn find_all(&self, id: u8) -> impl Iterator<Item = u8> + '_ {
+        self.entries
+            .iter()
+            .filter(move |c| c.id == id)
+            .map(|c| c.offset)
+    }
+
     /// Whether the walk stopped early: a loop, a pointer into the header, a vanished device,
     /// or more than [`MAX_CAPS`] entries. The entries found before that are kept.
     pub fn truncated(&self) -> bool {

@@ -432,6 +432,22 @@ fn corrupt_capability_lists_terminate() {
 }
 
 #[test]
+fn every_capability_of_one_kind_is_found_in_list_order() {
+    let bus = q35();
+    let funcs = enumerate(&bus, &windows()).unwrap();
+    let virtio = &funcs[1];
+    let caps = virtio.capabilities();
+    assert_eq!(
+        caps.find_all(cap::id::VENDOR).collect::<Vec<_>>(),
+        [0x84, 0x70]
+    );
+    assert_eq!(caps.find_all(cap::id::MSIX).collect::<Vec<_>>(), [0x98]);
+    assert_eq!(caps.find_all(cap::id::MSI).count(), 0);
+    // The first of a kind is what `find` returns.
+    assert_eq!(caps.find(cap::id::VENDOR), Some(0x84));
+}
+
+#[test]
 fn extended_capability_walk_is_bounded() {
     let mut f = FakeFn::endpoint(1, 0, 0x1234, 1, 0)
         .cap_ptr(0x40)

@@ -208,8 +208,9 @@ impl UsedArea {
         }
     }
 
-    /// Test hook: appends a used element `{id, len}` as if the device had written it. Only
-    /// meaningful while the device has nothing in flight.
+    /// Test hook (feature `fault-injection`): appends a used element `{id, len}` as if the
+    /// device had written it. Only meaningful while the device has nothing in flight.
+    #[cfg(feature = "fault-injection")]
     pub(crate) fn inject(&self, id: u32, len: u32) {
         // SAFETY: every access is inside the used area and aligned; the device is idle (nothing
         // in flight), so it does not write the ring concurrently.

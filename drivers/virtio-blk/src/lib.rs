@@ -12,11 +12,15 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(test)]
+mod fake;
 mod hal_impl;
 pub mod pci;
 pub mod queue;
 pub mod sg;
 pub mod spec;
+#[cfg(test)]
+mod tests;
 
 pub use queue::{DeviceInfo, DriverStats, Mode, VirtioBlk};
 pub use sg::{RequestKind, UsedError};
@@ -48,6 +52,14 @@ pub enum InitError {
     /// The device's configuration makes no sense (block size, limits).
     BadConfig,
 }
+
+/// The transport [`VirtioBlk::new`] takes: virtio-drivers' MMIO or PCI transport. This crate's
+/// own unit tests put the device model of `fake.rs` in its place.
+#[cfg(not(test))]
+pub type DeviceTransport = SomeTransport<'static>;
+/// The transport [`VirtioBlk::new`] takes (unit tests: the in-memory device model).
+#[cfg(test)]
+pub type DeviceTransport = fake::FakeTransport;
 
 /// A virtio-mmio transport over a mapped slot.
 pub fn mmio_transport(regs: &hal::Mmio) -> Result<SomeTransport<'static>, InitError> {

@@ -52,20 +52,18 @@ pub fn set_queue_msix_vector(
 }
 
 /// The common configuration window (from the vendor capability of type 1).
+///
+/// The capability list is the one enumeration recorded (bounded against loops); each virtio
+/// vendor capability holds `cfg_type` in byte 3, then the BAR, the offset and the length.
 fn common_cfg(f: &'static PciFunction<'static>, mapper: &dyn MmioMapper) -> Option<hal::Mmio> {
-    let mut cap = (f.config_read32(0x34) & 0xfc) as u16;
-    let mut hops = 0;
-    while cap != 0 && hops < 48 {
-        let head = f.config_read32(cap);
-        if head & 0xff == 0x09 && (head >> 24) as u8 == pci_common::CAP_COMMON_CFG {
-            let bar = f.config_read32(cap + 4) & 0xff;
-            let off = f.config_read32(cap + 8) as usize;
-            let len = f.config_read32(cap + 12) as usize;
-            let regs = f.map_bar(bar as usize, mapper)?;
-            return regs.subregion(off, len);
-        }
-        cap = ((head >> 8) & 0xfc) as u16;
-        hops += 1;
-    }
-    None
+    let cap = f
+        .capabilities()
+        .find_all(::pci::cap::id::VENDOR)
+        .map(u16::from)
+        .find(|&cap| (f.config_read32(cap) >> 24) as u8 == pci_common::CAP_COMMON_CFG)?;
+    let bar = f.config_read32(cap + 4) & 0xff;
+    let off = f.config_read32(cap + 8) as usize;
+    let len = f.config_read32(cap + 12) as usize;
+    let regs = f.map_bar(bar as usize, mapper)?;
+    regs.subregion(off, len)
 }

@@ -1,0 +1,149 @@
+//! Reaping: the interrupt handler and the poll path take used entries under the lock, check
+//! each against the driver's own records (id in flight, length at least what the chain needed),
+//! read the status byte, and deliver outside the lock.
+
+use core::sync::atomic::Ordering;
+
+use blk::BlkError;
+use spin::MutexGuard;
+use virtio_drivers::transport::Transport;
+
+use super::done::Done;
+use super::{CMD_STATUS, CMD_STRIDE, Inner, Mode, Slot, VirtioBlk, device_error};
+use crate::hal_impl::pop_chain;
+use crate::spec::status;
+
+/// Completions reaped per pass under the lock (then delivered outside it; a full batch leaves
+/// `reap_pending` set so the next pass picks up the rest). Small, so the array is cheap to set
+/// up on every interrupt.
+pub(super) const BATCH: usize = 8;
+
+/// Why a reap pass stopped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stop {
+    /// The used ring is empty.
+    Empty,
+    /// The batch is full; more may be waiting.
+    Full,
+    /// A used entry broke the protocol: the device has to be reset.
+    Violation,
+}
+
+impl VirtioBlk {
+    /// The interrupt handler: acknowledge, reap, complete by tag. Never waits.
+    pub fn handle_irq(&self) {
+        self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+        self.reap_pending.store(true, Ordering::Release);
+        match self.inner.try_lock() {
+            Some(mut inner) => {
+                inner.transport.ack_interrupt();
+                self.reap_deliver(inner);
+                self.reap_if_pending();
+            }
+            None => {
+                // Process context holds the lock on this CPU: it reaps when it lets go. A
+                // level-triggered line stays masked until then.
+                if let Some(l) = self.irq.get() {
+                    let _ = l.disable();
+                }
+            }
+        }
+    }
+
+    /// Reaps if an interrupt asked for it while the lock was taken.
+    pub(super) fn reap_if_pending(&self) {
+        while self.reap_pending.load(Ordering::Acquire) {
+            let Some(mut inner) = self.inner.try_lock() else {
+                return;
+            };
+            if self.mode == Mode::Interrupt {
+                inner.transport.ack_interrupt();
+            }
+            self.reap_deliver(inner);
+            if let Some(l) = self.irq.get()
+                && self.mode == Mode::Interrupt
+            {
+                let _ = l.enable();
+            }
+        }
+    }
+
+    /// One reap pass with the lock held, then delivery outside it; returns the completions
+    /// delivered. A full batch leaves `reap_pending` set: callers follow with
+    /// [`VirtioBlk::reap_if_pending`].
+    pub(super) fn reap_deliver(&self, mut inner: MutexGuard<'_, Inner>) -> usize {
+        let mut done = [(0u16, Ok(())); BATCH];
+        let (n, stop) = self.reap_locked(&mut inner, &mut done);
+        match stop {
+            Stop::Empty => {}
+            Stop::Full => self.reap_pending.store(true, Ordering::Release),
+            Stop::Violation => return self.reset_deliver(inner, &done[..n]),
+        }
+        drop(inner);
+        self.deliver(&done[..n]);
+        n
+    }
+
+    /// Takes used entries, checking each, until the ring is empty, `done` is full or an entry
+    /// breaks the protocol; returns the completions to deliver and why it stopped.
+    pub(super) fn reap_locked(&self, inner: &mut Inner, done: &mut [Done; BATCH]) -> (usize, Stop) {
+        self.reap_pending.store(false, Ordering::Relaxed);
+        let mut n = 0;
+        let mut reaped = 0u64;
+        let mut renotify = false;
+        let stop = loop {
+            if n == BATCH {
+                break Stop::Full;
+            }
+            let Some(id) = inner.vq.peek_used() else {
+                break Stop::Empty;
+            };
+            #[cfg(feature = "fault-injection")]
+            let id = self.corrupted_used_id(id);
+            let Ok(tag) = inner.heads.check(id) else {
+                self.stats.bad_used_ids.fetch_add(1, Ordering::Relaxed);
+                break Stop::Violation;
+            };
+            let Some(&slot) = inner.slots.get(tag as usize) else {
+                break Stop::Violation;
+            };
+            let Ok(len) = pop_chain(&mut inner.vq, id, slot.readable + slot.writable) else {
+                break Stop::Violation;
+            };
+            inner.heads.remove(id);
+            reaped += 1;
+            let st = if len < slot.min_used_len {
+                self.stats.short_lengths.fetch_add(1, Ordering::Relaxed);
+                Err(BlkError::DeviceError(device_error::SHORT_LENGTH))
+            } else {
+                match self.cmd.read8(tag as usize * CMD_STRIDE + CMD_STATUS) {
+                    status::OK => Ok(()),
+                    status::IOERR => Err(BlkError::Io),
+                    status::UNSUPP => Err(BlkError::Unsupported),
+                    other => Err(BlkError::DeviceError(other as u16)),
+                }
+            };
+            if st.is_ok() && (slot.fua || slot.preflush_segs > 0) {
+                // The next stage of the same request: the write after its pre-flush, or the
+                // flush that makes a FUA write stable.
+                if self.next_stage_locked(inner, tag, &slot) {
+                    renotify = true;
+                    continue;
+                }
+                // No room: let the block layer retry the whole request.
+                inner.slots[tag as usize] = Slot::EMPTY;
+                done[n] = (tag, Err(BlkError::Busy));
+                n += 1;
+                continue;
+            }
+            inner.slots[tag as usize] = Slot::EMPTY;
+            done[n] = (tag, st);
+            n += 1;
+        };
+        self.stats.reaped.fetch_add(reaped, Ordering::Relaxed);
+        if renotify {
+            self.notify_locked(inner);
+        }
+        (n, stop)
+    }
+}

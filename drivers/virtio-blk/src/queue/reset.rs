@@ -1,0 +1,85 @@
+//! Recovery: a protocol violation or a timeout resets the device (it stops touching memory),
+//! fails everything in flight with a retryable device error, and brings the device up again.
+
+use core::sync::atomic::Ordering;
+
+use blk::{BlkError, TimeoutAction};
+use spin::MutexGuard;
+use virtio_drivers::transport::{DeviceStatus, Transport};
+
+use super::done::Done;
+use super::reap::BATCH;
+use super::setup::bring_up;
+use super::{Inner, Slot, VirtioBlk, device_error};
+use crate::QUEUE_DEPTH;
+
+impl VirtioBlk {
+    /// A used entry broke the protocol: reset, then deliver `reaped` and everything that was in
+    /// flight.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn reset_deliver(&self, mut inner: MutexGuard<'_, Inner>, reaped: &[Done]) -> usize {
+        let mut done = [(0u16, Ok(())); QUEUE_DEPTH + BATCH];
+        let n = reaped.len().min(BATCH);
+        done[..n].copy_from_slice(&reaped[..n]);
+        let n = self.reset_locked(&mut inner, &mut done, n);
+        drop(inner);
+        self.deliver(&done[..n]);
+        n
+    }
+
+    /// The device broke the protocol: reset it (it stops touching memory), fail everything in
+    /// flight, and bring it up again.
+    pub(super) fn reset_locked(&self, inner: &mut Inner, done: &mut [Done], mut n: usize) -> usize {
+        self.stats.resets.fetch_add(1, Ordering::Relaxed);
+        inner.transport.set_status(DeviceStatus::empty());
+        let slots = &mut inner.slots;
+        inner.heads.drain(|tag| {
+            if let Some(s) = slots.get_mut(tag as usize) {
+                *s = Slot::EMPTY;
+            }
+            if let Some(d) = done.get_mut(n) {
+                *d = (tag, Err(BlkError::DeviceError(device_error::RESET)));
+                n += 1;
+            }
+        });
+        match bring_up(&mut inner.transport, self.mode) {
+            Ok((features, vq, used)) if features == self.info.features => {
+                inner.vq = vq;
+                inner.used = used;
+                inner.added = 0;
+                inner.notified = 0;
+                if let Some(&(f, mapper, entry)) = self.msix.get() {
+                    crate::pci::set_queue_msix_vector(f, mapper, entry);
+                }
+                inner.transport.finish_init();
+            }
+            _ => {
+                inner.dead = true;
+                inner.transport.set_status(DeviceStatus::FAILED);
+            }
+        }
+        n
+    }
+
+    /// A request passed its deadline. virtio has no per-request abort: the device is reset
+    /// (it stops using every chain), everything else in flight fails with a retryable device
+    /// error, and the late request is retried by the block layer.
+    pub(super) fn abort_by_reset(&self, tag: u16) -> TimeoutAction {
+        let mut inner = self.inner.lock();
+        let Some(slot_in_flight) = inner.slots.get(tag as usize).map(|s| s.readable != 0) else {
+            return TimeoutAction::Fail;
+        };
+        if !slot_in_flight {
+            // Not in the ring (refused or already reaped): nothing to abort.
+            return TimeoutAction::Retry;
+        }
+        self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        let mut done = [(0u16, Ok(())); QUEUE_DEPTH];
+        let n = self.reset_locked(&mut inner, &mut done, 0);
+        drop(inner);
+        // The late request's own completion is dropped by the queue (it owns the tag now).
+        self.deliver(&done[..n]);
+        TimeoutAction::Retry
+    }
+}

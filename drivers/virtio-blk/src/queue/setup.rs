@@ -1,0 +1,201 @@
+//! Bring-up: reset, feature negotiation, queue 0, the limits read from configuration space.
+
+use core::sync::atomic::AtomicBool;
+
+use blk::QueueLimits;
+use hal::DmaBuf;
+use spin::{Mutex, Once};
+use virtio_drivers::queue::VirtQueue;
+use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
+
+use super::stats::DriverStats;
+use super::{CMD_STRIDE, Inner, Mode, Slot, VirtioBlk};
+use crate::hal_impl::{UsedArea, VirtioHal, take_used_area};
+use crate::sg::HeadTable;
+use crate::spec::{config, feature};
+use crate::{DeviceTransport, InitError, MAX_SEGMENTS, QUEUE_DEPTH, RING_SIZE};
+
+/// What the device offered and the driver took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Size in 512-byte sectors.
+    pub capacity: u64,
+    /// Logical block size.
+    pub block_size: u32,
+    /// Most data segments per request (device `seg_max`, capped by [`MAX_SEGMENTS`]).
+    pub max_segments: u16,
+    /// Largest segment (device `size_max`, or unlimited as far as the ring goes).
+    pub max_segment_size: u32,
+    /// Writes are refused.
+    pub read_only: bool,
+    /// `VIRTIO_BLK_F_FLUSH` negotiated (a volatile cache to flush).
+    pub flush: bool,
+    /// Most sectors per discard (0: none).
+    pub max_discard_sectors: u32,
+    /// Most sectors per write-zeroes (0: none).
+    pub max_write_zeroes_sectors: u32,
+    /// `VIRTIO_F_EVENT_IDX` negotiated.
+    pub event_idx: bool,
+    /// Negotiated feature bits.
+    pub features: u64,
+    /// Ring entries.
+    pub ring_size: u16,
+    /// Tags.
+    pub queue_depth: u16,
+}
+
+impl DeviceInfo {
+    /// The block layer's limits for this device.
+    pub fn queue_limits(&self) -> QueueLimits {
+        let mut l = QueueLimits::new();
+        l.logical_block_size = self.block_size;
+        l.max_segments = self.max_segments;
+        l.max_segment_size = self.max_segment_size;
+        // The header's sector field is 64-bit; one request stays within 1 MiB so a request
+        // never hogs the ring for long (and splits are exercised).
+        l.max_sectors = 2048;
+        l.dma_alignment = 4;
+        l.max_discard_sectors = self.max_discard_sectors;
+        l.max_write_zeroes_sectors = self.max_write_zeroes_sectors;
+        l
+    }
+}
+
+const WANTED: u64 = feature::VERSION_1
+    | feature::SIZE_MAX
+    | feature::SEG_MAX
+    | feature::RO
+    | feature::BLK_SIZE
+    | feature::FLUSH
+    | feature::DISCARD
+    | feature::WRITE_ZEROES;
+
+/// Resets the device, negotiates, sets up queue 0; the caller sets DRIVER_OK.
+pub(super) fn bring_up(
+    t: &mut DeviceTransport,
+    mode: Mode,
+) -> Result<(u64, VirtQueue<VirtioHal, RING_SIZE>, Option<UsedArea>), InitError> {
+    t.set_status(DeviceStatus::empty());
+    t.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
+    let offered = t.read_device_features();
+    if offered & feature::VERSION_1 == 0 {
+        t.set_status(DeviceStatus::FAILED);
+        return Err(InitError::Legacy);
+    }
+    let mut wanted = WANTED;
+    if mode == Mode::Interrupt {
+        wanted |= feature::RING_EVENT_IDX;
+    }
+    let features = offered & wanted;
+    t.write_driver_features(features);
+    t.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK);
+    if !t.get_status().contains(DeviceStatus::FEATURES_OK) {
+        t.set_status(DeviceStatus::FAILED);
+        return Err(InitError::Transport);
+    }
+    let event_idx = features & feature::RING_EVENT_IDX != 0;
+    let _ = take_used_area();
+    let mut vq =
+        VirtQueue::<VirtioHal, RING_SIZE>::new(t, 0, false, event_idx).map_err(|e| match e {
+            virtio_drivers::Error::DmaError => InitError::NoMemory,
+            _ => InitError::Queue,
+        })?;
+    let used = UsedArea::new(take_used_area(), RING_SIZE);
+    if mode == Mode::Polling {
+        vq.set_dev_notify(false);
+    }
+    Ok((features, vq, used))
+}
+
+fn read_u32(t: &DeviceTransport, off: usize) -> Result<u32, InitError> {
+    t.read_config_space::<u32>(off)
+        .map_err(|_| InitError::BadConfig)
+}
+
+impl VirtioBlk {
+    /// Brings the device behind `transport` up (reset, negotiation, queue, DRIVER_OK). Attach
+    /// the block layer's queue with [`VirtioBlk::attach`] before submitting.
+    pub fn new(mut transport: DeviceTransport, mode: Mode) -> Result<VirtioBlk, InitError> {
+        if transport.device_type() != DeviceType::Block {
+            return Err(InitError::NotBlock);
+        }
+        let (features, vq, used) = bring_up(&mut transport, mode)?;
+        let has = |f: u64| features & f != 0;
+        let capacity = read_u32(&transport, config::CAPACITY)? as u64
+            | (read_u32(&transport, config::CAPACITY + 4)? as u64) << 32;
+        let block_size = if has(feature::BLK_SIZE) {
+            read_u32(&transport, config::BLK_SIZE)?
+        } else {
+            512
+        };
+        let seg_max = if has(feature::SEG_MAX) {
+            read_u32(&transport, config::SEG_MAX)?
+        } else {
+            1
+        };
+        let size_max = if has(feature::SIZE_MAX) {
+            read_u32(&transport, config::SIZE_MAX)?
+        } else {
+            u32::MAX
+        };
+        let max_discard_sectors = if has(feature::DISCARD) {
+            read_u32(&transport, config::MAX_DISCARD_SECTORS)?
+        } else {
+            0
+        };
+        let max_write_zeroes_sectors = if has(feature::WRITE_ZEROES) {
+            read_u32(&transport, config::MAX_WRITE_ZEROES_SECTORS)?
+        } else {
+            0
+        };
+        // Keep segments block-aligned and within what a descriptor length can say.
+        let max_segment_size = (size_max.clamp(4096, 1 << 22) / 4096) * 4096;
+        let info = DeviceInfo {
+            capacity,
+            block_size,
+            max_segments: (seg_max.clamp(1, MAX_SEGMENTS as u32)) as u16,
+            max_segment_size,
+            read_only: has(feature::RO),
+            flush: has(feature::FLUSH),
+            max_discard_sectors,
+            max_write_zeroes_sectors,
+            event_idx: has(feature::RING_EVENT_IDX),
+            features,
+            ring_size: RING_SIZE as u16,
+            queue_depth: QUEUE_DEPTH as u16,
+        };
+        let limits = info.queue_limits();
+        if limits.validate().is_err() {
+            transport.set_status(DeviceStatus::FAILED);
+            return Err(InitError::BadConfig);
+        }
+        let cmd = DmaBuf::alloc(QUEUE_DEPTH * CMD_STRIDE, 64).map_err(|_| InitError::NoMemory)?;
+        transport.finish_init();
+        Ok(VirtioBlk {
+            inner: Mutex::new(Inner {
+                transport,
+                vq,
+                used,
+                heads: HeadTable::new(),
+                slots: [Slot::EMPTY; QUEUE_DEPTH],
+                added: 0,
+                notified: 0,
+                dead: false,
+            }),
+            cmd,
+            info,
+            limits,
+            mode,
+            sink: Once::new(),
+            irq: Once::new(),
+            msix: Once::new(),
+            reap_pending: AtomicBool::new(false),
+            unnotified: AtomicBool::new(false),
+            #[cfg(feature = "fault-injection")]
+            corrupt_next: Mutex::new(None),
+            #[cfg(feature = "fault-injection")]
+            corrupt_armed: AtomicBool::new(false),
+            stats: DriverStats::new(),
+        })
+    }
+}

@@ -1,0 +1,243 @@
+//! Request building: a block-layer request to a descriptor chain (header, data, range
+//! segment, status byte in this tag's command memory), staged pre-flush and FUA post-flush
+//! chains, and the batched doorbell decision.
+
+use core::sync::atomic::Ordering;
+
+use blk::{BioFlags, BlkError, Op, QueueRqError, Request, SgEntry};
+
+use super::{CMD_RANGE, CMD_SG, CMD_STATUS, CMD_STRIDE, Inner, Slot, VirtioBlk, device_error};
+use virtio_drivers::transport::Transport;
+
+use crate::hal_impl::{ChainBuf, MAX_CHAIN, SMALL_CHAIN, TINY_CHAIN, add_request};
+use crate::sg::{RequestKind, need_event, plan};
+use crate::{MAX_SEGMENTS, QUEUE_DEPTH, RING_SIZE};
+
+impl VirtioBlk {
+    /// Starts the next chain of a staged request; `false` if the ring has no room.
+    pub(super) fn next_stage_locked(&self, inner: &mut Inner, tag: u16, slot: &Slot) -> bool {
+        let mut sg = [SgEntry::default(); MAX_SEGMENTS as usize];
+        let (kind, nsg, fua) = if slot.preflush_segs > 0 {
+            let base = tag as usize * CMD_STRIDE + CMD_SG;
+            let nsg = (slot.preflush_segs as usize).min(sg.len());
+            for (i, e) in sg.iter_mut().take(nsg).enumerate() {
+                e.addr = hal::PhysAddr(self.cmd.read64(base + 16 * i));
+                e.len = self.cmd.read32(base + 16 * i + 8);
+            }
+            self.write_header(tag, RequestKind::Write, slot.sector);
+            (RequestKind::Write, nsg, slot.fua)
+        } else {
+            self.stats.fua_flushes.fetch_add(1, Ordering::Relaxed);
+            self.write_header(tag, RequestKind::Flush, 0);
+            (RequestKind::Flush, 0, false)
+        };
+        let p = plan(kind, nsg as u16, slot.bytes);
+        if self.add_locked(inner, tag, kind, &sg[..nsg]).is_err() {
+            return false;
+        }
+        inner.slots[tag as usize] = Slot {
+            readable: p.readable,
+            writable: p.writable,
+            min_used_len: p.min_used_len,
+            bytes: slot.bytes,
+            fua,
+            preflush_segs: 0,
+            sector: slot.sector,
+        };
+        true
+    }
+
+    pub(super) fn write_header(&self, tag: u16, kind: RequestKind, sector: u64) {
+        let base = tag as usize * CMD_STRIDE;
+        self.cmd.write32(base, kind.wire_type());
+        self.cmd.write32(base + 4, 0);
+        self.cmd.write64(base + 8, sector);
+        // A device that never writes the status leaves an error behind.
+        self.cmd.write8(base + CMD_STATUS, 0xff);
+    }
+
+    /// Adds the chain for `tag`: header, `data` (readable or writable by kind), range segment,
+    /// status; arrays sized for the chain.
+    pub(super) fn add_locked(
+        &self,
+        inner: &mut Inner,
+        tag: u16,
+        kind: RequestKind,
+        data: &[SgEntry],
+    ) -> Result<u16, QueueRqError> {
+        let base = self.cmd.phys().0 + (tag as usize * CMD_STRIDE) as u64;
+        let header = ChainBuf {
+            addr: base,
+            len: 16,
+        };
+        let status = ChainBuf {
+            addr: base + CMD_STATUS as u64,
+            len: 1,
+        };
+        let range =
+            matches!(kind, RequestKind::Discard | RequestKind::WriteZeroes).then_some(ChainBuf {
+                addr: base + CMD_RANGE as u64,
+                len: 16,
+            });
+        let writable = kind == RequestKind::Read;
+        let vq = &mut inner.vq;
+        // The request's segments (the block layer's until completion) and this tag's command
+        // memory: `add_request`'s contract.
+        let res = if data.len() + 2 <= TINY_CHAIN {
+            add_request::<RING_SIZE, TINY_CHAIN>(vq, header, data, writable, range, status)
+        } else if data.len() + 2 <= SMALL_CHAIN {
+            add_request::<RING_SIZE, SMALL_CHAIN>(vq, header, data, writable, range, status)
+        } else {
+            add_request::<RING_SIZE, MAX_CHAIN>(vq, header, data, writable, range, status)
+        };
+        let head = res.map_err(|e| match e {
+            virtio_drivers::Error::QueueFull => QueueRqError::Busy,
+            _ => QueueRqError::Fatal(BlkError::InvalidArgument),
+        })?;
+        inner.heads.insert(head, tag);
+        inner.added = inner.added.wrapping_add(1);
+        Ok(head)
+    }
+
+    pub(super) fn notify_locked(&self, inner: &mut Inner) {
+        self.unnotified.store(false, Ordering::Relaxed);
+        if inner.added == inner.notified {
+            return;
+        }
+        let need = match (self.info.event_idx, inner.used) {
+            (true, Some(u)) => need_event(u.avail_event(), inner.added, inner.notified),
+            _ => inner.vq.should_notify(),
+        };
+        inner.notified = inner.added;
+        if need {
+            self.stats.notifies.fetch_add(1, Ordering::Relaxed);
+            inner.transport.notify(0);
+        } else {
+            self.stats
+                .notifies_suppressed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn submit_n<const S: usize>(
+        &self,
+        rq: &Request,
+        last: bool,
+    ) -> Result<(), QueueRqError> {
+        let tag = rq.tag();
+        if tag as usize >= QUEUE_DEPTH {
+            return Err(QueueRqError::Fatal(BlkError::InvalidArgument));
+        }
+        if rq.passthrough().is_some() {
+            return Err(QueueRqError::Fatal(BlkError::Unsupported));
+        }
+        let kind = match rq.op() {
+            Op::Read => RequestKind::Read,
+            Op::Write => RequestKind::Write,
+            Op::Flush => RequestKind::Flush,
+            Op::Discard => RequestKind::Discard,
+            Op::WriteZeroes => RequestKind::WriteZeroes,
+        };
+        if kind.modifies() && self.info.read_only {
+            return Err(QueueRqError::Fatal(BlkError::ReadOnly));
+        }
+        let mut sg = [SgEntry::default(); S];
+        let nsg = match kind {
+            RequestKind::Read | RequestKind::Write => rq
+                .map_sg(&self.limits, &mut sg)
+                .map_err(QueueRqError::Fatal)?,
+            RequestKind::Flush if !self.info.flush => {
+                // Write-through device: nothing to flush.
+                if let Some(s) = self.sink.get() {
+                    s.complete(tag, Ok(()), None);
+                }
+                return Ok(());
+            }
+            RequestKind::Discard if self.info.max_discard_sectors == 0 => {
+                return Err(QueueRqError::Fatal(BlkError::Unsupported));
+            }
+            RequestKind::WriteZeroes if self.info.max_write_zeroes_sectors == 0 => {
+                return Err(QueueRqError::Fatal(BlkError::Unsupported));
+            }
+            _ => 0,
+        };
+        if kind.has_data() && nsg == 0 {
+            return Err(QueueRqError::Fatal(BlkError::InvalidArgument));
+        }
+        let fua =
+            kind == RequestKind::Write && self.info.flush && rq.flags().contains(BioFlags::FUA);
+        let sector = if kind == RequestKind::Flush {
+            0
+        } else {
+            rq.sector()
+        };
+        // A pre-flush runs first as its own chain; the write's segments wait in command memory.
+        let preflush = kind == RequestKind::Write
+            && self.info.flush
+            && rq.flags().contains(BioFlags::PREFLUSH);
+        let data_segs = nsg as u16;
+        let (kind, nsg) = if preflush {
+            let base = tag as usize * CMD_STRIDE + CMD_SG;
+            for (i, e) in sg[..nsg].iter().enumerate() {
+                self.cmd.write64(base + 16 * i, e.addr.0);
+                self.cmd.write32(base + 16 * i + 8, e.len);
+            }
+            (RequestKind::Flush, 0)
+        } else {
+            (kind, nsg)
+        };
+        let preflush_segs = if preflush {
+            self.stats.preflushes.fetch_add(1, Ordering::Relaxed);
+            data_segs
+        } else {
+            0
+        };
+        self.write_header(tag, kind, sector);
+        if matches!(kind, RequestKind::Discard | RequestKind::WriteZeroes) {
+            let base = tag as usize * CMD_STRIDE + CMD_RANGE;
+            self.cmd.write64(base, rq.sector());
+            self.cmd.write32(base + 8, rq.bytes() >> 9);
+            self.cmd.write32(base + 12, 0);
+        }
+        let p = plan(kind, nsg as u16, rq.bytes());
+        let mut inner = self.inner.lock();
+        if inner.dead {
+            return Err(QueueRqError::Fatal(BlkError::DeviceError(
+                device_error::DEAD,
+            )));
+        }
+        let res = self.add_locked(&mut inner, tag, kind, &sg[..nsg]);
+        match res {
+            Ok(_) => {
+                inner.slots[tag as usize] = Slot {
+                    readable: p.readable,
+                    writable: p.writable,
+                    min_used_len: p.min_used_len,
+                    bytes: rq.bytes(),
+                    fua,
+                    preflush_segs,
+                    sector,
+                };
+                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                if last {
+                    // The end of the batch: the doorbell decision now, under this lock
+                    // (`commit` then has nothing to do).
+                    self.notify_locked(&mut inner);
+                } else {
+                    self.unnotified.store(true, Ordering::Relaxed);
+                }
+            }
+            Err(QueueRqError::Busy) => {
+                self.stats.busy.fetch_add(1, Ordering::Relaxed);
+                // Descriptors may only come back through a reap: make sure one happens.
+                if inner.heads.in_flight() > 0 {
+                    self.notify_locked(&mut inner);
+                }
+            }
+            Err(_) => {}
+        }
+        drop(inner);
+        self.reap_if_pending();
+        res.map(|_| ())
+    }
+}
