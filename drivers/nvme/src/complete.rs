@@ -10,7 +10,7 @@ use blk::{BlkError, BlkStatus};
 use crate::batch::{BATCH, DoneList};
 use crate::ctrl::{AdminQ, IOQ, IoQ, Nvme};
 use crate::queue::INTERNAL_CID;
-use crate::regs;
+use crate::regs::IntVectors;
 
 /// What became of a staged write when its pre-flush completed.
 enum Staged {
@@ -32,7 +32,7 @@ impl Nvme {
             // holder's `after_unlock`, or any other reaper that gets there first, unmasks).
             self.masked.store(true, Ordering::Release);
             self.stats.masks.fetch_add(1, Ordering::Relaxed);
-            self.regs.write32(regs::INTMS, 1);
+            self.regs.mask_vectors(IntVectors::V0);
         }
     }
 
@@ -87,7 +87,7 @@ impl Nvme {
         // if something new was posted since (a fresh edge for the PLIC).
         if self.masked.load(Ordering::Acquire) && self.masked.swap(false, Ordering::AcqRel) {
             self.stats.unmasks.fetch_add(1, Ordering::Relaxed);
-            self.regs.write32(regs::INTMC, 1);
+            self.regs.unmask_vectors(IntVectors::V0);
         }
         true
     }

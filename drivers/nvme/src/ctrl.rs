@@ -12,8 +12,8 @@ use crate::batch::DoneList;
 use crate::cmd::{Command, DataPtr};
 use crate::prp::{PAGE, max_prp_entries};
 use crate::queue::{CidTable, CompQueue, Cqe, INTERNAL_CID, SubQueue};
-use crate::regs::{self, Regs, cc, csts};
-use crate::spec::{cns, feature, id_ctrl, id_ns, oncs};
+use crate::regs::{self, Cc, Csts, Regs};
+use crate::spec::{Oncs, Vwc, cns, feature, id_ctrl, id_ns};
 use crate::stats::DriverStats;
 
 /// Requests in flight at once (tags of the block layer's queue).
@@ -261,14 +261,12 @@ impl Nvme {
 
     /// Disables the controller and waits for `RDY` to clear.
     pub(crate) fn disable(&self) -> bool {
-        let cc_now = self.regs.read32(regs::CC);
-        if cc_now & cc::EN != 0 {
-            self.regs.write32(regs::CC, cc_now & !cc::EN);
+        let cc_now = self.regs.cc();
+        if cc_now.contains(Cc::EN) {
+            self.regs.set_cc(cc_now.difference(Cc::EN));
         }
         let to = self.regs.cap().timeout_ms();
-        wait_until(self.cfg.clock, to, || {
-            self.regs.read32(regs::CSTS) & csts::RDY == 0
-        })
+        wait_until(self.cfg.clock, to, || !self.regs.csts().contains(Csts::RDY))
     }
 
     /// Reset, program the admin queue, enable, wait for ready.
@@ -285,13 +283,12 @@ impl Nvme {
         self.regs.write64(regs::ASQ, admin.sq.phys());
         self.regs.write64(regs::ACQ, admin.cq.phys());
         fence(Ordering::SeqCst);
-        self.regs
-            .write32(regs::CC, cc::IOSQES_64 | cc::IOCQES_16 | cc::EN);
+        self.regs.set_cc(Cc::io_queue_entry_sizes(6, 4) | Cc::EN);
         let to = self.regs.cap().timeout_ms();
         let ok = wait_until(self.cfg.clock, to, || {
-            self.regs.read32(regs::CSTS) & (csts::RDY | csts::CFS) != 0
+            self.regs.csts().intersects(Csts::RDY | Csts::CFS)
         });
-        if !ok || self.regs.read32(regs::CSTS) & csts::CFS != 0 {
+        if !ok || self.regs.csts().contains(Csts::CFS) {
             return Err(InitError::NotReady);
         }
         Ok(())
@@ -316,10 +313,10 @@ impl Nvme {
         } else {
             min_page << mdts
         };
-        info.vwc = id.read8(id_ctrl::VWC) & 1 != 0;
-        let o = id.read16(id_ctrl::ONCS);
-        info.dsm = o & oncs::DSM != 0;
-        info.write_zeroes = o & oncs::WRITE_ZEROES != 0;
+        info.vwc = Vwc::from_bits_retain(id.read8(id_ctrl::VWC)).contains(Vwc::PRESENT);
+        let o = Oncs::from_bits_retain(id.read16(id_ctrl::ONCS));
+        info.dsm = o.contains(Oncs::DSM);
+        info.write_zeroes = o.contains(Oncs::WRITE_ZEROES);
         info.sgl_supported = id.read32(id_ctrl::SGLS) & 3 != 0;
         info.sgl = info.sgl_supported && self.cfg.prefer_sgl;
         info.namespaces = id.read32(id_ctrl::NN);
@@ -408,7 +405,7 @@ impl Nvme {
                 got = Some(e);
                 return true;
             }
-            self.regs.read32(regs::CSTS) & csts::CFS != 0
+            self.regs.csts().contains(Csts::CFS)
         });
         let e = got.ok_or(BlkError::Timeout)?;
         e.status.to_blk().map(|_| e)
@@ -471,7 +468,7 @@ impl Nvme {
         self.dead.load(Ordering::Relaxed)
     }
     /// Controller status register.
-    pub fn csts(&self) -> u32 {
-        self.regs.read32(regs::CSTS)
+    pub fn csts(&self) -> Csts {
+        self.regs.csts()
     }
 }

@@ -10,7 +10,8 @@ use crate::batch::DoneList;
 use crate::cmd::Command;
 use crate::ctrl::{AdminQ, IOQ, IoQ, Mode, Nvme, QUEUE_DEPTH, wait_until};
 use crate::queue::Cqe;
-use crate::regs::{self, csts};
+use crate::regs::{Csts, IntVectors};
+use crate::spec::AbortResult;
 
 /// `BlkError::DeviceError` codes this driver reports besides the controller's status.
 pub mod device_error {
@@ -76,7 +77,7 @@ impl Nvme {
         if self.cfg.intx {
             // The disable cleared the controller's mask; keep ours in step.
             self.masked.store(false, Ordering::Release);
-            self.regs.write32(regs::INTMC, 1);
+            self.regs.unmask_vectors(IntVectors::V0);
         }
         self.deliver(&done);
         self.after_unlock();
@@ -90,7 +91,7 @@ impl Nvme {
     /// starts commands it had not fetched yet while `CC.EN = 0` drains the namespace, then
     /// frees the queue under them and crashes when they finish (see `docs/nvme.md`).
     fn delete_io_queues(&self, a: &mut AdminQ, io: &mut IoQ, done: &mut DoneList) {
-        if self.is_dead() || self.regs.read32(regs::CSTS) & (csts::RDY | csts::CFS) != csts::RDY {
+        if self.is_dead() || !self.regs.csts().is_operational() {
             return;
         }
         if self.admin_sync(a, Command::delete_sq(IOQ), done).is_err() {
@@ -109,7 +110,7 @@ impl Nvme {
     /// Process-context work: reset after a fatal status; reap in polling mode.
     pub fn deferred(&self) {
         if self.reset_wanted.swap(false, Ordering::AcqRel)
-            || (!self.is_dead() && self.regs.read32(regs::CSTS) & csts::CFS != 0)
+            || (!self.is_dead() && self.regs.csts().contains(Csts::CFS))
         {
             self.stats.fatal.fetch_add(1, Ordering::Relaxed);
             self.reset_controller(None);
@@ -134,7 +135,7 @@ impl Nvme {
         };
         self.stats.aborts.fetch_add(1, Ordering::Relaxed);
         if let Ok(e) = self.admin_command(Command::abort(sqid, cid))
-            && e.result & 1 == 0
+            && !AbortResult::from_bits_retain(e.result).contains(AbortResult::NOT_ABORTED)
         {
             let gone = wait_until(self.cfg.clock, 100, || {
                 self.reap_all();
