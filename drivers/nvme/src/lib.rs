@@ -32,6 +32,13 @@ mod reset;
 mod sg;
 mod stats;
 
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod tests;
+
 pub use crate::ctrl::{
     ADMIN_ENTRIES, Config, CtrlInfo, IO_QUEUE_ENTRIES_MAX, IO_QUEUE_ENTRIES_MIN, InitError,
     LIST_PAGES, MAX_SEGMENTS, Mode, NSID, Nvme, QUEUE_DEPTH,

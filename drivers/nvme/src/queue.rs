@@ -285,7 +285,7 @@ impl<const N: usize> CidTable<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prp::tests_support::dma_init;
+    use crate::test_support::dma_init;
 
     #[test]
     fn phase_bit_walks_the_ring() {
