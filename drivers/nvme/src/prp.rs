@@ -212,32 +212,9 @@ pub fn build_sgl(sg: &[SgEntry], list: &ListPages<'_>) -> Result<(DataPtr, usize
 }
 
 #[cfg(test)]
-pub(crate) mod tests_support {
-    use hal::PhysAddr;
-    use std::sync::Once;
-
-    /// Gives `hal::dma` leaked host memory, once per test process.
-    pub(crate) fn dma_init() {
-        static INIT: Once = Once::new();
-        INIT.call_once(|| {
-            let pages = 512;
-            let mem = Box::leak(vec![0u8; (pages + 1) * 4096].into_boxed_slice());
-            let base = (mem.as_mut_ptr() as usize).next_multiple_of(4096);
-            // SAFETY: 1. `base..base + pages * 4096` lies inside `mem`, leaked, so valid for
-            // the rest of the process and used by nothing else; 2. both addresses are page
-            // aligned; 3. `init` runs once (guarded by `INIT`).
-            #[allow(unsafe_code)]
-            unsafe {
-                hal::dma::init(base, PhysAddr(0x4000_0000), pages * 4096)
-            };
-        });
-    }
-}
-
-#[cfg(test)]
 mod tests {
-    use super::tests_support::dma_init;
     use super::*;
+    use crate::test_support::dma_init;
     use hal::PhysAddr;
 
     fn sg(a: u64, len: u32) -> SgEntry {

@@ -153,7 +153,7 @@ impl CompQueue {
             sq_head: dw2 as u16,
             sq_id: (dw2 >> 16) as u16,
             cid: dw3 as u16,
-            status: Status((dw3 >> 17) as u16),
+            status: Status::from_bits_retain((dw3 >> 17) as u16),
         })
     }
     /// Consumes the head entry.
@@ -285,7 +285,7 @@ impl<const N: usize> CidTable<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prp::tests_support::dma_init;
+    use crate::test_support::dma_init;
 
     #[test]
     fn phase_bit_walks_the_ring() {
@@ -309,7 +309,7 @@ mod tests {
         cq.inject(0, 0, (0, 1), 20, 0x281, false);
         let e = cq.peek().unwrap();
         assert_eq!(e.cid, 20);
-        assert_eq!(e.status, Status(0x281));
+        assert_eq!(e.status, Status::new(2, 0x81));
         cq.reset();
         assert_eq!(cq.peek(), None);
     }

@@ -1,6 +1,8 @@
 //! Wire constants of the NVMe base specification (1.4): opcodes, Identify data offsets,
 //! feature ids, status codes.
 
+use bitflags::bitflags;
+
 /// Admin command opcodes.
 pub mod admin {
     /// Delete I/O submission queue.
@@ -89,17 +91,55 @@ pub mod id_ns {
     pub const LBAF: usize = 128;
 }
 
-/// `ONCS` bits.
-pub mod oncs {
-    /// Dataset management.
-    pub const DSM: u16 = 1 << 2;
-    /// Write zeroes.
-    pub const WRITE_ZEROES: u16 = 1 << 3;
+bitflags! {
+    /// Optional NVM command support (`ONCS` in Identify Controller).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Oncs: u16 {
+        /// Compare.
+        const COMPARE = 1 << 0;
+        /// Write uncorrectable.
+        const WRITE_UNCORRECTABLE = 1 << 1;
+        /// Dataset management.
+        const DSM = 1 << 2;
+        /// Write zeroes.
+        const WRITE_ZEROES = 1 << 3;
+        const _ = !0;
+    }
 }
 
-/// Status field (completion dword 3, bits 31:17, shifted down), decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Status(pub u16);
+bitflags! {
+    /// Volatile write cache (`VWC` in Identify Controller).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Vwc: u8 {
+        /// A volatile write cache is present.
+        const PRESENT = 1;
+        const _ = !0;
+    }
+}
+
+bitflags! {
+    /// Completion dword 0 of an Abort command.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct AbortResult: u32 {
+        /// The command was not aborted (it completed, or the controller declined).
+        const NOT_ABORTED = 1;
+        const _ = !0;
+    }
+}
+
+bitflags! {
+    /// Status field (completion dword 3, bits 31:17, shifted down). The status code and its
+    /// type are fields ([`Status::code`], [`Status::code_type`]); More and Do Not Retry are
+    /// flags.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Status: u16 {
+        /// More status information in the error log page.
+        const MORE = 1 << 13;
+        /// Do not retry.
+        const DNR = 1 << 14;
+        const _ = !0;
+    }
+}
 
 /// Status code types.
 pub mod sct {
@@ -128,15 +168,19 @@ pub mod sc {
 impl Status {
     /// Status code.
     pub fn code(self) -> u8 {
-        self.0 as u8
+        self.bits() as u8
+    }
+    /// A status of type `sct` with code `sc`.
+    pub const fn new(sct: u8, sc: u8) -> Status {
+        Status::from_bits_retain(((sct as u16) & 7) << 8 | sc as u16)
     }
     /// Status code type.
     pub fn code_type(self) -> u8 {
-        ((self.0 >> 8) & 7) as u8
+        ((self.bits() >> 8) & 7) as u8
     }
     /// Do not retry.
     pub fn do_not_retry(self) -> bool {
-        self.0 & (1 << 14) != 0
+        self.contains(Status::DNR)
     }
     /// Success.
     pub fn is_success(self) -> bool {
@@ -165,11 +209,15 @@ mod tests {
 
     #[test]
     fn status_mapping() {
-        assert_eq!(Status(0).to_blk(), Ok(()));
-        assert_eq!(Status(0x01).to_blk(), Err(BlkError::Unsupported));
-        assert_eq!(Status(0x80).to_blk(), Err(BlkError::OutOfRange));
-        assert_eq!(Status(0x281).to_blk(), Err(BlkError::Io));
-        assert_eq!(Status(0x107).to_blk(), Err(BlkError::DeviceError(0x107)));
-        assert!(Status(1 << 14 | 4).do_not_retry());
+        let st = Status::from_bits_retain;
+        assert_eq!(st(0).to_blk(), Ok(()));
+        assert_eq!(st(0x01).to_blk(), Err(BlkError::Unsupported));
+        assert_eq!(st(0x80).to_blk(), Err(BlkError::OutOfRange));
+        assert_eq!(st(0x281).to_blk(), Err(BlkError::Io));
+        assert_eq!(st(0x107).to_blk(), Err(BlkError::DeviceError(0x107)));
+        assert!(st(1 << 14 | 4).do_not_retry());
+        assert!(!st(4).do_not_retry());
+        assert_eq!(Status::new(sct::MEDIA, 0x81), st(0x281));
+        assert_eq!(st(Status::DNR.bits() | 0x281).code_type(), sct::MEDIA);
     }
 }

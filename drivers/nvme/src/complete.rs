@@ -1,0 +1,219 @@
+//! Completion: the interrupt handler and `poll` reap the I/O completion queue (and the admin
+//! one while an admin command is outstanding) by phase bit, check each entry's queue, head and
+//! command id, and deliver after the locks are let go; INTx is masked while process context
+//! holds a lock and unmasked by whoever next finishes a reap.
+
+use core::sync::atomic::Ordering;
+
+use blk::{BlkError, BlkStatus};
+
+use crate::batch::{BATCH, DoneList};
+use crate::ctrl::{AdminQ, IOQ, IoQ, Nvme};
+use crate::queue::INTERNAL_CID;
+use crate::regs::IntVectors;
+
+/// What became of a staged write when its pre-flush completed.
+enum Staged {
+    /// On the submission queue (the doorbell is due).
+    Submitted,
+    /// Left in flight for a reset.
+    InFlight,
+    /// Complete the request with this status.
+    Done(BlkStatus),
+}
+
+impl Nvme {
+    /// The interrupt handler: reap both completion queues, complete by tag. Never waits.
+    pub fn handle_irq(&self) {
+        self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+        self.pending.store(true, Ordering::Release);
+        if !self.reap_pending() && self.cfg.intx {
+            // Process context holds a lock: mask the level interrupt until it reaps (the
+            // holder's `after_unlock`, or any other reaper that gets there first, unmasks).
+            self.masked.store(true, Ordering::Release);
+            self.stats.masks.fetch_add(1, Ordering::Relaxed);
+            self.regs.mask_vectors(IntVectors::V0);
+        }
+    }
+
+    /// Reaps while someone asked for it; `false` if a lock was taken (its holder reaps).
+    /// A complete reap also lifts the handler's INTx mask, whoever does it: the handler, the
+    /// lock holder's `after_unlock`, `poll` (passthrough waits, tag waits, timeouts). When
+    /// only `after_unlock` unmasked, a `poll` that consumed `pending` first left INTx masked
+    /// for good and every later completion went unsignalled (see `docs/nvme.md`).
+    pub(crate) fn reap_pending(&self) -> bool {
+        while self.pending.swap(false, Ordering::AcqRel) {
+            let mut done = DoneList::<BATCH>::new();
+            let Some(mut io) = self.io.try_lock() else {
+                self.pending.store(true, Ordering::Release);
+                return false;
+            };
+            // One CPU: nothing submits an admin command while this runs, so a 0 here means
+            // no admin completion can be posted before the next look.
+            let mut admin = if self.admin_outstanding.load(Ordering::Acquire) != 0 {
+                let Some(a) = self.admin.try_lock() else {
+                    self.pending.store(true, Ordering::Release);
+                    return false;
+                };
+                Some(a)
+            } else {
+                None
+            };
+            loop {
+                let mut n = self.reap_io(&mut io, &mut done);
+                if let Some(a) = admin.as_mut() {
+                    n += self.reap_admin(a, &mut done);
+                }
+                if done.is_full() {
+                    self.pending.store(true, Ordering::Release);
+                    break;
+                }
+                // Each reap ran until its queue looked empty. With MSI-X an entry posted after
+                // that look sends another message. With INTx, go round until a pass finds both
+                // queues empty after their head doorbells: the controller only lowers the line
+                // when a head doorbell finds its queue empty, and QEMU 7.2's PLIC only signals
+                // a rising edge, so an entry posted after the last look but before the doorbell
+                // would otherwise wait for the next interrupt.
+                if n == 0 || !self.cfg.intx {
+                    break;
+                }
+            }
+            drop(admin);
+            drop(io);
+            self.deliver(&done);
+        }
+        // Both queues were found empty after their head doorbells with no lock taken: the
+        // controller has lowered its INTx status, and unmasking raises the line again only
+        // if something new was posted since (a fresh edge for the PLIC).
+        if self.masked.load(Ordering::Acquire) && self.masked.swap(false, Ordering::AcqRel) {
+            self.stats.unmasks.fetch_add(1, Ordering::Relaxed);
+            self.regs.unmask_vectors(IntVectors::V0);
+        }
+        true
+    }
+
+    /// After process context let go of the locks: reap what an interrupt left (which
+    /// unmasks INTx if the handler masked it). Every path that takes `io` or `admin` in
+    /// process context ends with this; `submit` relies on the block layer's `commit`.
+    pub(crate) fn after_unlock(&self) {
+        if self.pending.load(Ordering::Acquire) {
+            self.reap_pending();
+        }
+    }
+
+    /// entry; starts the write after a finished pre-flush.
+    pub(crate) fn reap_io<const N: usize>(&self, io: &mut IoQ, done: &mut DoneList<N>) -> usize {
+        let mut n = 0;
+        let mut resubmit = false;
+        while !done.is_full() {
+            let Some(e) = io.cq.peek() else { break };
+            io.cq.advance();
+            n += 1;
+            if e.sq_id != IOQ || !io.sq.set_head(e.sq_head) {
+                self.stats.bad_sq.fetch_add(1, Ordering::Relaxed);
+            }
+            let Ok(tag) = io.cids.complete(e.cid) else {
+                self.stats.bad_cids.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let st = e.status.to_blk();
+            if io.staged[tag as usize].is_some() {
+                match self.start_staged(io, tag, st) {
+                    Staged::Submitted => {
+                        resubmit = true;
+                        continue;
+                    }
+                    Staged::InFlight => continue,
+                    Staged::Done(st) => {
+                        done.push(tag, st, 0, false);
+                        continue;
+                    }
+                }
+            }
+            done.push(tag, st, 0, false);
+        }
+        if n > 0 {
+            self.stats.reaped.fetch_add(n as u64, Ordering::Relaxed);
+            self.regs.ring_cq(IOQ, io.cq.head());
+        }
+        if resubmit {
+            self.ring_io(io);
+        }
+        n
+    }
+
+    /// The pre-flush of tag `tag`'s staged write completed with `st`: submit the write.
+    #[cold]
+    #[inline(never)]
+    fn start_staged(&self, io: &mut IoQ, tag: u16, st: BlkStatus) -> Staged {
+        let Some(mut w) = io.staged[tag as usize].take() else {
+            return Staged::Done(st);
+        };
+        if st.is_err() {
+            return Staged::Done(st);
+        }
+        let Some(cid) = io.cids.issue(tag) else {
+            return Staged::Done(st);
+        };
+        w.set_cid(cid);
+        if !io.live {
+            // The queue is being deleted: the write stays in flight for the reset.
+            return Staged::InFlight;
+        }
+        if io.sq.push(&w) {
+            return Staged::Submitted;
+        }
+        io.cids.forget(tag);
+        Staged::Done(Err(BlkError::Busy))
+    }
+
+    /// Consumes the admin completion queue: the driver's own command goes to `internal`,
+    /// passthrough completions to `done`.
+    pub(crate) fn reap_admin<const N: usize>(
+        &self,
+        a: &mut AdminQ,
+        done: &mut DoneList<N>,
+    ) -> usize {
+        let mut n = 0;
+        while !done.is_full() {
+            let Some(e) = a.cq.peek() else { break };
+            a.cq.advance();
+            n += 1;
+            if e.sq_id != 0 || !a.sq.set_head(e.sq_head) {
+                self.stats.bad_sq.fetch_add(1, Ordering::Relaxed);
+            }
+            if e.cid & INTERNAL_CID != 0 {
+                a.internal = Some(e);
+                continue;
+            }
+            match a.cids.complete(e.cid) {
+                Ok(tag) => done.push(tag, e.status.to_blk(), e.result, true),
+                Err(_) => {
+                    self.stats.bad_cids.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if n > 0 {
+            self.stats.reaped.fetch_add(n as u64, Ordering::Relaxed);
+            self.regs.ring_cq(0, a.cq.head());
+            let left = self.admin_outstanding.load(Ordering::Relaxed);
+            self.admin_outstanding
+                .store(left.saturating_sub(n as u32), Ordering::Release);
+        }
+        n
+    }
+
+    /// Reaps both queues now (`poll`, timeouts, waits); returns the entries consumed.
+    pub(crate) fn reap_all(&self) -> usize {
+        self.pending.store(true, Ordering::Release);
+        let before = self.stats.reaped.load(Ordering::Relaxed);
+        self.reap_pending();
+        (self.stats.reaped.load(Ordering::Relaxed) - before) as usize
+    }
+}
+
+impl hal::IrqHandler for Nvme {
+    fn handle(&self) {
+        self.handle_irq();
+    }
+}

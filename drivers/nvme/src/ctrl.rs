@@ -1,0 +1,474 @@
+//! The controller: its state (queues, command ids, flags), bring-up (disable, admin queue,
+//! enable, Identify, features, the I/O queue pair), the driver's own admin commands during
+//! bring-up, and the limits the block layer gets.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
+
+use blk::{BlkError, QueueLimits, TagComplete};
+use hal::{DmaBuf, Mmio};
+use spin::{Mutex, Once};
+
+use crate::batch::DoneList;
+use crate::cmd::{Command, DataPtr};
+use crate::prp::{PAGE, max_prp_entries};
+use crate::queue::{CidTable, CompQueue, Cqe, INTERNAL_CID, SubQueue};
+use crate::regs::{self, Cc, Csts, Regs};
+use crate::spec::{Oncs, Vwc, cns, feature, id_ctrl, id_ns};
+use crate::stats::DriverStats;
+
+/// Requests in flight at once (tags of the block layer's queue).
+pub const QUEUE_DEPTH: usize = 128;
+/// Largest I/O queue this driver creates (also bounded by `CAP.MQES`).
+pub const IO_QUEUE_ENTRIES_MAX: u32 = 256;
+/// Smallest I/O queue it accepts.
+pub const IO_QUEUE_ENTRIES_MIN: u32 = 64;
+/// Admin queue entries.
+pub const ADMIN_ENTRIES: u16 = 32;
+/// PRP/SGL list pages per tag.
+pub const LIST_PAGES: usize = 2;
+/// Most scatter-gather entries per request.
+pub const MAX_SEGMENTS: usize = 128;
+/// The namespace this driver uses.
+pub const NSID: u32 = 1;
+/// The I/O queue id.
+pub(crate) const IOQ: u16 = 1;
+
+/// How completions are noticed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The controller interrupts; the handler reaps.
+    Interrupt,
+    /// No interrupts: `HwQueue::poll` reaps.
+    Polling,
+}
+
+/// Driver settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Interrupts or polling.
+    pub mode: Mode,
+    /// The interrupt is INTx (level): the handler masks with `INTMS` when it cannot reap.
+    pub intx: bool,
+    /// Use SGLs when the controller supports them (PRPs otherwise).
+    pub prefer_sgl: bool,
+    /// Monotonic nanoseconds (bounds every wait on the controller).
+    pub clock: fn() -> u64,
+}
+
+/// Why a controller could not be brought up.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitError {
+    /// BAR0 too small for the registers and doorbells.
+    Registers,
+    /// No NVM command set, 4 KiB pages unsupported, or queues too small.
+    Unsupported,
+    /// No DMA memory.
+    NoMemory,
+    /// `CSTS.RDY` did not follow `CC.EN`, or the controller reported a fatal status.
+    NotReady,
+    /// An admin command failed or timed out during bring-up.
+    Admin,
+    /// Identify data makes no sense (block size, capacity, no namespace 1).
+    BadIdentify,
+}
+
+/// What Identify said and what the driver chose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtrlInfo {
+    /// Version register.
+    pub version: u32,
+    /// PCI vendor id from Identify.
+    pub vendor: u16,
+    /// Serial number (ASCII, space padded).
+    pub serial: [u8; 20],
+    /// Maximum data transfer in bytes (0: no limit).
+    pub mdts_bytes: u64,
+    /// Volatile write cache present (and enabled).
+    pub vwc: bool,
+    /// Dataset management (discard) supported.
+    pub dsm: bool,
+    /// Write zeroes supported.
+    pub write_zeroes: bool,
+    /// SGLs supported by the controller.
+    pub sgl_supported: bool,
+    /// SGLs used for data.
+    pub sgl: bool,
+    /// Namespaces.
+    pub namespaces: u32,
+    /// `CAP.MQES + 1`.
+    pub max_queue_entries: u32,
+    /// Entries of the I/O queue pair.
+    pub io_entries: u16,
+    /// Logical block size.
+    pub block_size: u32,
+    /// Namespace size in logical blocks.
+    pub blocks: u64,
+    /// Size in 512-byte sectors.
+    pub capacity: u64,
+}
+
+/// The I/O queue pair and what is in flight on it.
+pub(crate) struct IoQ {
+    pub(crate) sq: SubQueue,
+    pub(crate) cq: CompQueue,
+    pub(crate) cids: CidTable<QUEUE_DEPTH>,
+    /// Writes waiting for their pre-flush, by tag.
+    pub(crate) staged: [Option<Command>; QUEUE_DEPTH],
+    pub(crate) rung: u16,
+    /// The controller has the queue pair (created, not deleted).
+    pub(crate) live: bool,
+}
+
+/// The admin queue pair, passthrough commands in flight on it, and the driver's own command.
+pub(crate) struct AdminQ {
+    pub(crate) sq: SubQueue,
+    pub(crate) cq: CompQueue,
+    pub(crate) cids: CidTable<QUEUE_DEPTH>,
+    pub(crate) internal_seq: u16,
+    pub(crate) internal: Option<Cqe>,
+}
+
+/// One NVMe controller, namespace 1, one I/O queue pair.
+pub struct Nvme {
+    pub(crate) regs: Regs,
+    pub(crate) io: Mutex<IoQ>,
+    pub(crate) admin: Mutex<AdminQ>,
+    /// `LIST_PAGES` pages per tag (PRP lists, SGLs, DSM ranges).
+    pub(crate) lists: DmaBuf,
+    /// Identify data during bring-up.
+    pub(crate) ident: DmaBuf,
+    pub(crate) info: CtrlInfo,
+    pub(crate) limits: QueueLimits,
+    pub(crate) cfg: Config,
+    pub(crate) sink: Once<&'static dyn TagComplete>,
+    /// Someone has to reap: set by an interrupt that found a lock taken.
+    pub(crate) pending: AtomicBool,
+    /// The handler masked INTx (`INTMS`): whoever next finishes a reap unmasks.
+    pub(crate) masked: AtomicBool,
+    /// Admin commands submitted and not reaped yet (changed under the `admin` lock). The
+    /// controller posts nothing unasked on the admin queue (no asynchronous event requests),
+    /// so the interrupt path leaves the admin queue alone while this is 0.
+    pub(crate) admin_outstanding: AtomicU32,
+    /// Entries pushed on the I/O submission queue and not rung yet (`commit` rings them).
+    pub(crate) unrung: AtomicBool,
+    pub(crate) dead: AtomicBool,
+    /// A fatal status was seen: reset from process context.
+    pub(crate) reset_wanted: AtomicBool,
+    pub(crate) stats: DriverStats,
+}
+
+/// Waits (spinning) until `done`, at most `ms` milliseconds of `clock`.
+pub(crate) fn wait_until(clock: fn() -> u64, ms: u64, mut done: impl FnMut() -> bool) -> bool {
+    let start = clock();
+    // Also bounded by iterations in case the clock does not move.
+    let mut spins: u64 = 0;
+    loop {
+        if done() {
+            return true;
+        }
+        spins += 1;
+        if clock().saturating_sub(start) > ms * 1_000_000 || spins > ms.saturating_mul(200_000) {
+            return done();
+        }
+        core::hint::spin_loop();
+    }
+}
+
+impl Nvme {
+    /// Brings the controller in BAR0 up: reset, admin queue, enable, Identify, features, the I/O
+    /// queue pair (interrupt vector 0 in interrupt mode). Bus mastering must be on.
+    pub fn new(bar0: Mmio, cfg: Config) -> Result<Nvme, InitError> {
+        let regs = Regs::new(bar0).ok_or(InitError::Registers)?;
+        let cap = regs.cap();
+        if !cap.nvm_command_set() || cap.page_shift_min() > 12 || !regs.has_queue(IOQ) {
+            return Err(InitError::Unsupported);
+        }
+        let mqe = cap.max_queue_entries();
+        if mqe < IO_QUEUE_ENTRIES_MIN {
+            return Err(InitError::Unsupported);
+        }
+        let io_entries = mqe.min(IO_QUEUE_ENTRIES_MAX) as u16;
+        let admin_entries = (ADMIN_ENTRIES as u32).min(mqe) as u16;
+        let nomem = |_| InitError::NoMemory;
+        let admin = AdminQ {
+            sq: SubQueue::new(admin_entries).map_err(nomem)?,
+            cq: CompQueue::new(admin_entries).map_err(nomem)?,
+            cids: CidTable::new(),
+            internal_seq: 0,
+            internal: None,
+        };
+        let io = IoQ {
+            sq: SubQueue::new(io_entries).map_err(nomem)?,
+            cq: CompQueue::new(io_entries).map_err(nomem)?,
+            cids: CidTable::new(),
+            staged: [None; QUEUE_DEPTH],
+            rung: 0,
+            live: false,
+        };
+        let lists = DmaBuf::alloc(QUEUE_DEPTH * LIST_PAGES * PAGE as usize, 4096).map_err(nomem)?;
+        let ident = DmaBuf::alloc(4096, 4096).map_err(nomem)?;
+        let info = CtrlInfo {
+            version: regs.version(),
+            vendor: 0,
+            serial: [0; 20],
+            mdts_bytes: 0,
+            vwc: false,
+            dsm: false,
+            write_zeroes: false,
+            sgl_supported: false,
+            sgl: false,
+            namespaces: 0,
+            max_queue_entries: mqe,
+            io_entries,
+            block_size: 512,
+            blocks: 0,
+            capacity: 0,
+        };
+        let mut n = Nvme {
+            regs,
+            io: Mutex::new(io),
+            admin: Mutex::new(admin),
+            lists,
+            ident,
+            info,
+            limits: QueueLimits::new(),
+            cfg,
+            sink: Once::new(),
+            pending: AtomicBool::new(false),
+            masked: AtomicBool::new(false),
+            admin_outstanding: AtomicU32::new(0),
+            unrung: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            reset_wanted: AtomicBool::new(false),
+            stats: DriverStats::new(),
+        };
+        {
+            let mut admin = n.admin.lock();
+            n.enable(&mut admin)?;
+            let info = n.identify(&mut admin)?;
+            drop(admin);
+            n.info = info;
+        }
+        n.limits = n.compute_limits();
+        {
+            let mut io = n.io.lock();
+            let mut admin = n.admin.lock();
+            n.setup_io(&mut admin, &mut io)?;
+        }
+        Ok(n)
+    }
+
+    /// Disables the controller and waits for `RDY` to clear.
+    pub(crate) fn disable(&self) -> bool {
+        let cc_now = self.regs.cc();
+        if cc_now.contains(Cc::EN) {
+            self.regs.set_cc(cc_now.difference(Cc::EN));
+        }
+        let to = self.regs.cap().timeout_ms();
+        wait_until(self.cfg.clock, to, || !self.regs.csts().contains(Csts::RDY))
+    }
+
+    /// Reset, program the admin queue, enable, wait for ready.
+    pub(crate) fn enable(&self, admin: &mut AdminQ) -> Result<(), InitError> {
+        if !self.disable() {
+            return Err(InitError::NotReady);
+        }
+        admin.sq.reset();
+        admin.cq.reset();
+        admin.internal = None;
+        self.admin_outstanding.store(0, Ordering::Release);
+        let (sqe, cqe) = (admin.sq.entries() as u32, admin.cq.entries() as u32);
+        self.regs.write32(regs::AQA, (cqe - 1) << 16 | (sqe - 1));
+        self.regs.write64(regs::ASQ, admin.sq.phys());
+        self.regs.write64(regs::ACQ, admin.cq.phys());
+        fence(Ordering::SeqCst);
+        self.regs.set_cc(Cc::io_queue_entry_sizes(6, 4) | Cc::EN);
+        let to = self.regs.cap().timeout_ms();
+        let ok = wait_until(self.cfg.clock, to, || {
+            self.regs.csts().intersects(Csts::RDY | Csts::CFS)
+        });
+        if !ok || self.regs.csts().contains(Csts::CFS) {
+            return Err(InitError::NotReady);
+        }
+        Ok(())
+    }
+
+    fn identify(&self, admin: &mut AdminQ) -> Result<CtrlInfo, InitError> {
+        let mut done = DoneList::<QUEUE_DEPTH>::new();
+        let mut c = Command::identify(cns::CONTROLLER, 0);
+        c.set_data(DataPtr::Prp(self.ident.phys().0, 0));
+        self.admin_sync(admin, c, &mut done)
+            .map_err(|_| InitError::Admin)?;
+        let id = &self.ident;
+        let mut info = self.info;
+        info.vendor = id.read16(id_ctrl::VID);
+        for (i, b) in info.serial.iter_mut().enumerate() {
+            *b = id.read8(id_ctrl::SN + i);
+        }
+        let mdts = id.read8(id_ctrl::MDTS) as u32;
+        let min_page = 1u64 << self.regs.cap().page_shift_min();
+        info.mdts_bytes = if mdts == 0 || mdts > 20 {
+            0
+        } else {
+            min_page << mdts
+        };
+        info.vwc = Vwc::from_bits_retain(id.read8(id_ctrl::VWC)).contains(Vwc::PRESENT);
+        let o = Oncs::from_bits_retain(id.read16(id_ctrl::ONCS));
+        info.dsm = o.contains(Oncs::DSM);
+        info.write_zeroes = o.contains(Oncs::WRITE_ZEROES);
+        info.sgl_supported = id.read32(id_ctrl::SGLS) & 3 != 0;
+        info.sgl = info.sgl_supported && self.cfg.prefer_sgl;
+        info.namespaces = id.read32(id_ctrl::NN);
+        if info.namespaces < NSID {
+            return Err(InitError::BadIdentify);
+        }
+        let mut c = Command::identify(cns::NAMESPACE, NSID);
+        c.set_data(DataPtr::Prp(self.ident.phys().0, 0));
+        self.admin_sync(admin, c, &mut done)
+            .map_err(|_| InitError::Admin)?;
+        let id = &self.ident;
+        let nsze = id.read64(id_ns::NSZE);
+        let fmt = (id.read8(id_ns::FLBAS) & 0xf) as usize;
+        if fmt > id.read8(id_ns::NLBAF) as usize {
+            return Err(InitError::BadIdentify);
+        }
+        let lbads = (id.read32(id_ns::LBAF + 4 * fmt) >> 16) & 0xff;
+        if !(9..=16).contains(&lbads) || nsze == 0 {
+            return Err(InitError::BadIdentify);
+        }
+        info.block_size = 1 << lbads;
+        info.blocks = nsze;
+        info.capacity = nsze.saturating_mul((info.block_size / 512) as u64);
+        Ok(info)
+    }
+
+    /// Features and the I/O queue pair (after an enable).
+    pub(crate) fn setup_io(&self, admin: &mut AdminQ, io: &mut IoQ) -> Result<(), InitError> {
+        let mut done = DoneList::<QUEUE_DEPTH>::new();
+        let mut run = |admin: &mut AdminQ, c: Command| {
+            self.admin_sync(admin, c, &mut done)
+                .map_err(|_| InitError::Admin)
+        };
+        // One submission and one completion queue (zero-based counts).
+        run(admin, Command::set_features(feature::NUMBER_OF_QUEUES, 0))?;
+        if self.info.vwc {
+            run(
+                admin,
+                Command::set_features(feature::VOLATILE_WRITE_CACHE, 1),
+            )?;
+        }
+        io.sq.reset();
+        io.cq.reset();
+        io.rung = 0;
+        io.live = false;
+        let irq = self.cfg.mode == Mode::Interrupt;
+        run(
+            admin,
+            Command::create_cq(IOQ, io.cq.entries(), io.cq.phys(), 0, irq),
+        )?;
+        run(
+            admin,
+            Command::create_sq(IOQ, io.sq.entries(), io.sq.phys(), IOQ),
+        )?;
+        io.live = true;
+        Ok(())
+    }
+
+    /// Runs one of the driver's own admin commands and waits for it (bounded), reaping the
+    /// admin queue meanwhile (passthrough completions go to `done`).
+    pub(crate) fn admin_sync(
+        &self,
+        a: &mut AdminQ,
+        mut c: Command,
+        done: &mut DoneList,
+    ) -> Result<Cqe, BlkError> {
+        a.internal_seq = a.internal_seq.wrapping_add(1);
+        let cid = INTERNAL_CID | (a.internal_seq & 0x7fff);
+        c.set_cid(cid);
+        a.internal = None;
+        if !a.sq.push(&c) {
+            return Err(BlkError::Busy);
+        }
+        self.admin_outstanding.fetch_add(1, Ordering::AcqRel);
+        fence(Ordering::SeqCst);
+        self.regs.write32(
+            regs::sq_tail_doorbell(0, self.regs.cap().doorbell_stride()),
+            a.sq.tail() as u32,
+        );
+        let mut got = None;
+        wait_until(self.cfg.clock, 2_000, || {
+            self.reap_admin(a, done);
+            if let Some(e) = a.internal.take()
+                && e.cid == cid
+            {
+                got = Some(e);
+                return true;
+            }
+            self.regs.csts().contains(Csts::CFS)
+        });
+        let e = got.ok_or(BlkError::Timeout)?;
+        e.status.to_blk().map(|_| e)
+    }
+
+    fn compute_limits(&self) -> QueueLimits {
+        let i = &self.info;
+        let mut l = QueueLimits::new();
+        l.logical_block_size = i.block_size;
+        // Any request must fit the list budget whatever its alignment: two entries spare.
+        let budget = (max_prp_entries(LIST_PAGES) as u64 - 2) * PAGE;
+        let mut max = if i.mdts_bytes == 0 {
+            budget
+        } else {
+            i.mdts_bytes.min(budget)
+        };
+        // The command's block count is 16 bits.
+        max = max.min(65536 * i.block_size as u64);
+        max -= max % i.block_size as u64;
+        l.max_sectors = (max / 512) as u32;
+        l.max_segments = MAX_SEGMENTS.min(max_prp_entries(LIST_PAGES)) as u16;
+        l.max_segment_size = u32::MAX;
+        l.dma_alignment = 4;
+        l.virt_boundary_mask = if i.sgl { 0 } else { PAGE - 1 };
+        let per_cmd = (65536u64 * i.block_size as u64 / 512).min(u32::MAX as u64) as u32;
+        l.max_discard_sectors = if i.dsm { per_cmd } else { 0 };
+        l.max_write_zeroes_sectors = if i.write_zeroes { per_cmd } else { 0 };
+        l
+    }
+
+    /// What Identify said.
+    pub fn info(&self) -> &CtrlInfo {
+        &self.info
+    }
+    /// The block layer's limits.
+    pub fn limits(&self) -> QueueLimits {
+        self.limits
+    }
+    /// The mode.
+    pub fn mode(&self) -> Mode {
+        self.cfg.mode
+    }
+    /// The counters.
+    pub fn stats(&self) -> &DriverStats {
+        &self.stats
+    }
+    /// Connects the block layer's queue (completion by tag).
+    pub fn attach(&self, queue: &'static dyn TagComplete) {
+        self.sink.call_once(|| queue);
+    }
+    /// Commands in flight (I/O and passthrough).
+    pub fn in_flight(&self) -> usize {
+        let n = self.io.lock().cids.count();
+        let n = n + self.admin.lock().cids.count();
+        self.after_unlock();
+        n
+    }
+    /// The controller is unusable.
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Relaxed)
+    }
+    /// Controller status register.
+    pub fn csts(&self) -> Csts {
+        self.regs.csts()
+    }
+}

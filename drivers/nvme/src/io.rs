@@ -1,0 +1,168 @@
+//! The request path: `queue_rq` builds the command (data pointer from the scatter-gather
+//! list, PRPs or SGLs in the tag's list pages), takes a command id, writes the entry at the
+//! submission queue tail and rings the doorbell for the last request of a batch; `commit`
+//! rings for what is still unrung.
+
+use core::sync::atomic::{Ordering, fence};
+
+use blk::{BioFlags, BlkError, HwQueue, Op, QueueRqError, Request, SgEntry, TimeoutAction};
+
+use crate::cmd::{Command, DataPtr};
+use crate::ctrl::{IOQ, IoQ, LIST_PAGES, NSID, Nvme};
+use crate::device_error;
+use crate::prp::{ListPages, PAGE, build_prp, build_sgl};
+use crate::spec::nvm;
+
+impl Nvme {
+    /// Rings the I/O submission queue doorbell for entries pushed since the last ring.
+    pub(crate) fn ring_io(&self, io: &mut IoQ) {
+        if io.rung != io.sq.tail() {
+            fence(Ordering::SeqCst);
+            self.regs.ring_sq(IOQ, io.sq.tail());
+            io.rung = io.sq.tail();
+            self.stats.doorbells.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The PRP/SGL list pages of tag `tag`.
+    pub(crate) fn list_pages(&self, tag: u16) -> ListPages<'_> {
+        ListPages {
+            buf: &self.lists,
+            first: tag as usize * LIST_PAGES * PAGE as usize,
+            pages: LIST_PAGES,
+        }
+    }
+
+    /// PRPs or SGLs for `sg` in tag `tag`'s list pages.
+    pub(crate) fn data_ptr(&self, tag: u16, sg: &[SgEntry]) -> Result<DataPtr, QueueRqError> {
+        let lp = self.list_pages(tag);
+        let r = if self.info.sgl {
+            build_sgl(sg, &lp)
+        } else {
+            build_prp(sg, &lp)
+        };
+        let (d, pages) = r.map_err(|_| QueueRqError::Fatal(BlkError::InvalidArgument))?;
+        if self.info.sgl {
+            self.stats.sgls.fetch_add(1, Ordering::Relaxed);
+        } else if pages > 0 {
+            self.stats.prp_lists.fetch_add(1, Ordering::Relaxed);
+        }
+        if pages > 1 {
+            self.stats.chained_lists.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(d)
+    }
+
+    /// The command of a read, write, flush, write zeroes or discard; `true` when a PREFLUSH
+    /// write needs a flush first.
+    fn build(&self, rq: &Request) -> Result<(Command, bool), QueueRqError> {
+        let bs = self.info.block_size as u64;
+        let lba = rq.sector() * 512 / bs;
+        let blocks = (rq.bytes() as u64 / bs) as u32;
+        let fatal = |e| QueueRqError::Fatal(e);
+        let c = match rq.op() {
+            Op::Read | Op::Write => {
+                if blocks == 0 || blocks > 65536 {
+                    return Err(fatal(BlkError::InvalidArgument));
+                }
+                let write = rq.op() == Op::Write;
+                let opc = if write { nvm::WRITE } else { nvm::READ };
+                let fua = write && rq.flags().contains(BioFlags::FUA);
+                let mut c = Command::rw(opc, NSID, lba, blocks, fua);
+                c.set_data(self.map_data(rq)?);
+                let pre = write && self.info.vwc && rq.flags().contains(BioFlags::PREFLUSH);
+                return Ok((c, pre));
+            }
+            Op::Flush => Command::flush(NSID),
+            Op::WriteZeroes if self.info.write_zeroes && (1..=65536).contains(&blocks) => {
+                Command::rw(nvm::WRITE_ZEROES, NSID, lba, blocks, false)
+            }
+            Op::Discard if self.info.dsm && blocks > 0 => {
+                // One range in the tag's first list page: attributes, length, start.
+                let lp = self.list_pages(rq.tag());
+                let off = lp.first;
+                self.lists.write32(off, 0);
+                self.lists.write32(off + 4, blocks);
+                self.lists.write64(off + 8, lba);
+                let mut c = Command::deallocate(NSID, 1);
+                c.set_data(DataPtr::Prp(self.lists.phys().0 + off as u64, 0));
+                c
+            }
+            _ => return Err(fatal(BlkError::Unsupported)),
+        };
+        Ok((c, false))
+    }
+
+    /// Puts `rq` on a queue; the last request of a batch rings the I/O doorbell here (under
+    /// the lock already taken), earlier ones leave it to `commit`.
+    fn submit(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
+        if self.dead.load(Ordering::Relaxed) {
+            return Err(QueueRqError::Fatal(BlkError::DeviceError(
+                device_error::DEAD,
+            )));
+        }
+        if rq.passthrough().is_some() {
+            let r = self.submit_admin(rq);
+            self.after_unlock();
+            return r;
+        }
+        let (cmd, preflush) = self.build(rq)?;
+        let tag = rq.tag();
+        let mut io = self.io.lock();
+        if io.sq.is_full() {
+            drop(io);
+            self.stats.busy.fetch_add(1, Ordering::Relaxed);
+            return Err(QueueRqError::Busy);
+        }
+        let Some(cid) = io.cids.issue(tag) else {
+            drop(io);
+            self.stats.busy.fetch_add(1, Ordering::Relaxed);
+            return Err(QueueRqError::Busy);
+        };
+        let mut first = if preflush {
+            self.stats.preflushes.fetch_add(1, Ordering::Relaxed);
+            if let Some(s) = io.staged.get_mut(tag as usize) {
+                *s = Some(cmd);
+            }
+            Command::flush(NSID)
+        } else {
+            cmd
+        };
+        first.set_cid(cid);
+        let _ = io.sq.push(&first);
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if last {
+            self.ring_io(&mut io);
+        } else {
+            self.unrung.store(true, Ordering::Relaxed);
+        }
+        drop(io);
+        Ok(())
+    }
+}
+
+impl HwQueue for Nvme {
+    fn queue_rq(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
+        self.submit(rq, last)
+    }
+
+    fn commit(&self) {
+        // Entries of a batch whose last request was refused (or not marked last) are still
+        // unrung; the last request of a batch rang the doorbell itself.
+        if self.unrung.load(Ordering::Relaxed) {
+            let mut io = self.io.lock();
+            self.unrung.store(false, Ordering::Relaxed);
+            self.ring_io(&mut io);
+            drop(io);
+        }
+        self.after_unlock();
+    }
+
+    fn poll(&self) -> usize {
+        self.reap_all()
+    }
+
+    fn timeout(&self, rq: &Request) -> TimeoutAction {
+        self.abort_or_reset(rq.tag())
+    }
+}

@@ -1,0 +1,157 @@
+//! Recovery: a request past its deadline is aborted, and the controller reset when the abort
+//! does not take; a fatal status (`CSTS.CFS`) resets from deferred work. A reset fails what
+//! was in flight with a retryable error and sets the queues up again.
+
+use core::sync::atomic::Ordering;
+
+use blk::{BlkError, HwQueue, TimeoutAction};
+
+use crate::batch::DoneList;
+use crate::cmd::Command;
+use crate::ctrl::{AdminQ, IOQ, IoQ, Mode, Nvme, QUEUE_DEPTH, wait_until};
+use crate::queue::Cqe;
+use crate::regs::{Csts, IntVectors};
+use crate::spec::AbortResult;
+
+/// `BlkError::DeviceError` codes this driver reports besides the controller's status.
+pub mod device_error {
+    /// The request was in flight when the controller was reset.
+    pub const RESET: u16 = 0x1001;
+    /// The controller is unusable (a reset failed).
+    pub const DEAD: u16 = 0x1002;
+}
+
+impl Nvme {
+    /// Runs one internal admin command from process context (locks taken here).
+    fn admin_command(&self, c: Command) -> Result<Cqe, BlkError> {
+        let mut done = DoneList::<QUEUE_DEPTH>::new();
+        let r = {
+            let mut a = self.admin.lock();
+            self.admin_sync(&mut a, c, &mut done)
+        };
+        self.deliver(&done);
+        self.after_unlock();
+        r
+    }
+
+    /// Resets the controller: every command in flight (except `skip`'s) completes with a
+    /// retryable `DeviceError(RESET)`, the queues are set up again. Process context.
+    pub fn reset_controller(&self, skip: Option<u16>) -> bool {
+        self.stats.resets.fetch_add(1, Ordering::Relaxed);
+        let mut done = DoneList::<QUEUE_DEPTH>::new();
+        let ok = {
+            let mut io = self.io.lock();
+            let mut a = self.admin.lock();
+            // What already finished completes normally.
+            self.reap_io(&mut io, &mut done);
+            self.reap_admin(&mut a, &mut done);
+            self.delete_io_queues(&mut a, &mut io, &mut done);
+            let _ = self.disable();
+            let mut failed = DoneList::<QUEUE_DEPTH>::new();
+            let IoQ { cids, staged, .. } = &mut *io;
+            cids.drain(|t| {
+                if let Some(s) = staged.get_mut(t as usize) {
+                    *s = None;
+                }
+                if Some(t) != skip {
+                    failed.push(t, Err(BlkError::DeviceError(device_error::RESET)), 0, false);
+                }
+            });
+            a.cids.drain(|t| {
+                if Some(t) != skip {
+                    failed.push(t, Err(BlkError::DeviceError(device_error::RESET)), 0, true);
+                }
+            });
+            for d in &failed.items[..failed.n] {
+                if !done.is_full() {
+                    done.items[done.n] = *d;
+                    done.n += 1;
+                }
+            }
+            let ok = self.enable(&mut a).is_ok() && self.setup_io(&mut a, &mut io).is_ok();
+            if !ok {
+                self.dead.store(true, Ordering::Relaxed);
+            }
+            ok
+        };
+        if self.cfg.intx {
+            // The disable cleared the controller's mask; keep ours in step.
+            self.masked.store(false, Ordering::Release);
+            self.regs.unmask_vectors(IntVectors::V0);
+        }
+        self.deliver(&done);
+        self.after_unlock();
+        ok
+    }
+
+    /// Deletes the I/O queue pair before a disable, as long as the controller still answers:
+    /// the controller stops fetching commands and finishes (or cancels) the ones it started,
+    /// so none of them is still being processed when `CC.EN` clears. What it completes while
+    /// deleting is reaped (the completion queue still exists then). QEMU 7.2 fetches and
+    /// starts commands it had not fetched yet while `CC.EN = 0` drains the namespace, then
+    /// frees the queue under them and crashes when they finish (see `docs/nvme.md`).
+    fn delete_io_queues(&self, a: &mut AdminQ, io: &mut IoQ, done: &mut DoneList) {
+        if self.is_dead() || !self.regs.csts().is_operational() {
+            return;
+        }
+        if self.admin_sync(a, Command::delete_sq(IOQ), done).is_err() {
+            return;
+        }
+        io.live = false;
+        self.reap_io(io, done);
+        let _ = self.admin_sync(a, Command::delete_cq(IOQ), done);
+    }
+
+    /// Test hook: reset the controller now, as a timeout or a fatal status would.
+    pub fn force_reset(&self) -> bool {
+        self.reset_controller(None)
+    }
+
+    /// Process-context work: reset after a fatal status; reap in polling mode.
+    pub fn deferred(&self) {
+        if self.reset_wanted.swap(false, Ordering::AcqRel)
+            || (!self.is_dead() && self.regs.csts().contains(Csts::CFS))
+        {
+            self.stats.fatal.fetch_add(1, Ordering::Relaxed);
+            self.reset_controller(None);
+        }
+        if self.cfg.mode == Mode::Polling {
+            HwQueue::poll(self);
+        }
+    }
+
+    /// `tag` passed its deadline: abort it; if the controller does not confirm the abort and
+    /// complete the command soon, reset it.
+    pub(crate) fn abort_or_reset(&self, tag: u16) -> TimeoutAction {
+        self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        self.reap_all();
+        let io_cid = self.io.lock().cids.in_flight(tag);
+        let admin_cid = self.admin.lock().cids.in_flight(tag);
+        self.after_unlock();
+        let (sqid, cid) = match (io_cid, admin_cid) {
+            (Some(c), _) => (IOQ, c),
+            (None, Some(c)) => (0, c),
+            (None, None) => return TimeoutAction::Retry,
+        };
+        self.stats.aborts.fetch_add(1, Ordering::Relaxed);
+        if let Ok(e) = self.admin_command(Command::abort(sqid, cid))
+            && !AbortResult::from_bits_retain(e.result).contains(AbortResult::NOT_ABORTED)
+        {
+            let gone = wait_until(self.cfg.clock, 100, || {
+                self.reap_all();
+                let io = self.io.lock().cids.in_flight(tag);
+                let gone = io.is_none() && self.admin.lock().cids.in_flight(tag).is_none();
+                self.after_unlock();
+                gone
+            });
+            if gone {
+                return TimeoutAction::Retry;
+            }
+        }
+        if self.reset_controller(Some(tag)) {
+            TimeoutAction::Retry
+        } else {
+            TimeoutAction::Fail
+        }
+    }
+}

@@ -1,0 +1,683 @@
+//! Host tests of the whole driver against the device model in `fake`: bring-up, the request
+//! path, completion by interrupt, PRP lists and SGLs, flushes, error statuses, abort and
+//! controller reset.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use blk::{
+    Bio, BioFlags, BioList, BioSet, BioSlab, BioVec, BlkError, BlkStatus, CpuCtx, HwQueue, Op,
+    PtCmd, Queue, QueueConfig, Request, TagComplete, TimeoutAction, Wait, submit_bio,
+};
+use hal::DmaBuf;
+
+use crate::fake::{self, FakeCtrl};
+use crate::spec::{Status, admin, nvm, sc, sct};
+use crate::{Config, InitError, Mode, Nvme, QUEUE_DEPTH, device_error, pt};
+
+/// One completion the driver handed to the block layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Completion {
+    tag: u16,
+    status: BlkStatus,
+    /// The result word of a passthrough completion.
+    pt: Option<u64>,
+}
+
+/// A `TagComplete` that records every completion (and hands it on to a queue, if one is
+/// connected).
+#[derive(Default)]
+struct Recorder {
+    log: Mutex<Vec<Completion>>,
+    next: spin::Once<&'static dyn TagComplete>,
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<Completion> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+impl TagComplete for Recorder {
+    fn complete(&self, tag: u16, status: BlkStatus, done_bytes: Option<u32>) {
+        self.log.lock().unwrap().push(Completion {
+            tag,
+            status,
+            pt: None,
+        });
+        if let Some(q) = self.next.get() {
+            q.complete(tag, status, done_bytes);
+        }
+    }
+    fn complete_pt(&self, tag: u16, status: BlkStatus, result: u64) {
+        self.log.lock().unwrap().push(Completion {
+            tag,
+            status,
+            pt: Some(result),
+        });
+        if let Some(q) = self.next.get() {
+            q.complete_pt(tag, status, result);
+        }
+    }
+    fn kick(&self) {
+        if let Some(q) = self.next.get() {
+            q.kick();
+        }
+    }
+}
+
+fn leak<T>(v: T) -> &'static T {
+    Box::leak(Box::new(v))
+}
+
+/// Per-bio completion counters (the front pad of the tests' bios).
+#[derive(Clone, Copy)]
+struct Counts {
+    done: &'static AtomicU32,
+    errors: &'static AtomicU32,
+}
+
+impl Counts {
+    fn new() -> Counts {
+        Counts {
+            done: leak(AtomicU32::new(0)),
+            errors: leak(AtomicU32::new(0)),
+        }
+    }
+    fn get(&self) -> (u32, u32) {
+        (
+            self.done.load(Ordering::SeqCst),
+            self.errors.load(Ordering::SeqCst),
+        )
+    }
+}
+
+fn end_io(bio: Bio) {
+    if let Some(c) = bio.front::<Counts>() {
+        if bio.status().is_err() {
+            c.errors.fetch_add(1, Ordering::SeqCst);
+        }
+        c.done.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn bio_set() -> &'static BioSet<Counts> {
+    let slab: &'static BioSlab<Counts, 64> = leak(BioSlab::new());
+    leak(BioSet::new(slab, 4, None))
+}
+
+/// A bio of `op` at `sector` over `segs`, counting into `counts`.
+fn bio(set: &'static BioSet<Counts>, op: Op, sector: u64, segs: &[BioVec], counts: Counts) -> Bio {
+    let mut b = set.alloc(counts, op, segs.len(), Wait::Never).unwrap();
+    for s in segs {
+        b.add_vec(*s).unwrap();
+    }
+    b.set_sector(sector);
+    b.set_end_io(end_io);
+    b
+}
+
+/// `len` bytes at byte `off` of `buf`.
+fn seg(buf: &DmaBuf, off: usize, len: usize) -> BioVec {
+    BioVec::new(buf.phys().add(off as u64), len as u32)
+}
+
+fn pattern(seed: u8, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+        .collect()
+}
+
+fn config(mode: Mode, prefer_sgl: bool) -> Config {
+    Config {
+        mode,
+        intx: false,
+        prefer_sgl,
+        clock: fake::clock,
+    }
+}
+
+/// A model of `blocks` x `bs` bytes, `setup` applied, and the driver brought up on it.
+fn bring_up(
+    blocks: u64,
+    bs: u32,
+    setup: impl FnOnce(&mut fake::Model),
+    cfg: Config,
+) -> (Arc<FakeCtrl>, Result<Nvme, InitError>) {
+    let f = FakeCtrl::new(blocks, bs);
+    f.with(setup);
+    f.refresh_cap();
+    f.install();
+    let n = Nvme::new(f.bar(), cfg);
+    (f, n)
+}
+
+/// The driver on a 4 MiB namespace of 512-byte blocks, completions recorded.
+struct Env {
+    fake: Arc<FakeCtrl>,
+    nvme: Nvme,
+    rec: &'static Recorder,
+    set: &'static BioSet<Counts>,
+}
+
+fn env_with(setup: impl FnOnce(&mut fake::Model), prefer_sgl: bool) -> Env {
+    let (fake, nvme) = bring_up(8192, 512, setup, config(Mode::Interrupt, prefer_sgl));
+    let nvme = nvme.expect("bring-up");
+    let rec: &'static Recorder = leak(Recorder::default());
+    nvme.attach(rec);
+    Env {
+        fake,
+        nvme,
+        rec,
+        set: bio_set(),
+    }
+}
+
+fn env() -> Env {
+    env_with(|_| {}, false)
+}
+
+impl Env {
+    /// A request of one bio (tag 0).
+    fn request(&self, op: Op, flags: BioFlags, sector: u64, segs: &[BioVec]) -> Request {
+        let mut b = bio(self.set, op, sector, segs, Counts::new());
+        b.set_flags(flags);
+        let mut l = BioList::new();
+        l.push_back(b);
+        Request::standalone(l)
+    }
+
+    /// Queues `rq`, lets the controller run, and takes the interrupt; returns what was
+    /// completed.
+    fn run(&self, rq: &Request) -> Vec<Completion> {
+        self.nvme.queue_rq(rq, true).expect("queue_rq");
+        self.nvme.commit();
+        self.interrupt()
+    }
+
+    fn interrupt(&self) -> Vec<Completion> {
+        self.fake.step();
+        self.nvme.handle_irq();
+        self.rec.take()
+    }
+}
+
+fn ok(tag: u16) -> Completion {
+    Completion {
+        tag,
+        status: Ok(()),
+        pt: None,
+    }
+}
+
+#[test]
+fn bring_up_parses_identify_and_creates_the_queues() {
+    let e = env();
+    let i = *e.nvme.info();
+    assert_eq!(i.vendor, 0x1b36);
+    assert_eq!(&i.serial, b"FAKE-0001           ");
+    assert_eq!(i.mdts_bytes, 4096 << 10);
+    assert!(i.vwc && i.dsm && i.write_zeroes);
+    assert!(!i.sgl_supported && !i.sgl);
+    assert_eq!(i.namespaces, 1);
+    assert_eq!((i.block_size, i.blocks, i.capacity), (512, 8192, 8192));
+    assert_eq!((i.max_queue_entries, i.io_entries), (2048, 256));
+    assert_eq!(i.version, 0x0001_0400);
+    let l = e.nvme.limits();
+    assert_eq!(l.logical_block_size, 512);
+    // The list budget (two pages: 1 + 2 x 511 + 1 entries, minus two) is below MDTS.
+    assert_eq!(l.max_sectors, (1022 * 4096 / 512) as u32);
+    assert_eq!(l.virt_boundary_mask, 4095);
+    assert_eq!(l.max_discard_sectors, 65536);
+    assert_eq!(l.max_write_zeroes_sectors, 65536);
+    e.fake.with(|m| {
+        assert!(m.vwc_enabled, "volatile write cache turned on");
+        assert_eq!(m.enables, 1);
+        let admin_ops: Vec<u8> = m
+            .log
+            .iter()
+            .filter(|(q, _)| *q == 0)
+            .map(|(_, c)| c.opcode())
+            .collect();
+        assert_eq!(
+            admin_ops,
+            [
+                admin::IDENTIFY,
+                admin::IDENTIFY,
+                admin::SET_FEATURES,
+                admin::SET_FEATURES,
+                admin::CREATE_CQ,
+                admin::CREATE_SQ
+            ]
+        );
+        let cq = m.log.iter().find(|(_, c)| c.opcode() == admin::CREATE_CQ);
+        let cq = cq.map(|(_, c)| c.dw).unwrap_or_default();
+        assert_eq!(cq[10], 255 << 16 | 1, "CQ 1 of 256 entries");
+        assert_eq!(cq[11] & 3, 3, "contiguous, interrupts enabled");
+    });
+    assert!(e.nvme.csts().contains(crate::regs::Csts::RDY));
+}
+
+#[test]
+fn bring_up_follows_identify_and_refuses_what_it_cannot_use() {
+    // 4 KiB blocks, no MDTS, no cache, no optional commands.
+    let (_f, n) = bring_up(
+        1024,
+        4096,
+        |m| {
+            m.mdts = 0;
+            m.vwc = false;
+            m.oncs = 0;
+        },
+        config(Mode::Polling, false),
+    );
+    let n = n.expect("bring-up");
+    let i = *n.info();
+    assert_eq!((i.block_size, i.blocks, i.capacity), (4096, 1024, 8192));
+    assert_eq!(i.mdts_bytes, 0);
+    assert!(!i.vwc && !i.dsm && !i.write_zeroes);
+    let l = n.limits();
+    assert_eq!(l.logical_block_size, 4096);
+    assert_eq!(l.max_discard_sectors, 0);
+    assert_eq!(l.max_write_zeroes_sectors, 0);
+    // Queues smaller than the driver accepts.
+    let (_f, n) = bring_up(
+        64,
+        512,
+        |m| m.max_queue_entries = 32,
+        config(Mode::Polling, false),
+    );
+    assert_eq!(n.err(), Some(InitError::Unsupported));
+    // A controller that reports a fatal status instead of ready.
+    let f = FakeCtrl::new(64, 512);
+    f.set_fatal();
+    f.install();
+    let n = Nvme::new(f.bar(), config(Mode::Polling, false));
+    assert_eq!(n.err(), Some(InitError::NotReady));
+}
+
+#[test]
+fn write_then_read_round_trip_by_interrupt() {
+    let e = env();
+    let data = pattern(1, 8192);
+    let mut wbuf = DmaBuf::alloc(8192, 4096).unwrap();
+    wbuf.as_mut_slice().copy_from_slice(&data);
+    let irqs = e.fake.with(|m| m.irqs);
+    let w = e.request(Op::Write, BioFlags::empty(), 16, &[seg(&wbuf, 0, 8192)]);
+    assert_eq!(e.run(&w), [ok(0)]);
+    assert_eq!(e.fake.disk(16 * 512, 8192), data);
+    let rbuf = DmaBuf::alloc(8192, 4096).unwrap();
+    let r = e.request(Op::Read, BioFlags::empty(), 16, &[seg(&rbuf, 0, 8192)]);
+    assert_eq!(e.run(&r), [ok(0)]);
+    assert_eq!(rbuf.as_slice(), &data[..]);
+    // Two pages, one segment: PRP1 and PRP2, no list.
+    e.fake.with(|m| {
+        assert_eq!(m.prp_list_pages, 0);
+        assert_eq!(m.irqs, irqs + 2);
+        assert_eq!(m.fetched(nvm::WRITE, true), 1);
+        assert_eq!(m.fetched(nvm::READ, true), 1);
+    });
+    let s = e.nvme.stats();
+    assert_eq!(s.requests.load(Ordering::Relaxed), 2);
+    assert_eq!(s.completions.load(Ordering::Relaxed), 2);
+    assert_eq!(s.doorbells.load(Ordering::Relaxed), 2);
+    assert_eq!(s.errors.load(Ordering::Relaxed), 0);
+    assert_eq!(e.nvme.in_flight(), 0);
+    // More commands than the rings hold: both wrap (the completion phase flips) and the
+    // driver must ring the completion head doorbell, or the model's queue overflows.
+    for k in 0..600u64 {
+        let r = e.request(Op::Read, BioFlags::empty(), k % 64, &[seg(&rbuf, 0, 512)]);
+        assert_eq!(e.run(&r), [ok(0)], "read {k}");
+        assert_eq!(
+            &rbuf.as_slice()[..512],
+            &e.fake.disk((k % 64) as usize * 512, 512)[..]
+        );
+    }
+}
+
+#[test]
+fn multi_page_requests_use_prp_lists() {
+    let e = env();
+    // 64 KiB from an unaligned start: 17 pages, PRP1 and a list of 16.
+    let buf = DmaBuf::alloc(17 * 4096, 4096).unwrap();
+    let r = e.request(Op::Read, BioFlags::empty(), 100, &[seg(&buf, 0x200, 65536)]);
+    assert_eq!(e.run(&r), [ok(0)]);
+    assert_eq!(
+        &buf.as_slice()[0x200..0x200 + 65536],
+        &e.fake.disk(100 * 512, 65536)[..]
+    );
+    assert_eq!(e.fake.with(|m| m.prp_list_pages), 1);
+    assert_eq!(e.nvme.stats().prp_lists.load(Ordering::Relaxed), 1);
+    // Eight separate pages in two bios: eight PRP entries, seven in the list.
+    let pages: Vec<DmaBuf> = (0..8).map(|_| DmaBuf::alloc(4096, 4096).unwrap()).collect();
+    let mut l = BioList::new();
+    for (k, chunk) in pages.chunks(4).enumerate() {
+        let segs: Vec<BioVec> = chunk.iter().map(|p| seg(p, 0, 4096)).collect();
+        l.push_back(bio(
+            e.set,
+            Op::Write,
+            200 + 32 * k as u64,
+            &segs,
+            Counts::new(),
+        ));
+    }
+    for (k, p) in pages.iter().enumerate() {
+        for i in 0..4096 {
+            p.write8(i, pattern(k as u8 + 10, 4096)[i]);
+        }
+    }
+    let rq = Request::standalone(l);
+    assert_eq!(rq.nr_segments(), 8);
+    assert_eq!(e.run(&rq), [ok(0)]);
+    for (k, _) in pages.iter().enumerate() {
+        assert_eq!(
+            e.fake.disk((200 * 512) + k * 4096, 4096),
+            pattern(k as u8 + 10, 4096)
+        );
+    }
+    assert_eq!(e.fake.with(|m| m.prp_list_pages), 2);
+    // 2.5 MiB: 641 entries, the list chains over two pages.
+    let big = DmaBuf::alloc(640 * 4096 + 4096, 4096).unwrap();
+    let r = e.request(
+        Op::Read,
+        BioFlags::empty(),
+        1024,
+        &[seg(&big, 8, 640 * 4096)],
+    );
+    assert_eq!(e.run(&r), [ok(0)]);
+    assert_eq!(
+        &big.as_slice()[8..8 + 640 * 4096],
+        &e.fake.disk(1024 * 512, 640 * 4096)[..]
+    );
+    assert_eq!(
+        e.fake.with(|m| m.prp_list_pages),
+        4,
+        "two list pages for the last one"
+    );
+    assert_eq!(e.nvme.stats().chained_lists.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn sgls_when_the_controller_has_them() {
+    let e = env_with(|m| m.sgls = 1, true);
+    assert!(e.nvme.info().sgl);
+    assert_eq!(e.nvme.limits().virt_boundary_mask, 0);
+    let a = DmaBuf::alloc(4096, 4096).unwrap();
+    let b = DmaBuf::alloc(4096, 4096).unwrap();
+    for i in 0..1024 {
+        a.write8(i, 0xa0 ^ i as u8);
+        b.write8(i + 0x100, 0xb0 ^ i as u8);
+    }
+    // Two segments neither of which PRPs could express together (the second starts off a page).
+    let w = e.request(
+        Op::Write,
+        BioFlags::empty(),
+        40,
+        &[seg(&a, 0, 1024), seg(&b, 0x100, 1024)],
+    );
+    assert_eq!(e.run(&w), [ok(0)]);
+    let disk = e.fake.disk(40 * 512, 2048);
+    assert!((0..1024).all(|i| disk[i] == 0xa0 ^ i as u8 && disk[1024 + i] == 0xb0 ^ i as u8));
+    assert_eq!(e.fake.with(|m| m.sgl_segments), 1);
+    assert_eq!(e.nvme.stats().sgls.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn flushes_and_preflush_writes() {
+    let e = env();
+    let f = e.request(Op::Flush, BioFlags::empty(), 0, &[]);
+    assert_eq!(e.run(&f), [ok(0)]);
+    assert_eq!(e.fake.with(|m| m.flushes), 1);
+    // A PREFLUSH write: the flush goes first, the write when it completed, one completion.
+    let buf = DmaBuf::alloc(4096, 4096).unwrap();
+    for i in 0..4096 {
+        buf.write8(i, i as u8 ^ 0x5a);
+    }
+    let w = e.request(
+        Op::Write,
+        BioFlags::PREFLUSH | BioFlags::FUA,
+        8,
+        &[seg(&buf, 0, 4096)],
+    );
+    assert_eq!(e.run(&w), [], "the write is still on its way");
+    e.fake.with(|m| {
+        assert_eq!(m.flushes, 2);
+        assert_eq!(m.fetched(nvm::WRITE, true), 0);
+    });
+    assert_eq!(e.interrupt(), [ok(0)]);
+    let cmd = e.fake.with(|m| m.log.last().map(|(_, c)| *c)).unwrap();
+    assert_eq!(cmd.opcode(), nvm::WRITE);
+    assert_ne!(cmd.dw[12] & 1 << 30, 0, "FUA");
+    assert!((0..4096).all(|i| e.fake.disk(8 * 512 + i, 1)[0] == i as u8 ^ 0x5a));
+    assert_eq!(e.nvme.stats().preflushes.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn error_statuses_reach_the_completion() {
+    let e = env_with(
+        |m| {
+            m.fail = vec![
+                (nvm::READ, Status::new(sct::MEDIA, 0x81)),
+                (nvm::WRITE, Status::new(sct::COMMAND_SPECIFIC, 0x80)),
+            ]
+        },
+        false,
+    );
+    let buf = DmaBuf::alloc(4096, 4096).unwrap();
+    let r = e.request(Op::Read, BioFlags::empty(), 0, &[seg(&buf, 0, 4096)]);
+    let got = e.run(&r);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].status, Err(BlkError::Io));
+    let w = e.request(Op::Write, BioFlags::empty(), 0, &[seg(&buf, 0, 4096)]);
+    assert_eq!(e.run(&w)[0].status, Err(BlkError::DeviceError(0x180)));
+    // Past the end of the namespace: the controller's LBA out of range.
+    let r = e.request(Op::Read, BioFlags::empty(), 8190, &[seg(&buf, 0, 4096)]);
+    assert_eq!(e.run(&r)[0].status, Err(BlkError::OutOfRange));
+    assert_eq!(e.nvme.stats().errors.load(Ordering::Relaxed), 3);
+    // The next one works.
+    let r = e.request(Op::Read, BioFlags::empty(), 0, &[seg(&buf, 0, 4096)]);
+    assert_eq!(e.run(&r), [ok(0)]);
+    assert_eq!(buf.as_slice(), &e.fake.disk(0, 4096)[..]);
+    // What the driver cannot express never reaches the controller.
+    let fetched = e.fake.with(|m| m.log.len());
+    let bad = e.request(Op::Read, BioFlags::empty(), 0, &[seg(&buf, 2, 512)]);
+    assert!(e.nvme.queue_rq(&bad, true).is_err());
+    e.nvme.commit();
+    assert_eq!(e.fake.step(), 0);
+    assert_eq!(e.fake.with(|m| m.log.len()), fetched);
+}
+
+#[test]
+fn an_abort_that_takes_needs_no_reset() {
+    let e = env_with(|m| m.stall = vec![(nvm::READ, 1)], false);
+    let buf = DmaBuf::alloc(4096, 4096).unwrap();
+    let r = e.request(Op::Read, BioFlags::empty(), 0, &[seg(&buf, 0, 4096)]);
+    assert_eq!(e.run(&r), [], "held back by the controller");
+    assert_eq!(e.nvme.in_flight(), 1);
+    assert_eq!(e.nvme.timeout(&r), TimeoutAction::Retry);
+    // The controller completed the aborted command ("abort requested"); the block layer
+    // drops that late completion of a timed-out request.
+    assert_eq!(
+        e.rec.take(),
+        [Completion {
+            tag: 0,
+            status: Err(BlkError::DeviceError(sc::ABORT_REQUESTED as u16)),
+            pt: None
+        }]
+    );
+    let s = e.nvme.stats();
+    assert_eq!(s.aborts.load(Ordering::Relaxed), 1);
+    assert_eq!(s.resets.load(Ordering::Relaxed), 0);
+    assert_eq!(e.fake.with(|m| (m.aborts, m.enables)), (1, 1));
+    assert_eq!(e.nvme.in_flight(), 0);
+    assert_eq!(e.run(&r), [ok(0)]);
+}
+
+#[test]
+fn a_fatal_status_resets_from_deferred_work() {
+    let e = env_with(|m| m.stall = vec![(nvm::WRITE, 1)], false);
+    let buf = DmaBuf::alloc(4096, 4096).unwrap();
+    let w = e.request(Op::Write, BioFlags::empty(), 0, &[seg(&buf, 0, 4096)]);
+    assert_eq!(e.run(&w), []);
+    e.fake.set_fatal();
+    e.nvme.deferred();
+    assert_eq!(
+        e.rec.take(),
+        [Completion {
+            tag: 0,
+            status: Err(BlkError::DeviceError(device_error::RESET)),
+            pt: None
+        }]
+    );
+    assert!(!e.nvme.is_dead());
+    let s = e.nvme.stats();
+    assert_eq!(
+        (
+            s.fatal.load(Ordering::Relaxed),
+            s.resets.load(Ordering::Relaxed)
+        ),
+        (1, 1)
+    );
+    assert_eq!(e.fake.with(|m| m.enables), 2);
+    assert_eq!(e.run(&w), [ok(0)]);
+}
+
+/// The driver under the block layer's queue, as the kernel wires it.
+struct QueueEnv {
+    fake: Arc<FakeCtrl>,
+    nvme: &'static Nvme,
+    q: &'static Queue<QUEUE_DEPTH>,
+    rec: &'static Recorder,
+    set: &'static BioSet<Counts>,
+    ctx: &'static CpuCtx,
+}
+
+fn queue_env(setup: impl FnOnce(&mut fake::Model)) -> QueueEnv {
+    let (fake, nvme) = bring_up(8192, 512, setup, config(Mode::Interrupt, false));
+    let nvme: &'static Nvme = leak(nvme.expect("bring-up"));
+    let split_slab: &'static BioSlab<(), 64> = leak(BioSlab::new());
+    let split: &'static BioSet<()> = leak(BioSet::new(split_slab, 4, None));
+    let mut qc = QueueConfig::new(nvme.info().capacity);
+    qc.clock = fake::clock;
+    qc.timeout_ns = 1_000_000_000;
+    qc.wait = Wait::Never;
+    let q: &'static Queue<QUEUE_DEPTH> = leak(Queue::new(nvme, nvme.limits(), qc, split));
+    let rec: &'static Recorder = leak(Recorder::default());
+    rec.next.call_once(|| q);
+    nvme.attach(rec);
+    QueueEnv {
+        fake,
+        nvme,
+        q,
+        rec,
+        set: bio_set(),
+        ctx: leak(CpuCtx::new(0)),
+    }
+}
+
+impl QueueEnv {
+    fn submit(&self, op: Op, sector: u64, segs: &[BioVec]) -> Counts {
+        let c = Counts::new();
+        let mut b = bio(self.set, op, sector, segs, c);
+        b.set_dev(self.q);
+        assert!(submit_bio(self.ctx, b).is_ok());
+        c
+    }
+    fn interrupt(&self) {
+        self.fake.step();
+        self.nvme.handle_irq();
+    }
+}
+
+#[test]
+fn timeout_aborts_then_resets_and_every_request_completes_once() {
+    // The first three writes are fetched and never completed; the Abort does not take.
+    let e = queue_env(|m| {
+        m.stall = vec![(nvm::WRITE, 3)];
+        m.abort_takes = false;
+    });
+    let bufs: Vec<DmaBuf> = (0..8).map(|_| DmaBuf::alloc(4096, 4096).unwrap()).collect();
+    for (k, b) in bufs.iter().enumerate() {
+        for (i, v) in pattern(k as u8 + 40, 4096).into_iter().enumerate() {
+            b.write8(i, v);
+        }
+    }
+    let counts: Vec<Counts> = bufs
+        .iter()
+        .enumerate()
+        .map(|(k, b)| e.submit(Op::Write, 64 * k as u64, &[seg(b, 0, 4096)]))
+        .collect();
+    e.interrupt();
+    let done: Vec<(u32, u32)> = counts.iter().map(Counts::get).collect();
+    assert_eq!(done.iter().filter(|c| **c == (1, 0)).count(), 5);
+    assert_eq!(done.iter().filter(|c| **c == (0, 0)).count(), 3);
+    assert_eq!(e.fake.with(|m| m.stalled.len()), 3);
+    assert_eq!(e.nvme.in_flight(), 3);
+
+    // Past every deadline: the first held-back request times out, its abort fails, the
+    // controller is reset; the other two fail with the retryable reset error and go again
+    // with the timed-out one.
+    let timed_out = e.q.check_timeouts(u64::MAX / 2);
+    assert_eq!(timed_out, 1);
+    let s = e.nvme.stats();
+    assert_eq!(s.timeouts.load(Ordering::Relaxed), 1);
+    assert_eq!(s.aborts.load(Ordering::Relaxed), 1);
+    assert_eq!(s.resets.load(Ordering::Relaxed), 1);
+    e.fake.with(|m| {
+        assert_eq!(m.aborts, 1);
+        assert_eq!(m.enables, 2);
+        assert_eq!(m.deletions, 2, "I/O SQ and CQ deleted before the disable");
+        assert!(m.stalled.is_empty());
+    });
+    let reset_errors = e
+        .rec
+        .take()
+        .into_iter()
+        .filter(|c| c.status == Err(BlkError::DeviceError(device_error::RESET)))
+        .count();
+    assert_eq!(reset_errors, 2);
+    // The three were dispatched again; the controller completes them now.
+    e.interrupt();
+    for (k, c) in counts.iter().enumerate() {
+        assert_eq!(
+            c.get(),
+            (1, 0),
+            "write {k} completed exactly once, successfully"
+        );
+        assert_eq!(e.fake.disk(64 * 512 * k, 4096), pattern(k as u8 + 40, 4096));
+    }
+    assert_eq!(e.rec.take().len(), 3);
+    assert_eq!(e.nvme.in_flight(), 0);
+    assert_eq!(e.q.tags_in_use(), 0);
+    assert!(!e.nvme.is_dead());
+
+    // Later I/O works: read back what was written, and a passthrough Identify.
+    let rbuf = DmaBuf::alloc(4096, 4096).unwrap();
+    let c = e.submit(Op::Read, 64 * 7, &[seg(&rbuf, 0, 4096)]);
+    e.interrupt();
+    assert_eq!(c.get(), (1, 0));
+    assert_eq!(rbuf.as_slice(), &pattern(47, 4096)[..]);
+    let id = DmaBuf::alloc(4096, 4096).unwrap();
+    let cmd = PtCmd {
+        opcode: pt::ADMIN,
+        args: [admin::IDENTIFY as u64, 1, 0, 0],
+        data: Some(seg(&id, 0, 4096)),
+        write: false,
+    };
+    // The wait between polls lets the controller run.
+    let wait = || {
+        fake::clock();
+    };
+    let r = e.q.passthrough_wait(cmd, wait).expect("passthrough");
+    assert_eq!(r.status, Ok(()));
+    assert_eq!(id.read16(0), 0x1b36);
+    let bad = PtCmd {
+        opcode: pt::ADMIN,
+        args: [0xef, 0, 0, 0],
+        data: None,
+        write: false,
+    };
+    let r = e.q.passthrough_wait(bad, wait).expect("passthrough");
+    assert_eq!(r.status, Err(BlkError::Unsupported));
+    assert_eq!(e.nvme.stats().passthrough.load(Ordering::Relaxed), 2);
+}
