@@ -24,6 +24,8 @@ pub mod bounce;
 #[cfg(not(loom))]
 pub mod device;
 #[cfg(not(loom))]
+pub mod driver;
+#[cfg(not(loom))]
 pub mod error;
 #[cfg(not(loom))]
 pub mod limits;
@@ -34,6 +36,8 @@ pub mod map_sg;
 pub mod mem;
 #[cfg(not(loom))]
 pub mod partition;
+#[cfg(not(loom))]
+pub mod queue;
 #[cfg(not(loom))]
 pub mod ramdisk;
 #[cfg(not(loom))]
@@ -58,13 +62,16 @@ pub use crate::{
     bioset::{BioSet, BioSlab, BvecPools, BvecSlabs},
     bounce::{BouncePad, BouncePage, Bouncer},
     device::{BlockDevice, CpuCtx, Plug, submit_bio},
+    driver::{
+        BlockRange, Completion, CompletionBatch, CompletionSink, Deliver, Delivered, HwQueue,
+        PtCmd, PtResult, QueueRqError, TagComplete, TagMaskBatch, TimeoutAction, block_range,
+        with_sg,
+    },
     error::{BlkError, BlkStatus},
     limits::QueueLimits,
     map_sg::{SgEntry, map_sg},
-    request::{
-        HwQueue, PtCmd, PtResult, Queue, QueueConfig, QueueRqError, Request, TagComplete,
-        TimeoutAction,
-    },
+    queue::{Queue, QueueConfig},
+    request::Request,
     slab::{Mempool, MempoolStats, PoolBox, Slab, Wait},
     split::bio_split,
     stats::{BlkStats, StatsSnapshot},
