@@ -85,10 +85,13 @@ fn with_sg_too_many_entries_is_an_error_and_f_is_not_called() {
     assert_eq!(with_sg::<4, 8, _>(&rq, &l, |s| s.len()), Ok(3));
 }
 
+/// One call on the recorder: tag, status, done bytes (`complete`), result (`complete_pt`).
+type Call = (u16, BlkStatus, Option<u32>, Option<u64>);
+
 /// A `TagComplete` that records what it is told.
 #[derive(Default)]
 struct Recorder {
-    calls: Mutex<Vec<(u16, BlkStatus, Option<u32>, Option<u64>)>>,
+    calls: Mutex<Vec<Call>>,
     kicks: Mutex<u32>,
 }
 
