@@ -2,9 +2,15 @@
 //! limits, split and chain, plugging and merging, tags and requests, `map_sg`, completion,
 //! timeouts, stacking (partitions, linear, striped) and a RAM disk.
 //!
+//! The driver side: [`driver`] is the contract (what a driver implements, [`HwQueue`], and
+//! calls, [`TagComplete`], in which context) plus the plumbing drivers share
+//! ([`driver_stats!`], [`with_sg`], [`CompletionBatch`], [`TagMaskBatch`], [`CompletionSink`],
+//! [`block_range`]); [`request`] is the [`Request`] a driver reads; [`queue`] is the [`Queue`]
+//! that owns requests (dispatch, requeue, completion, timeouts, passthrough).
+//!
 //! `no_std`, no `alloc`, no hardware access. The crate denies `unsafe` except in `slab`
 //! (lock-free slab, mempools, slot handles) and `mem` (segment memory access). See
-//! `docs/blk.md` for the design.
+//! `docs/blk.md` for the design and `docs/drivers.md` for how to add a driver.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -1,5 +1,5 @@
 //! The request: a contiguous range made of one or more bios (or a passthrough command), as a
-//! driver sees it in [`HwQueue::queue_rq`](crate::driver::HwQueue::queue_rq).
+//! driver sees it in [`HwQueue::queue_rq`].
 //!
 //! The queue that owns requests is in [`crate::queue`], the driver contract in
 //! [`crate::driver`]; both are re-exported here under their old paths.

@@ -15,7 +15,7 @@
 //! | [`TagComplete::complete`] / [`TagComplete::complete_pt`] | the driver | any context, interrupt handler included; lock-free, never waits |
 //! | [`TagComplete::kick`] | the driver (e.g. after a reset freed ring space) | process context |
 //!
-//! - **queue_rq**: build the hardware command for a [`Request`](crate::Request) from its
+//! - **queue_rq**: build the hardware command for a [`Request`] from its
 //!   accessors (`tag`, `op`, `flags`, `sector`, `bytes`, `nr_segments`, `passthrough`,
 //!   `map_sg`), or answer [`QueueRqError::Busy`] (requeued, sent again by `kick`) or
 //!   [`QueueRqError::Fatal`] (its bios end with the error). The request may be completed from

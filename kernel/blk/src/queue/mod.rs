@@ -1,7 +1,7 @@
 //! The request queue of a driver: request slots indexed by tag, the tag set, the driver's
 //! limits, and the path submit → split → bounce → merge → dispatch → complete.
 //!
-//! One file per stage: [`dispatch`](self) (`dispatch.rs`: make requests, merge, hand to the
+//! One file per stage: `dispatch.rs` (make requests: split, bounce, merge, hand to the
 //! driver, the direct path), `requeue.rs` (requeue bitmap and `kick`), `complete.rs`
 //! (completion by tag, partial completion, retries), `timeout.rs`, `passthrough.rs`, and
 //! `slot.rs` (the per-tag state machine).
