@@ -247,7 +247,7 @@ fn bench_split_map_sg(c: &mut Criterion) {
     };
     let mut out = [SgEntry::default(); 256];
     g.bench_function("map_sg", |b| {
-        b.iter(|| black_box(blk::map_sg(black_box(&rq), &wide, &mut out)))
+        b.iter(|| black_box(black_box(&rq).map_sg(&wide, &mut out)))
     });
     g.bench_function("baseline_copy_256_segments_to_vec", |b| {
         b.iter(|| black_box(rq.segments().map(|v| (v.addr, v.len)).collect::<Vec<_>>()))

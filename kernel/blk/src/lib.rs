@@ -2,9 +2,15 @@
 //! limits, split and chain, plugging and merging, tags and requests, `map_sg`, completion,
 //! timeouts, stacking (partitions, linear, striped) and a RAM disk.
 //!
+//! The driver side: [`driver`] is the contract (what a driver implements, [`HwQueue`], and
+//! calls, [`TagComplete`], in which context) plus the plumbing drivers share
+//! ([`driver_stats!`], [`with_sg`], [`CompletionBatch`], [`TagMaskBatch`], [`CompletionSink`],
+//! [`block_range`]); [`request`] is the [`Request`] a driver reads; [`queue`] is the [`Queue`]
+//! that owns requests (dispatch, requeue, completion, timeouts, passthrough).
+//!
 //! `no_std`, no `alloc`, no hardware access. The crate denies `unsafe` except in `slab`
 //! (lock-free slab, mempools, slot handles) and `mem` (segment memory access). See
-//! `docs/blk.md` for the design.
+//! `docs/blk.md` for the design and `docs/drivers.md` for how to add a driver.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -24,6 +30,8 @@ pub mod bounce;
 #[cfg(not(loom))]
 pub mod device;
 #[cfg(not(loom))]
+pub mod driver;
+#[cfg(not(loom))]
 pub mod error;
 #[cfg(not(loom))]
 pub mod limits;
@@ -34,6 +42,8 @@ pub mod map_sg;
 pub mod mem;
 #[cfg(not(loom))]
 pub mod partition;
+#[cfg(not(loom))]
+pub mod queue;
 #[cfg(not(loom))]
 pub mod ramdisk;
 #[cfg(not(loom))]
@@ -58,13 +68,16 @@ pub use crate::{
     bioset::{BioSet, BioSlab, BvecPools, BvecSlabs},
     bounce::{BouncePad, BouncePage, Bouncer},
     device::{BlockDevice, CpuCtx, Plug, submit_bio},
+    driver::{
+        BlockRange, Completion, CompletionBatch, CompletionSink, Deliver, Delivered, HwQueue,
+        PtCmd, PtResult, QueueRqError, TagComplete, TagMaskBatch, TimeoutAction, block_range,
+        with_sg,
+    },
     error::{BlkError, BlkStatus},
     limits::QueueLimits,
     map_sg::{SgEntry, map_sg},
-    request::{
-        HwQueue, PtCmd, PtResult, Queue, QueueConfig, QueueRqError, Request, TagComplete,
-        TimeoutAction,
-    },
+    queue::{Queue, QueueConfig},
+    request::Request,
     slab::{Mempool, MempoolStats, PoolBox, Slab, Wait},
     split::bio_split,
     stats::{BlkStats, StatsSnapshot},

@@ -1,10 +1,15 @@
 //! `map_sg`: a request's segments as the scatter-gather list the hardware reads.
+//!
+//! It works on the bios alone (a [`BioList`]) and the limits; [`Request::map_sg`] is the
+//! wrapper drivers call.
+//!
+//! [`Request::map_sg`]: crate::Request::map_sg
 
 use hal::PhysAddr;
 
+use crate::bio::BioList;
 use crate::error::BlkError;
 use crate::limits::QueueLimits;
-use crate::request::Request;
 
 /// One scatter-gather entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -15,13 +20,17 @@ pub struct SgEntry {
     pub len: u32,
 }
 
-/// Builds the scatter-gather list of `rq` into `out`: physically contiguous segments (across
+/// Builds the scatter-gather list of the remaining data of `bios` (a request's) into `out`: physically contiguous segments (across
 /// bios too) are merged as long as the entry stays within `max_segment_size` and does not cross
 /// a segment boundary. Returns the number of entries; never more than `limits.max_segments` or
 /// `out.len()` (`InvalidArgument` if they would not suffice).
 #[inline]
-pub fn map_sg(rq: &Request, limits: &QueueLimits, out: &mut [SgEntry]) -> Result<usize, BlkError> {
-    match single_entry(rq, limits) {
+pub fn map_sg(
+    bios: &BioList,
+    limits: &QueueLimits,
+    out: &mut [SgEntry],
+) -> Result<usize, BlkError> {
+    match single_entry(bios, limits) {
         Some(e) => match out.first_mut() {
             Some(o) if limits.max_segments > 0 => {
                 *o = e;
@@ -29,17 +38,21 @@ pub fn map_sg(rq: &Request, limits: &QueueLimits, out: &mut [SgEntry]) -> Result
             }
             _ => Err(BlkError::InvalidArgument),
         },
-        None => map_sg_walk(rq, limits, out),
+        None => map_sg_walk(bios, limits, out),
     }
 }
 
 /// The general case of [`map_sg`]: walks every segment of every bio.
 #[inline(never)]
-fn map_sg_walk(rq: &Request, limits: &QueueLimits, out: &mut [SgEntry]) -> Result<usize, BlkError> {
+fn map_sg_walk(
+    bios: &BioList,
+    limits: &QueueLimits,
+    out: &mut [SgEntry],
+) -> Result<usize, BlkError> {
     let max = out.len().min(limits.max_segments as usize);
     let mut n = 0usize;
     let mut cur: Option<SgEntry> = None;
-    for v in rq.segments() {
+    for v in bios.iter().flat_map(|b| b.segments()) {
         let (mut a, mut left) = (v.addr.0, v.len as u64);
         while left > 0 {
             if let Some(c) = cur.as_mut()
@@ -89,8 +102,8 @@ fn map_sg_walk(rq: &Request, limits: &QueueLimits, out: &mut [SgEntry]) -> Resul
 /// The one entry of a request made of one bio whose remaining data sits in one vector that is
 /// within the segment size and boundary (the common small I/O), without the general walk.
 #[inline]
-fn single_entry(rq: &Request, limits: &QueueLimits) -> Option<SgEntry> {
-    let mut bios = rq.bios();
+fn single_entry(bios: &BioList, limits: &QueueLimits) -> Option<SgEntry> {
+    let mut bios = bios.iter();
     let bio = bios.next()?;
     if bios.next().is_some() {
         return None;

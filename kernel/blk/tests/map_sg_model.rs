@@ -10,7 +10,7 @@
 //! order with every entry within the limits.
 
 use blk::bioset::{BioSet, BioSlab, BvecPools, BvecSlabs};
-use blk::{Bio, BioList, BioVec, Op, QueueLimits, Request, SgEntry, Wait, map_sg};
+use blk::{Bio, BioList, BioVec, Op, QueueLimits, Request, SgEntry, Wait};
 use hal::PhysAddr;
 use proptest::prelude::*;
 
@@ -251,7 +251,7 @@ proptest! {
         let expect = model(&l, &segs);
         let cap = case.room.min(l.max_segments as usize);
         let mut out = vec![SgEntry::default(); case.room];
-        match map_sg(&rq, &l, &mut out) {
+        match rq.map_sg(&l, &mut out) {
             Err(_) => prop_assert!(
                 expect.len() > cap,
                 "refused although {} entries fit in {}",
@@ -310,12 +310,12 @@ fn one_entry_over_the_limit_is_refused() {
     };
     let rq = request(&case);
     let mut out = [SgEntry::default(); 16];
-    assert!(map_sg(&rq, &case.limits, &mut out).is_err());
+    assert!(rq.map_sg(&case.limits, &mut out).is_err());
     let l5 = QueueLimits {
         max_segments: 5,
         ..QueueLimits::new()
     };
-    assert_eq!(map_sg(&rq, &l5, &mut out), Ok(5));
+    assert_eq!(rq.map_sg(&l5, &mut out), Ok(5));
     let mut small = [SgEntry::default(); 4];
-    assert!(map_sg(&rq, &l5, &mut small).is_err());
+    assert!(rq.map_sg(&l5, &mut small).is_err());
 }

@@ -1,4 +1,5 @@
 //! Host tests that span modules.
+mod driver;
 mod harness;
 mod io;
 mod mempool;

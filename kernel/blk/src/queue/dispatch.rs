@@ -1,0 +1,331 @@
+//! The submit path of a [`Queue`]: split, bounce, merge into requests, dispatch to the
+//! driver, and the direct path for a bio that needs none of it.
+
+use core::sync::atomic::Ordering;
+
+use super::slot::{BUILD, COMPLETING, DISPATCHING, INFLIGHT, NO_BYTES, RqSlot};
+use super::{Open, Queue};
+use crate::bio::{Bio, BioFlags, BioList, BioVec, Op, bio_io_error};
+use crate::bounce::BOUNCE_MAX_BYTES;
+use crate::driver::QueueRqError;
+use crate::error::{BlkError, status_from_code};
+use crate::limits::{check_bio, split_point};
+use crate::request::Request;
+use crate::split::bio_split;
+
+impl<const D: usize> Queue<D> {
+    /// Splits, bounces, merges and dispatches `bios` (in order).
+    pub(super) fn make_requests(&'static self, mut bios: BioList) {
+        let mut open = Open::new();
+        let l = &self.limits;
+        while let Some(bio) = bios.pop_front() {
+            self.stats.bios_submitted(1);
+            if let Err(e) = check_bio(l, &bio) {
+                self.stats.bio_errors(1);
+                bio_io_error(bio, e);
+                continue;
+            }
+            let mut work = BioList::new();
+            work.push_back(bio);
+            while let Some(mut b) = work.pop_front() {
+                if l.needs_bounce(&b) {
+                    let Some(bouncer) = self.bouncer else {
+                        self.stats.bio_errors(1);
+                        bio_io_error(b, BlkError::Unsupported);
+                        continue;
+                    };
+                    let cap = BOUNCE_MAX_BYTES / l.logical_block_size * l.logical_block_size;
+                    if b.size() > cap {
+                        match bio_split(&mut b, cap, self.split_set, self.cfg.wait) {
+                            Ok(front) => {
+                                self.stats.splits(1);
+                                work.push_front(b);
+                                work.push_front(front);
+                            }
+                            Err(e) => {
+                                self.stats.bio_errors(1);
+                                bio_io_error(b, e);
+                            }
+                        }
+                        continue;
+                    }
+                    match bouncer.bounce(b, l, self.cfg.wait) {
+                        Ok(c) => {
+                            self.stats.bounces(1);
+                            b = c;
+                        }
+                        Err((e, b)) => {
+                            self.stats.bio_errors(1);
+                            bio_io_error(b, e);
+                            continue;
+                        }
+                    }
+                }
+                match split_point(l, &b, None) {
+                    Err(e) => {
+                        self.stats.bio_errors(1);
+                        bio_io_error(b, e);
+                    }
+                    Ok(None) => self.add_bio(b, &mut open),
+                    Ok(Some(n)) => match bio_split(&mut b, n, self.split_set, self.cfg.wait) {
+                        Ok(front) => {
+                            self.stats.splits(1);
+                            work.push_front(b);
+                            self.add_bio(front, &mut open);
+                        }
+                        Err(e) => {
+                            self.stats.bio_errors(1);
+                            bio_io_error(b, e);
+                        }
+                    },
+                }
+            }
+        }
+        self.dispatch(&open);
+        self.kick();
+    }
+
+    pub(super) fn try_merge(&self, rq: &mut Request, bio: &Bio, segs: u32) -> Option<bool> {
+        let l = &self.limits;
+        let mergeable = |f: BioFlags| !f.intersects(BioFlags::NOMERGE | BioFlags::PREFLUSH);
+        if rq.pt.is_some()
+            || rq.op != bio.op()
+            || !bio.op().has_data()
+            || rq.flags != bio.flags()
+            || !mergeable(bio.flags())
+            || rq.bytes as u64 + bio.size() as u64 > l.max_bytes() as u64
+            || rq.nr_segs + segs > l.max_segments as u32
+        {
+            return None;
+        }
+        let (start, end) = (
+            rq.sector.min(bio.sector()),
+            rq.end_sector().max(bio.end_sector()),
+        );
+        if l.chunk_sectors != 0
+            && start / l.chunk_sectors as u64 != (end - 1) / l.chunk_sectors as u64
+        {
+            return None;
+        }
+        let first = bio.segments().next()?;
+        let last = bio.segments().last()?;
+        if rq.end_sector() == bio.sector() && !l.virt_gap(&rq.last_seg, &first) {
+            return Some(true);
+        }
+        if bio.end_sector() == rq.sector && !l.virt_gap(&last, &rq.first_seg) {
+            return Some(false);
+        }
+        None
+    }
+
+    pub(super) fn add_bio(&'static self, bio: Bio, open: &mut Open) {
+        let segs = self.limits.bio_segments(&bio);
+        for &t in open.iter().rev() {
+            let Some(slot) = self.slot(t) else { continue };
+            let mut rq = slot.rq.lock();
+            match self.try_merge(&mut rq, &bio, segs) {
+                Some(true) => {
+                    rq.bytes += bio.size();
+                    rq.nr_segs += segs;
+                    if let Some(v) = bio.segments().last() {
+                        rq.last_seg = v;
+                    }
+                    rq.bios.push_back(bio);
+                    self.stats.merges_back(1);
+                    return;
+                }
+                Some(false) => {
+                    rq.bytes += bio.size();
+                    rq.nr_segs += segs;
+                    rq.sector = bio.sector();
+                    if let Some(v) = bio.segments().next() {
+                        rq.first_seg = v;
+                    }
+                    rq.bios.push_front(bio);
+                    self.stats.merges_front(1);
+                    return;
+                }
+                None => {}
+            }
+        }
+        if open.is_full() {
+            self.dispatch(open);
+            open.clear();
+        }
+        let tag = match self.tags.alloc() {
+            Some(t) => Some(t),
+            None => {
+                // Let the open batch go first: its completions free tags.
+                self.dispatch(open);
+                open.clear();
+                self.get_tag()
+            }
+        };
+        let Some(tag) = tag else {
+            self.stats.bio_errors(1);
+            bio_io_error(bio, BlkError::Busy);
+            return;
+        };
+        let Some(slot) = self.slot(tag) else { return };
+        slot.state.store(BUILD, Ordering::Relaxed);
+        {
+            let mut rq = slot.rq.lock();
+            rq.tag = tag;
+            rq.op = bio.op();
+            rq.flags = bio.flags();
+            rq.sector = bio.sector();
+            rq.bytes = bio.size();
+            rq.nr_segs = segs;
+            rq.retries = 0;
+            rq.pt = None;
+            rq.first_seg = bio.segments().next().unwrap_or(BioVec::ZERO);
+            rq.last_seg = bio.segments().last().unwrap_or(BioVec::ZERO);
+            rq.bios.push_back(bio);
+        }
+        let _ = open.push(tag);
+    }
+
+    /// Hands requests in state BUILD or REQUEUE (already moved to BUILD) to the driver.
+    pub(super) fn dispatch(&self, tags: &[u16]) {
+        if tags.is_empty() {
+            return;
+        }
+        let now = (self.cfg.clock)();
+        let n = tags.len();
+        for (i, &t) in tags.iter().enumerate() {
+            let Some(slot) = self.slot(t) else { continue };
+            slot.early_bytes.store(NO_BYTES, Ordering::Relaxed);
+            slot.deadline
+                .store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
+            slot.state.store(DISPATCHING, Ordering::Release);
+            let res = {
+                let mut rq = slot.rq.lock();
+                rq.bios.normalize();
+                self.hw.queue_rq(&rq, i + 1 == n)
+            };
+            self.dispatched(slot, t, res);
+        }
+        self.hw.commit();
+    }
+
+    /// What follows the driver's answer to `queue_rq` for request `t`.
+    #[inline]
+    pub(super) fn dispatched(&self, slot: &RqSlot, t: u16, res: Result<(), QueueRqError>) {
+        self.stats.requests_dispatched(1);
+        {
+            {
+                match res {
+                    Ok(()) => {
+                        if slot
+                            .state
+                            .compare_exchange(
+                                DISPATCHING,
+                                INFLIGHT,
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            )
+                            .is_err()
+                        {
+                            // Completed during queue_rq (state EARLY): finish it here.
+                            let st = status_from_code(slot.early_status.load(Ordering::Acquire));
+                            let b = slot.early_bytes.load(Ordering::Acquire);
+                            slot.state.store(COMPLETING, Ordering::Release);
+                            self.finish(t, st, (b != NO_BYTES).then_some(b), true);
+                        }
+                    }
+                    Err(QueueRqError::Busy) => {
+                        // A completion cannot have arrived for a request the driver refused.
+                        self.stats.requeues(1);
+                        self.mark_requeue(slot, t);
+                    }
+                    Err(QueueRqError::Fatal(e)) => {
+                        slot.state.store(COMPLETING, Ordering::Release);
+                        self.finish(t, Err(e), Some(0), false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Segment count of `bio` if it can become a request of its own as it is: a flush, or a
+    /// read/write of at most `DIRECT_SEGS` segments, each within the DMA limit and alignment,
+    /// the segment size and boundary, without virt-boundary gaps, within max sectors,
+    /// max segments and one chunk. Sector, size and range were checked by `submit_bio`.
+    #[inline]
+    pub(super) fn direct_segments(&self, bio: &Bio) -> Option<u32> {
+        const DIRECT_SEGS: u32 = 4;
+        let l = &self.limits;
+        match bio.op() {
+            Op::Flush => return Some(0),
+            Op::Read | Op::Write => {}
+            Op::Discard | Op::WriteZeroes => return None,
+        }
+        let size = bio.size();
+        if size == 0 || size > l.max_bytes() {
+            return None;
+        }
+        if l.chunk_sectors != 0 {
+            let c = l.chunk_sectors as u64;
+            if bio.sector() / c != (bio.end_sector() - 1) / c {
+                return None;
+            }
+        }
+        let align = l.dma_alignment as u64 - 1;
+        let mut n = 0u32;
+        let mut prev: Option<BioVec> = None;
+        for v in bio.segments() {
+            n += 1;
+            if n > DIRECT_SEGS
+                || (v.addr.0 | v.len as u64) & align != 0
+                || v.end() - 1 > l.dma_limit
+                || v.len > l.max_segment_size
+                || v.len as u64 > l.bytes_to_boundary(v.addr.0)
+                || prev.is_some_and(|p| l.virt_gap(&p, &v))
+            {
+                return None;
+            }
+            prev = Some(v);
+        }
+        (n <= l.max_segments as u32).then_some(n)
+    }
+
+    /// The direct path for a bio submitted without a plug: if it fits the limits as it is and
+    /// a tag is free now, it becomes a request and goes to the driver at once. Otherwise the
+    /// bio is handed back for the general path.
+    pub(super) fn submit_direct(&'static self, bio: Bio) -> Result<(), Bio> {
+        let Some(segs) = self.direct_segments(&bio) else {
+            return Err(bio);
+        };
+        let Some(tag) = self.tags.alloc() else {
+            return Err(bio);
+        };
+        let Some(slot) = self.slot(tag) else {
+            return Err(bio);
+        };
+        self.stats.bios_submitted(1);
+        let now = (self.cfg.clock)();
+        slot.early_bytes.store(NO_BYTES, Ordering::Relaxed);
+        slot.deadline
+            .store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
+        let res = {
+            let mut rq = slot.rq.lock();
+            rq.tag = tag;
+            rq.op = bio.op();
+            rq.flags = bio.flags();
+            rq.sector = bio.sector();
+            rq.bytes = bio.size();
+            rq.nr_segs = segs;
+            rq.retries = 0;
+            rq.pt = None;
+            // One bio: merges never look at this request, so its first and last segments
+            // are not needed.
+            rq.bios.push_front(bio);
+            slot.state.store(DISPATCHING, Ordering::Release);
+            self.hw.queue_rq(&rq, true)
+        };
+        self.dispatched(slot, tag, res);
+        self.hw.commit();
+        self.kick();
+        Ok(())
+    }
+}

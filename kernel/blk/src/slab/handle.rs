@@ -1,0 +1,467 @@
+//! Type-erased handles into slots: bios ([`Node`], [`ChainRef`], [`WaitRef`]) and bio
+//! vectors ([`VecBuf`]) come from pools of several element types.
+
+use core::any::TypeId;
+use core::marker::PhantomData;
+use core::mem::ManuallyDrop;
+use core::ops::{Deref, DerefMut};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU32, Ordering};
+use core::task::Waker;
+
+use super::{AtomicWaker, Mempool, PoolBox, Wait};
+
+// ---------------------------------------------------------------------------------------------
+// Type-erased handles: bios and bio vectors come from pools of several element types.
+
+/// What a type-erased handle needs from the pool its slot came from.
+pub trait SlotHome: Sync {
+    /// Drops the value in slot `idx` and frees the slot.
+    ///
+    /// # Safety
+    /// Slot `idx` must be allocated and initialised, and no handle to it may be used afterwards.
+    unsafe fn release(&self, idx: u32);
+    /// A pointer to the front-pad value of slot `idx` if it has type `ty`.
+    fn front_ptr(&self, idx: u32, ty: TypeId) -> Option<NonNull<()>>;
+}
+
+impl<E: Send + 'static, const N: usize> SlotHome for Mempool<[E; N]> {
+    unsafe fn release(&self, idx: u32) {
+        // SAFETY: the caller guarantees slot `idx` is allocated, initialised and not used again.
+        unsafe { core::ptr::drop_in_place(self.slot_ptr(idx)) };
+        self.put(idx);
+    }
+    fn front_ptr(&self, _idx: u32, _ty: TypeId) -> Option<NonNull<()>> {
+        None
+    }
+}
+
+/// An owned, type-erased slice from a pool of `[E; N]` arrays (bio vector pools).
+pub struct VecBuf<E: 'static> {
+    ptr: NonNull<E>,
+    len: u32,
+    home: &'static dyn SlotHome,
+    idx: u32,
+}
+
+// SAFETY: unique owner of its slice, like `Box<[E]>`.
+unsafe impl<E: Send> Send for VecBuf<E> {}
+// SAFETY: shared access only gives `&[E]`.
+unsafe impl<E: Sync> Sync for VecBuf<E> {}
+
+impl<E: Send + 'static, const N: usize> PoolBox<[E; N]> {
+    /// Erases the array length (and the pool type): an owned `[E]`.
+    pub fn into_vecbuf(self) -> VecBuf<E> {
+        let this = ManuallyDrop::new(self);
+        let ptr = this.pool.slot_ptr(this.idx).cast::<E>();
+        VecBuf {
+            // The slot pointer comes from a reference into a static array: never null.
+            ptr: NonNull::new(ptr).unwrap_or(NonNull::dangling()),
+            len: N as u32,
+            home: this.pool,
+            idx: this.idx,
+        }
+    }
+}
+
+impl<E> Deref for VecBuf<E> {
+    type Target = [E];
+    fn deref(&self) -> &[E] {
+        // SAFETY: `ptr` points at `len` initialised elements of a slot this handle owns.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len as usize) }
+    }
+}
+
+impl<E> DerefMut for VecBuf<E> {
+    fn deref_mut(&mut self) -> &mut [E] {
+        // SAFETY: as in `deref`, and the borrow of the unique owner is unique.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len as usize) }
+    }
+}
+
+impl<E> Drop for VecBuf<E> {
+    fn drop(&mut self) {
+        // SAFETY: this handle owns the initialised slot and is never used after drop.
+        unsafe { self.home.release(self.idx) };
+    }
+}
+
+/// The part of a node that may be touched by several parties at once: the chain count, the
+/// first error, the waiter handshake and a waker. Only atomics and a try-locked waker.
+pub struct NodeHdr {
+    remaining: AtomicU32,
+    status: AtomicU32,
+    wait_state: AtomicU32,
+    waker: AtomicWaker,
+}
+
+const W_WAITER: u32 = 1;
+const W_DONE: u32 = 2;
+const W_ABANDONED: u32 = 4;
+const W_RELEASED: u32 = 8;
+
+impl NodeHdr {
+    const fn new() -> Self {
+        NodeHdr {
+            remaining: AtomicU32::new(1),
+            status: AtomicU32::new(0),
+            wait_state: AtomicU32::new(0),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    /// Records `code` (non-zero) unless an error is already recorded: the first error wins.
+    pub fn set_status_once(&self, code: u32) {
+        let _ = self
+            .status
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// Overwrites the status code (0 = success).
+    pub fn set_status(&self, code: u32) {
+        self.status.store(code, Ordering::Release);
+    }
+
+    /// The status code (0 = success).
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::Acquire)
+    }
+
+    /// The chain count (1 + outstanding children).
+    pub fn remaining(&self) -> u32 {
+        self.remaining.load(Ordering::Acquire)
+    }
+}
+
+/// A slot holding a shared header, a body and a front pad: the slot type of every `BioSet`.
+pub struct Padded<B, F> {
+    hdr: NodeHdr,
+    body: B,
+    front: F,
+}
+
+impl<B: Send + 'static, F: Send + Sync + 'static> SlotHome for Mempool<Padded<B, F>> {
+    unsafe fn release(&self, idx: u32) {
+        // SAFETY: the caller guarantees slot `idx` is allocated, initialised and not used again.
+        unsafe { core::ptr::drop_in_place(self.slot_ptr(idx)) };
+        self.put(idx);
+    }
+    fn front_ptr(&self, idx: u32, ty: TypeId) -> Option<NonNull<()>> {
+        if ty != TypeId::of::<F>() || idx as usize >= self.slots.len() {
+            return None;
+        }
+        let p = self.slot_ptr(idx);
+        // SAFETY: `p` points into the static slot array; taking a field address creates no
+        // reference.
+        let f = unsafe { core::ptr::addr_of_mut!((*p).front) };
+        NonNull::new(f.cast::<()>())
+    }
+}
+
+/// The owned, type-erased handle of a node (a bio): the body `B`, its header and front pad.
+///
+/// Like a `Box<B>` whose slot may also be referred to by [`ChainRef`]s (children crediting
+/// the node when they complete) and one [`WaitRef`] (a waiter); those only touch the header.
+pub struct Node<B: 'static> {
+    body: NonNull<B>,
+    hdr: NonNull<NodeHdr>,
+    home: &'static dyn SlotHome,
+    idx: u32,
+}
+
+// SAFETY: unique owner of the body; the header is only atomics and a spin-locked waker.
+unsafe impl<B: Send> Send for Node<B> {}
+// SAFETY: `&Node` gives `&B` and `&NodeHdr` (which is Sync).
+unsafe impl<B: Sync> Sync for Node<B> {}
+
+impl<B: Send + 'static> Node<B> {
+    /// Allocates a node with body `body` and front pad `front` from `pool`.
+    pub fn alloc<F: Send + Sync + 'static>(
+        pool: &'static Mempool<Padded<B, F>>,
+        body: B,
+        front: F,
+        wait: Wait,
+    ) -> Result<Node<B>, (B, F)> {
+        let Some(idx) = pool.take_waiting(wait) else {
+            return Err((body, front));
+        };
+        let p = pool.slot_ptr(idx);
+        // SAFETY: slot `idx` was just taken from the pool, so it is owned exclusively and
+        // uninitialised; writing the whole value initialises it. The field addresses are taken
+        // without creating references, so the three handles' regions stay disjoint.
+        let (bp, hp) = unsafe {
+            p.write(Padded {
+                hdr: NodeHdr::new(),
+                body,
+                front,
+            });
+            (
+                core::ptr::addr_of_mut!((*p).body),
+                core::ptr::addr_of_mut!((*p).hdr),
+            )
+        };
+        Ok(Node {
+            body: NonNull::new(bp).unwrap_or(NonNull::dangling()),
+            hdr: NonNull::new(hp).unwrap_or(NonNull::dangling()),
+            home: pool,
+            idx,
+        })
+    }
+
+    /// The shared header.
+    #[inline]
+    pub fn hdr(&self) -> &NodeHdr {
+        // SAFETY: the header lives as long as the slot is allocated, which this handle ensures;
+        // it is only ever accessed through shared references.
+        unsafe { self.hdr.as_ref() }
+    }
+
+    /// The front pad, if it has type `F`.
+    pub fn front<F: 'static>(&self) -> Option<&F> {
+        let p = self.home.front_ptr(self.idx, TypeId::of::<F>())?;
+        // SAFETY: `front_ptr` checked that the pad has type `F`; it is initialised while the
+        // slot is allocated; this handle owns the slot, and the shared borrow of the handle
+        // bounds the shared borrow of the pad.
+        Some(unsafe { p.cast::<F>().as_ref() })
+    }
+
+    /// The front pad, mutably, if it has type `F`.
+    pub fn front_mut<F: 'static>(&mut self) -> Option<&mut F> {
+        let p = self.home.front_ptr(self.idx, TypeId::of::<F>())?;
+        // SAFETY: as in `front`; the unique borrow of the unique owner makes this unique, and
+        // the pad does not overlap the body or header.
+        Some(unsafe { p.cast::<F>().as_mut() })
+    }
+
+    /// Takes one more chain reference: the node will not complete (see [`Node::put`]) until
+    /// the returned `ChainRef` is put.
+    pub fn chain_ref(&self) -> ChainRef<B> {
+        self.hdr().remaining.fetch_add(1, Ordering::AcqRel);
+        ChainRef {
+            body: self.body,
+            hdr: self.hdr,
+            home: self.home,
+            idx: self.idx,
+            _p: PhantomData,
+        }
+    }
+
+    /// Drops the owner's chain reference. If it was the last one, the node is handed back to
+    /// complete; otherwise it is parked and the last [`ChainRef::put`] gets it.
+    pub fn put(self) -> Option<Node<B>> {
+        // Only the owner makes chain references, so a count of 1 seen by the owner means no
+        // child is outstanding and none can appear: no read-modify-write needed.
+        if self.hdr().remaining.load(Ordering::Acquire) == 1 {
+            return Some(self);
+        }
+        if self.hdr().remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Unique again: restore the owner's own reference.
+            self.hdr().remaining.store(1, Ordering::Release);
+            Some(self)
+        } else {
+            core::mem::forget(self);
+            None
+        }
+    }
+
+    /// Registers the one waiter of this node. `None` if a waiter exists already.
+    pub fn waiter(&self) -> Option<WaitRef<B>> {
+        let prev = self.hdr().wait_state.fetch_or(W_WAITER, Ordering::AcqRel);
+        if prev & W_WAITER != 0 {
+            return None;
+        }
+        Some(WaitRef {
+            body: self.body,
+            hdr: self.hdr,
+            home: self.home,
+            idx: self.idx,
+            _p: PhantomData,
+        })
+    }
+
+    /// Hands the completed node to its waiter (and wakes it). Without a waiter the node is
+    /// dropped; if the waiter went away meanwhile, the node is freed here.
+    pub fn finish_to_waiter(self) {
+        drop(self);
+    }
+}
+
+/// Hands a parked node to its waiter: DONE, wake, then RELEASED as the last touch of the header.
+/// Frees the slot if the waiter was abandoned.
+///
+/// # Safety
+/// The caller must own the node (no other owner) and never use it again; a waiter exists.
+unsafe fn hand_to_waiter(hdr: NonNull<NodeHdr>, home: &'static dyn SlotHome, idx: u32) {
+    // SAFETY: the caller owns the allocated node; the slot is released only after W_RELEASED
+    // is set below (by the waiter, or here if it was abandoned).
+    let h = unsafe { hdr.as_ref() };
+    h.wait_state.fetch_or(W_DONE, Ordering::SeqCst);
+    h.waker.wake();
+    let prev = h.wait_state.fetch_or(W_RELEASED, Ordering::SeqCst);
+    if prev & W_ABANDONED != 0 {
+        // SAFETY: the waiter is gone and the node was handed over: nothing else refers to the
+        // allocated, initialised slot.
+        unsafe { home.release(idx) };
+    }
+}
+
+impl<B> Deref for Node<B> {
+    type Target = B;
+    #[inline]
+    fn deref(&self) -> &B {
+        // SAFETY: the body is initialised while the slot is allocated; this handle owns it.
+        unsafe { self.body.as_ref() }
+    }
+}
+
+impl<B> DerefMut for Node<B> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut B {
+        // SAFETY: as in `deref`; the unique borrow of the unique owner. Chain and wait
+        // references never touch the body.
+        unsafe { self.body.as_mut() }
+    }
+}
+
+impl<B: 'static> Drop for Node<B> {
+    fn drop(&mut self) {
+        // SAFETY: the header is valid while this handle owns the slot.
+        let h = unsafe { self.hdr.as_ref() };
+        if h.wait_state.load(Ordering::Acquire) & W_WAITER != 0 {
+            // SAFETY: this handle is the owner and is not used after drop; a waiter exists.
+            unsafe { hand_to_waiter(self.hdr, self.home, self.idx) };
+            return;
+        }
+        // A count of 1 seen by the owner: no chain reference is left (see `put`).
+        if h.remaining.load(Ordering::Acquire) == 1
+            || h.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+        {
+            // SAFETY: no chain reference is left and this handle is not used after drop.
+            unsafe { self.home.release(self.idx) };
+        }
+        // Otherwise children still hold chain references; the last one frees the slot.
+    }
+}
+
+/// A child's reference to its chain parent. Only touches the parent's header.
+pub struct ChainRef<B: 'static> {
+    body: NonNull<B>,
+    hdr: NonNull<NodeHdr>,
+    home: &'static dyn SlotHome,
+    idx: u32,
+    _p: PhantomData<B>,
+}
+
+// SAFETY: only the atomic header is accessed through it; the body is reconstituted into a
+// `Node` (unique owner) only by the last reference.
+unsafe impl<B: Send> Send for ChainRef<B> {}
+// SAFETY: `&ChainRef` only gives `&NodeHdr`, which is Sync.
+unsafe impl<B: Send> Sync for ChainRef<B> {}
+
+impl<B: Send + 'static> ChainRef<B> {
+    /// The parent's header (to record an error).
+    pub fn hdr(&self) -> &NodeHdr {
+        // SAFETY: the parent cannot be released while this reference holds a count.
+        unsafe { self.hdr.as_ref() }
+    }
+
+    /// Drops this reference; the last one gets the parent node back to complete it.
+    pub fn put(self) -> Option<Node<B>> {
+        let this = ManuallyDrop::new(self);
+        if this.hdr().remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The owner parked the node (its `put` saw a count above one) and every other
+            // reference is gone: this side is now the unique owner.
+            this.hdr().remaining.store(1, Ordering::Release);
+            Some(Node {
+                body: this.body,
+                hdr: this.hdr,
+                home: this.home,
+                idx: this.idx,
+            })
+        } else {
+            None
+        }
+    }
+}
+
+impl<B: 'static> Drop for ChainRef<B> {
+    fn drop(&mut self) {
+        // SAFETY: the count held by this reference keeps the header valid.
+        let h = unsafe { self.hdr.as_ref() };
+        if h.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Last reference dropped without completing: free the parent (no end_io).
+            // SAFETY: as in `put`, this side is the unique owner of the parked slot.
+            unsafe { self.home.release(self.idx) };
+        }
+    }
+}
+
+/// The waiter's handle on a node: becomes the `Node` again once it completed.
+pub struct WaitRef<B: 'static> {
+    body: NonNull<B>,
+    hdr: NonNull<NodeHdr>,
+    home: &'static dyn SlotHome,
+    idx: u32,
+    _p: PhantomData<B>,
+}
+
+// SAFETY: only the header is accessed until completion hands the node over.
+unsafe impl<B: Send> Send for WaitRef<B> {}
+// SAFETY: `&WaitRef` only reads the header's atomics.
+unsafe impl<B: Send> Sync for WaitRef<B> {}
+
+impl<B: Send + 'static> WaitRef<B> {
+    fn h(&self) -> &NodeHdr {
+        // SAFETY: the slot is not released while a waiter exists (the completer frees it only
+        // if W_ABANDONED was set by dropping this handle).
+        unsafe { self.hdr.as_ref() }
+    }
+
+    /// Whether the node completed and was handed over.
+    pub fn is_done(&self) -> bool {
+        self.h().wait_state.load(Ordering::SeqCst) & W_RELEASED != 0
+    }
+
+    /// Takes the node back if it completed.
+    pub fn try_take(self) -> Result<Node<B>, Self> {
+        if !self.is_done() {
+            return Err(self);
+        }
+        let this = ManuallyDrop::new(self);
+        // The handshake is over: the node is an ordinary owned node again.
+        this.h().wait_state.store(0, Ordering::Release);
+        Ok(Node {
+            body: this.body,
+            hdr: this.hdr,
+            home: this.home,
+            idx: this.idx,
+        })
+    }
+
+    /// Registers `waker` to be woken on completion; true if already done.
+    pub fn poll_done(&self, waker: &Waker) -> bool {
+        let h = self.h();
+        h.waker.register(waker);
+        let s = h.wait_state.load(Ordering::SeqCst);
+        if s & W_RELEASED != 0 {
+            return true;
+        }
+        if s & W_DONE != 0 {
+            // The completer is between DONE and RELEASED: come back very soon.
+            waker.wake_by_ref();
+        }
+        false
+    }
+}
+
+impl<B: 'static> Drop for WaitRef<B> {
+    fn drop(&mut self) {
+        // SAFETY: see `h`.
+        let h = unsafe { self.hdr.as_ref() };
+        let prev = h.wait_state.fetch_or(W_ABANDONED, Ordering::SeqCst);
+        if prev & W_RELEASED != 0 {
+            // SAFETY: completion handed the node to this waiter, which owns it uniquely.
+            unsafe { self.home.release(self.idx) };
+        }
+    }
+}

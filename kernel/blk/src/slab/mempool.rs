@@ -1,0 +1,417 @@
+//! Mempools: allocations from a shared [`Slab`] backed by a reserve of their own, per-CPU
+//! magazines, and the owning [`PoolBox`].
+
+use core::mem::ManuallyDrop;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use crate::error::BlkError;
+use crate::freelist::FreeStack;
+use crate::magazine::{MAG_SLOTS, MAX_CPUS, Magazine};
+
+use super::{Slab, Slot, Wait};
+
+/// Allocation counters of one mempool (relaxed atomics; read with [`Mempool::stats`]).
+#[derive(Default)]
+pub struct MempoolCounters {
+    allocs: AtomicU64,
+    frees: AtomicU64,
+    reserve_hits: AtomicU64,
+    waits: AtomicU64,
+    failures: AtomicU64,
+    high_water: AtomicU64,
+}
+
+/// A snapshot of a mempool's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MempoolStats {
+    /// Successful allocations.
+    pub allocs: u64,
+    /// Frees.
+    pub frees: u64,
+    /// Allocations served by the reserve (the shared slab was empty).
+    pub reserve_hits: u64,
+    /// Allocations that had to wait for a free.
+    pub waits: u64,
+    /// Allocations that failed (`Wait::Never` with slab and reserve empty).
+    pub failures: u64,
+    /// Elements in use now (allocated from this pool, not yet freed).
+    pub in_use: u64,
+    /// The most elements ever in use at once.
+    pub high_water: u64,
+    /// Elements in the reserve now.
+    pub reserve_len: u32,
+}
+
+const UNINIT: u8 = 0;
+const INITING: u8 = 1;
+const READY: u8 = 2;
+
+/// A mempool: allocations from a shared [`Slab`] backed by `min_nr` reserved elements of its own.
+///
+/// Allocation tries the shared slab, then the reserve; a may-wait allocation with both empty
+/// waits for a free ([`Wait`]). A free refills the reserve first. All lock-free.
+pub struct Mempool<T: 'static> {
+    pub(super) slots: &'static [Slot<T>],
+    links: &'static [AtomicU32],
+    shared: &'static FreeStack,
+    fresh: &'static AtomicU32,
+    reserve: FreeStack,
+    reserve_len: AtomicU32,
+    min_nr: u32,
+    state: AtomicU8,
+    counters: MempoolCounters,
+    mags: [Magazine; MAX_CPUS],
+    mags_used: AtomicU8,
+}
+
+/// The CPU id of a [`PoolBox`] allocated without one.
+const NO_CPU: u32 = u32::MAX;
+
+// SAFETY: as for `Slab`: each slot has one owner at a time, handed over through the lock-free
+// stacks; the counters are atomics.
+unsafe impl<T: Send> Sync for Mempool<T> {}
+
+impl<T: 'static> Mempool<T> {
+    /// A mempool over `slab` keeping `min_nr` elements in reserve. The reserve is filled from
+    /// the slab by [`Mempool::init`] (or lazily by the first allocation).
+    pub const fn new<const N: usize>(slab: &'static Slab<T, N>, min_nr: u32) -> Self {
+        Mempool {
+            slots: &slab.slots,
+            links: &slab.links,
+            shared: &slab.free,
+            fresh: &slab.fresh,
+            reserve: FreeStack::new(),
+            reserve_len: AtomicU32::new(0),
+            min_nr,
+            state: AtomicU8::new(UNINIT),
+            counters: MempoolCounters {
+                allocs: AtomicU64::new(0),
+                frees: AtomicU64::new(0),
+                reserve_hits: AtomicU64::new(0),
+                waits: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                high_water: AtomicU64::new(0),
+            },
+            mags: [const { Magazine::new() }; MAX_CPUS],
+            mags_used: AtomicU8::new(0),
+        }
+    }
+
+    /// Fills the reserve with `min_nr` elements taken from the shared slab. Idempotent.
+    /// `Err(NoMemory)` if the slab could not supply them all (frees top the reserve up later).
+    pub fn init(&self) -> Result<(), BlkError> {
+        match self
+            .state
+            .compare_exchange(UNINIT, INITING, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {}
+            Err(_) => {
+                while self.state.load(Ordering::Acquire) != READY {
+                    core::hint::spin_loop();
+                }
+                return Ok(());
+            }
+        }
+        let mut ok = true;
+        for _ in 0..self.min_nr {
+            match self.take_shared() {
+                Some(i) => {
+                    self.reserve_len.fetch_add(1, Ordering::Relaxed);
+                    self.reserve.push(self.links, i);
+                }
+                None => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        self.state.store(READY, Ordering::Release);
+        if ok { Ok(()) } else { Err(BlkError::NoMemory) }
+    }
+
+    #[inline]
+    fn ensure_init(&self) {
+        if self.state.load(Ordering::Acquire) != READY {
+            let _ = self.init();
+        }
+    }
+
+    #[inline]
+    fn take_shared(&self) -> Option<u32> {
+        if let Some(i) = self.shared.pop(self.links) {
+            return Some(i);
+        }
+        let cap = self.slots.len() as u32;
+        if self.fresh.load(Ordering::Relaxed) >= cap {
+            return None;
+        }
+        self.fresh
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                (f < cap).then_some(f + 1)
+            })
+            .ok()
+    }
+
+    #[inline]
+    fn take(&self) -> Option<u32> {
+        self.ensure_init();
+        let idx = match self.take_shared() {
+            Some(i) => i,
+            None => {
+                let i = self.reserve.pop(self.links)?;
+                self.reserve_len.fetch_sub(1, Ordering::Relaxed);
+                self.counters.reserve_hits.fetch_add(1, Ordering::Relaxed);
+                i
+            }
+        };
+        let allocs = self.counters.allocs.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut in_use = allocs.saturating_sub(self.counters.frees.load(Ordering::Relaxed));
+        if self.mags_used.load(Ordering::Relaxed) != 0 {
+            let (a, f) = self.mag_counts();
+            in_use = (allocs + a).saturating_sub(self.counters.frees.load(Ordering::Relaxed) + f);
+        }
+        if in_use > self.counters.high_water.load(Ordering::Relaxed) {
+            self.counters
+                .high_water
+                .fetch_max(in_use, Ordering::Relaxed);
+        }
+        Some(idx)
+    }
+
+    /// Allocations and frees counted in the magazines.
+    fn mag_counts(&self) -> (u64, u64) {
+        self.mags.iter().fold((0, 0), |(a, f), m| {
+            let (ma, mf) = m.counts();
+            (a + ma, f + mf)
+        })
+    }
+
+    /// Takes an element from any CPU's magazine (the shared stack and the reserve are empty).
+    fn steal(&self) -> Option<u32> {
+        if self.mags_used.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let i = self.mags.iter().find_map(|m| m.take())?;
+        self.counters.allocs.fetch_add(1, Ordering::Relaxed);
+        Some(i)
+    }
+
+    /// As `take`, CPU `cpu`'s magazine first.
+    #[inline]
+    fn take_on(&self, cpu: u32) -> Option<u32> {
+        if let Some(m) = self.mags.get(cpu as usize) {
+            if let Some(i) = m.take() {
+                m.count_alloc();
+                return Some(i);
+            }
+            if self.mags_used.load(Ordering::Relaxed) == 0 {
+                self.mags_used.store(1, Ordering::Relaxed);
+            }
+        }
+        self.take()
+    }
+
+    /// Returns slot `idx` freed on CPU `cpu`: the reserve if it is short, else that CPU's
+    /// magazine, else the shared stack.
+    #[inline]
+    fn put_on(&self, cpu: u32, idx: u32) {
+        if let Some(m) = self.mags.get(cpu as usize)
+            && self.reserve_len.load(Ordering::Relaxed) >= self.min_nr
+            && m.put(idx)
+        {
+            m.count_free();
+            return;
+        }
+        self.put(idx);
+    }
+
+    /// Returns slot `idx` (whose value has been dropped or moved out): reserve first.
+    #[inline]
+    pub(super) fn put(&self, idx: u32) {
+        self.counters.frees.fetch_add(1, Ordering::Relaxed);
+        let mut n = self.reserve_len.load(Ordering::Relaxed);
+        while n < self.min_nr {
+            match self.reserve_len.compare_exchange_weak(
+                n,
+                n + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.reserve.push(self.links, idx);
+                    return;
+                }
+                Err(now) => n = now,
+            }
+        }
+        self.shared.push(self.links, idx);
+    }
+
+    #[inline]
+    pub(super) fn slot_ptr(&self, idx: u32) -> *mut T {
+        // `idx` always comes from this pool's stacks, so it is in bounds.
+        self.slots[idx as usize].0.get().cast::<T>()
+    }
+
+    #[inline]
+    pub(super) fn take_waiting(&self, wait: Wait) -> Option<u32> {
+        self.take_waiting_on(NO_CPU, wait)
+    }
+
+    #[inline]
+    fn take_waiting_on(&self, cpu: u32, wait: Wait) -> Option<u32> {
+        if let Some(i) = self.take_on(cpu) {
+            return Some(i);
+        }
+        if let Some(i) = self.steal() {
+            return Some(i);
+        }
+        if matches!(wait, Wait::Never) {
+            self.counters.failures.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.counters.waits.fetch_add(1, Ordering::Relaxed);
+        loop {
+            wait.wait_once();
+            if let Some(i) = self.take_on(cpu).or_else(|| self.steal()) {
+                return Some(i);
+            }
+        }
+    }
+
+    /// Allocates an element holding `value` without waiting; gives `value` back on failure.
+    #[inline]
+    pub fn try_alloc(&'static self, value: T) -> Result<PoolBox<T>, T> {
+        self.alloc(value, Wait::Never)
+    }
+
+    /// Allocates an element holding `value`, waiting as `wait` says when the slab and the
+    /// reserve are empty. Only `Wait::Never` can fail.
+    #[inline]
+    pub fn alloc(&'static self, value: T, wait: Wait) -> Result<PoolBox<T>, T> {
+        self.alloc_on(NO_CPU, value, wait)
+    }
+
+    /// As [`Mempool::alloc`] on CPU `cpu`: served from that CPU's magazine (a few free elements
+    /// kept in front of the shared stack, on a cache line of its own) when it has one, and the
+    /// returned box goes back there when dropped. Any `cpu` is safe (a wrong or shared id only
+    /// costs speed); ids `>= MAX_CPUS` use the shared stack. Usable from interrupt context.
+    #[inline]
+    pub fn alloc_on(&'static self, cpu: u32, value: T, wait: Wait) -> Result<PoolBox<T>, T> {
+        match self.take_waiting_on(cpu, wait) {
+            Some(idx) => {
+                // SAFETY: `idx` was just taken from a magazine, popped or bumped, so this pool
+                // owns the slot exclusively and it holds no live value; writing initialises it.
+                unsafe { self.slot_ptr(idx).write(value) };
+                Ok(PoolBox {
+                    pool: self,
+                    idx,
+                    cpu,
+                })
+            }
+            None => Err(value),
+        }
+    }
+
+    /// As [`Mempool::try_alloc`] on CPU `cpu` (see [`Mempool::alloc_on`]).
+    #[inline]
+    pub fn try_alloc_on(&'static self, cpu: u32, value: T) -> Result<PoolBox<T>, T> {
+        self.alloc_on(cpu, value, Wait::Never)
+    }
+
+    /// Free elements cached in the per-CPU magazines now (at most `MAG_SLOTS * MAX_CPUS`).
+    pub fn cached(&self) -> usize {
+        self.mags.iter().map(|m| m.len()).sum()
+    }
+
+    /// Most free elements the per-CPU magazines of one mempool can hold.
+    pub const MAX_CACHED: usize = MAG_SLOTS * MAX_CPUS;
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> MempoolStats {
+        let (ma, mf) = self.mag_counts();
+        let allocs = self.counters.allocs.load(Ordering::Relaxed) + ma;
+        let frees = self.counters.frees.load(Ordering::Relaxed) + mf;
+        MempoolStats {
+            allocs,
+            frees,
+            reserve_hits: self.counters.reserve_hits.load(Ordering::Relaxed),
+            waits: self.counters.waits.load(Ordering::Relaxed),
+            failures: self.counters.failures.load(Ordering::Relaxed),
+            in_use: allocs.saturating_sub(frees),
+            high_water: self.counters.high_water.load(Ordering::Relaxed),
+            reserve_len: self.reserve_len.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The reserve size this pool keeps.
+    pub fn min_nr(&self) -> u32 {
+        self.min_nr
+    }
+}
+
+/// An owned element of a [`Mempool`], returned to its pool on drop (a `Box` without a heap).
+pub struct PoolBox<T: 'static> {
+    pub(super) pool: &'static Mempool<T>,
+    pub(super) idx: u32,
+    cpu: u32,
+}
+
+// SAFETY: a `PoolBox` is the unique owner of its value, like `Box<T>`.
+unsafe impl<T: Send> Send for PoolBox<T> {}
+// SAFETY: shared access to a `PoolBox` only gives `&T`.
+unsafe impl<T: Sync> Sync for PoolBox<T> {}
+
+impl<T> PoolBox<T> {
+    /// The slot index (stable while allocated).
+    pub fn index(&self) -> u32 {
+        self.idx
+    }
+
+    /// Moves the value out and frees the slot.
+    pub fn into_inner(self) -> T {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: the slot holds an initialised value owned by this box; `this` is never
+        // dropped, so the value is read out exactly once before the slot is freed.
+        let v = unsafe { this.pool.slot_ptr(this.idx).read() };
+        this.pool.put_on(this.cpu, this.idx);
+        v
+    }
+
+    /// Frees on CPU `cpu` (into its magazine) instead of the CPU given at allocation.
+    pub fn free_on(mut self, cpu: u32) {
+        self.cpu = cpu;
+    }
+
+    /// The address of the value (its "physical" address in an identity-mapped kernel).
+    pub fn addr(&self) -> usize {
+        self.pool.slot_ptr(self.idx) as usize
+    }
+}
+
+impl<T> Deref for PoolBox<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: the slot is initialised and owned by this box; shared borrow of the box.
+        unsafe { &*self.pool.slot_ptr(self.idx) }
+    }
+}
+
+impl<T> DerefMut for PoolBox<T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the slot is initialised and uniquely owned by this box; unique borrow.
+        unsafe { &mut *self.pool.slot_ptr(self.idx) }
+    }
+}
+
+impl<T> Drop for PoolBox<T> {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: the slot holds an initialised value owned by this box, dropped once here.
+        unsafe { core::ptr::drop_in_place(self.pool.slot_ptr(self.idx)) };
+        self.pool.put_on(self.cpu, self.idx);
+    }
+}
