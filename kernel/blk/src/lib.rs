@@ -2,8 +2,11 @@
 //! limits, split and chain, plugging and merging, tags and requests, `map_sg`, completion,
 //! timeouts, stacking (partitions, linear, striped) and a RAM disk.
 //!
-//! `no_std`, no `alloc`, no hardware access. The crate denies `unsafe` except in `slab`
-//! (lock-free slab, mempools, slot handles) and `mem` (segment memory access). See
+//! `no_std`, no `alloc`. blk knows no hardware: it never turns an address into a pointer; the
+//! CPU reaches segment memory only through `hal::mem` (RAM disk, bounce buffers), with the
+//! segment contract of [`BioVec::new`] as the reason it may. The crate denies `unsafe` except in
+//! `slab` (lock-free slab, mempools, slot handles), `mem` (DMA regions, the RAM disk's store),
+//! the segment constructor and the calls into `hal::mem` in `bounce` and `ramdisk`. See
 //! `docs/blk.md` for the design.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -73,4 +76,5 @@ pub use crate::{
 pub use tag::TagSet;
 
 #[cfg(all(test, not(loom)))]
+#[allow(unsafe_code)] // builds test segments over test buffers (`tests::harness::seg`)
 mod tests;

@@ -6,6 +6,8 @@
 //!
 //! - [`mmio::Mmio`]: a device register window, bounds-checked volatile accesses.
 //! - [`dma::DmaBuf`]: DMA-able memory from a static region, with its physical address.
+//! - [`mem`]: the virtual <-> physical translation the arch code sets up at boot, and the CPU
+//!   copies to and from memory named by physical address (`unsafe`: the caller vouches for it).
 //! - [`irq::IrqLine`]: an interrupt line (a PLIC source, an IOAPIC pin or an MSI vector) that a
 //!   driver registers a handler on.
 //!
@@ -16,6 +18,7 @@
 pub mod addr;
 pub mod dma;
 pub mod irq;
+pub mod mem;
 pub mod mmio;
 
 pub use addr::PhysAddr;
