@@ -38,11 +38,11 @@ pub const MAX_VECS: usize = 256;
 ///
 /// Neither a struct literal nor [`BioVec::new`] without `unsafe` compiles:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0451
 /// let v = blk::BioVec { addr: hal::PhysAddr(0x1000), len: 4096 };
 /// ```
 ///
-/// ```compile_fail
+/// ```compile_fail,E0133
 /// let v = blk::BioVec::new(hal::PhysAddr(0x1000), 4096);
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
