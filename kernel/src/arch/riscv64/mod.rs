@@ -252,14 +252,15 @@ pub fn cycles() -> u64 {
     timer_now()
 }
 
-/// Physical address of a kernel address: statics in the higher half, identity below.
-pub fn virt_to_phys(virt: usize) -> u64 {
-    if virt >= KERNEL_OFFSET {
-        (virt - KERNEL_OFFSET) as u64
-    } else {
-        virt as u64
-    }
-}
+/// How memory is mapped once paging is on (module docs), for `hal::mem`: physical
+/// 0..`IDENTITY_LIMIT` identity-mapped, the kernel image (statics, stacks) at
+/// `KERNEL_OFFSET + physical`.
+pub const TRANSLATION: hal::mem::Translation = hal::mem::Translation {
+    direct_offset: 0,
+    direct_limit: IDENTITY_LIMIT,
+    image_base: KERNEL_OFFSET,
+    image_offset: KERNEL_OFFSET,
+};
 
 /// Index of this CPU (one hart for now).
 pub fn cpu_id() -> usize {

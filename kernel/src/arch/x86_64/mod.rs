@@ -223,10 +223,14 @@ pub fn cycles() -> u64 {
     time::rdtsc()
 }
 
-/// Physical address of a kernel virtual address (identity map).
-pub fn virt_to_phys(virt: usize) -> u64 {
-    virt as u64
-}
+/// How memory is mapped, for `hal::mem`: the entry code identity-maps physical 0..4 GiB (RAM,
+/// the kernel image, the device hole); there is no separate image window.
+pub const TRANSLATION: hal::mem::Translation = hal::mem::Translation {
+    direct_offset: 0,
+    direct_limit: 4 << 30,
+    image_base: usize::MAX,
+    image_offset: 0,
+};
 
 /// Index of the running CPU (only the boot CPU runs).
 pub fn cpu_id() -> usize {
