@@ -24,8 +24,8 @@ static LAST_USED_AREA: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: `dma_alloc` returns zeroed, page-aligned pages that belong to nobody else until
 // `dma_dealloc`; `share` returns the address the device must use for a buffer: its physical
-// address by `hal::mem`'s translation, the inverse of the direct-map address `phys_bytes` made
-// it from; `mmio_phys_to_virt` maps device windows through the same direct map, which is where
+// address, the inverse (`hal::mem::direct_phys`) of the direct-map address `phys_bytes` made
+// it from (virtio-drivers only shares buffers this driver passes to `add`); `mmio_phys_to_virt` maps device windows through the same direct map, which is where
 // the boot code maps them on both architectures.
 unsafe impl Hal for VirtioHal {
     fn dma_alloc(pages: usize, direction: BufferDirection) -> (u64, NonNull<u8>) {
@@ -61,7 +61,8 @@ unsafe impl Hal for VirtioHal {
     }
 
     unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> u64 {
-        hal::mem::virt_to_phys(buffer.as_ptr() as *mut u8 as usize).0
+        // Every buffer this driver adds is a direct-map address made by `phys_bytes`.
+        hal::mem::direct_phys(buffer.as_ptr() as *mut u8 as usize).0
     }
 
     unsafe fn unshare(_paddr: u64, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
@@ -80,10 +81,8 @@ pub(crate) fn take_used_area() -> usize {
 /// `addr..addr + len` is RAM in `hal::mem`'s direct map that stays allocated while the device
 /// owns the chain, and nothing reads it as a Rust value meanwhile.
 unsafe fn phys_bytes<'a>(addr: u64, len: u32) -> &'a mut [u8] {
-    let Some(virt) = hal::mem::phys_to_virt(PhysAddr(addr)) else {
-        panic!("virtio buffer outside the direct map");
-    };
-    // SAFETY: the caller's contract: RAM reachable at its direct-map address `virt`, allocated
+    let virt = hal::mem::direct_virt(PhysAddr(addr));
+    // SAFETY: the caller's contract: RAM in the direct map, so reachable at `virt`, allocated
     // and otherwise untouched while the slice is used (virtio-drivers only takes its address
     // and length).
     unsafe { core::slice::from_raw_parts_mut(virt as *mut u8, len as usize) }
