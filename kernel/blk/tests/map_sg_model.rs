@@ -100,7 +100,7 @@ fn remaining(bios: &[Vec<BioVec>], skip: u32) -> Vec<BioVec> {
                 // SAFETY: never submitted: only map_sg's arithmetic looks at it.
                 v = unsafe { BioVec::new(PhysAddr(v.addr().0 + cut), v.len() - cut as u32) };
             }
-            if v.len() > 0 {
+            if !v.is_empty() {
                 out.push(v);
             }
         }
