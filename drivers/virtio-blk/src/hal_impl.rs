@@ -21,6 +21,8 @@ pub struct VirtioHal;
 
 /// Virtual address of the last device-written ("used ring") area the queue allocated.
 static LAST_USED_AREA: AtomicUsize = AtomicUsize::new(0);
+/// Bytes of that area (whole pages).
+static LAST_USED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: `dma_alloc` returns zeroed, page-aligned pages that belong to nobody else until
 // `dma_dealloc`; `share` returns the address the device must use for a buffer: its physical
@@ -34,6 +36,7 @@ unsafe impl Hal for VirtioHal {
         };
         let (virt, phys, _) = buf.into_raw_parts();
         if direction == BufferDirection::DeviceToDriver {
+            LAST_USED_BYTES.store(pages * hal::dma::PAGE_SIZE, Ordering::Relaxed);
             LAST_USED_AREA.store(virt, Ordering::Relaxed);
         }
         match NonNull::new(virt as *mut u8) {
@@ -196,9 +199,18 @@ pub(crate) struct UsedArea {
 }
 
 impl UsedArea {
-    /// The used area at `virt` of a ring of `ring` entries (`None` if unknown).
-    pub(crate) fn new(virt: usize, ring: usize) -> Option<Self> {
-        (virt != 0 && virt.is_multiple_of(4)).then_some(UsedArea { virt, ring })
+    /// The used area the last `VirtQueue::new` allocated, for a ring of `ring` entries (`None`
+    /// if unknown, or if the area is too small for that ring). The address only ever comes
+    /// from `dma_alloc`, so a handle always names memory the queue owns.
+    pub(crate) fn take_last(ring: usize) -> Option<Self> {
+        let virt = take_used_area();
+        let bytes = LAST_USED_BYTES.load(Ordering::Relaxed);
+        let fits = ring > 0
+            && ring
+                .checked_mul(used_ring::ELEM)
+                .and_then(|r| r.checked_add(used_ring::RING + 2))
+                .is_some_and(|end| end <= bytes);
+        (virt != 0 && virt.is_multiple_of(4) && fits).then_some(UsedArea { virt, ring })
     }
 
     fn ptr16(&self, off: usize) -> *mut u16 {
