@@ -27,8 +27,10 @@ pub fn init() {
     let virt = AREA.0.get() as usize;
     // SAFETY: 1. `AREA` is a static in .bss: RAM, mapped read-write for the whole run, used by
     // nothing but the allocator from here on; devices reach it at its physical address, which
-    // `hal::mem::virt_to_phys` gives for kernel statics. 2. It is 4 KiB aligned (`repr(align)`) and the
-    // kernel is mapped with page granularity, so the physical address is aligned too.
+    // `hal::mem::virt_to_phys` gives for kernel statics, and the CPU reaches that physical
+    // address through the direct map just installed (it is below either arch's limit).
+    // 2. It is 4 KiB aligned (`repr(align)`) and the kernel is mapped with page granularity, so
+    // the physical address is aligned too.
     // 3. `kmain` calls this once.
     unsafe { hal::dma::init(virt, hal::mem::virt_to_phys(virt), DMA_BYTES) };
 }

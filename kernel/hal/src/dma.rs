@@ -48,7 +48,8 @@ static REGION: Mutex<Option<Region>> = Mutex::new(None);
 ///
 /// # Safety
 /// 1. `virt..virt + len` is RAM, mapped read-write for the rest of the program, used by nothing
-///    else, and reachable by devices at `phys..phys + len`.
+///    else, and reachable by devices at `phys..phys + len` and by the CPU at the same physical
+///    addresses through [`crate::mem`]'s translation (bio segments over a buffer rely on it).
 /// 2. `virt` and `phys` are page-aligned.
 /// 3. Called once (a second call panics).
 pub unsafe fn init(virt: usize, phys: PhysAddr, len: usize) {
@@ -326,7 +327,9 @@ pub mod host {
             let mem = Box::leak(vec![0u8; TEST_REGION_BYTES + super::PAGE_SIZE].into_boxed_slice());
             let base = (mem.as_mut_ptr() as usize).next_multiple_of(super::PAGE_SIZE);
             // SAFETY: 1. `base..base + TEST_REGION_BYTES` lies inside `mem`, which is leaked,
-            // so it is valid for the rest of the process and used by nothing else; 2. `base`
+            // so it is valid for the rest of the process and used by nothing else, and the
+            // host translation of `crate::mem` is the identity, so the CPU reaches it at its
+            // "physical" address, which is `base` itself; 2. `base`
             // is page aligned, and so is the "physical" address, which is the same number;
             // 3. `ONCE` makes this the only call.
             unsafe { super::init(base, crate::PhysAddr(base as u64), TEST_REGION_BYTES) };
