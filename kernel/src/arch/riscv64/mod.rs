@@ -281,12 +281,15 @@ impl MmioMapper for Mapper {
             return None;
         }
         let inside = |&(base, size): &(u64, u64)| phys.0 >= base && end <= base + size;
+        let virt = hal::mem::phys_to_virt(phys)?;
         WINDOWS.get()?.iter().any(inside).then(|| {
             // SAFETY: 1. the range lies in a device window from the device tree (virtio-mmio
-            // slot, PCI ECAM or a PCI host window), identity-mapped by the boot page table;
-            // devices there take naturally aligned volatile accesses. 2. `MmioMapper` callers
-            // (bus code) only map what they assigned or read from the device, one owner each.
-            unsafe { Mmio::new(phys.0 as usize, phys, len) }
+            // slot, PCI ECAM or a PCI host window), in the direct map at `virt`
+            // (`hal::mem`, identity below `IDENTITY_LIMIT`); devices there take naturally
+            // aligned volatile accesses. 2. `MmioMapper` callers (bus code) only map what they
+            // assigned or read from the device, one owner each. 3. `virt` is not 0: no device
+            // window of the `virt` machine starts at address 0.
+            unsafe { Mmio::new(virt, phys, len) }
         })
     }
 }

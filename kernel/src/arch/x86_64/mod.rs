@@ -242,7 +242,8 @@ pub fn irq_chip() -> &'static dyn hal::irq::IrqChip {
     &apic::CHIP
 }
 
-/// Identity mapper for device windows: the device hole below 4 GiB and the PCI ECAM.
+/// Mapper for device windows (the device hole below 4 GiB and the PCI ECAM), through
+/// `hal::mem`'s direct map.
 struct IdentityMapper;
 
 static MAPPER: IdentityMapper = IdentityMapper;
@@ -257,10 +258,12 @@ impl MmioMapper for IdentityMapper {
         if !(in_device_hole(base, len64) || in_ecam) {
             return None;
         }
-        // SAFETY: the range is identity-mapped and uncached (device hole, or the ECAM marked
-        // uncached at boot); the `MmioMapper` contract makes the caller ask only for ranges that
-        // belong to devices.
-        Some(unsafe { Mmio::new(base as usize, phys, len) })
+        let virt = hal::mem::phys_to_virt(phys)?;
+        // SAFETY: 1. the range is in the direct map at `virt` (`hal::mem`, identity below
+        // 4 GiB) and uncached (device hole, or the ECAM marked uncached at boot); 2. the
+        // `MmioMapper` contract makes the caller ask only for ranges that belong to devices;
+        // 3. `virt` is not 0: the device hole and the ECAM lie far above address 0.
+        Some(unsafe { Mmio::new(virt, phys, len) })
     }
 }
 
