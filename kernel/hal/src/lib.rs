@@ -15,6 +15,7 @@
 //! The crate is `no_std`, has no heap, and builds on the host so drivers can be tested there
 //! with memory standing in for devices.
 #![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
 
 pub mod addr;
 pub mod dma;
