@@ -1,9 +1,9 @@
 //! Request building: a block-layer request to a descriptor chain (header, data, range
 //! segment, status byte in this tag's command memory), staged pre-flush and FUA post-flush
 //! chains, and the batched doorbell decision. A read or write is mapped on the stack with
-//! `blk::driver::with_sg`: a small array for the common requests of up to `SMALL_CHAIN - 2`
-//! segments, the full [`MAX_SEGMENTS`] one only for big ones (`add_locked` then picks the chain
-//! array by the number of entries).
+//! `blk::driver::with_sg` into the smallest array that holds it: `TINY_CHAIN - 2` entries for
+//! the common one- and two-segment requests, `SMALL_CHAIN - 2`, the full [`MAX_SEGMENTS`] one
+//! only for big ones (`add_locked` then picks the chain array by the number of entries).
 
 use core::sync::atomic::Ordering;
 
@@ -144,10 +144,25 @@ impl VirtioBlk {
         }
         match kind {
             RequestKind::Read | RequestKind::Write => {
+                let add = |sg: &[SgEntry]| self.submit_sg(rq, kind, sg, last);
+                // One or two segments (most requests): a tiny array, the small one out of line
+                // if a boundary cut makes more entries; past that (`InvalidArgument`), or for
+                // more segments, the small array and the full one out of line.
+                if rq.nr_segments() as usize <= TINY_CHAIN - 2 {
+                    match with_sg::<{ TINY_CHAIN - 2 }, { SMALL_CHAIN - 2 }, _>(
+                        rq,
+                        &self.limits,
+                        add,
+                    ) {
+                        Ok(r) => return r,
+                        Err(BlkError::InvalidArgument) => {}
+                        Err(e) => return Err(QueueRqError::Fatal(e)),
+                    }
+                }
                 match with_sg::<{ SMALL_CHAIN - 2 }, { MAX_SEGMENTS as usize }, _>(
                     rq,
                     &self.limits,
-                    |sg| self.submit_sg(rq, kind, sg, last),
+                    add,
                 ) {
                     Ok(r) => r,
                     Err(e) => Err(QueueRqError::Fatal(e)),
