@@ -2,12 +2,13 @@
 //!
 //! The pieces live in submodules: `setup` brings the device up, `submit` builds
 //! descriptor chains, `reap` takes and checks used entries, `reset` recovers after a protocol
-//! violation or a timeout; the plumbing every driver has sits apart (`stats`, `done` for the
-//! completion list, `sg_map` for the scatter-gather size classes), and `fault` holds the test
-//! hooks (feature `fault-injection`).
+//! violation or a timeout; `stats` declares the counters, and `fault` holds the test hooks
+//! (feature `fault-injection`). The plumbing every driver has comes from `blk::driver`: the
+//! counters macro, the completion list and its sink, the scatter-gather list on the stack.
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use blk::driver::CompletionSink;
 use blk::{HwQueue, QueueLimits, QueueRqError, Request, TagComplete, TimeoutAction};
 use hal::{DmaBuf, IrqLine};
 use spin::{Mutex, Once};
@@ -17,13 +18,11 @@ use crate::hal_impl::{UsedArea, VirtioHal};
 use crate::sg::HeadTable;
 use crate::{DeviceTransport, MAX_SEGMENTS, QUEUE_DEPTH, RING_SIZE};
 
-mod done;
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod reap;
 mod reset;
 mod setup;
-mod sg_map;
 mod stats;
 mod submit;
 
@@ -104,7 +103,7 @@ pub struct VirtioBlk {
     info: DeviceInfo,
     limits: QueueLimits,
     mode: Mode,
-    sink: Once<&'static dyn TagComplete>,
+    sink: CompletionSink,
     irq: Once<IrqLine>,
     msix: Once<(
         &'static ::pci::PciFunction<'static>,
@@ -147,7 +146,7 @@ impl VirtioBlk {
 
     /// Connects the block layer's queue (completion by tag). Once.
     pub fn attach(&self, queue: &'static dyn TagComplete) {
-        self.sink.call_once(|| queue);
+        self.sink.attach(queue);
     }
 
     /// The interrupt line (masked briefly when the handler finds the queue lock taken).

@@ -5,10 +5,10 @@
 use core::sync::atomic::Ordering;
 
 use blk::BlkError;
+use blk::driver::{CompletionBatch, Deliver};
 use spin::MutexGuard;
 use virtio_drivers::transport::Transport;
 
-use super::done::Done;
 use super::{CMD_STATUS, CMD_STRIDE, Inner, Mode, Slot, VirtioBlk, device_error};
 use crate::hal_impl::pop_chain;
 use crate::spec::status;
@@ -17,6 +17,9 @@ use crate::spec::status;
 /// `reap_pending` set so the next pass picks up the rest). Small, so the array is cheap to set
 /// up on every interrupt.
 pub(super) const BATCH: usize = 8;
+
+/// The completions of one reap pass.
+pub(super) type Batch = CompletionBatch<BATCH>;
 
 /// Why a reap pass stopped.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -72,27 +75,39 @@ impl VirtioBlk {
     /// delivered. A full batch leaves `reap_pending` set: callers follow with
     /// [`VirtioBlk::reap_if_pending`].
     pub(super) fn reap_deliver(&self, mut inner: MutexGuard<'_, Inner>) -> usize {
-        let mut done = [(0u16, Ok(())); BATCH];
-        let (n, stop) = self.reap_locked(&mut inner, &mut done);
-        match stop {
+        let mut done = Batch::new();
+        match self.reap_locked(&mut inner, &mut done) {
             Stop::Empty => {}
             Stop::Full => self.reap_pending.store(true, Ordering::Release),
-            Stop::Violation => return self.reset_deliver(inner, &done[..n]),
+            Stop::Violation => return self.reset_deliver(inner, &done),
         }
         drop(inner);
-        self.deliver(&done[..n]);
-        n
+        self.deliver(&done);
+        done.len()
+    }
+
+    /// Completes `done` to the attached queue, counting completions and errors (called with
+    /// the queue lock released).
+    pub(super) fn deliver(&self, done: &impl Deliver) {
+        let d = self.sink.deliver(done);
+        self.stats
+            .completions
+            .fetch_add(d.completed as u64, Ordering::Relaxed);
+        if d.errors != 0 {
+            self.stats
+                .errors
+                .fetch_add(d.errors as u64, Ordering::Relaxed);
+        }
     }
 
     /// Takes used entries, checking each, until the ring is empty, `done` is full or an entry
-    /// breaks the protocol; returns the completions to deliver and why it stopped.
-    pub(super) fn reap_locked(&self, inner: &mut Inner, done: &mut [Done; BATCH]) -> (usize, Stop) {
+    /// breaks the protocol; returns why it stopped.
+    pub(super) fn reap_locked(&self, inner: &mut Inner, done: &mut Batch) -> Stop {
         self.reap_pending.store(false, Ordering::Relaxed);
-        let mut n = 0;
         let mut reaped = 0u64;
         let mut renotify = false;
         let stop = loop {
-            if n == BATCH {
+            if done.is_full() {
                 break Stop::Full;
             }
             let Some(id) = inner.vq.peek_used() else {
@@ -132,18 +147,16 @@ impl VirtioBlk {
                 }
                 // No room: let the block layer retry the whole request.
                 inner.slots[tag as usize] = Slot::EMPTY;
-                done[n] = (tag, Err(BlkError::Busy));
-                n += 1;
+                done.push(tag, Err(BlkError::Busy));
                 continue;
             }
             inner.slots[tag as usize] = Slot::EMPTY;
-            done[n] = (tag, st);
-            n += 1;
+            done.push(tag, st);
         };
         self.stats.reaped.fetch_add(reaped, Ordering::Relaxed);
         if renotify {
             self.notify_locked(inner);
         }
-        (n, stop)
+        stop
     }
 }

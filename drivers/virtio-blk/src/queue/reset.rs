@@ -3,12 +3,12 @@
 
 use core::sync::atomic::Ordering;
 
+use blk::driver::CompletionBatch;
 use blk::{BlkError, TimeoutAction};
 use spin::MutexGuard;
 use virtio_drivers::transport::{DeviceStatus, Transport};
 
-use super::done::Done;
-use super::reap::BATCH;
+use super::reap::{BATCH, Batch};
 use super::setup::bring_up;
 use super::{Inner, Slot, VirtioBlk, device_error};
 use crate::QUEUE_DEPTH;
@@ -18,19 +18,24 @@ impl VirtioBlk {
     /// flight.
     #[cold]
     #[inline(never)]
-    pub(super) fn reset_deliver(&self, mut inner: MutexGuard<'_, Inner>, reaped: &[Done]) -> usize {
-        let mut done = [(0u16, Ok(())); QUEUE_DEPTH + BATCH];
-        let n = reaped.len().min(BATCH);
-        done[..n].copy_from_slice(&reaped[..n]);
-        let n = self.reset_locked(&mut inner, &mut done, n);
+    pub(super) fn reset_deliver(&self, mut inner: MutexGuard<'_, Inner>, reaped: &Batch) -> usize {
+        let mut done = CompletionBatch::<{ QUEUE_DEPTH + BATCH }>::new();
+        for c in reaped.as_slice() {
+            done.push(c.tag, c.status);
+        }
+        self.reset_locked(&mut inner, &mut done);
         drop(inner);
-        self.deliver(&done[..n]);
-        n
+        self.deliver(&done);
+        done.len()
     }
 
     /// The device broke the protocol: reset it (it stops touching memory), fail everything in
-    /// flight, and bring it up again.
-    pub(super) fn reset_locked(&self, inner: &mut Inner, done: &mut [Done], mut n: usize) -> usize {
+    /// flight (appended to `done` while it has room), and bring it up again.
+    pub(super) fn reset_locked<const N: usize>(
+        &self,
+        inner: &mut Inner,
+        done: &mut CompletionBatch<N>,
+    ) {
         self.stats.resets.fetch_add(1, Ordering::Relaxed);
         inner.transport.set_status(DeviceStatus::empty());
         let slots = &mut inner.slots;
@@ -38,10 +43,7 @@ impl VirtioBlk {
             if let Some(s) = slots.get_mut(tag as usize) {
                 *s = Slot::EMPTY;
             }
-            if let Some(d) = done.get_mut(n) {
-                *d = (tag, Err(BlkError::DeviceError(device_error::RESET)));
-                n += 1;
-            }
+            done.push(tag, Err(BlkError::DeviceError(device_error::RESET)));
         });
         match bring_up(&mut inner.transport, self.mode) {
             Ok((features, vq, used)) if features == self.info.features => {
@@ -59,7 +61,6 @@ impl VirtioBlk {
                 inner.transport.set_status(DeviceStatus::FAILED);
             }
         }
-        n
     }
 
     /// A request passed its deadline. virtio has no per-request abort: the device is reset
@@ -75,11 +76,11 @@ impl VirtioBlk {
             return TimeoutAction::Retry;
         }
         self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-        let mut done = [(0u16, Ok(())); QUEUE_DEPTH];
-        let n = self.reset_locked(&mut inner, &mut done, 0);
+        let mut done = CompletionBatch::<QUEUE_DEPTH>::new();
+        self.reset_locked(&mut inner, &mut done);
         drop(inner);
         // The late request's own completion is dropped by the queue (it owns the tag now).
-        self.deliver(&done[..n]);
+        self.deliver(&done);
         TimeoutAction::Retry
     }
 }

@@ -3,6 +3,7 @@
 use core::sync::atomic::AtomicBool;
 
 use blk::QueueLimits;
+use blk::driver::CompletionSink;
 use hal::DmaBuf;
 use spin::{Mutex, Once};
 use virtio_drivers::queue::VirtQueue;
@@ -186,7 +187,7 @@ impl VirtioBlk {
             info,
             limits,
             mode,
-            sink: Once::new(),
+            sink: CompletionSink::new(),
             irq: Once::new(),
             msix: Once::new(),
             reap_pending: AtomicBool::new(false),

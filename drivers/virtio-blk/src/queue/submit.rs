@@ -1,9 +1,13 @@
 //! Request building: a block-layer request to a descriptor chain (header, data, range
 //! segment, status byte in this tag's command memory), staged pre-flush and FUA post-flush
-//! chains, and the batched doorbell decision.
+//! chains, and the batched doorbell decision. A read or write is mapped on the stack with
+//! `blk::driver::with_sg` into the smallest array that holds it: `TINY_CHAIN - 2` entries for
+//! the common one- and two-segment requests, `SMALL_CHAIN - 2`, the full [`MAX_SEGMENTS`] one
+//! only for big ones (`add_locked` then picks the chain array by the number of entries).
 
 use core::sync::atomic::Ordering;
 
+use blk::driver::with_sg;
 use blk::{BioFlags, BlkError, Op, QueueRqError, Request, SgEntry};
 
 use super::{CMD_RANGE, CMD_SG, CMD_STATUS, CMD_STRIDE, Inner, Slot, VirtioBlk, device_error};
@@ -119,11 +123,8 @@ impl VirtioBlk {
         }
     }
 
-    pub(super) fn submit_n<const S: usize>(
-        &self,
-        rq: &Request,
-        last: bool,
-    ) -> Result<(), QueueRqError> {
+    /// Checks `rq`, maps a read's or write's segments and adds its chain (`queue_rq`).
+    pub(super) fn submit(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
         let tag = rq.tag();
         if tag as usize >= QUEUE_DEPTH {
             return Err(QueueRqError::Fatal(BlkError::InvalidArgument));
@@ -141,26 +142,57 @@ impl VirtioBlk {
         if kind.modifies() && self.info.read_only {
             return Err(QueueRqError::Fatal(BlkError::ReadOnly));
         }
-        let mut sg = [SgEntry::default(); S];
-        let nsg = match kind {
-            RequestKind::Read | RequestKind::Write => rq
-                .map_sg(&self.limits, &mut sg)
-                .map_err(QueueRqError::Fatal)?,
+        match kind {
+            RequestKind::Read | RequestKind::Write => {
+                let add = |sg: &[SgEntry]| self.submit_sg(rq, kind, sg, last);
+                // One or two segments (most requests): a tiny array, the small one out of line
+                // if a boundary cut makes more entries; past that (`InvalidArgument`), or for
+                // more segments, the small array and the full one out of line.
+                if rq.nr_segments() as usize <= TINY_CHAIN - 2 {
+                    match with_sg::<{ TINY_CHAIN - 2 }, { SMALL_CHAIN - 2 }, _>(
+                        rq,
+                        &self.limits,
+                        add,
+                    ) {
+                        Ok(r) => return r,
+                        Err(BlkError::InvalidArgument) => {}
+                        Err(e) => return Err(QueueRqError::Fatal(e)),
+                    }
+                }
+                match with_sg::<{ SMALL_CHAIN - 2 }, { MAX_SEGMENTS as usize }, _>(
+                    rq,
+                    &self.limits,
+                    add,
+                ) {
+                    Ok(r) => r,
+                    Err(e) => Err(QueueRqError::Fatal(e)),
+                }
+            }
             RequestKind::Flush if !self.info.flush => {
                 // Write-through device: nothing to flush.
-                if let Some(s) = self.sink.get() {
-                    s.complete(tag, Ok(()), None);
-                }
-                return Ok(());
+                self.sink.complete(tag, Ok(()));
+                Ok(())
             }
             RequestKind::Discard if self.info.max_discard_sectors == 0 => {
-                return Err(QueueRqError::Fatal(BlkError::Unsupported));
+                Err(QueueRqError::Fatal(BlkError::Unsupported))
             }
             RequestKind::WriteZeroes if self.info.max_write_zeroes_sectors == 0 => {
-                return Err(QueueRqError::Fatal(BlkError::Unsupported));
+                Err(QueueRqError::Fatal(BlkError::Unsupported))
             }
-            _ => 0,
-        };
+            _ => self.submit_sg(rq, kind, &[], last),
+        }
+    }
+
+    /// Adds the chain of `rq` (of `kind`, data segments `sg`) and records its slot.
+    fn submit_sg(
+        &self,
+        rq: &Request,
+        kind: RequestKind,
+        sg: &[SgEntry],
+        last: bool,
+    ) -> Result<(), QueueRqError> {
+        let tag = rq.tag();
+        let nsg = sg.len();
         if kind.has_data() && nsg == 0 {
             return Err(QueueRqError::Fatal(BlkError::InvalidArgument));
         }
