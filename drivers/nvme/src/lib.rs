@@ -11,8 +11,9 @@
 //! [`queue`] (rings, command ids), [`prp`] (PRPs and SGLs). The driver: `ctrl` (the
 //! controller and its bring-up), `io` (the request path), `complete` (reaping and the interrupt
 //! handler), `reset` (timeouts, abort, controller reset), `passthrough` (admin commands from
-//! the block layer), and the plumbing every driver has: `stats`, `batch` (completions
-//! delivered after the locks), `sg` (small and large scatter-gather lists).
+//! the block layer), `stats` (the counters). The plumbing every driver has (counters,
+//! completions delivered after the locks, scatter-gather lists on the stack, block ranges)
+//! comes from `blk::driver`.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -23,13 +24,11 @@ pub mod queue;
 pub mod regs;
 pub mod spec;
 
-mod batch;
 mod complete;
 mod ctrl;
 mod io;
 mod passthrough;
 mod reset;
-mod sg;
 mod stats;
 
 #[cfg(test)]
