@@ -14,7 +14,8 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use blk::{Bio, BioSet, BioSlab, BioVec, BlkError, BlockDevice, Op, SECTOR_SIZE, Wait, submit_bio};
+use blk::mem::DmaRegion;
+use blk::{Bio, BioSet, BioSlab, BlkError, BlockDevice, Op, SECTOR_SIZE, Wait, submit_bio};
 use hal::DmaBuf;
 use spin::Mutex;
 
@@ -169,7 +170,7 @@ fn run_job(
     dev: &'static dyn BlockDevice,
     job: &Job,
     ios: u32,
-    buf: &DmaBuf,
+    buf: &DmaRegion,
     rng: &mut Rng,
 ) -> Result<Outcome, BlkError> {
     let span = (dev.capacity() * SECTOR_SIZE as u64).min(SPAN_BYTES);
@@ -193,12 +194,14 @@ fn run_job(
             } else {
                 u64::from(issued) % blocks
             };
-            let addr = buf.phys().add(u64::from((issued % slots) * job.bs));
+            let v = buf
+                .segment(((issued % slots) * job.bs) as usize, job.bs)
+                .ok_or(BlkError::InvalidArgument)?;
             // The front pad holds the submit time.
             let mut b = SET.alloc(arch::now_ns(), job.op, 1, Wait::Hook(block::wait))?;
             b.set_dev(dev);
             b.set_sector(block * u64::from(job.bs) / SECTOR_SIZE as u64);
-            b.add_vec(BioVec::new(addr, job.bs))?;
+            b.add_vec(v)?;
             b.set_end_io(end_io);
             submit_bio(cpu_ctx(), b).map_err(|(e, _)| e)?;
             issued += 1;
@@ -310,7 +313,9 @@ pub fn run() -> bool {
         return false;
     };
     let dev = d.dev();
-    let Ok(buf) = DmaBuf::alloc(BUF_BYTES, 4096) else {
+    // Given up for good (one bench per boot): segments of it can never dangle, even if a job
+    // stops with bios in flight.
+    let Ok(buf) = DmaBuf::alloc(BUF_BYTES, 4096).map(DmaRegion::from_dma_buf) else {
         defmt::error!("bench: no DMA memory for the buffers");
         return false;
     };

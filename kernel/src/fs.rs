@@ -5,6 +5,7 @@
 //! A disk counts as blank only when both superblock slots (blocks 0 and 1) are all zeros; a
 //! disk with anything else there that does not mount is reported, never reformatted.
 
+use blk::mem::DmaRegion;
 use blk::{BioSet, BioSlab, BioVec, BlockDevice, BvecPools, BvecSlabs, Op, Wait, submit_bio_wait};
 use hal::DmaBuf;
 use spin::Mutex;
@@ -42,8 +43,8 @@ static FS_BVECS: BvecPools = BvecPools::new(&FS_BVEC_SLABS, FS_BVEC_RESERVE);
 /// The filesystem's bio set.
 pub static FS_SET: BioSet<FsIo> = BioSet::new(&FS_SLAB, FS_BIO_RESERVE, Some(&FS_BVECS));
 
-/// The I/O buffer, allocated once; whoever holds the lock owns it.
-static IO_BUF: Mutex<Option<&'static mut [u8]>> = Mutex::new(None);
+/// The I/O buffer, allocated once and never freed; whoever holds the lock owns it.
+static IO_BUF: Mutex<Option<DmaRegion>> = Mutex::new(None);
 
 /// Why no filesystem instance could be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,17 +57,12 @@ pub enum Setup {
     NoMemory,
 }
 
-fn io_buffer() -> Result<&'static mut [u8], Setup> {
+fn io_buffer() -> Result<DmaRegion, Setup> {
     FS_SET.init().map_err(|_| Setup::NoMemory)?;
     let buf = DmaBuf::alloc(IO_BUF_BYTES, BLOCK_SIZE).map_err(|_| Setup::NoMemory)?;
-    let (_, phys, len) = buf.into_raw_parts();
-    // SAFETY: the pages were just allocated for this buffer and are never freed (the handle
-    // is given up and not rebuilt), so nothing else uses them; the slice is made once and
-    // kept in `IO_BUF`, whose lock hands it to one user at a time. Every RAM physical address
-    // is mapped at the same virtual address on both architectures, so `phys` is a valid
-    // pointer to `len` bytes of RAM, and the block layer, which takes a buffer's address as
-    // its physical address (`blk::mem::phys_of`), gets the right one for DMA.
-    Ok(unsafe { core::slice::from_raw_parts_mut(phys.0 as usize as *mut u8, len) })
+    // Given up for good: the filesystem's block device builds its segments from the region's
+    // span, so they can only ever name this memory.
+    Ok(DmaRegion::from_dma_buf(buf))
 }
 
 /// Runs `f` on an unmounted filesystem instance over the virtio disk. One instance exists at a
@@ -77,10 +73,11 @@ pub fn with_fs<R>(f: impl FnOnce(&mut KernelFs<'_>) -> R) -> Result<R, Setup> {
     if guard.is_none() {
         *guard = Some(io_buffer()?);
     }
-    let buf: &mut [u8] = guard.as_deref_mut().ok_or(Setup::NoMemory)?;
+    let region = guard.as_mut().ok_or(Setup::NoMemory)?;
+    let span = region.span();
     let dev: &'static dyn BlockDevice = disk.queue;
-    let dev = BlkDisk::new(dev, cpu_ctx(), &FS_SET, block::wait).ok_or(Setup::BlockSize)?;
-    let mut fs = KernelFs::new(dev, buf);
+    let dev = BlkDisk::new(dev, cpu_ctx(), &FS_SET, block::wait, span).ok_or(Setup::BlockSize)?;
+    let mut fs = KernelFs::new(dev, region.as_mut_slice());
     Ok(f(&mut fs))
 }
 
@@ -109,8 +106,10 @@ pub fn superblocks_blank() -> Result<bool, FsError> {
         .map_err(|_| FsError::Io)?;
     bio.set_dev(disk.queue);
     bio.set_sector(0);
-    bio.add_vec(BioVec::new(buf.phys(), 2 * BLOCK_SIZE as u32))
-        .map_err(|_| FsError::Io)?;
+    // SAFETY: the segment contract: `buf` is DMA memory of this function, which waits for the
+    // bio (`submit_bio_wait`) before it reads the buffer or lets it drop, on every path.
+    let seg = unsafe { BioVec::new(buf.phys(), 2 * BLOCK_SIZE as u32) };
+    bio.add_vec(seg).map_err(|_| FsError::Io)?;
     submit_bio_wait(cpu_ctx(), bio, block::wait)
         .0
         .map_err(|_| FsError::Io)?;

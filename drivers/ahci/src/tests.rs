@@ -128,8 +128,13 @@ impl Env {
             )
             .unwrap();
         if let Some(buf) = buf {
-            b.add_vec(BioVec::new(buf.phys(), buf.len() as u32))
-                .unwrap();
+            // SAFETY: `buf` is a DMA buffer of the host test region (reachable at its physical
+            // address through hal's identity translation) that the test keeps alive and does
+            // not touch until every bio it submitted has ended (each test steps the device
+            // until `ends` records the completion before reading the buffer or dropping it).
+            #[allow(unsafe_code)]
+            let seg = unsafe { BioVec::new(buf.phys(), buf.len() as u32) };
+            b.add_vec(seg).unwrap();
         }
         b.set_sector(lba);
         b.set_flags(flags);

@@ -33,8 +33,8 @@ impl Nvme {
         }
         if let Some(v) = p.data {
             let sg = [SgEntry {
-                addr: v.addr,
-                len: v.len,
+                addr: v.addr(),
+                len: v.len(),
             }];
             let lp = self.list_pages(rq.tag());
             let (d, _) =

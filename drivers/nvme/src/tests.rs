@@ -117,9 +117,17 @@ fn bio(set: &'static BioSet<Counts>, op: Op, sector: u64, segs: &[BioVec], count
     b
 }
 
-/// `len` bytes at byte `off` of `buf`.
+/// `len` bytes at byte `off` of `buf`. The tests keep every buffer alive and untouched until
+/// the bios over it have ended (they drive the fake until the completions are recorded).
 fn seg(buf: &DmaBuf, off: usize, len: usize) -> BioVec {
-    BioVec::new(buf.phys().add(off as u64), len as u32)
+    assert!(off + len <= buf.len(), "segment outside its buffer");
+    // SAFETY: inside `buf` (checked above), DMA memory of the host test region reachable at its
+    // physical address through hal's identity translation; the tests hold `buf` until the bio
+    // ends and do not touch it meanwhile (see above).
+    #[allow(unsafe_code)]
+    unsafe {
+        BioVec::new(buf.phys().add(off as u64), len as u32)
+    }
 }
 
 fn pattern(seed: u8, n: usize) -> Vec<u8> {

@@ -1,7 +1,7 @@
 //! The one module where `unsafe` is allowed: virtio-drivers' `Hal` trait, its `unsafe fn`
 //! queue calls, the MMIO transport constructor, and the raw used-ring reads (event index, test
-//! hook). Everything here relies on one platform fact: every RAM physical address is mapped at
-//! the same virtual address, and device register windows come from `hal::MmioMapper`.
+//! hook). Addresses are translated with `hal::mem` (the mapping the arch code installed at boot;
+//! the identity on the host), and device register windows come from `hal::MmioMapper`.
 #![allow(unsafe_code)]
 
 use core::ptr::NonNull;
@@ -15,17 +15,20 @@ use virtio_drivers::{BufferDirection, Hal};
 
 use crate::spec::used_ring;
 
-/// virtio-drivers' view of our DMA memory: pages from `hal::dma`, identity addresses for
-/// buffers (the driver only hands it memory it names by physical address).
+/// virtio-drivers' view of our DMA memory: pages from `hal::dma`, buffer addresses through
+/// `hal::mem`'s translation (the driver only hands it memory it names by physical address).
 pub struct VirtioHal;
 
 /// Virtual address of the last device-written ("used ring") area the queue allocated.
 static LAST_USED_AREA: AtomicUsize = AtomicUsize::new(0);
+/// Bytes of that area (whole pages).
+static LAST_USED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: `dma_alloc` returns zeroed, page-aligned pages that belong to nobody else until
-// `dma_dealloc`; `share` returns the address the device must use for a buffer (identity for
-// every buffer this driver passes, see `phys_bytes`); `mmio_phys_to_virt` is the identity,
-// which is how the boot code maps device windows on both architectures.
+// `dma_dealloc`; `share` returns the address the device must use for a buffer: its physical
+// address, the inverse (`hal::mem::direct_phys`) of the direct-map address `phys_bytes` made
+// it from (virtio-drivers only shares buffers this driver passes to `add`); `mmio_phys_to_virt` maps device windows through the same direct map, which is where
+// the boot code maps them on both architectures.
 unsafe impl Hal for VirtioHal {
     fn dma_alloc(pages: usize, direction: BufferDirection) -> (u64, NonNull<u8>) {
         let Ok(buf) = DmaBuf::alloc(pages * hal::dma::PAGE_SIZE, hal::dma::PAGE_SIZE) else {
@@ -33,6 +36,7 @@ unsafe impl Hal for VirtioHal {
         };
         let (virt, phys, _) = buf.into_raw_parts();
         if direction == BufferDirection::DeviceToDriver {
+            LAST_USED_BYTES.store(pages * hal::dma::PAGE_SIZE, Ordering::Relaxed);
             LAST_USED_AREA.store(virt, Ordering::Relaxed);
         }
         match NonNull::new(virt as *mut u8) {
@@ -54,11 +58,14 @@ unsafe impl Hal for VirtioHal {
     }
 
     unsafe fn mmio_phys_to_virt(paddr: u64, _size: usize) -> NonNull<u8> {
-        NonNull::new(paddr as *mut u8).unwrap_or(NonNull::dangling())
+        hal::mem::phys_to_virt(PhysAddr(paddr))
+            .and_then(|v| NonNull::new(v as *mut u8))
+            .unwrap_or(NonNull::dangling())
     }
 
     unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> u64 {
-        buffer.as_ptr() as *mut u8 as u64
+        // Every buffer this driver adds is a direct-map address made by `phys_bytes`.
+        hal::mem::direct_phys(buffer.as_ptr() as *mut u8 as usize).0
     }
 
     unsafe fn unshare(_paddr: u64, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
@@ -74,11 +81,14 @@ pub(crate) fn take_used_area() -> usize {
 /// (it only takes the address and length of it).
 ///
 /// # Safety
-/// `addr..addr + len` is RAM (identity mapped) that stays allocated while the device owns the
-/// chain, and nothing reads it as a Rust value meanwhile.
+/// `addr..addr + len` is RAM in `hal::mem`'s direct map that stays allocated while the device
+/// owns the chain, and nothing reads it as a Rust value meanwhile.
 unsafe fn phys_bytes<'a>(addr: u64, len: u32) -> &'a mut [u8] {
-    // SAFETY: the caller's contract; a non-null, identity-mapped RAM address.
-    unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, len as usize) }
+    let virt = hal::mem::direct_virt(PhysAddr(addr));
+    // SAFETY: the caller's contract: RAM in the direct map, so reachable at `virt`, allocated
+    // and otherwise untouched while the slice is used (virtio-drivers only takes its address
+    // and length).
+    unsafe { core::slice::from_raw_parts_mut(virt as *mut u8, len as usize) }
 }
 
 /// One buffer of a chain: physical address and length.
@@ -189,9 +199,18 @@ pub(crate) struct UsedArea {
 }
 
 impl UsedArea {
-    /// The used area at `virt` of a ring of `ring` entries (`None` if unknown).
-    pub(crate) fn new(virt: usize, ring: usize) -> Option<Self> {
-        (virt != 0 && virt.is_multiple_of(4)).then_some(UsedArea { virt, ring })
+    /// The used area the last `VirtQueue::new` allocated, for a ring of `ring` entries (`None`
+    /// if unknown, or if the area is too small for that ring). The address only ever comes
+    /// from `dma_alloc`, so a handle always names memory the queue owns.
+    pub(crate) fn take_last(ring: usize) -> Option<Self> {
+        let virt = take_used_area();
+        let bytes = LAST_USED_BYTES.load(Ordering::Relaxed);
+        let fits = ring > 0
+            && ring
+                .checked_mul(used_ring::ELEM)
+                .and_then(|r| r.checked_add(used_ring::RING + 2))
+                .is_some_and(|end| end <= bytes);
+        (virt != 0 && virt.is_multiple_of(4) && fits).then_some(UsedArea { virt, ring })
     }
 
     fn ptr16(&self, off: usize) -> *mut u16 {

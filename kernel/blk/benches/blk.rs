@@ -6,6 +6,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use blk::bioset::{BioSet, BioSlab, BvecPools, BvecSlabs};
+use blk::mem::DmaRegion;
 use blk::ramdisk::{CompletionMode, RamDisk};
 use blk::{
     Bio, BioList, BioVec, CpuCtx, Mempool, Op, Queue, QueueConfig, QueueLimits, Request, SgEntry,
@@ -133,7 +134,9 @@ fn bench_roundtrip(c: &mut Criterion) {
     let set: &'static BioSet<Fs> = leak(BioSet::new(slab, 16, None));
     let ctx: &'static CpuCtx = leak(CpuCtx::new(0));
     let mem = Box::leak(vec![0u8; 4096].into_boxed_slice());
-    let seg = BioVec::from_buf(mem);
+    let seg = DmaRegion::from_static(mem)
+        .segment(0, 4096)
+        .expect("segment");
     fn end(bio: Bio) {
         black_box(bio.front::<Fs>());
     }
@@ -213,10 +216,9 @@ fn bench_split_map_sg(c: &mut Criterion) {
     let slab: &'static BioSlab<(), 64> = leak(BioSlab::new());
     let set: &'static BioSet<()> = leak(BioSet::new(slab, 4, Some(bvecs())));
     // 256 segments of 4 KiB; every other pair physically contiguous.
-    let mem = Box::leak(vec![0u8; 512 * 4096].into_boxed_slice());
-    let base = mem.as_ptr() as u64;
-    let segs: Vec<BioVec> = (0..256u64)
-        .map(|i| BioVec::new(hal::PhysAddr(base + (i + i / 2) * 4096), 4096))
+    let region = DmaRegion::from_static(Box::leak(vec![0u8; 512 * 4096].into_boxed_slice()));
+    let segs: Vec<BioVec> = (0..256usize)
+        .map(|i| region.segment((i + i / 2) * 4096, 4096).expect("segment"))
         .collect();
     let limits = QueueLimits {
         max_segments: 128,
@@ -250,7 +252,13 @@ fn bench_split_map_sg(c: &mut Criterion) {
         b.iter(|| black_box(black_box(&rq).map_sg(&wide, &mut out)))
     });
     g.bench_function("baseline_copy_256_segments_to_vec", |b| {
-        b.iter(|| black_box(rq.segments().map(|v| (v.addr, v.len)).collect::<Vec<_>>()))
+        b.iter(|| {
+            black_box(
+                rq.segments()
+                    .map(|v| (v.addr(), v.len()))
+                    .collect::<Vec<_>>(),
+            )
+        })
     });
     g.finish();
 }

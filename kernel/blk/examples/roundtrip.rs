@@ -4,8 +4,9 @@
 use std::hint::black_box;
 
 use blk::bioset::{BioSet, BioSlab};
+use blk::mem::DmaRegion;
 use blk::ramdisk::{CompletionMode, RamDisk};
-use blk::{Bio, BioVec, CpuCtx, Op, Queue, QueueConfig, QueueLimits, Wait};
+use blk::{Bio, CpuCtx, Op, Queue, QueueConfig, QueueLimits, Wait};
 
 fn leak<T>(v: T) -> &'static T {
     Box::leak(Box::new(v))
@@ -42,7 +43,9 @@ fn main() {
     let slab: &'static BioSlab<Fs, 256> = leak(BioSlab::new());
     let set: &'static BioSet<Fs> = leak(BioSet::new(slab, 16, None));
     let ctx: &'static CpuCtx = leak(CpuCtx::new(0));
-    let seg = BioVec::from_buf(Box::leak(vec![0u8; 4096].into_boxed_slice()));
+    let seg = DmaRegion::from_static(Box::leak(vec![0u8; 4096].into_boxed_slice()))
+        .segment(0, 4096)
+        .expect("segment");
     for i in 0..iters {
         let op = if i % 2 == 0 { Op::Write } else { Op::Read };
         let mut bio = set.alloc(Fs { inode: i }, op, 1, Wait::Spin).expect("bio");

@@ -18,12 +18,37 @@ pub const INLINE_VECS: usize = 4;
 pub const MAX_VECS: usize = 256;
 
 /// One segment of a bio: `len` bytes of memory at physical address `addr`.
+///
+/// A segment is a promise that a device may read and write that memory, so safe code cannot
+/// name arbitrary memory with one: the fields are private and [`BioVec::new`] is `unsafe`. Safe
+/// code builds segments from memory it owns for ever, a [`crate::mem::DmaRegion`]:
+///
+/// ```
+/// use blk::BioVec;
+/// use blk::mem::DmaRegion;
+///
+/// let mem: &'static mut [u8] = Box::leak(vec![0u8; 8192].into_boxed_slice());
+/// let mut region = DmaRegion::from_static(mem);
+/// let seg: BioVec = region.segment(4096, 4096).expect("inside the region");
+/// assert_eq!(seg.addr(), region.phys().add(4096));
+/// assert_eq!(seg.len(), 4096);
+/// assert!(region.segment(4096, 4097).is_none(), "past the end");
+/// region.as_mut_slice()[0] = 1; // CPU access goes through the region
+/// ```
+///
+/// Neither a struct literal nor [`BioVec::new`] without `unsafe` compiles:
+///
+/// ```compile_fail,E0451
+/// let v = blk::BioVec { addr: hal::PhysAddr(0x1000), len: 4096 };
+/// ```
+///
+/// ```compile_fail,E0133
+/// let v = blk::BioVec::new(hal::PhysAddr(0x1000), 4096);
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct BioVec {
-    /// Physical address of the first byte.
-    pub addr: PhysAddr,
-    /// Length in bytes.
-    pub len: u32,
+    addr: PhysAddr,
+    len: u32,
 }
 
 impl BioVec {
@@ -33,17 +58,51 @@ impl BioVec {
         len: 0,
     };
 
-    /// A segment.
-    pub const fn new(addr: PhysAddr, len: u32) -> Self {
+    /// A segment over `len` bytes at physical address `addr`.
+    ///
+    /// # Safety
+    /// The segment contract, which every bio carrying the segment relies on until it completes:
+    /// 1. `addr..addr + len` is memory valid for device reads and writes of `len` bytes (RAM a
+    ///    device can reach at that address, below the device's DMA limit unless the queue
+    ///    bounces);
+    /// 2. the CPU reaches it at `addr` through `hal`'s translation (`hal::mem`), which the
+    ///    RAM disk and bounce buffers use to copy it;
+    /// 3. it is owned by the I/O until the bio (and every bio split or cloned from it)
+    ///    completes: it is not freed or reused meanwhile;
+    /// 4. nothing else accesses it meanwhile (for a write, the CPU may read it).
+    #[allow(unsafe_code)]
+    pub const unsafe fn new(addr: PhysAddr, len: u32) -> Self {
         BioVec { addr, len }
     }
 
-    /// A segment over a buffer (its address is its physical address, by the identity mapping).
-    /// The caller keeps the buffer alive and untouched until the bio completes.
-    pub fn from_buf(buf: &mut [u8]) -> Self {
-        BioVec {
-            addr: crate::mem::phys_of(buf),
-            len: buf.len() as u32,
+    /// Physical address of the first byte.
+    #[inline]
+    pub const fn addr(&self) -> PhysAddr {
+        self.addr
+    }
+
+    /// Length in bytes.
+    #[inline]
+    pub const fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Whether the segment is empty.
+    #[inline]
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The part `off..off + len` of this segment (`None` if it does not fit). A part of a
+    /// segment is under the segment's contract, so this is safe.
+    #[inline]
+    pub const fn part(&self, off: u32, len: u32) -> Option<BioVec> {
+        match off.checked_add(len) {
+            Some(end) if end <= self.len => Some(BioVec {
+                addr: self.addr.add(off as u64),
+                len,
+            }),
+            _ => None,
         }
     }
 

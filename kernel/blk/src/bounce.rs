@@ -6,7 +6,6 @@ use crate::bio::{Bio, BioVec, bio_endio};
 use crate::bioset::BioSet;
 use crate::error::BlkError;
 use crate::limits::QueueLimits;
-use crate::mem;
 use crate::slab::{Mempool, PoolBox, Wait};
 
 /// Bytes of one bounce page.
@@ -50,19 +49,27 @@ pub struct Bouncer {
 }
 
 /// Copies between the bio's segments and a linear run of pages (`to_pages`: write direction).
+#[allow(unsafe_code)] // copies segment memory through `hal::mem`
 fn copy_segments(bio: &Bio, pages: &[PoolBox<BouncePage>], to_pages: bool) {
     let mut off = 0usize;
     for v in bio.segments() {
-        let (mut a, mut left) = (v.addr.0, v.len as usize);
+        let (mut a, mut left) = (v.addr().0, v.len() as usize);
         while left > 0 {
             let (pi, po) = (off / BOUNCE_PAGE, off % BOUNCE_PAGE);
             let Some(p) = pages.get(pi) else { return };
             let n = left.min(BOUNCE_PAGE - po);
-            let page_addr = PhysAddr((p.addr() + po) as u64);
-            if to_pages {
-                mem::copy_phys(page_addr, PhysAddr(a), n);
-            } else {
-                mem::copy_phys(PhysAddr(a), page_addr, n);
+            let page_addr = hal::mem::virt_to_phys(p.addr() + po);
+            // SAFETY: `a..a + n` is inside a segment of `bio`, under the segment contract
+            // (`BioVec::new`): the bio's own memory until it completes, which it has not (the
+            // clone carrying the pages is in flight or just finished). `page_addr..+n` is
+            // inside a bounce page this clone owns (`n <= BOUNCE_PAGE - po`), reached through
+            // the translation its address came from. The two never overlap.
+            unsafe {
+                if to_pages {
+                    hal::mem::copy_phys(page_addr, PhysAddr(a), n);
+                } else {
+                    hal::mem::copy_phys(PhysAddr(a), page_addr, n);
+                }
             }
             a += n as u64;
             left -= n;
@@ -97,6 +104,7 @@ impl Bouncer {
     /// Replaces `orig` (at most [`BOUNCE_MAX_BYTES`]) by a clone whose segments are bounce
     /// pages below `limits.dma_limit`; writes are copied now, reads on completion, and `orig`
     /// completes when the clone does.
+    #[allow(unsafe_code)] // builds the clone's segments over bounce pages
     pub fn bounce(
         &'static self,
         orig: Bio,
@@ -118,12 +126,17 @@ impl Bouncer {
                 Ok(p) => p,
                 Err(_) => return Err((BlkError::NoMemory, orig)),
             };
-            let addr = page.addr() as u64;
-            if addr + BOUNCE_PAGE as u64 - 1 > limits.dma_limit {
+            let addr = hal::mem::virt_to_phys(page.addr());
+            if addr.0 + BOUNCE_PAGE as u64 - 1 > limits.dma_limit {
                 return Err((BlkError::NoMemory, orig));
             }
             let len = (size - i * BOUNCE_PAGE).min(BOUNCE_PAGE) as u32;
-            if let Err(e) = clone.add_vec(BioVec::new(PhysAddr(addr), len)) {
+            // SAFETY: the segment contract: `addr` is a bounce page (`len <= BOUNCE_PAGE`) from
+            // a static mempool below the device's DMA limit (checked), at the physical address
+            // `hal`'s translation gives for it; the clone's pad keeps the page until the clone
+            // completes, and nothing else touches it meanwhile.
+            let v = unsafe { BioVec::new(addr, len) };
+            if let Err(e) = clone.add_vec(v) {
                 return Err((e, orig));
             }
             if let Some(pad) = clone.front_mut::<BouncePad>() {

@@ -8,8 +8,11 @@
 //! [`block_range`]); [`request`] is the [`Request`] a driver reads; [`queue`] is the [`Queue`]
 //! that owns requests (dispatch, requeue, completion, timeouts, passthrough).
 //!
-//! `no_std`, no `alloc`, no hardware access. The crate denies `unsafe` except in `slab`
-//! (lock-free slab, mempools, slot handles) and `mem` (segment memory access). See
+//! `no_std`, no `alloc`. blk knows no hardware: it never turns an address into a pointer; the
+//! CPU reaches segment memory only through `hal::mem` (RAM disk, bounce buffers), with the
+//! segment contract of [`BioVec::new`] as the reason it may. The crate denies `unsafe` except in
+//! `slab` (lock-free slab, mempools, slot handles), `mem` (DMA regions, the RAM disk's store),
+//! the segment constructor and the calls into `hal::mem` in `bounce` and `ramdisk`. See
 //! `docs/blk.md` for the design and `docs/drivers.md` for how to add a driver.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -86,4 +89,5 @@ pub use crate::{
 pub use tag::TagSet;
 
 #[cfg(all(test, not(loom)))]
+#[allow(unsafe_code)] // builds test segments over test buffers (`tests::harness::seg`)
 mod tests;

@@ -103,12 +103,12 @@ impl QueueLimits {
     /// Whether segment `next` may follow segment `prev` in one request under the virt boundary.
     pub fn virt_gap(&self, prev: &BioVec, next: &BioVec) -> bool {
         let m = self.virt_boundary_mask;
-        m != 0 && (prev.end() & m != 0 || next.addr.0 & m != 0)
+        m != 0 && (prev.end() & m != 0 || next.addr().0 & m != 0)
     }
 
     /// How many scatter-gather segments `v` needs on its own (boundary and size cuts).
     pub fn pieces(&self, v: &BioVec) -> u32 {
-        let (mut a, mut left, mut n) = (v.addr.0, v.len as u64, 0);
+        let (mut a, mut left, mut n) = (v.addr().0, v.len() as u64, 0);
         while left > 0 {
             let piece = left
                 .min(self.max_segment_size as u64)
@@ -149,7 +149,7 @@ pub fn check_bio(l: &QueueLimits, bio: &Bio) -> Result<(), BlkError> {
         let a = l.dma_alignment as u64 - 1;
         if bio
             .segments()
-            .any(|v| v.addr.0 & a != 0 || v.len as u64 & a != 0)
+            .any(|v| v.addr().0 & a != 0 || v.len() as u64 & a != 0)
         {
             return Err(BlkError::Misaligned);
         }
@@ -206,7 +206,7 @@ pub fn split_point(
         {
             return cut(bytes);
         }
-        let (mut a, mut left) = (v.addr.0, v.len);
+        let (mut a, mut left) = (v.addr().0, v.len());
         while left > 0 {
             let piece = (left as u64)
                 .min(l.max_segment_size as u64)

@@ -53,7 +53,7 @@ fn map_sg_walk(
     let mut n = 0usize;
     let mut cur: Option<SgEntry> = None;
     for v in bios.iter().flat_map(|b| b.segments()) {
-        let (mut a, mut left) = (v.addr.0, v.len as u64);
+        let (mut a, mut left) = (v.addr().0, v.len() as u64);
         while left > 0 {
             if let Some(c) = cur.as_mut()
                 && c.addr.0 + c.len as u64 == a
@@ -111,10 +111,10 @@ fn single_entry(bios: &BioList, limits: &QueueLimits) -> Option<SgEntry> {
     let it = bio.iter();
     let v = bio.vecs().get(it.idx as usize)?;
     let len = it.size;
-    if len == 0 || Some(len) > v.len.checked_sub(it.done) || len > limits.max_segment_size {
+    if len == 0 || Some(len) > v.len().checked_sub(it.done) || len > limits.max_segment_size {
         return None;
     }
-    let addr = v.addr.0 + it.done as u64;
+    let addr = v.addr().0 + it.done as u64;
     (len as u64 <= limits.bytes_to_boundary(addr)).then_some(SgEntry {
         addr: PhysAddr(addr),
         len,

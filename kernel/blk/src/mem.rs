@@ -1,80 +1,152 @@
-//! The one place that dereferences segment addresses.
+//! The memory that bios name: DMA regions that safe code builds segments from, and the RAM
+//! disk's store.
 //!
-//! In the kernel every RAM physical address is identity mapped, so the CPU can reach a
-//! segment's memory at its physical address; on the host a "physical" address is a host
-//! pointer. The contract of the whole block layer: whoever puts a segment `(addr, len)` into a
-//! bio promises that it names memory valid for reads and writes of `len` bytes, owned by that
-//! I/O until the bio completes — the same promise as handing the address to a DMA engine. The
-//! functions below (RAM disk copies, bounce buffers, test oracles) rely on it.
+//! A segment ([`BioVec`]) is a promise that a device may read and write its memory until the
+//! bio completes (the segment contract, on [`BioVec::new`]). Safe code keeps that promise by
+//! taking segments from a [`DmaRegion`]: memory given up for the rest of the program (a
+//! `'static` slice, or a `hal::DmaBuf` never to be freed), so that whatever a segment of it
+//! names stays valid for ever, whatever happens to the bio.
+//!
+//! The block layer never turns an address into a pointer itself: the RAM disk and bounce
+//! buffers copy segment memory with `hal::mem`, which finds it through the translation the arch
+//! code set up at boot.
 
-use hal::PhysAddr;
+use hal::{DmaBuf, PhysAddr};
 
-/// The physical address of a buffer (identity mapping: its address).
-pub fn phys_of(buf: &[u8]) -> PhysAddr {
-    PhysAddr(buf.as_ptr() as usize as u64)
+use crate::bio::BioVec;
+
+/// Memory owned for the rest of the program, from which safe code builds bio segments.
+///
+/// The region hands out bounds-checked segments of itself ([`DmaRegion::segment`]) and CPU
+/// access to itself ([`DmaRegion::as_mut_slice`]). Its contents are unspecified while a bio
+/// over it is in flight (the device may be writing them); the memory itself stays valid.
+#[derive(Debug)]
+pub struct DmaRegion {
+    span: DmaSpan,
 }
 
-/// Copies `src` into the segment memory at `dst`.
-pub fn copy_to_phys(dst: PhysAddr, src: &[u8]) {
-    if src.is_empty() {
-        return;
-    }
-    // SAFETY: by the segment contract (module docs), `dst` names `src.len()` writable bytes
-    // owned by the I/O in progress; `src` is a live slice; the I/O's buffer does not overlap
-    // the caller's slice (a device's store or a bounce page is never also an I/O buffer).
-    unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst.0 as usize as *mut u8, src.len()) }
+/// The address range of a [`DmaRegion`], without CPU access: a copyable handle that builds
+/// segments of the region (e.g. for a filesystem's block device, while the filesystem holds the
+/// region's bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaSpan {
+    virt: usize,
+    phys: PhysAddr,
+    len: usize,
 }
 
-/// Copies segment memory at `src` into `dst`.
-pub fn copy_from_phys(dst: &mut [u8], src: PhysAddr) {
-    if dst.is_empty() {
-        return;
+impl DmaRegion {
+    /// A region over `mem`, which it keeps for ever. Its physical address comes from `hal`'s
+    /// translation.
+    pub fn from_static(mem: &'static mut [u8]) -> Self {
+        let virt = mem.as_mut_ptr() as usize;
+        DmaRegion {
+            span: DmaSpan {
+                virt,
+                phys: hal::mem::virt_to_phys(virt),
+                len: mem.len(),
+            },
+        }
     }
-    // SAFETY: by the segment contract, `src` names `dst.len()` readable bytes; `dst` is a live
-    // unique slice that is not the segment's memory.
-    unsafe {
-        core::ptr::copy_nonoverlapping(src.0 as usize as *const u8, dst.as_mut_ptr(), dst.len())
+
+    /// A region over a DMA buffer, given up for good (its pages are never freed).
+    pub fn from_dma_buf(buf: DmaBuf) -> Self {
+        let (virt, phys, len) = buf.into_raw_parts();
+        DmaRegion {
+            span: DmaSpan { virt, phys, len },
+        }
+    }
+
+    /// The region's range, to build segments from while its bytes are lent out.
+    pub fn span(&self) -> DmaSpan {
+        self.span
+    }
+
+    /// The segment `off..off + len` of the region, or `None` if it does not fit.
+    pub fn segment(&self, off: usize, len: u32) -> Option<BioVec> {
+        self.span.segment(off, len)
+    }
+
+    /// Physical address of the first byte.
+    pub fn phys(&self) -> PhysAddr {
+        self.span.phys
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.span.len
+    }
+
+    /// Whether the region is empty.
+    pub fn is_empty(&self) -> bool {
+        self.span.len == 0
+    }
+
+    /// The region's bytes. Only meaningful while no bio over it is reading into it.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `virt..virt + len` is memory the region owns for the rest of the program
+        // (`from_static` took a `&'static mut`, `from_dma_buf` gave up the buffer's pages), and
+        // `&self` excludes CPU writers through this handle (a `DmaSpan` has no CPU access).
+        unsafe { core::slice::from_raw_parts(self.span.virt as *const u8, self.span.len) }
+    }
+
+    /// The region's bytes, mutably. Only meaningful while no bio over it is in flight.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes this the only CPU access.
+        unsafe { core::slice::from_raw_parts_mut(self.span.virt as *mut u8, self.span.len) }
     }
 }
 
-/// Copies `len` bytes between two segment memories (`copy`, so overlap is allowed).
-pub fn copy_phys(dst: PhysAddr, src: PhysAddr, len: usize) {
-    if len == 0 {
-        return;
+impl DmaSpan {
+    /// The segment `off..off + len` of the region, or `None` if it does not fit.
+    pub fn segment(&self, off: usize, len: u32) -> Option<BioVec> {
+        if off.checked_add(len as usize)? > self.len {
+            return None;
+        }
+        // SAFETY: the segment contract: the range is inside the region (checked above), memory
+        // the region owns for the rest of the program, so it outlives any bio; it is RAM that
+        // devices reach at `phys` (a DMA buffer, or a static whose address `hal`'s translation
+        // gave), and the CPU reaches it there through the same translation. Nothing but the
+        // region's owner accesses it, through the region.
+        Some(unsafe { BioVec::new(self.phys.add(off as u64), len) })
     }
-    // SAFETY: by the segment contract both name `len` valid bytes; `ptr::copy` allows overlap.
-    unsafe { core::ptr::copy(src.0 as usize as *const u8, dst.0 as usize as *mut u8, len) }
-}
 
-/// Zeroes `len` bytes of segment memory.
-pub fn zero_phys(dst: PhysAddr, len: usize) {
-    if len == 0 {
-        return;
+    /// The segment over `buf`, if `buf` lies inside the region (e.g. a part of the region's
+    /// bytes lent out with [`DmaRegion::as_mut_slice`]); `None` otherwise.
+    pub fn segment_of(&self, buf: &[u8]) -> Option<BioVec> {
+        let off = (buf.as_ptr() as usize).checked_sub(self.virt)?;
+        self.segment(off, u32::try_from(buf.len()).ok()?)
     }
-    // SAFETY: by the segment contract `dst` names `len` writable bytes.
-    unsafe { core::ptr::write_bytes(dst.0 as usize as *mut u8, 0, len) }
+
+    /// Physical address of the first byte.
+    pub fn phys(&self) -> PhysAddr {
+        self.phys
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the span is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// A static byte store shared between the submit path and a completion thread (the RAM disk's
 /// medium). Accesses to overlapping ranges by concurrent requests race exactly as they would on
-/// a disk; each access itself is a plain copy.
+/// a disk; each access itself is a plain copy through `hal::mem`.
 pub struct Store {
-    base: *mut u8,
+    phys: PhysAddr,
     len: usize,
 }
-
-// SAFETY: the store is plain bytes; concurrent access to distinct ranges is fine and
-// overlapping concurrent requests have undefined *contents* (as on hardware), never touch
-// memory outside `base..base+len` (every access is bounds-checked).
-unsafe impl Sync for Store {}
-// SAFETY: as above.
-unsafe impl Send for Store {}
 
 impl Store {
     /// A store over `mem`, which it keeps for ever.
     pub fn new(mem: &'static mut [u8]) -> Self {
         Store {
-            base: mem.as_mut_ptr(),
+            phys: hal::mem::virt_to_phys(mem.as_mut_ptr() as usize),
             len: mem.len(),
         }
     }
@@ -89,75 +161,70 @@ impl Store {
         self.len == 0
     }
 
-    fn range_ok(&self, off: u64, len: usize) -> bool {
-        (off as usize) <= self.len && len <= self.len - off as usize && off <= usize::MAX as u64
+    /// The physical address of byte `off` if `off..off + len` is inside the store.
+    fn at(&self, off: u64, len: usize) -> Option<PhysAddr> {
+        let ok = off <= self.len as u64 && len <= self.len - off as usize;
+        ok.then(|| self.phys.add(off))
     }
 
     /// Copies `len` bytes at `off` of the store to segment memory `dst`. False if out of range.
-    pub fn read_to(&self, off: u64, dst: PhysAddr, len: usize) -> bool {
-        if !self.range_ok(off, len) {
+    ///
+    /// # Safety
+    /// `dst..dst + len` is under the segment contract ([`BioVec::new`]): a segment (or part of
+    /// one) of a bio in progress, writable, reachable through `hal`'s translation.
+    pub unsafe fn read_to(&self, off: u64, dst: PhysAddr, len: usize) -> bool {
+        let Some(src) = self.at(off, len) else {
             return false;
-        }
-        // SAFETY: `off..off+len` is inside the store (checked above); `dst` follows the segment
-        // contract.
-        copy_phys(
-            dst,
-            PhysAddr(unsafe { self.base.add(off as usize) } as usize as u64),
-            len,
-        );
+        };
+        // SAFETY: `src..src + len` is inside the store (checked by `at`), memory the store owns
+        // for ever, reached through the translation `new` took its address from; `dst` is
+        // segment memory the caller vouches for. Racing requests on one range make the
+        // contents undefined, as on a disk, never touch memory outside either range.
+        unsafe { hal::mem::copy_phys(dst, src, len) };
         true
     }
 
     /// Copies `len` bytes from segment memory `src` into the store at `off`.
-    pub fn write_from(&self, off: u64, src: PhysAddr, len: usize) -> bool {
-        if !self.range_ok(off, len) {
+    ///
+    /// # Safety
+    /// `src..src + len` is under the segment contract ([`BioVec::new`]), readable.
+    pub unsafe fn write_from(&self, off: u64, src: PhysAddr, len: usize) -> bool {
+        let Some(dst) = self.at(off, len) else {
             return false;
-        }
-        // SAFETY: as in `read_to`.
-        copy_phys(
-            PhysAddr(unsafe { self.base.add(off as usize) } as usize as u64),
-            src,
-            len,
-        );
+        };
+        // SAFETY: as in `read_to`, the other way round.
+        unsafe { hal::mem::copy_phys(dst, src, len) };
         true
     }
 
     /// Zeroes `len` bytes at `off`.
     pub fn zero(&self, off: u64, len: usize) -> bool {
-        if !self.range_ok(off, len) {
+        let Some(dst) = self.at(off, len) else {
             return false;
-        }
-        // SAFETY: the range is inside the store (checked above).
-        zero_phys(
-            PhysAddr(unsafe { self.base.add(off as usize) } as usize as u64),
-            len,
-        );
+        };
+        // SAFETY: the range is inside the store (checked by `at`), memory it owns for ever.
+        unsafe { hal::mem::zero_phys(dst, len) };
         true
     }
 
     /// Copies store bytes into `dst` (tests, partition scanning).
     pub fn read_bytes(&self, off: u64, dst: &mut [u8]) -> bool {
-        if !self.range_ok(off, dst.len()) {
+        let Some(src) = self.at(off, dst.len()) else {
             return false;
-        }
-        // SAFETY: the range is inside the store (checked above).
-        copy_from_phys(
-            dst,
-            PhysAddr(unsafe { self.base.add(off as usize) } as usize as u64),
-        );
+        };
+        // SAFETY: the range is inside the store (checked by `at`); `dst` is a unique slice, so
+        // not store memory (the store's bytes are never lent out as a slice).
+        unsafe { hal::mem::copy_from_phys(dst, src) };
         true
     }
 
     /// Copies `src` into the store.
     pub fn write_bytes(&self, off: u64, src: &[u8]) -> bool {
-        if !self.range_ok(off, src.len()) {
+        let Some(dst) = self.at(off, src.len()) else {
             return false;
-        }
-        // SAFETY: the range is inside the store (checked above).
-        copy_to_phys(
-            PhysAddr(unsafe { self.base.add(off as usize) } as usize as u64),
-            src,
-        );
+        };
+        // SAFETY: as in `read_bytes`.
+        unsafe { hal::mem::copy_to_phys(dst, src) };
         true
     }
 }

@@ -5,8 +5,6 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use hal::PhysAddr;
-
 use crate::bio::{Op, SECTOR_SHIFT};
 use crate::error::{BlkError, BlkStatus, status_code, status_from_code};
 use crate::limits::QueueLimits;
@@ -211,6 +209,7 @@ impl RamDisk {
         }
     }
 
+    #[allow(unsafe_code)] // copies segment memory through the store
     fn transfer(&self, rq: &Request, byte_off: u64, sg: &[SgEntry]) -> (BlkStatus, Option<u32>) {
         let n = sg.len();
         self.sg_entries.fetch_add(n as u64, Ordering::Relaxed);
@@ -229,9 +228,14 @@ impl RamDisk {
                 break;
             }
             let n = (e.len as usize).min(left);
-            let ok = match rq.op() {
-                Op::Read => self.store.read_to(off, PhysAddr(e.addr.0), n),
-                _ => self.store.write_from(off, PhysAddr(e.addr.0), n),
+            // SAFETY: `e` comes from `map_sg` of `rq`, so it names (part of) the request's bio
+            // segments, which the segment contract (`BioVec::new`) makes the request's own
+            // memory, readable and writable, until it completes; `n <= e.len`.
+            let ok = unsafe {
+                match rq.op() {
+                    Op::Read => self.store.read_to(off, e.addr, n),
+                    _ => self.store.write_from(off, e.addr, n),
+                }
             };
             if !ok {
                 return (Err(BlkError::OutOfRange), Some((off - byte_off) as u32));
@@ -249,6 +253,7 @@ impl RamDisk {
         }
     }
 
+    #[allow(unsafe_code)] // writes the identify answer into the data segment
     fn do_passthrough(&self, rq: &Request) -> (BlkStatus, u64) {
         let Some(cmd) = rq.passthrough() else {
             return (Err(BlkError::Io), 0);
@@ -257,9 +262,12 @@ impl RamDisk {
             PT_IDENTIFY => {
                 let cap = self.capacity();
                 if let Some(d) = cmd.data
-                    && d.len >= 8
+                    && d.len() >= 8
                 {
-                    crate::mem::copy_to_phys(d.addr, &cap.to_le_bytes());
+                    // SAFETY: `d` is the command's data segment, a `BioVec`, so it is under the
+                    // segment contract: writable memory of at least 8 bytes (checked) owned by
+                    // this command until it completes, reachable through `hal`'s translation.
+                    unsafe { hal::mem::copy_to_phys(d.addr(), &cap.to_le_bytes()) };
                 }
                 (Ok(()), cap)
             }

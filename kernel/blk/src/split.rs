@@ -27,7 +27,7 @@ pub fn bio_split(
             if left == 0 {
                 break;
             }
-            left = left.saturating_sub(v.len);
+            left = left.saturating_sub(v.len());
             n += 1;
         }
         n
@@ -38,13 +38,13 @@ pub fn bio_split(
     front.copy_meta_from(bio);
     if op.has_data() {
         let mut left = bytes;
-        for mut v in bio.segments() {
+        for v in bio.segments() {
             if left == 0 {
                 break;
             }
-            v.len = v.len.min(left);
-            left -= v.len;
-            front.add_vec(v)?;
+            let n = v.len().min(left);
+            left -= n;
+            front.add_vec(v.part(0, n).unwrap_or(v))?;
         }
     } else {
         front.set_size(bytes)?;

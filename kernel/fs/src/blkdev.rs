@@ -8,7 +8,7 @@ use core::pin::Pin;
 use core::task::{Context, Poll, Waker};
 
 use blk::bio::MAX_VECS;
-use blk::mem::phys_of;
+use blk::mem::DmaSpan;
 use blk::{
     Bio, BioFlags, BioFuture, BioSet, BioVec, BlkError, BlockDevice, CpuCtx, Op, SECTOR_SIZE, Wait,
 };
@@ -37,12 +37,15 @@ pub const BLOCKS_PER_BIO: usize = MAX_VECS;
 /// `set` is the filesystem's `BioSet<FsIo>` (a static with its own reserve, so the filesystem
 /// keeps making progress when other users exhaust the shared slab); `wait` is called while
 /// waiting for completions (halt until the next interrupt in a kernel; a yield or a spin on the
-/// host, or a call that processes a deferred RAM disk's completions).
+/// host, or a call that processes a deferred RAM disk's completions). The memory it does I/O to
+/// is the filesystem's buffer, which must be the bytes of a `blk::mem::DmaRegion` (see
+/// [`BlkDisk::new`]): that is how this module, which has no `unsafe`, builds segments.
 pub struct BlkDisk {
     dev: &'static dyn BlockDevice,
     ctx: &'static CpuCtx,
     set: &'static BioSet<FsIo>,
     wait: fn(),
+    mem: DmaSpan,
     blocks: u64,
     /// Write-behind bios in flight: the future and the memory range (address, bytes) it reads.
     pending: [Option<(BioFuture, usize, usize)>; MAX_INFLIGHT],
@@ -74,11 +77,16 @@ fn io_err(e: BlkError) -> IoError {
 
 impl BlkDisk {
     /// A filesystem device over `dev`; `None` when its logical block size does not divide 4096.
+    ///
+    /// `mem` is the span of the [`blk::mem::DmaRegion`] whose bytes are the filesystem's I/O
+    /// buffer (given to [`crate::Fs::new`]); every read and write must fall inside it, or fails
+    /// with [`IoError::Device`].
     pub fn new(
         dev: &'static dyn BlockDevice,
         ctx: &'static CpuCtx,
         set: &'static BioSet<FsIo>,
         wait: fn(),
+        mem: DmaSpan,
     ) -> Option<Self> {
         let lbs = dev.logical_block_size();
         if lbs == 0
@@ -93,10 +101,18 @@ impl BlkDisk {
             ctx,
             set,
             wait,
+            mem,
             blocks: dev.capacity() / SECTORS_PER_BLOCK,
             pending: [const { None }; MAX_INFLIGHT],
             error: None,
         })
+    }
+
+    /// The segment over `part`, which must lie in the filesystem's I/O memory (`mem`): the
+    /// only memory this device does I/O to, so a bio in flight can never name memory that may
+    /// be freed or reused.
+    fn segment(&self, part: &[u8]) -> Result<BioVec, IoError> {
+        self.mem.segment_of(part).ok_or(IoError::Device)
     }
 
     /// A bio for `blocks` blocks from `block` with room for `vecs` segments.
@@ -262,8 +278,7 @@ impl BlockIo for BlkDisk {
                 )?;
                 // One segment: the part is contiguous memory (the queue cuts it to its limits).
                 // The device only reads this memory for a write.
-                bio.add_vec(BioVec::new(phys_of(part), part.len() as u32))
-                    .map_err(io_err)?;
+                bio.add_vec(self.segment(part)?).map_err(io_err)?;
                 let slot = self
                     .pending
                     .iter()
@@ -309,7 +324,7 @@ impl BlockIo for BlkDisk {
                 false,
             )?;
             // One segment: the part is contiguous memory.
-            bio.add_vec(BioVec::from_buf(part)).map_err(io_err)?;
+            bio.add_vec(this.segment(part)?).map_err(io_err)?;
             Ok(bio)
         })
     }
@@ -345,8 +360,7 @@ impl BlockIo for BlkDisk {
                         commit,
                     )?;
                     // One segment (contiguous memory); the device only reads it for a write.
-                    bio.add_vec(BioVec::new(phys_of(part), part.len() as u32))
-                        .map_err(io_err)?;
+                    bio.add_vec(this.segment(part)?).map_err(io_err)?;
                     return Ok(bio);
                 }
                 i -= k;

@@ -9,8 +9,13 @@
 //! whenever the driver has handed it the physical address; drivers must treat such memory as
 //! shared (volatile accessors, or plain slices only while no DMA is outstanding).
 
+use core::ptr::NonNull;
+
 use crate::PhysAddr;
+use crate::mmio::Register;
 use spin::Mutex;
+use volatile::VolatilePtr;
+use volatile::access::ReadWrite;
 
 /// Page size of the allocator.
 pub const PAGE_SIZE: usize = 4096;
@@ -43,13 +48,14 @@ static REGION: Mutex<Option<Region>> = Mutex::new(None);
 ///
 /// # Safety
 /// 1. `virt..virt + len` is RAM, mapped read-write for the rest of the program, used by nothing
-///    else, and reachable by devices at `phys..phys + len`.
+///    else, and reachable by devices at `phys..phys + len` and by the CPU at the same physical
+///    addresses through [`crate::mem`]'s translation (bio segments over a buffer rely on it).
 /// 2. `virt` and `phys` are page-aligned.
 /// 3. Called once (a second call panics).
 pub unsafe fn init(virt: usize, phys: PhysAddr, len: usize) {
     assert!(
-        virt.is_multiple_of(PAGE_SIZE) && phys.0.is_multiple_of(PAGE_SIZE as u64),
-        "dma region unaligned"
+        virt != 0 && virt.is_multiple_of(PAGE_SIZE) && phys.0.is_multiple_of(PAGE_SIZE as u64),
+        "dma region null or unaligned"
     );
     let mut r = REGION.lock();
     assert!(r.is_none(), "dma::init called twice");
@@ -217,6 +223,18 @@ impl DmaBuf {
         );
         self.virt + off
     }
+
+    /// The value of type `T` at byte offset `off`, for volatile access to memory the device
+    /// shares (a ring entry, a doorbell record). Panics if misaligned or outside the buffer.
+    #[inline]
+    pub fn reg<T: Register>(&self, off: usize) -> VolatilePtr<'_, T, ReadWrite> {
+        let p = self.ptr(off, core::mem::size_of::<T>()) as *mut T;
+        // SAFETY: `ptr` proved `p` aligned and inside the buffer's own mapped RAM, which is
+        // non-null (`init` refuses a null region) and stays allocated while the handle borrows
+        // `self`. Handles never create references, so concurrent device writes and several
+        // handles are fine (memory shared with a device by design).
+        unsafe { VolatilePtr::new(NonNull::new_unchecked(p)) }
+    }
 }
 
 macro_rules! dma_accessors {
@@ -226,19 +244,13 @@ macro_rules! dma_accessors {
                 #[doc = concat!("Volatile read of a `", stringify!($t), "` the device may have written.")]
                 #[inline]
                 pub fn $read(&self, off: usize) -> $t {
-                    let p = self.ptr(off, core::mem::size_of::<$t>()) as *const $t;
-                    // SAFETY: aligned and inside the buffer's own mapped RAM (checked by `ptr`).
-                    unsafe { core::ptr::read_volatile(p) }
+                    self.reg::<$t>(off).read()
                 }
 
                 #[doc = concat!("Volatile write of a `", stringify!($t), "` the device may read.")]
                 #[inline]
                 pub fn $write(&self, off: usize, v: $t) {
-                    let p = self.ptr(off, core::mem::size_of::<$t>()) as *mut $t;
-                    // SAFETY: aligned and inside the buffer's own mapped RAM (checked by `ptr`).
-                    // Shared `&self` writes are volatile stores to memory that is shared with a
-                    // device by design, never turned into references.
-                    unsafe { core::ptr::write_volatile(p, v) }
+                    self.reg::<$t>(off).write(v)
                 }
             )*
         }
@@ -315,7 +327,9 @@ pub mod host {
             let mem = Box::leak(vec![0u8; TEST_REGION_BYTES + super::PAGE_SIZE].into_boxed_slice());
             let base = (mem.as_mut_ptr() as usize).next_multiple_of(super::PAGE_SIZE);
             // SAFETY: 1. `base..base + TEST_REGION_BYTES` lies inside `mem`, which is leaked,
-            // so it is valid for the rest of the process and used by nothing else; 2. `base`
+            // so it is valid for the rest of the process and used by nothing else, and the
+            // host translation of `crate::mem` is the identity, so the CPU reaches it at its
+            // "physical" address, which is `base` itself; 2. `base`
             // is page aligned, and so is the "physical" address, which is the same number;
             // 3. `ONCE` makes this the only call.
             unsafe { super::init(base, crate::PhysAddr(base as u64), TEST_REGION_BYTES) };

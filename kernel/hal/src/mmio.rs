@@ -1,6 +1,31 @@
 //! Device register windows.
+//!
+//! Accesses are built on the `volatile` crate: a window hands out typed register handles
+//! ([`Mmio::reg`], [`Mmio::reg_ro`], [`Mmio::reg_wo`]: `VolatilePtr`s with `ReadWrite`,
+//! `ReadOnly` or `WriteOnly` access), and the `read32(off)`-style methods are one-line uses of
+//! them. A handle compiles to the same single load or store as a raw volatile access.
+
+use core::ptr::NonNull;
+
+use volatile::VolatilePtr;
+use volatile::access::{Access, ReadOnly, ReadWrite, WriteOnly};
 
 use crate::PhysAddr;
+
+/// A register width a device tolerates volatile accesses of: `u8`, `u16`, `u32`, `u64`.
+pub trait Register: Copy + private::Sealed {}
+impl Register for u8 {}
+impl Register for u16 {}
+impl Register for u32 {}
+impl Register for u64 {}
+
+mod private {
+    pub trait Sealed {}
+    impl Sealed for u8 {}
+    impl Sealed for u16 {}
+    impl Sealed for u32 {}
+    impl Sealed for u64 {}
+}
 
 /// A window of device registers (or any memory a device shares), accessed with volatile loads
 /// and stores. Every access is bounds- and alignment-checked: a bad offset is a driver bug and
@@ -21,6 +46,7 @@ impl Mmio {
     ///    32 and 64-bit accesses at naturally aligned offsets.
     /// 2. No other `Mmio` covers the same range unless both owners only make accesses the device
     ///    tolerates concurrently (e.g. the PCI config space of different functions).
+    /// 3. `virt` is not 0.
     pub const unsafe fn new(virt: usize, phys: PhysAddr, len: usize) -> Mmio {
         Mmio { virt, phys, len }
     }
@@ -66,6 +92,38 @@ impl Mmio {
         );
         self.virt + off
     }
+
+    #[inline]
+    fn handle<T: Register, A: Access>(&self, off: usize, access: A) -> VolatilePtr<'_, T, A> {
+        let p = self.check(off, core::mem::size_of::<T>()) as *mut T;
+        // SAFETY: `check` proved `p` aligned and inside the window, which the constructor's
+        // contract makes mapped device memory, non-null (`virt != 0`, no wrap-around since
+        // `off + size <= len`), tolerating volatile accesses of every `Register` width for the
+        // whole program, so the handle (borrowing `self`) never outlives it. Handles never
+        // create references to the memory, so several may coexist.
+        unsafe { VolatilePtr::new_restricted(access, NonNull::new_unchecked(p)) }
+    }
+
+    /// The register of type `T` at byte offset `off`, readable and writable. Panics if it is
+    /// misaligned or outside the window.
+    #[inline]
+    pub fn reg<T: Register>(&self, off: usize) -> VolatilePtr<'_, T, ReadWrite> {
+        self.handle(off, ReadWrite)
+    }
+
+    /// The read-only register of type `T` at byte offset `off` (a status or capability
+    /// register). Panics if it is misaligned or outside the window.
+    #[inline]
+    pub fn reg_ro<T: Register>(&self, off: usize) -> VolatilePtr<'_, T, ReadOnly> {
+        self.handle(off, ReadOnly)
+    }
+
+    /// The write-only register of type `T` at byte offset `off` (a doorbell). Panics if it is
+    /// misaligned or outside the window.
+    #[inline]
+    pub fn reg_wo<T: Register>(&self, off: usize) -> VolatilePtr<'_, T, WriteOnly> {
+        self.handle(off, WriteOnly)
+    }
 }
 
 macro_rules! accessors {
@@ -75,18 +133,13 @@ macro_rules! accessors {
                 #[doc = concat!("Volatile read of a `", stringify!($t), "` at byte offset `off`.")]
                 #[inline]
                 pub fn $read(&self, off: usize) -> $t {
-                    let p = self.check(off, core::mem::size_of::<$t>()) as *const $t;
-                    // SAFETY: `check` proved `p` is aligned and inside the window, which the
-                    // constructor's contract says is mapped device memory for volatile access.
-                    unsafe { core::ptr::read_volatile(p) }
+                    self.reg_ro::<$t>(off).read()
                 }
 
                 #[doc = concat!("Volatile write of a `", stringify!($t), "` at byte offset `off`.")]
                 #[inline]
                 pub fn $write(&self, off: usize, v: $t) {
-                    let p = self.check(off, core::mem::size_of::<$t>()) as *mut $t;
-                    // SAFETY: as in the read: aligned, inside the mapped window.
-                    unsafe { core::ptr::write_volatile(p, v) }
+                    self.reg_wo::<$t>(off).write(v)
                 }
             )*
         }
@@ -131,6 +184,11 @@ mod tests {
         assert!(m.subregion(30, 4).is_none());
         assert!(std::panic::catch_unwind(|| m.read32(30)).is_err());
         assert!(std::panic::catch_unwind(|| m.read32(2)).is_err());
+        m.reg::<u16>(16).write(0xbeef);
+        assert_eq!(m.reg_ro::<u16>(16).read(), 0xbeef);
+        m.reg_wo::<u8>(24).write(9);
+        assert_eq!(m.read8(24), 9);
+        assert!(std::panic::catch_unwind(|| m.reg::<u64>(28)).is_err());
         let _ = m;
         assert_eq!(mem[1], 42);
     }

@@ -4,6 +4,7 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use blk::mem::DmaRegion;
 use blk::{Bio, BioFlags, BioVec, BlkError, BlockDevice, Op, Wait, submit_bio, submit_bio_wait};
 use hal::DmaBuf;
 
@@ -64,10 +65,20 @@ fn demo(d: &'static virtio::VirtioDisk) -> Result<(), BlkError> {
         return Err(BlkError::OutOfRange);
     }
     let start = cap - (REGION as u64 >> 9);
-    let saved = DmaBuf::alloc(REGION, 4096).map_err(|_| BlkError::NoMemory)?;
-    let mut pattern = DmaBuf::alloc(REGION, 4096).map_err(|_| BlkError::NoMemory)?;
+    // Regions given up for good (the demo runs once per boot): safe code can build segments
+    // of them, and an early return with a bio in flight leaves nothing dangling.
+    let region = |len| {
+        DmaBuf::alloc(len, 4096)
+            .map(DmaRegion::from_dma_buf)
+            .map_err(|_| BlkError::NoMemory)
+    };
+    let saved = region(REGION)?;
+    let mut pattern = region(REGION)?;
     // Every other page: the read-back lands in scattered memory.
-    let scattered = DmaBuf::alloc(2 * REGION, 4096).map_err(|_| BlkError::NoMemory)?;
+    let scattered = region(2 * REGION)?;
+    let seg = |r: &DmaRegion, off: usize, len: usize| {
+        r.segment(off, len as u32).ok_or(BlkError::InvalidArgument)
+    };
     let s0 = d.queue.stats().snapshot();
     let (irq0, m0, hw0) = (
         d.irq_count(),
@@ -81,7 +92,7 @@ fn demo(d: &'static virtio::VirtioDisk) -> Result<(), BlkError> {
         dev,
         Op::Read,
         start,
-        &mut core::iter::once(BioVec::new(saved.phys(), REGION as u32)),
+        &mut core::iter::once(seg(&saved, 0, REGION)?),
         1,
     )?)?;
     // 2. Pattern, as 256 plugged 4 KiB writes.
@@ -93,7 +104,7 @@ fn demo(d: &'static virtio::VirtioDisk) -> Result<(), BlkError> {
     {
         let _plug = cpu_ctx().plug();
         for i in 0..PAGES {
-            let v = BioVec::new(pattern.phys().add((i * 4096) as u64), 4096);
+            let v = seg(&pattern, i * 4096, 4096)?;
             let mut b = bio(
                 dev,
                 Op::Write,
@@ -112,15 +123,14 @@ fn demo(d: &'static virtio::VirtioDisk) -> Result<(), BlkError> {
         return Err(BlkError::Io);
     }
     // 3. Read back into scattered pages (more segments than one request takes: split).
-    let base = scattered.phys();
-    let mut segs = (0..PAGES).map(|i| BioVec::new(base.add((i * 8192) as u64), 4096));
+    let mut segs = (0..PAGES).filter_map(|i| scattered.segment(i * 8192, 4096));
     wait_bio(bio(dev, Op::Read, start, &mut segs, PAGES)?)?;
     let ok = (0..PAGES).all(|i| {
         scattered.as_slice()[i * 8192..i * 8192 + 4096]
             == pattern.as_slice()[i * 4096..(i + 1) * 4096]
     });
     // 4. Put the old contents back, durably.
-    let mut one = core::iter::once(BioVec::new(saved.phys(), REGION as u32));
+    let mut one = core::iter::once(seg(&saved, 0, REGION)?);
     let mut restore = bio(dev, Op::Write, start, &mut one, 1)?;
     restore.set_flags(BioFlags::FUA);
     wait_bio(restore)?;
@@ -132,7 +142,7 @@ fn demo(d: &'static virtio::VirtioDisk) -> Result<(), BlkError> {
     const QD1: u64 = 256;
     let (mut submit, mut total) = (0u64, 0u64);
     for i in 0..QD1 {
-        let v = BioVec::new(scattered.phys(), 4096);
+        let v = seg(&scattered, 0, 4096)?;
         let mut b = bio(
             dev,
             Op::Read,

@@ -48,8 +48,13 @@ fn pattern(buf: &mut [u8], seed: u32) {
     }
 }
 
-fn io_ok(t: &Target, op: Op, sector: u64, segs: &[(PhysAddr, u32)]) -> TestResult {
-    super::blockdev::io(t, op, sector, segs, BioFlags::empty())
+/// [`super::blockdev::io`] without flags, failing the test on an error.
+///
+/// # Safety
+/// As for [`super::blockdev::io`].
+unsafe fn io_ok(t: &Target, op: Op, sector: u64, segs: &[(PhysAddr, u32)]) -> TestResult {
+    // SAFETY: the caller's promise (the same contract).
+    unsafe { super::blockdev::io(t, op, sector, segs, BioFlags::empty()) }
         .map_err(|e| fail(format_args!("{:?} at sector {}: {:?}", op, sector, e)))
 }
 
@@ -114,11 +119,13 @@ ktest! {
         let segs: heapless::Vec<(PhysAddr, u32), N> =
             (0..N).map(|i| (arena.phys().add((i * 1024) as u64), 512)).collect();
         let before = (t.stats)();
-        io_ok(&t, Op::Write, 30000, &segs)?;
+        // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+        unsafe { io_ok(&t, Op::Write, 30000, &segs) }?;
         check_eq!((t.stats)().splits, before.splits);
         check_eq!(d.hw.stats().max_prdt_entries.load(Ordering::Relaxed), N as u64);
         let flat = dma(N * 512)?;
-        io_ok(&t, Op::Read, 30000, &[(flat.phys(), (N * 512) as u32)])?;
+        // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+        unsafe { io_ok(&t, Op::Read, 30000, &[(flat.phys(), (N * 512) as u32)]) }?;
         for i in 0..N {
             check!(
                 flat.as_slice()[i * 512..(i + 1) * 512] == arena.as_slice()[i * 1024..i * 1024 + 512],
@@ -128,7 +135,8 @@ ktest! {
         }
         // And scattered reads into the same 128 segments.
         arena.as_mut_slice().fill(0);
-        io_ok(&t, Op::Read, 30000, &segs)?;
+        // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+        unsafe { io_ok(&t, Op::Read, 30000, &segs) }?;
         for i in 0..N {
             check!(
                 arena.as_slice()[i * 1024..i * 1024 + 512] == flat.as_slice()[i * 512..(i + 1) * 512],
@@ -146,7 +154,9 @@ ktest! {
         let buf = dma(512)?;
         let res = d
             .queue
-            .passthrough_wait(ahci::pt::identify(BioVec::new(buf.phys(), 512)), block::wait)
+            // SAFETY: `buf` is this test's DMA buffer, alive until after `passthrough_wait`
+            // returns (the command has completed) and not touched meanwhile.
+            .passthrough_wait(ahci::pt::identify(unsafe { BioVec::new(buf.phys(), 512) }), block::wait)
             .map_err(|(e, _)| fail(format_args!("passthrough refused: {:?}", e)))?;
         check!(res.status.is_ok(), "IDENTIFY failed: {:?}", res.status);
         let mut bytes = [0u8; 512];
@@ -249,7 +259,9 @@ fn qd32_with_bad_sector(t: &Target, op: Op, bad: u64, buf: &DmaBuf) -> Result<u6
                 .map_err(|e| fail(format_args!("bio: {:?}", e)))?;
             bio.set_dev(t.dev);
             bio.set_sector(sector);
-            bio.add_vec(BioVec::new(buf.phys().add(i * 4096), 4096))
+            // SAFETY: page `i` of `buf`, this test's DMA buffer, which outlives the loop that
+            // waits for every bio below; each bio has its own page.
+            bio.add_vec(unsafe { BioVec::new(buf.phys().add(i * 4096), 4096) })
                 .map_err(|e| fail(format_args!("vec: {:?}", e)))?;
             bio.set_end_io(eio_end_io);
             bio.set_private(i as usize);

@@ -43,7 +43,13 @@ pub(super) fn fill(buf: &mut [u8], seed: u32) {
     }
 }
 
-fn new_bio(
+/// A bio over raw segments.
+///
+/// # Safety
+/// Every `(addr, len)` in `segs` is under the segment contract of `BioVec::new`: DMA memory
+/// (a `DmaBuf` of the test) that stays allocated and is not touched by the CPU until the bio
+/// has completed.
+unsafe fn new_bio(
     t: &Target,
     op: Op,
     sector: u64,
@@ -55,31 +61,42 @@ fn new_bio(
     bio.set_sector(sector);
     bio.set_flags(flags);
     for &(a, l) in segs {
-        bio.add_vec(BioVec::new(a, l))?;
+        // SAFETY: the caller's promise, the segment contract for each pair.
+        bio.add_vec(unsafe { BioVec::new(a, l) })?;
     }
     Ok(bio)
 }
 
 /// Submits one bio and waits for it.
-pub fn io(
+///
+/// # Safety
+/// As for [`new_bio`]; the call returns only once the bio has completed, so buffers that
+/// outlive the call satisfy it.
+pub unsafe fn io(
     t: &Target,
     op: Op,
     sector: u64,
     segs: &[(PhysAddr, u32)],
     flags: BioFlags,
 ) -> Result<(), BlkError> {
-    let bio = new_bio(t, op, sector, segs, flags)?;
+    // SAFETY: the caller's promise (the same contract).
+    let bio = unsafe { new_bio(t, op, sector, segs, flags)? };
     submit_bio_wait(cpu_ctx(), bio, block::wait).0
 }
 
-pub(super) fn io_ok(
+/// [`io`], failing the test on an error.
+///
+/// # Safety
+/// As for [`io`].
+pub(super) unsafe fn io_ok(
     t: &Target,
     op: Op,
     sector: u64,
     segs: &[(PhysAddr, u32)],
     flags: BioFlags,
 ) -> TestResult {
-    io(t, op, sector, segs, flags)
+    // SAFETY: the caller's promise (the same contract).
+    unsafe { io(t, op, sector, segs, flags) }
         .map_err(|e| fail(format_args!("{:?} at sector {}: {:?}", op, sector, e)))
 }
 
@@ -109,14 +126,19 @@ pub(super) fn async_reset() {
 }
 
 /// Submits a bio whose completion is counted by [`async_end_io`]; `i` < 256 names it.
-pub(super) fn submit_async(
+///
+/// # Safety
+/// As for [`new_bio`]: the caller keeps the buffers alive and untouched until
+/// [`async_wait`] has seen this bio complete.
+pub(super) unsafe fn submit_async(
     t: &Target,
     i: usize,
     op: Op,
     sector: u64,
     segs: &[(PhysAddr, u32)],
 ) -> TestResult {
-    let mut bio = new_bio(t, op, sector, segs, BioFlags::empty())
+    // SAFETY: the caller's promise (the same contract).
+    let mut bio = unsafe { new_bio(t, op, sector, segs, BioFlags::empty()) }
         .map_err(|e| fail(format_args!("bio: {:?}", e)))?;
     bio.set_end_io(async_end_io);
     bio.set_private(i);
@@ -150,8 +172,10 @@ pub fn readback_start_middle_end(t: &Target) -> TestResult {
     let r = dma(4096)?;
     for (k, sector) in [0, (cap / 2) & !7, cap - 8].into_iter().enumerate() {
         fill(w.as_mut_slice(), 0x100 + k as u32);
-        io_ok(t, Op::Write, sector, &[(w.phys(), 4096)], BioFlags::empty())?;
-        io_ok(t, Op::Read, sector, &[(r.phys(), 4096)], BioFlags::empty())?;
+        // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+        unsafe { io_ok(t, Op::Write, sector, &[(w.phys(), 4096)], BioFlags::empty()) }?;
+        // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+        unsafe { io_ok(t, Op::Read, sector, &[(r.phys(), 4096)], BioFlags::empty()) }?;
         check!(
             r.as_slice() == w.as_slice(),
             "read-back mismatch at sector {}",
@@ -166,7 +190,9 @@ pub fn past_end_refused(t: &Target) -> TestResult {
     let cap = t.dev.capacity();
     let b = dma(4096)?;
     for sector in [cap - 4, cap, cap + 1000, u64::MAX - 4] {
-        let bio = new_bio(t, Op::Write, sector, &[(b.phys(), 4096)], BioFlags::empty())
+        // SAFETY: `b` is this test's DMA buffer, alive until after the bio is waited for
+        // below, and not touched meanwhile.
+        let bio = unsafe { new_bio(t, Op::Write, sector, &[(b.phys(), 4096)], BioFlags::empty()) }
             .map_err(|e| fail(format_args!("bio: {:?}", e)))?;
         match submit_bio(cpu_ctx(), bio) {
             Err((BlkError::OutOfRange, _bio)) => {}
@@ -192,8 +218,10 @@ pub fn single_sector_and_1mib(t: &Target) -> TestResult {
     let mut w = dma(512)?;
     let r = dma(512)?;
     fill(w.as_mut_slice(), 7);
-    io_ok(t, Op::Write, 3, &[(w.phys(), 512)], BioFlags::empty())?;
-    io_ok(t, Op::Read, 3, &[(r.phys(), 512)], BioFlags::empty())?;
+    // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+    unsafe { io_ok(t, Op::Write, 3, &[(w.phys(), 512)], BioFlags::empty()) }?;
+    // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+    unsafe { io_ok(t, Op::Read, 3, &[(r.phys(), 512)], BioFlags::empty()) }?;
     check!(
         r.as_slice() == w.as_slice(),
         "single-sector read-back mismatch"
@@ -201,14 +229,18 @@ pub fn single_sector_and_1mib(t: &Target) -> TestResult {
     let mut w = dma(1 << 20)?;
     let r = dma(1 << 20)?;
     fill(w.as_mut_slice(), 8);
-    io_ok(
-        t,
-        Op::Write,
-        8192,
-        &[(w.phys(), 1 << 20)],
-        BioFlags::empty(),
-    )?;
-    io_ok(t, Op::Read, 8192, &[(r.phys(), 1 << 20)], BioFlags::empty())?;
+    // SAFETY: the segments are this test's DMA buffers, which outlive the bios (the test waits for them) and which it leaves alone meanwhile.
+    unsafe {
+        io_ok(
+            t,
+            Op::Write,
+            8192,
+            &[(w.phys(), 1 << 20)],
+            BioFlags::empty(),
+        )
+    }?;
+    // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+    unsafe { io_ok(t, Op::Read, 8192, &[(r.phys(), 1 << 20)], BioFlags::empty()) }?;
     check!(r.as_slice() == w.as_slice(), "1 MiB read-back mismatch");
     Ok(())
 }
@@ -232,15 +264,19 @@ pub fn multi_segment_scattered(t: &Target) -> TestResult {
     fill(arena.as_mut_slice(), 21);
     let segs: heapless::Vec<(PhysAddr, u32), 8> =
         SEGS.iter().map(|&(o, l)| (base.add(o), l)).collect();
-    io_ok(t, Op::Write, 1000, &segs, BioFlags::empty())?;
+    // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+    unsafe { io_ok(t, Op::Write, 1000, &segs, BioFlags::empty()) }?;
     let flat = dma(total as usize)?;
-    io_ok(
-        t,
-        Op::Read,
-        1000,
-        &[(flat.phys(), total)],
-        BioFlags::empty(),
-    )?;
+    // SAFETY: the segments are this test's DMA buffers, which outlive the bios (the test waits for them) and which it leaves alone meanwhile.
+    unsafe {
+        io_ok(
+            t,
+            Op::Read,
+            1000,
+            &[(flat.phys(), total)],
+            BioFlags::empty(),
+        )
+    }?;
     let mut off = 0usize;
     for &(o, l) in &SEGS {
         let want = &arena.as_slice()[o as usize..o as usize + l as usize];
@@ -253,7 +289,8 @@ pub fn multi_segment_scattered(t: &Target) -> TestResult {
         off += l as usize;
     }
     arena.as_mut_slice().fill(0);
-    io_ok(t, Op::Read, 1000, &segs, BioFlags::empty())?;
+    // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+    unsafe { io_ok(t, Op::Read, 1000, &segs, BioFlags::empty()) }?;
     let mut off = 0usize;
     for &(o, l) in &SEGS {
         let got = &arena.as_slice()[o as usize..o as usize + l as usize];
@@ -279,7 +316,8 @@ pub fn split_by_limits(t: &Target) -> TestResult {
         .map(|i| (arena.phys().add((i * 8192) as u64), 4096))
         .collect();
     let before = (t.stats)();
-    io_ok(t, Op::Write, 20000, &segs, BioFlags::empty())?;
+    // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+    unsafe { io_ok(t, Op::Write, 20000, &segs, BioFlags::empty()) }?;
     let mid = (t.stats)();
     check!(
         mid.splits > before.splits,
@@ -288,13 +326,16 @@ pub fn split_by_limits(t: &Target) -> TestResult {
         t.max_request_bytes
     );
     let flat = dma(N * 4096)?;
-    io_ok(
-        t,
-        Op::Read,
-        20000,
-        &[(flat.phys(), (N * 4096) as u32)],
-        BioFlags::empty(),
-    )?;
+    // SAFETY: the segments are this test's DMA buffers, which outlive the bios (the test waits for them) and which it leaves alone meanwhile.
+    unsafe {
+        io_ok(
+            t,
+            Op::Read,
+            20000,
+            &[(flat.phys(), (N * 4096) as u32)],
+            BioFlags::empty(),
+        )
+    }?;
     for i in 0..N {
         check!(
             flat.as_slice()[i * 4096..(i + 1) * 4096]
@@ -316,13 +357,16 @@ pub fn plug_merges(t: &Target) -> TestResult {
     {
         let _plug = cpu_ctx().plug();
         for i in 0..N {
-            submit_async(
-                t,
-                i,
-                Op::Write,
-                40000 + (i as u64) * 8,
-                &[(buf.phys().add((i * 4096) as u64), 4096)],
-            )?;
+            // SAFETY: the segments are this test's DMA buffers, which outlive the bios (the test waits for them) and which it leaves alone meanwhile.
+            unsafe {
+                submit_async(
+                    t,
+                    i,
+                    Op::Write,
+                    40000 + (i as u64) * 8,
+                    &[(buf.phys().add((i * 4096) as u64), 4096)],
+                )
+            }?;
         }
     }
     async_wait(N as u32)?;
@@ -344,13 +388,16 @@ pub fn plug_merges(t: &Target) -> TestResult {
     );
     check!(merges > 0, "no merges counted");
     let r = dma(N * 4096)?;
-    io_ok(
-        t,
-        Op::Read,
-        40000,
-        &[(r.phys(), (N * 4096) as u32)],
-        BioFlags::empty(),
-    )?;
+    // SAFETY: the segments are this test's DMA buffers, which outlive the bios (the test waits for them) and which it leaves alone meanwhile.
+    unsafe {
+        io_ok(
+            t,
+            Op::Read,
+            40000,
+            &[(r.phys(), (N * 4096) as u32)],
+            BioFlags::empty(),
+        )
+    }?;
     check!(
         r.as_slice() == buf.as_slice(),
         "merged write read back wrong"
@@ -369,13 +416,16 @@ pub fn full_depth_in_flight(t: &Target) -> TestResult {
     let res = crate::arch::without_interrupts(|| -> TestResult {
         for i in 0..n {
             // Every other 4 KiB block: nothing merges.
-            submit_async(
-                t,
-                i,
-                Op::Read,
-                60000 + (i as u64) * 16,
-                &[(buf.phys().add((i * 4096) as u64), 4096)],
-            )?;
+            // SAFETY: the segments are this test's DMA buffers, which outlive the bios (the test waits for them) and which it leaves alone meanwhile.
+            unsafe {
+                submit_async(
+                    t,
+                    i,
+                    Op::Read,
+                    60000 + (i as u64) * 16,
+                    &[(buf.phys().add((i * 4096) as u64), 4096)],
+                )
+            }?;
             peak = peak.max((t.tags_in_use)());
         }
         Ok(())
@@ -400,13 +450,17 @@ pub fn full_depth_in_flight(t: &Target) -> TestResult {
 
 /// Flush, and a FUA write that reads back.
 pub fn flush_and_fua(t: &Target) -> TestResult {
-    io_ok(t, Op::Flush, 0, &[], BioFlags::empty())?;
+    // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+    unsafe { io_ok(t, Op::Flush, 0, &[], BioFlags::empty()) }?;
     let mut w = dma(4096)?;
     let r = dma(4096)?;
     fill(w.as_mut_slice(), 55);
-    io_ok(t, Op::Write, 512, &[(w.phys(), 4096)], BioFlags::FUA)?;
-    io_ok(t, Op::Write, 520, &[(w.phys(), 4096)], BioFlags::PREFLUSH)?;
-    io_ok(t, Op::Read, 512, &[(r.phys(), 4096)], BioFlags::empty())?;
+    // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+    unsafe { io_ok(t, Op::Write, 512, &[(w.phys(), 4096)], BioFlags::FUA) }?;
+    // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+    unsafe { io_ok(t, Op::Write, 520, &[(w.phys(), 4096)], BioFlags::PREFLUSH) }?;
+    // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+    unsafe { io_ok(t, Op::Read, 512, &[(r.phys(), 4096)], BioFlags::empty()) }?;
     check!(r.as_slice() == w.as_slice(), "FUA write read back wrong");
     Ok(())
 }
@@ -417,13 +471,16 @@ pub fn completion_accounting(t: &Target) -> TestResult {
     let b = dma(8 * 4096)?;
     async_reset();
     for i in 0..32 {
-        submit_async(
-            t,
-            i,
-            Op::Read,
-            80000 + (i as u64) * 64,
-            &[(b.phys().add(((i % 8) * 4096) as u64), 4096)],
-        )?;
+        // SAFETY: the segments are this test's DMA buffers, which outlive the bios (the test waits for them) and which it leaves alone meanwhile.
+        unsafe {
+            submit_async(
+                t,
+                i,
+                Op::Read,
+                80000 + (i as u64) * 64,
+                &[(b.phys().add(((i % 8) * 4096) as u64), 4096)],
+            )
+        }?;
     }
     async_wait(32)?;
     let after = (t.stats)();
@@ -547,10 +604,14 @@ fn corrupt_used_ring() -> TestResult {
     let before = (t.stats)();
     let mut w = dma(4096)?;
     fill(w.as_mut_slice(), 66);
-    io_ok(&t, Op::Write, 100, &[(w.phys(), 4096)], BioFlags::empty())?;
+    // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the
+    // bio) and are not touched meanwhile.
+    unsafe { io_ok(&t, Op::Write, 100, &[(w.phys(), 4096)], BioFlags::empty()) }?;
     d.hw.corrupt_next_used_id(77);
     let r = dma(4096)?;
-    io_ok(&t, Op::Read, 100, &[(r.phys(), 4096)], BioFlags::empty())?;
+    // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the
+    // bio) and are not touched meanwhile.
+    unsafe { io_ok(&t, Op::Read, 100, &[(r.phys(), 4096)], BioFlags::empty()) }?;
     check!(r.as_slice() == w.as_slice(), "read after reset wrong");
     check_eq!(s.bad_used_ids.load(Ordering::Relaxed), bad0 + 3);
     check!(

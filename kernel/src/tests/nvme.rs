@@ -83,10 +83,12 @@ ktest! {
         fill(&mut buf.as_mut_slice()[off..off + BYTES], 77);
         let chained0 = d.hw.stats().chained_lists.load(Ordering::Relaxed);
         let seg = [(buf.phys().add(off as u64), BYTES as u32)];
-        io_ok(&t, Op::Write, 30000, &seg, BioFlags::empty())?;
+        // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+        unsafe { io_ok(&t, Op::Write, 30000, &seg, BioFlags::empty()) }?;
         check_eq!(d.hw.stats().chained_lists.load(Ordering::Relaxed), chained0 + 1);
         buf.as_mut_slice().fill(0);
-        io_ok(&t, Op::Read, 30000, &seg, BioFlags::empty())?;
+        // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+        unsafe { io_ok(&t, Op::Read, 30000, &seg, BioFlags::empty()) }?;
         check_eq!(d.hw.stats().chained_lists.load(Ordering::Relaxed), chained0 + 2);
         let mut want = [0u8; 4096];
         for (k, chunk) in buf.as_slice()[off..off + BYTES].chunks(4096).enumerate() {
@@ -113,7 +115,9 @@ ktest! {
             opcode: nvme::pt::ADMIN,
             // Identify (0x06), CNS 1 (controller).
             args: [0x06, 1, 0, 0],
-            data: Some(BioVec::new(buf.phys(), 4096)),
+            // SAFETY: `buf` is this test's DMA buffer, alive until after `passthrough_wait`
+            // below returns (the command has completed) and not touched meanwhile.
+            data: Some(unsafe { BioVec::new(buf.phys(), 4096) }),
             write: false,
         };
         let before = d.hw.stats().passthrough.load(Ordering::Relaxed);
@@ -154,13 +158,14 @@ ktest! {
         let res = crate::arch::without_interrupts(|| -> TestResult {
             for i in 0..32usize {
                 let op = if i % 2 == 0 { Op::Write } else { Op::Read };
-                submit_async(
+                // SAFETY: the segments are this test's DMA buffers, which outlive the bios (the test waits for them) and which it leaves alone meanwhile.
+                unsafe { submit_async(
                     &t,
                     i,
                     op,
                     100_000 + (i as u64) * 16,
                     &[(PhysAddr(buf.phys().0 + (i * 4096) as u64), 4096)],
-                )?;
+                ) }?;
             }
             in_flight = d.hw.in_flight();
             check!(d.hw.force_reset(), "controller did not come back after reset");
@@ -177,7 +182,8 @@ ktest! {
         check_eq!(d.hw.in_flight(), 0);
         // The controller still works.
         let r = dma(4096)?;
-        io_ok(&t, Op::Read, 100_000, &[(r.phys(), 4096)], BioFlags::empty())?;
+        // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+        unsafe { io_ok(&t, Op::Read, 100_000, &[(r.phys(), 4096)], BioFlags::empty()) }?;
         check!(r.as_slice() == &buf.as_slice()[..4096], "write before the reset lost");
         Ok(())
     }
@@ -214,7 +220,9 @@ ktest! {
             let cmd = PtCmd {
                 opcode: nvme::pt::ADMIN,
                 args: [0x06, 1, 0, 0],
-                data: Some(BioVec::new(id.phys(), 4096)),
+                // SAFETY: `id` is this test's DMA buffer, alive for the whole loop; each
+                // command is waited for (`passthrough_wait`) before the next one reuses it.
+                data: Some(unsafe { BioVec::new(id.phys(), 4096) }),
                 write: false,
             };
             let res = d
@@ -227,7 +235,9 @@ ktest! {
                 .map_err(|e| crate::ktest::fail(format_args!("bio: {:?}", e)))?;
             bio.set_dev(t.dev);
             bio.set_sector(40_000 + (round as u64 % 64) * 8);
-            bio.add_vec(BioVec::new(r.phys(), 4096))
+            // SAFETY: `r` is this test's DMA buffer, alive for the whole loop; the loop waits
+            // for this bio's completion before it submits the next one or returns.
+            bio.add_vec(unsafe { BioVec::new(r.phys(), 4096) })
                 .map_err(|e| crate::ktest::fail(format_args!("bio: {:?}", e)))?;
             bio.set_end_io(probe_end_io);
             submit_bio(cpu_ctx(), bio)

@@ -150,8 +150,8 @@ impl Ahci {
         let mut n = 0u16;
         if let Some(v) = pt.data {
             let sg = [SgEntry {
-                addr: v.addr,
-                len: v.len,
+                addr: v.addr(),
+                len: v.len(),
             }];
             let mut prds = [Prd::default(); 1];
             build_prdt(&sg, self.limits.dma_limit, &mut prds)

@@ -100,7 +100,7 @@ pub(super) fn bring_up(
             virtio_drivers::Error::DmaError => InitError::NoMemory,
             _ => InitError::Queue,
         })?;
-    let used = UsedArea::new(take_used_area(), RING_SIZE);
+    let used = UsedArea::take_last(RING_SIZE);
     if mode == Mode::Polling {
         vq.set_dev_notify(false);
     }

@@ -276,10 +276,10 @@ impl<const D: usize> Queue<D> {
         for v in bio.segments() {
             n += 1;
             if n > DIRECT_SEGS
-                || (v.addr.0 | v.len as u64) & align != 0
+                || (v.addr().0 | v.len() as u64) & align != 0
                 || v.end() - 1 > l.dma_limit
-                || v.len > l.max_segment_size
-                || v.len as u64 > l.bytes_to_boundary(v.addr.0)
+                || v.len() > l.max_segment_size
+                || v.len() as u64 > l.bytes_to_boundary(v.addr().0)
                 || prev.is_some_and(|p| l.virt_gap(&p, &v))
             {
                 return None;

@@ -10,6 +10,22 @@ use crate::ramdisk::{CompletionMode, RamDisk};
 use crate::request::{Queue, QueueConfig};
 use crate::slab::Wait;
 
+/// The "physical" address of a host buffer (the host translation is the identity).
+pub fn phys_of(b: &[u8]) -> hal::PhysAddr {
+    hal::mem::virt_to_phys(b.as_ptr() as usize)
+}
+
+/// A segment over a test buffer.
+///
+/// # Safety
+/// `b` stays allocated and is not accessed otherwise until every bio carrying the segment has
+/// completed (the segment contract of `BioVec::new`).
+pub unsafe fn seg(b: &mut [u8]) -> BioVec {
+    // SAFETY: the caller's promise is the segment contract; the host translation is the
+    // identity, so the buffer's address is its "physical" one.
+    unsafe { BioVec::new(phys_of(b), b.len() as u32) }
+}
+
 pub fn leak<T>(v: T) -> &'static T {
     Box::leak(Box::new(v))
 }

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use hal::PhysAddr;
 
+use super::harness::phys_of;
 use super::harness::*;
 use crate::bio::{BioFlags, BioIter, BioVec, Op, bio_endio};
 use crate::bioset::{BioSet, BioSlab};
@@ -11,23 +12,21 @@ use crate::bounce::{BouncePad, BouncePage, Bouncer};
 use crate::device::{CpuCtx, submit_bio};
 use crate::error::BlkError;
 use crate::limits::QueueLimits;
-use crate::mem::phys_of;
 use crate::ramdisk::{CompletionMode, PT_FLUSH, PT_IDENTIFY, RamDisk};
 use crate::request::{PtCmd, PtResult, Queue, QueueConfig, TimeoutAction};
 use crate::slab::{Mempool, Slab, Wait};
 use crate::split::bio_split;
 use crate::wait::{submit_bio_async, submit_bio_wait};
 
-fn seg(b: &mut [u8]) -> BioVec {
-    BioVec::from_buf(b)
-}
-
 #[test]
 fn iterator_advances_by_bytes() {
     let vecs = [
-        BioVec::new(PhysAddr(0x1000), 1024),
-        BioVec::new(PhysAddr(0x9000), 512),
-        BioVec::new(PhysAddr(0x20000), 2048),
+        // SAFETY: never submitted: only the iterator's arithmetic looks at it.
+        unsafe { BioVec::new(PhysAddr(0x1000), 1024) },
+        // SAFETY: never submitted: only the iterator's arithmetic looks at it.
+        unsafe { BioVec::new(PhysAddr(0x9000), 512) },
+        // SAFETY: never submitted: only the iterator's arithmetic looks at it.
+        unsafe { BioVec::new(PhysAddr(0x20000), 2048) },
     ];
     let mut it = BioIter {
         sector: 10,
@@ -39,11 +38,15 @@ fn iterator_advances_by_bytes() {
     assert_eq!((it.sector, it.size, it.idx, it.done), (11, 3072, 0, 512));
     it.advance(&vecs, 1024);
     assert_eq!((it.sector, it.size, it.idx, it.done), (13, 2048, 2, 0));
-    let segs: Vec<_> = crate::bio::Segments::new(&vecs, it).collect();
-    assert_eq!(segs, vec![BioVec::new(PhysAddr(0x20000), 2048)]);
+    let segs: Vec<_> = crate::bio::Segments::new(&vecs, it)
+        .map(|v| (v.addr(), v.len()))
+        .collect();
+    assert_eq!(segs, vec![(PhysAddr(0x20000), 2048)]);
     it.advance(&vecs, 1536);
-    let segs: Vec<_> = crate::bio::Segments::new(&vecs, it).collect();
-    assert_eq!(segs, vec![BioVec::new(PhysAddr(0x20000 + 1536), 512)]);
+    let segs: Vec<_> = crate::bio::Segments::new(&vecs, it)
+        .map(|v| (v.addr(), v.len()))
+        .collect();
+    assert_eq!(segs, vec![(PhysAddr(0x20000 + 1536), 512)]);
 }
 
 struct Other(#[allow(dead_code)] u8);
@@ -123,14 +126,15 @@ fn split_front_and_rest() {
     let e = env(64, QueueLimits::new());
     let data = buf(8192);
     let (a, b) = data.split_at_mut(4096);
-    let mut bio = e.bio(Op::Write, 8, &[seg(a), seg(b)]);
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let mut bio = e.bio(Op::Write, 8, &[unsafe { seg(a) }, unsafe { seg(b) }]);
     let front = bio_split(&mut bio, 6144, e.split, Wait::Never).expect("split");
     assert_eq!(
         (front.sector(), front.size(), front.vecs().len()),
         (8, 6144, 2)
     );
     assert_eq!((bio.sector(), bio.size()), (20, 2048));
-    assert_eq!(bio.segments().next().map(|v| v.len), Some(2048));
+    assert_eq!(bio.segments().next().map(|v| v.len()), Some(2048));
     bio_endio(bio);
     assert_eq!(e.done(), 0);
     bio_endio(front);
@@ -142,13 +146,19 @@ fn write_then_read_round_trip() {
     let e = env(256, QueueLimits::new());
     let src = buf(16384);
     src.copy_from_slice(&pattern(1, 16384));
-    let bio = e.bio(Op::Write, 16, &[seg(src)]);
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let bio = e.bio(Op::Write, 16, &[unsafe { seg(src) }]);
     submit_bio(e.ctx, bio).expect("submit");
     assert_eq!(e.done(), 1);
     assert_eq!(e.disk_bytes(16, 16384), pattern(1, 16384));
     let dst = buf(16384);
     let (x, y) = dst.split_at_mut(4096);
-    submit_bio(e.ctx, e.bio(Op::Read, 16, &[seg(x), seg(y)])).expect("submit");
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    submit_bio(
+        e.ctx,
+        e.bio(Op::Read, 16, &[unsafe { seg(x) }, unsafe { seg(y) }]),
+    )
+    .expect("submit");
     assert_eq!(e.done(), 2);
     assert_eq!(dst.to_vec(), pattern(1, 16384));
     assert_eq!(e.errors(), 0);
@@ -164,23 +174,32 @@ fn refused_bios_come_back_with_typed_errors() {
     let e = env(64, l);
     let b = buf(8192);
     let (a, rest) = b.split_at_mut(4096);
-    let bio = e.bio(Op::Write, 1, &[seg(a)]);
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let bio = e.bio(Op::Write, 1, &[unsafe { seg(a) }]);
     let (err, bio) = submit_bio(e.ctx, bio).expect_err("misaligned sector");
     assert_eq!(err, BlkError::Misaligned);
     assert_eq!(bio.sector(), 1, "the bio is handed back unchanged");
-    let (err, _) = submit_bio(e.ctx, e.bio(Op::Write, 64, &[seg(rest)])).expect_err("past the end");
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let (err, _) =
+        submit_bio(e.ctx, e.bio(Op::Write, 64, &[unsafe { seg(rest) }])).expect_err("past the end");
     assert_eq!(err, BlkError::OutOfRange);
     let (err, _) = submit_bio(e.ctx, e.bio(Op::Discard, 0, &[])).expect_err("no discard");
     assert_eq!(err, BlkError::Unsupported);
     // Misaligned buffer: caught by the queue's DMA alignment check, reported through end_io.
-    let odd = BioVec::new(PhysAddr(phys_of(rest).0 + 2), 4096);
+    // SAFETY: only its address is used below, for a 512-byte segment inside `rest`.
+    let odd = unsafe { BioVec::new(PhysAddr(phys_of(rest).0 + 2), 4096) };
     let l2 = QueueLimits {
         dma_alignment: 512,
         ..QueueLimits::new()
     };
     let e2 = env(64, l2);
-    submit_bio(e2.ctx, e2.bio(Op::Read, 0, &[BioVec::new(odd.addr, 512)]))
-        .expect("accepted up front");
+    // SAFETY: 512 bytes inside `rest`, left alone until the bio completes; the queue fails it
+    // on alignment before any copy.
+    submit_bio(
+        e2.ctx,
+        e2.bio(Op::Read, 0, &[unsafe { BioVec::new(odd.addr(), 512) }]),
+    )
+    .expect("accepted up front");
     assert_eq!((e2.done(), e2.errors()), (1, 1));
     assert_eq!(
         e2.disk.requests.load(Ordering::SeqCst),
@@ -190,7 +209,9 @@ fn refused_bios_come_back_with_typed_errors() {
     let ro = env_with(64, QueueLimits::new(), CompletionMode::Inline, |c| {
         c.read_only = true
     });
-    let (err, _) = submit_bio(ro.ctx, ro.bio(Op::Write, 0, &[seg(a)])).expect_err("read-only");
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let (err, _) =
+        submit_bio(ro.ctx, ro.bio(Op::Write, 0, &[unsafe { seg(a) }])).expect_err("read-only");
     assert_eq!(err, BlkError::ReadOnly);
 }
 
@@ -200,7 +221,8 @@ fn plug_merges_back_and_front_into_one_batch() {
     let mem = buf(8 * 4096);
     mem.copy_from_slice(&pattern(2, 8 * 4096));
     let chunks: Vec<&mut [u8]> = mem.chunks_mut(4096).collect();
-    let segs: Vec<BioVec> = chunks.into_iter().map(BioVec::from_buf).collect();
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let segs: Vec<BioVec> = chunks.into_iter().map(|c| unsafe { seg(c) }).collect();
     {
         let _plug = e.ctx.plug();
         // 4..8 ascending (back merges), then 3,2,1,0 descending (front merges).
@@ -237,8 +259,8 @@ fn merges_respect_limits() {
     {
         let _plug = e.ctx.plug();
         for (i, c) in mem.chunks_mut(4096).enumerate() {
-            submit_bio(e.ctx, e.bio(Op::Read, i as u64 * 8, &[BioVec::from_buf(c)]))
-                .expect("submit");
+            // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+            submit_bio(e.ctx, e.bio(Op::Read, i as u64 * 8, &[unsafe { seg(c) }])).expect("submit");
         }
         // Different op never merges.
         submit_bio(e.ctx, e.bio(Op::Flush, 0, &[])).expect("flush");
@@ -262,7 +284,8 @@ fn large_bio_is_split_to_limits() {
     let e = env(2048, l);
     let mem = buf(64 * 1024);
     mem.copy_from_slice(&pattern(3, 64 * 1024));
-    let segs: Vec<BioVec> = mem.chunks_mut(8192).map(BioVec::from_buf).collect();
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let segs: Vec<BioVec> = mem.chunks_mut(8192).map(|c| unsafe { seg(c) }).collect();
     submit_bio(e.ctx, e.bio(Op::Write, 0, &segs)).expect("submit");
     assert_eq!(e.done(), 1, "the parent completes once");
     assert_eq!(e.errors(), 0);
@@ -284,7 +307,8 @@ fn error_mid_request_partial_success_and_bounded_retries() {
         for (i, c) in mem.chunks_mut(4096).enumerate() {
             submit_bio(
                 e.ctx,
-                e.bio(Op::Write, i as u64 * 8, &[BioVec::from_buf(c)]),
+                // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+                e.bio(Op::Write, i as u64 * 8, &[unsafe { seg(c) }]),
             )
             .expect("submit");
         }
@@ -330,7 +354,8 @@ fn partial_completion_requeues_the_rest() {
     let _ = HALF_Q.set(q);
     let e = env(64, QueueLimits::new());
     let mem = buf(16384);
-    let mut b = e.bio(Op::Read, 0, &[BioVec::from_buf(mem)]);
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let mut b = e.bio(Op::Read, 0, &[unsafe { seg(mem) }]);
     b.set_dev(q);
     submit_bio(e.ctx, b).expect("submit");
     assert_eq!(e.done(), 1);
@@ -353,7 +378,8 @@ fn timeouts_retry_then_fail() {
     });
     let mem = buf(4096);
     e.disk.drop_completions(1);
-    submit_bio(e.ctx, e.bio(Op::Read, 0, &[BioVec::from_buf(mem)])).expect("submit");
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    submit_bio(e.ctx, e.bio(Op::Read, 0, &[unsafe { seg(mem) }])).expect("submit");
     assert_eq!(e.q.check_timeouts(clock() + 10), 0, "not yet");
     assert_eq!(e.q.check_timeouts(clock() + 5000), 1);
     // Retried: the second attempt's completion is delivered.
@@ -363,7 +389,8 @@ fn timeouts_retry_then_fail() {
     assert_eq!((s.timeouts, s.retries), (1, 1));
     // Two lost completions with one retry allowed: the bio fails with Timeout.
     e.disk.drop_completions(2);
-    submit_bio(e.ctx, e.bio(Op::Read, 0, &[BioVec::from_buf(mem)])).expect("submit");
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    submit_bio(e.ctx, e.bio(Op::Read, 0, &[unsafe { seg(mem) }])).expect("submit");
     assert_eq!(e.q.check_timeouts(clock() + 5000), 1);
     assert_eq!(e.q.check_timeouts(clock() + 5000), 1);
     assert_eq!((e.done(), e.errors()), (2, 1));
@@ -372,7 +399,8 @@ fn timeouts_retry_then_fail() {
     assert!(e.q.stats().snapshot().late_completions >= 1);
     // Extend keeps it in flight.
     e.disk.set_timeout_action(TimeoutAction::Extend);
-    submit_bio(e.ctx, e.bio(Op::Read, 0, &[BioVec::from_buf(mem)])).expect("submit");
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    submit_bio(e.ctx, e.bio(Op::Read, 0, &[unsafe { seg(mem) }])).expect("submit");
     assert_eq!(e.q.check_timeouts(clock() + 5000), 1);
     e.disk.process_completions();
     assert_eq!((e.done(), e.errors()), (3, 1));
@@ -387,7 +415,8 @@ fn passthrough_travels_the_queue() {
         e.q.passthrough_wait(
             PtCmd {
                 opcode: PT_IDENTIFY,
-                data: Some(BioVec::from_buf(out)),
+                // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+                data: Some(unsafe { seg(out) }),
                 ..PtCmd::default()
             },
             std::thread::yield_now,
@@ -455,8 +484,10 @@ fn bounce_above_dma_limit() {
         Op::Write,
         8,
         &[
-            BioVec::from_buf(&mut data[..40 * 1024]),
-            BioVec::from_buf(&mut data[40 * 1024..]),
+            // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+            unsafe { seg(&mut data[..40 * 1024]) },
+            // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+            unsafe { seg(&mut data[40 * 1024..]) },
         ],
     );
     b.set_dev(q);
@@ -471,7 +502,8 @@ fn bounce_above_dma_limit() {
     assert!(disk.store().read_bytes(8 * 512, &mut on_disk));
     assert_eq!(on_disk, pattern(9, 48 * 1024));
     let back = buf(48 * 1024);
-    let mut r = e.bio(Op::Read, 8, &[BioVec::from_buf(back)]);
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let mut r = e.bio(Op::Read, 8, &[unsafe { seg(back) }]);
     r.set_dev(q);
     submit_bio(e.ctx, r).expect("submit");
     assert_eq!((e.done(), e.errors()), (2, 0));
@@ -501,7 +533,8 @@ fn discard_write_zeroes_flags() {
     assert!(e.disk_bytes(100, 28 * 512).iter().all(|&b| b == 0xff));
     assert!(e.disk_bytes(128, 20 * 512).iter().all(|&b| b == 0));
     let mem = buf(4096);
-    let mut w = e.bio(Op::Write, 0, &[BioVec::from_buf(mem)]);
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let mut w = e.bio(Op::Write, 0, &[unsafe { seg(mem) }]);
     w.set_flags(BioFlags::FUA | BioFlags::PREFLUSH);
     submit_bio(e.ctx, w).unwrap();
     assert_eq!(e.disk.flushes.load(Ordering::SeqCst), 2);
@@ -524,7 +557,8 @@ fn blocking_wait_and_future_with_completion_thread() {
     mem.copy_from_slice(&pattern(5, 4096));
     let (st, bio) = submit_bio_wait(
         e.ctx,
-        e.bio(Op::Write, 8, &[BioVec::from_buf(mem)]),
+        // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+        e.bio(Op::Write, 8, &[unsafe { seg(mem) }]),
         std::thread::yield_now,
     );
     assert_eq!(st, Ok(()));
@@ -532,7 +566,8 @@ fn blocking_wait_and_future_with_completion_thread() {
     drop(bio);
     assert_eq!(e.done(), 0, "end_io was replaced by the waiter");
     let back = buf(4096);
-    let fut = submit_bio_async(e.ctx, e.bio(Op::Read, 8, &[BioVec::from_buf(back)]));
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let fut = submit_bio_async(e.ctx, e.bio(Op::Read, 8, &[unsafe { seg(back) }]));
     let (st, bio) = block_on(fut);
     assert_eq!(st, Ok(()));
     assert!(bio.is_some());
@@ -541,7 +576,8 @@ fn blocking_wait_and_future_with_completion_thread() {
     // Refused up front: handed back through the future.
     let (st, bio) = block_on(submit_bio_async(
         e.ctx,
-        e.bio(Op::Read, 1 << 40, &[BioVec::from_buf(back)]),
+        // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+        e.bio(Op::Read, 1 << 40, &[unsafe { seg(back) }]),
     ));
     assert_eq!(st, Err(BlkError::OutOfRange));
     assert!(bio.is_some());
@@ -615,7 +651,8 @@ fn forward_progress_on_reserves_only() {
                 Wait::Hook(std::thread::yield_now),
             )
             .expect("may-wait alloc never fails");
-        b.add_vec(BioVec::from_buf(mem)).unwrap();
+        // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+        b.add_vec(unsafe { seg(mem) }).unwrap();
         b.set_sector((i % 32) * 8);
         b.set_dev(e.q);
         b.set_end_io(io_end);
@@ -640,7 +677,8 @@ fn busy_driver_requeues() {
     let e = env(64, QueueLimits::new());
     e.disk.busy_next(2);
     let mem = buf(4096);
-    submit_bio(e.ctx, e.bio(Op::Read, 0, &[BioVec::from_buf(mem)])).unwrap();
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    submit_bio(e.ctx, e.bio(Op::Read, 0, &[unsafe { seg(mem) }])).unwrap();
     // The first try was refused and requeued; the submit path's kick retried it.
     for _ in 0..3 {
         e.q.kick();
@@ -673,7 +711,8 @@ fn two_cpus_submit_concurrently() {
                             Wait::Spin,
                         )
                         .unwrap();
-                    b.add_vec(BioVec::from_buf(mem)).unwrap();
+                    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+                    b.add_vec(unsafe { seg(mem) }).unwrap();
                     b.set_sector((n as u64 * 2000 + i) % 4000);
                     b.set_dev(q);
                     b.set_end_io(io_end);

@@ -56,19 +56,21 @@ fn layout(raw: &[(u64, u32, bool)], base: u64, lbs: u32) -> Vec<BioVec> {
             Some(p) if contig => p.end(),
             _ => base + off * 512,
         };
-        out.push(BioVec::new(PhysAddr(addr), len * 512));
+        // SAFETY: the segments lie inside the test's leaked buffer, which it leaves alone until every bio completes (or only the arithmetic is checked).
+        out.push(unsafe { BioVec::new(PhysAddr(addr), len * 512) });
     }
-    let total: u64 = out.iter().map(|v| v.len as u64).sum();
+    let total: u64 = out.iter().map(|v| v.len() as u64).sum();
     let pad = (lbs as u64 - total % lbs as u64) % lbs as u64;
     if let Some(last) = out.last_mut() {
-        last.len += pad as u32;
+        // SAFETY: as above: the padded segment still lies inside the test's buffer.
+        *last = unsafe { BioVec::new(last.addr(), last.len() + pad as u32) };
     }
     out
 }
 
 /// Reference: does this list of segments at `sector` fit the limits as one request?
 fn fits(l: &QueueLimits, sector: u64, segs: &[BioVec]) -> bool {
-    let bytes: u64 = segs.iter().map(|v| v.len as u64).sum();
+    let bytes: u64 = segs.iter().map(|v| v.len() as u64).sum();
     if bytes == 0
         || !bytes.is_multiple_of(l.logical_block_size as u64)
         || bytes > l.max_sectors as u64 * 512
@@ -85,11 +87,11 @@ fn fits(l: &QueueLimits, sector: u64, segs: &[BioVec]) -> bool {
     for (i, v) in segs.iter().enumerate() {
         if l.virt_boundary_mask != 0 && i > 0 {
             let page = l.virt_boundary_mask + 1;
-            if !segs[i - 1].end().is_multiple_of(page) || v.addr.0 % page != 0 {
+            if !segs[i - 1].end().is_multiple_of(page) || v.addr().0 % page != 0 {
                 return false;
             }
         }
-        let mut pos = v.addr.0;
+        let mut pos = v.addr().0;
         let end = v.end();
         while pos < end {
             let mut next = end.min(pos + l.max_segment_size as u64);
@@ -111,8 +113,9 @@ fn prefix(segs: &[BioVec], mut bytes: u64) -> Vec<BioVec> {
         if bytes == 0 {
             break;
         }
-        let n = (v.len as u64).min(bytes);
-        out.push(BioVec::new(v.addr, n as u32));
+        let n = (v.len() as u64).min(bytes);
+        // SAFETY: the segments lie inside the test's leaked buffer, which it leaves alone until every bio completes (or only the arithmetic is checked).
+        out.push(unsafe { BioVec::new(v.addr(), n as u32) });
         bytes -= n;
     }
     out
@@ -120,7 +123,7 @@ fn prefix(segs: &[BioVec], mut bytes: u64) -> Vec<BioVec> {
 
 fn bytes_of(segs: &[BioVec]) -> Vec<u64> {
     segs.iter()
-        .flat_map(|v| (0..v.len as u64 / 512).map(move |k| v.addr.0 + k * 512))
+        .flat_map(|v| (0..v.len() as u64 / 512).map(move |k| v.addr().0 + k * 512))
         .collect()
 }
 
@@ -198,7 +201,7 @@ proptest! {
         let mut next = 0u64;
         for (raw, gap) in &bios {
             let segs = layout(raw, base, l.logical_block_size);
-            let sectors: u64 = segs.iter().map(|v| v.len as u64 / 512).sum();
+            let sectors: u64 = segs.iter().map(|v| v.len() as u64 / 512).sum();
             next += *gap as u64 * lbs * (*gap % 2) as u64;
             extents.push((next, segs));
             next += sectors;
@@ -217,9 +220,9 @@ proptest! {
                 let (sector, segs) = &extents[i];
                 let mut off = (*sector * 512) as usize;
                 for v in segs {
-                    let src = (v.addr.0 - mem.as_ptr() as u64) as usize;
-                    model[off..off + v.len as usize].copy_from_slice(&mem[src..src + v.len as usize]);
-                    off += v.len as usize;
+                    let src = (v.addr().0 - mem.as_ptr() as u64) as usize;
+                    model[off..off + v.len() as usize].copy_from_slice(&mem[src..src + v.len() as usize]);
+                    off += v.len() as usize;
                 }
                 let b = e.bio(Op::Write, *sector, segs);
                 match submit_bio(e.ctx, b) {
@@ -244,13 +247,14 @@ proptest! {
             let back = buf(MEM);
             let bbase = back.as_ptr() as u64;
             for (sector, segs) in &extents {
-                let rsegs: Vec<BioVec> = segs.iter().map(|v| BioVec::new(PhysAddr(v.addr.0 - base + ((bbase + 65535) & !65535)), v.len)).collect();
+                // SAFETY: the segments lie inside the test's leaked buffer, which it leaves alone until every bio completes (or only the arithmetic is checked).
+                let rsegs: Vec<BioVec> = segs.iter().map(|v| unsafe { BioVec::new(PhysAddr(v.addr().0 - base + ((bbase + 65535) & !65535)), v.len()) }).collect();
                 submit_bio(e.ctx, e.bio(Op::Read, *sector, &rsegs)).expect("read");
                 let mut off = (*sector * 512) as usize;
                 for v in &rsegs {
-                    let at = (v.addr.0 - bbase) as usize;
-                    prop_assert_eq!(&back[at..at + v.len as usize], &model[off..off + v.len as usize]);
-                    off += v.len as usize;
+                    let at = (v.addr().0 - bbase) as usize;
+                    prop_assert_eq!(&back[at..at + v.len() as usize], &model[off..off + v.len() as usize]);
+                    off += v.len() as usize;
                 }
             }
             prop_assert_eq!(e.errors(), 0);

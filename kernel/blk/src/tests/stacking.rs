@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::harness::*;
-use crate::bio::{BioVec, Op};
+use crate::bio::Op;
 use crate::device::{BlockDevice, CpuCtx, submit_bio};
 use crate::error::BlkError;
 use crate::limits::QueueLimits;
@@ -55,7 +55,8 @@ fn stack_depth_for(levels: usize) -> (usize, u64) {
     mem.fill(0x5a);
     let marker = 0u8;
     let top_sp = std::hint::black_box(&marker) as *const u8 as usize;
-    let mut b = e.bio(Op::Write, 0, &[BioVec::from_buf(mem)]);
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let mut b = e.bio(Op::Write, 0, &[unsafe { seg(mem) }]);
     b.set_dev(top);
     submit_bio(ctx, b).expect("submit");
     assert_eq!(e.done(), 1);
@@ -91,11 +92,13 @@ fn linear_refuses_outside_window() {
     let lin: &'static Linear = leak(Linear::new(e.q, 64, 64).expect("linear"));
     assert_eq!(Linear::new(e.q, 250, 64).err(), Some(BlkError::OutOfRange));
     let mem = buf(8192);
-    let mut b = e.bio(Op::Write, 60, &[BioVec::from_buf(mem)]);
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let mut b = e.bio(Op::Write, 60, &[unsafe { seg(mem) }]);
     b.set_dev(lin);
     let (err, _) = submit_bio(e.ctx, b).expect_err("crosses the end");
     assert_eq!(err, BlkError::OutOfRange);
-    let mut b = e.bio(Op::Write, u64::MAX - 3, &[BioVec::from_buf(mem)]);
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let mut b = e.bio(Op::Write, u64::MAX - 3, &[unsafe { seg(mem) }]);
     b.set_dev(lin);
     assert_eq!(
         submit_bio(e.ctx, b).err().map(|x| x.0),
@@ -121,8 +124,10 @@ fn striped_maps_chunks_and_flushes_every_leg() {
         Op::Write,
         4,
         &[
-            BioVec::from_buf(&mut mem[..12 * 4096]),
-            BioVec::from_buf(&mut mem[12 * 4096..]),
+            // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+            unsafe { seg(&mut mem[..12 * 4096]) },
+            // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+            unsafe { seg(&mut mem[12 * 4096..]) },
         ],
     );
     b.set_dev(st);
@@ -144,7 +149,8 @@ fn striped_maps_chunks_and_flushes_every_leg() {
     }
     // Read back through the stripes.
     let back = buf(20 * 4096);
-    let mut r = e.bio(Op::Read, 4, &[BioVec::from_buf(back)]);
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let mut r = e.bio(Op::Read, 4, &[unsafe { seg(back) }]);
     r.set_dev(st);
     submit_bio(e.ctx, r).expect("read");
     assert_eq!(back.to_vec(), data);
@@ -184,11 +190,13 @@ fn mbr_partitions() {
     let p: &'static Linear = leak(Linear::partition(e.q, &t[0]).expect("part"));
     let mem = buf(4096);
     mem.fill(7);
-    let mut b = e.bio(Op::Write, 504, &[BioVec::from_buf(mem)]);
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let mut b = e.bio(Op::Write, 504, &[unsafe { seg(mem) }]);
     b.set_dev(p);
     submit_bio(e.ctx, b).expect("write");
     assert!(e.disk_bytes(64 + 504, 4096).iter().all(|&x| x == 7));
-    let mut b = e.bio(Op::Write, 508, &[BioVec::from_buf(mem)]);
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let mut b = e.bio(Op::Write, 508, &[unsafe { seg(mem) }]);
     b.set_dev(p);
     assert_eq!(
         submit_bio(e.ctx, b).err().map(|x| x.0),

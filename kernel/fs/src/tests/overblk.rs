@@ -1,5 +1,6 @@
 //! The filesystem over the real block layer: a RAM disk behind a request queue.
 
+use blk::mem::DmaRegion;
 use blk::ramdisk::{CompletionMode, RamDisk};
 use blk::{BioSet, BioSlab, BvecPools, BvecSlabs, CpuCtx, Queue, QueueConfig, QueueLimits};
 
@@ -10,6 +11,11 @@ use crate::*;
 
 fn leak<T>(v: T) -> &'static T {
     Box::leak(Box::new(v))
+}
+
+/// The filesystem's I/O buffer: leaked memory, so the block layer may name it in segments.
+fn io_region(len: usize) -> DmaRegion {
+    DmaRegion::from_static(Box::leak(vec![0u8; len].into_boxed_slice()))
 }
 
 fn spin() {
@@ -52,12 +58,12 @@ fn env(blocks: u64) -> Env {
 #[test]
 fn model_over_blk_ramdisk() {
     let e = env(2048);
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = io_region(256 * 1024);
     let mut m = Model::default();
     let mut rng = Rng::new(99);
     {
-        let dev = BlkDisk::new(e.q, e.ctx, e.set, spin).unwrap();
-        let mut fs = SmallFs::new(dev, &mut buf);
+        let dev = BlkDisk::new(e.q, e.ctx, e.set, spin, buf.span()).unwrap();
+        let mut fs = SmallFs::new(dev, buf.as_mut_slice());
         fs.mkfs(MkfsOptions {
             blocks: None,
             inode_blocks: 4,
@@ -70,8 +76,8 @@ fn model_over_blk_ramdisk() {
         compare(&mut fs, &m).unwrap();
         fs.unmount().unwrap();
     }
-    let dev = BlkDisk::new(e.q, e.ctx, e.set, spin).unwrap();
-    let mut fs = SmallFs::new(dev, &mut buf);
+    let dev = BlkDisk::new(e.q, e.ctx, e.set, spin, buf.span()).unwrap();
+    let mut fs = SmallFs::new(dev, buf.as_mut_slice());
     fs.mount(true).unwrap();
     compare(&mut fs, &m).unwrap();
     assert_eq!(
@@ -87,9 +93,9 @@ fn model_over_blk_ramdisk() {
 #[test]
 fn large_write_is_few_large_bios() {
     let e = env(4096);
-    let mut buf = vec![0u8; 1 << 20];
-    let dev = BlkDisk::new(e.q, e.ctx, e.set, spin).unwrap();
-    let mut fs = SmallFs::new(dev, &mut buf);
+    let mut buf = io_region(1 << 20);
+    let dev = BlkDisk::new(e.q, e.ctx, e.set, spin, buf.span()).unwrap();
+    let mut fs = SmallFs::new(dev, buf.as_mut_slice());
     fs.mkfs(MkfsOptions {
         blocks: None,
         inode_blocks: 1,

@@ -256,14 +256,15 @@ pub fn cycles() -> u64 {
     timer_now()
 }
 
-/// Physical address of a kernel address: statics in the higher half, identity below.
-pub fn virt_to_phys(virt: usize) -> u64 {
-    if virt >= KERNEL_OFFSET {
-        (virt - KERNEL_OFFSET) as u64
-    } else {
-        virt as u64
-    }
-}
+/// How memory is mapped once paging is on (module docs), for `hal::mem`: physical
+/// 0..`IDENTITY_LIMIT` identity-mapped, the kernel image (statics, stacks) at
+/// `KERNEL_OFFSET + physical`.
+pub const TRANSLATION: hal::mem::Translation = hal::mem::Translation {
+    direct_offset: 0,
+    direct_limit: IDENTITY_LIMIT,
+    image_base: KERNEL_OFFSET,
+    image_offset: KERNEL_OFFSET,
+};
 
 /// Index of this CPU (one hart for now).
 pub fn cpu_id() -> usize {
@@ -284,12 +285,15 @@ impl MmioMapper for Mapper {
             return None;
         }
         let inside = |&(base, size): &(u64, u64)| phys.0 >= base && end <= base + size;
+        let virt = hal::mem::phys_to_virt(phys)?;
         WINDOWS.get()?.iter().any(inside).then(|| {
             // SAFETY: 1. the range lies in a device window from the device tree (virtio-mmio
-            // slot, PCI ECAM or a PCI host window), identity-mapped by the boot page table;
-            // devices there take naturally aligned volatile accesses. 2. `MmioMapper` callers
-            // (bus code) only map what they assigned or read from the device, one owner each.
-            unsafe { Mmio::new(phys.0 as usize, phys, len) }
+            // slot, PCI ECAM or a PCI host window), in the direct map at `virt`
+            // (`hal::mem`, identity below `IDENTITY_LIMIT`); devices there take naturally
+            // aligned volatile accesses. 2. `MmioMapper` callers (bus code) only map what they
+            // assigned or read from the device, one owner each. 3. `virt` is not 0: no device
+            // window of the `virt` machine starts at address 0.
+            unsafe { Mmio::new(virt, phys, len) }
         })
     }
 }

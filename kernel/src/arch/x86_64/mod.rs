@@ -230,10 +230,14 @@ pub fn cycles() -> u64 {
     time::rdtsc()
 }
 
-/// Physical address of a kernel virtual address (identity map).
-pub fn virt_to_phys(virt: usize) -> u64 {
-    virt as u64
-}
+/// How memory is mapped, for `hal::mem`: the entry code identity-maps physical 0..4 GiB (RAM,
+/// the kernel image, the device hole); there is no separate image window.
+pub const TRANSLATION: hal::mem::Translation = hal::mem::Translation {
+    direct_offset: 0,
+    direct_limit: 4 << 30,
+    image_base: usize::MAX,
+    image_offset: 0,
+};
 
 /// Index of the running CPU (only the boot CPU runs).
 pub fn cpu_id() -> usize {
@@ -245,7 +249,8 @@ pub fn irq_chip() -> &'static dyn hal::irq::IrqChip {
     &apic::CHIP
 }
 
-/// Identity mapper for device windows: the device hole below 4 GiB and the PCI ECAM.
+/// Mapper for device windows (the device hole below 4 GiB and the PCI ECAM), through
+/// `hal::mem`'s direct map.
 struct IdentityMapper;
 
 static MAPPER: IdentityMapper = IdentityMapper;
@@ -260,10 +265,12 @@ impl MmioMapper for IdentityMapper {
         if !(in_device_hole(base, len64) || in_ecam) {
             return None;
         }
-        // SAFETY: the range is identity-mapped and uncached (device hole, or the ECAM marked
-        // uncached at boot); the `MmioMapper` contract makes the caller ask only for ranges that
-        // belong to devices.
-        Some(unsafe { Mmio::new(base as usize, phys, len) })
+        let virt = hal::mem::phys_to_virt(phys)?;
+        // SAFETY: 1. the range is in the direct map at `virt` (`hal::mem`, identity below
+        // 4 GiB) and uncached (device hole, or the ECAM marked uncached at boot); 2. the
+        // `MmioMapper` contract makes the caller ask only for ranges that belong to devices;
+        // 3. `virt` is not 0: the device hole and the ECAM lie far above address 0.
+        Some(unsafe { Mmio::new(virt, phys, len) })
     }
 }
 
