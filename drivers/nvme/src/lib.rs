@@ -14,7 +14,11 @@
 //! the block layer), `stats` (the counters). The plumbing every driver has (counters,
 //! completions delivered after the locks, scatter-gather lists on the stack, block ranges)
 //! comes from `blk::driver`.
-#![cfg_attr(not(test), no_std)]
+//!
+//! Feature `fake` (host only, needs `std`; the kernel never enables it): module `fake`, the
+//! controller model the host tests run against, for host programs such as
+//! `examples/host_disk.rs`.
+#![cfg_attr(not(any(test, feature = "fake")), no_std)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -31,9 +35,9 @@ mod passthrough;
 mod reset;
 mod stats;
 
-#[cfg(test)]
-mod fake;
-#[cfg(test)]
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+#[cfg(any(test, feature = "fake"))]
 mod test_support;
 #[cfg(test)]
 mod tests;
