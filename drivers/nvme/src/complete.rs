@@ -5,12 +5,17 @@
 
 use core::sync::atomic::Ordering;
 
+use blk::driver::CompletionBatch;
 use blk::{BlkError, BlkStatus};
 
-use crate::batch::{BATCH, DoneList};
 use crate::ctrl::{AdminQ, IOQ, IoQ, Nvme};
 use crate::queue::INTERNAL_CID;
 use crate::regs::IntVectors;
+
+/// Completions delivered per pass of the interrupt path: a full batch leaves the reap pending
+/// for another pass. The cold paths (bring-up, reset, waits for admin commands) collect into a
+/// batch with room for every tag.
+const BATCH: usize = 16;
 
 /// What became of a staged write when its pre-flush completed.
 enum Staged {
@@ -42,8 +47,10 @@ impl Nvme {
     /// only `after_unlock` unmasked, a `poll` that consumed `pending` first left INTx masked
     /// for good and every later completion went unsignalled (see `docs/nvme.md`).
     pub(crate) fn reap_pending(&self) -> bool {
+        // Made once per call (not per pass): making a batch is a store to each of its slots.
+        let mut done = CompletionBatch::<BATCH>::new();
         while self.pending.swap(false, Ordering::AcqRel) {
-            let mut done = DoneList::<BATCH>::new();
+            done.clear();
             let Some(mut io) = self.io.try_lock() else {
                 self.pending.store(true, Ordering::Release);
                 return false;
@@ -102,7 +109,11 @@ impl Nvme {
     }
 
     /// entry; starts the write after a finished pre-flush.
-    pub(crate) fn reap_io<const N: usize>(&self, io: &mut IoQ, done: &mut DoneList<N>) -> usize {
+    pub(crate) fn reap_io<const N: usize>(
+        &self,
+        io: &mut IoQ,
+        done: &mut CompletionBatch<N>,
+    ) -> usize {
         let mut n = 0;
         let mut resubmit = false;
         while !done.is_full() {
@@ -125,12 +136,12 @@ impl Nvme {
                     }
                     Staged::InFlight => continue,
                     Staged::Done(st) => {
-                        done.push(tag, st, 0, false);
+                        let _ = done.push(tag, st);
                         continue;
                     }
                 }
             }
-            done.push(tag, st, 0, false);
+            let _ = done.push(tag, st);
         }
         if n > 0 {
             self.stats.reaped.fetch_add(n as u64, Ordering::Relaxed);
@@ -172,7 +183,7 @@ impl Nvme {
     pub(crate) fn reap_admin<const N: usize>(
         &self,
         a: &mut AdminQ,
-        done: &mut DoneList<N>,
+        done: &mut CompletionBatch<N>,
     ) -> usize {
         let mut n = 0;
         while !done.is_full() {
@@ -187,7 +198,9 @@ impl Nvme {
                 continue;
             }
             match a.cids.complete(e.cid) {
-                Ok(tag) => done.push(tag, e.status.to_blk(), e.result, true),
+                Ok(tag) => {
+                    let _ = done.push_pt(tag, e.status.to_blk(), e.result as u64);
+                }
                 Err(_) => {
                     self.stats.bad_cids.fetch_add(1, Ordering::Relaxed);
                 }
@@ -201,6 +214,25 @@ impl Nvme {
                 .store(left.saturating_sub(n as u32), Ordering::Release);
         }
         n
+    }
+
+    /// Hands the gathered completions to the block layer (after the locks are let go) and
+    /// counts them.
+    pub(crate) fn deliver<const N: usize>(&self, done: &CompletionBatch<N>) {
+        if done.is_empty() {
+            return;
+        }
+        let d = self.sink.deliver(done);
+        if d.completed != 0 {
+            self.stats
+                .completions
+                .fetch_add(d.completed as u64, Ordering::Relaxed);
+        }
+        if d.errors != 0 {
+            self.stats
+                .errors
+                .fetch_add(d.errors as u64, Ordering::Relaxed);
+        }
     }
 
     /// Reaps both queues now (`poll`, timeouts, waits); returns the entries consumed.

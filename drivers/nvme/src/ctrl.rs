@@ -4,11 +4,11 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
 
+use blk::driver::{CompletionBatch, CompletionSink};
 use blk::{BlkError, QueueLimits, TagComplete};
 use hal::{DmaBuf, Mmio};
-use spin::{Mutex, Once};
+use spin::Mutex;
 
-use crate::batch::DoneList;
 use crate::cmd::{Command, DataPtr};
 use crate::prp::{PAGE, max_prp_entries};
 use crate::queue::{CidTable, CompQueue, Cqe, INTERNAL_CID, SubQueue};
@@ -141,7 +141,7 @@ pub struct Nvme {
     pub(crate) info: CtrlInfo,
     pub(crate) limits: QueueLimits,
     pub(crate) cfg: Config,
-    pub(crate) sink: Once<&'static dyn TagComplete>,
+    pub(crate) sink: CompletionSink,
     /// Someone has to reap: set by an interrupt that found a lock taken.
     pub(crate) pending: AtomicBool,
     /// The handler masked INTx (`INTMS`): whoever next finishes a reap unmasks.
@@ -234,7 +234,7 @@ impl Nvme {
             info,
             limits: QueueLimits::new(),
             cfg,
-            sink: Once::new(),
+            sink: CompletionSink::new(),
             pending: AtomicBool::new(false),
             masked: AtomicBool::new(false),
             admin_outstanding: AtomicU32::new(0),
@@ -295,7 +295,7 @@ impl Nvme {
     }
 
     fn identify(&self, admin: &mut AdminQ) -> Result<CtrlInfo, InitError> {
-        let mut done = DoneList::<QUEUE_DEPTH>::new();
+        let mut done = CompletionBatch::<QUEUE_DEPTH>::new();
         let mut c = Command::identify(cns::CONTROLLER, 0);
         c.set_data(DataPtr::Prp(self.ident.phys().0, 0));
         self.admin_sync(admin, c, &mut done)
@@ -345,7 +345,7 @@ impl Nvme {
 
     /// Features and the I/O queue pair (after an enable).
     pub(crate) fn setup_io(&self, admin: &mut AdminQ, io: &mut IoQ) -> Result<(), InitError> {
-        let mut done = DoneList::<QUEUE_DEPTH>::new();
+        let mut done = CompletionBatch::<QUEUE_DEPTH>::new();
         let mut run = |admin: &mut AdminQ, c: Command| {
             self.admin_sync(admin, c, &mut done)
                 .map_err(|_| InitError::Admin)
@@ -381,7 +381,7 @@ impl Nvme {
         &self,
         a: &mut AdminQ,
         mut c: Command,
-        done: &mut DoneList,
+        done: &mut CompletionBatch<QUEUE_DEPTH>,
     ) -> Result<Cqe, BlkError> {
         a.internal_seq = a.internal_seq.wrapping_add(1);
         let cid = INTERNAL_CID | (a.internal_seq & 0x7fff);
@@ -454,7 +454,7 @@ impl Nvme {
     }
     /// Connects the block layer's queue (completion by tag).
     pub fn attach(&self, queue: &'static dyn TagComplete) {
-        self.sink.call_once(|| queue);
+        self.sink.attach(queue);
     }
     /// Commands in flight (I/O and passthrough).
     pub fn in_flight(&self) -> usize {

@@ -1,4 +1,5 @@
-//! A device model of an NVMe controller for host tests.
+//! A device model of an NVMe controller for host tests and host programs (feature `fake`,
+//! which needs `std` and `hal`'s host DMA region; the kernel never enables it).
 //!
 //! BAR0 is host memory (two pages from the DMA region) that the driver gets as its `Mmio`; the
 //! model reads the registers and doorbells the driver wrote when it runs: when the test calls
@@ -65,15 +66,18 @@ struct Cq {
 
 /// A command fetched and held back (never completed unless aborted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Stalled {
+pub struct Stalled {
+    /// Submission queue it came from.
     pub sqid: u16,
+    /// Its command id.
     pub cid: u16,
+    /// Its opcode.
     pub opcode: u8,
 }
 
 /// What the model is and what it saw. Tests set the identity and the injections before the
 /// driver comes up (through [`FakeCtrl::with`]) and read the counters afterwards.
-pub(crate) struct Model {
+pub struct Model {
     /// The namespace's contents.
     pub disk: Vec<u8>,
     /// Logical block size of namespace 1.
@@ -137,7 +141,7 @@ impl Model {
 }
 
 /// The controller model.
-pub(crate) struct FakeCtrl {
+pub struct FakeCtrl {
     bar: Mmio,
     mem: &'static Mmio,
     _bar_pages: DmaBuf,
@@ -154,6 +158,10 @@ impl FakeCtrl {
     /// A controller with a namespace of `blocks` blocks of `block_size` bytes (filled with a
     /// pattern), 2048-entry queues, MDTS 10 (4 MiB), a volatile write cache, write zeroes and
     /// deallocate, no SGLs.
+    ///
+    /// The first model of a process sets up the host DMA region
+    /// (`hal::dma::host::init_test_region`) and finds it by allocating all of it, so it must be
+    /// made before anything else allocates DMA memory.
     pub fn new(blocks: u64, block_size: u32) -> Arc<FakeCtrl> {
         let mem = dma_init();
         let pages = DmaBuf::alloc(BAR_BYTES, 4096).expect("BAR pages");
@@ -797,11 +805,11 @@ thread_local! {
 }
 
 /// Nanoseconds of test time each [`clock`] call takes.
-pub(crate) const TICK_NS: u64 = 10_000;
+pub const TICK_NS: u64 = 10_000;
 
 /// The test clock (`Config::clock`): every call is [`TICK_NS`] later and lets the model
 /// installed on this thread run, so the driver's bounded waits see the controller work.
-pub(crate) fn clock() -> u64 {
+pub fn clock() -> u64 {
     let now = NOW.with(|n| {
         n.set(n.get() + TICK_NS);
         n.get()

@@ -5,13 +5,21 @@
 
 use core::sync::atomic::{Ordering, fence};
 
+use blk::driver::{block_range, with_sg};
 use blk::{BioFlags, BlkError, HwQueue, Op, QueueRqError, Request, SgEntry, TimeoutAction};
 
 use crate::cmd::{Command, DataPtr};
-use crate::ctrl::{IOQ, IoQ, LIST_PAGES, NSID, Nvme};
+use crate::ctrl::{IOQ, IoQ, LIST_PAGES, MAX_SEGMENTS, NSID, Nvme};
 use crate::device_error;
 use crate::prp::{ListPages, PAGE, build_prp, build_sgl};
 use crate::spec::nvm;
+
+/// Scatter-gather entries of the list on the stack for requests of a few segments (clearing
+/// a `MAX_SEGMENTS` list for each of them was ~300 instructions); bigger ones map out of line.
+const SMALL_SG: usize = 4;
+
+/// Blocks per read, write or write zeroes command (the count field is 16 bits, zero-based).
+const MAX_BLOCKS: u32 = 65536;
 
 impl Nvme {
     /// Rings the I/O submission queue doorbell for entries pushed since the last ring.
@@ -56,39 +64,39 @@ impl Nvme {
     /// The command of a read, write, flush, write zeroes or discard; `true` when a PREFLUSH
     /// write needs a flush first.
     fn build(&self, rq: &Request) -> Result<(Command, bool), QueueRqError> {
-        let bs = self.info.block_size as u64;
-        let lba = rq.sector() * 512 / bs;
-        let blocks = (rq.bytes() as u64 / bs) as u32;
-        let fatal = |e| QueueRqError::Fatal(e);
+        let shift = self.info.block_size.trailing_zeros();
         let c = match rq.op() {
             Op::Read | Op::Write => {
-                if blocks == 0 || blocks > 65536 {
-                    return Err(fatal(BlkError::InvalidArgument));
-                }
+                let r = block_range(rq, shift, MAX_BLOCKS)?;
                 let write = rq.op() == Op::Write;
                 let opc = if write { nvm::WRITE } else { nvm::READ };
                 let fua = write && rq.flags().contains(BioFlags::FUA);
-                let mut c = Command::rw(opc, NSID, lba, blocks, fua);
-                c.set_data(self.map_data(rq)?);
+                let mut c = Command::rw(opc, NSID, r.lba, r.blocks, fua);
+                let data = with_sg::<SMALL_SG, MAX_SEGMENTS, _>(rq, &self.limits, |sg| {
+                    self.data_ptr(rq.tag(), sg)
+                })??;
+                c.set_data(data);
                 let pre = write && self.info.vwc && rq.flags().contains(BioFlags::PREFLUSH);
                 return Ok((c, pre));
             }
             Op::Flush => Command::flush(NSID),
-            Op::WriteZeroes if self.info.write_zeroes && (1..=65536).contains(&blocks) => {
-                Command::rw(nvm::WRITE_ZEROES, NSID, lba, blocks, false)
+            Op::WriteZeroes if self.info.write_zeroes => {
+                let r = block_range(rq, shift, MAX_BLOCKS)?;
+                Command::rw(nvm::WRITE_ZEROES, NSID, r.lba, r.blocks, false)
             }
-            Op::Discard if self.info.dsm && blocks > 0 => {
+            Op::Discard if self.info.dsm => {
+                let r = block_range(rq, shift, u32::MAX)?;
                 // One range in the tag's first list page: attributes, length, start.
                 let lp = self.list_pages(rq.tag());
                 let off = lp.first;
                 self.lists.write32(off, 0);
-                self.lists.write32(off + 4, blocks);
-                self.lists.write64(off + 8, lba);
+                self.lists.write32(off + 4, r.blocks);
+                self.lists.write64(off + 8, r.lba);
                 let mut c = Command::deallocate(NSID, 1);
                 c.set_data(DataPtr::Prp(self.lists.phys().0 + off as u64, 0));
                 c
             }
-            _ => return Err(fatal(BlkError::Unsupported)),
+            _ => return Err(QueueRqError::Fatal(BlkError::Unsupported)),
         };
         Ok((c, false))
     }

@@ -11,9 +11,14 @@
 //! [`queue`] (rings, command ids), [`prp`] (PRPs and SGLs). The driver: `ctrl` (the
 //! controller and its bring-up), `io` (the request path), `complete` (reaping and the interrupt
 //! handler), `reset` (timeouts, abort, controller reset), `passthrough` (admin commands from
-//! the block layer), and the plumbing every driver has: `stats`, `batch` (completions
-//! delivered after the locks), `sg` (small and large scatter-gather lists).
-#![cfg_attr(not(test), no_std)]
+//! the block layer), `stats` (the counters). The plumbing every driver has (counters,
+//! completions delivered after the locks, scatter-gather lists on the stack, block ranges)
+//! comes from `blk::driver`.
+//!
+//! Feature `fake` (host only, needs `std`; the kernel never enables it): module `fake`, the
+//! controller model the host tests run against, for host programs such as
+//! `examples/host_disk.rs`.
+#![cfg_attr(not(any(test, feature = "fake")), no_std)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -23,18 +28,16 @@ pub mod queue;
 pub mod regs;
 pub mod spec;
 
-mod batch;
 mod complete;
 mod ctrl;
 mod io;
 mod passthrough;
 mod reset;
-mod sg;
 mod stats;
 
-#[cfg(test)]
-mod fake;
-#[cfg(test)]
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+#[cfg(any(test, feature = "fake"))]
 mod test_support;
 #[cfg(test)]
 mod tests;

@@ -4,9 +4,9 @@
 
 use core::sync::atomic::Ordering;
 
+use blk::driver::CompletionBatch;
 use blk::{BlkError, HwQueue, TimeoutAction};
 
-use crate::batch::DoneList;
 use crate::cmd::Command;
 use crate::ctrl::{AdminQ, IOQ, IoQ, Mode, Nvme, QUEUE_DEPTH, wait_until};
 use crate::queue::Cqe;
@@ -24,7 +24,7 @@ pub mod device_error {
 impl Nvme {
     /// Runs one internal admin command from process context (locks taken here).
     fn admin_command(&self, c: Command) -> Result<Cqe, BlkError> {
-        let mut done = DoneList::<QUEUE_DEPTH>::new();
+        let mut done = CompletionBatch::<QUEUE_DEPTH>::new();
         let r = {
             let mut a = self.admin.lock();
             self.admin_sync(&mut a, c, &mut done)
@@ -38,7 +38,7 @@ impl Nvme {
     /// retryable `DeviceError(RESET)`, the queues are set up again. Process context.
     pub fn reset_controller(&self, skip: Option<u16>) -> bool {
         self.stats.resets.fetch_add(1, Ordering::Relaxed);
-        let mut done = DoneList::<QUEUE_DEPTH>::new();
+        let mut done = CompletionBatch::<QUEUE_DEPTH>::new();
         let ok = {
             let mut io = self.io.lock();
             let mut a = self.admin.lock();
@@ -47,27 +47,22 @@ impl Nvme {
             self.reap_admin(&mut a, &mut done);
             self.delete_io_queues(&mut a, &mut io, &mut done);
             let _ = self.disable();
-            let mut failed = DoneList::<QUEUE_DEPTH>::new();
+            // What was still in flight fails after it (dropped if `done` is full).
+            let reset = Err(BlkError::DeviceError(device_error::RESET));
             let IoQ { cids, staged, .. } = &mut *io;
             cids.drain(|t| {
                 if let Some(s) = staged.get_mut(t as usize) {
                     *s = None;
                 }
                 if Some(t) != skip {
-                    failed.push(t, Err(BlkError::DeviceError(device_error::RESET)), 0, false);
+                    let _ = done.push(t, reset);
                 }
             });
             a.cids.drain(|t| {
                 if Some(t) != skip {
-                    failed.push(t, Err(BlkError::DeviceError(device_error::RESET)), 0, true);
+                    let _ = done.push_pt(t, reset, 0);
                 }
             });
-            for d in &failed.items[..failed.n] {
-                if !done.is_full() {
-                    done.items[done.n] = *d;
-                    done.n += 1;
-                }
-            }
             let ok = self.enable(&mut a).is_ok() && self.setup_io(&mut a, &mut io).is_ok();
             if !ok {
                 self.dead.store(true, Ordering::Relaxed);
@@ -90,7 +85,12 @@ impl Nvme {
     /// deleting is reaped (the completion queue still exists then). QEMU 7.2 fetches and
     /// starts commands it had not fetched yet while `CC.EN = 0` drains the namespace, then
     /// frees the queue under them and crashes when they finish (see `docs/nvme.md`).
-    fn delete_io_queues(&self, a: &mut AdminQ, io: &mut IoQ, done: &mut DoneList) {
+    fn delete_io_queues(
+        &self,
+        a: &mut AdminQ,
+        io: &mut IoQ,
+        done: &mut CompletionBatch<QUEUE_DEPTH>,
+    ) {
         if self.is_dead() || !self.regs.csts().is_operational() {
             return;
         }

@@ -8,8 +8,8 @@ use hal::PhysAddr;
 use super::harness::split_set;
 use crate::bio::{Bio, BioList, BioVec, Op};
 use crate::driver::{
-    CompletionBatch, CompletionSink, Deliver, Delivered, TagComplete, TagMaskBatch, block_range,
-    with_sg,
+    Completion, CompletionBatch, CompletionSink, Deliver, Delivered, TagComplete, TagMaskBatch,
+    block_range, with_sg,
 };
 use crate::error::{BlkError, BlkStatus};
 use crate::limits::QueueLimits;
@@ -151,6 +151,35 @@ fn completion_batch_fills_delivers_in_order_and_counts() {
     assert!(b.is_empty());
     assert_eq!(b.deliver(r), Delivered::default());
     assert_eq!(r.calls.lock().unwrap().len(), 3);
+}
+
+#[test]
+fn completion_batch_shows_only_what_was_pushed() {
+    // The unused slots hold a placeholder error; none of it may show through.
+    let mut b = CompletionBatch::<4>::new();
+    assert!(b.as_slice().is_empty());
+    let r = recorder();
+    assert_eq!(b.deliver(r), Delivered::default());
+    assert!(b.push(0, Ok(())));
+    assert_eq!(
+        b.as_slice(),
+        [Completion {
+            tag: 0,
+            pt: false,
+            status: Ok(()),
+            result: 0
+        }]
+    );
+    assert_eq!(
+        b.deliver(r),
+        Delivered {
+            completed: 1,
+            errors: 0
+        }
+    );
+    b.clear();
+    assert!(b.as_slice().is_empty());
+    assert_eq!(*r.calls.lock().unwrap(), [(0, Ok(()), None, None)]);
 }
 
 #[test]
