@@ -18,9 +18,12 @@ impl Ahci {
         rq: &Request,
         table: usize,
     ) -> Result<(usize, u32), QueueRqError> {
-        with_sg::<4, PRDT_ENTRIES, _>(rq, &self.limits, |sg| {
-            write_prdt_sg(&self.mem, table, sg, self.limits.dma_limit)
-        })
+        with_sg::<4, PRDT_ENTRIES, _>(
+            rq,
+            &self.limits,
+            #[inline(always)]
+            |sg| write_prdt_sg(&self.mem, table, sg, self.limits.dma_limit),
+        )
         .map_err(QueueRqError::Fatal)?
         .map_err(|_| QueueRqError::Fatal(BlkError::Misaligned))
     }
