@@ -269,6 +269,15 @@ impl<const E: usize> Deliver for TagMaskBatch<E> {
                 },
             };
         }
+        self.many(all, sink)
+    }
+}
+
+impl<const E: usize> TagMaskBatch<E> {
+    /// Delivers the tags of `all` (two or more) in tag order. Out of line, so that the caller
+    /// of [`Deliver::deliver`] does not carry the loop's registers on the one-completion path.
+    #[inline(never)]
+    fn many(&self, all: u64, sink: &dyn TagComplete) -> Delivered {
         let mut m = all;
         while m != 0 {
             let tag = m.trailing_zeros();
