@@ -278,11 +278,17 @@ impl<const E: usize> TagMaskBatch<E> {
     /// of [`Deliver::deliver`] does not carry the loop's registers on the one-completion path.
     #[inline(never)]
     fn many(&self, all: u64, sink: &dyn TagComplete) -> Delivered {
+        let failed = self.failed();
         let mut m = all;
         while m != 0 {
             let tag = m.trailing_zeros();
             m &= m - 1;
-            let st = self.status(tag).unwrap_or(Ok(()));
+            // Only a failed tag looks its error kind up.
+            let st = if failed & (1 << tag) == 0 {
+                Ok(())
+            } else {
+                self.status(tag).unwrap_or(Ok(()))
+            };
             if self.pt & (1 << tag) != 0 {
                 sink.complete_pt(tag as u16, st, 0);
             } else {
@@ -291,7 +297,7 @@ impl<const E: usize> TagMaskBatch<E> {
         }
         Delivered {
             completed: all.count_ones(),
-            errors: self.failed().count_ones(),
+            errors: failed.count_ones(),
         }
     }
 }
