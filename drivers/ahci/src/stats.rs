@@ -1,53 +1,42 @@
-//! The driver's counters: `driver_stats!` declares [`DriverStats`], one relaxed `AtomicU64`
-//! per counter.
+//! The driver's counters: [`DriverStats`], one relaxed `AtomicU64` per counter, declared with
+//! `blk::driver_stats!`.
 
-use core::sync::atomic::AtomicU64;
-
-macro_rules! driver_stats {
-    ($( $(#[$m:meta])* $name:ident ),* $(,)?) => {
-        /// Counters of one port (relaxed atomics).
-        #[derive(Debug, Default)]
-        pub struct DriverStats { $( $(#[$m])* pub $name: AtomicU64, )* }
-
-        impl DriverStats {
-            pub(crate) const fn new() -> Self { DriverStats { $( $name: AtomicU64::new(0), )* } }
-        }
-    };
-}
-
-driver_stats! {
-    /// Requests taken by `queue_rq`.
-    requests,
-    /// READ/WRITE FPDMA QUEUED commands issued.
-    ncq_commands,
-    /// Commands issued one at a time (DMA EXT, flush, TRIM, passthrough).
-    exclusive_commands,
-    /// FLUSH CACHE EXT commands issued (flush requests, FUA and PREFLUSH writes).
-    flushes,
-    /// TRIM commands issued.
-    trims,
-    /// Interrupt handler runs.
-    interrupts,
-    /// Requests completed to the block layer.
-    completions,
-    /// Requests completed with an error.
-    errors,
-    /// Error recoveries.
-    recoveries,
-    /// Task-file errors seen.
-    task_file_errors,
-    /// Interface (link or host bus) errors seen.
-    interface_errors,
-    /// NCQ error log reads that named the failed tag.
-    log_reads,
-    /// Recoveries that had to replay suspects one at a time to find the failed command.
-    isolations,
-    /// Port resets (COMRESET).
-    port_resets,
-    /// Commands replayed after a recovery.
-    replays,
-    /// Requests that timed out.
-    timeouts,
-    /// Largest PRDT built.
-    max_prdt_entries,
+blk::driver_stats! {
+    /// Counters of one port (relaxed atomics).
+    pub struct DriverStats {
+        /// Requests taken by `queue_rq`.
+        requests,
+        /// READ/WRITE FPDMA QUEUED commands issued.
+        ncq_commands,
+        /// Commands issued one at a time (DMA EXT, flush, TRIM, passthrough).
+        exclusive_commands,
+        /// FLUSH CACHE EXT commands issued (flush requests, FUA and PREFLUSH writes).
+        flushes,
+        /// TRIM commands issued.
+        trims,
+        /// Interrupt handler runs.
+        interrupts,
+        /// Requests completed to the block layer.
+        completions,
+        /// Requests completed with an error.
+        errors,
+        /// Error recoveries.
+        recoveries,
+        /// Task-file errors seen.
+        task_file_errors,
+        /// Interface (link or host bus) errors seen.
+        interface_errors,
+        /// NCQ error log reads that named the failed tag.
+        log_reads,
+        /// Recoveries that had to replay suspects one at a time to find the failed command.
+        isolations,
+        /// Port resets (COMRESET).
+        port_resets,
+        /// Commands replayed after a recovery.
+        replays,
+        /// Requests that timed out.
+        timeouts,
+        /// Largest PRDT built.
+        max_prdt_entries,
+    }
 }

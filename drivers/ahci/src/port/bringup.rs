@@ -4,8 +4,9 @@
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use blk::QueueLimits;
+use blk::driver::CompletionSink;
 use hal::{DmaBuf, Mmio, PhysAddr};
-use spin::{Mutex, Once};
+use spin::Mutex;
 
 use super::{
     Ahci, CL_OFF, DeviceInfo, INTERNAL_TABLE, Inner, MEM_BYTES, Mode, RFIS_OFF, SCRATCH_OFF,
@@ -106,7 +107,7 @@ impl Ahci {
                 err_serr: Serr::empty(),
                 dead: false,
             }),
-            queue: Once::new(),
+            queue: CompletionSink::new(),
             unissued: AtomicBool::new(false),
             pending_is: AtomicU32::new(0),
             reap_pending: AtomicBool::new(false),

@@ -4,39 +4,25 @@
 use core::sync::atomic::Ordering;
 
 use blk::BlkError;
+use blk::driver::TagMaskBatch;
 use spin::MutexGuard;
 
 use super::{Ahci, Inner, device_error};
 use crate::regs::{PxIs, Serr, Tfd, hba, port as px};
 
 /// Completions collected under the lock, delivered after it: one bit per tag (a tag is in at
-/// most one of `ok`, `io`, `dead`, since the tracker lets every tag leave once).
-#[derive(Clone, Copy, Default)]
-pub(super) struct DoneList {
-    /// Completed successfully.
-    pub(super) ok: u32,
-    /// Failed with `BlkError::Io`.
-    pub(super) io: u32,
-    /// Failed because the port is dead.
-    pub(super) dead: u32,
-    /// Which of them are passthrough commands.
-    pub(super) pt: u32,
-}
+/// most one of the status masks, since the tracker lets every tag leave once). Error kind
+/// [`IO`] fails with `BlkError::Io`, [`DEAD`] with `DeviceError(DEAD)` (the port is dead).
+pub(super) type DoneList = TagMaskBatch<2>;
 
-impl DoneList {
-    pub(super) const fn new() -> Self {
-        DoneList {
-            ok: 0,
-            io: 0,
-            dead: 0,
-            pt: 0,
-        }
-    }
+/// Error kind of a [`DoneList`]: the command failed (`BlkError::Io`).
+pub(super) const IO: usize = 0;
+/// Error kind of a [`DoneList`]: the port is dead (`DeviceError(device_error::DEAD)`).
+pub(super) const DEAD: usize = 1;
 
-    pub(super) fn all(&self) -> u32 {
-        self.ok | self.io | self.dead
-    }
-}
+/// An empty [`DoneList`].
+pub(super) const NO_DONE: DoneList =
+    TagMaskBatch::new([BlkError::Io, BlkError::DeviceError(device_error::DEAD)]);
 
 impl Ahci {
     /// Reaps finished commands; an error stops the port for recovery.
@@ -76,8 +62,8 @@ impl Ahci {
                 self.issue_exclusive(inner, tag);
             }
         }
-        done.ok |= ok;
-        done.pt |= ok & inner.pt;
+        done.ok(ok.into());
+        done.mark_pt((ok & inner.pt).into());
         self.issue_ready(inner);
     }
 
@@ -98,45 +84,25 @@ impl Ahci {
                 Some(g) => guard = g,
                 None => return,
             }
-            done = DoneList::new();
+            done = NO_DONE;
             self.reap_locked(&mut guard, &mut done);
         }
     }
 
     fn deliver(&self, done: &DoneList) {
-        let all = done.all();
-        if all == 0 {
+        if done.is_empty() {
             return;
         }
-        let Some(q) = self.queue.get() else { return };
-        let one = all & (all - 1) == 0;
-        self.stats.completions.fetch_add(
-            if one { 1 } else { all.count_ones() as u64 },
-            Ordering::Relaxed,
-        );
-        let failed = done.io | done.dead;
-        if failed != 0 {
+        let d = self.queue.deliver(done);
+        if d.completed != 0 {
+            self.stats
+                .completions
+                .fetch_add(d.completed.into(), Ordering::Relaxed);
+        }
+        if d.errors != 0 {
             self.stats
                 .errors
-                .fetch_add(failed.count_ones() as u64, Ordering::Relaxed);
-        }
-        let mut m = all;
-        while m != 0 {
-            let tag = m.trailing_zeros();
-            m &= m - 1;
-            let b = 1u32 << tag;
-            let st = if done.ok & b != 0 {
-                Ok(())
-            } else if done.io & b != 0 {
-                Err(BlkError::Io)
-            } else {
-                Err(BlkError::DeviceError(device_error::DEAD))
-            };
-            if done.pt & b != 0 {
-                q.complete_pt(tag as u16, st, 0);
-            } else {
-                q.complete(tag as u16, st, if st.is_ok() { None } else { Some(0) });
-            }
+                .fetch_add(d.errors.into(), Ordering::Relaxed);
         }
     }
 
@@ -152,7 +118,7 @@ impl Ahci {
         self.pending_is.fetch_or(s, Ordering::AcqRel);
         self.reap_pending.store(true, Ordering::Release);
         if let Some(mut g) = self.inner.try_lock() {
-            let mut done = DoneList::new();
+            let mut done = NO_DONE;
             self.reap_locked(&mut g, &mut done);
             self.unlock_and_deliver(g, done);
         }
@@ -167,7 +133,7 @@ impl Ahci {
             self.pwrite(px::IS, s);
         }
         self.pending_is.fetch_or(s, Ordering::AcqRel);
-        let mut done = DoneList::new();
+        let mut done = NO_DONE;
         self.reap_locked(&mut g, &mut done);
         let n = done.all().count_ones() as usize;
         self.unlock_and_deliver(g, done);

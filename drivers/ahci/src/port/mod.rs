@@ -16,9 +16,10 @@ pub mod tracker;
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
+use blk::driver::CompletionSink;
 use blk::{BlkError, HwQueue, QueueLimits, QueueRqError, Request, TagComplete, TimeoutAction};
 use hal::{DmaBuf, Mmio};
-use spin::{Mutex, Once};
+use spin::Mutex;
 
 use crate::cmd::{HEADER_BYTES, PRDT_ENTRIES, RFIS_BYTES, SLOTS, TABLE_BYTES};
 use crate::regs::{Cap, PxCmd, PxIs, Serr, Tfd, port as px};
@@ -26,7 +27,7 @@ use crate::spec::{IdentifyInfo, trimmed};
 use crate::stats::DriverStats;
 
 use build::SlotCmd;
-use complete::DoneList;
+use complete::NO_DONE;
 pub use tracker::{Issue, Recovery, Tracker};
 
 /// How completions are noticed.
@@ -136,7 +137,7 @@ pub struct Ahci {
     inner: Mutex<Inner>,
     /// `queue_rq` took a request it left for `commit` to issue.
     unissued: AtomicBool,
-    queue: Once<&'static dyn TagComplete>,
+    queue: CompletionSink,
     /// PxIS bits the handler cleared but could not act on (the lock was held).
     pending_is: AtomicU32,
     reap_pending: AtomicBool,
@@ -188,7 +189,7 @@ impl Ahci {
 
     /// Connects the block layer's queue (completion by tag).
     pub fn attach(&self, queue: &'static dyn TagComplete) {
-        self.queue.call_once(|| queue);
+        self.queue.attach(queue);
     }
 
     /// Requests the driver holds now.
@@ -261,7 +262,7 @@ impl HwQueue for Ahci {
             self.unissued.store(true, Ordering::Relaxed);
         }
         // An interrupt that came while the lock was held left its reaping here.
-        self.unlock_and_deliver(g, DoneList::new());
+        self.unlock_and_deliver(g, NO_DONE);
         Ok(())
     }
 
@@ -271,7 +272,7 @@ impl HwQueue for Ahci {
         }
         let mut g = self.inner.lock();
         self.issue_ready(&mut g);
-        self.unlock_and_deliver(g, DoneList::new());
+        self.unlock_and_deliver(g, NO_DONE);
     }
 
     fn poll(&self) -> usize {
@@ -285,7 +286,7 @@ impl HwQueue for Ahci {
     fn timeout(&self, rq: &Request) -> TimeoutAction {
         self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
         let mut g = self.inner.lock();
-        let mut done = DoneList::new();
+        let mut done = NO_DONE;
         if g.tracker.busy() & (1 << rq.tag()) != 0 {
             self.recover(&mut g, Some(rq.tag() as u8), &mut done);
         }

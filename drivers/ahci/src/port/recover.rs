@@ -5,7 +5,7 @@
 
 use core::sync::atomic::Ordering;
 
-use super::complete::DoneList;
+use super::complete::{DEAD, DoneList, IO, NO_DONE};
 use super::{Ahci, Inner, Mode, SCRATCH_OFF};
 use crate::cmd::H2dFis;
 use crate::regs::{PxCmd, port as px};
@@ -22,7 +22,7 @@ impl Ahci {
             && self.recovery_pending.swap(false, Ordering::AcqRel)
         {
             let mut g = self.inner.lock();
-            let mut done = DoneList::new();
+            let mut done = NO_DONE;
             if g.tracker.stopped() {
                 self.recover(&mut g, None, &mut done);
             }
@@ -98,13 +98,13 @@ impl Ahci {
         if !reset_ok {
             inner.dead = true;
         }
-        done.ok |= ok;
-        done.io |= r.failed;
-        done.pt |= (ok | r.failed) & inner.pt;
+        done.ok(ok.into());
+        done.fail(IO, r.failed.into());
+        done.mark_pt(((ok | r.failed) & inner.pt).into());
         if inner.dead {
             let mut rest = inner.tracker.busy();
-            done.dead |= rest;
-            done.pt |= rest & inner.pt;
+            done.fail(DEAD, rest.into());
+            done.mark_pt((rest & inner.pt).into());
             while rest != 0 {
                 let tag = rest.trailing_zeros() as u8;
                 rest &= rest - 1;

@@ -221,6 +221,67 @@ fn tag_mask_batch_delivers_by_tag_with_each_error_kind() {
 }
 
 #[test]
+fn tag_mask_batch_one_completion_path_counts_and_delivers_like_the_loop() {
+    let r = recorder();
+    let mut b = TagMaskBatch::new([BlkError::Io]);
+    assert_eq!(b.deliver(r), Delivered::default());
+    // One completion: tag 0 and tag 63 (the ends of the mask), ok and failed.
+    for (tag, fail) in [(0u32, false), (63, false), (0, true), (63, true)] {
+        b.clear();
+        if fail {
+            b.fail(0, 1 << tag);
+        } else {
+            b.ok(1 << tag);
+        }
+        let d = b.deliver(r);
+        assert_eq!(
+            d,
+            Delivered {
+                completed: 1,
+                errors: u32::from(fail)
+            },
+            "tag {tag}, failed {fail}"
+        );
+    }
+    b.clear();
+    b.ok(!1);
+    b.fail(0, 1);
+    assert_eq!(
+        b.deliver(r),
+        Delivered {
+            completed: 64,
+            errors: 1
+        }
+    );
+    assert_eq!(r.calls.lock().unwrap().len(), 4 + 64);
+    assert_eq!(
+        r.calls.lock().unwrap()[..4],
+        [
+            (0, Ok(()), None, None),
+            (63, Ok(()), None, None),
+            (0, Err(BlkError::Io), Some(0), None),
+            (63, Err(BlkError::Io), Some(0), None),
+        ]
+    );
+    // One passthrough command, with the second error kind.
+    let r = recorder();
+    let mut b = TagMaskBatch::new([BlkError::Io, BlkError::Timeout]);
+    b.fail(1, 1 << 5);
+    b.mark_pt(1 << 5);
+    assert_eq!(
+        b.deliver(r),
+        Delivered {
+            completed: 1,
+            errors: 1
+        }
+    );
+    assert_eq!(
+        *r.calls.lock().unwrap(),
+        [(5, Err(BlkError::Timeout), None, Some(0))]
+    );
+}
+
+#[test]
 fn completion_sink_drops_until_attached_then_forwards() {
     let s = CompletionSink::new();
     let mut b = CompletionBatch::<4>::new();
