@@ -223,16 +223,7 @@ impl Nvme {
             return;
         }
         let d = self.sink.deliver(done);
-        if d.completed != 0 {
-            self.stats
-                .completions
-                .fetch_add(d.completed as u64, Ordering::Relaxed);
-        }
-        if d.errors != 0 {
-            self.stats
-                .errors
-                .fetch_add(d.errors as u64, Ordering::Relaxed);
-        }
+        d.count(&self.stats.completions, &self.stats.errors);
     }
 
     /// Reaps both queues now (`poll`, timeouts, waits); returns the entries consumed.

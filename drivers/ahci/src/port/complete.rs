@@ -94,16 +94,7 @@ impl Ahci {
             return;
         }
         let d = self.queue.deliver(done);
-        if d.completed != 0 {
-            self.stats
-                .completions
-                .fetch_add(d.completed.into(), Ordering::Relaxed);
-        }
-        if d.errors != 0 {
-            self.stats
-                .errors
-                .fetch_add(d.errors.into(), Ordering::Relaxed);
-        }
+        d.count(&self.stats.completions, &self.stats.errors);
     }
 
     /// The interrupt handler: acknowledge the port and the HBA, then reap (or leave it to

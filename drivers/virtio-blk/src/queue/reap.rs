@@ -90,14 +90,7 @@ impl VirtioBlk {
     /// the queue lock released).
     pub(super) fn deliver(&self, done: &impl Deliver) {
         let d = self.sink.deliver(done);
-        self.stats
-            .completions
-            .fetch_add(d.completed as u64, Ordering::Relaxed);
-        if d.errors != 0 {
-            self.stats
-                .errors
-                .fetch_add(d.errors as u64, Ordering::Relaxed);
-        }
+        d.count(&self.stats.completions, &self.stats.errors);
     }
 
     /// Takes used entries, checking each, until the ring is empty, `done` is full or an entry

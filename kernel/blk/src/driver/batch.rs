@@ -6,6 +6,8 @@
 //! driver. So it records `(tag, status)` pairs in a batch while it holds the lock and delivers
 //! the batch to its [`CompletionSink`] after dropping it.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use spin::Once;
 
 use super::TagComplete;
@@ -18,6 +20,20 @@ pub struct Delivered {
     pub completed: u32,
     /// Of them, completions with an error.
     pub errors: u32,
+}
+
+impl Delivered {
+    /// Adds this delivery to a driver's `completions` and `errors` counters (relaxed; a
+    /// counter is only written when its figure is not zero).
+    #[inline]
+    pub fn count(&self, completions: &AtomicU64, errors: &AtomicU64) {
+        if self.completed != 0 {
+            completions.fetch_add(self.completed as u64, Ordering::Relaxed);
+        }
+        if self.errors != 0 {
+            errors.fetch_add(self.errors as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A batch of completions that can be handed to a [`TagComplete`].
