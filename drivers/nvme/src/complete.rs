@@ -164,7 +164,9 @@ impl Nvme {
             return Staged::Done(st);
         }
         let Some(cid) = io.cids.issue(tag) else {
-            return Staged::Done(st);
+            // The write was not sent: never report it done (`Busy` sends the whole request,
+            // pre-flush included, again).
+            return Staged::Done(Err(BlkError::Busy));
         };
         w.set_cid(cid);
         if !io.live {

@@ -43,6 +43,8 @@ pub struct RamDisk {
     status: [AtomicU32; MAX_DEPTH],
     bytes: [AtomicU32; MAX_DEPTH],
     fail_sector: AtomicU64,
+    flush_skip: AtomicU32,
+    fail_flushes: AtomicU32,
     drop_completions: AtomicU32,
     busy_next: AtomicU32,
     timeout_action: AtomicU32,
@@ -70,6 +72,8 @@ impl RamDisk {
             status: [const { AtomicU32::new(0) }; MAX_DEPTH],
             bytes: [const { AtomicU32::new(0) }; MAX_DEPTH],
             fail_sector: AtomicU64::new(u64::MAX),
+            flush_skip: AtomicU32::new(0),
+            fail_flushes: AtomicU32::new(0),
             drop_completions: AtomicU32::new(0),
             busy_next: AtomicU32::new(0),
             timeout_action: AtomicU32::new(0),
@@ -105,6 +109,26 @@ impl RamDisk {
     pub fn fail_at(&self, sector: Option<u64>) {
         self.fail_sector
             .store(sector.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// After `skip` more cache flushes that succeed, the next `n` (flush requests, and the
+    /// flush step of PREFLUSH and FUA writes) fail with `Io`; later ones succeed again.
+    pub fn fail_flushes(&self, skip: u32, n: u32) {
+        self.flush_skip.store(skip, Ordering::Relaxed);
+        self.fail_flushes.store(n, Ordering::Relaxed);
+    }
+
+    /// Counts a cache flush; `false` when it is one that [`RamDisk::fail_flushes`] fails.
+    fn flush_ok(&self) -> bool {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        let dec = |n: u32| n.checked_sub(1);
+        self.flush_skip
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, dec)
+            .is_ok()
+            || self
+                .fail_flushes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, dec)
+                .is_err()
     }
 
     /// Swallows the next `n` completions (so the requests time out).
@@ -175,13 +199,16 @@ impl RamDisk {
 
     fn do_io(&self, rq: &Request) -> (BlkStatus, Option<u32>) {
         let byte_off = rq.sector() << SECTOR_SHIFT;
-        if rq.flags().contains(crate::bio::BioFlags::PREFLUSH) {
-            self.flushes.fetch_add(1, Ordering::Relaxed);
+        if rq.flags().contains(crate::bio::BioFlags::PREFLUSH) && !self.flush_ok() {
+            return (Err(BlkError::Io), Some(0));
         }
         match rq.op() {
             Op::Flush => {
-                self.flushes.fetch_add(1, Ordering::Relaxed);
-                return (Ok(()), None);
+                return if self.flush_ok() {
+                    (Ok(()), None)
+                } else {
+                    (Err(BlkError::Io), Some(0))
+                };
             }
             Op::Discard | Op::WriteZeroes => {
                 return if self.store.zero(byte_off, rq.bytes() as usize) {
@@ -243,8 +270,9 @@ impl RamDisk {
             off += n as u64;
             left -= n;
         }
-        if rq.flags().contains(crate::bio::BioFlags::FUA) {
-            self.flushes.fetch_add(1, Ordering::Relaxed);
+        if rq.flags().contains(crate::bio::BioFlags::FUA) && !self.flush_ok() {
+            // The data went to the medium, but its flush failed: report the whole transfer.
+            return (Err(BlkError::Io), Some(rq.bytes()));
         }
         if limit < rq.bytes() {
             (Err(BlkError::Io), Some(limit))

@@ -74,6 +74,12 @@ impl Request {
     pub fn retries(&self) -> u8 {
         self.retries
     }
+    /// Whether the request flushes the device's volatile cache (a flush, or a write with
+    /// `PREFLUSH` or `FUA`). Such a request is never retried after an error: a failed flush
+    /// may have lost cached data, which a later successful flush would not bring back.
+    pub fn flushes(&self) -> bool {
+        self.op == Op::Flush || self.flags.intersects(BioFlags::PREFLUSH | BioFlags::FUA)
+    }
     /// The bios, in order.
     pub fn bios(&self) -> BioListIter<'_> {
         self.bios.iter()

@@ -138,7 +138,9 @@ impl VirtioBlk {
                     renotify = true;
                     continue;
                 }
-                // No room: let the block layer retry the whole request.
+                // No room: let the block layer retry the whole request (`Busy` is the one
+                // error it retries for a flushing request; an error of a flush step above
+                // goes to the submitter as it is).
                 inner.slots[tag as usize] = Slot::EMPTY;
                 done.push(tag, Err(BlkError::Busy));
                 continue;

@@ -5,9 +5,9 @@ use core::sync::atomic::Ordering;
 
 use super::Queue;
 use super::slot::{COMPLETING, DISPATCHING, EARLY, INFLIGHT, NO_BYTES, PT_DONE, PtKind};
-use crate::bio::{BioList, Op, SECTOR_SHIFT, bio_endio};
+use crate::bio::{BioList, SECTOR_SHIFT, bio_endio};
 use crate::driver::{PtResult, TagComplete};
-use crate::error::{BlkStatus, status_code};
+use crate::error::{BlkError, BlkStatus, status_code};
 
 impl<const D: usize> Queue<D> {
     /// Ends request `tag` (the caller moved its state to COMPLETING).
@@ -63,6 +63,9 @@ impl<const D: usize> Queue<D> {
         }
         let done = match (status, done_bytes) {
             (Ok(()), None) => rq.bytes,
+            // A failed flush, PREFLUSH or FUA write ends every bio with the error, even if the
+            // driver says the data was transferred: none of it is known to be on stable media.
+            (Err(_), _) if rq.flushes() => 0,
             (_, Some(b)) => b.min(rq.bytes),
             (Err(_), None) => 0,
         };
@@ -88,8 +91,17 @@ impl<const D: usize> Queue<D> {
                 // Partial completion: the rest goes again.
                 self.stats.requeues(1);
             }
-            Err(e) if !final_done || rq.op == Op::Flush => {
-                if may_retry && e.is_retryable() && rq.retries < self.cfg.max_retries {
+            Err(e) if !final_done || rq.flushes() => {
+                // A failed flush is never retried: the device may have dropped dirty data
+                // from its cache, and a later flush that succeeds would not bring it back.
+                // The error goes to the submitter, who must treat that data as lost. `Busy`
+                // is the driver's own shortage (a step it could not issue), not a device
+                // failure, so it may go again.
+                if may_retry
+                    && e.is_retryable()
+                    && rq.retries < self.cfg.max_retries
+                    && (e == BlkError::Busy || !rq.flushes())
+                {
                     rq.retries += 1;
                     self.stats.retries(1);
                     self.stats.requeues(1);

@@ -28,9 +28,14 @@ impl<const D: usize> Queue<D> {
             n += 1;
             self.stats.timeouts(1);
             let tag = t as u16;
-            let (action, retries, is_pt) = {
+            // A flush that timed out is not retried either (see `finish`).
+            let (action, retries, no_retry) = {
                 let rq = slot.rq.lock();
-                (self.hw.timeout(&rq), rq.retries, rq.pt.is_some())
+                (
+                    self.hw.timeout(&rq),
+                    rq.retries,
+                    rq.pt.is_some() || rq.flushes(),
+                )
             };
             match action {
                 TimeoutAction::Extend => {
@@ -38,7 +43,7 @@ impl<const D: usize> Queue<D> {
                         .store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
                     slot.state.store(INFLIGHT, Ordering::Release);
                 }
-                TimeoutAction::Retry if !is_pt && retries < self.cfg.max_retries => {
+                TimeoutAction::Retry if !no_retry && retries < self.cfg.max_retries => {
                     slot.rq.lock().retries += 1;
                     self.stats.retries(1);
                     self.stats.requeues(1);

@@ -325,6 +325,71 @@ fn error_mid_request_partial_success_and_bounded_retries() {
 }
 
 #[test]
+fn failed_flush_is_not_retried() {
+    let e = env(256, QueueLimits::new());
+    // The first flush fails, a second would succeed: the bio must still end with the error.
+    e.disk.fail_flushes(0, 1);
+    submit_bio(e.ctx, e.bio(Op::Flush, 0, &[])).expect("flush");
+    assert_eq!(
+        (e.done(), e.errors()),
+        (1, 1),
+        "the flush bio ends with the error"
+    );
+    assert_eq!(
+        e.q.stats().snapshot().retries,
+        0,
+        "a failed flush is not retried"
+    );
+    assert_eq!(
+        e.disk.flushes.load(Ordering::SeqCst),
+        1,
+        "one flush reached the disk"
+    );
+    assert_eq!(e.q.tags_in_use(), 0);
+    // The device works again: a new flush succeeds.
+    submit_bio(e.ctx, e.bio(Op::Flush, 0, &[])).expect("flush");
+    assert_eq!((e.done(), e.errors()), (2, 1));
+}
+
+#[test]
+fn failed_preflush_or_fua_write_is_not_retried() {
+    let e = env(256, QueueLimits::new());
+    let mem = buf(2 * 4096);
+    let (a, b) = mem.split_at_mut(4096);
+    // The pre-flush fails once.
+    e.disk.fail_flushes(0, 1);
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    let mut w = e.bio(Op::Write, 0, &[unsafe { seg(a) }]);
+    w.set_flags(BioFlags::FUA | BioFlags::PREFLUSH);
+    submit_bio(e.ctx, w).unwrap();
+    assert_eq!(
+        (e.done(), e.errors()),
+        (1, 1),
+        "pre-flush failed: the write fails"
+    );
+    assert_eq!(e.q.stats().snapshot().retries, 0);
+    assert_eq!(e.disk.flushes.load(Ordering::SeqCst), 1);
+    // The pre-flush passes, the data reaches the medium, the FUA flush after it fails once.
+    e.disk.fail_flushes(1, 1);
+    // SAFETY: as above.
+    let mut w = e.bio(Op::Write, 8, &[unsafe { seg(b) }]);
+    w.set_flags(BioFlags::FUA | BioFlags::PREFLUSH);
+    submit_bio(e.ctx, w).unwrap();
+    assert_eq!(
+        (e.done(), e.errors()),
+        (2, 2),
+        "FUA flush failed: the write fails"
+    );
+    assert_eq!(e.q.stats().snapshot().retries, 0);
+    assert_eq!(
+        e.disk.flushes.load(Ordering::SeqCst),
+        3,
+        "each flush step ran once"
+    );
+    assert_eq!(e.q.tags_in_use(), 0);
+}
+
+#[test]
 fn partial_completion_requeues_the_rest() {
     struct Half;
     impl crate::request::HwQueue for Half {
