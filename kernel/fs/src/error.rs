@@ -36,6 +36,14 @@ pub enum FsError {
     },
     /// The device failed (the filesystem refuses further changes until remounted).
     Io,
+    /// An earlier write or cache flush failed, so changes made since the last durable commit
+    /// may be lost; every operation that would change or commit the filesystem is refused
+    /// (reads go on). Remount to recover: the filesystem then holds commit `durable` (or, if
+    /// the failed commit record did reach the medium, commit `durable + 1`).
+    Failed {
+        /// Generation of the last commit the filesystem reported durable.
+        durable: u64,
+    },
     /// Mounted read-only.
     ReadOnly,
     /// Not mounted.
@@ -57,6 +65,10 @@ impl core::fmt::Display for FsError {
                 write!(f, "corrupt filesystem (block {block}): {what}")
             }
             FsError::Unsupported(what) => write!(f, "unsupported: {what}"),
+            FsError::Failed { durable } => write!(
+                f,
+                "filesystem failed after an I/O error: remount; last durable commit {durable}"
+            ),
             other => write!(f, "{other:?}"),
         }
     }

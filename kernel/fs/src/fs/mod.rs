@@ -133,6 +133,12 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
         self.sb.generation
     }
 
+    /// When a write or cache flush failed (see [`FsError::Failed`]): the generation of the
+    /// commit that was lost, one past [`Fs::generation`]. `None` while the instance works.
+    pub fn lost_generation(&self) -> Option<u64> {
+        (self.mode != Mode::Unmounted && self.failed).then_some(self.sb.generation + 1)
+    }
+
     fn cap_blocks(&self) -> u64 {
         (self.buf.len() / BLOCK_SIZE) as u64
     }
@@ -155,7 +161,9 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
         match self.mode {
             Mode::Unmounted => Err(FsError::NotMounted),
             Mode::ReadOnly => Err(FsError::ReadOnly),
-            Mode::ReadWrite if self.failed => Err(FsError::Io),
+            Mode::ReadWrite if self.failed => Err(FsError::Failed {
+                durable: self.sb.generation,
+            }),
             Mode::ReadWrite => Ok(()),
         }
     }

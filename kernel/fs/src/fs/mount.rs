@@ -370,13 +370,22 @@ impl<D: BlockIo, const IB: usize, const BW: usize> Fs<'_, D, IB, BW> {
         Ok(st)
     }
 
-    /// Commits everything and unmounts.
+    /// Commits everything and unmounts. After a failure ([`FsError::Failed`]) it unmounts
+    /// but returns that error: the changes since the last durable commit were not written.
     pub fn unmount(&mut self) -> Result<()> {
+        let was_failed = self.failed;
         let drained = self.quiesce();
         if self.mode == Mode::ReadWrite && !self.failed {
             self.sync()?;
         }
+        let failed = self.mode == Mode::ReadWrite && was_failed;
         self.mode = Mode::Unmounted;
-        drained
+        drained?;
+        if failed {
+            return Err(FsError::Failed {
+                durable: self.sb.generation,
+            });
+        }
+        Ok(())
     }
 }

@@ -117,3 +117,78 @@ fn large_write_is_few_large_bios() {
     assert!(out == data);
     fs.unmount().unwrap();
 }
+
+#[test]
+fn failed_flush_fails_the_filesystem_until_remount() {
+    use std::sync::atomic::Ordering;
+    let e = env(2048);
+    let mut buf = io_region(64 * 1024);
+    let a: Vec<u8> = (0..10_000u32).map(|i| (i * 3 % 251) as u8).collect();
+    let b: Vec<u8> = (0..10_000u32).map(|i| (i * 5 % 241) as u8).collect();
+    let durable;
+    {
+        let dev = BlkDisk::new(e.q, e.ctx, e.set, spin, buf.span()).unwrap();
+        let mut fs = SmallFs::new(dev, buf.as_mut_slice());
+        fs.mkfs(MkfsOptions {
+            blocks: None,
+            inode_blocks: 2,
+        })
+        .unwrap();
+        fs.mount(false).unwrap();
+        let f = fs.create("/a").unwrap();
+        fs.write(f, 0, &a).unwrap();
+        fs.fsync(f).unwrap();
+        durable = fs.generation();
+        assert_eq!(fs.lost_generation(), None);
+        // The next cache flush (the commit record's pre-flush) fails once; the device works
+        // again afterwards.
+        e.disk.fail_flushes(0, 1);
+        let g = fs.create("/b").unwrap();
+        fs.write(g, 0, &b).unwrap();
+        assert_eq!(
+            fs.fsync(g),
+            Err(FsError::Io),
+            "the failed flush reaches fsync"
+        );
+        assert_eq!(
+            e.q.stats().snapshot().retries,
+            0,
+            "the flush was not retried"
+        );
+        let failed = Err(FsError::Failed { durable });
+        assert_eq!(fs.generation(), durable);
+        assert_eq!(fs.lost_generation(), Some(durable + 1));
+        // The device works now, but nothing commits until a remount.
+        assert_eq!(fs.fsync(g), failed);
+        assert_eq!(fs.sync(), failed);
+        assert_eq!(fs.write(f, 0, b"x").map(|_| ()), failed);
+        assert_eq!(fs.create("/c").map(|_| ()), failed);
+        // Reads go on.
+        let mut out = vec![0u8; a.len()];
+        assert_eq!(fs.read(f, 0, &mut out).unwrap(), a.len());
+        assert!(out == a);
+        // Unmounting does not pretend the lost changes were written.
+        assert_eq!(fs.unmount(), failed);
+    }
+    let flushes = e.disk.flushes.load(Ordering::Relaxed);
+    let dev = BlkDisk::new(e.q, e.ctx, e.set, spin, buf.span()).unwrap();
+    let mut fs = SmallFs::new(dev, buf.as_mut_slice());
+    let mut problems = Vec::new();
+    fs.fsck(&mut |p| problems.push(p)).unwrap();
+    assert!(problems.is_empty(), "fsck: {problems:?}");
+    fs.mount(false).unwrap();
+    assert_eq!(fs.generation(), durable, "the last acknowledged commit");
+    assert_eq!(fs.lost_generation(), None);
+    let f = fs.open("/a").unwrap();
+    let mut out = vec![0u8; a.len()];
+    assert_eq!(fs.read(f, 0, &mut out).unwrap(), a.len());
+    assert!(out == a);
+    assert_eq!(fs.open("/b"), Err(FsError::NotFound), "the lost commit");
+    // Remounted, the filesystem commits again.
+    let g = fs.create("/b").unwrap();
+    fs.write(g, 0, &b).unwrap();
+    fs.fsync(g).unwrap();
+    assert!(e.disk.flushes.load(Ordering::Relaxed) > flushes);
+    assert_eq!(fs.generation(), durable + 1);
+    fs.unmount().unwrap();
+}
