@@ -289,6 +289,34 @@ fn flush_and_fua_writes_are_exclusive_commands() {
     e.idle();
 }
 
+#[test]
+fn a_failed_flush_step_ends_the_bio_with_the_error() {
+    let e = env();
+    // The FUA write's flush fails once; the device would take a second one.
+    e.fake.inject(Fault {
+        opcode: Some(ata::FLUSH_CACHE_EXT),
+        lba: None,
+        kind: FaultKind::TaskFile,
+        times: 1,
+    });
+    let d = page(9);
+    e.submit(0, Op::Write, BioFlags::FUA, 100, Some(&d));
+    e.settle();
+    assert_eq!(
+        e.ends(),
+        vec![(0, Err(BlkError::Io))],
+        "the flush error reaches the bio, no retry"
+    );
+    let flushes = e
+        .fake
+        .log()
+        .iter()
+        .filter(|c| c.opcode == ata::FLUSH_CACHE_EXT)
+        .count();
+    assert_eq!(flushes, 1, "the flush went out once");
+    e.idle();
+}
+
 /// Four queued reads, the third fails in the device: the first two complete, the port is
 /// reset, the third fails with `Io` (and the block layer retries it), the fourth is replayed.
 fn ncq_error(ncq_log: bool) -> Env {

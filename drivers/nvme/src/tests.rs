@@ -461,6 +461,36 @@ fn flushes_and_preflush_writes() {
 }
 
 #[test]
+fn a_failed_preflush_fails_the_write_without_sending_it() {
+    let e = env_with(
+        |m| m.fail = vec![(nvm::FLUSH, Status::new(sct::MEDIA, 0x81))],
+        false,
+    );
+    let buf = DmaBuf::alloc(4096, 4096).unwrap();
+    let w = e.request(
+        Op::Write,
+        BioFlags::PREFLUSH | BioFlags::FUA,
+        8,
+        &[seg(&buf, 0, 4096)],
+    );
+    let got = e.run(&w);
+    assert_eq!(got.len(), 1, "one completion");
+    assert_eq!(
+        got[0].status,
+        Err(BlkError::Io),
+        "the flush error, not success"
+    );
+    e.fake.with(|m| {
+        assert_eq!(
+            m.fetched(nvm::FLUSH, true),
+            1,
+            "the pre-flush went out once"
+        );
+        assert_eq!(m.fetched(nvm::WRITE, true), 0, "the write never went out");
+    });
+}
+
+#[test]
 fn error_statuses_reach_the_completion() {
     let e = env_with(
         |m| {

@@ -44,6 +44,8 @@ pub enum Fault {
     Repeat,
     /// The request fails: status `IOERR`, nothing transferred.
     IoErr,
+    /// No fault: the entry goes through (so that a later one gets the next fault).
+    Pass,
 }
 
 /// The queue addresses the driver set.

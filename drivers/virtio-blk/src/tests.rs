@@ -9,8 +9,8 @@ use std::vec::Vec;
 
 use blk::bioset::{BioSet, BioSlab, BvecPools, BvecSlabs};
 use blk::{
-    BioList, BioVec, BlkError, BlkStatus, CpuCtx, HwQueue, Op, Queue, QueueConfig, Request,
-    TagComplete, Wait, submit_bio,
+    BioFlags, BioList, BioVec, BlkError, BlkStatus, CpuCtx, HwQueue, Op, Queue, QueueConfig,
+    Request, TagComplete, Wait, submit_bio,
 };
 
 use crate::fake::{Device, FakeTransport, Fault};
@@ -93,8 +93,20 @@ impl Rig {
 
     /// A request (tag 0) of `op` at `sector` over `bufs`.
     fn request(&self, op: Op, sector: u64, bufs: &mut [&mut [u8]]) -> Request {
+        self.request_with(op, BioFlags::empty(), sector, bufs)
+    }
+
+    /// A request (tag 0) of `op` with `flags` at `sector` over `bufs`.
+    fn request_with(
+        &self,
+        op: Op,
+        flags: BioFlags,
+        sector: u64,
+        bufs: &mut [&mut [u8]],
+    ) -> Request {
         let mut b = self.set.alloc((), op, bufs.len(), Wait::Spin).expect("bio");
         b.set_sector(sector);
+        b.set_flags(flags);
         for buf in bufs.iter_mut() {
             let phys = hal::mem::virt_to_phys(buf.as_mut_ptr() as usize);
             // SAFETY: host memory, reachable at `phys` through hal's identity translation;
@@ -202,6 +214,34 @@ fn flush_reaches_the_device() {
     let r = rig(F_VERSION_1 | F_FLUSH);
     assert_eq!(r.io(Op::Flush, 0, &mut []), [(0, Ok(()))]);
     assert_eq!(r.dev().flushes, 1);
+}
+
+#[test]
+fn a_failed_flush_step_fails_the_write() {
+    let _s = serial();
+    let r = rig(F_VERSION_1 | F_SEG_MAX | F_FLUSH);
+    // PREFLUSH: the pre-flush fails, the write is never sent.
+    let buf = dma_vec(4096);
+    buf.fill(0x5a);
+    let rq = r.request_with(Op::Write, BioFlags::PREFLUSH, 8, &mut [&mut *buf]);
+    r.dev().inject(Fault::IoErr);
+    r.blk.queue_rq(&rq, true).expect("queued");
+    r.blk.commit();
+    assert_eq!(r.device_completes(), [(0, Err(BlkError::Io))]);
+    assert!(
+        r.dev().disk[8 * 512..9 * 512].iter().all(|&b| b == 0),
+        "write not sent"
+    );
+    // FUA: the write goes through, its post-flush fails: the request fails, not succeeds.
+    let rq = r.request_with(Op::Write, BioFlags::FUA, 8, &mut [&mut *buf]);
+    r.dev().inject(Fault::Pass);
+    r.dev().inject(Fault::IoErr);
+    r.blk.queue_rq(&rq, true).expect("queued");
+    r.blk.commit();
+    assert_eq!(r.device_completes(), [], "the post-flush is still to run");
+    assert_eq!(r.blk.stats().fua_flushes.load(Relaxed), 1);
+    assert_eq!(r.device_completes(), [(0, Err(BlkError::Io))]);
+    assert_eq!(r.blk.in_flight(), 0);
 }
 
 #[test]
