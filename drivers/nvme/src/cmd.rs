@@ -101,6 +101,12 @@ impl Command {
         c.dw[11] = value;
         c
     }
+    /// Get features `fid` (current value) for namespace `nsid`.
+    pub fn get_features(fid: u32, nsid: u32) -> Command {
+        let mut c = Command::new(admin::GET_FEATURES, nsid);
+        c.dw[10] = fid;
+        c
+    }
     /// Create I/O completion queue `qid` of `entries` at `phys`, interrupt `vector` if `irq`.
     pub fn create_cq(qid: u16, entries: u16, phys: u64, vector: u16, irq: bool) -> Command {
         let mut c = Command::new(admin::CREATE_CQ, 0);

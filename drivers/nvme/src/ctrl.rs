@@ -10,10 +10,11 @@ use hal::{DmaBuf, Mmio};
 use spin::Mutex;
 
 use crate::cmd::{Command, DataPtr};
+use crate::ns::{Namespace, Namespaces, has_wp_feature};
 use crate::prp::{PAGE, max_prp_entries};
 use crate::queue::{CidTable, CompQueue, Cqe, INTERNAL_CID, SubQueue};
 use crate::regs::{self, Cc, Csts, Regs};
-use crate::spec::{Oncs, Vwc, cns, feature, id_ctrl, id_ns};
+use crate::spec::{Oncs, Vwc, cns, feature, id_ctrl};
 use crate::stats::DriverStats;
 
 /// Requests in flight at once (tags of the block layer's queue).
@@ -28,8 +29,6 @@ pub const ADMIN_ENTRIES: u16 = 32;
 pub const LIST_PAGES: usize = 2;
 /// Most scatter-gather entries per request.
 pub const MAX_SEGMENTS: usize = 128;
-/// The namespace this driver uses.
-pub const NSID: u32 = 1;
 /// The I/O queue id.
 pub(crate) const IOQ: u16 = 1;
 
@@ -69,8 +68,16 @@ pub enum InitError {
     NotReady,
     /// An admin command failed or timed out during bring-up.
     Admin,
-    /// Identify data makes no sense (block size, capacity, no namespace 1).
+    /// Identify Controller data makes no sense (no namespace at all).
     BadIdentify,
+    /// No active namespace the driver can use: how many are active, and the first of them
+    /// with the reason it was not attached (see `Nvme::namespaces` on success).
+    NoNamespace {
+        /// Active namespaces found.
+        active: u32,
+        /// The first active namespace and its state.
+        first: Option<Namespace>,
+    },
 }
 
 /// What Identify said and what the driver chose.
@@ -94,13 +101,18 @@ pub struct CtrlInfo {
     pub sgl_supported: bool,
     /// SGLs used for data.
     pub sgl: bool,
-    /// Namespaces.
+    /// Number of namespaces (Identify Controller NN: the highest namespace id).
     pub namespaces: u32,
+    /// The namespace the driver uses (the first usable active one).
+    pub nsid: u32,
+    /// The namespace is write protected (`NSATTR` bit 0, or the write protection config
+    /// feature): writes fail with `BlkError::ReadOnly`.
+    pub read_only: bool,
     /// `CAP.MQES + 1`.
     pub max_queue_entries: u32,
     /// Entries of the I/O queue pair.
     pub io_entries: u16,
-    /// Logical block size.
+    /// Logical block size of the namespace.
     pub block_size: u32,
     /// Namespace size in logical blocks.
     pub blocks: u64,
@@ -129,7 +141,7 @@ pub(crate) struct AdminQ {
     pub(crate) internal: Option<Cqe>,
 }
 
-/// One NVMe controller, namespace 1, one I/O queue pair.
+/// One NVMe controller, its first usable active namespace, one I/O queue pair.
 pub struct Nvme {
     pub(crate) regs: Regs,
     pub(crate) io: Mutex<IoQ>,
@@ -139,6 +151,7 @@ pub struct Nvme {
     /// Identify data during bring-up.
     pub(crate) ident: DmaBuf,
     pub(crate) info: CtrlInfo,
+    pub(crate) namespaces: Namespaces,
     pub(crate) limits: QueueLimits,
     pub(crate) cfg: Config,
     pub(crate) sink: CompletionSink,
@@ -219,6 +232,8 @@ impl Nvme {
             sgl_supported: false,
             sgl: false,
             namespaces: 0,
+            nsid: 0,
+            read_only: false,
             max_queue_entries: mqe,
             io_entries,
             block_size: 512,
@@ -232,6 +247,7 @@ impl Nvme {
             lists,
             ident,
             info,
+            namespaces: Namespaces::new(),
             limits: QueueLimits::new(),
             cfg,
             sink: CompletionSink::new(),
@@ -246,9 +262,10 @@ impl Nvme {
         {
             let mut admin = n.admin.lock();
             n.enable(&mut admin)?;
-            let info = n.identify(&mut admin)?;
+            let (info, namespaces) = n.identify(&mut admin)?;
             drop(admin);
             n.info = info;
+            n.namespaces = namespaces;
         }
         n.limits = n.compute_limits();
         {
@@ -294,7 +311,8 @@ impl Nvme {
         Ok(())
     }
 
-    fn identify(&self, admin: &mut AdminQ) -> Result<CtrlInfo, InitError> {
+    /// Identify Controller, then the namespaces (see `ns.rs`).
+    fn identify(&self, admin: &mut AdminQ) -> Result<(CtrlInfo, Namespaces), InitError> {
         let mut done = CompletionBatch::<QUEUE_DEPTH>::new();
         let mut c = Command::identify(cns::CONTROLLER, 0);
         c.set_data(DataPtr::Prp(self.ident.phys().0, 0));
@@ -320,27 +338,17 @@ impl Nvme {
         info.sgl_supported = id.read32(id_ctrl::SGLS) & 3 != 0;
         info.sgl = info.sgl_supported && self.cfg.prefer_sgl;
         info.namespaces = id.read32(id_ctrl::NN);
-        if info.namespaces < NSID {
+        if info.namespaces == 0 {
             return Err(InitError::BadIdentify);
         }
-        let mut c = Command::identify(cns::NAMESPACE, NSID);
-        c.set_data(DataPtr::Prp(self.ident.phys().0, 0));
-        self.admin_sync(admin, c, &mut done)
-            .map_err(|_| InitError::Admin)?;
-        let id = &self.ident;
-        let nsze = id.read64(id_ns::NSZE);
-        let fmt = (id.read8(id_ns::FLBAS) & 0xf) as usize;
-        if fmt > id.read8(id_ns::NLBAF) as usize {
-            return Err(InitError::BadIdentify);
-        }
-        let lbads = (id.read32(id_ns::LBAF + 4 * fmt) >> 16) & 0xff;
-        if !(9..=16).contains(&lbads) || nsze == 0 {
-            return Err(InitError::BadIdentify);
-        }
-        info.block_size = 1 << lbads;
-        info.blocks = nsze;
-        info.capacity = nsze.saturating_mul((info.block_size / 512) as u64);
-        Ok(info)
+        let wp_feature = has_wp_feature(id);
+        let (found, nsid, ns) = self.discover_namespaces(admin, info.namespaces, wp_feature)?;
+        info.nsid = nsid;
+        info.read_only = ns.write_protected;
+        info.block_size = ns.block_size;
+        info.blocks = ns.blocks;
+        info.capacity = ns.blocks.saturating_mul((ns.block_size / 512) as u64);
+        Ok((info, found))
     }
 
     /// Features and the I/O queue pair (after an enable).
@@ -439,6 +447,10 @@ impl Nvme {
     /// What Identify said.
     pub fn info(&self) -> &CtrlInfo {
         &self.info
+    }
+    /// The active namespaces, the attached one, and why each other one is not attached.
+    pub fn namespaces(&self) -> &Namespaces {
+        &self.namespaces
     }
     /// The block layer's limits.
     pub fn limits(&self) -> QueueLimits {

@@ -78,10 +78,22 @@ pub struct Stalled {
 /// What the model is and what it saw. Tests set the identity and the injections before the
 /// driver comes up (through [`FakeCtrl::with`]) and read the counters afterwards.
 pub struct Model {
-    /// The namespace's contents.
+    /// The namespaces' contents (every active namespace reads and writes this disk).
     pub disk: Vec<u8>,
-    /// Logical block size of namespace 1.
+    /// Logical block size of the namespaces.
     pub block_size: u32,
+    /// Active namespace ids, increasing (`[1]` unless a test says otherwise); NN is the last.
+    pub nsids: Vec<u32>,
+    /// Namespaces whose format has 8 bytes of metadata per block (unusable for the driver).
+    pub metadata_ns: Vec<u32>,
+    /// Identify CNS 02h (active namespace list) is supported.
+    pub active_list: bool,
+    /// Identify Namespace `NSATTR` bit 0: write protected.
+    pub nsattr_wp: bool,
+    /// Identify Controller `NWPC` bit 0: the write protection config feature exists.
+    pub nwpc: bool,
+    /// The write protection config feature's state (0: none; 1, 2, 3: write protected).
+    pub wp_state: u32,
     /// Identify Controller: MDTS (power of two of 4 KiB pages; 0 = no limit).
     pub mdts: u8,
     /// Identify Controller: volatile write cache present.
@@ -179,6 +191,12 @@ impl FakeCtrl {
             model: Mutex::new(Model {
                 disk,
                 block_size,
+                nsids: vec![1],
+                metadata_ns: Vec::new(),
+                active_list: true,
+                nsattr_wp: false,
+                nwpc: false,
+                wp_state: 0,
                 mdts: 10,
                 vwc: true,
                 oncs: 1 << 2 | 1 << 3,
@@ -228,6 +246,11 @@ impl FakeCtrl {
 
     fn lock(&self) -> MutexGuard<'_, Model> {
         self.model.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the version register (`VS`, e.g. `0x0001_0000` for NVMe 1.0).
+    pub fn set_version(&self, vs: u32) {
+        self.bar.write32(regs::VS, vs);
     }
 
     /// Sets `CAP` again after the test changed `max_queue_entries`.
@@ -436,12 +459,20 @@ impl FakeCtrl {
                         page[0..2].copy_from_slice(&0x1b36u16.to_le_bytes());
                         page[4..24].copy_from_slice(b"FAKE-0001           ");
                         page[77] = m.mdts;
-                        page[516..520].copy_from_slice(&1u32.to_le_bytes());
+                        let nn = m.nsids.last().copied().unwrap_or(0);
+                        page[516..520].copy_from_slice(&nn.to_le_bytes());
                         page[520..522].copy_from_slice(&m.oncs.to_le_bytes());
                         page[525] = m.vwc as u8;
+                        page[531] = m.nwpc as u8;
                         page[536..540].copy_from_slice(&m.sgls.to_le_bytes());
                     }
-                    cns::NAMESPACE if c.dw[1] == 1 => {
+                    cns::ACTIVE_NAMESPACES if m.active_list => {
+                        let above = m.nsids.iter().filter(|&&n| n > c.dw[1]);
+                        for (k, n) in above.take(1024).enumerate() {
+                            page[4 * k..4 * k + 4].copy_from_slice(&n.to_le_bytes());
+                        }
+                    }
+                    cns::NAMESPACE if m.nsids.contains(&c.dw[1]) => {
                         let blocks = m.blocks();
                         page[0..8].copy_from_slice(&blocks.to_le_bytes());
                         page[8..16].copy_from_slice(&blocks.to_le_bytes());
@@ -450,8 +481,16 @@ impl FakeCtrl {
                         page[26] = 1;
                         page[128..132].copy_from_slice(&(9u32 << 16).to_le_bytes());
                         let lbads = m.block_size.trailing_zeros();
-                        page[132..136].copy_from_slice(&(lbads << 16).to_le_bytes());
+                        let ms = if m.metadata_ns.contains(&c.dw[1]) {
+                            8
+                        } else {
+                            0
+                        };
+                        page[132..136].copy_from_slice(&(lbads << 16 | ms).to_le_bytes());
+                        page[99] = m.nsattr_wp as u8;
                     }
+                    // An inactive id below NN: a zeroed structure (the page as it is).
+                    cns::NAMESPACE if c.dw[1] != 0 && c.dw[1] <= *m.nsids.last().unwrap_or(&0) => {}
                     cns::NAMESPACE => {
                         return Outcome::Complete(generic(gsc::INVALID_NAMESPACE), 0);
                     }
@@ -468,6 +507,12 @@ impl FakeCtrl {
                 feature::VOLATILE_WRITE_CACHE if m.vwc => {
                     m.vwc_enabled = c.dw[11] & 1 != 0;
                     ok
+                }
+                _ => Outcome::Complete(generic(sc::INVALID_FIELD), 0),
+            },
+            admin::GET_FEATURES => match c.dw[10] & 0xff {
+                feature::NAMESPACE_WRITE_PROTECT if m.nwpc && m.nsids.contains(&c.dw[1]) => {
+                    Outcome::Complete(Status::empty(), m.wp_state)
                 }
                 _ => Outcome::Complete(generic(sc::INVALID_FIELD), 0),
             },
@@ -578,8 +623,12 @@ impl FakeCtrl {
             });
             return Outcome::Stall;
         }
-        if c.dw[1] != 1 {
+        if !m.nsids.contains(&c.dw[1]) {
             return Outcome::Complete(generic(gsc::INVALID_NAMESPACE), 0);
+        }
+        let protected = m.nsattr_wp || m.wp_state != 0;
+        if protected && matches!(op, nvm::WRITE | nvm::WRITE_ZEROES | nvm::DSM) {
+            return Outcome::Complete(generic(sc::NS_WRITE_PROTECTED), 0);
         }
         let slba = c.dw[10] as u64 | (c.dw[11] as u64) << 32;
         let nlb = (c.dw[12] & 0xffff) as u64 + 1;

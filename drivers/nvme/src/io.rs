@@ -9,7 +9,7 @@ use blk::driver::{block_range, with_sg};
 use blk::{BioFlags, BlkError, HwQueue, Op, QueueRqError, Request, SgEntry, TimeoutAction};
 
 use crate::cmd::{Command, DataPtr};
-use crate::ctrl::{IOQ, IoQ, LIST_PAGES, MAX_SEGMENTS, NSID, Nvme};
+use crate::ctrl::{IOQ, IoQ, LIST_PAGES, MAX_SEGMENTS, Nvme};
 use crate::device_error;
 use crate::prp::{ListPages, PAGE, build_prp, build_sgl};
 use crate::spec::nvm;
@@ -65,13 +65,14 @@ impl Nvme {
     /// write needs a flush first.
     fn build(&self, rq: &Request) -> Result<(Command, bool), QueueRqError> {
         let shift = self.info.block_size.trailing_zeros();
+        let nsid = self.info.nsid;
         let c = match rq.op() {
             Op::Read | Op::Write => {
                 let r = block_range(rq, shift, MAX_BLOCKS)?;
                 let write = rq.op() == Op::Write;
                 let opc = if write { nvm::WRITE } else { nvm::READ };
                 let fua = write && rq.flags().contains(BioFlags::FUA);
-                let mut c = Command::rw(opc, NSID, r.lba, r.blocks, fua);
+                let mut c = Command::rw(opc, nsid, r.lba, r.blocks, fua);
                 let data = with_sg::<SMALL_SG, MAX_SEGMENTS, _>(rq, &self.limits, |sg| {
                     self.data_ptr(rq.tag(), sg)
                 })??;
@@ -79,10 +80,10 @@ impl Nvme {
                 let pre = write && self.info.vwc && rq.flags().contains(BioFlags::PREFLUSH);
                 return Ok((c, pre));
             }
-            Op::Flush => Command::flush(NSID),
+            Op::Flush => Command::flush(nsid),
             Op::WriteZeroes if self.info.write_zeroes => {
                 let r = block_range(rq, shift, MAX_BLOCKS)?;
-                Command::rw(nvm::WRITE_ZEROES, NSID, r.lba, r.blocks, false)
+                Command::rw(nvm::WRITE_ZEROES, nsid, r.lba, r.blocks, false)
             }
             Op::Discard if self.info.dsm => {
                 let r = block_range(rq, shift, u32::MAX)?;
@@ -92,7 +93,7 @@ impl Nvme {
                 self.lists.write32(off, 0);
                 self.lists.write32(off + 4, r.blocks);
                 self.lists.write64(off + 8, r.lba);
-                let mut c = Command::deallocate(NSID, 1);
+                let mut c = Command::deallocate(nsid, 1);
                 c.set_data(DataPtr::Prp(self.lists.phys().0 + off as u64, 0));
                 c
             }
@@ -132,7 +133,7 @@ impl Nvme {
             if let Some(s) = io.staged.get_mut(tag as usize) {
                 *s = Some(cmd);
             }
-            Command::flush(NSID)
+            Command::flush(self.info.nsid)
         } else {
             cmd
         };

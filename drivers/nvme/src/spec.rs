@@ -45,6 +45,9 @@ pub mod cns {
     pub const NAMESPACE: u32 = 0x00;
     /// Identify Controller.
     pub const CONTROLLER: u32 = 0x01;
+    /// Active namespace id list (NVMe 1.1): up to 1024 ids above the command's NSID, in
+    /// increasing order, ended by a 0.
+    pub const ACTIVE_NAMESPACES: u32 = 0x02;
 }
 
 /// Feature identifiers.
@@ -53,6 +56,8 @@ pub mod feature {
     pub const VOLATILE_WRITE_CACHE: u32 = 0x06;
     /// Number of queues.
     pub const NUMBER_OF_QUEUES: u32 = 0x07;
+    /// Namespace write protection config (per namespace; dword 0 bits 2:0 the state).
+    pub const NAMESPACE_WRITE_PROTECT: u32 = 0x84;
 }
 
 /// Byte offsets in the Identify Controller data structure.
@@ -75,6 +80,9 @@ pub mod id_ctrl {
     pub const ONCS: usize = 520;
     /// Volatile write cache (u8): bit 0 present.
     pub const VWC: usize = 525;
+    /// Namespace write protection capabilities (u8): bit 0 the no-write-protect and
+    /// write-protect states are supported (the write protection config feature exists).
+    pub const NWPC: usize = 531;
     /// SGL support (u32): bits 1:0 non-zero when SGLs are supported.
     pub const SGLS: usize = 536;
 }
@@ -85,9 +93,13 @@ pub mod id_ns {
     pub const NSZE: usize = 0;
     /// Number of LBA formats minus one (u8).
     pub const NLBAF: usize = 25;
-    /// Formatted LBA size (u8): bits 3:0 the format index.
+    /// Formatted LBA size (u8): bits 3:0 the format index, bit 4 metadata at the end of
+    /// each block.
     pub const FLBAS: usize = 26;
-    /// First LBA format (u32 each): bits 23:16 LBA data size as a power of two.
+    /// Namespace attributes (u8): bit 0 the namespace is write protected (for any reason).
+    pub const NSATTR: usize = 99;
+    /// First LBA format (u32 each): bits 15:0 metadata bytes per block, bits 23:16 LBA data
+    /// size as a power of two.
     pub const LBAF: usize = 128;
 }
 
@@ -141,6 +153,12 @@ bitflags! {
     }
 }
 
+/// Command specific status codes of the NVM command set (type 1).
+pub mod csc {
+    /// Attempted write to a read-only range.
+    pub const READ_ONLY_RANGE: u8 = 0x82;
+}
+
 /// Status code types.
 pub mod sct {
     /// Generic command status.
@@ -161,6 +179,8 @@ pub mod sc {
     pub const INVALID_FIELD: u8 = 0x02;
     /// Command abort requested.
     pub const ABORT_REQUESTED: u8 = 0x07;
+    /// Namespace is write protected (the command would change it).
+    pub const NS_WRITE_PROTECTED: u8 = 0x20;
     /// LBA out of range.
     pub const LBA_OUT_OF_RANGE: u8 = 0x80;
 }
@@ -187,7 +207,8 @@ impl Status {
         self.code() == sc::SUCCESS && self.code_type() == sct::GENERIC
     }
     /// The block layer's view: `Unsupported` for an opcode or field the controller refuses,
-    /// `OutOfRange`, `Io` for media errors, otherwise `DeviceError(type << 8 | code)`.
+    /// `OutOfRange`, `ReadOnly` for a write-protected namespace or a read-only range (never
+    /// retried), `Io` for media errors, otherwise `DeviceError(type << 8 | code)`.
     pub fn to_blk(self) -> blk::BlkStatus {
         use blk::BlkError;
         if self.is_success() {
@@ -196,6 +217,8 @@ impl Status {
         Err(match (self.code_type(), self.code()) {
             (sct::GENERIC, sc::INVALID_OPCODE | sc::INVALID_FIELD) => BlkError::Unsupported,
             (sct::GENERIC, sc::LBA_OUT_OF_RANGE) => BlkError::OutOfRange,
+            (sct::GENERIC, sc::NS_WRITE_PROTECTED)
+            | (sct::COMMAND_SPECIFIC, csc::READ_ONLY_RANGE) => BlkError::ReadOnly,
             (sct::MEDIA, _) => BlkError::Io,
             (t, c) => BlkError::DeviceError((t as u16) << 8 | c as u16),
         })
@@ -215,6 +238,12 @@ mod tests {
         assert_eq!(st(0x80).to_blk(), Err(BlkError::OutOfRange));
         assert_eq!(st(0x281).to_blk(), Err(BlkError::Io));
         assert_eq!(st(0x107).to_blk(), Err(BlkError::DeviceError(0x107)));
+        // Write protection is typed and not retryable, with or without DNR.
+        for s in [0x20, 1 << 14 | 0x20, 0x182] {
+            assert_eq!(st(s).to_blk(), Err(BlkError::ReadOnly), "{s:#x}");
+            assert!(!BlkError::ReadOnly.is_retryable());
+        }
+        assert_eq!(st(0x21).to_blk(), Err(BlkError::DeviceError(0x21)));
         assert!(st(1 << 14 | 4).do_not_retry());
         assert!(!st(4).do_not_retry());
         assert_eq!(Status::new(sct::MEDIA, 0x81), st(0x281));

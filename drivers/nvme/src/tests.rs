@@ -13,7 +13,7 @@ use hal::DmaBuf;
 
 use crate::fake::{self, FakeCtrl};
 use crate::spec::{Status, admin, nvm, sc, sct};
-use crate::{Config, InitError, Mode, Nvme, QUEUE_DEPTH, device_error, pt};
+use crate::{Config, InitError, Mode, Namespace, NsState, Nvme, QUEUE_DEPTH, device_error, pt};
 
 /// One completion the driver handed to the block layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,7 +227,14 @@ fn bring_up_parses_identify_and_creates_the_queues() {
     assert_eq!(i.mdts_bytes, 4096 << 10);
     assert!(i.vwc && i.dsm && i.write_zeroes);
     assert!(!i.sgl_supported && !i.sgl);
-    assert_eq!(i.namespaces, 1);
+    assert_eq!((i.namespaces, i.nsid, i.read_only), (1, 1, false));
+    let ns: Vec<_> = e
+        .nvme
+        .namespaces()
+        .iter()
+        .map(|n| (n.nsid, n.state))
+        .collect();
+    assert_eq!(ns, [(1, NsState::Attached)]);
     assert_eq!((i.block_size, i.blocks, i.capacity), (512, 8192, 8192));
     assert_eq!((i.max_queue_entries, i.io_entries), (2048, 256));
     assert_eq!(i.version, 0x0001_0400);
@@ -250,6 +257,7 @@ fn bring_up_parses_identify_and_creates_the_queues() {
         assert_eq!(
             admin_ops,
             [
+                admin::IDENTIFY,
                 admin::IDENTIFY,
                 admin::IDENTIFY,
                 admin::SET_FEATURES,
@@ -596,6 +604,7 @@ fn queue_env(setup: impl FnOnce(&mut fake::Model)) -> QueueEnv {
     let split_slab: &'static BioSlab<(), 64> = leak(BioSlab::new());
     let split: &'static BioSet<()> = leak(BioSet::new(split_slab, 4, None));
     let mut qc = QueueConfig::new(nvme.info().capacity);
+    qc.read_only = nvme.info().read_only;
     qc.clock = fake::clock;
     qc.timeout_ns = 1_000_000_000;
     qc.wait = Wait::Never;
@@ -718,4 +727,199 @@ fn timeout_aborts_then_resets_and_every_request_completes_once() {
     let r = e.q.passthrough_wait(bad, wait).expect("passthrough");
     assert_eq!(r.status, Err(BlkError::Unsupported));
     assert_eq!(e.nvme.stats().passthrough.load(Ordering::Relaxed), 2);
+}
+
+/// `(nsid, state)` of every recorded namespace.
+fn ns_states(n: &Nvme) -> Vec<(u32, NsState)> {
+    n.namespaces().iter().map(|n| (n.nsid, n.state)).collect()
+}
+
+#[test]
+fn a_controller_whose_only_namespace_is_not_1_is_used() {
+    let e = env_with(|m| m.nsids = vec![2], false);
+    let i = *e.nvme.info();
+    assert_eq!((i.namespaces, i.nsid, i.capacity), (2, 2, 8192));
+    assert_eq!(ns_states(&e.nvme), [(2, NsState::Attached)]);
+    assert!(!e.nvme.namespaces().scanned);
+    let buf = DmaBuf::alloc(4096, 4096).unwrap();
+    for i in 0..4096 {
+        buf.write8(i, i as u8 ^ 0x3c);
+    }
+    let w = e.request(Op::Write, BioFlags::empty(), 8, &[seg(&buf, 0, 4096)]);
+    assert_eq!(e.run(&w), [ok(0)]);
+    let f = e.request(Op::Flush, BioFlags::empty(), 0, &[]);
+    assert_eq!(e.run(&f), [ok(0)]);
+    assert!((0..4096).all(|i| e.fake.disk(8 * 512 + i, 1)[0] == i as u8 ^ 0x3c));
+    e.fake.with(|m| {
+        let io: Vec<u32> = m
+            .log
+            .iter()
+            .filter(|(q, _)| *q != 0)
+            .map(|(_, c)| c.dw[1])
+            .collect();
+        assert_eq!(io, [2, 2], "every I/O command names namespace 2");
+    });
+}
+
+#[test]
+fn every_active_namespace_is_attached_or_has_a_reason() {
+    // Namespace 1 has metadata (unusable), 3 is the first usable one, 7 is left over.
+    let e = env_with(
+        |m| {
+            m.nsids = vec![1, 3, 7];
+            m.metadata_ns = vec![1];
+        },
+        false,
+    );
+    assert_eq!(e.nvme.info().nsid, 3);
+    assert_eq!(
+        ns_states(&e.nvme),
+        [
+            (1, NsState::Metadata),
+            (3, NsState::Attached),
+            (7, NsState::NotAttached)
+        ]
+    );
+    let ns = e.nvme.namespaces();
+    assert_eq!((ns.active(), ns.attached(), ns.unlisted), (3, Some(3), 0));
+    // More active namespaces than the driver records: counted, not dropped.
+    let many: Vec<u32> = (1..=20).map(|k| 2 * k).collect();
+    let (_f, n) = bring_up(64, 512, |m| m.nsids = many, config(Mode::Polling, false));
+    let n = n.expect("bring-up");
+    let ns = n.namespaces();
+    assert_eq!((ns.active(), ns.unlisted, ns.attached()), (20, 4, Some(2)));
+    assert_eq!(
+        ns.iter()
+            .filter(|n| n.state == NsState::NotAttached)
+            .count(),
+        15
+    );
+}
+
+#[test]
+fn controllers_without_the_active_list_are_scanned() {
+    // An NVMe 1.0 controller: Identify Namespace of 1..=NN, inactive ids skipped.
+    let f = FakeCtrl::new(64, 512);
+    f.with(|m| {
+        m.nsids = vec![2, 5];
+        m.active_list = false;
+    });
+    f.set_version(0x0001_0000);
+    f.install();
+    let n = Nvme::new(f.bar(), config(Mode::Polling, false)).expect("bring-up");
+    assert!(n.namespaces().scanned);
+    assert_eq!(
+        ns_states(&n),
+        [(2, NsState::Attached), (5, NsState::NotAttached)]
+    );
+    assert_eq!(n.info().nsid, 2);
+    f.with(|m| {
+        assert_eq!(
+            m.fetched(admin::IDENTIFY, false),
+            1 + 5,
+            "controller, then ids 1..=5"
+        );
+        assert!(
+            m.log
+                .iter()
+                .all(|(_, c)| c.opcode() != admin::IDENTIFY || c.dw[10] != 2)
+        );
+    });
+    // A 1.4 controller that refuses the list is scanned as well.
+    let (_f, n) = bring_up(
+        64,
+        512,
+        |m| {
+            m.nsids = vec![3];
+            m.active_list = false;
+        },
+        config(Mode::Polling, false),
+    );
+    let n = n.expect("bring-up");
+    assert!(n.namespaces().scanned);
+    assert_eq!(ns_states(&n), [(3, NsState::Attached)]);
+}
+
+#[test]
+fn no_usable_namespace_fails_bring_up_with_the_reason() {
+    let (_f, n) = bring_up(
+        64,
+        512,
+        |m| {
+            m.nsids = vec![4];
+            m.metadata_ns = vec![4];
+        },
+        config(Mode::Polling, false),
+    );
+    assert_eq!(
+        n.err(),
+        Some(InitError::NoNamespace {
+            active: 1,
+            first: Some(Namespace {
+                nsid: 4,
+                state: NsState::Metadata
+            })
+        })
+    );
+    let (_f, n) = bring_up(64, 512, |m| m.nsids = vec![], config(Mode::Polling, false));
+    assert_eq!(n.err(), Some(InitError::BadIdentify), "NN = 0");
+}
+
+#[test]
+fn a_write_protected_namespace_makes_a_read_only_queue() {
+    // NSATTR bit 0.
+    let e = queue_env(|m| m.nsattr_wp = true);
+    assert!(e.nvme.info().read_only);
+    let buf = DmaBuf::alloc(4096, 4096).unwrap();
+    let fetched = e.fake.with(|m| m.log.len());
+    let c = Counts::new();
+    let mut b = bio(e.set, Op::Write, 0, &[seg(&buf, 0, 4096)], c);
+    b.set_dev(e.q);
+    assert_eq!(
+        submit_bio(e.ctx, b).err().map(|e| e.0),
+        Some(BlkError::ReadOnly)
+    );
+    e.interrupt();
+    assert_eq!(
+        e.fake.with(|m| m.log.len()),
+        fetched,
+        "nothing reached the controller"
+    );
+    // Reads still work.
+    let c = e.submit(Op::Read, 0, &[seg(&buf, 0, 4096)]);
+    e.interrupt();
+    assert_eq!(c.get(), (1, 0));
+    // The write protection config feature, without NSATTR.
+    let (_f, n) = bring_up(
+        64,
+        512,
+        |m| {
+            m.nwpc = true;
+            m.wp_state = 1;
+        },
+        config(Mode::Polling, false),
+    );
+    assert!(n.expect("bring-up").info().read_only);
+    let (_f, n) = bring_up(64, 512, |m| m.nwpc = true, config(Mode::Polling, false));
+    assert!(!n.expect("bring-up").info().read_only);
+}
+
+#[test]
+fn a_namespace_protected_after_bring_up_fails_writes_at_once() {
+    let e = queue_env(|_| {});
+    assert!(!e.nvme.info().read_only);
+    e.fake.with(|m| m.wp_state = 1);
+    let buf = DmaBuf::alloc(4096, 4096).unwrap();
+    let c = e.submit(Op::Write, 0, &[seg(&buf, 0, 4096)]);
+    e.interrupt();
+    assert_eq!(c.get(), (1, 1), "completed once, with an error");
+    assert_eq!(
+        e.rec.take().iter().map(|c| c.status).collect::<Vec<_>>(),
+        [Err(BlkError::ReadOnly)]
+    );
+    assert_eq!(
+        e.fake.with(|m| m.fetched(nvm::WRITE, true)),
+        1,
+        "not retried"
+    );
 }
