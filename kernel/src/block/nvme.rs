@@ -1,9 +1,11 @@
 //! NVMe probing: the first `1b36:0010`-class controller (any NVMe class 01:08:02 function),
-//! BAR0 mapped, bus mastering on, the block layer's queue on top; MSI-X entry 0 on x86_64,
-//! INTx through the PLIC on riscv64, or polling.
+//! BAR0 mapped, bus mastering on, the block layer's queue on top of its first usable active
+//! namespace (read-only when the namespace is write protected); every other active namespace
+//! is logged with the reason it is not attached. MSI-X entry 0 on x86_64, INTx through the
+//! PLIC on riscv64, or polling.
 
 use blk::{Queue, QueueConfig, Wait};
-use nvme::{Config, Mode, Nvme, QUEUE_DEPTH};
+use nvme::{Config, InitError, Mode, NsState, Nvme, QUEUE_DEPTH};
 use spin::Once;
 
 use crate::{arch, config, pci};
@@ -28,14 +30,64 @@ pub fn disk() -> Option<&'static NvmeDisk> {
     DISK.get()
 }
 
-/// Finds the NVMe controller and brings it up.
+/// Why an NVMe controller present on PCI could not be attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeError {
+    /// BAR0 could not be mapped.
+    Bar0,
+    /// The driver's bring-up failed.
+    Init(InitError),
+}
+
+impl defmt::Format for ProbeError {
+    fn format(&self, f: defmt::Formatter) {
+        match self {
+            ProbeError::Bar0 => defmt::write!(f, "BAR0 not mapped"),
+            ProbeError::Init(InitError::NoNamespace {
+                active,
+                first: Some(n),
+            }) => defmt::write!(
+                f,
+                "no usable namespace ({=u32} active; namespace {=u32}: {=str})",
+                active,
+                n.nsid,
+                ns_reason(n.state)
+            ),
+            ProbeError::Init(e) => defmt::write!(f, "{}", defmt::Debug2Format(e)),
+        }
+    }
+}
+
+/// Why a namespace is (not) attached, in words.
+pub fn ns_reason(s: NsState) -> &'static str {
+    match s {
+        NsState::Attached => "attached",
+        NsState::NotAttached => "not attached: one namespace per controller",
+        NsState::IdentifyFailed => "not attached: Identify Namespace failed",
+        NsState::Empty => "not attached: size 0",
+        NsState::BadFormat => "not attached: unusable LBA format",
+        NsState::Metadata => "not attached: LBA format with metadata",
+    }
+}
+
+/// Finds the NVMe controller and brings it up, logging an error it could not.
 pub fn probe(polled: bool, prefer_sgl: bool) {
+    if let Err(e) = attach(polled, prefer_sgl) {
+        defmt::error!("nvme: {}", e);
+    }
+}
+
+/// Finds the NVMe controller and brings it up: `Ok(None)` when there is none, the error
+/// when one is present and cannot be used (a profile that expects a disk fails then).
+pub fn attach(polled: bool, prefer_sgl: bool) -> Result<Option<&'static NvmeDisk>, ProbeError> {
+    if let Some(d) = DISK.get() {
+        return Ok(Some(d));
+    }
     let Some(f) = pci::find(config::NVME_VENDOR_ID, config::NVME_DEVICE_ID) else {
-        return;
+        return Ok(None);
     };
     let Some(bar0) = f.map_bar(0, arch::mmio_mapper()) else {
-        defmt::error!("nvme: BAR0 not mapped");
-        return;
+        return Err(ProbeError::Bar0);
     };
     f.enable_bus_master();
     super::POLLED.fetch_or(polled, core::sync::atomic::Ordering::Relaxed);
@@ -78,13 +130,11 @@ pub fn probe(polled: bool, prefer_sgl: bool) {
     };
     let hw = match Nvme::new(bar0, cfg) {
         Ok(hw) => HW.call_once(|| hw),
-        Err(e) => {
-            defmt::error!("nvme: {}", defmt::Debug2Format(&e));
-            return;
-        }
+        Err(e) => return Err(ProbeError::Init(e)),
     };
     let i = *hw.info();
     let mut qc = QueueConfig::new(i.capacity);
+    qc.read_only = i.read_only;
     qc.clock = super::clock;
     qc.wait = Wait::Hook(super::wait);
     qc.timeout_ns = config::NVME_TIMEOUT_NS;
@@ -97,8 +147,14 @@ pub fn probe(polled: bool, prefer_sgl: bool) {
     }
     let l = hw.limits();
     defmt::println!(
-        "nvme: {} {=u64} sectors, block {=u32}, mdts {=u64}, max {=u32} sectors x {=u16} segs, vwc {=bool}, dsm {=bool}, wzeroes {=bool}, sgl {=bool}/{=bool}, queue {=u16} of {=u32}, depth {=usize}",
+        "nvme: {} namespace {=u32}{=str}, {=u64} sectors, block {=u32}, mdts {=u64}, max {=u32} sectors x {=u16} segs, vwc {=bool}, dsm {=bool}, wzeroes {=bool}, sgl {=bool}/{=bool}, queue {=u16} of {=u32}, depth {=usize}",
         attach,
+        i.nsid,
+        if i.read_only {
+            " (write protected: read-only)"
+        } else {
+            ""
+        },
         i.capacity,
         i.block_size,
         i.mdts_bytes,
@@ -113,10 +169,32 @@ pub fn probe(polled: bool, prefer_sgl: bool) {
         i.max_queue_entries,
         QUEUE_DEPTH
     );
-    DISK.call_once(|| NvmeDisk {
+    log_namespaces(hw);
+    Ok(Some(DISK.call_once(|| NvmeDisk {
         hw,
         queue,
         irq,
         attach,
-    });
+    })))
+}
+
+/// Logs every active namespace that is not the attached one, with the reason.
+fn log_namespaces(hw: &Nvme) {
+    let ns = hw.namespaces();
+    for n in ns.iter().filter(|n| n.state != NsState::Attached) {
+        defmt::warn!("nvme: namespace {=u32} {=str}", n.nsid, ns_reason(n.state));
+    }
+    if ns.unlisted > 0 {
+        defmt::warn!(
+            "nvme: {=u32} more active namespaces not attached: one namespace per controller",
+            ns.unlisted
+        );
+    }
+    if ns.unscanned > 0 {
+        defmt::warn!(
+            "nvme: namespace ids above {=u32} not looked at ({=u32} of them; no active namespace list)",
+            nvme::ns::SCAN_MAX,
+            ns.unscanned
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! NVMe: the block-device conformance suite on the NVMe namespace, a request whose PRP list
-//! needs a second list page, Identify through passthrough, and a controller reset in the
-//! middle of a QD32 workload.
+//! needs a second list page, Identify through passthrough, a controller reset in the middle
+//! of a QD32 workload, and the namespaces the profile sets up (`nvme_nsid`, `nvme_active` on
+//! the command line).
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -269,6 +270,38 @@ ktest! {
             check!(e == 0, "read failed: {:?}", blk::BlkError::from_code(e));
         }
         check_eq!(d.hw.in_flight(), 0);
+        Ok(())
+    }
+}
+
+/// A word of the kernel command line.
+fn arg(key: &str) -> Option<&'static str> {
+    crate::boot::cmdline_arg(crate::boot_info().cmdline, key)
+}
+
+ktest! {
+    fn nvme_every_active_namespace_is_accounted_for() -> TestResult {
+        // The profile's namespaces: `nvme_nsid=N` the one attached, `nvme_active=A,B,..` all
+        // active ones (namespace 1 alone when the profile says nothing).
+        let d = disk()?;
+        let want: u32 = arg("nvme_nsid").and_then(|v| v.parse().ok()).unwrap_or(1);
+        let ns = d.hw.namespaces();
+        check_eq!(d.hw.info().nsid, want);
+        check_eq!(ns.attached(), Some(want));
+        let active = arg("nvme_active").unwrap_or("1");
+        let mut seen = ns.iter();
+        for id in active.split(',') {
+            let id: u32 = id.parse().map_err(|_| crate::ktest::fail(format_args!("nvme_active={}", active)))?;
+            let Some(n) = seen.next() else {
+                return Err(crate::ktest::fail(format_args!("namespace {} not found", id)));
+            };
+            check_eq!(n.nsid, id);
+            let state = if id == want { nvme::NsState::Attached } else { nvme::NsState::NotAttached };
+            check!(n.state == state, "namespace {}: {:?}", id, n.state);
+        }
+        check!(seen.next().is_none(), "more active namespaces than the profile set up");
+        check_eq!(ns.unlisted, 0);
+        check!(!ns.scanned, "QEMU has the active namespace list");
         Ok(())
     }
 }
