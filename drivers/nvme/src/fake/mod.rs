@@ -14,6 +14,10 @@
 //! does not take, `CSTS.CFS`. Everything the driver does wrong (a bad PRP, a completion queue
 //! overflow, an access outside DMA memory) is a status or a panic, so a test fails.
 
+mod hostile;
+
+pub use hostile::{Entry, Hostile, KINDS, Kind, Rng};
+
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -133,6 +137,9 @@ pub struct Model {
     pub aborts: u32,
     /// Queues deleted (SQ and CQ).
     pub deletions: u32,
+    /// Completions go through a hostile controller (and a full completion queue drops them
+    /// instead of failing the test).
+    pub hostile: Option<Hostile>,
     enabled: bool,
     fatal: bool,
     sqs: BTreeMap<u16, Sq>,
@@ -216,6 +223,7 @@ impl FakeCtrl {
                 flushes: 0,
                 aborts: 0,
                 deletions: 0,
+                hostile: None,
                 enabled: false,
                 fatal: false,
                 sqs: BTreeMap::new(),
@@ -412,6 +420,35 @@ impl FakeCtrl {
         st: Status,
         r: u32,
     ) {
+        let e = Entry {
+            result: r,
+            sq_head,
+            sq_id: sqid,
+            cid,
+            status: st.bits(),
+            flip_phase: false,
+        };
+        let sq_entries = m.sqs.get(&sqid).map_or(2, |q| q.entries);
+        let (entries, fatal) = match m.hostile.as_mut() {
+            Some(h) if cqid != 0 || h.admin => h.tamper(e, sq_entries),
+            _ => ([Some(e), None], false),
+        };
+        for e in entries.into_iter().flatten() {
+            self.write_entry(m, cqid, e);
+        }
+        if fatal {
+            m.fatal = true;
+            let csts = Csts::from_bits_retain(self.bar.read32(regs::CSTS)) | Csts::CFS;
+            self.bar.write32(regs::CSTS, csts.bits());
+        }
+    }
+
+    /// Writes `e` at the tail of completion queue `cqid`. A full queue is a driver bug
+    /// (panic), except on a hostile controller, where entries the driver could not see (a
+    /// wrong phase) fill it: the entry is dropped then, as a controller waiting for room
+    /// would never post it before a reset.
+    fn write_entry(&self, m: &mut Model, cqid: u16, e: Entry) {
+        let hostile = m.hostile.is_some();
         let head = self.bar.read32(cq_head_doorbell(cqid, 0));
         let Some(cq) = m.cqs.get_mut(&cqid) else {
             panic!("fake nvme: completion for missing CQ {cqid}");
@@ -420,25 +457,24 @@ impl FakeCtrl {
             head < cq.entries as u32,
             "fake nvme: CQ {cqid} head {head} out of range"
         );
-        assert_ne!(
-            (cq.tail + 1) % cq.entries,
-            head as u16,
-            "fake nvme: CQ {cqid} overflow"
-        );
+        if (cq.tail + 1) % cq.entries == head as u16 {
+            assert!(hostile, "fake nvme: CQ {cqid} overflow");
+            return;
+        }
         let addr = cq.base + cq.tail as u64 * 16;
-        let (phase, ien) = (cq.phase, cq.ien);
+        let (phase, ien) = (cq.phase ^ e.flip_phase, cq.ien);
         cq.tail += 1;
         if cq.tail == cq.entries {
             cq.tail = 0;
             cq.phase = !cq.phase;
         }
-        self.write32(addr, r);
+        self.write32(addr, e.result);
         self.write32(addr + 4, 0);
-        self.write32(addr + 8, (sqid as u32) << 16 | sq_head as u32);
+        self.write32(addr + 8, (e.sq_id as u32) << 16 | e.sq_head as u32);
         // The dword with the phase bit last.
         self.write32(
             addr + 12,
-            (st.bits() as u32) << 17 | (phase as u32) << 16 | cid as u32,
+            ((e.status & 0x7fff) as u32) << 17 | (phase as u32) << 16 | e.cid as u32,
         );
         if ien {
             m.irqs += 1;
@@ -851,16 +887,23 @@ impl FakeCtrl {
 thread_local! {
     static CURRENT: RefCell<Option<Arc<FakeCtrl>>> = const { RefCell::new(None) };
     static NOW: Cell<u64> = const { Cell::new(0) };
+    static TICK: Cell<u64> = const { Cell::new(TICK_NS) };
 }
 
-/// Nanoseconds of test time each [`clock`] call takes.
+/// Nanoseconds of test time each [`clock`] call takes (unless [`set_tick_ns`] changed it).
 pub const TICK_NS: u64 = 10_000;
+
+/// Makes each [`clock`] call on this thread `ns` later (long waits on a hostile controller
+/// take fewer model steps).
+pub fn set_tick_ns(ns: u64) {
+    TICK.with(|t| t.set(ns));
+}
 
 /// The test clock (`Config::clock`): every call is [`TICK_NS`] later and lets the model
 /// installed on this thread run, so the driver's bounded waits see the controller work.
 pub fn clock() -> u64 {
     let now = NOW.with(|n| {
-        n.set(n.get() + TICK_NS);
+        n.set(n.get() + TICK.with(Cell::get));
         n.get()
     });
     if let Some(f) = CURRENT.with(|c| c.borrow().clone()) {
