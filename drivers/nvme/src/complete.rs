@@ -181,13 +181,17 @@ impl Nvme {
     }
 
     /// Consumes the admin completion queue: the driver's own command goes to `internal`,
-    /// passthrough completions to `done`.
+    /// passthrough completions to `done`. Only entries that complete a command in flight
+    /// count against `admin_outstanding`, and only the awaited id becomes `internal`: a made-up
+    /// or repeated entry neither hides a later completion from the interrupt path nor
+    /// overwrites the one the driver waits for.
     pub(crate) fn reap_admin<const N: usize>(
         &self,
         a: &mut AdminQ,
         done: &mut CompletionBatch<N>,
     ) -> usize {
         let mut n = 0;
+        let mut matched = 0u32;
         while !done.is_full() {
             let Some(e) = a.cq.peek() else { break };
             a.cq.advance();
@@ -196,11 +200,18 @@ impl Nvme {
                 self.stats.bad_sq.fetch_add(1, Ordering::Relaxed);
             }
             if e.cid & INTERNAL_CID != 0 {
-                a.internal = Some(e);
+                if a.internal_cid == Some(e.cid) {
+                    a.internal_cid = None;
+                    a.internal = Some(e);
+                    matched += 1;
+                } else {
+                    self.stats.bad_cids.fetch_add(1, Ordering::Relaxed);
+                }
                 continue;
             }
             match a.cids.complete(e.cid) {
                 Ok(tag) => {
+                    matched += 1;
                     let _ = done.push_pt(tag, e.status.to_blk(), e.result as u64);
                 }
                 Err(_) => {
@@ -213,7 +224,7 @@ impl Nvme {
             self.regs.ring_cq(0, a.cq.head());
             let left = self.admin_outstanding.load(Ordering::Relaxed);
             self.admin_outstanding
-                .store(left.saturating_sub(n as u32), Ordering::Release);
+                .store(left.saturating_sub(matched), Ordering::Release);
         }
         n
     }

@@ -138,6 +138,8 @@ pub(crate) struct AdminQ {
     pub(crate) cq: CompQueue,
     pub(crate) cids: CidTable<QUEUE_DEPTH>,
     pub(crate) internal_seq: u16,
+    /// The command id of the driver's own command in flight (its completion is awaited).
+    pub(crate) internal_cid: Option<u16>,
     pub(crate) internal: Option<Cqe>,
 }
 
@@ -209,6 +211,7 @@ impl Nvme {
             cq: CompQueue::new(admin_entries).map_err(nomem)?,
             cids: CidTable::new(),
             internal_seq: 0,
+            internal_cid: None,
             internal: None,
         };
         let io = IoQ {
@@ -294,6 +297,7 @@ impl Nvme {
         admin.sq.reset();
         admin.cq.reset();
         admin.internal = None;
+        admin.internal_cid = None;
         self.admin_outstanding.store(0, Ordering::Release);
         let (sqe, cqe) = (admin.sq.entries() as u32, admin.cq.entries() as u32);
         self.regs.write32(regs::AQA, (cqe - 1) << 16 | (sqe - 1));
@@ -398,6 +402,7 @@ impl Nvme {
         if !a.sq.push(&c) {
             return Err(BlkError::Busy);
         }
+        a.internal_cid = Some(cid);
         self.admin_outstanding.fetch_add(1, Ordering::AcqRel);
         fence(Ordering::SeqCst);
         self.regs.write32(

@@ -64,9 +64,8 @@ impl Nvme {
                 }
             });
             let ok = self.enable(&mut a).is_ok() && self.setup_io(&mut a, &mut io).is_ok();
-            if !ok {
-                self.dead.store(true, Ordering::Relaxed);
-            }
+            // A reset that works brings a dead controller back (`force_reset`).
+            self.dead.store(!ok, Ordering::Relaxed);
             ok
         };
         if self.cfg.intx {

@@ -15,7 +15,7 @@ impl Rng {
         Rng((z ^ (z >> 31)) | 1)
     }
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn bits(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -25,7 +25,7 @@ impl Rng {
     }
     /// A value in `0..n` (`n` > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.bits() % n
     }
     /// True with probability `per_mille` / 1000.
     pub fn chance(&mut self, per_mille: u32) -> bool {
@@ -144,7 +144,7 @@ impl Hostile {
                 break KINDS[k];
             }
         };
-        let r = self.rng.next();
+        let r = self.rng.bits();
         let mut t = e;
         let mut extra = None;
         let mut fatal = false;

@@ -2,6 +2,8 @@
 //! path, completion by interrupt, PRP lists and SGLs, flushes, error statuses, abort and
 //! controller reset.
 
+mod hostile;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
