@@ -179,3 +179,25 @@ impl Hostile {
         ([Some(t), extra], fatal)
     }
 }
+
+/// Byte offsets of the Identify fields the driver reads (controller, namespace and the
+/// active namespace list share the page layout only by offset).
+const IDENTIFY_FIELDS: [usize; 24] = [
+    0, 1, 4, 7, 25, 26, 77, 99, 128, 130, 131, 132, 134, 135, 516, 517, 519, 520, 525, 531, 536, 8,
+    12, 60,
+];
+
+/// Sets `n` bytes of an Identify page to random values, half of them on the fields the driver
+/// reads.
+pub fn garble_identify(rng: &mut Rng, n: u32, page: &mut [u8]) {
+    for _ in 0..n {
+        let off = if rng.chance(500) {
+            IDENTIFY_FIELDS[rng.below(IDENTIFY_FIELDS.len() as u64) as usize]
+        } else {
+            rng.below(page.len() as u64) as usize
+        };
+        if let Some(b) = page.get_mut(off) {
+            *b = rng.bits() as u8;
+        }
+    }
+}

@@ -140,6 +140,9 @@ pub struct Model {
     /// Completions go through a hostile controller (and a full completion queue drops them
     /// instead of failing the test).
     pub hostile: Option<Hostile>,
+    /// Identify data gets this many random bytes (half of them on the fields the driver
+    /// reads), from this generator.
+    pub identify_noise: Option<(Rng, u32)>,
     enabled: bool,
     fatal: bool,
     sqs: BTreeMap<u16, Sq>,
@@ -224,6 +227,7 @@ impl FakeCtrl {
                 aborts: 0,
                 deletions: 0,
                 hostile: None,
+                identify_noise: None,
                 enabled: false,
                 fatal: false,
                 sqs: BTreeMap::new(),
@@ -531,6 +535,9 @@ impl FakeCtrl {
                         return Outcome::Complete(generic(gsc::INVALID_NAMESPACE), 0);
                     }
                     _ => return Outcome::Complete(generic(sc::INVALID_FIELD), 0),
+                }
+                if let Some((rng, n)) = m.identify_noise.as_mut() {
+                    hostile::garble_identify(rng, *n, &mut page);
                 }
                 match self.segments(m, c, 4096) {
                     Ok(segs) => self.scatter(&segs, &page),

@@ -427,3 +427,63 @@ fn a_stale_internal_completion_does_not_replace_the_awaited_one() {
     e.interrupt();
     assert_eq!(c.get(), (1, 0));
 }
+
+/// Bring-ups per `cargo test` run against garbled Identify data (`HOSTILE_CASES` / 5 when
+/// set).
+const IDENTIFY_CASES: u64 = 2_000;
+
+#[test]
+fn garbled_identify_data_never_panics_and_gives_sane_limits() {
+    let (seed, total) = plan();
+    let cases = if std::env::var("HOSTILE_CASES").is_ok() {
+        total / 5
+    } else {
+        IDENTIFY_CASES
+    };
+    println!("hostile nvme identify: HOSTILE_SEED={seed:#x}, {cases} bring-ups");
+    let (mut ok, mut refused) = (0u64, 0u64);
+    for i in 0..cases {
+        let repro = format!("bring-up {i}: HOSTILE_SEED={seed:#x} HOSTILE_CASES={total}");
+        let mut rng = Rng::new(seed ^ i.wrapping_mul(0xd1b5_4a32_d192_ed03));
+        let flips = 1 + rng.below(24) as u32;
+        let nsids: Vec<u32> = match rng.below(4) {
+            0 => vec![1],
+            1 => vec![2],
+            2 => vec![1, 3, 4],
+            _ => vec![5, 9],
+        };
+        let (_f, n) = bring_up(
+            256,
+            512,
+            |m| {
+                m.nsids = nsids;
+                m.nwpc = rng.chance(300);
+                m.identify_noise = Some((rng, flips));
+            },
+            config(Mode::Polling, false),
+        );
+        let Ok(n) = n else {
+            refused += 1;
+            continue;
+        };
+        ok += 1;
+        let i = *n.info();
+        let l = n.limits();
+        assert!(
+            i.block_size.is_power_of_two() && (512..=65536).contains(&i.block_size),
+            "{repro}: {i:?}"
+        );
+        assert!(i.blocks > 0 && i.capacity >= i.blocks, "{repro}: {i:?}");
+        assert!(l.max_sectors > 0 && l.max_segments > 0, "{repro}: {l:?}");
+        assert_eq!(l.logical_block_size, i.block_size, "{repro}");
+        assert!(
+            (l.max_sectors as u64 * 512).is_multiple_of(i.block_size as u64),
+            "{repro}: {l:?}"
+        );
+        let ns = n.namespaces();
+        assert_eq!(ns.attached(), Some(i.nsid), "{repro}: {ns:?}");
+        assert!(ns.active() as usize <= 1024 + 64, "{repro}: {ns:?}");
+    }
+    println!("hostile nvme identify: {ok} brought up, {refused} refused");
+    assert_eq!(ok + refused, cases);
+}
