@@ -133,6 +133,16 @@ pub fn check_header(b: &Block, kind: u16, at: u64) -> Result<Header, &'static st
     Ok(h)
 }
 
+/// The generation a superblock slot claims in its header, read without trusting the rest of
+/// the block: `Some` when magic and kind are those of a superblock and the generation belongs
+/// in slot `at`, whatever the checksum says. Tells a torn or damaged newer superblock from an
+/// older one.
+pub fn claimed_generation(b: &Block, at: u64) -> Option<u64> {
+    let generation = rd64(b, 8);
+    (rd32(b, 0) == MAGIC && rd16(b, 4) == KIND_SUPER && Superblock::slot_of(generation) == at)
+        .then_some(generation)
+}
+
 /// A decoded superblock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Superblock {
