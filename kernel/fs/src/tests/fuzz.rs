@@ -147,7 +147,6 @@ fn base_image(rng: &mut Rng) -> Vec<u8> {
         }
     }
     fs.unmount().unwrap();
-    drop(fs);
     disk.data
 }
 
