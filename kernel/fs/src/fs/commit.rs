@@ -3,7 +3,7 @@
 
 use super::{Fs, Ino, block_mut};
 use crate::error::{FsError, IoOp, Result};
-use crate::format::{BLOCK_SIZE, SUPER_BLOCKS, Superblock, encode_inode_block};
+use crate::format::{BLOCK_SIZE, GENERATION_LIMIT, SUPER_BLOCKS, Superblock, encode_inode_block};
 use crate::io::{BlockIo, Run, WriteFlags};
 
 /// Most runs one write batch carries.
@@ -25,6 +25,9 @@ impl<D: BlockIo, const IB: usize, const BW: usize> Fs<'_, D, IB, BW> {
             return Ok(());
         }
         let generation = self.sb.generation + 1;
+        if generation >= GENERATION_LIMIT {
+            return Err(FsError::Unsupported("generation counter exhausted"));
+        }
         let mut sb = self.sb;
         sb.generation = generation;
         let ndirty = self.dirty.count_ones() as u64;
