@@ -225,7 +225,9 @@ fn seqwrite(
     }
     // The data on the device (write-behind drained), before the commit: comparable to the
     // raw job, which never flushes.
-    f.device().drain().map_err(|_| FsError::Io)?;
+    f.device()
+        .drain()
+        .map_err(|e| FsError::io(tinyfs::IoOp::WriteBehind, e))?;
     if profile {
         profile_mark_end();
     }
@@ -252,7 +254,7 @@ fn seqwrite(
 /// Reads the sequential file back (untimed): every `SEQ_BS` chunk must be `src`.
 fn verify(f: &mut KernelFs<'_>, ino: Ino, src: &[u8]) -> Result<(), FsError> {
     let Ok(mut back) = DmaBuf::alloc(SEQ_BS, 4096) else {
-        return Err(FsError::Io);
+        return Err(FsError::Unsupported("benchfs: no DMA memory to read back"));
     };
     let bad = FsError::Corrupt {
         block: 0,

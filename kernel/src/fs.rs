@@ -3,14 +3,22 @@
 //! blank disk), and the filesystem half of the `mode=run` demo.
 //!
 //! A disk counts as blank only when both superblock slots (blocks 0 and 1) are all zeros; a
-//! disk with anything else there that does not mount is reported, never reformatted.
+//! disk with anything else there that does not mount is reported, never reformatted. A
+//! read-only disk is mounted read-only, and a mount that fell back to an older generation is
+//! logged with the reason (read-only when the newest tree is corrupt: see
+//! [`tinyfs::MountReport`]).
 
 use blk::mem::DmaRegion;
-use blk::{BioSet, BioSlab, BioVec, BlockDevice, BvecPools, BvecSlabs, Op, Wait, submit_bio_wait};
+use blk::{
+    BioSet, BioSlab, BioVec, BlkError, BlockDevice, BvecPools, BvecSlabs, Op, Wait, submit_bio_wait,
+};
 use hal::DmaBuf;
 use spin::Mutex;
 use tinyfs::blkdev::{BlkDisk, FsIo};
-use tinyfs::{BLOCK_SIZE, FsError, Ino, Kind, MkfsOptions};
+use tinyfs::{
+    BLOCK_SIZE, Fallback, FsError, Ino, IoErrorKind, IoOp, Kind, MkfsOptions, Mode, MountOptions,
+    MountReport,
+};
 
 use crate::block::{self, cpu_ctx, virtio};
 use crate::config::{FS_BIO_RESERVE, FS_BIO_SLAB, FS_BVEC_256, FS_BVEC_RESERVE, FS_BVEC_SMALL};
@@ -99,20 +107,26 @@ pub fn mkfs(fs: &mut KernelFs<'_>) -> Result<(), FsError> {
 
 /// Whether both superblock slots are all zeros (read straight from the disk).
 pub fn superblocks_blank() -> Result<bool, FsError> {
-    let disk = virtio::disk().ok_or(FsError::Io)?;
-    let buf = DmaBuf::alloc(2 * BLOCK_SIZE, BLOCK_SIZE).map_err(|_| FsError::Io)?;
+    let failed = |error: IoErrorKind| FsError::Io {
+        op: IoOp::ReadSuperblock,
+        block: 0,
+        error,
+    };
+    let disk = virtio::disk().ok_or(failed(IoErrorKind::Device))?;
+    let no_memory = |_| failed(IoErrorKind::Blk(BlkError::NoMemory));
+    let buf = DmaBuf::alloc(2 * BLOCK_SIZE, BLOCK_SIZE).map_err(no_memory)?;
     let mut bio = block::IO_SET
         .alloc((), Op::Read, 1, Wait::Hook(block::wait))
-        .map_err(|_| FsError::Io)?;
+        .map_err(|e| failed(e.into()))?;
     bio.set_dev(disk.queue);
     bio.set_sector(0);
     // SAFETY: the segment contract: `buf` is DMA memory of this function, which waits for the
     // bio (`submit_bio_wait`) before it reads the buffer or lets it drop, on every path.
     let seg = unsafe { BioVec::new(buf.phys(), 2 * BLOCK_SIZE as u32) };
-    bio.add_vec(seg).map_err(|_| FsError::Io)?;
+    bio.add_vec(seg).map_err(|e| failed(e.into()))?;
     submit_bio_wait(cpu_ctx(), bio, block::wait)
         .0
-        .map_err(|_| FsError::Io)?;
+        .map_err(|e| failed(e.into()))?;
     Ok(buf.as_slice().iter().all(|&b| b == 0))
 }
 
@@ -125,20 +139,58 @@ pub enum Mounted {
     Formatted,
 }
 
-/// Mounts read-write; on a blank disk (both superblocks all zeros) writes a filesystem first.
-/// Anything else that does not mount is an error (never reformatted).
-pub fn mount(fs: &mut KernelFs<'_>) -> Result<Mounted, FsError> {
-    match fs.mount(false) {
-        Ok(()) => Ok(Mounted::Existing),
+/// Mounts the disk's filesystem, logging what the mount did: read-write; read-only on a disk
+/// that refuses writes; on a blank writable disk (both superblocks all zeros) writes a
+/// filesystem first. Anything else that does not mount is an error (never reformatted). A
+/// fallback to an older generation is logged as an error with its reason; when the newest
+/// tree is corrupt the mount is read-only (the rollback is not accepted here).
+pub fn mount(fs: &mut KernelFs<'_>) -> Result<(Mounted, MountReport), FsError> {
+    let read_only = virtio::disk().is_some_and(|d| d.queue.read_only());
+    if read_only {
+        defmt::warn!("fs: the disk is read-only: mounting tinyfs read-only");
+    }
+    let opts = MountOptions {
+        read_only,
+        accept_rollback: false,
+    };
+    let (how, report) = match fs.mount_with(opts) {
+        Ok(r) => (Mounted::Existing, r),
         Err(FsError::Corrupt { block, what }) => {
-            if !superblocks_blank()? {
+            if read_only || !superblocks_blank()? {
                 return Err(FsError::Corrupt { block, what });
             }
             mkfs(fs)?;
-            fs.mount(false)?;
-            Ok(Mounted::Formatted)
+            (Mounted::Formatted, fs.mount_with(opts)?)
         }
-        Err(e) => Err(e),
+        Err(e) => return Err(e),
+    };
+    log_mount(&report, opts);
+    Ok((how, report))
+}
+
+/// Logs a mount that did not simply use the newest generation.
+pub fn log_mount(report: &MountReport, opts: MountOptions) {
+    if let Some(fb) = &report.fell_back_from {
+        defmt::error!(
+            "fs: FELL BACK to generation {=u64}: {}",
+            report.generation,
+            defmt::Display2Format(fb)
+        );
+        if report.rollback_refused(opts) {
+            defmt::error!(
+                "fs: mounted read-only so that the newer generation's blocks stay intact; \
+                 check the disk (cargo xtask fsck) before accepting the rollback"
+            );
+        } else if matches!(fb, Fallback::TornSuperblock(_)) {
+            defmt::warn!("fs: the lost commit was never reported durable (torn commit record)");
+        }
+    }
+    if let Some(s) = &report.damaged_older {
+        defmt::warn!(
+            "fs: the older superblock (slot {=u64}) is damaged: {=str}; the next commit rewrites it",
+            s.slot,
+            s.what
+        );
     }
 }
 
@@ -241,15 +293,25 @@ const DEMO_BIG: usize = 384 * 1024 + 123;
 const DEMO_SEED: u64 = 0x7469_6e79;
 
 fn demo_on(fs: &mut KernelFs<'_>) -> Result<(), FsError> {
-    let how = mount(fs)?;
+    let (how, report) = mount(fs)?;
     defmt::println!(
-        "fs: tinyfs mounted ({=str}), generation {=u64}",
+        "fs: tinyfs mounted ({=str}), generation {=u64}, {=str}",
         match how {
             Mounted::Existing => "existing filesystem",
             Mounted::Formatted => "blank disk: formatted first",
         },
-        fs.generation()
+        report.generation,
+        match report.mode {
+            Mode::ReadOnly => "read-only",
+            _ => "read-write",
+        }
     );
+    if report.mode == Mode::ReadOnly {
+        defmt::println!("fs: read-only: the tree, no writes");
+        print_tree(fs, Ino::ROOT, "/", 0)?;
+        print_statfs(fs)?;
+        return fs.unmount();
+    }
     let r = demo_files(fs);
     let u = fs.unmount();
     r?;
@@ -268,7 +330,8 @@ fn demo_files(fs: &mut KernelFs<'_>) -> Result<(), FsError> {
     fs.write(small, 0, text)?;
 
     // The large file in one call: the filesystem turns it into bios of up to 1 MiB.
-    let mut src = DmaBuf::alloc(DEMO_BIG, BLOCK_SIZE).map_err(|_| FsError::Io)?;
+    let no_memory = |_| FsError::Unsupported("no DMA memory for the demo's buffers");
+    let mut src = DmaBuf::alloc(DEMO_BIG, BLOCK_SIZE).map_err(no_memory)?;
     fill_pattern(src.as_mut_slice(), DEMO_SEED, 0);
     let big = recreate(fs, "/demo/big.bin")?;
     let t0 = block::clock();
@@ -276,7 +339,7 @@ fn demo_files(fs: &mut KernelFs<'_>) -> Result<(), FsError> {
     fs.fsync(big)?;
     let write_us = (block::clock() - t0) / 1000;
 
-    let mut back = DmaBuf::alloc(DEMO_BIG, BLOCK_SIZE).map_err(|_| FsError::Io)?;
+    let mut back = DmaBuf::alloc(DEMO_BIG, BLOCK_SIZE).map_err(no_memory)?;
     let t1 = block::clock();
     let n = fs.read(big, 0, back.as_mut_slice())?;
     let read_us = (block::clock() - t1) / 1000;

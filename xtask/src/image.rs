@@ -9,13 +9,20 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::Subcommand;
 use tinyfs::host::{self, FileDisk, HOST_BW, ToolError};
-use tinyfs::{BLOCK_SIZE, BlockIo, FsError, Kind, MkfsOptions, NAME_MAX};
+use tinyfs::{
+    BLOCK_SIZE, BlockIo, Fallback, FsError, FsckStatus, Kind, MkfsOptions, MountOptions, NAME_MAX,
+};
 
 use crate::profile::ImageFormat;
 use crate::workspace;
 
 /// Blocks of the largest filesystem the host tools handle (their bitmap's size).
 const MAX_BLOCKS: u64 = HOST_BW as u64 * 64;
+/// A read-only mount.
+const RO: MountOptions = MountOptions {
+    read_only: true,
+    accept_rollback: false,
+};
 /// Bytes of the largest filesystem the host tools handle (4 GiB).
 pub const MAX_BYTES: u64 = MAX_BLOCKS * BLOCK_SIZE as u64;
 /// Blocks besides the inode table that the smallest filesystem needs: two superblock slots and
@@ -39,8 +46,10 @@ pub enum ImageCmd {
               value_parser = clap::value_parser!(u32).range(1..=64))]
         inode_blocks: u32,
     },
-    /// Check every invariant of the filesystem in IMAGE and print each problem; exits non-zero
-    /// when there is any.
+    /// Check every invariant of the filesystem in IMAGE and print each problem. Exit status: 0
+    /// clean, 1 corrupt (or the image cannot be read), 2 the newest superblock is torn and the
+    /// previous generation is used, 3 the newest generation's tree is corrupt and the previous
+    /// one is used (read-only until a rollback is accepted).
     Fsck {
         /// Image file.
         image: PathBuf,
@@ -62,6 +71,10 @@ pub enum ImageCmd {
         host_file: PathBuf,
         /// Destination in the image.
         path: String,
+        /// Write even when the newest generation is corrupt and the previous one is used
+        /// (fsck exit status 3): the newest commit is then lost for good.
+        #[arg(long)]
+        accept_rollback: bool,
     },
     /// Copy the file PATH of IMAGE out to a host file.
     Get {
@@ -101,11 +114,7 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
                 println!("{line}");
             }
             println!("{}", report.summary);
-            Ok(if report.clean {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(ExitCode::from(report.status.code()))
         }
         ImageCmd::Ls { image, path } => {
             for entry in ls(&image, &path)? {
@@ -126,8 +135,9 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
             image,
             host_file,
             path,
+            accept_rollback,
         } => {
-            let n = put(&image, &host_file, &path)?;
+            let n = put(&image, &host_file, &path, accept_rollback)?;
             println!(
                 "{} -> {}:{path} ({n} bytes)",
                 host_file.display(),
@@ -211,8 +221,9 @@ pub fn describe(e: FsError) -> String {
         FsError::InvalidName => "invalid name (empty, `.`, `..`, or containing NUL)",
         FsError::FileTooLarge => "file too large for tinyfs",
         FsError::TooFragmented => "file too fragmented",
-        FsError::Io => "I/O error on the image",
+        FsError::Io { .. } => return format!("{e} (on the image)"),
         FsError::ReadOnly => "the filesystem is read-only",
+        FsError::DeviceReadOnly => "the image is read-only",
         FsError::InvalidArgument => "invalid argument",
         FsError::Corrupt { .. } => return format!("{e} (run fsck)"),
         other => return other.to_string(),
@@ -267,9 +278,9 @@ pub fn mkfs(image: &Path, size: u64, inode_blocks: u32) -> Result<u64> {
 /// The outcome of [`fsck`], ready to print.
 #[derive(Debug)]
 pub struct Fsck {
-    /// True when no problem was found.
-    pub clean: bool,
-    /// One line per problem.
+    /// The verdict; its code is the exit status.
+    pub status: FsckStatus,
+    /// One line per problem, then one for a fallback.
     pub lines: Vec<String>,
     /// The last line: counts, or the number of problems.
     pub summary: String,
@@ -280,10 +291,9 @@ pub struct Fsck {
 /// images that cannot be opened.
 pub fn fsck(image: &Path) -> Result<Fsck> {
     let dev = open(image, false)?;
-    let blocks = dev.block_count();
     let report = host::fsck_device(dev);
     let name = image.display();
-    let lines: Vec<String> = report
+    let mut lines: Vec<String> = report
         .problems
         .iter()
         .map(|p| match p.ino {
@@ -292,32 +302,77 @@ pub fn fsck(image: &Path) -> Result<Fsck> {
         })
         .collect();
     let s = report.stats;
-    let summary = if report.is_clean() {
-        format!(
-            "{name}: clean, generation {}, {} files, {} directories, {} of {blocks} blocks used",
-            s.generation, s.files, s.dirs, s.used_blocks
-        )
-    } else {
-        let n = lines.len();
-        format!("{name}: {n} problem{}", if n == 1 { "" } else { "s" })
+    if let Some(fb) = s.fell_back_from {
+        lines.push(format!(
+            "{name}: FELL BACK to generation {}: {fb}{}",
+            s.generation,
+            match fb {
+                Fallback::CorruptTree { .. } =>
+                    "; mounts read-only unless the rollback is accepted (put --accept-rollback)",
+                Fallback::TornSuperblock(_) => "; the lost commit was never reported durable",
+            }
+        ));
+    }
+    if let Some(slot) = s.damaged_older {
+        lines.push(format!(
+            "{name}: older superblock (slot {}) damaged: {}",
+            slot.slot, slot.what
+        ));
+    }
+    let counts = format!(
+        "generation {}, {} files, {} directories, {} of {} blocks used",
+        s.generation, s.files, s.dirs, s.used_blocks, s.block_count
+    );
+    let summary = match s.status {
+        FsckStatus::Clean => format!("{name}: clean, {counts}"),
+        FsckStatus::RolledBackTorn | FsckStatus::RolledBackCorrupt => {
+            format!(
+                "{name}: rolled back (exit status {}), {counts}",
+                s.status.code()
+            )
+        }
+        _ => {
+            let n = report.problems.len();
+            format!("{name}: {n} problem{}", if n == 1 { "" } else { "s" })
+        }
     };
     Ok(Fsck {
-        clean: report.is_clean(),
+        status: s.status,
         lines,
         summary,
     })
 }
 
+/// Mounts for the tools; a fallback to an older generation is printed on stderr.
+fn mount(
+    fs: &mut host::HostFs<'_, FileDisk>,
+    image: &Path,
+    opts: MountOptions,
+) -> Result<(), FsError> {
+    let r = fs.mount_with(opts)?;
+    if r.fell_back_from.is_some() || r.damaged_older.is_some() {
+        eprintln!("warning: {}: mounted {r}", image.display());
+    }
+    if r.rollback_refused(opts) {
+        return Err(FsError::ReadOnly);
+    }
+    Ok(())
+}
+
 /// The entries of directory `path` (or the file itself), sorted by name.
 pub fn ls(image: &Path, path: &str) -> Result<Vec<host::LsEntry>> {
     let dev = open(image, false)?;
-    host::with_fs(dev, |fs| host::ls_fs(fs, path))
-        .map_err(tool_err(format_args!("ls {}:{path}", image.display())))
+    host::with_fs(dev, |fs| -> Result<Vec<host::LsEntry>, ToolError> {
+        mount(fs, image, RO)?;
+        host::ls_fs(fs, path)
+    })
+    .map_err(tool_err(format_args!("ls {}:{path}", image.display())))
 }
 
 /// Copies `host_file` into `image` as `path`, creating missing parent directories, and commits.
-/// Returns the bytes copied. Nothing changes in the image unless the whole copy succeeds.
-pub fn put(image: &Path, host_file: &Path, path: &str) -> Result<usize> {
+/// Returns the bytes copied. Nothing changes in the image unless the whole copy succeeds. An
+/// image whose newest generation is corrupt is refused unless `accept_rollback`.
+pub fn put(image: &Path, host_file: &Path, path: &str, accept_rollback: bool) -> Result<usize> {
     let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     let Some((_, parents)) = parts.split_last() else {
         bail!("put: {path:?} names the root directory, not a file");
@@ -326,7 +381,17 @@ pub fn put(image: &Path, host_file: &Path, path: &str) -> Result<usize> {
     let dev = open(image, true)?;
     let what = format!("put {}:{path}", image.display());
     host::with_fs(dev, |fs| -> Result<()> {
-        fs.mount(false).map_err(fs_err(&what))?;
+        let opts = MountOptions {
+            read_only: false,
+            accept_rollback,
+        };
+        mount(fs, image, opts).map_err(|e| match e {
+            FsError::ReadOnly => anyhow!(
+                "{what}: the newest generation is corrupt and the previous one was mounted \
+                 read-only; run fsck, and pass --accept-rollback to write over it"
+            ),
+            e => fs_err(&what)(e),
+        })?;
         let mut dir = String::new();
         for part in parents {
             dir.push('/');
@@ -353,7 +418,7 @@ pub fn get(image: &Path, path: &str, host_file: &Path) -> Result<usize> {
     let dev = open(image, false)?;
     let what = format!("get {}:{path}", image.display());
     let data = host::with_fs(dev, |fs| -> Result<Vec<u8>> {
-        fs.mount(true).map_err(fs_err(&what))?;
+        mount(fs, image, RO).map_err(fs_err(&what))?;
         let st = fs.stat_path(path).map_err(fs_err(&what))?;
         if st.kind == Kind::Dir {
             return Err(fs_err(&what)(FsError::IsDir));
@@ -483,14 +548,17 @@ mod tests {
 
         assert_eq!(mkfs(&img, 16 << 20, 8).unwrap(), 4096);
         assert_eq!(fs::metadata(&img).unwrap().len(), 16 << 20);
-        assert!(fsck(&img).unwrap().clean);
+        assert!((fsck(&img).unwrap().status == FsckStatus::Clean));
         assert!(ls(&img, "/").unwrap().is_empty());
 
-        assert_eq!(put(&img, &big_src, "/big.bin").unwrap(), big.len());
-        assert_eq!(put(&img, &empty_src, "/empty").unwrap(), 0);
-        assert_eq!(put(&img, &big_src, "/a/b/deep.bin").unwrap(), big.len());
+        assert_eq!(put(&img, &big_src, "/big.bin", false).unwrap(), big.len());
+        assert_eq!(put(&img, &empty_src, "/empty", false).unwrap(), 0);
+        assert_eq!(
+            put(&img, &big_src, "/a/b/deep.bin", false).unwrap(),
+            big.len()
+        );
         // Replacing keeps one entry.
-        assert_eq!(put(&img, &big_src, "/big.bin").unwrap(), big.len());
+        assert_eq!(put(&img, &big_src, "/big.bin", false).unwrap(), big.len());
 
         let root = ls(&img, "/").unwrap();
         let summary: Vec<_> = root
@@ -528,14 +596,14 @@ mod tests {
         assert!(err.to_string().contains("no such file"), "{err}");
         let err = get(&img, "/a", &dir.path.join("x")).unwrap_err();
         assert!(err.to_string().contains("is a directory"), "{err}");
-        assert!(put(&img, &big_src, "/big.bin/x").is_err());
-        assert!(put(&img, &big_src, "/").is_err());
-        assert!(put(&img, &dir.path.join("nope"), "/x").is_err());
+        assert!(put(&img, &big_src, "/big.bin/x", false).is_err());
+        assert!(put(&img, &big_src, "/", false).is_err());
+        assert!(put(&img, &dir.path.join("nope"), "/x", false).is_err());
         assert!(ls(&img, "/nope").is_err());
         assert!(fsck(&dir.path.join("no.img")).is_err());
 
         let report = fsck(&img).unwrap();
-        assert!(report.clean, "{:?}", report.lines);
+        assert_eq!(report.status, FsckStatus::Clean, "{:?}", report.lines);
         assert!(report.lines.is_empty());
         assert!(
             report.summary.contains("3 files, 3 directories"),
@@ -555,7 +623,7 @@ mod tests {
         bytes[shared as usize * BLOCK_SIZE + 200] ^= 0x5a;
         fs::write(&img, &bytes).unwrap();
         let report = fsck(&img).unwrap();
-        assert!(!report.clean);
+        assert_eq!(report.status, FsckStatus::Corrupt);
         assert!(!report.lines.is_empty());
         assert!(
             report
@@ -572,7 +640,7 @@ mod tests {
         bytes[BLOCK_SIZE + 100] ^= 1;
         fs::write(&img, &bytes).unwrap();
         let report = fsck(&img).unwrap();
-        assert!(!report.clean);
+        assert_eq!(report.status, FsckStatus::Corrupt);
         assert!(report.lines.len() >= 2, "{:?}", report.lines);
         assert!(ls(&img, "/").is_err());
     }
@@ -583,10 +651,10 @@ mod tests {
         let img = dir.path.join("qemu").join("p.img");
         prepare(&img, 8, ImageFormat::Tinyfs, false).unwrap();
         assert_eq!(fs::metadata(&img).unwrap().len(), 8 << 20);
-        assert!(fsck(&img).unwrap().clean);
+        assert!((fsck(&img).unwrap().status == FsckStatus::Clean));
         let src = dir.path.join("f");
         fs::write(&src, b"kept").unwrap();
-        put(&img, &src, "/f").unwrap();
+        put(&img, &src, "/f", false).unwrap();
         // Kept when it exists, made anew when fresh.
         prepare(&img, 8, ImageFormat::Tinyfs, false).unwrap();
         assert_eq!(ls(&img, "/").unwrap().len(), 1);
@@ -594,5 +662,113 @@ mod tests {
         assert!(ls(&img, "/").unwrap().is_empty());
         prepare(&img, 8, ImageFormat::Raw, true).unwrap();
         assert!(fs::read(&img).unwrap().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn fsck_counts_the_filesystems_blocks_not_the_images() {
+        let dir = TempDir::new("count");
+        let img = dir.path.join("p.img");
+        // A profile image: the filesystem leaves the last MiB of the file out.
+        prepare(&img, 8, ImageFormat::Tinyfs, true).unwrap();
+        let report = fsck(&img).unwrap();
+        assert_eq!(report.status, FsckStatus::Clean);
+        assert!(
+            report.summary.ends_with(" of 1792 blocks used"),
+            "{}",
+            report.summary
+        );
+    }
+
+    /// An image of two generations: `/a` in the older, `/b` added by the newest, which
+    /// rewrote one inode-table block; returns the image's bytes and that block.
+    fn two_generations(dir: &TempDir) -> (PathBuf, Vec<u8>, u64) {
+        let img = dir.path.join("fs.img");
+        let src = dir.path.join("src");
+        fs::write(&src, b"data").unwrap();
+        mkfs(&img, 1 << 20, 2).unwrap();
+        put(&img, &src, "/a", false).unwrap();
+        put(&img, &src, "/b", false).unwrap();
+        let bytes = fs::read(&img).unwrap();
+        let (s0, s1) = (superblock(&bytes, 0), superblock(&bytes, 1));
+        let (old, new) = if s0.generation > s1.generation {
+            (s1, s0)
+        } else {
+            (s0, s1)
+        };
+        let only_new = new.table[..2]
+            .iter()
+            .copied()
+            .find(|b| !old.table[..2].contains(b))
+            .unwrap();
+        (img, bytes, only_new)
+    }
+
+    fn exit_status(img: &Path) -> ExitCode {
+        run(ImageCmd::Fsck {
+            image: img.to_owned(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn fsck_exit_status_tells_a_torn_superblock_from_a_corrupt_tree() {
+        let dir = TempDir::new("exit");
+        let (img, bytes, only_new) = two_generations(&dir);
+        assert_eq!(exit_status(&img), ExitCode::SUCCESS);
+        let newest = (0..2)
+            .max_by_key(|&s| superblock(&bytes, s).generation)
+            .unwrap();
+
+        // The newest commit record torn after its first sector.
+        let mut torn = bytes.clone();
+        let o = newest as usize * BLOCK_SIZE;
+        torn[o + 512..o + BLOCK_SIZE].fill(0);
+        fs::write(&img, &torn).unwrap();
+        let report = fsck(&img).unwrap();
+        assert_eq!(report.status, FsckStatus::RolledBackTorn);
+        assert!(
+            report.lines.iter().any(|l| l.contains("FELL BACK")),
+            "{:?}",
+            report.lines
+        );
+        assert!(report.summary.contains("rolled back"), "{}", report.summary);
+        assert_eq!(exit_status(&img), ExitCode::from(2));
+        assert_eq!(ls(&img, "/").unwrap().len(), 1, "only /a: generation 2");
+
+        // A block of the newest tree corrupt.
+        let mut bad = bytes.clone();
+        bad[only_new as usize * BLOCK_SIZE + 300] ^= 0x40;
+        fs::write(&img, &bad).unwrap();
+        let report = fsck(&img).unwrap();
+        assert_eq!(report.status, FsckStatus::RolledBackCorrupt);
+        assert!(
+            report
+                .lines
+                .iter()
+                .any(|l| l.contains(&format!("block {only_new}"))),
+            "{:?}",
+            report.lines
+        );
+        assert_eq!(exit_status(&img), ExitCode::from(3));
+        // Reading works (the older generation); writing needs the rollback accepted.
+        assert_eq!(ls(&img, "/").unwrap().len(), 1);
+        let src = dir.path.join("src");
+        let err = put(&img, &src, "/c", false).unwrap_err();
+        assert!(err.to_string().contains("--accept-rollback"), "{err}");
+        assert!(
+            fs::read(&img).unwrap() == bad,
+            "a refused put writes nothing"
+        );
+        put(&img, &src, "/c", true).unwrap();
+        assert_eq!(exit_status(&img), ExitCode::SUCCESS);
+
+        // A damaged older superblock: corrupt (1), and the newest still mounts.
+        let mut old = bytes.clone();
+        let o = (1 - newest) as usize * BLOCK_SIZE;
+        old[o + 100] ^= 1;
+        fs::write(&img, &old).unwrap();
+        assert_eq!(fsck(&img).unwrap().status, FsckStatus::Corrupt);
+        assert_eq!(exit_status(&img), ExitCode::FAILURE);
+        assert_eq!(ls(&img, "/").unwrap().len(), 2);
     }
 }

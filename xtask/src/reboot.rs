@@ -53,7 +53,9 @@ fn pattern(seed: u64, size: u64) -> Vec<u8> {
 
 /// Whether the reboot test runs on `profile`: a virtio disk on an image file.
 fn applies(profile: &Profile) -> bool {
-    profile.disk == Disk::Virtio && profile.image.is_some()
+    // Not on a read-only disk: the first boot writes.
+    let read_only = profile.drives.iter().any(|d| d.contains("readonly=on"));
+    profile.disk == Disk::Virtio && profile.image.is_some() && !read_only
 }
 
 fn image_path(profile: &Profile) -> PathBuf {

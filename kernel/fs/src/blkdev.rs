@@ -14,7 +14,7 @@ use blk::{
 };
 
 use crate::format::{BLOCK_SIZE, SECTORS_PER_BLOCK};
-use crate::io::{BlockIo, IoError, Run, WriteFlags};
+use crate::io::{BlockIo, IoError, IoErrorKind, Run, WriteFlags};
 
 /// Per-I/O state in front of every filesystem bio.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -68,11 +68,17 @@ impl core::fmt::Debug for BlkDisk {
     }
 }
 
-fn io_err(e: BlkError) -> IoError {
-    match e {
-        BlkError::OutOfRange => IoError::OutOfRange,
-        _ => IoError::Device,
-    }
+/// The error of a bio for `block` that failed with `e`.
+#[cold]
+fn io_err(block: u64, e: BlkError) -> IoError {
+    IoError::new(block, IoErrorKind::from(e))
+}
+
+/// The error of a completed bio: its first block from the front pad.
+#[cold]
+fn bio_err(bio: Option<&Bio>, e: BlkError) -> IoError {
+    let block = bio.and_then(|b| b.front::<FsIo>()).map_or(0, |f| f.block);
+    io_err(block, e)
 }
 
 impl BlkDisk {
@@ -80,7 +86,7 @@ impl BlkDisk {
     ///
     /// `mem` is the span of the [`blk::mem::DmaRegion`] whose bytes are the filesystem's I/O
     /// buffer (given to [`crate::Fs::new`]); every read and write must fall inside it, or fails
-    /// with [`IoError::Device`].
+    /// with [`IoErrorKind::Device`].
     pub fn new(
         dev: &'static dyn BlockDevice,
         ctx: &'static CpuCtx,
@@ -111,8 +117,10 @@ impl BlkDisk {
     /// The segment over `part`, which must lie in the filesystem's I/O memory (`mem`): the
     /// only memory this device does I/O to, so a bio in flight can never name memory that may
     /// be freed or reused.
-    fn segment(&self, part: &[u8]) -> Result<BioVec, IoError> {
-        self.mem.segment_of(part).ok_or(IoError::Device)
+    fn segment(&self, block: u64, part: &[u8]) -> Result<BioVec, IoError> {
+        self.mem
+            .segment_of(part)
+            .ok_or(IoError::new(block, IoErrorKind::Device))
     }
 
     /// A bio for `blocks` blocks from `block` with room for `vecs` segments.
@@ -133,7 +141,7 @@ impl BlkDisk {
         let mut bio = self
             .set
             .alloc(front, op, vecs, Wait::Hook(self.wait))
-            .map_err(io_err)?;
+            .map_err(|e| io_err(block, e))?;
         bio.set_dev(self.dev);
         bio.set_sector(block * SECTORS_PER_BLOCK);
         bio.set_flags(flags);
@@ -158,11 +166,11 @@ impl BlkDisk {
                     continue;
                 }
                 match Pin::new(f).poll(&mut cx) {
-                    Poll::Ready((status, _bio)) => {
+                    Poll::Ready((status, bio)) => {
                         if let Err(e) = status
                             && self.error.is_none()
                         {
-                            self.error = Some(io_err(e));
+                            self.error = Some(bio_err(bio.as_ref(), e));
                         }
                         *slot = None;
                         empty += 1;
@@ -193,11 +201,11 @@ impl BlkDisk {
             for slot in futs.iter_mut() {
                 let Some(f) = slot.as_mut() else { continue };
                 match Pin::new(f).poll(&mut cx) {
-                    Poll::Ready((status, _bio)) => {
+                    Poll::Ready((status, bio)) => {
                         if let Err(e) = status
                             && result.is_ok()
                         {
-                            result = Err(io_err(e));
+                            result = Err(bio_err(bio.as_ref(), e));
                         }
                         *slot = None;
                     }
@@ -268,22 +276,17 @@ impl BlockIo for BlkDisk {
         for r in runs {
             for (i, part) in r.data.chunks(chunk).enumerate() {
                 let blocks = part.len() / BLOCK_SIZE;
-                let mut bio = self.bio(
-                    Op::Write,
-                    r.block + (i * BLOCKS_PER_BIO) as u64,
-                    blocks,
-                    1,
-                    BioFlags::empty(),
-                    false,
-                )?;
+                let at = r.block + (i * BLOCKS_PER_BIO) as u64;
+                let mut bio = self.bio(Op::Write, at, blocks, 1, BioFlags::empty(), false)?;
                 // One segment: the part is contiguous memory (the queue cuts it to its limits).
                 // The device only reads this memory for a write.
-                bio.add_vec(self.segment(part)?).map_err(io_err)?;
+                bio.add_vec(self.segment(at, part)?)
+                    .map_err(|e| io_err(at, e))?;
                 let slot = self
                     .pending
                     .iter()
                     .position(Option::is_none)
-                    .ok_or(IoError::Device)?;
+                    .ok_or(IoError::new(at, IoErrorKind::Device))?;
                 let fut = blk::submit_bio_async(self.ctx, bio);
                 self.pending[slot] = Some((fut, part.as_ptr() as usize, part.len()));
             }
@@ -306,6 +309,10 @@ impl BlockIo for BlkDisk {
         self.blocks
     }
 
+    fn read_only(&self) -> bool {
+        self.dev.read_only()
+    }
+
     fn read(&mut self, block: u64, buf: &mut [u8]) -> Result<(), IoError> {
         crate::io::check_range(self.blocks, block, buf.len())?;
         let chunk = BLOCKS_PER_BIO * BLOCK_SIZE;
@@ -313,18 +320,15 @@ impl BlockIo for BlkDisk {
         let this = &*self;
         let mut parts = buf.chunks_mut(chunk);
         this.submit_all(n, &mut |i| {
-            let part = parts.next().ok_or(IoError::OutOfRange)?;
+            let at = block + (i * BLOCKS_PER_BIO) as u64;
+            let part = parts
+                .next()
+                .ok_or(IoError::new(at, IoErrorKind::OutOfRange))?;
             let blocks = part.len() / BLOCK_SIZE;
-            let mut bio = this.bio(
-                Op::Read,
-                block + (i * BLOCKS_PER_BIO) as u64,
-                blocks,
-                1,
-                BioFlags::empty(),
-                false,
-            )?;
+            let mut bio = this.bio(Op::Read, at, blocks, 1, BioFlags::empty(), false)?;
             // One segment: the part is contiguous memory.
-            bio.add_vec(this.segment(part)?).map_err(io_err)?;
+            bio.add_vec(this.segment(at, part)?)
+                .map_err(|e| io_err(at, e))?;
             Ok(bio)
         })
     }
@@ -351,21 +355,16 @@ impl BlockIo for BlkDisk {
                 if i < k {
                     let part = &r.data[i * chunk..r.data.len().min((i + 1) * chunk)];
                     let blocks = part.len() / BLOCK_SIZE;
-                    let mut bio = this.bio(
-                        Op::Write,
-                        r.block + (i * BLOCKS_PER_BIO) as u64,
-                        blocks,
-                        1,
-                        bf,
-                        commit,
-                    )?;
+                    let at = r.block + (i * BLOCKS_PER_BIO) as u64;
+                    let mut bio = this.bio(Op::Write, at, blocks, 1, bf, commit)?;
                     // One segment (contiguous memory); the device only reads it for a write.
-                    bio.add_vec(this.segment(part)?).map_err(io_err)?;
+                    bio.add_vec(this.segment(at, part)?)
+                        .map_err(|e| io_err(at, e))?;
                     return Ok(bio);
                 }
                 i -= k;
             }
-            Err(IoError::OutOfRange)
+            Err(IoError::new(0, IoErrorKind::OutOfRange))
         })
     }
 }

@@ -1,6 +1,45 @@
 //! The filesystem's error type, apart from the crate root so that every module names it
 //! without depending on the root that re-exports it.
 
+use crate::io::{IoError, IoErrorKind};
+
+/// The filesystem operation a device error happened in (see [`FsError::Io`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoOp {
+    /// Reading a superblock slot (mount, fsck).
+    ReadSuperblock,
+    /// Reading an inode-table block (mount, fsck).
+    ReadInodeTable,
+    /// Reading file data (read, the partial blocks of a write, truncate, fsck).
+    ReadData,
+    /// Writing file data and waiting for it.
+    WriteData,
+    /// File data written behind (an append), reported by a later call.
+    WriteBehind,
+    /// Writing a commit's inode-table blocks.
+    WriteInodeTable,
+    /// Writing the commit record (the superblock, `PREFLUSH | FUA`).
+    WriteSuperblock,
+    /// Writing a new filesystem (mkfs).
+    Format,
+}
+
+impl IoOp {
+    /// A short name for messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            IoOp::ReadSuperblock => "superblock read",
+            IoOp::ReadInodeTable => "inode-table read",
+            IoOp::ReadData => "data read",
+            IoOp::WriteData => "data write",
+            IoOp::WriteBehind => "written-behind data write",
+            IoOp::WriteInodeTable => "inode-table write",
+            IoOp::WriteSuperblock => "commit record (superblock) write",
+            IoOp::Format => "mkfs write",
+        }
+    }
+}
+
 /// Filesystem errors.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,8 +73,16 @@ pub enum FsError {
         /// What was wrong.
         what: &'static str,
     },
-    /// The device failed (the filesystem refuses further changes until remounted).
-    Io,
+    /// The device failed: in which operation, the first block of the failed I/O, and the
+    /// device's error. A failed write fails the instance (see [`FsError::Failed`]).
+    Io {
+        /// What the filesystem was doing.
+        op: IoOp,
+        /// First block of the failed I/O.
+        block: u64,
+        /// The device's error.
+        error: IoErrorKind,
+    },
     /// An earlier write or cache flush failed, so changes made since the last durable commit
     /// may be lost; every operation that would change or commit the filesystem is refused
     /// (reads go on). Remount to recover: the filesystem then holds commit `durable` (or, if
@@ -46,6 +93,9 @@ pub enum FsError {
     },
     /// Mounted read-only.
     ReadOnly,
+    /// The device refuses writes: a read-write mount of a read-only device, or a write the
+    /// device refused as read-only (which fails the instance like any failed write).
+    DeviceReadOnly,
     /// Not mounted.
     NotMounted,
     /// Already mounted.
@@ -65,11 +115,32 @@ impl core::fmt::Display for FsError {
                 write!(f, "corrupt filesystem (block {block}): {what}")
             }
             FsError::Unsupported(what) => write!(f, "unsupported: {what}"),
+            FsError::Io { op, block, error } => {
+                write!(f, "I/O error in {} at block {block}: {error}", op.name())
+            }
+            FsError::DeviceReadOnly => f.write_str("the device is read-only"),
+            FsError::ReadOnly => f.write_str("the filesystem is mounted read-only"),
             FsError::Failed { durable } => write!(
                 f,
                 "filesystem failed after an I/O error: remount; last durable commit {durable}"
             ),
             other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+impl FsError {
+    /// The error for a device failure `e` during `op`: a refused write to a read-only
+    /// device is [`FsError::DeviceReadOnly`].
+    #[cold]
+    pub fn io(op: IoOp, e: IoError) -> FsError {
+        match e.kind {
+            IoErrorKind::ReadOnly => FsError::DeviceReadOnly,
+            error => FsError::Io {
+                op,
+                block: e.block,
+                error,
+            },
         }
     }
 }

@@ -13,8 +13,8 @@ use std::vec::Vec;
 
 use crate::error::FsError;
 use crate::format::BLOCK_SIZE;
-use crate::io::{BlockIo, IoError, Run, WriteFlags, check_range};
-use crate::{Fs, Ino, Kind, MkfsOptions, Problem};
+use crate::io::{BlockIo, IoError, IoErrorKind, Run, WriteFlags, check_range};
+use crate::{Fs, FsckStatus, Ino, Kind, MkfsOptions, Problem};
 
 /// Inode-table blocks of a host instance (the format maximum).
 pub const HOST_IB: usize = 64;
@@ -69,6 +69,7 @@ impl BlockIo for MemDisk {
 pub struct FileDisk {
     file: File,
     blocks: u64,
+    writable: bool,
 }
 
 impl FileDisk {
@@ -76,7 +77,11 @@ impl FileDisk {
     pub fn open(path: &Path, writable: bool) -> std::io::Result<Self> {
         let file = OpenOptions::new().read(true).write(writable).open(path)?;
         let blocks = file.metadata()?.len() / BLOCK_SIZE as u64;
-        Ok(FileDisk { file, blocks })
+        Ok(FileDisk {
+            file,
+            blocks,
+            writable,
+        })
     }
 }
 
@@ -84,26 +89,39 @@ impl BlockIo for FileDisk {
     fn block_count(&self) -> u64 {
         self.blocks
     }
+    fn read_only(&self) -> bool {
+        !self.writable
+    }
     fn read(&mut self, block: u64, buf: &mut [u8]) -> Result<(), IoError> {
         check_range(self.blocks, block, buf.len())?;
+        let failed = |_| IoError::new(block, IoErrorKind::Device);
         self.file
             .seek(SeekFrom::Start(block * BLOCK_SIZE as u64))
-            .map_err(|_| IoError::Device)?;
-        self.file.read_exact(buf).map_err(|_| IoError::Device)
+            .map_err(failed)?;
+        self.file.read_exact(buf).map_err(failed)
     }
     fn write(&mut self, runs: &[Run<'_>], flags: WriteFlags) -> Result<(), IoError> {
+        let first = runs.first().map_or(0, |r| r.block);
+        if !self.writable {
+            return Err(IoError::new(first, IoErrorKind::ReadOnly));
+        }
         if flags.preflush {
-            self.file.sync_data().map_err(|_| IoError::Device)?;
+            self.file
+                .sync_data()
+                .map_err(|_| IoError::new(first, IoErrorKind::Device))?;
         }
         for r in runs {
             check_range(self.blocks, r.block, r.data.len())?;
+            let failed = |_| IoError::new(r.block, IoErrorKind::Device);
             self.file
                 .seek(SeekFrom::Start(r.block * BLOCK_SIZE as u64))
-                .map_err(|_| IoError::Device)?;
-            self.file.write_all(r.data).map_err(|_| IoError::Device)?;
+                .map_err(failed)?;
+            self.file.write_all(r.data).map_err(failed)?;
         }
         if flags.fua {
-            self.file.sync_data().map_err(|_| IoError::Device)?;
+            self.file
+                .sync_data()
+                .map_err(|_| IoError::new(first, IoErrorKind::Device))?;
         }
         Ok(())
     }
@@ -178,13 +196,18 @@ pub struct FsckReport {
 }
 
 impl FsckReport {
-    /// True when no problem was found.
+    /// True when no problem was found (no fallback either).
     pub fn is_clean(&self) -> bool {
-        self.problems.is_empty()
+        self.problems.is_empty() && self.stats.status == FsckStatus::Clean
+    }
+
+    /// The verdict; its [`FsckStatus::code`] is the tool's exit status.
+    pub fn status(&self) -> FsckStatus {
+        self.stats.status
     }
 }
 
-/// `cargo xtask fsck IMAGE`: checks every invariant. Exit non-zero unless `is_clean()`.
+/// `cargo xtask fsck IMAGE`: checks every invariant. Exit status [`FsckReport::status`]'s code.
 pub fn fsck(image: &Path) -> Result<FsckReport, ToolError> {
     let dev = FileDisk::open(image, false)?;
     Ok(fsck_device(dev))
@@ -200,7 +223,7 @@ pub fn fsck_device<D: BlockIo>(dev: D) -> FsckReport {
                 if problems.is_empty() {
                     let what = match e {
                         FsError::Corrupt { what, .. } => what,
-                        FsError::Io => "I/O error",
+                        FsError::Io { .. } => "I/O error",
                         _ => "check could not run",
                     };
                     problems.push(Problem {
@@ -209,7 +232,11 @@ pub fn fsck_device<D: BlockIo>(dev: D) -> FsckReport {
                         what,
                     });
                 }
-                crate::FsckStats::default()
+                crate::FsckStats {
+                    status: FsckStatus::Corrupt,
+                    problems: problems.len() as u32,
+                    ..Default::default()
+                }
             }
         };
         FsckReport { problems, stats }

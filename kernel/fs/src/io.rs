@@ -2,6 +2,8 @@
 //! ordering flags. [`crate::blkdev::BlkDisk`] implements it with `blk` bios; host tools and
 //! tests also have in-memory and file-backed devices.
 
+use blk::BlkError;
+
 use crate::format::BLOCK_SIZE;
 
 /// Ordering flags of a write batch (the bio flags they become).
@@ -35,13 +37,56 @@ pub struct Run<'a> {
     pub data: &'a [u8],
 }
 
-/// Device failures as the filesystem sees them.
+/// What went wrong in a device I/O.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IoError {
-    /// The device reported an error (or refused the request).
+pub enum IoErrorKind {
+    /// The device failed (host devices: the image file's read or write failed).
     Device,
     /// A block past the end of the device.
     OutOfRange,
+    /// The device refuses writes (write-protected or read-only).
+    ReadOnly,
+    /// Any other error of the block layer, as it reported it.
+    Blk(BlkError),
+}
+
+impl From<BlkError> for IoErrorKind {
+    fn from(e: BlkError) -> Self {
+        match e {
+            BlkError::OutOfRange => IoErrorKind::OutOfRange,
+            BlkError::ReadOnly => IoErrorKind::ReadOnly,
+            other => IoErrorKind::Blk(other),
+        }
+    }
+}
+
+impl core::fmt::Display for IoErrorKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            IoErrorKind::Device => f.write_str("device error"),
+            IoErrorKind::OutOfRange => f.write_str("past the end of the device"),
+            IoErrorKind::ReadOnly => f.write_str("device is read-only"),
+            IoErrorKind::Blk(e) => write!(f, "block layer error {e}"),
+        }
+    }
+}
+
+/// A device failure as the filesystem sees it: what went wrong, and the first block of the I/O
+/// that failed (for a batch, of the failed part of it, when the device can tell).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoError {
+    /// First block of the failed I/O.
+    pub block: u64,
+    /// What went wrong.
+    pub kind: IoErrorKind,
+}
+
+impl IoError {
+    /// An error of `kind` on the I/O starting at `block`.
+    pub const fn new(block: u64, kind: IoErrorKind) -> Self {
+        IoError { block, kind }
+    }
 }
 
 /// A block device in filesystem blocks.
@@ -68,16 +113,21 @@ pub trait BlockIo {
     fn drain(&mut self) -> Result<(), IoError> {
         Ok(())
     }
+    /// Whether the device refuses writes (a read-write mount is then refused). Default: no.
+    fn read_only(&self) -> bool {
+        false
+    }
 }
 
 pub(crate) fn check_range(count: u64, block: u64, bytes: usize) -> Result<u64, IoError> {
+    let out = IoError::new(block, IoErrorKind::OutOfRange);
     if !bytes.is_multiple_of(BLOCK_SIZE) {
-        return Err(IoError::OutOfRange);
+        return Err(out);
     }
     let n = (bytes / BLOCK_SIZE) as u64;
     match block.checked_add(n) {
         Some(end) if end <= count => Ok(n),
-        _ => Err(IoError::OutOfRange),
+        _ => Err(out),
     }
 }
 
@@ -99,5 +149,8 @@ impl<T: BlockIo + ?Sized> BlockIo for &mut T {
     }
     fn drain(&mut self) -> Result<(), IoError> {
         (**self).drain()
+    }
+    fn read_only(&self) -> bool {
+        (**self).read_only()
     }
 }

@@ -26,7 +26,10 @@ pub mod host;
 mod tests;
 
 pub use check::Problem;
-pub use error::{FsError, Result};
+pub use error::{FsError, IoOp, Result};
 pub use format::{BLOCK_SIZE, Kind, NAME_MAX};
-pub use fs::{DirEntry, Fs, FsckStats, Ino, MkfsOptions, Mode, Stat, StatFs, WriteBuf};
-pub use io::{BlockIo, IoError, Run, WriteFlags};
+pub use fs::{
+    BadSlot, DirEntry, Fallback, Fs, FsckStats, FsckStatus, Ino, MkfsOptions, Mode, MountOptions,
+    MountReport, Stat, StatFs, WriteBuf,
+};
+pub use io::{BlockIo, IoError, IoErrorKind, Run, WriteFlags};

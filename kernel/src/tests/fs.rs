@@ -1,10 +1,16 @@
 //! tinyfs on the virtio disk: namespace and file operations with remount and fsck, a 4 MiB file
-//! byte for byte, zero-copy writes (`write_buffer`) across a remount, and the two phases of the reboot test (`fs_phase=write`, then
-//! `fs_phase=verify` on the same image after a reboot; `cargo xtask test` runs them with
-//! `ktest=gated` and checks the image on the host afterwards).
+//! byte for byte, zero-copy writes (`write_buffer`) across a remount, a fallback to the
+//! previous generation (torn commit record, corrupt newest tree) that mount and fsck report,
+//! the two phases of the reboot test (`fs_phase=write`, then `fs_phase=verify` on the same
+//! image after a reboot; `cargo xtask test` runs them with `ktest=gated` and checks the image
+//! on the host afterwards), and a read-only disk (`fs_ro=1`, profile `x86_64-virtio-ro`).
 
+use blk::{BioVec, Op, Wait, submit_bio_wait};
 use hal::DmaBuf;
-use tinyfs::{FsError, Ino, Kind};
+use tinyfs::format::Superblock;
+use tinyfs::{
+    BLOCK_SIZE, Fallback, FsError, FsckStatus, Ino, Kind, Mode, MountOptions, MountReport,
+};
 
 use crate::block::{self, virtio};
 use crate::fs::{self, KernelFs, Setup, fill_pattern, pattern_mismatch, with_fs};
@@ -76,6 +82,13 @@ fn names_are(fs: &KernelFs<'_>, path: &str, want: &[&str]) -> TestResult {
 }
 
 fn fsck_clean(fs: &mut KernelFs<'_>) -> TestResult {
+    let status = fsck_status(fs)?;
+    check_eq!(status, FsckStatus::Clean);
+    Ok(())
+}
+
+/// fsck's verdict; a clean verdict must come with no problem.
+fn fsck_status(fs: &mut KernelFs<'_>) -> Result<FsckStatus, Outcome> {
     let mut first = None;
     let stats = ok(
         fs.fsck(&mut |p| {
@@ -84,12 +97,13 @@ fn fsck_clean(fs: &mut KernelFs<'_>) -> TestResult {
         "fsck",
     )?;
     check!(
-        stats.problems == 0,
-        "fsck: {} problems, first {:?}",
+        (stats.problems == 0) == (stats.status == FsckStatus::Clean),
+        "fsck: {:?} with {} problems, first {:?}",
+        stats.status,
         stats.problems,
         first
     );
-    Ok(())
+    Ok(stats.status)
 }
 
 /// Checks that file `path` holds exactly `size` bytes of the pattern of `seed`.
@@ -362,8 +376,9 @@ ktest! {
     #[only_with = "fs_phase=write"]
     fn fs_reboot_phase_write() -> TestResult {
         on_disk(|fs| {
-            let how = ok(fs::mount(fs), "mount (mkfs if blank)")?;
+            let (how, report) = ok(fs::mount(fs), "mount (mkfs if blank)")?;
             check_eq!(how, fs::Mounted::Formatted);
+            check_eq!(report.mode, Mode::ReadWrite);
             ok(fs.mkdir("/reboot"), "mkdir")?;
             ok(fs.mkdir("/reboot/sub"), "mkdir")?;
             let mut buf = scratch(256 << 10)?;
@@ -386,7 +401,12 @@ ktest! {
     fn fs_reboot_phase_verify() -> TestResult {
         on_disk(|fs| {
             // A plain mount: a blank or corrupt disk here is a failure, not a reason to mkfs.
-            ok(fs.mount(false), "mount")?;
+            let r = ok(fs.mount(false), "mount")?;
+            check!(
+                r.fell_back_from.is_none() && r.mode == Mode::ReadWrite,
+                "mount after the reboot: {:?}",
+                r
+            );
             let mut buf = scratch(256 << 10)?;
             let buf = buf.as_mut_slice();
             for (path, seed, size) in REBOOT_FILES {
@@ -395,6 +415,137 @@ ktest! {
             err_is(fs.stat_path(REBOOT_UNSYNCED), FsError::NotFound, "unsynced file")?;
             names_are(fs, "/reboot", &["big.bin", "small.txt", "sub"])?;
             names_are(fs, "/reboot/sub", &["deep.bin"])?;
+            ok(fs.unmount(), "unmount")?;
+            fsck_clean(fs)
+        })
+    }
+}
+
+/// Reads or writes one block of the disk directly, under the filesystem.
+fn raw(op: Op, block: u64, buf: &mut DmaBuf) -> TestResult {
+    let disk = virtio::disk().ok_or(Outcome::Skip("no virtio disk"))?;
+    let mut bio = block::IO_SET
+        .alloc((), op, 1, Wait::Hook(block::wait))
+        .map_err(|e| fail(format_args!("bio: {}", e)))?;
+    bio.set_dev(disk.queue);
+    bio.set_sector(block * 8);
+    // SAFETY: the segment contract: `buf` is DMA memory the caller lends for the call, and this
+    // function waits for the bio (`submit_bio_wait`) before returning on every path.
+    let seg = unsafe { BioVec::new(buf.phys(), BLOCK_SIZE as u32) };
+    bio.add_vec(seg)
+        .map_err(|e| fail(format_args!("segment: {}", e)))?;
+    submit_bio_wait(block::cpu_ctx(), bio, block::wait)
+        .0
+        .map_err(|e| fail(format_args!("raw {:?} of block {}: {}", op, block, e)))
+}
+
+/// The superblock in `slot`, read under the filesystem.
+fn superblock(slot: u64, buf: &mut DmaBuf) -> Result<Superblock, Outcome> {
+    raw(Op::Read, slot, buf)?;
+    let b: &[u8; BLOCK_SIZE] = buf.as_slice()[..BLOCK_SIZE]
+        .try_into()
+        .map_err(|_| fail(format_args!("short buffer")))?;
+    Superblock::decode(b, slot).map_err(|e| fail(format_args!("slot {}: {}", slot, e)))
+}
+
+/// A filesystem of generations 2 (`/a`) and 3 (`/a`, `/b`). Returns the newest superblock's
+/// slot and an inode-table block only it references.
+fn two_generations(fs: &mut KernelFs<'_>, buf: &mut DmaBuf) -> Result<(u64, u64), Outcome> {
+    ok(fs::mkfs(fs), "mkfs")?;
+    ok(fs.mount(false), "mount")?;
+    ok(fs.create("/a"), "create /a")?;
+    ok(fs.sync(), "sync")?;
+    let b = ok(fs.create("/b"), "create /b")?;
+    ok(fs.write(b, 0, b"newest"), "write /b")?;
+    ok(fs.sync(), "sync")?;
+    check_eq!(fs.generation(), 3);
+    ok(fs.unmount(), "unmount")?;
+    let (old, new) = (superblock(0, buf)?, superblock(1, buf)?);
+    check_eq!((old.generation, new.generation), (2, 3));
+    let n = new.inode_blocks as usize;
+    let only_new = new.table[..n]
+        .iter()
+        .copied()
+        .find(|b| !old.table[..n].contains(b))
+        .ok_or_else(|| fail(format_args!("no table block of generation 3 alone")))?;
+    Ok((1, only_new))
+}
+
+fn fell_back(r: &MountReport) -> Result<Fallback, Outcome> {
+    r.fell_back_from
+        .ok_or_else(|| fail(format_args!("mount did not report the fallback: {:?}", r)))
+}
+
+ktest! {
+    fn fs_corrupt_newest_tree_mounts_read_only() -> TestResult {
+        on_disk(|fs| {
+            let mut buf = scratch(BLOCK_SIZE)?;
+            let (_, block) = two_generations(fs, &mut buf)?;
+            raw(Op::Read, block, &mut buf)?;
+            buf.as_mut_slice()[300] ^= 0x40;
+            raw(Op::Write, block, &mut buf)?;
+            let (_, r) = ok(fs::mount(fs), "mount")?;
+            check_eq!((r.generation, r.mode), (2, Mode::ReadOnly));
+            match fell_back(&r)? {
+                Fallback::CorruptTree { generation: 3, block: b, .. } if b == block => {}
+                other => return Err(fail(format_args!("{:?}", other))),
+            }
+            err_is(fs.stat_path("/b"), FsError::NotFound, "the newest file")?;
+            ok(fs.stat_path("/a"), "/a of generation 2")?;
+            err_is(fs.create("/c"), FsError::ReadOnly, "create")?;
+            ok(fs.unmount(), "unmount")?;
+            check_eq!(fsck_status(fs)?, FsckStatus::RolledBackCorrupt);
+            // Accepted: read-write at generation 2; the next commit makes it permanent.
+            let opts = MountOptions { read_only: false, accept_rollback: true };
+            let r = ok(fs.mount_with(opts), "mount accepting the rollback")?;
+            check_eq!((r.generation, r.mode), (2, Mode::ReadWrite));
+            ok(fs.create("/c"), "create /c")?;
+            ok(fs.unmount(), "unmount")?;
+            fsck_clean(fs)
+        })
+    }
+}
+
+ktest! {
+    fn fs_torn_commit_record_falls_back_and_says_so() -> TestResult {
+        on_disk(|fs| {
+            let mut buf = scratch(BLOCK_SIZE)?;
+            let (slot, _) = two_generations(fs, &mut buf)?;
+            // The commit record of generation 3 cut after its first sector.
+            raw(Op::Read, slot, &mut buf)?;
+            buf.as_mut_slice()[512..BLOCK_SIZE].fill(0);
+            raw(Op::Write, slot, &mut buf)?;
+            check_eq!(fsck_status(fs)?, FsckStatus::RolledBackTorn);
+            let (_, r) = ok(fs::mount(fs), "mount")?;
+            check_eq!((r.generation, r.mode), (2, Mode::ReadWrite));
+            match fell_back(&r)? {
+                Fallback::TornSuperblock(s) if s.slot == slot && s.claimed == Some(3) => {}
+                other => return Err(fail(format_args!("{:?}", other))),
+            }
+            err_is(fs.stat_path("/b"), FsError::NotFound, "the lost commit's file")?;
+            ok(fs.create("/c"), "create /c")?;
+            ok(fs.unmount(), "unmount")?;
+            fsck_clean(fs)
+        })
+    }
+}
+
+ktest! {
+    #[only_with = "fs_ro=1"]
+    fn fs_read_only_disk_mounts_read_only() -> TestResult {
+        on_disk(|fs| {
+            let disk = virtio::disk().ok_or(Outcome::Skip("no virtio disk"))?;
+            check!(
+                blk::BlockDevice::read_only(disk.queue),
+                "the profile's disk is read-only, but the queue is not"
+            );
+            err_is(fs.mount(false), FsError::DeviceReadOnly, "read-write mount")?;
+            let (how, r) = ok(fs::mount(fs), "mount")?;
+            check_eq!(how, fs::Mounted::Existing);
+            check_eq!(r.mode, Mode::ReadOnly);
+            check!(r.fell_back_from.is_none(), "{:?}", r);
+            names_are(fs, "/", &[])?;
+            err_is(fs.create("/x"), FsError::ReadOnly, "create")?;
             ok(fs.unmount(), "unmount")?;
             fsck_clean(fs)
         })

@@ -2,8 +2,8 @@
 //! PREFLUSH | FUA. Nothing is overwritten in place, so a crash leaves the last commit intact.
 
 use super::{Fs, Ino, block_mut};
-use crate::error::{FsError, Result};
-use crate::format::{BLOCK_SIZE, SUPER_BLOCKS, Superblock, encode_inode_block};
+use crate::error::{FsError, IoOp, Result};
+use crate::format::{BLOCK_SIZE, GENERATION_LIMIT, SUPER_BLOCKS, Superblock, encode_inode_block};
 use crate::io::{BlockIo, Run, WriteFlags};
 
 /// Most runs one write batch carries.
@@ -25,6 +25,9 @@ impl<D: BlockIo, const IB: usize, const BW: usize> Fs<'_, D, IB, BW> {
             return Ok(());
         }
         let generation = self.sb.generation + 1;
+        if generation >= GENERATION_LIMIT {
+            return Err(FsError::Unsupported("generation counter exhausted"));
+        }
         let mut sb = self.sb;
         sb.generation = generation;
         let ndirty = self.dirty.count_ones() as u64;
@@ -84,9 +87,11 @@ impl<D: BlockIo, const IB: usize, const BW: usize> Fs<'_, D, IB, BW> {
                     data: &self.buf[slot * BLOCK_SIZE..(slot + lens[r]) * BLOCK_SIZE],
                 };
             }
-            if nruns > 0 && self.dev.write(&runs[..nruns], WriteFlags::NONE).is_err() {
+            if nruns > 0
+                && let Err(e) = self.dev.write(&runs[..nruns], WriteFlags::NONE)
+            {
                 self.failed = true;
-                return Err(FsError::Io);
+                return Err(FsError::io(IoOp::WriteInodeTable, e));
             }
         }
         let b = block_mut(self.buf, 0)?;
@@ -95,9 +100,9 @@ impl<D: BlockIo, const IB: usize, const BW: usize> Fs<'_, D, IB, BW> {
             block: Superblock::slot_of(generation),
             data: &self.buf[..BLOCK_SIZE],
         };
-        if self.dev.write(&[run], WriteFlags::COMMIT).is_err() {
+        if let Err(e) = self.dev.write(&[run], WriteFlags::COMMIT) {
             self.failed = true;
-            return Err(FsError::Io);
+            return Err(FsError::io(IoOp::WriteSuperblock, e));
         }
         self.sb = sb;
         self.dirty = 0;

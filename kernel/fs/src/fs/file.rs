@@ -2,7 +2,7 @@
 //! append, truncate, and compacting a fragmented file into one extent.
 
 use super::{BS, Fs, Ino, block_mut, io};
-use crate::error::{FsError, Result};
+use crate::error::{FsError, IoOp, Result};
 use crate::extent::{ExtList, Mapping};
 use crate::format::{BLOCK_SIZE, EXTENTS_PER_INODE, Extent, Inode, MAX_FILE_BLOCKS, MAX_FILE_SIZE};
 use crate::io::{BlockIo, Run, WriteFlags};
@@ -109,7 +109,7 @@ fn read_file_blocks<D: BlockIo>(
             .get_mut((i * BS) as usize..((i + n) * BS) as usize)
             .ok_or(FsError::BufferTooSmall)?;
         match phys {
-            Some(p) => dev.read(p, dst).map_err(io)?,
+            Some(p) => dev.read(p, dst).map_err(io(IoOp::ReadData))?,
             None => dst.fill(0),
         }
         i += n;
@@ -238,9 +238,9 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
             }
             want = want.min(((self.buf.len() - self.ring) / BLOCK_SIZE) as u64);
             let region = &self.buf[self.ring..self.ring + (want * BS) as usize];
-            if self.dev.wait_for(region).is_err() {
+            if let Err(e) = self.dev.wait_for(region) {
                 self.failed = true;
-                return Err(FsError::Io);
+                return Err(FsError::io(IoOp::WriteBehind, e));
             }
             self.ring
         } else {
@@ -295,10 +295,15 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
         } else {
             self.dev.write(&[run], WriteFlags::NONE)
         };
-        if r.is_err() {
+        if let Err(e) = r {
             Self::free_range(&mut self.used, c.phys, c.k);
             self.failed = true;
-            return Err(FsError::Io);
+            let op = if c.behind {
+                IoOp::WriteBehind
+            } else {
+                IoOp::WriteData
+            };
+            return Err(FsError::io(op, e));
         }
         let used = &mut self.used;
         st.ext
@@ -348,10 +353,10 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
                 block: dst + i,
                 data: &self.buf[..(k * BS) as usize],
             };
-            if self.dev.write(&[run], WriteFlags::NONE).is_err() {
+            if let Err(e) = self.dev.write(&[run], WriteFlags::NONE) {
                 Self::free_range(&mut self.used, dst, total);
                 self.failed = true;
-                return Err(FsError::Io);
+                return Err(FsError::io(IoOp::WriteData, e));
             }
             i += k;
         }
@@ -394,23 +399,19 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
                 self.compact(&mut ext)?;
             }
             let b = block_mut(self.buf, 0)?;
-            self.dev.read(old, b).map_err(io)?;
+            self.dev.read(old, b).map_err(io(IoOp::ReadData))?;
             b[(size % BS) as usize..].fill(0);
             let (phys, _) = self.alloc_run(1, self.reserve())?;
-            if self
-                .dev
-                .write(
-                    &[Run {
-                        block: phys,
-                        data: &self.buf[..BLOCK_SIZE],
-                    }],
-                    WriteFlags::NONE,
-                )
-                .is_err()
-            {
+            if let Err(e) = self.dev.write(
+                &[Run {
+                    block: phys,
+                    data: &self.buf[..BLOCK_SIZE],
+                }],
+                WriteFlags::NONE,
+            ) {
                 self.used.clear(phys);
                 self.failed = true;
-                return Err(FsError::Io);
+                return Err(FsError::io(IoOp::WriteData, e));
             }
             let used = &mut self.used;
             ext.punch(fb, fb + 1, &mut |p, l| Self::free_range(used, p, l))

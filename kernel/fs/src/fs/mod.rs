@@ -1,16 +1,18 @@
 //! The filesystem: an [`Fs`] instance, its state and the inode-table accessors every part
 //! uses. The operations live beside it, one concept per file: `mount` (mkfs, mount, fsck,
 //! unmount), `alloc` (block allocation), `dir` (names and directories), `file` (file data,
-//! zero-copy writes) and `commit` (the copy-on-write superblock flip).
+//! zero-copy writes) and `commit` (the copy-on-write superblock flip); `report` holds what
+//! mount and fsck tell their caller.
 
 mod alloc;
 mod commit;
 mod dir;
 mod file;
 mod mount;
+mod report;
 
 use crate::bitmap::Bitmap;
-use crate::error::{FsError, Result};
+use crate::error::{FsError, IoOp, Result};
 use crate::format::{
     BLOCK_SIZE, Block, INODES_PER_BLOCK, Inode, Kind, MAX_INODE_BLOCKS, ROOT_INO, SUPER_BLOCKS,
     Superblock,
@@ -19,7 +21,8 @@ use crate::io::{BlockIo, IoError};
 
 pub use dir::{DirEntry, Stat, StatFs};
 pub use file::WriteBuf;
-pub use mount::{FsckStats, MkfsOptions};
+pub use mount::MkfsOptions;
+pub use report::{BadSlot, Fallback, FsckStats, FsckStatus, MountOptions, MountReport};
 
 const BS: u64 = BLOCK_SIZE as u64;
 
@@ -68,8 +71,9 @@ pub struct Fs<'b, D: BlockIo, const IB: usize, const BW: usize> {
     ring: usize,
 }
 
-fn io(_: IoError) -> FsError {
-    FsError::Io
+/// A map_err adapter: a device error during `op`.
+fn io(op: IoOp) -> impl FnOnce(IoError) -> FsError {
+    move |e| FsError::io(op, e)
 }
 
 fn block_mut(buf: &mut [u8], i: usize) -> Result<&mut Block> {
@@ -106,9 +110,9 @@ impl<'b, D: BlockIo, const IB: usize, const BW: usize> Fs<'b, D, IB, BW> {
     /// those writes fails the instance (changes are refused until it is mounted again).
     fn quiesce(&mut self) -> Result<()> {
         self.ring = 0;
-        if self.dev.drain().is_err() {
+        if let Err(e) = self.dev.drain() {
             self.failed = true;
-            return Err(FsError::Io);
+            return Err(FsError::io(IoOp::WriteBehind, e));
         }
         Ok(())
     }

@@ -1,14 +1,15 @@
 //! Mount, mkfs, fsck and unmount: finding the newest superblock whose tree validates and
 //! loading it into memory.
 
+use super::report::{BadSlot, Fallback, FsckStats, FsckStatus, MountOptions, MountReport};
 use super::{BS, Fs, Mode, block_mut, io};
 use crate::bitmap::Bitmap;
 use crate::check::{self, Problem};
-use crate::error::{FsError, Result};
+use crate::error::{FsError, IoOp, Result};
 use crate::extent::{ExtList, Mapping};
 use crate::format::{
     BLOCK_SIZE, INODES_PER_BLOCK, Inode, Kind, MAX_INODE_BLOCKS, ROOT_INO, SUPER_BLOCKS,
-    Superblock, decode_inode_block, encode_inode_block,
+    Superblock, claimed_generation, decode_inode_block, encode_inode_block,
 };
 use crate::io::{BlockIo, Run, WriteFlags};
 
@@ -30,19 +31,11 @@ impl Default for MkfsOptions {
     }
 }
 
-/// Counts from [`Fs::fsck`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FsckStats {
-    /// Problems reported.
-    pub problems: u32,
-    /// Generation checked.
-    pub generation: u64,
-    /// Files.
-    pub files: u32,
-    /// Directories (root included).
-    pub dirs: u32,
-    /// Blocks in use (superblocks, inode table, data).
-    pub used_blocks: u64,
+/// The outcome of [`Fs::load`].
+struct Loaded {
+    stats: FsckStats,
+    /// The first problem of the tree that was loaded (it then does not mount).
+    first: Option<Problem>,
 }
 
 impl<D: BlockIo, const IB: usize, const BW: usize> Fs<'_, D, IB, BW> {
@@ -95,7 +88,7 @@ impl<D: BlockIo, const IB: usize, const BW: usize> Fs<'_, D, IB, BW> {
                     }],
                     WriteFlags::NONE,
                 )
-                .map_err(io)?;
+                .map_err(io(IoOp::Format))?;
             i += k;
         }
         // Generation 0 in slot 0 and 1 in slot 1, both naming the same table: no older
@@ -119,44 +112,62 @@ impl<D: BlockIo, const IB: usize, const BW: usize> Fs<'_, D, IB, BW> {
                     }],
                     WriteFlags::COMMIT,
                 )
-                .map_err(io)?;
+                .map_err(io(IoOp::Format))?;
         }
         Ok(())
     }
 
-    /// Mounts read-write, or read-only when `read_only` (then nothing is ever written).
-    pub fn mount(&mut self, read_only: bool) -> Result<()> {
+    /// Mounts read-write, or read-only when `read_only` (then nothing is ever written):
+    /// [`Fs::mount_with`] without accepting a rollback.
+    pub fn mount(&mut self, read_only: bool) -> Result<MountReport> {
+        self.mount_with(MountOptions {
+            read_only,
+            accept_rollback: false,
+        })
+    }
+
+    /// Mounts the newest generation whose tree validates and says which one it used and why
+    /// (see [`MountReport`]). When the newest superblock is valid but its tree is not and an
+    /// older generation is used, the mount is read-only unless `opts.accept_rollback`. A
+    /// read-write mount of a device that refuses writes fails with
+    /// [`FsError::DeviceReadOnly`].
+    pub fn mount_with(&mut self, opts: MountOptions) -> Result<MountReport> {
         if self.mode != Mode::Unmounted {
             return Err(FsError::Busy);
         }
-        self.quiesce()?;
-        let mut first: Option<FsError> = None;
-        let r = self.load(&mut |p: Problem| {
-            if first.is_none() {
-                first = Some(FsError::Corrupt {
-                    block: p.block,
-                    what: p.what,
-                });
-            }
-        });
-        match (r, first) {
-            (Err(e), _) => Err(e),
-            (Ok(_), Some(e)) => Err(e),
-            (Ok(_), None) => {
-                self.mode = if read_only {
-                    Mode::ReadOnly
-                } else {
-                    Mode::ReadWrite
-                };
-                self.failed = false;
-                Ok(())
-            }
+        if !opts.read_only && self.dev.read_only() {
+            return Err(FsError::DeviceReadOnly);
         }
+        self.quiesce()?;
+        let loaded = self.load(&mut |_| {})?;
+        if let Some(p) = loaded.first {
+            return Err(FsError::Corrupt {
+                block: p.block,
+                what: p.what,
+            });
+        }
+        let st = loaded.stats;
+        let refuse = matches!(st.fell_back_from, Some(Fallback::CorruptTree { .. }))
+            && !opts.accept_rollback;
+        self.mode = if opts.read_only || refuse {
+            Mode::ReadOnly
+        } else {
+            Mode::ReadWrite
+        };
+        self.failed = false;
+        Ok(MountReport {
+            generation: st.generation,
+            mode: self.mode,
+            fell_back_from: st.fell_back_from,
+            damaged_older: st.damaged_older,
+        })
     }
 
-    /// Checks every invariant of the filesystem on the device and reports each problem. The
-    /// instance must be unmounted and stays so. `Ok` carries the counts (`problems == 0` means
-    /// clean); `Err` means the check could not run (I/O error, instance too small).
+    /// Checks every invariant of the filesystem on the device and reports each problem: every
+    /// metadata block that fails validation, the older superblock slot included, and the
+    /// reasons of a fallback. The instance must be unmounted and stays so. `Ok` carries the
+    /// counts and the verdict ([`FsckStats::status`]); `Err` means the check could not run (I/O
+    /// error, instance too small) or found no superblock.
     pub fn fsck(&mut self, report: &mut dyn FnMut(Problem)) -> Result<FsckStats> {
         if self.mode != Mode::Unmounted {
             return Err(FsError::Busy);
@@ -167,7 +178,9 @@ impl<D: BlockIo, const IB: usize, const BW: usize> Fs<'_, D, IB, BW> {
             problems += 1;
             report(p);
         };
-        let mut stats = self.load(&mut rep)?;
+        let loaded = self.load(&mut rep)?;
+        let mut stats = loaded.stats;
+        let mut bad_tree = loaded.first.is_some();
         // Tail bytes of each file's last block must be zero.
         for ino in 0..self.sb.inode_count() as u32 {
             let n = self.inode(ino);
@@ -177,8 +190,9 @@ impl<D: BlockIo, const IB: usize, const BW: usize> Fs<'_, D, IB, BW> {
             let ext = ExtList::of(&n);
             if let Mapping::Mapped { phys, .. } = ext.lookup(n.size / BS) {
                 let b = block_mut(self.buf, 0)?;
-                self.dev.read(phys, b).map_err(io)?;
+                self.dev.read(phys, b).map_err(io(IoOp::ReadData))?;
                 if b[(n.size % BS) as usize..].iter().any(|&x| x != 0) {
+                    bad_tree = true;
                     rep(Problem {
                         block: phys,
                         ino: Some(ino),
@@ -189,11 +203,24 @@ impl<D: BlockIo, const IB: usize, const BW: usize> Fs<'_, D, IB, BW> {
         }
         self.mode = Mode::Unmounted;
         stats.problems = problems;
+        stats.status = if bad_tree || stats.damaged_older.is_some() {
+            FsckStatus::Corrupt
+        } else {
+            match stats.fell_back_from {
+                None => FsckStatus::Clean,
+                Some(Fallback::TornSuperblock(_)) => FsckStatus::RolledBackTorn,
+                Some(Fallback::CorruptTree { .. }) => FsckStatus::RolledBackCorrupt,
+            }
+        };
         Ok(stats)
     }
 
-    /// Reads both superblock slots and loads the newest one whose tree validates.
-    fn load(&mut self, report: &mut dyn FnMut(Problem)) -> Result<FsckStats> {
+    /// Reads both superblock slots and loads the newest one whose tree validates, falling back
+    /// to the other slot when the newest is unreadable or its tree is not valid. `report` sees
+    /// every problem: a slot that fails validation, the newest tree's problems (also when it
+    /// falls back). When no tree loads cleanly the newest valid superblock's tree stays
+    /// loaded and [`Loaded::first`] is its first problem.
+    fn load(&mut self, report: &mut dyn FnMut(Problem)) -> Result<Loaded> {
         self.check_buf()?;
         if self.dev.block_count() < SUPER_BLOCKS + 2 {
             report(Problem {
@@ -207,75 +234,104 @@ impl<D: BlockIo, const IB: usize, const BW: usize> Fs<'_, D, IB, BW> {
             });
         }
         let mut cands: [Option<Superblock>; 2] = [None, None];
-        let mut why: [&'static str; 2] = [""; 2];
+        let mut bad: [Option<BadSlot>; 2] = [None, None];
         for slot in 0..SUPER_BLOCKS {
             let b = block_mut(self.buf, 0)?;
-            self.dev.read(slot, b).map_err(io)?;
+            self.dev.read(slot, b).map_err(io(IoOp::ReadSuperblock))?;
             match Superblock::decode(b, slot) {
                 Ok(sb) => cands[slot as usize] = Some(sb),
-                Err(e) => why[slot as usize] = e,
-            }
-        }
-        let order = match (cands[0], cands[1]) {
-            (Some(a), Some(b)) if b.generation > a.generation => [1usize, 0],
-            (Some(_), _) => [0, 1],
-            (None, _) => [1, 0],
-        };
-        let mut first_err: Option<(u64, &'static str)> = None;
-        for &slot in &order {
-            let Some(sb) = cands[slot] else { continue };
-            // A dry run first: only a tree with no problem is used; the report sees the problems
-            // of the newest superblock when no slot is clean.
-            let mut bad: Option<(u64, &'static str)> = None;
-            let stats = self.load_tree(&sb, &mut |p| {
-                if bad.is_none() {
-                    bad = Some((p.block, p.what));
-                }
-            })?;
-            match bad {
-                None => {
-                    self.sb = sb;
-                    self.pinned.copy_from(&self.used);
-                    self.dirty = 0;
-                    self.cursor = SUPER_BLOCKS;
-                    return Ok(FsckStats {
-                        generation: sb.generation,
-                        ..stats
-                    });
-                }
-                Some(b) => {
-                    if first_err.is_none() {
-                        first_err = Some(b);
-                    }
+                Err(what) => {
+                    bad[slot as usize] = Some(BadSlot {
+                        slot,
+                        claimed: claimed_generation(b, slot),
+                        what,
+                    })
                 }
             }
         }
-        // Nothing loads cleanly: report in full against the newest valid superblock.
-        if let Some(sb) = order.iter().find_map(|&s| cands[s]) {
-            let stats = self.load_tree(&sb, report)?;
-            self.sb = sb;
-            self.pinned.copy_from(&self.used);
-            self.dirty = 0;
-            let _ = first_err;
-            return Ok(FsckStats {
-                generation: sb.generation,
-                ..stats
+        for s in bad.iter().flatten() {
+            report(Problem {
+                block: s.slot,
+                ino: None,
+                what: s.what,
             });
         }
-        report(Problem {
-            block: 0,
-            ino: None,
-            what: why[0],
-        });
-        report(Problem {
-            block: 1,
-            ino: None,
-            what: why[1],
-        });
-        Err(FsError::Corrupt {
-            block: 0,
-            what: "no valid superblock",
-        })
+        let (newest, older) = match (cands[0], cands[1]) {
+            (Some(a), Some(b)) if b.generation > a.generation => (b, Some(a)),
+            (Some(a), Some(b)) => (a, Some(b)),
+            (Some(a), None) => (a, None),
+            (None, Some(b)) => (b, None),
+            (None, None) => {
+                return Err(FsError::Corrupt {
+                    block: 0,
+                    what: "no valid superblock",
+                });
+            }
+        };
+        let mut stats = FsckStats::default();
+        // The other slot, when it fails: newer (a torn commit record) when its header claims a
+        // newer generation or is unreadable, older otherwise.
+        if let Some(s) = bad[(1 - Superblock::slot_of(newest.generation)) as usize] {
+            match s.claimed {
+                Some(g) if g < newest.generation => stats.damaged_older = Some(s),
+                _ => stats.fell_back_from = Some(Fallback::TornSuperblock(s)),
+            }
+        }
+        let mut first: Option<Problem> = None;
+        let tree = self.load_tree(&newest, &mut |p| {
+            first.get_or_insert(p);
+            report(p);
+        })?;
+        if first.is_none() {
+            return Ok(self.loaded(&newest, tree, stats, None));
+        }
+        if let Some(old) = older {
+            let mut clean = true;
+            let tree = self.load_tree(&old, &mut |_| clean = false)?;
+            if clean {
+                let p = first.unwrap_or(Problem {
+                    block: 0,
+                    ino: None,
+                    what: "",
+                });
+                stats.fell_back_from = Some(Fallback::CorruptTree {
+                    generation: newest.generation,
+                    block: p.block,
+                    ino: p.ino,
+                    what: p.what,
+                });
+                return Ok(self.loaded(&old, tree, stats, None));
+            }
+            // Neither tree is clean: the newest one stays loaded, with its problems.
+            let tree = self.load_tree(&newest, &mut |_| {})?;
+            return Ok(self.loaded(&newest, tree, stats, first));
+        }
+        Ok(self.loaded(&newest, tree, stats, first))
+    }
+
+    /// Makes `sb` (whose tree `load_tree` just loaded) the current generation.
+    fn loaded(
+        &mut self,
+        sb: &Superblock,
+        tree: FsckStats,
+        stats: FsckStats,
+        first: Option<Problem>,
+    ) -> Loaded {
+        self.sb = *sb;
+        self.pinned.copy_from(&self.used);
+        self.dirty = 0;
+        self.cursor = SUPER_BLOCKS;
+        Loaded {
+            stats: FsckStats {
+                generation: sb.generation,
+                block_count: sb.block_count,
+                files: tree.files,
+                dirs: tree.dirs,
+                used_blocks: tree.used_blocks,
+                ..stats
+            },
+            first,
+        }
     }
 
     /// Loads the tree of `sb` into memory, reporting every problem.
@@ -318,7 +374,7 @@ impl<D: BlockIo, const IB: usize, const BW: usize> Fs<'_, D, IB, BW> {
                 continue;
             }
             let b = block_mut(self.buf, 0)?;
-            self.dev.read(at, b).map_err(io)?;
+            self.dev.read(at, b).map_err(io(IoOp::ReadInodeTable))?;
             let Some(dst) = self.inodes.get_mut(i) else {
                 continue;
             };

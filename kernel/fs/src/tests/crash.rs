@@ -4,6 +4,7 @@
 //! never older than the last commit completed before the cut.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::model::{Model, SmallFs, compare, step};
 use super::{Rng, scale};
@@ -58,23 +59,58 @@ fn apply(img: &mut [u8], block: u64, data: &[u8]) {
     img[o..o + data.len()].copy_from_slice(data);
 }
 
-/// Checks one crash image; returns the generation it mounted.
+/// Crash states whose newest superblock slot was torn.
+static TORN: AtomicU64 = AtomicU64::new(0);
+
+/// Checks one crash image; returns the generation it mounted. A crash state is fsck-clean, or
+/// its newest superblock slot is torn (the commit record write was cut): then fsck says it fell
+/// back (and reports nothing else), and so does mount.
 fn check_state(img: Vec<u8>, snaps: &BTreeMap<u64, Model>, min_gen: u64, what: &str) -> u64 {
     let mut disk = MemDisk { data: img };
     let mut buf = vec![0u8; 16 * 1024];
-    {
+    let torn = {
         let mut fs = SmallFs::new(&mut disk, &mut buf);
         let mut problems = Vec::new();
         let st = fs
             .fsck(&mut |p| problems.push(p))
             .unwrap_or_else(|e| panic!("{what}: fsck failed: {e}"));
-        assert!(problems.is_empty(), "{what}: fsck problems {problems:?}");
-        assert_eq!(st.problems, 0);
-    }
+        match st.status {
+            FsckStatus::Clean => {
+                assert!(problems.is_empty(), "{what}: fsck problems {problems:?}");
+                assert_eq!(st.problems, 0);
+                assert_eq!(st.fell_back_from, None);
+                None
+            }
+            FsckStatus::RolledBackTorn => {
+                let Some(Fallback::TornSuperblock(slot)) = st.fell_back_from else {
+                    panic!("{what}: {st:?}");
+                };
+                assert_eq!(
+                    problems,
+                    [Problem {
+                        block: slot.slot,
+                        ino: None,
+                        what: slot.what
+                    }],
+                    "{what}: only the torn slot"
+                );
+                TORN.fetch_add(1, Ordering::Relaxed);
+                Some(slot)
+            }
+            other => panic!("{what}: fsck {other:?}, problems {problems:?}"),
+        }
+    };
     let mut fs = SmallFs::new(&mut disk, &mut buf);
-    fs.mount(true)
+    let report = fs
+        .mount(true)
         .unwrap_or_else(|e| panic!("{what}: mount failed: {e}"));
+    assert_eq!(
+        report.fell_back_from,
+        torn.map(Fallback::TornSuperblock),
+        "{what}: mount and fsck agree"
+    );
     let g = fs.generation();
+    assert_eq!(report.generation, g);
     assert!(
         g >= min_gen,
         "{what}: mounted generation {g} older than durable {min_gen}"
@@ -203,6 +239,8 @@ fn crash_states_mount_clean_with_synced_data() {
     for seed in 0..(12 * scale()) {
         total += crash_workload(seed + 100, 24);
     }
-    println!("crash states checked: {total}");
+    let torn = TORN.load(Ordering::Relaxed);
+    println!("crash states checked: {total}, {torn} with a torn newest superblock");
     assert!(total >= 2000, "only {total} crash states");
+    assert!(torn > 0, "no crash state tore the commit record");
 }

@@ -35,5 +35,6 @@ pub fn scale() -> u64 {
         .max(1)
 }
 mod overblk;
+mod rollback;
 mod tools;
 mod zerocopy;

@@ -30,8 +30,12 @@ struct Env {
 }
 
 fn env(blocks: u64) -> Env {
-    let mem: &'static mut [u8] =
-        Box::leak(vec![0u8; blocks as usize * BLOCK_SIZE].into_boxed_slice());
+    env_over(vec![0u8; blocks as usize * BLOCK_SIZE], false)
+}
+
+/// A RAM disk holding `image` behind a queue (read-only when `read_only`).
+fn env_over(image: Vec<u8>, read_only: bool) -> Env {
+    let mem: &'static mut [u8] = Box::leak(image.into_boxed_slice());
     let limits = QueueLimits::new();
     let disk: &'static RamDisk = leak(RamDisk::new(mem, limits, CompletionMode::Inline));
     let bslabs: &'static BvecSlabs<64, 64, 64, 32, 32, 64> = leak(BvecSlabs::new());
@@ -41,7 +45,11 @@ fn env(blocks: u64) -> Env {
     let q: &'static Queue<64> = leak(Queue::new(
         disk,
         limits,
-        QueueConfig::new(disk.capacity()),
+        {
+            let mut c = QueueConfig::new(disk.capacity());
+            c.read_only = read_only;
+            c
+        },
         split,
     ));
     disk.attach(q);
@@ -147,8 +155,12 @@ fn failed_flush_fails_the_filesystem_until_remount() {
         fs.write(g, 0, &b).unwrap();
         assert_eq!(
             fs.fsync(g),
-            Err(FsError::Io),
-            "the failed flush reaches fsync"
+            Err(FsError::Io {
+                op: IoOp::WriteSuperblock,
+                block: (durable + 1) % 2,
+                error: IoErrorKind::Blk(blk::BlkError::Io)
+            }),
+            "the failed flush reaches fsync, with the operation and block"
         );
         assert_eq!(
             e.q.stats().snapshot().retries,
@@ -191,4 +203,61 @@ fn failed_flush_fails_the_filesystem_until_remount() {
     assert!(e.disk.flushes.load(Ordering::Relaxed) > flushes);
     assert_eq!(fs.generation(), durable + 1);
     fs.unmount().unwrap();
+}
+
+#[test]
+fn read_only_queue_mounts_read_only_with_typed_errors() {
+    use crate::host::MemDisk;
+    use crate::io::{BlockIo, Run, WriteFlags};
+    let mut disk = MemDisk::new(512);
+    let mut buf = vec![0u8; 16 * 1024];
+    {
+        let mut fs = SmallFs::new(&mut disk, &mut buf);
+        fs.mkfs(MkfsOptions {
+            blocks: None,
+            inode_blocks: 2,
+        })
+        .unwrap();
+        fs.mount(false).unwrap();
+        let f = fs.create("/kept").unwrap();
+        fs.write(f, 0, b"read-only").unwrap();
+        fs.unmount().unwrap();
+    }
+    let e = env_over(disk.data, true);
+    let mut io = io_region(64 * 1024);
+    let mut dev = BlkDisk::new(e.q, e.ctx, e.set, spin, io.span()).unwrap();
+    assert!(
+        dev.read_only(),
+        "the queue's read-only flag reaches the filesystem"
+    );
+    // A write reaching the block layer fails at once with a typed error naming its block.
+    let (region, _) = io.as_mut_slice().split_at_mut(BLOCK_SIZE);
+    let err = dev
+        .write(
+            &[Run {
+                block: 7,
+                data: region,
+            }],
+            WriteFlags::NONE,
+        )
+        .unwrap_err();
+    assert_eq!(err, IoError::new(7, IoErrorKind::ReadOnly));
+    assert_eq!(e.q.stats().snapshot().retries, 0);
+    assert_eq!(
+        e.disk.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let mut fs = SmallFs::new(dev, io.as_mut_slice());
+    assert_eq!(fs.mount(false), Err(FsError::DeviceReadOnly));
+    let r = fs.mount(true).unwrap();
+    assert_eq!(r.mode, Mode::ReadOnly);
+    let f = fs.open("/kept").unwrap();
+    let mut out = [0u8; 16];
+    assert_eq!(fs.read(f, 0, &mut out).unwrap(), 9);
+    assert_eq!(&out[..9], b"read-only");
+    assert_eq!(fs.create("/x"), Err(FsError::ReadOnly));
+    fs.unmount().unwrap();
+    let mut problems = Vec::new();
+    let st = fs.fsck(&mut |p| problems.push(p)).unwrap();
+    assert_eq!(st.status, FsckStatus::Clean, "{problems:?}");
 }
