@@ -79,12 +79,18 @@ struct Disk {
     in_flight: fn() -> usize,
     dead: fn() -> bool,
     recovery: fn() -> Recovery,
+    /// The error a request in flight gets from a device or controller reset once the block
+    /// layer's retries are used up (none: the driver replays such requests itself).
+    reset_error: Option<BlkError>,
 }
 
 fn disk() -> Result<Disk, Outcome> {
     if let Some(d) = block::virtio::disk() {
         return Ok(Disk {
             kind: "virtio",
+            reset_error: Some(BlkError::DeviceError(
+                virtio_blk::queue::device_error::RESET,
+            )),
             dev: d.queue,
             depth: virtio_blk::QUEUE_DEPTH,
             stats: || {
@@ -111,6 +117,7 @@ fn disk() -> Result<Disk, Outcome> {
     if let Some(d) = block::nvme::disk() {
         return Ok(Disk {
             kind: "nvme",
+            reset_error: Some(BlkError::DeviceError(nvme::device_error::RESET)),
             dev: d.queue,
             depth: nvme::QUEUE_DEPTH,
             stats: || {
@@ -137,6 +144,7 @@ fn disk() -> Result<Disk, Outcome> {
     if let Some(d) = block::ahci::disk() {
         return Ok(Disk {
             kind: "ahci",
+            reset_error: None,
             dev: d.queue,
             depth: ahci::QUEUE_DEPTH,
             stats: || {
@@ -742,7 +750,7 @@ ktest! {
             match r {
                 Ok(()) => ok += 1,
                 Err(BlkError::Timeout) => timed_out += 1,
-                Err(BlkError::DeviceError(_)) => reset += 1,
+                Err(e) if Some(*e) == d.reset_error => reset += 1,
                 Err(e) => {
                     return Err(fail(format_args!("{}: write {} ended with {:?}", d.kind, i, e)));
                 }
