@@ -12,6 +12,7 @@
 //! | `fault_write_once=S` | the same with `once=on` | every write succeeds after a retry and reads back |
 //! | `fault_flush_once=N` | `N` rules `flush_to_disk`, EIO, `once=on` | the first `N` flushes that reach the medium fail, each at once (never retried to success); the last one under a tinyfs commit, which then fails the filesystem until remount |
 //! | `fault_flush=always` | `flush_to_disk`, EIO | every flush fails; tinyfs refuses to commit |
+//! | `fault_commit_write=S` | `write_aio`, EIO, sector `S` (0 or 8: superblock slot A or B) | after the flush faults, the next tinyfs commit to that slot fails, the filesystem refuses changes until remount, and the remount finds the previous commit, fsck-clean |
 //!
 //! A flush reaches blkdebug only when something was written since the previous one, so each
 //! test writes before it flushes. These tests run gated (`ktest=gated faults`): nothing else
@@ -622,10 +623,49 @@ fn write_then_flush(d: &Disk, page: &DmaBuf) -> Result<Result<(), BlkError>, Out
     Ok(r)
 }
 
-/// A commit whose cache flush fails: the error reaches the caller, every later change is
+/// What makes a commit fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    /// A cache flush.
+    Flush,
+    /// The write of the commit record (the superblock).
+    RecordWrite,
+}
+
+impl Cause {
+    fn what(self) -> &'static str {
+        match self {
+            Cause::Flush => "flush",
+            Cause::RecordWrite => "superblock write",
+        }
+    }
+}
+
+/// With `fault_commit_write=S` (a persistent write error on sector `S`, 0 or 8: the first
+/// sector of superblock slot A or B): commits until the next commit writes that slot, then
+/// checks that this commit fails as [`commit_fails`] says.
+fn record_write_fails(d: &Disk, sector: u64) -> TestResult {
+    check!(
+        sector == 0 || sector == 8,
+        "fault_commit_write={}: not the start of a superblock slot",
+        sector
+    );
+    let slot = sector / 8;
+    with_fs(d, |fs| {
+        fs_ok(fs.mount(false), "mount")?;
+        if (fs.generation() + 1) % 2 != slot {
+            fs_ok(make_file(fs, "/pad", 9), "create /pad")?;
+            fs_ok(fs.sync(), "commit to the other slot")?;
+        }
+        fs_ok(fs.unmount(), "unmount")
+    })?;
+    commit_fails(d, Cause::RecordWrite)
+}
+
+/// A commit whose cache flush (or record write) fails: the error reaches the caller, every later change is
 /// refused with `Failed`, and after a remount the filesystem is consistent and holds the last
 /// durable commit (or the failed one, if its record reached the medium).
-fn commit_fails(d: &Disk) -> TestResult {
+fn commit_fails(d: &Disk, cause: Cause) -> TestResult {
     with_fs(d, |fs| {
         fs_ok(fs.mount(false), "mount")?;
         let durable = fs.generation();
@@ -634,8 +674,10 @@ fn commit_fails(d: &Disk) -> TestResult {
             Err(FsError::Io | FsError::Failed { .. }) => {}
             other => {
                 return Err(fail(format_args!(
-                    "{}: sync with a failing flush: {:?}",
-                    d.kind, other
+                    "{}: sync with a failing {}: {:?}",
+                    d.kind,
+                    cause.what(),
+                    other
                 )));
             }
         }
@@ -644,8 +686,9 @@ fn commit_fails(d: &Disk) -> TestResult {
         check_eq!(fs.sync(), Err(FsError::Failed { durable }));
         check_eq!(fs.unmount(), Err(FsError::Failed { durable }));
         let g = fsck_clean(fs)?;
+        // A failed flush may leave the record on the medium; a failed record write cannot.
         check!(
-            g == durable || g == durable + 1,
+            g == durable || (g == durable + 1 && cause == Cause::Flush),
             "{}: remount finds generation {}, durable was {}",
             d.kind,
             g,
@@ -657,9 +700,10 @@ fn commit_fails(d: &Disk) -> TestResult {
         }
         fs_ok(fs.unmount(), "unmount")?;
         defmt::println!(
-            "faults {=str}: tinyfs commit {=u64} failed on a flush error; remount: generation {=u64}, fsck clean",
+            "faults {=str}: tinyfs commit {=u64} failed on a {=str} error; remount: generation {=u64}, fsck clean",
             d.kind,
             durable + 1,
+            cause.what(),
             g
         );
         Ok(())
@@ -687,7 +731,7 @@ ktest! {
                 );
             }
             // ...the last under a tinyfs commit.
-            commit_fails(&d)?;
+            commit_fails(&d, Cause::Flush)?;
             // The rules are used up: flushes and commits work again.
             check_eq!(write_then_flush(&d, &page)?, Ok(()));
             with_fs(&d, |fs| {
@@ -700,6 +744,15 @@ ktest! {
                 file_is(fs, "/kept", 8)?;
                 fs_ok(fs.unmount(), "unmount")
             })?;
+            // A commit whose record write fails (a persistent error on a superblock slot).
+            if let Some(sector) = cmdline_u64("fault_commit_write")? {
+                record_write_fails(&d, sector)?;
+                with_fs(&d, |fs| {
+                    fs_ok(fs.mount(true), "mount read-only")?;
+                    file_is(fs, "/kept", 8)?;
+                    fs_ok(fs.unmount(), "unmount")
+                })?;
+            }
         } else if always {
             for k in 0..3 {
                 check!(
@@ -709,9 +762,9 @@ ktest! {
                     k
                 );
             }
-            commit_fails(&d)?;
+            commit_fails(&d, Cause::Flush)?;
             // Still failing: a new commit after the remount fails the same way.
-            commit_fails(&d)?;
+            commit_fails(&d, Cause::Flush)?;
         } else {
             return Err(Outcome::Skip("no flush fault in this profile"));
         }
