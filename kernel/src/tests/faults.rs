@@ -7,7 +7,7 @@
 //! | word | blkdebug rule | what the test expects |
 //! |---|---|---|
 //! | `fault_read=S` | `read_aio`, EIO, sector `S` | the bio covering `S` ends with `Io` after the block layer's retries, its neighbours read correct data |
-//! | `fault_read_once=S` | the same with `once=on` | every bio succeeds: the failed read was retried |
+//! | `fault_read_once=S` | the same with `once=on` | every bio succeeds: the failed read was retried (by the block layer, or by the driver's own recovery on AHCI) |
 //! | `fault_write=S` | `write_aio`, EIO, sector `S` | the bio covering `S` ends with `Io` (no false success), its neighbours read back what was written |
 //! | `fault_write_once=S` | the same with `once=on` | every write succeeds after a retry and reads back |
 //! | `fault_flush_once=N` | `N` rules `flush_to_disk`, EIO, `once=on` | the first `N` flushes that reach the medium fail, each at once (never retried to success); the last one under a tinyfs commit, which then fails the filesystem until remount |
@@ -15,10 +15,12 @@
 //! | `fault_commit_write=S` | `write_aio`, EIO, sector `S` (0 or 8: superblock slot A or B) | after the flush faults, the next tinyfs commit to that slot fails, the filesystem refuses changes until remount, and the remount finds the previous commit, fsck-clean |
 //!
 //! A flush reaches blkdebug only when something was written since the previous one, so each
-//! test writes before it flushes. These tests run gated (`ktest=gated faults`): nothing else
-//! touches the disk, so the flushes counted are theirs. The flush test needs a tinyfs image
-//! (`image.format = "tinyfs"`); the sectors above lie in its free space, and the test writes
-//! raw blocks only at [`SCRATCH_SECTOR`] besides them.
+//! test writes before it flushes (`flush_to_disk` and `flush_to_os` both fire for virtio-blk's
+//! flush, NVMe Flush and ATA FLUSH CACHE EXT in QEMU 7.2). These tests run gated
+//! (`ktest=gated faults`): nothing else touches the disk, and only the flush test flushes, so
+//! the flushes counted are its own whatever order the tests run in. It needs a tinyfs image
+//! (`image.format = "tinyfs"`); the read and write fault sectors lie in its free space, and the
+//! tests write raw blocks only there and at [`SCRATCH_SECTOR`].
 //!
 //! Timeouts (`ktest=gated fault_timeout`): the profile throttles the drive
 //! (`throttling.iops-total`) and shortens the block timeouts (`blk_timeout_ms`, see
