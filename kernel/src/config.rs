@@ -1,6 +1,7 @@
 //! Kernel configuration: the sizes, limits and hardware IDs that are data rather than logic,
 //! in one place. Everything is a compile-time constant (the kernel has no heap: pools and the
-//! DMA region are statics sized here).
+//! DMA region are statics sized here), except the request timeouts, which the kernel command
+//! line may shorten ([`block_timeout_ns`]).
 
 // ---- Block layer bio pools (`block::SPLIT_SET`, `block::IO_SET`) ----
 
@@ -50,6 +51,20 @@ pub const NVME_TIMEOUT_NS: u64 = 5_000_000_000;
 pub const AHCI_TIMEOUT_NS: u64 = 5_000_000_000;
 /// Outstanding requests are checked for timeouts at most this often.
 pub const TIMEOUT_SCAN_NS: u64 = 100_000_000;
+/// Kernel command-line key that overrides every disk's request timeout, in milliseconds
+/// (`blk_timeout_ms=200`): the timeout profiles shorten it so that requests held back by a
+/// throttled QEMU drive outlive it. Absent, zero or not a number: the defaults above.
+pub const BLOCK_TIMEOUT_ARG: &str = "blk_timeout_ms";
+
+/// The request timeout of a disk whose default is `default_ns`: `blk_timeout_ms=N` (N > 0) on
+/// the kernel command line replaces it by N milliseconds, for every disk; otherwise the default.
+/// Read once per disk, when its queue is set up.
+pub fn block_timeout_ns(default_ns: u64) -> u64 {
+    crate::boot::cmdline_arg(crate::boot_info().cmdline, BLOCK_TIMEOUT_ARG)
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(default_ns, |ms| ms.saturating_mul(1_000_000))
+}
 
 /// PCI vendor ID of the NVMe controller the kernel drives (QEMU's `nvme`).
 pub const NVME_VENDOR_ID: u16 = 0x1b36;

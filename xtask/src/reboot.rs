@@ -51,11 +51,16 @@ fn pattern(seed: u64, size: u64) -> Vec<u8> {
     out
 }
 
-/// Whether the reboot test runs on `profile`: a virtio disk on an image file.
+/// Whether the reboot test runs on `profile`: a virtio disk on an image file, in a profile that
+/// does not gate its own tests (`ktest=gated`: the fault and timeout profiles leave their disk,
+/// with its injected faults, to those tests).
 fn applies(profile: &Profile) -> bool {
     // Not on a read-only disk: the first boot writes.
     let read_only = profile.drives.iter().any(|d| d.contains("readonly=on"));
-    profile.disk == Disk::Virtio && profile.image.is_some() && !read_only
+    profile.disk == Disk::Virtio
+        && profile.image.is_some()
+        && !read_only
+        && !profile.cmdline.iter().any(|w| w == "ktest=gated")
 }
 
 fn image_path(profile: &Profile) -> PathBuf {

@@ -62,7 +62,7 @@ pub fn probe(polled: bool) {
     let mut cfg = QueueConfig::new(i.identify.sectors());
     cfg.clock = super::clock;
     cfg.wait = Wait::Hook(super::wait);
-    cfg.timeout_ns = config::AHCI_TIMEOUT_NS;
+    cfg.timeout_ns = config::block_timeout_ns(config::AHCI_TIMEOUT_NS);
     let queue = QUEUE.call_once(|| Queue::new(hw, hw.limits(), cfg, &super::SPLIT_SET));
     hw.attach(queue);
     let (irq, attach) = match mode {

@@ -137,7 +137,7 @@ pub fn attach(polled: bool, prefer_sgl: bool) -> Result<Option<&'static NvmeDisk
     qc.read_only = i.read_only;
     qc.clock = super::clock;
     qc.wait = Wait::Hook(super::wait);
-    qc.timeout_ns = config::NVME_TIMEOUT_NS;
+    qc.timeout_ns = config::block_timeout_ns(config::NVME_TIMEOUT_NS);
     let queue = QUEUE.call_once(|| Queue::new(hw, hw.limits(), qc, &super::SPLIT_SET));
     hw.attach(queue);
     if let Some(line) = irq

@@ -50,7 +50,7 @@ pub fn probe(info: &BootInfo, polled: bool) {
     cfg.read_only = hw.info().read_only;
     cfg.clock = super::clock;
     cfg.wait = Wait::Hook(super::wait);
-    cfg.timeout_ns = config::VIRTIO_TIMEOUT_NS;
+    cfg.timeout_ns = config::block_timeout_ns(config::VIRTIO_TIMEOUT_NS);
     let queue = QUEUE.call_once(|| Queue::new(hw, hw.limits(), cfg, &super::SPLIT_SET));
     hw.attach(queue);
     let (irq, attach) = match found {

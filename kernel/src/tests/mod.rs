@@ -3,6 +3,7 @@
 mod ahci;
 mod blockdev;
 mod cpu;
+mod faults;
 mod fs;
 mod nvme;
 mod pci;
