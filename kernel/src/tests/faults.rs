@@ -673,7 +673,7 @@ fn commit_fails(d: &Disk, cause: Cause) -> TestResult {
         let durable = fs.generation();
         fs_ok(make_file(fs, "/lost", 7), "create /lost")?;
         match fs.sync() {
-            Err(FsError::Io | FsError::Failed { .. }) => {}
+            Err(FsError::Io { .. } | FsError::Failed { .. }) => {}
             other => {
                 return Err(fail(format_args!(
                     "{}: sync with a failing {}: {:?}",
