@@ -329,3 +329,78 @@ ktest! {
         full_depth_in_flight(&t)
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Every port with a disk
+
+/// A [`Target`] on another AHCI disk than the first (its counters are not wired: the tests
+/// below only do I/O on it).
+fn target_on(d: &'static AhciDisk) -> Target {
+    Target {
+        dev: d.queue,
+        stats: Default::default,
+        tags_in_use: || 0,
+        depth: ahci::QUEUE_DEPTH,
+        max_request_bytes: d.queue.limits().max_bytes(),
+        irq_count: || 0,
+    }
+}
+
+ktest! {
+    fn ahci_every_port_with_a_disk_is_attached_and_distinct() -> TestResult {
+        let disks: heapless::Vec<&'static AhciDisk, { block::ahci::MAX_DISKS }> =
+            block::ahci::disks().collect();
+        // `ahci_disks=N` on the command line: the profile puts N disks on N ports.
+        let expected: Option<usize> = crate::boot::cmdline_arg(crate::boot_info().cmdline, "ahci_disks")
+            .and_then(|v| v.parse().ok());
+        match expected {
+            Some(n) => check!(disks.len() == n, "{} AHCI disks attached, the profile has {}", disks.len(), n),
+            None if disks.len() < 2 => return Err(Outcome::Skip("one AHCI disk")),
+            None => {}
+        }
+        // Different ports, different drives, different queues.
+        for (i, a) in disks.iter().enumerate() {
+            for b in &disks[i + 1..] {
+                check!(a.hw.port() != b.hw.port(), "two disks on port {}", a.hw.port());
+                check!(
+                    a.hw.model_serial().1 != b.hw.model_serial().1,
+                    "ports {} and {} report the same serial {}",
+                    a.hw.port(),
+                    b.hw.port(),
+                    a.hw.model_serial().1
+                );
+                check!(!core::ptr::eq(a.queue, b.queue), "ports {} and {} share a queue", a.hw.port(), b.hw.port());
+            }
+        }
+        // The same sector of every disk gets its own pattern; each reads back its own, so the
+        // writes went to different media.
+        const SECTOR: u64 = 4096;
+        let mut w = dma(4096)?;
+        for (i, d) in disks.iter().enumerate() {
+            pattern(w.as_mut_slice(), 0xd15c_0000 + i as u32);
+            // SAFETY: `w` is this test's DMA buffer; the call waits for the bio.
+            unsafe { io_ok(&target_on(d), Op::Write, SECTOR, &[(w.phys(), 4096)]) }?;
+        }
+        let r = dma(4096)?;
+        for (i, d) in disks.iter().enumerate() {
+            // SAFETY: `r` is this test's DMA buffer; the call waits for the bio.
+            unsafe { io_ok(&target_on(d), Op::Read, SECTOR, &[(r.phys(), 4096)]) }?;
+            pattern(w.as_mut_slice(), 0xd15c_0000 + i as u32);
+            check!(
+                r.as_slice() == w.as_slice(),
+                "port {}: sector {} does not hold what was written to this disk",
+                d.hw.port(),
+                SECTOR
+            );
+        }
+        // Every disk takes the whole read-back check and a full queue.
+        for d in &disks {
+            let t = target_on(d);
+            readback_start_middle_end(&t)?;
+            full_depth_in_flight(&t)?;
+            check_eq!(d.hw.in_flight(), 0);
+            check!(!d.hw.is_dead(), "port {} dead", d.hw.port());
+        }
+        Ok(())
+    }
+}

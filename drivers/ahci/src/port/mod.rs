@@ -1,7 +1,7 @@
 //! The driver proper: one disk on one port of an AHCI HBA, as a `blk::HwQueue`.
 //!
 //! - [`tracker`]: slot and tag bookkeeping ([`Tracker`]), pure and tested on the host.
-//! - `bringup`: HBA reset, port start and stop, COMRESET, the internal command, IDENTIFY.
+//! - `bringup`: HBA reset ([`Hba`], [`PortStatus`]), port start and stop, COMRESET, the internal command, IDENTIFY.
 //! - `build`: requests to commands in their slots (FIS, header, NCQ or exclusive) and issuing.
 //! - `sgmap`: a request's scatter-gather list into the slot's PRDT.
 //! - `complete`: the interrupt handler and polling, reaping PxSACT/PxCI, delivery by tag.
@@ -28,6 +28,7 @@ use crate::stats::DriverStats;
 
 use build::SlotCmd;
 use complete::NO_DONE;
+pub use bringup::{Hba, PortStatus};
 pub use tracker::{Issue, Recovery, Tracker};
 
 /// How completions are noticed.
@@ -195,6 +196,11 @@ impl Ahci {
     /// Requests the driver holds now.
     pub fn in_flight(&self) -> u32 {
         self.inner.lock().tracker.busy().count_ones()
+    }
+
+    /// The HBA port the disk is on (its bit in the HBA's `IS`, [`Hba::pending`]).
+    pub fn port(&self) -> usize {
+        self.port
     }
 
     /// Whether a reset failed and the port is unusable.
