@@ -24,7 +24,7 @@ use hal::dma::host::{TEST_REGION_BYTES, init_test_region};
 use hal::{DmaBuf, Mmio, PhysAddr};
 
 use crate::regs::{Cap, Ghc, PxCmd, PxIs, Serr, Tfd, hba, port as px};
-use crate::spec::ata;
+use crate::spec::{ata, ata_error, sense};
 
 /// The whole DMA test region as one window, and its base.
 static REGION: OnceLock<(usize, Mmio)> = OnceLock::new();
@@ -78,6 +78,16 @@ pub enum FaultKind {
     Interface,
     /// The command never completes (no FIS, no interrupt); others go on.
     Hang,
+}
+
+/// Write-protected media: how the fake fails every write (WRITE DMA EXT, WRITE FPDMA QUEUED,
+/// TRIM) while it is set ([`FakeHba::set_write_protect`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteProtect {
+    /// The error register's WP bit (with ABRT), in `PxTFD` and in the NCQ log.
+    WpBit,
+    /// ABRT only; the NCQ log carries sense DATA PROTECT / WRITE PROTECTED (NCQ autosense).
+    Sense,
 }
 
 /// A fault on commands of `opcode` (any when `None`) touching `lba` (any when `None`),
@@ -138,8 +148,11 @@ struct State {
     hold: bool,
     /// An interrupt edge not yet taken.
     irq: bool,
-    /// The failed NCQ tag, for the NCQ command error log.
-    ncq_error: Option<u8>,
+    /// The failed NCQ tag, its error register and sense (key, ASC, ASCQ), for the NCQ
+    /// command error log.
+    ncq_error: Option<(u8, u8, [u8; 3])>,
+    /// Writes fail as on write-protected media.
+    write_protect: Option<WriteProtect>,
     /// READ LOG EXT page 10h implemented (QEMU 7.2 does not).
     ncq_log: bool,
     faults: Vec<Fault>,
@@ -205,6 +218,7 @@ impl FakeHba {
                 hold: false,
                 irq: false,
                 ncq_error: None,
+                write_protect: None,
                 ncq_log: true,
                 faults: Vec::new(),
                 log: Vec::new(),
@@ -242,6 +256,11 @@ impl FakeHba {
     /// Whether READ LOG EXT page 10h works (else it is aborted, as QEMU does).
     pub fn set_ncq_log(&self, on: bool) {
         self.st.borrow_mut().ncq_log = on;
+    }
+
+    /// Write-protected media from now on (`None`: writable).
+    pub fn set_write_protect(&self, wp: Option<WriteProtect>) {
+        self.st.borrow_mut().write_protect = wp;
     }
 
     /// Holds issued commands (taken, not run) until [`FakeHba::release`].
@@ -432,7 +451,28 @@ impl FakeHba {
                     )
                 })
                 .collect();
+            let is_write = matches!(
+                opcode,
+                ata::WRITE_FPDMA_QUEUED | ata::WRITE_DMA_EXT | ata::DATA_SET_MANAGEMENT
+            );
+            // The error register and sense data of a failure: UNC on a read, ABRT otherwise;
+            // WP or sense DATA PROTECT for a write to write-protected media.
+            let mut err = if is_write || !ncq && blocks == 0 {
+                ata_error::ABRT
+            } else {
+                ata_error::UNC
+            };
+            let mut sense = [0u8; 3];
+            let wp = if is_write { s.write_protect } else { None };
+            match wp {
+                Some(WriteProtect::WpBit) => err = ata_error::ABRT | ata_error::WP,
+                Some(WriteProtect::Sense) => {
+                    sense = [sense::KEY_DATA_PROTECT, sense::ASC_WRITE_PROTECTED, 0]
+                }
+                None => {}
+            }
             let ok = match e.fault {
+                _ if wp.is_some() => false,
                 Some(FaultKind::Hang) => continue,
                 Some(FaultKind::Interface) => {
                     s.serr |= (Serr::ERR_E | Serr::DIAG_H).bits();
@@ -450,7 +490,7 @@ impl FakeHba {
                 let sdb = dma(fb + 0x58, 8);
                 sdb.write32(
                     0,
-                    0xa1 | 0x40 << 8 | status << 16 | if ok { 0 } else { 0x40 << 24 },
+                    0xa1 | 0x40 << 8 | status << 16 | if ok { 0 } else { (err as u32) << 24 },
                 );
                 if ok {
                     s.sact &= !bit;
@@ -458,8 +498,8 @@ impl FakeHba {
                     self.post(s, PxIs::SDBS);
                 } else {
                     sdb.write32(4, 0);
-                    s.tfd = Tfd::ERR.bits() | Tfd::DRDY.bits() | 0x40 << 8;
-                    s.ncq_error = e.tag;
+                    s.tfd = Tfd::ERR.bits() | Tfd::DRDY.bits() | (err as u32) << 8;
+                    s.ncq_error = e.tag.map(|t| (t, err, sense));
                     s.halted = true;
                     self.post(s, PxIs::SDBS | PxIs::TFES);
                 }
@@ -472,8 +512,8 @@ impl FakeHba {
                     self.post(s, PxIs::DHRS);
                 } else {
                     // Aborted: the slot stays in PxCI, the port stops.
-                    s.tfd = Tfd::ERR.bits() | Tfd::DRDY.bits() | 0x04 << 8;
-                    d2h.write32(0, 0x34 | 0x40 << 8 | 0x51 << 16 | 0x04 << 24);
+                    s.tfd = Tfd::ERR.bits() | Tfd::DRDY.bits() | (err as u32) << 8;
+                    d2h.write32(0, 0x34 | 0x40 << 8 | 0x51 << 16 | (err as u32) << 24);
                     s.halted = true;
                     self.post(s, PxIs::DHRS | PxIs::TFES);
                 }
@@ -524,10 +564,11 @@ impl FakeHba {
                 }
                 let mut page = [0u8; 512];
                 match s.ncq_error.take() {
-                    Some(t) => {
+                    Some((t, err, sense)) => {
                         page[0] = t;
                         page[2] = 0x41;
-                        page[3] = 0x40;
+                        page[3] = err;
+                        page[14..17].copy_from_slice(&sense);
                     }
                     None => page[0] = 0x80,
                 }

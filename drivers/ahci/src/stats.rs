@@ -36,6 +36,10 @@ blk::driver_stats! {
         replays,
         /// Requests that timed out.
         timeouts,
+        /// Writes failed with `ReadOnly` by a recovery: the one the disk reported
+        /// write-protected media for, and the writes waiting behind it (later ones are refused
+        /// by `queue_rq` at once).
+        write_protected,
         /// Largest PRDT built.
         max_prdt_entries,
     }

@@ -461,3 +461,104 @@ fn a_command_that_never_completes_times_out_and_goes_again() {
     assert_eq!(reads, 2);
     e.idle();
 }
+
+/// Write-protected media: four queued writes and a read in flight; every write ends with
+/// `ReadOnly` exactly once and is sent to the device at most once (the failing one, plus those
+/// the error cut off while several were in the port), the read succeeds, and a later write
+/// fails at once without reaching the device.
+fn write_protected(wp: crate::fake::WriteProtect, ncq_log: bool) -> Env {
+    let e = env();
+    e.fake.set_ncq_log(ncq_log);
+    e.fake.set_write_protect(Some(wp));
+    e.fake.set_disk(600, &[0x77; 4096]);
+    let data: Vec<DmaBuf> = (0..4).map(|i| page(i as u8 + 1)).collect();
+    let rd = page(0);
+    e.fake.hold();
+    for (i, d) in data.iter().enumerate() {
+        e.submit(i, Op::Write, BioFlags::empty(), 500 + 8 * i as u64, Some(d));
+    }
+    e.submit(4, Op::Read, BioFlags::empty(), 600, Some(&rd));
+    e.fake.release();
+    e.settle();
+    let mut want: Vec<(usize, BlkStatus)> = (0..4).map(|i| (i, Err(BlkError::ReadOnly))).collect();
+    want.push((4, Ok(())));
+    assert_eq!(e.ends(), want, "writes fail ReadOnly once, the read is served");
+    assert_eq!(rd.as_slice(), &[0x77; 4096]);
+    assert!(e.hw.is_read_only());
+    let writes = |f: &FakeHba| {
+        f.log()
+            .iter()
+            .filter(|c| c.opcode == ata::WRITE_FPDMA_QUEUED || c.opcode == ata::WRITE_DMA_EXT)
+            .count()
+    };
+    let sent = writes(e.fake);
+    assert!((1..=4).contains(&sent), "{sent} writes reached the device");
+    for t in 0..4 {
+        assert_eq!(
+            e.completions(t).iter().filter(|s| s.is_err()).count(),
+            1,
+            "tag {t}: one failure, no retry"
+        );
+    }
+    // From now on a write fails at once; reads and flushes still run.
+    e.ends.lock().unwrap().clear();
+    e.submit(10, Op::Write, BioFlags::empty(), 900, Some(&data[0]));
+    e.submit(11, Op::Flush, BioFlags::empty(), 0, None);
+    e.submit(12, Op::Read, BioFlags::empty(), 600, Some(&rd));
+    e.settle();
+    assert_eq!(
+        e.ends(),
+        vec![(10, Err(BlkError::ReadOnly)), (11, Ok(())), (12, Ok(()))]
+    );
+    assert_eq!(writes(e.fake), sent, "the later write never reached the device");
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(get(&e.hw.stats().write_protected), 4);
+    assert!(!e.hw.is_dead());
+    e.idle();
+    e
+}
+
+#[test]
+fn write_protected_media_wp_bit_named_by_the_ncq_log_fails_writes_read_only() {
+    write_protected(crate::fake::WriteProtect::WpBit, true);
+}
+
+#[test]
+fn write_protected_media_sense_in_the_ncq_log_fails_writes_read_only() {
+    write_protected(crate::fake::WriteProtect::Sense, true);
+}
+
+#[test]
+fn write_protected_media_without_the_ncq_log_fails_writes_read_only() {
+    // QEMU-like: no READ LOG EXT; the suspects go one at a time and the first write alone
+    // in the port is named, with WP in PxTFD.
+    write_protected(crate::fake::WriteProtect::WpBit, false);
+}
+
+#[test]
+fn write_protected_media_on_a_non_queued_write_fails_read_only() {
+    let e = env();
+    e.fake.set_write_protect(Some(crate::fake::WriteProtect::WpBit));
+    let d = page(3);
+    // FUA: WRITE DMA EXT then a flush; the write step fails with WP in PxTFD.
+    e.submit(0, Op::Write, BioFlags::FUA, 700, Some(&d));
+    e.settle();
+    assert_eq!(e.ends(), vec![(0, Err(BlkError::ReadOnly))]);
+    assert_eq!(e.completions(0), vec![Err(BlkError::ReadOnly)]);
+    assert!(e.hw.is_read_only());
+    e.idle();
+}
+
+#[test]
+fn abrt_on_a_write_without_write_protection_stays_an_io_error() {
+    // Sense-only write protection is only in the NCQ log: a non-queued write that fails with
+    // ABRT alone is an I/O error, not ReadOnly.
+    let e = env();
+    e.fake.set_write_protect(Some(crate::fake::WriteProtect::Sense));
+    let d = page(3);
+    e.submit(0, Op::Write, BioFlags::FUA, 700, Some(&d));
+    e.settle();
+    assert_eq!(e.ends(), vec![(0, Err(BlkError::Io))]);
+    assert!(!e.hw.is_read_only());
+    e.idle();
+}

@@ -333,17 +333,38 @@ ktest! {
 // ---------------------------------------------------------------------------------------------
 // Every port with a disk
 
-/// A [`Target`] on another AHCI disk than the first (its counters are not wired: the tests
-/// below only do I/O on it).
-fn target_on(d: &'static AhciDisk) -> Target {
-    Target {
+/// The `N`th attached AHCI disk's queue counters, tags in use and interrupts (for [`Target`]'s
+/// function pointers).
+fn nth_stats<const N: usize>() -> blk::StatsSnapshot {
+    block::ahci::disks().nth(N).map(|d| d.queue.stats().snapshot()).unwrap_or_default()
+}
+fn nth_tags<const N: usize>() -> usize {
+    block::ahci::disks().nth(N).map_or(0, |d| d.queue.tags_in_use())
+}
+fn nth_irqs<const N: usize>() -> u64 {
+    block::ahci::disks().nth(N).map_or(0, |d| d.irq_count())
+}
+
+/// A [`Target`] on the `n`th attached AHCI disk.
+fn target_on(n: usize, d: &'static AhciDisk) -> Result<Target, Outcome> {
+    macro_rules! fns {
+        ($($k:literal)*) => {
+            match n {
+                $($k => (nth_stats::<$k> as fn() -> blk::StatsSnapshot, nth_tags::<$k> as fn() -> usize, nth_irqs::<$k> as fn() -> u64),)*
+                _ => return Err(fail(format_args!("disk {} beyond the limit", n))),
+            }
+        };
+    }
+    const _: () = assert!(block::ahci::MAX_DISKS == 6);
+    let (stats, tags_in_use, irq_count) = fns!(0 1 2 3 4 5);
+    Ok(Target {
         dev: d.queue,
-        stats: Default::default,
-        tags_in_use: || 0,
+        stats,
+        tags_in_use,
         depth: ahci::QUEUE_DEPTH,
         max_request_bytes: d.queue.limits().max_bytes(),
-        irq_count: || 0,
-    }
+        irq_count,
+    })
 }
 
 ktest! {
@@ -379,12 +400,12 @@ ktest! {
         for (i, d) in disks.iter().enumerate() {
             pattern(w.as_mut_slice(), 0xd15c_0000 + i as u32);
             // SAFETY: `w` is this test's DMA buffer; the call waits for the bio.
-            unsafe { io_ok(&target_on(d), Op::Write, SECTOR, &[(w.phys(), 4096)]) }?;
+            unsafe { io_ok(&target_on(i, d)?, Op::Write, SECTOR, &[(w.phys(), 4096)]) }?;
         }
         let r = dma(4096)?;
         for (i, d) in disks.iter().enumerate() {
             // SAFETY: `r` is this test's DMA buffer; the call waits for the bio.
-            unsafe { io_ok(&target_on(d), Op::Read, SECTOR, &[(r.phys(), 4096)]) }?;
+            unsafe { io_ok(&target_on(i, d)?, Op::Read, SECTOR, &[(r.phys(), 4096)]) }?;
             pattern(w.as_mut_slice(), 0xd15c_0000 + i as u32);
             check!(
                 r.as_slice() == w.as_slice(),
@@ -394,8 +415,8 @@ ktest! {
             );
         }
         // Every disk takes the whole read-back check and a full queue.
-        for d in &disks {
-            let t = target_on(d);
+        for (i, d) in disks.iter().enumerate() {
+            let t = target_on(i, d)?;
             readback_start_middle_end(&t)?;
             full_depth_in_flight(&t)?;
             check_eq!(d.hw.in_flight(), 0);

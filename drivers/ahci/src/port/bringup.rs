@@ -219,7 +219,7 @@ impl Ahci {
                 err_is: PxIs::empty(),
                 err_tfd: Tfd::empty(),
                 err_serr: Serr::empty(),
-                dead: false,
+                refuse: 0,
             }),
             queue: CompletionSink::new(),
             unissued: AtomicBool::new(false),

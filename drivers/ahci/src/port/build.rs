@@ -6,7 +6,7 @@ use core::sync::atomic::Ordering;
 
 use blk::{BioFlags, BlkError, Op, PtCmd, QueueRqError, Request, SgEntry};
 
-use super::{Ahci, CL_OFF, Inner};
+use super::{Ahci, CL_OFF, DEAD, Inner};
 use crate::cmd::{H2dFis, HEADER_BYTES, TRIM_OFFSET, header_dw0, trim_ranges};
 use crate::regs::port as px;
 use crate::sg::{Prd, build_prdt, write_prdt};
@@ -198,6 +198,27 @@ impl Ahci {
         self.mem.write32(table + 16, d[4]);
     }
 
+    /// Tags whose current step writes the media (WRITE DMA EXT, WRITE FPDMA QUEUED, TRIM);
+    /// passthrough commands are not counted.
+    pub(super) fn media_writes(inner: &Inner) -> u32 {
+        let mut m = inner.tracker.busy() & !inner.pt;
+        let mut out = 0;
+        while m != 0 {
+            let t = m.trailing_zeros() as u8;
+            m &= m - 1;
+            let c = &inner.cmds[t as usize];
+            let step = inner.tracker.step(t).min(c.nsteps - 1);
+            let write = matches!(
+                c.fis.command,
+                ata::WRITE_DMA_EXT | ata::WRITE_FPDMA_QUEUED | ata::DATA_SET_MANAGEMENT
+            );
+            if c.steps[step as usize] == Step::Main && write {
+                out |= 1 << t;
+            }
+        }
+        out
+    }
+
     /// Writes header and FIS of `tag` at its current step (unless `queue_rq` already did for
     /// the first issue).
     fn load_slot(&self, inner: &mut Inner, tag: u8) {
@@ -230,7 +251,7 @@ impl Ahci {
     /// Issues whatever the tracker allows.
     pub(super) fn issue_ready(&self, inner: &mut Inner) {
         self.unissued.store(false, Ordering::Relaxed);
-        if inner.dead {
+        if inner.refuse & DEAD != 0 {
             return;
         }
         let iss = inner.tracker.next_issue();

@@ -12,17 +12,23 @@ use crate::regs::{PxIs, Serr, Tfd, hba, port as px};
 
 /// Completions collected under the lock, delivered after it: one bit per tag (a tag is in at
 /// most one of the status masks, since the tracker lets every tag leave once). Error kind
-/// [`IO`] fails with `BlkError::Io`, [`DEAD`] with `DeviceError(DEAD)` (the port is dead).
-pub(super) type DoneList = TagMaskBatch<2>;
+/// [`IO`] fails with `BlkError::Io`, [`DEAD`] with `DeviceError(DEAD)` (the port is dead),
+/// [`RO`] with `BlkError::ReadOnly` (write-protected media).
+pub(super) type DoneList = TagMaskBatch<3>;
 
 /// Error kind of a [`DoneList`]: the command failed (`BlkError::Io`).
 pub(super) const IO: usize = 0;
 /// Error kind of a [`DoneList`]: the port is dead (`DeviceError(device_error::DEAD)`).
 pub(super) const DEAD: usize = 1;
+/// Error kind of a [`DoneList`]: a write to write-protected media (`BlkError::ReadOnly`).
+pub(super) const RO: usize = 2;
 
 /// An empty [`DoneList`].
-pub(super) const NO_DONE: DoneList =
-    TagMaskBatch::new([BlkError::Io, BlkError::DeviceError(device_error::DEAD)]);
+pub(super) const NO_DONE: DoneList = TagMaskBatch::new([
+    BlkError::Io,
+    BlkError::DeviceError(device_error::DEAD),
+    BlkError::ReadOnly,
+]);
 
 impl Ahci {
     /// Reaps finished commands; an error stops the port for recovery.

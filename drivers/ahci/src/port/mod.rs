@@ -17,7 +17,9 @@ pub mod tracker;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use blk::driver::CompletionSink;
-use blk::{BlkError, HwQueue, QueueLimits, QueueRqError, Request, TagComplete, TimeoutAction};
+use blk::{
+    BlkError, HwQueue, Op, QueueLimits, QueueRqError, Request, TagComplete, TimeoutAction,
+};
 use hal::{DmaBuf, Mmio};
 use spin::Mutex;
 
@@ -109,7 +111,24 @@ struct Inner {
     err_is: PxIs,
     err_tfd: Tfd,
     err_serr: Serr,
-    dead: bool,
+    /// Why requests are refused before they reach the port ([`DEAD`], [`READ_ONLY`]).
+    refuse: u8,
+}
+
+/// [`Inner::refuse`]: a reset failed, the port is unusable.
+const DEAD: u8 = 1;
+/// [`Inner::refuse`]: the disk reported write-protected media; writes fail at once.
+const READ_ONLY: u8 = 2;
+
+/// Why a request is refused at once, given [`Inner::refuse`] (not 0).
+#[cold]
+#[inline(never)]
+fn refused(refuse: u8, rq: &Request) -> Option<BlkError> {
+    if refuse & DEAD != 0 {
+        return Some(BlkError::DeviceError(device_error::DEAD));
+    }
+    let write = rq.passthrough().is_none() && rq.op().is_write() && rq.op() != Op::Flush;
+    (refuse & READ_ONLY != 0 && write).then_some(BlkError::ReadOnly)
 }
 
 /// Memory layout of the port's DMA buffer.
@@ -205,7 +224,13 @@ impl Ahci {
 
     /// Whether a reset failed and the port is unusable.
     pub fn is_dead(&self) -> bool {
-        self.inner.lock().dead
+        self.inner.lock().refuse & DEAD != 0
+    }
+
+    /// Whether the disk reported write-protected media: writes (and TRIM) then fail at once
+    /// with `BlkError::ReadOnly`; reads, flushes and passthrough commands go on.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.lock().refuse & READ_ONLY != 0
     }
 
     #[inline]
@@ -248,10 +273,10 @@ impl HwQueue for Ahci {
             return Err(QueueRqError::Fatal(BlkError::Io));
         }
         let mut g = self.inner.lock();
-        if g.dead {
-            return Err(QueueRqError::Fatal(BlkError::DeviceError(
-                device_error::DEAD,
-            )));
+        if g.refuse != 0
+            && let Some(e) = refused(g.refuse, rq)
+        {
+            return Err(QueueRqError::Fatal(e));
         }
         if g.tracker.busy() & (1 << tag) != 0 {
             // A block-layer bug: the slot's table belongs to the command in it.
