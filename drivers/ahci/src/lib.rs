@@ -83,4 +83,6 @@ pub mod pt {
 #[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
+mod hostile;
+#[cfg(test)]
 mod tests;

@@ -199,6 +199,8 @@ pub enum NcqErrorLog {
         error: u8,
         /// Sense key, ASC, ASCQ (bytes 14 to 16; zero when the device does no NCQ autosense).
         sense: [u8; 3],
+        /// The failed command's LBA (bytes 4 to 6 and 8 to 10).
+        lba: u64,
     },
     /// The error was not in a queued command (NQ set), or the page is empty.
     NotQueued,
@@ -220,6 +222,10 @@ pub fn parse_ncq_error_log(page: &[u8; 512]) -> NcqErrorLog {
         status: page[2],
         error: page[3],
         sense: [page[14] & 0x0f, page[15], page[16]],
+        lba: [4, 5, 6, 8, 9, 10]
+            .iter()
+            .enumerate()
+            .fold(0, |a, (i, &k)| a | (page[k] as u64) << (8 * i)),
     }
 }
 
@@ -338,6 +344,7 @@ mod tests {
                 status: 0x41,
                 error: 0x40,
                 sense: [0; 3],
+                lba: 0,
             }
         );
         // UNC on a read is bit 6, the bit that means write protected on a write.

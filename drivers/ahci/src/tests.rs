@@ -15,12 +15,12 @@ use crate::fake::{BLOCKS, FakeHba, Fault, FaultKind};
 use crate::spec::ata;
 use crate::{Ahci, Mode, QUEUE_DEPTH};
 
-fn leak<T>(v: T) -> &'static T {
+pub(crate) fn leak<T>(v: T) -> &'static T {
     Box::leak(Box::new(v))
 }
 
 thread_local! {
-    static NOW: Cell<u64> = const { Cell::new(0) };
+    pub(crate) static NOW: Cell<u64> = const { Cell::new(0) };
 }
 
 fn now() -> u64 {
@@ -28,9 +28,9 @@ fn now() -> u64 {
 }
 
 /// The driver's completions, forwarded to the queue.
-struct Recorder {
+pub(crate) struct Recorder {
     q: OnceLock<&'static Queue<QUEUE_DEPTH>>,
-    log: Mutex<Vec<(u16, BlkStatus)>>,
+    pub(crate) log: Mutex<Vec<(u16, BlkStatus)>>,
 }
 
 impl TagComplete for Recorder {
@@ -61,18 +61,27 @@ fn io_end(bio: Bio) {
     }
 }
 
-struct Env {
-    fake: &'static FakeHba,
-    hw: &'static Ahci,
-    q: &'static Queue<QUEUE_DEPTH>,
-    rec: &'static Recorder,
+pub(crate) struct Env {
+    pub(crate) fake: &'static FakeHba,
+    pub(crate) hw: &'static Ahci,
+    pub(crate) q: &'static Queue<QUEUE_DEPTH>,
+    pub(crate) rec: &'static Recorder,
     set: &'static BioSet<Io>,
     ctx: CpuCtx,
-    ends: &'static Mutex<Vec<(usize, BlkStatus)>>,
+    pub(crate) ends: &'static Mutex<Vec<(usize, BlkStatus)>>,
 }
 
 fn env() -> Env {
+    env_with(true)
+}
+
+/// The fake HBA, the driver on it and a queue; `ncq: false` takes NCQ out of the disk's
+/// IDENTIFY data (every read and write is then a non-queued command).
+pub(crate) fn env_with(ncq: bool) -> Env {
     let fake = FakeHba::new();
+    if !ncq {
+        fake.set_identify_word(76, 0);
+    }
     let hw: &'static Ahci = leak(Ahci::new(fake.abar(), Mode::Interrupt).expect("bring-up"));
     let split_slab: &'static BioSlab<(), 64> = leak(BioSlab::new());
     let split = leak(BioSet::new(split_slab, 4, None));
@@ -99,7 +108,7 @@ fn env() -> Env {
 }
 
 /// A page of DMA memory filled with `seed`-dependent bytes (0 for none).
-fn page(seed: u8) -> DmaBuf {
+pub(crate) fn page(seed: u8) -> DmaBuf {
     let mut b = DmaBuf::alloc(4096, 4096).unwrap();
     for (i, v) in b.as_mut_slice().iter_mut().enumerate() {
         *v = if seed == 0 {
@@ -114,7 +123,14 @@ fn page(seed: u8) -> DmaBuf {
 impl Env {
     /// Submits a bio (`buf` its one segment) and lets the device see the registers the
     /// driver wrote.
-    fn submit(&self, id: usize, op: Op, flags: BioFlags, lba: u64, buf: Option<&DmaBuf>) {
+    pub(crate) fn submit(
+        &self,
+        id: usize,
+        op: Op,
+        flags: BioFlags,
+        lba: u64,
+        buf: Option<&DmaBuf>,
+    ) {
         let mut b = self
             .set
             .alloc(
@@ -146,7 +162,7 @@ impl Env {
 
     /// Runs device, interrupt handler, deferred work and requeues until nothing moves; the
     /// device steps after each driver call (it sees register writes one call at a time).
-    fn settle(&self) {
+    pub(crate) fn settle(&self) {
         for _ in 0..20 {
             self.fake.step();
             if self.fake.take_irq() {
@@ -159,19 +175,19 @@ impl Env {
         }
     }
 
-    fn ends(&self) -> Vec<(usize, BlkStatus)> {
+    pub(crate) fn ends(&self) -> Vec<(usize, BlkStatus)> {
         let mut v = self.ends.lock().unwrap().clone();
         v.sort_by_key(|e| e.0);
         v
     }
 
-    fn completions(&self, tag: u16) -> Vec<BlkStatus> {
+    pub(crate) fn completions(&self, tag: u16) -> Vec<BlkStatus> {
         let log = self.rec.log.lock().unwrap();
         log.iter().filter(|e| e.0 == tag).map(|e| e.1).collect()
     }
 
     /// Nothing left anywhere: driver, device, queue.
-    fn idle(&self) {
+    pub(crate) fn idle(&self) {
         assert_eq!(self.hw.in_flight(), 0, "driver holds requests");
         assert_eq!(self.fake.outstanding(), 0, "device holds commands");
         assert_eq!(self.q.tags_in_use(), 0, "queue holds tags");
@@ -482,7 +498,11 @@ fn write_protected(wp: crate::fake::WriteProtect, ncq_log: bool) -> Env {
     e.settle();
     let mut want: Vec<(usize, BlkStatus)> = (0..4).map(|i| (i, Err(BlkError::ReadOnly))).collect();
     want.push((4, Ok(())));
-    assert_eq!(e.ends(), want, "writes fail ReadOnly once, the read is served");
+    assert_eq!(
+        e.ends(),
+        want,
+        "writes fail ReadOnly once, the read is served"
+    );
     assert_eq!(rd.as_slice(), &[0x77; 4096]);
     assert!(e.hw.is_read_only());
     let writes = |f: &FakeHba| {
@@ -510,7 +530,11 @@ fn write_protected(wp: crate::fake::WriteProtect, ncq_log: bool) -> Env {
         e.ends(),
         vec![(10, Err(BlkError::ReadOnly)), (11, Ok(())), (12, Ok(()))]
     );
-    assert_eq!(writes(e.fake), sent, "the later write never reached the device");
+    assert_eq!(
+        writes(e.fake),
+        sent,
+        "the later write never reached the device"
+    );
     let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(get(&e.hw.stats().write_protected), 4);
     assert!(!e.hw.is_dead());
@@ -538,7 +562,8 @@ fn write_protected_media_without_the_ncq_log_fails_writes_read_only() {
 #[test]
 fn write_protected_media_on_a_non_queued_write_fails_read_only() {
     let e = env();
-    e.fake.set_write_protect(Some(crate::fake::WriteProtect::WpBit));
+    e.fake
+        .set_write_protect(Some(crate::fake::WriteProtect::WpBit));
     let d = page(3);
     // FUA: WRITE DMA EXT then a flush; the write step fails with WP in PxTFD.
     e.submit(0, Op::Write, BioFlags::FUA, 700, Some(&d));
@@ -554,11 +579,63 @@ fn abrt_on_a_write_without_write_protection_stays_an_io_error() {
     // Sense-only write protection is only in the NCQ log: a non-queued write that fails with
     // ABRT alone is an I/O error, not ReadOnly.
     let e = env();
-    e.fake.set_write_protect(Some(crate::fake::WriteProtect::Sense));
+    e.fake
+        .set_write_protect(Some(crate::fake::WriteProtect::Sense));
     let d = page(3);
     e.submit(0, Op::Write, BioFlags::FUA, 700, Some(&d));
     e.settle();
     assert_eq!(e.ends(), vec![(0, Err(BlkError::Io))]);
     assert!(!e.hw.is_read_only());
+    e.idle();
+}
+
+#[test]
+fn a_short_non_queued_transfer_is_never_a_success() {
+    // The device reports every non-queued read and write finished, with fewer bytes in PRDBC
+    // than asked (before the check, the driver completed them as successes).
+    let e = env();
+    let d = page(5);
+    e.fake.set_chaos(Some(crate::fake::Chaos {
+        seed: 7,
+        short: 1000,
+        ..Default::default()
+    }));
+    // FUA: WRITE DMA EXT then a flush, never retried after an error.
+    e.submit(0, Op::Write, BioFlags::FUA, 800, Some(&d));
+    e.settle();
+    e.fake.set_chaos(None);
+    assert_eq!(e.ends(), vec![(0, Err(BlkError::Io))]);
+    assert_eq!(e.fake.shorted(), 1);
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(get(&e.hw.stats().short_transfers), 1);
+    let flushes = e
+        .fake
+        .log()
+        .iter()
+        .filter(|c| c.opcode == ata::FLUSH_CACHE_EXT)
+        .count();
+    assert_eq!(flushes, 0, "no flush step after the short write");
+    e.idle();
+}
+
+#[test]
+fn a_short_non_queued_read_is_retried_and_succeeds_only_in_full() {
+    let e = env_with(false);
+    assert!(!e.hw.info().ncq);
+    e.fake.set_disk(808, &[0x3c; 4096]);
+    let b = page(0);
+    e.fake.set_chaos(Some(crate::fake::Chaos {
+        seed: 9,
+        short: 1000,
+        ..Default::default()
+    }));
+    e.submit(0, Op::Read, BioFlags::empty(), 808, Some(&b));
+    // One short try, then a well-behaved device.
+    e.fake.step();
+    e.fake.set_chaos(None);
+    e.settle();
+    assert_eq!(e.ends(), vec![(0, Ok(()))]);
+    assert_eq!(e.completions(0), vec![Err(BlkError::Io), Ok(())]);
+    assert_eq!(b.as_slice(), &[0x3c; 4096]);
     e.idle();
 }

@@ -140,7 +140,10 @@ pub fn probe(polled: bool) -> Result<usize, ProbeError> {
         }
     }
     if no_device != 0 {
-        defmt::println!("ahci: no device on ports {=u32:#x} (bit per port)", no_device);
+        defmt::println!(
+            "ahci: no device on ports {=u32:#x} (bit per port)",
+            no_device
+        );
     }
     if attached > 0 {
         connect_interrupt(f, mode, attached);

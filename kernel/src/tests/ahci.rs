@@ -336,10 +336,15 @@ ktest! {
 /// The `N`th attached AHCI disk's queue counters, tags in use and interrupts (for [`Target`]'s
 /// function pointers).
 fn nth_stats<const N: usize>() -> blk::StatsSnapshot {
-    block::ahci::disks().nth(N).map(|d| d.queue.stats().snapshot()).unwrap_or_default()
+    block::ahci::disks()
+        .nth(N)
+        .map(|d| d.queue.stats().snapshot())
+        .unwrap_or_default()
 }
 fn nth_tags<const N: usize>() -> usize {
-    block::ahci::disks().nth(N).map_or(0, |d| d.queue.tags_in_use())
+    block::ahci::disks()
+        .nth(N)
+        .map_or(0, |d| d.queue.tags_in_use())
 }
 fn nth_irqs<const N: usize>() -> u64 {
     block::ahci::disks().nth(N).map_or(0, |d| d.irq_count())

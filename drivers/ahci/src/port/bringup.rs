@@ -14,9 +14,7 @@ use super::{
 };
 use crate::InitError;
 use crate::cmd::{H2dFis, SLOTS, header_dw0};
-use crate::regs::{
-    Bohc, Cap, Cap2, Ghc, PxCmd, PxIs, Serr, Tfd, hba, port as px, sctl, sig, ssts,
-};
+use crate::regs::{Bohc, Cap, Cap2, Ghc, PxCmd, PxIs, Serr, Tfd, hba, port as px, sctl, sig, ssts};
 use crate::sg::{Prd, write_prdt};
 use crate::spec::{IdentifyInfo, ata, words};
 use crate::stats::DriverStats;

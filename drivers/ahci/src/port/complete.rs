@@ -59,13 +59,21 @@ impl Ahci {
                 inner.tracker.stop();
             }
             self.recovery_pending.store(true, Ordering::Release);
-        } else if inner.tracker.excl_active() != 0
-            && let Some((tag, finished)) = inner.tracker.reap_exclusive(self.pread(px::CI))
-        {
-            if finished {
-                ok |= 1 << tag;
-            } else {
-                self.issue_exclusive(inner, tag);
+        } else if inner.tracker.excl_active() != 0 {
+            let t = inner.tracker.excl_active().trailing_zeros() as u8;
+            let step = inner.tracker.step(t);
+            if let Some((tag, finished)) = inner.tracker.reap_exclusive(self.pread(px::CI)) {
+                if inner.cmds[tag as usize].bytes != 0 && self.short_transfer(inner, tag, step) {
+                    // The device says it finished but moved fewer bytes than asked: never a
+                    // success. The request fails with `Io` (the block layer may retry it).
+                    self.stats.short_transfers.fetch_add(1, Ordering::Relaxed);
+                    inner.tracker.forget(tag);
+                    done.fail(IO, 1 << tag);
+                } else if finished {
+                    ok |= 1 << tag;
+                } else {
+                    self.issue_exclusive(inner, tag);
+                }
             }
         }
         done.ok(ok.into());

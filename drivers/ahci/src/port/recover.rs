@@ -8,7 +8,7 @@ use core::sync::atomic::Ordering;
 use super::complete::{DEAD as DEAD_KIND, DoneList, IO, NO_DONE, RO};
 use super::{Ahci, DEAD, Inner, Mode, READ_ONLY, SCRATCH_OFF};
 use crate::cmd::H2dFis;
-use crate::regs::{PxCmd, Tfd, port as px};
+use crate::regs::{PxCmd, PxIs, Tfd, port as px};
 use crate::spec::{LOG_NCQ_ERROR, NcqErrorLog, ata_error, parse_ncq_error_log};
 
 impl Ahci {
@@ -55,7 +55,12 @@ impl Ahci {
         }
         let log = parse_ncq_error_log(&page);
         match log {
-            NcqErrorLog::Tag { tag, .. } if inner.tracker.active() & (1 << tag) != 0 => {
+            // A log naming a command in the port with its LBA (an older entry of a hostile or
+            // confused device names a tag that has since been reused).
+            NcqErrorLog::Tag { tag, lba, .. }
+                if inner.tracker.active() & (1 << tag) != 0
+                    && inner.cmds[tag as usize].lba() == lba =>
+            {
                 self.stats.log_reads.fetch_add(1, Ordering::Relaxed);
                 Some((1 << tag, log.write_protected()))
             }
@@ -70,6 +75,11 @@ impl Ahci {
         // The internal command below reuses slot 0's header: every slot is written afresh
         // before it is issued again.
         inner.loaded = 0;
+        // The timed-out tag belongs to the block layer again: it leaves before anything is
+        // reaped, so it is not completed here even when the device did finish it.
+        if let Some(t) = timed_out {
+            inner.tracker.forget(t);
+        }
         // Queued commands that finished before the error complete normally.
         let sact = self.pread(px::SACT);
         let ok = if inner.tracker.stopped() || timed_out.is_some() {
@@ -79,20 +89,23 @@ impl Ahci {
         };
         // The failed command, and whether the device said the media is write-protected (the
         // error register's WP bit in PxTFD for the only command, or the NCQ log).
+        // After an interface error PxTFD and the NCQ log may still hold an older command's
+        // status (UNC of a read is the WP bit of a write): only a task-file error is read
+        // there; otherwise the culprit is the only command, or unknown.
+        let device_error = !inner.err_is.intersects(PxIs::INTERFACE_ERRORS);
         let (failed, wp) = match timed_out {
-            Some(t) => {
-                inner.tracker.forget(t);
-                (Some(0), false)
-            }
+            Some(_) => (Some(0), false),
             None => match inner.tracker.obvious_culprit() {
                 Some(m) => {
                     let t = inner.err_tfd;
-                    (Some(m), t.contains(Tfd::ERR) && t.error() & ata_error::WP != 0)
+                    let wp = t.contains(Tfd::ERR) && t.error() & ata_error::WP != 0;
+                    (Some(m), device_error && wp)
                 }
-                None => match self.read_ncq_log(inner) {
+                None if device_error => match self.read_ncq_log(inner) {
                     Some((m, wp)) => (Some(m), wp),
                     None => (None, false),
                 },
+                None => (None, false),
             },
         };
         // Only a write is failed as write-protected (bit 6 is UNC on a read).
