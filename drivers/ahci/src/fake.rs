@@ -611,6 +611,9 @@ impl FakeHba {
             };
             let mut sense = [0u8; 3];
             let wp = if is_write { s.write_protect } else { None };
+            if opcode == ata::GET_MEDIA_STATUS && s.write_protect.is_some() {
+                err = ata_error::WP;
+            }
             match wp {
                 Some(WriteProtect::WpBit) => err = ata_error::ABRT | ata_error::WP,
                 Some(WriteProtect::Sense) => {
@@ -620,6 +623,7 @@ impl FakeHba {
             }
             let ok = match e.fault {
                 _ if wp.is_some() => false,
+                _ if opcode == ata::GET_MEDIA_STATUS => s.write_protect.is_none(),
                 Some(FaultKind::Hang) => continue,
                 Some(FaultKind::Interface) => {
                     s.serr |= (Serr::ERR_E | Serr::DIAG_H).bits();

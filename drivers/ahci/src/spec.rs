@@ -21,6 +21,9 @@ pub mod ata {
     pub const FLUSH_CACHE_EXT: u8 = 0xea;
     /// IDENTIFY DEVICE (PIO data-in, 512 bytes).
     pub const IDENTIFY_DEVICE: u8 = 0xec;
+    /// GET MEDIA STATUS (non-data; removable-media status notification, ATA-4 to ATA-7): ERR
+    /// with the error register's WP bit when the media is write-protected.
+    pub const GET_MEDIA_STATUS: u8 = 0xda;
 }
 
 /// Bits of the ATA error register (`PxTFD` bits 15:8, the NCQ log's error byte).
@@ -84,6 +87,9 @@ pub struct IdentifyInfo {
     pub model: [u8; 40],
     /// Serial number, ASCII.
     pub serial: [u8; 20],
+    /// The removable-media status notification feature set (word 127 bits 1:0 = 01b): GET
+    /// MEDIA STATUS tells whether the media is write-protected.
+    pub media_status: bool,
 }
 
 /// Why IDENTIFY data was refused.
@@ -168,6 +174,7 @@ impl IdentifyInfo {
             trim_max_blocks: if trim { w[105].clamp(1, 8) } else { 0 },
             model: ata_string(w, 27),
             serial: ata_string(w, 10),
+            media_status: w[127] & 3 == 1,
         })
     }
 

@@ -639,3 +639,29 @@ fn a_short_non_queued_read_is_retried_and_succeeds_only_in_full() {
     assert_eq!(b.as_slice(), &[0x3c; 4096]);
     e.idle();
 }
+
+#[test]
+fn write_protected_removable_media_is_read_only_from_bring_up() {
+    // A disk with removable-media status notification (IDENTIFY word 127): GET MEDIA STATUS
+    // at bring-up fails with WP, so the driver says write-protected before any write.
+    let fake = FakeHba::new();
+    fake.set_identify_word(127, 1);
+    fake.set_write_protect(Some(crate::fake::WriteProtect::WpBit));
+    let hw = Ahci::new(fake.abar(), Mode::Interrupt).expect("bring-up");
+    assert!(hw.info().identify.media_status);
+    assert!(hw.info().write_protected);
+    assert!(hw.is_read_only());
+    let ops: Vec<u8> = fake.log().iter().map(|c| c.opcode).collect();
+    assert_eq!(ops, vec![ata::IDENTIFY_DEVICE, ata::GET_MEDIA_STATUS]);
+    assert!(!hw.is_dead());
+    // Writable media: the same question, no write protection.
+    let fake = FakeHba::new();
+    fake.set_identify_word(127, 1);
+    let hw = Ahci::new(fake.abar(), Mode::Interrupt).expect("bring-up");
+    assert!(!hw.info().write_protected && !hw.is_read_only());
+    // Without the feature set the command is not sent.
+    let fake = FakeHba::new();
+    let hw = Ahci::new(fake.abar(), Mode::Interrupt).expect("bring-up");
+    assert!(!hw.info().write_protected);
+    assert_eq!(fake.log().len(), 1);
+}

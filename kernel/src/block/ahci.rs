@@ -164,12 +164,15 @@ fn attach_port(hba: &Hba, port: usize, mode: Mode, n: usize) -> Result<(), ahci:
     cfg.clock = super::clock;
     cfg.wait = Wait::Hook(super::wait);
     cfg.timeout_ns = config::AHCI_TIMEOUT_NS;
+    // Write-protected removable media (GET MEDIA STATUS at bring-up): writes are refused by
+    // the block layer at submission, and the filesystem sees a read-only device.
+    cfg.read_only = i.write_protected;
     let queue = QUEUES[n].call_once(|| Queue::new(hw, hw.limits(), cfg, &super::SPLIT_SET));
     hw.attach(queue);
     let (model, serial) = hw.model_serial();
     let id = &i.identify;
     defmt::println!(
-        "ahci: port {=u8} \"{=str}\" serial \"{=str}\" {=u64} sectors, logical {=u32} physical {=u32}, ncq {=bool} depth {=u8}, write cache {=bool}, trim {=bool}, 64-bit {=bool}",
+        "ahci: port {=u8} \"{=str}\" serial \"{=str}\" {=u64} sectors, logical {=u32} physical {=u32}, ncq {=bool} depth {=u8}, write cache {=bool}, trim {=bool}, 64-bit {=bool}, write-protected {=bool}",
         i.port,
         model,
         serial,
@@ -181,6 +184,7 @@ fn attach_port(hba: &Hba, port: usize, mode: Mode, n: usize) -> Result<(), ahci:
         id.write_cache_enabled,
         id.trim,
         i.addr64,
+        i.write_protected,
     );
     Ok(())
 }

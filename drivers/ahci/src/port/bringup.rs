@@ -16,7 +16,7 @@ use crate::InitError;
 use crate::cmd::{H2dFis, SLOTS, header_dw0};
 use crate::regs::{Bohc, Cap, Cap2, Ghc, PxCmd, PxIs, Serr, Tfd, hba, port as px, sctl, sig, ssts};
 use crate::sg::{Prd, write_prdt};
-use crate::spec::{IdentifyInfo, ata, words};
+use crate::spec::{IdentifyInfo, ata, ata_error, words};
 use crate::stats::DriverStats;
 
 /// What a port of the HBA has behind it, from `PxSSTS.DET` and `PxSIG` after the HBA reset.
@@ -186,6 +186,7 @@ impl Ahci {
             trim_max_blocks: 0,
             model: [b' '; 40],
             serial: [b' '; 20],
+            media_status: false,
         };
         let pregs = abar
             .subregion(hba::PORT_BASE + port * hba::PORT_STRIDE, hba::PORT_STRIDE)
@@ -205,6 +206,7 @@ impl Ahci {
                 ncq: false,
                 ncq_depth: 1,
                 bios_handoff,
+                write_protected: false,
             },
             limits: QueueLimits::new(),
             lbs_shift: 9,
@@ -251,6 +253,22 @@ impl Ahci {
             .map_err(|_| InitError::BadIdentify(crate::spec::IdentifyError::BadSectorSize))?;
         // A power of two (checked by `validate`).
         ahci.lbs_shift = id.logical_sector_size.trailing_zeros();
+        if id.media_status {
+            // Removable media: GET MEDIA STATUS fails with WP when it is write-protected (or
+            // with NM, MC, MCR, ABRT: none of them stop the bring-up). An error stops the
+            // port, which starts again.
+            if let Err(tfd) = ahci.exec_internal(H2dFis::simple(ata::GET_MEDIA_STATUS), None, false)
+            {
+                let t = Tfd::from_bits_retain(tfd);
+                if t.contains(Tfd::ERR) && t.error() & ata_error::WP != 0 {
+                    ahci.info.write_protected = true;
+                    ahci.inner.get_mut().refuse |= super::READ_ONLY;
+                }
+                if !ahci.port_start() {
+                    return Err(InitError::PortStart);
+                }
+            }
+        }
         if mode == Mode::Interrupt {
             ahci.abar.write32(hba::GHC, (Ghc::AE | Ghc::IE).bits());
         }

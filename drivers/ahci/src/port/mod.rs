@@ -73,6 +73,10 @@ pub struct DeviceInfo {
     pub ncq_depth: u8,
     /// The BIOS owned the HBA and handed it over.
     pub bios_handoff: bool,
+    /// GET MEDIA STATUS at bring-up said the media is write-protected (only asked of disks
+    /// with removable-media status notification): the queue should be read-only; the driver
+    /// refuses writes with `ReadOnly` either way.
+    pub write_protected: bool,
 }
 
 impl DeviceInfo {
@@ -354,6 +358,7 @@ mod tests {
             ncq: true,
             ncq_depth: 32,
             bios_handoff: false,
+            write_protected: false,
         };
         let l = info.queue_limits();
         l.validate().unwrap();
