@@ -226,6 +226,7 @@ impl Ahci {
             pending_is: AtomicU32::new(0),
             reap_pending: AtomicBool::new(false),
             recovery_pending: AtomicBool::new(false),
+            ro_done: AtomicU32::new(0),
             stats: DriverStats::new(),
         };
         ahci.info.version = hba.version;

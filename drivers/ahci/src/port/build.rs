@@ -26,9 +26,6 @@ pub(super) enum Step {
 pub(super) struct SlotCmd {
     fis: H2dFis,
     dw0: u32,
-    /// Bytes the data step moves when the device reports its count (PRDBC of a non-queued
-    /// read or write); 0: not checked.
-    pub(super) bytes: u32,
     steps: [Step; 3],
     nsteps: u8,
 }
@@ -48,7 +45,6 @@ impl SlotCmd {
             count: 0,
         },
         dw0: 0,
-        bytes: 0,
         steps: [Step::Main; 3],
         nsteps: 1,
     };
@@ -98,8 +94,6 @@ impl Ahci {
                     H2dFis::dma_ext(write, lba, blocks)
                 };
                 c.dw0 = header_dw0(write, np as u16);
-                // PRDBC is only defined for non-queued commands.
-                c.bytes = if ncq { 0 } else { bytes };
                 let mut k = 0;
                 if pre {
                     c.steps[k] = Step::Flush;
@@ -123,7 +117,6 @@ impl Ahci {
             }
             Op::Flush => {
                 let c = &mut inner.cmds[tag];
-                c.bytes = 0;
                 c.steps[0] = Step::Flush;
                 c.nsteps = 1;
                 Ok((false, 1))
@@ -143,7 +136,6 @@ impl Ahci {
                 let c = &mut inner.cmds[tag];
                 c.fis = H2dFis::trim(1);
                 c.dw0 = header_dw0(true, 1);
-                c.bytes = 0;
                 c.steps[0] = Step::Main;
                 c.nsteps = 1;
                 self.stats.trims.fetch_add(1, Ordering::Relaxed);
@@ -187,7 +179,6 @@ impl Ahci {
             count: pt.args[1] as u16,
         };
         c.dw0 = header_dw0(pt.write, n);
-        c.bytes = 0;
         c.steps[0] = Step::Main;
         c.nsteps = 1;
         Ok((false, 1))
@@ -213,14 +204,25 @@ impl Ahci {
     }
 
     /// Whether the step of `tag` that just finished (`step`, before the tracker moved on) is
-    /// a data transfer the device reported short: its PRDBC (command header dword 1, cleared
-    /// when the header was written) is not the request's byte count.
-    #[cold]
+    /// a non-queued read or write (READ/WRITE DMA EXT; PRDBC is not defined for NCQ commands)
+    /// the device reported short: its PRDBC (command header dword 1, cleared when the header
+    /// was written) is not the command's byte count.
+    #[inline(never)]
     pub(super) fn short_transfer(&self, inner: &Inner, tag: u8, step: u8) -> bool {
         let c = &inner.cmds[tag as usize];
         let step = step.min(c.nsteps - 1);
-        c.steps[step as usize] == Step::Main
-            && self.mem.read32(CL_OFF + tag as usize * HEADER_BYTES + 4) != c.bytes
+        if c.steps[step as usize] != Step::Main
+            || inner.pt & (1 << tag) != 0
+            || !matches!(c.fis.command, ata::READ_DMA_EXT | ata::WRITE_DMA_EXT)
+        {
+            return false;
+        }
+        let blocks = if c.fis.count == 0 {
+            65536
+        } else {
+            c.fis.count as u32
+        };
+        self.mem.read32(CL_OFF + tag as usize * HEADER_BYTES + 4) != blocks << self.lbs_shift
     }
 
     /// Tags whose current step writes the media (WRITE DMA EXT, WRITE FPDMA QUEUED, TRIM);

@@ -12,23 +12,19 @@ use crate::regs::{PxIs, Serr, Tfd, hba, port as px};
 
 /// Completions collected under the lock, delivered after it: one bit per tag (a tag is in at
 /// most one of the status masks, since the tracker lets every tag leave once). Error kind
-/// [`IO`] fails with `BlkError::Io`, [`DEAD`] with `DeviceError(DEAD)` (the port is dead),
-/// [`RO`] with `BlkError::ReadOnly` (write-protected media).
-pub(super) type DoneList = TagMaskBatch<3>;
+/// [`IO`] fails with `BlkError::Io`, [`DEAD`] with `DeviceError(DEAD)` (the port is dead).
+/// Writes failed as write-protected go through [`Ahci::deliver_read_only`] instead (recovery
+/// only), so the batch of every completion stays this small.
+pub(super) type DoneList = TagMaskBatch<2>;
 
 /// Error kind of a [`DoneList`]: the command failed (`BlkError::Io`).
 pub(super) const IO: usize = 0;
 /// Error kind of a [`DoneList`]: the port is dead (`DeviceError(device_error::DEAD)`).
 pub(super) const DEAD: usize = 1;
-/// Error kind of a [`DoneList`]: a write to write-protected media (`BlkError::ReadOnly`).
-pub(super) const RO: usize = 2;
 
 /// An empty [`DoneList`].
-pub(super) const NO_DONE: DoneList = TagMaskBatch::new([
-    BlkError::Io,
-    BlkError::DeviceError(device_error::DEAD),
-    BlkError::ReadOnly,
-]);
+pub(super) const NO_DONE: DoneList =
+    TagMaskBatch::new([BlkError::Io, BlkError::DeviceError(device_error::DEAD)]);
 
 impl Ahci {
     /// Reaps finished commands; an error stops the port for recovery.
@@ -63,7 +59,7 @@ impl Ahci {
             let t = inner.tracker.excl_active().trailing_zeros() as u8;
             let step = inner.tracker.step(t);
             if let Some((tag, finished)) = inner.tracker.reap_exclusive(self.pread(px::CI)) {
-                if inner.cmds[tag as usize].bytes != 0 && self.short_transfer(inner, tag, step) {
+                if self.short_transfer(inner, tag, step) {
                     // The device says it finished but moved fewer bytes than asked: never a
                     // success. The request fails with `Io` (the block layer may retry it).
                     self.stats.short_transfers.fetch_add(1, Ordering::Relaxed);
@@ -100,6 +96,20 @@ impl Ahci {
             }
             done = NO_DONE;
             self.reap_locked(&mut guard, &mut done);
+        }
+    }
+
+    /// Completes the writes a recovery failed as write-protected (`BlkError::ReadOnly`),
+    /// with the lock not held.
+    #[cold]
+    pub(super) fn deliver_read_only(&self) {
+        let mut m = self.ro_done.swap(0, Ordering::AcqRel);
+        while m != 0 {
+            let tag = m.trailing_zeros();
+            m &= m - 1;
+            self.queue.complete(tag as u16, Err(BlkError::ReadOnly));
+            self.stats.completions.fetch_add(1, Ordering::Relaxed);
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -165,6 +165,9 @@ pub struct Ahci {
     pending_is: AtomicU32,
     reap_pending: AtomicBool,
     recovery_pending: AtomicBool,
+    /// Tags a recovery failed as writes to write-protected media, to complete with
+    /// `BlkError::ReadOnly` after the lock is dropped.
+    ro_done: AtomicU32,
     stats: DriverStats,
 }
 

@@ -5,7 +5,7 @@
 
 use core::sync::atomic::Ordering;
 
-use super::complete::{DEAD as DEAD_KIND, DoneList, IO, NO_DONE, RO};
+use super::complete::{DEAD as DEAD_KIND, DoneList, IO, NO_DONE};
 use super::{Ahci, DEAD, Inner, Mode, READ_ONLY, SCRATCH_OFF};
 use crate::cmd::H2dFis;
 use crate::regs::{PxCmd, PxIs, Tfd, port as px};
@@ -27,6 +27,9 @@ impl Ahci {
                 self.recover(&mut g, None, &mut done);
             }
             self.unlock_and_deliver(g, done);
+            if self.ro_done.load(Ordering::Acquire) != 0 {
+                self.deliver_read_only();
+            }
         }
     }
 
@@ -145,7 +148,8 @@ impl Ahci {
         }
         done.ok(ok.into());
         done.fail(IO, (r.failed & !ro).into());
-        done.fail(RO, ro.into());
+        // Delivered by `deferred` once the lock is dropped (a timeout never sets `ro`).
+        self.ro_done.fetch_or(ro, Ordering::AcqRel);
         done.mark_pt(((ok | r.failed) & inner.pt).into());
         if inner.refuse & DEAD != 0 {
             let mut rest = inner.tracker.busy();
