@@ -665,3 +665,45 @@ fn write_protected_removable_media_is_read_only_from_bring_up() {
     assert!(!hw.info().write_protected);
     assert_eq!(fake.log().len(), 1);
 }
+
+#[test]
+fn every_implemented_port_is_told_apart() {
+    use crate::regs::{hba, port as px, sig};
+    use crate::{Hba, PortStatus};
+    let fake = FakeHba::new();
+    // Ports 0 to 6 implemented, 7 not: the fake's disk on port 0; the others' registers are
+    // plain memory the test fills (after the HBA reset, which only touches port 0).
+    let abar = fake.abar();
+    abar.write32(hba::PI, 0x7f);
+    let set = |p: usize, ssts: u32, s: u32| {
+        let base = hba::PORT_BASE + p * hba::PORT_STRIDE;
+        abar.write32(base + px::SSTS, ssts);
+        abar.write32(base + px::SIG, s);
+    };
+    set(1, 0x000, sig::NONE);
+    set(2, 0x123, sig::ATAPI);
+    set(3, 0x001, sig::NONE);
+    set(4, 0x123, sig::PORT_MULTIPLIER);
+    set(5, 0x123, sig::SEMB);
+    set(6, 0x123, sig::ATA);
+    set(7, 0x123, sig::ATA);
+    let h = Hba::new(fake.abar()).expect("HBA");
+    assert_eq!(h.port_status(0), PortStatus::Disk);
+    assert_eq!(h.port_status(1), PortStatus::NoDevice);
+    assert_eq!(h.port_status(2), PortStatus::Atapi);
+    assert_eq!(h.port_status(3), PortStatus::LinkDown(1));
+    assert_eq!(h.port_status(4), PortStatus::PortMultiplier);
+    assert_eq!(h.port_status(5), PortStatus::Other(sig::SEMB));
+    assert_eq!(h.port_status(6), PortStatus::Disk);
+    assert_eq!(h.port_status(7), PortStatus::NotImplemented, "not in PI");
+    assert_eq!(h.port_status(40), PortStatus::NotImplemented);
+    assert_eq!(h.disk_ports(), 0b100_0001);
+    // A port without a disk is refused before anything is touched; port 0 comes up.
+    assert_eq!(
+        Ahci::on_port(&h, 2, Mode::Interrupt).err(),
+        Some(crate::InitError::NoDevice)
+    );
+    let hw = Ahci::on_port(&h, 0, Mode::Interrupt).expect("port 0");
+    assert_eq!((hw.port(), hw.info().port), (0, 0));
+    assert_eq!(fake.log().len(), 1, "only port 0's IDENTIFY ran");
+}
