@@ -2,7 +2,9 @@
 //! IDENTIFY DEVICE through passthrough, and injected read and write errors (QEMU blkdebug, named
 //! on the command line by `ahci_eio_read=SECTOR` / `ahci_eio_write=SECTOR`) in a QD32 workload.
 //! With `ahci=poll` on the command line the same tests run with completions polled, and one more
-//! checks that nothing came through an interrupt.
+//! checks that nothing came through an interrupt. With several disks (`ahci_disks=N` on the
+//! command line says how many the profile has), each is checked to be its own disk on its own
+//! port and queue.
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
