@@ -707,3 +707,84 @@ fn every_implemented_port_is_told_apart() {
     assert_eq!((hw.port(), hw.info().port), (0, 0));
     assert_eq!(fake.log().len(), 1, "only port 0's IDENTIFY ran");
 }
+
+#[test]
+fn a_command_finished_but_not_reaped_when_it_times_out_is_not_completed_by_the_recovery() {
+    // The device finished the read (PxSACT bit clear, interrupt pending) but the handler has
+    // not run when the block layer's timeout takes the tag back: the recovery the timeout
+    // runs must not complete it (that tag is no longer in flight).
+    let e = env();
+    e.fake.set_disk(440, &[0x6b; 4096]);
+    let b = page(0);
+    e.submit(0, Op::Read, BioFlags::empty(), 440, Some(&b));
+    e.fake.step();
+    assert_eq!(e.fake.outstanding(), 0, "the device finished it");
+    assert!(e.ends().is_empty(), "not reaped yet");
+    NOW.with(|c| c.set(c.get() + 1_000_000));
+    assert_eq!(e.q.check_timeouts(now()), 1);
+    e.settle();
+    assert_eq!(e.ends(), vec![(0, Ok(()))]);
+    assert_eq!(e.q.stats().snapshot().late_completions, 0);
+    assert_eq!(
+        e.completions(0),
+        vec![Ok(())],
+        "completed once, by the retry"
+    );
+    assert_eq!(b.as_slice(), &[0x6b; 4096]);
+    e.idle();
+}
+
+#[test]
+fn a_stale_ncq_log_entry_is_not_believed() {
+    // The NCQ log still holds an older failure (a read's UNC, the bit that means WP on a
+    // write) when a task-file error with no command to blame stops two queued writes, one of
+    // them on the tag the old entry names: the entry's LBA is not that write's, so nobody is
+    // blamed (the writes go again one at a time) and nothing fails as write-protected.
+    let e = env();
+    e.fake.set_ncq_log(false);
+    e.fake.inject(Fault {
+        opcode: Some(ata::READ_FPDMA_QUEUED),
+        lba: Some(200),
+        kind: FaultKind::TaskFile,
+        times: 1,
+    });
+    let b = page(0);
+    e.submit(0, Op::Read, BioFlags::empty(), 200, Some(&b));
+    e.settle();
+    assert_eq!(e.ends(), vec![(0, Ok(()))], "failed once, retried");
+    e.ends.lock().unwrap().clear();
+    // A seed whose first draws post TFES (see `FakeHba::chaos_step`).
+    let seed = (1u64..)
+        .find(|s| {
+            let mut x = s | 1;
+            crate::fake::xorshift(&mut x);
+            crate::fake::xorshift(&mut x).is_multiple_of(6)
+        })
+        .unwrap();
+    e.fake.set_ncq_log(true);
+    e.fake.hold();
+    let w: Vec<DmaBuf> = (0..2).map(|i| page(i + 1)).collect();
+    e.submit(1, Op::Write, BioFlags::empty(), 500, Some(&w[0]));
+    e.submit(2, Op::Write, BioFlags::empty(), 508, Some(&w[1]));
+    e.fake.set_chaos(Some(crate::fake::Chaos {
+        seed,
+        error_is: 1000,
+        ..Default::default()
+    }));
+    e.fake.step();
+    e.fake.set_chaos(None);
+    e.fake.release();
+    e.settle();
+    assert_eq!(e.ends(), vec![(1, Ok(())), (2, Ok(()))]);
+    assert!(!e.hw.is_read_only());
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        get(&e.hw.stats().log_reads),
+        0,
+        "the log named nobody in the port"
+    );
+    assert_eq!(get(&e.hw.stats().isolations), 1);
+    assert_eq!(e.fake.disk(500, 4096), w[0].as_slice());
+    assert_eq!(e.fake.disk(508, 4096), w[1].as_slice());
+    e.idle();
+}
