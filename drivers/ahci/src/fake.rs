@@ -24,7 +24,7 @@ use hal::dma::host::{TEST_REGION_BYTES, init_test_region};
 use hal::{DmaBuf, Mmio, PhysAddr};
 
 use crate::regs::{Cap, Ghc, PxCmd, PxIs, Serr, Tfd, hba, port as px};
-use crate::spec::ata;
+use crate::spec::{ata, ata_error, sense};
 
 /// The whole DMA test region as one window, and its base.
 static REGION: OnceLock<(usize, Mmio)> = OnceLock::new();
@@ -78,6 +78,46 @@ pub enum FaultKind {
     Interface,
     /// The command never completes (no FIS, no interrupt); others go on.
     Hang,
+}
+
+/// Hostile behaviour for fuzzing ([`FakeHba::set_chaos`]): odds per mille, per device step
+/// (`spurious_is`, `error_is`, `noise`, `tfd`, `rfis`) or per command taken (`short`,
+/// `task_file`, `interface`, `hang`), drawn from a xorshift generator seeded by `seed`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Chaos {
+    /// Generator seed (not 0).
+    pub seed: u64,
+    /// Non-error PxIS bits (DHRS, SDBS, PSS) and an interrupt with nothing done.
+    pub spurious_is: u16,
+    /// An error bit in PxIS (TFES with ERR in PxTFD, IFS, HBFS, HBDS, INFS or OFS) with no
+    /// command to blame; the port stops processing until the engine is stopped.
+    pub error_is: u16,
+    /// PxSACT/PxCI bits shown set for slots the device does not hold (never issued, or
+    /// finished and shown again).
+    pub noise: u16,
+    /// A random PxTFD (BSY and the error register's WP bit clear).
+    pub tfd: u16,
+    /// Random bytes over the received-FIS area (D2H, SDB, PIO setup FIS garbage).
+    pub rfis: u16,
+    /// A non-queued read or write moves fewer bytes than asked (possibly none) and reports
+    /// success with the short count in PRDBC.
+    pub short: u16,
+    /// The command fails with a task-file error.
+    pub task_file: u16,
+    /// An interface error on the command.
+    pub interface: u16,
+    /// The command never completes.
+    pub hang: u16,
+}
+
+/// Write-protected media: how the fake fails every write (WRITE DMA EXT, WRITE FPDMA QUEUED,
+/// TRIM) while it is set ([`FakeHba::set_write_protect`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteProtect {
+    /// The error register's WP bit (with ABRT), in `PxTFD` and in the NCQ log.
+    WpBit,
+    /// ABRT only; the NCQ log carries sense DATA PROTECT / WRITE PROTECTED (NCQ autosense).
+    Sense,
 }
 
 /// A fault on commands of `opcode` (any when `None`) touching `lba` (any when `None`),
@@ -138,8 +178,19 @@ struct State {
     hold: bool,
     /// An interrupt edge not yet taken.
     irq: bool,
-    /// The failed NCQ tag, for the NCQ command error log.
-    ncq_error: Option<u8>,
+    /// The failed NCQ tag, its error register and sense (key, ASC, ASCQ), for the NCQ
+    /// command error log.
+    ncq_error: Option<(u8, u8, [u8; 3], u64)>,
+    /// Writes fail as on write-protected media.
+    write_protect: Option<WriteProtect>,
+    /// Hostile behaviour, and its generator state.
+    chaos: Option<Chaos>,
+    rng: u64,
+    /// PxSACT and PxCI as last shown (with noise), to tell the driver's writes.
+    shown_sact: u32,
+    shown_ci: u32,
+    /// Non-queued reads and writes completed short on purpose.
+    shorted: u32,
     /// READ LOG EXT page 10h implemented (QEMU 7.2 does not).
     ncq_log: bool,
     faults: Vec<Fault>,
@@ -159,6 +210,19 @@ pub struct FakeHba {
     abar: Mmio,
     port: Mmio,
     st: RefCell<State>,
+}
+
+/// The next xorshift64 value.
+pub fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// True with `per_mille` odds out of 1000.
+fn roll(x: &mut u64, per_mille: u16) -> bool {
+    per_mille != 0 && xorshift(x) % 1000 < per_mille as u64
 }
 
 /// Logical blocks of the fake disk (512 bytes each).
@@ -205,6 +269,12 @@ impl FakeHba {
                 hold: false,
                 irq: false,
                 ncq_error: None,
+                write_protect: None,
+                chaos: None,
+                rng: 1,
+                shown_sact: 0,
+                shown_ci: 0,
+                shorted: 0,
                 ncq_log: true,
                 faults: Vec::new(),
                 log: Vec::new(),
@@ -222,7 +292,7 @@ impl FakeHba {
         f.abar.write32(hba::CAP2, 0);
         f.port.write32(px::SSTS, 0x123); // DET = 3: device present, PHY up
         f.port.write32(px::SIG, crate::regs::sig::ATA);
-        f.publish(&f.st.borrow());
+        f.publish(&mut f.st.borrow_mut());
         CURRENT.with(|c| *c.borrow_mut() = Some(f));
         f
     }
@@ -242,6 +312,33 @@ impl FakeHba {
     /// Whether READ LOG EXT page 10h works (else it is aborted, as QEMU does).
     pub fn set_ncq_log(&self, on: bool) {
         self.st.borrow_mut().ncq_log = on;
+    }
+
+    /// Sets IDENTIFY DEVICE word `i` (before the driver's bring-up reads it).
+    pub fn set_identify_word(&self, i: usize, v: u16) {
+        self.st.borrow_mut().identify[i] = v;
+    }
+
+    /// Hostile behaviour from now on (`None`: a well-behaved device).
+    pub fn set_chaos(&self, c: Option<Chaos>) {
+        let mut s = self.st.borrow_mut();
+        s.rng = c.map_or(1, |c| c.seed | 1);
+        s.chaos = c;
+    }
+
+    /// Clears the faults not yet hit.
+    pub fn clear_faults(&self) {
+        self.st.borrow_mut().faults.clear();
+    }
+
+    /// Non-queued reads and writes the device completed short on purpose so far.
+    pub fn shorted(&self) -> u32 {
+        self.st.borrow().shorted
+    }
+
+    /// Write-protected media from now on (`None`: writable).
+    pub fn set_write_protect(&self, wp: Option<WriteProtect>) {
+        self.st.borrow_mut().write_protect = wp;
     }
 
     /// Holds issued commands (taken, not run) until [`FakeHba::release`].
@@ -290,12 +387,64 @@ impl FakeHba {
         s.ci | s.sact
     }
 
-    fn publish(&self, s: &State) {
+    fn publish(&self, s: &mut State) {
+        let (mut sact, mut ci) = (s.sact, s.ci);
+        if let Some(c) = s.chaos
+            && roll(&mut s.rng, c.noise)
+        {
+            let free = !(s.sact | s.ci);
+            sact |= xorshift(&mut s.rng) as u32 & xorshift(&mut s.rng) as u32 & free;
+            ci |= xorshift(&mut s.rng) as u32 & xorshift(&mut s.rng) as u32 & free;
+        }
+        s.shown_sact = sact;
+        s.shown_ci = ci;
         self.port.write32(px::IS, s.is);
         self.port.write32(px::SERR, s.serr);
-        self.port.write32(px::SACT, s.sact);
-        self.port.write32(px::CI, s.ci);
+        self.port.write32(px::SACT, sact);
+        self.port.write32(px::CI, ci);
         self.port.write32(px::TFD, s.tfd);
+    }
+
+    /// The per-step hostile events of [`Chaos`] (the engine running).
+    fn chaos_step(&self, s: &mut State) {
+        let Some(c) = s.chaos else {
+            return;
+        };
+        if roll(&mut s.rng, c.spurious_is) {
+            let bits = [PxIs::DHRS, PxIs::SDBS, PxIs::PSS][xorshift(&mut s.rng) as usize % 3];
+            self.post(s, bits);
+        }
+        if roll(&mut s.rng, c.error_is) {
+            let e = [
+                PxIs::TFES,
+                PxIs::IFS,
+                PxIs::HBFS,
+                PxIs::HBDS,
+                PxIs::INFS,
+                PxIs::OFS,
+            ][xorshift(&mut s.rng) as usize % 6];
+            if e == PxIs::TFES {
+                s.tfd = (Tfd::ERR | Tfd::DRDY).bits() | (ata_error::ABRT as u32) << 8;
+            } else {
+                s.serr |= (Serr::ERR_E | Serr::DIAG_H).bits();
+            }
+            s.halted = true;
+            self.post(s, e);
+        }
+        if roll(&mut s.rng, c.tfd) {
+            // Anything but BSY, and no WP bit in the error byte (write protection is sticky
+            // in the driver, which would turn the rest of the run read-only).
+            s.tfd = xorshift(&mut s.rng) as u32 & 0xbf7f;
+        }
+        if roll(&mut s.rng, c.rfis) {
+            let fb = self.port.read32(px::FB) as u64 | (self.port.read32(px::FBU) as u64) << 32;
+            if fb != 0 {
+                let m = dma(fb, 256);
+                for i in (0..256).step_by(8) {
+                    m.write64(i, xorshift(&mut s.rng));
+                }
+            }
+        }
     }
 
     fn post(&self, s: &mut State, bits: PxIs) {
@@ -324,7 +473,7 @@ impl FakeHba {
             self.port.write32(px::CMD, 0);
             self.port.write32(px::IE, 0);
             self.abar.write32(hba::GHC, 0);
-            self.publish(&s);
+            self.publish(&mut s);
             return;
         }
         let m = self.port.read32(px::IS);
@@ -356,22 +505,25 @@ impl FakeHba {
             s.halted = false;
         }
         self.port.write32(px::CMD, n.bits());
-        if n.contains(PxCmd::CR) && !s.halted {
+        // Slots the driver sets stay set while the engine runs, even when an error stopped
+        // command processing (they run, or clear when the engine stops).
+        if n.contains(PxCmd::CR) {
             let m = self.port.read32(px::SACT);
-            if m != s.sact {
+            if m != s.shown_sact {
                 s.sact |= m;
             }
             let m = self.port.read32(px::CI);
-            if m != s.ci {
+            if m != s.shown_ci {
                 let new = m & !s.ci;
                 s.ci |= new;
                 s.accepted |= new;
             }
-            if !s.hold {
+            if !s.hold && !s.halted {
                 self.run(&mut s);
             }
+            self.chaos_step(&mut s);
         }
-        self.publish(&s);
+        self.publish(&mut s);
     }
 
     fn run(&self, s: &mut State) {
@@ -422,6 +574,20 @@ impl FakeHba {
                 f.times -= 1;
                 e.fault = Some(f.kind);
             }
+            let mut short = false;
+            if let Some(c) = s.chaos
+                && e.fault.is_none()
+            {
+                if roll(&mut s.rng, c.task_file) {
+                    e.fault = Some(FaultKind::TaskFile);
+                } else if roll(&mut s.rng, c.interface) {
+                    e.fault = Some(FaultKind::Interface);
+                } else if roll(&mut s.rng, c.hang) {
+                    e.fault = Some(FaultKind::Hang);
+                } else {
+                    short = !ncq && blocks > 0 && roll(&mut s.rng, c.short);
+                }
+            }
             s.log.push(e);
             let prds: Vec<(u64, usize)> = (0..prdtl as usize)
                 .map(|i| {
@@ -432,7 +598,32 @@ impl FakeHba {
                     )
                 })
                 .collect();
+            let is_write = matches!(
+                opcode,
+                ata::WRITE_FPDMA_QUEUED | ata::WRITE_DMA_EXT | ata::DATA_SET_MANAGEMENT
+            );
+            // The error register and sense data of a failure: UNC on a read, ABRT otherwise;
+            // WP or sense DATA PROTECT for a write to write-protected media.
+            let mut err = if is_write || !ncq && blocks == 0 {
+                ata_error::ABRT
+            } else {
+                ata_error::UNC
+            };
+            let mut sense = [0u8; 3];
+            let wp = if is_write { s.write_protect } else { None };
+            if opcode == ata::GET_MEDIA_STATUS && s.write_protect.is_some() {
+                err = ata_error::WP;
+            }
+            match wp {
+                Some(WriteProtect::WpBit) => err = ata_error::ABRT | ata_error::WP,
+                Some(WriteProtect::Sense) => {
+                    sense = [sense::KEY_DATA_PROTECT, sense::ASC_WRITE_PROTECTED, 0]
+                }
+                None => {}
+            }
             let ok = match e.fault {
+                _ if wp.is_some() => false,
+                _ if opcode == ata::GET_MEDIA_STATUS => s.write_protect.is_none(),
                 Some(FaultKind::Hang) => continue,
                 Some(FaultKind::Interface) => {
                     s.serr |= (Serr::ERR_E | Serr::DIAG_H).bits();
@@ -441,7 +632,33 @@ impl FakeHba {
                     continue;
                 }
                 Some(FaultKind::TaskFile) => false,
-                None => self.transfer(s, &e, &prds, dw0 & 1 << 6 != 0),
+                None if short => {
+                    // Success, but only part of the data moved, and PRDBC says so.
+                    let total: usize = prds.iter().map(|p| p.1).sum();
+                    let moved = (xorshift(&mut s.rng) as usize % total) & !1;
+                    let mut cut = Vec::new();
+                    let mut left = moved;
+                    for &(a, len) in &prds {
+                        if left > 0 {
+                            cut.push((a, len.min(left)));
+                            left -= len.min(left);
+                        }
+                    }
+                    let mut part = e;
+                    part.blocks = (moved / 512) as u32;
+                    self.copy(s, &part, &cut);
+                    s.shorted += 1;
+                    hdr.write32(4, moved as u32);
+                    true
+                }
+                None => {
+                    let ok = self.transfer(s, &e, &prds, dw0 & 1 << 6 != 0);
+                    if ok {
+                        // PRDBC: the bytes moved (every PRD in full).
+                        hdr.write32(4, prds.iter().map(|p| p.1 as u32).sum());
+                    }
+                    ok
+                }
             };
             if ncq {
                 // Accepted (D2H with BSY clear), then finished by a Set Device Bits FIS.
@@ -450,7 +667,7 @@ impl FakeHba {
                 let sdb = dma(fb + 0x58, 8);
                 sdb.write32(
                     0,
-                    0xa1 | 0x40 << 8 | status << 16 | if ok { 0 } else { 0x40 << 24 },
+                    0xa1 | 0x40 << 8 | status << 16 | if ok { 0 } else { (err as u32) << 24 },
                 );
                 if ok {
                     s.sact &= !bit;
@@ -458,8 +675,8 @@ impl FakeHba {
                     self.post(s, PxIs::SDBS);
                 } else {
                     sdb.write32(4, 0);
-                    s.tfd = Tfd::ERR.bits() | Tfd::DRDY.bits() | 0x40 << 8;
-                    s.ncq_error = e.tag;
+                    s.tfd = Tfd::ERR.bits() | Tfd::DRDY.bits() | (err as u32) << 8;
+                    s.ncq_error = e.tag.map(|t| (t, err, sense, lba));
                     s.halted = true;
                     self.post(s, PxIs::SDBS | PxIs::TFES);
                 }
@@ -472,8 +689,8 @@ impl FakeHba {
                     self.post(s, PxIs::DHRS);
                 } else {
                     // Aborted: the slot stays in PxCI, the port stops.
-                    s.tfd = Tfd::ERR.bits() | Tfd::DRDY.bits() | 0x04 << 8;
-                    d2h.write32(0, 0x34 | 0x40 << 8 | 0x51 << 16 | 0x04 << 24);
+                    s.tfd = Tfd::ERR.bits() | Tfd::DRDY.bits() | (err as u32) << 8;
+                    d2h.write32(0, 0x34 | 0x40 << 8 | 0x51 << 16 | (err as u32) << 24);
                     s.halted = true;
                     self.post(s, PxIs::DHRS | PxIs::TFES);
                 }
@@ -497,18 +714,7 @@ impl FakeHba {
                 {
                     return false;
                 }
-                let mut off = (e.lba * 512) as usize;
-                for &(a, len) in prds {
-                    let m = dma(a, len);
-                    for i in 0..len {
-                        if is_write {
-                            s.disk[off + i] = m.read8(i);
-                        } else {
-                            m.write8(i, s.disk[off + i]);
-                        }
-                    }
-                    off += len;
-                }
+                self.copy(s, e, prds);
                 true
             }
             ata::IDENTIFY_DEVICE => {
@@ -524,10 +730,14 @@ impl FakeHba {
                 }
                 let mut page = [0u8; 512];
                 match s.ncq_error.take() {
-                    Some(t) => {
+                    Some((t, err, sense, lba)) => {
                         page[0] = t;
                         page[2] = 0x41;
-                        page[3] = 0x40;
+                        page[3] = err;
+                        for (i, k) in [4, 5, 6, 8, 9, 10].into_iter().enumerate() {
+                            page[k] = (lba >> (8 * i)) as u8;
+                        }
+                        page[14..17].copy_from_slice(&sense);
                     }
                     None => page[0] = 0x80,
                 }
@@ -537,6 +747,23 @@ impl FakeHba {
             }
             ata::FLUSH_CACHE_EXT | ata::DATA_SET_MANAGEMENT => true,
             _ => false,
+        }
+    }
+
+    /// Moves the data of read or write `e` between the disk and `prds`.
+    fn copy(&self, s: &mut State, e: &Executed, prds: &[(u64, usize)]) {
+        let is_write = matches!(e.opcode, ata::WRITE_FPDMA_QUEUED | ata::WRITE_DMA_EXT);
+        let mut off = (e.lba * 512) as usize;
+        for &(a, len) in prds {
+            let m = dma(a, len);
+            for i in 0..len {
+                if is_write {
+                    s.disk[off + i] = m.read8(i);
+                } else {
+                    m.write8(i, s.disk[off + i]);
+                }
+            }
+            off += len;
         }
     }
 

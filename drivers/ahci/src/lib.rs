@@ -1,8 +1,9 @@
 //! AHCI: SATA disks behind an AHCI host bus adapter, as a `blk` hardware queue.
 //!
-//! Bring-up takes the HBA from the BIOS when it offers a handoff, resets it, enables AHCI mode,
-//! picks the first port with a device present and the PHY up, gives it a command list and a
-//! received-FIS area in DMA memory and identifies the disk (capacity, sector sizes, NCQ, write
+//! Bring-up ([`Hba`]) takes the HBA from the BIOS when it offers a handoff, resets it, enables
+//! AHCI mode and tells what each port has ([`PortStatus`]); each port with a disk is then an
+//! [`Ahci`] of its own ([`Ahci::on_port`]) with a command list and a received-FIS area in DMA
+//! memory, and its disk is identified (capacity, sector sizes, NCQ, write
 //! cache, TRIM). Block-layer tags are command slots: read and write requests go out as
 //! READ/WRITE FPDMA QUEUED when the disk and the HBA do NCQ, else as READ/WRITE DMA EXT one at a
 //! time; flush, TRIM, FUA/PREFLUSH writes and passthrough commands run alone (the port drains
@@ -27,7 +28,7 @@ pub mod sg;
 pub mod spec;
 pub mod stats;
 
-pub use port::{Ahci, DeviceInfo, Mode, Tracker};
+pub use port::{Ahci, DeviceInfo, Hba, Mode, PortStatus, Tracker};
 pub use spec::IdentifyInfo;
 pub use stats::DriverStats;
 
@@ -81,5 +82,7 @@ pub mod pt {
 
 #[cfg(test)]
 pub(crate) mod fake;
+#[cfg(test)]
+mod hostile;
 #[cfg(test)]
 mod tests;

@@ -288,4 +288,10 @@ pub mod sig {
     pub const ATA: u32 = 0x0000_0101;
     /// An ATAPI device.
     pub const ATAPI: u32 = 0xeb14_0101;
+    /// A port multiplier.
+    pub const PORT_MULTIPLIER: u32 = 0x9669_0101;
+    /// An enclosure management bridge (SEMB).
+    pub const SEMB: u32 = 0xc33c_0101;
+    /// No signature received yet (the register's reset value).
+    pub const NONE: u32 = 0xffff_ffff;
 }

@@ -21,6 +21,32 @@ pub mod ata {
     pub const FLUSH_CACHE_EXT: u8 = 0xea;
     /// IDENTIFY DEVICE (PIO data-in, 512 bytes).
     pub const IDENTIFY_DEVICE: u8 = 0xec;
+    /// GET MEDIA STATUS (non-data; removable-media status notification, ATA-4 to ATA-7): ERR
+    /// with the error register's WP bit when the media is write-protected.
+    pub const GET_MEDIA_STATUS: u8 = 0xda;
+}
+
+/// Bits of the ATA error register (`PxTFD` bits 15:8, the NCQ log's error byte).
+pub mod ata_error {
+    /// Write protected (bit 6 of the error register on a failed write command): the media is
+    /// write-protected. From the removable-media status notification feature set (ATA-4 to
+    /// ATA/ATAPI-7, e.g. CompactFlash and other removable media behind SATA bridges); on reads
+    /// this bit is UNC, so it is only taken as write protection for a write.
+    pub const WP: u8 = 1 << 6;
+    /// Uncorrectable data (bit 6 on a read).
+    pub const UNC: u8 = 1 << 6;
+    /// Command aborted.
+    pub const ABRT: u8 = 1 << 2;
+}
+
+/// Sense data of a failed NCQ command in the NCQ command error log (ACS-4 NCQ autosense:
+/// bytes 14, 15 and 16 of page 10h hold sense key, ASC and ASCQ).
+pub mod sense {
+    /// Sense key DATA PROTECT.
+    pub const KEY_DATA_PROTECT: u8 = 0x07;
+    /// Additional sense code WRITE PROTECTED (ASCQ 00h: write protected, 01h: hardware, 02h:
+    /// software write protect, ...).
+    pub const ASC_WRITE_PROTECTED: u8 = 0x27;
 }
 
 /// The NCQ command error log page.
@@ -61,6 +87,9 @@ pub struct IdentifyInfo {
     pub model: [u8; 40],
     /// Serial number, ASCII.
     pub serial: [u8; 20],
+    /// The removable-media status notification feature set (word 127 bits 1:0 = 01b): GET
+    /// MEDIA STATUS tells whether the media is write-protected.
+    pub media_status: bool,
 }
 
 /// Why IDENTIFY data was refused.
@@ -145,6 +174,7 @@ impl IdentifyInfo {
             trim_max_blocks: if trim { w[105].clamp(1, 8) } else { 0 },
             model: ata_string(w, 27),
             serial: ata_string(w, 10),
+            media_status: w[127] & 3 == 1,
         })
     }
 
@@ -174,6 +204,10 @@ pub enum NcqErrorLog {
         status: u8,
         /// ATA error.
         error: u8,
+        /// Sense key, ASC, ASCQ (bytes 14 to 16; zero when the device does no NCQ autosense).
+        sense: [u8; 3],
+        /// The failed command's LBA (bytes 4 to 6 and 8 to 10).
+        lba: u64,
     },
     /// The error was not in a queued command (NQ set), or the page is empty.
     NotQueued,
@@ -194,6 +228,26 @@ pub fn parse_ncq_error_log(page: &[u8; 512]) -> NcqErrorLog {
         tag: page[0] & 0x1f,
         status: page[2],
         error: page[3],
+        sense: [page[14] & 0x0f, page[15], page[16]],
+        lba: [4, 5, 6, 8, 9, 10]
+            .iter()
+            .enumerate()
+            .fold(0, |a, (i, &k)| a | (page[k] as u64) << (8 * i)),
+    }
+}
+
+impl NcqErrorLog {
+    /// Whether the log says the failed command hit write-protected media, for a failed write:
+    /// the error register's WP bit (UNC on a read), or sense DATA PROTECT / WRITE PROTECTED.
+    pub fn write_protected(&self) -> bool {
+        match *self {
+            NcqErrorLog::Tag { error, sense, .. } => {
+                error & ata_error::WP != 0
+                    || (sense[0] == sense::KEY_DATA_PROTECT
+                        && sense[1] == sense::ASC_WRITE_PROTECTED)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -295,9 +349,24 @@ mod tests {
             NcqErrorLog::Tag {
                 tag: 7,
                 status: 0x41,
-                error: 0x40
+                error: 0x40,
+                sense: [0; 3],
+                lba: 0,
             }
         );
+        // UNC on a read is bit 6, the bit that means write protected on a write.
+        assert!(parse_ncq_error_log(&p).write_protected());
+        let mut wp = [0u8; 512];
+        wp[0] = 3;
+        wp[3] = ata_error::ABRT;
+        wp[14] = sense::KEY_DATA_PROTECT;
+        wp[15] = sense::ASC_WRITE_PROTECTED;
+        wp[511] = 0u8.wrapping_sub(3 + 4 + 7 + 0x27);
+        let l = parse_ncq_error_log(&wp);
+        assert!(l.write_protected(), "{l:?}");
+        wp[15] = 0x11;
+        wp[511] = wp[511].wrapping_add(0x27 - 0x11);
+        assert!(!parse_ncq_error_log(&wp).write_protected());
         p[1] = 1;
         assert_eq!(parse_ncq_error_log(&p), NcqErrorLog::BadChecksum);
         let mut q = [0u8; 512];

@@ -36,6 +36,13 @@ blk::driver_stats! {
         replays,
         /// Requests that timed out.
         timeouts,
+        /// Writes failed with `ReadOnly` by a recovery: the one the disk reported
+        /// write-protected media for, and the writes waiting behind it (later ones are refused
+        /// by `queue_rq` at once).
+        write_protected,
+        /// Non-queued reads and writes the device finished with a short byte count (PRDBC):
+        /// failed with `Io`.
+        short_transfers,
         /// Largest PRDT built.
         max_prdt_entries,
     }

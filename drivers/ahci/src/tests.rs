@@ -15,12 +15,12 @@ use crate::fake::{BLOCKS, FakeHba, Fault, FaultKind};
 use crate::spec::ata;
 use crate::{Ahci, Mode, QUEUE_DEPTH};
 
-fn leak<T>(v: T) -> &'static T {
+pub(crate) fn leak<T>(v: T) -> &'static T {
     Box::leak(Box::new(v))
 }
 
 thread_local! {
-    static NOW: Cell<u64> = const { Cell::new(0) };
+    pub(crate) static NOW: Cell<u64> = const { Cell::new(0) };
 }
 
 fn now() -> u64 {
@@ -28,9 +28,9 @@ fn now() -> u64 {
 }
 
 /// The driver's completions, forwarded to the queue.
-struct Recorder {
+pub(crate) struct Recorder {
     q: OnceLock<&'static Queue<QUEUE_DEPTH>>,
-    log: Mutex<Vec<(u16, BlkStatus)>>,
+    pub(crate) log: Mutex<Vec<(u16, BlkStatus)>>,
 }
 
 impl TagComplete for Recorder {
@@ -61,18 +61,27 @@ fn io_end(bio: Bio) {
     }
 }
 
-struct Env {
-    fake: &'static FakeHba,
-    hw: &'static Ahci,
-    q: &'static Queue<QUEUE_DEPTH>,
-    rec: &'static Recorder,
+pub(crate) struct Env {
+    pub(crate) fake: &'static FakeHba,
+    pub(crate) hw: &'static Ahci,
+    pub(crate) q: &'static Queue<QUEUE_DEPTH>,
+    pub(crate) rec: &'static Recorder,
     set: &'static BioSet<Io>,
     ctx: CpuCtx,
-    ends: &'static Mutex<Vec<(usize, BlkStatus)>>,
+    pub(crate) ends: &'static Mutex<Vec<(usize, BlkStatus)>>,
 }
 
 fn env() -> Env {
+    env_with(true)
+}
+
+/// The fake HBA, the driver on it and a queue; `ncq: false` takes NCQ out of the disk's
+/// IDENTIFY data (every read and write is then a non-queued command).
+pub(crate) fn env_with(ncq: bool) -> Env {
     let fake = FakeHba::new();
+    if !ncq {
+        fake.set_identify_word(76, 0);
+    }
     let hw: &'static Ahci = leak(Ahci::new(fake.abar(), Mode::Interrupt).expect("bring-up"));
     let split_slab: &'static BioSlab<(), 64> = leak(BioSlab::new());
     let split = leak(BioSet::new(split_slab, 4, None));
@@ -99,7 +108,7 @@ fn env() -> Env {
 }
 
 /// A page of DMA memory filled with `seed`-dependent bytes (0 for none).
-fn page(seed: u8) -> DmaBuf {
+pub(crate) fn page(seed: u8) -> DmaBuf {
     let mut b = DmaBuf::alloc(4096, 4096).unwrap();
     for (i, v) in b.as_mut_slice().iter_mut().enumerate() {
         *v = if seed == 0 {
@@ -114,7 +123,14 @@ fn page(seed: u8) -> DmaBuf {
 impl Env {
     /// Submits a bio (`buf` its one segment) and lets the device see the registers the
     /// driver wrote.
-    fn submit(&self, id: usize, op: Op, flags: BioFlags, lba: u64, buf: Option<&DmaBuf>) {
+    pub(crate) fn submit(
+        &self,
+        id: usize,
+        op: Op,
+        flags: BioFlags,
+        lba: u64,
+        buf: Option<&DmaBuf>,
+    ) {
         let mut b = self
             .set
             .alloc(
@@ -146,7 +162,7 @@ impl Env {
 
     /// Runs device, interrupt handler, deferred work and requeues until nothing moves; the
     /// device steps after each driver call (it sees register writes one call at a time).
-    fn settle(&self) {
+    pub(crate) fn settle(&self) {
         for _ in 0..20 {
             self.fake.step();
             if self.fake.take_irq() {
@@ -159,19 +175,19 @@ impl Env {
         }
     }
 
-    fn ends(&self) -> Vec<(usize, BlkStatus)> {
+    pub(crate) fn ends(&self) -> Vec<(usize, BlkStatus)> {
         let mut v = self.ends.lock().unwrap().clone();
         v.sort_by_key(|e| e.0);
         v
     }
 
-    fn completions(&self, tag: u16) -> Vec<BlkStatus> {
+    pub(crate) fn completions(&self, tag: u16) -> Vec<BlkStatus> {
         let log = self.rec.log.lock().unwrap();
         log.iter().filter(|e| e.0 == tag).map(|e| e.1).collect()
     }
 
     /// Nothing left anywhere: driver, device, queue.
-    fn idle(&self) {
+    pub(crate) fn idle(&self) {
         assert_eq!(self.hw.in_flight(), 0, "driver holds requests");
         assert_eq!(self.fake.outstanding(), 0, "device holds commands");
         assert_eq!(self.q.tags_in_use(), 0, "queue holds tags");
@@ -459,5 +475,316 @@ fn a_command_that_never_completes_times_out_and_goes_again() {
     assert_eq!(get(&e.hw.stats().port_resets), 1);
     let reads = e.fake.log().iter().filter(|c| c.lba == 400).count();
     assert_eq!(reads, 2);
+    e.idle();
+}
+
+/// Write-protected media: four queued writes and a read in flight; every write ends with
+/// `ReadOnly` exactly once and is sent to the device at most once (the failing one, plus those
+/// the error cut off while several were in the port), the read succeeds, and a later write
+/// fails at once without reaching the device.
+fn write_protected(wp: crate::fake::WriteProtect, ncq_log: bool) -> Env {
+    let e = env();
+    e.fake.set_ncq_log(ncq_log);
+    e.fake.set_write_protect(Some(wp));
+    e.fake.set_disk(600, &[0x77; 4096]);
+    let data: Vec<DmaBuf> = (0..4).map(|i| page(i as u8 + 1)).collect();
+    let rd = page(0);
+    e.fake.hold();
+    for (i, d) in data.iter().enumerate() {
+        e.submit(i, Op::Write, BioFlags::empty(), 500 + 8 * i as u64, Some(d));
+    }
+    e.submit(4, Op::Read, BioFlags::empty(), 600, Some(&rd));
+    e.fake.release();
+    e.settle();
+    let mut want: Vec<(usize, BlkStatus)> = (0..4).map(|i| (i, Err(BlkError::ReadOnly))).collect();
+    want.push((4, Ok(())));
+    assert_eq!(
+        e.ends(),
+        want,
+        "writes fail ReadOnly once, the read is served"
+    );
+    assert_eq!(rd.as_slice(), &[0x77; 4096]);
+    assert!(e.hw.is_read_only());
+    let writes = |f: &FakeHba| {
+        f.log()
+            .iter()
+            .filter(|c| c.opcode == ata::WRITE_FPDMA_QUEUED || c.opcode == ata::WRITE_DMA_EXT)
+            .count()
+    };
+    let sent = writes(e.fake);
+    assert!((1..=4).contains(&sent), "{sent} writes reached the device");
+    for t in 0..4 {
+        assert_eq!(
+            e.completions(t).iter().filter(|s| s.is_err()).count(),
+            1,
+            "tag {t}: one failure, no retry"
+        );
+    }
+    // From now on a write fails at once; reads and flushes still run.
+    e.ends.lock().unwrap().clear();
+    e.submit(10, Op::Write, BioFlags::empty(), 900, Some(&data[0]));
+    e.submit(11, Op::Flush, BioFlags::empty(), 0, None);
+    e.submit(12, Op::Read, BioFlags::empty(), 600, Some(&rd));
+    e.settle();
+    assert_eq!(
+        e.ends(),
+        vec![(10, Err(BlkError::ReadOnly)), (11, Ok(())), (12, Ok(()))]
+    );
+    assert_eq!(
+        writes(e.fake),
+        sent,
+        "the later write never reached the device"
+    );
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(get(&e.hw.stats().write_protected), 4);
+    assert!(!e.hw.is_dead());
+    e.idle();
+    e
+}
+
+#[test]
+fn write_protected_media_wp_bit_named_by_the_ncq_log_fails_writes_read_only() {
+    write_protected(crate::fake::WriteProtect::WpBit, true);
+}
+
+#[test]
+fn write_protected_media_sense_in_the_ncq_log_fails_writes_read_only() {
+    write_protected(crate::fake::WriteProtect::Sense, true);
+}
+
+#[test]
+fn write_protected_media_without_the_ncq_log_fails_writes_read_only() {
+    // QEMU-like: no READ LOG EXT; the suspects go one at a time and the first write alone
+    // in the port is named, with WP in PxTFD.
+    write_protected(crate::fake::WriteProtect::WpBit, false);
+}
+
+#[test]
+fn write_protected_media_on_a_non_queued_write_fails_read_only() {
+    let e = env();
+    e.fake
+        .set_write_protect(Some(crate::fake::WriteProtect::WpBit));
+    let d = page(3);
+    // FUA: WRITE DMA EXT then a flush; the write step fails with WP in PxTFD.
+    e.submit(0, Op::Write, BioFlags::FUA, 700, Some(&d));
+    e.settle();
+    assert_eq!(e.ends(), vec![(0, Err(BlkError::ReadOnly))]);
+    assert_eq!(e.completions(0), vec![Err(BlkError::ReadOnly)]);
+    assert!(e.hw.is_read_only());
+    e.idle();
+}
+
+#[test]
+fn abrt_on_a_write_without_write_protection_stays_an_io_error() {
+    // Sense-only write protection is only in the NCQ log: a non-queued write that fails with
+    // ABRT alone is an I/O error, not ReadOnly.
+    let e = env();
+    e.fake
+        .set_write_protect(Some(crate::fake::WriteProtect::Sense));
+    let d = page(3);
+    e.submit(0, Op::Write, BioFlags::FUA, 700, Some(&d));
+    e.settle();
+    assert_eq!(e.ends(), vec![(0, Err(BlkError::Io))]);
+    assert!(!e.hw.is_read_only());
+    e.idle();
+}
+
+#[test]
+fn a_short_non_queued_transfer_is_never_a_success() {
+    // The device reports every non-queued read and write finished, with fewer bytes in PRDBC
+    // than asked (before the check, the driver completed them as successes).
+    let e = env();
+    let d = page(5);
+    e.fake.set_chaos(Some(crate::fake::Chaos {
+        seed: 7,
+        short: 1000,
+        ..Default::default()
+    }));
+    // FUA: WRITE DMA EXT then a flush, never retried after an error.
+    e.submit(0, Op::Write, BioFlags::FUA, 800, Some(&d));
+    e.settle();
+    e.fake.set_chaos(None);
+    assert_eq!(e.ends(), vec![(0, Err(BlkError::Io))]);
+    assert_eq!(e.fake.shorted(), 1);
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(get(&e.hw.stats().short_transfers), 1);
+    let flushes = e
+        .fake
+        .log()
+        .iter()
+        .filter(|c| c.opcode == ata::FLUSH_CACHE_EXT)
+        .count();
+    assert_eq!(flushes, 0, "no flush step after the short write");
+    e.idle();
+}
+
+#[test]
+fn a_short_non_queued_read_is_retried_and_succeeds_only_in_full() {
+    let e = env_with(false);
+    assert!(!e.hw.info().ncq);
+    e.fake.set_disk(808, &[0x3c; 4096]);
+    let b = page(0);
+    e.fake.set_chaos(Some(crate::fake::Chaos {
+        seed: 9,
+        short: 1000,
+        ..Default::default()
+    }));
+    e.submit(0, Op::Read, BioFlags::empty(), 808, Some(&b));
+    // One short try, then a well-behaved device.
+    e.fake.step();
+    e.fake.set_chaos(None);
+    e.settle();
+    assert_eq!(e.ends(), vec![(0, Ok(()))]);
+    assert_eq!(e.completions(0), vec![Err(BlkError::Io), Ok(())]);
+    assert_eq!(b.as_slice(), &[0x3c; 4096]);
+    e.idle();
+}
+
+#[test]
+fn write_protected_removable_media_is_read_only_from_bring_up() {
+    // A disk with removable-media status notification (IDENTIFY word 127): GET MEDIA STATUS
+    // at bring-up fails with WP, so the driver says write-protected before any write.
+    let fake = FakeHba::new();
+    fake.set_identify_word(127, 1);
+    fake.set_write_protect(Some(crate::fake::WriteProtect::WpBit));
+    let hw = Ahci::new(fake.abar(), Mode::Interrupt).expect("bring-up");
+    assert!(hw.info().identify.media_status);
+    assert!(hw.info().write_protected);
+    assert!(hw.is_read_only());
+    let ops: Vec<u8> = fake.log().iter().map(|c| c.opcode).collect();
+    assert_eq!(ops, vec![ata::IDENTIFY_DEVICE, ata::GET_MEDIA_STATUS]);
+    assert!(!hw.is_dead());
+    // Writable media: the same question, no write protection.
+    let fake = FakeHba::new();
+    fake.set_identify_word(127, 1);
+    let hw = Ahci::new(fake.abar(), Mode::Interrupt).expect("bring-up");
+    assert!(!hw.info().write_protected && !hw.is_read_only());
+    // Without the feature set the command is not sent.
+    let fake = FakeHba::new();
+    let hw = Ahci::new(fake.abar(), Mode::Interrupt).expect("bring-up");
+    assert!(!hw.info().write_protected);
+    assert_eq!(fake.log().len(), 1);
+}
+
+#[test]
+fn every_implemented_port_is_told_apart() {
+    use crate::regs::{hba, port as px, sig};
+    use crate::{Hba, PortStatus};
+    let fake = FakeHba::new();
+    // Ports 0 to 6 implemented, 7 not: the fake's disk on port 0; the others' registers are
+    // plain memory the test fills (after the HBA reset, which only touches port 0).
+    let abar = fake.abar();
+    abar.write32(hba::PI, 0x7f);
+    let set = |p: usize, ssts: u32, s: u32| {
+        let base = hba::PORT_BASE + p * hba::PORT_STRIDE;
+        abar.write32(base + px::SSTS, ssts);
+        abar.write32(base + px::SIG, s);
+    };
+    set(1, 0x000, sig::NONE);
+    set(2, 0x123, sig::ATAPI);
+    set(3, 0x001, sig::NONE);
+    set(4, 0x123, sig::PORT_MULTIPLIER);
+    set(5, 0x123, sig::SEMB);
+    set(6, 0x123, sig::ATA);
+    set(7, 0x123, sig::ATA);
+    let h = Hba::new(fake.abar()).expect("HBA");
+    assert_eq!(h.port_status(0), PortStatus::Disk);
+    assert_eq!(h.port_status(1), PortStatus::NoDevice);
+    assert_eq!(h.port_status(2), PortStatus::Atapi);
+    assert_eq!(h.port_status(3), PortStatus::LinkDown(1));
+    assert_eq!(h.port_status(4), PortStatus::PortMultiplier);
+    assert_eq!(h.port_status(5), PortStatus::Other(sig::SEMB));
+    assert_eq!(h.port_status(6), PortStatus::Disk);
+    assert_eq!(h.port_status(7), PortStatus::NotImplemented, "not in PI");
+    assert_eq!(h.port_status(40), PortStatus::NotImplemented);
+    assert_eq!(h.disk_ports(), 0b100_0001);
+    // A port without a disk is refused before anything is touched; port 0 comes up.
+    assert_eq!(
+        Ahci::on_port(&h, 2, Mode::Interrupt).err(),
+        Some(crate::InitError::NoDevice)
+    );
+    let hw = Ahci::on_port(&h, 0, Mode::Interrupt).expect("port 0");
+    assert_eq!((hw.port(), hw.info().port), (0, 0));
+    assert_eq!(fake.log().len(), 1, "only port 0's IDENTIFY ran");
+}
+
+#[test]
+fn a_command_finished_but_not_reaped_when_it_times_out_is_not_completed_by_the_recovery() {
+    // The device finished the read (PxSACT bit clear, interrupt pending) but the handler has
+    // not run when the block layer's timeout takes the tag back: the recovery the timeout
+    // runs must not complete it (that tag is no longer in flight).
+    let e = env();
+    e.fake.set_disk(440, &[0x6b; 4096]);
+    let b = page(0);
+    e.submit(0, Op::Read, BioFlags::empty(), 440, Some(&b));
+    e.fake.step();
+    assert_eq!(e.fake.outstanding(), 0, "the device finished it");
+    assert!(e.ends().is_empty(), "not reaped yet");
+    NOW.with(|c| c.set(c.get() + 1_000_000));
+    assert_eq!(e.q.check_timeouts(now()), 1);
+    e.settle();
+    assert_eq!(e.ends(), vec![(0, Ok(()))]);
+    assert_eq!(e.q.stats().snapshot().late_completions, 0);
+    assert_eq!(
+        e.completions(0),
+        vec![Ok(())],
+        "completed once, by the retry"
+    );
+    assert_eq!(b.as_slice(), &[0x6b; 4096]);
+    e.idle();
+}
+
+#[test]
+fn a_stale_ncq_log_entry_is_not_believed() {
+    // The NCQ log still holds an older failure (a read's UNC, the bit that means WP on a
+    // write) when a task-file error with no command to blame stops two queued writes, one of
+    // them on the tag the old entry names: the entry's LBA is not that write's, so nobody is
+    // blamed (the writes go again one at a time) and nothing fails as write-protected.
+    let e = env();
+    e.fake.set_ncq_log(false);
+    e.fake.inject(Fault {
+        opcode: Some(ata::READ_FPDMA_QUEUED),
+        lba: Some(200),
+        kind: FaultKind::TaskFile,
+        times: 1,
+    });
+    let b = page(0);
+    e.submit(0, Op::Read, BioFlags::empty(), 200, Some(&b));
+    e.settle();
+    assert_eq!(e.ends(), vec![(0, Ok(()))], "failed once, retried");
+    e.ends.lock().unwrap().clear();
+    // A seed whose first draws post TFES (see `FakeHba::chaos_step`).
+    let seed = (1u64..)
+        .find(|s| {
+            let mut x = s | 1;
+            crate::fake::xorshift(&mut x);
+            crate::fake::xorshift(&mut x).is_multiple_of(6)
+        })
+        .unwrap();
+    e.fake.set_ncq_log(true);
+    e.fake.hold();
+    let w: Vec<DmaBuf> = (0..2).map(|i| page(i + 1)).collect();
+    e.submit(1, Op::Write, BioFlags::empty(), 500, Some(&w[0]));
+    e.submit(2, Op::Write, BioFlags::empty(), 508, Some(&w[1]));
+    e.fake.set_chaos(Some(crate::fake::Chaos {
+        seed,
+        error_is: 1000,
+        ..Default::default()
+    }));
+    e.fake.step();
+    e.fake.set_chaos(None);
+    e.fake.release();
+    e.settle();
+    assert_eq!(e.ends(), vec![(1, Ok(())), (2, Ok(()))]);
+    assert!(!e.hw.is_read_only());
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        get(&e.hw.stats().log_reads),
+        0,
+        "the log named nobody in the port"
+    );
+    assert_eq!(get(&e.hw.stats().isolations), 1);
+    assert_eq!(e.fake.disk(500, 4096), w[0].as_slice());
+    assert_eq!(e.fake.disk(508, 4096), w[1].as_slice());
     e.idle();
 }

@@ -1,17 +1,25 @@
 //! AHCI probing: the first SATA AHCI function (class 01:06:01, e.g. q35's ICH9 at 00:1f.2 or
-//! `-device ahci`), ABAR (BAR5) mapped, bus mastering on, the block layer's queue on top; MSI on
-//! x86_64 when offered, else INTx (through the PLIC on riscv64), or polling (`ahci=poll`).
+//! `-device ahci`), ABAR (BAR5) mapped, bus mastering on, the HBA reset, then every port with a
+//! disk brought up as a block-layer queue of its own (up to [`MAX_DISKS`]). Every implemented
+//! port that is not attached is logged with the reason (no device, link down, ATAPI, port
+//! multiplier, bring-up error, over the limit). The ports share the controller's interrupt: MSI
+//! on x86_64 when offered, else INTx (through the PLIC on riscv64), or polling (`ahci=poll`).
 
-use ahci::{Ahci, Mode, QUEUE_DEPTH};
+use ahci::{Ahci, Hba, Mode, PortStatus, QUEUE_DEPTH};
 use blk::{Queue, QueueConfig, Wait};
+use hal::IrqLine;
 use spin::Once;
 
 use crate::{arch, config, pci};
 
 pub use super::Attach;
 
-/// The AHCI disk: driver, request queue, interrupt line.
+/// An AHCI disk: driver (one port), request queue, interrupt line (shared by the ports).
 pub type AhciDisk = super::Disk<Ahci, QUEUE_DEPTH>;
+
+/// Disks (ports) attached at most: the ICH9 has 6 ports. A disk on a further port is logged
+/// and left alone.
+pub const MAX_DISKS: usize = 6;
 
 impl super::DriverDeferred for Ahci {
     fn deferred(&self) {
@@ -19,26 +27,71 @@ impl super::DriverDeferred for Ahci {
     }
 }
 
-static HW: Once<Ahci> = Once::new();
-static QUEUE: Once<Queue<QUEUE_DEPTH>> = Once::new();
-static DISK: Once<AhciDisk> = Once::new();
+static HBA: Once<Hba> = Once::new();
+static HW: [Once<Ahci>; MAX_DISKS] = [const { Once::new() }; MAX_DISKS];
+static QUEUES: [Once<Queue<QUEUE_DEPTH>>; MAX_DISKS] = [const { Once::new() }; MAX_DISKS];
+static DISKS: [Once<AhciDisk>; MAX_DISKS] = [const { Once::new() }; MAX_DISKS];
 
-/// The AHCI disk, if one was found.
+/// The first AHCI disk (lowest port), if one was attached.
 pub fn disk() -> Option<&'static AhciDisk> {
-    DISK.get()
+    DISKS[0].get()
 }
 
-/// Finds the first AHCI controller and brings up the disk on its first live port.
-pub fn probe(polled: bool) {
+/// Every attached AHCI disk, by port.
+pub fn disks() -> impl Iterator<Item = &'static AhciDisk> {
+    DISKS.iter().map_while(Once::get)
+}
+
+/// Why the AHCI controller, or a disk on one of its ports, was not attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeError {
+    /// BAR5 (ABAR) could not be mapped.
+    Bar,
+    /// The HBA did not come out of its reset, or is refused.
+    Controller(ahci::InitError),
+    /// The disk on `port` failed to come up (the first such port; the others are logged).
+    Port {
+        /// The HBA port.
+        port: u8,
+        /// What failed.
+        error: ahci::InitError,
+    },
+}
+
+/// Dispatches the controller's interrupt to the ports that raised it (the HBA's `IS`), when
+/// several disks share it.
+struct Ports;
+
+impl hal::IrqHandler for Ports {
+    fn handle(&self) {
+        let Some(hba) = HBA.get() else {
+            return;
+        };
+        let pending = hba.pending();
+        for hw in HW.iter().map_while(Once::get) {
+            if pending & (1 << hw.port()) != 0 {
+                hw.handle_irq();
+            }
+        }
+    }
+}
+
+static PORTS: Ports = Ports;
+
+/// Finds the first AHCI controller and attaches the disk on every port that has one. `Ok(n)`:
+/// `n` disks attached (0 without a controller or a disk); an error when the controller, or
+/// the disk on some port, failed to come up (the disks on the other ports stay attached).
+/// Every port's outcome is logged.
+pub fn probe(polled: bool) -> Result<usize, ProbeError> {
     let Some(f) = pci::functions().iter().find(|f| {
         let c = f.class();
         (c.class, c.subclass, c.prog_if) == config::AHCI_CLASS
     }) else {
-        return;
+        return Ok(0);
     };
     let Some(abar) = f.map_bar(5, arch::mmio_mapper()) else {
         defmt::error!("ahci: BAR5 not mapped");
-        return;
+        return Err(ProbeError::Bar);
     };
     f.enable_bus_master();
     let mode = if polled {
@@ -46,26 +99,101 @@ pub fn probe(polled: bool) {
     } else {
         Mode::Interrupt
     };
-    let hw = match Ahci::new(abar, mode) {
-        Ok(hw) => HW.call_once(|| hw),
-        // q35 always has its ICH9 controller; without a disk behind it there is nothing to do.
-        Err(ahci::InitError::NoDevice) => {
-            defmt::println!("ahci: controller without a disk");
-            return;
-        }
+    let hba = match Hba::new(abar) {
+        Ok(h) => HBA.call_once(|| h),
         Err(e) => {
-            defmt::error!("ahci: {}", defmt::Debug2Format(&e));
-            return;
+            defmt::error!("ahci: controller: {}", defmt::Debug2Format(&e));
+            return Err(ProbeError::Controller(e));
         }
     };
+    let mut attached = 0;
+    let mut first_error = None;
+    let mut no_device = 0u32;
+    for port in 0..32 {
+        match hba.port_status(port) {
+            PortStatus::NotImplemented => {}
+            PortStatus::NoDevice => no_device |= 1 << port,
+            PortStatus::Disk if attached == MAX_DISKS => defmt::println!(
+                "ahci: port {=usize}: disk not attached: this kernel takes at most {=usize} AHCI disks",
+                port,
+                MAX_DISKS
+            ),
+            PortStatus::Disk => match attach_port(hba, port, mode, attached) {
+                Ok(()) => attached += 1,
+                Err(error) => {
+                    defmt::error!(
+                        "ahci: port {=usize}: disk not attached: bring-up failed: {}",
+                        port,
+                        defmt::Debug2Format(&error)
+                    );
+                    first_error.get_or_insert(ProbeError::Port {
+                        port: port as u8,
+                        error,
+                    });
+                }
+            },
+            other => defmt::println!(
+                "ahci: port {=usize}: not attached: {}",
+                port,
+                defmt::Debug2Format(&other)
+            ),
+        }
+    }
+    if no_device != 0 {
+        defmt::println!(
+            "ahci: no device on ports {=u32:#x} (bit per port)",
+            no_device
+        );
+    }
+    if attached > 0 {
+        connect_interrupt(f, mode, attached);
+    } else if first_error.is_none() {
+        // q35 always has its ICH9 controller; without a disk behind it there is nothing to do.
+        defmt::println!("ahci: controller without a disk");
+    }
+    first_error.map_or(Ok(attached), Err)
+}
+
+/// Brings up the disk on `port` as disk number `n`, with its queue (the disk is completed by
+/// [`connect_interrupt`] once every port is up).
+fn attach_port(hba: &Hba, port: usize, mode: Mode, n: usize) -> Result<(), ahci::InitError> {
+    let hw = Ahci::on_port(hba, port, mode)?;
+    let hw = HW[n].call_once(|| hw);
     let i = *hw.info();
     let mut cfg = QueueConfig::new(i.identify.sectors());
     cfg.clock = super::clock;
     cfg.wait = Wait::Hook(super::wait);
     cfg.timeout_ns = config::block_timeout_ns(config::AHCI_TIMEOUT_NS);
-    let queue = QUEUE.call_once(|| Queue::new(hw, hw.limits(), cfg, &super::SPLIT_SET));
+    // Write-protected removable media (GET MEDIA STATUS at bring-up): writes are refused by
+    // the block layer at submission, and the filesystem sees a read-only device.
+    cfg.read_only = i.write_protected;
+    let queue = QUEUES[n].call_once(|| Queue::new(hw, hw.limits(), cfg, &super::SPLIT_SET));
     hw.attach(queue);
-    let (irq, attach) = match mode {
+    let (model, serial) = hw.model_serial();
+    let id = &i.identify;
+    defmt::println!(
+        "ahci: port {=u8} \"{=str}\" serial \"{=str}\" {=u64} sectors, logical {=u32} physical {=u32}, ncq {=bool} depth {=u8}, write cache {=bool}, trim {=bool}, 64-bit {=bool}, write-protected {=bool}",
+        i.port,
+        model,
+        serial,
+        id.sectors(),
+        id.logical_sector_size,
+        id.physical_sector_size,
+        i.ncq,
+        i.ncq_depth,
+        id.write_cache_enabled,
+        id.trim,
+        i.addr64,
+        i.write_protected,
+    );
+    Ok(())
+}
+
+/// The controller's interrupt (MSI, else INTx, none when polled), shared by the `n` disks
+/// brought up: with one disk its port's handler is the line's handler, with several [`Ports`]
+/// dispatches by the HBA's `IS`. Then the disks are complete.
+fn connect_interrupt(f: &::pci::PciFunction<'static>, mode: Mode, n: usize) {
+    let (irq, attach): (Option<IrqLine>, Attach) = match mode {
         Mode::Polling => (None, Attach::Polled),
         Mode::Interrupt => {
             let msi = if cfg!(target_arch = "x86_64") && f.msi_offset().is_some() {
@@ -85,32 +213,24 @@ pub fn probe(polled: bool) {
             }
         }
     };
+    let handler: &'static dyn hal::IrqHandler = match HW[0].get() {
+        Some(hw) if n == 1 => hw,
+        _ => &PORTS,
+    };
     if let Some(line) = irq
-        && (line.register(hw).is_err() || line.enable().is_err())
+        && (line.register(handler).is_err() || line.enable().is_err())
     {
         defmt::error!("ahci: cannot use interrupt line {=u32}", line.number());
     }
-    let (model, serial) = hw.model_serial();
-    let id = &i.identify;
-    defmt::println!(
-        "ahci: port {=u8} \"{=str}\" serial \"{=str}\" {=u64} sectors, logical {=u32} physical {=u32}, ncq {=bool} depth {=u8}, write cache {=bool}, trim {=bool}, 64-bit {=bool}, {}",
-        i.port,
-        model,
-        serial,
-        id.sectors(),
-        id.logical_sector_size,
-        id.physical_sector_size,
-        i.ncq,
-        i.ncq_depth,
-        id.write_cache_enabled,
-        id.trim,
-        i.addr64,
-        attach
-    );
-    DISK.call_once(|| AhciDisk {
-        hw,
-        queue,
-        irq,
-        attach,
-    });
+    for k in 0..n {
+        if let (Some(hw), Some(queue)) = (HW[k].get(), QUEUES[k].get()) {
+            DISKS[k].call_once(|| AhciDisk {
+                hw,
+                queue,
+                irq,
+                attach,
+            });
+        }
+    }
+    defmt::println!("ahci: {=usize} disk(s), {}", n, attach);
 }

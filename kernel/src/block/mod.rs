@@ -97,7 +97,7 @@ pub fn run_deferred() {
     if let Some(d) = virtio::disk() {
         d.deferred(None);
     }
-    if let Some(d) = ahci::disk() {
+    for d in ahci::disks() {
         d.deferred(None);
     }
     if let Some(d) = nvme::disk() {
@@ -114,7 +114,7 @@ fn deferred_with_scan(now: u64) {
     if let Some(d) = virtio::disk() {
         d.deferred(Some(now));
     }
-    if let Some(d) = ahci::disk() {
+    for d in ahci::disks() {
         d.deferred(Some(now));
     }
     if let Some(d) = nvme::disk() {
@@ -187,7 +187,8 @@ pub fn init(info: &crate::boot::BootInfo) {
     virtio::probe(info, polled);
     let ahci_polled = crate::boot::cmdline_arg(info.cmdline, "ahci") == Some("poll");
     POLLED.fetch_or(ahci_polled, Ordering::Relaxed);
-    ahci::probe(polled || ahci_polled);
+    // Every port's outcome (attached, or why not) is logged by the probe.
+    let _ = ahci::probe(polled || ahci_polled);
     let nvme_arg = crate::boot::cmdline_arg(info.cmdline, "nvme");
     nvme::probe(polled || nvme_arg == Some("poll"), nvme_arg == Some("sgl"));
 }

@@ -2,7 +2,9 @@
 //! IDENTIFY DEVICE through passthrough, and injected read and write errors (QEMU blkdebug, named
 //! on the command line by `ahci_eio_read=SECTOR` / `ahci_eio_write=SECTOR`) in a QD32 workload.
 //! With `ahci=poll` on the command line the same tests run with completions polled, and one more
-//! checks that nothing came through an interrupt.
+//! checks that nothing came through an interrupt. With `ahci_disks=2` on the command line (the
+//! profile has two disks on two ports), each is checked to be its own disk on its own port and
+//! queue.
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -327,5 +329,106 @@ ktest! {
         // The port keeps working: the rest of the suite's read-back, and QD32 elsewhere.
         readback_start_middle_end(&t)?;
         full_depth_in_flight(&t)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every port with a disk
+
+/// The `N`th attached AHCI disk's queue counters, tags in use and interrupts (for [`Target`]'s
+/// function pointers).
+fn nth_stats<const N: usize>() -> blk::StatsSnapshot {
+    block::ahci::disks()
+        .nth(N)
+        .map(|d| d.queue.stats().snapshot())
+        .unwrap_or_default()
+}
+fn nth_tags<const N: usize>() -> usize {
+    block::ahci::disks()
+        .nth(N)
+        .map_or(0, |d| d.queue.tags_in_use())
+}
+fn nth_irqs<const N: usize>() -> u64 {
+    block::ahci::disks().nth(N).map_or(0, |d| d.irq_count())
+}
+
+/// A [`Target`] on the `n`th attached AHCI disk.
+fn target_on(n: usize, d: &'static AhciDisk) -> Result<Target, Outcome> {
+    macro_rules! fns {
+        ($($k:literal)*) => {
+            match n {
+                $($k => (nth_stats::<$k> as fn() -> blk::StatsSnapshot, nth_tags::<$k> as fn() -> usize, nth_irqs::<$k> as fn() -> u64),)*
+                _ => return Err(fail(format_args!("disk {} beyond the limit", n))),
+            }
+        };
+    }
+    const _: () = assert!(block::ahci::MAX_DISKS == 6);
+    let (stats, tags_in_use, irq_count) = fns!(0 1 2 3 4 5);
+    Ok(Target {
+        dev: d.queue,
+        stats,
+        tags_in_use,
+        depth: ahci::QUEUE_DEPTH,
+        max_request_bytes: d.queue.limits().max_bytes(),
+        irq_count,
+    })
+}
+
+ktest! {
+    #[only_with = "ahci_disks=2"]
+    fn ahci_every_port_with_a_disk_is_attached_and_distinct() -> TestResult {
+        let disks: heapless::Vec<&'static AhciDisk, { block::ahci::MAX_DISKS }> =
+            block::ahci::disks().collect();
+        // `ahci_disks=N` on the command line: the profile puts N disks on N ports.
+        let expected: Option<usize> = crate::boot::cmdline_arg(crate::boot_info().cmdline, "ahci_disks")
+            .and_then(|v| v.parse().ok());
+        let Some(n) = expected else {
+            return Err(fail(format_args!("ahci_disks=N is not a number")));
+        };
+        check!(disks.len() == n, "{} AHCI disks attached, the profile has {}", disks.len(), n);
+        // Different ports, different drives, different queues.
+        for (i, a) in disks.iter().enumerate() {
+            for b in &disks[i + 1..] {
+                check!(a.hw.port() != b.hw.port(), "two disks on port {}", a.hw.port());
+                check!(
+                    a.hw.model_serial().1 != b.hw.model_serial().1,
+                    "ports {} and {} report the same serial {}",
+                    a.hw.port(),
+                    b.hw.port(),
+                    a.hw.model_serial().1
+                );
+                check!(!core::ptr::eq(a.queue, b.queue), "ports {} and {} share a queue", a.hw.port(), b.hw.port());
+            }
+        }
+        // The same sector of every disk gets its own pattern; each reads back its own, so the
+        // writes went to different media.
+        const SECTOR: u64 = 4096;
+        let mut w = dma(4096)?;
+        for (i, d) in disks.iter().enumerate() {
+            pattern(w.as_mut_slice(), 0xd15c_0000 + i as u32);
+            // SAFETY: `w` is this test's DMA buffer; the call waits for the bio.
+            unsafe { io_ok(&target_on(i, d)?, Op::Write, SECTOR, &[(w.phys(), 4096)]) }?;
+        }
+        let r = dma(4096)?;
+        for (i, d) in disks.iter().enumerate() {
+            // SAFETY: `r` is this test's DMA buffer; the call waits for the bio.
+            unsafe { io_ok(&target_on(i, d)?, Op::Read, SECTOR, &[(r.phys(), 4096)]) }?;
+            pattern(w.as_mut_slice(), 0xd15c_0000 + i as u32);
+            check!(
+                r.as_slice() == w.as_slice(),
+                "port {}: sector {} does not hold what was written to this disk",
+                d.hw.port(),
+                SECTOR
+            );
+        }
+        // Every disk takes the whole read-back check and a full queue.
+        for (i, d) in disks.iter().enumerate() {
+            let t = target_on(i, d)?;
+            readback_start_middle_end(&t)?;
+            full_depth_in_flight(&t)?;
+            check_eq!(d.hw.in_flight(), 0);
+            check!(!d.hw.is_dead(), "port {} dead", d.hw.port());
+        }
+        Ok(())
     }
 }

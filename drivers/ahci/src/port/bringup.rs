@@ -1,5 +1,5 @@
-//! Bring-up: BIOS/OS handoff, HBA reset, port selection, port start and stop, COMRESET, the
-//! internal command (slot 0, polled) and IDENTIFY DEVICE.
+//! Bring-up: BIOS/OS handoff and HBA reset ([`Hba`]), what each port has ([`PortStatus`]),
+//! port start and stop, COMRESET, the internal command (slot 0, polled) and IDENTIFY DEVICE.
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -14,14 +14,47 @@ use super::{
 };
 use crate::InitError;
 use crate::cmd::{H2dFis, SLOTS, header_dw0};
-use crate::regs::{Bohc, Cap, Cap2, Ghc, PxCmd, PxIs, Serr, Tfd, hba, port as px, sctl, ssts};
+use crate::regs::{Bohc, Cap, Cap2, Ghc, PxCmd, PxIs, Serr, Tfd, hba, port as px, sctl, sig, ssts};
 use crate::sg::{Prd, write_prdt};
-use crate::spec::{IdentifyInfo, ata, words};
+use crate::spec::{IdentifyInfo, ata, ata_error, words};
 use crate::stats::DriverStats;
 
-impl Ahci {
-    /// Brings up the HBA behind `abar` (BAR5) and the disk on its first live port.
-    pub fn new(abar: Mmio, mode: Mode) -> Result<Ahci, InitError> {
+/// What a port of the HBA has behind it, from `PxSSTS.DET` and `PxSIG` after the HBA reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortStatus {
+    /// Not in `PI`, or beyond the register window.
+    NotImplemented,
+    /// No device detected (`DET` = 0).
+    NoDevice,
+    /// A device but no PHY communication, or the PHY offline (`DET`, not 3).
+    LinkDown(u8),
+    /// An ATAPI device (CD/DVD): not a disk this driver serves.
+    Atapi,
+    /// A port multiplier: not supported.
+    PortMultiplier,
+    /// Another signature (enclosure bridge, unknown): not a disk this driver serves.
+    Other(u32),
+    /// A SATA disk (ATA signature, or none received yet): bring it up with [`Ahci::on_port`].
+    Disk,
+}
+
+/// An AHCI host bus adapter taken from the firmware and reset, with AHCI mode on: what it
+/// offers and what is on its ports. Each port with a disk is then brought up on its own
+/// ([`Ahci::on_port`]).
+pub struct Hba {
+    abar: Mmio,
+    cap: Cap,
+    pi: u32,
+    version: u32,
+    bios_handoff: bool,
+    /// Ports the register window covers (at most 32).
+    nports: usize,
+}
+
+impl Hba {
+    /// BIOS/OS handoff when offered, HBA reset, AHCI mode. Fewer than 32 command slots is
+    /// refused.
+    pub fn new(abar: Mmio) -> Result<Hba, InitError> {
         if abar.len() < hba::PORT_BASE + hba::PORT_STRIDE {
             return Err(InitError::Controller);
         }
@@ -42,19 +75,98 @@ impl Ahci {
             return Err(InitError::Controller);
         }
         abar.write32(hba::GHC, Ghc::AE.bits());
-        let cap_v = Cap::from_bits_retain(abar.read32(hba::CAP));
-        if cap_v.command_slots() < SLOTS as u32 {
+        let cap = Cap::from_bits_retain(abar.read32(hba::CAP));
+        if cap.command_slots() < SLOTS as u32 {
             return Err(InitError::TooFewSlots);
         }
         let pi = abar.read32(hba::PI);
-        let nports = (abar.len() - hba::PORT_BASE) / hba::PORT_STRIDE;
-        let port = (0..nports.min(32))
-            .filter(|p| pi & (1 << p) != 0)
-            .find(|&p| {
-                let off = hba::PORT_BASE + p * hba::PORT_STRIDE + px::SSTS;
-                abar.read32(off) & ssts::DET_MASK == ssts::DET_PRESENT
-            })
-            .ok_or(InitError::NoDevice)?;
+        let version = abar.read32(hba::VS);
+        let nports = ((abar.len() - hba::PORT_BASE) / hba::PORT_STRIDE).min(32);
+        Ok(Hba {
+            abar,
+            cap,
+            pi,
+            version,
+            bios_handoff,
+            nports,
+        })
+    }
+
+    /// `CAP`.
+    pub fn cap(&self) -> Cap {
+        self.cap
+    }
+
+    /// `PI`: ports implemented.
+    pub fn ports_implemented(&self) -> u32 {
+        self.pi
+    }
+
+    /// What is on `port`.
+    pub fn port_status(&self, port: usize) -> PortStatus {
+        if port >= self.nports || self.pi & (1 << port) == 0 {
+            return PortStatus::NotImplemented;
+        }
+        let base = hba::PORT_BASE + port * hba::PORT_STRIDE;
+        let det = self.abar.read32(base + px::SSTS) & ssts::DET_MASK;
+        if det == 0 {
+            return PortStatus::NoDevice;
+        }
+        if det != ssts::DET_PRESENT {
+            return PortStatus::LinkDown(det as u8);
+        }
+        match self.abar.read32(base + px::SIG) {
+            sig::ATA | sig::NONE => PortStatus::Disk,
+            sig::ATAPI => PortStatus::Atapi,
+            sig::PORT_MULTIPLIER => PortStatus::PortMultiplier,
+            s => PortStatus::Other(s),
+        }
+    }
+
+    /// Ports with a disk (`PortStatus::Disk`), one bit each.
+    pub fn disk_ports(&self) -> u32 {
+        (0..self.nports)
+            .filter(|&p| self.port_status(p) == PortStatus::Disk)
+            .fold(0, |m, p| m | 1 << p)
+    }
+
+    /// `IS`: ports with an interrupt pending, one bit each (a dispatcher for an interrupt line
+    /// that several ports share reads it and calls the handlers of those ports).
+    pub fn pending(&self) -> u32 {
+        self.abar.read32(hba::IS)
+    }
+
+    /// Another handle on the registers.
+    fn abar(&self) -> Result<Mmio, InitError> {
+        self.abar
+            .subregion(0, self.abar.len())
+            .ok_or(InitError::Controller)
+    }
+}
+
+impl Ahci {
+    /// Brings up the HBA behind `abar` (BAR5) and the disk on its first port with one; a
+    /// controller with several disks is brought up with [`Hba::new`] and [`Ahci::on_port`]
+    /// for each.
+    pub fn new(abar: Mmio, mode: Mode) -> Result<Ahci, InitError> {
+        let hba = Hba::new(abar)?;
+        let ports = hba.disk_ports();
+        if ports == 0 {
+            return Err(InitError::NoDevice);
+        }
+        Ahci::on_port(&hba, ports.trailing_zeros() as usize, mode)
+    }
+
+    /// Brings up the disk on `port` of `hba`: its own command memory, port start, IDENTIFY
+    /// DEVICE. `InitError::NoDevice` when the port has no disk ([`Hba::port_status`]).
+    pub fn on_port(hba: &Hba, port: usize, mode: Mode) -> Result<Ahci, InitError> {
+        if hba.port_status(port) != PortStatus::Disk {
+            return Err(InitError::NoDevice);
+        }
+        let abar = hba.abar()?;
+        let cap_v = hba.cap;
+        let pi = hba.pi;
+        let bios_handoff = hba.bios_handoff;
         let addr64 = cap_v.contains(Cap::S64A);
         let mem = DmaBuf::alloc(MEM_BYTES, 4096).map_err(|_| InitError::NoMemory)?;
         if !addr64 && mem.phys().0 + MEM_BYTES as u64 > 1 << 32 {
@@ -74,6 +186,7 @@ impl Ahci {
             trim_max_blocks: 0,
             model: [b' '; 40],
             serial: [b' '; 20],
+            media_status: false,
         };
         let pregs = abar
             .subregion(hba::PORT_BASE + port * hba::PORT_STRIDE, hba::PORT_STRIDE)
@@ -93,6 +206,7 @@ impl Ahci {
                 ncq: false,
                 ncq_depth: 1,
                 bios_handoff,
+                write_protected: false,
             },
             limits: QueueLimits::new(),
             lbs_shift: 9,
@@ -105,16 +219,17 @@ impl Ahci {
                 err_is: PxIs::empty(),
                 err_tfd: Tfd::empty(),
                 err_serr: Serr::empty(),
-                dead: false,
+                refuse: 0,
             }),
             queue: CompletionSink::new(),
             unissued: AtomicBool::new(false),
             pending_is: AtomicU32::new(0),
             reap_pending: AtomicBool::new(false),
             recovery_pending: AtomicBool::new(false),
+            ro_done: AtomicU32::new(0),
             stats: DriverStats::new(),
         };
-        ahci.info.version = ahci.abar.read32(hba::VS);
+        ahci.info.version = hba.version;
         if !ahci.port_start() {
             return Err(InitError::PortStart);
         }
@@ -139,6 +254,22 @@ impl Ahci {
             .map_err(|_| InitError::BadIdentify(crate::spec::IdentifyError::BadSectorSize))?;
         // A power of two (checked by `validate`).
         ahci.lbs_shift = id.logical_sector_size.trailing_zeros();
+        if id.media_status {
+            // Removable media: GET MEDIA STATUS fails with WP when it is write-protected (or
+            // with NM, MC, MCR, ABRT: none of them stop the bring-up). An error stops the
+            // port, which starts again.
+            if let Err(tfd) = ahci.exec_internal(H2dFis::simple(ata::GET_MEDIA_STATUS), None, false)
+            {
+                let t = Tfd::from_bits_retain(tfd);
+                if t.contains(Tfd::ERR) && t.error() & ata_error::WP != 0 {
+                    ahci.info.write_protected = true;
+                    ahci.inner.get_mut().refuse |= super::READ_ONLY;
+                }
+                if !ahci.port_start() {
+                    return Err(InitError::PortStart);
+                }
+            }
+        }
         if mode == Mode::Interrupt {
             ahci.abar.write32(hba::GHC, (Ghc::AE | Ghc::IE).bits());
         }

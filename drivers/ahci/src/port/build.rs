@@ -6,7 +6,7 @@ use core::sync::atomic::Ordering;
 
 use blk::{BioFlags, BlkError, Op, PtCmd, QueueRqError, Request, SgEntry};
 
-use super::{Ahci, CL_OFF, Inner};
+use super::{Ahci, CL_OFF, DEAD, Inner};
 use crate::cmd::{H2dFis, HEADER_BYTES, TRIM_OFFSET, header_dw0, trim_ranges};
 use crate::regs::port as px;
 use crate::sg::{Prd, build_prdt, write_prdt};
@@ -31,6 +31,11 @@ pub(super) struct SlotCmd {
 }
 
 impl SlotCmd {
+    /// The LBA of the saved command.
+    pub(super) fn lba(&self) -> u64 {
+        self.fis.lba
+    }
+
     pub(super) const EMPTY: SlotCmd = SlotCmd {
         fis: H2dFis {
             command: 0,
@@ -198,6 +203,49 @@ impl Ahci {
         self.mem.write32(table + 16, d[4]);
     }
 
+    /// Whether the step of `tag` that just finished (`step`, before the tracker moved on) is
+    /// a non-queued read or write (READ/WRITE DMA EXT; PRDBC is not defined for NCQ commands)
+    /// the device reported short: its PRDBC (command header dword 1, cleared when the header
+    /// was written) is not the command's byte count.
+    #[inline(never)]
+    pub(super) fn short_transfer(&self, inner: &Inner, tag: u8, step: u8) -> bool {
+        let c = &inner.cmds[tag as usize];
+        let step = step.min(c.nsteps - 1);
+        if c.steps[step as usize] != Step::Main
+            || inner.pt & (1 << tag) != 0
+            || !matches!(c.fis.command, ata::READ_DMA_EXT | ata::WRITE_DMA_EXT)
+        {
+            return false;
+        }
+        let blocks = if c.fis.count == 0 {
+            65536
+        } else {
+            c.fis.count as u32
+        };
+        self.mem.read32(CL_OFF + tag as usize * HEADER_BYTES + 4) != blocks << self.lbs_shift
+    }
+
+    /// Tags whose current step writes the media (WRITE DMA EXT, WRITE FPDMA QUEUED, TRIM);
+    /// passthrough commands are not counted.
+    pub(super) fn media_writes(inner: &Inner) -> u32 {
+        let mut m = inner.tracker.busy() & !inner.pt;
+        let mut out = 0;
+        while m != 0 {
+            let t = m.trailing_zeros() as u8;
+            m &= m - 1;
+            let c = &inner.cmds[t as usize];
+            let step = inner.tracker.step(t).min(c.nsteps - 1);
+            let write = matches!(
+                c.fis.command,
+                ata::WRITE_DMA_EXT | ata::WRITE_FPDMA_QUEUED | ata::DATA_SET_MANAGEMENT
+            );
+            if c.steps[step as usize] == Step::Main && write {
+                out |= 1 << t;
+            }
+        }
+        out
+    }
+
     /// Writes header and FIS of `tag` at its current step (unless `queue_rq` already did for
     /// the first issue).
     fn load_slot(&self, inner: &mut Inner, tag: u8) {
@@ -230,7 +278,7 @@ impl Ahci {
     /// Issues whatever the tracker allows.
     pub(super) fn issue_ready(&self, inner: &mut Inner) {
         self.unissued.store(false, Ordering::Relaxed);
-        if inner.dead {
+        if inner.refuse & DEAD != 0 {
             return;
         }
         let iss = inner.tracker.next_issue();

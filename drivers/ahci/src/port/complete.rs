@@ -13,6 +13,8 @@ use crate::regs::{PxIs, Serr, Tfd, hba, port as px};
 /// Completions collected under the lock, delivered after it: one bit per tag (a tag is in at
 /// most one of the status masks, since the tracker lets every tag leave once). Error kind
 /// [`IO`] fails with `BlkError::Io`, [`DEAD`] with `DeviceError(DEAD)` (the port is dead).
+/// Writes failed as write-protected go through [`Ahci::deliver_read_only`] instead (recovery
+/// only), so the batch of every completion stays this small.
 pub(super) type DoneList = TagMaskBatch<2>;
 
 /// Error kind of a [`DoneList`]: the command failed (`BlkError::Io`).
@@ -53,13 +55,21 @@ impl Ahci {
                 inner.tracker.stop();
             }
             self.recovery_pending.store(true, Ordering::Release);
-        } else if inner.tracker.excl_active() != 0
-            && let Some((tag, finished)) = inner.tracker.reap_exclusive(self.pread(px::CI))
-        {
-            if finished {
-                ok |= 1 << tag;
-            } else {
-                self.issue_exclusive(inner, tag);
+        } else if inner.tracker.excl_active() != 0 {
+            let t = inner.tracker.excl_active().trailing_zeros() as u8;
+            let step = inner.tracker.step(t);
+            if let Some((tag, finished)) = inner.tracker.reap_exclusive(self.pread(px::CI)) {
+                if self.short_transfer(inner, tag, step) {
+                    // The device says it finished but moved fewer bytes than asked: never a
+                    // success. The request fails with `Io` (the block layer may retry it).
+                    self.stats.short_transfers.fetch_add(1, Ordering::Relaxed);
+                    inner.tracker.forget(tag);
+                    done.fail(IO, 1 << tag);
+                } else if finished {
+                    ok |= 1 << tag;
+                } else {
+                    self.issue_exclusive(inner, tag);
+                }
             }
         }
         done.ok(ok.into());
@@ -86,6 +96,20 @@ impl Ahci {
             }
             done = NO_DONE;
             self.reap_locked(&mut guard, &mut done);
+        }
+    }
+
+    /// Completes the writes a recovery failed as write-protected (`BlkError::ReadOnly`),
+    /// with the lock not held.
+    #[cold]
+    pub(super) fn deliver_read_only(&self) {
+        let mut m = self.ro_done.swap(0, Ordering::AcqRel);
+        while m != 0 {
+            let tag = m.trailing_zeros();
+            m &= m - 1;
+            self.queue.complete(tag as u16, Err(BlkError::ReadOnly));
+            self.stats.completions.fetch_add(1, Ordering::Relaxed);
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -1,7 +1,7 @@
 //! The driver proper: one disk on one port of an AHCI HBA, as a `blk::HwQueue`.
 //!
 //! - [`tracker`]: slot and tag bookkeeping ([`Tracker`]), pure and tested on the host.
-//! - `bringup`: HBA reset, port start and stop, COMRESET, the internal command, IDENTIFY.
+//! - `bringup`: HBA reset ([`Hba`], [`PortStatus`]), port start and stop, COMRESET, the internal command, IDENTIFY.
 //! - `build`: requests to commands in their slots (FIS, header, NCQ or exclusive) and issuing.
 //! - `sgmap`: a request's scatter-gather list into the slot's PRDT.
 //! - `complete`: the interrupt handler and polling, reaping PxSACT/PxCI, delivery by tag.
@@ -17,7 +17,7 @@ pub mod tracker;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use blk::driver::CompletionSink;
-use blk::{BlkError, HwQueue, QueueLimits, QueueRqError, Request, TagComplete, TimeoutAction};
+use blk::{BlkError, HwQueue, Op, QueueLimits, QueueRqError, Request, TagComplete, TimeoutAction};
 use hal::{DmaBuf, Mmio};
 use spin::Mutex;
 
@@ -26,6 +26,7 @@ use crate::regs::{Cap, PxCmd, PxIs, Serr, Tfd, port as px};
 use crate::spec::{IdentifyInfo, trimmed};
 use crate::stats::DriverStats;
 
+pub use bringup::{Hba, PortStatus};
 use build::SlotCmd;
 use complete::NO_DONE;
 pub use tracker::{Issue, Recovery, Tracker};
@@ -47,8 +48,9 @@ pub mod device_error {
 
 /// Times one command is replayed after a recovery it was not to blame for, before it fails.
 pub const MAX_REPLAYS: u8 = 8;
-/// Register polls before a wait for the hardware gives up.
-const SPIN_LIMIT: u32 = 2_000_000;
+/// Register polls before a wait for the hardware gives up (host tests: steps of the fake HBA,
+/// which answers within a few).
+const SPIN_LIMIT: u32 = if cfg!(test) { 20_000 } else { 2_000_000 };
 
 /// What the controller and the disk offer, and what the driver uses.
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +73,10 @@ pub struct DeviceInfo {
     pub ncq_depth: u8,
     /// The BIOS owned the HBA and handed it over.
     pub bios_handoff: bool,
+    /// GET MEDIA STATUS at bring-up said the media is write-protected (only asked of disks
+    /// with removable-media status notification): the queue should be read-only; the driver
+    /// refuses writes with `ReadOnly` either way.
+    pub write_protected: bool,
 }
 
 impl DeviceInfo {
@@ -108,7 +114,24 @@ struct Inner {
     err_is: PxIs,
     err_tfd: Tfd,
     err_serr: Serr,
-    dead: bool,
+    /// Why requests are refused before they reach the port ([`DEAD`], [`READ_ONLY`]).
+    refuse: u8,
+}
+
+/// [`Inner::refuse`]: a reset failed, the port is unusable.
+const DEAD: u8 = 1;
+/// [`Inner::refuse`]: the disk reported write-protected media; writes fail at once.
+const READ_ONLY: u8 = 2;
+
+/// Why a request is refused at once, given [`Inner::refuse`] (not 0).
+#[cold]
+#[inline(never)]
+fn refused(refuse: u8, rq: &Request) -> Option<BlkError> {
+    if refuse & DEAD != 0 {
+        return Some(BlkError::DeviceError(device_error::DEAD));
+    }
+    let write = rq.passthrough().is_none() && rq.op().is_write() && rq.op() != Op::Flush;
+    (refuse & READ_ONLY != 0 && write).then_some(BlkError::ReadOnly)
 }
 
 /// Memory layout of the port's DMA buffer.
@@ -142,6 +165,9 @@ pub struct Ahci {
     pending_is: AtomicU32,
     reap_pending: AtomicBool,
     recovery_pending: AtomicBool,
+    /// Tags a recovery failed as writes to write-protected media, to complete with
+    /// `BlkError::ReadOnly` after the lock is dropped.
+    ro_done: AtomicU32,
     stats: DriverStats,
 }
 
@@ -197,9 +223,20 @@ impl Ahci {
         self.inner.lock().tracker.busy().count_ones()
     }
 
+    /// The HBA port the disk is on (its bit in the HBA's `IS`, [`Hba::pending`]).
+    pub fn port(&self) -> usize {
+        self.port
+    }
+
     /// Whether a reset failed and the port is unusable.
     pub fn is_dead(&self) -> bool {
-        self.inner.lock().dead
+        self.inner.lock().refuse & DEAD != 0
+    }
+
+    /// Whether the disk reported write-protected media: writes (and TRIM) then fail at once
+    /// with `BlkError::ReadOnly`; reads, flushes and passthrough commands go on.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.lock().refuse & READ_ONLY != 0
     }
 
     #[inline]
@@ -209,7 +246,13 @@ impl Ahci {
 
     #[inline]
     fn pwrite(&self, off: usize, v: u32) {
-        self.pregs.write32(off, v)
+        self.pregs.write32(off, v);
+        // Host tests: PxSACT and PxCI are write-1-to-set in hardware but plain memory in the
+        // fake HBA, so it takes each write before a second one in the same call overwrites it.
+        #[cfg(test)]
+        if off == px::SACT || off == px::CI {
+            crate::fake::tick();
+        }
     }
 
     /// `PxCMD`.
@@ -242,10 +285,10 @@ impl HwQueue for Ahci {
             return Err(QueueRqError::Fatal(BlkError::Io));
         }
         let mut g = self.inner.lock();
-        if g.dead {
-            return Err(QueueRqError::Fatal(BlkError::DeviceError(
-                device_error::DEAD,
-            )));
+        if g.refuse != 0
+            && let Some(e) = refused(g.refuse, rq)
+        {
+            return Err(QueueRqError::Fatal(e));
         }
         if g.tracker.busy() & (1 << tag) != 0 {
             // A block-layer bug: the slot's table belongs to the command in it.
@@ -318,6 +361,7 @@ mod tests {
             ncq: true,
             ncq_depth: 32,
             bios_handoff: false,
+            write_protected: false,
         };
         let l = info.queue_limits();
         l.validate().unwrap();
