@@ -12,9 +12,9 @@ use blk::driver::CompletionSink;
 use blk::{HwQueue, QueueLimits, QueueRqError, Request, TagComplete, TimeoutAction};
 use hal::{DmaBuf, IrqLine};
 use spin::{Mutex, Once};
-use virtio_drivers::queue::VirtQueue;
 
-use crate::hal_impl::{UsedArea, VirtioHal};
+use crate::hal_impl::UsedArea;
+use crate::ring::Ring;
 use crate::sg::HeadTable;
 use crate::{DeviceTransport, MAX_SEGMENTS, QUEUE_DEPTH, RING_SIZE};
 
@@ -85,12 +85,14 @@ impl Slot {
 
 struct Inner {
     transport: DeviceTransport,
-    vq: VirtQueue<VirtioHal, RING_SIZE>,
+    vq: Ring,
     used: Option<UsedArea>,
     heads: HeadTable<RING_SIZE>,
     slots: [Slot; QUEUE_DEPTH],
     /// Chains added since bring-up (equals the queue's avail index).
     added: u16,
+    /// Used entries taken since bring-up (equals the queue's last used index).
+    taken: u16,
     /// `added` at the last notification decision.
     notified: u16,
     dead: bool,
@@ -168,6 +170,13 @@ impl VirtioBlk {
     /// Requests in flight in the device.
     pub fn in_flight(&self) -> u16 {
         self.inner.lock().heads.in_flight()
+    }
+
+    /// Physical range of the command memory (host tests check descriptors against it).
+    #[cfg(test)]
+    pub(crate) fn cmd_range(&self) -> (u64, u64) {
+        let p = self.cmd.phys().0;
+        (p, p + self.cmd.len() as u64)
     }
 
     /// Whether a protocol violation left the device unusable.

@@ -2,7 +2,7 @@
 //! each against the driver's own records (id in flight, length at least what the chain needed),
 //! read the status byte, and deliver outside the lock.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{Ordering, fence};
 
 use blk::BlkError;
 use blk::driver::{CompletionBatch, Deliver};
@@ -10,7 +10,7 @@ use spin::MutexGuard;
 use virtio_drivers::transport::Transport;
 
 use super::{CMD_STATUS, CMD_STRIDE, Inner, Mode, Slot, VirtioBlk, device_error};
-use crate::hal_impl::pop_chain;
+use crate::sg::NONE;
 use crate::spec::status;
 
 /// Completions reaped per pass under the lock (then delivered outside it; a full batch leaves
@@ -103,8 +103,28 @@ impl VirtioBlk {
             if done.is_full() {
                 break Stop::Full;
             }
-            let Some(id) = inner.vq.peek_used() else {
-                break Stop::Empty;
+            let id = match inner.used {
+                Some(u) => {
+                    // More entries published than chains in flight: the index jumped ahead
+                    // (stale entries would complete chains the device has not finished) or
+                    // went back.
+                    let pending = u.idx().wrapping_sub(inner.taken);
+                    if pending == 0 {
+                        break Stop::Empty;
+                    }
+                    if pending > inner.heads.in_flight() {
+                        self.stats.bad_used_idx.fetch_add(1, Ordering::Relaxed);
+                        break Stop::Violation;
+                    }
+                    // The entry is read after the index that published it.
+                    fence(Ordering::Acquire);
+                    // All 32 bits: an id past the ring never lands on a chain in flight.
+                    u16::try_from(u.id(inner.taken)).unwrap_or(NONE)
+                }
+                None => match inner.vq.peek_used() {
+                    Some(id) => id,
+                    None => break Stop::Empty,
+                },
             };
             #[cfg(feature = "fault-injection")]
             let id = self.corrupted_used_id(id);
@@ -115,10 +135,11 @@ impl VirtioBlk {
             let Some(&slot) = inner.slots.get(tag as usize) else {
                 break Stop::Violation;
             };
-            let Ok(len) = pop_chain(&mut inner.vq, id, slot.readable + slot.writable) else {
+            let Ok(len) = inner.vq.pop_chain(id, slot.readable + slot.writable) else {
                 break Stop::Violation;
             };
             inner.heads.remove(id);
+            inner.taken = inner.taken.wrapping_add(1);
             reaped += 1;
             let st = if len < slot.min_used_len {
                 self.stats.short_lengths.fetch_add(1, Ordering::Relaxed);

@@ -31,5 +31,7 @@ blk::driver_stats! {
         timeouts,
         /// Pre-flushes run for PREFLUSH writes.
         preflushes,
+        /// Reap passes that found the used index ahead of every chain in flight, or behind.
+        bad_used_idx,
     }
 }
