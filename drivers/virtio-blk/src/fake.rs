@@ -93,6 +93,8 @@ pub struct Device {
     pub dma_ok: Vec<(u64, u64)>,
     /// Descriptors found pointing outside `dma_ok`, or linking past the ring.
     pub dma_violations: u32,
+    /// What the last of them was.
+    pub dma_detail: std::string::String,
 }
 
 impl Device {
@@ -214,6 +216,11 @@ impl Device {
         loop {
             if i >= r.size || bufs.len() > usize::from(r.size) {
                 self.dma_violations += 1;
+                self.dma_detail = format!(
+                    "chain from {head}: link to {i}, {} buffers, ring {}",
+                    bufs.len(),
+                    r.size
+                );
                 return (0, None, S_IOERR);
             }
             let d = r.desc + 16 * u64::from(i);
@@ -235,8 +242,15 @@ impl Device {
         if !self.dma_ok.is_empty() {
             for &(addr, len, _) in &bufs {
                 let end = addr.saturating_add(u64::from(len));
-                if len == 0 || !self.dma_ok.iter().any(|&(s, e)| s <= addr && end <= e) {
+                if len == 0 {
+                    // A recycled (cleared) descriptor: this model took an entry the driver had
+                    // already got back through a used entry the model posted early.
+                    return (0, None, S_IOERR);
+                }
+                if !self.dma_ok.iter().any(|&(s, e)| s <= addr && end <= e) {
                     self.dma_violations += 1;
+                    self.dma_detail =
+                        format!("chain from {head}: buffer {addr:#x}+{len} of {bufs:x?}");
                     return (0, None, S_IOERR);
                 }
             }
@@ -346,6 +360,7 @@ impl FakeTransport {
             modifying: 0,
             dma_ok: Vec::new(),
             dma_violations: 0,
+            dma_detail: std::string::String::new(),
         };
         FakeTransport {
             dev: Arc::new(Mutex::new(dev)),

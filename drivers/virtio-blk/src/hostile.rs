@@ -1,573 +1,333 @@
-//! Host tests of the whole path (bios → `blk::Queue` → driver → device model) at every ring
-//! size, on a read-only device, and against a hostile device: the model answers with random
-//! and adversarial used entries (ids out of range, never issued or repeated, lengths out of
-//! range, garbage status bytes, the used index jumping ahead or going back, completions held
-//! back or never sent, spurious interrupts, a changed configuration).
+//! Hostile-device tests: the whole path (see `stack.rs`) against a device model that answers
+//! with random and adversarial used entries: ids out of range, never issued or repeated,
+//! lengths out of range, garbage status bytes, the used index jumping ahead or going back,
+//! completions held back or never sent, spurious interrupts, a changed configuration, a queue
+//! that shrinks across a reset. Properties per case: no panic, no completion of a tag the
+//! driver does not hold, every bio completes exactly once (success or a typed error), no
+//! descriptor pointing outside the request's buffers or the driver's command memory, nothing
+//! left in flight.
 //!
-//! `HOSTILE_CASES=N` runs N hostile cases (default 10,000) and `HOSTILE_SEED=S` replays a run;
-//! the seed is printed (`cargo test -p virtio-blk hostile -- --nocapture`) and named in every
-//! failure.
+//! `HOSTILE_CASES=N` runs N cases (default 10,000) and `HOSTILE_SEED=S` replays a run; the seed
+//! is printed (`cargo test -p virtio-blk hostile -- --nocapture`) and named in every failure.
 
-use core::cell::Cell;
 use core::sync::atomic::Ordering::{Relaxed, SeqCst};
-use core::sync::atomic::{AtomicU32, AtomicU64};
-use std::boxed::Box;
 use std::string::String;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::vec::Vec;
 
-use blk::bioset::{BioSet, BioSlab, BvecPools, BvecSlabs};
-use blk::{
-    Bio, BioFlags, BioVec, BlkError, BlkStatus, CpuCtx, HwQueue, Op, Queue, QueueConfig,
-    QueueRqError, Request, TagComplete, TimeoutAction, Wait, submit_bio,
-};
+use blk::{BioFlags, Op};
 
-use crate::fake::{Device, FakeTransport};
-use crate::{InitError, Mode, QUEUE_DEPTH, VirtioBlk};
+use crate::InitError;
+use crate::stack::*;
 
-/// Feature bits (virtio 1.2, 5.2.3 and 6), spelled out here rather than taken from the driver.
-const F_SIZE_MAX: u64 = 1 << 1;
-const F_SEG_MAX: u64 = 1 << 2;
-const F_RO: u64 = 1 << 5;
-const F_FLUSH: u64 = 1 << 9;
-const F_DISCARD: u64 = 1 << 13;
-const F_WRITE_ZEROES: u64 = 1 << 14;
-const F_RING_EVENT_IDX: u64 = 1 << 29;
-const F_VERSION_1: u64 = 1 << 32;
-
-const PAGE: usize = 4096;
-/// Disk of each device model (512 KiB).
-const SECTORS: u64 = 1024;
-/// Most bios per hostile case, and segments per bio.
-const MAX_BIOS: usize = 6;
-const MAX_SEGS: usize = 24;
-/// Test buffers: every other page, so that no two segments merge into one.
-const POOL_PAGES: usize = 2 * MAX_BIOS * MAX_SEGS;
-
-fn leak<T>(v: T) -> &'static T {
-    Box::leak(Box::new(v))
+/// The device's side of one hostile case: completions it holds back, the last entry it posted.
+struct Adversary {
+    /// `(id, len)` of chains served but not posted yet (forgotten when the device resets).
+    held: Vec<(u32, u32)>,
+    last: Option<(u32, u32)>,
+    resets: u32,
+    /// Whether this case may shrink the device's largest queue.
+    may_kill: bool,
 }
 
-/// One test at a time: the driver learns its used area through a process-wide slot that
-/// queue creation fills (shared with `tests.rs`).
-fn serial() -> MutexGuard<'static, ()> {
-    crate::tests::serial()
-}
-
-/// xorshift64*: small, seeded, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.below(v.len() as u64) as usize]
-    }
-    fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-}
-
-/// The kernel's clock, as the tests move it.
-static CLOCK: AtomicU64 = AtomicU64::new(0);
-
-fn clock() -> u64 {
-    CLOCK.load(Relaxed)
-}
-
-/// Sits between the block layer and the driver, in both directions, and checks the driver's
-/// side of the contract: a tag completes only while the driver holds it, once.
-struct Shim {
-    hw: &'static VirtioBlk,
-    q: spin::Once<&'static Queue<QUEUE_DEPTH>>,
-    /// Tags the driver holds (accepted by `queue_rq`, not completed yet).
-    held: AtomicU64,
-    errors: Mutex<Vec<String>>,
-}
-
-impl Shim {
-    fn error(&self, e: String) {
-        self.errors.lock().unwrap().push(e);
-    }
-}
-
-impl HwQueue for Shim {
-    fn queue_rq(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
-        let bit = 1u64 << rq.tag();
-        if self.held.fetch_or(bit, SeqCst) & bit != 0 {
-            self.error(format!(
-                "tag {} dispatched while the driver held it",
-                rq.tag()
-            ));
+impl Adversary {
+    /// One device action, mostly proper, often hostile.
+    fn step(&mut self, s: &Stack, rng: &mut Rng) {
+        let mut d = s.dev();
+        if d.resets != self.resets {
+            self.resets = d.resets;
+            self.held.clear();
+            self.last = None;
         }
-        let r = self.hw.queue_rq(rq, last);
-        if r.is_err() && self.held.fetch_and(!bit, SeqCst) & bit == 0 {
-            self.error(format!("tag {} completed and refused", rq.tag()));
-        }
-        r
-    }
-    fn commit(&self) {
-        self.hw.commit();
-    }
-    fn poll(&self) -> usize {
-        self.hw.poll()
-    }
-    fn timeout(&self, rq: &Request) -> TimeoutAction {
-        let a = self.hw.timeout(rq);
-        if a != TimeoutAction::Extend && self.held.load(SeqCst) & (1 << rq.tag()) != 0 {
-            self.error(format!("tag {} still held after its timeout", rq.tag()));
-        }
-        a
-    }
-}
-
-impl TagComplete for Shim {
-    fn complete(&self, tag: u16, status: BlkStatus, done_bytes: Option<u32>) {
-        if tag >= 64 || self.held.fetch_and(!(1 << tag), SeqCst) & (1 << tag) == 0 {
-            self.error(format!(
-                "completion of tag {tag}, not in flight ({status:?})"
-            ));
-            return;
-        }
-        if let Some(q) = self.q.get() {
-            q.complete(tag, status, done_bytes);
-        }
-    }
-    fn complete_pt(&self, tag: u16, _status: BlkStatus, _result: u64) {
-        self.error(format!("passthrough completion of tag {tag}"));
-    }
-    fn kick(&self) {
-        if let Some(q) = self.q.get() {
-            q.kick();
-        }
-    }
-}
-
-/// Completions of the bios of one case, by index.
-static BIO_DONE: [AtomicU32; MAX_BIOS + 4] = [const { AtomicU32::new(0) }; MAX_BIOS + 4];
-static BIO_ERR: [AtomicU32; MAX_BIOS + 4] = [const { AtomicU32::new(0) }; MAX_BIOS + 4];
-
-struct Io(usize);
-
-fn io_end(bio: Bio) {
-    if let Some(&Io(i)) = bio.front::<Io>() {
-        BIO_DONE[i].fetch_add(1, SeqCst);
-        if bio.status().is_err() {
-            BIO_ERR[i].fetch_add(1, SeqCst);
-        }
-    }
-}
-
-/// What every stack shares: bio memory, the submission context, the data pages.
-struct Shared {
-    set: &'static BioSet<Io>,
-    split: &'static BioSet<()>,
-    ctx: &'static CpuCtx,
-    pool: usize,
-}
-
-fn shared() -> &'static Shared {
-    static S: std::sync::OnceLock<&'static Shared> = std::sync::OnceLock::new();
-    S.get_or_init(|| {
-        hal::dma::host::init_test_region();
-        let slabs: &'static BvecSlabs<64, 64, 64, 64, 8, 8> = leak(BvecSlabs::new());
-        let pools: &'static BvecPools = leak(BvecPools::new(slabs, 2));
-        let slab: &'static BioSlab<Io, 64> = leak(BioSlab::new());
-        let split_slab: &'static BioSlab<(), 256> = leak(BioSlab::new());
-        let mem = Box::leak(vec![0u8; (POOL_PAGES + 1) * PAGE].into_boxed_slice());
-        leak(Shared {
-            set: leak(BioSet::new(slab, 4, Some(pools))),
-            split: leak(BioSet::new(split_slab, 8, Some(pools))),
-            ctx: leak(CpuCtx::new(0)),
-            pool: (mem.as_mut_ptr() as usize).next_multiple_of(PAGE),
-        })
-    })
-}
-
-/// A driver, its block-layer queue and the device model behind it.
-struct Stack {
-    hw: &'static VirtioBlk,
-    shim: &'static Shim,
-    q: &'static Queue<QUEUE_DEPTH>,
-    dev: Arc<Mutex<Device>>,
-    mode: Mode,
-}
-
-/// How a device model is set up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Setup {
-    max_queue: u32,
-    features: u64,
-    seg_max: u32,
-    size_max: u32,
-    polled: bool,
-}
-
-impl Setup {
-    fn plain(max_queue: u32, seg_max: u32) -> Setup {
-        Setup {
-            max_queue,
-            features: F_VERSION_1 | F_SEG_MAX | F_FLUSH | F_RING_EVENT_IDX,
-            seg_max,
-            size_max: PAGE as u32,
-            polled: false,
-        }
-    }
-
-    fn transport(&self) -> FakeTransport {
-        let t = FakeTransport::new(SECTORS, self.features, self.seg_max, self.size_max, 512);
-        {
-            let dev = t.device();
-            let mut d = dev.lock().unwrap();
-            d.max_queue = self.max_queue;
-            // max_discard_sectors, max_write_zeroes_sectors.
-            d.config[36..40].copy_from_slice(&64u32.to_le_bytes());
-            d.config[48..52].copy_from_slice(&64u32.to_le_bytes());
-        }
-        t
-    }
-
-    fn stack(&self) -> Result<&'static Stack, InitError> {
-        let sh = shared();
-        let t = self.transport();
-        let dev = t.device();
-        let mode = if self.polled {
-            Mode::Polling
-        } else {
-            Mode::Interrupt
-        };
-        let hw = leak(VirtioBlk::new(t, mode)?);
-        let shim = leak(Shim {
-            hw,
-            q: spin::Once::new(),
-            held: AtomicU64::new(0),
-            errors: Mutex::new(Vec::new()),
-        });
-        let mut cfg = QueueConfig::new(hw.info().capacity);
-        cfg.read_only = hw.info().read_only;
-        cfg.clock = clock;
-        cfg.timeout_ns = 50_000;
-        cfg.wait = Wait::Hook(wait_hook);
-        let depth = hw.info().queue_depth as usize;
-        let q: &'static Queue<QUEUE_DEPTH> =
-            leak(Queue::new(shim, hw.limits(), cfg, sh.split).with_depth(depth));
-        shim.q.call_once(|| q);
-        hw.attach(shim);
-        let (lo, hi) = hw.cmd_range();
-        dev.lock().unwrap().dma_ok = vec![
-            (sh.pool as u64, (sh.pool + POOL_PAGES * PAGE) as u64),
-            (lo, hi),
-        ];
-        Ok(leak(Stack {
-            hw,
-            shim,
-            q,
-            dev,
-            mode,
-        }))
-    }
-}
-
-std::thread_local! {
-    /// The stack the wait hook drives, and how many times it ran in this case.
-    static ACTIVE: Cell<Option<&'static Stack>> = const { Cell::new(None) };
-    static WAITS: Cell<u64> = const { Cell::new(0) };
-}
-
-/// The block layer waits (for a tag or bio memory): let a well-behaved device and the clock
-/// move on, as the kernel's wait hook does with real time and interrupts.
-fn wait_hook() {
-    let n = WAITS.get() + 1;
-    WAITS.set(n);
-    assert!(n < 200_000, "no progress while the block layer waits");
-    if let Some(s) = ACTIVE.get() {
-        s.serve_all();
-        s.tick();
-    }
-}
-
-impl Stack {
-    fn dev(&self) -> MutexGuard<'_, Device> {
-        self.dev.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Serves every available chain properly and lets the driver see the completions.
-    fn serve_all(&self) {
-        self.dev().run();
-        self.reap();
-    }
-
-    /// The driver's interrupt handler or poll.
-    fn reap(&self) {
-        match self.mode {
-            Mode::Interrupt => self.hw.handle_irq(),
-            Mode::Polling => {
-                self.hw.poll();
-            }
-        }
-    }
-
-    /// Time passes: timeouts fire, requeued requests go out again.
-    fn tick(&self) {
-        let now = CLOCK.fetch_add(5_000, Relaxed) + 5_000;
-        self.q.check_timeouts(now);
-        self.q.kick();
-    }
-
-    /// A bio of `op` at `sector` over `segs` (page index, bytes) of the shared pool.
-    fn bio(&self, i: usize, op: Op, flags: BioFlags, sector: u64, segs: &[(usize, u32)]) -> Bio {
-        let sh = shared();
-        let mut b = sh
-            .set
-            .alloc(Io(i), op, segs.len(), Wait::Spin)
-            .expect("bio");
-        for &(page, len) in segs {
-            assert!(page < POOL_PAGES && len as usize <= PAGE);
-            let phys = hal::mem::virt_to_phys(sh.pool + page * PAGE);
-            // SAFETY: a page of the leaked pool, reachable at `phys` through hal's identity
-            // translation; the device model alone touches it until the bio completes, and the
-            // tests wait for every bio before reusing a page.
-            #[allow(unsafe_code)]
-            let seg = unsafe { BioVec::new(phys, len) };
-            b.add_vec(seg).expect("add_vec");
-        }
-        b.set_sector(sector);
-        b.set_flags(flags);
-        b.set_dev(self.q);
-        b.set_end_io(io_end);
-        b
-    }
-
-    fn submit(&self, b: Bio) -> Result<(), BlkError> {
-        let idx = b.front::<Io>().map(|io| io.0);
-        match submit_bio(shared().ctx, b) {
-            Ok(()) => Ok(()),
-            Err((e, _)) => {
-                // Refused before it was queued: it never completes.
-                if let Some(i) = idx {
-                    BIO_DONE[i].fetch_add(1, SeqCst);
-                    BIO_ERR[i].fetch_add(1, SeqCst);
+        let size = u32::from(d.ring_size().max(1));
+        match rng.below(100) {
+            // Serve the next chain properly.
+            0..=29 => {
+                if let Some((head, len)) = d.take_chain(None) {
+                    d.push_used(u32::from(head), len);
+                    self.last = Some((u32::from(head), len));
                 }
-                Err(e)
             }
-        }
-    }
-
-    /// Runs the device properly until the first `n` bios completed (or `steps` pass).
-    fn settle(&self, n: usize, steps: usize) -> bool {
-        for _ in 0..steps {
-            if (0..n).all(|i| BIO_DONE[i].load(SeqCst) > 0) {
-                return true;
+            // Serve it, post later (out of order).
+            30..=41 => {
+                if let Some((head, len)) = d.take_chain(None) {
+                    self.held.push((u32::from(head), len));
+                }
             }
-            self.serve_all();
-            self.tick();
-        }
-        (0..n).all(|i| BIO_DONE[i].load(SeqCst) > 0)
-    }
-
-    /// Everything the stack must look like between cases.
-    fn check_idle(&self, n: usize) -> Result<(), String> {
-        let errs = core::mem::take(&mut *self.shim.errors.lock().unwrap());
-        if !errs.is_empty() {
-            return Err(format!("driver broke the completion contract: {errs:?}"));
-        }
-        for i in 0..n {
-            let d = BIO_DONE[i].load(SeqCst);
-            if d != 1 {
-                return Err(format!("bio {i} completed {d} times"));
+            // Serve it with a garbage status byte (0 = OK is possible too).
+            42..=46 => {
+                let st = rng.next() as u8;
+                if let Some((head, len)) = d.take_chain(Some(st)) {
+                    self.held.push((u32::from(head), len));
+                }
             }
-        }
-        for i in n..BIO_DONE.len() {
-            if BIO_DONE[i].load(SeqCst) != 0 {
-                return Err(format!("completion of bio {i}, never submitted"));
+            // Post a held completion.
+            47..=61 if !self.held.is_empty() => {
+                let i = rng.below(self.held.len() as u64) as usize;
+                let (id, len) = self.held.swap_remove(i);
+                d.push_used(id, len);
+                self.last = Some((id, len));
             }
+            // Post a held completion with a length out of range.
+            62..=65 if !self.held.is_empty() => {
+                let i = rng.below(self.held.len() as u64) as usize;
+                let (id, _) = self.held.swap_remove(i);
+                let any = rng.next() as u32;
+                let len = rng.pick(&[0, 1, 2, u32::MAX, any]);
+                d.push_used(id, len);
+            }
+            // An id never issued, out of the ring, past 16 bits, or any.
+            66..=71 => {
+                let ids = [
+                    rng.below(u64::from(size)) as u32,
+                    size + rng.below(64) as u32,
+                    0x1_0000 + rng.below(u64::from(size)) as u32,
+                    rng.next() as u32,
+                ];
+                let id = rng.pick(&ids);
+                d.push_used(id, rng.next() as u32);
+            }
+            // The last entry again (a repeated id).
+            72..=75 => {
+                if let Some((id, len)) = self.last {
+                    d.push_used(id, len);
+                }
+            }
+            // The used index jumps ahead (stale entries), up to twice the ring.
+            76..=78 => {
+                let idx = d.used_idx();
+                d.set_used_idx(idx.wrapping_add(1 + rng.below(2 * u64::from(size)) as u16));
+            }
+            // The used index goes back.
+            79..=80 => {
+                let idx = d.used_idx();
+                d.set_used_idx(idx.wrapping_sub(1 + rng.below(u64::from(size)) as u16));
+            }
+            // A completion that never comes (only a timeout recovers it).
+            81..=83 => {
+                let _ = d.take_chain(None);
+            }
+            // Garbage doorbell hint.
+            84..=86 => d.set_avail_event(rng.next() as u16),
+            // The configuration changes under the driver: capacity shrinks or grows.
+            87..=88 => {
+                let cap = rng.below(2 * SECTORS);
+                d.config[0..8].copy_from_slice(&cap.to_le_bytes());
+            }
+            // Spurious interrupt.
+            89..=93 => d.raise(),
+            // The device's largest queue shrinks: the next reset cannot restore the ring and
+            // the device is given up (a few times per run: each costs a new stack).
+            94 if self.may_kill && rng.percent(5) => d.max_queue = rng.pick(&[2, 4, 8]),
+            _ => {}
         }
-        let held = self.shim.held.load(SeqCst);
-        if held != 0 {
-            return Err(format!("driver still holds tags {held:#x}"));
+        let fire = rng.percent(70);
+        if fire {
+            d.raise();
         }
-        if self.hw.in_flight() != 0 || self.q.tags_in_use() != 0 {
-            return Err(format!(
-                "left in flight: {} chains, {} tags",
-                self.hw.in_flight(),
-                self.q.tags_in_use()
-            ));
+        drop(d);
+        if fire {
+            s.reap();
         }
-        let v = self.dev().dma_violations;
-        if v != 0 {
-            return Err(format!("{v} descriptors outside the request's buffers"));
+        if rng.percent(30) {
+            s.tick();
         }
-        Ok(())
     }
 }
 
-fn reset_counters() {
-    for c in BIO_DONE.iter().chain(BIO_ERR.iter()) {
-        c.store(0, SeqCst);
+/// Hostile cases from `HOSTILE_CASES` (default 10,000) and `HOSTILE_SEED` (default: from the
+/// clock, printed).
+fn hostile_params() -> (u64, u64) {
+    let cases = std::env::var("HOSTILE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let seed = std::env::var("HOSTILE_SEED")
+        .ok()
+        .and_then(|v| {
+            let v = v.trim();
+            match v.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16).ok(),
+                None => v.parse().ok(),
+            }
+        })
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    (cases, seed)
+}
+
+/// The device setups the cases draw from: three per largest-queue size (one polled), the
+/// rest drawn once from a fixed seed. Each is built once, then reused case after case (DMA
+/// memory is finite and the driver is `'static`).
+fn setups() -> Vec<Setup> {
+    let mut rng = Rng::new(0x5e7_095);
+    let mut v = Vec::new();
+    for max_queue in [2, 3, 4, 5, 8, 16, 32, 64, 100, 256, 1024] {
+        // Too small: refused at bring-up, one setup each is enough.
+        let variants = if max_queue < 4 { 1 } else { 3 };
+        for k in 0..variants {
+            let mut features = F_VERSION_1;
+            for f in [F_SEG_MAX, F_SIZE_MAX, F_FLUSH, F_RING_EVENT_IDX] {
+                if rng.percent(75) {
+                    features |= f;
+                }
+            }
+            v.push(Setup {
+                max_queue,
+                features,
+                seg_max: rng.pick(&[1, 3, 16, 254]),
+                size_max: rng.pick(&[512, PAGE as u32]),
+                polled: k == 2,
+            });
+        }
     }
-    WAITS.set(0);
+    v
 }
 
-fn fill(page: usize, len: usize, seed: u8) {
-    let p = shared().pool + page * PAGE;
-    // SAFETY: a page of the leaked pool that no bio in flight uses (between I/Os).
-    #[allow(unsafe_code)]
-    let s = unsafe { core::slice::from_raw_parts_mut(p as *mut u8, len) };
-    for (k, b) in s.iter_mut().enumerate() {
-        *b = (k as u8).wrapping_mul(31) ^ seed;
-    }
+/// Outcome counts of a hostile run.
+#[derive(Debug, Default)]
+struct Tally {
+    bios: u64,
+    bio_errors: u64,
+    resets: u64,
+    dead: u64,
+    refused_setups: u64,
 }
 
-fn page_bytes(page: usize, len: usize) -> Vec<u8> {
-    let p = shared().pool + page * PAGE;
-    // SAFETY: as in `fill`.
-    #[allow(unsafe_code)]
-    let s = unsafe { core::slice::from_raw_parts(p as *const u8, len) };
-    s.to_vec()
-}
-
-#[test]
-fn every_ring_size_down_to_the_minimum_splits_large_io() {
-    let _s = serial();
-    // A ring of two entries carries no request: refused with its size.
-    assert!(matches!(
-        Setup::plain(2, 128).stack(),
-        Err(InitError::RingTooSmall(2))
-    ));
-    for ring in [4u32, 8, 16, 32, 64, 128, 256] {
-        // QEMU sets seg_max to queue-size - 2; offer more to check the driver's own cap too.
-        let s = Setup::plain(ring, 254).stack().expect("bring-up");
-        let info = *s.hw.info();
-        assert_eq!(info.ring_size as u32, ring);
-        assert_eq!(
-            info.queue_depth as usize,
-            crate::depth_for_ring(ring as usize)
-        );
-        assert_eq!(
-            info.max_segments as u32,
-            (ring - 2).min(crate::MAX_SEGMENTS as u32),
-            "a request of n segments takes n + 2 descriptors"
-        );
-        assert_eq!(s.q.limits().max_segments, info.max_segments);
-        assert_eq!(
-            s.dev().ring_size() as u32,
-            ring,
-            "the device was told the size"
-        );
-        ACTIVE.set(Some(s));
-        reset_counters();
-        // Two writes of 24 scattered 4 KiB pages each (96 KiB: split into requests of at most
-        // `max_segments` segments), then two reads of the same into other pages.
-        let segs = |first: usize| -> Vec<(usize, u32)> {
-            (0..MAX_SEGS)
-                .map(|k| (first + 2 * k, PAGE as u32))
-                .collect()
-        };
-        for k in 0..MAX_SEGS {
-            fill(2 * k, PAGE, ring as u8);
-            fill(2 * MAX_SEGS + 2 * k, PAGE, !(ring as u8));
-        }
-        s.submit(s.bio(0, Op::Write, BioFlags::empty(), 0, &segs(0)))
-            .expect("submit");
-        s.submit(s.bio(1, Op::Write, BioFlags::FUA, 192, &segs(2 * MAX_SEGS)))
-            .expect("submit");
-        assert!(s.settle(2, 1000), "writes at ring {ring} never completed");
-        for k in 0..MAX_SEGS {
-            fill(4 * MAX_SEGS + 2 * k, PAGE, 0);
-            fill(6 * MAX_SEGS + 2 * k, PAGE, 0);
-        }
-        s.submit(s.bio(2, Op::Read, BioFlags::empty(), 0, &segs(4 * MAX_SEGS)))
-            .expect("submit");
-        s.submit(s.bio(3, Op::Read, BioFlags::empty(), 192, &segs(6 * MAX_SEGS)))
-            .expect("submit");
-        assert!(s.settle(4, 1000), "reads at ring {ring} never completed");
-        s.check_idle(4)
-            .unwrap_or_else(|e| panic!("ring {ring}: {e}"));
-        for i in 0..4 {
-            assert_eq!(BIO_ERR[i].load(SeqCst), 0, "ring {ring}: bio {i} failed");
-        }
-        for k in 0..MAX_SEGS {
-            assert!(
-                page_bytes(4 * MAX_SEGS + 2 * k, PAGE) == page_bytes(2 * k, PAGE)
-                    && page_bytes(6 * MAX_SEGS + 2 * k, PAGE)
-                        == page_bytes(2 * MAX_SEGS + 2 * k, PAGE),
-                "ring {ring}: page {k} read back wrong"
-            );
-        }
-        let st = s.q.stats().snapshot();
-        assert!(
-            st.splits > 0 || info.max_segments >= MAX_SEGS as u16,
-            "ring {ring}: {MAX_SEGS} segments over a limit of {} must split: {st:?}",
-            info.max_segments
-        );
-        ACTIVE.set(None);
-    }
-}
-
-#[test]
-fn read_only_device_refuses_changes_at_submission() {
-    let _s = serial();
-    let mut setup = Setup::plain(256, 16);
-    setup.features |= F_RO | F_DISCARD | F_WRITE_ZEROES;
-    let s = setup.stack().expect("bring-up");
-    assert!(s.hw.info().read_only);
+/// One case: bios of random shapes submitted between device actions, more hostile actions,
+/// then a well-behaved device until everything completed; then the properties.
+fn hostile_case(
+    rng: &mut Rng,
+    setups: &[Setup],
+    stacks: &mut HashMapStacks,
+    tally: &mut Tally,
+) -> Result<(), String> {
+    let setup = rng.pick(setups);
+    let s = match stacks.get(&setup) {
+        Some(s) => s,
+        None => match setup.stack() {
+            Ok(s) => {
+                stacks.insert(setup, s);
+                s
+            }
+            Err(InitError::RingTooSmall(n)) if setup.max_queue < 4 && n == setup.max_queue => {
+                tally.refused_setups += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(format!("bring-up of {setup:?} failed: {e:?}")),
+        },
+    };
     ACTIVE.set(Some(s));
     reset_counters();
-    let served = s.dev().served;
-    let seg = [(0usize, PAGE as u32)];
-    for (i, op) in [Op::Write, Op::Discard, Op::WriteZeroes]
-        .into_iter()
-        .enumerate()
     {
-        let segs: &[(usize, u32)] = if op == Op::Write { &seg } else { &[] };
-        let mut b = s.bio(i, op, BioFlags::empty(), 8, segs);
-        if op != Op::Write {
-            b.set_size(4096).expect("size");
+        // The device behaves again at the start of a case, as it did at the end of the last.
+        let mut d = s.dev();
+        d.config[0..8].copy_from_slice(&SECTORS.to_le_bytes());
+    }
+    let resets = s.hw.stats().resets.load(Relaxed);
+    let mut adv = Adversary {
+        held: Vec::new(),
+        last: None,
+        resets: s.dev().resets,
+        may_kill: tally.dead < 16,
+    };
+    let nbios = 1 + rng.below(MAX_BIOS as u64) as usize;
+    let mut submitted = 0;
+    for i in 0..nbios {
+        let op = match rng.below(10) {
+            0..=3 => Op::Read,
+            4..=8 => Op::Write,
+            _ => Op::Flush,
+        };
+        let flags = if op == Op::Write {
+            rng.pick(&[
+                BioFlags::empty(),
+                BioFlags::empty(),
+                BioFlags::FUA,
+                BioFlags::PREFLUSH,
+            ])
+        } else {
+            BioFlags::empty()
+        };
+        let mut segs = Vec::new();
+        let mut bytes = 0u64;
+        if op != Op::Flush {
+            for k in 0..1 + rng.below(MAX_SEGS as u64) as usize {
+                let len = 512 * (1 + rng.below(8) as u32);
+                segs.push((2 * (i * MAX_SEGS + k), len));
+                bytes += u64::from(len);
+            }
         }
-        assert_eq!(
-            s.submit(b),
-            Err(BlkError::ReadOnly),
-            "{op:?} is refused at once with the typed error"
-        );
+        let sector = if op == Op::Flush {
+            0
+        } else {
+            rng.below(SECTORS - bytes / 512 + 1)
+        };
+        let b = s.bio(i, op, flags, sector, &segs);
+        let _ = s.submit(b);
+        submitted += 1;
+        for _ in 0..rng.below(4) {
+            adv.step(s, rng);
+        }
     }
-    for flags in [BioFlags::FUA, BioFlags::PREFLUSH] {
-        let b = s.bio(3, Op::Write, flags, 8, &seg);
-        assert_eq!(s.submit(b), Err(BlkError::ReadOnly));
-        BIO_DONE[3].store(0, SeqCst);
-        BIO_ERR[3].store(0, SeqCst);
+    for _ in 0..rng.below(60) {
+        adv.step(s, rng);
     }
-    assert_eq!(s.dev().served, served, "nothing reached the device");
-    assert_eq!(s.hw.stats().requests.load(Relaxed), 0, "nor the driver");
-    let st = s.q.stats().snapshot();
-    assert_eq!((st.retries, st.requests_dispatched), (0, 0), "{st:?}");
-    // The driver refuses a change too, should one reach it.
-    let mut l = blk::BioList::new();
-    l.push_back(s.bio(4, Op::Write, BioFlags::empty(), 8, &seg));
-    let rq = Request::standalone(l);
-    assert_eq!(
-        s.hw.queue_rq(&rq, true),
-        Err(QueueRqError::Fatal(BlkError::ReadOnly))
-    );
-    // Reads and flushes still work.
-    reset_counters();
-    s.submit(s.bio(0, Op::Read, BioFlags::empty(), 8, &seg))
-        .expect("read");
-    s.submit(s.bio(1, Op::Flush, BioFlags::empty(), 0, &[]))
-        .expect("flush");
-    assert!(s.settle(2, 100));
-    assert_eq!(BIO_ERR[0].load(SeqCst) + BIO_ERR[1].load(SeqCst), 0);
-    assert_eq!(s.dev().modifying, 0, "no write reached the device");
-    assert_eq!(s.dev().flushes, 1);
-    drop(rq);
+    // Whatever the device still holds is posted properly (or was lost: timeouts).
+    {
+        let mut d = s.dev();
+        if d.resets == adv.resets {
+            for (id, len) in adv.held.drain(..) {
+                d.push_used(id, len);
+            }
+        }
+        d.max_queue = setup.max_queue;
+    }
+    if !s.settle(submitted, 2_000) {
+        let done: Vec<u32> = (0..submitted).map(|i| BIO_DONE[i].load(SeqCst)).collect();
+        return Err(format!(
+            "bios never completed ({setup:?}): completions {done:?}, driver in flight {}, tags {}",
+            s.hw.in_flight(),
+            s.q.tags_in_use()
+        ));
+    }
+    s.check_idle(submitted)
+        .map_err(|e| format!("{e} ({setup:?})"))?;
+    tally.bios += submitted as u64;
+    tally.bio_errors += (0..submitted)
+        .map(|i| u64::from(BIO_ERR[i].load(SeqCst)))
+        .sum::<u64>();
+    tally.resets += s.hw.stats().resets.load(Relaxed) - resets;
+    if s.hw.is_dead() {
+        // Dead for good (its queue shrank): later cases get a fresh one.
+        tally.dead += 1;
+        stacks.remove(&setup);
+    }
     ACTIVE.set(None);
+    Ok(())
+}
+
+type HashMapStacks = std::collections::HashMap<Setup, &'static Stack>;
+
+#[test]
+fn hostile_device_never_breaks_the_completion_contract() {
+    let _s = serial();
+    let (cases, seed) = hostile_params();
+    println!(
+        "hostile: {cases} cases, seed {seed:#x} (rerun: HOSTILE_SEED={seed:#x} HOSTILE_CASES={cases})"
+    );
+    let t0 = std::time::Instant::now();
+    let mut stacks = HashMapStacks::new();
+    let mut tally = Tally::default();
+    let mut rng = Rng::new(seed);
+    let setups = setups();
+    for case in 0..cases {
+        if let Err(e) = hostile_case(&mut rng, &setups, &mut stacks, &mut tally) {
+            panic!("hostile case {case} of seed {seed:#x} (HOSTILE_SEED={seed:#x}): {e}");
+        }
+    }
+    println!("hostile: {cases} cases in {:.2?}: {tally:?}", t0.elapsed());
+    assert!(tally.bios > cases / 2 && tally.resets > 0, "{tally:?}");
 }

@@ -23,6 +23,8 @@ pub mod ring;
 pub mod sg;
 pub mod spec;
 #[cfg(test)]
+mod stack;
+#[cfg(test)]
 mod tests;
 
 pub use queue::{DeviceInfo, DriverStats, Mode, VirtioBlk};

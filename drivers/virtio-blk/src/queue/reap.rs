@@ -113,6 +113,8 @@ impl VirtioBlk {
                         break Stop::Empty;
                     }
                     if pending > inner.heads.in_flight() {
+                        // Some entry names no chain in flight: a bad id, found early.
+                        self.stats.bad_used_ids.fetch_add(1, Ordering::Relaxed);
                         self.stats.bad_used_idx.fetch_add(1, Ordering::Relaxed);
                         break Stop::Violation;
                     }
