@@ -113,6 +113,7 @@ pub(crate) const TINY_CHAIN: usize = 4;
 /// segment of a block-layer request, which the block layer leaves alone until the request
 /// completes (after the chain came back through [`pop_chain`] or the device was reset), or the
 /// driver's own command memory for that tag, which it only touches through volatile accessors.
+#[inline(always)]
 pub(crate) fn add_request<const RING: usize, const N: usize>(
     vq: &mut VirtQueue<VirtioHal, RING>,
     header: ChainBuf,
@@ -168,6 +169,7 @@ static PLACEHOLDERS: [&[u8]; MAX_CHAIN] = [&[0u8]; MAX_CHAIN];
 
 /// Pops the next used chain, which the caller has checked is `head` with `descriptors`
 /// buffers (from its own records); returns the device's `len`.
+#[inline(always)]
 pub(crate) fn pop_chain<const RING: usize>(
     vq: &mut VirtQueue<VirtioHal, RING>,
     head: u16,

@@ -86,7 +86,8 @@ impl Slot {
 struct Inner {
     transport: DeviceTransport,
     vq: Ring,
-    used: Option<UsedArea>,
+    /// The ring's used area, read directly (index, ids, `avail_event`).
+    used: UsedArea,
     heads: HeadTable<RING_SIZE>,
     slots: [Slot; QUEUE_DEPTH],
     /// Chains added since bring-up (equals the queue's avail index).
@@ -208,7 +209,7 @@ impl HwQueue for VirtioBlk {
         let Some(inner) = self.inner.try_lock() else {
             return 0;
         };
-        if !inner.vq.can_pop() {
+        if inner.used.idx() == inner.taken {
             return 0;
         }
         let n = self.reap_deliver(inner);

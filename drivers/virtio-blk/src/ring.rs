@@ -83,6 +83,9 @@ const _: () = assert!(RING_SIZE == 256 && MIN_RING == 4);
 /// Runs `$body` with `$q` bound to the queue, whatever its size.
 macro_rules! each {
     ($ring:expr, $q:ident => $body:expr) => {
+        each!($ring, $q => $body, Ring::R256($q) => $body)
+    };
+    ($ring:expr, $q:ident => $body:expr, $full:pat => $full_body:expr) => {
         match $ring {
             Ring::R4($q) => $body,
             Ring::R8($q) => $body,
@@ -90,7 +93,7 @@ macro_rules! each {
             Ring::R32($q) => $body,
             Ring::R64($q) => $body,
             Ring::R128($q) => $body,
-            Ring::R256($q) => $body,
+            $full => $full_body,
         }
     };
 }
@@ -101,30 +104,37 @@ impl Ring {
         each!(self, q => q.set_dev_notify(enable))
     }
 
-    /// `VirtQueue::should_notify`.
+    /// `VirtQueue::should_notify` (without the event index only: kept out of the doorbell
+    /// decision's inlined code).
+    #[inline(never)]
     pub(crate) fn should_notify(&self) -> bool {
         each!(self, q => q.should_notify())
     }
 
-    /// `VirtQueue::can_pop`.
-    #[inline]
-    pub(crate) fn can_pop(&self) -> bool {
-        each!(self, q => q.can_pop())
-    }
-
-    /// `VirtQueue::peek_used`.
-    #[inline]
-    pub(crate) fn peek_used(&self) -> Option<u16> {
-        each!(self, q => q.peek_used())
-    }
-
-    /// [`pop_chain`] on this ring.
+    /// [`pop_chain`] on this ring. The full-size ring (QEMU's default) is the inlined path;
+    /// smaller rings take one out-of-line call, so that the common case's code stays as small
+    /// as with one fixed size.
     #[inline]
     pub(crate) fn pop_chain(&mut self, head: u16, descriptors: u16) -> virtio_drivers::Result<u32> {
-        each!(self, q => pop_chain(q, head, descriptors))
+        match self {
+            Ring::R256(q) => pop_chain(q, head, descriptors),
+            other => other.pop_chain_any(head, descriptors),
+        }
     }
 
-    /// [`add_request`] on this ring, with chain arrays of `N` entries.
+    /// The smaller rings (the full-size one has its own call site, so that it stays the only
+    /// caller of its instance and is inlined there).
+    #[inline(never)]
+    fn pop_chain_any(&mut self, head: u16, descriptors: u16) -> virtio_drivers::Result<u32> {
+        each!(
+            self,
+            q => pop_chain(q, head, descriptors),
+            Ring::R256(_) => Err(virtio_drivers::Error::InvalidParam)
+        )
+    }
+
+    /// [`add_request`] on this ring, with chain arrays of `N` entries (the full-size ring
+    /// inlined, as for [`Ring::pop_chain`]).
     #[inline]
     pub(crate) fn add_request<const N: usize>(
         &mut self,
@@ -134,7 +144,27 @@ impl Ring {
         range: Option<ChainBuf>,
         status: ChainBuf,
     ) -> virtio_drivers::Result<u16> {
-        each!(self, q => add_request::<_, N>(q, header, data, data_writable, range, status))
+        match self {
+            Ring::R256(q) => add_request::<_, N>(q, header, data, data_writable, range, status),
+            other => other.add_request_any::<N>(header, data, data_writable, range, status),
+        }
+    }
+
+    /// The smaller rings (as for [`Ring::pop_chain`]).
+    #[inline(never)]
+    fn add_request_any<const N: usize>(
+        &mut self,
+        header: ChainBuf,
+        data: &[SgEntry],
+        data_writable: bool,
+        range: Option<ChainBuf>,
+        status: ChainBuf,
+    ) -> virtio_drivers::Result<u16> {
+        each!(
+            self,
+            q => add_request::<_, N>(q, header, data, data_writable, range, status),
+            Ring::R256(_) => Err(virtio_drivers::Error::InvalidParam)
+        )
     }
 }
 

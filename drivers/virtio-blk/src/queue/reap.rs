@@ -99,35 +99,32 @@ impl VirtioBlk {
         self.reap_pending.store(false, Ordering::Relaxed);
         let mut reaped = 0u64;
         let mut renotify = false;
+        let used = inner.used;
+        // Entries published and not taken yet, as of the last read of the used index.
+        let mut pending = 0u16;
         let stop = loop {
             if done.is_full() {
                 break Stop::Full;
             }
-            let id = match inner.used {
-                Some(u) => {
-                    // More entries published than chains in flight: the index jumped ahead
-                    // (stale entries would complete chains the device has not finished) or
-                    // went back.
-                    let pending = u.idx().wrapping_sub(inner.taken);
-                    if pending == 0 {
-                        break Stop::Empty;
-                    }
-                    if pending > inner.heads.in_flight() {
-                        // Some entry names no chain in flight: a bad id, found early.
-                        self.stats.bad_used_ids.fetch_add(1, Ordering::Relaxed);
-                        self.stats.bad_used_idx.fetch_add(1, Ordering::Relaxed);
-                        break Stop::Violation;
-                    }
-                    // The entry is read after the index that published it.
-                    fence(Ordering::Acquire);
-                    // All 32 bits: an id past the ring never lands on a chain in flight.
-                    u16::try_from(u.id(inner.taken)).unwrap_or(NONE)
+            if pending == 0 {
+                pending = used.idx().wrapping_sub(inner.taken);
+                if pending == 0 {
+                    break Stop::Empty;
                 }
-                None => match inner.vq.peek_used() {
-                    Some(id) => id,
-                    None => break Stop::Empty,
-                },
-            };
+                // More entries published than chains in flight: the index jumped ahead (stale
+                // entries would complete chains the device has not finished) or went back.
+                if pending > inner.heads.in_flight() {
+                    // Some entry names no chain in flight: a bad id, found early.
+                    self.stats.bad_used_ids.fetch_add(1, Ordering::Relaxed);
+                    self.stats.bad_used_idx.fetch_add(1, Ordering::Relaxed);
+                    break Stop::Violation;
+                }
+                // The entries are read after the index that published them.
+                fence(Ordering::Acquire);
+            }
+            pending -= 1;
+            // All 32 bits: an id past the ring never lands on a chain in flight.
+            let id = u16::try_from(used.id(inner.taken)).unwrap_or(NONE);
             #[cfg(feature = "fault-injection")]
             let id = self.corrupted_used_id(id);
             let Ok(tag) = inner.heads.check(id) else {

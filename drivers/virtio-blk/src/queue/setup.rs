@@ -80,7 +80,7 @@ pub(super) fn bring_up(
     t: &mut DeviceTransport,
     mode: Mode,
     want: usize,
-) -> Result<(u64, Ring, Option<UsedArea>), InitError> {
+) -> Result<(u64, Ring, UsedArea), InitError> {
     t.set_status(DeviceStatus::empty());
     t.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
     let offered = t.read_device_features();
@@ -110,7 +110,8 @@ pub(super) fn bring_up(
         virtio_drivers::Error::DmaError => InitError::NoMemory,
         _ => InitError::Queue,
     })?;
-    let used = UsedArea::take_last(size);
+    // The driver reads the used ring itself: without its address there is no queue.
+    let used = UsedArea::take_last(size).ok_or(InitError::Queue)?;
     if mode == Mode::Polling {
         vq.set_dev_notify(false);
     }

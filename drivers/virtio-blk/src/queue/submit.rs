@@ -108,9 +108,10 @@ impl VirtioBlk {
         if inner.added == inner.notified {
             return;
         }
-        let need = match (self.info.event_idx, inner.used) {
-            (true, Some(u)) => need_event(u.avail_event(), inner.added, inner.notified),
-            _ => inner.vq.should_notify(),
+        let need = if self.info.event_idx {
+            need_event(inner.used.avail_event(), inner.added, inner.notified)
+        } else {
+            inner.vq.should_notify()
         };
         inner.notified = inner.added;
         if need {
