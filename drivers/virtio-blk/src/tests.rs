@@ -462,3 +462,46 @@ fn fault_injection_hooks_reset_the_device() {
     assert_eq!(r.blk.stats().bad_used_ids.load(Relaxed), 2);
     assert_eq!(r.io(Op::Read, 0, &mut [dma_vec(512)]), [(0, Ok(()))]);
 }
+
+#[test]
+fn used_id_high_bits_are_not_dropped() {
+    let _s = serial();
+    let r = rig(F_VERSION_1 | F_SEG_MAX);
+    // The chain's head is 0; 0x1_0000 names no descriptor, though its low 16 bits do.
+    r.dev().inject(Fault::BadId(0x1_0000));
+    assert_eq!(
+        r.io(Op::Read, 0, &mut [dma_vec(512)]),
+        [(0, Err(BlkError::DeviceError(device_error::RESET)))]
+    );
+    assert_eq!(r.blk.stats().bad_used_ids.load(Relaxed), 1);
+    assert_eq!(r.io(Op::Read, 0, &mut [dma_vec(512)]), [(0, Ok(()))]);
+}
+
+#[test]
+fn used_index_ahead_of_the_chains_in_flight_or_behind_resets() {
+    let _s = serial();
+    let r = rig(F_VERSION_1 | F_SEG_MAX);
+    for (k, jump) in [2u16, 0u16.wrapping_sub(1)].into_iter().enumerate() {
+        let buf = dma_vec(512);
+        let rq = r.request(Op::Read, 0, &mut [&mut *buf]);
+        r.blk.queue_rq(&rq, true).expect("queued");
+        r.blk.commit();
+        // One chain in flight, not served: the index moves without any element written
+        // (ahead: stale entries; behind: going back).
+        {
+            let mut d = r.dev();
+            let idx = d.used_idx();
+            d.set_used_idx(idx.wrapping_add(jump));
+            d.raise();
+        }
+        r.blk.handle_irq();
+        assert_eq!(
+            r.done.take(),
+            [(0, Err(BlkError::DeviceError(device_error::RESET)))],
+            "jump {jump:#x}"
+        );
+        assert_eq!(r.blk.stats().bad_used_idx.load(Relaxed), k as u64 + 1);
+        assert_eq!(r.blk.in_flight(), 0);
+    }
+    assert_eq!(r.io(Op::Read, 0, &mut [dma_vec(512)]), [(0, Ok(()))]);
+}
