@@ -1,6 +1,6 @@
 //! The one module where `unsafe` is allowed: virtio-drivers' `Hal` trait, its `unsafe fn`
-//! queue calls, the MMIO transport constructor, and the raw used-ring reads (event index, test
-//! hook). Addresses are translated with `hal::mem` (the mapping the arch code installed at boot;
+//! queue calls, the MMIO transport constructor, and the raw used-ring reads (used index, ids,
+//! event index, test hook). Addresses are translated with `hal::mem` (the mapping the arch code installed at boot;
 //! the identity on the host), and device register windows come from `hal::MmioMapper`.
 #![allow(unsafe_code)]
 

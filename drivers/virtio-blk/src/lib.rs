@@ -1,13 +1,15 @@
 //! virtio-blk: a block device over virtio-pci (modern) or virtio-mmio, as a `blk` hardware
 //! queue.
 //!
-//! One request is one descriptor chain built from `Request::map_sg` (header, every data
-//! segment, status byte); `commit` notifies the device once per batch (with
-//! `VIRTIO_F_EVENT_IDX`, only when the device asked for it). Completion reaps the used ring from
-//! the interrupt handler (or from `poll`) and completes by tag. The device is not trusted: every
-//! used id is checked against the driver's own table of chains in flight and every used length
-//! against what the chain needed; a bad id resets the device and fails what was in flight with
-//! a device error. See `docs/virtio-blk.md`.
+//! The ring is sized from what the device offers (4 to 256 entries, [`ring`]), and the tags and
+//! segments per request follow it. One request is one descriptor chain built from
+//! `Request::map_sg` (header, every data segment, status byte); `commit` notifies the device
+//! once per batch (with `VIRTIO_F_EVENT_IDX`, only when the device asked for it). Completion
+//! reaps the used ring from the interrupt handler (or from `poll`) and completes by tag. The
+//! device is not trusted: the used index is checked against the chains in flight, every used id
+//! against the driver's own table of them and every used length against what the chain needed;
+//! a bad index or id resets the device and fails what was in flight with a device error. See
+//! `docs/virtio-blk.md`.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

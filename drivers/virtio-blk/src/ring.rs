@@ -2,7 +2,7 @@
 //!
 //! virtio-drivers' `VirtQueue` takes its size as a const generic, while a device states its
 //! largest queue at run time (virtio-pci `queue_size`, which a 1.x driver may lower; virtio-mmio
-//! `QueueNumMax`). [`Ring`] holds one of the power-of-two sizes from [`MIN_RING`] to
+//! `QueueNumMax`). `Ring` holds one of the power-of-two sizes from [`MIN_RING`] to
 //! [`RING_SIZE`] and forwards each call to it: one match on the size per call.
 
 use blk::SgEntry;
