@@ -18,13 +18,15 @@ use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Trans
 use virtio_drivers::{Error, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-/// Ring entries the model offers (`queue_num_max`).
+/// Ring entries the model offers (`queue_num_max`) unless a test sets [`Device::max_queue`].
 pub const MAX_QUEUE: u32 = 256;
 /// `VIRTIO_BLK_T_*` request types, from the specification (not from the driver's tables).
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
 const T_FLUSH: u32 = 4;
 const T_GET_ID: u32 = 8;
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
 /// Status bytes.
 const S_OK: u8 = 0;
 const S_IOERR: u8 = 1;
@@ -80,6 +82,19 @@ pub struct Device {
     /// The medium.
     pub disk: Vec<u8>,
     faults: VecDeque<Fault>,
+    /// The largest queue offered (`queue_num_max` / virtio-pci `queue_size` before the driver
+    /// writes its own).
+    pub max_queue: u32,
+    /// Chains taken from the available ring.
+    pub served: u32,
+    /// Chains that would change the medium (write, discard, write-zeroes), served or not.
+    pub modifying: u32,
+    /// Where the driver's descriptors may point (`[start, end)` ranges; empty: anywhere).
+    pub dma_ok: Vec<(u64, u64)>,
+    /// Descriptors found pointing outside `dma_ok`, or linking past the ring.
+    pub dma_violations: u32,
+    /// What the last of them was.
+    pub dma_detail: std::string::String,
 }
 
 impl Device {
@@ -96,40 +111,22 @@ impl Device {
     /// Takes every chain on the available ring, performs it and writes its used entry; raises
     /// the interrupt if it wrote any. Returns the chains taken.
     pub fn run(&mut self) -> usize {
-        let Some(r) = self.ring.filter(|_| self.driver_ok()) else {
-            return 0;
-        };
         let mut n = 0;
-        // What every `rd`/`wr` of this model relies on: the addresses are the rings the driver
-        // set with `queue_set` (in the leaked DMA test region) and the buffers its descriptors
-        // name (leaked test buffers), and the driver does not touch a chain or the used ring
-        // while the device owns them.
-        // SAFETY: a field of the available ring the driver set (see `run`).
-        let avail_idx = unsafe { rd::<u16>(r.avail + 2) };
-        while self.last_avail != avail_idx {
-            let slot = u64::from(self.last_avail % r.size);
-            // SAFETY: a field of the available ring the driver set (see `run`).
-            let head = unsafe { rd::<u16>(r.avail + 4 + 2 * slot) };
-            self.last_avail = self.last_avail.wrapping_add(1);
-            let (len, status_at, status) = self.serve(&r, head);
-            let fault = self.faults.pop_front();
-            let status = if fault == Some(Fault::IoErr) {
-                S_IOERR
-            } else {
-                status
+        loop {
+            let fault = self.faults.front().copied();
+            let status = (fault == Some(Fault::IoErr)).then_some(S_IOERR);
+            let Some((head, len)) = self.take_chain(status) else {
+                break;
             };
-            if let Some(at) = status_at {
-                // SAFETY: the chain's status byte (see `run`).
-                unsafe { wr::<u8>(at, status) };
-            }
+            self.faults.pop_front();
             let (id, len) = match fault {
                 Some(Fault::BadId(id)) => (id, len),
                 Some(Fault::ShortLength) => (u32::from(head), 1),
                 _ => (u32::from(head), len),
             };
-            self.push_used(&r, id, len);
+            self.push_used(id, len);
             if fault == Some(Fault::Repeat) {
-                self.push_used(&r, id, len);
+                self.push_used(id, len);
             }
             n += 1;
         }
@@ -139,15 +136,75 @@ impl Device {
         n
     }
 
-    fn push_used(&mut self, r: &Ring, id: u32, len: u32) {
+    /// Takes the next chain from the available ring and performs it, writing `status` (or
+    /// the outcome) into its status byte; returns its head and the bytes written, without a
+    /// used entry (the caller posts one, or not).
+    pub fn take_chain(&mut self, status: Option<u8>) -> Option<(u16, u32)> {
+        let r = self.ring.filter(|_| self.driver_ok())?;
+        // What every `rd`/`wr` of this model relies on: the addresses are the rings the driver
+        // set with `queue_set` (in the leaked DMA test region) and the buffers its descriptors
+        // name (leaked test buffers), and the driver does not touch a chain or the used ring
+        // while the device owns them.
+        // SAFETY: a field of the available ring the driver set (see above).
+        let avail_idx = unsafe { rd::<u16>(r.avail + 2) };
+        if self.last_avail == avail_idx {
+            return None;
+        }
+        let slot = u64::from(self.last_avail % r.size);
+        // SAFETY: a field of the available ring the driver set (see above).
+        let head = unsafe { rd::<u16>(r.avail + 4 + 2 * slot) };
+        self.last_avail = self.last_avail.wrapping_add(1);
+        self.served += 1;
+        let (len, status_at, st) = self.serve(&r, head);
+        if let Some(at) = status_at {
+            // SAFETY: the chain's status byte (see above).
+            unsafe { wr::<u8>(at, status.unwrap_or(st)) };
+        }
+        Some((head, len))
+    }
+
+    /// Raises the interrupt (the handler's `ack_interrupt` sees it).
+    pub fn raise(&mut self) {
+        self.interrupt = true;
+    }
+
+    /// The used index as the device last published it.
+    pub fn used_idx(&self) -> u16 {
+        self.used_idx
+    }
+
+    /// Publishes used index `idx` without writing any element (stale entries, or going
+    /// back).
+    pub fn set_used_idx(&mut self, idx: u16) {
+        let Some(r) = self.ring else { return };
+        self.used_idx = idx;
+        // SAFETY: the index of the used ring the driver set (see `take_chain`).
+        unsafe { wr::<u16>(r.used + 2, idx) };
+    }
+
+    /// Writes `v` into the used ring's `avail_event` (the driver's doorbell hint).
+    pub fn set_avail_event(&mut self, v: u16) {
+        let Some(r) = self.ring else { return };
+        // SAFETY: the field after the used ring's elements (see `take_chain`).
+        unsafe { wr::<u16>(r.used + 4 + 8 * u64::from(r.size), v) };
+    }
+
+    /// Ring entries the driver set (0: no queue).
+    pub fn ring_size(&self) -> u16 {
+        self.ring.map_or(0, |r| r.size)
+    }
+
+    /// Writes a used element `{id, len}` and publishes it.
+    pub fn push_used(&mut self, id: u32, len: u32) {
+        let Some(r) = self.ring else { return };
         let at = r.used + 4 + 8 * u64::from(self.used_idx % r.size);
-        // SAFETY: an element or the index of the used ring the driver set (see `run`).
+        // SAFETY: an element or the index of the used ring the driver set (see `take_chain`).
         unsafe { wr::<u32>(at, id) };
-        // SAFETY: an element or the index of the used ring the driver set (see `run`).
+        // SAFETY: an element or the index of the used ring the driver set (see `take_chain`).
         unsafe { wr::<u32>(at + 4, len) };
         self.used_idx = self.used_idx.wrapping_add(1);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        // SAFETY: an element or the index of the used ring the driver set (see `run`).
+        // SAFETY: an element or the index of the used ring the driver set (see `take_chain`).
         unsafe { wr::<u16>(r.used + 2, self.used_idx) };
     }
 
@@ -158,23 +215,45 @@ impl Device {
         let mut i = head;
         loop {
             if i >= r.size || bufs.len() > usize::from(r.size) {
+                self.dma_violations += 1;
+                self.dma_detail = format!(
+                    "chain from {head}: link to {i}, {} buffers, ring {}",
+                    bufs.len(),
+                    r.size
+                );
                 return (0, None, S_IOERR);
             }
             let d = r.desc + 16 * u64::from(i);
-            // SAFETY: a descriptor of the table the driver set (see `run`).
+            // SAFETY: a descriptor of the table the driver set (see `take_chain`).
             let flags = unsafe { rd::<u16>(d + 12) };
             bufs.push((
-                // SAFETY: a descriptor of the table the driver set (see `run`).
+                // SAFETY: a descriptor of the table the driver set (see `take_chain`).
                 unsafe { rd::<u64>(d) },
-                // SAFETY: a descriptor of the table the driver set (see `run`).
+                // SAFETY: a descriptor of the table the driver set (see `take_chain`).
                 unsafe { rd::<u32>(d + 8) },
                 flags & DESC_WRITE != 0,
             ));
             if flags & DESC_NEXT == 0 {
                 break;
             }
-            // SAFETY: a descriptor of the table the driver set (see `run`).
+            // SAFETY: a descriptor of the table the driver set (see `take_chain`).
             i = unsafe { rd::<u16>(d + 14) };
+        }
+        if !self.dma_ok.is_empty() {
+            for &(addr, len, _) in &bufs {
+                let end = addr.saturating_add(u64::from(len));
+                if len == 0 {
+                    // A recycled (cleared) descriptor: this model took an entry the driver had
+                    // already got back through a used entry the model posted early.
+                    return (0, None, S_IOERR);
+                }
+                if !self.dma_ok.iter().any(|&(s, e)| s <= addr && end <= e) {
+                    self.dma_violations += 1;
+                    self.dma_detail =
+                        format!("chain from {head}: buffer {addr:#x}+{len} of {bufs:x?}");
+                    return (0, None, S_IOERR);
+                }
+            }
         }
         let (Some(&(hdr, hdr_len, false)), Some(&(st, 1, true))) = (bufs.first(), bufs.last())
         else {
@@ -183,10 +262,13 @@ impl Device {
         if hdr_len < 16 || bufs.len() < 2 {
             return (0, Some(st), S_IOERR);
         }
-        // SAFETY: the chain's header buffer (see `run`).
+        // SAFETY: the chain's header buffer (see `take_chain`).
         let kind = unsafe { rd::<u32>(hdr) };
-        // SAFETY: the chain's header buffer (see `run`).
+        // SAFETY: the chain's header buffer (see `take_chain`).
         let sector = unsafe { rd::<u64>(hdr + 8) };
+        if matches!(kind, T_OUT | T_DISCARD | T_WRITE_ZEROES) {
+            self.modifying += 1;
+        }
         let data = &bufs[1..bufs.len() - 1];
         let mut pos = sector as usize * 512;
         let mut written = 0u32;
@@ -197,7 +279,7 @@ impl Device {
                     if writable != (kind == T_IN) || pos + len > self.disk.len() {
                         return (written + 1, Some(st), S_IOERR);
                     }
-                    // SAFETY: a data buffer of the chain (see `run`).
+                    // SAFETY: a data buffer of the chain (see `take_chain`).
                     let buf = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
                     if kind == T_IN {
                         buf.copy_from_slice(&self.disk[pos..pos + len]);
@@ -214,7 +296,7 @@ impl Device {
                     return (0, Some(st), S_IOERR);
                 };
                 for (k, b) in b"fake-virtio-blk".iter().take(len as usize).enumerate() {
-                    // SAFETY: a device-writable data buffer of the chain (see `run`).
+                    // SAFETY: a device-writable data buffer of the chain (see `take_chain`).
                     unsafe { wr::<u8>(addr + k as u64, *b) };
                     written += 1;
                 }
@@ -273,6 +355,12 @@ impl FakeTransport {
             flushes: 0,
             disk: vec![0; sectors as usize * 512],
             faults: VecDeque::new(),
+            max_queue: MAX_QUEUE,
+            served: 0,
+            modifying: 0,
+            dma_ok: Vec::new(),
+            dma_violations: 0,
+            dma_detail: std::string::String::new(),
         };
         FakeTransport {
             dev: Arc::new(Mutex::new(dev)),
@@ -303,7 +391,7 @@ impl Transport for FakeTransport {
     }
 
     fn max_queue_size(&mut self, _queue: u16) -> u32 {
-        MAX_QUEUE
+        self.lock().max_queue
     }
 
     fn notify(&mut self, _queue: u16) {

@@ -1,6 +1,6 @@
 //! The one module where `unsafe` is allowed: virtio-drivers' `Hal` trait, its `unsafe fn`
-//! queue calls, the MMIO transport constructor, and the raw used-ring reads (event index, test
-//! hook). Addresses are translated with `hal::mem` (the mapping the arch code installed at boot;
+//! queue calls, the MMIO transport constructor, and the raw used-ring reads (used index, ids,
+//! event index, test hook). Addresses are translated with `hal::mem` (the mapping the arch code installed at boot;
 //! the identity on the host), and device register windows come from `hal::MmioMapper`.
 #![allow(unsafe_code)]
 
@@ -113,6 +113,7 @@ pub(crate) const TINY_CHAIN: usize = 4;
 /// segment of a block-layer request, which the block layer leaves alone until the request
 /// completes (after the chain came back through [`pop_chain`] or the device was reset), or the
 /// driver's own command memory for that tag, which it only touches through volatile accessors.
+#[inline(always)]
 pub(crate) fn add_request<const RING: usize, const N: usize>(
     vq: &mut VirtQueue<VirtioHal, RING>,
     header: ChainBuf,
@@ -168,6 +169,7 @@ static PLACEHOLDERS: [&[u8]; MAX_CHAIN] = [&[0u8]; MAX_CHAIN];
 
 /// Pops the next used chain, which the caller has checked is `head` with `descriptors`
 /// buffers (from its own records); returns the device's `len`.
+#[inline(always)]
 pub(crate) fn pop_chain<const RING: usize>(
     vq: &mut VirtQueue<VirtioHal, RING>,
     head: u16,
@@ -200,12 +202,12 @@ pub(crate) struct UsedArea {
 
 impl UsedArea {
     /// The used area the last `VirtQueue::new` allocated, for a ring of `ring` entries (`None`
-    /// if unknown, or if the area is too small for that ring). The address only ever comes
+    /// if unknown, if `ring` is not a power of two, or if the area is too small for it). The address only ever comes
     /// from `dma_alloc`, so a handle always names memory the queue owns.
     pub(crate) fn take_last(ring: usize) -> Option<Self> {
         let virt = take_used_area();
         let bytes = LAST_USED_BYTES.load(Ordering::Relaxed);
-        let fits = ring > 0
+        let fits = ring.is_power_of_two()
             && ring
                 .checked_mul(used_ring::ELEM)
                 .and_then(|r| r.checked_add(used_ring::RING + 2))
@@ -224,6 +226,27 @@ impl UsedArea {
         unsafe {
             self.ptr16(used_ring::RING + used_ring::ELEM * self.ring)
                 .read_volatile()
+        }
+    }
+
+    /// The used index the device last published.
+    #[inline]
+    pub(crate) fn idx(&self) -> u16 {
+        // SAFETY: the `idx` field of the used area (checked in `take_last` to lie inside it),
+        // aligned, memory the queue allocated and keeps; a volatile read of a device-written
+        // word.
+        unsafe { self.ptr16(used_ring::IDX).read_volatile() }
+    }
+
+    /// The full 32-bit id of used element `n` (taken modulo the ring size).
+    #[inline]
+    pub(crate) fn id(&self, n: u16) -> u32 {
+        let slot = n as usize & (self.ring - 1);
+        // SAFETY: element `slot < ring` of the used area (checked in `take_last` to lie inside
+        // it; `ring` is a power of two), 4-byte aligned; a volatile read of a device-written
+        // word.
+        unsafe {
+            ((self.virt + used_ring::RING + used_ring::ELEM * slot) as *const u32).read_volatile()
         }
     }
 

@@ -12,9 +12,9 @@ use blk::driver::CompletionSink;
 use blk::{HwQueue, QueueLimits, QueueRqError, Request, TagComplete, TimeoutAction};
 use hal::{DmaBuf, IrqLine};
 use spin::{Mutex, Once};
-use virtio_drivers::queue::VirtQueue;
 
-use crate::hal_impl::{UsedArea, VirtioHal};
+use crate::hal_impl::UsedArea;
+use crate::ring::Ring;
 use crate::sg::HeadTable;
 use crate::{DeviceTransport, MAX_SEGMENTS, QUEUE_DEPTH, RING_SIZE};
 
@@ -85,12 +85,15 @@ impl Slot {
 
 struct Inner {
     transport: DeviceTransport,
-    vq: VirtQueue<VirtioHal, RING_SIZE>,
-    used: Option<UsedArea>,
+    vq: Ring,
+    /// The ring's used area, read directly (index, ids, `avail_event`).
+    used: UsedArea,
     heads: HeadTable<RING_SIZE>,
     slots: [Slot; QUEUE_DEPTH],
     /// Chains added since bring-up (equals the queue's avail index).
     added: u16,
+    /// Used entries taken since bring-up (equals the queue's last used index).
+    taken: u16,
     /// `added` at the last notification decision.
     notified: u16,
     dead: bool,
@@ -170,6 +173,13 @@ impl VirtioBlk {
         self.inner.lock().heads.in_flight()
     }
 
+    /// Physical range of the command memory (host tests check descriptors against it).
+    #[cfg(test)]
+    pub(crate) fn cmd_range(&self) -> (u64, u64) {
+        let p = self.cmd.phys().0;
+        (p, p + self.cmd.len() as u64)
+    }
+
     /// Whether a protocol violation left the device unusable.
     pub fn is_dead(&self) -> bool {
         self.inner.lock().dead
@@ -199,7 +209,7 @@ impl HwQueue for VirtioBlk {
         let Some(inner) = self.inner.try_lock() else {
             return 0;
         };
-        if !inner.vq.can_pop() {
+        if inner.used.idx() == inner.taken {
             return 0;
         }
         let n = self.reap_deliver(inner);

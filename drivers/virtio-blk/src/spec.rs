@@ -104,7 +104,7 @@ pub mod pci_common {
     pub const CAP_COMMON_CFG: u8 = 1;
 }
 
-/// Used-ring layout (split virtqueue), for the event-index read and the test hook.
+/// Used-ring layout (split virtqueue), for the driver's own reads of what the device wrote.
 pub mod used_ring {
     /// `le16 idx`.
     pub const IDX: usize = 2;

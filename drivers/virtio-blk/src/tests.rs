@@ -55,7 +55,7 @@ fn leak<T>(v: T) -> &'static T {
 
 /// One test at a time: the driver learns its used area through a process-wide slot that
 /// queue creation fills.
-fn serial() -> MutexGuard<'static, ()> {
+pub(crate) fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -295,22 +295,24 @@ fn bad_used_id_resets_and_fails_the_request_once() {
 }
 
 #[test]
-fn repeated_used_id_completes_once_then_resets() {
+fn repeated_used_entry_resets_and_completes_once() {
     let _s = serial();
     let r = rig(F_VERSION_1 | F_SEG_MAX);
     let resets = r.dev().resets;
     r.dev().inject(Fault::Repeat);
+    // Two used entries for one chain in flight: the index ran ahead of what is in flight, so
+    // neither entry is trusted; the request fails once, with the reset.
     assert_eq!(
         r.io(Op::Read, 0, &mut [dma_vec(512)]),
-        [(0, Ok(()))],
-        "the first entry completes the request, the repeat completes nothing"
+        [(0, Err(BlkError::DeviceError(device_error::RESET)))],
     );
     assert!(
         r.dev().resets > resets,
         "the repeat is a protocol violation"
     );
-    assert_eq!(r.blk.stats().bad_used_ids.load(Relaxed), 1);
+    assert_eq!(r.blk.stats().bad_used_idx.load(Relaxed), 1);
     assert_eq!(r.io(Op::Read, 0, &mut [dma_vec(512)]), [(0, Ok(()))]);
+    assert!(r.done.take().is_empty());
 }
 
 /// Per-bio completion counters (a bio's end hook is a plain `fn`).
@@ -458,5 +460,48 @@ fn fault_injection_hooks_reset_the_device() {
         [(0, Err(BlkError::DeviceError(device_error::RESET)))]
     );
     assert_eq!(r.blk.stats().bad_used_ids.load(Relaxed), 2);
+    assert_eq!(r.io(Op::Read, 0, &mut [dma_vec(512)]), [(0, Ok(()))]);
+}
+
+#[test]
+fn used_id_high_bits_are_not_dropped() {
+    let _s = serial();
+    let r = rig(F_VERSION_1 | F_SEG_MAX);
+    // The chain's head is 0; 0x1_0000 names no descriptor, though its low 16 bits do.
+    r.dev().inject(Fault::BadId(0x1_0000));
+    assert_eq!(
+        r.io(Op::Read, 0, &mut [dma_vec(512)]),
+        [(0, Err(BlkError::DeviceError(device_error::RESET)))]
+    );
+    assert_eq!(r.blk.stats().bad_used_ids.load(Relaxed), 1);
+    assert_eq!(r.io(Op::Read, 0, &mut [dma_vec(512)]), [(0, Ok(()))]);
+}
+
+#[test]
+fn used_index_ahead_of_the_chains_in_flight_or_behind_resets() {
+    let _s = serial();
+    let r = rig(F_VERSION_1 | F_SEG_MAX);
+    for (k, jump) in [2u16, 0u16.wrapping_sub(1)].into_iter().enumerate() {
+        let buf = dma_vec(512);
+        let rq = r.request(Op::Read, 0, &mut [&mut *buf]);
+        r.blk.queue_rq(&rq, true).expect("queued");
+        r.blk.commit();
+        // One chain in flight, not served: the index moves without any element written
+        // (ahead: stale entries; behind: going back).
+        {
+            let mut d = r.dev();
+            let idx = d.used_idx();
+            d.set_used_idx(idx.wrapping_add(jump));
+            d.raise();
+        }
+        r.blk.handle_irq();
+        assert_eq!(
+            r.done.take(),
+            [(0, Err(BlkError::DeviceError(device_error::RESET)))],
+            "jump {jump:#x}"
+        );
+        assert_eq!(r.blk.stats().bad_used_idx.load(Relaxed), k as u64 + 1);
+        assert_eq!(r.blk.in_flight(), 0);
+    }
     assert_eq!(r.io(Op::Read, 0, &mut [dma_vec(512)]), [(0, Ok(()))]);
 }

@@ -51,7 +51,10 @@ pub fn probe(info: &BootInfo, polled: bool) {
     cfg.clock = super::clock;
     cfg.wait = Wait::Hook(super::wait);
     cfg.timeout_ns = config::block_timeout_ns(config::VIRTIO_TIMEOUT_NS);
-    let queue = QUEUE.call_once(|| Queue::new(hw, hw.limits(), cfg, &super::SPLIT_SET));
+    // A ring smaller than the largest takes fewer requests at once: only that many tags.
+    let depth = hw.info().queue_depth as usize;
+    let queue =
+        QUEUE.call_once(|| Queue::new(hw, hw.limits(), cfg, &super::SPLIT_SET).with_depth(depth));
     hw.attach(queue);
     let (irq, attach) = match found {
         Found::Pci(f) => match (mode, hal::irq::alloc_msi()) {

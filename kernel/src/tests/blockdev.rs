@@ -510,7 +510,7 @@ fn virtio() -> Result<Target, Outcome> {
                 .unwrap_or_default()
         },
         tags_in_use: || block::virtio::disk().map_or(0, |d| d.queue.tags_in_use()),
-        depth: virtio_blk::QUEUE_DEPTH,
+        depth: d.hw.info().queue_depth as usize,
         max_request_bytes: d.queue.limits().max_bytes(),
         irq_count: || block::virtio::disk().map_or(0, |d| d.irq_count()),
     })

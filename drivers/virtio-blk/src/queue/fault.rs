@@ -10,9 +10,10 @@ impl VirtioBlk {
     /// and reaps it at once. Only with nothing in flight (returns `false` otherwise).
     pub fn inject_corrupt_used(&self, id: u32) -> bool {
         let inner = self.inner.lock();
-        let Some(u) = inner.used.filter(|_| inner.heads.in_flight() == 0) else {
+        if inner.heads.in_flight() != 0 {
             return false;
-        };
+        }
+        let u = inner.used;
         u.inject(id, 1);
         self.reap_deliver(inner);
         self.reap_if_pending();

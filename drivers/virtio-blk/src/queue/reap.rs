@@ -2,7 +2,7 @@
 //! each against the driver's own records (id in flight, length at least what the chain needed),
 //! read the status byte, and deliver outside the lock.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{Ordering, fence};
 
 use blk::BlkError;
 use blk::driver::{CompletionBatch, Deliver};
@@ -10,7 +10,7 @@ use spin::MutexGuard;
 use virtio_drivers::transport::Transport;
 
 use super::{CMD_STATUS, CMD_STRIDE, Inner, Mode, Slot, VirtioBlk, device_error};
-use crate::hal_impl::pop_chain;
+use crate::sg::NONE;
 use crate::spec::status;
 
 /// Completions reaped per pass under the lock (then delivered outside it; a full batch leaves
@@ -99,13 +99,32 @@ impl VirtioBlk {
         self.reap_pending.store(false, Ordering::Relaxed);
         let mut reaped = 0u64;
         let mut renotify = false;
+        let used = inner.used;
+        // Entries published and not taken yet, as of the last read of the used index.
+        let mut pending = 0u16;
         let stop = loop {
             if done.is_full() {
                 break Stop::Full;
             }
-            let Some(id) = inner.vq.peek_used() else {
-                break Stop::Empty;
-            };
+            if pending == 0 {
+                pending = used.idx().wrapping_sub(inner.taken);
+                if pending == 0 {
+                    break Stop::Empty;
+                }
+                // More entries published than chains in flight: the index jumped ahead (stale
+                // entries would complete chains the device has not finished) or went back.
+                if pending > inner.heads.in_flight() {
+                    // Some entry names no chain in flight: a bad id, found early.
+                    self.stats.bad_used_ids.fetch_add(1, Ordering::Relaxed);
+                    self.stats.bad_used_idx.fetch_add(1, Ordering::Relaxed);
+                    break Stop::Violation;
+                }
+                // The entries are read after the index that published them.
+                fence(Ordering::Acquire);
+            }
+            pending -= 1;
+            // All 32 bits: an id past the ring never lands on a chain in flight.
+            let id = u16::try_from(used.id(inner.taken)).unwrap_or(NONE);
             #[cfg(feature = "fault-injection")]
             let id = self.corrupted_used_id(id);
             let Ok(tag) = inner.heads.check(id) else {
@@ -115,10 +134,11 @@ impl VirtioBlk {
             let Some(&slot) = inner.slots.get(tag as usize) else {
                 break Stop::Violation;
             };
-            let Ok(len) = pop_chain(&mut inner.vq, id, slot.readable + slot.writable) else {
+            let Ok(len) = inner.vq.pop_chain(id, slot.readable + slot.writable) else {
                 break Stop::Violation;
             };
             inner.heads.remove(id);
+            inner.taken = inner.taken.wrapping_add(1);
             reaped += 1;
             let st = if len < slot.min_used_len {
                 self.stats.short_lengths.fetch_add(1, Ordering::Relaxed);

@@ -45,11 +45,15 @@ impl VirtioBlk {
             }
             done.push(tag, Err(BlkError::DeviceError(device_error::RESET)));
         });
-        match bring_up(&mut inner.transport, self.mode) {
-            Ok((features, vq, used)) if features == self.info.features => {
+        let ring = self.info.ring_size as usize;
+        match bring_up(&mut inner.transport, self.mode, ring) {
+            // The same features and ring size: the limits and tags given to the block layer
+            // still hold.
+            Ok((features, vq, used)) if features == self.info.features && vq.size() == ring => {
                 inner.vq = vq;
                 inner.used = used;
                 inner.added = 0;
+                inner.taken = 0;
                 inner.notified = 0;
                 if let Some(&(f, mapper, entry)) = self.msix.get() {
                     crate::pci::set_queue_msix_vector(f, mapper, entry);

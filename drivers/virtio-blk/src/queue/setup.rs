@@ -6,15 +6,15 @@ use blk::QueueLimits;
 use blk::driver::CompletionSink;
 use hal::DmaBuf;
 use spin::{Mutex, Once};
-use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
 
 use super::stats::DriverStats;
 use super::{CMD_STRIDE, Inner, Mode, Slot, VirtioBlk};
-use crate::hal_impl::{UsedArea, VirtioHal, take_used_area};
+use crate::hal_impl::{UsedArea, take_used_area};
+use crate::ring::{Ring, ring_size};
 use crate::sg::HeadTable;
 use crate::spec::{config, feature};
-use crate::{DeviceTransport, InitError, MAX_SEGMENTS, QUEUE_DEPTH, RING_SIZE};
+use crate::{DeviceTransport, InitError, MAX_SEGMENTS, QUEUE_DEPTH, RING_SIZE, depth_for_ring};
 
 /// What the device offered and the driver took.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +23,8 @@ pub struct DeviceInfo {
     pub capacity: u64,
     /// Logical block size.
     pub block_size: u32,
-    /// Most data segments per request (device `seg_max`, capped by [`MAX_SEGMENTS`]).
+    /// Most data segments per request (device `seg_max`, capped by [`MAX_SEGMENTS`] and by
+    /// the ring: `ring_size - 2`).
     pub max_segments: u16,
     /// Largest segment (device `size_max`, or unlimited as far as the ring goes).
     pub max_segment_size: u32,
@@ -39,9 +40,11 @@ pub struct DeviceInfo {
     pub event_idx: bool,
     /// Negotiated feature bits.
     pub features: u64,
-    /// Ring entries.
+    /// Ring entries: the largest power of two within the device's largest queue and
+    /// [`RING_SIZE`](crate::RING_SIZE).
     pub ring_size: u16,
-    /// Tags.
+    /// Tags the block layer may use ([`depth_for_ring`](crate::depth_for_ring) of the ring; at
+    /// most [`QUEUE_DEPTH`](crate::QUEUE_DEPTH)).
     pub queue_depth: u16,
 }
 
@@ -71,11 +74,13 @@ const WANTED: u64 = feature::VERSION_1
     | feature::DISCARD
     | feature::WRITE_ZEROES;
 
-/// Resets the device, negotiates, sets up queue 0; the caller sets DRIVER_OK.
+/// Resets the device, negotiates, sets up queue 0 with the largest ring within the device's and
+/// `want` entries; the caller sets DRIVER_OK.
 pub(super) fn bring_up(
     t: &mut DeviceTransport,
     mode: Mode,
-) -> Result<(u64, VirtQueue<VirtioHal, RING_SIZE>, Option<UsedArea>), InitError> {
+    want: usize,
+) -> Result<(u64, Ring, UsedArea), InitError> {
     t.set_status(DeviceStatus::empty());
     t.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
     let offered = t.read_device_features();
@@ -95,13 +100,18 @@ pub(super) fn bring_up(
         return Err(InitError::Transport);
     }
     let event_idx = features & feature::RING_EVENT_IDX != 0;
+    let max = t.max_queue_size(0);
+    let Some(size) = ring_size(max, want) else {
+        t.set_status(DeviceStatus::FAILED);
+        return Err(InitError::RingTooSmall(max));
+    };
     let _ = take_used_area();
-    let mut vq =
-        VirtQueue::<VirtioHal, RING_SIZE>::new(t, 0, false, event_idx).map_err(|e| match e {
-            virtio_drivers::Error::DmaError => InitError::NoMemory,
-            _ => InitError::Queue,
-        })?;
-    let used = UsedArea::take_last(RING_SIZE);
+    let mut vq = Ring::new(t, 0, size, event_idx).map_err(|e| match e {
+        virtio_drivers::Error::DmaError => InitError::NoMemory,
+        _ => InitError::Queue,
+    })?;
+    // The driver reads the used ring itself: without its address there is no queue.
+    let used = UsedArea::take_last(size).ok_or(InitError::Queue)?;
     if mode == Mode::Polling {
         vq.set_dev_notify(false);
     }
@@ -120,7 +130,9 @@ impl VirtioBlk {
         if transport.device_type() != DeviceType::Block {
             return Err(InitError::NotBlock);
         }
-        let (features, vq, used) = bring_up(&mut transport, mode)?;
+        let (features, vq, used) = bring_up(&mut transport, mode, RING_SIZE)?;
+        let ring = vq.size();
+        let depth = depth_for_ring(ring).min(QUEUE_DEPTH);
         let has = |f: u64| features & f != 0;
         let capacity = read_u32(&transport, config::CAPACITY)? as u64
             | (read_u32(&transport, config::CAPACITY + 4)? as u64) << 32;
@@ -154,7 +166,8 @@ impl VirtioBlk {
         let info = DeviceInfo {
             capacity,
             block_size,
-            max_segments: (seg_max.clamp(1, MAX_SEGMENTS as u32)) as u16,
+            // A request of n segments takes n + 2 descriptors and must fit an empty ring.
+            max_segments: seg_max.clamp(1, (MAX_SEGMENTS as u32).min(ring as u32 - 2)) as u16,
             max_segment_size,
             read_only: has(feature::RO),
             flush: has(feature::FLUSH),
@@ -162,15 +175,15 @@ impl VirtioBlk {
             max_write_zeroes_sectors,
             event_idx: has(feature::RING_EVENT_IDX),
             features,
-            ring_size: RING_SIZE as u16,
-            queue_depth: QUEUE_DEPTH as u16,
+            ring_size: ring as u16,
+            queue_depth: depth as u16,
         };
         let limits = info.queue_limits();
         if limits.validate().is_err() {
             transport.set_status(DeviceStatus::FAILED);
             return Err(InitError::BadConfig);
         }
-        let cmd = DmaBuf::alloc(QUEUE_DEPTH * CMD_STRIDE, 64).map_err(|_| InitError::NoMemory)?;
+        let cmd = DmaBuf::alloc(depth * CMD_STRIDE, 64).map_err(|_| InitError::NoMemory)?;
         transport.finish_init();
         Ok(VirtioBlk {
             inner: Mutex::new(Inner {
@@ -180,6 +193,7 @@ impl VirtioBlk {
                 heads: HeadTable::new(),
                 slots: [Slot::EMPTY; QUEUE_DEPTH],
                 added: 0,
+                taken: 0,
                 notified: 0,
                 dead: false,
             }),

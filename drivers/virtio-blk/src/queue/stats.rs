@@ -19,7 +19,8 @@ blk::driver_stats! {
         completions,
         /// Requests completed with an error.
         errors,
-        /// Used entries with a bad id.
+        /// Used entries with a bad id (including entries published beyond the chains in
+        /// flight, also counted in `bad_used_idx`).
         bad_used_ids,
         /// Used entries with a short length.
         short_lengths,
@@ -31,5 +32,7 @@ blk::driver_stats! {
         timeouts,
         /// Pre-flushes run for PREFLUSH writes.
         preflushes,
+        /// Reap passes that found the used index ahead of every chain in flight, or behind.
+        bad_used_idx,
     }
 }

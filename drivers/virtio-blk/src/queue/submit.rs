@@ -13,9 +13,9 @@ use blk::{BioFlags, BlkError, Op, QueueRqError, Request, SgEntry};
 use super::{CMD_RANGE, CMD_SG, CMD_STATUS, CMD_STRIDE, Inner, Slot, VirtioBlk, device_error};
 use virtio_drivers::transport::Transport;
 
-use crate::hal_impl::{ChainBuf, MAX_CHAIN, SMALL_CHAIN, TINY_CHAIN, add_request};
+use crate::MAX_SEGMENTS;
+use crate::hal_impl::{ChainBuf, MAX_CHAIN, SMALL_CHAIN, TINY_CHAIN};
 use crate::sg::{RequestKind, need_event, plan};
-use crate::{MAX_SEGMENTS, QUEUE_DEPTH, RING_SIZE};
 
 impl VirtioBlk {
     /// Starts the next chain of a staged request; `false` if the ring has no room.
@@ -88,11 +88,11 @@ impl VirtioBlk {
         // The request's segments (the block layer's until completion) and this tag's command
         // memory: `add_request`'s contract.
         let res = if data.len() + 2 <= TINY_CHAIN {
-            add_request::<RING_SIZE, TINY_CHAIN>(vq, header, data, writable, range, status)
+            vq.add_request::<TINY_CHAIN>(header, data, writable, range, status)
         } else if data.len() + 2 <= SMALL_CHAIN {
-            add_request::<RING_SIZE, SMALL_CHAIN>(vq, header, data, writable, range, status)
+            vq.add_request::<SMALL_CHAIN>(header, data, writable, range, status)
         } else {
-            add_request::<RING_SIZE, MAX_CHAIN>(vq, header, data, writable, range, status)
+            vq.add_request::<MAX_CHAIN>(header, data, writable, range, status)
         };
         let head = res.map_err(|e| match e {
             virtio_drivers::Error::QueueFull => QueueRqError::Busy,
@@ -108,9 +108,10 @@ impl VirtioBlk {
         if inner.added == inner.notified {
             return;
         }
-        let need = match (self.info.event_idx, inner.used) {
-            (true, Some(u)) => need_event(u.avail_event(), inner.added, inner.notified),
-            _ => inner.vq.should_notify(),
+        let need = if self.info.event_idx {
+            need_event(inner.used.avail_event(), inner.added, inner.notified)
+        } else {
+            inner.vq.should_notify()
         };
         inner.notified = inner.added;
         if need {
@@ -126,7 +127,7 @@ impl VirtioBlk {
     /// Checks `rq`, maps a read's or write's segments and adds its chain (`queue_rq`).
     pub(super) fn submit(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
         let tag = rq.tag();
-        if tag as usize >= QUEUE_DEPTH {
+        if tag >= self.info.queue_depth {
             return Err(QueueRqError::Fatal(BlkError::InvalidArgument));
         }
         if rq.passthrough().is_some() {

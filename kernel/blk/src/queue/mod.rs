@@ -114,6 +114,13 @@ impl<const D: usize> Queue<D> {
         }
     }
 
+    /// Uses only the first `depth` tags (clamped to `1..=D`): for a driver that learns at
+    /// bring-up that its device takes fewer requests at once than the `D` it was built for.
+    pub const fn with_depth(mut self, depth: usize) -> Self {
+        self.tags = TagSet::new(if depth < D { depth } else { D });
+        self
+    }
+
     /// Bounce buffers for segments above `limits.dma_limit`.
     pub const fn with_bounce(mut self, b: &'static Bouncer) -> Self {
         self.bouncer = Some(b);

@@ -793,3 +793,54 @@ fn two_cpus_submit_concurrently() {
     assert_eq!((e.done(), e.errors()), (4000, 0));
     assert_eq!(e.q.tags_in_use(), 0);
 }
+
+#[test]
+fn with_depth_keeps_tags_in_use_within_the_depth() {
+    let limits = QueueLimits::new();
+    let disk: &'static RamDisk = leak(RamDisk::new(
+        buf(256 * 512),
+        limits,
+        CompletionMode::Deferred,
+    ));
+    let c = QueueConfig::new(disk.capacity());
+    let q: &'static Queue<64> = leak(Queue::new(disk, limits, c, split_set()).with_depth(2));
+    disk.attach(q);
+    let set: &'static BioSet<Io> = leak(BioSet::new(
+        leak(BioSlab::<Io, 64>::new()),
+        8,
+        Some(bvecs()),
+    ));
+    let (done, errors) = counters();
+    let ctx = leak(CpuCtx::new(0));
+    let mem = buf(6 * 512);
+    let mut peak = 0;
+    for (i, chunk) in mem.chunks_mut(512).enumerate() {
+        let mut b = set
+            .alloc(
+                Io {
+                    done,
+                    errors,
+                    tag: i as u64,
+                },
+                Op::Write,
+                1,
+                Wait::Spin,
+            )
+            .expect("bio");
+        // SAFETY: the buffer is leaked and left alone until every bio completed.
+        b.add_vec(unsafe { seg(chunk) }).expect("add_vec");
+        // Far apart: nothing merges.
+        b.set_sector(i as u64 * 16);
+        b.set_dev(q);
+        b.set_end_io(io_end);
+        submit_bio(ctx, b).map_err(|(e, _)| e).expect("submit");
+        peak = peak.max(q.tags_in_use());
+    }
+    assert_eq!(peak, 2, "the third request waited for a tag");
+    while disk.process_completions() > 0 {}
+    assert_eq!(
+        (done.load(Ordering::SeqCst), errors.load(Ordering::SeqCst)),
+        (6, 0)
+    );
+    assert_eq!(q.tags_in_use(), 0);
+}
