@@ -2,19 +2,58 @@
 //!
 //! Tests register themselves with [`ktest!`](crate::ktest): each becomes a [`KTest`] in the
 //! `.ktests` linker section, which the runner walks in link order. Each test reports
-//! `KTEST start <name>`, then `KTEST pass <name>`, `KTEST fail <name>: <why>` or
-//! `KTEST skip <name>: <why>`; the run ends with `KTEST done passed=N failed=N skipped=N` and
-//! the exit code. The host side (`cargo xtask test`) parses exactly these lines.
+//! `KTEST start <name>`, then `KTEST pass <name>`, `KTEST fail <name>: <why> at <file>:<line>`
+//! or `KTEST skip <name>: <why>`; the run ends with
+//! `KTEST done passed=N failed=N skipped=N` and the exit code. The host side
+//! (`cargo xtask test`) parses exactly these lines.
+//!
+//! Skipping is decided here, not by each test: a test that needs a disk kind returns
+//! [`Outcome::NoDisk`], and the runner skips it only when the command line does not expect that
+//! kind (`expect=`); when it does, the test fails with the driver's reason. Before any test,
+//! a boot that expects a disk kind which did not attach reports the failing check
+//! `kernel::ktest::expected_disks_attached`.
 
-use core::fmt::Write;
+use core::fmt::{self, Write};
+use core::panic::Location;
+
+use crate::block::{self, DiskKind};
+
+/// Bytes a failure message may take; a longer one is cut and ends with [`TRUNCATED`].
+pub const FAIL_MESSAGE_BYTES: usize = 512;
+/// The end of a failure message that did not fit in [`FAIL_MESSAGE_BYTES`].
+pub const TRUNCATED: &str = "[...truncated]";
 
 /// Why a test did not pass.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The test failed: the message says what was expected.
-    Fail(heapless::String<100>),
-    /// The test could not run here (missing device, option off).
+    /// The test failed: what was expected, why it is not so, and where.
+    Fail(Failure),
+    /// The test could not run here for a reason other than a missing disk (an option off,
+    /// a device the profile does not configure).
     Skip(&'static str),
+    /// The test needs a disk of this kind and none attached: a skip when the command line
+    /// does not expect the kind, a failure when it does.
+    NoDisk(DiskKind),
+}
+
+/// A failure: the message (at most [`FAIL_MESSAGE_BYTES`]) and the source location that
+/// raised it.
+#[derive(Debug)]
+pub struct Failure {
+    message: heapless::String<FAIL_MESSAGE_BYTES>,
+    location: &'static Location<'static>,
+}
+
+impl Failure {
+    /// The message, ending with [`TRUNCATED`] if it was cut.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Where the failure was raised.
+    pub fn location(&self) -> &'static Location<'static> {
+        self.location
+    }
 }
 
 /// What a test body returns.
@@ -31,11 +70,48 @@ pub struct KTest {
     pub run: fn() -> TestResult,
 }
 
-/// Builds a failure with a formatted message (truncated to fit).
-pub fn fail(args: core::fmt::Arguments<'_>) -> Outcome {
-    let mut s = heapless::String::new();
-    let _ = s.write_fmt(args); // truncation is fine: the message is a diagnostic
-    Outcome::Fail(s)
+/// Writes into a bounded string; text past its end is dropped and the string then ends with
+/// [`TRUNCATED`].
+struct Bounded<'a, const N: usize> {
+    out: &'a mut heapless::String<N>,
+    cut: bool,
+}
+
+impl<const N: usize> Write for Bounded<'_, N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.cut {
+            return Ok(());
+        }
+        for c in s.chars() {
+            if self.out.len() + c.len_utf8() > N - TRUNCATED.len() {
+                self.cut = true;
+                let _ = self.out.push_str(TRUNCATED);
+                return Ok(());
+            }
+            let _ = self.out.push(c);
+        }
+        Ok(())
+    }
+}
+
+/// Formats into a new bounded string, marking a cut with [`TRUNCATED`].
+fn bounded<const N: usize>(args: fmt::Arguments<'_>) -> heapless::String<N> {
+    let mut out = heapless::String::new();
+    let _ = Bounded {
+        out: &mut out,
+        cut: false,
+    }
+    .write_fmt(args);
+    out
+}
+
+/// Builds a failure with a formatted message, located at the caller.
+#[track_caller]
+pub fn fail(args: fmt::Arguments<'_>) -> Outcome {
+    Outcome::Fail(Failure {
+        message: bounded(args),
+        location: Location::caller(),
+    })
 }
 
 /// Registers a test: `ktest!(fn name() -> TestResult { ... })`.
@@ -75,7 +151,7 @@ macro_rules! check {
     ($cond:expr, $($arg:tt)+) => {
         if !$cond {
             return Err($crate::ktest::fail(format_args!(
-                "{} ({}:{})", format_args!($($arg)+), file!(), line!()
+                "{}: {}", stringify!($cond), format_args!($($arg)+)
             )));
         }
     };
@@ -88,13 +164,11 @@ macro_rules! check_eq {
         let (a, b) = (&$a, &$b);
         if a != b {
             return Err($crate::ktest::fail(format_args!(
-                "{} == {}: {:?} != {:?} ({}:{})",
+                "{} == {}: {:?} != {:?}",
                 stringify!($a),
                 stringify!($b),
                 a,
-                b,
-                file!(),
-                line!()
+                b
             )));
         }
     }};
@@ -119,7 +193,30 @@ fn all() -> &'static [KTest] {
 
 /// Runs every test whose gate the command line opens; returns whether all passed.
 pub fn run_all(cmdline: &str) -> bool {
-    let (mut passed, mut failed, mut skipped) = (0u32, 0u32, 0u32);
+    let mut counts = Counts::default();
+    // The expected disks first: a boot whose expected disk did not attach fails here with the
+    // driver's reason, whichever tests run after.
+    if block::missing_expected(cmdline) != 0 {
+        let name = "kernel::ktest::expected_disks_attached";
+        defmt::println!("KTEST start {=str}", name);
+        let mut why = heapless::String::<FAIL_MESSAGE_BYTES>::new();
+        let mut w = Bounded {
+            out: &mut why,
+            cut: false,
+        };
+        for kind in DiskKind::ALL {
+            if block::is_expected(cmdline, kind) && !kind.attached() {
+                if !w.out.is_empty() {
+                    let _ = w.write_str("; ");
+                }
+                let _ = block::why_missing(kind, &mut w);
+            }
+        }
+        if why.is_empty() {
+            let _ = why.push_str("expect= names an unknown disk kind");
+        }
+        counts.report(name, Err(fail(format_args!("{}", why))), cmdline);
+    }
     // `ktest=gated`: only the tests whose gate word is on the command line, for a boot that
     // must leave the disk to them (one phase of a test spanning reboots on the same image).
     let gated_only = cmdline.split_ascii_whitespace().any(|w| w == "ktest=gated");
@@ -133,26 +230,65 @@ pub fn run_all(cmdline: &str) -> bool {
             continue;
         }
         defmt::println!("KTEST start {=str}", t.name);
-        match (t.run)() {
-            Ok(()) => {
-                passed += 1;
-                defmt::println!("KTEST pass {=str}", t.name);
-            }
-            Err(Outcome::Fail(msg)) => {
-                failed += 1;
-                defmt::println!("KTEST fail {=str}: {=str}", t.name, msg.as_str());
-            }
-            Err(Outcome::Skip(why)) => {
-                skipped += 1;
-                defmt::println!("KTEST skip {=str}: {=str}", t.name, why);
-            }
-        }
+        counts.report(t.name, (t.run)(), cmdline);
     }
     defmt::println!(
         "KTEST done passed={=u32} failed={=u32} skipped={=u32}",
-        passed,
-        failed,
-        skipped
+        counts.passed,
+        counts.failed,
+        counts.skipped
     );
-    failed == 0
+    counts.failed == 0
+}
+
+#[derive(Default)]
+struct Counts {
+    passed: u32,
+    failed: u32,
+    skipped: u32,
+}
+
+impl Counts {
+    /// Prints one test's result line and counts it. A missing disk is a skip only when the
+    /// command line does not expect that kind.
+    fn report(&mut self, name: &str, result: TestResult, cmdline: &str) {
+        let result = match result {
+            Err(Outcome::NoDisk(kind)) if block::is_expected(cmdline, kind) => {
+                let mut why = heapless::String::<FAIL_MESSAGE_BYTES>::new();
+                let _ = block::why_missing(
+                    kind,
+                    &mut Bounded {
+                        out: &mut why,
+                        cut: false,
+                    },
+                );
+                Err(fail(format_args!("needs {}: {}", kind.a_disk(), why)))
+            }
+            other => other,
+        };
+        match result {
+            Ok(()) => {
+                self.passed += 1;
+                defmt::println!("KTEST pass {=str}", name);
+            }
+            Err(Outcome::Fail(f)) => {
+                self.failed += 1;
+                defmt::println!(
+                    "KTEST fail {=str}: {=str} at {=str}:{=u32}",
+                    name,
+                    f.message(),
+                    f.location().file(),
+                    f.location().line()
+                );
+            }
+            Err(Outcome::Skip(why)) => {
+                self.skipped += 1;
+                defmt::println!("KTEST skip {=str}: {=str}", name, why);
+            }
+            Err(Outcome::NoDisk(kind)) => {
+                self.skipped += 1;
+                defmt::println!("KTEST skip {=str}: needs {=str}", name, kind.a_disk());
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@ mod profile;
 mod reboot;
 mod workspace;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -226,19 +226,53 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     })
 }
 
-/// Totals for the final line.
+/// Totals for the final line, and why tests were skipped.
 #[derive(Debug, Default)]
 struct Tally {
     passed: usize,
     failed: usize,
     skipped: usize,
+    /// Skip reason -> (tests skipped for it, where: profile names or "host").
+    reasons: BTreeMap<String, (usize, BTreeSet<String>)>,
 }
 
 impl Tally {
-    fn add(&mut self, verdict: &Verdict) {
+    fn add(&mut self, profile: &str, verdict: &Verdict) {
         self.passed += verdict.passed.len();
         self.failed += verdict.failures();
-        self.skipped += verdict.skipped.len();
+        for (_, reason) in &verdict.skipped {
+            self.skip(profile, reason, 1);
+        }
+    }
+
+    /// Counts `n` tests skipped in `place` (a profile, or the host tests) for `reason`.
+    fn skip(&mut self, place: &str, reason: &str, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.skipped += n;
+        let reason = if reason.is_empty() {
+            "no reason given"
+        } else {
+            reason
+        };
+        let entry = self.reasons.entry(reason.to_owned()).or_default();
+        entry.0 += n;
+        entry.1.insert(place.to_owned());
+    }
+
+    /// The skips grouped by reason, most frequent first: `  120  needs an NVMe disk (x86_64,
+    /// riscv64)`.
+    fn skipped_by_reason(&self) -> Vec<String> {
+        let mut groups: Vec<_> = self.reasons.iter().collect();
+        groups.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(b.0)));
+        groups
+            .into_iter()
+            .map(|(reason, (n, places))| {
+                let places: Vec<&str> = places.iter().map(String::as_str).collect();
+                format!("  {n:>5}  {reason} ({})", places.join(", "))
+            })
+            .collect()
     }
 
     fn summary(&self) -> String {
@@ -247,6 +281,20 @@ impl Tally {
             line.push_str(&format!(", {} skipped", self.skipped));
         }
         line
+    }
+
+    /// The closing lines: the skips by reason (when there are any), then the summary line.
+    fn report(&self) -> String {
+        let mut out = String::new();
+        if self.skipped > 0 {
+            out.push_str(&format!("{} skipped, by reason:\n", self.skipped));
+            for line in self.skipped_by_reason() {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        out.push_str(&self.summary());
+        out
     }
 }
 
@@ -266,7 +314,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         let host = host::run()?;
         tally.passed += host.passed;
         tally.failed += host.failed;
-        tally.skipped += host.ignored;
+        tally.skip("host", "marked #[ignore]", host.ignored);
     }
 
     let mut arches: Vec<Arch> = selected.iter().map(|p| p.arch).collect();
@@ -322,7 +370,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
             verdict.skipped.len(),
             started.elapsed().as_secs_f64()
         );
-        tally.add(&verdict);
+        tally.add(label, &verdict);
         if args.selftest.is_none() {
             let (passed, failed) = reboot::run(profile, kernel, args.accel, &logs)?;
             tally.passed += passed;
@@ -335,6 +383,17 @@ fn test(args: TestArgs) -> Result<ExitCode> {
     if let (None, Some(profile)) = (args.selftest, base) {
         let key = (profile.arch, profile.features.clone());
         if let Some(Ok(kernel)) = kernels.get(&key) {
+            let label = &profile.name;
+            match attach_check(profile, kernel, args.accel, &logs)? {
+                Ok(what) => {
+                    println!("[{label}] ok   harness catches a disk that does not attach ({what})");
+                    tally.passed += 1;
+                }
+                Err(what) => {
+                    println!("[{label}] FAIL harness self-check (disk that does not attach): {what}");
+                    tally.failed += 1;
+                }
+            }
             for selftest in [SelfTest::Fail, SelfTest::Hang] {
                 let caught = self_check(profile, kernel, args.accel, selftest, &logs)?;
                 let label = &profile.name;
@@ -358,7 +417,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         }
     }
 
-    println!("{}", tally.summary());
+    println!("{}", tally.report());
     Ok(if tally.failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -414,11 +473,13 @@ fn self_check(
     let verdict = boot::test(&spec, limits, Verbosity::Quiet, &log)?;
     let name = selftest.test_name();
     let caught = match selftest {
+        // The whole message (well past the 100 bytes it was once cut at) and its location.
         SelfTest::Fail => verdict
             .failed
             .iter()
             .find(|(test, _)| is_test(test, name))
             .filter(|_| verdict.problems.is_empty())
+            .filter(|(_, reason)| full_failure_message(reason))
             .map(|(test, reason)| format!("FAIL {test}: {reason}")),
         SelfTest::Hang => verdict
             .problems
@@ -447,6 +508,85 @@ fn self_check(
     }))
 }
 
+/// Whether the failure reason of `selftest_fail` arrived whole: its last words and the
+/// location of the failed check.
+fn full_failure_message(reason: &str) -> bool {
+    reason.len() > 200
+        && reason.contains("END-OF-SELFTEST-MESSAGE at ")
+        && reason.contains("src/tests/selftest.rs:")
+}
+
+/// The base profile with an NVMe controller that cannot attach (it has no namespace), so the
+/// profile expects an NVMe disk the kernel cannot bring up.
+fn unattachable(base: &Profile) -> Profile {
+    let mut p = base.clone();
+    p.name = format!("{}-nvme-no-namespace", base.name);
+    p.description = format!("{} with an NVMe controller without a namespace", base.description);
+    p.disk = Disk::Nvme;
+    p.expect = None;
+    p.devices.push("-device nvme,serial=nonamespace".into());
+    p
+}
+
+/// Boots [`unattachable`] and checks that the boot fails with the driver's error: the
+/// attach check fails naming the NVMe driver's error, NVMe tests fail instead of skipping, and
+/// nothing else goes wrong. `Ok` carries what was caught, `Err` what happened instead.
+fn attach_check(
+    base: &Profile,
+    kernel: &Kernel,
+    accel: Accel,
+    logs: &std::path::Path,
+) -> Result<Result<String, String>> {
+    let profile = unattachable(base);
+    let limits = Limits {
+        timeout: Duration::from_secs(profile.timeout),
+        test_timeout: Duration::from_secs(profile.test_timeout),
+    };
+    let log = logs.join(format!("{}.log", profile.name));
+    let spec = test_spec(&profile, kernel, accel, test_words(&profile))?;
+    let verdict = boot::test(&spec, limits, Verbosity::Quiet, &log)?;
+    Ok(judge_attach_failure(&verdict).map_err(|e| format!("{e} (log: {})", log.display())))
+}
+
+/// What [`attach_check`] requires of the verdict.
+fn judge_attach_failure(verdict: &Verdict) -> Result<String, String> {
+    let check = verdict
+        .failed
+        .iter()
+        .find(|(test, _)| is_test(test, "expected_disks_attached"))
+        .ok_or_else(|| {
+            format!(
+                "no failed expected_disks_attached check; failed: {:?}, problems: {:?}",
+                verdict.failed, verdict.problems
+            )
+        })?;
+    if !check.1.contains("none attached: nvme: ") {
+        return Err(format!("the failure does not carry the driver's error: {}", check.1));
+    }
+    let nvme_failed = verdict
+        .failed
+        .iter()
+        .filter(|(test, _)| test.contains("::nvme::"))
+        .count();
+    let nvme_skipped: Vec<_> = verdict
+        .skipped
+        .iter()
+        .filter(|(test, _)| test.contains("::nvme::"))
+        .collect();
+    if nvme_failed == 0 || !nvme_skipped.is_empty() {
+        return Err(format!(
+            "NVMe tests must fail, not skip: {nvme_failed} failed, skipped: {nvme_skipped:?}"
+        ));
+    }
+    if !verdict.problems.is_empty() {
+        return Err(format!("unexpected problems: {:?}", verdict.problems));
+    }
+    Ok(format!(
+        "FAIL {}: {}; {nvme_failed} NVMe tests failed, none skipped",
+        check.0, check.1
+    ))
+}
+
 /// Whether the kernel's test `full` (possibly a module path) is the test `name`.
 fn is_test(full: &str, name: &str) -> bool {
     full == name
@@ -458,6 +598,66 @@ fn is_test(full: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn verdict(failed: &[(&str, &str)], skipped: &[(&str, &str)]) -> Verdict {
+        let pairs = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        Verdict {
+            passed: Vec::new(),
+            failed: pairs(failed),
+            skipped: pairs(skipped),
+            problems: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn attach_failure_is_judged_strictly() {
+        const CHECK: &str = "kernel::ktest::expected_disks_attached";
+        const WHY: &str = "the profile expects an NVMe disk (expect=nvme), but none attached: \
+                           nvme: BadIdentify at kernel/src/ktest.rs:200";
+        const NVME: &str = "kernel::tests::nvme::nvme_past_end_refused";
+        assert!(judge_attach_failure(&verdict(&[(CHECK, WHY), (NVME, WHY)], &[])).is_ok());
+        // What the kernel did before: one log line, NVMe tests skipped, the run green.
+        assert!(judge_attach_failure(&verdict(&[], &[(NVME, "no NVMe controller")])).is_err());
+        // A failure without the driver's error, or with NVMe tests still skipping.
+        let vague = "the profile expects an NVMe disk, none attached";
+        assert!(judge_attach_failure(&verdict(&[(CHECK, vague), (NVME, WHY)], &[])).is_err());
+        assert!(
+            judge_attach_failure(&verdict(
+                &[(CHECK, WHY), (NVME, WHY)],
+                &[("kernel::tests::nvme::nvme_flush_and_fua", "needs an NVMe disk")]
+            ))
+            .is_err()
+        );
+        assert!(judge_attach_failure(&verdict(&[(CHECK, WHY)], &[])).is_err());
+    }
+
+    #[test]
+    fn failure_messages_must_arrive_whole() {
+        let whole = format!(
+            "1 + 1 == 3: this test fails on purpose; {}the whole message and its location must \
+             reach the host: END-OF-SELFTEST-MESSAGE at kernel/src/tests/selftest.rs:9",
+            "padding ".repeat(30)
+        );
+        assert!(full_failure_message(&whole));
+        // Cut at 100 bytes, or without a location: what the runner did before.
+        assert!(!full_failure_message(&whole[..100]));
+        let unlocated = whole.split(" at kernel/").next().unwrap();
+        assert!(!full_failure_message(unlocated));
+    }
+
+    #[test]
+    fn unattachable_profile_expects_nvme() {
+        let all = profiles().unwrap();
+        let base = profile::select_for_run(&all, Arch::X86_64, Disk::None).unwrap();
+        let p = unattachable(&base);
+        assert_eq!(p.expect_word().unwrap(), "expect=nvme");
+        assert!(p.devices.iter().any(|d| d.starts_with("-device nvme,")));
+        assert!(p.image.is_none() && p.drives.is_empty(), "no namespace, no drive");
+    }
 
     #[test]
     fn test_names_match_by_last_segment() {
@@ -477,10 +677,22 @@ mod tests {
     fn summary_line() {
         let mut tally = Tally::default();
         assert_eq!(tally.summary(), "0 passed, 0 failed");
+        assert_eq!(tally.report(), "0 passed, 0 failed");
         tally.passed = 7;
         tally.failed = 1;
-        tally.skipped = 2;
-        assert_eq!(tally.summary(), "7 passed, 1 failed, 2 skipped");
+        tally.skip("x86_64", "needs an NVMe disk", 1);
+        tally.skip("riscv64", "needs an NVMe disk", 1);
+        tally.skip("x86_64", "needs an NVMe disk", 1);
+        tally.skip("host", "marked #[ignore]", 1);
+        tally.skip("host", "marked #[ignore]", 0);
+        assert_eq!(tally.summary(), "7 passed, 1 failed, 4 skipped");
+        assert_eq!(
+            tally.report(),
+            "4 skipped, by reason:\n\
+             \x20     3  needs an NVMe disk (riscv64, x86_64)\n\
+             \x20     1  marked #[ignore] (host)\n\
+             7 passed, 1 failed, 4 skipped"
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub fn probe(polled: bool) {
     };
     let Some(abar) = f.map_bar(5, arch::mmio_mapper()) else {
         defmt::error!("ahci: BAR5 not mapped");
+        super::attach_failed(super::DiskKind::Ahci, format_args!("ahci: BAR5 not mapped"));
         return;
     };
     f.enable_bus_master();
@@ -51,10 +52,12 @@ pub fn probe(polled: bool) {
         // q35 always has its ICH9 controller; without a disk behind it there is nothing to do.
         Err(ahci::InitError::NoDevice) => {
             defmt::println!("ahci: controller without a disk");
+            super::attach_failed(super::DiskKind::Ahci, format_args!("ahci: no port has a disk"));
             return;
         }
         Err(e) => {
             defmt::error!("ahci: {}", defmt::Debug2Format(&e));
+            super::attach_failed(super::DiskKind::Ahci, format_args!("ahci: {:?}", e));
             return;
         }
     };

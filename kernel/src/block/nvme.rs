@@ -35,6 +35,7 @@ pub fn probe(polled: bool, prefer_sgl: bool) {
     };
     let Some(bar0) = f.map_bar(0, arch::mmio_mapper()) else {
         defmt::error!("nvme: BAR0 not mapped");
+        super::attach_failed(super::DiskKind::Nvme, format_args!("nvme: BAR0 not mapped"));
         return;
     };
     f.enable_bus_master();
@@ -80,6 +81,7 @@ pub fn probe(polled: bool, prefer_sgl: bool) {
         Ok(hw) => HW.call_once(|| hw),
         Err(e) => {
             defmt::error!("nvme: {}", defmt::Debug2Format(&e));
+            super::attach_failed(super::DiskKind::Nvme, format_args!("nvme: {:?}", e));
             return;
         }
     };
