@@ -394,6 +394,24 @@ fn test(args: TestArgs) -> Result<ExitCode> {
                     tally.failed += 1;
                 }
             }
+            for (what, check) in [
+                (
+                    "run mode with a disk that does not attach",
+                    run_attach_check as RunCheck,
+                ),
+                ("run mode on a disk it does not recognise", foreign_disk_check),
+            ] {
+                match check(profile, kernel, args.accel, &logs)? {
+                    Ok(caught) => {
+                        println!("[{label}] ok   harness checks {what} ({caught})");
+                        tally.passed += 1;
+                    }
+                    Err(wrong) => {
+                        println!("[{label}] FAIL harness self-check ({what}): {wrong}");
+                        tally.failed += 1;
+                    }
+                }
+            }
             for selftest in [SelfTest::Fail, SelfTest::Hang] {
                 let caught = self_check(profile, kernel, args.accel, selftest, &logs)?;
                 let label = &profile.name;
@@ -585,6 +603,134 @@ fn judge_attach_failure(verdict: &Verdict) -> Result<String, String> {
         "FAIL {}: {}; {nvme_failed} NVMe tests failed, none skipped",
         check.0, check.1
     ))
+}
+
+/// A harness self-check: `Ok` carries what was seen, `Err` what went wrong instead.
+type RunCheck = fn(&Profile, &Kernel, Accel, &std::path::Path) -> Result<Result<String, String>>;
+
+/// Boots `profile` in run mode (quietly, with the test limits) and returns the verdict and the
+/// console transcript.
+fn boot_run_mode(
+    profile: &Profile,
+    kernel: &Kernel,
+    accel: Accel,
+    image: Option<std::path::PathBuf>,
+    log: &std::path::Path,
+) -> Result<(Verdict, String)> {
+    let spec = BootSpec {
+        profile,
+        kernel,
+        accel,
+        words: vec!["mode=run".into()],
+        gdb: false,
+        extra: Vec::new(),
+        image,
+    };
+    let limits = Limits {
+        timeout: Duration::from_secs(profile.timeout),
+        test_timeout: Duration::from_secs(profile.test_timeout),
+    };
+    let verdict = boot::test(&spec, limits, Verbosity::Quiet, log)?;
+    let console = std::fs::read_to_string(log).unwrap_or_default();
+    Ok((verdict, console))
+}
+
+/// Run mode on [`unattachable`]: the kernel must exit with failure and name the driver's error
+/// (it used to say "no disk" and exit 0).
+fn run_attach_check(
+    base: &Profile,
+    kernel: &Kernel,
+    accel: Accel,
+    logs: &std::path::Path,
+) -> Result<Result<String, String>> {
+    let profile = unattachable(base);
+    let log = logs.join(format!("{}-run.log", profile.name));
+    let (verdict, console) = boot_run_mode(&profile, kernel, accel, None, &log)?;
+    let failed = verdict.problems.iter().any(|p| {
+        matches!(p, Problem::ExitStatus { got: Some(c), .. } if *c == profile.exit.failure)
+    });
+    let named = console.contains("none attached: nvme: ");
+    Ok(if failed && named {
+        Ok(format!(
+            "QEMU exit status {}, driver's error logged",
+            profile.exit.failure
+        ))
+    } else {
+        Err(format!(
+            "expected exit status {} and the driver's error; problems: {:?} (log: {})",
+            profile.exit.failure,
+            verdict.problems,
+            log.display()
+        ))
+    })
+}
+
+/// Bytes of the disk [`foreign_disk_check`] boots with.
+const FOREIGN_DISK_BYTES: usize = 4 << 20;
+
+/// What [`foreign_disk_check`]'s disk holds: no filesystem the project knows, no zero block.
+fn foreign_disk_contents() -> Vec<u8> {
+    (0..FOREIGN_DISK_BYTES)
+        .map(|i| (i as u32).wrapping_mul(0x9e37_79b9).to_le_bytes()[3] | 1)
+        .collect()
+}
+
+/// Run mode with a virtio-blk disk holding data that is not a tinyfs filesystem (a user's
+/// disk) on which every write fails: the kernel must succeed without writing and leave every
+/// byte as it was (the demo used to write over the disk's last MiB and put it back).
+fn foreign_disk_check(
+    base: &Profile,
+    kernel: &Kernel,
+    accel: Accel,
+    logs: &std::path::Path,
+) -> Result<Result<String, String>> {
+    let mut profile = base.clone();
+    profile.name = format!("{}-run-foreign-disk", base.name);
+    profile.description = format!("{} with a virtio-blk disk of foreign data", base.description);
+    profile.disk = Disk::Virtio;
+    profile.expect = None;
+    profile
+        .devices
+        .push("-device virtio-blk-pci,drive=d0,disable-legacy=on".into());
+    // Every write that reaches the device fails (blkdebug EIO on all sectors): a demo that
+    // writes, even one that puts the old contents back, fails the run.
+    profile.drives.push(
+        "-drive if=none,id=d0,driver=raw,file.driver=blkdebug,\
+         file.inject-error.0.event=write_aio,file.inject-error.0.errno=5,\
+         file.image.driver=file,file.image.filename={image}"
+            .into(),
+    );
+    let path = workspace::target_dir()
+        .join("qemu")
+        .join(format!("{}.img", profile.name));
+    let contents = foreign_disk_contents();
+    std::fs::create_dir_all(path.parent().context("image directory")?)?;
+    std::fs::write(&path, &contents).with_context(|| format!("writing {}", path.display()))?;
+    let log = logs.join(format!("{}.log", profile.name));
+    let (verdict, console) = boot_run_mode(&profile, kernel, accel, Some(path.clone()), &log)?;
+    let after = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    // Run mode prints no KTEST lines: the missing done line is expected, anything else is not.
+    let only_no_done = verdict.problems == [Problem::MissingDone];
+    let changed = contents
+        .chunks(512)
+        .zip(after.chunks(512))
+        .filter(|(a, b)| a != b)
+        .count()
+        + contents.len().abs_diff(after.len()) / 512;
+    let read = console.contains("reads agree");
+    Ok(if only_no_done && changed == 0 && read {
+        Ok(format!(
+            "{} MiB read, exit 0, every sector unchanged",
+            FOREIGN_DISK_BYTES >> 20
+        ))
+    } else {
+        Err(format!(
+            "{changed} sectors changed, demo read {}, problems {:?} (log: {})",
+            if read { "ok" } else { "missing" },
+            verdict.problems,
+            log.display()
+        ))
+    })
 }
 
 /// Whether the kernel's test `full` (possibly a module path) is the test `name`.

@@ -350,12 +350,18 @@ pub fn select_for_test(all: &[Profile], arch: Option<Arch>, disk: Option<Disk>) 
         .collect()
 }
 
-/// The profile a `run` boots: the first (by name) matching arch and disk.
+/// The profile a `run` boots: the one named `ARCH-DISK` (`ARCH` for no disk) if there is one,
+/// else the first (by name) matching arch and disk.
 pub fn select_for_run(all: &[Profile], arch: Arch, disk: Disk) -> Result<Profile> {
-    let matching: Vec<_> = all
+    let plain = match disk {
+        Disk::None => arch.to_string(),
+        _ => format!("{arch}-{disk}"),
+    };
+    let mut matching: Vec<_> = all
         .iter()
         .filter(|p| p.arch == arch && p.disk == disk)
         .collect();
+    matching.sort_by_key(|p| p.name != plain);
     match matching.first() {
         Some(first) => {
             if matching.len() > 1 {
@@ -518,13 +524,24 @@ mod tests {
         let mut b = a.clone();
         b.name = "riscv64-virtio-pci".into();
         b.test = false;
-        let all = vec![a, b];
+        let mut all = vec![a, b];
         assert_eq!(
             select_for_run(&all, Arch::Riscv64, Disk::Virtio)
                 .unwrap()
                 .name,
             "riscv64-virtio-mmio"
         );
+        // A profile named ARCH-DISK comes first, whatever sorts before it.
+        let mut plain = all[1].clone();
+        plain.name = "riscv64-virtio".into();
+        all.push(plain);
+        assert_eq!(
+            select_for_run(&all, Arch::Riscv64, Disk::Virtio)
+                .unwrap()
+                .name,
+            "riscv64-virtio"
+        );
+        all.pop();
         assert!(select_for_run(&all, Arch::X86_64, Disk::Virtio).is_err());
         assert_eq!(select_for_test(&all, None, None).len(), 1);
         assert_eq!(select_for_test(&all, None, Some(Disk::Virtio)).len(), 2);
