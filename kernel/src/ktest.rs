@@ -16,6 +16,8 @@
 use core::fmt::{self, Write};
 use core::panic::Location;
 
+use spin::Mutex;
+
 use crate::block::{self, DiskKind};
 
 /// Bytes a failure message may take; a longer one is cut and ends with [`TRUNCATED`].
@@ -36,26 +38,39 @@ pub enum Outcome {
     NoDisk(DiskKind),
 }
 
-/// A failure: the message (at most [`FAIL_MESSAGE_BYTES`]) and the source location that
-/// raised it.
+/// A failure: the source location that raised it, and which message of [`MESSAGE`] is its own.
+///
+/// The message itself lives in one static buffer (tests run one at a time and return their
+/// first failure), so that a `Result<_, Outcome>` stays small on the stack.
 #[derive(Debug)]
 pub struct Failure {
-    message: heapless::String<FAIL_MESSAGE_BYTES>,
+    /// Which [`fail`] call wrote the message.
+    seq: u32,
     location: &'static Location<'static>,
 }
 
-impl Failure {
-    /// The message, ending with [`TRUNCATED`] if it was cut.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
+/// The message of the newest failure: the number of the [`fail`] call that wrote it, and the
+/// text (at most [`FAIL_MESSAGE_BYTES`], ending with [`TRUNCATED`] when cut).
+static MESSAGE: Mutex<(u32, heapless::String<FAIL_MESSAGE_BYTES>)> =
+    Mutex::new((0, heapless::String::new()));
 
+impl Failure {
     /// Where the failure was raised.
     pub fn location(&self) -> &'static Location<'static> {
         self.location
     }
-}
 
+    /// Calls `f` with the message, or with a note when a later failure (one built and then
+    /// dropped) has taken the buffer since.
+    pub fn with_message<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        let m = MESSAGE.lock();
+        if m.0 == self.seq {
+            f(&m.1)
+        } else {
+            f("(message replaced by a later failure)")
+        }
+    }
+}
 /// What a test body returns.
 pub type TestResult = Result<(), Outcome>;
 
@@ -94,22 +109,20 @@ impl<const N: usize> Write for Bounded<'_, N> {
     }
 }
 
-/// Formats into a new bounded string, marking a cut with [`TRUNCATED`].
-fn bounded<const N: usize>(args: fmt::Arguments<'_>) -> heapless::String<N> {
-    let mut out = heapless::String::new();
-    let _ = Bounded {
-        out: &mut out,
-        cut: false,
-    }
-    .write_fmt(args);
-    out
-}
-
 /// Builds a failure with a formatted message, located at the caller.
 #[track_caller]
 pub fn fail(args: fmt::Arguments<'_>) -> Outcome {
+    let mut m = MESSAGE.lock();
+    let seq = m.0.wrapping_add(1);
+    m.0 = seq;
+    m.1.clear();
+    let _ = Bounded {
+        out: &mut m.1,
+        cut: false,
+    }
+    .write_fmt(args);
     Outcome::Fail(Failure {
-        message: bounded(args),
+        seq,
         location: Location::caller(),
     })
 }
@@ -273,13 +286,15 @@ impl Counts {
             }
             Err(Outcome::Fail(f)) => {
                 self.failed += 1;
-                defmt::println!(
-                    "KTEST fail {=str}: {=str} at {=str}:{=u32}",
-                    name,
-                    f.message(),
-                    f.location().file(),
-                    f.location().line()
-                );
+                f.with_message(|why| {
+                    defmt::println!(
+                        "KTEST fail {=str}: {=str} at {=str}:{=u32}",
+                        name,
+                        why,
+                        f.location().file(),
+                        f.location().line()
+                    )
+                });
             }
             Err(Outcome::Skip(why)) => {
                 self.skipped += 1;

@@ -390,7 +390,9 @@ fn test(args: TestArgs) -> Result<ExitCode> {
                     tally.passed += 1;
                 }
                 Err(what) => {
-                    println!("[{label}] FAIL harness self-check (disk that does not attach): {what}");
+                    println!(
+                        "[{label}] FAIL harness self-check (disk that does not attach): {what}"
+                    );
                     tally.failed += 1;
                 }
             }
@@ -399,7 +401,10 @@ fn test(args: TestArgs) -> Result<ExitCode> {
                     "run mode with a disk that does not attach",
                     run_attach_check as RunCheck,
                 ),
-                ("run mode on a disk it does not recognise", foreign_disk_check),
+                (
+                    "run mode on a disk it does not recognise",
+                    foreign_disk_check,
+                ),
             ] {
                 match check(profile, kernel, args.accel, &logs)? {
                     Ok(caught) => {
@@ -539,7 +544,10 @@ fn full_failure_message(reason: &str) -> bool {
 fn unattachable(base: &Profile) -> Profile {
     let mut p = base.clone();
     p.name = format!("{}-nvme-no-namespace", base.name);
-    p.description = format!("{} with an NVMe controller without a namespace", base.description);
+    p.description = format!(
+        "{} with an NVMe controller without a namespace",
+        base.description
+    );
     p.disk = Disk::Nvme;
     p.expect = None;
     p.devices.push("-device nvme,serial=nonamespace".into());
@@ -579,7 +587,10 @@ fn judge_attach_failure(verdict: &Verdict) -> Result<String, String> {
             )
         })?;
     if !check.1.contains("none attached: nvme: ") {
-        return Err(format!("the failure does not carry the driver's error: {}", check.1));
+        return Err(format!(
+            "the failure does not carry the driver's error: {}",
+            check.1
+        ));
     }
     let nvme_failed = verdict
         .failed
@@ -646,9 +657,9 @@ fn run_attach_check(
     let profile = unattachable(base);
     let log = logs.join(format!("{}-run.log", profile.name));
     let (verdict, console) = boot_run_mode(&profile, kernel, accel, None, &log)?;
-    let failed = verdict.problems.iter().any(|p| {
-        matches!(p, Problem::ExitStatus { got: Some(c), .. } if *c == profile.exit.failure)
-    });
+    let failed = verdict.problems.iter().any(
+        |p| matches!(p, Problem::ExitStatus { got: Some(c), .. } if *c == profile.exit.failure),
+    );
     let named = console.contains("none attached: nvme: ");
     Ok(if failed && named {
         Ok(format!(
@@ -686,7 +697,10 @@ fn foreign_disk_check(
 ) -> Result<Result<String, String>> {
     let mut profile = base.clone();
     profile.name = format!("{}-run-foreign-disk", base.name);
-    profile.description = format!("{} with a virtio-blk disk of foreign data", base.description);
+    profile.description = format!(
+        "{} with a virtio-blk disk of foreign data",
+        base.description
+    );
     profile.disk = Disk::Virtio;
     profile.expect = None;
     profile
@@ -774,7 +788,10 @@ mod tests {
         assert!(
             judge_attach_failure(&verdict(
                 &[(CHECK, WHY), (NVME, WHY)],
-                &[("kernel::tests::nvme::nvme_flush_and_fua", "needs an NVMe disk")]
+                &[(
+                    "kernel::tests::nvme::nvme_flush_and_fua",
+                    "needs an NVMe disk"
+                )]
             ))
             .is_err()
         );
@@ -802,7 +819,10 @@ mod tests {
         let p = unattachable(&base);
         assert_eq!(p.expect_word().unwrap(), "expect=nvme");
         assert!(p.devices.iter().any(|d| d.starts_with("-device nvme,")));
-        assert!(p.image.is_none() && p.drives.is_empty(), "no namespace, no drive");
+        assert!(
+            p.image.is_none() && p.drives.is_empty(),
+            "no namespace, no drive"
+        );
     }
 
     #[test]

@@ -444,9 +444,15 @@ mod tests {
         assert_eq!(p.expect_word().unwrap(), "expect=virtio,nvme");
         let nothing = SAMPLE.replace("disk = \"virtio\"", "disk = \"virtio\"\nexpect = []");
         assert_eq!(Profile::parse("x", &nothing).unwrap().expect_word(), None);
-        let bad = SAMPLE.replace("disk = \"virtio\"", "disk = \"virtio\"\nexpect = [\"none\"]");
+        let bad = SAMPLE.replace(
+            "disk = \"virtio\"",
+            "disk = \"virtio\"\nexpect = [\"none\"]",
+        );
         assert!(Profile::parse("x", &bad).is_err());
-        let unknown = SAMPLE.replace("disk = \"virtio\"", "disk = \"virtio\"\nexpect = [\"scsi\"]");
+        let unknown = SAMPLE.replace(
+            "disk = \"virtio\"",
+            "disk = \"virtio\"\nexpect = [\"scsi\"]",
+        );
         assert!(Profile::parse("x", &unknown).is_err());
     }
 

@@ -1072,7 +1072,15 @@ fn port_config_enumerates_like_direct_access() {
     let want: Vec<_> = enumerate(&direct, &windows())
         .unwrap()
         .iter()
-        .map(|f| (f.bdf(), f.vendor_id(), f.device_id(), f.summary().bars, f.msix_offset()))
+        .map(|f| {
+            (
+                f.bdf(),
+                f.vendor_id(),
+                f.device_id(),
+                f.summary().bars,
+                f.msix_offset(),
+            )
+        })
         .collect();
     PORT_BUS.with(|b| *b.borrow_mut() = Some(q35()));
     let cfg = ConfigSpace::Ports(PortConfig::new(ConfigPorts {
@@ -1082,7 +1090,15 @@ fn port_config_enumerates_like_direct_access() {
     let got: Vec<_> = enumerate(&cfg, &windows())
         .unwrap()
         .iter()
-        .map(|f| (f.bdf(), f.vendor_id(), f.device_id(), f.summary().bars, f.msix_offset()))
+        .map(|f| {
+            (
+                f.bdf(),
+                f.vendor_id(),
+                f.device_id(),
+                f.summary().bars,
+                f.msix_offset(),
+            )
+        })
         .collect();
     assert_eq!(got, want);
     assert_eq!(got.len(), 7);

@@ -52,7 +52,10 @@ pub fn probe(polled: bool) {
         // q35 always has its ICH9 controller; without a disk behind it there is nothing to do.
         Err(ahci::InitError::NoDevice) => {
             defmt::println!("ahci: controller without a disk");
-            super::attach_failed(super::DiskKind::Ahci, format_args!("ahci: no port has a disk"));
+            super::attach_failed(
+                super::DiskKind::Ahci,
+                format_args!("ahci: no port has a disk"),
+            );
             return;
         }
         Err(e) => {

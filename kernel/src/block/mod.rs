@@ -10,8 +10,8 @@ pub mod demo;
 pub mod nvme;
 pub mod virtio;
 
-pub use attach::{DiskKind, attach_failed, is_expected, missing_expected, why_missing};
 use attach::report_controllers;
+pub use attach::{DiskKind, attach_failed, is_expected, missing_expected, why_missing};
 use blk::{BioSet, BioSlab, BvecPools, BvecSlabs, CpuCtx, Queue};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use hal::IrqLine;

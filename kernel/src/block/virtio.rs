@@ -126,7 +126,10 @@ fn find(info: &BootInfo, mode: Mode) -> Option<(VirtioBlk, Found)> {
             Ok(hw) => return Some((hw, Found::Pci(f))),
             Err(e) => {
                 defmt::error!("virtio-blk pci: {}", defmt::Debug2Format(&e));
-                super::attach_failed(super::DiskKind::Virtio, format_args!("virtio-blk pci: {:?}", e));
+                super::attach_failed(
+                    super::DiskKind::Virtio,
+                    format_args!("virtio-blk pci: {:?}", e),
+                );
             }
         }
     }
