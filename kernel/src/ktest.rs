@@ -307,3 +307,39 @@ impl Counts {
         }
     }
 }
+
+ktest! {
+    fn failure_messages_are_whole_up_to_the_buffer_and_cut_visibly() -> TestResult {
+        // Built here, inspected and dropped: a failure message of 400 bytes arrives whole, one
+        // of 600 ends with the mark, and both know where they were raised.
+        let short = fail(format_args!("{}", Repeat("0123456789", 40)));
+        let Outcome::Fail(f) = short else {
+            return Err(fail(format_args!("fail() built no failure")));
+        };
+        let (len, cut) = f.with_message(|m| (m.len(), m.ends_with(TRUNCATED)));
+        check!(len == 400 && !cut, "400-byte message stored as {} bytes (cut: {})", len, cut);
+        check_eq!(f.location().file(), file!());
+        let long = fail(format_args!("{}", Repeat("0123456789", 60)));
+        let Outcome::Fail(g) = long else {
+            return Err(fail(format_args!("fail() built no failure")));
+        };
+        let (len, cut) = g.with_message(|m| (m.len(), m.ends_with(TRUNCATED)));
+        check!(len <= FAIL_MESSAGE_BYTES && cut, "600-byte message: {} bytes, cut mark {}", len, cut);
+        // The older failure's message has been replaced, and says so.
+        let replaced = f.with_message(|m| m.starts_with("(message replaced"));
+        check!(replaced, "an overwritten message was reported as its own");
+        Ok(())
+    }
+}
+
+/// `self.0` written `self.1` times.
+struct Repeat(&'static str, usize);
+
+impl fmt::Display for Repeat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for _ in 0..self.1 {
+            f.write_str(self.0)?;
+        }
+        Ok(())
+    }
+}
