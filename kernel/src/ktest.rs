@@ -19,11 +19,12 @@ use core::panic::Location;
 use spin::Mutex;
 
 use crate::block::{self, DiskKind};
+use crate::text::Bounded;
 
 /// Bytes a failure message may take; a longer one is cut and ends with [`TRUNCATED`].
 pub const FAIL_MESSAGE_BYTES: usize = 512;
 /// The end of a failure message that did not fit in [`FAIL_MESSAGE_BYTES`].
-pub const TRUNCATED: &str = "[...truncated]";
+pub const TRUNCATED: &str = crate::text::CUT_MARK;
 
 /// Why a test did not pass.
 #[derive(Debug)]
@@ -85,30 +86,6 @@ pub struct KTest {
     pub run: fn() -> TestResult,
 }
 
-/// Writes into a bounded string; text past its end is dropped and the string then ends with
-/// [`TRUNCATED`].
-struct Bounded<'a, const N: usize> {
-    out: &'a mut heapless::String<N>,
-    cut: bool,
-}
-
-impl<const N: usize> Write for Bounded<'_, N> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        if self.cut {
-            return Ok(());
-        }
-        for c in s.chars() {
-            if self.out.len() + c.len_utf8() > N - TRUNCATED.len() {
-                self.cut = true;
-                let _ = self.out.push_str(TRUNCATED);
-                return Ok(());
-            }
-            let _ = self.out.push(c);
-        }
-        Ok(())
-    }
-}
-
 /// Builds a failure with a formatted message, located at the caller.
 #[track_caller]
 pub fn fail(args: fmt::Arguments<'_>) -> Outcome {
@@ -116,11 +93,7 @@ pub fn fail(args: fmt::Arguments<'_>) -> Outcome {
     let seq = m.0.wrapping_add(1);
     m.0 = seq;
     m.1.clear();
-    let _ = Bounded {
-        out: &mut m.1,
-        cut: false,
-    }
-    .write_fmt(args);
+    let _ = Bounded::new(&mut m.1).write_fmt(args);
     Outcome::Fail(Failure {
         seq,
         location: Location::caller(),
@@ -213,13 +186,10 @@ pub fn run_all(cmdline: &str) -> bool {
         let name = "kernel::ktest::expected_disks_attached";
         defmt::println!("KTEST start {=str}", name);
         let mut why = heapless::String::<FAIL_MESSAGE_BYTES>::new();
-        let mut w = Bounded {
-            out: &mut why,
-            cut: false,
-        };
+        let mut w = Bounded::new(&mut why);
         for kind in DiskKind::ALL {
             if block::is_expected(cmdline, kind) && !kind.attached() {
-                if !w.out.is_empty() {
+                if !w.is_empty() {
                     let _ = w.write_str("; ");
                 }
                 let _ = block::why_missing(kind, &mut w);
@@ -268,13 +238,7 @@ impl Counts {
         let result = match result {
             Err(Outcome::NoDisk(kind)) if block::is_expected(cmdline, kind) => {
                 let mut why = heapless::String::<FAIL_MESSAGE_BYTES>::new();
-                let _ = block::why_missing(
-                    kind,
-                    &mut Bounded {
-                        out: &mut why,
-                        cut: false,
-                    },
-                );
+                let _ = block::why_missing(kind, &mut Bounded::new(&mut why));
                 Err(fail(format_args!("needs {}: {}", kind.a_disk(), why)))
             }
             other => other,

@@ -20,6 +20,7 @@ mod fs;
 mod ktest;
 mod pci;
 mod tests;
+mod text;
 
 use boot::BootInfo;
 use spin::Once;

@@ -11,6 +11,7 @@ use core::fmt::{self, Write};
 use spin::Once;
 
 use super::{Attach, ahci, nvme, virtio};
+use crate::text::{self, Bounded};
 use crate::{boot, config, pci};
 
 /// A kind of disk the kernel drives.
@@ -66,7 +67,7 @@ impl DiskKind {
 }
 
 /// Room for one driver's bring-up error.
-const ERROR_BYTES: usize = 160;
+const ERROR_BYTES: usize = 192;
 
 /// The first bring-up error of each kind's driver, in [`DiskKind::ALL`] order.
 static ERRORS: [Once<heapless::String<ERROR_BYTES>>; 3] = [const { Once::new() }; 3];
@@ -75,32 +76,12 @@ static ERRORS: [Once<heapless::String<ERROR_BYTES>>; 3] = [const { Once::new() }
 /// report and the failure of a boot that expected this kind. The first error of a kind is
 /// kept; the probe logs every error itself.
 pub fn attach_failed(kind: DiskKind, why: fmt::Arguments<'_>) {
-    ERRORS[kind.index()].call_once(|| {
-        let mut s = heapless::String::new();
-        let _ = Truncating(&mut s).write_fmt(why);
-        s
-    });
+    ERRORS[kind.index()].call_once(|| text::format(why));
 }
 
 /// The recorded bring-up error of `kind`, if its driver reported one.
 pub fn attach_error(kind: DiskKind) -> Option<&'static str> {
     ERRORS[kind.index()].get().map(|s| s.as_str())
-}
-
-/// Writes into a bounded string, ending it with `...` when the text does not fit.
-struct Truncating<'a, const N: usize>(&'a mut heapless::String<N>);
-
-impl<const N: usize> Write for Truncating<'_, N> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for c in s.chars() {
-            if self.0.len() + c.len_utf8() > N - 3 {
-                let _ = self.0.push_str("...");
-                return Err(fmt::Error);
-            }
-            let _ = self.0.push(c);
-        }
-        Ok(())
-    }
 }
 
 /// The disk kinds `expect=` names, and the words it holds that name no kind.
@@ -145,7 +126,7 @@ pub fn missing_expected(cmdline: &str) -> usize {
             Ok(kind) => {
                 missing += 1;
                 let mut why = heapless::String::<256>::new();
-                let _ = why_missing(kind, &mut Truncating(&mut why));
+                let _ = why_missing(kind, &mut Bounded::new(&mut why));
                 defmt::error!("block: {=str}", why.as_str());
             }
             Err(word) => {
