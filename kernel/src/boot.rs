@@ -15,13 +15,16 @@ pub struct BootInfo {
     pub virtio_mmio: Vec<MmioDevice, 8>,
 }
 
-/// A PCI(e) host bridge with an ECAM window.
+/// A PCI(e) host bridge: an ECAM window, or (x86 machines without one) the legacy
+/// configuration ports.
 #[derive(Debug, Clone)]
 pub struct PciHost {
     /// Physical base of the ECAM window (bus `bus_start` at offset 0).
     pub ecam_base: u64,
-    /// Length of the ECAM window in bytes.
+    /// Length of the ECAM window in bytes; 0 when `ports` is used instead.
     pub ecam_size: u64,
+    /// Configuration mechanism #1 through I/O ports, for a host without ECAM.
+    pub ports: Option<pci::ConfigPorts>,
     /// First bus number decoded.
     pub bus_start: u8,
     /// Last bus number decoded.

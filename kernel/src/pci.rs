@@ -1,12 +1,15 @@
-//! PCI bring-up: the ECAM window from the boot info, enumeration with BAR assignment, and the
-//! platform's INTx routing for drivers.
+//! PCI bring-up: configuration access from the boot info (the ECAM window, or the legacy
+//! I/O ports on x86 machines without one), enumeration with BAR assignment, and the platform's
+//! INTx routing for drivers.
 
 use crate::{arch, boot::BootInfo};
 use hal::{IrqLine, PhysAddr};
-use pci::{BarSlot, Ecam, FunctionList, IntxPin, PciFunction, Window, Windows};
+use pci::{
+    BarSlot, ConfigSpace, Ecam, FunctionList, IntxPin, PciFunction, PortConfig, Window, Windows,
+};
 use spin::Once;
 
-static ECAM: Once<Ecam> = Once::new();
+static CONFIG: Once<ConfigSpace> = Once::new();
 static FUNCTIONS: Once<FunctionList<'static>> = Once::new();
 
 /// Enumerates the bus and assigns BARs. Boot code, once; logs each function.
@@ -15,16 +18,27 @@ pub fn init(info: &BootInfo) {
         defmt::println!("pci: no host bridge");
         return;
     };
-    let Some(mmio) = arch::mmio_mapper().map(PhysAddr(host.ecam_base), host.ecam_size as usize)
-    else {
-        defmt::error!("pci: cannot map ECAM at {=u64:#x}", host.ecam_base);
-        return;
-    };
-    let ecam = match Ecam::new(mmio, host.bus_start) {
-        Ok(e) => ECAM.call_once(|| e),
-        Err(e) => {
-            defmt::error!("pci: bad ECAM window: {}", defmt::Debug2Format(&e));
-            return;
+    let config = match host.ports {
+        Some(ports) => {
+            defmt::println!(
+                "pci: no ECAM (no ACPI MCFG): legacy configuration ports 0xcf8/0xcfc (mechanism #1), 256 bytes per function"
+            );
+            CONFIG.call_once(|| ConfigSpace::Ports(PortConfig::new(ports)))
+        }
+        None => {
+            let Some(mmio) =
+                arch::mmio_mapper().map(PhysAddr(host.ecam_base), host.ecam_size as usize)
+            else {
+                defmt::error!("pci: cannot map ECAM at {=u64:#x}", host.ecam_base);
+                return;
+            };
+            match Ecam::new(mmio, host.bus_start) {
+                Ok(e) => CONFIG.call_once(|| ConfigSpace::Ecam(e)),
+                Err(e) => {
+                    defmt::error!("pci: bad ECAM window: {}", defmt::Debug2Format(&e));
+                    return;
+                }
+            }
         }
     };
     let windows = Windows {
@@ -39,7 +53,7 @@ pub fn init(info: &BootInfo) {
             }
         }),
     };
-    match pci::enumerate(ecam, &windows) {
+    match pci::enumerate(config, &windows) {
         Ok(list) => {
             let list = FUNCTIONS.call_once(|| list);
             for f in list {

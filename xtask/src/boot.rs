@@ -56,6 +56,7 @@ impl BootSpec<'_> {
         cmd.args(["-accel", self.accel.name(), "-serial", "stdio", "-kernel"]);
         cmd.arg(&self.kernel.elf);
         let mut words = self.words.clone();
+        words.extend(profile.expect_word());
         words.extend(profile.cmdline.iter().cloned());
         cmd.arg("-append").arg(words.join(" "));
         if self.gdb {

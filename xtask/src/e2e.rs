@@ -68,3 +68,22 @@ fn deliberate_hang_is_caught() {
         "{verdict:?}"
     );
 }
+
+#[test]
+fn harness_self_checks_pass() {
+    // A disk that does not attach (test and run mode), run mode on a foreign disk, and the
+    // deliberate failure and hang: each must be seen exactly the expected way.
+    let all = profile::load_all(&workspace::root().join("qemu")).unwrap();
+    let base = profile::select_for_run(&all, Arch::X86_64, Disk::None).unwrap();
+    let kernel =
+        workspace::build_test_kernel(Arch::X86_64, BuildProfile::Release, &base.features).unwrap();
+    let logs = workspace::target_dir().join("qemu").join("logs");
+    for check in crate::selfcheck::run_all(&base, &kernel, Accel::Tcg, &logs).unwrap() {
+        assert!(
+            check.outcome.is_ok(),
+            "{}: {:?}",
+            check.title,
+            check.outcome
+        );
+    }
+}

@@ -12,9 +12,10 @@ mod ktest;
 mod prof;
 mod profile;
 mod reboot;
+mod selfcheck;
 mod workspace;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use boot::{Accel, BootSpec, Limits, Verbosity};
-use ktest::{Problem, Verdict};
+use ktest::Verdict;
 use profile::{Arch, Disk, ImageFormat, Profile};
 use workspace::{BuildProfile, Kernel};
 
@@ -226,19 +227,53 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     })
 }
 
-/// Totals for the final line.
+/// Totals for the final line, and why tests were skipped.
 #[derive(Debug, Default)]
 struct Tally {
     passed: usize,
     failed: usize,
     skipped: usize,
+    /// Skip reason -> (tests skipped for it, where: profile names or "host").
+    reasons: BTreeMap<String, (usize, BTreeSet<String>)>,
 }
 
 impl Tally {
-    fn add(&mut self, verdict: &Verdict) {
+    fn add(&mut self, profile: &str, verdict: &Verdict) {
         self.passed += verdict.passed.len();
         self.failed += verdict.failures();
-        self.skipped += verdict.skipped.len();
+        for (_, reason) in &verdict.skipped {
+            self.skip(profile, reason, 1);
+        }
+    }
+
+    /// Counts `n` tests skipped in `place` (a profile, or the host tests) for `reason`.
+    fn skip(&mut self, place: &str, reason: &str, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.skipped += n;
+        let reason = if reason.is_empty() {
+            "no reason given"
+        } else {
+            reason
+        };
+        let entry = self.reasons.entry(reason.to_owned()).or_default();
+        entry.0 += n;
+        entry.1.insert(place.to_owned());
+    }
+
+    /// The skips grouped by reason, most frequent first: `  120  needs an NVMe disk (x86_64,
+    /// riscv64)`.
+    fn skipped_by_reason(&self) -> Vec<String> {
+        let mut groups: Vec<_> = self.reasons.iter().collect();
+        groups.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(b.0)));
+        groups
+            .into_iter()
+            .map(|(reason, (n, places))| {
+                let places: Vec<&str> = places.iter().map(String::as_str).collect();
+                format!("  {n:>5}  {reason} ({})", places.join(", "))
+            })
+            .collect()
     }
 
     fn summary(&self) -> String {
@@ -247,6 +282,20 @@ impl Tally {
             line.push_str(&format!(", {} skipped", self.skipped));
         }
         line
+    }
+
+    /// The closing lines: the skips by reason (when there are any), then the summary line.
+    fn report(&self) -> String {
+        let mut out = String::new();
+        if self.skipped > 0 {
+            out.push_str(&format!("{} skipped, by reason:\n", self.skipped));
+            for line in self.skipped_by_reason() {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        out.push_str(&self.summary());
+        out
     }
 }
 
@@ -266,7 +315,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         let host = host::run()?;
         tally.passed += host.passed;
         tally.failed += host.failed;
-        tally.skipped += host.ignored;
+        tally.skip("host", "marked #[ignore]", host.ignored);
     }
 
     let mut arches: Vec<Arch> = selected.iter().map(|p| p.arch).collect();
@@ -322,7 +371,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
             verdict.skipped.len(),
             started.elapsed().as_secs_f64()
         );
-        tally.add(&verdict);
+        tally.add(label, &verdict);
         if args.selftest.is_none() {
             let (passed, failed) = reboot::run(profile, kernel, args.accel, &logs)?;
             tally.passed += passed;
@@ -335,21 +384,17 @@ fn test(args: TestArgs) -> Result<ExitCode> {
     if let (None, Some(profile)) = (args.selftest, base) {
         let key = (profile.arch, profile.features.clone());
         if let Some(Ok(kernel)) = kernels.get(&key) {
-            for selftest in [SelfTest::Fail, SelfTest::Hang] {
-                let caught = self_check(profile, kernel, args.accel, selftest, &logs)?;
-                let label = &profile.name;
-                match caught {
-                    Ok(what) => {
-                        println!(
-                            "[{label}] ok   harness catches {} ({what})",
-                            selftest.word()
-                        );
+            let label = &profile.name;
+            for check in selfcheck::run_all(profile, kernel, args.accel, &logs)? {
+                match check.outcome {
+                    Ok(seen) => {
+                        println!("[{label}] ok   harness {} ({seen})", check.title);
                         tally.passed += 1;
                     }
-                    Err(what) => {
+                    Err(wrong) => {
                         println!(
-                            "[{label}] FAIL harness self-check {}: {what}",
-                            selftest.word()
+                            "[{label}] FAIL harness self-check ({}): {wrong}",
+                            check.title
                         );
                         tally.failed += 1;
                     }
@@ -358,7 +403,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         }
     }
 
-    println!("{}", tally.summary());
+    println!("{}", tally.report());
     Ok(if tally.failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -394,59 +439,6 @@ fn test_spec<'a>(
     })
 }
 
-/// Boots with a deliberately failing or hanging test and checks that the harness reports
-/// exactly that. `Ok` carries what was caught, `Err` what happened instead.
-fn self_check(
-    profile: &Profile,
-    kernel: &Kernel,
-    accel: Accel,
-    selftest: SelfTest,
-    logs: &std::path::Path,
-) -> Result<Result<String, String>> {
-    let mut words = test_words(profile);
-    words.push(selftest.word().into());
-    let limits = Limits {
-        timeout: Duration::from_secs(profile.timeout),
-        test_timeout: HANG_TIMEOUT,
-    };
-    let log = logs.join(format!("{}-{}.log", profile.name, selftest.test_name()));
-    let spec = test_spec(profile, kernel, accel, words)?;
-    let verdict = boot::test(&spec, limits, Verbosity::Quiet, &log)?;
-    let name = selftest.test_name();
-    let caught = match selftest {
-        SelfTest::Fail => verdict
-            .failed
-            .iter()
-            .find(|(test, _)| is_test(test, name))
-            .filter(|_| verdict.problems.is_empty())
-            .map(|(test, reason)| format!("FAIL {test}: {reason}")),
-        SelfTest::Hang => verdict
-            .problems
-            .iter()
-            .find(|p| matches!(p, Problem::Timeout { test: Some(t), .. } if is_test(t, name)))
-            .map(ToString::to_string),
-    };
-    Ok(caught.ok_or_else(|| {
-        let mut seen: Vec<String> = verdict
-            .failed
-            .iter()
-            .map(|(t, r)| format!("FAIL {t}: {r}"))
-            .collect();
-        seen.extend(verdict.problems.iter().map(ToString::to_string));
-        if seen.is_empty() {
-            seen.push(format!(
-                "{} tests passed and nothing failed",
-                verdict.passed.len()
-            ));
-        }
-        format!(
-            "expected {name} to be caught, saw: {} (log: {})",
-            seen.join("; "),
-            log.display()
-        )
-    }))
-}
-
 /// Whether the kernel's test `full` (possibly a module path) is the test `name`.
 fn is_test(full: &str, name: &str) -> bool {
     full == name
@@ -477,10 +469,22 @@ mod tests {
     fn summary_line() {
         let mut tally = Tally::default();
         assert_eq!(tally.summary(), "0 passed, 0 failed");
+        assert_eq!(tally.report(), "0 passed, 0 failed");
         tally.passed = 7;
         tally.failed = 1;
-        tally.skipped = 2;
-        assert_eq!(tally.summary(), "7 passed, 1 failed, 2 skipped");
+        tally.skip("x86_64", "needs an NVMe disk", 1);
+        tally.skip("riscv64", "needs an NVMe disk", 1);
+        tally.skip("x86_64", "needs an NVMe disk", 1);
+        tally.skip("host", "marked #[ignore]", 1);
+        tally.skip("host", "marked #[ignore]", 0);
+        assert_eq!(tally.summary(), "7 passed, 1 failed, 4 skipped");
+        assert_eq!(
+            tally.report(),
+            "4 skipped, by reason:\n\
+             \x20     3  needs an NVMe disk (riscv64, x86_64)\n\
+             \x20     1  marked #[ignore] (host)\n\
+             7 passed, 1 failed, 4 skipped"
+        );
     }
 
     #[test]

@@ -125,6 +125,10 @@ pub struct Profile {
     pub description: String,
     pub arch: Arch,
     pub disk: Disk,
+    /// Disk kinds that must attach (`expect=` on the kernel command line); without the key,
+    /// `disk` (nothing for `none`). The boot fails when one does not attach, and tests of
+    /// these kinds never count as skipped.
+    pub expect: Option<Vec<Disk>>,
     /// Machine, memory, firmware and display arguments, one option with its value per entry.
     pub machine: Vec<String>,
     /// Devices (exit device, PCI test devices, disk controllers).
@@ -178,6 +182,12 @@ impl Profile {
         for pair in &self.expect_pci {
             parse_pci_id(pair)?;
         }
+        if let Some(expect) = &self.expect {
+            ensure!(
+                !expect.contains(&Disk::None),
+                "expect lists disk kinds (virtio, ahci, nvme); leave \"none\" out"
+            );
+        }
         let mut uses_image = false;
         for arg in self.all_args() {
             for key in placeholders_in(arg)? {
@@ -229,6 +239,25 @@ impl Profile {
             }
         }
         Ok(out)
+    }
+
+    /// The disk kinds that must attach: `expect`, or else the profile's `disk`.
+    pub fn expected_disks(&self) -> Vec<Disk> {
+        match &self.expect {
+            Some(kinds) => kinds.clone(),
+            None if self.disk == Disk::None => Vec::new(),
+            None => vec![self.disk],
+        }
+    }
+
+    /// `expect=KIND,...`, or nothing when no disk must attach.
+    pub fn expect_word(&self) -> Option<String> {
+        let kinds = self.expected_disks();
+        if kinds.is_empty() {
+            return None;
+        }
+        let words: Vec<String> = kinds.iter().map(ToString::to_string).collect();
+        Some(format!("expect={}", words.join(",")))
     }
 
     /// `expect_pci=VVVV:DDDD,...`, or nothing when the profile expects no devices.
@@ -321,12 +350,18 @@ pub fn select_for_test(all: &[Profile], arch: Option<Arch>, disk: Option<Disk>) 
         .collect()
 }
 
-/// The profile a `run` boots: the first (by name) matching arch and disk.
+/// The profile a `run` boots: the one named `ARCH-DISK` (`ARCH` for no disk) if there is one,
+/// else the first (by name) matching arch and disk.
 pub fn select_for_run(all: &[Profile], arch: Arch, disk: Disk) -> Result<Profile> {
-    let matching: Vec<_> = all
+    let plain = match disk {
+        Disk::None => arch.to_string(),
+        _ => format!("{arch}-{disk}"),
+    };
+    let mut matching: Vec<_> = all
         .iter()
         .filter(|p| p.arch == arch && p.disk == disk)
         .collect();
+    matching.sort_by_key(|p| p.name != plain);
     match matching.first() {
         Some(first) => {
             if matching.len() > 1 {
@@ -390,6 +425,35 @@ mod tests {
             p.expect_pci_word().unwrap(),
             "expect_pci=1234:11e8,1b36:0008"
         );
+    }
+
+    #[test]
+    fn expected_disks_follow_disk_unless_named() {
+        let p = Profile::parse("x", SAMPLE).unwrap();
+        assert_eq!(p.expected_disks(), [Disk::Virtio]);
+        assert_eq!(p.expect_word().unwrap(), "expect=virtio");
+        let none = SAMPLE.replace("disk = \"virtio\"", "disk = \"none\"");
+        let p = Profile::parse("x", &none).unwrap();
+        assert!(p.expected_disks().is_empty());
+        assert_eq!(p.expect_word(), None);
+        let two = SAMPLE.replace(
+            "disk = \"virtio\"",
+            "disk = \"virtio\"\nexpect = [\"virtio\", \"nvme\"]",
+        );
+        let p = Profile::parse("x", &two).unwrap();
+        assert_eq!(p.expect_word().unwrap(), "expect=virtio,nvme");
+        let nothing = SAMPLE.replace("disk = \"virtio\"", "disk = \"virtio\"\nexpect = []");
+        assert_eq!(Profile::parse("x", &nothing).unwrap().expect_word(), None);
+        let bad = SAMPLE.replace(
+            "disk = \"virtio\"",
+            "disk = \"virtio\"\nexpect = [\"none\"]",
+        );
+        assert!(Profile::parse("x", &bad).is_err());
+        let unknown = SAMPLE.replace(
+            "disk = \"virtio\"",
+            "disk = \"virtio\"\nexpect = [\"scsi\"]",
+        );
+        assert!(Profile::parse("x", &unknown).is_err());
     }
 
     #[test]
@@ -466,13 +530,24 @@ mod tests {
         let mut b = a.clone();
         b.name = "riscv64-virtio-pci".into();
         b.test = false;
-        let all = vec![a, b];
+        let mut all = vec![a, b];
         assert_eq!(
             select_for_run(&all, Arch::Riscv64, Disk::Virtio)
                 .unwrap()
                 .name,
             "riscv64-virtio-mmio"
         );
+        // A profile named ARCH-DISK comes first, whatever sorts before it.
+        let mut plain = all[1].clone();
+        plain.name = "riscv64-virtio".into();
+        all.push(plain);
+        assert_eq!(
+            select_for_run(&all, Arch::Riscv64, Disk::Virtio)
+                .unwrap()
+                .name,
+            "riscv64-virtio"
+        );
+        all.pop();
         assert!(select_for_run(&all, Arch::X86_64, Disk::Virtio).is_err());
         assert_eq!(select_for_test(&all, None, None).len(), 1);
         assert_eq!(select_for_test(&all, None, Some(Disk::Virtio)).len(), 2);

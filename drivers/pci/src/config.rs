@@ -1,4 +1,5 @@
-//! Configuration-space access: function addresses, the access trait, and ECAM.
+//! Configuration-space access: function addresses, the access trait, ECAM, the legacy I/O-port
+//! mechanism, and [`ConfigSpace`], the one a platform found.
 
 use core::ops::RangeInclusive;
 
@@ -162,6 +163,108 @@ impl ConfigAccess for Ecam {
     fn write32(&self, bdf: Bdf, off: u16, value: u32) {
         if let Some(at) = self.offset(bdf, off) {
             self.mmio.write32(at, value);
+        }
+    }
+}
+
+/// The two I/O ports of PCI configuration mechanism #1, for [`PortConfig`]: an access writes
+/// the function and register to the address port (`0xCF8`), then reads or writes the dword at
+/// the data port (`0xCFC`).
+///
+/// The platform implements the pair as one step (nothing else may use the ports between the
+/// two accesses: a single CPU with interrupts off, or a lock).
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigPorts {
+    /// Writes `address` to the address port, then returns the dword at the data port.
+    pub read: fn(address: u32) -> u32,
+    /// Writes `address` to the address port, then `value` to the data port.
+    pub write: fn(address: u32, value: u32),
+}
+
+/// Legacy PCI configuration access through I/O ports (mechanism #1), for x86 machines whose
+/// firmware describes no ECAM (no ACPI MCFG, e.g. QEMU's i440fx `-M pc`).
+///
+/// It reaches the first 256 bytes of each function's configuration space: reads beyond read as
+/// all ones (so PCIe extended capabilities are not found) and writes beyond are dropped.
+#[derive(Debug)]
+pub struct PortConfig {
+    ports: ConfigPorts,
+}
+
+/// Configuration bytes per function that mechanism #1 reaches.
+const PORT_CONFIG_LEN: u16 = 0x100;
+
+impl PortConfig {
+    /// Access through `ports`, which must be the platform's mechanism #1 ports.
+    pub const fn new(ports: ConfigPorts) -> PortConfig {
+        PortConfig { ports }
+    }
+
+    /// The address-port value for `bdf`'s register `off`: enable bit, bus, device, function
+    /// and dword offset; `None` past the first 256 bytes.
+    pub fn address(bdf: Bdf, off: u16) -> Option<u32> {
+        if off >= PORT_CONFIG_LEN {
+            return None;
+        }
+        Some(
+            1 << 31
+                | u32::from(bdf.bus) << 16
+                | u32::from(bdf.dev) << 11
+                | u32::from(bdf.func) << 8
+                | u32::from(off & 0xfc),
+        )
+    }
+}
+
+impl ConfigAccess for PortConfig {
+    fn bus_range(&self) -> RangeInclusive<u8> {
+        0..=255
+    }
+
+    fn read32(&self, bdf: Bdf, off: u16) -> u32 {
+        match PortConfig::address(bdf, off) {
+            Some(a) => (self.ports.read)(a),
+            None => u32::MAX,
+        }
+    }
+
+    fn write32(&self, bdf: Bdf, off: u16, value: u32) {
+        if let Some(a) = PortConfig::address(bdf, off) {
+            (self.ports.write)(a, value);
+        }
+    }
+}
+
+/// The configuration access a platform has: ECAM, or the legacy ports where there is none.
+/// Drivers see it through the functions [`crate::enumerate`] hands out
+/// ([`PciFunction`](crate::PciFunction) defaults to it).
+#[derive(Debug)]
+pub enum ConfigSpace {
+    /// PCIe enhanced configuration access (a memory window).
+    Ecam(Ecam),
+    /// Mechanism #1 through I/O ports (first 256 bytes of each function).
+    Ports(PortConfig),
+}
+
+impl ConfigAccess for ConfigSpace {
+    fn bus_range(&self) -> RangeInclusive<u8> {
+        match self {
+            ConfigSpace::Ecam(e) => e.bus_range(),
+            ConfigSpace::Ports(p) => p.bus_range(),
+        }
+    }
+
+    fn read32(&self, bdf: Bdf, off: u16) -> u32 {
+        match self {
+            ConfigSpace::Ecam(e) => e.read32(bdf, off),
+            ConfigSpace::Ports(p) => p.read32(bdf, off),
+        }
+    }
+
+    fn write32(&self, bdf: Bdf, off: u16, value: u32) {
+        match self {
+            ConfigSpace::Ecam(e) => e.write32(bdf, off, value),
+            ConfigSpace::Ports(p) => p.write32(bdf, off, value),
         }
     }
 }

@@ -5,7 +5,7 @@ use hal::{IrqLine, Mmio, MmioMapper};
 use crate::PciError;
 use crate::bar::{Bar, BarSlot, MAX_BARS};
 use crate::cap::{self, Capabilities};
-use crate::config::{self, Bdf, ConfigAccess, Ecam};
+use crate::config::{self, Bdf, ConfigAccess, ConfigSpace};
 use crate::regs::{
     CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_PCIE, CAP_ID_PM, CMD_BUS_MASTER, CMD_INTX_DISABLE, CMD_IO,
     CMD_MEMORY, COMMAND, HEADER_MULTI_FUNCTION, HEADER_TYPE_MASK, PM_CTRL, PM_PME_STATUS,
@@ -128,7 +128,7 @@ pub struct BridgeInfo {
 /// touch its registers directly. It is deliberately not `Clone`: whoever holds it (a driver)
 /// owns the function's command register, MSI and MSI-X state.
 #[derive(Debug)]
-pub struct PciFunction<'a, C: ConfigAccess + ?Sized = Ecam> {
+pub struct PciFunction<'a, C: ConfigAccess + ?Sized = ConfigSpace> {
     pub(crate) cfg: &'a C,
     pub(crate) bdf: Bdf,
     pub(crate) ids: u32,

@@ -52,7 +52,7 @@ mod tests;
 
 pub use bar::{Bar, BarKind, BarRequest, BarSlot, MAX_BARS};
 pub use cap::{Capabilities, Capability};
-pub use config::{Bdf, ConfigAccess, Ecam};
+pub use config::{Bdf, ConfigAccess, ConfigPorts, ConfigSpace, Ecam, PortConfig};
 pub use enumerate::{ScanReport, enumerate_into};
 pub use error::PciError;
 pub use function::{BridgeInfo, ClassCode, IntxPin, IntxRouter, PciFunction, Summary};
@@ -64,7 +64,7 @@ pub use resource::{MIN_MEM_BLOCK, Window, Windows};
 pub const MAX_FUNCTIONS: usize = 32;
 
 /// The list [`enumerate`] returns.
-pub type FunctionList<'a, C = Ecam> = heapless::Vec<PciFunction<'a, C>, MAX_FUNCTIONS>;
+pub type FunctionList<'a, C = ConfigSpace> = heapless::Vec<PciFunction<'a, C>, MAX_FUNCTIONS>;
 
 /// Enumerates and assigns everything (see [`enumerate_into`]) into a list of up to
 /// [`MAX_FUNCTIONS`] functions. Functions beyond that are left with decoding off.

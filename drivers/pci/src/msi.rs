@@ -3,7 +3,7 @@
 use hal::{Mmio, MmioMapper, MsiMessage};
 
 use crate::PciError;
-use crate::config::{self, Bdf, ConfigAccess, Ecam};
+use crate::config::{self, Bdf, ConfigAccess, ConfigSpace};
 use crate::function::PciFunction;
 use crate::regs::{
     CMD_INTX_DISABLE, MSI_ADDR_HI, MSI_ADDR_LO, MSI_CTRL_64BIT, MSI_CTRL_ENABLE,
@@ -209,7 +209,7 @@ impl<C: ConfigAccess + ?Sized> PciFunction<'_, C> {
 /// It borrows only the configuration access, not the [`PciFunction`], so a driver can keep
 /// both side by side.
 #[derive(Debug)]
-pub struct MsixTable<'a, C: ConfigAccess + ?Sized = Ecam> {
+pub struct MsixTable<'a, C: ConfigAccess + ?Sized = ConfigSpace> {
     cfg: &'a C,
     bdf: Bdf,
     cap: u8,

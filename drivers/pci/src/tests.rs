@@ -1027,3 +1027,85 @@ fn functions_without_bars_keep_their_decoding_bits() {
         "memory BAR unplaced: memory off, I/O kept"
     );
 }
+
+#[test]
+fn port_config_addresses() {
+    let a = |bus, dev, func, off| PortConfig::address(Bdf::new(bus, dev, func), off);
+    assert_eq!(a(0, 0, 0, 0), Some(0x8000_0000));
+    assert_eq!(a(1, 2, 3, 0x44), Some(0x8001_1344));
+    assert_eq!(a(0xff, 0x1f, 7, 0xfc), Some(0x80ff_fffc));
+    assert_eq!(a(0, 0, 0, 0x47), Some(0x8000_0044), "dword aligned");
+    assert_eq!(a(0, 0, 0, 0x100), None, "mechanism #1 reaches 256 bytes");
+}
+
+std::thread_local! {
+    /// The bus behind the fake mechanism #1 ports, and the address port's latch.
+    static PORT_BUS: std::cell::RefCell<Option<FakeBus>> = const { std::cell::RefCell::new(None) };
+    static PORT_LATCH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Decodes an address-port value the way a host bridge does.
+fn latched() -> (Bdf, u16) {
+    let a = PORT_LATCH.with(|l| l.get());
+    assert!(a & 1 << 31 != 0, "enable bit clear: {a:#x}");
+    let bdf = Bdf::new((a >> 16) as u8, (a >> 11) as u8, (a >> 8) as u8);
+    (bdf, (a & 0xfc) as u16)
+}
+
+fn port_read(address: u32) -> u32 {
+    PORT_LATCH.with(|l| l.set(address));
+    let (bdf, off) = latched();
+    PORT_BUS.with(|b| b.borrow().as_ref().unwrap().read32(bdf, off))
+}
+
+fn port_write(address: u32, value: u32) {
+    PORT_LATCH.with(|l| l.set(address));
+    let (bdf, off) = latched();
+    PORT_BUS.with(|b| b.borrow().as_ref().unwrap().write32(bdf, off, value));
+}
+
+#[test]
+fn port_config_enumerates_like_direct_access() {
+    // The same machine through the ports and directly: same functions, same BARs, same
+    // capabilities (all of q35()'s sit below 0x100).
+    let direct = q35();
+    let want: Vec<_> = enumerate(&direct, &windows())
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f.bdf(),
+                f.vendor_id(),
+                f.device_id(),
+                f.summary().bars,
+                f.msix_offset(),
+            )
+        })
+        .collect();
+    PORT_BUS.with(|b| *b.borrow_mut() = Some(q35()));
+    let cfg = ConfigSpace::Ports(PortConfig::new(ConfigPorts {
+        read: port_read,
+        write: port_write,
+    }));
+    let got: Vec<_> = enumerate(&cfg, &windows())
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f.bdf(),
+                f.vendor_id(),
+                f.device_id(),
+                f.summary().bars,
+                f.msix_offset(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(got.len(), 7);
+    // Past the first 256 bytes: all ones, and writes go nowhere.
+    let before = PORT_BUS.with(|b| b.borrow().as_ref().unwrap().writes.borrow().len());
+    assert_eq!(cfg.read32(Bdf::new(0, 2, 0), 0x100), u32::MAX);
+    cfg.write32(Bdf::new(0, 2, 0), 0x100, 0);
+    let after = PORT_BUS.with(|b| b.borrow().as_ref().unwrap().writes.borrow().len());
+    assert_eq!(before, after);
+}

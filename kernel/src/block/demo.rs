@@ -1,14 +1,22 @@
-//! `mode=run`: real I/O on the disk. Saves the last MiB of the disk, writes a pattern there
-//! (plugged 4 KiB bios that merge), reads it back through scattered pages (split by the queue
-//! limits), checks it, puts the old contents back, flushes, and prints what the stack did.
+//! `mode=run`: what the stack does on each attached disk, without writing to it.
+//!
+//! For every disk (virtio-blk, AHCI, NVMe) it prints the queue's limits, reads the first MiB as
+//! 256 plugged 4 KiB bios (which merge) and again as one bio into scattered pages (split by the
+//! queue limits), checks that both reads agree, times QD1 4 KiB reads and prints what the block
+//! layer did. None of that writes.
+//!
+//! The only writes of run mode are the filesystem demo's ([`crate::fs::demo`], through tinyfs,
+//! into files), and [`filesystem`] runs it only on a disk that already holds a tinyfs
+//! filesystem, after saying what it will write. A disk the kernel does not recognise as this
+//! project's is never written.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use blk::mem::DmaRegion;
-use blk::{Bio, BioFlags, BioVec, BlkError, BlockDevice, Op, Wait, submit_bio, submit_bio_wait};
+use blk::{Bio, BioVec, BlkError, BlockDevice, Op, Queue, Wait, submit_bio, submit_bio_wait};
 use hal::DmaBuf;
 
-use super::{IO_SET, cpu_ctx, virtio};
+use super::{Attach, IO_SET, ahci, cpu_ctx, nvme, virtio};
 
 const REGION: usize = 1 << 20;
 const PAGES: usize = REGION / 4096;
@@ -43,13 +51,67 @@ fn wait_bio(b: Bio) -> Result<(), BlkError> {
     submit_bio_wait(cpu_ctx(), b, super::wait).0
 }
 
-/// Runs the demo; `false` if anything failed.
+/// Memory given up for good (the demo runs once per boot): safe code can build segments of it,
+/// and an early return with a bio in flight leaves nothing dangling.
+fn region(len: usize) -> Result<DmaRegion, BlkError> {
+    DmaBuf::alloc(len, 4096)
+        .map(DmaRegion::from_dma_buf)
+        .map_err(|_| BlkError::NoMemory)
+}
+
+fn seg(r: &DmaRegion, off: usize, len: usize) -> Result<BioVec, BlkError> {
+    r.segment(off, len as u32).ok_or(BlkError::InvalidArgument)
+}
+
+/// One attached disk, as the demo sees it.
+struct Shown<const D: usize> {
+    name: &'static str,
+    queue: &'static Queue<D>,
+    attach: Attach,
+    irq_count: fn() -> u64,
+}
+
+/// Runs the read-only demo on every attached disk; `false` if anything failed.
 pub fn run() -> bool {
-    let Some(d) = virtio::disk() else {
-        defmt::println!("run: no virtio-blk disk (add one with `cargo xtask run --disk virtio`)");
-        return true;
-    };
-    match demo(d) {
+    let mut ok = true;
+    let mut any = false;
+    if let Some(d) = virtio::disk() {
+        any = true;
+        ok &= report(show(&Shown {
+            name: "virtio-blk",
+            queue: d.queue,
+            attach: d.attach,
+            irq_count: || virtio::disk().map_or(0, |d| d.irq_count()),
+        }));
+    }
+    if let Some(d) = ahci::disk() {
+        any = true;
+        ok &= report(show(&Shown {
+            name: "ahci",
+            queue: d.queue,
+            attach: d.attach,
+            irq_count: || ahci::disk().map_or(0, |d| d.irq_count()),
+        }));
+    }
+    if let Some(d) = nvme::disk() {
+        any = true;
+        ok &= report(show(&Shown {
+            name: "nvme",
+            queue: d.queue,
+            attach: d.attach,
+            irq_count: || nvme::disk().map_or(0, |d| d.irq_count()),
+        }));
+    }
+    if !any {
+        defmt::println!(
+            "run: no disk attached (boot a profile with one: `cargo xtask run --disk virtio|ahci|nvme`)"
+        );
+    }
+    ok
+}
+
+fn report(r: Result<(), BlkError>) -> bool {
+    match r {
         Ok(()) => true,
         Err(e) => {
             defmt::error!("run: I/O failed: {}", defmt::Debug2Format(&e));
@@ -58,60 +120,45 @@ pub fn run() -> bool {
     }
 }
 
-fn demo(d: &'static virtio::VirtioDisk) -> Result<(), BlkError> {
+fn show<const D: usize>(d: &Shown<D>) -> Result<(), BlkError> {
     let dev: &'static dyn BlockDevice = d.queue;
     let cap = dev.capacity();
-    if cap < (REGION as u64 >> 9) * 2 {
-        return Err(BlkError::OutOfRange);
-    }
-    let start = cap - (REGION as u64 >> 9);
-    // Regions given up for good (the demo runs once per boot): safe code can build segments
-    // of them, and an early return with a bio in flight leaves nothing dangling.
-    let region = |len| {
-        DmaBuf::alloc(len, 4096)
-            .map(DmaRegion::from_dma_buf)
-            .map_err(|_| BlkError::NoMemory)
-    };
-    let saved = region(REGION)?;
-    let mut pattern = region(REGION)?;
-    // Every other page: the read-back lands in scattered memory.
-    let scattered = region(2 * REGION)?;
-    let seg = |r: &DmaRegion, off: usize, len: usize| {
-        r.segment(off, len as u32).ok_or(BlkError::InvalidArgument)
-    };
-    let s0 = d.queue.stats().snapshot();
-    let (irq0, m0, hw0) = (
-        d.irq_count(),
-        IO_SET.stats(),
-        d.hw.stats().requests.load(Ordering::Relaxed),
+    let l = d.queue.limits();
+    defmt::println!(
+        "run: {=str} disk ({}): {=u64} sectors ({=u64} MiB), logical block {=u32}, max {=u32} sectors x {=u16} segments of {=u32} bytes, read-only {=bool}",
+        d.name,
+        d.attach,
+        cap,
+        cap >> 11,
+        l.logical_block_size,
+        l.max_sectors,
+        l.max_segments,
+        l.max_segment_size,
+        dev.read_only()
     );
+    defmt::println!(
+        "run: {=str}: reading the first MiB (this demo writes nothing to the disk)",
+        d.name
+    );
+    if cap < (REGION as u64 >> 9) {
+        defmt::println!("run: {=str}: smaller than 1 MiB, nothing read", d.name);
+        return Ok(());
+    }
+    let plugged = region(REGION)?;
+    // Every other page: the second read lands in scattered memory.
+    let scattered = region(2 * REGION)?;
+    let s0 = d.queue.stats().snapshot();
+    let (irq0, m0) = ((d.irq_count)(), IO_SET.stats());
     let t0 = super::clock();
 
-    // 1. Save what is there.
-    wait_bio(bio(
-        dev,
-        Op::Read,
-        start,
-        &mut core::iter::once(seg(&saved, 0, REGION)?),
-        1,
-    )?)?;
-    // 2. Pattern, as 256 plugged 4 KiB writes.
-    for (i, w) in pattern.as_mut_slice().chunks_exact_mut(4).enumerate() {
-        w.copy_from_slice(&(0x5a5a_0000u32 ^ i as u32).to_le_bytes());
-    }
+    // 1. The first MiB as 256 plugged 4 KiB reads, which the queue merges.
     DONE.store(0, Ordering::Relaxed);
     FAILED.store(0, Ordering::Relaxed);
     {
         let _plug = cpu_ctx().plug();
         for i in 0..PAGES {
-            let v = seg(&pattern, i * 4096, 4096)?;
-            let mut b = bio(
-                dev,
-                Op::Write,
-                start + (i as u64) * 8,
-                &mut core::iter::once(v),
-                1,
-            )?;
+            let v = seg(&plugged, i * 4096, 4096)?;
+            let mut b = bio(dev, Op::Read, (i as u64) * 8, &mut core::iter::once(v), 1)?;
             b.set_end_io(end_io);
             submit_bio(cpu_ctx(), b).map_err(|(e, _)| e)?;
         }
@@ -122,34 +169,23 @@ fn demo(d: &'static virtio::VirtioDisk) -> Result<(), BlkError> {
     if FAILED.load(Ordering::Relaxed) != 0 {
         return Err(BlkError::Io);
     }
-    // 3. Read back into scattered pages (more segments than one request takes: split).
+    // 2. The same MiB as one bio into scattered pages (more segments than one request takes:
+    // split).
     let mut segs = (0..PAGES).filter_map(|i| scattered.segment(i * 8192, 4096));
-    wait_bio(bio(dev, Op::Read, start, &mut segs, PAGES)?)?;
-    let ok = (0..PAGES).all(|i| {
+    wait_bio(bio(dev, Op::Read, 0, &mut segs, PAGES)?)?;
+    let agree = (0..PAGES).all(|i| {
         scattered.as_slice()[i * 8192..i * 8192 + 4096]
-            == pattern.as_slice()[i * 4096..(i + 1) * 4096]
+            == plugged.as_slice()[i * 4096..(i + 1) * 4096]
     });
-    // 4. Put the old contents back, durably.
-    let mut one = core::iter::once(seg(&saved, 0, REGION)?);
-    let mut restore = bio(dev, Op::Write, start, &mut one, 1)?;
-    restore.set_flags(BioFlags::FUA);
-    wait_bio(restore)?;
-    wait_bio(bio(dev, Op::Flush, 0, &mut core::iter::empty(), 0)?)?;
     let ns = super::clock() - t0;
 
-    // 5. QD1 4 KiB reads: cost of the submit path (bio to doorbell) and the whole round trip,
+    // 3. QD1 4 KiB reads: cost of the submit path (bio to doorbell) and the whole round trip,
     // in `arch::cycles()` units (guest instructions under `-icount shift=0` on x86_64).
     const QD1: u64 = 256;
     let (mut submit, mut total) = (0u64, 0u64);
     for i in 0..QD1 {
         let v = seg(&scattered, 0, 4096)?;
-        let mut b = bio(
-            dev,
-            Op::Read,
-            start + (i % 256) * 8,
-            &mut core::iter::once(v),
-            1,
-        )?;
+        let mut b = bio(dev, Op::Read, (i % 256) * 8, &mut core::iter::once(v), 1)?;
         b.set_end_io(end_io);
         DONE.store(0, Ordering::Relaxed);
         let t0 = crate::arch::cycles();
@@ -161,8 +197,14 @@ fn demo(d: &'static virtio::VirtioDisk) -> Result<(), BlkError> {
         submit += t1 - t0;
         total += crate::arch::cycles() - t0;
     }
+    if FAILED.load(Ordering::Relaxed) != 0 {
+        return Err(BlkError::Io);
+    }
     defmt::println!(
-        "qd1 4 KiB read: submit path {=u64} cycles, round trip {=u64} cycles (mean of {=u64})",
+        "run: {=str}: 2 MiB read in {=u64} us, plugged and scattered reads {=str}; qd1 4 KiB read: submit path {=u64} cycles, round trip {=u64} cycles (mean of {=u64})",
+        d.name,
+        ns / 1000,
+        if agree { "agree" } else { "DIFFER" },
         submit / QD1,
         total / QD1,
         QD1
@@ -170,14 +212,6 @@ fn demo(d: &'static virtio::VirtioDisk) -> Result<(), BlkError> {
 
     let s = d.queue.stats().snapshot();
     let m = IO_SET.stats();
-    defmt::println!(
-        "run: virtio-blk ({}): {=u64} KiB written and read back at sector {=u64}: {=str} ({=u64} us)",
-        d.attach,
-        (2 * REGION as u64) / 1024,
-        start,
-        if ok { "pattern matches" } else { "MISMATCH" },
-        ns / 1000
-    );
     defmt::println!("  what                      count");
     defmt::println!(
         "  bios submitted        {=u64}",
@@ -188,27 +222,74 @@ fn demo(d: &'static virtio::VirtioDisk) -> Result<(), BlkError> {
         s.requests_dispatched - s0.requests_dispatched
     );
     defmt::println!(
-        "  descriptor chains     {=u64}",
-        d.hw.stats().requests.load(Ordering::Relaxed) - hw0
-    );
-    defmt::println!(
         "  merges (back/front)   {=u64}/{=u64}",
         s.merges_back - s0.merges_back,
         s.merges_front - s0.merges_front
     );
     defmt::println!("  splits                {=u64}", s.splits - s0.splits);
     defmt::println!("  requeues              {=u64}", s.requeues - s0.requeues);
-    defmt::println!("  interrupts            {=u64}", d.irq_count() - irq0);
-    defmt::println!(
-        "  doorbells (skipped)   {=u64} ({=u64})",
-        d.hw.stats().notifies.load(Ordering::Relaxed),
-        d.hw.stats().notifies_suppressed.load(Ordering::Relaxed)
-    );
+    defmt::println!("  interrupts            {=u64}", (d.irq_count)() - irq0);
     defmt::println!("  bio allocs            {=u64}", m.allocs - m0.allocs);
     defmt::println!(
         "  mempool reserve hits  {=u64}",
         m.reserve_hits - m0.reserve_hits
     );
     defmt::println!("  mempool high water    {=u64}", m.high_water);
-    if ok { Ok(()) } else { Err(BlkError::Io) }
+    if agree { Ok(()) } else { Err(BlkError::Io) }
+}
+
+/// What the first two blocks of the virtio disk (tinyfs's superblock slots) say.
+enum Found {
+    /// A superblock slot holds a valid tinyfs superblock of this generation.
+    Tinyfs(u64),
+    /// Neither slot does.
+    Other,
+}
+
+/// Reads the superblock slots of the virtio disk.
+fn superblocks(dev: &'static dyn BlockDevice) -> Result<Found, BlkError> {
+    const BLOCK: usize = tinyfs::BLOCK_SIZE;
+    let buf = region(2 * BLOCK)?;
+    let v = seg(&buf, 0, 2 * BLOCK)?;
+    wait_bio(bio(dev, Op::Read, 0, &mut core::iter::once(v), 1)?)?;
+    let mut newest = None;
+    for (at, b) in buf.as_slice().chunks_exact(BLOCK).enumerate() {
+        let Ok(b) = <&tinyfs::format::Block>::try_from(b) else {
+            continue;
+        };
+        if let Ok(h) = tinyfs::format::check_header(b, tinyfs::format::KIND_SUPER, at as u64) {
+            newest = newest.max(Some(h.generation));
+        }
+    }
+    Ok(newest.map_or(Found::Other, Found::Tinyfs))
+}
+
+/// The filesystem demo ([`crate::fs::demo`]): only on a virtio disk that already holds a tinyfs
+/// filesystem, and only after saying what it will write. `false` if anything failed.
+pub fn filesystem() -> bool {
+    let Some(d) = virtio::disk() else {
+        return true;
+    };
+    match superblocks(d.queue) {
+        Ok(Found::Tinyfs(generation)) => {
+            defmt::println!(
+                "run: the virtio-blk disk holds a tinyfs filesystem (generation {=u64}): the filesystem demo will create /demo and write /demo/hello.txt and /demo/big.bin in it, through tinyfs; nothing else on the disk is written",
+                generation
+            );
+            crate::fs::demo()
+        }
+        Ok(Found::Other) => {
+            defmt::println!(
+                "run: the virtio-blk disk holds no tinyfs filesystem: run mode writes nothing to it (make one on the host with `cargo xtask mkfs IMAGE --size N`)"
+            );
+            true
+        }
+        Err(e) => {
+            defmt::error!(
+                "run: reading the virtio-blk superblocks failed: {}",
+                defmt::Debug2Format(&e)
+            );
+            false
+        }
+    }
 }

@@ -1,12 +1,17 @@
 //! The kernel's block glue: the per-CPU submission contexts, the wait hook and clock the block
 //! layer takes, the deferred-work loop (kick requeued requests, poll polled devices, check
-//! timeouts) and driver probing.
+//! timeouts), driver probing, and the attach report: every storage controller found is logged
+//! with what became of it, and the disk kinds the command line expects (`expect=nvme,...`) are
+//! checked ([`missing_expected`]).
 
 pub mod ahci;
+mod attach;
 pub mod demo;
 pub mod nvme;
 pub mod virtio;
 
+use attach::report_controllers;
+pub use attach::{DiskKind, attach_failed, is_expected, missing_expected, why_missing};
 use blk::{BioSet, BioSlab, BvecPools, BvecSlabs, CpuCtx, Queue};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use hal::IrqLine;
@@ -177,7 +182,8 @@ pub static SPLIT_SET: BioSet<()> = BioSet::new(&BIO_SLAB, BLOCK_SPLIT_RESERVE, S
 /// Bios of the kernel's own I/O.
 pub static IO_SET: BioSet<()> = BioSet::new(&BIO_SLAB, BLOCK_IO_RESERVE, Some(&BVECS));
 
-/// Probes block devices (after PCI enumeration, before interrupts are needed).
+/// Probes block devices (after PCI enumeration, before interrupts are needed), then logs every
+/// storage controller found with what became of it.
 pub fn init(info: &crate::boot::BootInfo) {
     if let Err(e) = SPLIT_SET.init().and_then(|_| IO_SET.init()) {
         defmt::error!("block: bio pools: {}", defmt::Debug2Format(&e));
@@ -187,8 +193,12 @@ pub fn init(info: &crate::boot::BootInfo) {
     virtio::probe(info, polled);
     let ahci_polled = crate::boot::cmdline_arg(info.cmdline, "ahci") == Some("poll");
     POLLED.fetch_or(ahci_polled, Ordering::Relaxed);
-    // Every port's outcome (attached, or why not) is logged by the probe.
-    let _ = ahci::probe(polled || ahci_polled);
+    // Every port's outcome (attached, or why not) is logged by the probe; the first error is
+    // recorded for the attach report (other ports' disks stay attached).
+    if let Err(e) = ahci::probe(polled || ahci_polled) {
+        attach_failed(DiskKind::Ahci, format_args!("ahci: {:?}", e));
+    }
     let nvme_arg = crate::boot::cmdline_arg(info.cmdline, "nvme");
     nvme::probe(polled || nvme_arg == Some("poll"), nvme_arg == Some("sgl"));
+    report_controllers(info);
 }

@@ -74,6 +74,7 @@ pub fn ns_reason(s: NsState) -> &'static str {
 pub fn probe(polled: bool, prefer_sgl: bool) {
     if let Err(e) = attach(polled, prefer_sgl) {
         defmt::error!("nvme: {}", e);
+        super::attach_failed(super::DiskKind::Nvme, format_args!("nvme: {:?}", e));
     }
 }
 

@@ -127,7 +127,13 @@ fn find(info: &BootInfo, mode: Mode) -> Option<(VirtioBlk, Found)> {
     {
         match virtio_blk::pci::transport(f).and_then(|t| VirtioBlk::new(t, mode)) {
             Ok(hw) => return Some((hw, Found::Pci(f))),
-            Err(e) => defmt::error!("virtio-blk pci: {}", defmt::Debug2Format(&e)),
+            Err(e) => {
+                defmt::error!("virtio-blk pci: {}", defmt::Debug2Format(&e));
+                super::attach_failed(
+                    super::DiskKind::Virtio,
+                    format_args!("virtio-blk pci: {:?}", e),
+                );
+            }
         }
     }
     for slot in &info.virtio_mmio {
@@ -140,11 +146,17 @@ fn find(info: &BootInfo, mode: Mode) -> Option<(VirtioBlk, Found)> {
         }
         match virtio_blk::mmio_transport(&regs).and_then(|t| VirtioBlk::new(t, mode)) {
             Ok(hw) => return Some((hw, Found::Mmio(slot.irq))),
-            Err(e) => defmt::error!(
-                "virtio-blk mmio {=u64:#x}: {}",
-                slot.base,
-                defmt::Debug2Format(&e)
-            ),
+            Err(e) => {
+                defmt::error!(
+                    "virtio-blk mmio {=u64:#x}: {}",
+                    slot.base,
+                    defmt::Debug2Format(&e)
+                );
+                super::attach_failed(
+                    super::DiskKind::Virtio,
+                    format_args!("virtio-blk mmio {:#x}: {:?}", slot.base, e),
+                );
+            }
         }
     }
     None

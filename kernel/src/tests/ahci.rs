@@ -20,7 +20,7 @@ use crate::block::{self, IO_SET, ahci::AhciDisk, cpu_ctx};
 use crate::ktest::{Outcome, TestResult, fail};
 
 fn disk() -> Result<&'static AhciDisk, Outcome> {
-    block::ahci::disk().ok_or(Outcome::Skip("no AHCI disk"))
+    block::ahci::disk().ok_or(Outcome::NoDisk(block::DiskKind::Ahci))
 }
 
 fn target() -> Result<Target, Outcome> {

@@ -12,7 +12,7 @@ use blk::{
 };
 use hal::{DmaBuf, PhysAddr};
 
-use crate::block::{self, IO_SET, cpu_ctx};
+use crate::block::{self, DiskKind, IO_SET, cpu_ctx};
 use crate::ktest::{Outcome, TestResult, fail};
 
 /// A device under test.
@@ -500,7 +500,7 @@ pub fn completion_accounting(t: &Target) -> TestResult {
 
 fn virtio() -> Result<Target, Outcome> {
     let Some(d) = block::virtio::disk() else {
-        return Err(Outcome::Skip("no virtio-blk device"));
+        return Err(Outcome::NoDisk(DiskKind::Virtio));
     };
     Ok(Target {
         dev: d.queue,
@@ -526,7 +526,7 @@ ktest! { fn virtio_full_depth_in_flight() -> TestResult { full_depth_in_flight(&
 ktest! {
     fn virtio_flush_and_fua() -> TestResult {
         let t = virtio()?;
-        let Some(d) = block::virtio::disk() else { return Err(Outcome::Skip("no virtio-blk")) };
+        let Some(d) = block::virtio::disk() else { return Err(Outcome::NoDisk(DiskKind::Virtio)) };
         let s = d.hw.stats();
         let (fua0, pre0) = (s.fua_flushes.load(Ordering::Relaxed), s.preflushes.load(Ordering::Relaxed));
         flush_and_fua(&t)?;
@@ -541,7 +541,7 @@ ktest! {
 ktest! {
     fn virtio_completion_accounting_and_interrupts() -> TestResult {
         let t = virtio()?;
-        let Some(d) = block::virtio::disk() else { return Err(Outcome::Skip("no virtio-blk")) };
+        let Some(d) = block::virtio::disk() else { return Err(Outcome::NoDisk(DiskKind::Virtio)) };
         let s = d.hw.stats();
         let (req0, done0, irq0, line0) = (
             s.requests.load(Ordering::Relaxed),
@@ -582,7 +582,7 @@ fn corrupt_used_ring() -> TestResult {
 fn corrupt_used_ring() -> TestResult {
     let t = virtio()?;
     let Some(d) = block::virtio::disk() else {
-        return Err(Outcome::Skip("no virtio-blk"));
+        return Err(Outcome::NoDisk(DiskKind::Virtio));
     };
     let s = d.hw.stats();
     let (bad0, resets0) = (

@@ -20,7 +20,7 @@ use crate::ktest::{Outcome, TestResult, fail};
 fn on_disk(body: impl FnOnce(&mut KernelFs<'_>) -> TestResult) -> TestResult {
     match with_fs(body) {
         Ok(r) => r,
-        Err(Setup::NoDisk) => Err(Outcome::Skip("no virtio disk")),
+        Err(Setup::NoDisk) => Err(Outcome::NoDisk(block::DiskKind::Virtio)),
         Err(e) => Err(fail(format_args!("no filesystem instance: {:?}", e))),
     }
 }
@@ -256,7 +256,7 @@ const BIG_SEED: u64 = 0xb16;
 ktest! {
     fn fs_4mib_file_byte_exact_across_remount() -> TestResult {
         on_disk(|fs| {
-            let disk = virtio::disk().ok_or(Outcome::Skip("no virtio disk"))?;
+            let disk = virtio::disk().ok_or(Outcome::NoDisk(block::DiskKind::Virtio))?;
             ok(fs::mkfs(fs), "mkfs")?;
             ok(fs.mount(false), "mount")?;
             let mut buf = scratch(1 << 20)?;

@@ -17,7 +17,7 @@ use crate::block::{self, IO_SET, cpu_ctx, nvme::NvmeDisk};
 use crate::ktest::{Outcome, TestResult};
 
 fn disk() -> Result<&'static NvmeDisk, Outcome> {
-    block::nvme::disk().ok_or(Outcome::Skip("no NVMe controller"))
+    block::nvme::disk().ok_or(Outcome::NoDisk(block::DiskKind::Nvme))
 }
 
 fn target() -> Result<Target, Outcome> {

@@ -4,7 +4,14 @@
 ktest! {
     #[only_with = "selftest=fail"]
     fn selftest_fail() -> TestResult {
-        check!(1 + 1 == 3, "this test fails on purpose");
+        // A message well past the old 100-byte limit, with a last word the harness looks for:
+        // failure messages arrive whole, with the location of the check.
+        check!(
+            1 + 1 == 3,
+            "this test fails on purpose; {0}{0}{0}the whole message and its location must reach \
+             the host: END-OF-SELFTEST-MESSAGE",
+            "padding that makes the message longer than the 100 bytes it used to be cut at; "
+        );
         Ok(())
     }
 }

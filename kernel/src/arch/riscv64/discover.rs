@@ -201,6 +201,7 @@ fn pci_host(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Option<PciHost> {
     Some(PciHost {
         ecam_base,
         ecam_size,
+        ports: None,
         bus_start,
         bus_end,
         mmio32: mmio32?,

@@ -1,5 +1,6 @@
 //! x86_64: PVH / Multiboot2 boot, identity paging, GDT/TSS/IDT, LAPIC + IOAPIC, MSI, TSC clock,
-//! COM1 console, ACPI discovery of the PCI ECAM, isa-debug-exit.
+//! COM1 console, ACPI discovery of the PCI ECAM (legacy configuration ports without one),
+//! isa-debug-exit.
 //!
 //! Boot order: `_start32` (entry.rs) reaches long mode and calls [`x86_64_entry`], which sets
 //! up the console, descriptor tables, stack guard, interrupt controllers and clocks, reads the
@@ -77,11 +78,29 @@ fn in_device_hole(base: u64, len: u64) -> bool {
 }
 
 /// Builds the PCI host description from the MCFG (or q35's fixed ECAM if a device answers
-/// there), marks the ECAM uncached and picks the 32-bit BAR window.
+/// there), marks the ECAM uncached and picks the 32-bit BAR window. Without an ECAM (i440fx,
+/// `-M pc`) it falls back to the legacy configuration ports (mechanism #1) when the host bridge
+/// answers there.
 fn pci_host(ecam: Option<(u64, u8, u8)>) -> Option<PciHost> {
     let (base, bus_start, bus_end) = match ecam {
         Some(e) => e,
         None if q35_ecam_answers() => (Q35_ECAM_BASE, 0, 255),
+        None if port::pci_config_ports_present() => {
+            return Some(PciHost {
+                ecam_base: 0,
+                ecam_size: 0,
+                ports: Some(pci::ConfigPorts {
+                    read: port::pci_config_read,
+                    write: port::pci_config_write,
+                }),
+                bus_start: 0,
+                bus_end: 255,
+                mmio32: mmio32_window(0, 0),
+                mmio64: None,
+                io: Some(PCI_IO_WINDOW),
+                intx: IntxMap::default(),
+            });
+        }
         None => return None,
     };
     // The window as it lies in memory: bus `bus_start` first.
@@ -102,6 +121,7 @@ fn pci_host(ecam: Option<(u64, u8, u8)>) -> Option<PciHost> {
     Some(PciHost {
         ecam_base,
         ecam_size,
+        ports: None,
         bus_start,
         bus_end,
         mmio32: mmio32_window(ecam_base, ecam_size),
