@@ -267,6 +267,18 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         tally.passed += host.passed;
         tally.failed += host.failed;
         tally.skipped += host.ignored;
+        println!("== loom models (blk)");
+        let started = Instant::now();
+        let loom = host::run_loom()?;
+        println!(
+            "[host] loom: {} models passed, {} failed in {:.1}s",
+            loom.passed,
+            loom.failed,
+            started.elapsed().as_secs_f64()
+        );
+        tally.passed += loom.passed;
+        tally.failed += loom.failed;
+        tally.skipped += loom.ignored;
     }
 
     let mut arches: Vec<Arch> = selected.iter().map(|p| p.arch).collect();
