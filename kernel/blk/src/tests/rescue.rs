@@ -135,3 +135,83 @@ fn split_waiting_on_its_own_batch() {
     }
     drop(held);
 }
+
+/// Waits of the submitter's allocations in [`plug_holding_the_last_bios_of_its_set`].
+static PLUG_WAITS: AtomicU64 = AtomicU64::new(0);
+
+/// The submitter's wait hook there: as [`wait_hook`].
+fn plug_wait_hook() {
+    let n = PLUG_WAITS.fetch_add(1, Ordering::SeqCst) + 1;
+    assert!(
+        n < 5_000,
+        "an allocation waited 5 s for bios that only its own plug holds"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1));
+}
+
+/// The submitter's bio set is down to its reserve of 2 (a hog on the same slab holds the
+/// rest). Under one plug it allocates (may-wait) and submits 8 writes: the third allocation
+/// finds the set empty while the plug holds both reserve bios, which only an unplug would send
+/// to the driver. The plug must flush by itself once the set runs dry, so the allocation waits
+/// only for bios in flight. Fails (the hook panics) if `CpuCtx::add_to_plug` holds the bios.
+#[test]
+fn plug_holding_the_last_bios_of_its_set() {
+    let e = env_with(1024, QueueLimits::new(), CompletionMode::Deferred, |_| {});
+    let slab: &'static BioSlab<Io, 6> = leak(BioSlab::new());
+    let set: &'static BioSet<Io> = leak(BioSet::new(slab, 2, None));
+    set.init().unwrap();
+    let hog: &'static BioSet<Io> = leak(BioSet::new(slab, 0, None));
+    let io = || Io {
+        done: e.done,
+        errors: e.errors,
+        tag: 0,
+    };
+    let mut held = Vec::new();
+    while let Ok(b) = hog.alloc(io(), Op::Read, 1, Wait::Never) {
+        held.push(b);
+    }
+    assert_eq!(held.len(), 4, "only the set's reserve is left");
+
+    let stop: &'static AtomicBool = leak(AtomicBool::new(false));
+    let (disk, q) = (e.disk, e.q);
+    let t = std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            disk.process_completions();
+            q.kick();
+            std::thread::yield_now();
+        }
+    });
+
+    const N: usize = 8;
+    let data = pattern(3, N * 4096);
+    let mem = buf(N * 4096);
+    mem.copy_from_slice(&data);
+    {
+        let _plug = e.ctx.plug();
+        for (i, part) in mem.chunks_mut(4096).enumerate() {
+            let mut b = set
+                .alloc(io(), Op::Write, 1, Wait::Hook(plug_wait_hook))
+                .expect("may-wait alloc never fails");
+            // SAFETY: the buffer is leaked (lives for ever) and the test leaves it alone.
+            b.add_vec(unsafe { seg(part) }).unwrap();
+            b.set_sector(i as u64 * 8);
+            b.set_dev(e.q);
+            b.set_end_io(io_end);
+            submit_bio(e.ctx, b).map_err(|(e, _)| e).unwrap();
+        }
+    }
+    while e.done() < N as u64 {
+        plug_wait_hook();
+    }
+    stop.store(true, Ordering::SeqCst);
+    t.join().unwrap();
+
+    assert_eq!(e.errors(), 0);
+    let st = set.stats();
+    assert_eq!(st.allocs, N as u64);
+    assert_eq!(st.reserve_hits, N as u64, "every bio came from the reserve");
+    assert!(st.waits > 0, "allocations waited for completions: {st:?}");
+    assert_eq!(st.in_use, 0);
+    assert_eq!(e.disk_bytes(0, N * 4096), data);
+    drop(held);
+}
