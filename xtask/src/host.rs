@@ -40,7 +40,10 @@ fn loom_command() -> Command {
     let mut cmd = workspace::cargo();
     cmd.args(["test", "-p", "blk", "--release", "--lib", "loom"])
         .env("RUSTFLAGS", "--cfg loom")
-        .env("CARGO_TARGET_DIR", workspace::target_dir().join(LOOM_TARGET));
+        .env(
+            "CARGO_TARGET_DIR",
+            workspace::target_dir().join(LOOM_TARGET),
+        );
     cmd
 }
 
