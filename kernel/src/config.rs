@@ -87,7 +87,8 @@ const _: () = {
     }
     assert!(FS_BIO_SLAB >= tinyfs::blkdev::MAX_INFLIGHT);
     assert!(FS_BIO_SLAB >= FS_BIO_RESERVE as usize);
-    assert!(FS_BVEC_SMALL >= FS_BVEC_RESERVE as usize && FS_BVEC_256 >= FS_BVEC_RESERVE as usize);
+    assert!(FS_BVEC_SMALL >= FS_BVEC_RESERVE as usize);
+    assert!(FS_BVEC_256 >= FS_BVEC_RESERVE as usize);
 };
 
 // ---- Drivers ----

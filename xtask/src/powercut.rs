@@ -580,7 +580,7 @@ impl Run {
 
 // ---- The write log (QEMU's blklogwrites, the dm-log-writes format) ----
 
-const LOG_MAGIC: u64 = 0x6a73_6677_7368_72;
+const LOG_MAGIC: u64 = 0x006a_7366_7773_6872;
 const LOG_FLUSH: u64 = 1;
 const LOG_FUA: u64 = 2;
 const LOG_DISCARD: u64 = 4;
