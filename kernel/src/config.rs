@@ -4,42 +4,93 @@
 //! line may shorten ([`block_timeout_ns`]).
 
 // ---- Block layer bio pools (`block::SPLIT_SET`, `block::IO_SET`) ----
+//
+// With the cargo feature `min-pools` every pool is at the smallest size the rules below allow
+// (the `x86_64-nvme-min-pools` profile runs the in-kernel suite that way), to show that the
+// stack makes progress on its reserves alone. The rules, checked at compile time at the end
+// of this section:
+// - every pool keeps a reserve of at least 1 and its slab holds at least that reserve (`init`
+//   takes the reserve from the slab);
+// - the bio slab holds both reserves plus 2: a split needs one bio while the bio it splits is
+//   held;
+// - every vector class holds its reserve plus 1: a split front may need an array of the same
+//   class as the bio it is cut from, which holds one until all its parts complete;
+// - the filesystem's slab holds a whole batch of tinyfs (`tinyfs::blkdev::MAX_INFLIGHT` = 32
+//   bios): it keeps every bio of a batch until the whole batch is waited for.
+
+/// Whether the pools are at their minimum (cargo feature `min-pools`).
+pub const MIN_POOLS: bool = cfg!(feature = "min-pools");
 
 /// Bios in the slab shared by the split set and the kernel's own I/O set.
-pub const BLOCK_BIO_SLAB: usize = 256;
+pub const BLOCK_BIO_SLAB: usize = if MIN_POOLS {
+    (BLOCK_SPLIT_RESERVE + BLOCK_IO_RESERVE) as usize + 2
+} else {
+    256
+};
 /// Bios the split set keeps in reserve, so a split can always make progress.
-pub const BLOCK_SPLIT_RESERVE: u32 = 16;
+pub const BLOCK_SPLIT_RESERVE: u32 = if MIN_POOLS { 1 } else { 16 };
 /// Bios the kernel's own I/O set (tests, demo, bench) keeps in reserve.
-pub const BLOCK_IO_RESERVE: u32 = 16;
+pub const BLOCK_IO_RESERVE: u32 = if MIN_POOLS { 1 } else { 16 };
+/// Bios the kernel's own I/O set can hold at once: the slab less the split set's reserve.
+pub const IO_SET_BIOS: usize = BLOCK_BIO_SLAB - BLOCK_SPLIT_RESERVE as usize;
 /// Vector arrays in the block layer's slabs for the size classes 1, 4, 16, 64, 128 and 256
 /// entries (`blk::BVEC_CLASSES`), in that order.
-pub const BLOCK_BVEC_1: usize = 64;
+pub const BLOCK_BVEC_1: usize = if MIN_POOLS { MIN_BVEC_CLASS } else { 64 };
 /// See [`BLOCK_BVEC_1`]: 4-entry arrays.
-pub const BLOCK_BVEC_4: usize = 64;
+pub const BLOCK_BVEC_4: usize = if MIN_POOLS { MIN_BVEC_CLASS } else { 64 };
 /// See [`BLOCK_BVEC_1`]: 16-entry arrays.
-pub const BLOCK_BVEC_16: usize = 32;
+pub const BLOCK_BVEC_16: usize = if MIN_POOLS { MIN_BVEC_CLASS } else { 32 };
 /// See [`BLOCK_BVEC_1`]: 64-entry arrays.
-pub const BLOCK_BVEC_64: usize = 16;
+pub const BLOCK_BVEC_64: usize = if MIN_POOLS { MIN_BVEC_CLASS } else { 16 };
 /// See [`BLOCK_BVEC_1`]: 128-entry arrays.
-pub const BLOCK_BVEC_128: usize = 8;
+pub const BLOCK_BVEC_128: usize = if MIN_POOLS { MIN_BVEC_CLASS } else { 8 };
 /// See [`BLOCK_BVEC_1`]: 256-entry arrays.
-pub const BLOCK_BVEC_256: usize = 4;
+pub const BLOCK_BVEC_256: usize = if MIN_POOLS { MIN_BVEC_CLASS } else { 4 };
 /// Vector arrays of each class the block layer's vector pools keep in reserve.
-pub const BLOCK_BVEC_RESERVE: u32 = 2;
+pub const BLOCK_BVEC_RESERVE: u32 = if MIN_POOLS { 1 } else { 2 };
+/// The smallest vector class allowed: its reserve plus one.
+const MIN_BVEC_CLASS: usize = BLOCK_BVEC_RESERVE as usize + 1;
 
 // ---- Filesystem bio pools (`fs::FS_SET`) ----
 
 /// Bios in the filesystem's own slab.
-pub const FS_BIO_SLAB: usize = 64;
+pub const FS_BIO_SLAB: usize = if MIN_POOLS {
+    tinyfs::blkdev::MAX_INFLIGHT
+} else {
+    64
+};
 /// Bios the filesystem set keeps in reserve.
-pub const FS_BIO_RESERVE: u32 = 8;
-/// Vector arrays in the filesystem's slabs, classes 1, 4, 16, 64 and 128 entries.
-pub const FS_BVEC_SMALL: usize = 8;
-/// 256-entry vector arrays of the filesystem: one for every bio of a full batch (at most 32
-/// in flight) plus the reserve.
-pub const FS_BVEC_256: usize = 40;
+pub const FS_BIO_RESERVE: u32 = if MIN_POOLS { 1 } else { 8 };
+/// Vector arrays in the filesystem's slabs, classes 1, 4, 16, 64 and 128 entries (tinyfs
+/// bios have one segment, inline in the bio: these pools only back its reserves).
+pub const FS_BVEC_SMALL: usize = if MIN_POOLS { 1 } else { 8 };
+/// 256-entry vector arrays of the filesystem (see [`FS_BVEC_SMALL`]).
+pub const FS_BVEC_256: usize = if MIN_POOLS { 1 } else { 40 };
 /// Vector arrays of each class the filesystem's vector pools keep in reserve.
-pub const FS_BVEC_RESERVE: u32 = 2;
+pub const FS_BVEC_RESERVE: u32 = if MIN_POOLS { 1 } else { 2 };
+
+const _: () = {
+    assert!(BLOCK_SPLIT_RESERVE >= 1 && BLOCK_IO_RESERVE >= 1 && FS_BIO_RESERVE >= 1);
+    assert!(BLOCK_BVEC_RESERVE >= 1 && FS_BVEC_RESERVE >= 1);
+    assert!(BLOCK_BIO_SLAB >= (BLOCK_SPLIT_RESERVE + BLOCK_IO_RESERVE) as usize + 2);
+    let classes = [
+        BLOCK_BVEC_1,
+        BLOCK_BVEC_4,
+        BLOCK_BVEC_16,
+        BLOCK_BVEC_64,
+        BLOCK_BVEC_128,
+        BLOCK_BVEC_256,
+    ];
+    let mut i = 0;
+    while i < classes.len() {
+        assert!(classes[i] >= MIN_BVEC_CLASS);
+        i += 1;
+    }
+    assert!(FS_BIO_SLAB >= tinyfs::blkdev::MAX_INFLIGHT);
+    assert!(FS_BIO_SLAB >= FS_BIO_RESERVE as usize);
+    assert!(FS_BVEC_SMALL >= FS_BVEC_RESERVE as usize);
+    assert!(FS_BVEC_256 >= FS_BVEC_RESERVE as usize);
+};
 
 // ---- Drivers ----
 

@@ -19,6 +19,7 @@ mod fs;
 #[macro_use]
 mod ktest;
 mod pci;
+mod powercut;
 mod tests;
 mod text;
 
@@ -65,6 +66,7 @@ pub fn kmain(info: BootInfo) -> ! {
     let ok = match mode {
         "test" => ktest::run_all(info.cmdline),
         "bench" => bench::run(),
+        "powercut" => powercut::run(info.cmdline),
         "run" => {
             for d in &info.virtio_mmio {
                 defmt::println!("virtio-mmio {=u64:#x} irq {=u32}", d.base, d.irq);

@@ -1,7 +1,8 @@
-//! Host tests: `cargo test` of every workspace crate that builds for the host.
+//! Host tests: `cargo test` of every workspace crate that builds for the host, and the loom
+//! models of `blk` (`--cfg loom`, in a target directory of their own).
 
 use std::io::{BufRead, BufReader};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 
@@ -18,18 +19,53 @@ pub struct HostCounts {
 /// Runs the host tests, printing one line per test; returns the counts. A `cargo test` that
 /// fails without a failing test (a build error) counts as one failure.
 pub fn run() -> Result<HostCounts> {
-    let mut child = workspace::cargo()
-        .args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "kernel",
-            "--no-fail-fast",
-        ])
+    let mut cmd = workspace::cargo();
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "kernel",
+        "--no-fail-fast",
+    ]);
+    run_cargo_test(cmd, "cargo test")
+}
+
+/// Directory (under the target directory) of the loom build: `--cfg loom` changes every crate's
+/// flags, so it gets a target directory of its own and never rebuilds the normal test binaries.
+const LOOM_TARGET: &str = "blk-loom";
+
+/// The `cargo test` that runs the loom models of `blk` (`kernel/blk/src/loom.rs`: the free
+/// list, the per-CPU magazines and the tag bitmap under every interleaving loom explores).
+fn loom_command() -> Command {
+    let mut cmd = workspace::cargo();
+    cmd.args(["test", "-p", "blk", "--release", "--lib", "loom"])
+        .env("RUSTFLAGS", "--cfg loom")
+        .env(
+            "CARGO_TARGET_DIR",
+            workspace::target_dir().join(LOOM_TARGET),
+        );
+    cmd
+}
+
+/// Runs the loom models of `blk`, printing one line per model; returns the counts (a build
+/// error, or no model at all, counts as one failure).
+pub fn run_loom() -> Result<HostCounts> {
+    let mut counts = run_cargo_test(loom_command(), "loom models")?;
+    if counts.passed + counts.failed == 0 {
+        println!("[host] FAIL loom models: no model ran");
+        counts.failed = 1;
+    }
+    Ok(counts)
+}
+
+/// Runs `cmd` (a `cargo test`), printing one line per test; returns the counts. A run that
+/// fails without a failing test (a build error) counts as one failure.
+fn run_cargo_test(mut cmd: Command, what: &str) -> Result<HostCounts> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
-        .context("running cargo test")?;
+        .with_context(|| format!("running {what}"))?;
     let stdout = child.stdout.take().context("cargo test stdout")?;
     let mut counts = HostCounts::default();
     for line in BufReader::new(stdout).lines() {
@@ -47,7 +83,7 @@ pub fn run() -> Result<HostCounts> {
     let status = child.wait()?;
     if !status.success() && counts.failed == 0 {
         println!(
-            "[host] FAIL cargo test: {status} without a failing test \
+            "[host] FAIL {what}: {status} without a failing test \
              (a build error or a crashed test binary, see above)"
         );
         counts.failed = 1;
@@ -114,6 +150,21 @@ mod tests {
             })
         );
         assert_eq!(parse_result("running 3 tests"), None);
+    }
+
+    #[test]
+    fn loom_runs_in_its_own_target_dir() {
+        let cmd = loom_command();
+        let args: Vec<_> = cmd.get_args().collect();
+        assert_eq!(args, ["test", "-p", "blk", "--release", "--lib", "loom"]);
+        let envs: Vec<_> = cmd.get_envs().collect();
+        assert!(envs.contains(&("RUSTFLAGS".as_ref(), Some("--cfg loom".as_ref()))));
+        let dir = envs
+            .iter()
+            .find(|(k, _)| *k == "CARGO_TARGET_DIR")
+            .and_then(|(_, v)| *v)
+            .expect("a target directory of its own");
+        assert!(std::path::Path::new(dir).ends_with(LOOM_TARGET));
     }
 
     #[test]

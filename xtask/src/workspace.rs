@@ -209,7 +209,14 @@ pub fn build_kernel(arch: Arch, build: BuildProfile, features: &[String]) -> Res
         BuildProfile::Release => "release",
         BuildProfile::Debug => "debug",
     };
-    let elf = target_dir().join(arch.triple()).join(dir).join("kernel");
+    let built = target_dir().join(arch.triple()).join(dir).join("kernel");
+    // Cargo writes every feature set's kernel to the same path; a build with other features
+    // (a later profile) would replace this one under a caller still holding it. Each feature
+    // set boots from a copy of its own.
+    let elf = built.with_file_name(elf_name(features));
+    if elf != built {
+        fs::copy(&built, &elf).with_context(|| format!("copying {}", built.display()))?;
+    }
     let bytes = fs::read(&elf).with_context(|| format!("reading {}", elf.display()))?;
     let table = Table::parse(&bytes).unwrap_or_else(|e| {
         eprintln!(
@@ -239,6 +246,18 @@ pub fn build_kernel(arch: Arch, build: BuildProfile, features: &[String]) -> Res
     })
 }
 
+/// File name of the kernel built with `features`: `kernel` without any, else
+/// `kernel+FEATURE+...` (sorted), next to cargo's own output.
+fn elf_name(features: &[String]) -> String {
+    let mut sorted: Vec<&str> = features.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    std::iter::once("kernel")
+        .chain(sorted)
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
 /// Creates (or, with `fresh`, recreates) a zero-filled raw image of `size_mib` MiB.
 pub fn prepare_image(path: &Path, size_mib: u64, fresh: bool) -> Result<()> {
     if path.exists() && !fresh {
@@ -255,6 +274,21 @@ pub fn prepare_image(path: &Path, size_mib: u64, fresh: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_feature_set_has_its_own_kernel_file() {
+        assert_eq!(elf_name(&[]), "kernel");
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            elf_name(&f(&["min-pools", "fault-injection"])),
+            "kernel+fault-injection+min-pools"
+        );
+        assert_eq!(
+            elf_name(&f(&["fault-injection", "min-pools"])),
+            elf_name(&f(&["min-pools", "fault-injection"]))
+        );
+        assert_ne!(elf_name(&f(&["fault-injection"])), elf_name(&[]));
+    }
 
     #[test]
     fn test_kernels_get_the_fault_injection_hooks_once() {

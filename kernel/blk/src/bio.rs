@@ -488,6 +488,11 @@ impl Bio {
     pub fn front<F: 'static>(&self) -> Option<&F> {
         self.0.front::<F>()
     }
+    /// Whether the bio set this bio came from has no bio left (shared slab, reserve and
+    /// magazines empty): the next may-wait allocation from it would wait.
+    pub fn pool_exhausted(&self) -> bool {
+        self.0.pool_exhausted()
+    }
     /// The front pad, mutably.
     pub fn front_mut<F: 'static>(&mut self) -> Option<&mut F> {
         self.0.front_mut::<F>()

@@ -269,11 +269,17 @@ impl CpuCtx {
     }
 
     /// Adds a bio to the plug (request queues call this when [`CpuCtx::plugged`]).
+    ///
+    /// The plug flushes at once when it holds [`PLUG_MAX`] bios, or when `bio`'s set has no
+    /// bio left: the submitter's next may-wait allocation from that set would wait for a bio
+    /// that only the plugged ones, once dispatched and completed, could give back (the wait
+    /// is then only for bios in flight; docs/blk.md, "Forward progress").
     pub fn add_to_plug(&self, bio: Bio) {
+        let dry = bio.pool_exhausted();
         let full = {
             let mut p = self.plug.lock();
             p.push_back(bio);
-            p.len() >= PLUG_MAX
+            dry || p.len() >= PLUG_MAX
         };
         if full {
             self.flush_plug();

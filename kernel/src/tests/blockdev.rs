@@ -408,7 +408,9 @@ pub fn plug_merges(t: &Target) -> TestResult {
 /// The whole queue depth in flight at once (submitted with interrupts held off), then all
 /// completed, each once.
 pub fn full_depth_in_flight(t: &Target) -> TestResult {
-    let n = t.depth.min(256);
+    // At most what the kernel's I/O set can hold at once (less than the depth only with the
+    // `min-pools` feature).
+    let n = t.depth.min(256).min(crate::config::IO_SET_BIOS);
     let buf = dma(n * 4096)?;
     async_reset();
     let irq_before = (t.irq_count)();

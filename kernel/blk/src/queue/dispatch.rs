@@ -11,6 +11,7 @@ use crate::driver::QueueRqError;
 use crate::error::{BlkError, status_from_code};
 use crate::limits::{check_bio, split_point};
 use crate::request::Request;
+use crate::slab::Wait;
 use crate::split::bio_split;
 
 impl<const D: usize> Queue<D> {
@@ -36,7 +37,7 @@ impl<const D: usize> Queue<D> {
                     };
                     let cap = BOUNCE_MAX_BYTES / l.logical_block_size * l.logical_block_size;
                     if b.size() > cap {
-                        match bio_split(&mut b, cap, self.split_set, self.cfg.wait) {
+                        match self.split_front(&mut b, cap, &mut open) {
                             Ok(front) => {
                                 self.stats.splits(1);
                                 work.push_front(b);
@@ -49,7 +50,17 @@ impl<const D: usize> Queue<D> {
                         }
                         continue;
                     }
-                    match bouncer.bounce(b, l, self.cfg.wait) {
+                    let bounced = match bouncer.bounce(b, l, Wait::Never) {
+                        Err((BlkError::NoMemory, b)) if self.may_wait() => {
+                            // As for a split (`split_front`): the open batch holds bounce
+                            // clones and pages; it goes to the driver before we wait.
+                            self.dispatch(&open);
+                            open.clear();
+                            bouncer.bounce(b, l, self.cfg.wait)
+                        }
+                        r => r,
+                    };
+                    match bounced {
                         Ok(c) => {
                             self.stats.bounces(1);
                             b = c;
@@ -67,7 +78,7 @@ impl<const D: usize> Queue<D> {
                         bio_io_error(b, e);
                     }
                     Ok(None) => self.add_bio(b, &mut open),
-                    Ok(Some(n)) => match bio_split(&mut b, n, self.split_set, self.cfg.wait) {
+                    Ok(Some(n)) => match self.split_front(&mut b, n, &mut open) {
                         Ok(front) => {
                             self.stats.splits(1);
                             work.push_front(b);
@@ -83,6 +94,33 @@ impl<const D: usize> Queue<D> {
         }
         self.dispatch(&open);
         self.kick();
+    }
+
+    /// Splits the first `bytes` off `b` with a bio of the split set, never waiting for one
+    /// while the open batch holds bios: the split is tried without waiting first, and when the
+    /// set is empty the open batch (requests built from earlier splits of this submission,
+    /// whose bios only this call would dispatch) goes to the driver before the may-wait
+    /// allocation. The wait is then only for bios in flight, which complete and come back.
+    /// This is what Linux's bio-set rescuer threads are for (docs/blk.md, "Forward progress").
+    fn split_front(
+        &'static self,
+        b: &mut Bio,
+        bytes: u32,
+        open: &mut Open,
+    ) -> Result<Bio, BlkError> {
+        match bio_split(b, bytes, self.split_set, Wait::Never) {
+            Err(BlkError::NoMemory) if self.may_wait() => {
+                self.dispatch(open);
+                open.clear();
+                bio_split(b, bytes, self.split_set, self.cfg.wait)
+            }
+            r => r,
+        }
+    }
+
+    /// Whether the queue's allocations may wait (`QueueConfig::wait` is not `Never`).
+    fn may_wait(&self) -> bool {
+        !matches!(self.cfg.wait, Wait::Never)
     }
 
     pub(super) fn try_merge(&self, rq: &mut Request, bio: &Bio, segs: u32) -> Option<bool> {

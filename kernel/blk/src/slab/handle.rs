@@ -23,6 +23,10 @@ pub trait SlotHome: Sync {
     unsafe fn release(&self, idx: u32);
     /// A pointer to the front-pad value of slot `idx` if it has type `ty`.
     fn front_ptr(&self, idx: u32, ty: TypeId) -> Option<NonNull<()>>;
+    /// Whether an allocation from this home would have to wait now ([`Mempool::exhausted`]).
+    fn exhausted(&self) -> bool {
+        false
+    }
 }
 
 impl<E: Send + 'static, const N: usize> SlotHome for Mempool<[E; N]> {
@@ -156,6 +160,9 @@ impl<B: Send + 'static, F: Send + Sync + 'static> SlotHome for Mempool<Padded<B,
         let f = unsafe { core::ptr::addr_of_mut!((*p).front) };
         NonNull::new(f.cast::<()>())
     }
+    fn exhausted(&self) -> bool {
+        Mempool::exhausted(self)
+    }
 }
 
 /// The owned, type-erased handle of a node (a bio): the body `B`, its header and front pad.
@@ -223,6 +230,11 @@ impl<B: Send + 'static> Node<B> {
         // slot is allocated; this handle owns the slot, and the shared borrow of the handle
         // bounds the shared borrow of the pad.
         Some(unsafe { p.cast::<F>().as_ref() })
+    }
+
+    /// Whether the pool this node came from is exhausted ([`Mempool::exhausted`]).
+    pub fn pool_exhausted(&self) -> bool {
+        self.home.exhausted()
     }
 
     /// The front pad, mutably, if it has type `F`.

@@ -320,6 +320,17 @@ impl<T: 'static> Mempool<T> {
         self.alloc_on(cpu, value, Wait::Never)
     }
 
+    /// Whether an allocation would have to wait now: the shared slab (free list and never-used
+    /// slots), the reserve and every magazine are empty. A plug uses it to stop holding bios
+    /// of a pool that only their completion would refill (`CpuCtx::add_to_plug`).
+    pub fn exhausted(&self) -> bool {
+        self.shared.is_empty()
+            && self.fresh.load(Ordering::Relaxed) as usize >= self.slots.len()
+            && self.reserve.is_empty()
+            && (self.mags_used.load(Ordering::Relaxed) == 0
+                || self.mags.iter().all(|m| m.is_empty()))
+    }
+
     /// Free elements cached in the per-CPU magazines now (at most `MAG_SLOTS * MAX_CPUS`).
     pub fn cached(&self) -> usize {
         self.mags.iter().map(|m| m.len()).sum()

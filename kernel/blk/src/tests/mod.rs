@@ -4,4 +4,5 @@ mod harness;
 mod io;
 mod mempool;
 mod props;
+mod rescue;
 mod stacking;
