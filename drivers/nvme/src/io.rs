@@ -64,9 +64,13 @@ impl Nvme {
 
     /// The command of a read, write, flush, write zeroes or discard for namespace queue `q`
     /// in slot `slot`; `true` when a PREFLUSH write needs a flush first.
-    #[inline]
-    fn build(&self, q: usize, slot: u16, rq: &Request) -> Result<(Command, bool), QueueRqError> {
-        let ns = &self.ns[q];
+    fn build<Q: QueueIndex>(
+        &self,
+        q: Q,
+        slot: u16,
+        rq: &Request,
+    ) -> Result<(Command, bool), QueueRqError> {
+        let ns = &self.ns[q.get()];
         let shift = ns.block_size.trailing_zeros();
         let nsid = ns.nsid;
         let c = match rq.op() {
@@ -108,15 +112,14 @@ impl Nvme {
     /// Puts `rq` of namespace queue `q` (below `ns_count`) on a queue; the last request of a
     /// batch rings the I/O doorbell here (under the lock already taken), earlier ones leave it
     /// to `commit`.
-    #[inline]
-    fn submit(&self, q: usize, rq: &Request, last: bool) -> Result<(), QueueRqError> {
+    fn submit<Q: QueueIndex>(&self, q: Q, rq: &Request, last: bool) -> Result<(), QueueRqError> {
         if self.dead.load(Ordering::Relaxed) {
             return Err(QueueRqError::Fatal(BlkError::DeviceError(
                 device_error::DEAD,
             )));
         }
         // A tag beyond the queue's range would name another namespace queue's slot.
-        let Some(slot) = slot(q, rq.tag()) else {
+        let Some(slot) = slot(q.get(), rq.tag()) else {
             return Err(QueueRqError::Fatal(BlkError::InvalidArgument));
         };
         if rq.passthrough().is_some() {
@@ -141,7 +144,7 @@ impl Nvme {
             if let Some(s) = io.staged.get_mut(slot as usize) {
                 *s = Some(cmd);
             }
-            Command::flush(self.ns[q].nsid)
+            Command::flush(self.ns[q.get()].nsid)
         } else {
             cmd
         };
@@ -155,6 +158,32 @@ impl Nvme {
         }
         drop(io);
         Ok(())
+    }
+}
+
+/// Which namespace queue a request is for. The request path is generic over it so that queue
+/// 0's copy (`HwQueue for Nvme`, [`First`]) has the index as a constant: one namespace costs
+/// what it did before there were several (the slot is the tag, the namespace a fixed field).
+pub(crate) trait QueueIndex: Copy {
+    /// The index.
+    fn get(self) -> usize;
+}
+
+/// Namespace queue 0.
+#[derive(Clone, Copy)]
+pub(crate) struct First;
+
+impl QueueIndex for First {
+    #[inline(always)]
+    fn get(self) -> usize {
+        0
+    }
+}
+
+impl QueueIndex for usize {
+    #[inline(always)]
+    fn get(self) -> usize {
+        self
     }
 }
 
@@ -198,7 +227,7 @@ impl Nvme {
 /// The first attached namespace's queue (namespace queue 0).
 impl HwQueue for Nvme {
     fn queue_rq(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
-        self.submit(0, rq, last)
+        self.submit(First, rq, last)
     }
 
     fn commit(&self) {
