@@ -1014,8 +1014,17 @@ impl TwoNs {
 }
 
 #[test]
-fn two_namespaces_are_two_disks() {
+fn two_namespaces_on_one_controller() {
+    // One controller for the three parts: the host DMA region is shared by the tests of the
+    // process, and a controller leaked for its 'static queues keeps its list pages (1 MiB per
+    // namespace).
     let e = two_ns(4096, |_| {});
+    two_namespaces_are_two_disks(&e);
+    completions_go_to_the_queue_that_sent_the_command(&e);
+    a_reset_completes_every_namespaces_requests_once(&e);
+}
+
+fn two_namespaces_are_two_disks(e: &TwoNs) {
     let (a, b) = (
         *e.nvme.ns_queue_info(0).unwrap(),
         *e.nvme.ns_queue_info(1).unwrap(),
@@ -1094,11 +1103,10 @@ fn two_namespaces_are_two_disks() {
     assert_eq!(ok.get(), (1, 0), "namespace 1 is bigger");
 }
 
-#[test]
-fn completions_go_to_the_queue_that_sent_the_command() {
+fn completions_go_to_the_queue_that_sent_the_command(e: &TwoNs) {
     // Both queues' requests carry tag 0 at once: their command ids differ, and each
     // completion reaches its own queue's sink with tag 0.
-    let e = two_ns(8192, |_| {});
+    e.recs.iter().for_each(|r| drop(r.take()));
     let set = bio_set();
     let rq = |sector: u64, buf: &DmaBuf| {
         let mut l = BioList::new();
@@ -1122,12 +1130,23 @@ fn completions_go_to_the_queue_that_sent_the_command() {
         .fake
         .with(|m| m.log.iter().map(|(_, c)| c.cid()).collect());
     e.fake.step();
-    let sent: Vec<u16> = e
-        .fake
-        .with(|m| m.log[cids.len()..].iter().map(|(_, c)| c.cid()).collect());
+    let sent: Vec<(u16, u32)> = e.fake.with(|m| {
+        m.log[cids.len()..]
+            .iter()
+            .map(|(_, c)| (c.cid(), c.dw[1]))
+            .collect()
+    });
     assert_eq!(sent.len(), 2);
-    assert_ne!(sent[0] & 0x3ff, sent[1] & 0x3ff, "distinct command slots");
-    assert_eq!(e.nsids_of(nvm::READ), [1, 2]);
+    assert_ne!(
+        sent[0].0 & 0x3ff,
+        sent[1].0 & 0x3ff,
+        "distinct command slots"
+    );
+    assert_eq!(
+        (sent[0].1, sent[1].1),
+        (1, 2),
+        "each read names its namespace"
+    );
     e.nvme.handle_irq();
     // The recorders hand on to queues that never issued these tags: count only the records.
     let (c0, c1) = (e.recs[0].take(), e.recs[1].take());
@@ -1139,13 +1158,13 @@ fn completions_go_to_the_queue_that_sent_the_command() {
     assert!((0..4096).any(|i| bufs[0].read8(i) != 0xee));
 }
 
-#[test]
-fn a_reset_completes_every_namespaces_requests_once() {
+fn a_reset_completes_every_namespaces_requests_once(e: &TwoNs) {
     // Writes on both queues held back by the controller; the abort does not take: the
     // timeout resets the controller, and every request of both queues completes exactly once
     // (the one that timed out retried, the others failed with RESET and retried), its data
     // on its own namespace.
-    let e = two_ns(8192, |m| {
+    e.recs.iter().for_each(|r| drop(r.take()));
+    e.fake.with(|m| {
         m.stall = vec![(nvm::WRITE, 4)];
         m.abort_takes = false;
     });
