@@ -7,7 +7,7 @@
 //! waits). It follows `CC.EN` with `CSTS.RDY`, fetches commands from the submission queues in
 //! DMA memory up to their tail doorbells, runs them (Identify, queue creation and deletion,
 //! Set Features, Abort; Read, Write, Flush, Write Zeroes and Deallocate against a disk in a
-//! `Vec`, data moved by walking PRPs or SGLs) and posts completions with the right phase.
+//! `Vec`, or one per namespace in `Model::ns_disks`; data moved by walking PRPs or SGLs) and posts completions with the right phase.
 //!
 //! Injection: an error status for the next commands of an opcode, commands that are fetched
 //! and never completed (until an Abort that takes, a Delete SQ or a disable), an Abort that
