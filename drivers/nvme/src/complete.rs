@@ -5,10 +5,10 @@
 
 use core::sync::atomic::Ordering;
 
-use blk::driver::CompletionBatch;
+use blk::driver::{CompletionBatch, Delivered};
 use blk::{BlkError, BlkStatus};
 
-use crate::ctrl::{AdminQ, IOQ, IoQ, Nvme};
+use crate::ctrl::{AdminQ, IOQ, IoQ, Nvme, QUEUE_DEPTH};
 use crate::queue::INTERNAL_CID;
 use crate::regs::IntVectors;
 
@@ -230,13 +230,42 @@ impl Nvme {
     }
 
     /// Hands the gathered completions to the block layer (after the locks are let go) and
-    /// counts them.
+    /// counts them. With one namespace queue a slot is its tag; with more, each completion
+    /// goes to its slot's queue.
     pub(crate) fn deliver<const N: usize>(&self, done: &CompletionBatch<N>) {
         if done.is_empty() {
             return;
         }
-        let d = self.sink.deliver(done);
+        let d = if self.ns_count <= 1 {
+            self.sinks[0].deliver(done)
+        } else {
+            self.deliver_routed(done)
+        };
         d.count(&self.stats.completions, &self.stats.errors);
+    }
+
+    /// [`Nvme::deliver`] for several namespace queues: slot `q * QUEUE_DEPTH + t` completes
+    /// tag `t` of queue `q` (as `Deliver` does: an error as having transferred nothing).
+    #[inline(never)]
+    fn deliver_routed<const N: usize>(&self, done: &CompletionBatch<N>) -> Delivered {
+        let mut d = Delivered::default();
+        for c in done.as_slice() {
+            let q = c.tag as usize / QUEUE_DEPTH;
+            let tag = (c.tag as usize % QUEUE_DEPTH) as u16;
+            let Some(sink) = self.sinks.get(q).and_then(|s| s.get()) else {
+                continue;
+            };
+            d.completed += 1;
+            if c.status.is_err() {
+                d.errors += 1;
+            }
+            if c.pt {
+                sink.complete_pt(tag, c.status, c.result);
+            } else {
+                sink.complete(tag, c.status, c.status.is_err().then_some(0));
+            }
+        }
+        d
     }
 
     /// Reaps both queues now (`poll`, timeouts, waits); returns the entries consumed.

@@ -10,15 +10,23 @@ use hal::{DmaBuf, Mmio};
 use spin::Mutex;
 
 use crate::cmd::{Command, DataPtr};
-use crate::ns::{Namespace, Namespaces, has_wp_feature};
+use crate::ns::{AttachedNs, MAX_NS_QUEUES, Namespace, Namespaces, NsQueueInfo, has_wp_feature};
 use crate::prp::{PAGE, max_prp_entries};
 use crate::queue::{CidTable, CompQueue, Cqe, INTERNAL_CID, SubQueue};
 use crate::regs::{self, Cc, Csts, Regs};
 use crate::spec::{Oncs, Vwc, cns, feature, id_ctrl};
 use crate::stats::DriverStats;
 
-/// Requests in flight at once (tags of the block layer's queue).
+/// Requests in flight at once per namespace queue (tags of each block-layer queue).
 pub const QUEUE_DEPTH: usize = 128;
+/// Command slots of a controller: namespace queue `q`'s tag `t` is slot `q * QUEUE_DEPTH + t`,
+/// the low bits of its command ids, the index of its list pages and staged write, and what a
+/// completion is routed by.
+pub(crate) const SLOTS: usize = QUEUE_DEPTH * MAX_NS_QUEUES;
+const _: () = assert!(SLOTS <= 1 << crate::queue::TAG_BITS);
+/// Completions gathered on the cold paths (bring-up, reset, waits for admin commands): room
+/// for every slot.
+pub(crate) type ColdBatch = CompletionBatch<SLOTS>;
 /// Largest I/O queue this driver creates (also bounded by `CAP.MQES`).
 pub const IO_QUEUE_ENTRIES_MAX: u32 = 256;
 /// Smallest I/O queue it accepts.
@@ -103,20 +111,21 @@ pub struct CtrlInfo {
     pub sgl: bool,
     /// Number of namespaces (Identify Controller NN: the highest namespace id).
     pub namespaces: u32,
-    /// The namespace the driver uses (the first usable active one).
+    /// The first attached namespace (the first usable active one; the others are in
+    /// [`Nvme::ns_queue_info`]).
     pub nsid: u32,
-    /// The namespace is write protected (`NSATTR` bit 0, or the write protection config
-    /// feature): writes fail with `BlkError::ReadOnly`.
+    /// The first attached namespace is write protected (`NSATTR` bit 0, or the write
+    /// protection config feature): writes fail with `BlkError::ReadOnly`.
     pub read_only: bool,
     /// `CAP.MQES + 1`.
     pub max_queue_entries: u32,
     /// Entries of the I/O queue pair.
     pub io_entries: u16,
-    /// Logical block size of the namespace.
+    /// Logical block size of the first attached namespace.
     pub block_size: u32,
-    /// Namespace size in logical blocks.
+    /// The first attached namespace's size in logical blocks.
     pub blocks: u64,
-    /// Size in 512-byte sectors.
+    /// Its size in 512-byte sectors.
     pub capacity: u64,
 }
 
@@ -124,9 +133,9 @@ pub struct CtrlInfo {
 pub(crate) struct IoQ {
     pub(crate) sq: SubQueue,
     pub(crate) cq: CompQueue,
-    pub(crate) cids: CidTable<QUEUE_DEPTH>,
-    /// Writes waiting for their pre-flush, by tag.
-    pub(crate) staged: [Option<Command>; QUEUE_DEPTH],
+    pub(crate) cids: CidTable<SLOTS>,
+    /// Writes waiting for their pre-flush, by slot.
+    pub(crate) staged: [Option<Command>; SLOTS],
     pub(crate) rung: u16,
     /// The controller has the queue pair (created, not deleted).
     pub(crate) live: bool,
@@ -136,27 +145,36 @@ pub(crate) struct IoQ {
 pub(crate) struct AdminQ {
     pub(crate) sq: SubQueue,
     pub(crate) cq: CompQueue,
-    pub(crate) cids: CidTable<QUEUE_DEPTH>,
+    pub(crate) cids: CidTable<SLOTS>,
     pub(crate) internal_seq: u16,
     /// The command id of the driver's own command in flight (its completion is awaited).
     pub(crate) internal_cid: Option<u16>,
     pub(crate) internal: Option<Cqe>,
 }
 
-/// One NVMe controller, its first usable active namespace, one I/O queue pair.
+/// One NVMe controller, up to [`MAX_NS_QUEUES`] usable active namespaces (each a block-layer
+/// queue: the first through `HwQueue for Nvme`, every one through [`Nvme::ns_queue`]), one
+/// I/O queue pair they share.
 pub struct Nvme {
     pub(crate) regs: Regs,
     pub(crate) io: Mutex<IoQ>,
     pub(crate) admin: Mutex<AdminQ>,
-    /// `LIST_PAGES` pages per tag (PRP lists, SGLs, DSM ranges).
+    /// `LIST_PAGES` pages per slot of the attached namespaces (PRP lists, SGLs, DSM ranges).
     pub(crate) lists: DmaBuf,
     /// Identify data during bring-up.
     pub(crate) ident: DmaBuf,
     pub(crate) info: CtrlInfo,
     pub(crate) namespaces: Namespaces,
+    /// The attached namespaces, by queue index.
+    pub(crate) ns: [NsQueueInfo; MAX_NS_QUEUES],
+    /// How many are attached (1..=`MAX_NS_QUEUES`): above 1 completions are routed by slot.
+    pub(crate) ns_count: usize,
+    /// The first attached namespace's limits (with a `HwQueue` of its own for the request
+    /// path's scatter-gather lists; every namespace shares the segment limits).
     pub(crate) limits: QueueLimits,
     pub(crate) cfg: Config,
-    pub(crate) sink: CompletionSink,
+    /// Each namespace queue's completions, by queue index.
+    pub(crate) sinks: [CompletionSink; MAX_NS_QUEUES],
     /// Someone has to reap: set by an interrupt that found a lock taken.
     pub(crate) pending: AtomicBool,
     /// The handler masked INTx (`INTMS`): whoever next finishes a reap unmasks.
@@ -218,11 +236,12 @@ impl Nvme {
             sq: SubQueue::new(io_entries).map_err(nomem)?,
             cq: CompQueue::new(io_entries).map_err(nomem)?,
             cids: CidTable::new(),
-            staged: [None; QUEUE_DEPTH],
+            staged: [None; SLOTS],
             rung: 0,
             live: false,
         };
-        let lists = DmaBuf::alloc(QUEUE_DEPTH * LIST_PAGES * PAGE as usize, 4096).map_err(nomem)?;
+        // A placeholder until bring-up knows how many namespaces get slots.
+        let lists = DmaBuf::alloc(PAGE as usize, 4096).map_err(nomem)?;
         let ident = DmaBuf::alloc(4096, 4096).map_err(nomem)?;
         let info = CtrlInfo {
             version: regs.version(),
@@ -251,9 +270,11 @@ impl Nvme {
             ident,
             info,
             namespaces: Namespaces::new(),
+            ns: [NsQueueInfo::EMPTY; MAX_NS_QUEUES],
+            ns_count: 0,
             limits: QueueLimits::new(),
             cfg,
-            sink: CompletionSink::new(),
+            sinks: [const { CompletionSink::new() }; MAX_NS_QUEUES],
             pending: AtomicBool::new(false),
             masked: AtomicBool::new(false),
             admin_outstanding: AtomicU32::new(0),
@@ -265,12 +286,26 @@ impl Nvme {
         {
             let mut admin = n.admin.lock();
             n.enable(&mut admin)?;
-            let (info, namespaces) = n.identify(&mut admin)?;
+            let (info, mut namespaces, attached) = n.identify(&mut admin)?;
             drop(admin);
+            // List pages for every attached namespace's slots; with too little DMA memory
+            // fewer namespaces are attached (the others are `NsState::NoMemory`).
+            let mut count = attached.len;
+            n.lists = loop {
+                let bytes = count * QUEUE_DEPTH * LIST_PAGES * PAGE as usize;
+                match DmaBuf::alloc(bytes, 4096) {
+                    Ok(b) => break b,
+                    Err(_) if count > 1 => count -= 1,
+                    Err(_) => return Err(InitError::NoMemory),
+                }
+            };
+            namespaces.detach_from(count);
             n.info = info;
             n.namespaces = namespaces;
+            n.ns = attached.list;
+            n.ns_count = count;
         }
-        n.limits = n.compute_limits();
+        n.limits = n.compute_limits(n.info.block_size);
         {
             let mut io = n.io.lock();
             let mut admin = n.admin.lock();
@@ -316,8 +351,11 @@ impl Nvme {
     }
 
     /// Identify Controller, then the namespaces (see `ns.rs`).
-    fn identify(&self, admin: &mut AdminQ) -> Result<(CtrlInfo, Namespaces), InitError> {
-        let mut done = CompletionBatch::<QUEUE_DEPTH>::new();
+    fn identify(
+        &self,
+        admin: &mut AdminQ,
+    ) -> Result<(CtrlInfo, Namespaces, AttachedNs), InitError> {
+        let mut done = ColdBatch::new();
         let mut c = Command::identify(cns::CONTROLLER, 0);
         c.set_data(DataPtr::Prp(self.ident.phys().0, 0));
         self.admin_sync(admin, c, &mut done)
@@ -346,18 +384,19 @@ impl Nvme {
             return Err(InitError::BadIdentify);
         }
         let wp_feature = has_wp_feature(id);
-        let (found, nsid, ns) = self.discover_namespaces(admin, info.namespaces, wp_feature)?;
-        info.nsid = nsid;
-        info.read_only = ns.write_protected;
-        info.block_size = ns.block_size;
-        info.blocks = ns.blocks;
-        info.capacity = ns.blocks.saturating_mul((ns.block_size / 512) as u64);
-        Ok((info, found))
+        let (found, attached) = self.discover_namespaces(admin, info.namespaces, wp_feature)?;
+        let first = attached.list[0];
+        info.nsid = first.nsid;
+        info.read_only = first.read_only;
+        info.block_size = first.block_size;
+        info.blocks = first.blocks;
+        info.capacity = first.capacity;
+        Ok((info, found, attached))
     }
 
     /// Features and the I/O queue pair (after an enable).
     pub(crate) fn setup_io(&self, admin: &mut AdminQ, io: &mut IoQ) -> Result<(), InitError> {
-        let mut done = CompletionBatch::<QUEUE_DEPTH>::new();
+        let mut done = ColdBatch::new();
         let mut run = |admin: &mut AdminQ, c: Command| {
             self.admin_sync(admin, c, &mut done)
                 .map_err(|_| InitError::Admin)
@@ -393,7 +432,7 @@ impl Nvme {
         &self,
         a: &mut AdminQ,
         mut c: Command,
-        done: &mut CompletionBatch<QUEUE_DEPTH>,
+        done: &mut ColdBatch,
     ) -> Result<Cqe, BlkError> {
         a.internal_seq = a.internal_seq.wrapping_add(1);
         let cid = INTERNAL_CID | (a.internal_seq & 0x7fff);
@@ -424,10 +463,11 @@ impl Nvme {
         e.status.to_blk().map(|_| e)
     }
 
-    fn compute_limits(&self) -> QueueLimits {
+    /// The block layer's limits for a namespace of `block_size`-byte blocks.
+    fn compute_limits(&self, block_size: u32) -> QueueLimits {
         let i = &self.info;
         let mut l = QueueLimits::new();
-        l.logical_block_size = i.block_size;
+        l.logical_block_size = block_size;
         // Any request must fit the list budget whatever its alignment: two entries spare.
         let budget = (max_prp_entries(LIST_PAGES) as u64 - 2) * PAGE;
         let mut max = if i.mdts_bytes == 0 {
@@ -436,14 +476,14 @@ impl Nvme {
             i.mdts_bytes.min(budget)
         };
         // The command's block count is 16 bits.
-        max = max.min(65536 * i.block_size as u64);
-        max -= max % i.block_size as u64;
+        max = max.min(65536 * block_size as u64);
+        max -= max % block_size as u64;
         l.max_sectors = (max / 512) as u32;
         l.max_segments = MAX_SEGMENTS.min(max_prp_entries(LIST_PAGES)) as u16;
         l.max_segment_size = u32::MAX;
         l.dma_alignment = 4;
         l.virt_boundary_mask = if i.sgl { 0 } else { PAGE - 1 };
-        let per_cmd = (65536u64 * i.block_size as u64 / 512).min(u32::MAX as u64) as u32;
+        let per_cmd = (65536u64 * block_size as u64 / 512).min(u32::MAX as u64) as u32;
         l.max_discard_sectors = if i.dsm { per_cmd } else { 0 };
         l.max_write_zeroes_sectors = if i.write_zeroes { per_cmd } else { 0 };
         l
@@ -453,13 +493,31 @@ impl Nvme {
     pub fn info(&self) -> &CtrlInfo {
         &self.info
     }
-    /// The active namespaces, the attached one, and why each other one is not attached.
+    /// The active namespaces, the attached ones, and why each other one is not attached.
     pub fn namespaces(&self) -> &Namespaces {
         &self.namespaces
     }
-    /// The block layer's limits.
+    /// The block layer's limits for the first attached namespace (queue 0).
     pub fn limits(&self) -> QueueLimits {
         self.limits
+    }
+    /// Namespaces attached as queues (1..=[`MAX_NS_QUEUES`]).
+    pub fn ns_queues(&self) -> usize {
+        self.ns_count
+    }
+    /// Namespace queue `q`'s namespace (id, size, write protection), if attached.
+    pub fn ns_queue_info(&self, q: usize) -> Option<&NsQueueInfo> {
+        self.ns[..self.ns_count].get(q)
+    }
+    /// The block layer's limits for namespace queue `q` (its block size; the same segment
+    /// limits for every namespace), if attached.
+    pub fn ns_limits(&self, q: usize) -> Option<QueueLimits> {
+        let ns = self.ns_queue_info(q)?;
+        Some(if q == 0 {
+            self.limits
+        } else {
+            self.compute_limits(ns.block_size)
+        })
     }
     /// The mode.
     pub fn mode(&self) -> Mode {
@@ -469,9 +527,20 @@ impl Nvme {
     pub fn stats(&self) -> &DriverStats {
         &self.stats
     }
-    /// Connects the block layer's queue (completion by tag).
+    /// Connects the block layer's queue of the first attached namespace (completion by tag).
     pub fn attach(&self, queue: &'static dyn TagComplete) {
-        self.sink.attach(queue);
+        self.sinks[0].attach(queue);
+    }
+    /// Connects the block layer's queue of namespace queue `q` (whose `HwQueue` is
+    /// [`Nvme::ns_queue`]`(q)`); `false` if no namespace has that index.
+    pub fn attach_ns(&self, q: usize, queue: &'static dyn TagComplete) -> bool {
+        match self.sinks[..self.ns_count].get(q) {
+            Some(s) => {
+                s.attach(queue);
+                true
+            }
+            None => false,
+        }
     }
     /// Commands in flight (I/O and passthrough).
     pub fn in_flight(&self) -> usize {

@@ -1,7 +1,8 @@
-//! The request path: `queue_rq` builds the command (data pointer from the scatter-gather
-//! list, PRPs or SGLs in the tag's list pages), takes a command id, writes the entry at the
-//! submission queue tail and rings the doorbell for the last request of a batch; `commit`
-//! rings for what is still unrung.
+//! The request path: `queue_rq` builds the command for its namespace (data pointer from the
+//! scatter-gather list, PRPs or SGLs in the slot's list pages), takes a command id, writes the
+//! entry at the submission queue tail and rings the doorbell for the last request of a batch;
+//! `commit` rings for what is still unrung. Namespace queue `q`'s tag `t` is slot
+//! `q * QUEUE_DEPTH + t`: `HwQueue for Nvme` is queue 0, [`NsQueue`] any of them.
 
 use core::sync::atomic::{Ordering, fence};
 
@@ -9,7 +10,7 @@ use blk::driver::{block_range, with_sg};
 use blk::{BioFlags, BlkError, HwQueue, Op, QueueRqError, Request, SgEntry, TimeoutAction};
 
 use crate::cmd::{Command, DataPtr};
-use crate::ctrl::{IOQ, IoQ, LIST_PAGES, MAX_SEGMENTS, Nvme};
+use crate::ctrl::{IOQ, IoQ, LIST_PAGES, MAX_SEGMENTS, Nvme, QUEUE_DEPTH};
 use crate::device_error;
 use crate::prp::{ListPages, PAGE, build_prp, build_sgl};
 use crate::spec::nvm;
@@ -32,18 +33,18 @@ impl Nvme {
         }
     }
 
-    /// The PRP/SGL list pages of tag `tag`.
-    pub(crate) fn list_pages(&self, tag: u16) -> ListPages<'_> {
+    /// The PRP/SGL list pages of slot `slot`.
+    pub(crate) fn list_pages(&self, slot: u16) -> ListPages<'_> {
         ListPages {
             buf: &self.lists,
-            first: tag as usize * LIST_PAGES * PAGE as usize,
+            first: slot as usize * LIST_PAGES * PAGE as usize,
             pages: LIST_PAGES,
         }
     }
 
-    /// PRPs or SGLs for `sg` in tag `tag`'s list pages.
-    pub(crate) fn data_ptr(&self, tag: u16, sg: &[SgEntry]) -> Result<DataPtr, QueueRqError> {
-        let lp = self.list_pages(tag);
+    /// PRPs or SGLs for `sg` in slot `slot`'s list pages.
+    pub(crate) fn data_ptr(&self, slot: u16, sg: &[SgEntry]) -> Result<DataPtr, QueueRqError> {
+        let lp = self.list_pages(slot);
         let r = if self.info.sgl {
             build_sgl(sg, &lp)
         } else {
@@ -61,11 +62,17 @@ impl Nvme {
         Ok(d)
     }
 
-    /// The command of a read, write, flush, write zeroes or discard; `true` when a PREFLUSH
-    /// write needs a flush first.
-    fn build(&self, rq: &Request) -> Result<(Command, bool), QueueRqError> {
-        let shift = self.info.block_size.trailing_zeros();
-        let nsid = self.info.nsid;
+    /// The command of a read, write, flush, write zeroes or discard for namespace queue `q`
+    /// in slot `slot`; `true` when a PREFLUSH write needs a flush first.
+    fn build<Q: QueueIndex>(
+        &self,
+        q: Q,
+        slot: u16,
+        rq: &Request,
+    ) -> Result<(Command, bool), QueueRqError> {
+        let ns = &self.ns[q.get()];
+        let shift = ns.block_size.trailing_zeros();
+        let nsid = ns.nsid;
         let c = match rq.op() {
             Op::Read | Op::Write => {
                 let r = block_range(rq, shift, MAX_BLOCKS)?;
@@ -74,7 +81,7 @@ impl Nvme {
                 let fua = write && rq.flags().contains(BioFlags::FUA);
                 let mut c = Command::rw(opc, nsid, r.lba, r.blocks, fua);
                 let data = with_sg::<SMALL_SG, MAX_SEGMENTS, _>(rq, &self.limits, |sg| {
-                    self.data_ptr(rq.tag(), sg)
+                    self.data_ptr(slot, sg)
                 })??;
                 c.set_data(data);
                 let pre = write && self.info.vwc && rq.flags().contains(BioFlags::PREFLUSH);
@@ -87,8 +94,8 @@ impl Nvme {
             }
             Op::Discard if self.info.dsm => {
                 let r = block_range(rq, shift, u32::MAX)?;
-                // One range in the tag's first list page: attributes, length, start.
-                let lp = self.list_pages(rq.tag());
+                // One range in the slot's first list page: attributes, length, start.
+                let lp = self.list_pages(slot);
                 let off = lp.first;
                 self.lists.write32(off, 0);
                 self.lists.write32(off + 4, r.blocks);
@@ -102,38 +109,42 @@ impl Nvme {
         Ok((c, false))
     }
 
-    /// Puts `rq` on a queue; the last request of a batch rings the I/O doorbell here (under
-    /// the lock already taken), earlier ones leave it to `commit`.
-    fn submit(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
+    /// Puts `rq` of namespace queue `q` (below `ns_count`) on a queue; the last request of a
+    /// batch rings the I/O doorbell here (under the lock already taken), earlier ones leave it
+    /// to `commit`.
+    fn submit<Q: QueueIndex>(&self, q: Q, rq: &Request, last: bool) -> Result<(), QueueRqError> {
         if self.dead.load(Ordering::Relaxed) {
             return Err(QueueRqError::Fatal(BlkError::DeviceError(
                 device_error::DEAD,
             )));
         }
+        // A tag beyond the queue's range would name another namespace queue's slot.
+        let Some(slot) = slot(q.get(), rq.tag()) else {
+            return Err(QueueRqError::Fatal(BlkError::InvalidArgument));
+        };
         if rq.passthrough().is_some() {
-            let r = self.submit_admin(rq);
+            let r = self.submit_admin(slot, rq);
             self.after_unlock();
             return r;
         }
-        let (cmd, preflush) = self.build(rq)?;
-        let tag = rq.tag();
+        let (cmd, preflush) = self.build(q, slot, rq)?;
         let mut io = self.io.lock();
         if io.sq.is_full() {
             drop(io);
             self.stats.busy.fetch_add(1, Ordering::Relaxed);
             return Err(QueueRqError::Busy);
         }
-        let Some(cid) = io.cids.issue(tag) else {
+        let Some(cid) = io.cids.issue(slot) else {
             drop(io);
             self.stats.busy.fetch_add(1, Ordering::Relaxed);
             return Err(QueueRqError::Busy);
         };
         let mut first = if preflush {
             self.stats.preflushes.fetch_add(1, Ordering::Relaxed);
-            if let Some(s) = io.staged.get_mut(tag as usize) {
+            if let Some(s) = io.staged.get_mut(slot as usize) {
                 *s = Some(cmd);
             }
-            Command::flush(self.info.nsid)
+            Command::flush(self.ns[q.get()].nsid)
         } else {
             cmd
         };
@@ -150,12 +161,48 @@ impl Nvme {
     }
 }
 
-impl HwQueue for Nvme {
-    fn queue_rq(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
-        self.submit(rq, last)
+/// Which namespace queue a request is for. The request path is generic over it so that queue
+/// 0's copy (`HwQueue for Nvme`, [`First`]) has the index as a constant: one namespace costs
+/// what it did before there were several (the slot is the tag, the namespace a fixed field).
+pub(crate) trait QueueIndex: Copy {
+    /// The index.
+    fn get(self) -> usize;
+}
+
+/// Namespace queue 0.
+#[derive(Clone, Copy)]
+pub(crate) struct First;
+
+impl QueueIndex for First {
+    #[inline(always)]
+    fn get(self) -> usize {
+        0
+    }
+}
+
+impl QueueIndex for usize {
+    #[inline(always)]
+    fn get(self) -> usize {
+        self
+    }
+}
+
+/// Slot of namespace queue `q`'s tag `tag`; `None` for a tag beyond `QUEUE_DEPTH`.
+#[inline]
+pub(crate) fn slot(q: usize, tag: u16) -> Option<u16> {
+    ((tag as usize) < QUEUE_DEPTH).then_some((q * QUEUE_DEPTH) as u16 + tag)
+}
+
+impl Nvme {
+    /// The `HwQueue` of namespace queue `q` (`q` below [`Nvme::ns_queues`]), for the block
+    /// layer's queue of that namespace; its `TagComplete` goes to [`Nvme::attach_ns`]. Queue 0
+    /// is the same as `HwQueue for Nvme` itself.
+    pub fn ns_queue(&self, q: usize) -> Option<NsQueue<'_>> {
+        (q < self.ns_count).then_some(NsQueue { hw: self, q })
     }
 
-    fn commit(&self) {
+    /// Ends a batch: rings for entries still unrung (every namespace queue shares the ring).
+    fn commit_io(&self) {
         // Entries of a batch whose last request was refused (or not marked last) are still
         // unrung; the last request of a batch rang the doorbell itself.
         if self.unrung.load(Ordering::Relaxed) {
@@ -167,11 +214,65 @@ impl HwQueue for Nvme {
         self.after_unlock();
     }
 
+    /// Namespace queue `q`'s request `rq` passed its deadline.
+    fn timeout_rq(&self, q: usize, rq: &Request) -> TimeoutAction {
+        match slot(q, rq.tag()) {
+            Some(s) => self.abort_or_reset(s),
+            // Never issued (`submit` refuses such tags).
+            None => TimeoutAction::Fail,
+        }
+    }
+}
+
+/// The first attached namespace's queue (namespace queue 0).
+impl HwQueue for Nvme {
+    fn queue_rq(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
+        self.submit(First, rq, last)
+    }
+
+    fn commit(&self) {
+        self.commit_io();
+    }
+
     fn poll(&self) -> usize {
         self.reap_all()
     }
 
     fn timeout(&self, rq: &Request) -> TimeoutAction {
-        self.abort_or_reset(rq.tag())
+        self.timeout_rq(0, rq)
+    }
+}
+
+/// One attached namespace's queue on a controller: requests name its namespace and use its
+/// range of command slots on the shared I/O queue pair; completions go to the `TagComplete`
+/// attached with [`Nvme::attach_ns`]. From [`Nvme::ns_queue`].
+#[derive(Clone, Copy)]
+pub struct NsQueue<'a> {
+    hw: &'a Nvme,
+    q: usize,
+}
+
+impl NsQueue<'_> {
+    /// Its index among the controller's namespace queues.
+    pub fn index(&self) -> usize {
+        self.q
+    }
+}
+
+impl HwQueue for NsQueue<'_> {
+    fn queue_rq(&self, rq: &Request, last: bool) -> Result<(), QueueRqError> {
+        self.hw.submit(self.q, rq, last)
+    }
+
+    fn commit(&self) {
+        self.hw.commit_io();
+    }
+
+    fn poll(&self) -> usize {
+        self.hw.reap_all()
+    }
+
+    fn timeout(&self, rq: &Request) -> TimeoutAction {
+        self.hw.timeout_rq(self.q, rq)
     }
 }

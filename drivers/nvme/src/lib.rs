@@ -1,8 +1,9 @@
 //! NVMe over PCIe as a `blk` hardware queue.
 //!
 //! Bring-up from BAR0 (reset, admin queue, enable, Identify Controller, the active namespaces
-//! and the first usable one with its write protection, number of queues, volatile write
-//! cache), one I/O queue pair, data pointers from `Request::map_sg` (PRP
+//! and the first [`MAX_NS_QUEUES`] usable ones with their write protection, number of queues,
+//! volatile write cache), one I/O queue pair shared by the namespaces' queues ([`NsQueue`]:
+//! each its own range of command slots, completions routed by command id), data pointers from `Request::map_sg` (PRP
 //! lists chained over a per-tag page budget, or SGLs when the controller has them), completion
 //! by command id from the interrupt handler (or `poll`), every completion checked against the
 //! ids in flight, abort then controller reset on a timeout or a fatal status. Admin commands go
@@ -10,7 +11,7 @@
 //!
 //! Wire format: [`regs`] (BAR0), [`spec`] (opcodes, Identify, status), [`cmd`] (commands),
 //! [`queue`] (rings, command ids), [`prp`] (PRPs and SGLs). The driver: `ctrl` (the
-//! controller and its bring-up), [`ns`] (which namespaces are active, which one is attached), `io` (the request path), `complete` (reaping and the interrupt
+//! controller and its bring-up), [`ns`] (which namespaces are active, which ones are attached), `io` (the request path), `complete` (reaping and the interrupt
 //! handler), `reset` (timeouts, abort, controller reset), `passthrough` (admin commands from
 //! the block layer), `stats` (the counters). The plumbing every driver has (counters,
 //! completions delivered after the locks, scatter-gather lists on the stack, block ranges)
@@ -48,7 +49,8 @@ pub use crate::ctrl::{
     ADMIN_ENTRIES, Config, CtrlInfo, IO_QUEUE_ENTRIES_MAX, IO_QUEUE_ENTRIES_MIN, InitError,
     LIST_PAGES, MAX_SEGMENTS, Mode, Nvme, QUEUE_DEPTH,
 };
-pub use crate::ns::{MAX_NAMESPACES, Namespace, Namespaces, NsState};
+pub use crate::io::NsQueue;
+pub use crate::ns::{MAX_NAMESPACES, MAX_NS_QUEUES, Namespace, Namespaces, NsQueueInfo, NsState};
 pub use crate::passthrough::pt;
 pub use crate::reset::device_error;
 pub use crate::stats::DriverStats;

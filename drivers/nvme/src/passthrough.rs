@@ -18,8 +18,9 @@ pub mod pt {
 }
 
 impl Nvme {
-    /// Puts passthrough request `rq` on the admin queue and rings its doorbell.
-    pub(crate) fn submit_admin(&self, rq: &Request) -> Result<(), QueueRqError> {
+    /// Puts passthrough request `rq` (in slot `slot`) on the admin queue and rings its
+    /// doorbell.
+    pub(crate) fn submit_admin(&self, slot: u16, rq: &Request) -> Result<(), QueueRqError> {
         let Some(p) = rq.passthrough() else {
             return Err(QueueRqError::Fatal(BlkError::Io));
         };
@@ -36,18 +37,18 @@ impl Nvme {
                 addr: v.addr(),
                 len: v.len(),
             }];
-            let lp = self.list_pages(rq.tag());
+            let lp = self.list_pages(slot);
             let (d, _) =
                 build_prp(&sg, &lp).map_err(|_| QueueRqError::Fatal(BlkError::InvalidArgument))?;
             c.set_data(d);
         }
         let mut a = self.admin.lock();
-        let Some(cid) = a.cids.issue(rq.tag()) else {
+        let Some(cid) = a.cids.issue(slot) else {
             return Err(QueueRqError::Busy);
         };
         c.set_cid(cid);
         if !a.sq.push(&c) {
-            a.cids.forget(rq.tag());
+            a.cids.forget(slot);
             self.stats.busy.fetch_add(1, Ordering::Relaxed);
             return Err(QueueRqError::Busy);
         }

@@ -4,11 +4,10 @@
 
 use core::sync::atomic::Ordering;
 
-use blk::driver::CompletionBatch;
 use blk::{BlkError, HwQueue, TimeoutAction};
 
 use crate::cmd::Command;
-use crate::ctrl::{AdminQ, IOQ, IoQ, Mode, Nvme, QUEUE_DEPTH, wait_until};
+use crate::ctrl::{AdminQ, ColdBatch, IOQ, IoQ, Mode, Nvme, wait_until};
 use crate::queue::Cqe;
 use crate::regs::{Csts, IntVectors};
 use crate::spec::AbortResult;
@@ -24,7 +23,7 @@ pub mod device_error {
 impl Nvme {
     /// Runs one internal admin command from process context (locks taken here).
     fn admin_command(&self, c: Command) -> Result<Cqe, BlkError> {
-        let mut done = CompletionBatch::<QUEUE_DEPTH>::new();
+        let mut done = ColdBatch::new();
         let r = {
             let mut a = self.admin.lock();
             self.admin_sync(&mut a, c, &mut done)
@@ -34,11 +33,12 @@ impl Nvme {
         r
     }
 
-    /// Resets the controller: every command in flight (except `skip`'s) completes with a
-    /// retryable `DeviceError(RESET)`, the queues are set up again. Process context.
+    /// Resets the controller: every command in flight on every namespace queue (except slot
+    /// `skip`'s) completes once with a retryable `DeviceError(RESET)`, the queues are set up
+    /// again. Process context.
     pub fn reset_controller(&self, skip: Option<u16>) -> bool {
         self.stats.resets.fetch_add(1, Ordering::Relaxed);
-        let mut done = CompletionBatch::<QUEUE_DEPTH>::new();
+        let mut done = ColdBatch::new();
         let ok = {
             let mut io = self.io.lock();
             let mut a = self.admin.lock();
@@ -84,12 +84,7 @@ impl Nvme {
     /// deleting is reaped (the completion queue still exists then). QEMU 7.2 fetches and
     /// starts commands it had not fetched yet while `CC.EN = 0` drains the namespace, then
     /// frees the queue under them and crashes when they finish (see `docs/nvme.md`).
-    fn delete_io_queues(
-        &self,
-        a: &mut AdminQ,
-        io: &mut IoQ,
-        done: &mut CompletionBatch<QUEUE_DEPTH>,
-    ) {
+    fn delete_io_queues(&self, a: &mut AdminQ, io: &mut IoQ, done: &mut ColdBatch) {
         if self.is_dead() || !self.regs.csts().is_operational() {
             return;
         }
@@ -119,8 +114,8 @@ impl Nvme {
         }
     }
 
-    /// `tag` passed its deadline: abort it; if the controller does not confirm the abort and
-    /// complete the command soon, reset it.
+    /// Slot `tag` passed its deadline: abort it; if the controller does not confirm the abort
+    /// and complete the command soon, reset it.
     pub(crate) fn abort_or_reset(&self, tag: u16) -> TimeoutAction {
         self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
         self.reap_all();

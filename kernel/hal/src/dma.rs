@@ -317,8 +317,9 @@ pub mod host {
     use std::boxed::Box;
     use std::vec;
 
-    /// Bytes of the test region (enough for every driver's rings plus test buffers).
-    pub const TEST_REGION_BYTES: usize = 16 << 20;
+    /// Bytes of the test region (enough for every driver's rings plus test buffers, with the
+    /// controllers that tests leak for their `'static` queues and many test threads at once).
+    pub const TEST_REGION_BYTES: usize = 32 << 20;
 
     /// Gives [`super::init`] leaked host memory, once per test process; later calls do nothing.
     pub fn init_test_region() {

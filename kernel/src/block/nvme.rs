@@ -1,33 +1,79 @@
 //! NVMe probing: the first `1b36:0010`-class controller (any NVMe class 01:08:02 function),
-//! BAR0 mapped, bus mastering on, the block layer's queue on top of its first usable active
-//! namespace (read-only when the namespace is write protected); every other active namespace
-//! is logged with the reason it is not attached. MSI-X entry 0 on x86_64, INTx through the
-//! PLIC on riscv64, or polling.
+//! BAR0 mapped, bus mastering on, a block-layer queue on each of its first
+//! `nvme::MAX_NS_QUEUES` usable active namespaces (read-only when the namespace is write
+//! protected), all sharing the controller's I/O queue pair; every other active namespace is
+//! logged with the reason it is not attached. MSI-X entry 0 on x86_64, INTx through the PLIC
+//! on riscv64, or polling.
+
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use blk::{Queue, QueueConfig, Wait};
-use nvme::{Config, InitError, Mode, NsState, Nvme, QUEUE_DEPTH};
+use nvme::{Config, InitError, MAX_NS_QUEUES, Mode, NsQueue, NsState, Nvme, QUEUE_DEPTH};
 use spin::Once;
 
 use crate::{arch, config, pci};
 
 pub use super::Attach;
 
-/// The NVMe disk: driver, request queue, interrupt line.
+/// The NVMe disk: driver, request queue of the first attached namespace, interrupt line.
 pub type NvmeDisk = super::Disk<Nvme, QUEUE_DEPTH>;
 
 impl super::DriverDeferred for Nvme {
     fn deferred(&self) {
         Nvme::deferred(self);
+        // The disk's own queue (namespace queue 0) gets its kick and timeout scan from the
+        // block glue; the other namespaces' queues get theirs here.
+        if self.ns_queues() > 1 {
+            other_namespaces_deferred();
+        }
     }
 }
 
 static HW: Once<Nvme> = Once::new();
 static QUEUE: Once<Queue<QUEUE_DEPTH>> = Once::new();
 static DISK: Once<NvmeDisk> = Once::new();
+/// The `HwQueue`s of namespace queues 1.. (queue 0's is the driver itself).
+static NS_HW: [Once<NsQueue<'static>>; MAX_NS_QUEUES] = [const { Once::new() }; MAX_NS_QUEUES];
+/// The block-layer queues of namespace queues 1.. (queue 0's is the disk's).
+static NS_QUEUES: [Once<Queue<QUEUE_DEPTH>>; MAX_NS_QUEUES] =
+    [const { Once::new() }; MAX_NS_QUEUES];
+/// When the other namespaces' queues are next due for a timeout scan.
+static NEXT_NS_SCAN: AtomicU64 = AtomicU64::new(0);
 
-/// The NVMe disk, if one was found.
+/// The NVMe disk (the first attached namespace), if one was found.
 pub fn disk() -> Option<&'static NvmeDisk> {
     DISK.get()
+}
+
+/// The block-layer queue of attached namespace `k` (0: the disk's own queue; up to
+/// `nvme::MAX_NS_QUEUES`, in namespace id order), if there is one.
+pub fn namespace(k: usize) -> Option<&'static Queue<QUEUE_DEPTH>> {
+    match k {
+        0 => QUEUE.get(),
+        _ => NS_QUEUES.get(k).and_then(Once::get),
+    }
+}
+
+/// Kicks the queues of namespaces 1.. (requeued requests) and, every
+/// `config::TIMEOUT_SCAN_NS`, scans them for timeouts: the deferred work the block glue does
+/// for the disk's own queue. Only with more than one namespace attached.
+#[cold]
+#[inline(never)]
+fn other_namespaces_deferred() {
+    let now = super::clock();
+    let scan = now >= NEXT_NS_SCAN.load(Ordering::Relaxed);
+    if scan {
+        NEXT_NS_SCAN.store(
+            now.saturating_add(config::TIMEOUT_SCAN_NS),
+            Ordering::Relaxed,
+        );
+    }
+    for q in NS_QUEUES.iter().skip(1).filter_map(Once::get) {
+        q.kick();
+        if scan {
+            q.check_timeouts(now);
+        }
+    }
 }
 
 /// Why an NVMe controller present on PCI could not be attached.
@@ -62,7 +108,8 @@ impl defmt::Format for ProbeError {
 pub fn ns_reason(s: NsState) -> &'static str {
     match s {
         NsState::Attached => "attached",
-        NsState::NotAttached => "not attached: one namespace per controller",
+        NsState::NotAttached => "not attached: the controller has its namespace queues already",
+        NsState::NoMemory => "not attached: no DMA memory for its command slots",
         NsState::IdentifyFailed => "not attached: Identify Namespace failed",
         NsState::Empty => "not attached: size 0",
         NsState::BadFormat => "not attached: unusable LBA format",
@@ -134,13 +181,17 @@ pub fn attach(polled: bool, prefer_sgl: bool) -> Result<Option<&'static NvmeDisk
         Err(e) => return Err(ProbeError::Init(e)),
     };
     let i = *hw.info();
-    let mut qc = QueueConfig::new(i.capacity);
-    qc.read_only = i.read_only;
-    qc.clock = super::clock;
-    qc.wait = Wait::Hook(super::wait);
-    qc.timeout_ns = config::block_timeout_ns(config::NVME_TIMEOUT_NS);
-    let queue = QUEUE.call_once(|| Queue::new(hw, hw.limits(), qc, &super::SPLIT_SET));
+    let queue =
+        QUEUE.call_once(|| Queue::new(hw, hw.limits(), queue_config(hw, 0), &super::SPLIT_SET));
     hw.attach(queue);
+    for k in 1..hw.ns_queues() {
+        if let (Some(nq), Some(limits)) = (hw.ns_queue(k), hw.ns_limits(k)) {
+            let nhw = NS_HW[k].call_once(|| nq);
+            let q = NS_QUEUES[k]
+                .call_once(|| Queue::new(nhw, limits, queue_config(hw, k), &super::SPLIT_SET));
+            hw.attach_ns(k, q);
+        }
+    }
     if let Some(line) = irq
         && (line.register(hw).is_err() || line.enable().is_err())
     {
@@ -179,15 +230,45 @@ pub fn attach(polled: bool, prefer_sgl: bool) -> Result<Option<&'static NvmeDisk
     })))
 }
 
-/// Logs every active namespace that is not the attached one, with the reason.
+/// The block-layer settings of namespace queue `k`: its size, read-only when write protected.
+fn queue_config(hw: &Nvme, k: usize) -> QueueConfig {
+    let (capacity, read_only) = hw
+        .ns_queue_info(k)
+        .map_or((0, true), |n| (n.capacity, n.read_only));
+    let mut qc = QueueConfig::new(capacity);
+    qc.read_only = read_only;
+    qc.clock = super::clock;
+    qc.wait = Wait::Hook(super::wait);
+    qc.timeout_ns = config::block_timeout_ns(config::NVME_TIMEOUT_NS);
+    qc
+}
+
+/// Logs the namespaces attached besides the first (which the line before names) and every
+/// active namespace not attached, with the reason.
 fn log_namespaces(hw: &Nvme) {
+    for k in 1..hw.ns_queues() {
+        if let Some(n) = hw.ns_queue_info(k) {
+            defmt::println!(
+                "nvme: namespace {=u32}{=str} attached as queue {=usize}, {=u64} sectors, block {=u32}",
+                n.nsid,
+                if n.read_only {
+                    " (write protected: read-only)"
+                } else {
+                    ""
+                },
+                k,
+                n.capacity,
+                n.block_size
+            );
+        }
+    }
     let ns = hw.namespaces();
     for n in ns.iter().filter(|n| n.state != NsState::Attached) {
         defmt::warn!("nvme: namespace {=u32} {=str}", n.nsid, ns_reason(n.state));
     }
     if ns.unlisted > 0 {
         defmt::warn!(
-            "nvme: {=u32} more active namespaces not attached: one namespace per controller",
+            "nvme: {=u32} more active namespaces not attached: more than the driver records",
             ns.unlisted
         );
     }

@@ -1,7 +1,7 @@
-//! NVMe: the block-device conformance suite on the NVMe namespace, a request whose PRP list
-//! needs a second list page, Identify through passthrough, a controller reset in the middle
-//! of a QD32 workload, and the namespaces the profile sets up (`nvme_nsid`, `nvme_active` on
-//! the command line).
+//! NVMe: the block-device conformance suite on the first NVMe namespace, a request whose PRP
+//! list needs a second list page, Identify through passthrough, a controller reset in the
+//! middle of a QD32 workload, and the namespaces the profile sets up (`nvme_nsid`,
+//! `nvme_attached`, `nvme_active` on the command line): each attached one its own disk.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -279,29 +279,185 @@ fn arg(key: &str) -> Option<&'static str> {
     crate::boot::cmdline_arg(crate::boot_info().cmdline, key)
 }
 
+/// The namespace ids in a comma-separated command-line value.
+fn ids(key: &str, value: &'static str) -> impl Iterator<Item = Result<u32, Outcome>> {
+    value.split(',').map(move |id| {
+        id.parse()
+            .map_err(|_| crate::ktest::fail(format_args!("{}={}", key, value)))
+    })
+}
+
+/// The namespaces the profile attaches (`nvme_attached=A,B,..`; `nvme_nsid` alone, or 1, when
+/// it says nothing).
+fn attached_arg() -> &'static str {
+    arg("nvme_attached").or(arg("nvme_nsid")).unwrap_or("1")
+}
+
 ktest! {
     fn nvme_every_active_namespace_is_accounted_for() -> TestResult {
-        // The profile's namespaces: `nvme_nsid=N` the one attached, `nvme_active=A,B,..` all
-        // active ones (namespace 1 alone when the profile says nothing).
+        // The profile's namespaces: `nvme_nsid=N` the first attached, `nvme_attached=A,B,..`
+        // all attached ones, `nvme_active=A,B,..` all active ones (namespace 1 alone when the
+        // profile says nothing). Each attached one has a queue of its own, in id order.
         let d = disk()?;
         let want: u32 = arg("nvme_nsid").and_then(|v| v.parse().ok()).unwrap_or(1);
         let ns = d.hw.namespaces();
         check_eq!(d.hw.info().nsid, want);
         check_eq!(ns.attached(), Some(want));
+        let attached = attached_arg();
+        let mut queues = 0;
+        for (k, id) in ids("nvme_attached", attached).enumerate() {
+            let id = id?;
+            let q = d.hw.ns_queue_info(k);
+            check!(q.map(|q| q.nsid) == Some(id), "namespace queue {}: {:?}, want namespace {}", k, q, id);
+            check!(block::nvme::namespace(k).is_some(), "no block-layer queue for namespace {}", id);
+            queues += 1;
+        }
+        check_eq!(d.hw.ns_queues(), queues);
+        check!(block::nvme::namespace(queues).is_none(), "a queue for a namespace not attached");
         let active = arg("nvme_active").unwrap_or("1");
         let mut seen = ns.iter();
-        for id in active.split(',') {
-            let id: u32 = id.parse().map_err(|_| crate::ktest::fail(format_args!("nvme_active={}", active)))?;
+        for id in ids("nvme_active", active) {
+            let id = id?;
             let Some(n) = seen.next() else {
                 return Err(crate::ktest::fail(format_args!("namespace {} not found", id)));
             };
             check_eq!(n.nsid, id);
-            let state = if id == want { nvme::NsState::Attached } else { nvme::NsState::NotAttached };
+            let is_attached = ids("nvme_attached", attached).any(|a| a.ok() == Some(id));
+            let state = if is_attached { nvme::NsState::Attached } else { nvme::NsState::NotAttached };
             check!(n.state == state, "namespace {}: {:?}", id, n.state);
         }
         check!(seen.next().is_none(), "more active namespaces than the profile set up");
         check_eq!(ns.unlisted, 0);
         check!(!ns.scanned, "QEMU has the active namespace list");
+        Ok(())
+    }
+}
+
+/// A conformance target on the second attached namespace's queue ([`target`] is the first's).
+fn second_target() -> Result<Target, Outcome> {
+    let q = block::nvme::namespace(1).ok_or(Outcome::Skip("one namespace queue"))?;
+    Ok(Target {
+        dev: q,
+        stats: || {
+            block::nvme::namespace(1)
+                .map(|q| q.stats().snapshot())
+                .unwrap_or_default()
+        },
+        tags_in_use: || block::nvme::namespace(1).map_or(0, |q| q.tags_in_use()),
+        depth: nvme::QUEUE_DEPTH,
+        max_request_bytes: q.limits().max_bytes(),
+        irq_count: || block::nvme::disk().map_or(0, |d| d.irq_count()),
+    })
+}
+
+ktest! {
+    fn nvme_namespaces_are_distinct_disks() -> TestResult {
+        // Distinct data at the same sectors of the first two attached namespaces, each
+        // flushed, read back from each: each namespace holds its own, so they are two disks
+        // (on one controller and one I/O queue pair).
+        let d = disk()?;
+        let want = ids("nvme_attached", attached_arg()).count();
+        if want < 2 {
+            return Err(Outcome::Skip("the profile attaches one namespace"));
+        }
+        check!(d.hw.ns_queues() >= 2, "{} namespace queues, the profile attaches {}", d.hw.ns_queues(), want);
+        let t = [target()?, second_target()?];
+        const BYTES: usize = 64 * 1024;
+        const SECTORS: [u64; 3] = [0, 4096, 60_000];
+        let mut bufs = [dma(BYTES)?, dma(BYTES)?];
+        for (k, b) in bufs.iter_mut().enumerate() {
+            check!(t[k].dev.capacity() > SECTORS[2] + 128, "namespace {} too small", k);
+            fill(b.as_mut_slice(), 0x600d + k as u32);
+        }
+        let before = d.hw.stats().completions.load(Ordering::Relaxed);
+        for &sector in &SECTORS {
+            for (k, b) in bufs.iter().enumerate() {
+                // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+                unsafe { io_ok(&t[k], Op::Write, sector, &[(b.phys(), BYTES as u32)], BioFlags::empty()) }?;
+            }
+        }
+        for tk in &t {
+            // SAFETY: no segments.
+            unsafe { io_ok(tk, Op::Flush, 0, &[], BioFlags::empty()) }?;
+        }
+        let mut back = dma(BYTES)?;
+        for &sector in &SECTORS {
+            for (k, b) in bufs.iter().enumerate() {
+                back.as_mut_slice().fill(0);
+                // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+                unsafe { io_ok(&t[k], Op::Read, sector, &[(back.phys(), BYTES as u32)], BioFlags::empty()) }?;
+                check!(
+                    back.as_slice() == b.as_slice(),
+                    "namespace queue {} at sector {}: read back another namespace's data or garbage",
+                    k,
+                    sector
+                );
+            }
+        }
+        // 3 x 2 writes, 2 flushes, 3 x 2 reads, each one command (64 KiB fits one request).
+        check!(d.hw.stats().completions.load(Ordering::Relaxed) >= before + 14, "fewer completions than commands");
+        for tk in &t {
+            check_eq!((tk.tags_in_use)(), 0);
+        }
+        check_eq!(d.hw.in_flight(), 0);
+        Ok(())
+    }
+}
+
+ktest! {
+    fn nvme_reset_completes_both_namespaces_once() -> TestResult {
+        // 16 writes in flight on each of two namespaces (the same sectors, different data),
+        // then a controller reset: every bio of both queues completes exactly once (retried
+        // after the reset), no tag is left on either queue, and each namespace reads back its
+        // own data.
+        let d = disk()?;
+        if ids("nvme_attached", attached_arg()).count() < 2 {
+            return Err(Outcome::Skip("the profile attaches one namespace"));
+        }
+        let t = [target()?, second_target()?];
+        let s = d.hw.stats();
+        let resets0 = s.resets.load(Ordering::Relaxed);
+        let late0 = [(t[0].stats)().late_completions, (t[1].stats)().late_completions];
+        const N: usize = 16;
+        let mut bufs = [dma(N * 4096)?, dma(N * 4096)?];
+        for (k, b) in bufs.iter_mut().enumerate() {
+            fill(b.as_mut_slice(), 0xbeef + k as u32);
+        }
+        async_reset();
+        let mut in_flight = 0;
+        let res = crate::arch::without_interrupts(|| -> TestResult {
+            for i in 0..N {
+                for (k, b) in bufs.iter().enumerate() {
+                    // SAFETY: the segments are this test's DMA buffers, which outlive the bios (the test waits for them) and which it leaves alone meanwhile.
+                    unsafe { submit_async(
+                        &t[k],
+                        k * N + i,
+                        Op::Write,
+                        80_000 + (i as u64) * 8,
+                        &[(PhysAddr(b.phys().0 + (i * 4096) as u64), 4096)],
+                    ) }?;
+                }
+            }
+            in_flight = d.hw.in_flight();
+            check!(d.hw.force_reset(), "controller did not come back after reset");
+            Ok(())
+        });
+        res?;
+        defmt::println!("reset with {=usize} commands in flight on two namespaces", in_flight);
+        async_wait(2 * N as u32)?;
+        check_eq!(s.resets.load(Ordering::Relaxed), resets0 + 1);
+        check!(!d.hw.is_dead(), "controller dead");
+        for (k, tk) in t.iter().enumerate() {
+            check_eq!((tk.stats)().late_completions, late0[k]);
+            check_eq!((tk.tags_in_use)(), 0);
+        }
+        check_eq!(d.hw.in_flight(), 0);
+        let r = dma(N * 4096)?;
+        for (k, b) in bufs.iter().enumerate() {
+            // SAFETY: the segments are this test's DMA buffers, which outlive the call (it waits for the bio) and are not touched meanwhile.
+            unsafe { io_ok(&t[k], Op::Read, 80_000, &[(r.phys(), (N * 4096) as u32)], BioFlags::empty()) }?;
+            check!(r.as_slice() == b.as_slice(), "namespace queue {}: data written across the reset", k);
+        }
         Ok(())
     }
 }

@@ -7,7 +7,7 @@
 //! waits). It follows `CC.EN` with `CSTS.RDY`, fetches commands from the submission queues in
 //! DMA memory up to their tail doorbells, runs them (Identify, queue creation and deletion,
 //! Set Features, Abort; Read, Write, Flush, Write Zeroes and Deallocate against a disk in a
-//! `Vec`, data moved by walking PRPs or SGLs) and posts completions with the right phase.
+//! `Vec`, or one per namespace in `Model::ns_disks`; data moved by walking PRPs or SGLs) and posts completions with the right phase.
 //!
 //! Injection: an error status for the next commands of an opcode, commands that are fetched
 //! and never completed (until an Abort that takes, a Delete SQ or a disable), an Abort that
@@ -82,8 +82,11 @@ pub struct Stalled {
 /// What the model is and what it saw. Tests set the identity and the injections before the
 /// driver comes up (through [`FakeCtrl::with`]) and read the counters afterwards.
 pub struct Model {
-    /// The namespaces' contents (every active namespace reads and writes this disk).
+    /// The namespaces' contents (every active namespace not in `ns_disks` reads and writes
+    /// this disk).
     pub disk: Vec<u8>,
+    /// Namespaces with contents of their own (same block size; the size is the length).
+    pub ns_disks: BTreeMap<u32, Vec<u8>>,
     /// Logical block size of the namespaces.
     pub block_size: u32,
     /// Active namespace ids, increasing (`[1]` unless a test says otherwise); NN is the last.
@@ -153,6 +156,13 @@ impl Model {
     fn blocks(&self) -> u64 {
         (self.disk.len() / self.block_size as usize) as u64
     }
+    /// Blocks of namespace `nsid`.
+    fn ns_blocks(&self, nsid: u32) -> u64 {
+        match self.ns_disks.get(&nsid) {
+            Some(d) => (d.len() / self.block_size as usize) as u64,
+            None => self.blocks(),
+        }
+    }
     /// Commands of `opcode` fetched from the I/O queues (`io`) or the admin queue.
     pub fn fetched(&self, opcode: u8, io: bool) -> usize {
         self.log
@@ -200,6 +210,7 @@ impl FakeCtrl {
             _bar_pages: pages,
             model: Mutex::new(Model {
                 disk,
+                ns_disks: BTreeMap::new(),
                 block_size,
                 nsids: vec![1],
                 metadata_ns: Vec::new(),
@@ -280,6 +291,12 @@ impl FakeCtrl {
     /// Bytes `off..off + len` of the disk.
     pub fn disk(&self, off: usize, len: usize) -> Vec<u8> {
         self.lock().disk[off..off + len].to_vec()
+    }
+
+    /// Bytes `off..off + len` of namespace `nsid`'s contents (its own, or the shared disk).
+    pub fn ns_disk(&self, nsid: u32, off: usize, len: usize) -> Vec<u8> {
+        let m = self.lock();
+        m.ns_disks.get(&nsid).unwrap_or(&m.disk)[off..off + len].to_vec()
     }
 
     /// Makes this model the one [`clock`] runs on this thread.
@@ -513,7 +530,7 @@ impl FakeCtrl {
                         }
                     }
                     cns::NAMESPACE if m.nsids.contains(&c.dw[1]) => {
-                        let blocks = m.blocks();
+                        let blocks = m.ns_blocks(c.dw[1]);
                         page[0..8].copy_from_slice(&blocks.to_le_bytes());
                         page[8..16].copy_from_slice(&blocks.to_le_bytes());
                         // Two formats: 512-byte blocks and the namespace's, the second in use.
@@ -651,7 +668,21 @@ impl FakeCtrl {
         }
     }
 
+    /// Runs an I/O command on its namespace's contents.
     fn io(&self, m: &mut Model, sqid: u16, c: &Command) -> Outcome {
+        let nsid = c.dw[1];
+        let Some(own) = m.ns_disks.remove(&nsid) else {
+            return self.io_on_disk(m, sqid, c);
+        };
+        let shared = std::mem::replace(&mut m.disk, own);
+        let o = self.io_on_disk(m, sqid, c);
+        let own = std::mem::replace(&mut m.disk, shared);
+        m.ns_disks.insert(nsid, own);
+        o
+    }
+
+    /// Runs an I/O command on `m.disk`.
+    fn io_on_disk(&self, m: &mut Model, sqid: u16, c: &Command) -> Outcome {
         let op = c.opcode();
         if let Some(i) = m.fail.iter().position(|(o, _)| *o == op) {
             let (_, st) = m.fail.remove(i);

@@ -1,13 +1,15 @@
-//! Hostile-device tests: the driver under the block layer's queue, as the kernel wires it,
+//! Hostile-device tests: the driver under the block layer's queues, as the kernel wires it,
 //! against a controller model whose completions are changed, repeated, made up or dropped and
 //! which raises `CSTS.CFS` (see `fake::Hostile`). Each case submits a few bios with one seeded
 //! behaviour and drives interrupts, polls, deferred work and timeouts until every bio ended.
+//! Shard 0 runs one namespace, shard 1 two (one block-layer queue each, sharing the I/O queue
+//! pair; bios and passthrough commands go to either).
 //!
 //! Properties: no panic (bounds checks included); the driver completes only tags it was given
-//! and has not completed or given up (timeout) since; every bio and passthrough command ends
-//! exactly once, with success or a typed error; afterwards no command id is left in flight and
-//! no tag is held; the controller survives (resets work) unless its admin queue was hostile
-//! too, and then a reset brings it back.
+//! on that queue and has not completed or given up (timeout) since; every bio and passthrough
+//! command ends exactly once, with success or a typed error; afterwards no command id is left
+//! in flight and no tag is held on any queue; the controller survives (resets work) unless its
+//! admin queue was hostile too, and then a reset brings it back.
 //!
 //! `HOSTILE_CASES=N` runs N cases (default 10,000, over two tests), `HOSTILE_SEED=S` starts
 //! from seed S (default: from the time); the seed is printed, and every failure names it.
@@ -47,10 +49,10 @@ fn pt_ended(id: usize) -> u32 {
         .unwrap_or(0)
 }
 
-/// The driver as the block layer sees it, recording which tags it holds: a completion of a
-/// tag it does not hold is a violation.
+/// One namespace queue of the driver as the block layer sees it, recording which tags it
+/// holds: a completion of a tag it does not hold (on this queue) is a violation.
 struct Tracked {
-    nvme: &'static Nvme,
+    hw: &'static dyn HwQueue,
     held: Mutex<[bool; QUEUE_DEPTH]>,
     violations: Mutex<Vec<String>>,
     queue: spin::Once<&'static dyn TagComplete>,
@@ -83,20 +85,20 @@ impl HwQueue for Tracked {
             }
             held[tag as usize] = true;
         }
-        let r = self.nvme.queue_rq(rq, last);
+        let r = self.hw.queue_rq(rq, last);
         if r.is_err() {
             self.held.lock().unwrap()[tag as usize] = false;
         }
         r
     }
     fn commit(&self) {
-        self.nvme.commit();
+        self.hw.commit();
     }
     fn poll(&self) -> usize {
-        self.nvme.poll()
+        self.hw.poll()
     }
     fn timeout(&self, rq: &Request) -> TimeoutAction {
-        let a = self.nvme.timeout(rq);
+        let a = self.hw.timeout(rq);
         if a != TimeoutAction::Extend {
             // Given up: the driver must not complete it later (it may have completed it
             // during the hook).
@@ -163,6 +165,38 @@ struct Tally {
     kinds: [u64; KINDS.len()],
 }
 
+/// A tracked block-layer queue on namespace queue `k` of `nvme`.
+fn tracked_queue(nvme: &'static Nvme, k: usize) -> (&'static Tracked, &'static Queue<QUEUE_DEPTH>) {
+    let hw: &'static dyn HwQueue = if k == 0 {
+        nvme
+    } else {
+        leak(nvme.ns_queue(k).expect("namespace queue"))
+    };
+    let tracked: &'static Tracked = leak(Tracked {
+        hw,
+        held: Mutex::new([false; QUEUE_DEPTH]),
+        violations: Mutex::new(Vec::new()),
+        queue: spin::Once::new(),
+    });
+    let split_slab: &'static blk::BioSlab<(), 64> = leak(blk::BioSlab::new());
+    let split: &'static blk::BioSet<()> = leak(blk::BioSet::new(split_slab, 4, None));
+    let info = nvme.ns_queue_info(k).expect("namespace");
+    let mut qc = QueueConfig::new(info.capacity);
+    qc.clock = fake::clock;
+    qc.timeout_ns = 1_000_000_000;
+    qc.wait = Wait::Never;
+    let limits = nvme.ns_limits(k).expect("limits");
+    let q: &'static Queue<QUEUE_DEPTH> = leak(Queue::new(tracked, limits, qc, split));
+    tracked.queue.call_once(|| q);
+    assert!(nvme.attach_ns(k, tracked));
+    (tracked, q)
+}
+
+/// Namespaces of shard `shard`'s controller.
+fn shard_namespaces(shard: u64) -> usize {
+    if shard % 2 == 1 { 2 } else { 1 }
+}
+
 fn run_shard(shard: u64) {
     let (seed, total) = plan();
     // Case `i` of the run uses seed `seed + i`; shard `s` runs the cases `i % SHARDS == s`.
@@ -172,23 +206,23 @@ fn run_shard(shard: u64) {
         cases.len()
     );
     fake::set_tick_ns(1_000_000);
-    let (fake, nvme) = bring_up(8192, 512, |_| {}, config(Mode::Interrupt, false));
+    let nss = shard_namespaces(shard);
+    let (fake, nvme) = bring_up(
+        8192,
+        512,
+        |m| {
+            // Namespace 2 (the second queue) has contents of its own.
+            m.nsids = (1..=nss as u32).collect();
+            if nss > 1 {
+                m.ns_disks.insert(2, vec![0x5a; 8192 * 512]);
+            }
+        },
+        config(Mode::Interrupt, false),
+    );
     let nvme: &'static Nvme = leak(nvme.expect("bring-up"));
-    let tracked: &'static Tracked = leak(Tracked {
-        nvme,
-        held: Mutex::new([false; QUEUE_DEPTH]),
-        violations: Mutex::new(Vec::new()),
-        queue: spin::Once::new(),
-    });
-    let split_slab: &'static blk::BioSlab<(), 64> = leak(blk::BioSlab::new());
-    let split: &'static blk::BioSet<()> = leak(blk::BioSet::new(split_slab, 4, None));
-    let mut qc = QueueConfig::new(nvme.info().capacity);
-    qc.clock = fake::clock;
-    qc.timeout_ns = 1_000_000_000;
-    qc.wait = Wait::Never;
-    let q: &'static Queue<QUEUE_DEPTH> = leak(Queue::new(tracked, nvme.limits(), qc, split));
-    tracked.queue.call_once(|| q);
-    nvme.attach(tracked);
+    assert_eq!(nvme.ns_queues(), nss);
+    let queues: Vec<(&'static Tracked, &'static Queue<QUEUE_DEPTH>)> =
+        (0..nss).map(|k| tracked_queue(nvme, k)).collect();
     let set = bio_set();
     let ctx: &'static blk::CpuCtx = leak(blk::CpuCtx::new(0));
     let bufs: Vec<DmaBuf> = (0..24)
@@ -233,7 +267,7 @@ fn run_shard(shard: u64) {
             };
             let mut bo = bio(set, op, sector, &segs, c);
             bo.set_flags(flags);
-            bo.set_dev(q);
+            bo.set_dev(queues[rng.below(nss as u64) as usize].1);
             match submit_bio(ctx, bo) {
                 Ok(()) => counts.push(c),
                 // Refused before it went anywhere (counted as ended with an error).
@@ -262,6 +296,7 @@ fn run_shard(shard: u64) {
                 data: identify.then(|| seg(&ident, 0, 4096)),
                 write: false,
             };
+            let q = queues[rng.below(nss as u64) as usize].1;
             match q.passthrough(cmd, pt_done, id) {
                 Ok(()) => pts.push(id),
                 Err(_) => tally.errors += 1,
@@ -284,9 +319,13 @@ fn run_shard(shard: u64) {
                 HwQueue::poll(nvme);
             }
             nvme.deferred();
-            q.kick();
+            for (_, q) in &queues {
+                q.kick();
+            }
             if round % 8 == 0 {
-                q.check_timeouts(u64::MAX / 2);
+                for (_, q) in &queues {
+                    q.check_timeouts(u64::MAX / 2);
+                }
             }
         }
         for (k, c) in counts.iter().enumerate() {
@@ -301,8 +340,10 @@ fn run_shard(shard: u64) {
                 "{repro}: passthrough {id} ended more than once"
             );
         }
-        let v = std::mem::take(&mut *tracked.violations.lock().unwrap());
-        assert!(v.is_empty(), "{repro}: {v:?}");
+        for (k, (tracked, _)) in queues.iter().enumerate() {
+            let v = std::mem::take(&mut *tracked.violations.lock().unwrap());
+            assert!(v.is_empty(), "{repro}: queue {k}: {v:?}");
+        }
         // Calm again: whatever the hostile controller left behind is reaped, a dead controller
         // is brought back, nothing stays in flight.
         fake.with(|m| {
@@ -326,9 +367,11 @@ fn run_shard(shard: u64) {
         fake.step();
         nvme.handle_irq();
         assert_eq!(nvme.in_flight(), 0, "{repro}: command ids left in flight");
-        assert_eq!(q.tags_in_use(), 0, "{repro}: tags left in use");
-        let v = std::mem::take(&mut *tracked.violations.lock().unwrap());
-        assert!(v.is_empty(), "{repro}: {v:?}");
+        for (k, (tracked, q)) in queues.iter().enumerate() {
+            assert_eq!(q.tags_in_use(), 0, "{repro}: tags left in use on queue {k}");
+            let v = std::mem::take(&mut *tracked.violations.lock().unwrap());
+            assert!(v.is_empty(), "{repro}: queue {k}: {v:?}");
+        }
         tally.cases += 1;
     }
     // The cases exercised what they claim: every kind happened, errors and recoveries too.
@@ -345,7 +388,7 @@ fn run_shard(shard: u64) {
     }
     let s = nvme.stats();
     println!(
-        "hostile nvme shard {shard}: {tally:?}; driver: bad_cids {}, bad_sq {}, resets {}, timeouts {}",
+        "hostile nvme shard {shard} ({nss} namespaces): {tally:?}; driver: bad_cids {}, bad_sq {}, resets {}, timeouts {}",
         s.bad_cids.load(Ordering::Relaxed),
         s.bad_sq.load(Ordering::Relaxed),
         s.resets.load(Ordering::Relaxed),
@@ -482,6 +525,22 @@ fn garbled_identify_data_never_panics_and_gives_sane_limits() {
         );
         let ns = n.namespaces();
         assert_eq!(ns.attached(), Some(i.nsid), "{repro}: {ns:?}");
+        let ids: Vec<u32> = ns.attached_ids().collect();
+        assert_eq!(ids.len(), n.ns_queues(), "{repro}: {ns:?}");
+        for (k, id) in ids.into_iter().enumerate() {
+            let q = *n.ns_queue_info(k).expect("attached namespace queue");
+            let l = n.ns_limits(k).expect("limits");
+            assert_eq!(q.nsid, id, "{repro}");
+            assert!(
+                q.block_size.is_power_of_two() && q.blocks > 0 && q.capacity >= q.blocks,
+                "{repro}: {q:?}"
+            );
+            assert_eq!(l.logical_block_size, q.block_size, "{repro}");
+            assert!(
+                (l.max_sectors as u64 * 512).is_multiple_of(q.block_size as u64),
+                "{repro}: {l:?}"
+            );
+        }
         assert!(ns.active() as usize <= 1024 + 64, "{repro}: {ns:?}");
     }
     println!("hostile nvme identify: {ok} brought up, {refused} refused");

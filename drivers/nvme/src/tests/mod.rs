@@ -15,7 +15,9 @@ use hal::DmaBuf;
 
 use crate::fake::{self, FakeCtrl};
 use crate::spec::{Status, admin, nvm, sc, sct};
-use crate::{Config, InitError, Mode, Namespace, NsState, Nvme, QUEUE_DEPTH, device_error, pt};
+use crate::{
+    Config, InitError, MAX_NS_QUEUES, Mode, Namespace, NsState, Nvme, QUEUE_DEPTH, device_error, pt,
+};
 
 /// One completion the driver handed to the block layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -765,7 +767,7 @@ fn a_controller_whose_only_namespace_is_not_1_is_used() {
 
 #[test]
 fn every_active_namespace_is_attached_or_has_a_reason() {
-    // Namespace 1 has metadata (unusable), 3 is the first usable one, 7 is left over.
+    // Namespace 1 has metadata (unusable), 3 and 7 are usable: two queues.
     let e = env_with(
         |m| {
             m.nsids = vec![1, 3, 7];
@@ -779,22 +781,29 @@ fn every_active_namespace_is_attached_or_has_a_reason() {
         [
             (1, NsState::Metadata),
             (3, NsState::Attached),
-            (7, NsState::NotAttached)
+            (7, NsState::Attached)
         ]
     );
     let ns = e.nvme.namespaces();
     assert_eq!((ns.active(), ns.attached(), ns.unlisted), (3, Some(3), 0));
-    // More active namespaces than the driver records: counted, not dropped.
+    assert_eq!(ns.attached_ids().collect::<Vec<_>>(), [3, 7]);
+    assert_eq!(e.nvme.ns_queues(), 2);
+    assert_eq!(e.nvme.ns_queue_info(1).map(|i| i.nsid), Some(7));
+    assert!(e.nvme.ns_queue_info(2).is_none() && e.nvme.ns_queue(2).is_none());
+    // More usable namespaces than queues: the first MAX_NS_QUEUES attached, the others
+    // recorded as not attached; more active namespaces than the driver records: counted.
     let many: Vec<u32> = (1..=20).map(|k| 2 * k).collect();
     let (_f, n) = bring_up(64, 512, |m| m.nsids = many, config(Mode::Polling, false));
     let n = n.expect("bring-up");
     let ns = n.namespaces();
     assert_eq!((ns.active(), ns.unlisted, ns.attached()), (20, 4, Some(2)));
+    assert_eq!(ns.attached_ids().collect::<Vec<_>>(), [2, 4, 6, 8]);
+    assert_eq!(n.ns_queues(), MAX_NS_QUEUES);
     assert_eq!(
         ns.iter()
             .filter(|n| n.state == NsState::NotAttached)
             .count(),
-        15
+        16 - MAX_NS_QUEUES
     );
 }
 
@@ -812,9 +821,10 @@ fn controllers_without_the_active_list_are_scanned() {
     assert!(n.namespaces().scanned);
     assert_eq!(
         ns_states(&n),
-        [(2, NsState::Attached), (5, NsState::NotAttached)]
+        [(2, NsState::Attached), (5, NsState::Attached)]
     );
     assert_eq!(n.info().nsid, 2);
+    assert_eq!(n.ns_queue_info(1).map(|i| i.nsid), Some(5));
     f.with(|m| {
         assert_eq!(
             m.fetched(admin::IDENTIFY, false),
@@ -924,4 +934,303 @@ fn a_namespace_protected_after_bring_up_fails_writes_at_once() {
         1,
         "not retried"
     );
+}
+
+/// A controller with namespaces 1 and 2 (2 with contents of its own, `blocks2` blocks), a
+/// block-layer queue on each, completions recorded per queue.
+struct TwoNs {
+    fake: Arc<FakeCtrl>,
+    nvme: &'static Nvme,
+    qs: [&'static Queue<QUEUE_DEPTH>; 2],
+    recs: [&'static Recorder; 2],
+    set: &'static BioSet<Counts>,
+    ctx: &'static CpuCtx,
+}
+
+fn two_ns(blocks2: u64, setup: impl FnOnce(&mut fake::Model)) -> TwoNs {
+    let (fake, nvme) = bring_up(
+        8192,
+        512,
+        |m| {
+            m.nsids = vec![1, 2];
+            m.ns_disks.insert(2, vec![0xee; blocks2 as usize * 512]);
+            setup(m);
+        },
+        config(Mode::Interrupt, false),
+    );
+    let nvme: &'static Nvme = leak(nvme.expect("bring-up"));
+    assert_eq!(nvme.ns_queues(), 2);
+    let mk = |k: usize| {
+        let split_slab: &'static BioSlab<(), 64> = leak(BioSlab::new());
+        let split: &'static BioSet<()> = leak(BioSet::new(split_slab, 4, None));
+        let info = nvme.ns_queue_info(k).expect("namespace queue");
+        let mut qc = QueueConfig::new(info.capacity);
+        qc.clock = fake::clock;
+        qc.timeout_ns = 1_000_000_000;
+        qc.wait = Wait::Never;
+        let hw: &'static dyn HwQueue = leak(nvme.ns_queue(k).expect("namespace queue"));
+        let limits = nvme.ns_limits(k).expect("limits");
+        let q: &'static Queue<QUEUE_DEPTH> = leak(Queue::new(hw, limits, qc, split));
+        let rec: &'static Recorder = leak(Recorder::default());
+        rec.next.call_once(|| q);
+        assert!(nvme.attach_ns(k, rec));
+        (q, rec)
+    };
+    let (q0, r0) = mk(0);
+    let (q1, r1) = mk(1);
+    TwoNs {
+        fake,
+        nvme,
+        qs: [q0, q1],
+        recs: [r0, r1],
+        set: bio_set(),
+        ctx: leak(CpuCtx::new(0)),
+    }
+}
+
+impl TwoNs {
+    fn submit(&self, k: usize, op: Op, flags: BioFlags, sector: u64, segs: &[BioVec]) -> Counts {
+        let c = Counts::new();
+        let mut b = bio(self.set, op, sector, segs, c);
+        b.set_flags(flags);
+        b.set_dev(self.qs[k]);
+        assert!(submit_bio(self.ctx, b).is_ok());
+        c
+    }
+    fn interrupt(&self) {
+        self.fake.step();
+        self.nvme.handle_irq();
+    }
+    /// `nsid`s of the I/O commands the controller fetched of `opcode`.
+    fn nsids_of(&self, opcode: u8) -> Vec<u32> {
+        self.fake.with(|m| {
+            m.log
+                .iter()
+                .filter(|(q, c)| *q != 0 && c.opcode() == opcode)
+                .map(|(_, c)| c.dw[1])
+                .collect()
+        })
+    }
+}
+
+#[test]
+fn two_namespaces_on_one_controller() {
+    // One controller for the three parts: the host DMA region is shared by the tests of the
+    // process, and a controller leaked for its 'static queues keeps its list pages (1 MiB per
+    // namespace).
+    let e = two_ns(4096, |_| {});
+    two_namespaces_are_two_disks(&e);
+    completions_go_to_the_queue_that_sent_the_command(&e);
+    a_reset_completes_every_namespaces_requests_once(&e);
+}
+
+fn two_namespaces_are_two_disks(e: &TwoNs) {
+    let (a, b) = (
+        *e.nvme.ns_queue_info(0).unwrap(),
+        *e.nvme.ns_queue_info(1).unwrap(),
+    );
+    assert_eq!((a.nsid, a.capacity), (1, 8192));
+    assert_eq!(
+        (b.nsid, b.capacity),
+        (2, 4096),
+        "each namespace its own size"
+    );
+    assert_eq!(e.nvme.ns_queue(1).map(|q| q.index()), Some(1));
+    // The same sector on each queue, different data.
+    let bufs: Vec<DmaBuf> = (0..2).map(|_| DmaBuf::alloc(4096, 4096).unwrap()).collect();
+    for (k, buf) in bufs.iter().enumerate() {
+        for (i, v) in pattern(10 + k as u8, 4096).into_iter().enumerate() {
+            buf.write8(i, v);
+        }
+    }
+    let w: Vec<Counts> = (0..2)
+        .map(|k| {
+            e.submit(
+                k,
+                Op::Write,
+                BioFlags::empty(),
+                16,
+                &[seg(&bufs[k], 0, 4096)],
+            )
+        })
+        .collect();
+    e.interrupt();
+    assert!(w.iter().all(|c| c.get() == (1, 0)));
+    assert_eq!(e.fake.ns_disk(1, 16 * 512, 4096), pattern(10, 4096));
+    assert_eq!(e.fake.ns_disk(2, 16 * 512, 4096), pattern(11, 4096));
+    assert_eq!(
+        e.nsids_of(nvm::WRITE),
+        [1, 2],
+        "each write names its namespace"
+    );
+    // Flush per namespace: each queue's flush names its own.
+    let f: Vec<Counts> = (0..2)
+        .map(|k| e.submit(k, Op::Flush, BioFlags::empty(), 0, &[]))
+        .collect();
+    e.interrupt();
+    assert!(f.iter().all(|c| c.get() == (1, 0)));
+    assert_eq!(e.nsids_of(nvm::FLUSH), [1, 2]);
+    // Read back through each queue: each gets its own namespace's data.
+    for buf in &bufs {
+        for i in 0..4096 {
+            buf.write8(i, 0);
+        }
+    }
+    let r: Vec<Counts> = (0..2)
+        .map(|k| {
+            e.submit(
+                k,
+                Op::Read,
+                BioFlags::empty(),
+                16,
+                &[seg(&bufs[k], 0, 4096)],
+            )
+        })
+        .collect();
+    e.interrupt();
+    assert!(r.iter().all(|c| c.get() == (1, 0)));
+    for (k, buf) in bufs.iter().enumerate() {
+        let got: Vec<u8> = (0..4096).map(|i| buf.read8(i)).collect();
+        assert_eq!(got, pattern(10 + k as u8, 4096), "queue {k} read back");
+    }
+    // Past the end of namespace 2 (smaller than 1): refused by its queue, not the controller.
+    let buf = DmaBuf::alloc(4096, 4096).unwrap();
+    let mut past = bio(e.set, Op::Read, 4096, &[seg(&buf, 0, 4096)], Counts::new());
+    past.set_dev(e.qs[1]);
+    assert!(submit_bio(e.ctx, past).is_err());
+    let ok = e.submit(0, Op::Read, BioFlags::empty(), 4096, &[seg(&buf, 0, 4096)]);
+    e.interrupt();
+    assert_eq!(ok.get(), (1, 0), "namespace 1 is bigger");
+}
+
+fn completions_go_to_the_queue_that_sent_the_command(e: &TwoNs) {
+    // Both queues' requests carry tag 0 at once: their command ids differ, and each
+    // completion reaches its own queue's sink with tag 0.
+    e.recs.iter().for_each(|r| drop(r.take()));
+    let set = bio_set();
+    let rq = |sector: u64, buf: &DmaBuf| {
+        let mut l = BioList::new();
+        l.push_back(bio(
+            set,
+            Op::Read,
+            sector,
+            &[seg(buf, 0, 4096)],
+            Counts::new(),
+        ));
+        Request::standalone(l)
+    };
+    let bufs: Vec<DmaBuf> = (0..2).map(|_| DmaBuf::alloc(4096, 4096).unwrap()).collect();
+    let (r0, r1) = (rq(8, &bufs[0]), rq(24, &bufs[1]));
+    assert_eq!((r0.tag(), r1.tag()), (0, 0));
+    let q1 = e.nvme.ns_queue(1).unwrap();
+    e.nvme.queue_rq(&r0, true).unwrap();
+    q1.queue_rq(&r1, true).unwrap();
+    q1.commit();
+    let cids: Vec<u16> = e
+        .fake
+        .with(|m| m.log.iter().map(|(_, c)| c.cid()).collect());
+    e.fake.step();
+    let sent: Vec<(u16, u32)> = e.fake.with(|m| {
+        m.log[cids.len()..]
+            .iter()
+            .map(|(_, c)| (c.cid(), c.dw[1]))
+            .collect()
+    });
+    assert_eq!(sent.len(), 2);
+    assert_ne!(
+        sent[0].0 & 0x3ff,
+        sent[1].0 & 0x3ff,
+        "distinct command slots"
+    );
+    assert_eq!(
+        (sent[0].1, sent[1].1),
+        (1, 2),
+        "each read names its namespace"
+    );
+    e.nvme.handle_irq();
+    // The recorders hand on to queues that never issued these tags: count only the records.
+    let (c0, c1) = (e.recs[0].take(), e.recs[1].take());
+    assert_eq!(c0, [ok(0)]);
+    assert_eq!(c1, [ok(0)]);
+    assert_eq!(e.nvme.in_flight(), 0);
+    // Namespace 2's data reached queue 1's buffer (its contents are 0xee).
+    assert!((0..4096).all(|i| bufs[1].read8(i) == 0xee));
+    assert!((0..4096).any(|i| bufs[0].read8(i) != 0xee));
+}
+
+fn a_reset_completes_every_namespaces_requests_once(e: &TwoNs) {
+    // Writes on both queues held back by the controller; the abort does not take: the
+    // timeout resets the controller, and every request of both queues completes exactly once
+    // (the one that timed out retried, the others failed with RESET and retried), its data
+    // on its own namespace.
+    e.recs.iter().for_each(|r| drop(r.take()));
+    e.fake.with(|m| {
+        m.stall = vec![(nvm::WRITE, 4)];
+        m.abort_takes = false;
+    });
+    let bufs: Vec<DmaBuf> = (0..8).map(|_| DmaBuf::alloc(4096, 4096).unwrap()).collect();
+    for (k, b) in bufs.iter().enumerate() {
+        for (i, v) in pattern(k as u8 + 60, 4096).into_iter().enumerate() {
+            b.write8(i, v);
+        }
+    }
+    // Writes 0..8 alternate between the queues; 0..4 are held back.
+    let counts: Vec<Counts> = bufs
+        .iter()
+        .enumerate()
+        .map(|(k, b)| {
+            e.submit(
+                k % 2,
+                Op::Write,
+                BioFlags::empty(),
+                8 * k as u64,
+                &[seg(b, 0, 4096)],
+            )
+        })
+        .collect();
+    e.interrupt();
+    let done: Vec<(u32, u32)> = counts.iter().map(Counts::get).collect();
+    assert_eq!(&done[..4], [(0, 0); 4], "held back");
+    assert_eq!(&done[4..], [(1, 0); 4]);
+    assert_eq!(e.qs[0].tags_in_use() + e.qs[1].tags_in_use(), 4);
+    let resets0 = e.nvme.stats().resets.load(Ordering::Relaxed);
+    // Queue 0's deadline passes first: abort, reset; every held write of both queues fails
+    // with RESET (retryable) or is the timed-out one, and is sent again.
+    e.qs[0].check_timeouts(u64::MAX / 2);
+    e.qs[1].check_timeouts(u64::MAX / 2);
+    assert!(e.nvme.stats().resets.load(Ordering::Relaxed) > resets0);
+    for _ in 0..20 {
+        e.qs[0].kick();
+        e.qs[1].kick();
+        e.interrupt();
+        if counts.iter().all(|c| c.get().0 == 1) {
+            break;
+        }
+    }
+    let done: Vec<(u32, u32)> = counts.iter().map(Counts::get).collect();
+    assert_eq!(
+        done,
+        [(1, 0); 8],
+        "every bio of both queues completed once, without error"
+    );
+    assert_eq!(e.nvme.in_flight(), 0);
+    assert_eq!(e.qs[0].tags_in_use() + e.qs[1].tags_in_use(), 0);
+    // The resets reached each queue's own sink only with its own tags, once each.
+    let (c0, c1) = (e.recs[0].take(), e.recs[1].take());
+    let reset = Err(BlkError::DeviceError(device_error::RESET));
+    assert!(
+        c0.iter()
+            .chain(&c1)
+            .all(|c| c.status.is_ok() || c.status == reset),
+        "{c0:?} {c1:?}"
+    );
+    for (k, b) in bufs.iter().enumerate() {
+        let nsid = 1 + (k % 2) as u32;
+        assert_eq!(
+            e.fake.ns_disk(nsid, 8 * k * 512, 4096),
+            pattern(k as u8 + 60, 4096),
+            "write {k} on namespace {nsid}"
+        );
+        let _ = b;
+    }
 }
