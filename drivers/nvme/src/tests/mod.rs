@@ -15,7 +15,7 @@ use hal::DmaBuf;
 
 use crate::fake::{self, FakeCtrl};
 use crate::spec::{Status, admin, nvm, sc, sct};
-use crate::{Config, InitError, Mode, Namespace, NsState, Nvme, QUEUE_DEPTH, device_error, pt};
+use crate::{Config, InitError, Mode, Namespace, NsState, Nvme, QUEUE_DEPTH, pt};
 
 /// One completion the driver handed to the block layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -573,7 +573,7 @@ fn a_fatal_status_resets_from_deferred_work() {
         e.rec.take(),
         [Completion {
             tag: 0,
-            status: Err(BlkError::DeviceError(device_error::RESET)),
+            status: Err(BlkError::Aborted),
             pt: None
         }]
     );
@@ -664,7 +664,7 @@ fn timeout_aborts_then_resets_and_every_request_completes_once() {
     assert_eq!(e.nvme.in_flight(), 3);
 
     // Past every deadline: the first held-back request times out, its abort fails, the
-    // controller is reset; the other two fail with the retryable reset error and go again
+    // controller is reset; the other two fail with `Aborted` and go again
     // with the timed-out one.
     let timed_out = e.q.check_timeouts(u64::MAX / 2);
     assert_eq!(timed_out, 1);
@@ -682,7 +682,7 @@ fn timeout_aborts_then_resets_and_every_request_completes_once() {
         .rec
         .take()
         .into_iter()
-        .filter(|c| c.status == Err(BlkError::DeviceError(device_error::RESET)))
+        .filter(|c| c.status == Err(BlkError::Aborted))
         .count();
     assert_eq!(reset_errors, 2);
     // The three were dispatched again; the controller completes them now.
