@@ -14,8 +14,6 @@ use crate::spec::AbortResult;
 
 /// `BlkError::DeviceError` codes this driver reports besides the controller's status.
 pub mod device_error {
-    /// The request was in flight when the controller was reset.
-    pub const RESET: u16 = 0x1001;
     /// The controller is unusable (a reset failed).
     pub const DEAD: u16 = 0x1002;
 }
@@ -34,8 +32,8 @@ impl Nvme {
     }
 
     /// Resets the controller: every command in flight on every namespace queue (except slot
-    /// `skip`'s) completes once with a retryable `DeviceError(RESET)`, the queues are set up
-    /// again. Process context.
+    /// `skip`'s) completes once with `Aborted` (the block layer dispatches it again without
+    /// counting a retry), the queues are set up again. Process context.
     pub fn reset_controller(&self, skip: Option<u16>) -> bool {
         self.stats.resets.fetch_add(1, Ordering::Relaxed);
         let mut done = ColdBatch::new();
@@ -48,7 +46,7 @@ impl Nvme {
             self.delete_io_queues(&mut a, &mut io, &mut done);
             let _ = self.disable();
             // What was still in flight fails after it (dropped if `done` is full).
-            let reset = Err(BlkError::DeviceError(device_error::RESET));
+            let reset = Err(BlkError::Aborted);
             let IoQ { cids, staged, .. } = &mut *io;
             cids.drain(|t| {
                 if let Some(s) = staged.get_mut(t as usize) {

@@ -44,8 +44,6 @@ pub mod device_error {
     pub const BAD_USED_ID: u16 = 0x100;
     /// The device reported fewer bytes written than the chain needed.
     pub const SHORT_LENGTH: u16 = 0x101;
-    /// The request was in flight when the driver reset the device.
-    pub const RESET: u16 = 0x102;
     /// The device is unusable (a reset failed).
     pub const DEAD: u16 = 0x103;
 }

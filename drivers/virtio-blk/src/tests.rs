@@ -282,8 +282,8 @@ fn bad_used_id_resets_and_fails_the_request_once() {
     r.dev().inject(Fault::BadId(RING_SIZE as u32 + 3));
     assert_eq!(
         r.io(Op::Write, 4, &mut [dma_vec(512)]),
-        [(0, Err(BlkError::DeviceError(device_error::RESET)))],
-        "the request in flight fails exactly once, with the reset error"
+        [(0, Err(BlkError::Aborted))],
+        "the request in flight fails exactly once, with Aborted"
     );
     assert!(r.dev().resets > resets, "the device was not reset");
     assert_eq!(r.blk.stats().resets.load(Relaxed), 1);
@@ -304,7 +304,7 @@ fn repeated_used_entry_resets_and_completes_once() {
     // neither entry is trusted; the request fails once, with the reset.
     assert_eq!(
         r.io(Op::Read, 0, &mut [dma_vec(512)]),
-        [(0, Err(BlkError::DeviceError(device_error::RESET)))],
+        [(0, Err(BlkError::Aborted))],
     );
     assert!(
         r.dev().resets > resets,
@@ -409,9 +409,7 @@ fn corrupt_used_entry_resets_and_every_request_completes_once() {
     );
     assert_eq!(first.len(), N);
     assert!(
-        first
-            .iter()
-            .all(|&(_, s)| s == Err(BlkError::DeviceError(device_error::RESET))),
+        first.iter().all(|&(_, s)| s == Err(BlkError::Aborted)),
         "{first:?}"
     );
     assert_eq!(hw.stats().resets.load(Relaxed), 1);
@@ -457,7 +455,7 @@ fn fault_injection_hooks_reset_the_device() {
     r.blk.corrupt_next_used_id(77);
     assert_eq!(
         r.io(Op::Read, 0, &mut [dma_vec(512)]),
-        [(0, Err(BlkError::DeviceError(device_error::RESET)))]
+        [(0, Err(BlkError::Aborted))]
     );
     assert_eq!(r.blk.stats().bad_used_ids.load(Relaxed), 2);
     assert_eq!(r.io(Op::Read, 0, &mut [dma_vec(512)]), [(0, Ok(()))]);
@@ -471,7 +469,7 @@ fn used_id_high_bits_are_not_dropped() {
     r.dev().inject(Fault::BadId(0x1_0000));
     assert_eq!(
         r.io(Op::Read, 0, &mut [dma_vec(512)]),
-        [(0, Err(BlkError::DeviceError(device_error::RESET)))]
+        [(0, Err(BlkError::Aborted))]
     );
     assert_eq!(r.blk.stats().bad_used_ids.load(Relaxed), 1);
     assert_eq!(r.io(Op::Read, 0, &mut [dma_vec(512)]), [(0, Ok(()))]);
@@ -497,7 +495,7 @@ fn used_index_ahead_of_the_chains_in_flight_or_behind_resets() {
         r.blk.handle_irq();
         assert_eq!(
             r.done.take(),
-            [(0, Err(BlkError::DeviceError(device_error::RESET)))],
+            [(0, Err(BlkError::Aborted))],
             "jump {jump:#x}"
         );
         assert_eq!(r.blk.stats().bad_used_idx.load(Relaxed), k as u64 + 1);

@@ -30,6 +30,12 @@ pub enum BlkError {
     BadPartitionTable,
     /// An argument out of its allowed range (e.g. more than 256 segments).
     InvalidArgument,
+    /// The device was reset (after another request's timeout, or a protocol violation) while
+    /// the request was in flight: it was cut off, not refused. The queue dispatches it again
+    /// without counting a retry, at most [`MAX_ABORTS`](crate::request::MAX_ABORTS) times; a
+    /// flush, PREFLUSH or FUA write ends with this error at once (its data is not known to be
+    /// durable).
+    Aborted,
 }
 
 impl BlkError {
@@ -47,6 +53,7 @@ impl BlkError {
             BlkError::Busy => 9,
             BlkError::BadPartitionTable => 10,
             BlkError::InvalidArgument => 11,
+            BlkError::Aborted => 12,
             BlkError::DeviceError(c) => 0x1_0000 | c as u32,
         }
     }
@@ -66,6 +73,7 @@ impl BlkError {
             9 => BlkError::Busy,
             10 => BlkError::BadPartitionTable,
             11 => BlkError::InvalidArgument,
+            12 => BlkError::Aborted,
             c if c & 0x1_0000 != 0 => BlkError::DeviceError(c as u16),
             _ => BlkError::Io,
         })
@@ -75,7 +83,11 @@ impl BlkError {
     pub const fn is_retryable(self) -> bool {
         matches!(
             self,
-            BlkError::Io | BlkError::Timeout | BlkError::Busy | BlkError::DeviceError(_)
+            BlkError::Io
+                | BlkError::Timeout
+                | BlkError::Busy
+                | BlkError::DeviceError(_)
+                | BlkError::Aborted
         )
     }
 }

@@ -80,7 +80,7 @@ pub use crate::{
     limits::QueueLimits,
     map_sg::{SgEntry, map_sg},
     queue::{Queue, QueueConfig},
-    request::Request,
+    request::{MAX_ABORTS, Request},
     slab::{Mempool, MempoolStats, PoolBox, Slab, Wait},
     split::bio_split,
     stats::{BlkStats, StatsSnapshot},

@@ -47,6 +47,7 @@ pub struct RamDisk {
     fail_flushes: AtomicU32,
     drop_completions: AtomicU32,
     busy_next: AtomicU32,
+    abort_next: AtomicU32,
     timeout_action: AtomicU32,
     /// Requests received.
     pub requests: AtomicU64,
@@ -76,6 +77,7 @@ impl RamDisk {
             fail_flushes: AtomicU32::new(0),
             drop_completions: AtomicU32::new(0),
             busy_next: AtomicU32::new(0),
+            abort_next: AtomicU32::new(0),
             timeout_action: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             violations: AtomicU64::new(0),
@@ -139,6 +141,12 @@ impl RamDisk {
     /// Answers `Busy` to the next `n` requests.
     pub fn busy_next(&self, n: u32) {
         self.busy_next.store(n, Ordering::Relaxed);
+    }
+
+    /// Completes the next `n` requests with [`BlkError::Aborted`] without doing them, as a
+    /// driver does for the requests a device reset cut off.
+    pub fn abort_next(&self, n: u32) {
+        self.abort_next.store(n, Ordering::Relaxed);
     }
 
     /// What the timeout hook answers.
@@ -351,7 +359,11 @@ impl HwQueue for RamDisk {
             q.complete_pt(tag, st, res);
             return Ok(());
         }
-        let (st, bytes) = self.do_io(rq);
+        let (st, bytes) = if Self::take_one(&self.abort_next) {
+            (Err(BlkError::Aborted), Some(0))
+        } else {
+            self.do_io(rq)
+        };
         if Self::take_one(&self.drop_completions) {
             return Ok(());
         }

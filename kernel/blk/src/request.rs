@@ -25,9 +25,32 @@ pub struct Request {
     pub(crate) bios: BioList,
     pub(crate) first_seg: BioVec,
     pub(crate) last_seg: BioVec,
-    pub(crate) retries: u8,
+    pub(crate) attempts: Attempts,
     pub(crate) pt: Option<(PtCmd, PtKind)>,
 }
+
+/// How often a request went to the device again: after a retryable error or a timeout
+/// (`retries`, at most [`QueueConfig::max_retries`](crate::QueueConfig)), and after a reset of
+/// the device cut it off (`aborts`, at most [`MAX_ABORTS`]). Two bytes, cleared with one store
+/// when a request starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Attempts {
+    pub(crate) retries: u8,
+    pub(crate) aborts: u8,
+}
+
+impl Attempts {
+    pub(crate) const NONE: Attempts = Attempts {
+        retries: 0,
+        aborts: 0,
+    };
+}
+
+/// How many times a request cut off by device resets ([`BlkError::Aborted`](crate::BlkError::Aborted))
+/// is dispatched again before it fails with that error. Such a dispatch is not a retry (the
+/// request did nothing wrong: another request's timeout or a protocol violation reset the
+/// device); the bound keeps a device that resets forever from holding requests forever.
+pub const MAX_ABORTS: u8 = 8;
 
 impl Request {
     pub(crate) const fn empty(tag: u16) -> Self {
@@ -41,7 +64,7 @@ impl Request {
             bios: BioList::new(),
             first_seg: BioVec::ZERO,
             last_seg: BioVec::ZERO,
-            retries: 0,
+            attempts: Attempts::NONE,
             pt: None,
         }
     }
@@ -72,7 +95,12 @@ impl Request {
     }
     /// Attempts so far beyond the first.
     pub fn retries(&self) -> u8 {
-        self.retries
+        self.attempts.retries
+    }
+    /// Times the request was dispatched again because a device reset cut it off
+    /// ([`BlkError::Aborted`](crate::BlkError::Aborted)).
+    pub fn aborts(&self) -> u8 {
+        self.attempts.aborts
     }
     /// Whether the request flushes the device's volatile cache (a flush, or a write with
     /// `PREFLUSH` or `FUA`). Such a request is never retried after an error: a failed flush

@@ -84,8 +84,9 @@ struct Disk {
     in_flight: fn() -> usize,
     dead: fn() -> bool,
     recovery: fn() -> Recovery,
-    /// The error a request in flight gets from a device or controller reset once the block
-    /// layer's retries are used up (none: the driver replays such requests itself).
+    /// The error a request in flight gets from device or controller resets once the block
+    /// layer has dispatched it again `blk::MAX_ABORTS` times (none: the driver replays such
+    /// requests itself).
     reset_error: Option<BlkError>,
 }
 
@@ -93,9 +94,7 @@ fn disk() -> Result<Disk, Outcome> {
     if let Some(d) = block::virtio::disk() {
         return Ok(Disk {
             kind: "virtio",
-            reset_error: Some(BlkError::DeviceError(
-                virtio_blk::queue::device_error::RESET,
-            )),
+            reset_error: Some(BlkError::Aborted),
             dev: d.queue,
             depth: virtio_blk::QUEUE_DEPTH,
             stats: || {
@@ -122,7 +121,7 @@ fn disk() -> Result<Disk, Outcome> {
     if let Some(d) = block::nvme::disk() {
         return Ok(Disk {
             kind: "nvme",
-            reset_error: Some(BlkError::DeviceError(nvme::device_error::RESET)),
+            reset_error: Some(BlkError::Aborted),
             dev: d.queue,
             depth: nvme::QUEUE_DEPTH,
             stats: || {

@@ -15,9 +15,7 @@ use hal::DmaBuf;
 
 use crate::fake::{self, FakeCtrl};
 use crate::spec::{Status, admin, nvm, sc, sct};
-use crate::{
-    Config, InitError, MAX_NS_QUEUES, Mode, Namespace, NsState, Nvme, QUEUE_DEPTH, device_error, pt,
-};
+use crate::{Config, InitError, MAX_NS_QUEUES, Mode, Namespace, NsState, Nvme, QUEUE_DEPTH, pt};
 
 /// One completion the driver handed to the block layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -575,7 +573,7 @@ fn a_fatal_status_resets_from_deferred_work() {
         e.rec.take(),
         [Completion {
             tag: 0,
-            status: Err(BlkError::DeviceError(device_error::RESET)),
+            status: Err(BlkError::Aborted),
             pt: None
         }]
     );
@@ -666,7 +664,7 @@ fn timeout_aborts_then_resets_and_every_request_completes_once() {
     assert_eq!(e.nvme.in_flight(), 3);
 
     // Past every deadline: the first held-back request times out, its abort fails, the
-    // controller is reset; the other two fail with the retryable reset error and go again
+    // controller is reset; the other two fail with `Aborted` and go again
     // with the timed-out one.
     let timed_out = e.q.check_timeouts(u64::MAX / 2);
     assert_eq!(timed_out, 1);
@@ -684,7 +682,7 @@ fn timeout_aborts_then_resets_and_every_request_completes_once() {
         .rec
         .take()
         .into_iter()
-        .filter(|c| c.status == Err(BlkError::DeviceError(device_error::RESET)))
+        .filter(|c| c.status == Err(BlkError::Aborted))
         .count();
     assert_eq!(reset_errors, 2);
     // The three were dispatched again; the controller completes them now.
@@ -1217,7 +1215,7 @@ fn a_reset_completes_every_namespaces_requests_once(e: &TwoNs) {
     assert_eq!(e.qs[0].tags_in_use() + e.qs[1].tags_in_use(), 0);
     // The resets reached each queue's own sink only with its own tags, once each.
     let (c0, c1) = (e.recs[0].take(), e.recs[1].take());
-    let reset = Err(BlkError::DeviceError(device_error::RESET));
+    let reset = Err(BlkError::Aborted);
     assert!(
         c0.iter()
             .chain(&c1)

@@ -1,5 +1,6 @@
 //! Recovery: a protocol violation or a timeout resets the device (it stops touching memory),
-//! fails everything in flight with a retryable device error, and brings the device up again.
+//! fails everything in flight with `Aborted` (dispatched again by the block layer without
+//! counting a retry), and brings the device up again.
 
 use core::sync::atomic::Ordering;
 
@@ -10,7 +11,7 @@ use virtio_drivers::transport::{DeviceStatus, Transport};
 
 use super::reap::{BATCH, Batch};
 use super::setup::bring_up;
-use super::{Inner, Slot, VirtioBlk, device_error};
+use super::{Inner, Slot, VirtioBlk};
 use crate::QUEUE_DEPTH;
 
 impl VirtioBlk {
@@ -43,7 +44,7 @@ impl VirtioBlk {
             if let Some(s) = slots.get_mut(tag as usize) {
                 *s = Slot::EMPTY;
             }
-            done.push(tag, Err(BlkError::DeviceError(device_error::RESET)));
+            done.push(tag, Err(BlkError::Aborted));
         });
         let ring = self.info.ring_size as usize;
         match bring_up(&mut inner.transport, self.mode, ring) {
@@ -68,8 +69,7 @@ impl VirtioBlk {
     }
 
     /// A request passed its deadline. virtio has no per-request abort: the device is reset
-    /// (it stops using every chain), everything else in flight fails with a retryable device
-    /// error, and the late request is retried by the block layer.
+    /// (it stops using every chain), everything else in flight fails with `Aborted`, and the late request is retried by the block layer.
     pub(super) fn abort_by_reset(&self, tag: u16) -> TimeoutAction {
         let mut inner = self.inner.lock();
         let Some(slot_in_flight) = inner.slots.get(tag as usize).map(|s| s.readable != 0) else {

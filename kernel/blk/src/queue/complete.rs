@@ -8,6 +8,7 @@ use super::slot::{COMPLETING, DISPATCHING, EARLY, INFLIGHT, NO_BYTES, PT_DONE, P
 use crate::bio::{BioList, SECTOR_SHIFT, bio_endio};
 use crate::driver::{PtResult, TagComplete};
 use crate::error::{BlkError, BlkStatus, status_code};
+use crate::request::MAX_ABORTS;
 
 impl<const D: usize> Queue<D> {
     /// Ends request `tag` (the caller moved its state to COMPLETING).
@@ -97,13 +98,23 @@ impl<const D: usize> Queue<D> {
                 // The error goes to the submitter, who must treat that data as lost. `Busy`
                 // is the driver's own shortage (a step it could not issue), not a device
                 // failure, so it may go again.
-                if may_retry
-                    && e.is_retryable()
-                    && rq.retries < self.cfg.max_retries
-                    && (e == BlkError::Busy || !rq.flushes())
-                {
-                    rq.retries += 1;
-                    self.stats.retries(1);
+                // `Aborted`: a reset of the device cut the request off through no fault of its
+                // own; it goes again without using up a retry (a bounded number of times).
+                let again = may_retry
+                    && if e == BlkError::Aborted {
+                        !rq.flushes() && rq.attempts.aborts < MAX_ABORTS
+                    } else {
+                        e.is_retryable()
+                            && rq.attempts.retries < self.cfg.max_retries
+                            && (e == BlkError::Busy || !rq.flushes())
+                    };
+                if again {
+                    if e == BlkError::Aborted {
+                        rq.attempts.aborts += 1;
+                    } else {
+                        rq.attempts.retries += 1;
+                        self.stats.retries(1);
+                    }
                     self.stats.requeues(1);
                     final_done = false;
                 } else {

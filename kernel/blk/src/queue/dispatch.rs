@@ -10,6 +10,7 @@ use crate::bounce::BOUNCE_MAX_BYTES;
 use crate::driver::QueueRqError;
 use crate::error::{BlkError, status_from_code};
 use crate::limits::{check_bio, split_point};
+use crate::request::Attempts;
 use crate::request::Request;
 use crate::slab::Wait;
 use crate::split::bio_split;
@@ -214,7 +215,7 @@ impl<const D: usize> Queue<D> {
             rq.sector = bio.sector();
             rq.bytes = bio.size();
             rq.nr_segs = segs;
-            rq.retries = 0;
+            rq.attempts = Attempts::NONE;
             rq.pt = None;
             rq.first_seg = bio.segments().next().unwrap_or(BioVec::ZERO);
             rq.last_seg = bio.segments().last().unwrap_or(BioVec::ZERO);
@@ -353,7 +354,7 @@ impl<const D: usize> Queue<D> {
             rq.sector = bio.sector();
             rq.bytes = bio.size();
             rq.nr_segs = segs;
-            rq.retries = 0;
+            rq.attempts = Attempts::NONE;
             rq.pt = None;
             // One bio: merges never look at this request, so its first and last segments
             // are not needed.

@@ -8,6 +8,7 @@ use super::slot::{BUILD, PT_DONE, PtKind};
 use crate::bio::{BioFlags, Op};
 use crate::driver::{PtCmd, PtResult};
 use crate::error::{BlkError, status_from_code};
+use crate::request::Attempts;
 
 impl<const D: usize> Queue<D> {
     pub(super) fn start_pt(&self, cmd: PtCmd, kind: PtKind) -> Result<u16, (BlkError, PtCmd)> {
@@ -27,7 +28,7 @@ impl<const D: usize> Queue<D> {
             rq.sector = 0;
             rq.bytes = 0;
             rq.nr_segs = 0;
-            rq.retries = 0;
+            rq.attempts = Attempts::NONE;
             rq.pt = Some((cmd, kind));
         }
         self.stats.passthrough(1);

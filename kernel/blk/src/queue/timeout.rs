@@ -33,7 +33,7 @@ impl<const D: usize> Queue<D> {
                 let rq = slot.rq.lock();
                 (
                     self.hw.timeout(&rq),
-                    rq.retries,
+                    rq.attempts.retries,
                     rq.pt.is_some() || rq.flushes(),
                 )
             };
@@ -44,7 +44,7 @@ impl<const D: usize> Queue<D> {
                     slot.state.store(INFLIGHT, Ordering::Release);
                 }
                 TimeoutAction::Retry if !no_retry && retries < self.cfg.max_retries => {
-                    slot.rq.lock().retries += 1;
+                    slot.rq.lock().attempts.retries += 1;
                     self.stats.retries(1);
                     self.stats.requeues(1);
                     self.mark_requeue(slot, tag);

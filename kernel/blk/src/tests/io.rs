@@ -13,6 +13,7 @@ use crate::device::{CpuCtx, submit_bio};
 use crate::error::BlkError;
 use crate::limits::QueueLimits;
 use crate::ramdisk::{CompletionMode, PT_FLUSH, PT_IDENTIFY, RamDisk};
+use crate::request::MAX_ABORTS;
 use crate::request::{PtCmd, PtResult, Queue, QueueConfig, TimeoutAction};
 use crate::slab::{Mempool, Slab, Wait};
 use crate::split::bio_split;
@@ -321,6 +322,47 @@ fn error_mid_request_partial_success_and_bounded_retries() {
     assert_eq!(s.requests_completed, 1);
     assert_eq!(e.disk_bytes(0, 8192), pattern(4, 4 * 4096)[..8192].to_vec());
     e.disk.fail_at(None);
+    assert_eq!(e.q.tags_in_use(), 0);
+}
+
+#[test]
+fn requests_cut_off_by_a_reset_go_again_without_using_retries() {
+    let e = env(256, QueueLimits::new());
+    let mem = buf(4096);
+    for (i, b) in mem.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    // More resets in a row than `max_retries` (3): each cut-off goes again for free.
+    let aborts = MAX_ABORTS as u32;
+    e.disk.abort_next(aborts);
+    // SAFETY: the buffer outlives the bio and the test leaves it alone until the bio completes.
+    submit_bio(e.ctx, e.bio(Op::Write, 0, &[unsafe { seg(mem) }])).unwrap();
+    assert_eq!((e.done(), e.errors()), (1, 0), "the write succeeds");
+    let s = e.q.stats().snapshot();
+    assert_eq!(s.retries, 0, "a cut-off is not a retry");
+    assert_eq!(s.requeues, aborts as u64);
+    assert_eq!(e.disk.requests.load(Ordering::SeqCst), aborts as u64 + 1);
+    assert_eq!(
+        e.disk_bytes(0, 4096),
+        mem.to_vec(),
+        "the data is on the disk"
+    );
+    // A device that resets forever: the request ends with `Aborted` after `MAX_ABORTS`.
+    e.disk.abort_next(u32::MAX);
+    // SAFETY: as above.
+    submit_bio(e.ctx, e.bio(Op::Write, 8, &[unsafe { seg(mem) }])).unwrap();
+    assert_eq!((e.done(), e.errors()), (2, 1), "bounded: the write fails");
+    assert_eq!(e.q.stats().snapshot().retries, 0);
+    assert_eq!(
+        e.disk.requests.load(Ordering::SeqCst),
+        2 * (aborts as u64 + 1),
+        "dispatched MAX_ABORTS more times, then failed"
+    );
+    // A flush cut off by a reset is not known to have happened: it fails at once.
+    e.disk.abort_next(1);
+    submit_bio(e.ctx, e.bio(Op::Flush, 0, &[])).unwrap();
+    assert_eq!((e.done(), e.errors()), (3, 2), "the cut-off flush fails");
+    e.disk.abort_next(0);
     assert_eq!(e.q.tags_in_use(), 0);
 }
 
