@@ -46,7 +46,7 @@ impl Attempts {
     };
 }
 
-/// How many times a request cut off by device resets ([`BlkError::Aborted`](crate::BlkError::Aborted))
+/// How many times a request cut off by device resets ([`BlkError::Aborted`])
 /// is dispatched again before it fails with that error. Such a dispatch is not a retry (the
 /// request did nothing wrong: another request's timeout or a protocol violation reset the
 /// device); the bound keeps a device that resets forever from holding requests forever.
@@ -98,7 +98,7 @@ impl Request {
         self.attempts.retries
     }
     /// Times the request was dispatched again because a device reset cut it off
-    /// ([`BlkError::Aborted`](crate::BlkError::Aborted)).
+    /// ([`BlkError::Aborted`]).
     pub fn aborts(&self) -> u8 {
         self.attempts.aborts
     }
