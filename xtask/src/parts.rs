@@ -14,6 +14,9 @@
 //! - `gpt-damaged`: `gpt`, then a byte of the primary header (its first-usable field)
 //!   changed, so that its CRC no longer matches: the backup header at the end of the disk
 //!   must be used.
+//! - `mbr-bad`: an MBR by `sfdisk` with primaries 1 (sectors 2048+8192) and 2 (10240+8192),
+//!   then slots 3 and 4 filled in by hand: 3 overlaps 1 (4096+2048) and 4 reaches past the
+//!   end of the disk (60000+10000 on a 32 MiB disk). Both must be refused, 1 and 2 kept.
 
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
@@ -40,6 +43,8 @@ pub enum Layout {
     Gpt,
     /// `Gpt` with its primary header damaged.
     GptDamaged,
+    /// An MBR with an overlapping and an out-of-disk entry added by hand.
+    MbrBad,
 }
 
 /// The sfdisk script of [`Layout::Mbr`] (sectors of 512 bytes): what the kernel test expects.
@@ -51,6 +56,15 @@ start=26624, size=65536, type=5
 start=28672, size=20480, type=83
 start=51200, size=40960, type=82
 ";
+
+/// The sfdisk script of [`Layout::MbrBad`], before the bad entries are added.
+const MBR_BAD_SCRIPT: &str = "label: dos
+start=2048, size=8192, type=83
+start=10240, size=8192, type=83
+";
+
+/// The entries [`Layout::MbrBad`] adds in slots 3 and 4: (type, start, sectors).
+const MBR_BAD_ENTRIES: [(u8, u32, u32); 2] = [(0x83, 4096, 2048), (0x83, 60000, 10000)];
 
 /// The sgdisk arguments of [`Layout::Gpt`] (sectors of 512 bytes): what the kernel test
 /// expects.
@@ -80,7 +94,8 @@ impl DiskRecipe {
             "mbr" => Layout::Mbr,
             "gpt" => Layout::Gpt,
             "gpt-damaged" => Layout::GptDamaged,
-            other => bail!("unknown partition layout {other:?} (mbr, gpt, gpt-damaged)"),
+            "mbr-bad" => Layout::MbrBad,
+            other => bail!("unknown partition layout {other:?} (mbr, gpt, gpt-damaged, mbr-bad)"),
         };
         let size_mib: u64 = size
             .parse()
@@ -165,6 +180,10 @@ pub fn write(path: &Path, recipes: &[DiskRecipe]) -> Result<()> {
                 sgdisk(tmp)?;
                 damage_primary_gpt(tmp)?;
             }
+            Layout::MbrBad => {
+                sfdisk(tmp, MBR_BAD_SCRIPT)?;
+                add_bad_mbr_entries(tmp)?;
+            }
         }
         let bytes = fs::read(tmp)?;
         fs::remove_file(tmp)?;
@@ -222,6 +241,29 @@ fn damage_primary_gpt(disk: &Path) -> Result<()> {
     );
     f.seek(SeekFrom::Start(512 + 40))?;
     f.write_all(&[0x7f, 0, 0, 0, 0, 0, 0, 0])?;
+    Ok(())
+}
+
+/// Writes [`MBR_BAD_ENTRIES`] into MBR slots 3 and 4 (which sfdisk left empty).
+fn add_bad_mbr_entries(disk: &Path) -> Result<()> {
+    let mut f = fs::OpenOptions::new().read(true).write(true).open(disk)?;
+    let mut mbr = [0u8; 512];
+    std::io::Read::read_exact(&mut f, &mut mbr)?;
+    ensure!(mbr[510..] == [0x55, 0xaa], "no MBR in {}", disk.display());
+    for (k, (ty, start, len)) in MBR_BAD_ENTRIES.into_iter().enumerate() {
+        let e = 446 + 16 * (2 + k);
+        ensure!(
+            mbr[e + 4] == 0,
+            "MBR slot {} of {} is not empty",
+            3 + k,
+            disk.display()
+        );
+        mbr[e + 4] = ty;
+        mbr[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
+        mbr[e + 12..e + 16].copy_from_slice(&len.to_le_bytes());
+    }
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(&mbr)?;
     Ok(())
 }
 

@@ -353,7 +353,7 @@ fn scan_disk(index: usize) {
             Refusal::ChainLoop => write!(why, "logical chain loops: chain stopped"),
             Refusal::ChainBroken => write!(why, "logical chain link invalid: chain stopped"),
         };
-        defmt::error!(
+        defmt::warn!(
             "{=str}: partition {=u32} (blocks {=u64}+{=u64}) refused: {=str}",
             d.name.as_str(),
             r.number,

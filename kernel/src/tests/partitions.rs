@@ -2,7 +2,8 @@
 //! tools wrote (`cargo xtask` runs sfdisk and sgdisk; the layouts are in `xtask/src/parts.rs`,
 //! and the values below are theirs). Profile `x86_64-partitions`: `vda` (virtio-blk) with an
 //! MBR, `sda` (AHCI) with a GPT, `nvme0n1` (NVMe) with the same GPT and a damaged primary
-//! header. These tests run gated (`ktest=gated partitions`) and write inside partitions.
+//! header, `sdb` (AHCI port 1) with an MBR whose entries 3 (overlapping 1) and 4 (past the end
+//! of the disk) were added by hand. These tests run gated (`ktest=gated partitions`) and write inside partitions.
 
 use blk::mem::DmaRegion;
 use blk::partition::{GptDamage, PartKind, Scheme};
@@ -136,6 +137,7 @@ ktest! {
             ("vda", DiskKind::Virtio, 131_072u64),
             ("sda", DiskKind::Ahci, 65_536),
             ("nvme0n1", DiskKind::Nvme, 65_536),
+            ("sdb", DiskKind::Ahci, 65_536),
         ] {
             let d = dev(name, kind)?;
             check_eq!((name, d.sectors, d.block_size), (name, sectors, 512));
@@ -179,6 +181,38 @@ ktest! {
             note.map(|n| (n.scheme, n.refused, n.primary_damage)),
             Some((Scheme::Gpt, 0, Some(GptDamage::HeaderCrc)))
         );
+        Ok(())
+    }
+}
+
+/// `mbr-bad` of xtask/src/parts.rs, on `sdb`: entries 3 and 4 are refused.
+const MBR_BAD: [Want; 2] = [
+    mbr("sdb1", 2048, 8192, 0x83),
+    mbr("sdb2", 10240, 8192, 0x83),
+];
+
+ktest! {
+    #[only_with = "partitions"]
+    fn bad_entries_are_refused_and_the_disk_stays_usable() -> TestResult {
+        check_table("sdb", DiskKind::Ahci, 65_536, &MBR_BAD)?;
+        let note = registry::index_of("sdb").and_then(registry::table);
+        check_eq!(note.map(|n| (n.scheme, n.accepted, n.refused)), Some((Scheme::Mbr, 2, 2)));
+        check!(registry::find("sdb3").is_none(), "the overlapping entry 3 was registered");
+        check!(registry::find("sdb4").is_none(), "the out-of-disk entry 4 was registered");
+        // The whole disk still works, in the space the refused entries claimed too.
+        let disk = dev("sdb", DiskKind::Ahci)?;
+        let (mut out, mut back) = buffers()?;
+        for sector in [4096u64, 60000, 65_536 - 8] {
+            for (i, b) in out.as_mut_slice()[..4096].iter_mut().enumerate() {
+                *b = (sector as u8) ^ (i as u8);
+            }
+            let v = out.segment(0, 4096).ok_or_else(|| fail(format_args!("segment")))?;
+            io(disk.dev, Op::Write, sector, v)?;
+            back.as_mut_slice()[..4096].fill(0);
+            let v = back.segment(0, 4096).ok_or_else(|| fail(format_args!("segment")))?;
+            io(disk.dev, Op::Read, sector, v)?;
+            check!(back.as_slice()[..4096] == out.as_slice()[..4096], "sdb sector {} read back wrong", sector);
+        }
         Ok(())
     }
 }
