@@ -77,6 +77,8 @@ pub struct Device {
     pub serial: heapless::String<20>,
     /// The device's own counters (a disk's request queue, a partition's remapping).
     pub stats: &'static BlkStats,
+    /// The counters of the request queue that serves it in the end (a partition's disk's).
+    pub queue_stats: &'static BlkStats,
 }
 
 static DEVICES: [Once<Device>; MAX_DEVICES] = [const { Once::new() }; MAX_DEVICES];
@@ -185,6 +187,7 @@ fn disk<const D: usize>(
         model: text(model),
         serial: text(serial),
         stats: q.stats(),
+        queue_stats: q.stats(),
     })
 }
 
@@ -424,6 +427,7 @@ fn add_partition(index: usize, d: &'static Device, p: &PartEntry) {
         model: heapless::String::new(),
         serial: heapless::String::new(),
         stats: lin.stats(),
+        queue_stats: d.queue_stats,
     });
 }
 

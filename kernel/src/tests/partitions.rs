@@ -217,6 +217,10 @@ ktest! {
     }
 }
 
+fn ok<T>(r: Result<T, tinyfs::FsError>, what: &str) -> Result<T, Outcome> {
+    r.map_err(|e| fail(format_args!("{}: {}", what, e)))
+}
+
 /// Two 8 KiB DMA buffers for the I/O tests, kept for the rest of the boot.
 fn buffers() -> Result<(DmaRegion, DmaRegion), Outcome> {
     let one = || {
@@ -324,6 +328,62 @@ ktest! {
                 (name, before.bios_submitted, before.requests_dispatched)
             );
             check_eq!((name, p.stats.snapshot().remaps), (name, part_before.remaps));
+        }
+        Ok(())
+    }
+}
+
+ktest! {
+    #[only_with = "partitions"]
+    fn tinyfs_on_the_partition_root_names() -> TestResult {
+        // The profile says `root=sda1`: the filesystem goes on that partition, and only there.
+        check_eq!(crate::fs::root_name(), Some("sda1"));
+        let p = dev("sda1", DiskKind::Ahci)?;
+        let disk = dev("sda", DiskKind::Ahci)?;
+        let root = crate::fs::root_device().ok_or_else(|| fail(format_args!("no root device")))?;
+        check!(core::ptr::addr_eq(root, p.dev), "the root device is not sda1");
+        // Markers just outside sda1: the free 4 KiB before it, and sda2's first 4 KiB.
+        let (mut out, mut back) = buffers()?;
+        let outside = [2048 - 8, 18432];
+        for (k, &sector) in outside.iter().enumerate() {
+            out.as_mut_slice()[..4096].fill(0xa0 + k as u8);
+            let v = out.segment(0, 4096).ok_or_else(|| fail(format_args!("segment")))?;
+            io(disk.dev, Op::Write, sector, v)?;
+        }
+        let before = disk.queue_stats.snapshot();
+        let text: &[u8] = b"tinyfs on a GPT partition made by sgdisk\n";
+        let r = crate::fs::with_fs(|fs| -> TestResult {
+            let (how, _) = ok(crate::fs::mount(fs), "mount (mkfs on the blank partition)")?;
+            check_eq!(how, crate::fs::Mounted::Formatted);
+            check_eq!(ok(fs.statfs(), "statfs")?.blocks, crate::fs::fs_blocks(p.sectors / 8));
+            let f = ok(fs.create("/hello.txt"), "create")?;
+            ok(fs.write(f, 0, text), "write")?;
+            ok(fs.unmount(), "unmount")?;
+            super::fs::fsck_clean(fs)?;
+            let (how, _) = ok(crate::fs::mount(fs), "remount")?;
+            check_eq!(how, crate::fs::Mounted::Existing);
+            let f = ok(fs.open("/hello.txt"), "open")?;
+            let mut got = [0u8; 64];
+            let n = ok(fs.read(f, 0, &mut got), "read")?;
+            check!(got[..n] == *text, "read back {:?}", &got[..n]);
+            ok(fs.unmount(), "unmount")
+        })
+        .map_err(|e| fail(format_args!("filesystem setup: {:?}", e)))?;
+        r?;
+        let after = disk.queue_stats.snapshot();
+        check!(
+            after.requests_dispatched > before.requests_dispatched,
+            "the filesystem's I/O did not reach sda's queue"
+        );
+        for (k, &sector) in outside.iter().enumerate() {
+            back.as_mut_slice()[..4096].fill(0);
+            let v = back.segment(0, 4096).ok_or_else(|| fail(format_args!("segment")))?;
+            io(disk.dev, Op::Read, sector, v)?;
+            check!(
+                back.as_slice()[..4096].iter().all(|&b| b == 0xa0 + k as u8),
+                "sda sector {} outside sda1 changed",
+                sector
+            );
         }
         Ok(())
     }
