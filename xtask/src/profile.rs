@@ -510,6 +510,27 @@ mod tests {
     }
 
     #[test]
+    fn partitioned_images() {
+        let with = |image: &str| SAMPLE.replace("image = { size_mib = 16 }", image);
+        let p = Profile::parse(
+            "x",
+            &with(r#"image = { size_mib = 96, format = "raw", partition = ["mbr:64", "gpt-damaged:32"] }"#),
+        )
+        .unwrap();
+        let disks = p.image.unwrap().disks().unwrap();
+        assert_eq!(disks.len(), 2);
+        assert_eq!(disks[1].size_mib, 32);
+        for bad in [
+            r#"image = { size_mib = 64, format = "raw", partition = ["mbr:64", "gpt:32"] }"#,
+            r#"image = { size_mib = 64, format = "tinyfs", partition = ["gpt:32"] }"#,
+            r#"image = { size_mib = 64, partition = ["gpt:32"] }"#,
+            r#"image = { size_mib = 64, format = "raw", partition = ["ext4:32"] }"#,
+        ] {
+            assert!(Profile::parse("x", &with(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn image_formats() {
         let p = Profile::parse("x", SAMPLE).unwrap();
         let image = p.image.unwrap();

@@ -497,7 +497,7 @@ pub fn print() {
                 d.block_size,
                 d.limits.max_sectors,
                 d.limits.max_segments,
-                d.limits.virt_boundary_mask as u64,
+                d.limits.virt_boundary_mask,
                 d.model.as_str(),
                 d.serial.as_str()
             ),
