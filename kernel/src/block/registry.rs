@@ -158,7 +158,8 @@ fn name(args: core::fmt::Arguments<'_>) -> Name {
     n
 }
 
-fn text<const N: usize>(s: &str) -> heapless::String<N> {
+/// `s` cut to what fits in `N` bytes (at a character boundary).
+fn clipped<const N: usize>(s: &str) -> heapless::String<N> {
     let mut t = heapless::String::new();
     for c in s.chars() {
         if t.push(c).is_err() {
@@ -184,8 +185,8 @@ fn disk<const D: usize>(
         sectors: dev.capacity(),
         block_size: dev.logical_block_size(),
         limits: *q.limits(),
-        model: text(model),
-        serial: text(serial),
+        model: clipped(model),
+        serial: clipped(serial),
         stats: q.stats(),
         queue_stats: q.stats(),
     })
