@@ -1,4 +1,6 @@
-//! tinyfs on the virtio disk: the filesystem's bio set (its own slab, reserve and 256-entry
+//! tinyfs on the root device: the registered device `root=<name>` on the command line names
+//! (`vda`, `sda3`, `nvme0n1p2`, ...; [`crate::block::registry`]), else the virtio disk. Here:
+//! the filesystem's bio set (its own slab, reserve and 256-entry
 //! vector pools), its 1 MiB DMA I/O buffer, an instance over the disk, mounting (with mkfs on a
 //! blank disk), and the filesystem half of the `mode=run` demo.
 //!
@@ -20,7 +22,7 @@ use tinyfs::{
     MountReport,
 };
 
-use crate::block::{self, cpu_ctx, virtio};
+use crate::block::{self, cpu_ctx, registry, virtio};
 use crate::config::{FS_BIO_RESERVE, FS_BIO_SLAB, FS_BVEC_256, FS_BVEC_RESERVE, FS_BVEC_SMALL};
 
 /// Inode-table blocks an instance holds (15 inodes each).
@@ -57,7 +59,7 @@ static IO_BUF: Mutex<Option<DmaRegion>> = Mutex::new(None);
 /// Why no filesystem instance could be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Setup {
-    /// No virtio disk.
+    /// No root device: no virtio disk, or `root=` names no registered device.
     NoDisk,
     /// The disk's block size does not divide 4 KiB.
     BlockSize,
@@ -73,17 +75,38 @@ fn io_buffer() -> Result<DmaRegion, Setup> {
     Ok(DmaRegion::from_dma_buf(buf))
 }
 
-/// Runs `f` on an unmounted filesystem instance over the virtio disk. One instance exists at a
+/// The filesystem's device: the registered device `root=<name>` names, else (no `root=`) the
+/// virtio disk; `None` when that is missing.
+pub fn root_device() -> Option<&'static dyn BlockDevice> {
+    match root_name() {
+        Some(name) => registry::find(name).map(|d| d.dev),
+        None => virtio::disk().map(|d| {
+            let q: &'static dyn BlockDevice = d.queue;
+            q
+        }),
+    }
+}
+
+/// The registry entry of the root device (`root=<name>`, else `vda`).
+pub fn root_entry() -> Option<&'static registry::Device> {
+    registry::find(root_name().unwrap_or("vda"))
+}
+
+/// The device `root=` names on the command line, if it names one.
+pub fn root_name() -> Option<&'static str> {
+    crate::boot::cmdline_arg(crate::boot_info().cmdline, "root")
+}
+
+/// Runs `f` on an unmounted filesystem instance over the root device ([`root_device`]). One instance exists at a
 /// time (the I/O buffer is locked for the duration); `f` should unmount before returning.
 pub fn with_fs<R>(f: impl FnOnce(&mut KernelFs<'_>) -> R) -> Result<R, Setup> {
-    let disk = virtio::disk().ok_or(Setup::NoDisk)?;
+    let dev = root_device().ok_or(Setup::NoDisk)?;
     let mut guard = IO_BUF.lock();
     if guard.is_none() {
         *guard = Some(io_buffer()?);
     }
     let region = guard.as_mut().ok_or(Setup::NoMemory)?;
     let span = region.span();
-    let dev: &'static dyn BlockDevice = disk.queue;
     let dev = BlkDisk::new(dev, cpu_ctx(), &FS_SET, block::wait, span).ok_or(Setup::BlockSize)?;
     let mut fs = KernelFs::new(dev, region.as_mut_slice());
     Ok(f(&mut fs))
@@ -96,9 +119,9 @@ pub fn fs_blocks(dev_blocks: u64) -> u64 {
         .min(64 * BW as u64)
 }
 
-/// Writes an empty filesystem on the disk (the instance stays unmounted).
+/// Writes an empty filesystem on the root device (the instance stays unmounted).
 pub fn mkfs(fs: &mut KernelFs<'_>) -> Result<(), FsError> {
-    let blocks = fs_blocks(virtio::disk().map_or(0, |d| d.queue.capacity() / 8));
+    let blocks = fs_blocks(root_device().map_or(0, |d| d.capacity() / 8));
     fs.mkfs(MkfsOptions {
         blocks: Some(blocks),
         inode_blocks: IB as u32,
@@ -112,13 +135,13 @@ pub fn superblocks_blank() -> Result<bool, FsError> {
         block: 0,
         error,
     };
-    let disk = virtio::disk().ok_or(failed(IoErrorKind::Device))?;
+    let dev = root_device().ok_or(failed(IoErrorKind::Device))?;
     let no_memory = |_| failed(IoErrorKind::Blk(BlkError::NoMemory));
     let buf = DmaBuf::alloc(2 * BLOCK_SIZE, BLOCK_SIZE).map_err(no_memory)?;
     let mut bio = block::IO_SET
         .alloc((), Op::Read, 1, Wait::Hook(block::wait))
         .map_err(|e| failed(e.into()))?;
-    bio.set_dev(disk.queue);
+    bio.set_dev(dev);
     bio.set_sector(0);
     // SAFETY: the segment contract: `buf` is DMA memory of this function, which waits for the
     // bio (`submit_bio_wait`) before it reads the buffer or lets it drop, on every path.
@@ -145,7 +168,7 @@ pub enum Mounted {
 /// fallback to an older generation is logged as an error with its reason; when the newest
 /// tree is corrupt the mount is read-only (the rollback is not accepted here).
 pub fn mount(fs: &mut KernelFs<'_>) -> Result<(Mounted, MountReport), FsError> {
-    let read_only = virtio::disk().is_some_and(|d| d.queue.read_only());
+    let read_only = root_device().is_some_and(|d| d.read_only());
     if read_only {
         defmt::warn!("fs: the disk is read-only: mounting tinyfs read-only");
     }

@@ -55,6 +55,7 @@ pub fn kmain(info: BootInfo) -> ! {
     block::init(info);
     arch::timer_start(TIMER_HZ);
     arch::interrupts_enable();
+    block::registry::init();
 
     let mode = boot::cmdline_arg(info.cmdline, "mode").unwrap_or("run");
     // The test runner reports a missing expected disk as a failing check; the other modes stop

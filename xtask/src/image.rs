@@ -13,7 +13,7 @@ use tinyfs::{
     BLOCK_SIZE, BlockIo, Fallback, FsError, FsckStatus, Kind, MkfsOptions, MountOptions, NAME_MAX,
 };
 
-use crate::profile::ImageFormat;
+use crate::profile::{ImageFormat, ImageSpec};
 use crate::workspace;
 
 /// Blocks of the largest filesystem the host tools handle (their bitmap's size).
@@ -427,6 +427,19 @@ pub fn get(image: &Path, path: &str, host_file: &Path) -> Result<usize> {
     })?;
     fs::write(host_file, &data).with_context(|| format!("writing {}", host_file.display()))?;
     Ok(data.len())
+}
+
+/// Creates the disk image of a profile at `path` as `spec` describes (for a test boot, or for
+/// `run`): [`prepare`], then the partitioned disks of `spec.partition` when the image was
+/// (re)made.
+pub fn prepare_spec(path: &Path, spec: &ImageSpec, for_test: bool, fresh: bool) -> Result<()> {
+    let new = fresh || !path.exists();
+    prepare(path, spec.size_mib, spec.format_for(for_test), fresh)?;
+    let disks = spec.disks()?;
+    if new && !disks.is_empty() {
+        crate::parts::write(path, &disks)?;
+    }
+    Ok(())
 }
 
 /// Creates the disk image of a profile at `path` in `format`; an existing image is kept unless

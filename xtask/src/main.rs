@@ -9,6 +9,7 @@ mod guest;
 mod host;
 mod image;
 mod ktest;
+mod parts;
 mod powercut;
 mod prof;
 mod profile;
@@ -203,7 +204,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         if format == ImageFormat::Tinyfs && !path.exists() {
             eprintln!("note: creating a tinyfs image {}", path.display());
         }
-        image::prepare(path, spec.size_mib, format, false)
+        image::prepare_spec(path, spec, false, false)
             .with_context(|| format!("disk image for {}", profile.name))?;
     }
     let spec = BootSpec {
@@ -463,7 +464,7 @@ fn test_spec<'a>(
 ) -> Result<BootSpec<'a>> {
     let image = boot::image_path(profile, true);
     if let (Some(path), Some(spec)) = (&image, &profile.image) {
-        image::prepare(path, spec.size_mib, spec.format_for(true), true)
+        image::prepare_spec(path, spec, true, true)
             .with_context(|| format!("disk image for {}", profile.name))?;
     }
     Ok(BootSpec {

@@ -92,9 +92,21 @@ pub struct ImageSpec {
     pub size_mib: u64,
     /// What a new image holds; without it, `run` makes a tinyfs image and `test` a zeroed one.
     pub format: Option<ImageFormat>,
+    /// Disks laid end to end in a raw image, each `KIND:MIB` with a partition table made by
+    /// the Linux tools (`crate::parts`).
+    #[serde(default)]
+    pub partition: Vec<String>,
 }
 
 impl ImageSpec {
+    /// The disks of `partition`, parsed.
+    pub fn disks(&self) -> Result<Vec<crate::parts::DiskRecipe>> {
+        self.partition
+            .iter()
+            .map(|s| crate::parts::DiskRecipe::parse(s))
+            .collect()
+    }
+
     /// The format of an image made for `run` (`for_test == false`) or for a test boot.
     pub fn format_for(&self, for_test: bool) -> ImageFormat {
         match self.format {
@@ -211,6 +223,19 @@ impl Profile {
                  use format = \"raw\" for a bigger disk",
                 image.size_mib
             );
+            let disks = image.disks()?;
+            if !disks.is_empty() {
+                ensure!(
+                    image.format == Some(ImageFormat::Raw),
+                    "an image with `partition` disks must have format = \"raw\""
+                );
+                let total: u64 = disks.iter().map(|d| d.size_mib).sum();
+                ensure!(
+                    total <= image.size_mib,
+                    "the partitioned disks take {total} MiB, more than the image's {}",
+                    image.size_mib
+                );
+            }
         }
         ensure!(
             self.timeout > 0 && self.test_timeout > 0,
@@ -481,6 +506,27 @@ mod tests {
         ] {
             let bad = SAMPLE.replace("image = { size_mib = 16 }", image);
             assert!(Profile::parse("x", &bad).is_err(), "{image}");
+        }
+    }
+
+    #[test]
+    fn partitioned_images() {
+        let with = |image: &str| SAMPLE.replace("image = { size_mib = 16 }", image);
+        let p = Profile::parse(
+            "x",
+            &with(r#"image = { size_mib = 96, format = "raw", partition = ["mbr:64", "gpt-damaged:32"] }"#),
+        )
+        .unwrap();
+        let disks = p.image.unwrap().disks().unwrap();
+        assert_eq!(disks.len(), 2);
+        assert_eq!(disks[1].size_mib, 32);
+        for bad in [
+            r#"image = { size_mib = 64, format = "raw", partition = ["mbr:64", "gpt:32"] }"#,
+            r#"image = { size_mib = 64, format = "tinyfs", partition = ["gpt:32"] }"#,
+            r#"image = { size_mib = 64, partition = ["gpt:32"] }"#,
+            r#"image = { size_mib = 64, format = "raw", partition = ["ext4:32"] }"#,
+        ] {
+            assert!(Profile::parse("x", &with(bad)).is_err(), "{bad}");
         }
     }
 

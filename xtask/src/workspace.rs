@@ -135,7 +135,7 @@ pub fn ensure_qemu(arches: &[Arch]) -> Result<()> {
     )
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // Uid line of /proc/self/status: real, effective, saved, filesystem.
     fs::read_to_string("/proc/self/status")
         .ok()

@@ -238,7 +238,7 @@ fn show<const D: usize>(d: &Shown<D>) -> Result<(), BlkError> {
     if agree { Ok(()) } else { Err(BlkError::Io) }
 }
 
-/// What the first two blocks of the virtio disk (tinyfs's superblock slots) say.
+/// What the first two blocks of the filesystem device (tinyfs's superblock slots) say.
 enum Found {
     /// A superblock slot holds a valid tinyfs superblock of this generation.
     Tinyfs(u64),
@@ -246,7 +246,7 @@ enum Found {
     Other,
 }
 
-/// Reads the superblock slots of the virtio disk.
+/// Reads the superblock slots of `dev`.
 fn superblocks(dev: &'static dyn BlockDevice) -> Result<Found, BlkError> {
     const BLOCK: usize = tinyfs::BLOCK_SIZE;
     let buf = region(2 * BLOCK)?;
@@ -264,29 +264,38 @@ fn superblocks(dev: &'static dyn BlockDevice) -> Result<Found, BlkError> {
     Ok(newest.map_or(Found::Other, Found::Tinyfs))
 }
 
-/// The filesystem demo ([`crate::fs::demo`]): only on a virtio disk that already holds a tinyfs
-/// filesystem, and only after saying what it will write. `false` if anything failed.
+/// The filesystem demo ([`crate::fs::demo`]): only on a root device (the virtio disk, or
+/// `root=<name>`) that already holds a tinyfs filesystem, and only after saying what it will
+/// write. `false` if anything failed; `root=` naming no registered device is a failure.
 pub fn filesystem() -> bool {
-    let Some(d) = virtio::disk() else {
+    let Some(dev) = crate::fs::root_device() else {
+        if let Some(name) = crate::fs::root_name() {
+            defmt::error!("run: root={=str}: no such device in the registry", name);
+            return false;
+        }
         return true;
     };
-    match superblocks(d.queue) {
+    let name = crate::fs::root_name().unwrap_or("vda");
+    match superblocks(dev) {
         Ok(Found::Tinyfs(generation)) => {
             defmt::println!(
-                "run: the virtio-blk disk holds a tinyfs filesystem (generation {=u64}): the filesystem demo will create /demo and write /demo/hello.txt and /demo/big.bin in it, through tinyfs; nothing else on the disk is written",
+                "run: {=str} holds a tinyfs filesystem (generation {=u64}): the filesystem demo will create /demo and write /demo/hello.txt and /demo/big.bin in it, through tinyfs; nothing else on the disk is written",
+                name,
                 generation
             );
             crate::fs::demo()
         }
         Ok(Found::Other) => {
             defmt::println!(
-                "run: the virtio-blk disk holds no tinyfs filesystem: run mode writes nothing to it (make one on the host with `cargo xtask mkfs IMAGE --size N`)"
+                "run: {=str} holds no tinyfs filesystem: run mode writes nothing to it (make one on the host with `cargo xtask mkfs IMAGE --size N`)",
+                name
             );
             true
         }
         Err(e) => {
             defmt::error!(
-                "run: reading the virtio-blk superblocks failed: {}",
+                "run: reading the superblocks of {=str} failed: {}",
+                name,
                 defmt::Debug2Format(&e)
             );
             false

@@ -8,6 +8,7 @@ pub mod ahci;
 mod attach;
 pub mod demo;
 pub mod nvme;
+pub mod registry;
 pub mod virtio;
 
 use attach::report_controllers;

@@ -1,4 +1,5 @@
-//! tinyfs on the virtio disk: namespace and file operations with remount and fsck, a 4 MiB file
+//! tinyfs on the root device (the virtio disk, or the registered device `root=<name>` names):
+//! namespace and file operations with remount and fsck, a 4 MiB file
 //! byte for byte, zero-copy writes (`write_buffer`) across a remount, a fallback to the
 //! previous generation (torn commit record, corrupt newest tree) that mount and fsck report,
 //! the two phases of the reboot test (`fs_phase=write`, then `fs_phase=verify` on the same
@@ -12,7 +13,7 @@ use tinyfs::{
     BLOCK_SIZE, Fallback, FsError, FsckStatus, Ino, Kind, Mode, MountOptions, MountReport,
 };
 
-use crate::block::{self, virtio};
+use crate::block;
 use crate::fs::{self, KernelFs, Setup, fill_pattern, pattern_mismatch, with_fs};
 use crate::ktest::{Outcome, TestResult, fail};
 
@@ -81,7 +82,7 @@ fn names_are(fs: &KernelFs<'_>, path: &str, want: &[&str]) -> TestResult {
     Ok(())
 }
 
-fn fsck_clean(fs: &mut KernelFs<'_>) -> TestResult {
+pub(super) fn fsck_clean(fs: &mut KernelFs<'_>) -> TestResult {
     let status = fsck_status(fs)?;
     check_eq!(status, FsckStatus::Clean);
     Ok(())
@@ -173,7 +174,7 @@ ktest! {
             ok(fs::mkfs(fs), "mkfs")?;
             ok(fs.mount(false), "mount")?;
             let s0 = ok(fs.statfs(), "statfs")?;
-            let disk_blocks = virtio::disk().map_or(0, |d| blk::BlockDevice::capacity(d.queue) / 8);
+            let disk_blocks = fs::root_device().map_or(0, |d| d.capacity() / 8);
             check_eq!(s0.blocks, fs::fs_blocks(disk_blocks));
             check_eq!(s0.block_size, 4096);
             check_eq!(s0.free_inodes, s0.inodes - 1);
@@ -256,25 +257,25 @@ const BIG_SEED: u64 = 0xb16;
 ktest! {
     fn fs_4mib_file_byte_exact_across_remount() -> TestResult {
         on_disk(|fs| {
-            let disk = virtio::disk().ok_or(Outcome::NoDisk(block::DiskKind::Virtio))?;
+            let disk = fs::root_entry().ok_or(Outcome::NoDisk(block::DiskKind::Virtio))?;
             ok(fs::mkfs(fs), "mkfs")?;
             ok(fs.mount(false), "mount")?;
             let mut buf = scratch(1 << 20)?;
             let buf = buf.as_mut_slice();
             let ino = ok(fs.create("/big.bin"), "create")?;
-            let s0 = disk.queue.stats().snapshot();
+            let s0 = disk.queue_stats.snapshot();
             let t0 = block::clock();
             write_pattern(fs, ino, BIG_SEED, BIG, buf)?;
             ok(fs.fsync(ino), "fsync")?;
             let write_ns = block::clock() - t0;
-            let s1 = disk.queue.stats().snapshot();
+            let s1 = disk.queue_stats.snapshot();
             let st = ok(fs.stat(ino), "stat")?;
             check_eq!(st.size, BIG);
             check_eq!(st.blocks, BIG / 4096);
             let t1 = block::clock();
             verify_file(fs, "/big.bin", BIG_SEED, BIG, buf)?;
             let read_ns = block::clock() - t1;
-            let s2 = disk.queue.stats().snapshot();
+            let s2 = disk.queue_stats.snapshot();
             // An unaligned read across a 1 MiB boundary.
             let mut odd = [0u8; 10_000];
             let at = (1 << 20) - 4097;
@@ -423,11 +424,11 @@ ktest! {
 
 /// Reads or writes one block of the disk directly, under the filesystem.
 fn raw(op: Op, block: u64, buf: &mut DmaBuf) -> TestResult {
-    let disk = virtio::disk().ok_or(Outcome::Skip("no virtio disk"))?;
+    let disk = fs::root_device().ok_or(Outcome::Skip("no filesystem device"))?;
     let mut bio = block::IO_SET
         .alloc((), op, 1, Wait::Hook(block::wait))
         .map_err(|e| fail(format_args!("bio: {}", e)))?;
-    bio.set_dev(disk.queue);
+    bio.set_dev(disk);
     bio.set_sector(block * 8);
     // SAFETY: the segment contract: `buf` is DMA memory the caller lends for the call, and this
     // function waits for the bio (`submit_bio_wait`) before returning on every path.
@@ -534,9 +535,9 @@ ktest! {
     #[only_with = "fs_ro=1"]
     fn fs_read_only_disk_mounts_read_only() -> TestResult {
         on_disk(|fs| {
-            let disk = virtio::disk().ok_or(Outcome::Skip("no virtio disk"))?;
+            let disk = fs::root_device().ok_or(Outcome::Skip("no filesystem device"))?;
             check!(
-                blk::BlockDevice::read_only(disk.queue),
+                disk.read_only(),
                 "the profile's disk is read-only, but the queue is not"
             );
             err_is(fs.mount(false), FsError::DeviceReadOnly, "read-write mount")?;

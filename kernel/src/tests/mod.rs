@@ -6,5 +6,6 @@ mod cpu;
 mod faults;
 mod fs;
 mod nvme;
+mod partitions;
 mod pci;
 mod selftest;
