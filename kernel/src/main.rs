@@ -56,6 +56,7 @@ pub fn kmain(info: BootInfo) -> ! {
     arch::timer_start(TIMER_HZ);
     arch::interrupts_enable();
     block::registry::init();
+    defmt::println!("{=usize} CPUs online", arch::cpus_online());
 
     let mode = boot::cmdline_arg(info.cmdline, "mode").unwrap_or("run");
     // The test runner reports a missing expected disk as a failing check; the other modes stop

@@ -31,6 +31,17 @@ pub trait IrqChip: Sync {
     /// Reserve a message-signalled interrupt: its number for [`dispatch`] and the address/data
     /// pair a device writes to raise it. `None` when the platform has no MSI or none is left.
     fn alloc_msi(&self) -> Option<(u32, MsiMessage)>;
+    /// Like [`alloc_msi`](IrqChip::alloc_msi), but the message interrupts CPU `cpu` (a logical
+    /// index, as the boot crate's `cpu_id`). The default serves one-CPU platforms.
+    fn alloc_msi_on(&self, cpu: usize) -> Option<(u32, MsiMessage)> {
+        let _ = cpu;
+        self.alloc_msi()
+    }
+    /// Delivers wired line `irq` to CPU `cpu` from now on. The default serves one-CPU
+    /// platforms (nothing to route).
+    fn route(&self, irq: u32, cpu: usize) {
+        let _ = (irq, cpu);
+    }
 }
 
 /// What a device writes, and where, to raise a message-signalled interrupt.
@@ -103,6 +114,13 @@ pub fn alloc_msi() -> Option<(IrqLine, MsiMessage)> {
     Some((IrqLine { irq }, msg))
 }
 
+/// Reserves a message-signalled interrupt delivered to CPU `cpu` (see
+/// [`IrqChip::alloc_msi_on`]).
+pub fn alloc_msi_on(cpu: usize) -> Option<(IrqLine, MsiMessage)> {
+    let (irq, msg) = CHIP.get()?.alloc_msi_on(cpu)?;
+    Some((IrqLine { irq }, msg))
+}
+
 /// One interrupt line a driver may register a handler on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IrqLine {
@@ -148,6 +166,12 @@ impl IrqLine {
     /// Masks the line.
     pub fn disable(&self) -> Result<(), IrqError> {
         CHIP.get().ok_or(IrqError::NoChip)?.disable(self.irq);
+        Ok(())
+    }
+
+    /// Delivers the line to CPU `cpu` (wired lines; an MSI's CPU is fixed by its message).
+    pub fn route_to(&self, cpu: usize) -> Result<(), IrqError> {
+        CHIP.get().ok_or(IrqError::NoChip)?.route(self.irq, cpu);
         Ok(())
     }
 

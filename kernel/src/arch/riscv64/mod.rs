@@ -271,6 +271,11 @@ pub fn cpu_id() -> usize {
     0
 }
 
+/// CPUs online (logical indexes `0..cpus_online()`); only the boot CPU runs so far.
+pub fn cpus_online() -> usize {
+    1
+}
+
 /// The PLIC.
 pub fn irq_chip() -> &'static dyn hal::irq::IrqChip {
     &plic::PLIC

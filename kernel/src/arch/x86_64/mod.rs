@@ -264,6 +264,11 @@ pub fn cpu_id() -> usize {
     0
 }
 
+/// CPUs online (logical indexes `0..cpus_online()`); only the boot CPU runs so far.
+pub fn cpus_online() -> usize {
+    1
+}
+
 /// The LAPIC/IOAPIC interrupt controller; interrupt numbers are vectors.
 pub fn irq_chip() -> &'static dyn hal::irq::IrqChip {
     &apic::CHIP
