@@ -20,6 +20,7 @@ mod fs;
 mod ktest;
 mod pci;
 mod powercut;
+mod smp;
 mod tests;
 mod text;
 
