@@ -1,8 +1,9 @@
 //! tinyfs on the root device: the registered device `root=<name>` on the command line names
 //! (`vda`, `sda3`, `nvme0n1p2`, ...; [`crate::block::registry`]), else the virtio disk. Here:
 //! the filesystem's bio set (its own slab, reserve and 256-entry
-//! vector pools), its 1 MiB DMA I/O buffer, an instance over the disk, mounting (with mkfs on a
-//! blank disk), and the filesystem half of the `mode=run` demo.
+//! vector pools), its 1 MiB DMA I/O buffers (one per instance: [`INSTANCES`] filesystems can be
+//! mounted at once, each over its own device, [`with_fs_on`]), an instance over the disk,
+//! mounting (with mkfs on a blank disk), and the filesystem half of the `mode=run` demo.
 //!
 //! A disk counts as blank only when both superblock slots (blocks 0 and 1) are all zeros; a
 //! disk with anything else there that does not mount is reported, never reformatted. A
@@ -53,8 +54,13 @@ static FS_BVECS: BvecPools = BvecPools::new(&FS_BVEC_SLABS, FS_BVEC_RESERVE);
 /// The filesystem's bio set.
 pub static FS_SET: BioSet<FsIo> = BioSet::new(&FS_SLAB, FS_BIO_RESERVE, Some(&FS_BVECS));
 
-/// The I/O buffer, allocated once and never freed; whoever holds the lock owns it.
-static IO_BUF: Mutex<Option<DmaRegion>> = Mutex::new(None);
+/// Filesystem instances that can exist at once (each over its own device, e.g. two
+/// partitions mounted together), one I/O buffer each.
+pub const INSTANCES: usize = 2;
+
+/// The I/O buffers, each allocated on first use and never freed; whoever holds a lock owns that
+/// buffer.
+static IO_BUFS: [Mutex<Option<DmaRegion>>; INSTANCES] = [const { Mutex::new(None) }; INSTANCES];
 
 /// Why no filesystem instance could be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +71,8 @@ pub enum Setup {
     BlockSize,
     /// No DMA memory (or bio pools) for the filesystem.
     NoMemory,
+    /// Every instance is in use ([`INSTANCES`] at once).
+    Busy,
 }
 
 fn io_buffer() -> Result<DmaRegion, Setup> {
@@ -97,11 +105,24 @@ pub fn root_name() -> Option<&'static str> {
     crate::boot::cmdline_arg(crate::boot_info().cmdline, "root")
 }
 
-/// Runs `f` on an unmounted filesystem instance over the root device ([`root_device`]). One instance exists at a
-/// time (the I/O buffer is locked for the duration); `f` should unmount before returning.
+/// Runs `f` on an unmounted filesystem instance over the root device ([`root_device`]); see
+/// [`with_fs_on`].
 pub fn with_fs<R>(f: impl FnOnce(&mut KernelFs<'_>) -> R) -> Result<R, Setup> {
-    let dev = root_device().ok_or(Setup::NoDisk)?;
-    let mut guard = IO_BUF.lock();
+    with_fs_on(root_device().ok_or(Setup::NoDisk)?, f)
+}
+
+/// Runs `f` on an unmounted filesystem instance over `dev`, with the first free I/O buffer
+/// (locked for the duration; [`Setup::Busy`] when all [`INSTANCES`] are in use). Calls nest:
+/// inside `f`, another call over another device gives a second instance, both mounted at once.
+/// `f` should unmount before returning.
+pub fn with_fs_on<R>(
+    dev: &'static dyn BlockDevice,
+    f: impl FnOnce(&mut KernelFs<'_>) -> R,
+) -> Result<R, Setup> {
+    let mut guard = IO_BUFS
+        .iter()
+        .find_map(|m| m.try_lock())
+        .ok_or(Setup::Busy)?;
     if guard.is_none() {
         *guard = Some(io_buffer()?);
     }
@@ -121,21 +142,30 @@ pub fn fs_blocks(dev_blocks: u64) -> u64 {
 
 /// Writes an empty filesystem on the root device (the instance stays unmounted).
 pub fn mkfs(fs: &mut KernelFs<'_>) -> Result<(), FsError> {
-    let blocks = fs_blocks(root_device().map_or(0, |d| d.capacity() / 8));
+    mkfs_on(fs, root_device())
+}
+
+/// Writes an empty filesystem of [`fs_blocks`] on `dev`, the instance's device (the instance
+/// stays unmounted).
+pub fn mkfs_on(
+    fs: &mut KernelFs<'_>,
+    dev: Option<&'static dyn BlockDevice>,
+) -> Result<(), FsError> {
+    let blocks = fs_blocks(dev.map_or(0, |d| d.capacity() / 8));
     fs.mkfs(MkfsOptions {
         blocks: Some(blocks),
         inode_blocks: IB as u32,
     })
 }
 
-/// Whether both superblock slots are all zeros (read straight from the disk).
-pub fn superblocks_blank() -> Result<bool, FsError> {
+/// Whether both superblock slots of `dev` are all zeros (read straight from the disk).
+pub fn superblocks_blank_on(dev: Option<&'static dyn BlockDevice>) -> Result<bool, FsError> {
     let failed = |error: IoErrorKind| FsError::Io {
         op: IoOp::ReadSuperblock,
         block: 0,
         error,
     };
-    let dev = root_device().ok_or(failed(IoErrorKind::Device))?;
+    let dev = dev.ok_or(failed(IoErrorKind::Device))?;
     let no_memory = |_| failed(IoErrorKind::Blk(BlkError::NoMemory));
     let buf = DmaBuf::alloc(2 * BLOCK_SIZE, BLOCK_SIZE).map_err(no_memory)?;
     let mut bio = block::IO_SET
@@ -168,7 +198,15 @@ pub enum Mounted {
 /// fallback to an older generation is logged as an error with its reason; when the newest
 /// tree is corrupt the mount is read-only (the rollback is not accepted here).
 pub fn mount(fs: &mut KernelFs<'_>) -> Result<(Mounted, MountReport), FsError> {
-    let read_only = root_device().is_some_and(|d| d.read_only());
+    mount_on(fs, root_device())
+}
+
+/// [`mount`] for an instance over `dev` (its device, from [`with_fs_on`]).
+pub fn mount_on(
+    fs: &mut KernelFs<'_>,
+    dev: Option<&'static dyn BlockDevice>,
+) -> Result<(Mounted, MountReport), FsError> {
+    let read_only = dev.is_some_and(|d| d.read_only());
     if read_only {
         defmt::warn!("fs: the disk is read-only: mounting tinyfs read-only");
     }
@@ -179,10 +217,10 @@ pub fn mount(fs: &mut KernelFs<'_>) -> Result<(Mounted, MountReport), FsError> {
     let (how, report) = match fs.mount_with(opts) {
         Ok(r) => (Mounted::Existing, r),
         Err(FsError::Corrupt { block, what }) => {
-            if read_only || !superblocks_blank()? {
+            if read_only || !superblocks_blank_on(dev)? {
                 return Err(FsError::Corrupt { block, what });
             }
-            mkfs(fs)?;
+            mkfs_on(fs, dev)?;
             (Mounted::Formatted, fs.mount_with(opts)?)
         }
         Err(e) => return Err(e),
@@ -343,12 +381,59 @@ fn demo_on(fs: &mut KernelFs<'_>) -> Result<(), FsError> {
     Ok(())
 }
 
+/// The demo's run counter: how many runs wrote their files into this filesystem.
+const DEMO_RUNS: &str = "/demo/runs.txt";
+
+/// What an earlier run left in `/demo`: the number of earlier runs (0 on the first), after
+/// checking that the earlier run's large file still holds its pattern. A missing counter is a
+/// first run; a counter whose large file is gone or differs is an error.
+fn demo_earlier(fs: &mut KernelFs<'_>) -> Result<u64, FsError> {
+    let ino = match fs.open(DEMO_RUNS) {
+        Ok(ino) => ino,
+        Err(FsError::NotFound) => {
+            defmt::println!("fs: no {=str}: the first run on this filesystem", DEMO_RUNS);
+            return Ok(0);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut text = [0u8; 24];
+    let n = fs.read(ino, 0, &mut text)?;
+    let runs = core::str::from_utf8(&text[..n])
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .ok_or(FsError::Corrupt {
+            block: 0,
+            what: "the demo's run counter is not a number",
+        })?;
+    let big = fs.open("/demo/big.bin")?;
+    let no_memory = |_| FsError::Unsupported("no DMA memory for the demo's buffers");
+    let mut back = DmaBuf::alloc(DEMO_BIG, BLOCK_SIZE).map_err(no_memory)?;
+    let got = fs.read(big, 0, back.as_mut_slice())?;
+    let intact = got == DEMO_BIG && pattern_mismatch(back.as_slice(), DEMO_SEED, 0).is_none();
+    defmt::println!(
+        "fs: found the files of an earlier run: {=str} says {=u64} earlier run(s); /demo/big.bin {=usize} bytes, contents {=str}",
+        DEMO_RUNS,
+        runs,
+        got,
+        if intact { "intact" } else { "DIFFER" }
+    );
+    if intact {
+        Ok(runs)
+    } else {
+        Err(FsError::Corrupt {
+            block: 0,
+            what: "the large file of an earlier run differs from what it wrote",
+        })
+    }
+}
+
 fn demo_files(fs: &mut KernelFs<'_>) -> Result<(), FsError> {
     match fs.mkdir("/demo") {
         Ok(_) | Err(FsError::Exists) => {}
         Err(e) => return Err(e),
     }
-    let text: &[u8] = b"hello from tinyfs on virtio-blk\n";
+    let earlier = demo_earlier(fs)?;
+    let text: &[u8] = b"hello from tinyfs\n";
     let small = recreate(fs, "/demo/hello.txt")?;
     fs.write(small, 0, text)?;
 
@@ -378,6 +463,16 @@ fn demo_files(fs: &mut KernelFs<'_>) -> Result<(), FsError> {
         if big_ok { "match" } else { "MISMATCH" },
         m,
         if small_ok { "match" } else { "MISMATCH" }
+    );
+    let mut count: heapless::String<24> = heapless::String::new();
+    let _ = core::fmt::write(&mut count, format_args!("{}\n", earlier + 1));
+    let runs = recreate(fs, DEMO_RUNS)?;
+    fs.write(runs, 0, count.as_bytes())?;
+    fs.fsync(runs)?;
+    defmt::println!(
+        "fs: {=str} now says {=u64}: the next run finds these files",
+        DEMO_RUNS,
+        earlier + 1
     );
     defmt::println!("fs: tree");
     print_tree(fs, Ino::ROOT, "/", 0)?;

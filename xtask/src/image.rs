@@ -434,12 +434,18 @@ pub fn get(image: &Path, path: &str, host_file: &Path) -> Result<usize> {
 /// (re)made.
 pub fn prepare_spec(path: &Path, spec: &ImageSpec, for_test: bool, fresh: bool) -> Result<()> {
     let new = fresh || !path.exists();
-    prepare(path, spec.size_mib, spec.format_for(for_test), fresh)?;
     let disks = spec.disks()?;
-    if new && !disks.is_empty() {
-        crate::parts::write(path, &disks)?;
+    if !new || disks.is_empty() {
+        return prepare(path, spec.size_mib, spec.format_for(for_test), fresh);
     }
-    Ok(())
+    // Made under a temporary name and renamed when complete, so that an interrupted or failed
+    // run of the partitioning tools never leaves a half-made image to be kept.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    prepare(&tmp, spec.size_mib, spec.format_for(for_test), true)?;
+    crate::parts::write(&tmp, &disks)?;
+    fs::rename(&tmp, path).with_context(|| format!("creating {}", path.display()))
 }
 
 /// Creates the disk image of a profile at `path` in `format`; an existing image is kept unless

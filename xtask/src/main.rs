@@ -18,6 +18,7 @@ mod selfcheck;
 mod workspace;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -64,13 +65,18 @@ struct RunArgs {
     /// Guest architecture.
     #[arg(long, value_enum, default_value_t = Arch::X86_64)]
     arch: Arch,
-    /// Disk controller to attach.
-    #[arg(long, value_enum, default_value_t = Disk::None)]
-    disk: Disk,
+    /// Disk controller to attach (`none`: the machine without a disk). Without it (and without
+    /// --profile), the run profile `ARCH-run`: a partitioned disk with tinyfs on a partition.
+    #[arg(long, value_enum)]
+    disk: Option<Disk>,
     /// Boot this profile from qemu/ (file stem, e.g. riscv64-virtio-mmio) instead of choosing
     /// by --arch and --disk.
     #[arg(long, conflicts_with_all = ["arch", "disk"])]
     profile: Option<String>,
+    /// The disk image to boot with instead of the profile's own under target/qemu/: used as it
+    /// is when it exists (never overwritten), created as the profile's image says otherwise.
+    #[arg(long)]
+    image: Option<PathBuf>,
     /// QEMU accelerator.
     #[arg(long, value_enum, default_value_t = Accel::Tcg)]
     accel: Accel,
@@ -189,24 +195,66 @@ fn by_name(all: &[Profile], name: &str) -> Result<Profile> {
     }
 }
 
+/// The profile `cargo xtask run` boots: `--profile`, else by `--arch` and `--disk`, else (no
+/// `--disk`) the run profile `ARCH-run`.
+fn run_profile(all: &[Profile], args: &RunArgs) -> Result<Profile> {
+    match (&args.profile, args.disk) {
+        (Some(name), _) => by_name(all, name),
+        (None, Some(disk)) => profile::select_for_run(all, args.arch, disk),
+        (None, None) => by_name(all, &format!("{}-run", args.arch)),
+    }
+}
+
+/// The disk image of a run-mode boot of `profile`: `chosen` (`--image`) or the profile's own
+/// under `target/qemu/`, created when missing (as the profile's `image` says) and kept
+/// otherwise, never overwritten. Says on stderr where it is and whether it was made now.
+pub(crate) fn run_image(profile: &Profile, chosen: Option<&Path>) -> Result<Option<PathBuf>> {
+    let Some(spec) = &profile.image else {
+        if let Some(path) = chosen {
+            bail!(
+                "--image {}: profile {} has no disk image",
+                path.display(),
+                profile.name
+            );
+        }
+        return Ok(None);
+    };
+    let path = match chosen {
+        Some(p) => p.to_owned(),
+        None => boot::image_path(profile, false).context("image path")?,
+    };
+    if path.exists() {
+        eprintln!(
+            "disk image: {} (kept from an earlier run; delete it to start over)",
+            path.display()
+        );
+        return Ok(Some(path));
+    }
+    let what = match (spec.partition.is_empty(), spec.format_for(false)) {
+        (false, _) => format!(
+            "{} MiB raw, partitioned ({})",
+            spec.size_mib,
+            spec.partition.join(", ")
+        ),
+        (true, ImageFormat::Tinyfs) => format!("{} MiB, an empty tinyfs filesystem", spec.size_mib),
+        (true, ImageFormat::Raw) => format!("{} MiB of zeros", spec.size_mib),
+    };
+    eprintln!(
+        "disk image: {} (created now: {what}; kept for the next run)",
+        path.display()
+    );
+    image::prepare_spec(&path, spec, false, false)
+        .with_context(|| format!("disk image for {}", profile.name))?;
+    Ok(Some(path))
+}
+
 fn run(args: RunArgs) -> Result<ExitCode> {
     let all = profiles()?;
-    let profile = match &args.profile {
-        Some(name) => by_name(&all, name)?,
-        None => profile::select_for_run(&all, args.arch, args.disk)?,
-    };
+    let profile = run_profile(&all, &args)?;
     workspace::ensure_toolchain(&[profile.arch])?;
     workspace::ensure_qemu(&[profile.arch])?;
     let kernel = workspace::build_kernel(profile.arch, args.build.profile(), &profile.features)?;
-    let image = boot::image_path(&profile, false);
-    if let (Some(path), Some(spec)) = (&image, &profile.image) {
-        let format = spec.format_for(false);
-        if format == ImageFormat::Tinyfs && !path.exists() {
-            eprintln!("note: creating a tinyfs image {}", path.display());
-        }
-        image::prepare_spec(path, spec, false, false)
-            .with_context(|| format!("disk image for {}", profile.name))?;
-    }
+    let image = run_image(&profile, args.image.as_deref())?;
     let spec = BootSpec {
         profile: &profile,
         kernel: &kernel,
@@ -543,6 +591,17 @@ mod tests {
         assert_eq!(run.qemu_args, ["-d", "int"]);
         assert!(Cli::try_parse_from(["xtask", "test", "--selftest", "hang"]).is_ok());
         assert!(Cli::try_parse_from(["xtask", "run", "--profile", "riscv64-nvme"]).is_ok());
+        let all = profiles().unwrap();
+        let plain = |argv: &[&str]| {
+            let Cmd::Run(run) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not run")
+            };
+            run_profile(&all, &run).unwrap().name
+        };
+        assert_eq!(plain(&["xtask", "run"]), "x86_64-run");
+        assert_eq!(plain(&["xtask", "run", "--arch", "riscv64"]), "riscv64-run");
+        assert_eq!(plain(&["xtask", "run", "--disk", "none"]), "x86_64");
+        assert_eq!(plain(&["xtask", "run", "--disk", "nvme"]), "x86_64-nvme");
         assert!(
             Cli::try_parse_from(["xtask", "run", "--profile", "x", "--arch", "riscv64"]).is_err()
         );

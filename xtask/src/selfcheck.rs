@@ -34,6 +34,15 @@ pub fn run_all(base: &Profile, kernel: &Kernel, accel: Accel, logs: &Path) -> Re
             outcome: foreign_disk_check(base, kernel, accel, logs)?,
         },
     ];
+    // The plain `cargo xtask run` machine: the run profile of the base's architecture, whose
+    // kernel is the base's when they build with the same features.
+    let run = crate::by_name(&crate::profiles()?, &format!("{}-run", base.arch))?;
+    if run.features == base.features {
+        checks.push(Check {
+            title: "checks plain run mode twice on a new image".into(),
+            outcome: run_twice_check(&run, kernel, accel, logs)?,
+        });
+    }
     for selftest in [SelfTest::Fail, SelfTest::Hang] {
         checks.push(Check {
             title: format!("catches {}", selftest.word()),
@@ -309,6 +318,87 @@ fn foreign_disk_check(
             log.display()
         ))
     })
+}
+
+/// What plain `cargo xtask run` does, twice, on a fresh image (the run profile's image made as
+/// `run` makes it, at a path of its own): both runs succeed, show the GPT partitions and mount
+/// `root=vda1`; the first finds no earlier files, the second finds the first's intact; the
+/// partition's filesystem is fsck-clean on the host afterwards and holds the files.
+fn run_twice_check(
+    run: &Profile,
+    kernel: &Kernel,
+    accel: Accel,
+    logs: &Path,
+) -> Result<Result<String, String>> {
+    let path = workspace::target_dir()
+        .join("qemu")
+        .join(format!("{}-selfcheck.img", run.name));
+    let _ = std::fs::remove_file(&path);
+    let mut seen = Vec::new();
+    for k in 1..=2u32 {
+        let image = crate::run_image(run, Some(&path))?;
+        let log = logs.join(format!("{}-selfcheck-{k}.log", run.name));
+        let (verdict, console) = boot_run_mode(run, kernel, accel, image, &log)?;
+        let wants: &[&str] = if k == 1 {
+            &["the first run on this filesystem", "now says 1:"]
+        } else {
+            &[
+                "found the files of an earlier run: /demo/runs.txt says 1 earlier run(s); \
+                 /demo/big.bin 393339 bytes, contents intact",
+                "now says 2:",
+            ]
+        };
+        let common = [
+            "vda1 partition",
+            "gpt \"tinyfs\"",
+            "vda2 partition",
+            "reads agree",
+            "fs: tinyfs mounted (existing filesystem)",
+            "fs: unmounted cleanly",
+        ];
+        let missing: Vec<&str> = common
+            .iter()
+            .chain(wants)
+            .copied()
+            .filter(|w| !console.contains(w))
+            .collect();
+        // Run mode prints no KTEST lines: the missing done line is expected, nothing else.
+        if verdict.problems != [Problem::MissingDone] || !missing.is_empty() {
+            return Ok(Err(format!(
+                "run {k}: problems {:?}, missing from the console: {missing:?} (log: {})",
+                verdict.problems,
+                log.display()
+            )));
+        }
+        seen.push(wants[0].split(':').next().unwrap_or_default().to_owned());
+    }
+    // The filesystem of partition 1, checked by the host's fsck.
+    let (start, len) = crate::parts::GPT_TINYFS_P1;
+    let bytes = std::fs::read(&path)?;
+    let part = path.with_extension("p1");
+    let window = bytes
+        .get(start as usize..(start + len) as usize)
+        .context("image shorter than its partition")?;
+    std::fs::write(&part, window)?;
+    let fsck = crate::image::fsck(&part)?;
+    let demo = crate::image::ls(&part, "/demo")?;
+    let _ = std::fs::remove_file(&part);
+    let names: Vec<&str> = demo.iter().map(|e| e.name.as_str()).collect();
+    Ok(
+        if fsck.status == tinyfs::FsckStatus::Clean && names.contains(&"runs.txt") {
+            Ok(format!(
+                "2 boots of {}: {}; vda1 fsck-clean on the host, /demo holds {}",
+                run.name,
+                seen.join(", then "),
+                names.join(" ")
+            ))
+        } else {
+            Err(format!(
+                "after two runs: fsck {:?} ({}), /demo holds {names:?}",
+                fsck.status, fsck.summary
+            ))
+        },
+    )
 }
 
 #[cfg(test)]

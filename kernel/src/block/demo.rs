@@ -279,7 +279,7 @@ pub fn filesystem() -> bool {
     match superblocks(dev) {
         Ok(Found::Tinyfs(generation)) => {
             defmt::println!(
-                "run: {=str} holds a tinyfs filesystem (generation {=u64}): the filesystem demo will create /demo and write /demo/hello.txt and /demo/big.bin in it, through tinyfs; nothing else on the disk is written",
+                "run: {=str} holds a tinyfs filesystem (generation {=u64}): the filesystem demo will create /demo and write /demo/hello.txt, /demo/big.bin and /demo/runs.txt in it, through tinyfs; nothing else on the disk is written",
                 name,
                 generation
             );
