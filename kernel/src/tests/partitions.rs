@@ -388,3 +388,162 @@ ktest! {
         Ok(())
     }
 }
+
+ktest! {
+    #[only_with = "partitions"]
+    fn two_filesystems_at_once_on_partitions() -> TestResult {
+        // vda1 (MBR by sfdisk) and nvme0n1p1 (GPT read from its backup): not used by the
+        // other tests of this profile.
+        super::fs::two_filesystems_at_once("vda1", "nvme0n1p1")
+    }
+}
+
+// Disks with 4096-byte logical blocks (profile `x86_64-4k`, `ktest=gated lbs4k`): virtio-blk
+// `vda` (`logical_block_size=4096`) and NVMe `nvme0n1` (an `nvme-ns` with
+// `logical_block_size=4096`), 32 MiB each, each with the `gpt-4k` table of xtask/src/parts.rs
+// (written in 4 KiB sectors): partition 1 `tinyfs` at block 256 (16 MiB), partition 2 `data`
+// from block 4352 to the last usable block, 8186.
+
+/// The 4 KiB disks and their partitions: disk, kind, first partition, second partition.
+const DISKS_4K: [(&str, DiskKind, &str, &str); 2] = [
+    ("vda", DiskKind::Virtio, "vda1", "vda2"),
+    ("nvme0n1", DiskKind::Nvme, "nvme0n1p1", "nvme0n1p2"),
+];
+
+ktest! {
+    #[only_with = "lbs4k"]
+    fn disks_with_4k_blocks_have_4k_limits() -> TestResult {
+        for (name, kind, _, _) in DISKS_4K {
+            let d = dev(name, kind)?;
+            let l = d.limits;
+            check_eq!((name, d.block_size, l.logical_block_size), (name, 4096, 4096));
+            check_eq!((name, d.sectors, d.dev.capacity()), (name, 65_536, 65_536));
+            check_eq!((name, d.dev.logical_block_size()), (name, 4096));
+            check!(
+                l.max_sectors >= 8 && l.max_sectors % 8 == 0,
+                "{}: max {} sectors is not a whole number of 4 KiB blocks",
+                name,
+                l.max_sectors
+            );
+            // Discard and write-zeroes limits are cut down to whole blocks when a bio is
+            // split (`split_point`); each must allow at least one block.
+            check!(
+                [l.max_discard_sectors, l.max_write_zeroes_sectors]
+                    .iter()
+                    .all(|&m| m == 0 || m >= 8),
+                "{}: discard/write-zeroes limits below one block: {:?}",
+                name,
+                l
+            );
+        }
+        Ok(())
+    }
+}
+
+ktest! {
+    #[only_with = "lbs4k"]
+    fn gpt_in_4k_sectors() -> TestResult {
+        for (disk, kind, p1, p2) in DISKS_4K {
+            // The table's values are in 4 KiB blocks; the registry's in 512-byte sectors.
+            let want = [
+                gpt(p1, 256 * 8, 4096 * 8, LINUX_FS, "tinyfs"),
+                gpt(p2, 4352 * 8, (8186 - 4352 + 1) * 8, LINUX_FS, "data"),
+            ];
+            check_table(disk, kind, 65_536, &want)?;
+            let note = registry::index_of(disk).and_then(registry::table);
+            check_eq!(
+                note.map(|n| (n.scheme, n.refused, n.primary_damage)),
+                Some((Scheme::Gpt, 0, None))
+            );
+            for p in [p1, p2] {
+                check_eq!((p, dev(p, kind)?.dev.logical_block_size()), (p, 4096));
+            }
+        }
+        Ok(())
+    }
+}
+
+ktest! {
+    #[only_with = "lbs4k"]
+    fn misaligned_io_on_4k_disks_is_refused() -> TestResult {
+        let (out, _) = buffers()?;
+        for (disk, kind, p1, _) in DISKS_4K {
+            for name in [disk, p1] {
+                let d = dev(name, kind)?;
+                let under = registry::find(disk).ok_or_else(|| fail(format_args!("no {}", disk)))?;
+                let before = under.queue_stats.snapshot();
+                // (sector, bytes): half a block, a block at a 512-byte offset, a block and a
+                // half; reads and writes.
+                for (sector, len) in [(0u64, 512u32), (1, 4096), (8, 6144), (4, 8192)] {
+                    for op in [Op::Read, Op::Write] {
+                        let v = out.segment(0, len).ok_or_else(|| fail(format_args!("segment")))?;
+                        let b = bio(d.dev, op, sector, v)?;
+                        match submit_bio(cpu_ctx(), b) {
+                            Err((e, _bio)) => check_eq!(
+                                (name, sector, len, e),
+                                (name, sector, len, BlkError::Misaligned)
+                            ),
+                            Ok(()) => {
+                                return Err(fail(format_args!(
+                                    "{}: {:?} of {} bytes at sector {} accepted",
+                                    name, op, len, sector
+                                )))
+                            }
+                        }
+                    }
+                }
+                let after = under.queue_stats.snapshot();
+                check_eq!(
+                    (name, after.requests_dispatched),
+                    (name, before.requests_dispatched)
+                );
+                // A whole aligned block goes through.
+                let v = out.segment(0, 4096).ok_or_else(|| fail(format_args!("segment")))?;
+                io(d.dev, Op::Read, 8, v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+ktest! {
+    #[only_with = "lbs4k"]
+    fn io_on_4k_partitions_lands_at_the_disk_offset() -> TestResult {
+        let (mut out, mut back) = buffers()?;
+        for (seed, (disk, kind, _, p2)) in DISKS_4K.into_iter().enumerate() {
+            let p = dev(p2, kind)?;
+            let d = dev(disk, kind)?;
+            let DevKind::Partition(info) = p.kind else {
+                return Err(fail(format_args!("{} is not a partition", p2)));
+            };
+            for (k, sector) in [0, p.sectors - 16].into_iter().enumerate() {
+                let tag = (seed * 2 + k) as u8 + 0x41;
+                for (i, b) in out.as_mut_slice().iter_mut().enumerate() {
+                    *b = tag ^ (i as u8).wrapping_mul(13);
+                }
+                let v = out.segment(0, 8192).ok_or_else(|| fail(format_args!("segment")))?;
+                io(p.dev, Op::Write, sector, v)?;
+                back.as_mut_slice().fill(0);
+                let v = back.segment(0, 8192).ok_or_else(|| fail(format_args!("segment")))?;
+                io(d.dev, Op::Read, info.start + sector, v)?;
+                check!(
+                    back.as_slice() == out.as_slice(),
+                    "{}: 8 KiB at sector {} is not at disk sector {}",
+                    p2,
+                    sector,
+                    info.start + sector
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+ktest! {
+    #[only_with = "lbs4k"]
+    fn two_filesystems_at_once_on_4k_disks() -> TestResult {
+        // tinyfs on the virtio and the NVMe partition 1, both 4 KiB-block disks: mkfs, writes,
+        // remount and fsck with both mounted at once.
+        super::fs::two_filesystems_at_once("vda1", "nvme0n1p1")
+    }
+}
