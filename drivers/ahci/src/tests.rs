@@ -788,3 +788,18 @@ fn a_stale_ncq_log_entry_is_not_believed() {
     assert_eq!(e.fake.disk(508, 4096), w[1].as_slice());
     e.idle();
 }
+
+#[test]
+fn limit_dma_pretends_the_controller_has_no_64_bit_addressing() {
+    let fake = FakeHba::new();
+    let mut hw = Ahci::new(fake.abar(), Mode::Interrupt).expect("bring-up");
+    assert!(hw.info().addr64);
+    assert_eq!(hw.limits().dma_limit, u64::MAX);
+    hw.limit_dma(0x10_0000 - 1);
+    assert!(!hw.info().addr64);
+    assert_eq!(hw.limits().dma_limit, 0x10_0000 - 1);
+    hw.limits().validate().unwrap();
+    // Never above what 32-bit addressing reaches.
+    hw.limit_dma(u64::MAX);
+    assert_eq!(hw.limits().dma_limit, 0xffff_ffff);
+}

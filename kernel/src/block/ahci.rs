@@ -157,7 +157,18 @@ pub fn probe(polled: bool) -> Result<usize, ProbeError> {
 /// Brings up the disk on `port` as disk number `n`, with its queue (the disk is completed by
 /// [`connect_interrupt`] once every port is up).
 fn attach_port(hba: &Hba, port: usize, mode: Mode, n: usize) -> Result<(), ahci::InitError> {
-    let hw = Ahci::on_port(hba, port, mode)?;
+    let mut hw = Ahci::on_port(hba, port, mode)?;
+    if super::bounce::forced_on(hba, port) {
+        // Tests of the bounce path: as if the controller had no 64-bit addressing and reached
+        // only the bounce pages (block/bounce.rs).
+        hw.limit_dma(super::bounce::low_limit());
+        defmt::println!(
+            "ahci: port {=usize}: {=str}: DMA limit {=u64:#x}, as without 64-bit addressing",
+            port,
+            super::bounce::FORCE_WORD,
+            hw.limits().dma_limit
+        );
+    }
     let hw = HW[n].call_once(|| hw);
     let i = *hw.info();
     let mut cfg = QueueConfig::new(i.identify.sectors());
@@ -167,7 +178,19 @@ fn attach_port(hba: &Hba, port: usize, mode: Mode, n: usize) -> Result<(), ahci:
     // Write-protected removable media (GET MEDIA STATUS at bring-up): writes are refused by
     // the block layer at submission, and the filesystem sees a read-only device.
     cfg.read_only = i.write_protected;
-    let queue = QUEUES[n].call_once(|| Queue::new(hw, hw.limits(), cfg, &super::SPLIT_SET));
+    // Without 64-bit addressing (`dma_limit` below `u64::MAX`) the queue bounces segments above
+    // the limit through pages in the kernel image.
+    let limits = hw.limits();
+    if !super::bounce::pages_below(limits.dma_limit) {
+        defmt::error!(
+            "ahci: port {=usize}: bounce pages above the DMA limit {=u64:#x}",
+            port,
+            limits.dma_limit
+        );
+    }
+    let queue = QUEUES[n].call_once(|| {
+        Queue::new(hw, limits, cfg, &super::SPLIT_SET).with_bounce(&super::bounce::BOUNCER)
+    });
     hw.attach(queue);
     let (model, serial) = hw.model_serial();
     let id = &i.identify;

@@ -6,6 +6,7 @@
 
 pub mod ahci;
 mod attach;
+pub mod bounce;
 pub mod demo;
 pub mod nvme;
 pub mod registry;
@@ -188,6 +189,9 @@ pub static IO_SET: BioSet<()> = BioSet::new(&BIO_SLAB, BLOCK_IO_RESERVE, Some(&B
 pub fn init(info: &crate::boot::BootInfo) {
     if let Err(e) = SPLIT_SET.init().and_then(|_| IO_SET.init()) {
         defmt::error!("block: bio pools: {}", defmt::Debug2Format(&e));
+    }
+    if let Err(e) = bounce::init() {
+        defmt::error!("block: bounce pools: {}", defmt::Debug2Format(&e));
     }
     let polled = crate::boot::cmdline_arg(info.cmdline, "vblk") == Some("poll");
     POLLED.store(polled, Ordering::Relaxed);

@@ -2,6 +2,7 @@
 
 mod ahci;
 mod blockdev;
+mod bounce;
 mod cpu;
 mod faults;
 mod fs;

@@ -195,6 +195,18 @@ impl Ahci {
         self.limits
     }
 
+    /// Treats the controller as one without 64-bit addressing (`CAP.S64A` clear) that reaches
+    /// data memory only up to `limit` (capped at 4 GiB - 1): [`DeviceInfo::addr64`] becomes
+    /// false and the limits' `dma_limit` becomes `limit`, so a queue with bounce buffers copies
+    /// every segment above it through pages below it, and the driver refuses a PRD above it
+    /// ([`crate::sg::PrdtError::AboveLimit`]). For tests of the bounce path on machines whose
+    /// memory all lies below 4 GiB; call before the queue is built on [`Ahci::limits`]. The
+    /// port's own command memory is not moved.
+    pub fn limit_dma(&mut self, limit: u64) {
+        self.info.addr64 = false;
+        self.limits.dma_limit = limit.min(0xffff_ffff);
+    }
+
     /// Completion mode.
     pub fn mode(&self) -> Mode {
         self.mode
