@@ -1,4 +1,5 @@
-//! `mode=bench`: fixed workloads on the disk (virtio-blk, NVMe or AHCI; `cargo xtask bench`).
+//! `mode=bench`: fixed workloads on the disk (virtio-blk, NVMe or AHCI; `cargo xtask bench`),
+//! or on a device over it (`bench_dev=`: a registered partition, or a linear window).
 //!
 //! Each job keeps `qd` bios in flight until `ios` have completed: the process-context loop
 //! refills the queue, `end_io` (interrupt context) records the latency and counts. One line per
@@ -303,6 +304,48 @@ impl defmt::Format for Disk {
     }
 }
 
+/// First sector of the `bench_dev=linear` window: 1 MiB, where the Linux tools start a disk's
+/// first partition.
+const LINEAR_START: u64 = 2048;
+
+/// The `bench_dev=linear` window of the disk.
+static LINEAR: spin::Once<blk::stack::Linear> = spin::Once::new();
+
+/// The device the jobs run on, and its name for the `BENCH start` line: the raw disk, or with
+/// `bench_dev=NAME` on the command line a registered device (a partition, a device-mapper
+/// device), or with `bench_dev=linear` a `blk::stack::Linear` window of the disk from sector
+/// [`LINEAR_START`] to its end (what a partition is: the cost a partition or linear device adds
+/// per I/O, on a disk without a table such as a null backend). `None` (logged) when the name
+/// is unknown.
+fn bench_target(raw: &'static dyn BlockDevice) -> Option<(&'static dyn BlockDevice, &'static str)> {
+    match crate::boot::cmdline_arg(crate::boot_info().cmdline, "bench_dev") {
+        None => Some((raw, "raw")),
+        Some("linear") => {
+            let len = raw.capacity().saturating_sub(LINEAR_START);
+            match blk::stack::Linear::new(raw, LINEAR_START, len) {
+                Ok(l) => {
+                    let dev: &'static dyn BlockDevice = LINEAR.call_once(|| l);
+                    Some((dev, "linear"))
+                }
+                Err(e) => {
+                    defmt::error!("bench: linear window: {}", defmt::Debug2Format(&e));
+                    None
+                }
+            }
+        }
+        Some(name) => match block::registry::find(name) {
+            Some(d) => Some((d.dev, name)),
+            None => {
+                defmt::error!(
+                    "bench: bench_dev={=str}: no such device in the registry",
+                    name
+                );
+                None
+            }
+        },
+    }
+}
+
 /// The `benchprof` job number of the filesystem's sequential write (one past the raw jobs).
 pub(crate) const FS_PROFILE_JOB: usize = JOBS.len();
 
@@ -312,7 +355,9 @@ pub fn run() -> bool {
         defmt::error!("bench: no disk (virtio-blk, NVMe or AHCI)");
         return false;
     };
-    let dev = d.dev();
+    let Some((dev, dev_name)) = bench_target(d.dev()) else {
+        return false;
+    };
     // Given up for good (one bench per boot): segments of it can never dangle, even if a job
     // stops with bios in flight.
     let Ok(buf) = DmaBuf::alloc(BUF_BYTES, 4096).map(DmaRegion::from_dma_buf) else {
@@ -324,9 +369,10 @@ pub fn run() -> bool {
         return false;
     }
     defmt::println!(
-        "BENCH start arch={=str} attach={} capacity_sectors={=u64}",
+        "BENCH start arch={=str} attach={} dev={=str} capacity_sectors={=u64}",
         arch::NAME,
         d,
+        dev_name,
         dev.capacity()
     );
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);

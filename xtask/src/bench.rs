@@ -70,6 +70,11 @@ pub struct BenchArgs {
     /// Print the whole kernel console.
     #[arg(long, short)]
     verbose: bool,
+    /// Run the jobs on this device over the disk instead of the raw disk: `linear` (a window
+    /// of the disk from sector 2048 to its end, as a partition made by the Linux tools) or a
+    /// registered device's name (`vda1`, ...).
+    #[arg(long)]
+    dev: Option<String>,
 }
 
 /// virtio transport on riscv64.
@@ -244,13 +249,15 @@ struct Setup {
     accel: &'static str,
     icount: bool,
     attach: String,
+    /// The device the jobs ran on: `raw`, `linear` or a registered name.
+    dev: String,
 }
 
 fn table(setup: &Setup, rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} ({}), {}, accel {}{}, attach {}",
+        "{} ({}), {}, accel {}{}, attach {}, device {}",
         setup.profile,
         setup.arch,
         setup.qemu,
@@ -260,7 +267,8 @@ fn table(setup: &Setup, rows: &[Row]) -> String {
         } else {
             ""
         },
-        setup.attach
+        setup.attach,
+        setup.dev
     );
     let insn = if setup.icount { "  insn/io" } else { "" };
     let _ = writeln!(
@@ -376,6 +384,7 @@ fn json(setup: &Setup, rows: &[Row]) -> String {
     let _ = writeln!(out, "  \"accel\": {},", json_str(setup.accel));
     let _ = writeln!(out, "  \"icount\": {},", setup.icount);
     let _ = writeln!(out, "  \"attach\": {},", json_str(&setup.attach));
+    let _ = writeln!(out, "  \"dev\": {},", json_str(&setup.dev));
     out.push_str("  \"rows\": [\n");
     for (i, r) in rows.iter().enumerate() {
         let _ = write!(
@@ -458,10 +467,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         kernel: &kernel,
         accel: args.accel,
         // The filesystem jobs only where the disk keeps data (an image file, not null-co).
-        words: if profile.image.is_some() {
-            vec!["mode=bench".into(), "benchfs=1".into()]
-        } else {
-            vec!["mode=bench".into()]
+        words: {
+            let mut w = vec!["mode=bench".to_owned()];
+            if profile.image.is_some() {
+                w.push("benchfs=1".into());
+            }
+            w.extend(args.dev.as_ref().map(|d| format!("bench_dev={d}")));
+            w
         },
         gdb: false,
         extra,
@@ -482,6 +494,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut rows = Vec::new();
     let mut transcript = Vec::new();
     let mut attach = String::from("?");
+    let mut dev = String::from("raw");
     let mut problems = Vec::new();
     let verbose = args.verbose;
     let (_, ending) = boot::supervise(&mut guest, &mut console, Some(limits), |line, _| {
@@ -496,6 +509,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 .find_map(|w| w.strip_prefix("attach="))
                 .unwrap_or("?")
                 .to_owned();
+            if let Some(d) = rest.split_whitespace().find_map(|w| w.strip_prefix("dev=")) {
+                d.clone_into(&mut dev);
+            }
         }
         match Row::parse(msg) {
             Some(Ok(row)) => rows.push(row),
@@ -530,6 +546,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         },
         icount: args.icount,
         attach,
+        dev,
     };
     if !rows.is_empty() {
         print!("{}", table(&setup, &rows));
@@ -599,8 +616,11 @@ mod tests {
             accel: "tcg",
             icount: true,
             attach: "PciMsix".into(),
+            dev: "linear".into(),
         };
         let text = json(&setup, &[row.clone(), row]);
+        assert!(text.contains("\"dev\": \"linear\""));
+        assert!(table(&setup, &[]).contains("device linear"));
         for key in [
             "\"job\"",
             "\"qd\"",

@@ -48,6 +48,10 @@ pub struct ProfArgs {
     /// disassembly).
     #[arg(long)]
     pcs: Option<PathBuf>,
+    /// Profile the job on this device over the disk (`linear` or a registered name), as
+    /// `cargo xtask bench --dev`.
+    #[arg(long)]
+    dev: Option<String>,
 }
 
 /// A function symbol of the kernel.
@@ -135,6 +139,7 @@ pub fn run(args: ProfArgs) -> Result<ExitCode> {
             if image.is_some() {
                 w.push("benchfs=1".into());
             }
+            w.extend(args.dev.as_ref().map(|d| format!("bench_dev={d}")));
             w
         },
         gdb: false,

@@ -29,9 +29,17 @@ pub trait BlockDevice: Sync {
         check_bio_dev(self, bio)
     }
     /// Takes ownership of a bio already checked against `capacity`, block size, read-only and
-    /// `supports`. A stacked device remaps it and hands it on with [`CpuCtx::submit`] (never by
-    /// calling a lower device directly); a request queue queues it. Errors end the bio.
+    /// `supports`. A stacked device remaps it and hands it on with [`CpuCtx::submit`] (calling a
+    /// lower device directly only when that device [`is_leaf`](Self::is_leaf), after its
+    /// [`check`](Self::check)); a request queue queues it. Errors end the bio.
     fn submit(&'static self, bio: Bio, ctx: &CpuCtx);
+    /// Whether [`submit`](Self::submit) never hands a bio to a submission context (a request
+    /// queue: it splits and queues for its driver itself). A stacked device may then call its
+    /// `submit` directly instead of going through [`CpuCtx::submit`]: one frame deeper, however
+    /// deep the stack, since only the device right above a leaf does so.
+    fn is_leaf(&self) -> bool {
+        false
+    }
     /// Takes the bios a plug collected for this device, in submission order.
     fn flush_plugged(&'static self, mut bios: BioList, ctx: &CpuCtx) {
         while let Some(b) = bios.pop_front() {

@@ -15,6 +15,8 @@ use crate::stats::BlkStats;
 /// A bio reaching past `len` is refused before the remap, so I/O never leaves the window.
 pub struct Linear {
     lower: &'static dyn BlockDevice,
+    /// `lower.is_leaf()`: remapped bios go to it directly, not through the submission context.
+    direct: bool,
     start: u64,
     len: u64,
     read_only: bool,
@@ -35,6 +37,7 @@ impl Linear {
         }
         Ok(Linear {
             lower,
+            direct: lower.is_leaf(),
             start,
             len,
             read_only: false,
@@ -93,6 +96,16 @@ impl BlockDevice for Linear {
         }
         bio.set_dev(self.lower);
         self.stats.remaps(1);
+        if self.direct {
+            // A request queue below (a partition of a disk): straight to it after its own
+            // check, as the submission loop would do next, without the round trip through the
+            // pending list. It never submits through `ctx` itself, so the stack stays bounded.
+            match self.lower.check(&bio) {
+                Ok(()) => self.lower.submit(bio, ctx),
+                Err(e) => bio_io_error(bio, e),
+            }
+            return;
+        }
         ctx.submit(bio);
     }
 }

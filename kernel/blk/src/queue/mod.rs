@@ -192,6 +192,9 @@ impl<const D: usize> BlockDevice for Queue<D> {
     fn check(&self, bio: &Bio) -> Result<(), BlkError> {
         check_bio_dev(self, bio)
     }
+    fn is_leaf(&self) -> bool {
+        true
+    }
     fn submit(&'static self, bio: Bio, ctx: &CpuCtx) {
         if ctx.plugged() && bio.op().has_data() {
             ctx.add_to_plug(bio);
