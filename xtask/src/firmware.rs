@@ -293,7 +293,7 @@ fn grub_esp(elf: &Path, words: &str, work: &Path, out: &Path) -> Result<String> 
         .args(["-n", "1:2048:0", "-t", "1:EF00", "-c", "1:EFI system partition"])
         .arg(out))?;
     let part = format!("{}@@1M", out.display());
-    run(Command::new("mformat").args(["-i", &part, "-F", "-v", "ESP", "::"]))?;
+    run(Command::new("mformat").args(["-i", &part, "-v", "ESP", "::"]))?;
     run(Command::new("mmd").args(["-i", &part, "::/EFI", "::/EFI/BOOT"]))?;
     run(Command::new("mcopy")
         .args(["-i", &part])
@@ -350,7 +350,7 @@ fn uboot_disk(elf: &Path, words: &str, work: &Path, out: &Path, ram_base: u64) -
     }
     ensure!(child.wait()?.success(), "sfdisk failed on {}", out.display());
     let part = format!("{}@@1M", out.display());
-    run(Command::new("mformat").args(["-i", &part, "-F", "-v", "BOOT", "::"]))?;
+    run(Command::new("mformat").args(["-i", &part, "-v", "BOOT", "::"]))?;
     run(Command::new("mmd").args(["-i", &part, "::/extlinux"]))?;
     run(Command::new("mcopy")
         .args(["-i", &part])
