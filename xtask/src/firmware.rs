@@ -133,7 +133,10 @@ pub fn ensure_tools(path: BootPath) -> Result<()> {
     if debian && workspace::is_root() {
         eprintln!("{} missing; running: {install}", absent.join(", "));
         let status = Command::new("sh").args(["-c", &install]).status()?;
-        ensure!(status.success(), "installing the boot tools failed: {install}");
+        ensure!(
+            status.success(),
+            "installing the boot tools failed: {install}"
+        );
         let still = missing(path);
         ensure!(
             still.is_empty(),
@@ -251,7 +254,10 @@ pub fn build(path: BootPath, elf: &Path, words: &str, out: &Path, ram_base: u64)
 }
 
 fn stripped(elf: &Path, to: &Path) -> Result<u64> {
-    run(Command::new(objcopy()).arg("--strip-debug").arg(elf).arg(to))?;
+    run(Command::new(objcopy())
+        .arg("--strip-debug")
+        .arg(elf)
+        .arg(to))?;
     Ok(fs::metadata(to)?.len())
 }
 
@@ -290,7 +296,14 @@ fn grub_esp(elf: &Path, words: &str, work: &Path, out: &Path) -> Result<String> 
         .arg(format!("boot/kernel={}", kernel.display())))?;
     fs::File::create(out)?.set_len(ESP_IMAGE_MIB << 20)?;
     run(Command::new("sgdisk")
-        .args(["-n", "1:2048:0", "-t", "1:EF00", "-c", "1:EFI system partition"])
+        .args([
+            "-n",
+            "1:2048:0",
+            "-t",
+            "1:EF00",
+            "-c",
+            "1:EFI system partition",
+        ])
         .arg(out))?;
     let part = format!("{}@@1M", out.display());
     run(Command::new("mformat").args(["-i", &part, "-v", "ESP", "::"]))?;
@@ -325,11 +338,11 @@ fn uboot_disk(elf: &Path, words: &str, work: &Path, out: &Path, ram_base: u64) -
     } else {
         let h = bootproto::riscv_image::set_load_address(&mut bytes, ram_base, RISCV_KERNEL_PHYS)
             .map_err(|e| {
-                anyhow::anyhow!(
-                    "RAM base {ram_base:#x}: the kernel is linked at {RISCV_KERNEL_PHYS:#x}, \
+            anyhow::anyhow!(
+                "RAM base {ram_base:#x}: the kernel is linked at {RISCV_KERNEL_PHYS:#x}, \
                      which booti cannot reach from there ({e:?})"
-                )
-            })?;
+            )
+        })?;
         fs::write(&image, &bytes)?;
         h
     };
@@ -348,7 +361,11 @@ fn uboot_disk(elf: &Path, words: &str, work: &Path, out: &Path, ram_base: u64) -
         let mut stdin = child.stdin.take().context("sfdisk stdin")?;
         stdin.write_all(b"label: dos\nstart=2048, type=c, bootable\n")?;
     }
-    ensure!(child.wait()?.success(), "sfdisk failed on {}", out.display());
+    ensure!(
+        child.wait()?.success(),
+        "sfdisk failed on {}",
+        out.display()
+    );
     let part = format!("{}@@1M", out.display());
     run(Command::new("mformat").args(["-i", &part, "-v", "BOOT", "::"]))?;
     run(Command::new("mmd").args(["-i", &part, "::/extlinux"]))?;
@@ -452,7 +469,13 @@ pub fn image(args: ImageArgs) -> Result<std::process::ExitCode> {
         workspace::BuildProfile::Release
     };
     let kernel = workspace::build_kernel(arch, build, &[])?;
-    let medium = build_medium(args.boot, &kernel.elf, &args.cmdline, &args.out, args.ram_base)?;
+    let medium = build_medium(
+        args.boot,
+        &kernel.elf,
+        &args.cmdline,
+        &args.out,
+        args.ram_base,
+    )?;
     println!("{}: {}", medium.path.display(), medium.summary);
     println!(
         "decode its console with the unstripped ELF: {}",

@@ -605,7 +605,10 @@ mod tests {
     #[test]
     fn boot_paths() {
         let with = |name: &str, extra: &str, stick: bool| {
-            let mut text = SAMPLE.replace("arch = \"riscv64\"", &format!("arch = \"riscv64\"\n{extra}"));
+            let mut text = SAMPLE.replace(
+                "arch = \"riscv64\"",
+                &format!("arch = \"riscv64\"\n{extra}"),
+            );
             if stick {
                 text = text.replace(
                     "drives = [",
@@ -620,7 +623,12 @@ mod tests {
             image: Some(PathBuf::from("d.img")),
             boot: Some(PathBuf::from("b.img")),
         };
-        assert!(p.qemu_args(&values).unwrap().iter().any(|a| a.ends_with("file=b.img")));
+        assert!(
+            p.qemu_args(&values)
+                .unwrap()
+                .iter()
+                .any(|a| a.ends_with("file=b.img"))
+        );
         // Named after its path, on the path's arch, and with the medium placed.
         assert!(with("riscv64-virtio", "boot = \"uboot\"", true).is_err());
         assert!(with("riscv64-virtio-uboot", "boot = \"uboot\"", false).is_err());

@@ -206,10 +206,17 @@ fn legacy_mmio_device_attaches_and_round_trips() {
     let a = dma_vec(4096);
     a.fill(0x3c);
     assert_eq!(r.io(Op::Write, 8, &mut [a]), [(0, Ok(()))]);
-    assert!(r.dev().disk[8 * 512..8 * 512 + 4096].iter().all(|&x| x == 0x3c));
+    assert!(
+        r.dev().disk[8 * 512..8 * 512 + 4096]
+            .iter()
+            .all(|&x| x == 0x3c)
+    );
     let b = dma_vec(4096);
     assert_eq!(r.io(Op::Read, 8, &mut [b]), [(0, Ok(()))]);
-    assert!(b.iter().all(|&x| x == 0x3c), "read back through the legacy used ring");
+    assert!(
+        b.iter().all(|&x| x == 0x3c),
+        "read back through the legacy used ring"
+    );
 }
 
 #[test]
