@@ -70,7 +70,12 @@ pub enum Fatal {
     /// No memory map tag (GRUB always gives one).
     NoMemoryMap,
     /// The kernel image (code, data, page tables, DMA area, stack) is not inside available RAM.
-    ImageOutsideRam { start: u64, end: u64 },
+    ImageOutsideRam {
+        start: u64,
+        end: u64,
+        /// The map's entries that overlap the image (the first few): base, end, type.
+        overlapping: heapless::Vec<(u64, u64, u32), 6>,
+    },
 }
 
 /// The command line, copied out of loader memory so nothing later can overwrite it.
@@ -151,7 +156,24 @@ fn parse_multiboot2(addr: u32) -> Result<Handoff, Fatal> {
     let start = (&raw const __kernel_start) as u64;
     let end = (&raw const __kernel_end) as u64;
     if !map.is_available(start, end - start) {
-        return Err(Fatal::ImageOutsideRam { start, end });
+        let mut overlapping = heapless::Vec::new();
+        for r in map.regions().filter(|r| r.base < end && r.end() > start) {
+            let kind = match r.kind {
+                MemKind::Available => 1,
+                MemKind::AcpiReclaimable => 3,
+                MemKind::AcpiNvs => 4,
+                MemKind::Bad => 5,
+                MemKind::Reserved(k) => k,
+            };
+            if overlapping.push((r.base, r.end(), kind)).is_err() {
+                break;
+            }
+        }
+        return Err(Fatal::ImageOutsideRam {
+            start,
+            end,
+            overlapping,
+        });
     }
     MEMORY.call_once(|| {
         let mut memory = Memory::default();
@@ -187,7 +209,7 @@ fn parse_multiboot2(addr: u32) -> Result<Handoff, Fatal> {
 impl Fatal {
     /// Writes the reason as plain text to the console and stops the machine (failure).
     pub fn stop(&self) -> ! {
-        let mut line: heapless::String<256> = heapless::String::new();
+        let mut line: heapless::String<512> = heapless::String::new();
         let _ = core::fmt::Write::write_fmt(
             &mut line,
             format_args!("\r\nboot stopped: {}\r\n", self.describe()),
@@ -220,11 +242,21 @@ impl core::fmt::Display for Describe<'_> {
             Fatal::NoMemoryMap => {
                 f.write_str("Multiboot2 information structure has no memory map tag (type 6)")
             }
-            Fatal::ImageOutsideRam { start, end } => write!(
-                f,
-                "the kernel image {start:#x}..{end:#x} (page tables, DMA memory, stack) is not \
-                 inside RAM the memory map lists as available"
-            ),
+            Fatal::ImageOutsideRam {
+                start,
+                end,
+                overlapping,
+            } => {
+                write!(
+                    f,
+                    "the kernel image {start:#x}..{end:#x} (page tables, DMA memory, stack) is \
+                     not inside RAM the memory map lists as available; map entries there:"
+                )?;
+                for (base, end, kind) in overlapping {
+                    write!(f, " {base:#x}..{end:#x} type {kind};")?;
+                }
+                Ok(())
+            }
         }
     }
 }
