@@ -3,6 +3,8 @@
 //!
 //! - [`multiboot2`]: the information structure GRUB (BIOS or UEFI) hands an x86_64 kernel:
 //!   command line, memory map, ACPI RSDP (old and new tags), EFI system table.
+//! - [`fdt`]: the flattened device tree header (magic, size, block offsets), checked before a
+//!   parser sees the blob.
 //! - [`riscv_image`]: the 64-byte header of a RISC-V flat `Image` that U-Boot's `booti` reads
 //!   (text offset, image size, flags, magic).
 //!
@@ -11,6 +13,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod fdt;
 pub mod multiboot2;
 pub mod riscv_image;
 

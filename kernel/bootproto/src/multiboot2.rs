@@ -32,7 +32,14 @@ pub enum Error {
     /// `total_size` is larger than [`MAX_LEN`] or than the bytes given.
     BadTotalSize(u32),
     /// A tag at this offset has a size under 8 or runs past `total_size`.
-    BadTag { offset: usize, kind: u32, size: u32 },
+    BadTag {
+        /// Offset of the tag from the structure's start.
+        offset: usize,
+        /// Its type.
+        kind: u32,
+        /// Its size field.
+        size: u32,
+    },
     /// No end tag before `total_size`.
     NoEndTag,
     /// The memory map tag's entry size is under 24 or not a multiple of 8.
@@ -249,7 +256,7 @@ mod tests {
             out.extend_from_slice(&kind.to_le_bytes());
             out.extend_from_slice(&(8 + body.len() as u32).to_le_bytes());
             out.extend_from_slice(body);
-            while out.len() % 8 != 0 {
+            while !out.len().is_multiple_of(8) {
                 out.push(0);
             }
         }

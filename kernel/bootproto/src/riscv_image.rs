@@ -38,7 +38,12 @@ pub enum Error {
     /// `text_offset` is not a multiple of 4 KiB.
     MisalignedTextOffset(u64),
     /// `image_size` is smaller than the file: `booti` would place data over its tail.
-    ImageSizeTooSmall { image_size: u64, file: u64 },
+    ImageSizeTooSmall {
+        /// The header's `image_size`.
+        image_size: u64,
+        /// Bytes of the file.
+        file: u64,
+    },
 }
 
 /// The fields `booti` uses.

@@ -11,9 +11,6 @@ use flat_device_tree::Fdt;
 use flat_device_tree::node::FdtNode;
 use heapless::Vec;
 
-/// FDT header magic.
-const FDT_MAGIC: u32 = 0xd00d_feed;
-
 /// The interrupt controller found for this hart.
 pub struct PlicInfo {
     pub base: u64,
@@ -51,14 +48,6 @@ pub struct Board<'a> {
     pub test_device: Option<u64>,
     pub virtio_mmio: Vec<MmioDevice, 8>,
     pub pci: Option<PciHost>,
-}
-
-/// Total size claimed by an FDT header (its first 8 bytes: magic, size), if the magic is right.
-/// The crate needs the whole blob as a slice, so the size is read before the slice is made.
-pub fn total_size(header: &[u8; 8]) -> Option<usize> {
-    let word =
-        |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-    (word(0) == FDT_MAGIC).then_some(word(4) as usize)
 }
 
 /// Reads the board description for hart `hart` from `fdt`.

@@ -13,6 +13,7 @@ mod trap;
 mod uart;
 
 use crate::boot::BootInfo;
+use bootproto::fdt;
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use entry::{IDENTITY_LIMIT, KERNEL_OFFSET};
@@ -138,13 +139,21 @@ fn device_tree(dtb: usize) -> Result<flat_device_tree::Fdt<'static>, &'static st
     // SAFETY: the firmware passed `dtb` as the device tree's physical address; RAM is
     // identity-mapped, and the first 8 bytes (magic, size) are read before trusting more.
     let header = unsafe { &*(dtb as *const [u8; 8]) };
-    let size = discover::total_size(header).ok_or("no device tree at a1 (bad FDT magic)")?;
-    if !(40..=(4 << 20)).contains(&size) || dtb as u64 + size as u64 > IDENTITY_LIMIT {
-        return Err("device tree size in its header is implausible (under 40 bytes or over 4 MiB)");
+    let size = match fdt::total_size(header) {
+        Ok(size) => size as usize,
+        Err(fdt::Error::BadMagic(_)) => return Err("no device tree at a1 (bad FDT magic)"),
+        Err(_) => {
+            return Err(
+                "device tree size in its header is implausible (under 40 bytes or over 4 MiB)",
+            );
+        }
+    };
+    if dtb as u64 + size as u64 > IDENTITY_LIMIT {
+        return Err("device tree outside the identity map");
     }
-    let image_start = entry::KERNEL_PHYS;
-    let image_end = (&raw const __kernel_end) as usize - entry::KERNEL_OFFSET;
-    if dtb < image_end && dtb + size > image_start {
+    let image_start = entry::KERNEL_PHYS as u64;
+    let image_end = ((&raw const __kernel_end) as usize - entry::KERNEL_OFFSET) as u64;
+    if fdt::overlaps(dtb as u64, size as u64, image_start, image_end) {
         return Err(
             "device tree overlaps the kernel image (placed inside image_size): move fdt_addr_r",
         );
@@ -153,6 +162,9 @@ fn device_tree(dtb: usize) -> Result<flat_device_tree::Fdt<'static>, &'static st
     // above), outside the kernel image (checked), and nothing in the kernel writes there (the
     // kernel only uses its own statics), so it stays valid and unchanged for the whole run.
     let blob = unsafe { core::slice::from_raw_parts(dtb as *const u8, size) };
+    fdt::Header::parse(blob).map_err(
+        |_| "device tree header malformed (a block outside totalsize, or an unknown version)",
+    )?;
     flat_device_tree::Fdt::new(blob).map_err(|_| "device tree malformed (structure does not parse)")
 }
 
