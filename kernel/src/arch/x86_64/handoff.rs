@@ -69,12 +69,15 @@ pub enum Fatal {
     Malformed(multiboot2::Error),
     /// No memory map tag (GRUB always gives one).
     NoMemoryMap,
+    /// Available RAM inside the device window the kernel maps uncached and assigns PCI BARs
+    /// in (0xC000_0000..4 GiB).
+    RamInDeviceWindow { base: u64, end: u64 },
     /// The kernel image (code, data, page tables, DMA area, stack) is not inside available RAM.
     ImageOutsideRam {
         start: u64,
         end: u64,
         /// The map's entries that overlap the image (the first few): base, end, type.
-        overlapping: heapless::Vec<(u64, u64, u32), 6>,
+        overlapping: heapless::Vec<(u64, u64, u32), 3>,
     },
 }
 
@@ -175,6 +178,16 @@ fn parse_multiboot2(addr: u32) -> Result<Handoff, Fatal> {
             overlapping,
         });
     }
+    if let Some(r) = map.regions().find(|r| {
+        r.kind == MemKind::Available
+            && r.base < super::DEVICE_HOLE.1
+            && r.end() > super::DEVICE_HOLE.0
+    }) {
+        return Err(Fatal::RamInDeviceWindow {
+            base: r.base,
+            end: r.end(),
+        });
+    }
     MEMORY.call_once(|| {
         let mut memory = Memory::default();
         for r in map.regions() {
@@ -242,6 +255,12 @@ impl core::fmt::Display for Describe<'_> {
             Fatal::NoMemoryMap => {
                 f.write_str("Multiboot2 information structure has no memory map tag (type 6)")
             }
+            Fatal::RamInDeviceWindow { base, end } => write!(
+                f,
+                "the memory map lists RAM at {base:#x}..{end:#x}, inside 0xc0000000..4 GiB, \
+                 where the kernel maps devices uncached and assigns PCI BARs: this memory \
+                 layout is not supported"
+            ),
             Fatal::ImageOutsideRam {
                 start,
                 end,
