@@ -56,6 +56,8 @@ pub struct Memory {
     pub above_4g: u64,
     /// The boot loader's name.
     pub loader: heapless::String<64>,
+    /// Physical address of the EFI system table (UEFI boots).
+    pub efi_system_table: Option<u64>,
 }
 
 /// Why the boot stops.
@@ -201,6 +203,7 @@ fn parse_multiboot2(addr: u32) -> Result<Handoff, Fatal> {
             }
         }
         (memory.below_4g, memory.above_4g) = map.available_bytes();
+        memory.efi_system_table = info.efi_system_table;
         if let Some(name) = info.bootloader {
             for c in core::str::from_utf8(name).unwrap_or("?").chars() {
                 if memory.loader.push(c).is_err() {

@@ -180,6 +180,19 @@ pub fn log_boot_details() {
     if m.dropped > 0 {
         defmt::println!("  ... {=usize} more entries not kept", m.dropped);
     }
+    if let Some(st) = m.efi_system_table {
+        match handoff::efi_rsdp(st) {
+            Some(rsdp) => defmt::println!(
+                "firmware: UEFI, EFI system table at {=u64:#x}, its configuration table names the ACPI RSDP at {=u64:#x}",
+                st,
+                rsdp
+            ),
+            None => defmt::println!(
+                "firmware: UEFI, EFI system table at {=u64:#x} (no ACPI entry readable in its configuration table)",
+                st
+            ),
+        }
+    }
 }
 
 /// Writes `bytes` to COM1 by polling. Usable anywhere, interrupts on or off.
