@@ -81,8 +81,6 @@ pub const UBOOT: &str = "/usr/lib/u-boot/qemu-riscv64_smode/u-boot.bin";
 const GRUB_BIOS_DIR: &str = "/usr/lib/grub/i386-pc";
 const GRUB_EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
 
-/// Where the riscv64 kernel is linked (`linker/riscv64.ld`, `KERNEL_PHYS`).
-pub const RISCV_KERNEL_PHYS: u64 = 0x8020_0000;
 /// RAM base of QEMU `virt` (and the default for `--ram-base`).
 pub const RISCV_VIRT_RAM: u64 = 0x8000_0000;
 
@@ -330,19 +328,28 @@ fn uboot_disk(elf: &Path, words: &str, work: &Path, out: &Path, ram_base: u64) -
         .args(["-O", "binary"])
         .arg(elf)
         .arg(&image))?;
+    // The link address: the ELF's entry point, `_start`, the Image's first byte.
+    let linked = {
+        use object::Object;
+        let elf_bytes = fs::read(elf).with_context(|| format!("reading {}", elf.display()))?;
+        object::File::parse(&*elf_bytes)
+            .with_context(|| format!("parsing {}", elf.display()))?
+            .entry()
+    };
     let mut bytes = fs::read(&image)?;
     let header = bootproto::riscv_image::Header::parse(&bytes)
         .map_err(|e| anyhow::anyhow!("the flat Image has a bad header: {e:?}"))?;
-    let header = if header.load_address(ram_base) == Some(RISCV_KERNEL_PHYS) {
+    let header = if header.load_address(ram_base) == Some(linked) {
         header
     } else {
-        let h = bootproto::riscv_image::set_load_address(&mut bytes, ram_base, RISCV_KERNEL_PHYS)
-            .map_err(|e| {
-            anyhow::anyhow!(
-                "RAM base {ram_base:#x}: the kernel is linked at {RISCV_KERNEL_PHYS:#x}, \
+        let h = bootproto::riscv_image::set_load_address(&mut bytes, ram_base, linked).map_err(
+            |e| {
+                anyhow::anyhow!(
+                    "RAM base {ram_base:#x}: the kernel is linked at {linked:#x}, \
                      which booti cannot reach from there ({e:?})"
-            )
-        })?;
+                )
+            },
+        )?;
         fs::write(&image, &bytes)?;
         h
     };

@@ -14,10 +14,6 @@ use core::arch::global_asm;
 /// Kernel virtual address minus physical address, for everything linked in the higher half.
 pub const KERNEL_OFFSET: usize = 0xffff_ffff_0000_0000;
 
-/// Where the kernel is linked to run (`KERNEL_PHYS` in `linker/riscv64.ld`): the first byte of
-/// the Image.
-pub const KERNEL_PHYS: usize = 0x8020_0000;
-
 /// Physical memory below this is identity-mapped by the boot page table.
 pub const IDENTITY_LIMIT: u64 = 256 << 30;
 

@@ -117,6 +117,8 @@ extern "C" fn riscv64_entry(hart: usize, dtb: usize) -> ! {
 static BOOT_HART: Once<(usize, usize, usize)> = Once::new();
 
 unsafe extern "C" {
+    /// The Image's first byte (`KERNEL_PHYS`), at its higher-half address.
+    static __kernel_virt_start: u8;
     static __kernel_end: u8;
 }
 
@@ -151,7 +153,7 @@ fn device_tree(dtb: usize) -> Result<flat_device_tree::Fdt<'static>, &'static st
     if dtb as u64 + size as u64 > IDENTITY_LIMIT {
         return Err("device tree outside the identity map");
     }
-    let image_start = entry::KERNEL_PHYS as u64;
+    let image_start = ((&raw const __kernel_virt_start) as usize - entry::KERNEL_OFFSET) as u64;
     let image_end = ((&raw const __kernel_end) as usize - entry::KERNEL_OFFSET) as u64;
     if fdt::overlaps(dtb as u64, size as u64, image_start, image_end) {
         return Err(
