@@ -52,6 +52,7 @@ pub fn kmain(info: BootInfo) -> ! {
         info.firmware,
         info.cmdline
     );
+    arch::log_boot_details();
     pci::init(info);
     block::init(info);
     arch::timer_start(TIMER_HZ);

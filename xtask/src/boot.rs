@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 
 use crate::console::{Console, Line};
+use crate::firmware;
 use crate::guest::{self, Guest};
 use crate::ktest::{Ending, Event, Suite, Verdict};
 use crate::profile::{Placeholders, Profile};
@@ -50,15 +51,39 @@ impl BootSpec<'_> {
     pub fn command(&self) -> Result<Command> {
         let profile = self.profile;
         let mut cmd = Command::new(profile.arch.qemu_binary());
-        cmd.args(profile.qemu_args(&Placeholders {
-            image: self.image.clone(),
-        })?);
-        cmd.args(["-accel", self.accel.name(), "-serial", "stdio", "-kernel"]);
-        cmd.arg(&self.kernel.elf);
         let mut words = self.words.clone();
         words.extend(profile.expect_word());
         words.extend(profile.cmdline.iter().cloned());
-        cmd.arg("-append").arg(words.join(" "));
+        let words = words.join(" ");
+        // Through firmware: the command line goes into the medium, which the profile places.
+        let boot = match profile.boot {
+            Some(path) => {
+                let out = firmware::medium_path(&profile.name, path);
+                firmware::build(
+                    path,
+                    &self.kernel.elf,
+                    &words,
+                    &out,
+                    firmware::RISCV_VIRT_RAM,
+                )?;
+                Some((path, out))
+            }
+            None => None,
+        };
+        cmd.args(profile.qemu_args(&Placeholders {
+            image: self.image.clone(),
+            boot: boot.as_ref().map(|(_, out)| out.clone()),
+        })?);
+        cmd.args(["-accel", self.accel.name(), "-serial", "stdio"]);
+        match &boot {
+            Some((path, out)) => {
+                cmd.args(firmware::qemu_args(*path, &out.with_extension("vars.fd"))?);
+            }
+            None => {
+                cmd.arg("-kernel").arg(&self.kernel.elf);
+                cmd.arg("-append").arg(&words);
+            }
+        }
         if self.gdb {
             cmd.args(["-s", "-S"]);
         }

@@ -87,3 +87,48 @@ fn harness_self_checks_pass() {
         );
     }
 }
+
+#[test]
+fn misplaced_image_stops_with_a_message() {
+    // U-Boot's booti honours text_offset; an Image built for a RAM base 2 MiB below the real
+    // one lands 2 MiB above its link address. The kernel must say so and power off, not hang.
+    use crate::firmware::{self, BootPath};
+    use crate::guest::{Event, Guest};
+    use std::process::Command;
+    use std::time::Instant;
+    firmware::ensure_tools(BootPath::Uboot).unwrap();
+    let kernel = workspace::build_kernel(Arch::Riscv64, BuildProfile::Release, &[]).unwrap();
+    let out = workspace::target_dir().join("qemu/boot/e2e-misplaced.img");
+    firmware::build(BootPath::Uboot, &kernel.elf, "mode=run", &out, 0x7fe0_0000).unwrap();
+    let mut cmd = Command::new(Arch::Riscv64.qemu_binary());
+    cmd.args([
+        "-machine",
+        "virt",
+        "-m",
+        "256M",
+        "-display",
+        "none",
+        "-nodefaults",
+    ])
+    .args(["-no-reboot", "-serial", "stdio", "-device", "ahci,id=ahci"])
+    .arg("-drive")
+    .arg(format!("if=none,id=b,format=raw,file={}", out.display()))
+    .args(["-device", "ide-hd,drive=b,bus=ahci.0"])
+    .args(firmware::qemu_args(BootPath::Uboot, &out.with_extension("vars.fd")).unwrap());
+    let mut guest = Guest::spawn(cmd, true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut text = Vec::new();
+    let exited = loop {
+        match guest.next_event(Some(deadline)).unwrap() {
+            Event::Output(bytes) => text.extend(bytes),
+            Event::Exited(_) => break true,
+            Event::Deadline => break false,
+        }
+    };
+    let text = String::from_utf8_lossy(&text);
+    assert!(exited, "QEMU still running after 120 s: {text}");
+    assert!(
+        text.contains("boot stopped: the kernel was not loaded at its link address 0x80200000"),
+        "{text}"
+    );
+}

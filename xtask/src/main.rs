@@ -5,6 +5,7 @@ mod boot;
 mod console;
 #[cfg(all(test, feature = "e2e"))]
 mod e2e;
+mod firmware;
 mod guest;
 mod host;
 mod image;
@@ -56,6 +57,10 @@ enum Cmd {
     /// instant, check the image (and the states a lost write cache leaves) on the host; ends
     /// with one line `N cuts, N acknowledged writes lost, N/N fsck-clean`.
     Powercut(powercut::PowercutArgs),
+    /// Build a bootable medium for real firmware (GRUB BIOS or UEFI, U-Boot) and say what it
+    /// holds.
+    #[command(name = "image")]
+    BootImage(firmware::ImageArgs),
     #[command(flatten)]
     Image(image::ImageCmd),
 }
@@ -170,6 +175,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench::run(args),
         Cmd::Prof(args) => prof::run(args),
         Cmd::Powercut(args) => powercut::run(args),
+        Cmd::BootImage(args) => firmware::image(args),
         Cmd::Image(cmd) => image::run(cmd),
     };
     match result {

@@ -168,6 +168,9 @@ pub struct Profile {
     /// Whether `cargo xtask test` boots this profile without an explicit `--disk`.
     #[serde(default = "yes")]
     pub test: bool,
+    /// Boot through this firmware path instead of QEMU's direct kernel load: xtask builds the
+    /// medium (with the command line in it) for `{boot}` and adds the firmware's arguments.
+    pub boot: Option<crate::firmware::BootPath>,
 }
 
 fn yes() -> bool {
@@ -178,9 +181,11 @@ fn yes() -> bool {
 #[derive(Debug, Default)]
 pub struct Placeholders {
     pub image: Option<PathBuf>,
+    /// The boot medium of a profile with `boot`.
+    pub boot: Option<PathBuf>,
 }
 
-const PLACEHOLDERS: &[&str] = &["image"];
+const PLACEHOLDERS: &[&str] = &["image", "boot"];
 
 impl Profile {
     pub fn parse(name: &str, text: &str) -> Result<Profile> {
@@ -200,7 +205,7 @@ impl Profile {
                 "expect lists disk kinds (virtio, ahci, nvme); leave \"none\" out"
             );
         }
-        let mut uses_image = false;
+        let (mut uses_image, mut uses_boot) = (false, false);
         for arg in self.all_args() {
             for key in placeholders_in(arg)? {
                 ensure!(
@@ -208,7 +213,26 @@ impl Profile {
                     "unknown placeholder {{{key}}} in {arg:?} (known: {PLACEHOLDERS:?})"
                 );
                 uses_image |= key == "image";
+                uses_boot |= key == "boot";
             }
+        }
+        ensure!(
+            uses_boot == self.boot.is_some(),
+            "a profile names a boot path (`boot`) exactly when its arguments place the medium {{boot}}"
+        );
+        if let Some(path) = self.boot {
+            ensure!(
+                self.arch == path.arch(),
+                "boot path {} is for {}, not {}",
+                path.name(),
+                path.arch(),
+                self.arch
+            );
+            ensure!(
+                self.name.is_empty() || self.name.ends_with(&format!("-{}", path.name())),
+                "a profile booting through {0} is named *-{0}",
+                path.name()
+            );
         }
         ensure!(
             uses_image == self.image.is_some(),
@@ -333,6 +357,13 @@ fn substitute(word: &str, values: &Placeholders) -> Result<String> {
                 .to_str()
                 .context("image path is not UTF-8")?
                 .to_owned(),
+            "boot" => values
+                .boot
+                .as_deref()
+                .context("the profile uses {boot} but no boot medium was built")?
+                .to_str()
+                .context("boot medium path is not UTF-8")?
+                .to_owned(),
             other => bail!("unknown placeholder {{{other}}}"),
         };
         out = out.replace(&format!("{{{key}}}"), &value);
@@ -439,6 +470,7 @@ mod tests {
         assert!(p.test);
         let values = Placeholders {
             image: Some(PathBuf::from("/tmp/a b/disk.img")),
+            boot: None,
         };
         let args = p.qemu_args(&values).unwrap();
         assert_eq!(args[..4], ["-machine", "virt", "-m", "128M"]);
@@ -568,6 +600,41 @@ mod tests {
                 p.name
             );
         }
+    }
+
+    #[test]
+    fn boot_paths() {
+        let with = |name: &str, extra: &str, stick: bool| {
+            let mut text = SAMPLE.replace(
+                "arch = \"riscv64\"",
+                &format!("arch = \"riscv64\"\n{extra}"),
+            );
+            if stick {
+                text = text.replace(
+                    "drives = [",
+                    "drives = [\"-drive if=none,id=b,format=raw,file={boot}\", ",
+                );
+            }
+            Profile::parse(name, &text)
+        };
+        let p = with("riscv64-virtio-uboot", "boot = \"uboot\"", true).unwrap();
+        assert_eq!(p.boot, Some(crate::firmware::BootPath::Uboot));
+        let values = Placeholders {
+            image: Some(PathBuf::from("d.img")),
+            boot: Some(PathBuf::from("b.img")),
+        };
+        assert!(
+            p.qemu_args(&values)
+                .unwrap()
+                .iter()
+                .any(|a| a.ends_with("file=b.img"))
+        );
+        // Named after its path, on the path's arch, and with the medium placed.
+        assert!(with("riscv64-virtio", "boot = \"uboot\"", true).is_err());
+        assert!(with("riscv64-virtio-uboot", "boot = \"uboot\"", false).is_err());
+        assert!(with("riscv64-virtio-grub-bios", "boot = \"grub-bios\"", true).is_err());
+        assert!(with("riscv64-virtio-uboot", "", true).is_err());
+        assert!(with("riscv64-virtio-uboot", "boot = \"lilo\"", true).is_err());
     }
 
     #[test]

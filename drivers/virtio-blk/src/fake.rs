@@ -95,6 +95,8 @@ pub struct Device {
     pub dma_violations: u32,
     /// What the last of them was.
     pub dma_detail: std::string::String,
+    /// A legacy (virtio-mmio version 1) transport: one contiguous queue layout.
+    pub legacy_layout: bool,
 }
 
 impl Device {
@@ -361,6 +363,7 @@ impl FakeTransport {
             dma_ok: Vec::new(),
             dma_violations: 0,
             dma_detail: std::string::String::new(),
+            legacy_layout: false,
         };
         FakeTransport {
             dev: Arc::new(Mutex::new(dev)),
@@ -418,7 +421,7 @@ impl Transport for FakeTransport {
     fn set_guest_page_size(&mut self, _guest_page_size: u32) {}
 
     fn requires_legacy_layout(&self) -> bool {
-        false
+        self.lock().legacy_layout
     }
 
     fn queue_set(

@@ -5,7 +5,7 @@
 #![allow(unsafe_code)]
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use blk::SgEntry;
 use hal::{DmaBuf, Mmio, PhysAddr};
@@ -23,6 +23,9 @@ pub struct VirtioHal;
 static LAST_USED_AREA: AtomicUsize = AtomicUsize::new(0);
 /// Bytes of that area (whole pages).
 static LAST_USED_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Whether that area is a whole legacy queue (descriptors, available ring, then the used ring
+/// at the next page boundary) rather than the used ring alone.
+static LAST_LEGACY: AtomicBool = AtomicBool::new(false);
 
 // SAFETY: `dma_alloc` returns zeroed, page-aligned pages that belong to nobody else until
 // `dma_dealloc`; `share` returns the address the device must use for a buffer: its physical
@@ -35,9 +38,12 @@ unsafe impl Hal for VirtioHal {
             return (0, NonNull::dangling());
         };
         let (virt, phys, _) = buf.into_raw_parts();
-        if direction == BufferDirection::DeviceToDriver {
+        // The device-written area: the used ring's own pages (1.x layout), or the one region
+        // of a legacy layout, whose used ring starts at a page boundary inside it.
+        if direction == BufferDirection::DeviceToDriver || direction == BufferDirection::Both {
             LAST_USED_BYTES.store(pages * hal::dma::PAGE_SIZE, Ordering::Relaxed);
             LAST_USED_AREA.store(virt, Ordering::Relaxed);
+            LAST_LEGACY.store(direction == BufferDirection::Both, Ordering::Relaxed);
         }
         match NonNull::new(virt as *mut u8) {
             Some(p) => (phys.0, p),
@@ -205,8 +211,19 @@ impl UsedArea {
     /// if unknown, if `ring` is not a power of two, or if the area is too small for it). The address only ever comes
     /// from `dma_alloc`, so a handle always names memory the queue owns.
     pub(crate) fn take_last(ring: usize) -> Option<Self> {
-        let virt = take_used_area();
-        let bytes = LAST_USED_BYTES.load(Ordering::Relaxed);
+        let mut virt = take_used_area();
+        let mut bytes = LAST_USED_BYTES.load(Ordering::Relaxed);
+        if LAST_LEGACY.load(Ordering::Relaxed) {
+            // Legacy layout (virtio 0.9.5 "2.3 Virtqueues"): 16-byte descriptors, then the
+            // available ring (flags, idx, ring, used_event: 2 * (3 + ring) bytes), then the used
+            // ring at the next page boundary.
+            let skip = ring
+                .checked_mul(16)
+                .and_then(|d| d.checked_add(2 * (3 + ring)))?
+                .next_multiple_of(hal::dma::PAGE_SIZE);
+            bytes = bytes.checked_sub(skip)?;
+            virt = if virt == 0 { 0 } else { virt + skip };
+        }
         let fits = ring.is_power_of_two()
             && ring
                 .checked_mul(used_ring::ELEM)

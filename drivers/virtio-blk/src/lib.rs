@@ -62,7 +62,8 @@ pub enum InitError {
     Transport,
     /// Not a block device.
     NotBlock,
-    /// A legacy (pre-1.0) device.
+    /// A legacy (pre-1.0) device on a transport without a legacy queue layout (PCI); legacy
+    /// virtio-mmio (version 1) devices attach.
     Legacy,
     /// The queue could not be set up.
     Queue,

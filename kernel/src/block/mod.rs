@@ -200,7 +200,10 @@ pub fn init(info: &crate::boot::BootInfo) {
     POLLED.fetch_or(ahci_polled, Ordering::Relaxed);
     // Every port's outcome (attached, or why not) is logged by the probe; the first error is
     // recorded for the attach report (other ports' disks stay attached).
-    if let Err(e) = ahci::probe(polled || ahci_polled) {
+    // `ahci=off`: the controller holds the boot medium (firmware booted from it); leave it alone.
+    if crate::boot::cmdline_arg(info.cmdline, "ahci") == Some("off") {
+        defmt::println!("block: ahci=off: AHCI controller left alone (boot medium)");
+    } else if let Err(e) = ahci::probe(polled || ahci_polled) {
         attach_failed(DiskKind::Ahci, format_args!("ahci: {:?}", e));
     }
     let nvme_arg = crate::boot::cmdline_arg(info.cmdline, "nvme");

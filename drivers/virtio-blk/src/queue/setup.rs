@@ -84,7 +84,10 @@ pub(super) fn bring_up(
     t.set_status(DeviceStatus::empty());
     t.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
     let offered = t.read_device_features();
-    if offered & feature::VERSION_1 == 0 {
+    // A legacy virtio-mmio device (version 1) has no VERSION_1 bit; its transport lays the
+    // queue out contiguously (virtio-drivers does that when the transport asks for it). A
+    // transport without a legacy layout (PCI) needs a 1.x device.
+    if offered & feature::VERSION_1 == 0 && !t.requires_legacy_layout() {
         t.set_status(DeviceStatus::FAILED);
         return Err(InitError::Legacy);
     }

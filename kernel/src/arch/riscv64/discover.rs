@@ -11,9 +11,6 @@ use flat_device_tree::Fdt;
 use flat_device_tree::node::FdtNode;
 use heapless::Vec;
 
-/// FDT header magic.
-const FDT_MAGIC: u32 = 0xd00d_feed;
-
 /// The interrupt controller found for this hart.
 pub struct PlicInfo {
     pub base: u64,
@@ -24,9 +21,23 @@ pub struct PlicInfo {
 /// The console UART.
 pub struct UartInfo {
     pub base: u64,
+    /// `reg-shift`: registers are `1 << shift` bytes apart.
     pub shift: u32,
+    /// `reg-io-width`: access width in bytes (1 or 4).
+    pub width: u32,
+    /// Input clock: `clock-frequency`, else that of the clock `clocks` names.
     pub clock: Option<u32>,
 }
+
+/// `compatible` strings of 8250/16550-style UARTs the console driver handles.
+const UART_COMPATIBLE: [&str; 6] = [
+    "ns16550a",
+    "ns16550",
+    "snps,dw-apb-uart",
+    "ns16750",
+    "ns8250",
+    "starfive,jh7110-uart",
+];
 
 /// Everything the boot code uses from the tree.
 pub struct Board<'a> {
@@ -37,14 +48,6 @@ pub struct Board<'a> {
     pub test_device: Option<u64>,
     pub virtio_mmio: Vec<MmioDevice, 8>,
     pub pci: Option<PciHost>,
-}
-
-/// Total size claimed by an FDT header (its first 8 bytes: magic, size), if the magic is right.
-/// The crate needs the whole blob as a slice, so the size is read before the slice is made.
-pub fn total_size(header: &[u8; 8]) -> Option<usize> {
-    let word =
-        |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-    (word(0) == FDT_MAGIC).then_some(word(4) as usize)
 }
 
 /// Reads the board description for hart `hart` from `fdt`.
@@ -131,15 +134,29 @@ fn uart(fdt: &Fdt<'_>, chosen: Option<FdtNode<'_, '_>>) -> Option<UartInfo> {
                 fdt.find_node(prop_str(fdt.find_node("/aliases")?, path)?)
             }
         });
+    let is_uart = |n: FdtNode<'_, '_>| UART_COMPATIBLE.iter().any(|c| is_compatible(n, c));
     let node = by_path
-        .filter(|n| is_compatible(*n, "ns16550a") || is_compatible(*n, "ns16550"))
-        .or_else(|| compatible(fdt, "ns16550a").next())
-        .or_else(|| compatible(fdt, "ns16550").next())?;
+        .filter(|n| is_uart(*n))
+        .or_else(|| fdt.all_nodes().find(|n| is_uart(*n)))?;
     let (base, _) = reg0(node)?;
+    let width = prop_u32(node, "reg-io-width").unwrap_or(1);
+    let shift = prop_u32(node, "reg-shift").unwrap_or(0);
+    if !matches!(width, 1 | 4) || shift > 4 || !base.is_multiple_of(u64::from(width)) {
+        return None;
+    }
+    // `clock-frequency` on the node, else the first clock of `clocks` when it is a fixed clock
+    // with a `clock-frequency`.
+    let clock = prop_u32(node, "clock-frequency")
+        .filter(|&c| c > 0)
+        .or_else(|| {
+            let phandle = Cells::of(node, "clocks")?.u32()?;
+            prop_u32(fdt.find_phandle(phandle)?, "clock-frequency").filter(|&c| c > 0)
+        });
     Some(UartInfo {
         base,
-        shift: prop_u32(node, "reg-shift").unwrap_or(0),
-        clock: prop_u32(node, "clock-frequency"),
+        shift,
+        width,
+        clock,
     })
 }
 

@@ -29,8 +29,8 @@ _start:
     /* RISC-V Linux Image header (64 bytes); code0 jumps over it. */
     j       1f                      /* code0 */
     .word   0                       /* code1 */
-    .dword  0x200000                /* text_offset */
-    .dword  __image_size            /* image_size */
+    .dword  __image_text_offset     /* text_offset: KERNEL_PHYS - RAM base (linker script) */
+    .dword  __image_size            /* image_size: load address to end of .bss and stack */
     .dword  0                       /* flags: little endian */
     .word   2                       /* version 0.2 */
     .word   0                       /* res1 */
@@ -50,6 +50,14 @@ _start:
     li      t1, 1
     amoadd.w t1, t1, (t0)
     bnez    t1, 3f
+
+    /* The kernel runs only where it is linked (KERNEL_PHYS): a boot loader that placed it
+       elsewhere (a RAM base other than the header's text_offset assumes) gets a message on the
+       SBI console and a shutdown, not a hang. */
+    lla     t0, _start
+    lla     t1, 7f
+    ld      t1, 0(t1)
+    bne     t0, t1, 8f
 
     mv      s0, a0
     mv      s1, a1
@@ -77,6 +85,29 @@ _start:
 3:
     wfi
     j       3b
+
+    .balign 8
+7:
+    .dword  _start
+8:
+    lla     t2, 11f
+9:
+    lbu     a0, 0(t2)
+    beqz    a0, 10f
+    li      a7, 1                   /* legacy console_putchar */
+    ecall
+    addi    t2, t2, 1
+    j       9b
+10:
+    li      a7, 0x53525354          /* SRST: shutdown, system failure */
+    li      a6, 0
+    li      a0, 0
+    li      a1, 1
+    ecall
+    j       3b
+11:
+    .asciz  "\r\nboot stopped: the kernel was not loaded at its link address 0x80200000 (the Image header's text_offset assumes RAM at 0x80000000; rebuild the medium with cargo xtask image --boot uboot --ram-base <your RAM base>)\r\n"
+    .balign 4
 
     .section .data.boot, "aw"
     .balign 4

@@ -13,6 +13,7 @@ mod trap;
 mod uart;
 
 use crate::boot::BootInfo;
+use bootproto::fdt;
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use entry::{IDENTITY_LIMIT, KERNEL_OFFSET};
@@ -42,15 +43,20 @@ static WINDOWS: Once<Vec<(u64, u64), 16>> = Once::new();
 #[unsafe(no_mangle)]
 extern "C" fn riscv64_entry(hart: usize, dtb: usize) -> ! {
     trap::init();
-    let fdt = device_tree(dtb);
-    let board = fdt.as_ref().map(|f| discover::board(f, hart));
+    let fdt = match device_tree(dtb) {
+        Ok(fdt) => fdt,
+        Err(why) => boot_stop(hart, dtb, why),
+    };
+    let board = Some(discover::board(&fdt, hart));
+    BOOT_HART.call_once(|| (hart, dtb, fdt.total_size()));
 
     if let Some(u) = board.as_ref().and_then(|b| b.uart.as_ref())
         && u.base < IDENTITY_LIMIT
     {
-        // SAFETY: the device tree names this NS16550 as the console; it is identity-mapped
-        // (below `IDENTITY_LIMIT`) and only the console code touches it.
-        unsafe { uart::init(u.base as usize, u.shift, u.clock) };
+        // SAFETY: the device tree names this 8250/16550-compatible UART as the console, with
+        // its register spacing and width (checked: 1 or 4, base aligned to it); it is
+        // identity-mapped (below `IDENTITY_LIMIT`) and only the console code touches it.
+        unsafe { uart::init(u.base as usize, u.shift, u.width, u.clock) };
     }
     if let Some(tb) = board.as_ref().and_then(|b| b.timebase).filter(|&t| t > 0) {
         TIMEBASE.store(tb, Ordering::Relaxed);
@@ -107,23 +113,84 @@ extern "C" fn riscv64_entry(hart: usize, dtb: usize) -> ! {
     crate::kmain(info)
 }
 
-/// The device tree at physical `dtb`, if there is a valid one.
-fn device_tree(dtb: usize) -> Option<flat_device_tree::Fdt<'static>> {
-    if dtb == 0 || !dtb.is_multiple_of(8) || dtb as u64 + 8 > IDENTITY_LIMIT {
-        return None;
+/// The boot hart, and the device tree's physical address and size (for the boot log).
+static BOOT_HART: Once<(usize, usize, usize)> = Once::new();
+
+unsafe extern "C" {
+    /// The Image's first byte (`KERNEL_PHYS`), at its higher-half address.
+    static __kernel_virt_start: u8;
+    static __kernel_end: u8;
+}
+
+/// The device tree at physical `dtb`, checked: address, magic, size, not overlapping the kernel
+/// image (whose `.bss` the entry code cleared), structure.
+///
+/// The kernel never allocates or reuses RAM outside its own image (DMA memory and page tables
+/// are statics in it), so the tree stays where the boot loader left it (U-Boot: in high RAM,
+/// OpenSBI: right after its own region) for the whole run; everything the kernel needs from it
+/// is read here, at entry, anyway.
+fn device_tree(dtb: usize) -> Result<flat_device_tree::Fdt<'static>, &'static str> {
+    if dtb == 0 {
+        return Err(
+            "no device tree (a1 = 0): boot with OpenSBI/U-Boot passing one (booti ADDR - FDT)",
+        );
+    }
+    if !dtb.is_multiple_of(8) || dtb as u64 + 8 > IDENTITY_LIMIT {
+        return Err("device tree address misaligned or outside the identity map");
     }
     // SAFETY: the firmware passed `dtb` as the device tree's physical address; RAM is
     // identity-mapped, and the first 8 bytes (magic, size) are read before trusting more.
     let header = unsafe { &*(dtb as *const [u8; 8]) };
-    let size = discover::total_size(header)?;
-    if size > (4 << 20) || dtb as u64 + size as u64 > IDENTITY_LIMIT {
-        return None;
+    let size = match fdt::total_size(header) {
+        Ok(size) => size as usize,
+        Err(fdt::Error::BadMagic(_)) => return Err("no device tree at a1 (bad FDT magic)"),
+        Err(_) => {
+            return Err(
+                "device tree size in its header is implausible (under 40 bytes or over 4 MiB)",
+            );
+        }
+    };
+    if dtb as u64 + size as u64 > IDENTITY_LIMIT {
+        return Err("device tree outside the identity map");
+    }
+    let image_start = ((&raw const __kernel_virt_start) as usize - entry::KERNEL_OFFSET) as u64;
+    let image_end = ((&raw const __kernel_end) as usize - entry::KERNEL_OFFSET) as u64;
+    if fdt::overlaps(dtb as u64, size as u64, image_start, image_end) {
+        return Err(
+            "device tree overlaps the kernel image (placed inside image_size): move fdt_addr_r",
+        );
     }
     // SAFETY: the header says the blob is `size` bytes; firmware placed it in RAM (mapped, see
-    // above) and reserved it, and nothing in the kernel writes there (the kernel only uses its
-    // own statics), so it stays valid and unchanged for the whole run.
+    // above), outside the kernel image (checked), and nothing in the kernel writes there (the
+    // kernel only uses its own statics), so it stays valid and unchanged for the whole run.
     let blob = unsafe { core::slice::from_raw_parts(dtb as *const u8, size) };
-    flat_device_tree::Fdt::new(blob).ok()
+    fdt::Header::parse(blob).map_err(
+        |_| "device tree header malformed (a block outside totalsize, or an unknown version)",
+    )?;
+    flat_device_tree::Fdt::new(blob).map_err(|_| "device tree malformed (structure does not parse)")
+}
+
+/// Stops the boot before the console exists: the reason through the SBI console, then exit.
+fn boot_stop(hart: usize, dtb: usize, why: &str) -> ! {
+    uart::sbi_write("\r\nboot stopped: ");
+    uart::sbi_write(why);
+    let mut line: heapless::String<64> = heapless::String::new();
+    let _ =
+        core::fmt::Write::write_fmt(&mut line, format_args!(" (hart {hart}, a1 = {dtb:#x})\r\n"));
+    uart::sbi_write(&line);
+    exit(false)
+}
+
+/// Logs the boot hart and where the device tree was. Called by `kmain` once the console runs.
+pub fn log_boot_details() {
+    if let Some(&(hart, dtb, size)) = BOOT_HART.get() {
+        defmt::println!(
+            "boot hart {=usize}, device tree at {=usize:#x} ({=usize} bytes)",
+            hart,
+            dtb,
+            size
+        );
+    }
 }
 
 /// Sends raw bytes to the serial console (polling); usable anywhere, interrupts on or off.

@@ -52,8 +52,11 @@ extern "C" fn x86_64_entry(magic: u32, info: u32) -> ! {
     }
     apic::init();
     time::calibrate();
-    let handoff = handoff::parse(magic, info);
-    let acpi = acpi::discover(handoff.rsdp);
+    let handoff = handoff::parse(magic, info).unwrap_or_else(|fatal| fatal.stop());
+    let rsdp = handoff
+        .rsdp
+        .or_else(|| handoff.efi_system_table.and_then(handoff::efi_rsdp));
+    let acpi = acpi::discover(rsdp);
     if let Some(ioapic) = acpi
         .ioapic
         .filter(|&a| a != apic::DEFAULT_IOAPIC && in_device_hole(a, 0x20))
@@ -151,6 +154,45 @@ fn mmio32_window(ecam_base: u64, ecam_size: u64) -> (u64, u64) {
         start = ecam_end;
     }
     (start, end - start)
+}
+
+/// Logs what the boot loader said about memory (Multiboot2 memory map: available RAM below and
+/// above 4 GiB, each entry) and firmware (loader name, EFI system table). Called by `kmain` once
+/// the console runs.
+pub fn log_boot_details() {
+    let Some(m) = handoff::memory() else {
+        return;
+    };
+    defmt::println!(
+        "memory: {=u64} MiB available below 4 GiB (identity-mapped), {=u64} MiB above 4 GiB (not mapped, unused); loader \"{=str}\"",
+        m.below_4g >> 20,
+        m.above_4g >> 20,
+        m.loader.as_str()
+    );
+    for r in &m.regions {
+        defmt::println!(
+            "  {=u64:#012x}..{=u64:#012x} {=str}",
+            r.base,
+            r.base.saturating_add(r.len),
+            if r.available { "available" } else { "reserved" }
+        );
+    }
+    if m.dropped > 0 {
+        defmt::println!("  ... {=usize} more entries not kept", m.dropped);
+    }
+    if let Some(st) = m.efi_system_table {
+        match handoff::efi_rsdp(st) {
+            Some(rsdp) => defmt::println!(
+                "firmware: UEFI, EFI system table at {=u64:#x}, its configuration table names the ACPI RSDP at {=u64:#x}",
+                st,
+                rsdp
+            ),
+            None => defmt::println!(
+                "firmware: UEFI, EFI system table at {=u64:#x} (no ACPI entry readable in its configuration table)",
+                st
+            ),
+        }
+    }
 }
 
 /// Writes `bytes` to COM1 by polling. Usable anywhere, interrupts on or off.
