@@ -273,7 +273,8 @@ impl Mirror {
                     return;
                 }
                 let sectors = bio.sectors();
-                if legs != self.mask(|s| s == LegState::InSync) || legs != self.all() {
+                let out = legs != self.mask(|s| s == LegState::InSync) || legs != self.all();
+                if op != Op::Flush && out {
                     self.mark_dirty(rel, sectors);
                 }
                 let mut regions = heapless::Vec::<Region, MAX_REGIONS>::new();
@@ -515,7 +516,8 @@ impl Mirror {
                 }
             }
         }
-        if failed != 0 || self.mask(|s| s != LegState::InSync) != 0 {
+        let out = failed != 0 || self.mask(|s| s != LegState::InSync) != 0;
+        if bio.op() != Op::Flush && out {
             self.mark_dirty(rel, bio.sectors());
         }
         // Good if some leg in sync now took it.
