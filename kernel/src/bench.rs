@@ -292,6 +292,25 @@ impl Disk {
     }
 }
 
+/// The device the jobs run on: the registered device `bench=<name>` names (a disk, a
+/// partition or a mapped device, e.g. a mirror), else the disk. Interrupt and notification
+/// counts stay the disk's.
+fn bench_target(d: Disk) -> &'static dyn BlockDevice {
+    let Some(name) = crate::boot::cmdline_arg(crate::boot_info().cmdline, "bench") else {
+        return d.dev();
+    };
+    match crate::block::registry::find(name) {
+        Some(r) => {
+            defmt::println!("bench: jobs on {=str} ({=u64} sectors)", name, r.sectors);
+            r.dev
+        }
+        None => {
+            defmt::error!("bench: no device {=str}: jobs on the disk", name);
+            d.dev()
+        }
+    }
+}
+
 /// `kind-interrupts`, e.g. `nvme-Msix`: one word for the BENCH start line's `attach=`.
 impl defmt::Format for Disk {
     fn format(&self, f: defmt::Formatter<'_>) {
@@ -312,7 +331,7 @@ pub fn run() -> bool {
         defmt::error!("bench: no disk (virtio-blk, NVMe or AHCI)");
         return false;
     };
-    let dev = d.dev();
+    let dev = bench_target(d);
     // Given up for good (one bench per boot): segments of it can never dangle, even if a job
     // stops with bios in flight.
     let Ok(buf) = DmaBuf::alloc(BUF_BYTES, 4096).map(DmaRegion::from_dma_buf) else {

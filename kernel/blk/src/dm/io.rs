@@ -18,7 +18,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering
 
 use hal::DmaBuf;
 
-use crate::bio::{Bio, BioFlags, BioList, BioVec, MAX_VECS, Op, SECTOR_SHIFT, bio_endio};
+use crate::bio::{Bio, BioFlags, BioVec, MAX_VECS, Op, SECTOR_SHIFT, bio_endio};
 use crate::bioset::BioSet;
 use crate::device::{BlockDevice, CpuCtx};
 use crate::error::BlkError;
@@ -298,10 +298,9 @@ impl DmIo {
         mem: Mem<'_>,
         wait: fn(),
     ) -> Result<u64, BlkError> {
-        let (slot, bios) = self
-            .build(req, &mem, None, true, Wait::Hook(wait), ctx)
+        let slot = self
+            .start(req, &mem, None, None, 0, Wait::Hook(wait), ctx)
             .map_err(|(e, _)| e)?;
-        self.start(slot, bios, ctx);
         let s = &self.slots[slot as usize];
         while !s.done.load(Ordering::Acquire) {
             wait();
@@ -315,8 +314,9 @@ impl DmIo {
     /// Starts the call; `notify.done` gets the error bitmap, `parked` and `word` when every
     /// bio completed. Memory must outlive the call: `Mem::Parked` (the parked bio's segments),
     /// `Bvecs`/`Pages` (segments whose contract covers the call), `Dma`; `Kernel`,
-    /// `KernelMut` and `DmaBuf` are refused. On an error nothing was submitted and `parked` is
-    /// handed back.
+    /// `KernelMut` and `DmaBuf` are refused. A refused call (bad request, no slot with
+    /// `Wait::Never`) submitted nothing and hands `parked` back; a bio that could not be built
+    /// after others went down (no memory with `Wait::Never`) shows as its region's error.
     #[allow(clippy::too_many_arguments)]
     pub fn run_async(
         &'static self,
@@ -331,24 +331,26 @@ impl DmIo {
         if matches!(mem, Mem::Kernel(_) | Mem::KernelMut(_) | Mem::DmaBuf(_)) {
             return Err((BlkError::InvalidArgument, parked));
         }
-        let (slot, bios) = self.build(req, &mem, parked, false, wait, ctx)?;
-        let s = &self.slots[slot as usize];
-        *s.notify.lock() = Some(notify);
-        s.word.store(word, Ordering::Relaxed);
-        self.start(slot, bios, ctx);
+        self.start(req, &mem, parked, Some(notify), word, wait, ctx)?;
         Ok(())
     }
 
-    /// Builds every bio of the call in a new slot (the parked bio in it), not yet submitted.
-    fn build(
+    /// Takes a slot (the parked bio in it), builds and submits every bio of the call, then
+    /// drops the builder's hold: the last completion ends the call (`notify`, or the sync
+    /// waiter when `notify` is `None`). A refusal before the first bio (bad request, no slot)
+    /// hands `parked` back; a bio that cannot be built later marks its region and the ones
+    /// after it in the error bitmap.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
         &'static self,
         req: &IoRequest<'_>,
         mem: &Mem<'_>,
         parked: Option<Bio>,
-        sync: bool,
+        notify: Option<&'static dyn IoNotify>,
+        word: usize,
         wait: Wait,
         ctx: &CpuCtx,
-    ) -> Result<(u16, BioList), (BlkError, Option<Bio>)> {
+    ) -> Result<u16, (BlkError, Option<Bio>)> {
         let refuse = |e: BlkError, parked: Option<Bio>| Err((e, parked));
         let n = req.regions.len();
         if n == 0 || n > MAX_REGIONS || (req.op == Op::Read && n != 1) {
@@ -395,12 +397,16 @@ impl DmIo {
         let s = &self.slots[slot as usize];
         s.errors.store(0, Ordering::Relaxed);
         s.done.store(false, Ordering::Relaxed);
-        s.sync.store(sync, Ordering::Relaxed);
+        s.sync.store(notify.is_none(), Ordering::Relaxed);
+        s.word.store(word, Ordering::Relaxed);
         s.remaining.store(1, Ordering::Relaxed);
-        *s.parked.lock() = parked;
-        let mut out = BioList::new();
-        let r = {
-            let guard = s.parked.lock();
+        if notify.is_some() {
+            *s.notify.lock() = notify;
+        }
+        {
+            // Completions never take this lock before the builder's hold is dropped below.
+            let mut guard = s.parked.lock();
+            *guard = parked;
             let parked_vecs: &[BioVec] = match (mem, guard.as_ref()) {
                 (Mem::Parked, Some(b)) => b.vecs(),
                 _ => &[],
@@ -444,27 +450,23 @@ impl DmIo {
                     skip: parked_skip.map_or(0, |i| i.done),
                 },
             };
-            let mut r = Ok(());
             for (i, reg) in req.regions.iter().enumerate() {
-                if let Err(e) = self.build_region(req, i, reg, src.clone(), slot, wait, &mut out) {
-                    r = Err(e);
+                if self
+                    .build_region(req, i, reg, src.clone(), slot, wait, ctx)
+                    .is_err()
+                {
+                    let all = (1u64 << req.regions.len()) - 1;
+                    s.errors
+                        .fetch_or(all & !((1u64 << i) - 1), Ordering::Relaxed);
                     break;
                 }
             }
-            r
-        };
-        if let Err(e) = r {
-            // Nothing was submitted: free what was built, hand the parked bio back.
-            drop(out);
-            let parked = s.parked.lock().take();
-            s.remaining.store(0, Ordering::Relaxed);
-            self.tags.free(slot);
-            return refuse(e, parked);
         }
-        Ok((slot, out))
+        self.put(slot);
+        Ok(slot)
     }
 
-    /// The bios of region `i`, cut to its limits, appended to `out`.
+    /// Builds and submits the bios of region `i`, cut to its limits.
     #[allow(clippy::too_many_arguments)]
     fn build_region(
         &'static self,
@@ -474,7 +476,7 @@ impl DmIo {
         mut src: Src<'_>,
         slot: u16,
         wait: Wait,
-        out: &mut BioList,
+        ctx: &CpuCtx,
     ) -> Result<(), BlkError> {
         let s = &self.slots[slot as usize];
         let l = &reg.limits;
@@ -507,7 +509,8 @@ impl DmIo {
                 }
                 b.set_end_io(region_end);
                 s.remaining.fetch_add(1, Ordering::Relaxed);
-                out.push_back(b);
+                self.bios.fetch_add(1, Ordering::Relaxed);
+                ctx.submit(b);
                 sector += n >> SECTOR_SHIFT;
                 left -= n;
                 if left == 0 {
@@ -543,20 +546,12 @@ impl DmIo {
                 b.add_vec(v)?;
             }
             s.remaining.fetch_add(1, Ordering::Relaxed);
-            out.push_back(b);
+            self.bios.fetch_add(1, Ordering::Relaxed);
+            ctx.submit(b);
             sector += whole >> SECTOR_SHIFT;
             left -= whole;
         }
         Ok(())
-    }
-
-    /// Submits the built bios, then drops the builder's hold on the slot.
-    fn start(&'static self, slot: u16, mut bios: BioList, ctx: &CpuCtx) {
-        self.bios.fetch_add(bios.len() as u64, Ordering::Relaxed);
-        while let Some(b) = bios.pop_front() {
-            ctx.submit(b);
-        }
-        self.put(slot);
     }
 
     fn put(&'static self, slot: u16) {

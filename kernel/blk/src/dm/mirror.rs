@@ -14,7 +14,7 @@
 //!
 //! The bitmap lives in memory only: what a power cut leaves is described in `docs/dm.md`.
 
-use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::bio::{Bio, BioFlags, Op, SECTOR_SHIFT, bio_endio, bio_io_error};
 use crate::device::CpuCtx;
@@ -42,23 +42,6 @@ pub enum LegState {
     Failed,
     /// Being resynced: gets writes, no reads.
     Resyncing,
-}
-
-impl LegState {
-    fn code(self) -> u8 {
-        match self {
-            LegState::InSync => 0,
-            LegState::Failed => 1,
-            LegState::Resyncing => 2,
-        }
-    }
-    fn from_code(c: u8) -> Self {
-        match c {
-            0 => LegState::InSync,
-            1 => LegState::Failed,
-            _ => LegState::Resyncing,
-        }
-    }
 }
 
 /// A snapshot of a mirror.
@@ -126,7 +109,10 @@ fn word(kind: usize, legs: u32) -> usize {
 /// The mirror target's state.
 pub struct Mirror {
     legs: heapless::Vec<Leg, MAX_LEGS>,
-    state: [AtomicU8; MAX_LEGS],
+    /// Bit `i`: leg `i` is failed.
+    failed: AtomicU32,
+    /// Bit `i`: leg `i` is being resynced.
+    resyncing: AtomicU32,
     /// First sector of the target in its mapped device.
     start: u64,
     len: u64,
@@ -160,7 +146,8 @@ impl Mirror {
         }
         Mirror {
             legs,
-            state: [const { AtomicU8::new(0) }; MAX_LEGS],
+            failed: AtomicU32::new(0),
+            resyncing: AtomicU32::new(0),
             start,
             len,
             region_shift: shift,
@@ -184,18 +171,42 @@ impl Mirror {
 
     /// Leg `i`'s state.
     pub fn leg_state(&self, i: usize) -> LegState {
-        LegState::from_code(self.state[i].load(Ordering::Acquire))
+        let bit = 1 << i;
+        if self.failed.load(Ordering::Acquire) & bit != 0 {
+            LegState::Failed
+        } else if self.resyncing.load(Ordering::Acquire) & bit != 0 {
+            LegState::Resyncing
+        } else {
+            LegState::InSync
+        }
     }
 
     fn set_state(&self, i: usize, s: LegState) {
-        self.state[i].store(s.code(), Ordering::Release);
+        let bit = 1u32 << i;
+        match s {
+            LegState::Failed => {
+                self.failed.fetch_or(bit, Ordering::AcqRel);
+                self.resyncing.fetch_and(!bit, Ordering::AcqRel);
+            }
+            LegState::Resyncing => {
+                self.resyncing.fetch_or(bit, Ordering::AcqRel);
+                self.failed.fetch_and(!bit, Ordering::AcqRel);
+            }
+            LegState::InSync => {
+                self.failed.fetch_and(!bit, Ordering::AcqRel);
+                self.resyncing.fetch_and(!bit, Ordering::AcqRel);
+            }
+        }
     }
 
-    /// Legs with state `s`, as a bitmask.
-    fn mask(&self, f: impl Fn(LegState) -> bool) -> u32 {
-        (0..self.legs.len())
-            .filter(|&i| f(self.leg_state(i)))
-            .fold(0, |m, i| m | 1 << i)
+    /// Legs serving reads and writes.
+    fn in_sync_mask(&self) -> u32 {
+        self.all() & !(self.failed.load(Ordering::Acquire) | self.resyncing.load(Ordering::Acquire))
+    }
+
+    /// Legs getting writes (in sync or resyncing).
+    fn active_mask(&self) -> u32 {
+        self.all() & !self.failed.load(Ordering::Acquire)
     }
 
     /// The current state.
@@ -207,7 +218,7 @@ impl Mirror {
         MirrorStatus {
             legs: self.legs.len(),
             state,
-            in_sync: self.mask(|s| s == LegState::InSync).count_ones() as usize,
+            in_sync: self.in_sync_mask().count_ones() as usize,
             dirty_regions: self
                 .dirty
                 .iter()
@@ -267,13 +278,13 @@ impl Mirror {
                 self.read_from(leg, 1 << leg, rel, bio, ctx, wait);
             }
             op => {
-                let legs = self.mask(|s| s != LegState::Failed);
+                let legs = self.active_mask();
                 if legs == 0 {
                     bio_io_error(bio, BlkError::Io);
                     return;
                 }
                 let sectors = bio.sectors();
-                let out = legs != self.mask(|s| s == LegState::InSync) || legs != self.all();
+                let out = legs != self.in_sync_mask() || legs != self.all();
                 if op != Op::Flush && out {
                     self.mark_dirty(rel, sectors);
                 }
@@ -310,7 +321,7 @@ impl Mirror {
 
     /// An in-sync leg not in `tried`, round robin.
     fn pick_read_leg(&self, tried: u32) -> Option<usize> {
-        let ok = self.mask(|s| s == LegState::InSync) & !tried;
+        let ok = self.in_sync_mask() & !tried;
         if ok == 0 {
             return None;
         }
@@ -516,12 +527,12 @@ impl Mirror {
                 }
             }
         }
-        let out = failed != 0 || self.mask(|s| s != LegState::InSync) != 0;
+        let out = failed != 0 || self.in_sync_mask() != self.all();
         if bio.op() != Op::Flush && out {
             self.mark_dirty(rel, bio.sectors());
         }
         // Good if some leg in sync now took it.
-        let took = legs & !failed & self.mask(|s| s == LegState::InSync);
+        let took = legs & !failed & self.in_sync_mask();
         if took == 0 {
             bio_io_error(bio, BlkError::Io);
         } else {
@@ -537,7 +548,7 @@ impl Mirror {
         }
         self.read_errors.fetch_add(1, Ordering::Relaxed);
         let tried = (d.word >> 8) as u32;
-        if self.mask(|s| s == LegState::InSync) & !tried == 0 {
+        if self.in_sync_mask() & !tried == 0 {
             bio_io_error(bio, BlkError::Io);
             return;
         }

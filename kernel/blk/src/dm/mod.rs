@@ -76,6 +76,20 @@ pub struct DmDevice {
     limits: QueueLimits,
     env: DmEnv,
     stats: BlkStats,
+    /// Ops every lower device does (bit per [`op_bit`]), fixed at creation.
+    ops: u8,
+    /// Some lower device refuses writes (fixed at creation).
+    ro: bool,
+}
+
+fn op_bit(op: Op) -> u8 {
+    match op {
+        Op::Read => 1,
+        Op::Write => 2,
+        Op::Flush => 4,
+        Op::Discard => 8,
+        Op::WriteZeroes => 16,
+    }
 }
 
 /// The limits a stack meets: the tightest of each.
@@ -133,14 +147,22 @@ impl DmDevice {
         }
         let mut limits = limits.unwrap_or_default();
         limits.logical_block_size = lbs;
-        DmDevice {
+        let mut d = DmDevice {
             lines,
             len,
             lbs,
             limits,
             env,
             stats: BlkStats::new(),
-        }
+            ops: 0,
+            ro: false,
+        };
+        d.ops = [Op::Read, Op::Write, Op::Flush, Op::Discard, Op::WriteZeroes]
+            .into_iter()
+            .filter(|&op| d.lower_supports(op))
+            .fold(0, |m, op| m | op_bit(op));
+        d.ro = d.lower_read_only();
+        d
     }
 
     /// Counters.
@@ -242,6 +264,25 @@ fn zero_fill(bio: &Bio) {
     }
 }
 
+impl DmDevice {
+    fn lower_supports(&self, op: Op) -> bool {
+        self.lines.iter().all(|l| match &l.target {
+            Target::Linear(g) => g.lower.dev.supports(op),
+            Target::Striped { legs, .. } => legs.iter().all(|g| g.lower.dev.supports(op)),
+            Target::Mirror(m) => m.legs().iter().all(|g| g.lower.dev.supports(op)),
+            Target::Error | Target::Zero => true,
+        })
+    }
+    fn lower_read_only(&self) -> bool {
+        self.lines.iter().any(|l| match &l.target {
+            Target::Linear(g) => g.lower.dev.read_only(),
+            Target::Striped { legs, .. } => legs.iter().any(|g| g.lower.dev.read_only()),
+            Target::Mirror(m) => m.legs().iter().any(|g| g.lower.dev.read_only()),
+            Target::Error | Target::Zero => false,
+        })
+    }
+}
+
 impl BlockDevice for DmDevice {
     fn capacity(&self) -> u64 {
         self.len
@@ -250,20 +291,37 @@ impl BlockDevice for DmDevice {
         self.lbs
     }
     fn supports(&self, op: Op) -> bool {
-        self.lines.iter().all(|l| match &l.target {
-            Target::Linear(g) => g.lower.dev.supports(op),
-            Target::Striped { legs, .. } => legs.iter().all(|g| g.lower.dev.supports(op)),
-            Target::Mirror(m) => m.legs().iter().all(|g| g.lower.dev.supports(op)),
-            Target::Error | Target::Zero => true,
-        })
+        self.ops & op_bit(op) != 0
     }
     fn read_only(&self) -> bool {
-        self.lines.iter().any(|l| match &l.target {
-            Target::Linear(g) => g.lower.dev.read_only(),
-            Target::Striped { legs, .. } => legs.iter().any(|g| g.lower.dev.read_only()),
-            Target::Mirror(m) => m.legs().iter().any(|g| g.lower.dev.read_only()),
-            Target::Error | Target::Zero => false,
-        })
+        self.ro
+    }
+    fn check(&self, bio: &Bio) -> Result<(), BlkError> {
+        // The checks of `check_bio_dev`, on the fields (no virtual call per property).
+        let op = bio.op();
+        if self.ops & op_bit(op) == 0 {
+            return Err(BlkError::Unsupported);
+        }
+        if op == Op::Flush {
+            return if bio.size() == 0 {
+                Ok(())
+            } else {
+                Err(BlkError::InvalidArgument)
+            };
+        }
+        if op.is_write() && self.ro {
+            return Err(BlkError::ReadOnly);
+        }
+        let lbs = self.lbs as u64;
+        if !(bio.sector() << SECTOR_SHIFT).is_multiple_of(lbs)
+            || !(bio.size() as u64).is_multiple_of(lbs)
+        {
+            return Err(BlkError::Misaligned);
+        }
+        match bio.sector().checked_add(bio.sectors()) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(BlkError::OutOfRange),
+        }
     }
     fn submit(&'static self, bio: Bio, ctx: &CpuCtx) {
         self.stats.bios_submitted(1);
