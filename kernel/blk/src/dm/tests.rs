@@ -1023,3 +1023,63 @@ fn three_level_stack_runs_at_raw_device_depth() {
         "stack depth at queue_rq: raw {raw} bytes, partition on mirror on striped {stacked} bytes"
     );
 }
+
+#[test]
+fn mapped_device_checks_use_its_lowers_properties() {
+    /// A read-only device that does no discard.
+    struct Ro(&'static dyn BlockDevice);
+    impl BlockDevice for Ro {
+        fn capacity(&self) -> u64 {
+            self.0.capacity()
+        }
+        fn read_only(&self) -> bool {
+            true
+        }
+        fn supports(&self, op: Op) -> bool {
+            op != Op::Discard
+        }
+        fn submit(&'static self, mut bio: Bio, ctx: &CpuCtx) {
+            bio.set_dev(self.0);
+            ctx.submit(bio);
+        }
+    }
+    let a = Disk::new(4096, QueueLimits::new());
+    let ro: &'static Ro = leak(Ro(a.q));
+    let l = Lower {
+        dev: ro,
+        limits: QueueLimits::new(),
+    };
+    let dm = make("0 1024 linear a 0; 1024 64 zero", vec![("a", l)]);
+    assert!(dm.read_only());
+    assert!(!dm.supports(Op::Discard));
+    assert!(dm.supports(Op::Read));
+    let ctx = leak(CpuCtx::new(0));
+    let m = region(4096);
+    assert_eq!(rw(ctx, dm, Op::Write, 0, &m), Err(BlkError::ReadOnly));
+    rw(ctx, dm, Op::Read, 0, &m).expect("read");
+    let set = split_set();
+    let mut b = set.alloc((), Op::Read, 1, Wait::Spin).expect("bio");
+    b.set_dev(dm);
+    b.set_sector(3);
+    b.add_vec(m.segment(0, 1000).expect("seg")).expect("vec");
+    assert_eq!(
+        submit_bio(ctx, b).err().map(|(e, _)| e),
+        Some(BlkError::Misaligned)
+    );
+    let dm4k = {
+        let mut lim = QueueLimits::new();
+        lim.logical_block_size = 4096;
+        let d = Disk::new(4096, lim);
+        make("0 1024 linear d 0", vec![("d", d.lower())])
+    };
+    assert_eq!(dm4k.logical_block_size(), 4096);
+    let mut b = set.alloc((), Op::Read, 1, Wait::Spin).expect("bio");
+    b.set_dev(dm4k);
+    b.set_sector(4);
+    b.add_vec(m.segment(0, 4096).expect("seg")).expect("vec");
+    assert_eq!(
+        submit_bio(ctx, b).err().map(|(e, _)| e),
+        Some(BlkError::Misaligned),
+        "4 KiB device: sector 4 is inside a block"
+    );
+}
