@@ -233,6 +233,9 @@ impl Mirror {
 
     /// Leg failures since the last call (to log from process context).
     pub fn take_events(&self) -> u32 {
+        if self.events.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
         self.events.swap(0, Ordering::Relaxed)
     }
 
