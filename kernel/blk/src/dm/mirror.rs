@@ -18,7 +18,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::bio::{Bio, BioFlags, Op, SECTOR_SHIFT, bio_endio, bio_io_error};
 use crate::device::CpuCtx;
-use crate::dm::io::{DmIo, IoDone, IoNotify, IoRequest, MAX_REGIONS, Mem, Region};
+use crate::dm::io::{DmIo, IoDone, IoNotify, IoRequest, Mem, Region};
 use crate::dm::table::{Leg, MAX_LEGS};
 use crate::error::BlkError;
 use crate::mem::DmaRegion;
@@ -291,7 +291,7 @@ impl Mirror {
                 if op != Op::Flush && out {
                     self.mark_dirty(rel, sectors);
                 }
-                let mut regions = heapless::Vec::<Region, MAX_REGIONS>::new();
+                let mut regions = heapless::Vec::<Region, MAX_LEGS>::new();
                 for i in 0..self.legs.len() {
                     if legs & (1 << i) != 0 {
                         let _ = regions.push(self.region(i, rel, sectors));
