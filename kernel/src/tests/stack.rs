@@ -285,6 +285,7 @@ impl BlockDevice for Probe {
 // The boot stack's lowest address (linker scripts).
 unsafe extern "C" {
     static __stack_bottom: u8;
+    static __stack_top: u8;
 }
 
 /// The byte painted into the unused stack.
@@ -293,17 +294,22 @@ const PAINT: u64 = 0x5c5c_5c5c_5c5c_5c5c;
 const PAINT_MARGIN: usize = 1024;
 
 /// Paints the unused part of the boot stack (from its bottom to `PAINT_MARGIN` under this
-/// frame) and returns the painted range.
+/// frame) and returns the painted range (empty when this code does not run on the boot stack).
 #[inline(never)]
 fn paint_stack() -> (usize, usize) {
     let bottom = (&raw const __stack_bottom) as usize;
+    let stack_top = (&raw const __stack_top) as usize;
     let marker = 0u8;
     let sp = core::hint::black_box(&marker) as *const u8 as usize;
+    if sp <= bottom + PAINT_MARGIN || sp > stack_top {
+        // Not on the boot stack: paint nothing (the mark then reads as "whole range used").
+        return (bottom, bottom);
+    }
     let top = (sp - PAINT_MARGIN) & !7;
     let mut a = (bottom + 7) & !7;
     while a < top {
         // SAFETY: the hardware stack between its bottom (linker symbol) and below this frame
-        // is memory no Rust object owns: the stack pointer is above it (no red zone on these
+        // (checked above to lie inside the boot stack) is memory no Rust object owns: the stack pointer is above it (no red zone on these
         // kernel targets), so only frames pushed later (calls, interrupts) use it, and they
         // overwrite the paint, which is what is measured. Aligned, inside the `.stack`
         // section.
@@ -332,6 +338,7 @@ fn high_water(dev: &'static dyn BlockDevice) -> Result<usize, Outcome> {
     let sp = core::hint::black_box(&marker) as *const u8 as usize;
     let painted = paint_stack();
     rw(dev, Op::Write, 0, &m).map_err(|e| fail(format_args!("{:?}", e)))?;
+    check!(painted.1 > painted.0, "not running on the boot stack");
     let low = stack_high_water(painted);
     check!(low > painted.0, "the whole stack was used");
     Ok(sp - low)
