@@ -460,6 +460,12 @@ ktest! {
             check_eq!(dm::DM_IO.run_sync(cpu_ctx(), &req, Mem::KernelMut(&mut back), block::wait), Ok(0));
             check!(pattern_mismatch(&back, 41, 0).is_none(), "a region differs");
         }
+        // A DMA buffer (sync): read the first region back into it.
+        let dbuf = DmaBuf::alloc(8192, 4096).map_err(|e| fail(format_args!("{:?}", e)))?;
+        let one = [Region { count: 16, ..regions[2] }];
+        let req = IoRequest { op: Op::Read, flags: BioFlags::empty(), regions: &one };
+        check_eq!(dm::DM_IO.run_sync(cpu_ctx(), &req, Mem::DmaBuf(&dbuf), block::wait), Ok(0));
+        check!(pattern_mismatch(dbuf.as_slice(), 41, 0).is_none(), "DMA buffer read differs");
         // A region past its device's end reports its own bit.
         let d = dev("sda2")?;
         let bad = [regions[0], Region { dev: d.dev, sector: d.sectors - 8, count: 16, limits: d.limits }];

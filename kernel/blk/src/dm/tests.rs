@@ -382,6 +382,35 @@ fn striped_over_two_devices() {
 }
 
 #[test]
+fn striped_over_three_devices() {
+    let d: Vec<Disk> = (0..3)
+        .map(|_| Disk::new(4096, QueueLimits::new()))
+        .collect();
+    let dm = make(
+        "0 3072 striped 3 8 a 0 b 8 c 16",
+        vec![
+            ("a", d[0].lower()),
+            ("b", d[1].lower()),
+            ("c", d[2].lower()),
+        ],
+    );
+    let ctx = leak(CpuCtx::new(0));
+    let mut m = region(48 * 512);
+    let data = pattern(12, 48 * 512);
+    m.as_mut_slice().copy_from_slice(&data);
+    rw(ctx, dm, Op::Write, 0, &m).expect("write");
+    // Chunks 0..6 of 8 sectors: legs a, b, c, a, b, c at leg chunks 0, 0, 0, 1, 1, 1.
+    for c in 0..6usize {
+        let (leg, off) = (c % 3, [0u64, 8, 16][c % 3]);
+        let at = off + (c / 3) as u64 * 8;
+        assert!(
+            d[leg].bytes(at, 4096) == data[c * 4096..(c + 1) * 4096],
+            "chunk {c} on leg {leg} at {at}"
+        );
+    }
+}
+
+#[test]
 fn striped_flush_reaches_every_leg_once() {
     let a = Disk::new(8192, QueueLimits::new());
     let b = Disk::new(8192, QueueLimits::new());
