@@ -33,6 +33,8 @@ pub mod bounce;
 #[cfg(not(loom))]
 pub mod device;
 #[cfg(not(loom))]
+pub mod dm;
+#[cfg(not(loom))]
 pub mod driver;
 #[cfg(not(loom))]
 pub mod error;

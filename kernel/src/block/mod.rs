@@ -8,6 +8,7 @@ pub mod ahci;
 mod attach;
 pub mod bounce;
 pub mod demo;
+pub mod dm;
 pub mod nvme;
 pub mod registry;
 pub mod virtio;
@@ -133,6 +134,7 @@ fn deferred_with_scan(now: u64) {
 /// polled). Time spent halted is counted in [`halted_ns`].
 pub fn wait() {
     run_deferred();
+    dm::run_deferred();
     if POLLED.load(Ordering::Relaxed) {
         core::hint::spin_loop();
     } else {

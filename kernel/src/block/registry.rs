@@ -13,7 +13,9 @@
 //! an MBR or GPT table (`blk::partition::scan`), registers every partition accepted as a
 //! `blk::stack::Linear` window of its disk, logs every table problem (a damaged primary GPT
 //! replaced by the backup, refused entries) and prints the table. A disk whose table is bad
-//! stays registered and usable whole.
+//! stays registered and usable whole. Then the mapped devices of the command line
+//! (`dm=<name>:<table>`, [`super::dm`]) are created over the registered devices and registered
+//! in turn (also later, through `dm::create`).
 
 use core::fmt::Write;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -44,6 +46,8 @@ pub enum DevKind {
     Disk(super::DiskKind),
     /// A partition: a window of a registered disk.
     Partition(PartInfo),
+    /// A mapped (device-mapper) device: its index among them (`super::dm`).
+    Mapped(usize),
 }
 
 /// Where a partition lies and what its table says.
@@ -244,6 +248,7 @@ pub fn init() {
         for &i in &disks {
             scan_disk(i);
         }
+        super::dm::create_from_cmdline(crate::boot_info().cmdline);
         print();
     });
 }
@@ -384,6 +389,29 @@ fn scan_disk(index: usize) {
     for p in &s.parts {
         add_partition(index, d, p);
     }
+}
+
+/// Registers mapped device `index` (`super::dm`) under `name`; `None` when the table is full.
+pub(super) fn add_mapped(
+    name: Name,
+    index: usize,
+    dev: &'static dyn BlockDevice,
+    limits: QueueLimits,
+    stats: &'static BlkStats,
+) -> Option<&'static Device> {
+    let i = register(Device {
+        name,
+        dev,
+        kind: DevKind::Mapped(index),
+        sectors: dev.capacity(),
+        block_size: dev.logical_block_size(),
+        limits,
+        model: heapless::String::new(),
+        serial: heapless::String::new(),
+        stats,
+        queue_stats: stats,
+    })?;
+    get(i)
 }
 
 fn add_partition(index: usize, d: &'static Device, p: &PartEntry) {
@@ -527,6 +555,16 @@ pub fn print() {
                     type_name(&p.entry.kind)
                 )
             }
+            DevKind::Mapped(i) => defmt::println!(
+                "  {=str} mapped {=u64} sectors ({=u64} MiB), block {=u32}, max {=u32} sectors x {=u16} segs, table \"{=str}\"",
+                d.name.as_str(),
+                d.sectors,
+                mib,
+                d.block_size,
+                d.limits.max_sectors,
+                d.limits.max_segments,
+                super::dm::table_text(i).unwrap_or("?")
+            ),
         }
     }
 }

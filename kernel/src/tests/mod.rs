@@ -10,3 +10,4 @@ mod nvme;
 mod partitions;
 mod pci;
 mod selftest;
+mod stack;
