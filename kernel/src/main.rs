@@ -52,6 +52,8 @@ pub fn kmain(info: BootInfo) -> ! {
         info.firmware,
         info.cmdline
     );
+    // Before the devices: drivers spread their queues over the CPUs online at attach.
+    smp::start_others();
     pci::init(info);
     block::init(info);
     arch::timer_start(TIMER_HZ);
