@@ -192,6 +192,7 @@ pub fn start_cpus(apic_ids: &[u32], skip: &[u32]) {
         STARTING.store(attempt, Ordering::Release);
         if start_one(id, attempt, skip.contains(&id)) {
             percpu::set_online(index);
+            defmt::info!("cpu {=usize} online: APIC id {=u32}", index, id);
         } else {
             defmt::warn!(
                 "cpu with APIC id {=u32} did not start within {=u64} ms: left out",
