@@ -57,6 +57,10 @@ impl BootSpec<'_> {
         cmd.arg(&self.kernel.elf);
         let mut words = self.words.clone();
         words.extend(profile.expect_word());
+        if profile.smp > 1 {
+            // What the kernel's SMP tests compare the CPUs online with.
+            words.push(format!("cpus={}", profile.smp));
+        }
         words.extend(profile.cmdline.iter().cloned());
         cmd.arg("-append").arg(words.join(" "));
         if self.gdb {

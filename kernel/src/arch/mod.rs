@@ -6,7 +6,7 @@
 
 pub mod percpu;
 
-pub use percpu::{IrqMutex, MAX_CPUS, cpus_online, hw_id, interrupts_on, timer_ticks_on};
+pub use percpu::{MAX_CPUS, cpus_online, hw_id, timer_ticks_on};
 
 #[cfg(target_arch = "riscv64")]
 mod riscv64;

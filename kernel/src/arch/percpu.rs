@@ -45,11 +45,6 @@ impl PerCpu {
             timer_next: AtomicU64::new(0),
         }
     }
-
-    /// The logical index.
-    pub fn index(&self) -> usize {
-        self.index
-    }
 }
 
 /// The blocks, by logical index.
@@ -85,30 +80,11 @@ pub fn hw_id(cpu: usize) -> Option<u32> {
     (cpu < cpus_online()).then(|| PERCPU[cpu].hw_id.load(Ordering::Relaxed))
 }
 
-/// The logical index of the CPU with hardware id `hw`, if it is online.
-pub fn cpu_of_hw_id(hw: u32) -> Option<usize> {
-    (0..cpus_online()).find(|&c| PERCPU[c].hw_id.load(Ordering::Relaxed) == hw)
-}
-
 /// Timer interrupts taken on logical CPU `cpu` so far (0 for a CPU that is not online).
 pub fn timer_ticks_on(cpu: usize) -> u64 {
     PERCPU
         .get(cpu)
         .map_or(0, |p| p.ticks.load(Ordering::Relaxed))
-}
-
-/// Interrupts of any kind taken on logical CPU `cpu` so far: timer, inter-processor and device
-/// interrupts on riscv64; timer and inter-processor interrupts on x86_64 (device vectors are
-/// counted per line by `hal::irq`, not per CPU, to keep the I/O path short).
-pub fn interrupts_on(cpu: usize) -> u64 {
-    PERCPU.get(cpu).map_or(0, |p| {
-        p.interrupts.load(Ordering::Relaxed)
-            + if cfg!(target_arch = "x86_64") {
-                p.ticks.load(Ordering::Relaxed) + p.ipis.load(Ordering::Relaxed)
-            } else {
-                0
-            }
-    })
 }
 
 /// The running CPU's block.

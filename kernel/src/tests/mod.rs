@@ -9,3 +9,4 @@ mod nvme;
 mod partitions;
 mod pci;
 mod selftest;
+mod smp;

@@ -51,8 +51,9 @@ const ICR_FIXED: u32 = 0 << 8;
 const ICR_INIT: u32 = 5 << 8;
 const ICR_STARTUP: u32 = 6 << 8;
 /// IOAPIC redirection entry: level-triggered, active low.
-const RTE_LEVEL: u32 = 1 << 15;
-const RTE_ACTIVE_LOW: u32 = 1 << 13;
+pub const RTE_LEVEL: u32 = 1 << 15;
+/// IOAPIC redirection entry: active low.
+pub const RTE_ACTIVE_LOW: u32 = 1 << 13;
 
 /// MSI address window of the local APICs.
 const MSI_ADDRESS_BASE: u64 = 0xFEE0_0000;

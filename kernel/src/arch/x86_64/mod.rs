@@ -305,6 +305,18 @@ pub fn start_cpus() {
     smp::start_cpus(cpus, &skip);
 }
 
+/// The interrupt line ISA IRQ `irq` (0..=15) arrives on after the MADT's interrupt source
+/// overrides, with its trigger mode and polarity: (line number, level-triggered, active low).
+pub fn isa_irq(irq: u8) -> Option<(u32, bool, bool)> {
+    let line = apic::isa_irq(irq)?;
+    let mode = apic::pin_mode(line - vectors::VECTOR_IOAPIC_FIRST);
+    Some((
+        line,
+        mode & apic::RTE_LEVEL != 0,
+        mode & apic::RTE_ACTIVE_LOW != 0,
+    ))
+}
+
 /// Hardware ids (APIC ids) of the CPUs that did not start.
 pub fn cpus_failed() -> heapless::Vec<u32, { percpu::MAX_CPUS }> {
     smp::cpus_failed()
