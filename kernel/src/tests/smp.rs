@@ -48,11 +48,19 @@ static TIMED_OUT: AtomicBool = AtomicBool::new(false);
 /// Interrupts were off in some CPU's work.
 static IRQS_OFF: AtomicBool = AtomicBool::new(false);
 
+/// CPUs that have reached the second meeting point of the current round's work.
+static ARRIVED2: AtomicUsize = AtomicUsize::new(0);
+
 /// Waits (with interrupts on) until every online CPU has arrived: all run at once.
 fn barrier() {
-    ARRIVED.fetch_add(1, Ordering::AcqRel);
+    meet(&ARRIVED);
+}
+
+/// Counts this CPU in at `arrived` and waits for every online CPU to be there.
+fn meet(arrived: &AtomicUsize) {
+    arrived.fetch_add(1, Ordering::AcqRel);
     let start = arch::now_ns();
-    while ARRIVED.load(Ordering::Acquire) < arch::cpus_online() {
+    while arrived.load(Ordering::Acquire) < arch::cpus_online() {
         if arch::now_ns().wrapping_sub(start) > WAIT_NS {
             TIMED_OUT.store(true, Ordering::Relaxed);
             return;
@@ -199,6 +207,28 @@ fn give(cpu: usize, b: &PoolBox<Item>, serial: u32) {
 fn hammer(cpu: usize) {
     barrier();
     let mut held: heapless::Vec<(PoolBox<Item>, u32), HOLD> = heapless::Vec::new();
+    // First every CPU grabs what it can, up to HOLD, and keeps it until all have grabbed: with
+    // more CPUs x HOLD than elements the pool (reserve included) runs dry for someone.
+    while !held.is_full() {
+        match POOL.try_alloc_on(
+            cpu as u32,
+            Item {
+                cpu: cpu as u32,
+                serial: u32::MAX,
+            },
+        ) {
+            Ok(b) => {
+                take(cpu, &b);
+                let _ = held.push((b, u32::MAX));
+            }
+            Err(_) => {
+                EMPTY_SEEN.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+    meet(&ARRIVED2);
+    // Then a random mix of allocations and frees, every way the pool offers.
     let mut x = 0x9E37_79B9u32.wrapping_mul(cpu as u32 + 1) | 1;
     let online = arch::cpus_online();
     for round in 0..ROUNDS {
@@ -254,6 +284,7 @@ ktest! {
             return Err(fail(format_args!("the test pool's reserve could not be filled")));
         }
         ARRIVED.store(0, Ordering::Relaxed);
+        ARRIVED2.store(0, Ordering::Relaxed);
         TIMED_OUT.store(false, Ordering::Relaxed);
         ERRORS.store(0, Ordering::Relaxed);
         EMPTY_SEEN.store(0, Ordering::Relaxed);
