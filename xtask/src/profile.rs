@@ -257,10 +257,12 @@ impl Profile {
             self.smp
         );
         ensure!(
-            !self
-                .all_args()
-                .any(|a| a.split_whitespace().any(|w| w == "-smp")),
-            "give the CPU count with `smp = N`, not -smp in the arguments"
+            self.smp == 1
+                || !self
+                    .all_args()
+                    .any(|a| a.split_whitespace().any(|w| w == "-smp")),
+            "smp = {} and -smp in the arguments: give the CPU count once",
+            self.smp
         );
         for word in &self.cmdline {
             ensure!(
@@ -523,7 +525,9 @@ mod tests {
             assert!(Profile::parse("x", &text).is_err(), "{bad}");
         }
         let raw = SAMPLE.replace("\"-m 128M\"", "\"-m 128M\", \"-smp 2\"");
-        assert!(Profile::parse("x", &raw).is_err());
+        assert!(Profile::parse("x", &raw).is_ok());
+        let both = raw.replace("timeout = 300", "timeout = 300\nsmp = 4");
+        assert!(Profile::parse("x", &both).is_err());
     }
 
     #[test]
