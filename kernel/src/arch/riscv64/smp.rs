@@ -104,11 +104,11 @@ pub fn cpus_failed() -> heapless::Vec<u32, MAX_CPUS> {
 
 /// Points `tp` at logical CPU `cpu`'s block.
 pub fn set_tp(cpu: usize) {
-    let block = &raw const PERCPU[cpu];
+    let block = (&raw const PERCPU[cpu]) as usize;
     // SAFETY: `tp` is reserved (the compiler never allocates it; no thread-local storage), and
     // the kernel's only `tp`-relative access is `cpu_id`, which expects exactly this block
-    // (static, lives forever).
-    unsafe { asm!("mv tp, {}", in(reg) block, options(nomem, nostack, preserves_flags)) };
+    // (static, lives forever). No `nomem`: `cpu_id`'s read-only asm must not move before this.
+    unsafe { asm!("mv tp, {}", in(reg) block, options(nostack, preserves_flags)) };
 }
 
 /// Starts every hart in `harts` (hart id, PLIC S-mode context) but `boot_hart`, up to
