@@ -176,10 +176,16 @@ pub fn start_cpus(boot_hart: usize, harts: &[(usize, Option<usize>)], skip: &[u3
 }
 
 /// Waits for attempt `attempt` to report in; withdraws it after the timeout.
+///
+/// Waits halted (`wfi`), woken by the hart's IPI when it reports in or by this hart's timer
+/// every 10 ms: under single-threaded TCG (`-icount`) a spinning boot hart would take the
+/// time slices the starting hart needs.
 fn wait_for(attempt: usize) -> bool {
     let start = super::now_ns();
+    let step = super::TIMEBASE.load(Ordering::Relaxed) / 100;
     loop {
         if REPORTED.load(Ordering::Acquire) == attempt + 1 {
+            super::sbi::set_timer(u64::MAX);
             return true;
         }
         if super::now_ns().wrapping_sub(start) > START_TIMEOUT_NS
@@ -187,9 +193,13 @@ fn wait_for(attempt: usize) -> bool {
                 .compare_exchange(attempt, NONE, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
+            super::sbi::set_timer(u64::MAX);
             return false;
         }
-        core::hint::spin_loop();
+        // The periodic timer is not running yet (the tick handler stops the timer when no
+        // period is set): this deadline only wakes the wait below.
+        super::sbi::set_timer(super::timer_now() + step);
+        super::wait_for_interrupt();
     }
 }
 
@@ -217,9 +227,8 @@ extern "C" fn riscv64_ap_entry(hart: usize, attempt: usize) -> ! {
         asm!("csrs sie, {}", in(reg) SIE_SSIE | SIE_STIE | SIE_SEIE, options(nomem, nostack))
     };
     REPORTED.store(attempt + 1, Ordering::Release);
-    while percpu::cpus_online() <= index {
-        core::hint::spin_loop();
-    }
+    // Wake the boot hart, which waits halted for this report.
+    super::send_ipi(0);
     super::apply_timer();
     crate::smp::ap_main(index)
 }

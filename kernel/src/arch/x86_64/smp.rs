@@ -274,11 +274,6 @@ extern "C" fn x86_64_ap_entry(attempt: usize) -> ! {
     trap::load();
     apic::init_ap();
     REPORTED.store(attempt + 1, Ordering::Release);
-    // Counted online only once the boot CPU saw the report; wait for that so everything after
-    // this sees a consistent `cpus_online`.
-    while percpu::cpus_online() <= index {
-        core::hint::spin_loop();
-    }
     super::apply_timer();
     crate::smp::ap_main(index)
 }
