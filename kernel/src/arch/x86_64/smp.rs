@@ -14,7 +14,7 @@
 //! next stack and the same logical index. Each attempt has its own stack and number: an AP
 //! coming late finds its attempt withdrawn and parks.
 
-use super::{apic, gdt, time, trap};
+use super::{apic, gdt, paging, time, trap};
 use crate::arch::percpu::{self, MAX_CPUS, PERCPU};
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -110,11 +110,38 @@ unsafe extern "C" {
     static x86_ap_entry: u8;
 }
 
-#[repr(C, align(16))]
-struct Stack([u8; AP_STACK_SIZE]);
+/// A stack with an unmapped guard page under it (an overflow faults, and the double fault is
+/// reported from the CPU's IST stack, instead of overwriting the next CPU's stack).
+#[repr(C, align(4096))]
+struct GuardedStack {
+    guard: [u8; GUARD],
+    stack: [u8; AP_STACK_SIZE],
+}
+
+const GUARD: usize = 4096;
+const PAGE_2M: usize = 2 << 20;
+
+/// All of them in one 2 MiB page, which `paging::unmap_guard_pages` splits into 4 KiB pages.
+#[repr(C, align(0x20_0000))]
+struct ApStacks([GuardedStack; MAX_CPUS - 1]);
+
+const _: () = assert!(size_of::<ApStacks>() <= PAGE_2M);
 
 /// One stack per start attempt (attempt `n` uses stack `n`).
-static mut AP_STACKS: [Stack; MAX_CPUS - 1] = [const { Stack([0; AP_STACK_SIZE]) }; MAX_CPUS - 1];
+static mut AP_STACKS: ApStacks = ApStacks(
+    [const {
+        GuardedStack {
+            guard: [0; GUARD],
+            stack: [0; AP_STACK_SIZE],
+        }
+    }; MAX_CPUS - 1],
+);
+
+/// The address of attempt `n`'s guard page.
+fn guard_page(n: usize) -> u64 {
+    // Only the address of the stacks is taken, no reference.
+    (&raw const AP_STACKS) as u64 + (n * size_of::<GuardedStack>()) as u64
+}
 
 /// The attempt under way ([`NONE`] when none): the AP claims it by swapping in `CLAIMED`.
 static STARTING: AtomicUsize = AtomicUsize::new(NONE);
@@ -170,6 +197,15 @@ pub fn start_cpus(apic_ids: &[u32], skip: &[u32]) {
         slot(&raw const x86_ap_cr3).write_volatile(cr3);
         slot(&raw const x86_ap_entry).write_volatile(x86_64_ap_entry as *const () as u64);
     }
+    if apic_ids.iter().any(|&id| id != me) {
+        let guards: [u64; MAX_CPUS - 1] = core::array::from_fn(guard_page);
+        // SAFETY: boot CPU, no other CPU started yet, nothing else changes the page tables;
+        // the region is the kernel's own `.bss` (AP_STACKS, 2 MiB aligned), and the guard
+        // pages are never used.
+        if !unsafe { paging::unmap_guard_pages(guard_page(0), &guards) } {
+            defmt::warn!("the other CPUs' stacks run without guard pages");
+        }
+    }
     let mut attempt = 0;
     for &id in apic_ids.iter().filter(|&&id| id != me) {
         let index = percpu::cpus_online();
@@ -181,8 +217,8 @@ pub fn start_cpus(apic_ids: &[u32], skip: &[u32]) {
             );
             continue;
         }
-        // Only the address of the stacks is taken, no reference.
-        let stack_top = (&raw const AP_STACKS) as u64 + ((attempt + 1) * AP_STACK_SIZE) as u64;
+        // The top of attempt n's stack is where the next guard page starts.
+        let stack_top = guard_page(attempt + 1);
         // SAFETY: as above; the previous AP has claimed its attempt and left the trampoline.
         unsafe {
             slot(&raw const x86_ap_stack).write_volatile(stack_top);
