@@ -177,6 +177,9 @@ fn offset_of(label: *const u8) -> usize {
 /// context (interrupts may be on or off).
 pub fn start_cpus(apic_ids: &[u32], skip: &[u32]) {
     let me = apic::local_apic_id();
+    if apic_ids.iter().all(|&id| id == me) {
+        return; // one CPU: low memory and the page tables stay as they are
+    }
     let (start, end) = (
         &raw const x86_ap_trampoline as usize,
         &raw const x86_ap_trampoline_end as usize,
@@ -197,14 +200,12 @@ pub fn start_cpus(apic_ids: &[u32], skip: &[u32]) {
         slot(&raw const x86_ap_cr3).write_volatile(cr3);
         slot(&raw const x86_ap_entry).write_volatile(x86_64_ap_entry as *const () as u64);
     }
-    if apic_ids.iter().any(|&id| id != me) {
-        let guards: [u64; MAX_CPUS - 1] = core::array::from_fn(guard_page);
-        // SAFETY: boot CPU, no other CPU started yet, nothing else changes the page tables;
-        // the region is the kernel's own `.bss` (AP_STACKS, 2 MiB aligned), and the guard
-        // pages are never used.
-        if !unsafe { paging::unmap_guard_pages(guard_page(0), &guards) } {
-            defmt::warn!("the other CPUs' stacks run without guard pages");
-        }
+    let guards: [u64; MAX_CPUS - 1] = core::array::from_fn(guard_page);
+    // SAFETY: boot CPU, no other CPU started yet, nothing else changes the page tables; the
+    // region is the kernel's own `.bss` (AP_STACKS, 2 MiB aligned), and the guard pages are
+    // never used.
+    if !unsafe { paging::unmap_guard_pages(guard_page(0), &guards) } {
+        defmt::warn!("the other CPUs' stacks run without guard pages");
     }
     let mut attempt = 0;
     for &id in apic_ids.iter().filter(|&&id| id != me) {
