@@ -110,37 +110,28 @@ unsafe extern "C" {
     static x86_ap_entry: u8;
 }
 
-/// A stack with an unmapped guard page under it (an overflow faults, and the double fault is
-/// reported from the CPU's IST stack, instead of overwriting the next CPU's stack).
-#[repr(C, align(4096))]
-struct GuardedStack {
-    guard: [u8; GUARD],
-    stack: [u8; AP_STACK_SIZE],
+/// Each AP stack sits above a guard page that is left unmapped (an overflow faults, and the
+/// double fault is reported from the CPU's IST stack, instead of overwriting the next stack).
+const GUARD: usize = 4096;
+/// One guard page and one stack.
+const GUARDED_STACK: usize = GUARD + AP_STACK_SIZE;
+
+// The linker script reserves the AP stacks after the boot stack, outside `.bss` (nothing
+// clears them): `MAX_CPUS - 1` guarded stacks from `__ap_stacks`, 2 MiB aligned. Only their
+// addresses are taken.
+unsafe extern "C" {
+    static __ap_stacks: u8;
+    static __ap_stacks_end: u8;
 }
 
-const GUARD: usize = 4096;
-const PAGE_2M: usize = 2 << 20;
-
-/// All of them in one 2 MiB page, which `paging::unmap_guard_pages` splits into 4 KiB pages.
-#[repr(C, align(0x20_0000))]
-struct ApStacks([GuardedStack; MAX_CPUS - 1]);
-
-const _: () = assert!(size_of::<ApStacks>() <= PAGE_2M);
-
-/// One stack per start attempt (attempt `n` uses stack `n`).
-static mut AP_STACKS: ApStacks = ApStacks(
-    [const {
-        GuardedStack {
-            guard: [0; GUARD],
-            stack: [0; AP_STACK_SIZE],
-        }
-    }; MAX_CPUS - 1],
-);
-
-/// The address of attempt `n`'s guard page.
+/// The address of attempt `n`'s guard page (for `n = MAX_CPUS - 1`: the end of the stacks).
 fn guard_page(n: usize) -> u64 {
-    // Only the address of the stacks is taken, no reference.
-    (&raw const AP_STACKS) as u64 + (n * size_of::<GuardedStack>()) as u64
+    (&raw const __ap_stacks) as u64 + (n * GUARDED_STACK) as u64
+}
+
+/// Whether the linker script reserved room for every AP stack.
+fn stacks_reserved() -> bool {
+    guard_page(MAX_CPUS - 1) <= (&raw const __ap_stacks_end) as u64
 }
 
 /// The attempt under way ([`NONE`] when none): the AP claims it by swapping in `CLAIMED`.
@@ -180,6 +171,10 @@ pub fn start_cpus(apic_ids: &[u32], skip: &[u32]) {
     if apic_ids.iter().all(|&id| id == me) {
         return; // one CPU: low memory and the page tables stay as they are
     }
+    if !stacks_reserved() {
+        defmt::error!("no room reserved for the other CPUs' stacks: they stay stopped");
+        return;
+    }
     let (start, end) = (
         &raw const x86_ap_trampoline as usize,
         &raw const x86_ap_trampoline_end as usize,
@@ -202,8 +197,8 @@ pub fn start_cpus(apic_ids: &[u32], skip: &[u32]) {
     }
     let guards: [u64; MAX_CPUS - 1] = core::array::from_fn(guard_page);
     // SAFETY: boot CPU, no other CPU started yet, nothing else changes the page tables; the
-    // region is the kernel's own `.bss` (AP_STACKS, 2 MiB aligned), and the guard pages are
-    // never used.
+    // region is the kernel image's own (the AP stacks the linker script reserves, 2 MiB
+    // aligned), and the guard pages are never used.
     if !unsafe { paging::unmap_guard_pages(guard_page(0), &guards) } {
         defmt::warn!("the other CPUs' stacks run without guard pages");
     }
