@@ -53,6 +53,8 @@ pub fn kmain(info: BootInfo) -> ! {
         info.cmdline
     );
     arch::log_boot_details();
+    // Before the devices: drivers spread their queues over the CPUs online at attach.
+    smp::start_others();
     pci::init(info);
     block::init(info);
     arch::timer_start(TIMER_HZ);

@@ -53,6 +53,10 @@ impl BootSpec<'_> {
         let mut cmd = Command::new(profile.arch.qemu_binary());
         let mut words = self.words.clone();
         words.extend(profile.expect_word());
+        if profile.smp > 1 {
+            // What the kernel's SMP tests compare the CPUs online with.
+            words.push(format!("cpus={}", profile.smp));
+        }
         words.extend(profile.cmdline.iter().cloned());
         let words = words.join(" ");
         // Through firmware: the command line goes into the medium, which the profile places.

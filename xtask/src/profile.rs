@@ -171,11 +171,21 @@ pub struct Profile {
     /// Boot through this firmware path instead of QEMU's direct kernel load: xtask builds the
     /// medium (with the command line in it) for `{boot}` and adds the firmware's arguments.
     pub boot: Option<crate::firmware::BootPath>,
+    /// CPUs of the guest (`-smp N`); 1 when absent.
+    #[serde(default = "one")]
+    pub smp: u32,
 }
 
 fn yes() -> bool {
     true
 }
+
+fn one() -> u32 {
+    1
+}
+
+/// Most CPUs a profile may ask for (the kernel brings up at most this many).
+pub const MAX_SMP: u32 = 8;
 
 /// Values substituted into profile arguments.
 #[derive(Debug, Default)]
@@ -265,6 +275,19 @@ impl Profile {
             self.timeout > 0 && self.test_timeout > 0,
             "timeouts must be positive"
         );
+        ensure!(
+            (1..=MAX_SMP).contains(&self.smp),
+            "smp = {} is out of range (1..={MAX_SMP})",
+            self.smp
+        );
+        ensure!(
+            self.smp == 1
+                || !self
+                    .all_args()
+                    .any(|a| a.split_whitespace().any(|w| w == "-smp")),
+            "smp = {} and -smp in the arguments: give the CPU count once",
+            self.smp
+        );
         for word in &self.cmdline {
             ensure!(
                 !word.is_empty() && !word.contains(char::is_whitespace),
@@ -278,10 +301,14 @@ impl Profile {
         self.machine.iter().chain(&self.devices).chain(&self.drives)
     }
 
-    /// The profile's QEMU arguments with placeholders filled in. Each entry is split on
-    /// whitespace before substitution, so substituted paths may contain spaces.
+    /// The profile's QEMU arguments with placeholders filled in, `-smp N` first when the profile
+    /// has more than one CPU. Each entry is split on whitespace before substitution, so
+    /// substituted paths may contain spaces.
     pub fn qemu_args(&self, values: &Placeholders) -> Result<Vec<String>> {
         let mut out = Vec::new();
+        if self.smp > 1 {
+            out.extend(["-smp".to_owned(), self.smp.to_string()]);
+        }
         for entry in self.all_args() {
             for word in entry.split_whitespace() {
                 out.push(substitute(word, values)?);
@@ -511,6 +538,29 @@ mod tests {
             "disk = \"virtio\"\nexpect = [\"scsi\"]",
         );
         assert!(Profile::parse("x", &unknown).is_err());
+    }
+
+    #[test]
+    fn smp_adds_the_cpu_count() {
+        let p = Profile::parse("x", SAMPLE).unwrap();
+        assert_eq!(p.smp, 1);
+        let values = Placeholders {
+            image: Some(PathBuf::from("disk.img")),
+            ..Placeholders::default()
+        };
+        assert!(!p.qemu_args(&values).unwrap().contains(&"-smp".to_owned()));
+        let four = SAMPLE.replace("timeout = 300", "timeout = 300\nsmp = 4");
+        let p = Profile::parse("x", &four).unwrap();
+        assert_eq!(p.smp, 4);
+        assert_eq!(p.qemu_args(&values).unwrap()[..2], ["-smp", "4"]);
+        for bad in ["smp = 0", "smp = 9"] {
+            let text = SAMPLE.replace("timeout = 300", &format!("timeout = 300\n{bad}"));
+            assert!(Profile::parse("x", &text).is_err(), "{bad}");
+        }
+        let raw = SAMPLE.replace("\"-m 128M\"", "\"-m 128M\", \"-smp 2\"");
+        assert!(Profile::parse("x", &raw).is_ok());
+        let both = raw.replace("timeout = 300", "timeout = 300\nsmp = 4");
+        assert!(Profile::parse("x", &both).is_err());
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! handler on it and enable it. A line may be shared (PCI INTx): every handler registered on it
 //! runs, and each must tolerate being called when its device has nothing to report.
 //!
-//! Handlers run in interrupt context with interrupts masked: they must not wait or allocate.
+//! Handlers run in interrupt context with interrupts masked, on the CPU the line is delivered
+//! to: an MSI on the CPU its message names ([`alloc_msi_on`]), a wired line on the CPU it was
+//! routed to ([`IrqLine::route_to`]; the boot CPU until then). They must not wait or allocate,
+//! and may run on one CPU while the code that registered them runs on another.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
@@ -32,13 +35,15 @@ pub trait IrqChip: Sync {
     /// pair a device writes to raise it. `None` when the platform has no MSI or none is left.
     fn alloc_msi(&self) -> Option<(u32, MsiMessage)>;
     /// Like [`alloc_msi`](IrqChip::alloc_msi), but the message interrupts CPU `cpu` (a logical
-    /// index, as the boot crate's `cpu_id`). The default serves one-CPU platforms.
+    /// index, as the boot crate's `cpu_id`); `None` also when `cpu` is not online. The number
+    /// is valid on every CPU. The default serves one-CPU platforms.
     fn alloc_msi_on(&self, cpu: usize) -> Option<(u32, MsiMessage)> {
         let _ = cpu;
         self.alloc_msi()
     }
-    /// Delivers wired line `irq` to CPU `cpu` from now on. The default serves one-CPU
-    /// platforms (nothing to route).
+    /// Delivers wired line `irq` to CPU `cpu` from now on, whether enabled or not (it stays
+    /// enabled or masked as it was); nothing for an MSI or a CPU that is not online. The
+    /// default serves one-CPU platforms (nothing to route).
     fn route(&self, irq: u32, cpu: usize) {
         let _ = (irq, cpu);
     }

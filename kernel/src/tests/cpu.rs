@@ -43,3 +43,21 @@ ktest! {
         Ok(())
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+ktest! {
+    fn madt_interrupt_source_overrides_are_honoured() -> TestResult {
+        // QEMU's MADT (PC and q35) moves ISA IRQ 0 to GSI 2 and makes IRQ 9 (the ACPI SCI)
+        // level-triggered, active high; the other ISA IRQs keep GSI = IRQ, edge, active high.
+        let first = arch::isa_irq(1).map(|(line, _, _)| line - 1);
+        let Some(first) = first else {
+            return Err(crate::ktest::fail(format_args!("ISA IRQ 1 has no IOAPIC line")));
+        };
+        check_eq!(arch::isa_irq(0), Some((first + 2, false, false)));
+        check_eq!(arch::isa_irq(1), Some((first + 1, false, false)));
+        check_eq!(arch::isa_irq(4), Some((first + 4, false, false)));
+        check_eq!(arch::isa_irq(9), Some((first + 9, true, false)));
+        check_eq!(arch::isa_irq(16), None);
+        Ok(())
+    }
+}

@@ -11,3 +11,4 @@ mod partitions;
 mod pci;
 mod selftest;
 mod stack;
+mod smp;

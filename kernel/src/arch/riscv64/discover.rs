@@ -304,3 +304,30 @@ impl<'a> Cells<'a> {
         self.bytes.is_empty()
     }
 }
+
+/// A hart the device tree lists as usable, with the PLIC context of its S-mode.
+pub struct HartInfo {
+    /// The hart id (`reg` of its cpu node).
+    pub hart: usize,
+    /// Its S-mode context of the PLIC (from the PLIC's `interrupts-extended`), if there is a
+    /// PLIC.
+    pub plic_context: Option<usize>,
+}
+
+/// Every cpu node under `/cpus` not marked unusable (`status` absent, "okay" or "ok"), in tree
+/// order, at most `N`.
+pub fn harts<const N: usize>(fdt: &Fdt<'_>) -> Vec<HartInfo, N> {
+    let Some(cpus) = fdt.find_node("/cpus") else {
+        return Vec::new();
+    };
+    cpus.children()
+        .filter(|n| prop_str(*n, "device_type") == Some("cpu"))
+        .filter(|n| prop_str(*n, "status").is_none_or(|s| s == "okay" || s == "ok"))
+        .filter_map(|n| reg0(n).map(|(hart, _)| hart as usize))
+        .map(|hart| HartInfo {
+            hart,
+            plic_context: plic(fdt, hart).map(|p| p.context),
+        })
+        .take(N)
+        .collect()
+}

@@ -9,13 +9,15 @@ mod discover;
 mod entry;
 mod plic;
 mod sbi;
+mod smp;
 mod trap;
 mod uart;
 
+use crate::arch::percpu::{self, MAX_CPUS, PERCPU};
 use crate::boot::BootInfo;
 use bootproto::fdt;
 use core::arch::asm;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use entry::{IDENTITY_LIMIT, KERNEL_OFFSET};
 use hal::{Mmio, MmioMapper, PhysAddr};
 use heapless::Vec;
@@ -37,18 +39,36 @@ static TEST_DEVICE: AtomicUsize = AtomicUsize::new(VIRT_TEST_DEVICE);
 static CMDLINE: Once<heapless::String<CMDLINE_MAX>> = Once::new();
 /// Device register windows the MMIO mapper hands out: `(base, size)`.
 static WINDOWS: Once<Vec<(u64, u64), 16>> = Once::new();
+/// The usable harts of the device tree: (hart id, PLIC S-mode context).
+static HARTS: Once<Vec<(usize, Option<usize>), MAX_HARTS>> = Once::new();
+/// Most harts read from the device tree.
+const MAX_HARTS: usize = 64;
+/// The boot hart's id.
+static BOOT_HART: AtomicUsize = AtomicUsize::new(0);
+/// The periodic timer rate every hart should run at (0: stopped); see [`timer_start`].
+static TIMER_HZ: AtomicU32 = AtomicU32::new(0);
 
 /// Rust entry from `entry.rs`: paging is on, we run in the higher half on the boot stack with
 /// BSS cleared and the FPU on; interrupts are off.
 #[unsafe(no_mangle)]
 extern "C" fn riscv64_entry(hart: usize, dtb: usize) -> ! {
+    // First: `cpu_id` reads through `tp`. The boot hart is logical CPU 0 whatever its id.
+    smp::set_tp(0);
+    PERCPU[0].hw_id.store(hart as u32, Ordering::Relaxed);
+    BOOT_HART.store(hart, Ordering::Relaxed);
     trap::init();
     let fdt = match device_tree(dtb) {
         Ok(fdt) => fdt,
         Err(why) => boot_stop(hart, dtb, why),
     };
     let board = Some(discover::board(&fdt, hart));
-    BOOT_HART.call_once(|| (hart, dtb, fdt.total_size()));
+    BOOT_HANDOFF.call_once(|| (hart, dtb, fdt.total_size()));
+    HARTS.call_once(|| {
+        discover::harts::<MAX_HARTS>(&fdt)
+            .iter()
+            .map(|h| (h.hart, h.plic_context))
+            .collect()
+    });
 
     if let Some(u) = board.as_ref().and_then(|b| b.uart.as_ref())
         && u.base < IDENTITY_LIMIT
@@ -75,11 +95,12 @@ extern "C" fn riscv64_entry(hart: usize, dtb: usize) -> ! {
         // `context` as this hart's S-mode context; it is identity-mapped.
         unsafe { plic::init(p.base as usize, p.context, p.sources) };
     }
-    // SAFETY: enabling the timer and external interrupt sources in `sie` only lets them be taken
-    // once `sstatus.SIE` is set; the trap vector is installed.
+    // SAFETY: enabling the timer, external and software (inter-processor) interrupt sources in
+    // `sie` only lets them be taken once `sstatus.SIE` is set; the trap vector is installed.
     unsafe {
         riscv::register::sie::set_stimer();
         riscv::register::sie::set_sext();
+        riscv::register::sie::set_ssoft();
     }
 
     let mut info = BootInfo {
@@ -114,7 +135,7 @@ extern "C" fn riscv64_entry(hart: usize, dtb: usize) -> ! {
 }
 
 /// The boot hart, and the device tree's physical address and size (for the boot log).
-static BOOT_HART: Once<(usize, usize, usize)> = Once::new();
+static BOOT_HANDOFF: Once<(usize, usize, usize)> = Once::new();
 
 unsafe extern "C" {
     /// The Image's first byte (`KERNEL_PHYS`), at its higher-half address.
@@ -183,7 +204,7 @@ fn boot_stop(hart: usize, dtb: usize, why: &str) -> ! {
 
 /// Logs the boot hart and where the device tree was. Called by `kmain` once the console runs.
 pub fn log_boot_details() {
-    if let Some(&(hart, dtb, size)) = BOOT_HART.get() {
+    if let Some(&(hart, dtb, size)) = BOOT_HANDOFF.get() {
         defmt::println!(
             "boot hart {=usize}, device tree at {=usize:#x} ({=usize} bytes)",
             hart,
@@ -288,19 +309,76 @@ pub fn breakpoint_count() -> u64 {
     trap::breakpoints()
 }
 
-/// Starts the periodic timer interrupt at `hz` ticks a second (0 stops it).
+/// Starts the periodic timer interrupt at `hz` ticks a second (0 stops it) on every hart: here
+/// at once, on the others when the IPI sent to them arrives.
 pub fn timer_start(hz: u32) {
     let period = if hz == 0 {
         0
     } else {
         (TIMEBASE.load(Ordering::Relaxed) / u64::from(hz)).max(1)
     };
-    trap::timer_start(period);
+    trap::set_timer_period(period);
+    TIMER_HZ.store(hz, Ordering::Relaxed);
+    percpu::this().timer_hz.store(hz, Ordering::Relaxed);
+    trap::timer_restart();
+    let me = cpu_id();
+    for cpu in (0..cpus_online()).filter(|&c| c != me) {
+        send_ipi(cpu);
+    }
 }
 
-/// Timer interrupts taken so far.
+/// Brings this hart's timer to the rate [`timer_start`] last asked for.
+fn apply_timer() {
+    let hz = TIMER_HZ.load(Ordering::Relaxed);
+    let mine = &percpu::this().timer_hz;
+    if mine.load(Ordering::Relaxed) != hz {
+        mine.store(hz, Ordering::Relaxed);
+        trap::timer_restart();
+    }
+}
+
+/// What an inter-processor interrupt asks of this hart beyond waking it up (interrupt
+/// context).
+fn ipi_received() {
+    apply_timer();
+}
+
+/// Timer interrupts taken so far on this hart (every hart's timer ticks at the same rate).
 pub fn timer_ticks() -> u64 {
     trap::ticks()
+}
+
+/// Sends an inter-processor interrupt (an SBI IPI: a supervisor software interrupt) to logical
+/// CPU `cpu` (nothing if it is not online): it wakes from `wait_for_interrupt` and looks at its
+/// mailbox (`crate::smp`).
+pub fn send_ipi(cpu: usize) {
+    if let Some(hart) = percpu::hw_id(cpu) {
+        let _ = sbi_rt::send_ipi(sbi_rt::HartMask::from_mask_base(1, hart as usize));
+    }
+}
+
+/// Starts the other harts the device tree lists (at most [`MAX_CPUS`] CPUs in all) through
+/// SBI HSM, one at a time; a hart that does not report in within a second is logged with its
+/// hart id and left out. `smp_skip=ID,...` on the command line names hart ids to leave stopped
+/// (a test of that path). Boot hart, once, before devices are probed.
+pub fn start_cpus() {
+    let Some(harts) = HARTS.get() else { return };
+    if harts.len() > 1 && !sbi_rt::probe_extension(sbi_rt::Hsm).is_available() {
+        defmt::warn!("no SBI HSM extension: the other harts stay stopped");
+        return;
+    }
+    let mut skip: Vec<u32, 8> = Vec::new();
+    if let Some(list) = crate::boot::cmdline_arg(crate::boot_info().cmdline, "smp_skip") {
+        for id in list.split(',').filter_map(|w| w.parse().ok()) {
+            let _ = skip.push(id);
+        }
+    }
+    smp::start_cpus(BOOT_HART.load(Ordering::Relaxed), harts, &skip);
+}
+
+/// Hardware ids (hart ids) of the harts that did not start.
+pub fn cpus_failed() -> Vec<u32, MAX_CPUS> {
+    smp::cpus_failed()
 }
 
 /// The `time` CSR (ticks at the device tree's timebase frequency).
@@ -333,15 +411,21 @@ pub const TRANSLATION: hal::mem::Translation = hal::mem::Translation {
     image_offset: KERNEL_OFFSET,
 };
 
-/// Index of this CPU (one hart for now).
+/// Logical index of the running hart: one `tp`-relative load of its per-CPU block's first word.
+#[inline(always)]
 pub fn cpu_id() -> usize {
-    0
+    let index: usize;
+    // SAFETY: every hart points `tp` at its own `PerCpu` block (a static that lives forever,
+    // first field the index, never written after initialisation) before running any code that
+    // calls this: the boot hart first thing in `riscv64_entry`, the others first thing in their
+    // entry.
+    unsafe {
+        asm!("ld {}, 0(tp)", out(reg) index, options(nostack, preserves_flags, readonly, pure))
+    };
+    index
 }
 
-/// CPUs online (logical indexes `0..cpus_online()`); only the boot CPU runs so far.
-pub fn cpus_online() -> usize {
-    1
-}
+use percpu::cpus_online;
 
 /// The PLIC.
 pub fn irq_chip() -> &'static dyn hal::irq::IrqChip {

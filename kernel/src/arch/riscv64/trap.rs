@@ -7,6 +7,7 @@
 //! kept by the Rust handler itself (calling convention).
 
 use super::{plic, sbi, timer_now};
+use crate::arch::percpu;
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use riscv::register::stvec::{self, Stvec, TrapMode};
@@ -88,16 +89,14 @@ trap_entry:
 );
 
 static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
-static TICKS: AtomicU64 = AtomicU64::new(0);
-/// Interrupts taken (any kind): `wait_for_interrupt` returns once this moves.
-static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
-/// Timer period in `time` units (0: timer off) and the next deadline.
+/// Timer period in `time` units (0: timer off), the same on every hart; each hart keeps its
+/// own next deadline (`PerCpu::timer_next`).
 static TIMER_PERIOD: AtomicU64 = AtomicU64::new(0);
-static TIMER_NEXT: AtomicU64 = AtomicU64::new(0);
 /// Set while a fatal exception is being reported: a second one skips the logger.
 static DYING: AtomicBool = AtomicBool::new(false);
 
-/// Points `stvec` at the trap entry (direct mode).
+/// Points `stvec` at the trap entry (direct mode) and stops this hart's timer. Every hart, at
+/// its start.
 pub fn init() {
     // The assembly entry defined in this file's `global_asm!`; only its address is taken.
     unsafe extern "C" {
@@ -114,41 +113,49 @@ pub fn breakpoints() -> u64 {
     BREAKPOINTS.load(Ordering::Relaxed)
 }
 
+/// Timer interrupts taken on this hart.
 pub fn ticks() -> u64 {
-    TICKS.load(Ordering::Relaxed)
+    percpu::this().ticks.load(Ordering::Relaxed)
 }
 
+/// Interrupts of any kind taken on this hart.
 pub fn interrupts_taken() -> u64 {
-    INTERRUPTS.load(Ordering::Relaxed)
+    percpu::this().interrupts.load(Ordering::Relaxed)
 }
 
-/// Starts (or, with `period` 0, stops) the periodic timer: one tick every `period` time units.
-pub fn timer_start(period: u64) {
+/// Sets the period every hart's timer uses from now on (0: off).
+pub fn set_timer_period(period: u64) {
+    TIMER_PERIOD.store(period, Ordering::Relaxed);
+}
+
+/// (Re)starts this hart's periodic timer with the current period, or stops it.
+pub fn timer_restart() {
     super::without_interrupts(|| {
-        TIMER_PERIOD.store(period, Ordering::Relaxed);
+        let period = TIMER_PERIOD.load(Ordering::Relaxed);
         if period == 0 {
             sbi::set_timer(u64::MAX);
             return;
         }
         let next = timer_now() + period;
-        TIMER_NEXT.store(next, Ordering::Relaxed);
+        percpu::this().timer_next.store(next, Ordering::Relaxed);
         sbi::set_timer(next);
     });
 }
 
 fn timer_tick() {
-    TICKS.fetch_add(1, Ordering::Relaxed);
+    let me = percpu::this();
+    me.ticks.fetch_add(1, Ordering::Relaxed);
     let period = TIMER_PERIOD.load(Ordering::Relaxed);
     if period == 0 {
         sbi::set_timer(u64::MAX);
         return;
     }
     let now = timer_now();
-    let mut next = TIMER_NEXT.load(Ordering::Relaxed) + period;
+    let mut next = me.timer_next.load(Ordering::Relaxed) + period;
     if next <= now {
         next = now + period; // fell behind (a slow emulator): skip the missed ticks
     }
-    TIMER_NEXT.store(next, Ordering::Relaxed);
+    me.timer_next.store(next, Ordering::Relaxed);
     sbi::set_timer(next);
 }
 
@@ -197,13 +204,16 @@ extern "C" fn trap_handler(frame: &mut TrapFrame) {
     let code = scause & !INTERRUPT;
     if scause & INTERRUPT != 0 {
         crate::block::woke();
-        INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+        percpu::this().interrupts.fetch_add(1, Ordering::Relaxed);
         match code {
             IRQ_S_TIMER => timer_tick(),
             IRQ_S_EXTERNAL => plic::handle(),
             IRQ_S_SOFT => {
                 // SAFETY: clearing SSIP only acknowledges a software interrupt.
                 unsafe { asm!("csrc sip, {}", in(reg) SIP_SSIP, options(nomem, nostack)) };
+                // An inter-processor interrupt (SBI IPIs arrive as software interrupts).
+                percpu::this().ipis.fetch_add(1, Ordering::Relaxed);
+                super::ipi_received();
             }
             _ => {}
         }

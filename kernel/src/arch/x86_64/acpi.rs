@@ -1,16 +1,51 @@
 //! Just enough ACPI: find the RSDP, walk the RSDT/XSDT (checksums checked) and read the MCFG
-//! (PCI ECAM windows) and the MADT (IOAPIC address).
+//! (PCI ECAM windows) and the MADT (IOAPIC address, the local APICs of the CPUs, the ISA
+//! interrupt source overrides).
 //!
 //! Hand-written rather than the `acpi` crate: that crate needs `alloc` (its table and MADT
 //! types allocate), and the kernel links no allocator; two tables are all the kernel reads.
 
 /// Everything the kernel reads from ACPI.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct AcpiInfo {
     /// Segment 0's ECAM: (base address of bus 0, first bus, last bus).
     pub ecam: Option<(u64, u8, u8)>,
     /// The IOAPIC serving GSI 0.
     pub ioapic: Option<u64>,
+    /// The local APIC ids of the usable CPUs (enabled, or online-capable), in MADT order.
+    /// Empty without a MADT.
+    pub cpus: heapless::Vec<u32, MAX_MADT_CPUS>,
+    /// CPUs the MADT lists beyond [`MAX_MADT_CPUS`] (not started).
+    pub cpus_dropped: usize,
+    /// Interrupt source overrides for ISA IRQs 0..=15.
+    pub isa: [Option<IsaOverride>; 16],
+}
+
+/// Most CPUs read from the MADT.
+pub const MAX_MADT_CPUS: usize = 64;
+
+/// A MADT interrupt source override: ISA IRQ `n` arrives on `gsi` with this polarity/trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IsaOverride {
+    /// The global system interrupt (IOAPIC pin for the IOAPIC at GSI base 0).
+    pub gsi: u32,
+    /// Active low (else active high).
+    pub active_low: bool,
+    /// Level-triggered (else edge).
+    pub level: bool,
+}
+
+impl IsaOverride {
+    /// From the MADT's MPS INTI flags: bits 0..=1 polarity (0 = bus default, 1 = high, 3 = low),
+    /// bits 2..=3 trigger mode (0 = bus default, 1 = edge, 3 = level). The ISA default is edge,
+    /// active high.
+    pub fn from_flags(gsi: u32, flags: u16) -> IsaOverride {
+        IsaOverride {
+            gsi,
+            active_low: flags & 0x3 == 0x3,
+            level: (flags >> 2) & 0x3 == 0x3,
+        }
+    }
 }
 
 /// Largest table accepted (guards against garbage lengths).
@@ -124,7 +159,9 @@ pub fn discover(rsdp: Option<u64>) -> AcpiInfo {
         };
         match &table[..4] {
             b"MCFG" => info.ecam = info.ecam.or_else(|| parse_mcfg(table)),
-            b"APIC" => info.ioapic = info.ioapic.or_else(|| parse_madt(table)),
+            b"APIC" if info.ioapic.is_none() && info.cpus.is_empty() => {
+                parse_madt(table, &mut info)
+            }
             _ => {}
         }
     }
@@ -141,18 +178,52 @@ fn parse_mcfg(table: &[u8]) -> Option<(u64, u8, u8)> {
     })
 }
 
-/// The address of the IOAPIC whose GSI base is 0.
-fn parse_madt(table: &[u8]) -> Option<u64> {
+/// Reads the MADT: the IOAPIC whose GSI base is 0, the local APIC (type 0) and x2APIC (type 9)
+/// entries of usable CPUs, and the interrupt source overrides (type 2) of ISA IRQs.
+fn parse_madt(table: &[u8], info: &mut AcpiInfo) {
     let mut off = 44;
     while off + 2 <= table.len() {
         let (kind, len) = (table[off], table[off + 1] as usize);
         if len < 2 || off + len > table.len() {
             break;
         }
-        if kind == 1 && len >= 12 && u32_at(table, off + 8) == Some(0) {
-            return u32_at(table, off + 4).map(u64::from);
+        let entry = &table[off..off + len];
+        match kind {
+            // Processor local APIC: ACPI id, APIC id, flags (bit 0 enabled, bit 1 online
+            // capable).
+            0 if len >= 8 => {
+                let flags = u32_at(entry, 4).unwrap_or(0);
+                if flags & 0x3 != 0 {
+                    add_cpu(info, u32::from(entry[3]));
+                }
+            }
+            // Processor local x2APIC: reserved, x2APIC id, flags, ACPI uid. Only ids an xAPIC
+            // can address are usable (the kernel drives the LAPIC in xAPIC mode).
+            9 if len >= 16 => {
+                let id = u32_at(entry, 4).unwrap_or(u32::MAX);
+                let flags = u32_at(entry, 8).unwrap_or(0);
+                if flags & 0x3 != 0 && id < 0xFF && !info.cpus.contains(&id) {
+                    add_cpu(info, id);
+                }
+            }
+            1 if len >= 12 && u32_at(entry, 8) == Some(0) && info.ioapic.is_none() => {
+                info.ioapic = u32_at(entry, 4).map(u64::from);
+            }
+            // Interrupt source override: bus (0 = ISA), source IRQ, GSI, flags.
+            2 if len >= 10 && entry[2] == 0 && entry[3] < 16 => {
+                if let Some(gsi) = u32_at(entry, 4) {
+                    let flags = u16::from_le_bytes([entry[8], entry[9]]);
+                    info.isa[usize::from(entry[3])] = Some(IsaOverride::from_flags(gsi, flags));
+                }
+            }
+            _ => {}
         }
         off += len;
     }
-    None
+}
+
+fn add_cpu(info: &mut AcpiInfo, apic_id: u32) {
+    if info.cpus.push(apic_id).is_err() {
+        info.cpus_dropped += 1;
+    }
 }

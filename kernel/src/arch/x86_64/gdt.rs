@@ -1,6 +1,8 @@
-//! The long-mode GDT and the TSS that gives the double-fault handler its own stack, built and
+//! The long-mode GDTs and the TSSs that give the double-fault handler its own stack, one pair
+//! per CPU (a TSS descriptor is marked busy when loaded, so CPUs cannot share one), built and
 //! loaded with the `x86_64` crate's descriptor types and segment instructions.
 
+use crate::arch::percpu::MAX_CPUS;
 use spin::Once;
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
@@ -22,27 +24,32 @@ const IST_STACK_SIZE: usize = 16 * 1024;
 #[repr(C, align(16))]
 struct Stack([u8; IST_STACK_SIZE]);
 
-static mut DOUBLE_FAULT_STACK: Stack = Stack([0; IST_STACK_SIZE]);
+/// Each CPU's double-fault stack.
+static mut DOUBLE_FAULT_STACKS: [Stack; MAX_CPUS] =
+    [const { Stack([0; IST_STACK_SIZE]) }; MAX_CPUS];
 
-/// The 64-bit task-state segment. Only the IST entries are used (no ring changes); the crate's
-/// `new` leaves no I/O permission bitmap (its offset points past the segment limit).
-static TSS: Once<TaskStateSegment> = Once::new();
+/// Each CPU's 64-bit task-state segment. Only the IST entries are used (no ring changes); the
+/// crate's `new` leaves no I/O permission bitmap (its offset points past the segment limit).
+static TSS: [Once<TaskStateSegment>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
 
-/// null, code64, data, TSS (two slots).
-static GDT: Once<GlobalDescriptorTable> = Once::new();
+/// Each CPU's GDT: null, code64, data, its TSS (two slots).
+static GDT: [Once<GlobalDescriptorTable>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
 
-/// Loads the GDT with a TSS, reloads the segment registers and the task register.
+/// Loads CPU `cpu`'s GDT with its TSS, reloads the segment registers and the task register.
 ///
 /// # Safety
-/// Boot CPU only, once, before interrupts are enabled.
-pub unsafe fn init() {
-    let stack_top = (&raw const DOUBLE_FAULT_STACK) as u64 + IST_STACK_SIZE as u64;
-    let tss = TSS.call_once(|| {
+/// On CPU `cpu` (`cpu < MAX_CPUS`), once, before its interrupts are enabled. FS and GS are not
+/// reloaded (the GS base stays).
+pub unsafe fn init(cpu: usize) {
+    // Only the address of the stacks is taken, no reference.
+    let stacks = (&raw const DOUBLE_FAULT_STACKS) as u64;
+    let stack_top = stacks + ((cpu + 1) * IST_STACK_SIZE) as u64;
+    let tss = TSS[cpu].call_once(|| {
         let mut tss = TaskStateSegment::new();
         tss.interrupt_stack_table[usize::from(DOUBLE_FAULT_IST) - 1] = VirtAddr::new(stack_top);
         tss
     });
-    let gdt = GDT.call_once(|| {
+    let gdt = GDT[cpu].call_once(|| {
         let mut gdt = GlobalDescriptorTable::new();
         let cs = gdt.append(Descriptor::kernel_code_segment());
         let ds = gdt.append(Descriptor::kernel_data_segment());
@@ -61,7 +68,8 @@ pub unsafe fn init() {
     // 1. the GDT just loaded is a static that lives forever and holds flat 64-bit code/data
     //    descriptors at the same selectors as the boot GDT, so reloading CS/SS/DS/ES with them
     //    keeps the same flat segments;
-    // 2. the TSS descriptor is valid (a static TSS) and not busy: `init` runs once.
+    // 2. the TSS descriptor is valid (a static TSS of this CPU's own) and not busy: `init`
+    //    runs once per CPU and no other CPU loads this CPU's TSS.
     unsafe {
         CS::set_reg(cs);
         SS::set_reg(ds);

@@ -2,9 +2,11 @@
 //! COM1 console, ACPI discovery of the PCI ECAM (legacy configuration ports without one),
 //! isa-debug-exit.
 //!
-//! Boot order: `_start32` (entry.rs) reaches long mode and calls [`x86_64_entry`], which sets
-//! up the console, descriptor tables, stack guard, interrupt controllers and clocks, reads the
-//! hand-over and ACPI, and calls `crate::kmain` with interrupts disabled.
+//! Boot order: `_start32` (entry.rs) reaches long mode and calls [`x86_64_entry`], which points
+//! GS base at CPU 0's per-CPU block, sets up the console, descriptor tables, stack guard,
+//! interrupt controllers and clocks, reads the hand-over and ACPI (the MADT's CPUs are kept for
+//! [`start_cpus`]), and calls `crate::kmain` with interrupts disabled. `kmain` starts the other
+//! CPUs through [`start_cpus`] (smp.rs) before it probes devices.
 
 mod acpi;
 mod apic;
@@ -14,12 +16,15 @@ mod handoff;
 mod paging;
 mod port;
 mod serial;
+mod smp;
 mod time;
 mod trap;
 mod vectors;
 
+use crate::arch::percpu::{self, PERCPU};
 use crate::boot::{BootInfo, IntxMap, PciHost};
 use core::arch::asm;
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use hal::{Mmio, MmioMapper, PhysAddr};
 use spin::Once;
 
@@ -38,25 +43,37 @@ const RFLAGS_IF: u64 = 1 << 9;
 
 /// The PCI ECAM window found at boot (base, size), mappable through [`mmio_mapper`].
 static ECAM_WINDOW: Once<(u64, u64)> = Once::new();
+/// The local APIC ids of the CPUs the MADT lists.
+static MADT_CPUS: Once<heapless::Vec<u32, { acpi::MAX_MADT_CPUS }>> = Once::new();
+/// CPUs the MADT lists beyond what was read.
+static MADT_DROPPED: AtomicUsize = AtomicUsize::new(0);
+/// The periodic timer rate every CPU should run at (0: stopped); see [`timer_start`].
+static TIMER_HZ: AtomicU32 = AtomicU32::new(0);
 
 /// Rust entry from `_start32`, in long mode on the boot stack with `.bss` cleared.
 #[unsafe(no_mangle)]
 extern "C" fn x86_64_entry(magic: u32, info: u32) -> ! {
+    // First: `cpu_id` reads through GS base.
+    smp::set_gs_base(0);
     serial::init();
-    // SAFETY: the boot CPU is the only one running, interrupts are off and this runs once:
-    // the descriptor tables and page tables are not in use by anything else.
+    // SAFETY: the boot CPU (logical 0) is the only one running, interrupts are off and this
+    // runs once: the descriptor tables and page tables are not in use by anything else.
     unsafe {
-        gdt::init();
+        gdt::init(0);
         trap::init();
         paging::unmap_stack_guard();
     }
     apic::init();
+    PERCPU[0].hw_id.store(apic::apic_id(), Ordering::Relaxed);
     time::calibrate();
     let handoff = handoff::parse(magic, info).unwrap_or_else(|fatal| fatal.stop());
     let rsdp = handoff
         .rsdp
         .or_else(|| handoff.efi_system_table.and_then(handoff::efi_rsdp));
     let acpi = acpi::discover(rsdp);
+    apic::set_isa_overrides(&acpi.isa);
+    MADT_DROPPED.store(acpi.cpus_dropped, Ordering::Relaxed);
+    MADT_CPUS.call_once(|| acpi.cpus.clone());
     if let Some(ioapic) = acpi
         .ioapic
         .filter(|&a| a != apic::DEFAULT_IOAPIC && in_device_hole(a, 0x20))
@@ -272,14 +289,79 @@ pub fn breakpoint_count() -> u64 {
     trap::breakpoint_count()
 }
 
-/// Starts the periodic LAPIC timer at `hz` interrupts per second (0 stops it).
+/// Starts the periodic LAPIC timer at `hz` interrupts per second (0 stops it) on every CPU:
+/// here at once, on the others when the IPI sent to them arrives.
 pub fn timer_start(hz: u32) {
-    apic::timer_start(hz);
+    TIMER_HZ.store(hz, Ordering::Relaxed);
+    apply_timer();
+    let me = cpu_id();
+    for cpu in (0..cpus_online()).filter(|&c| c != me) {
+        send_ipi(cpu);
+    }
 }
 
-/// Timer interrupts taken so far.
+/// Brings this CPU's timer to the rate [`timer_start`] last asked for.
+fn apply_timer() {
+    let hz = TIMER_HZ.load(Ordering::Relaxed);
+    let mine = &percpu::this().timer_hz;
+    if mine.load(Ordering::Relaxed) != hz {
+        mine.store(hz, Ordering::Relaxed);
+        apic::timer_start(hz);
+    }
+}
+
+/// What an inter-processor interrupt asks of this CPU beyond waking it up (interrupt context).
+fn ipi_received() {
+    apply_timer();
+}
+
+/// Timer interrupts taken so far on this CPU (each CPU's timer ticks at the same rate).
 pub fn timer_ticks() -> u64 {
     trap::timer_ticks()
+}
+
+/// Sends an inter-processor interrupt to logical CPU `cpu` (nothing if it is not online): it
+/// wakes from `wait_for_interrupt` and looks at its mailbox (`crate::smp`).
+pub fn send_ipi(cpu: usize) {
+    if let Some(id) = percpu::hw_id(cpu) {
+        apic::send_ipi(id, vectors::VECTOR_IPI as u32);
+    }
+}
+
+/// Starts the other CPUs the MADT lists (at most [`MAX_CPUS`](percpu::MAX_CPUS) in all), one
+/// at a time; a CPU that does not report in within a second is logged with its APIC id and
+/// left out. `smp_skip=ID,...` on the command line names APIC ids to leave stopped (a test of
+/// that path). Boot CPU, once, before devices are probed.
+pub fn start_cpus() {
+    let Some(cpus) = MADT_CPUS.get() else { return };
+    let mut skip: heapless::Vec<u32, 8> = heapless::Vec::new();
+    if let Some(list) = crate::boot::cmdline_arg(crate::boot_info().cmdline, "smp_skip") {
+        for id in list.split(',').filter_map(|w| w.parse().ok()) {
+            let _ = skip.push(id);
+        }
+    }
+    let dropped = MADT_DROPPED.load(Ordering::Relaxed);
+    if dropped > 0 {
+        defmt::warn!("{=usize} more CPUs in the MADT not started", dropped);
+    }
+    smp::start_cpus(cpus, &skip);
+}
+
+/// The interrupt line ISA IRQ `irq` (0..=15) arrives on after the MADT's interrupt source
+/// overrides, with its trigger mode and polarity: (line number, level-triggered, active low).
+pub fn isa_irq(irq: u8) -> Option<(u32, bool, bool)> {
+    let line = apic::isa_irq(irq)?;
+    let mode = apic::pin_mode(line - vectors::VECTOR_IOAPIC_FIRST);
+    Some((
+        line,
+        mode & apic::RTE_LEVEL != 0,
+        mode & apic::RTE_ACTIVE_LOW != 0,
+    ))
+}
+
+/// Hardware ids (APIC ids) of the CPUs that did not start.
+pub fn cpus_failed() -> heapless::Vec<u32, { percpu::MAX_CPUS }> {
+    smp::cpus_failed()
 }
 
 /// Monotonic nanoseconds since boot (TSC, calibrated against the PIT).
@@ -301,15 +383,21 @@ pub const TRANSLATION: hal::mem::Translation = hal::mem::Translation {
     image_offset: 0,
 };
 
-/// Index of the running CPU (only the boot CPU runs).
+/// Logical index of the running CPU: one GS-relative load of its per-CPU block's first word.
+#[inline(always)]
 pub fn cpu_id() -> usize {
-    0
+    let index: usize;
+    // SAFETY: every CPU points GS base at its own `PerCpu` block (a static that lives forever,
+    // first field the index, never written after initialisation) before running any code that
+    // calls this: the boot CPU first thing in `x86_64_entry`, the others first thing in their
+    // entry.
+    unsafe {
+        asm!("mov {}, gs:[0]", out(reg) index, options(nostack, preserves_flags, readonly, pure))
+    };
+    index
 }
 
-/// CPUs online (logical indexes `0..cpus_online()`); only the boot CPU runs so far.
-pub fn cpus_online() -> usize {
-    1
-}
+use percpu::cpus_online;
 
 /// The LAPIC/IOAPIC interrupt controller; interrupt numbers are vectors.
 pub fn irq_chip() -> &'static dyn hal::irq::IrqChip {

@@ -5,7 +5,9 @@
 //! - [`unmap_stack_guard`] replaces the 2 MiB page holding the stack guard page by a 4 KiB page
 //!   table that leaves the guard unmapped, so a stack overflow faults (and double-faults onto
 //!   the IST stack) instead of silently overwriting `.bss`;
-//! - [`set_uncached`] marks device windows found below the hole (the PCI ECAM) uncached.
+//! - [`set_uncached`] marks device windows found below the hole (the PCI ECAM) uncached;
+//! - [`unmap_guard_pages`] does the same as `unmap_stack_guard` for the guard pages under the
+//!   other CPUs' stacks (one 2 MiB region holds them all).
 
 /// Present | writable.
 const PTE_RW: u64 = 0x3;
@@ -29,6 +31,8 @@ static mut X86_BOOT_PDPT: PageTable = PageTable([0; 512]);
 static mut X86_BOOT_PD: [PageTable; 4] = [const { PageTable([0; 512]) }; 4];
 /// 4 KiB pages for the 2 MiB region that holds the stack guard page.
 static mut STACK_PT: PageTable = PageTable([0; 512]);
+/// 4 KiB pages for the 2 MiB region of the other CPUs' stacks and their guard pages.
+static mut AP_STACKS_PT: PageTable = PageTable([0; 512]);
 
 unsafe extern "C" {
     static __stack_guard: u8;
@@ -70,6 +74,43 @@ pub unsafe fn unmap_stack_guard() {
     // TLB holds until the flush.
     unsafe { pde(region).write_volatile(table as u64 | PTE_RW) };
     flush_tlb();
+}
+
+/// Replaces the 2 MiB page at `region` (2 MiB aligned, below 4 GiB) by 4 KiB pages that map the
+/// same memory except the pages at `guards`, left unmapped (the other CPUs' stack guards).
+/// Returns false, changing nothing, when that 2 MiB page was split already (it holds the boot
+/// stack's guard) or `region` is not 2 MiB aligned.
+///
+/// # Safety
+/// Boot CPU only, once, before the other CPUs start and with nothing else changing the page
+/// tables; `region` is RAM of the kernel image, and nothing uses the pages at `guards`.
+pub unsafe fn unmap_guard_pages(region: u64, guards: &[u64]) -> bool {
+    if !region.is_multiple_of(PAGE_2M) || region >= 1 << 32 {
+        return false;
+    }
+    let p = pde(region);
+    // SAFETY: `region` is below 4 GiB, so `p` points into the page directories; boot CPU only.
+    let old = unsafe { p.read_volatile() };
+    if old & PDE_LARGE == 0 {
+        return false;
+    }
+    let table = &raw mut AP_STACKS_PT;
+    for i in 0..512u64 {
+        let page = region + i * 4096;
+        let entry = if guards.contains(&page) {
+            0
+        } else {
+            page | PTE_RW
+        };
+        // SAFETY: `i < 512`; AP_STACKS_PT is not yet referenced by any paging structure.
+        unsafe { (*table).0[i as usize] = entry };
+    }
+    // SAFETY: boot CPU only, no other CPU running (caller's contract). The new table maps every
+    // 4 KiB page of the region to the same address as the 2 MiB page did (with the same rights)
+    // except the guards, which nothing uses; the switch is invisible to running code.
+    unsafe { p.write_volatile(table as u64 | PTE_RW) };
+    flush_tlb();
+    true
 }
 
 /// Marks the 2 MiB pages overlapping `base..base + len` (below 4 GiB) uncached.

@@ -9,10 +9,11 @@
 //! what: [`super::vectors`].
 
 use super::vectors::{
-    VECTOR_BREAKPOINT, VECTOR_DOUBLE_FAULT, VECTOR_PAGE_FAULT, VECTOR_PIC_FIRST, VECTOR_PIC_LAST,
-    VECTOR_SPURIOUS, VECTOR_TIMER,
+    VECTOR_BREAKPOINT, VECTOR_DOUBLE_FAULT, VECTOR_IPI, VECTOR_PAGE_FAULT, VECTOR_PIC_FIRST,
+    VECTOR_PIC_LAST, VECTOR_SPURIOUS, VECTOR_TIMER,
 };
 use super::{apic, gdt};
+use crate::arch::percpu;
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::VirtAddr;
@@ -181,23 +182,23 @@ static mut IDT: Idt = Idt([Gate {
 }; 256]);
 
 static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
-static TICKS: AtomicU64 = AtomicU64::new(0);
 static SPURIOUS: AtomicU64 = AtomicU64::new(0);
 
-/// Breakpoints taken so far.
+/// Breakpoints taken so far (all CPUs).
 pub fn breakpoint_count() -> u64 {
     BREAKPOINTS.load(Ordering::Relaxed)
 }
 
-/// Timer interrupts taken so far.
+/// Timer interrupts taken so far on this CPU.
 pub fn timer_ticks() -> u64 {
-    TICKS.load(Ordering::Relaxed)
+    percpu::this().ticks.load(Ordering::Relaxed)
 }
 
-/// Fills and loads the IDT.
+/// Fills and loads the IDT (one table for every CPU).
 ///
 /// # Safety
-/// Boot CPU only, once, after [`gdt::init`] (the double-fault gate uses its IST slot).
+/// Boot CPU only, once, after [`gdt::init`] (the double-fault gate uses its IST slot), before
+/// any other CPU runs.
 pub unsafe fn init() {
     // Defined by the global_asm above: only its address is taken.
     let stubs = (&raw const x86_trap_stubs) as u64;
@@ -221,11 +222,18 @@ pub unsafe fn init() {
         // SAFETY: `vector < 256`; boot CPU only and the IDT is not loaded yet.
         unsafe { (*idt).0[vector as usize] = gate };
     }
+    load();
+}
+
+/// Loads the IDT [`init`] filled on this CPU (the other CPUs, at their start).
+pub fn load() {
+    let idt = &raw const IDT;
     let pointer = DescriptorTablePointer {
         limit: (size_of::<Idt>() - 1) as u16,
         base: VirtAddr::from_ptr(idt),
     };
-    // SAFETY: the IDT is a static that lives forever and every gate points at a stub in
+    // SAFETY: the IDT is a static that lives forever, filled by `init` on the boot CPU before
+    // any other CPU was started (and never written again): every gate points at a stub in
     // `x86_trap_stubs` with the kernel code selector.
     unsafe { lidt(&pointer) };
 }
@@ -314,8 +322,13 @@ extern "C" fn x86_irq(vector: u32) {
             SPURIOUS.fetch_add(1, Ordering::Relaxed);
         }
         TIMER_VECTOR => {
-            TICKS.fetch_add(1, Ordering::Relaxed);
+            percpu::this().ticks.fetch_add(1, Ordering::Relaxed);
             apic::eoi();
+        }
+        IPI_VECTOR => {
+            percpu::this().ipis.fetch_add(1, Ordering::Relaxed);
+            apic::eoi();
+            super::ipi_received();
         }
         _ => {
             hal::irq::dispatch(vector);
@@ -327,4 +340,5 @@ extern "C" fn x86_irq(vector: u32) {
 const PIC_FIRST: u32 = VECTOR_PIC_FIRST as u32;
 const PIC_LAST: u32 = VECTOR_PIC_LAST as u32;
 const TIMER_VECTOR: u32 = VECTOR_TIMER as u32;
+const IPI_VECTOR: u32 = VECTOR_IPI as u32;
 const SPURIOUS_VECTOR: u32 = VECTOR_SPURIOUS as u32;

@@ -8,6 +8,7 @@
 //! | 32..=47      | the (masked) 8259 PICs: only spurious interrupts can arrive  |
 //! | 48..=223     | MSI, handed out by `apic::alloc_msi`                         |
 //! | 224..=247    | IOAPIC pins 0..=23                                           |
+//! | 253          | inter-processor interrupt (wake-up, timer change)            |
 //! | 254          | LAPIC timer                                                  |
 //! | 255          | LAPIC spurious                                               |
 
@@ -29,6 +30,8 @@ pub const VECTOR_MSI_LAST: u32 = 223;
 pub const VECTOR_IOAPIC_FIRST: u32 = 224;
 /// Vector of IOAPIC pin 23, the last one routed.
 pub const VECTOR_IOAPIC_LAST: u32 = 247;
+/// Inter-processor interrupt: wakes a CPU to look at its mailbox and timer setting.
+pub const VECTOR_IPI: u64 = 253;
 /// LAPIC timer.
 pub const VECTOR_TIMER: u64 = 254;
 /// LAPIC spurious interrupt (never acknowledged).
