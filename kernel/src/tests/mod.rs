@@ -10,5 +10,5 @@ mod nvme;
 mod partitions;
 mod pci;
 mod selftest;
-mod stack;
 mod smp;
+mod stack;
