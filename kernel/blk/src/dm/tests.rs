@@ -563,7 +563,11 @@ fn mirror_write_with_legs_in_sync_goes_straight_to_the_leg_queues() {
         assert_eq!(a.bytes(64 + 8 * k, 8 * 512), data);
         assert_eq!(b.bytes(128 + 8 * k, 8 * 512), data);
     }
-    assert_eq!(io.counts().0, 0, "no dm-io call for writes with every leg in sync");
+    assert_eq!(
+        io.counts().0,
+        0,
+        "no dm-io call for writes with every leg in sync"
+    );
     let m0 = dm.mirrors().next().expect("mirror");
     assert!(!m0.status().degraded());
     assert_eq!(m0.status().dirty_regions, 0);
