@@ -15,7 +15,7 @@ use core::fmt::Write;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use blk::dm::io::{DmIo, RegionIo};
-use blk::dm::mirror::Mirror;
+use blk::dm::mirror::{LegWrite, Mirror};
 use blk::dm::table::{self, Lower, TableError};
 use blk::dm::{DmDevice, DmEnv};
 use blk::{BioSet, BioSlab, BlockDevice, BvecPools, BvecSlabs, Wait};
@@ -60,6 +60,13 @@ static SPLIT_BVEC_SLABS: BvecSlabs<16, 16, 16, 8, 4, 4> = BvecSlabs::new();
 static SPLIT_BVECS: BvecPools = BvecPools::new(&SPLIT_BVEC_SLABS, 1);
 static SPLIT_SET: BioSet<()> = BioSet::new(&SPLIT_SLAB, 40, Some(&SPLIT_BVECS));
 
+/// The leg bios of mirror writes with every leg in sync (taken without waiting; a write that
+/// finds none free goes through dm-io): 128 covers two legs at queue depth 64.
+static MIRROR_SLAB: BioSlab<LegWrite, 128> = BioSlab::new();
+static MIRROR_BVEC_SLABS: BvecSlabs<16, 16, 16, 8, 4, 4> = BvecSlabs::new();
+static MIRROR_BVECS: BvecPools = BvecPools::new(&MIRROR_BVEC_SLABS, 1);
+static MIRROR_SET: BioSet<LegWrite> = BioSet::new(&MIRROR_SLAB, 8, Some(&MIRROR_BVECS));
+
 /// dm-io's bios: a reserve covering one call of the largest size (a 1 MiB bio cut to 128 KiB
 /// pieces, to four legs).
 static IO_SLAB: BioSlab<RegionIo, 160> = BioSlab::new();
@@ -84,6 +91,7 @@ static CREATE: Mutex<()> = Mutex::new(());
 pub fn env() -> DmEnv {
     DmEnv {
         split_set: &SPLIT_SET,
+        mirror_set: &MIRROR_SET,
         io: &DM_IO,
         wait: Wait::Hook(wait),
     }
@@ -144,7 +152,12 @@ pub fn create(name: &str, table: &str) -> Result<&'static registry::Device, Crea
         return Err(CreateError::NameTaken);
     }
     let parsed = table::parse(table, &mut resolve).map_err(CreateError::Table)?;
-    if SPLIT_SET.init().and_then(|_| IO_SET.init()).is_err() {
+    if SPLIT_SET
+        .init()
+        .and_then(|_| IO_SET.init())
+        .and_then(|_| MIRROR_SET.init())
+        .is_err()
+    {
         return Err(CreateError::Full);
     }
     let mut text = heapless::String::new();

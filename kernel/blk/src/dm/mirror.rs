@@ -17,6 +17,7 @@
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::bio::{Bio, BioFlags, Op, SECTOR_SHIFT, bio_endio, bio_io_error};
+use crate::bioset::BioSet;
 use crate::device::CpuCtx;
 use crate::dm::io::{DmIo, IoDone, IoNotify, IoRequest, Mem, Region};
 use crate::dm::table::{Leg, MAX_LEGS};
@@ -30,6 +31,8 @@ pub const DIRTY_REGIONS: usize = 4096;
 const DIRTY_WORDS: usize = DIRTY_REGIONS / 64;
 /// Reads waiting for a retry on another leg at once (more fail with the leg's error).
 pub const RETRY_SLOTS: usize = 32;
+/// Writes the direct path has in flight at once per mirror (more go through dm-io).
+pub const WRITE_SLOTS: usize = 64;
 /// Resync passes at most before [`Mirror::restore_leg`] gives up (writes keep dirtying).
 pub const RESYNC_PASSES: u32 = 8;
 
@@ -106,6 +109,36 @@ fn word(kind: usize, legs: u32) -> usize {
     kind | (legs as usize) << 8
 }
 
+/// The front pad of the bios a mirror sends to its legs on the direct write path: which
+/// mirror, write slot and leg.
+#[derive(Clone, Copy)]
+pub struct LegWrite {
+    mirror: &'static Mirror,
+    slot: u16,
+    leg: u8,
+}
+
+/// One write on the direct path: the mirror's bio, parked until every leg answered.
+struct WriteSlot {
+    /// Touched only by the slot's owner: the builder, then the last leg completion (the tag
+    /// and `remaining` order them), so the lock is never contended.
+    parent: spin::Mutex<Option<Bio>>,
+    /// Leg bios not completed yet.
+    remaining: AtomicU32,
+    /// Bit `i`: leg `i` failed this write.
+    failed: AtomicU32,
+}
+
+impl WriteSlot {
+    const fn new() -> Self {
+        WriteSlot {
+            parent: spin::Mutex::new(None),
+            remaining: AtomicU32::new(0),
+            failed: AtomicU32::new(0),
+        }
+    }
+}
+
 /// The mirror target's state.
 pub struct Mirror {
     legs: heapless::Vec<Leg, MAX_LEGS>,
@@ -120,6 +153,12 @@ pub struct Mirror {
     dirty: [AtomicU64; DIRTY_WORDS],
     rr: AtomicU32,
     io: &'static DmIo,
+    /// Leg bios of the direct write path.
+    set: &'static BioSet<LegWrite>,
+    /// Bit `i`: leg `i` is a request queue (`is_leaf`): its bios are submitted to it directly.
+    leaf: u32,
+    write_tags: TagSet,
+    writes: [WriteSlot; WRITE_SLOTS],
     retry_tags: TagSet,
     retry: [spin::Mutex<Option<(Bio, usize)>>; RETRY_SLOTS],
     retry_ready: AtomicU32,
@@ -132,18 +171,25 @@ pub struct Mirror {
 
 impl Mirror {
     /// A mirror of `legs` covering sectors `start..start + len` of its device, with dirty
-    /// regions of at least `region` sectors, doing its I/O with `io`.
+    /// regions of at least `region` sectors, doing its I/O with `io` (and plain writes with
+    /// every leg in sync with bios from `set`, see [`Mirror::submit`]).
     pub fn new(
         legs: heapless::Vec<Leg, MAX_LEGS>,
         start: u64,
         len: u64,
         region: u64,
         io: &'static DmIo,
+        set: &'static BioSet<LegWrite>,
     ) -> Self {
         let mut shift = region.max(1).trailing_zeros();
         while (len >> shift) >= DIRTY_REGIONS as u64 {
             shift += 1;
         }
+        let leaf = legs
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.lower.dev.is_leaf())
+            .fold(0, |m, (i, _)| m | 1 << i);
         Mirror {
             legs,
             failed: AtomicU32::new(0),
@@ -154,6 +200,10 @@ impl Mirror {
             dirty: [const { AtomicU64::new(0) }; DIRTY_WORDS],
             rr: AtomicU32::new(0),
             io,
+            set,
+            leaf,
+            write_tags: TagSet::new(WRITE_SLOTS),
+            writes: [const { WriteSlot::new() }; WRITE_SLOTS],
             retry_tags: TagSet::new(RETRY_SLOTS),
             retry: [const { spin::Mutex::new(None) }; RETRY_SLOTS],
             retry_ready: AtomicU32::new(0),
@@ -271,7 +321,22 @@ impl Mirror {
     }
 
     /// Maps a bio at `rel` sectors into the target (already inside it).
+    ///
+    /// A write with every leg in sync takes the direct path: one bio per leg from the
+    /// mirror's own set (the same segments, allocated without waiting), handed to each leg
+    /// that is a request queue straight after its `check` (others through `ctx`), the
+    /// mirror's bio parked in a write slot until the last leg answers. Anything else (a leg
+    /// out of service, no slot or no bio free at once, other ops) goes through dm-io, whose
+    /// reserve guarantees progress.
     pub fn submit(&'static self, rel: u64, bio: Bio, ctx: &CpuCtx, wait: Wait) {
+        let bio = if bio.op() == Op::Write {
+            match self.write_direct(rel, bio, ctx) {
+                Ok(()) => return,
+                Err(b) => b,
+            }
+        } else {
+            bio
+        };
         match bio.op() {
             Op::Read => {
                 let Some(leg) = self.pick_read_leg(0) else {
@@ -316,6 +381,78 @@ impl Mirror {
                 }
             }
         }
+    }
+
+    /// The direct write path (see [`Mirror::submit`]); hands `bio` back if it cannot be taken.
+    fn write_direct(&'static self, rel: u64, bio: Bio, ctx: &CpuCtx) -> Result<(), Bio> {
+        if self.failed.load(Ordering::Acquire) | self.resyncing.load(Ordering::Acquire) != 0 {
+            return Err(bio);
+        }
+        let Some(slot) = self.write_tags.alloc() else {
+            return Err(bio);
+        };
+        let n = self.legs.len();
+        let nvecs = bio.segments().count();
+        let flags = bio.flags() & (BioFlags::FUA | BioFlags::PREFLUSH | BioFlags::SYNC);
+        let mut out = heapless::Vec::<Bio, MAX_LEGS>::new();
+        for (i, l) in self.legs.iter().enumerate() {
+            let front = LegWrite {
+                mirror: self,
+                slot,
+                leg: i as u8,
+            };
+            let Ok(mut c) = self.set.alloc(front, Op::Write, nvecs, Wait::Never) else {
+                drop(out);
+                self.write_tags.free(slot);
+                return Err(bio);
+            };
+            for v in bio.segments() {
+                // Room for `nvecs` segments was allocated, so this cannot fail.
+                let _ = c.add_vec(v);
+            }
+            c.set_flags(flags);
+            c.set_sector(l.offset + rel);
+            c.set_dev(l.lower.dev);
+            c.set_end_io(leg_write_done);
+            let _ = out.push(c);
+        }
+        let w = &self.writes[slot as usize];
+        w.failed.store(0, Ordering::Relaxed);
+        w.remaining.store(n as u32, Ordering::Relaxed);
+        *w.parent.lock() = Some(bio);
+        // The slot is not touched after the last leg bio is sent: it may end the write.
+        for (i, c) in out.into_iter().enumerate() {
+            if self.leaf & (1 << i) != 0 {
+                let dev = self.legs[i].lower.dev;
+                match dev.check(&c) {
+                    Ok(()) => dev.submit(c, ctx),
+                    Err(e) => bio_io_error(c, e),
+                }
+            } else {
+                ctx.submit(c);
+            }
+        }
+        Ok(())
+    }
+
+    /// Leg `leg` of direct write `slot` answered; the last one ends the write as dm-io's
+    /// completion would.
+    fn leg_done(&'static self, slot: u16, leg: u8, failed: bool) {
+        let w = &self.writes[slot as usize];
+        if failed {
+            w.failed.fetch_or(1 << leg, Ordering::Relaxed);
+        }
+        if w.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let errors = w.failed.load(Ordering::Relaxed) as u64;
+        let parent = w.parent.lock().take();
+        self.write_tags.free(slot);
+        self.write_done(IoDone {
+            errors,
+            parked: parent,
+            word: word(K_WRITE, self.all()),
+        });
     }
 
     fn all(&self) -> u32 {
@@ -562,6 +699,16 @@ impl Mirror {
         *self.retry[t as usize].lock() = Some((bio, tried as usize));
         self.retry_ready.fetch_or(1 << t, Ordering::AcqRel);
     }
+}
+
+/// End of a leg bio of the direct write path.
+fn leg_write_done(bio: Bio) {
+    let Some(&LegWrite { mirror, slot, leg }) = bio.front::<LegWrite>() else {
+        return;
+    };
+    let failed = bio.status().is_err();
+    drop(bio);
+    mirror.leg_done(slot, leg, failed);
 }
 
 impl IoNotify for Mirror {

@@ -25,7 +25,7 @@ use crate::split::{bio_clone_chained, bio_split};
 use crate::stats::BlkStats;
 
 use self::io::DmIo;
-use self::mirror::Mirror;
+use self::mirror::{LegWrite, Mirror};
 use self::table::{Leg, MAX_LEGS, MAX_TARGETS, Table, TargetKind};
 
 /// One line of a live table.
@@ -54,14 +54,20 @@ struct Line {
     start: u64,
     len: u64,
     target: Target,
+    /// A `linear` line over a request queue (`is_leaf`): its bios go to it directly.
+    direct: bool,
 }
 
 /// What a dm device needs from its owner: a bio set for splits and flush clones (reserve at
-/// least [`MAX_LEGS`] + 1), the dm-io client of its mirrors, and how its allocations wait.
+/// least [`MAX_LEGS`] + 1), the dm-io client of its mirrors, the set of its mirrors' direct
+/// write bios, and how its allocations wait.
 #[derive(Clone, Copy)]
 pub struct DmEnv {
     /// Split and clone bios.
     pub split_set: &'static BioSet<()>,
+    /// The leg bios of mirror writes with every leg in sync (taken without waiting: when none
+    /// is free the write goes through dm-io).
+    pub mirror_set: &'static BioSet<LegWrite>,
     /// The dm-io client mirrors use.
     pub io: &'static DmIo,
     /// How allocations wait inside `submit` (the kernel's wait hook).
@@ -135,14 +141,23 @@ impl DmDevice {
                     region,
                     nosync: _,
                     legs,
-                } => Target::Mirror(Mirror::new(legs, t.start, t.len, region, env.io)),
+                } => Target::Mirror(Mirror::new(
+                    legs,
+                    t.start,
+                    t.len,
+                    region,
+                    env.io,
+                    env.mirror_set,
+                )),
                 TargetKind::Error => Target::Error,
                 TargetKind::Zero => Target::Zero,
             };
+            let direct = matches!(&target, Target::Linear(l) if l.lower.dev.is_leaf());
             let _ = lines.push(Line {
                 start: t.start,
                 len: t.len,
                 target,
+                direct,
             });
         }
         let mut limits = limits.unwrap_or_default();
@@ -348,6 +363,15 @@ impl BlockDevice for DmDevice {
                 bio.set_sector(l.offset + rel);
                 bio.set_dev(l.lower.dev);
                 self.stats.remaps(1);
+                if line.direct {
+                    // A request queue below: straight to it after its check, as
+                    // `stack::Linear` does (one frame, only at the bottom of a stack).
+                    match l.lower.dev.check(&bio) {
+                        Ok(()) => l.lower.dev.submit(bio, ctx),
+                        Err(e) => bio_io_error(bio, e),
+                    }
+                    return;
+                }
                 ctx.submit(bio);
             }
             Target::Striped { chunk, legs } => {

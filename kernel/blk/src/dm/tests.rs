@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::io::{DmIo, IoDone, IoNotify, IoRequest, Mem, RegionIo};
-use super::mirror::{LegState, ResyncError};
+use super::mirror::{LegState, LegWrite, ResyncError};
 use super::table::{Lower, TableErrorKind, parse};
 use super::{DmDevice, DmEnv};
 use crate::bio::{Bio, BioFlags, Op};
@@ -47,6 +47,11 @@ fn bvecs() -> &'static BvecPools {
 
 fn split_set() -> &'static BioSet<()> {
     let slab: &'static BioSlab<(), 512> = leak(BioSlab::new());
+    leak(BioSet::new(slab, 8, Some(bvecs())))
+}
+
+fn mirror_set() -> &'static BioSet<LegWrite> {
+    let slab: &'static BioSlab<LegWrite, 512> = leak(BioSlab::new());
     leak(BioSet::new(slab, 8, Some(bvecs())))
 }
 
@@ -153,6 +158,7 @@ fn dm_io(slab: &'static IoSlab, reserve: u32) -> &'static DmIo {
 fn env() -> DmEnv {
     DmEnv {
         split_set: split_set(),
+        mirror_set: mirror_set(),
         io: dm_io(leak(BioSlab::new()), 16),
         wait: Wait::Spin,
     }
@@ -525,6 +531,66 @@ fn mirror_fua_write_reaches_every_leg_with_fua() {
     submit_bio_wait(ctx, bio, nop).0.expect("fua write");
     assert_eq!(fa.fua.load(Ordering::SeqCst), 1);
     assert_eq!(fb.fua.load(Ordering::SeqCst), 1);
+}
+
+/// A 2-leg mirror straight over two request queues, its leg bios from `mirror_set`.
+fn mirror_on_queues(mirror_set: &'static BioSet<LegWrite>) -> (Disk, Disk, &'static DmDevice) {
+    let a = Disk::new(8192, QueueLimits::new());
+    let b = Disk::new(8192, QueueLimits::new());
+    let t = parse(
+        "0 4096 mirror core 1 64 2 a 64 b 128",
+        &mut resolver(vec![("a", a.lower()), ("b", b.lower())]),
+    )
+    .expect("table");
+    let env = DmEnv {
+        mirror_set,
+        ..env()
+    };
+    let dm = leak(DmDevice::new(t, env));
+    (a, b, dm)
+}
+
+#[test]
+fn mirror_write_with_legs_in_sync_goes_straight_to_the_leg_queues() {
+    let (a, b, dm) = mirror_on_queues(mirror_set());
+    let ctx: &'static CpuCtx = leak(CpuCtx::new(0));
+    let io = dm.env.io;
+    for k in 0..8u64 {
+        let mut m = region(8 * 512);
+        let data = pattern(20 + k, 8 * 512);
+        m.as_mut_slice().copy_from_slice(&data);
+        rw(ctx, dm, Op::Write, 8 * k, &m).expect("write");
+        assert_eq!(a.bytes(64 + 8 * k, 8 * 512), data);
+        assert_eq!(b.bytes(128 + 8 * k, 8 * 512), data);
+    }
+    assert_eq!(
+        io.counts().0,
+        0,
+        "no dm-io call for writes with every leg in sync"
+    );
+    let m0 = dm.mirrors().next().expect("mirror");
+    assert!(!m0.status().degraded());
+    assert_eq!(m0.status().dirty_regions, 0);
+}
+
+#[test]
+fn mirror_write_goes_through_dm_io_when_its_set_is_empty() {
+    // Room for one leg bio of two: the first is taken and given back, and every write
+    // falls back to dm-io (its own reserve).
+    let slab: &'static BioSlab<LegWrite, 1> = leak(BioSlab::new());
+    let set: &'static BioSet<LegWrite> = leak(BioSet::new(slab, 0, Some(bvecs())));
+    let (a, b, dm) = mirror_on_queues(set);
+    let ctx: &'static CpuCtx = leak(CpuCtx::new(0));
+    for k in 0..20u64 {
+        let mut m = region(4 * 512);
+        let data = pattern(40 + k, 4 * 512);
+        m.as_mut_slice().copy_from_slice(&data);
+        rw(ctx, dm, Op::Write, 4 * k, &m).expect("write");
+        assert_eq!(a.bytes(64 + 4 * k, 4 * 512), data);
+        assert_eq!(b.bytes(128 + 4 * k, 4 * 512), data);
+    }
+    assert_eq!(dm.env.io.counts().0, 20, "every write went through dm-io");
+    assert_eq!(set.stats().in_use, 0, "the leg bio taken was given back");
 }
 
 #[test]
