@@ -17,7 +17,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
@@ -122,36 +122,11 @@ fn on_path(program: &str) -> bool {
 
 /// Makes sure the tools and firmware of `path` are there; installs them as root on Debian.
 pub fn ensure_tools(path: BootPath) -> Result<()> {
-    let absent = missing(path);
-    if absent.is_empty() {
-        return Ok(());
-    }
-    let install = install_command();
-    let debian = Path::new("/etc/debian_version").exists();
-    if debian && workspace::is_root() {
-        eprintln!("{} missing; running: {install}", absent.join(", "));
-        let status = Command::new("sh").args(["-c", &install]).status()?;
-        ensure!(
-            status.success(),
-            "installing the boot tools failed: {install}"
-        );
-        let still = missing(path);
-        ensure!(
-            still.is_empty(),
-            "still missing after install: {}",
-            still.join(", ")
-        );
-        return Ok(());
-    }
-    bail!(
-        "{} not found (needed for {} media). Install them{}:\n    {install}",
-        absent.join(", "),
-        path.name(),
-        if debian {
-            " as root"
-        } else {
-            " (Debian command shown)"
-        }
+    workspace::ensure_installed(
+        "the boot tools",
+        &format!(" (needed for {} media)", path.name()),
+        &install_command(),
+        &|| missing(path),
     )
 }
 

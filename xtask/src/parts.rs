@@ -160,47 +160,11 @@ pub const TOOLS_INSTALL: &str =
 
 /// Makes sure `sfdisk` and `sgdisk` run; installs them as root on Debian.
 pub fn ensure_tools() -> Result<()> {
-    let missing = || -> Vec<&'static str> {
-        ["sfdisk", "sgdisk"]
-            .into_iter()
-            .filter(|bin| {
-                Command::new(bin)
-                    .arg("--version")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_err()
-            })
-            .collect()
-    };
-    let absent = missing();
-    if absent.is_empty() {
-        return Ok(());
-    }
-    let debian = Path::new("/etc/debian_version").exists();
-    if debian && crate::workspace::is_root() {
-        eprintln!("{} missing; running: {TOOLS_INSTALL}", absent.join(", "));
-        let status = Command::new("sh").args(["-c", TOOLS_INSTALL]).status()?;
-        ensure!(
-            status.success(),
-            "installing the partitioning tools failed: {TOOLS_INSTALL}"
-        );
-        let still = missing();
-        ensure!(
-            still.is_empty(),
-            "still missing after install: {}",
-            still.join(", ")
-        );
-        return Ok(());
-    }
-    bail!(
-        "{} not found (the partitioned test images are made with them). Install them{}:\n    {TOOLS_INSTALL}",
-        absent.join(", "),
-        if debian {
-            " as root"
-        } else {
-            " (Debian command shown)"
-        }
+    crate::workspace::ensure_installed(
+        "the partitioning tools",
+        " (the partitioned test images are made with them)",
+        TOOLS_INSTALL,
+        &|| crate::workspace::programs_missing(&["sfdisk", "sgdisk"]),
     )
 }
 

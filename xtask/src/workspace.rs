@@ -93,30 +93,44 @@ pub const QEMU_INSTALL: &str =
 
 /// Makes sure the QEMU binaries for `arches` run; installs them as root on Debian.
 pub fn ensure_qemu(arches: &[Arch]) -> Result<()> {
-    let missing = |arches: &[Arch]| -> Vec<&'static str> {
-        arches
-            .iter()
-            .map(|a| a.qemu_binary())
-            .filter(|bin| {
-                Command::new(bin)
-                    .arg("--version")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_err()
-            })
-            .collect()
-    };
-    let absent = missing(arches);
+    let bins: Vec<&str> = arches.iter().map(|a| a.qemu_binary()).collect();
+    ensure_installed("QEMU", "", QEMU_INSTALL, &|| programs_missing(&bins))
+}
+
+/// The programs of `bins` that do not run (`BIN --version` cannot be started).
+pub fn programs_missing(bins: &[&str]) -> Vec<String> {
+    bins.iter()
+        .filter(|bin| {
+            Command::new(bin)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_err()
+        })
+        .map(|bin| (*bin).to_owned())
+        .collect()
+}
+
+/// Makes sure nothing is `missing()`: as root on Debian runs `install` (a shell command) and
+/// checks again, else fails with the command to run. `what` names the tools in messages, `why`
+/// (may be empty) says what needs them.
+pub fn ensure_installed(
+    what: &str,
+    why: &str,
+    install: &str,
+    missing: &dyn Fn() -> Vec<String>,
+) -> Result<()> {
+    let absent = missing();
     if absent.is_empty() {
         return Ok(());
     }
     let debian = Path::new("/etc/debian_version").exists();
     if debian && is_root() {
-        eprintln!("{} missing; running: {QEMU_INSTALL}", absent.join(", "));
-        let status = Command::new("sh").args(["-c", QEMU_INSTALL]).status()?;
-        ensure!(status.success(), "installing QEMU failed: {QEMU_INSTALL}");
-        let still = missing(arches);
+        eprintln!("{} missing; running: {install}", absent.join(", "));
+        let status = Command::new("sh").args(["-c", install]).status()?;
+        ensure!(status.success(), "installing {what} failed: {install}");
+        let still = missing();
         ensure!(
             still.is_empty(),
             "still missing after install: {}",
@@ -125,7 +139,7 @@ pub fn ensure_qemu(arches: &[Arch]) -> Result<()> {
         return Ok(());
     }
     bail!(
-        "{} not found. Install QEMU{}:\n    {QEMU_INSTALL}",
+        "{} not found{why}. Install {what}{}:\n    {install}",
         absent.join(", "),
         if debian {
             " as root"
