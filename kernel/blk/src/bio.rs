@@ -258,6 +258,16 @@ pub enum EndIo {
     /// Call this with the bio (which it then owns). Runs in the completing context, often an
     /// interrupt handler: it must not wait.
     Callback(fn(Bio)),
+    /// As `Callback`, on an object: a stacking device that sends a bio it does not own down
+    /// as it is (a mirror's write to its first leg) sets this to see its end, keeping the
+    /// owner's `end_io` and private word to put back ([`Bio::set_end_hook`]).
+    Hook(&'static dyn EndHook),
+}
+
+/// A completion hook on an object ([`EndIo::Hook`]). Same context rules as a callback.
+pub trait EndHook: Sync {
+    /// `bio` completed; the hook owns it.
+    fn bio_end(&'static self, bio: Bio);
 }
 
 pub(crate) enum Vecs {
@@ -472,6 +482,14 @@ impl Bio {
     pub fn clear_end_io(&mut self) {
         self.0.end_io = EndIo::None;
     }
+    /// Sets the completion to `hook` (see [`EndIo::Hook`]).
+    pub fn set_end_hook(&mut self, hook: &'static dyn EndHook) {
+        self.0.end_io = EndIo::Hook(hook);
+    }
+    /// Sets the completion as [`Bio::end_io`] returned it (to put an owner's back).
+    pub fn restore_end_io(&mut self, e: EndIo) {
+        self.0.end_io = e;
+    }
     /// The completion callback.
     pub fn end_io(&self) -> EndIo {
         self.0.end_io
@@ -542,6 +560,7 @@ pub fn bio_endio(bio: Bio) {
         let code = cur.0.hdr().status();
         match core::mem::take(&mut cur.0.end_io) {
             EndIo::Callback(f) => f(cur),
+            EndIo::Hook(h) => h.bio_end(cur),
             EndIo::None => drop(cur),
         }
         let Some(p) = parent else { return };

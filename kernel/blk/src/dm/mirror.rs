@@ -16,7 +16,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::bio::{Bio, BioFlags, Op, SECTOR_SHIFT, bio_endio, bio_io_error};
+use crate::bio::{Bio, BioFlags, EndHook, EndIo, Op, SECTOR_SHIFT, bio_endio, bio_io_error};
 use crate::bioset::BioSet;
 use crate::device::{CpuCtx, submit_to_leaf};
 use crate::dm::io::{DmIo, IoDone, IoNotify, IoRequest, Mem, Region};
@@ -101,6 +101,9 @@ pub enum ResyncError {
     Busy,
 }
 
+/// Where the resyncing bits start in [`Mirror`]'s `out` word.
+const RESYNC_SHIFT: u32 = 16;
+
 /// Kinds of call kept in the dm-io word.
 const K_READ: usize = 0;
 const K_WRITE: usize = 1;
@@ -118,12 +121,23 @@ pub struct LegWrite {
     leg: u8,
 }
 
-/// One write on the direct path: the mirror's bio, parked until every leg answered.
+/// What a direct write keeps while its legs work: the owner's completion of the mirror's bio
+/// (which goes down to leg 0 with the mirror's hook instead), where the write lands, and the
+/// bio itself when leg 0 answers before the others.
+struct Saved {
+    end_io: EndIo,
+    private: usize,
+    rel: u64,
+    sectors: u64,
+    parked: Option<Bio>,
+}
+
+/// One write on the direct path.
 struct WriteSlot {
-    /// Touched only by the slot's owner: the builder, then the last leg completion (the tag
-    /// and `remaining` order them), so the lock is never contended.
-    parent: spin::Mutex<Option<Bio>>,
-    /// Leg bios not completed yet.
+    /// Touched only by the slot's owner: the builder, then leg 0's completion, then the last
+    /// leg's (the tag and `remaining` order them), so the lock is never contended.
+    saved: spin::Mutex<Saved>,
+    /// Legs not completed yet.
     remaining: AtomicU32,
     /// Bit `i`: leg `i` failed this write.
     failed: AtomicU32,
@@ -132,7 +146,13 @@ struct WriteSlot {
 impl WriteSlot {
     const fn new() -> Self {
         WriteSlot {
-            parent: spin::Mutex::new(None),
+            saved: spin::Mutex::new(Saved {
+                end_io: EndIo::None,
+                private: 0,
+                rel: 0,
+                sectors: 0,
+                parked: None,
+            }),
             remaining: AtomicU32::new(0),
             failed: AtomicU32::new(0),
         }
@@ -142,10 +162,9 @@ impl WriteSlot {
 /// The mirror target's state.
 pub struct Mirror {
     legs: heapless::Vec<Leg, MAX_LEGS>,
-    /// Bit `i`: leg `i` is failed.
-    failed: AtomicU32,
-    /// Bit `i`: leg `i` is being resynced.
-    resyncing: AtomicU32,
+    /// Legs out of sync, in one word so that a write reads one load: bit `i`, leg `i` is
+    /// failed; bit `RESYNC_SHIFT + i`, leg `i` is being resynced. 0: every leg in sync.
+    out: AtomicU32,
     /// First sector of the target in its mapped device.
     start: u64,
     len: u64,
@@ -192,8 +211,7 @@ impl Mirror {
             .fold(0, |m, (i, _)| m | 1 << i);
         Mirror {
             legs,
-            failed: AtomicU32::new(0),
-            resyncing: AtomicU32::new(0),
+            out: AtomicU32::new(0),
             start,
             len,
             region_shift: shift,
@@ -221,10 +239,10 @@ impl Mirror {
 
     /// Leg `i`'s state.
     pub fn leg_state(&self, i: usize) -> LegState {
-        let bit = 1 << i;
-        if self.failed.load(Ordering::Acquire) & bit != 0 {
+        let out = self.out.load(Ordering::Acquire);
+        if out & 1 << i != 0 {
             LegState::Failed
-        } else if self.resyncing.load(Ordering::Acquire) & bit != 0 {
+        } else if out & 1 << (RESYNC_SHIFT + i as u32) != 0 {
             LegState::Resyncing
         } else {
             LegState::InSync
@@ -232,31 +250,27 @@ impl Mirror {
     }
 
     fn set_state(&self, i: usize, s: LegState) {
-        let bit = 1u32 << i;
-        match s {
-            LegState::Failed => {
-                self.failed.fetch_or(bit, Ordering::AcqRel);
-                self.resyncing.fetch_and(!bit, Ordering::AcqRel);
-            }
-            LegState::Resyncing => {
-                self.resyncing.fetch_or(bit, Ordering::AcqRel);
-                self.failed.fetch_and(!bit, Ordering::AcqRel);
-            }
-            LegState::InSync => {
-                self.failed.fetch_and(!bit, Ordering::AcqRel);
-                self.resyncing.fetch_and(!bit, Ordering::AcqRel);
-            }
-        }
+        let (failed, resync) = (1u32 << i, 1u32 << (RESYNC_SHIFT + i as u32));
+        let _ = self
+            .out
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| {
+                Some(match s {
+                    LegState::Failed => (o | failed) & !resync,
+                    LegState::Resyncing => (o | resync) & !failed,
+                    LegState::InSync => o & !(failed | resync),
+                })
+            });
     }
 
     /// Legs serving reads and writes.
     fn in_sync_mask(&self) -> u32 {
-        self.all() & !(self.failed.load(Ordering::Acquire) | self.resyncing.load(Ordering::Acquire))
+        let out = self.out.load(Ordering::Acquire);
+        self.all() & !(out | out >> RESYNC_SHIFT)
     }
 
     /// Legs getting writes (in sync or resyncing).
     fn active_mask(&self) -> u32 {
-        self.all() & !self.failed.load(Ordering::Acquire)
+        self.all() & !self.out.load(Ordering::Acquire)
     }
 
     /// The current state.
@@ -322,12 +336,14 @@ impl Mirror {
 
     /// Maps a bio at `rel` sectors into the target (already inside it).
     ///
-    /// A write with every leg in sync takes the direct path: one bio per leg from the
-    /// mirror's own set (the same segments, allocated without waiting), handed to each leg
-    /// that is a request queue straight after its `check` (others through `ctx`), the
-    /// mirror's bio parked in a write slot until the last leg answers. Anything else (a leg
-    /// out of service, no slot or no bio free at once, other ops) goes through dm-io, whose
-    /// reserve guarantees progress.
+    /// A write with every leg in sync takes the direct path: the mirror's bio itself goes to
+    /// leg 0 (its completion turned to the mirror's [`EndHook`] until every leg answered) and
+    /// a clone from the mirror's own set (the same segments, allocated without waiting) to
+    /// each other leg, handed to each leg that is a request queue straight after its `check`
+    /// (others through `ctx`); one write slot holds the owner's completion and one atomic
+    /// counts the legs. Anything else (a leg out of service, no slot or no clone free at once,
+    /// a bio with chain children outstanding, other ops) goes through dm-io, whose reserve
+    /// guarantees progress.
     pub fn submit(&'static self, rel: u64, bio: Bio, ctx: &CpuCtx, wait: Wait) {
         let bio = if bio.op() == Op::Write {
             match self.write_direct(rel, bio, ctx) {
@@ -384,55 +400,80 @@ impl Mirror {
     }
 
     /// The direct write path (see [`Mirror::submit`]); hands `bio` back if it cannot be taken.
-    fn write_direct(&'static self, rel: u64, bio: Bio, ctx: &CpuCtx) -> Result<(), Bio> {
-        if self.failed.load(Ordering::Acquire) | self.resyncing.load(Ordering::Acquire) != 0 {
+    ///
+    /// `bio` itself goes to leg 0, its completion turned to the mirror's hook (the owner's
+    /// `end_io` and private word are kept in the write slot and put back before it ends); the
+    /// other legs get a clone each. Only a bio with no chain child outstanding and no error
+    /// yet is sent down so: its status at the hook is then leg 0's alone.
+    fn write_direct(&'static self, rel: u64, mut bio: Bio, ctx: &CpuCtx) -> Result<(), Bio> {
+        if self.out.load(Ordering::Acquire) != 0 || bio.remaining() != 1 || bio.status().is_err() {
             return Err(bio);
         }
         let Some(slot) = self.write_tags.alloc() else {
             return Err(bio);
         };
         let n = self.legs.len();
-        let nvecs = bio.segments().count();
-        let flags = bio.flags() & (BioFlags::FUA | BioFlags::PREFLUSH | BioFlags::SYNC);
         let mut out = heapless::Vec::<Bio, MAX_LEGS>::new();
-        for (i, l) in self.legs.iter().enumerate() {
-            let front = LegWrite {
-                mirror: self,
-                slot,
-                leg: i as u8,
-            };
-            let Ok(mut c) = self.set.alloc(front, Op::Write, nvecs, Wait::Never) else {
-                drop(out);
-                self.write_tags.free(slot);
-                return Err(bio);
-            };
-            for v in bio.segments() {
-                // Room for `nvecs` segments was allocated, so this cannot fail.
-                let _ = c.add_vec(v);
+        if n > 1 {
+            let nvecs = bio.segments().count();
+            let flags = bio.flags() & (BioFlags::FUA | BioFlags::PREFLUSH | BioFlags::SYNC);
+            for (i, l) in self.legs.iter().enumerate().skip(1) {
+                let front = LegWrite {
+                    mirror: self,
+                    slot,
+                    leg: i as u8,
+                };
+                let Ok(mut c) = self.set.alloc(front, Op::Write, nvecs, Wait::Never) else {
+                    drop(out);
+                    self.write_tags.free(slot);
+                    return Err(bio);
+                };
+                for v in bio.segments() {
+                    // Room for `nvecs` segments was allocated, so this cannot fail.
+                    let _ = c.add_vec(v);
+                }
+                c.set_flags(flags);
+                c.set_sector(l.offset + rel);
+                c.set_dev(l.lower.dev);
+                c.set_end_io(leg_write_done);
+                let _ = out.push(c);
             }
-            c.set_flags(flags);
-            c.set_sector(l.offset + rel);
-            c.set_dev(l.lower.dev);
-            c.set_end_io(leg_write_done);
-            let _ = out.push(c);
         }
         let w = &self.writes[slot as usize];
-        w.failed.store(0, Ordering::Relaxed);
-        w.remaining.store(n as u32, Ordering::Relaxed);
-        *w.parent.lock() = Some(bio);
-        // The slot is not touched after the last leg bio is sent: it may end the write.
-        for (i, c) in out.into_iter().enumerate() {
-            if self.leaf & (1 << i) != 0 {
-                submit_to_leaf(self.legs[i].lower.dev, c, ctx);
-            } else {
-                ctx.submit(c);
-            }
+        {
+            let mut s = w.saved.lock();
+            s.end_io = bio.end_io();
+            s.private = bio.private();
+            s.rel = rel;
+            s.sectors = bio.sectors();
         }
+        w.failed.store(0, Ordering::Relaxed);
+        w.remaining.store(n as u32, Ordering::Release);
+        let l0 = &self.legs[0];
+        bio.set_end_hook(self);
+        bio.set_private(slot as usize);
+        bio.set_sector(l0.offset + rel);
+        bio.set_dev(l0.lower.dev);
+        // The slot is not touched after the last bio is sent: it may end the write. The clones
+        // go first, so that leg 0 usually answers last and its hook ends the write without
+        // parking the bio.
+        for (k, c) in out.into_iter().enumerate() {
+            self.send(k + 1, c, ctx);
+        }
+        self.send(0, bio, ctx);
         Ok(())
     }
 
-    /// Leg `leg` of direct write `slot` answered; the last one ends the write as dm-io's
-    /// completion would.
+    #[inline]
+    fn send(&self, leg: usize, bio: Bio, ctx: &CpuCtx) {
+        if self.leaf & (1 << leg) != 0 {
+            submit_to_leaf(self.legs[leg].lower.dev, bio, ctx);
+        } else {
+            ctx.submit(bio);
+        }
+    }
+
+    /// Leg `leg` (not 0) of direct write `slot` answered; the last leg ends the write.
     fn leg_done(&'static self, slot: u16, leg: u8, failed: bool) {
         let w = &self.writes[slot as usize];
         if failed {
@@ -441,14 +482,28 @@ impl Mirror {
         if w.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
-        let errors = w.failed.load(Ordering::Relaxed) as u64;
-        let parent = w.parent.lock().take();
+        // Leg 0 answered before: its hook parked the bio.
+        let Some(bio) = w.saved.lock().parked.take() else {
+            return;
+        };
+        self.end_direct(slot, bio);
+    }
+
+    /// Ends direct write `slot` (every leg answered), `bio` back in its owner's hands.
+    fn end_direct(&'static self, slot: u16, bio: Bio) {
+        let w = &self.writes[slot as usize];
+        let errors = w.failed.load(Ordering::Relaxed);
+        if errors == 0 && self.out.load(Ordering::Acquire) == 0 {
+            self.write_tags.free(slot);
+            bio_endio(bio);
+            return;
+        }
+        let (rel, sectors) = {
+            let s = w.saved.lock();
+            (s.rel, s.sectors)
+        };
         self.write_tags.free(slot);
-        self.write_done(IoDone {
-            errors,
-            parked: parent,
-            word: word(K_WRITE, self.all()),
-        });
+        self.end_write(bio, self.all(), errors, rel, sectors, true);
     }
 
     fn all(&self) -> u32 {
@@ -648,7 +703,7 @@ impl Mirror {
     fn write_done(&self, d: IoDone) {
         let legs = (d.word >> 8) as u32;
         let Some(bio) = d.parked else { return };
-        let rel = bio.sector().saturating_sub(self.start);
+        // dm-io's bit `k` is the `k`-th leg of `legs`.
         let mut failed = 0u32;
         for (k, i) in (0..self.legs.len())
             .filter(|&i| legs & (1 << i) != 0)
@@ -656,22 +711,37 @@ impl Mirror {
         {
             if d.errors & (1 << k) != 0 {
                 failed |= 1 << i;
-                self.write_errors.fetch_add(1, Ordering::Relaxed);
-                if self.leg_state(i) != LegState::Failed {
-                    self.set_state(i, LegState::Failed);
-                    self.events.fetch_add(1, Ordering::Relaxed);
-                }
+            }
+        }
+        let rel = bio.sector().saturating_sub(self.start);
+        let sectors = bio.sectors();
+        self.end_write(bio, legs, failed, rel, sectors, false);
+    }
+
+    /// Ends a write sent to `legs`, of which `failed` (leg bits) failed: fails those legs,
+    /// dirties the region while a leg is out, and ends `bio` well if an in-sync leg took it.
+    /// `direct`: `bio` went to leg 0 itself, so its status is leg 0's alone (and is cleared
+    /// when another leg took the write); otherwise it is left as chain children set it.
+    fn end_write(&self, bio: Bio, legs: u32, failed: u32, rel: u64, sectors: u64, direct: bool) {
+        for i in (0..self.legs.len()).filter(|&i| failed & (1 << i) != 0) {
+            self.write_errors.fetch_add(1, Ordering::Relaxed);
+            if self.leg_state(i) != LegState::Failed {
+                self.set_state(i, LegState::Failed);
+                self.events.fetch_add(1, Ordering::Relaxed);
             }
         }
         let out = failed != 0 || self.in_sync_mask() != self.all();
         if bio.op() != Op::Flush && out {
-            self.mark_dirty(rel, bio.sectors());
+            self.mark_dirty(rel, sectors);
         }
         // Good if some leg in sync now took it.
         let took = legs & !failed & self.in_sync_mask();
         if took == 0 {
             bio_io_error(bio, BlkError::Io);
         } else {
+            if direct {
+                bio.set_status(Ok(()));
+            }
             bio_endio(bio);
         }
     }
@@ -694,6 +764,35 @@ impl Mirror {
         };
         *self.retry[t as usize].lock() = Some((bio, tried as usize));
         self.retry_ready.fetch_or(1 << t, Ordering::AcqRel);
+    }
+}
+
+impl EndHook for Mirror {
+    /// Leg 0 of a direct write answered with the mirror's own bio.
+    fn bio_end(&'static self, mut bio: Bio) {
+        let slot = bio.private() as u16;
+        let w = &self.writes[slot as usize];
+        if bio.status().is_err() {
+            w.failed.fetch_or(1, Ordering::Relaxed);
+        }
+        let mut s = w.saved.lock();
+        bio.restore_end_io(s.end_io);
+        bio.set_private(s.private);
+        // Only the legs decrement: seeing 1, every other leg has answered and none will
+        // touch the slot again.
+        if w.remaining.load(Ordering::Acquire) == 1 {
+            drop(s);
+            self.end_direct(slot, bio);
+            return;
+        }
+        s.parked = Some(bio);
+        drop(s);
+        if w.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The other legs answered meanwhile, before seeing leg 0's share gone.
+            if let Some(bio) = w.saved.lock().parked.take() {
+                self.end_direct(slot, bio);
+            }
+        }
     }
 }
 

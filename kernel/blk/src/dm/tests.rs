@@ -533,13 +533,23 @@ fn mirror_fua_write_reaches_every_leg_with_fua() {
     assert_eq!(fb.fua.load(Ordering::SeqCst), 1);
 }
 
-/// A 2-leg mirror straight over two request queues, its leg bios from `mirror_set`.
-fn mirror_on_queues(mirror_set: &'static BioSet<LegWrite>) -> (Disk, Disk, &'static DmDevice) {
+/// A mirror of `legs` (2 or 3) legs straight over request queues, its leg bios from
+/// `mirror_set`: the first two disks are returned (legs at sectors 64 and 128).
+fn mirror_on_queues(
+    mirror_set: &'static BioSet<LegWrite>,
+    legs: usize,
+) -> (Disk, Disk, &'static DmDevice) {
     let a = Disk::new(8192, QueueLimits::new());
     let b = Disk::new(8192, QueueLimits::new());
+    let c = Disk::new(8192, QueueLimits::new());
+    let text = if legs == 3 {
+        "0 4096 mirror core 2 64 nosync 3 a 64 b 128 c 0"
+    } else {
+        "0 4096 mirror core 2 64 nosync 2 a 64 b 128"
+    };
     let t = parse(
-        "0 4096 mirror core 1 64 2 a 64 b 128",
-        &mut resolver(vec![("a", a.lower()), ("b", b.lower())]),
+        text,
+        &mut resolver(vec![("a", a.lower()), ("b", b.lower()), ("c", c.lower())]),
     )
     .expect("table");
     let env = DmEnv {
@@ -552,7 +562,7 @@ fn mirror_on_queues(mirror_set: &'static BioSet<LegWrite>) -> (Disk, Disk, &'sta
 
 #[test]
 fn mirror_write_with_legs_in_sync_goes_straight_to_the_leg_queues() {
-    let (a, b, dm) = mirror_on_queues(mirror_set());
+    let (a, b, dm) = mirror_on_queues(mirror_set(), 2);
     let ctx: &'static CpuCtx = leak(CpuCtx::new(0));
     let io = dm.env.io;
     for k in 0..8u64 {
@@ -575,11 +585,11 @@ fn mirror_write_with_legs_in_sync_goes_straight_to_the_leg_queues() {
 
 #[test]
 fn mirror_write_goes_through_dm_io_when_its_set_is_empty() {
-    // Room for one leg bio of two: the first is taken and given back, and every write
-    // falls back to dm-io (its own reserve).
+    // Room for two leg bios of three legs: the first clone is taken and given back, and
+    // every write falls back to dm-io (its own reserve).
     let slab: &'static BioSlab<LegWrite, 1> = leak(BioSlab::new());
     let set: &'static BioSet<LegWrite> = leak(BioSet::new(slab, 0, Some(bvecs())));
-    let (a, b, dm) = mirror_on_queues(set);
+    let (a, b, dm) = mirror_on_queues(set, 3);
     let ctx: &'static CpuCtx = leak(CpuCtx::new(0));
     for k in 0..20u64 {
         let mut m = region(4 * 512);
@@ -625,6 +635,44 @@ fn mirror_leg_failing_a_write_is_dropped_and_data_stays_intact() {
     assert_eq!(rw(t.ctx, t.dm, Op::Write, 0, &m), Err(BlkError::Io));
     assert_eq!(mir.status().in_sync, 0);
     assert_eq!(rw(t.ctx, t.dm, Op::Read, 0, &m), Err(BlkError::Io));
+}
+
+#[test]
+fn mirror_direct_write_leg0_failing_ends_well_with_the_owners_completion() {
+    // Leg 0 gets the mirror's bio itself on the direct path: when it fails, the write still
+    // succeeds on leg 1, leg 0 is dropped, and the owner's callback and private word are the
+    // ones it set.
+    static ENDED: AtomicUsize = AtomicUsize::new(0);
+    static PRIVATE: AtomicUsize = AtomicUsize::new(0);
+    static OK: AtomicBool = AtomicBool::new(false);
+    fn owner_end(bio: Bio) {
+        PRIVATE.store(bio.private(), Ordering::SeqCst);
+        OK.store(bio.status().is_ok(), Ordering::SeqCst);
+        ENDED.fetch_add(1, Ordering::SeqCst);
+    }
+    let t = mirror2(64);
+    let mir = t.dm.mirrors().next().expect("mirror");
+    let mut m = region(8 * 512);
+    let data = pattern(8, 8 * 512);
+    m.as_mut_slice().copy_from_slice(&data);
+    t.fa.fail_writes.store(true, Ordering::SeqCst);
+    let set = split_set();
+    let mut bio = set.alloc((), Op::Write, 1, Wait::Spin).expect("bio");
+    bio.set_dev(t.dm);
+    bio.set_sector(16);
+    bio.set_private(0xabcd);
+    bio.set_end_io(owner_end);
+    bio.add_vec(m.segment(0, 8 * 512).expect("seg")).expect("vec");
+    submit_bio(t.ctx, bio);
+    assert_eq!(ENDED.load(Ordering::SeqCst), 1, "ended once");
+    assert_eq!(PRIVATE.load(Ordering::SeqCst), 0xabcd, "owner's private word");
+    assert!(OK.load(Ordering::SeqCst), "leg 1 took the write");
+    assert_eq!(t.b.bytes(128 + 16, 8 * 512), data);
+    let st = mir.status();
+    assert_eq!(st.state[0], LegState::Failed);
+    assert_eq!(st.state[1], LegState::InSync);
+    assert_eq!(st.dirty_regions, 1);
+    assert_eq!(t.dm.env.io.counts().0, 0, "the direct path, not dm-io");
 }
 
 #[test]
