@@ -663,7 +663,7 @@ fn mirror_direct_write_leg0_failing_ends_well_with_the_owners_completion() {
     bio.set_private(0xabcd);
     bio.set_end_io(owner_end);
     bio.add_vec(m.segment(0, 8 * 512).expect("seg")).expect("vec");
-    submit_bio(t.ctx, bio);
+    submit_bio(t.ctx, bio).expect("submitted");
     assert_eq!(ENDED.load(Ordering::SeqCst), 1, "ended once");
     assert_eq!(PRIVATE.load(Ordering::SeqCst), 0xabcd, "owner's private word");
     assert!(OK.load(Ordering::SeqCst), "leg 1 took the write");
