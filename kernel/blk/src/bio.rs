@@ -434,6 +434,25 @@ impl Bio {
         self.0.iter.size = size;
         Ok(())
     }
+    /// Makes this bio (new, no vector added) carry `src`'s data as it stands: its vectors and
+    /// iterator position copied as they are, without walking the segments. Needs room for
+    /// all of `src`'s vectors ([`Bio::vecs`]), and a data op on both.
+    pub(crate) fn copy_data_from(&mut self, src: &Bio) -> Result<(), BlkError> {
+        let n = src.0.vcnt as usize;
+        if !self.0.op.has_data() || !src.0.op.has_data() || self.0.vcnt != 0 {
+            return Err(BlkError::InvalidArgument);
+        }
+        let to = self
+            .0
+            .vecs
+            .slice_mut()
+            .get_mut(..n)
+            .ok_or(BlkError::InvalidArgument)?;
+        to.copy_from_slice(&src.0.vecs.slice()[..n]);
+        self.0.vcnt = n as u16;
+        self.0.iter = src.0.iter;
+        Ok(())
+    }
     /// Sets the byte size of a data-less op (discard, write-zeroes).
     pub fn set_size(&mut self, bytes: u32) -> Result<(), BlkError> {
         if self.0.op.has_data() {

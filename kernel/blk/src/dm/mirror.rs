@@ -413,30 +413,21 @@ impl Mirror {
             return Err(bio);
         };
         let n = self.legs.len();
-        let mut out = heapless::Vec::<Bio, MAX_LEGS>::new();
-        if n > 1 {
-            let nvecs = bio.segments().count();
-            let flags = bio.flags() & (BioFlags::FUA | BioFlags::PREFLUSH | BioFlags::SYNC);
-            for (i, l) in self.legs.iter().enumerate().skip(1) {
-                let front = LegWrite {
-                    mirror: self,
-                    slot,
-                    leg: i as u8,
-                };
-                let Ok(mut c) = self.set.alloc(front, Op::Write, nvecs, Wait::Never) else {
-                    drop(out);
-                    self.write_tags.free(slot);
-                    return Err(bio);
-                };
-                for v in bio.segments() {
-                    // Room for `nvecs` segments was allocated, so this cannot fail.
-                    let _ = c.add_vec(v);
-                }
-                c.set_flags(flags);
-                c.set_sector(l.offset + rel);
-                c.set_dev(l.lower.dev);
-                c.set_end_io(leg_write_done);
-                let _ = out.push(c);
+        // Legs 1.. get a clone each: the first one kept apart (the common 2-leg case moves no
+        // list), the others in a list.
+        let mut first = None;
+        let mut more = heapless::Vec::<Bio, MAX_LEGS>::new();
+        for i in 1..n {
+            let Some(c) = self.clone_for(i, slot, rel, &bio) else {
+                drop(first);
+                drop(more);
+                self.write_tags.free(slot);
+                return Err(bio);
+            };
+            if i == 1 {
+                first = Some(c);
+            } else {
+                let _ = more.push(c);
             }
         }
         let w = &self.writes[slot as usize];
@@ -457,11 +448,37 @@ impl Mirror {
         // The slot is not touched after the last bio is sent: it may end the write. The clones
         // go first, so that leg 0 usually answers last and its hook ends the write without
         // parking the bio.
-        for (k, c) in out.into_iter().enumerate() {
-            self.send(k + 1, c, ctx);
+        if let Some(c) = first {
+            self.send(1, c, ctx);
+        }
+        for (k, c) in more.into_iter().enumerate() {
+            self.send(k + 2, c, ctx);
         }
         self.send(0, bio, ctx);
         Ok(())
+    }
+
+    /// Leg `leg`'s clone of `bio` for direct write `slot`, or `None` if the set has none free
+    /// at once.
+    #[inline]
+    fn clone_for(&'static self, leg: usize, slot: u16, rel: u64, bio: &Bio) -> Option<Bio> {
+        let front = LegWrite {
+            mirror: self,
+            slot,
+            leg: leg as u8,
+        };
+        let mut c = self
+            .set
+            .alloc(front, Op::Write, bio.vecs().len(), Wait::Never)
+            .ok()?;
+        // Room for every vector of `bio` was allocated and both are writes.
+        c.copy_data_from(bio).ok()?;
+        c.set_flags(bio.flags() & (BioFlags::FUA | BioFlags::PREFLUSH | BioFlags::SYNC));
+        let l = &self.legs[leg];
+        c.set_sector(l.offset + rel);
+        c.set_dev(l.lower.dev);
+        c.set_end_io(leg_write_done);
+        Some(c)
     }
 
     #[inline]

@@ -662,10 +662,15 @@ fn mirror_direct_write_leg0_failing_ends_well_with_the_owners_completion() {
     bio.set_sector(16);
     bio.set_private(0xabcd);
     bio.set_end_io(owner_end);
-    bio.add_vec(m.segment(0, 8 * 512).expect("seg")).expect("vec");
+    bio.add_vec(m.segment(0, 8 * 512).expect("seg"))
+        .expect("vec");
     submit_bio(t.ctx, bio).expect("submitted");
     assert_eq!(ENDED.load(Ordering::SeqCst), 1, "ended once");
-    assert_eq!(PRIVATE.load(Ordering::SeqCst), 0xabcd, "owner's private word");
+    assert_eq!(
+        PRIVATE.load(Ordering::SeqCst),
+        0xabcd,
+        "owner's private word"
+    );
     assert!(OK.load(Ordering::SeqCst), "leg 1 took the write");
     assert_eq!(t.b.bytes(128 + 16, 8 * 512), data);
     let st = mir.status();
@@ -1225,4 +1230,33 @@ fn mapped_device_checks_use_its_lowers_properties() {
         Some(BlkError::Misaligned),
         "4 KiB device: sector 4 is inside a block"
     );
+}
+
+#[test]
+fn mirror_clone_copy_keeps_an_advanced_position() {
+    // The mirror's clones copy the vectors and iterator as they stand: a bio advanced into
+    // its second vector gives a clone with the same segments left.
+    let m = region(3 * 4096);
+    let set = split_set();
+    let mut src = set.alloc((), Op::Write, 3, Wait::Spin).expect("bio");
+    for k in 0..3usize {
+        src.add_vec(m.segment(k * 4096, 4096).expect("seg"))
+            .expect("vec");
+    }
+    src.advance(4096 + 1024);
+    let mut c = set.alloc((), Op::Write, 3, Wait::Spin).expect("clone");
+    c.copy_data_from(&src).expect("copy");
+    assert_eq!(c.size(), src.size());
+    assert_eq!(c.size(), 2 * 4096 - 1024);
+    let a: Vec<_> = src.segments().map(|v| (v.addr(), v.len())).collect();
+    let b: Vec<_> = c.segments().map(|v| (v.addr(), v.len())).collect();
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 2);
+    // No room, or a clone that has vectors already: refused.
+    let mut small = set.alloc((), Op::Write, 1, Wait::Spin).expect("small");
+    assert_eq!(
+        small.copy_data_from(&src).is_ok(),
+        src.vecs().len() <= small.max_vecs()
+    );
+    assert!(c.copy_data_from(&src).is_err(), "vectors added already");
 }
