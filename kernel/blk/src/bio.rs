@@ -258,9 +258,11 @@ pub enum EndIo {
     /// Call this with the bio (which it then owns). Runs in the completing context, often an
     /// interrupt handler: it must not wait.
     Callback(fn(Bio)),
-    /// As `Callback`, on an object: a stacking device that sends a bio it does not own down
-    /// as it is (a mirror's write to its first leg) sets this to see its end, keeping the
-    /// owner's `end_io` and private word to put back ([`Bio::set_end_hook`]).
+    /// An object sees the end first: a stacking device that sends a bio it does not own down
+    /// as it is (a mirror's write to its first leg) sets this, keeping the owner's `end_io`
+    /// and private word ([`Bio::set_end_hook`]). The hook gets the bio with its chain parent
+    /// still linked and no parent credited; it puts the owner's completion back
+    /// ([`Bio::restore_end_io`]) and ends the bio again with [`bio_endio`] when it is done.
     Hook(&'static dyn EndHook),
 }
 
@@ -575,12 +577,17 @@ pub fn bio_endio(bio: Bio) {
     let Some(node) = bio.0.put() else { return };
     let mut cur = Bio(node);
     loop {
+        let end_io = core::mem::take(&mut cur.0.end_io);
+        if let EndIo::Hook(h) = end_io {
+            // The hook gets the bio with its chain parent still linked, and ends it again.
+            h.bio_end(cur);
+            return;
+        }
         let parent = cur.0.parent.take();
         let code = cur.0.hdr().status();
-        match core::mem::take(&mut cur.0.end_io) {
+        match end_io {
             EndIo::Callback(f) => f(cur),
-            EndIo::Hook(h) => h.bio_end(cur),
-            EndIo::None => drop(cur),
+            _ => drop(cur),
         }
         let Some(p) = parent else { return };
         if code != 0 {

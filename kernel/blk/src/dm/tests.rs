@@ -681,6 +681,43 @@ fn mirror_direct_write_leg0_failing_ends_well_with_the_owners_completion() {
 }
 
 #[test]
+fn mirror_direct_write_of_a_split_part_ends_its_parent_after_every_leg() {
+    // A split front is a chain child: the direct path sends it to leg 0 as it is, and its
+    // parent must see neither leg 0's error (leg 1 took the write) nor an early end.
+    static PARENT_ENDED: AtomicUsize = AtomicUsize::new(0);
+    static PARENT_OK: AtomicBool = AtomicBool::new(false);
+    fn parent_end(bio: Bio) {
+        PARENT_OK.store(bio.status().is_ok(), Ordering::SeqCst);
+        PARENT_ENDED.fetch_add(1, Ordering::SeqCst);
+    }
+    let t = mirror2(64);
+    let mut m = region(16 * 512);
+    let data = pattern(9, 16 * 512);
+    m.as_mut_slice().copy_from_slice(&data);
+    t.fa.fail_writes.store(true, Ordering::SeqCst);
+    let set = split_set();
+    let mut rest = set.alloc((), Op::Write, 1, Wait::Spin).expect("bio");
+    rest.set_dev(t.dm);
+    rest.set_sector(200);
+    rest.set_end_io(parent_end);
+    rest.add_vec(m.segment(0, 16 * 512).expect("seg"))
+        .expect("vec");
+    let front = crate::split::bio_split(&mut rest, 8 * 512, set, Wait::Spin).expect("split");
+    submit_bio(t.ctx, front).expect("front");
+    assert_eq!(
+        PARENT_ENDED.load(Ordering::SeqCst),
+        0,
+        "the parent waits for its rest"
+    );
+    submit_bio(t.ctx, rest).expect("rest");
+    assert_eq!(PARENT_ENDED.load(Ordering::SeqCst), 1, "ended once");
+    assert!(PARENT_OK.load(Ordering::SeqCst), "leg 1 took both parts");
+    assert_eq!(t.b.bytes(128 + 200, 16 * 512), data);
+    let mir = t.dm.mirrors().next().expect("mirror");
+    assert_eq!(mir.status().state[0], LegState::Failed);
+}
+
+#[test]
 fn mirror_read_error_is_retried_on_the_other_leg() {
     let t = mirror2(64);
     let data = pattern(5, 4096);
