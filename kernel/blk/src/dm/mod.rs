@@ -247,10 +247,16 @@ impl DmDevice {
 
     /// Splits off the part of `bio` before `bytes`, sends the rest back to this device, and
     /// returns the front (or ends `bio` on an error).
-    fn cut(&'static self, mut bio: Bio, bytes: u64, ctx: &CpuCtx) -> Option<Bio> {
+    #[inline]
+    fn cut(&'static self, bio: Bio, bytes: u64, ctx: &CpuCtx) -> Option<Bio> {
         if bio.size() as u64 <= bytes {
             return Some(bio);
         }
+        self.cut_slow(bio, bytes, ctx)
+    }
+
+    #[inline(never)]
+    fn cut_slow(&'static self, mut bio: Bio, bytes: u64, ctx: &CpuCtx) -> Option<Bio> {
         match bio_split(&mut bio, bytes as u32, self.env.split_set, self.env.wait) {
             Ok(front) => {
                 self.stats.splits(1);
