@@ -11,6 +11,11 @@
 //! - While a leg is out of service, every write marks its regions in a dirty bitmap (static,
 //!   [`DIRTY_REGIONS`] regions; the region size is doubled until the device fits).
 //!   [`Mirror::restore_leg`] brings a leg back by copying only the dirty regions to it.
+//! - A mirror created `sync` (the default) has not checked that its legs hold the same data:
+//!   legs 1.. start resyncing with every region dirty (they get writes, no reads: reads come
+//!   from leg 0, the primary) until [`Mirror::resync`] copied the primary to them. `nosync`
+//!   trusts the legs to be identical and starts with every leg in sync
+//!   ([`Mirror::created_nosync`]).
 //!
 //! The bitmap lives in memory only: what a power cut leaves is described in `docs/dm.md`.
 
@@ -33,7 +38,8 @@ const DIRTY_WORDS: usize = DIRTY_REGIONS / 64;
 pub const RETRY_SLOTS: usize = 32;
 /// Writes the direct path has in flight at once per mirror (more go through dm-io).
 pub const WRITE_SLOTS: usize = 64;
-/// Resync passes at most before [`Mirror::restore_leg`] gives up (writes keep dirtying).
+/// Resync passes at most before [`Mirror::restore_leg`] or [`Mirror::resync`] gives up
+/// (writes keep dirtying).
 pub const RESYNC_PASSES: u32 = 8;
 
 /// A leg's state.
@@ -186,12 +192,15 @@ pub struct Mirror {
     read_retries: AtomicU64,
     /// Leg failures not yet reported ([`Mirror::take_events`]).
     events: AtomicU32,
+    /// Created `nosync`: the legs were trusted, not resynced.
+    nosync: bool,
 }
 
 impl Mirror {
     /// A mirror of `legs` covering sectors `start..start + len` of its device, with dirty
     /// regions of at least `region` sectors, doing its I/O with `io` (and plain writes with
-    /// every leg in sync with bios from `set`, see [`Mirror::submit`]).
+    /// every leg in sync with clones from `set`, see [`Mirror::submit`]). Unless `nosync`,
+    /// legs 1.. start resyncing with every region dirty: [`Mirror::resync`] brings them in.
     pub fn new(
         legs: heapless::Vec<Leg, MAX_LEGS>,
         start: u64,
@@ -199,6 +208,7 @@ impl Mirror {
         region: u64,
         io: &'static DmIo,
         set: &'static BioSet<LegWrite>,
+        nosync: bool,
     ) -> Self {
         let mut shift = region.max(1).trailing_zeros();
         while (len >> shift) >= DIRTY_REGIONS as u64 {
@@ -209,9 +219,15 @@ impl Mirror {
             .enumerate()
             .filter(|(_, l)| l.lower.dev.is_leaf())
             .fold(0, |m, (i, _)| m | 1 << i);
-        Mirror {
+        let all = (1u32 << legs.len()) - 1;
+        let out = if nosync {
+            0
+        } else {
+            (all & !1) << RESYNC_SHIFT
+        };
+        let m = Mirror {
             legs,
-            out: AtomicU32::new(0),
+            out: AtomicU32::new(out),
             start,
             len,
             region_shift: shift,
@@ -229,7 +245,22 @@ impl Mirror {
             read_errors: AtomicU64::new(0),
             read_retries: AtomicU64::new(0),
             events: AtomicU32::new(0),
+            nosync,
+        };
+        if out != 0 {
+            m.mark_all_dirty();
         }
+        m
+    }
+
+    /// Whether the mirror was created `nosync` (legs trusted to be identical, not copied).
+    pub fn created_nosync(&self) -> bool {
+        self.nosync
+    }
+
+    /// Legs being resynced (bit per leg).
+    pub fn resyncing_mask(&self) -> u32 {
+        (self.out.load(Ordering::Acquire) >> RESYNC_SHIFT) & self.all()
     }
 
     /// The legs.
@@ -617,11 +648,45 @@ impl Mirror {
             return Err(ResyncError::InSync);
         }
         self.set_state(leg, LegState::Resyncing);
+        self.copy_dirty(1 << leg, ctx, buf, wait)
+    }
+
+    /// Finishes the resync of every leg being resynced (a `sync` mirror's legs 1.. after
+    /// creation): copies every dirty region to all of them at once, from an in-sync leg, as
+    /// [`Mirror::restore_leg`] does for one. Nothing to do (no leg resyncing) is a report of
+    /// zero regions. Process context only.
+    pub fn resync(
+        &'static self,
+        ctx: &CpuCtx,
+        buf: &mut DmaRegion,
+        wait: fn(),
+    ) -> Result<ResyncReport, ResyncError> {
+        let mask = self.resyncing_mask();
+        if mask == 0 {
+            return Ok(ResyncReport {
+                regions_copied: 0,
+                passes: 0,
+            });
+        }
+        self.copy_dirty(mask, ctx, buf, wait)
+    }
+
+    /// Copies every dirty region to the legs of `mask` (resyncing), pass after pass, then puts
+    /// them in sync. A read error fails them all; a write error fails the legs that had it.
+    /// Either way the region stays dirty and the call stops.
+    fn copy_dirty(
+        &'static self,
+        mask: u32,
+        ctx: &CpuCtx,
+        buf: &mut DmaRegion,
+        wait: fn(),
+    ) -> Result<ResyncReport, ResyncError> {
         let mut report = ResyncReport {
             regions_copied: 0,
             passes: 0,
         };
         let region = 1u64 << self.region_shift;
+        let legs = || (0..self.legs.len()).filter(move |&i| mask & (1 << i) != 0);
         loop {
             if report.passes == RESYNC_PASSES {
                 return Err(ResyncError::Busy);
@@ -641,12 +706,14 @@ impl Mirror {
                     continue;
                 }
                 let count = region.min(self.len - start);
-                if let Err(e) = self.copy_region(leg, start, count, ctx, buf, wait) {
+                if let Err((e, failed)) = self.copy_region(mask, start, count, ctx, buf, wait) {
                     self.mark_dirty(start, count);
-                    if matches!(e, ResyncError::Write(_)) {
-                        self.fail_leg(leg);
-                    } else {
-                        self.set_state(leg, LegState::Failed);
+                    for i in legs() {
+                        if failed & (1 << i) != 0 {
+                            self.fail_leg(i);
+                        } else if matches!(e, ResyncError::Read(_) | ResyncError::NoSource) {
+                            self.set_state(i, LegState::Failed);
+                        }
                     }
                     return Err(e);
                 }
@@ -657,7 +724,9 @@ impl Mirror {
                 break;
             }
         }
-        self.set_state(leg, LegState::InSync);
+        for i in legs() {
+            self.set_state(i, LegState::InSync);
+        }
         Ok(report)
     }
 
@@ -666,15 +735,17 @@ impl Mirror {
         self.mark_dirty(0, self.len);
     }
 
+    /// Copies `start..start + count` from an in-sync leg to the legs of `mask`; on a write
+    /// error, also the legs that failed it (bit per leg).
     fn copy_region(
         &'static self,
-        leg: usize,
+        mask: u32,
         start: u64,
         count: u64,
         ctx: &CpuCtx,
         buf: &mut DmaRegion,
         wait: fn(),
-    ) -> Result<(), ResyncError> {
+    ) -> Result<(), (ResyncError, u32)> {
         let lbs = self
             .legs
             .iter()
@@ -683,13 +754,13 @@ impl Mirror {
             .unwrap_or(512);
         let chunk = ((buf.len() as u64) / lbs * lbs) >> SECTOR_SHIFT;
         if chunk == 0 {
-            return Err(ResyncError::Read(BlkError::InvalidArgument));
+            return Err((ResyncError::Read(BlkError::InvalidArgument), 0));
         }
         let span = buf.span();
         let mut done = 0;
         while done < count {
             let n = chunk.min(count - done);
-            let src = self.pick_read_leg(1 << leg).ok_or(ResyncError::NoSource)?;
+            let src = self.pick_read_leg(mask).ok_or((ResyncError::NoSource, 0))?;
             let rd = [self.region(src, start + done, n)];
             let req = IoRequest {
                 op: Op::Read,
@@ -698,10 +769,15 @@ impl Mirror {
             };
             match self.io.run_sync(ctx, &req, Mem::Dma(span, 0), wait) {
                 Ok(0) => {}
-                Ok(_) => return Err(ResyncError::Read(BlkError::Io)),
-                Err(e) => return Err(ResyncError::Read(e)),
+                Ok(_) => return Err((ResyncError::Read(BlkError::Io), 0)),
+                Err(e) => return Err((ResyncError::Read(e), 0)),
             }
-            let wr = [self.region(leg, start + done, n)];
+            let mut wr = heapless::Vec::<Region, MAX_LEGS>::new();
+            let mut which = heapless::Vec::<usize, MAX_LEGS>::new();
+            for i in (0..self.legs.len()).filter(|&i| mask & (1 << i) != 0) {
+                let _ = wr.push(self.region(i, start + done, n));
+                let _ = which.push(i);
+            }
             let req = IoRequest {
                 op: Op::Write,
                 flags: BioFlags::SYNC,
@@ -709,8 +785,15 @@ impl Mirror {
             };
             match self.io.run_sync(ctx, &req, Mem::Dma(span, 0), wait) {
                 Ok(0) => {}
-                Ok(_) => return Err(ResyncError::Write(BlkError::Io)),
-                Err(e) => return Err(ResyncError::Write(e)),
+                Ok(bits) => {
+                    let failed = which
+                        .iter()
+                        .enumerate()
+                        .filter(|(k, _)| bits & (1 << k) != 0)
+                        .fold(0u32, |m, (_, &i)| m | 1 << i);
+                    return Err((ResyncError::Write(BlkError::Io), failed));
+                }
+                Err(e) => return Err((ResyncError::Write(e), mask)),
             }
             done += n;
         }

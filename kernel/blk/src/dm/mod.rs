@@ -139,7 +139,7 @@ impl DmDevice {
                 TargetKind::Striped { chunk, legs } => Target::Striped { chunk, legs },
                 TargetKind::Mirror {
                     region,
-                    nosync: _,
+                    nosync,
                     legs,
                 } => Target::Mirror(Mirror::new(
                     legs,
@@ -148,6 +148,7 @@ impl DmDevice {
                     region,
                     env.io,
                     env.mirror_set,
+                    nosync,
                 )),
                 TargetKind::Error => Target::Error,
                 TargetKind::Zero => Target::Zero,

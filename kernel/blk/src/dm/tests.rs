@@ -446,7 +446,7 @@ fn mirror2(region_sectors: u64) -> Mirror2 {
     let b = Disk::new(8192, QueueLimits::new());
     let (fa, fb) = (Faulty::over(a.q), Faulty::over(b.q));
     let dm = make(
-        &format!("0 4096 mirror core 1 {region_sectors} 2 a 64 b 128"),
+        &format!("0 4096 mirror core 2 {region_sectors} nosync 2 a 64 b 128"),
         vec![("a", fa.lower()), ("b", fb.lower())],
     );
     Mirror2 {
@@ -518,7 +518,7 @@ fn mirror_fua_write_reaches_every_leg_with_fua() {
         limits: QueueLimits::new(),
     };
     let dm = make(
-        "0 2048 mirror core 1 64 2 a 0 b 0",
+        "0 2048 mirror core 2 64 nosync 2 a 0 b 0",
         vec![("a", l(fa)), ("b", l(fb))],
     );
     let ctx = leak(CpuCtx::new(0));
@@ -846,6 +846,141 @@ fn mirror_resync_fails_the_leg_again_on_write_error() {
     ));
     assert_eq!(mir.leg_state(0), LegState::Failed);
     assert_eq!(mir.status().dirty_regions, 1, "still dirty");
+}
+
+#[test]
+fn mirror_sync_by_default_resyncs_legs_from_the_primary() {
+    // Three legs with different contents, no sync/nosync word: legs 1 and 2 start resyncing
+    // with every region dirty; reads come from leg 0 only; writes reach every leg; one
+    // resync copies the primary to both; then every leg serves reads.
+    let disks: Vec<Disk> = (0..3)
+        .map(|_| Disk::new(4096, QueueLimits::new()))
+        .collect();
+    for (k, d) in disks.iter().enumerate() {
+        d.put(0, &pattern(30 + k as u64, 2048 * 512));
+    }
+    let f: Vec<&'static Faulty> = disks.iter().map(|d| Faulty::over(d.q)).collect();
+    let dm = make(
+        "0 2048 mirror core 1 64 3 a 0 b 0 c 0",
+        vec![
+            ("a", f[0].lower()),
+            ("b", f[1].lower()),
+            ("c", f[2].lower()),
+        ],
+    );
+    let ctx: &'static CpuCtx = leak(CpuCtx::new(0));
+    let mir = dm.mirrors().next().expect("mirror");
+    assert!(!mir.created_nosync());
+    let st = mir.status();
+    assert_eq!(st.in_sync, 1);
+    assert_eq!(st.state[1], LegState::Resyncing);
+    assert_eq!(st.state[2], LegState::Resyncing);
+    assert_eq!(st.dirty_regions, 2048 / 64, "every region dirty");
+    for _ in 0..6 {
+        let r = region(4096);
+        rw(ctx, dm, Op::Read, 16, &r).expect("read");
+        assert_eq!(r.as_slice(), &disks[0].bytes(16, 4096)[..]);
+    }
+    assert_eq!(
+        f[1].reads.load(Ordering::SeqCst),
+        0,
+        "no read from a resyncing leg"
+    );
+    assert_eq!(
+        f[2].reads.load(Ordering::SeqCst),
+        0,
+        "no read from a resyncing leg"
+    );
+    // A write during the resync reaches every leg.
+    let mut m = region(4096);
+    let new = pattern(40, 4096);
+    m.as_mut_slice().copy_from_slice(&new);
+    rw(ctx, dm, Op::Write, 100, &m).expect("write");
+    for d in &disks {
+        assert_eq!(d.bytes(100, 4096), new);
+    }
+    let mut scratch = region(32 * 512);
+    let rep = mir.resync(ctx, &mut scratch, nop).expect("resync");
+    assert_eq!(rep.regions_copied, 2048 / 64);
+    let st = mir.status();
+    assert_eq!(st.in_sync, 3);
+    assert_eq!(st.dirty_regions, 0);
+    let primary = disks[0].bytes(0, 2048 * 512);
+    assert_eq!(disks[1].bytes(0, 2048 * 512), primary);
+    assert_eq!(disks[2].bytes(0, 2048 * 512), primary);
+    for _ in 0..6 {
+        let r = region(4096);
+        rw(ctx, dm, Op::Read, 16, &r).expect("read");
+    }
+    assert!(f[1].reads.load(Ordering::SeqCst) > 0, "reads spread again");
+    // Nothing left: a second resync copies nothing.
+    assert_eq!(
+        mir.resync(ctx, &mut scratch, nop)
+            .expect("again")
+            .regions_copied,
+        0
+    );
+}
+
+#[test]
+fn mirror_nosync_trusts_the_legs() {
+    let a = Disk::new(4096, QueueLimits::new());
+    let b = Disk::new(4096, QueueLimits::new());
+    b.put(0, &pattern(50, 4096));
+    let dm = make(
+        "0 2048 mirror core 2 64 nosync 2 a 0 b 0",
+        vec![("a", a.lower()), ("b", b.lower())],
+    );
+    let ctx: &'static CpuCtx = leak(CpuCtx::new(0));
+    let mir = dm.mirrors().next().expect("mirror");
+    assert!(mir.created_nosync());
+    let st = mir.status();
+    assert_eq!((st.in_sync, st.dirty_regions), (2, 0));
+    let mut scratch = region(4096);
+    assert_eq!(
+        mir.resync(ctx, &mut scratch, nop)
+            .expect("nothing")
+            .regions_copied,
+        0
+    );
+    assert_eq!(b.bytes(0, 4096), pattern(50, 4096), "leg 1 left as it was");
+    // The explicit `sync` word is the default.
+    let dm = make(
+        "0 2048 mirror core 2 64 sync 2 a 0 b 0",
+        vec![("a", a.lower()), ("b", b.lower())],
+    );
+    let st = dm.mirrors().next().expect("mirror").status();
+    assert_eq!((st.in_sync, st.state[1]), (1, LegState::Resyncing));
+}
+
+#[test]
+fn mirror_sync_resync_write_error_fails_only_that_leg() {
+    let disks: Vec<Disk> = (0..3)
+        .map(|_| Disk::new(4096, QueueLimits::new()))
+        .collect();
+    let f: Vec<&'static Faulty> = disks.iter().map(|d| Faulty::over(d.q)).collect();
+    let dm = make(
+        "0 2048 mirror core 1 64 3 a 0 b 0 c 0",
+        vec![
+            ("a", f[0].lower()),
+            ("b", f[1].lower()),
+            ("c", f[2].lower()),
+        ],
+    );
+    let ctx: &'static CpuCtx = leak(CpuCtx::new(0));
+    let mir = dm.mirrors().next().expect("mirror");
+    f[2].fail_writes.store(true, Ordering::SeqCst);
+    let mut scratch = region(64 * 512);
+    assert!(matches!(
+        mir.resync(ctx, &mut scratch, nop),
+        Err(ResyncError::Write(_))
+    ));
+    assert_eq!(mir.leg_state(2), LegState::Failed);
+    assert_eq!(mir.leg_state(1), LegState::Resyncing, "still to finish");
+    // Leg 1 alone now: the next call finishes it.
+    mir.resync(ctx, &mut scratch, nop).expect("leg 1");
+    assert_eq!(mir.leg_state(1), LegState::InSync);
+    assert_eq!(disks[1].bytes(0, 2048 * 512), disks[0].bytes(0, 2048 * 512));
 }
 
 // ---- dm-io ----
@@ -1194,7 +1329,7 @@ fn three_level_stack_runs_at_raw_device_depth() {
         limits: QueueLimits::new(),
     };
     let mir = make(
-        "0 2048 mirror core 1 64 2 s1 0 s2 0",
+        "0 2048 mirror core 2 64 nosync 2 s1 0 s2 0",
         vec![("s1", ls(s1)), ("s2", ls(s2))],
     );
     let part = make("0 1024 linear m 1024", vec![("m", ls(mir))]);
