@@ -172,7 +172,60 @@ pub fn create(name: &str, table: &str) -> Result<&'static registry::Device, Crea
     });
     COUNT.store(k + 1, Ordering::Release);
     let dev: &'static DmDevice = &slot.dev;
+    for m in dev.mirrors() {
+        sync_mirror(&n, m);
+    }
     registry::add_mapped(n, k, dev, *dev.limits(), dev.stats()).ok_or(CreateError::Full)
+}
+
+/// Bytes of the buffer a mirror's resync at creation copies through.
+const RESYNC_BUF: usize = 64 << 10;
+
+/// A new mirror's legs: trusted (`nosync`, said so), or copied from the primary now (`sync`,
+/// the default). A resync that fails leaves the legs it could not copy out of service
+/// (logged; the device is created degraded).
+fn sync_mirror(name: &str, m: &'static Mirror) {
+    if m.created_nosync() {
+        if m.legs().len() > 1 {
+            defmt::warn!(
+                "dm: {=str}: mirror legs trusted to be identical (nosync): not checked, not copied",
+                name
+            );
+        }
+        return;
+    }
+    let legs = m.resyncing_mask().count_ones();
+    if legs == 0 {
+        return;
+    }
+    let buf = hal::DmaBuf::alloc(RESYNC_BUF, 4096).map(blk::mem::DmaRegion::from_dma_buf);
+    let result = match buf {
+        Ok(mut buf) => m.resync(cpu_ctx(), &mut buf, wait),
+        Err(e) => {
+            defmt::error!(
+                "dm: {=str}: no DMA memory for the resync ({}): legs stay out of sync",
+                name,
+                defmt::Debug2Format(&e)
+            );
+            return;
+        }
+    };
+    match result {
+        Ok(r) => defmt::println!(
+            "dm: {=str}: {=u32} mirror legs resynced from the primary (sync): {=u64} regions copied in {=u32} passes",
+            name,
+            legs,
+            r.regions_copied,
+            r.passes
+        ),
+        Err(e) => defmt::error!(
+            "dm: {=str}: mirror resync failed: {}; {=u32} of {=usize} legs in sync",
+            name,
+            defmt::Debug2Format(&e),
+            m.status().in_sync as u32,
+            m.legs().len()
+        ),
+    }
 }
 
 /// Creates every `dm=<name>:<table>` of the command line, in order (a table may name devices

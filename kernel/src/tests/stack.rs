@@ -7,15 +7,17 @@
 //! - `mir`: a 2-leg mirror whose second leg is on the blkdebug drive (a persistent read error
 //!   at `mir` sector [`READ_ERR`], write errors at [`WRITE_ERR`]): `sda3` and `sdb3` on x86_64;
 //!   `nvme0n1p3` and `sda3` on riscv64, whose machine has one AHCI port (`sda`, on blkdebug);
-//!   `root=mir`;
-//! - `ms`: mirror of `st` and a third partition (`nvme0n1p3` on x86_64, `vda5` on riscv64);
+//!   `nosync`; `root=mir`;
+//! - `ms`: mirror of `st` and a third partition (`nvme0n1p3` on x86_64, `vda5` on riscv64),
+//!   `sync` (the default: resynced at boot);
 //!   `top`: a linear window of `ms` (partition on mirror on striped).
 //!
 //! Tests: the devices exist; striped data lands on both controllers; the mirror serves through
 //! a read error (retried on the good leg) and a write error (the leg is dropped, the device is
 //! degraded and says so), then brings the leg back by copying only the dirty regions; tinyfs
 //! on a partition and on the mirror, remounted and fsck-clean; the 3-level stack enters its
-//! bottom devices at the same stack depth as a raw device.
+//! bottom devices at the same stack depth as a raw device; a `sync` mirror (the default) is
+//! copied from its primary at creation, a `nosync` one is not.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -184,6 +186,42 @@ ktest! {
         rw(sdb3, Op::Read, WRITE_ERR, &back).map_err(|e| fail(format_args!("{:?}", e)))?;
         check!(pattern_mismatch(&back.as_mut_slice()[..4096], 22, 0).is_none(), "failed write not resynced");
         dm::run_deferred();
+        Ok(())
+    }
+}
+
+ktest! {
+    #[only_with = "stack"]
+    fn mirror_sync_copies_the_primary_and_nosync_trusts_the_legs() -> TestResult {
+        // From the command line: `mir` is nosync (its blkdebug leg's injected write errors are
+        // for the test above, not for a resync), `ms` is sync (the default), resynced at boot.
+        let mir = dm::mirror("mir").ok_or_else(|| fail(format_args!("mir has no mirror")))?;
+        check!(mir.created_nosync(), "mir is not nosync");
+        let ms = dm::mirror("ms").ok_or_else(|| fail(format_args!("ms has no mirror")))?;
+        check!(!ms.created_nosync(), "ms is nosync");
+        let st = ms.status();
+        check!(st.in_sync == 2 && st.dirty_regions == 0, "ms after its boot resync: {:?}", st);
+        // Two areas with different contents; a sync mirror over them copies leg 0 to leg 1 at
+        // creation; a nosync one leaves them as they are.
+        let (a, b) = (dev("vda6")?.dev, dev("nvme0n1p2")?.dev);
+        let mut m = region(512 << 10)?;
+        fill_pattern(m.as_mut_slice(), 51, 0);
+        rw(a, Op::Write, 4096, &m).map_err(|e| fail(format_args!("{:?}", e)))?;
+        fill_pattern(m.as_mut_slice(), 52, 0);
+        rw(b, Op::Write, 4096, &m).map_err(|e| fail(format_args!("{:?}", e)))?;
+        dm::create("nsy", "0 1024 mirror core 2 256 nosync 2 vda6 4096 nvme0n1p2 4096")
+            .map_err(|e| fail(format_args!("{}", e)))?;
+        let nsy = dm::mirror("nsy").ok_or_else(|| fail(format_args!("nsy has no mirror")))?;
+        check_eq!((nsy.status().in_sync, nsy.status().dirty_regions), (2, 0));
+        rw(b, Op::Read, 4096, &m).map_err(|e| fail(format_args!("{:?}", e)))?;
+        check!(pattern_mismatch(m.as_mut_slice(), 52, 0).is_none(), "nosync copied leg 0");
+        dm::create("syn", "0 1024 mirror core 1 256 2 vda6 4096 nvme0n1p2 4096")
+            .map_err(|e| fail(format_args!("{}", e)))?;
+        let syn = dm::mirror("syn").ok_or_else(|| fail(format_args!("syn has no mirror")))?;
+        let st = syn.status();
+        check!(!syn.created_nosync() && st.in_sync == 2 && st.dirty_regions == 0, "syn: {:?}", st);
+        rw(b, Op::Read, 4096, &m).map_err(|e| fail(format_args!("{:?}", e)))?;
+        check!(pattern_mismatch(m.as_mut_slice(), 51, 0).is_none(), "sync did not copy leg 0 to leg 1");
         Ok(())
     }
 }
