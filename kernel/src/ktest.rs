@@ -11,7 +11,9 @@
 //! [`Outcome::NoDisk`], and the runner skips it only when the command line does not expect that
 //! kind (`expect=`); when it does, the test fails with the driver's reason. Before any test,
 //! a boot that expects a disk kind which did not attach reports the failing check
-//! `kernel::ktest::expected_disks_attached`.
+//! `kernel::ktest::expected_disks_attached`, and a boot whose block setup met a problem it
+//! went on after (a refused `dm=` table, a pool not filled: `block::setup_errors`) reports
+//! `kernel::ktest::block_setup_clean`.
 
 use core::fmt::{self, Write};
 use core::panic::Location;
@@ -198,6 +200,21 @@ pub fn run_all(cmdline: &str) -> bool {
         if why.is_empty() {
             let _ = why.push_str("expect= names an unknown disk kind");
         }
+        counts.report(name, Err(fail(format_args!("{}", why))), cmdline);
+    }
+    // Problems of the block layer's setup that the boot went on after (a refused `dm=`
+    // table, a pool not filled): logged at boot, failed here whichever tests run.
+    if block::setup_errors::count() != 0 {
+        let name = "kernel::ktest::block_setup_clean";
+        defmt::println!("KTEST start {=str}", name);
+        let mut why = heapless::String::<FAIL_MESSAGE_BYTES>::new();
+        let mut w = Bounded::new(&mut why);
+        block::setup_errors::for_each(|s| {
+            if !w.is_empty() {
+                let _ = w.write_str("; ");
+            }
+            let _ = w.write_str(s);
+        });
         counts.report(name, Err(fail(format_args!("{}", why))), cmdline);
     }
     // `ktest=gated`: only the tests whose gate word is on the command line, for a boot that

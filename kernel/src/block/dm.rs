@@ -18,10 +18,11 @@ use blk::dm::io::{DmIo, RegionIo};
 use blk::dm::mirror::{LegWrite, Mirror};
 use blk::dm::table::{self, Lower, TableError};
 use blk::dm::{DmDevice, DmEnv};
-use blk::{BioSet, BioSlab, BlockDevice, BvecPools, BvecSlabs, Wait};
+use blk::{BioSet, BioSlab, BlkError, BlockDevice, BvecPools, BvecSlabs, Wait};
 use spin::{Mutex, Once};
 
 use super::registry::{self, Name};
+use super::setup_errors;
 use super::{cpu_ctx, wait};
 
 /// Mapped devices at most.
@@ -40,6 +41,8 @@ pub enum CreateError {
     BadName,
     /// [`MAX_DM`] devices exist already, or the registry is full.
     Full,
+    /// The reserves of the mapped devices' pools could not be filled.
+    Pools(BlkError),
 }
 
 impl core::fmt::Display for CreateError {
@@ -49,6 +52,7 @@ impl core::fmt::Display for CreateError {
             CreateError::NameTaken => write!(f, "the name is taken"),
             CreateError::BadName => write!(f, "bad name"),
             CreateError::Full => write!(f, "no room for another device"),
+            CreateError::Pools(e) => write!(f, "pool reserves not filled: {:?}", e),
         }
     }
 }
@@ -152,14 +156,11 @@ pub fn create(name: &str, table: &str) -> Result<&'static registry::Device, Crea
         return Err(CreateError::NameTaken);
     }
     let parsed = table::parse(table, &mut resolve).map_err(CreateError::Table)?;
-    if SPLIT_SET
+    SPLIT_SET
         .init()
         .and_then(|_| IO_SET.init())
         .and_then(|_| MIRROR_SET.init())
-        .is_err()
-    {
-        return Err(CreateError::Full);
-    }
+        .map_err(CreateError::Pools)?;
     let mut text = heapless::String::new();
     for c in table.chars() {
         if text.push(c).is_err() {
@@ -207,6 +208,7 @@ fn sync_mirror(name: &str, m: &'static Mirror) {
                 name,
                 defmt::Debug2Format(&e)
             );
+            setup_errors::record(format_args!("dm {}: no DMA memory for the resync", name));
             return;
         }
     };
@@ -218,18 +220,22 @@ fn sync_mirror(name: &str, m: &'static Mirror) {
             r.regions_copied,
             r.passes
         ),
-        Err(e) => defmt::error!(
-            "dm: {=str}: mirror resync failed: {}; {=u32} of {=usize} legs in sync",
-            name,
-            defmt::Debug2Format(&e),
-            m.status().in_sync as u32,
-            m.legs().len()
-        ),
+        Err(e) => {
+            defmt::error!(
+                "dm: {=str}: mirror resync failed: {}; {=u32} of {=usize} legs in sync",
+                name,
+                defmt::Debug2Format(&e),
+                m.status().in_sync as u32,
+                m.legs().len()
+            );
+            setup_errors::record(format_args!("dm {}: mirror resync failed: {:?}", name, e));
+        }
     }
 }
 
 /// Creates every `dm=<name>:<table>` of the command line, in order (a table may name devices
-/// made by an earlier `dm=`). Refusals are logged; the boot goes on.
+/// made by an earlier `dm=`). Refusals are logged and recorded ([`setup_errors`]: the test
+/// run fails on them, run mode lists them after the devices); the boot goes on.
 pub fn create_from_cmdline(cmdline: &str) {
     let mut rest = cmdline;
     while let Some(at) = find_word(rest, "dm=") {
@@ -246,6 +252,10 @@ pub fn create_from_cmdline(cmdline: &str) {
         rest = next;
         let Some((name, table)) = value.split_once(':') else {
             defmt::error!("dm: {=str}: {=str}", value, "expected dm=<name>:<table>");
+            setup_errors::record(format_args!(
+                "dm={}: refused: expected dm=<name>:<table>",
+                value
+            ));
             continue;
         };
         let mut text = heapless::String::<TABLE_BYTES>::new();
@@ -257,6 +267,10 @@ pub fn create_from_cmdline(cmdline: &str) {
                     name,
                     TABLE_BYTES
                 );
+                setup_errors::record(format_args!(
+                    "dm={}: table longer than {} bytes",
+                    name, TABLE_BYTES
+                ));
                 break;
             }
         }
@@ -267,11 +281,14 @@ pub fn create_from_cmdline(cmdline: &str) {
                 d.sectors,
                 text.as_str()
             ),
-            Err(e) => defmt::error!(
-                "dm: {=str} not created: {}",
-                name,
-                defmt::Display2Format(&e)
-            ),
+            Err(e) => {
+                defmt::error!(
+                    "dm: {=str} not created: {}",
+                    name,
+                    defmt::Display2Format(&e)
+                );
+                setup_errors::record(format_args!("dm={}: not created: {}", name, e));
+            }
         }
     }
 }

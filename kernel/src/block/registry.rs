@@ -508,8 +508,21 @@ pub fn type_name(kind: &PartKind) -> &'static str {
     }
 }
 
-/// Prints the registry: one line per device.
+/// Prints the registry: one line per device, then the setup problems, if any
+/// ([`super::setup_errors`]: a refused `dm=` table, a pool not filled).
 pub fn print() {
+    print_devices();
+    let n = super::setup_errors::count();
+    if n != 0 {
+        defmt::error!(
+            "block setup: {=usize} problem(s); the devices above are what works:",
+            n
+        );
+        super::setup_errors::for_each(|s| defmt::error!("  {=str}", s));
+    }
+}
+
+fn print_devices() {
     defmt::println!(
         "registry: {=usize} device(s)",
         COUNT.load(Ordering::Acquire)
