@@ -142,7 +142,9 @@ pub enum TableErrorKind {
     /// An argument with a wrong value: chunk or region size not a power of two, an unknown
     /// log type or option.
     BadArgument,
-    /// A start, length, offset or chunk not a multiple of a device's logical block size.
+    /// A start, length, offset or chunk not a multiple of a device's logical block size, or a
+    /// line's start or length not in whole blocks of the mapped device (whose block is the
+    /// largest of its devices': a 512-byte device mixed with a 4 KiB one makes a 4 KiB device).
     Misaligned,
 }
 
@@ -225,6 +227,9 @@ pub fn parse(
 ) -> Result<Table, TableError> {
     let mut table = Table::default();
     let mut next = 0u64;
+    // Per line kept: its number, length word and block size in sectors (for the check of
+    // every line against the largest block).
+    let mut seen = heapless::Vec::<(usize, &str, u64), MAX_TARGETS>::new();
     for (i, raw) in text.split(['\n', ';', ',']).enumerate() {
         let line = i + 1;
         if raw.trim().is_empty() {
@@ -311,10 +316,19 @@ pub fn parse(
             .targets
             .push(TargetSpec { start, len, kind })
             .map_err(|_| err(line, TableErrorKind::TooManyTargets, target))?;
+        let _ = seen.push((line, len_word, lbs));
         next = end;
     }
     if table.targets.is_empty() {
         return Err(err(0, TableErrorKind::Empty, ""));
+    }
+    // The mapped device's block is the largest of its devices': every line must be in whole
+    // blocks of it, or I/O in its blocks would cross into a line of smaller ones unaligned.
+    let dev_lbs = seen.iter().map(|s| s.2).max().unwrap_or(1);
+    for (t, &(line, len_word, _)) in table.targets.iter().zip(&seen) {
+        if !t.start.is_multiple_of(dev_lbs) || !t.len.is_multiple_of(dev_lbs) {
+            return Err(err(line, TableErrorKind::Misaligned, len_word));
+        }
     }
     Ok(table)
 }

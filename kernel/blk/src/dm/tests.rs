@@ -318,6 +318,40 @@ fn parser_refuses_misaligned_lines_on_4k_devices() {
     assert!(parse("0 16 linear a 8", &mut resolver(n())).is_ok());
 }
 
+#[test]
+fn mixed_block_sizes_make_a_device_of_the_largest() {
+    // A 512-byte and a 4 KiB device in one table: the mapped device has 4 KiB blocks, so
+    // every line must be in whole 4 KiB blocks, the 512-byte lines too.
+    let mut l = QueueLimits::new();
+    l.logical_block_size = 4096;
+    let big = Disk::new(4096, l);
+    let small = Disk::new(4096, QueueLimits::new());
+    let n = || vec![("big", big.lower()), ("small", small.lower())];
+    // The 512-byte line first, 4 sectors: refused at the line that makes it unaligned.
+    let e = parse("0 4 linear small 0;4 8 linear big 0", &mut resolver(n())).expect_err("4k");
+    assert_eq!((e.line, e.kind), (2, TableErrorKind::Misaligned));
+    // The 512-byte line last, 4 sectors: alone it is fine, against the device's block not.
+    let e = parse("0 8 linear big 0;8 4 linear small 1", &mut resolver(n())).expect_err("4k");
+    assert_eq!((e.line, e.kind), (2, TableErrorKind::Misaligned));
+    assert_eq!(e.to_string(), "line 2: Misaligned at \"4\"");
+    // A mirror over both: 4 KiB, with a 512-byte leg at any sector offset.
+    let dm = make(
+        "0 8 linear big 0;8 16 linear small 3;24 16 mirror core 2 8 nosync 2 small 100 big 16",
+        n(),
+    );
+    assert_eq!(dm.logical_block_size(), 4096);
+    assert_eq!(dm.limits().logical_block_size, 4096);
+    let ctx: &'static CpuCtx = leak(CpuCtx::new(0));
+    let mut m = region(8192);
+    let data = pattern(60, 8192);
+    m.as_mut_slice().copy_from_slice(&data);
+    rw(ctx, dm, Op::Write, 24, &m).expect("4 KiB-aligned write");
+    assert_eq!(small.bytes(100, 8192), data);
+    assert_eq!(big.bytes(16, 8192), data);
+    let one = region(512);
+    assert_eq!(rw(ctx, dm, Op::Write, 8, &one), Err(BlkError::Misaligned));
+}
+
 // ---- linear, error, zero ----
 
 #[test]
