@@ -17,7 +17,10 @@
 //! degraded and says so), then brings the leg back by copying only the dirty regions; tinyfs
 //! on a partition and on the mirror, remounted and fsck-clean; the 3-level stack enters its
 //! bottom devices at the same stack depth as a raw device; a `sync` mirror (the default) is
-//! copied from its primary at creation, a `nosync` one is not.
+//! copied from its primary at creation, a `nosync` one is not; a disk of 4 KiB logical blocks
+//! (`nvme0n2`, a GPT in 4 KiB sectors) carries tinyfs on a partition, and with a 512-byte
+//! partition a mirror of 4 KiB blocks (tinyfs on it too); a mixed table whose line is not in
+//! whole 4 KiB blocks is refused.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -222,6 +225,45 @@ ktest! {
         check!(!syn.created_nosync() && st.in_sync == 2 && st.dirty_regions == 0, "syn: {:?}", st);
         rw(b, Op::Read, 4096, &m).map_err(|e| fail(format_args!("{:?}", e)))?;
         check!(pattern_mismatch(m.as_mut_slice(), 51, 0).is_none(), "sync did not copy leg 0 to leg 1");
+        Ok(())
+    }
+}
+
+ktest! {
+    #[only_with = "stack"]
+    fn four_k_disk_partitioned_under_tinyfs_and_a_mirror() -> TestResult {
+        // nvme0n2: 4 KiB logical blocks, a GPT in 4 KiB sectors, both partitions found.
+        let d = dev("nvme0n2")?;
+        check_eq!((d.block_size, d.dev.logical_block_size()), (4096, 4096));
+        for p in ["nvme0n2p1", "nvme0n2p2"] {
+            let x = dev(p)?;
+            check!(matches!(x.kind, DevKind::Partition(_)), "{} is {:?}", p, x.kind);
+            check_eq!((p, x.block_size), (p, 4096));
+        }
+        tinyfs_on("nvme0n2p1", 33)?;
+        // A mirror of a 4 KiB partition and a 512-byte one is a 4 KiB device.
+        let m4k = dm::create("m4k", "0 16384 mirror core 2 1024 nosync 2 nvme0n2p2 0 vda6 16384")
+            .map_err(|e| fail(format_args!("{}", e)))?;
+        check_eq!((m4k.block_size, m4k.dev.logical_block_size(), m4k.limits.logical_block_size), (4096, 4096, 4096));
+        let mut w = region(64 << 10)?;
+        fill_pattern(w.as_mut_slice(), 34, 0);
+        rw(m4k.dev, Op::Write, 64, &w).map_err(|e| fail(format_args!("write: {:?}", e)))?;
+        for (leg, at) in [("nvme0n2p2", 64u64), ("vda6", 16384 + 64)] {
+            let mut back = region(64 << 10)?;
+            rw(dev(leg)?.dev, Op::Read, at, &back).map_err(|e| fail(format_args!("{}: {:?}", leg, e)))?;
+            check!(pattern_mismatch(back.as_mut_slice(), 34, 0).is_none(), "{} differs", leg);
+        }
+        // Whole 512-byte sectors but not whole 4 KiB blocks: refused before any disk.
+        let one = region(4096)?;
+        check_eq!(rw(m4k.dev, Op::Write, 65, &one), Err(BlkError::Misaligned));
+        tinyfs_on("m4k", 35)?;
+        // A table mixing them with a line not in whole 4 KiB blocks: refused, at that line.
+        let e = dm::create("bad4k", "0 8 linear nvme0n2p2 0;8 4 linear vda6 0").err();
+        check!(
+            matches!(&e, Some(dm::CreateError::Table(t)) if t.kind == table::TableErrorKind::Misaligned && t.line == 2),
+            "{:?}",
+            e
+        );
         Ok(())
     }
 }
