@@ -9,6 +9,11 @@
 //!
 //! - `mbr`: an MBR (DOS) table written by `sfdisk`: primary 1 (type 0x83) and 2 (type 0x0c),
 //!   an extended partition 3 holding logical partitions 5 (type 0x83) and 6 (type 0x82).
+//! - `mbr-nested`: `mbr`, and in the first sector of partition 1 a second MBR written by
+//!   `sfdisk` (on a file of partition 1's size) with primaries 1 (sectors 2048+4096, type 0x83)
+//!   and 2 (6144+8192, type 0x83): a partition table that a mapped device whose first sectors
+//!   are partition 1's (a striped device with partition 1 as its first leg, a mirror of that)
+//!   finds, as Linux's kpartx would.
 //! - `gpt`: a GPT written by `sgdisk` with three named partitions: 1 `root` (Linux
 //!   filesystem, 8300), 2 `swap space` (Linux swap, 8200), 3 `EFI system` (EF00).
 //! - `gpt-damaged`: `gpt`, then a byte of the primary header (its first-usable field)
@@ -51,6 +56,8 @@ pub struct DiskRecipe {
 pub enum Layout {
     /// sfdisk: primaries, an extended partition, two logical ones.
     Mbr,
+    /// `Mbr` with a second sfdisk MBR in partition 1's first sector.
+    MbrNested,
     /// sgdisk: three named GPT partitions.
     Gpt,
     /// `Gpt` with its primary header damaged.
@@ -72,6 +79,17 @@ start=26624, size=65536, type=5
 start=28672, size=20480, type=83
 start=51200, size=40960, type=82
 ";
+
+/// The sfdisk script of the table [`Layout::MbrNested`] puts in partition 1 (sectors of 512
+/// bytes, counted from partition 1's start): what the kernel's stack test expects.
+const MBR_NESTED_SCRIPT: &str = "label: dos
+label-id: 0x0dd1ab1e
+start=2048, size=4096, type=83
+start=6144, size=8192, type=83
+";
+
+/// Partition 1 of [`MBR_SCRIPT`]: first sector and sectors.
+const MBR_P1: (u64, u64) = (2048, 16384);
 
 /// The sfdisk script of [`Layout::MbrBad`], before the bad entries are added.
 const MBR_BAD_SCRIPT: &str = "label: dos
@@ -132,14 +150,15 @@ impl DiskRecipe {
             .with_context(|| format!("partition entry {s:?} is not KIND:MIB"))?;
         let kind = match kind {
             "mbr" => Layout::Mbr,
+            "mbr-nested" => Layout::MbrNested,
             "gpt" => Layout::Gpt,
             "gpt-damaged" => Layout::GptDamaged,
             "mbr-bad" => Layout::MbrBad,
             "gpt-tinyfs" => Layout::GptTinyfs,
             "gpt-4k" => Layout::Gpt4k,
             other => bail!(
-                "unknown partition layout {other:?} (mbr, gpt, gpt-damaged, mbr-bad, gpt-tinyfs, \
-                 gpt-4k)"
+                "unknown partition layout {other:?} (mbr, mbr-nested, gpt, gpt-damaged, mbr-bad, \
+                 gpt-tinyfs, gpt-4k)"
             ),
         };
         let size_mib: u64 = size
@@ -185,6 +204,10 @@ pub fn write(path: &Path, recipes: &[DiskRecipe]) -> Result<()> {
         fs::File::create(tmp)?.set_len(r.size_mib << 20)?;
         match r.kind {
             Layout::Mbr => sfdisk(tmp, MBR_SCRIPT)?,
+            Layout::MbrNested => {
+                sfdisk(tmp, MBR_SCRIPT)?;
+                nested_mbr_into(tmp)?;
+            }
             Layout::Gpt => sgdisk(tmp, GPT_ARGS)?,
             Layout::Gpt4k => {
                 let blocks = (r.size_mib << 20) / 4096;
@@ -213,6 +236,22 @@ pub fn write(path: &Path, recipes: &[DiskRecipe]) -> Result<()> {
         image.write_all(&bytes)?;
         offset += r.size_mib << 20;
     }
+    Ok(())
+}
+
+/// Writes [`MBR_NESTED_SCRIPT`] with sfdisk on a file of partition 1's size and copies its
+/// first sector (the MBR) to partition 1's first sector of `disk`.
+fn nested_mbr_into(disk: &Path) -> Result<()> {
+    let mut inner = disk.as_os_str().to_owned();
+    inner.push(".p1");
+    let inner = Path::new(&inner);
+    fs::File::create(inner)?.set_len(MBR_P1.1 * 512)?;
+    let made = sfdisk(inner, MBR_NESTED_SCRIPT).and_then(|()| Ok(fs::read(inner)?));
+    let _ = fs::remove_file(inner);
+    let bytes = made?;
+    let mut f = fs::OpenOptions::new().write(true).open(disk)?;
+    f.seek(SeekFrom::Start(MBR_P1.0 * 512))?;
+    f.write_all(&bytes[..512])?;
     Ok(())
 }
 
@@ -498,6 +537,10 @@ mod tests {
             Layout::GptTinyfs
         );
         assert_eq!(DiskRecipe::parse("gpt-4k:32").unwrap().kind, Layout::Gpt4k);
+        assert_eq!(
+            DiskRecipe::parse("mbr-nested:64").unwrap().kind,
+            Layout::MbrNested
+        );
         for bad in ["gpt", "mbr:x", "ext4:64", "gpt:8", "gpt-tinyfs:32"] {
             assert!(DiskRecipe::parse(bad).is_err(), "{bad}");
         }
@@ -510,6 +553,32 @@ mod tests {
             guid_bytes(LINUX_FS_GUID).unwrap()[..8],
             [0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47]
         );
+    }
+
+    /// `mbr-nested`: the outer table as `mbr`, and sfdisk's inner MBR in partition 1's first
+    /// sector with its two entries.
+    #[test]
+    fn nested_mbr_in_partition_1() {
+        ensure_tools().unwrap();
+        let dir = std::env::temp_dir().join(format!("xtask-nested-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("disk.img");
+        fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+        write(&img, &[DiskRecipe::parse("mbr-nested:64").unwrap()]).unwrap();
+        let bytes = fs::read(&img).unwrap();
+        let entry = |sector: usize, k: usize| {
+            let e = sector * 512 + 446 + 16 * k;
+            let le = |o: usize| u32::from_le_bytes(bytes[e + o..e + o + 4].try_into().unwrap());
+            (bytes[e + 4], le(8), le(12))
+        };
+        assert_eq!(&bytes[510..512], &[0x55, 0xaa]);
+        assert_eq!(entry(0, 0), (0x83, 2048, 16384));
+        let inner = MBR_P1.0 as usize;
+        assert_eq!(&bytes[inner * 512 + 510..inner * 512 + 512], &[0x55, 0xaa]);
+        assert_eq!(entry(inner, 0), (0x83, 2048, 4096));
+        assert_eq!(entry(inner, 1), (0x83, 6144, 8192));
+        assert_eq!(entry(inner, 2), (0, 0, 0));
+        let _ = fs::remove_dir_all(&dir);
     }
 
     /// The own GPT writer in 512-byte sectors, checked by sgdisk (which reads image files in

@@ -136,7 +136,8 @@ fn resolve(name: &str) -> Option<Lower> {
 }
 
 /// Creates a mapped device `name` (empty: `dm-N`) from `table` (dmsetup text, lines separated
-/// by newline, `;` or `,`), registers it and returns its registry entry.
+/// by newline, `;` or `,`), registers it, scans it for a partition table (registering
+/// `<name>p1`, ...) and returns its registry entry.
 pub fn create(name: &str, table: &str) -> Result<&'static registry::Device, CreateError> {
     let _g = CREATE.lock();
     let k = COUNT.load(Ordering::Acquire);
@@ -176,7 +177,11 @@ pub fn create(name: &str, table: &str) -> Result<&'static registry::Device, Crea
     for m in dev.mirrors() {
         sync_mirror(&n, m);
     }
-    registry::add_mapped(n, k, dev, *dev.limits(), dev.stats()).ok_or(CreateError::Full)
+    let d = registry::add_mapped(n, k, dev, *dev.limits(), dev.stats()).ok_or(CreateError::Full)?;
+    if let Some(i) = registry::index_of(&d.name) {
+        registry::scan_mapped(i);
+    }
+    Ok(d)
 }
 
 /// Bytes of the buffer a mirror's resync at creation copies through.

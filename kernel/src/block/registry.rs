@@ -6,8 +6,8 @@
 //! attached namespaces in namespace-id order (as Linux numbers a controller's namespaces found
 //! at one scan: namespaces 2 and 3 are `nvme0n1` and `nvme0n2`). A partition is its disk's
 //! name plus its number, with a `p` between when the disk's name ends in a digit (`vda1`,
-//! `sda5`, `nvme0n1p2`); numbers are Linux's (MBR slots 1-4, logical partitions from 5, GPT
-//! entry index + 1).
+//! `sda5`, `nvme0n1p2`) and always on a mapped device (`msp1`, `dm-0p2`, as kpartx names
+//! them); numbers are Linux's (MBR slots 1-4, logical partitions from 5, GPT entry index + 1).
 //!
 //! [`init`] runs once at boot, after interrupts are on: it registers the disks, scans each for
 //! an MBR or GPT table (`blk::partition::scan`), registers every partition accepted as a
@@ -15,7 +15,8 @@
 //! replaced by the backup, refused entries) and prints the table. A disk whose table is bad
 //! stays registered and usable whole. Then the mapped devices of the command line
 //! (`dm=<name>:<table>`, [`super::dm`]) are created over the registered devices and registered
-//! in turn (also later, through `dm::create`).
+//! in turn (also later, through `dm::create`), each scanned for a partition table as a disk
+//! is ([`scan_mapped`]): its partitions are windows of it, usable like any other.
 
 use core::fmt::Write;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -391,6 +392,12 @@ fn scan_disk(index: usize) {
     }
 }
 
+/// Scans the mapped device registered at `index` for a partition table and registers its
+/// partitions (`<name>p1`, ...), as [`init`] does for disks. Process context.
+pub(super) fn scan_mapped(index: usize) {
+    scan_disk(index);
+}
+
 /// Registers mapped device `index` (`super::dm`) under `name`; `None` when the table is full.
 pub(super) fn add_mapped(
     name: Name,
@@ -416,11 +423,12 @@ pub(super) fn add_mapped(
 
 fn add_partition(index: usize, d: &'static Device, p: &PartEntry) {
     let k = PART_COUNT.load(Ordering::Relaxed);
-    let sep = if d.name.ends_with(|c: char| c.is_ascii_digit()) {
-        "p"
-    } else {
-        ""
-    };
+    let sep =
+        if matches!(d.kind, DevKind::Mapped(_)) || d.name.ends_with(|c: char| c.is_ascii_digit()) {
+            "p"
+        } else {
+            ""
+        };
     let n = name(format_args!("{}{}{}", d.name, sep, p.number));
     if k == MAX_PARTITIONS {
         defmt::error!(

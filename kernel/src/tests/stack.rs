@@ -29,6 +29,7 @@ use blk::dm::io::{IoRequest, Mem, Region};
 use blk::dm::mirror::LegState;
 use blk::dm::table::{self, Lower};
 use blk::mem::DmaRegion;
+use blk::stack::Linear;
 use blk::{Bio, BioFlags, BlkError, BlockDevice, CpuCtx, Op, Wait, submit_bio_wait};
 use hal::DmaBuf;
 use spin::{Mutex, Once};
@@ -268,6 +269,43 @@ ktest! {
     }
 }
 
+ktest! {
+    #[only_with = "stack"]
+    fn partitions_on_mapped_devices() -> TestResult {
+        // The image has an sfdisk MBR in vda1's first sector (layout mbr-nested): `st`
+        // (striped, vda1 first) and `ms` (a sync mirror of `st`) start with it, and both were
+        // scanned when created.
+        let ms = registry::index_of("ms").ok_or_else(|| fail(format_args!("no ms")))?;
+        for (name, start, sectors) in [("msp1", 2048u64, 4096u64), ("msp2", 6144, 8192)] {
+            let d = dev(name)?;
+            check!(
+                matches!(d.kind, DevKind::Partition(p) if p.disk == ms && p.start == start && p.entry.kind == blk::partition::PartKind::Mbr(0x83)),
+                "{}: {:?}",
+                name,
+                d.kind
+            );
+            check_eq!((name, d.sectors), (name, sectors));
+        }
+        check_eq!(registry::partitions_of("ms").count(), 2);
+        check_eq!(registry::partitions_of("st").count(), 2);
+        check!(registry::find("topp1").is_none(), "top has no table");
+        // I/O through msp1 lands at ms sector 2048 + x, on both legs of the mirror.
+        let msp1 = dev("msp1")?.dev;
+        let mut w = region(8192)?;
+        fill_pattern(w.as_mut_slice(), 37, 0);
+        rw(msp1, Op::Write, 8, &w).map_err(|e| fail(format_args!("write: {:?}", e)))?;
+        let m = dm::mirror("ms").ok_or_else(|| fail(format_args!("ms has no mirror")))?;
+        for (what, d) in [("ms", dev("ms")?.dev), ("leg 0", m.legs()[0].lower.dev), ("leg 1", m.legs()[1].lower.dev)] {
+            let mut back = region(8192)?;
+            rw(d, Op::Read, 2048 + 8, &back).map_err(|e| fail(format_args!("{}: {:?}", what, e)))?;
+            check!(pattern_mismatch(back.as_mut_slice(), 37, 0).is_none(), "{} differs", what);
+        }
+        // Past the partition's end: refused, typed.
+        check_eq!(rw(msp1, Op::Write, 4096 - 8, &w), Err(BlkError::OutOfRange));
+        tinyfs_on("msp2", 36)
+    }
+}
+
 /// The filesystem buffer of these tests (1 MiB, once).
 static FS_BUF: Mutex<Option<DmaRegion>> = Mutex::new(None);
 
@@ -426,6 +464,7 @@ fn high_water(dev: &'static dyn BlockDevice) -> Result<usize, Outcome> {
 
 static PROBES: [Once<Probe>; 4] = [const { Once::new() }; 4];
 static LEVELS: [Once<DmDevice>; 4] = [const { Once::new() }; 4];
+static PART: Once<Linear> = Once::new();
 
 fn probe(i: usize, name: &str) -> Result<&'static Probe, Outcome> {
     let inner = dev(name)?.dev;
@@ -479,17 +518,23 @@ ktest! {
         let top = LEVELS[2].call_once(|| DmDevice::new(t, env));
         let t = table::parse("0 4096 linear c 0", &mut names).map_err(|e| fail(format_args!("{}", e)))?;
         let one = LEVELS[3].call_once(|| DmDevice::new(t, env));
+        // A partition as the registry makes them (a `stack::Linear` window) on the mirror.
+        let mir = LEVELS[1].get().ok_or_else(|| fail(format_args!("no mirror level")))?;
+        let lin = Linear::new(mir, 2048, 4096).map_err(|e| fail(format_args!("{:?}", e)))?;
+        let part = PART.call_once(|| lin);
         let d_one = depth(one, &[c])?;
         let d_raw = depth(raw, &[raw])?;
         let loops0 = cpu_ctx().loop_iterations();
         let d_top = depth(top, &[a, b, c])?;
         let loops = cpu_ctx().loop_iterations() - loops0;
+        let d_part = depth(part, &[a, b, c])?;
         defmt::println!(
-            "stack depth at the bottom device: raw nvme0n1 {=usize} bytes, one linear level {=usize} bytes, partition on mirror on striped {=usize} bytes ({=u64} submission-loop turns)",
+            "stack depth at the bottom device: raw nvme0n1 {=usize} bytes, one linear level {=usize} bytes, dm linear on mirror on striped {=usize} bytes ({=u64} submission-loop turns), partition on mirror on striped {=usize} bytes",
             d_raw,
             d_one,
             d_top,
-            loops
+            loops,
+            d_part
         );
         // The whole I/O (driver, interrupts, completions) through painted stack: the same
         // stacks over the real devices (no probes).
@@ -497,21 +542,25 @@ ktest! {
         let hw_one = high_water(dev("nvme0n1p2")?.dev)?;
         let hw_ms = high_water(dev("ms")?.dev)?;
         let hw_top = high_water(dev("top")?.dev)?;
+        let hw_part = high_water(dev("msp1")?.dev)?;
         defmt::println!(
-            "stack high-water mark of a 4 KiB write and its wait: raw nvme0n1 {=usize} bytes, partition nvme0n1p2 {=usize} bytes, ms (mirror on striped) {=usize} bytes, top (linear on ms) {=usize} bytes",
+            "stack high-water mark of a 4 KiB write and its wait: raw nvme0n1 {=usize} bytes, partition nvme0n1p2 {=usize} bytes, ms (mirror on striped) {=usize} bytes, top (linear on ms) {=usize} bytes, msp1 (partition on ms) {=usize} bytes",
             hw_raw,
             hw_one,
             hw_ms,
-            hw_top
+            hw_top,
+            hw_part
         );
         // The mark includes whatever interrupt arrived at the deepest point (timing: it varies
         // from run to run by up to an interrupt frame), so it is bounded loosely here; the
         // probes above are the exact, deterministic measure.
         check!(hw_top <= hw_raw + 4096, "3-level stack high water {} bytes, raw {}", hw_top, hw_raw);
+        check!(hw_part <= hw_raw + 4096, "msp1 high water {} bytes, raw {}", hw_part, hw_raw);
         // A raw device is entered straight from `submit_bio`; a stacked one from the submission
         // loop, one frame further. Every further level adds nothing: the bottom devices of three
         // levels run at the depth of one.
         check!(d_top == d_one, "3-level stack {} bytes deep, 1 level {}", d_top, d_one);
+        check!(d_part == d_one, "partition on mirror on striped {} bytes deep, 1 level {}", d_part, d_one);
         check!(d_one <= d_raw + 1024, "1 level {} bytes deep, raw device {}", d_one, d_raw);
         Ok(())
     }
