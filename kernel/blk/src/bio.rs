@@ -436,6 +436,26 @@ impl Bio {
         self.0.iter.size = size;
         Ok(())
     }
+    /// Makes a bio whose completion has run (its `end_io` took it by value) a new, empty bio
+    /// for `op` again: no vector, flags, device, error or completion; its vector array (inline
+    /// or from a pool) and front pad are kept. For a stacking device that keeps its own bios
+    /// instead of freeing and allocating them per I/O. Refused (`false`) while it has a chain
+    /// parent, a child or a next link.
+    pub(crate) fn reuse(&mut self, op: Op) -> bool {
+        if self.0.parent.is_some() || self.0.next.is_some() || self.0.hdr().remaining() != 1 {
+            return false;
+        }
+        let inner = &mut *self.0;
+        inner.op = op;
+        inner.flags = BioFlags::empty();
+        inner.dev = None;
+        inner.iter = BioIter::default();
+        inner.vcnt = 0;
+        inner.end_io = EndIo::None;
+        inner.private = 0;
+        self.0.hdr().set_status(0);
+        true
+    }
     /// Makes this bio (new, no vector added) carry `src`'s data as it stands: its vectors and
     /// iterator position copied as they are, without walking the segments. Needs room for
     /// all of `src`'s vectors ([`Bio::vecs`]), and a data op on both.

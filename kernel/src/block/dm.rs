@@ -64,9 +64,10 @@ static SPLIT_BVEC_SLABS: BvecSlabs<16, 16, 16, 8, 4, 4> = BvecSlabs::new();
 static SPLIT_BVECS: BvecPools = BvecPools::new(&SPLIT_BVEC_SLABS, 1);
 static SPLIT_SET: BioSet<()> = BioSet::new(&SPLIT_SLAB, 40, Some(&SPLIT_BVECS));
 
-/// The leg bios of mirror writes with every leg in sync (taken without waiting; a write that
-/// finds none free goes through dm-io): 128 covers two legs at queue depth 64.
-static MIRROR_SLAB: BioSlab<LegWrite, 128> = BioSlab::new();
+/// The clones of mirror writes with every leg in sync (taken without waiting; a write that
+/// finds none free goes through dm-io). A mirror keeps up to `KEEP_SLOTS` (32) of them for its
+/// next writes: 256 covers the kept clones of six 2-leg mirrors and the writes in flight.
+static MIRROR_SLAB: BioSlab<LegWrite, 256> = BioSlab::new();
 static MIRROR_BVEC_SLABS: BvecSlabs<16, 16, 16, 8, 4, 4> = BvecSlabs::new();
 static MIRROR_BVECS: BvecPools = BvecPools::new(&MIRROR_BVEC_SLABS, 1);
 static MIRROR_SET: BioSet<LegWrite> = BioSet::new(&MIRROR_SLAB, 8, Some(&MIRROR_BVECS));

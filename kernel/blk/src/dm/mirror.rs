@@ -38,6 +38,9 @@ const DIRTY_WORDS: usize = DIRTY_REGIONS / 64;
 pub const RETRY_SLOTS: usize = 32;
 /// Writes the direct path has in flight at once per mirror (more go through dm-io).
 pub const WRITE_SLOTS: usize = 64;
+/// Write slots `0..KEEP_SLOTS` keep their leg-1 clone after a write for the next one (no
+/// allocation or release per write); a mirror holds at most this many bios of its set so.
+pub const KEEP_SLOTS: usize = 32;
 /// Resync passes at most before [`Mirror::restore_leg`] or [`Mirror::resync`] gives up
 /// (writes keep dirtying).
 pub const RESYNC_PASSES: u32 = 8;
@@ -147,6 +150,8 @@ struct WriteSlot {
     remaining: AtomicU32,
     /// Bit `i`: leg `i` failed this write.
     failed: AtomicU32,
+    /// The leg-1 clone of the last write, kept for the next (slots under [`KEEP_SLOTS`]).
+    spare: spin::Mutex<Option<Bio>>,
 }
 
 impl WriteSlot {
@@ -161,6 +166,7 @@ impl WriteSlot {
             }),
             remaining: AtomicU32::new(0),
             failed: AtomicU32::new(0),
+            spare: spin::Mutex::new(None),
         }
     }
 }
@@ -493,15 +499,28 @@ impl Mirror {
     /// at once.
     #[inline]
     fn clone_for(&'static self, leg: usize, slot: u16, rel: u64, bio: &Bio) -> Option<Bio> {
-        let front = LegWrite {
-            mirror: self,
-            slot,
-            leg: leg as u8,
+        let nvecs = bio.vecs().len();
+        // Slot and leg are the kept clone's front pad already.
+        let kept = if leg == 1 {
+            self.writes[slot as usize]
+                .spare
+                .lock()
+                .take()
+                .filter(|c| c.max_vecs() >= nvecs)
+        } else {
+            None
         };
-        let mut c = self
-            .set
-            .alloc(front, Op::Write, bio.vecs().len(), Wait::Never)
-            .ok()?;
+        let mut c = match kept.and_then(|mut c| c.reuse(Op::Write).then_some(c)) {
+            Some(c) => c,
+            None => {
+                let front = LegWrite {
+                    mirror: self,
+                    slot,
+                    leg: leg as u8,
+                };
+                self.set.alloc(front, Op::Write, nvecs, Wait::Never).ok()?
+            }
+        };
         // Room for every vector of `bio` was allocated and both are writes.
         c.copy_data_from(bio).ok()?;
         c.set_flags(bio.flags() & (BioFlags::FUA | BioFlags::PREFLUSH | BioFlags::SYNC));
@@ -522,10 +541,16 @@ impl Mirror {
     }
 
     /// Leg `leg` (not 0) of direct write `slot` answered; the last leg ends the write.
-    fn leg_done(&'static self, slot: u16, leg: u8, failed: bool) {
+    fn leg_done(&'static self, slot: u16, leg: u8, failed: bool, clone: Bio) {
         let w = &self.writes[slot as usize];
         if failed {
             w.failed.fetch_or(1 << leg, Ordering::Relaxed);
+        }
+        // Kept before the count drops: the slot is not reused before that.
+        if leg == 1 && (slot as usize) < KEEP_SLOTS {
+            *w.spare.lock() = Some(clone);
+        } else {
+            drop(clone);
         }
         if w.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
@@ -902,8 +927,7 @@ fn leg_write_done(bio: Bio) {
         return;
     };
     let failed = bio.status().is_err();
-    drop(bio);
-    mirror.leg_done(slot, leg, failed);
+    mirror.leg_done(slot, leg, failed, bio);
 }
 
 impl IoNotify for Mirror {

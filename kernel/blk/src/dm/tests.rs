@@ -596,7 +596,8 @@ fn mirror_on_queues(
 
 #[test]
 fn mirror_write_with_legs_in_sync_goes_straight_to_the_leg_queues() {
-    let (a, b, dm) = mirror_on_queues(mirror_set(), 2);
+    let set = mirror_set();
+    let (a, b, dm) = mirror_on_queues(set, 2);
     let ctx: &'static CpuCtx = leak(CpuCtx::new(0));
     let io = dm.env.io;
     for k in 0..8u64 {
@@ -612,6 +613,9 @@ fn mirror_write_with_legs_in_sync_goes_straight_to_the_leg_queues() {
         0,
         "no dm-io call for writes with every leg in sync"
     );
+    // One write at a time: one write slot, whose leg-1 clone is kept and reused.
+    let st = set.stats();
+    assert_eq!((st.allocs, st.in_use), (1, 1), "one clone, kept: {st:?}");
     let m0 = dm.mirrors().next().expect("mirror");
     assert!(!m0.status().degraded());
     assert_eq!(m0.status().dirty_regions, 0);
