@@ -1,7 +1,9 @@
 //! The `mirror` target: N legs holding the same data.
 //!
-//! - A write goes to every leg in service (in sync, or being resynced) through dm-io, and
-//!   completes when every leg answered: successfully if at least one in-sync leg took it. A leg
+//! - A write goes to every leg in service (in sync, or being resynced), and completes when
+//!   every leg answered: successfully if at least one in-sync leg took it. With every leg in
+//!   sync the mirror's bio itself goes to leg 0 and a clone to each other leg
+//!   ([`Mirror::submit`]); otherwise the write is one dm-io call. A leg
 //!   that fails a write (or a flush) is marked failed and leaves service; the device stays up,
 //!   degraded, and says so ([`Mirror::status`], [`Mirror::take_events`]).
 //! - A read goes to one in-sync leg (round robin); on an error it is retried on another
@@ -184,7 +186,7 @@ pub struct Mirror {
     dirty: [AtomicU64; DIRTY_WORDS],
     rr: AtomicU32,
     io: &'static DmIo,
-    /// Leg bios of the direct write path.
+    /// Clones of the direct write path (legs 1..).
     set: &'static BioSet<LegWrite>,
     /// Bit `i`: leg `i` is a request queue (`is_leaf`): its bios are submitted to it directly.
     leaf: u32,

@@ -65,7 +65,7 @@ struct Line {
 pub struct DmEnv {
     /// Split and clone bios.
     pub split_set: &'static BioSet<()>,
-    /// The leg bios of mirror writes with every leg in sync (taken without waiting: when none
+    /// The clones of mirror writes with every leg in sync (taken without waiting: when none
     /// is free the write goes through dm-io).
     pub mirror_set: &'static BioSet<LegWrite>,
     /// The dm-io client mirrors use.
