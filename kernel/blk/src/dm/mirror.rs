@@ -490,8 +490,9 @@ impl Mirror {
         if let Some(c) = first {
             self.send(1, c, ctx);
         }
-        for (k, c) in more.into_iter().enumerate() {
-            self.send(k + 2, c, ctx);
+        // Popped in place (moving the list into an iterator would copy all of it).
+        while let Some(c) = more.pop() {
+            self.send(2 + more.len(), c, ctx);
         }
         self.send(0, bio, ctx);
         Ok(())
