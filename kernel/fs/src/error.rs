@@ -22,6 +22,11 @@ pub enum IoOp {
     WriteSuperblock,
     /// Writing a new filesystem (mkfs).
     Format,
+    /// Reading a tree node (format version 2).
+    ReadNode,
+    /// Writing a tree node (format version 2): before a commit, or early when the node cache
+    /// is full of changed nodes.
+    WriteNode,
 }
 
 impl IoOp {
@@ -36,6 +41,8 @@ impl IoOp {
             IoOp::WriteInodeTable => "inode-table write",
             IoOp::WriteSuperblock => "commit record (superblock) write",
             IoOp::Format => "mkfs write",
+            IoOp::ReadNode => "tree node read",
+            IoOp::WriteNode => "tree node write",
         }
     }
 }
