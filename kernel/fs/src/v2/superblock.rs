@@ -9,8 +9,15 @@ pub const SLOTS: u64 = 2;
 pub const MAX_BLOCKS: u64 = 1 << 32;
 /// Generations stay below this; a superblock claiming more is invalid.
 pub const GENERATION_LIMIT: u64 = 1 << 63;
-/// Extents the allocation reserve may hold.
-pub const RESERVE_MAX: usize = 64;
+/// Most blocks a free-space group covers: the bits of one bitmap block.
+pub const GROUP_BLOCKS_MAX: u32 = ((super::node::DATA_END - super::node::HDR) * 8) as u32;
+/// Groups one selector block covers (one bit each).
+pub const SELECTOR_BITS: u64 = GROUP_BLOCKS_MAX as u64;
+/// Selector blocks a superblock points to: enough for 2^32 blocks in groups of
+/// [`GROUP_BLOCKS_MAX`] (132,235 groups); smaller groups allow smaller filesystems.
+pub const SELECTORS: usize = 5;
+/// Fewest blocks a free-space group covers.
+pub const GROUP_BLOCKS_MIN: u32 = 64;
 
 const O_BLOCKS: usize = 32;
 const O_ROOT: usize = 40;
@@ -19,7 +26,9 @@ const O_NEXT_INO: usize = 56;
 const O_FLAGS: usize = 64;
 const O_FREE: usize = 72;
 const O_LOG_ROOT: usize = 80;
-const O_RESERVE_COUNT: usize = 88;
+const O_GROUP_BLOCKS: usize = 88;
+const O_GROUPS_READY: usize = 96;
+const O_SELECTORS: usize = 104;
 
 /// Superblock flag: data blocks carry checksums.
 pub const FLAG_DATA_CSUM: u64 = 1;
@@ -41,6 +50,13 @@ pub struct Superblock {
     pub flags: u64,
     /// Free blocks, for `statfs`.
     pub free_blocks: u64,
+    /// Blocks per free-space group (one bitmap block each), chosen at mkfs.
+    pub group_blocks: u32,
+    /// Groups `0..groups_ready` have bitmap blocks; later groups are untouched (all free).
+    pub groups_ready: u64,
+    /// Selector blocks: bit `g % SELECTOR_BITS` of block `g / SELECTOR_BITS` names the slot
+    /// holding group `g`'s durable bitmap; 0 = not written yet (every bit 0).
+    pub selectors: [u64; SELECTORS],
 }
 
 impl Superblock {
@@ -65,6 +81,11 @@ impl Superblock {
         wr64(b, O_FLAGS, self.flags);
         wr64(b, O_FREE, self.free_blocks);
         wr64(b, O_LOG_ROOT, 0);
+        b[O_GROUP_BLOCKS..O_GROUP_BLOCKS + 4].copy_from_slice(&self.group_blocks.to_le_bytes());
+        wr64(b, O_GROUPS_READY, self.groups_ready);
+        for (i, &p) in self.selectors.iter().enumerate() {
+            wr64(b, O_SELECTORS + 8 * i, p);
+        }
         node::seal(b);
     }
 
@@ -88,6 +109,14 @@ impl Superblock {
             next_ino: rd64(b, O_NEXT_INO),
             flags: rd64(b, O_FLAGS),
             free_blocks: rd64(b, O_FREE),
+            group_blocks: u32::from_le_bytes([
+                b[O_GROUP_BLOCKS],
+                b[O_GROUP_BLOCKS + 1],
+                b[O_GROUP_BLOCKS + 2],
+                b[O_GROUP_BLOCKS + 3],
+            ]),
+            groups_ready: rd64(b, O_GROUPS_READY),
+            selectors: core::array::from_fn(|i| rd64(b, O_SELECTORS + 8 * i)),
         };
         if s.block_count <= SLOTS || s.block_count > MAX_BLOCKS {
             return Err("block count out of range");
@@ -107,16 +136,27 @@ impl Superblock {
         if rd64(b, O_LOG_ROOT) != 0 {
             return Err("fsync log present (not supported by this version)");
         }
-        if u32::from_le_bytes([
-            b[O_RESERVE_COUNT],
-            b[O_RESERVE_COUNT + 1],
-            b[O_RESERVE_COUNT + 2],
-            b[O_RESERVE_COUNT + 3],
-        ]) != 0
+        if !(GROUP_BLOCKS_MIN..=GROUP_BLOCKS_MAX).contains(&s.group_blocks) {
+            return Err("group size out of range");
+        }
+        if s.groups_ready > s.groups() {
+            return Err("more groups ready than the filesystem has");
+        }
+        if s.groups() > SELECTORS as u64 * SELECTOR_BITS {
+            return Err("too many groups for the selector blocks");
+        }
+        if s.selectors
+            .iter()
+            .any(|&p| p != 0 && (p < SLOTS || p >= s.block_count))
         {
-            return Err("allocation reserve present (not supported by this version)");
+            return Err("selector block outside the filesystem");
         }
         Ok(s)
+    }
+
+    /// Free-space groups of the filesystem (the last one may be short).
+    pub fn groups(&self) -> u64 {
+        self.block_count.div_ceil(self.group_blocks.max(1) as u64)
     }
 }
 
@@ -135,6 +175,9 @@ mod tests {
             next_ino: 17,
             flags: FLAG_DATA_CSUM,
             free_blocks: 100,
+            group_blocks: GROUP_BLOCKS_MAX,
+            groups_ready: 3,
+            selectors: [0, 5, 0, 0, 0],
         };
         let mut b = [0u8; BLOCK_SIZE];
         s.encode(&mut b);

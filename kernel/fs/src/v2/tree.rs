@@ -67,8 +67,9 @@ fn internal(block: u64) -> FsError {
 }
 
 impl<'b, const N: usize> Tree<'b, N> {
-    /// Writes an empty tree on `dev` (generation 1 in slot 1, slot 0 zeroed), using `mem`
-    /// (`N` blocks) as the cache. The filesystem is the whole device, at most 2^32 blocks.
+    /// Writes an empty tree on `dev` with its root leaf at block 2 (generation 1 in slot 1,
+    /// slot 0 zeroed), using `mem` (`N` blocks) as the cache; no free-space bitmaps (for a
+    /// caller that tracks space itself). The filesystem is the whole device.
     pub fn mkfs<D: BlockIo>(dev: &mut D, mem: &'b mut [u8]) -> Result<()> {
         let blocks = dev.block_count();
         if blocks <= FIRST_ROOT {
@@ -77,12 +78,6 @@ impl<'b, const N: usize> Tree<'b, N> {
         if blocks > MAX_BLOCKS {
             return Err(FsError::Unsupported("more than 2^32 blocks"));
         }
-        let mut cache = NodeCache::<N>::new(mem)?;
-        cache.write_with(dev, FIRST_ROOT, WriteFlags::NONE, IoOp::Format, |b| {
-            node::init(b, 0, 1, FIRST_ROOT);
-            node::seal(b);
-        })?;
-        cache.write_with(dev, 0, WriteFlags::NONE, IoOp::Format, |b| b.fill(0))?;
         let sb = Superblock {
             generation: 1,
             block_count: blocks,
@@ -91,7 +86,27 @@ impl<'b, const N: usize> Tree<'b, N> {
             next_ino: 0,
             flags: 0,
             free_blocks: blocks - FIRST_ROOT - 1,
+            group_blocks: super::superblock::GROUP_BLOCKS_MAX,
+            groups_ready: 0,
+            selectors: [0; super::superblock::SELECTORS],
         };
+        Self::mkfs_with(dev, mem, &sb)
+    }
+
+    /// Writes an empty tree whose root leaf is at `sb.root`, then `sb` (generation 1) to slot 1
+    /// with `PREFLUSH | FUA`; slot 0 is zeroed. Whatever else the filesystem needs (bitmaps)
+    /// must be written before.
+    pub fn mkfs_with<D: BlockIo>(dev: &mut D, mem: &'b mut [u8], sb: &Superblock) -> Result<()> {
+        if sb.generation != 1 || sb.height != 1 || sb.block_count > dev.block_count() {
+            return Err(FsError::InvalidArgument);
+        }
+        let mut cache = NodeCache::<N>::new(mem)?;
+        let root = sb.root;
+        cache.write_with(dev, root, WriteFlags::NONE, IoOp::Format, |b| {
+            node::init(b, 0, 1, root);
+            node::seal(b);
+        })?;
+        cache.write_with(dev, 0, WriteFlags::NONE, IoOp::Format, |b| b.fill(0))?;
         cache.write_with(dev, 1, WriteFlags::COMMIT, IoOp::Format, |b| sb.encode(b))
     }
 
@@ -139,6 +154,9 @@ impl<'b, const N: usize> Tree<'b, N> {
                 next_ino: 0,
                 flags: 0,
                 free_blocks: 0,
+                group_blocks: 0,
+                groups_ready: 0,
+                selectors: [0; super::superblock::SELECTORS],
             },
             durable: 0,
             failed: false,
@@ -252,36 +270,46 @@ impl<'b, const N: usize> Tree<'b, N> {
 
     /// Makes frame `f` fresh: returns it if it is, else a copy at a new block (the old block
     /// freed at commit). The caller repoints the parent.
-    fn cow<D: BlockIo, S: Space>(&mut self, dev: &mut D, space: &mut S, f: usize) -> Result<usize> {
+    fn cow<D: BlockIo, S: Space<D>>(
+        &mut self,
+        dev: &mut D,
+        space: &mut S,
+        f: usize,
+    ) -> Result<usize> {
         let txn = self.txn();
         if node::generation(self.cache.frame(f)) == txn {
             return Ok(f);
         }
         let old = self.cache.block_of(f);
-        let nb = space.alloc()?;
+        let nb = space.alloc(dev)?;
         let nf = self.cache.create(dev, nb)?;
         let (src, dst) = self.cache.pair_mut(f, nf);
         dst.copy_from_slice(src);
         node::relabel(dst, txn, nb);
         self.cache.discard(old);
-        space.free(old)?;
+        space.free(dev, old)?;
         Ok(nf)
     }
 
     /// Frees a node's block and forgets its frame.
-    fn drop_node<S: Space>(&mut self, space: &mut S, block: u64) -> Result<()> {
+    fn drop_node<D: BlockIo, S: Space<D>>(
+        &mut self,
+        dev: &mut D,
+        space: &mut S,
+        block: u64,
+    ) -> Result<()> {
         self.cache.discard(block);
-        space.free(block)
+        space.free(dev, block)
     }
 
     /// A new empty node at `level` in a fresh block.
-    fn new_node<D: BlockIo, S: Space>(
+    fn new_node<D: BlockIo, S: Space<D>>(
         &mut self,
         dev: &mut D,
         space: &mut S,
         level: u8,
     ) -> Result<usize> {
-        let nb = space.alloc()?;
+        let nb = space.alloc(dev)?;
         let nf = self.cache.create(dev, nb)?;
         let txn = self.txn();
         node::init(self.cache.frame_mut(nf), level, txn, nb);
@@ -374,7 +402,7 @@ impl<'b, const N: usize> Tree<'b, N> {
     /// Inserts `key` with `value` (at most [`VALUE_MAX`] bytes), replacing an existing value.
     /// Returns whether it replaced one. On `NoSpace` the tree is unchanged; any other error
     /// fails the instance (see [`FsError::Failed`]).
-    pub fn insert<D: BlockIo, S: Space>(
+    pub fn insert<D: BlockIo, S: Space<D>>(
         &mut self,
         dev: &mut D,
         space: &mut S,
@@ -440,7 +468,7 @@ impl<'b, const N: usize> Tree<'b, N> {
         }
     }
 
-    fn insert_inner<D: BlockIo, S: Space>(
+    fn insert_inner<D: BlockIo, S: Space<D>>(
         &mut self,
         dev: &mut D,
         space: &mut S,
@@ -506,7 +534,7 @@ impl<'b, const N: usize> Tree<'b, N> {
 
     /// Removes `key`; returns whether it was there. Errors as for [`Tree::insert`] (running
     /// out of space while merging nodes only skips the merge).
-    pub fn remove<D: BlockIo, S: Space>(
+    pub fn remove<D: BlockIo, S: Space<D>>(
         &mut self,
         dev: &mut D,
         space: &mut S,
@@ -521,7 +549,7 @@ impl<'b, const N: usize> Tree<'b, N> {
         self.settle(r)
     }
 
-    fn remove_inner<D: BlockIo, S: Space>(
+    fn remove_inner<D: BlockIo, S: Space<D>>(
         &mut self,
         dev: &mut D,
         space: &mut S,
@@ -578,14 +606,14 @@ impl<'b, const N: usize> Tree<'b, N> {
             let old = self.sb.root;
             self.sb.root = child;
             self.sb.height -= 1;
-            self.drop_node(space, old)?;
+            self.drop_node(dev, space, old)?;
         }
         Ok(true)
     }
 
     /// Merges node `x` (entry `i` of `p`) with a sibling if both fit in one node. Returns
     /// whether it did.
-    fn merge<D: BlockIo, S: Space>(
+    fn merge<D: BlockIo, S: Space<D>>(
         &mut self,
         dev: &mut D,
         space: &mut S,
@@ -605,7 +633,7 @@ impl<'b, const N: usize> Tree<'b, N> {
             let (xs, ss) = self.cache.pair_mut(x, s);
             node::append_from(xs, ss);
             node::remove_at(self.cache.frame_mut(p), i + 1);
-            self.drop_node(space, sb)?;
+            self.drop_node(dev, space, sb)?;
         } else if i > 0 {
             let sb = node::child(pb, i - 1);
             let s = self.load(dev, sb, lvl, g)?;
@@ -619,7 +647,7 @@ impl<'b, const N: usize> Tree<'b, N> {
             node::append_from(ss, xs);
             node::remove_at(self.cache.frame_mut(p), i);
             let xb = self.cache.block_of(x);
-            self.drop_node(space, xb)?;
+            self.drop_node(dev, space, xb)?;
         } else {
             return Ok(false);
         }

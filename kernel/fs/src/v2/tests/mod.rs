@@ -3,14 +3,16 @@
 
 mod crash;
 mod model;
+mod space;
 
 use std::collections::BTreeSet;
 use std::vec::Vec;
 
 use super::key::Key;
-use super::space::Space;
+use super::space::{FreeSpace, Space, space_frames};
 use super::tree::Tree;
 use crate::error::{FsError, Result};
+use crate::format::BLOCK_SIZE;
 use crate::io::BlockIo;
 
 /// A test allocator: a bitmap rebuilt at mount from the tree's nodes, with frees held back
@@ -48,15 +50,10 @@ impl MemSpace {
             self.used[b as usize] = false;
         }
     }
-
-    /// Blocks in use.
-    pub fn used_count(&self) -> usize {
-        self.used.iter().filter(|&&u| u).count()
-    }
 }
 
-impl Space for MemSpace {
-    fn alloc(&mut self) -> Result<u64> {
+impl<D: BlockIo> Space<D> for MemSpace {
+    fn alloc(&mut self, _dev: &mut D) -> Result<u64> {
         let n = self.used.len();
         for k in 0..n {
             let b = (self.cursor + k) % n;
@@ -68,7 +65,7 @@ impl Space for MemSpace {
         }
         Err(FsError::NoSpace)
     }
-    fn free(&mut self, block: u64) -> Result<()> {
+    fn free(&mut self, _dev: &mut D, block: u64) -> Result<()> {
         assert!(self.used[block as usize], "freeing free block {block}");
         self.pending.push(block);
         Ok(())
@@ -99,4 +96,134 @@ pub fn value_for(key: &Key, version: u64, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (seed.wrapping_mul(0x9E37_79B9) >> (i % 32)) as u8 ^ i as u8)
         .collect()
+}
+
+/// Which allocator a test runs the tree with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpaceKind {
+    /// [`MemSpace`]: a bitmap rebuilt from the tree at mount.
+    Mem,
+    /// [`FreeSpace`] with groups of this many blocks (on-disk bitmaps).
+    Bitmaps(u32),
+}
+
+/// Groups a test's [`FreeSpace`] caches: few, so that bitmaps are written back early.
+pub const TEST_GROUPS: usize = 2;
+
+/// Either allocator.
+#[allow(clippy::large_enum_variant)]
+pub enum AnySpace<'m> {
+    Mem(MemSpace),
+    Bits(FreeSpace<'m, TEST_GROUPS>),
+}
+
+impl<D: BlockIo> Space<D> for AnySpace<'_> {
+    fn alloc(&mut self, dev: &mut D) -> Result<u64> {
+        match self {
+            AnySpace::Mem(s) => s.alloc(dev),
+            AnySpace::Bits(s) => s.alloc(dev),
+        }
+    }
+    fn free(&mut self, dev: &mut D, block: u64) -> Result<()> {
+        match self {
+            AnySpace::Mem(s) => s.free(dev, block),
+            AnySpace::Bits(s) => s.free(dev, block),
+        }
+    }
+}
+
+/// Scratch for [`AnySpace`]: the frames of a [`FreeSpace`].
+pub fn space_mem() -> Vec<u8> {
+    std::vec![0u8; space_frames(TEST_GROUPS) * BLOCK_SIZE]
+}
+
+/// Writes an empty filesystem of `kind`.
+pub fn mkfs<D: BlockIo, const N: usize>(dev: &mut D, mem: &mut [u8], kind: SpaceKind) {
+    match kind {
+        SpaceKind::Mem => Tree::<N>::mkfs(dev, mem).unwrap(),
+        SpaceKind::Bitmaps(gb) => {
+            let sb = FreeSpace::<TEST_GROUPS>::mkfs(dev, mem, gb).unwrap();
+            Tree::<N>::mkfs_with(dev, mem, &sb).unwrap();
+        }
+    }
+}
+
+impl<'m> AnySpace<'m> {
+    /// The allocator of the tree just mounted (checked exactly against the tree).
+    pub fn mount<D: BlockIo, const N: usize>(
+        kind: SpaceKind,
+        dev: &mut D,
+        tree: &mut Tree<'_, N>,
+        smem: &'m mut [u8],
+    ) -> Self {
+        let mut s = match kind {
+            SpaceKind::Mem => AnySpace::Mem(MemSpace::rebuild(dev, tree)),
+            SpaceKind::Bitmaps(_) => {
+                AnySpace::Bits(FreeSpace::open(smem, tree.superblock()).unwrap())
+            }
+        };
+        s.verify(dev, tree);
+        s
+    }
+
+    /// Commits the tree (and the bitmaps) and releases what the transaction freed.
+    pub fn commit<D: BlockIo, const N: usize>(
+        &mut self,
+        dev: &mut D,
+        tree: &mut Tree<'_, N>,
+    ) -> u64 {
+        match self {
+            AnySpace::Mem(s) => {
+                let g = tree.commit(dev).unwrap();
+                s.committed();
+                g
+            }
+            AnySpace::Bits(s) => s.commit(dev, tree).unwrap(),
+        }
+    }
+
+    /// At a commit boundary: the blocks the allocator holds used are exactly the superblock
+    /// slots, the bitmap slots of groups in use, and the tree's nodes; the free count agrees.
+    pub fn verify<D: BlockIo, const N: usize>(&mut self, dev: &mut D, tree: &mut Tree<'_, N>) {
+        match self {
+            AnySpace::Mem(s) => {
+                let fresh = MemSpace::rebuild(dev, tree);
+                assert_eq!(fresh.used, s.used, "leak or reuse");
+            }
+            AnySpace::Bits(s) => {
+                let sb = *tree.superblock();
+                let gb = sb.group_blocks as u64;
+                let mut want = BTreeSet::from([0u64, 1]);
+                for g in 0..s.groups_ready() {
+                    want.insert(g * gb + 2);
+                    want.insert(g * gb + 3);
+                }
+                for p in s.selector_blocks() {
+                    if p != 0 {
+                        assert!(want.insert(p), "selector block {p} used twice");
+                    }
+                }
+                assert_eq!(s.selector_blocks(), sb.selectors);
+                tree.check(dev, &mut |b, _| {
+                    assert!(
+                        want.insert(b),
+                        "node {b} referenced twice or on a bitmap slot"
+                    );
+                })
+                .expect("tree check");
+                let mut got = BTreeSet::new();
+                s.for_each_used(dev, &mut |b| {
+                    got.insert(b);
+                })
+                .expect("bitmaps");
+                assert_eq!(got, want, "bitmaps differ from the tree");
+                let groups = sb.block_count.div_ceil(gb);
+                assert_eq!(
+                    s.free_blocks(),
+                    sb.block_count - got.len() as u64 - 2 * (groups - s.groups_ready()),
+                    "free count"
+                );
+            }
+        }
+    }
 }

@@ -6,11 +6,12 @@
 use std::collections::BTreeMap;
 use std::vec::Vec;
 
-use super::{MemSpace, scan, value_for};
+use super::{AnySpace, MemSpace, SpaceKind, mkfs, scan, space_mem, value_for};
 use crate::format::BLOCK_SIZE;
 use crate::host::MemDisk;
 use crate::tests::{Rng, scale};
 use crate::v2::node::VALUE_MAX;
+use crate::v2::superblock::GROUP_BLOCKS_MAX;
 use crate::v2::{Key, MIN_FRAMES, Tree};
 
 type T<'b> = Tree<'b, MIN_FRAMES>;
@@ -35,10 +36,11 @@ fn items(m: &BTreeMap<Key, Vec<u8>>) -> Vec<(Key, Vec<u8>)> {
     m.iter().map(|(k, v)| (*k, v.clone())).collect()
 }
 
-fn run(seed: u64, ops: u64, blocks: u64, shape: &Shape) -> Outcome {
+fn run(seed: u64, ops: u64, blocks: u64, shape: &Shape, kind: SpaceKind) -> Outcome {
     let mut disk = MemDisk::new(blocks);
     let mut mem = std::vec![0u8; MIN_FRAMES * BLOCK_SIZE];
-    T::mkfs(&mut disk, &mut mem).unwrap();
+    let mut smem = space_mem();
+    mkfs::<_, MIN_FRAMES>(&mut disk, &mut mem, kind);
     let mut rng = Rng::new(seed);
     let mut committed: BTreeMap<Key, Vec<u8>> = BTreeMap::new();
     let mut done = 0;
@@ -53,7 +55,7 @@ fn run(seed: u64, ops: u64, blocks: u64, shape: &Shape) -> Outcome {
     'mount: loop {
         let (mut tree, info) = T::mount(&mut disk, &mut mem, false).unwrap();
         assert!(!info.fell_back, "seed {seed}: clean remount fell back");
-        let mut space = MemSpace::rebuild(&mut disk, &mut tree);
+        let mut space = AnySpace::mount(kind, &mut disk, &mut tree, &mut smem);
         assert_eq!(
             scan(&mut disk, &mut tree),
             items(&committed),
@@ -67,10 +69,12 @@ fn run(seed: u64, ops: u64, blocks: u64, shape: &Shape) -> Outcome {
                 for k in keys {
                     assert!(tree.remove(&mut disk, &mut space, &k).unwrap());
                 }
-                tree.commit(&mut disk).unwrap();
-                space.committed();
+                space.commit(&mut disk, &mut tree);
                 assert_eq!(tree.height(), 1, "seed {seed}: empty tree not collapsed");
-                assert_eq!(space.used_count(), 3, "seed {seed}: blocks leaked");
+                let mut nodes = 0;
+                tree.check(&mut disk, &mut |_, _| nodes += 1).unwrap();
+                assert_eq!(nodes, 1, "seed {seed}: empty tree of several nodes");
+                space.verify(&mut disk, &mut tree);
                 assert!(scan(&mut disk, &mut tree).is_empty());
                 out.early_writes += tree.cache_stats().early_writes;
                 return out;
@@ -128,16 +132,11 @@ fn run(seed: u64, ops: u64, blocks: u64, shape: &Shape) -> Outcome {
                     assert!(tree.next(&mut disk, &from, &mut buf).unwrap().is_none());
                 }
             } else if roll < 99 {
-                tree.commit(&mut disk).unwrap();
-                space.committed();
+                space.commit(&mut disk, &mut tree);
                 out.commits += 1;
                 committed = model.clone();
                 // The allocator's view and the tree agree exactly: nothing leaked.
-                let fresh = MemSpace::rebuild(&mut disk, &mut tree);
-                assert_eq!(
-                    fresh.used, space.used,
-                    "seed {seed} op {done}: leak or reuse"
-                );
+                space.verify(&mut disk, &mut tree);
                 if rng.chance(20) {
                     out.early_writes += tree.cache_stats().early_writes;
                     continue 'mount;
@@ -162,7 +161,7 @@ fn many_small_items() {
         max_len: 120,
         insert_pct: 62,
     };
-    let o = run(1, 30_000 * scale(), 8192, &shape);
+    let o = run(1, 30_000 * scale(), 8192, &shape, SpaceKind::Mem);
     assert!(o.max_items > 5_000, "only {} items", o.max_items);
     assert!(o.max_height >= 3, "height {}", o.max_height);
     assert!(o.early_writes > 0);
@@ -179,7 +178,7 @@ fn large_values_split_and_merge() {
         insert_pct: 55,
     };
     for seed in 0..3 * scale() {
-        let o = run(100 + seed, 8_000, 8192, &shape);
+        let o = run(100 + seed, 8_000, 8192, &shape, SpaceKind::Mem);
         assert!(o.max_height >= 3, "height {}", o.max_height);
     }
 }
@@ -196,8 +195,40 @@ fn dense_keys_churn() {
         insert_pct: 45,
     };
     for seed in 0..4 * scale() {
-        run(200 + seed, 6_000, 1024, &shape);
+        run(200 + seed, 6_000, 1024, &shape, SpaceKind::Mem);
     }
+}
+
+#[test]
+fn on_disk_bitmaps() {
+    // The same workloads over on-disk bitmaps with small groups (many groups, a short last
+    // one) and two cached groups: bitmaps are written back early and reloaded constantly.
+    let small = Shape {
+        ids: 3000,
+        kinds: 3,
+        offsets: 4,
+        max_len: 120,
+        insert_pct: 62,
+    };
+    let o = run(7, 12_000 * scale(), 6000, &small, SpaceKind::Bitmaps(64));
+    assert!(o.max_height >= 2, "height {}", o.max_height);
+    let large = Shape {
+        ids: 700,
+        kinds: 1,
+        offsets: 2,
+        max_len: VALUE_MAX,
+        insert_pct: 55,
+    };
+    let o = run(8, 6_000, 4100, &large, SpaceKind::Bitmaps(100));
+    assert!(o.max_height >= 3, "height {}", o.max_height);
+    let dense = Shape {
+        ids: 40,
+        kinds: 2,
+        offsets: 8,
+        max_len: 600,
+        insert_pct: 45,
+    };
+    run(9, 6_000, 1030, &dense, SpaceKind::Bitmaps(GROUP_BLOCKS_MAX));
 }
 
 #[test]
