@@ -646,7 +646,7 @@ impl<'b, const G: usize> FreeSpace<'b, G> {
 
 impl<D: BlockIo, const G: usize> Space<D> for FreeSpace<'_, G> {
     fn alloc(&mut self, dev: &mut D) -> Result<u64> {
-        if !self.in_flush && self.free_blocks - self.pinned <= COMMIT_RESERVE {
+        if !self.in_flush && self.free_blocks.saturating_sub(self.pinned) <= COMMIT_RESERVE {
             return Err(FsError::NoSpace);
         }
         let groups = self.groups();
@@ -669,7 +669,7 @@ impl<D: BlockIo, const G: usize> Space<D> for FreeSpace<'_, G> {
                 set_bit(wb, k, true);
                 set_count(wb, count(wb) - 1);
                 self.ent[i].dirty = true;
-                self.free_blocks -= 1;
+                self.free_blocks = self.free_blocks.saturating_sub(1);
                 let block = g * self.group_blocks + k;
                 self.cursor = block + 1;
                 return Ok(block);

@@ -626,6 +626,12 @@ impl<'b, const N: usize> Tree<'b, N> {
         let lvl = node::level(self.cache.frame(x));
         if i + 1 < n {
             let sb = node::child(pb, i + 1);
+            if sb == self.cache.block_of(x) {
+                return Err(FsError::Corrupt {
+                    block: sb,
+                    what: "node referenced twice",
+                });
+            }
             let s = self.load(dev, sb, lvl, g)?;
             if node::used(self.cache.frame(x)) + node::used(self.cache.frame(s)) > CAPACITY {
                 return Ok(false);
@@ -636,6 +642,12 @@ impl<'b, const N: usize> Tree<'b, N> {
             self.drop_node(dev, space, sb)?;
         } else if i > 0 {
             let sb = node::child(pb, i - 1);
+            if sb == self.cache.block_of(x) {
+                return Err(FsError::Corrupt {
+                    block: sb,
+                    what: "node referenced twice",
+                });
+            }
             let s = self.load(dev, sb, lvl, g)?;
             if node::used(self.cache.frame(x)) + node::used(self.cache.frame(s)) > CAPACITY {
                 return Ok(false);

@@ -139,7 +139,11 @@ impl Checker {
 
 #[test]
 fn every_commit_prefix_and_subset_mounts_old_or_new() {
-    crash_run(SpaceKind::Mem);
+    // The tree alone, over an allocator rebuilt from the tree at mount. The run over on-disk
+    // bitmaps below covers the tree as well; this one is for long runs.
+    if scale() > 1 {
+        crash_run(SpaceKind::Mem);
+    }
 }
 
 #[test]

@@ -161,7 +161,7 @@ fn many_small_items() {
         max_len: 120,
         insert_pct: 62,
     };
-    let o = run(1, 30_000 * scale(), 8192, &shape, SpaceKind::Mem);
+    let o = run(1, 20_000 * scale(), 8192, &shape, SpaceKind::Mem);
     assert!(o.max_items > 5_000, "only {} items", o.max_items);
     assert!(o.max_height >= 3, "height {}", o.max_height);
     assert!(o.early_writes > 0);
