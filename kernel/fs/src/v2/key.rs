@@ -16,8 +16,6 @@ pub mod kind {
     pub const EXTENT: u8 = 4;
     /// Data checksums: `(ino, CSUM, first file block)`.
     pub const CSUM: u8 = 5;
-    /// A free-space bitmap block: `(SPACE_ID, BITMAP, group)`.
-    pub const BITMAP: u8 = 6;
     /// An unlinked inode still being freed: `(ORPHANS_ID, ORPHAN, ino)`.
     pub const ORPHAN: u8 = 7;
 }
