@@ -13,12 +13,14 @@ pub mod node;
 pub mod space;
 pub mod superblock;
 pub mod tree;
+pub mod volume;
 
 pub use cache::{CacheStats, MIN_FRAMES, NodeCache};
 pub use key::Key;
 pub use space::Space;
 pub use superblock::Superblock;
 pub use tree::{MountInfo, Tree};
+pub use volume::{Entry, Inode, Kind, Volume};
 
 #[cfg(test)]
 mod tests;

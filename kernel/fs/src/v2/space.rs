@@ -217,6 +217,14 @@ impl<'b, const G: usize> FreeSpace<'b, G> {
         self.free_blocks
     }
 
+    /// Blocks ordinary allocations can still get in the open transaction (freed blocks the
+    /// durable tree uses and the commit reserve excluded).
+    pub fn allocatable(&self) -> u64 {
+        self.free_blocks
+            .saturating_sub(self.pinned)
+            .saturating_sub(COMMIT_RESERVE)
+    }
+
     /// Groups with bitmaps.
     pub fn groups_ready(&self) -> u64 {
         self.groups_ready

@@ -5,6 +5,7 @@ mod crash;
 mod fuzz;
 mod model;
 mod space;
+mod volume;
 
 use std::collections::BTreeSet;
 use std::vec::Vec;
