@@ -10,11 +10,13 @@
 use std::collections::BTreeMap;
 use std::vec::Vec;
 
-use super::{AnySpace, SpaceKind, mkfs, scan, space_mem, value_for};
+use super::{AnySpace, SpaceKind, TEST_GROUPS, mkfs, scan, space_mem, value_for};
 use crate::format::BLOCK_SIZE;
 use crate::host::MemDisk;
 use crate::io::{BlockIo, IoError, Run, WriteFlags};
 use crate::tests::{Rng, scale};
+use crate::v2::Kind;
+use crate::v2::volume::{ROOT, volume_frames};
 use crate::v2::{Key, MIN_FRAMES, Tree};
 
 type T<'b> = Tree<'b, MIN_FRAMES>;
@@ -315,4 +317,126 @@ fn piece((block, data): (u64, &[u8]), sectors: usize) -> Piece<'_> {
         data,
         sectors,
     }
+}
+
+/// Every directory reachable from the root: its entries, sorted.
+fn namespace<D: BlockIo>(v: &mut crate::v2::Volume<'_, D, MIN_FRAMES, TEST_GROUPS>) -> Names {
+    let mut out = BTreeMap::new();
+    let mut todo = std::vec![ROOT];
+    while let Some(d) = todo.pop() {
+        let mut entries = Vec::new();
+        let mut cookie = 0;
+        while let Some((e, next)) = v.readdir(d, cookie).unwrap() {
+            if e.kind == Kind::Dir {
+                todo.push(e.ino);
+            }
+            entries.push((e.name().to_vec(), e.ino, e.kind));
+            cookie = next;
+        }
+        entries.sort();
+        out.insert(d, entries);
+    }
+    out
+}
+
+type Names = BTreeMap<u64, Vec<(Vec<u8>, u64, Kind)>>;
+
+#[test]
+fn namespace_operations_are_atomic() {
+    // Creates, removals and renames across directories (with replacement), a few per commit;
+    // every crash state of every commit shows exactly the namespace before or after it.
+    let mut dev = Recorder {
+        disk: MemDisk::new(512),
+        log: Vec::new(),
+    };
+    let mut m = std::vec![0u8; volume_frames(MIN_FRAMES, TEST_GROUPS) * BLOCK_SIZE];
+    crate::v2::Volume::<Recorder, MIN_FRAMES, TEST_GROUPS>::mkfs(&mut dev, &mut m, 64, 0).unwrap();
+    let mut img = dev.disk.data.clone();
+    dev.log.clear();
+    let mut m2 = m.clone();
+    let (mut v, _) =
+        crate::v2::Volume::<&mut Recorder, MIN_FRAMES, TEST_GROUPS>::mount(&mut dev, &mut m, false)
+            .unwrap();
+    let mut rng = Rng::new(0xA70);
+    let mut old = namespace(&mut v);
+    let (mut states, mut renames) = (0u64, 0u64);
+    for round in 0..60 * scale() {
+        let dirs: Vec<u64> = old.keys().copied().collect();
+        for _ in 0..1 + rng.below(6) {
+            let d = dirs[rng.below(dirs.len() as u64) as usize];
+            let mut n = std::format!("e{}", rng.below(12)).into_bytes();
+            let present = &old[&d];
+            if !present.is_empty() && rng.chance(70) {
+                n = present[rng.below(present.len() as u64) as usize].0.clone();
+            }
+            let _ = match rng.below(10) {
+                0..4 => v.create(d, &n, Kind::File).map(|_| ()),
+                4..6 => v.create(d, &n, Kind::Dir).map(|_| ()),
+                6..7 => v.remove(d, &n),
+                _ => {
+                    let to = dirs[rng.below(dirs.len() as u64) as usize];
+                    let tn = std::format!("e{}", rng.below(12)).into_bytes();
+                    let r = v.rename(d, &n, to, &tn);
+                    renames += u64::from(r.is_ok());
+                    r
+                }
+            };
+        }
+        let old_gen = v.superblock().generation;
+        v.sync().unwrap();
+        let new_gen = v.superblock().generation;
+        let new = namespace(&mut v);
+        let log = std::mem::take(&mut v.device().log);
+        let mut writes = Vec::new();
+        let mut record = None;
+        let mut barriers = 0;
+        for e in &log {
+            match e {
+                Event::Barrier => barriers += 1,
+                Event::Write { block, data } if barriers == 0 => writes.push((*block, &data[..])),
+                Event::Write { block, data } => record = Some((*block, &data[..])),
+            }
+        }
+        let record = record.expect("commit record");
+        let mut check =
+            |pieces: &[(u64, &[u8], usize)], want_gen: u64, want: &Names, what: &str| {
+                let mut data = img.clone();
+                for &(b, d, sectors) in pieces {
+                    let o = b as usize * BLOCK_SIZE;
+                    data[o..o + sectors * 512].copy_from_slice(&d[..sectors * 512]);
+                }
+                let mut disk = MemDisk { data };
+                let (mut cv, info) =
+                    crate::v2::Volume::<&mut MemDisk, MIN_FRAMES, TEST_GROUPS>::mount(
+                        &mut disk, &mut m2, false,
+                    )
+                    .unwrap_or_else(|e| panic!("round {round} {what}: {e}"));
+                assert_eq!(info.generation, want_gen, "round {round} {what}");
+                assert_eq!(&namespace(&mut cv), want, "round {round} {what}");
+            };
+        let all: Vec<(u64, &[u8], usize)> = writes.iter().map(|&(b, d)| (b, d, 8)).collect();
+        for k in 0..=all.len() {
+            check(&all[..k], old_gen, &old, "prefix");
+            states += 1;
+        }
+        let mut full = all.clone();
+        full.push((record.0, record.1, 8));
+        check(&full, new_gen, &new, "complete");
+        full.last_mut().unwrap().2 = 3;
+        check(&full, old_gen, &old, "torn record");
+        for _ in 0..12 {
+            let mut subset = Vec::new();
+            for &(b, d, _) in &all {
+                if rng.chance(50) {
+                    subset.push((b, d, if rng.chance(20) { 1 } else { 8 }));
+                }
+            }
+            check(&subset, old_gen, &old, "subset");
+        }
+        states += 14;
+        img = v.device().disk.data.clone();
+        old = new;
+    }
+    assert!(renames > 20, "only {renames} renames");
+    assert!(states > 800, "only {states} states");
 }
