@@ -8,6 +8,7 @@
 //! the disk or the number of items.
 
 pub mod cache;
+pub mod file;
 pub mod key;
 pub mod node;
 pub mod space;

@@ -1,6 +1,6 @@
 //! The namespace on the tree (`docs/tinyfs-v2.md`, "One tree"): inodes, directory entries
 //! keyed by name hash with collision handling, back references; create, lookup, stat,
-//! readdir, remove, rename, sync. File data (extents) is not built yet: files are empty.
+//! readdir, remove, rename, sync. File data is in `file.rs`.
 //!
 //! Every operation checks before its first change that the free space covers its worst case
 //! (a few tree updates), so `NoSpace` never leaves half an operation behind; any other error
@@ -137,10 +137,14 @@ fn check_name(name: &[u8]) -> Result<()> {
 
 /// A version-2 filesystem's namespace: the tree, its free space, the device.
 pub struct Volume<'b, D: BlockIo, const N: usize, const G: usize> {
-    dev: D,
-    tree: Tree<'b, N>,
-    space: FreeSpace<'b, G>,
-    now: u64,
+    pub(super) dev: D,
+    pub(super) tree: Tree<'b, N>,
+    pub(super) space: FreeSpace<'b, G>,
+    /// One block for file data (partial blocks are read, patched and written from here).
+    pub(super) data: &'b mut [u8],
+    /// A data write failed: nothing is committed again on this mount.
+    pub(super) failed: bool,
+    pub(super) now: u64,
 }
 
 impl<D: BlockIo, const N: usize, const G: usize> core::fmt::Debug for Volume<'_, D, N, G> {
@@ -160,7 +164,7 @@ enum Slot {
 
 /// Blocks of memory a [`Volume`] with `N` node frames and `G` cached groups needs.
 pub const fn volume_frames(n: usize, g: usize) -> usize {
-    n + space_frames(g)
+    n + space_frames(g) + 1
 }
 
 impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
@@ -189,7 +193,8 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         if mem.len() < volume_frames(N, G) * BLOCK_SIZE {
             return Err(FsError::BufferTooSmall);
         }
-        let (tmem, smem) = mem.split_at_mut(N * BLOCK_SIZE);
+        let (tmem, rest) = mem.split_at_mut(N * BLOCK_SIZE);
+        let (smem, data) = rest.split_at_mut(space_frames(G) * BLOCK_SIZE);
         let (tree, info) = Tree::mount(&mut dev, tmem, read_only)?;
         let space = FreeSpace::open(smem, tree.superblock())?;
         Ok((
@@ -197,6 +202,8 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 dev,
                 tree,
                 space,
+                data: &mut data[..BLOCK_SIZE],
+                failed: false,
                 now: 0,
             },
             info,
@@ -215,12 +222,17 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
 
     /// Commits everything: on return every change made before is durable.
     pub fn sync(&mut self) -> Result<()> {
+        if self.failed {
+            return Err(FsError::Failed {
+                durable: self.tree.generation(),
+            });
+        }
         self.space.commit(&mut self.dev, &mut self.tree).map(|_| ())
     }
 
     /// Refuses with `NoSpace`, before any change, an operation of `updates` tree updates that
     /// the free space might not cover.
-    fn room(&self, updates: u64) -> Result<()> {
+    pub(super) fn room(&self, updates: u64) -> Result<()> {
         let worst = updates * (2 * MAX_HEIGHT as u64 + 2);
         if self.space.allocatable() < worst {
             return Err(FsError::NoSpace);
@@ -228,13 +240,13 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         Ok(())
     }
 
-    fn put(&mut self, key: Key, value: &[u8]) -> Result<()> {
+    pub(super) fn put(&mut self, key: Key, value: &[u8]) -> Result<()> {
         self.tree
             .insert(&mut self.dev, &mut self.space, &key, value)
             .map(|_| ())
     }
 
-    fn del(&mut self, key: Key) -> Result<()> {
+    pub(super) fn del(&mut self, key: Key) -> Result<()> {
         if self.tree.remove(&mut self.dev, &mut self.space, &key)? {
             Ok(())
         } else {
@@ -245,7 +257,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         }
     }
 
-    fn put_inode(&mut self, ino: u64, i: &Inode) -> Result<()> {
+    pub(super) fn put_inode(&mut self, ino: u64, i: &Inode) -> Result<()> {
         self.put(Key::new(ino, kind::INODE, 0), &i.encode())
     }
 
@@ -385,6 +397,9 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         };
         if k == Kind::Dir && !self.is_empty_dir(ino)? {
             return Err(FsError::NotEmpty);
+        }
+        if k == Kind::File {
+            self.free_extents(ino)?;
         }
         self.room(4)?;
         self.del(key)?;

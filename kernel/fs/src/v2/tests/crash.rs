@@ -327,10 +327,16 @@ fn namespace<D: BlockIo>(v: &mut crate::v2::Volume<'_, D, MIN_FRAMES, TEST_GROUP
         let mut entries = Vec::new();
         let mut cookie = 0;
         while let Some((e, next)) = v.readdir(d, cookie).unwrap() {
+            let mut sum = 0;
             if e.kind == Kind::Dir {
                 todo.push(e.ino);
+            } else {
+                let size = v.stat(e.ino).unwrap().size as usize;
+                let mut bytes = std::vec![0u8; size];
+                assert_eq!(v.read(e.ino, 0, &mut bytes).unwrap(), size);
+                sum = (size as u64) << 32 | crate::crc::crc32c(&bytes) as u64;
             }
-            entries.push((e.name().to_vec(), e.ino, e.kind));
+            entries.push((e.name().to_vec(), e.ino, e.kind, sum));
             cookie = next;
         }
         entries.sort();
@@ -339,7 +345,8 @@ fn namespace<D: BlockIo>(v: &mut crate::v2::Volume<'_, D, MIN_FRAMES, TEST_GROUP
     out
 }
 
-type Names = BTreeMap<u64, Vec<(Vec<u8>, u64, Kind)>>;
+/// Directory -> its entries (name, inode, kind, file size << 32 | CRC32C of the contents).
+type Names = BTreeMap<u64, Vec<(Vec<u8>, u64, Kind, u64)>>;
 
 #[test]
 fn namespace_operations_are_atomic() {
@@ -359,7 +366,7 @@ fn namespace_operations_are_atomic() {
             .unwrap();
     let mut rng = Rng::new(0xA70);
     let mut old = namespace(&mut v);
-    let (mut states, mut renames) = (0u64, 0u64);
+    let (mut states, mut renames, mut writes_done) = (0u64, 0u64, 0u64);
     for round in 0..60 * scale() {
         let dirs: Vec<u64> = old.keys().copied().collect();
         for _ in 0..1 + rng.below(6) {
@@ -369,7 +376,15 @@ fn namespace_operations_are_atomic() {
             if !present.is_empty() && rng.chance(70) {
                 n = present[rng.below(present.len() as u64) as usize].0.clone();
             }
-            let _ = match rng.below(10) {
+            let _ = match rng.below(16) {
+                10..16 => match present.iter().find(|e| e.0 == n && e.2 == Kind::File) {
+                    Some(e) => {
+                        let data = std::vec![rng.next() as u8; 1 + rng.below(9000) as usize];
+                        writes_done += 1;
+                        v.write(e.1, rng.below(20_000), &data).map(|_| ())
+                    }
+                    None => Ok(()),
+                },
                 0..4 => v.create(d, &n, Kind::File).map(|_| ()),
                 4..6 => v.create(d, &n, Kind::Dir).map(|_| ()),
                 6..7 => v.remove(d, &n),
@@ -438,5 +453,6 @@ fn namespace_operations_are_atomic() {
         old = new;
     }
     assert!(renames > 20, "only {renames} renames");
+    assert!(writes_done > 20, "only {writes_done} writes");
     assert!(states > 800, "only {states} states");
 }

@@ -229,3 +229,51 @@ impl<'m> AnySpace<'m> {
         }
     }
 }
+
+/// At a commit boundary: the blocks the volume's bitmaps mark used are exactly the superblock
+/// slots, the bitmap slots of groups in use, the selectors, the tree's nodes and every block
+/// of every extent, each once. Returns the number of data blocks.
+pub fn verify_volume<D: BlockIo, const N: usize, const G: usize>(
+    v: &mut super::Volume<'_, D, N, G>,
+) -> u64 {
+    let sb = *v.tree.superblock();
+    let gb = sb.group_blocks as u64;
+    let mut want = BTreeSet::from([0u64, 1]);
+    for g in 0..v.space.groups_ready() {
+        want.insert(g * gb + 2);
+        want.insert(g * gb + 3);
+    }
+    for p in v.space.selector_blocks() {
+        if p != 0 {
+            assert!(want.insert(p), "selector block {p} used twice");
+        }
+    }
+    v.tree
+        .check(&mut v.dev, &mut |b, _| {
+            assert!(want.insert(b), "node {b} used twice");
+        })
+        .expect("tree check");
+    let mut data = 0;
+    let mut from = Key::MIN;
+    let mut buf = [0u8; 1024];
+    while let Some((k, n)) = v.tree.next(&mut v.dev, &from, &mut buf).unwrap() {
+        if k.kind == super::key::kind::EXTENT {
+            assert_eq!(n, 16);
+            let start = u64::from_le_bytes(buf[..8].try_into().unwrap());
+            let phys = u64::from_le_bytes(buf[8..16].try_into().unwrap());
+            for i in 0..k.offset - start {
+                assert!(want.insert(phys + i), "data block {} used twice", phys + i);
+                data += 1;
+            }
+        }
+        from = k.successor().unwrap();
+    }
+    let mut got = BTreeSet::new();
+    v.space
+        .for_each_used(&mut v.dev, &mut |b| {
+            got.insert(b);
+        })
+        .unwrap();
+    assert_eq!(got, want, "bitmaps differ from the tree and the extents");
+    data
+}

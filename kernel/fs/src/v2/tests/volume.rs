@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::vec::Vec;
 
+use super::verify_volume;
 use crate::FsError;
 use crate::crc::crc32c;
 use crate::format::BLOCK_SIZE;
@@ -342,4 +343,95 @@ fn hundred_thousand_files_in_one_directory() {
     assert!(left.iter().all(|(_, ino, _)| (ino - ROOT - 1) % 2 == 1));
     assert_eq!(v.lookup(ROOT, b"f0"), Err(FsError::NotFound));
     assert!(v.superblock().height >= 3);
+}
+
+#[test]
+fn file_data_model() {
+    // Random writes (anywhere: overwrites, appends, past the end, block-crossing), reads,
+    // removals and re-creations checked against byte vectors; after every sync the bitmaps
+    // must match the tree and the extents exactly; remounts with and without a sync.
+    let mut disk = MemDisk::new(3000);
+    let mut m = mem();
+    Volume::<MemDisk, N, G>::mkfs(&mut disk, &mut m, 256, 1).unwrap();
+    let mut rng = Rng::new(0xF11E);
+    let mut committed: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = BTreeMap::new();
+    let mut steps = 0;
+    let mut overwrites = 0;
+    while steps < 3000 * scale() {
+        let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
+        let mut model = committed.clone();
+        for (n, (ino, bytes)) in &model {
+            assert_eq!(v.lookup(ROOT, n), Ok((*ino, Kind::File)));
+            let mut out = std::vec![0u8; bytes.len() + 10];
+            assert_eq!(v.read(*ino, 0, &mut out).unwrap(), bytes.len());
+            assert!(
+                out[..bytes.len()] == bytes[..],
+                "step {steps}: contents after mount"
+            );
+        }
+        loop {
+            steps += 1;
+            let n = std::format!("f{}", rng.below(8)).into_bytes();
+            match rng.below(100) {
+                0..45 => {
+                    let ino = match model.get(&n) {
+                        Some(&(ino, _)) => ino,
+                        None => {
+                            let ino = v.create(ROOT, &n, Kind::File).unwrap();
+                            model.insert(n.clone(), (ino, Vec::new()));
+                            ino
+                        }
+                    };
+                    let bytes = &mut model.get_mut(&n).unwrap().1;
+                    let off = if rng.chance(50) && !bytes.is_empty() {
+                        overwrites += 1;
+                        rng.below(bytes.len() as u64)
+                    } else {
+                        rng.below(80_000)
+                    };
+                    let most = if rng.chance(20) { 20_000 } else { 3_000 };
+                    let len = 1 + rng.below(most) as usize;
+                    let data: Vec<u8> = (0..len).map(|i| (i as u64 ^ steps) as u8).collect();
+                    assert_eq!(v.write(ino, off, &data).unwrap(), len);
+                    let end = off as usize + len;
+                    if bytes.len() < end {
+                        bytes.resize(end, 0);
+                    }
+                    bytes[off as usize..end].copy_from_slice(&data);
+                    assert_eq!(v.stat(ino).unwrap().size, bytes.len() as u64);
+                }
+                45..75 => {
+                    if let Some((ino, bytes)) = model.get(&n) {
+                        let off = rng.below(bytes.len() as u64 + 100);
+                        let mut out = std::vec![0xEEu8; 1 + rng.below(9000) as usize];
+                        let got = v.read(*ino, off, &mut out).unwrap();
+                        let want = bytes.get(off as usize..).unwrap_or(&[]);
+                        let k = want.len().min(out.len());
+                        assert_eq!(got, k, "step {steps}: read length");
+                        assert!(out[..k] == want[..k], "step {steps}: read at {off}");
+                    }
+                }
+                75..85 => {
+                    if model.remove(&n).is_some() {
+                        v.remove(ROOT, &n).unwrap();
+                    }
+                }
+                85..97 => {
+                    v.sync().unwrap();
+                    committed = model.clone();
+                    let data = verify_volume(&mut v);
+                    let want: u64 = model
+                        .values()
+                        .map(|(_, b)| (b.len() as u64).div_ceil(4096))
+                        .sum();
+                    assert!(data <= want, "step {steps}: {data} data blocks for {want}");
+                    if rng.chance(25) {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+    assert!(overwrites > 300);
 }
