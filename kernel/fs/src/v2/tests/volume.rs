@@ -435,3 +435,73 @@ fn file_data_model() {
     }
     assert!(overwrites > 300);
 }
+
+/// A device that counts the blocks written.
+struct Counting {
+    disk: MemDisk,
+    written: u64,
+}
+
+impl crate::io::BlockIo for Counting {
+    fn block_count(&self) -> u64 {
+        self.disk.block_count()
+    }
+    fn read(&mut self, block: u64, buf: &mut [u8]) -> Result<(), crate::io::IoError> {
+        self.disk.read(block, buf)
+    }
+    fn write(
+        &mut self,
+        runs: &[crate::io::Run<'_>],
+        flags: crate::io::WriteFlags,
+    ) -> Result<(), crate::io::IoError> {
+        self.written += runs
+            .iter()
+            .map(|r| (r.data.len() / BLOCK_SIZE) as u64)
+            .sum::<u64>();
+        self.disk.write(runs, flags)
+    }
+}
+
+#[test]
+fn random_overwrite_rewrites_little_metadata() {
+    // A fragmented file (every block its own extent); then random 4 KiB overwrites, each
+    // followed by a commit. Blocks written per overwrite: the data block, the changed path of
+    // the tree, the bitmaps of the groups touched, a selector, the superblock; the same for a
+    // file 80 times larger, whose tree is a level taller.
+    let mut per_op = Vec::new();
+    for blocks in [256u64, 20_000] {
+        let mut dev = Counting {
+            disk: MemDisk::new(blocks + blocks / 2 + 2000),
+            written: 0,
+        };
+        let mut m = mem();
+        Volume::<Counting, N, G>::mkfs(&mut dev, &mut m, 32_480, 1).unwrap();
+        let (mut v, _) = Volume::<&mut Counting, N, G>::mount(&mut dev, &mut m, false).unwrap();
+        let f = v.create(ROOT, b"big", Kind::File).unwrap();
+        let block = [7u8; BLOCK_SIZE];
+        // Backwards, so that no two neighbours are contiguous on disk: one extent per block.
+        for b in (0..blocks).rev() {
+            v.write(f, b * BLOCK_SIZE as u64, &block).unwrap();
+        }
+        v.sync().unwrap();
+        let mut rng = Rng::new(blocks);
+        let ops = 200;
+        let before = v.device().written;
+        for _ in 0..ops {
+            let b = rng.below(blocks);
+            v.write(f, b * BLOCK_SIZE as u64, &block).unwrap();
+            v.sync().unwrap();
+        }
+        let per = (v.device().written - before) as f64 / ops as f64;
+        std::println!(
+            "v2: {blocks}-block file, height {}: {per:.1} blocks written per random overwrite + sync",
+            v.superblock().height
+        );
+        per_op.push(per);
+        verify_volume(&mut v);
+    }
+    // O(log n): a file 80 times larger costs about one more node (and its neighbours now and
+    // then) per overwrite.
+    assert!(per_op[0] <= 10.0, "{per_op:?}");
+    assert!(per_op[1] <= per_op[0] + 3.0, "{per_op:?}");
+}
