@@ -179,6 +179,74 @@ impl<D: BlockIo, const N: usize, const G: usize> Volume<'_, D, N, G> {
         Ok(len)
     }
 
+    /// Sets the size of file `ino`: shrinking frees the blocks past the end (at commit) and
+    /// zeroes the rest of the last block (in a new block), growing leaves a hole.
+    pub fn truncate(&mut self, ino: u64, size: u64) -> Result<()> {
+        if self.failed {
+            return Err(FsError::Failed {
+                durable: self.tree.generation(),
+            });
+        }
+        let mut inode = self.file(ino)?;
+        if size.div_ceil(BS) > MAX_FILE_BLOCKS {
+            return Err(FsError::FileTooLarge);
+        }
+        if size < inode.size {
+            let keep = size.div_ceil(BS);
+            let mut b = [0u8; EXTENT_SIZE];
+            loop {
+                let from = Key::new(ino, kind::EXTENT, keep + 1);
+                let Some((k, n)) = self.tree.next(&mut self.dev, &from, &mut b)? else {
+                    break;
+                };
+                if k.id != ino || k.kind != kind::EXTENT {
+                    break;
+                }
+                let (start, phys) = (rd64(&b, 0), rd64(&b, 8));
+                if n != EXTENT_SIZE || start >= k.offset {
+                    return Err(corrupt("extent out of range"));
+                }
+                self.room(3)?;
+                self.del(k)?;
+                let first_freed = start.max(keep);
+                if start < keep {
+                    self.put_extent(ino, start, keep, phys)?;
+                }
+                for fb in first_freed..k.offset {
+                    self.space.free(&mut self.dev, phys + (fb - start))?;
+                }
+            }
+            // The bytes of the last block past the new end read as zeros if the file grows
+            // again: rewrite that block with them cleared.
+            let tail = (size % BS) as usize;
+            if tail != 0 {
+                let fb = size / BS;
+                if let Some(old @ (s, _, p)) = self.extent_at(ino, fb)? {
+                    self.room(7)?;
+                    self.dev
+                        .read(p + (fb - s), self.data)
+                        .map_err(|e| FsError::io(IoOp::ReadData, e))?;
+                    self.data[tail..].fill(0);
+                    let nb = self.space.alloc(&mut self.dev)?;
+                    let run = Run {
+                        block: nb,
+                        data: self.data,
+                    };
+                    if let Err(e) = self.dev.write(&[run], WriteFlags::NONE) {
+                        self.failed = true;
+                        return Err(FsError::io(IoOp::WriteData, e));
+                    }
+                    self.map_block(ino, fb, nb, Some(old))?;
+                }
+            }
+        }
+        inode.size = size;
+        inode.mtime = self.now;
+        inode.ctime = self.now;
+        self.room(1)?;
+        self.put_inode(ino, &inode)
+    }
+
     /// Frees every extent of `ino` (its blocks at commit), one item at a time.
     pub(super) fn free_extents(&mut self, ino: u64) -> Result<()> {
         let mut b = [0u8; EXTENT_SIZE];

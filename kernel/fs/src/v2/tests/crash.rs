@@ -350,7 +350,8 @@ type Names = BTreeMap<u64, Vec<(Vec<u8>, u64, Kind, u64)>>;
 
 #[test]
 fn namespace_operations_are_atomic() {
-    // Creates, removals and renames across directories (with replacement), a few per commit;
+    // Creates, removals, renames across directories (with replacement), writes and truncates,
+    // a few per commit;
     // every crash state of every commit shows exactly the namespace before or after it.
     let mut dev = Recorder {
         disk: MemDisk::new(512),
@@ -367,7 +368,7 @@ fn namespace_operations_are_atomic() {
     let mut rng = Rng::new(0xA70);
     let mut old = namespace(&mut v);
     let (mut states, mut renames, mut writes_done) = (0u64, 0u64, 0u64);
-    for round in 0..60 * scale() {
+    for round in 0..90 * scale() {
         let dirs: Vec<u64> = old.keys().copied().collect();
         for _ in 0..1 + rng.below(6) {
             let d = dirs[rng.below(dirs.len() as u64) as usize];
@@ -378,6 +379,7 @@ fn namespace_operations_are_atomic() {
             }
             let _ = match rng.below(16) {
                 10..16 => match present.iter().find(|e| e.0 == n && e.2 == Kind::File) {
+                    Some(e) if rng.chance(25) => v.truncate(e.1, rng.below(12_000)),
                     Some(e) => {
                         let data = std::vec![rng.next() as u8; 1 + rng.below(9000) as usize];
                         writes_done += 1;

@@ -357,6 +357,7 @@ fn file_data_model() {
     let mut committed: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = BTreeMap::new();
     let mut steps = 0;
     let mut overwrites = 0;
+    let mut truncates = 0;
     while steps < 3000 * scale() {
         let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
         let mut model = committed.clone();
@@ -411,9 +412,22 @@ fn file_data_model() {
                         assert!(out[..k] == want[..k], "step {steps}: read at {off}");
                     }
                 }
-                75..85 => {
+                75..80 => {
                     if model.remove(&n).is_some() {
                         v.remove(ROOT, &n).unwrap();
+                    }
+                }
+                80..85 => {
+                    if let Some((ino, bytes)) = model.get_mut(&n) {
+                        // Shrink (often mid-block) or grow.
+                        let size = if rng.chance(70) {
+                            rng.below(bytes.len() as u64 + 1)
+                        } else {
+                            bytes.len() as u64 + rng.below(10_000)
+                        };
+                        v.truncate(*ino, size).unwrap();
+                        bytes.resize(size as usize, 0);
+                        truncates += 1;
                     }
                 }
                 85..97 => {
@@ -434,6 +448,7 @@ fn file_data_model() {
         }
     }
     assert!(overwrites > 300);
+    assert!(truncates > 50);
 }
 
 /// A device that counts the blocks written.
