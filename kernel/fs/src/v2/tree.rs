@@ -31,6 +31,10 @@ pub struct MountInfo {
     /// The newest valid superblock's tree did not load, or the other slot failed validation
     /// while it may have held a newer commit (a torn commit record): the older slot is used.
     pub fell_back: bool,
+    /// The newest valid superblock's root did not validate and the older tree was mounted:
+    /// the mount is read-only whatever was asked, because writing would reuse the newer
+    /// tree's blocks and make the loss permanent (as in version 1).
+    pub rolled_back: bool,
 }
 
 /// The tree and its commit state.
@@ -175,7 +179,9 @@ impl<'b, const N: usize> Tree<'b, N> {
                     let info = MountInfo {
                         generation: sb.generation,
                         fell_back: rank > 0 || other_torn,
+                        rolled_back: rank > 0,
                     };
+                    tree.read_only |= rank > 0;
                     return Ok((tree, info));
                 }
                 Err(e) => {

@@ -295,3 +295,33 @@ fn runs_out_of_space_cleanly() {
     let (mut tree, _) = T::mount(&mut disk, &mut mem, false).unwrap();
     assert_eq!(scan(&mut disk, &mut tree), items(&model));
 }
+
+#[test]
+fn corrupt_newest_tree_mounts_the_older_read_only() {
+    let mut disk = MemDisk::new(256);
+    let mut mem = std::vec![0u8; MIN_FRAMES * BLOCK_SIZE];
+    T::mkfs(&mut disk, &mut mem).unwrap();
+    let (k1, k2) = (Key::new(1, 1, 0), Key::new(2, 1, 0));
+    let root = {
+        let (mut tree, _) = T::mount(&mut disk, &mut mem, false).unwrap();
+        let mut space = MemSpace::rebuild(&mut disk, &mut tree);
+        tree.insert(&mut disk, &mut space, &k1, b"one").unwrap();
+        tree.commit(&mut disk).unwrap();
+        space.committed();
+        tree.insert(&mut disk, &mut space, &k2, b"two").unwrap();
+        assert_eq!(tree.commit(&mut disk).unwrap(), 3);
+        tree.superblock().root
+    };
+    disk.data[root as usize * BLOCK_SIZE + 100] ^= 0xff;
+    let (mut tree, info) = T::mount(&mut disk, &mut mem, false).unwrap();
+    assert_eq!(
+        (info.generation, info.fell_back, info.rolled_back),
+        (2, true, true)
+    );
+    assert_eq!(scan(&mut disk, &mut tree), std::vec![(k1, b"one".to_vec())]);
+    let mut space = MemSpace::rebuild(&mut disk, &mut tree);
+    assert_eq!(
+        tree.insert(&mut disk, &mut space, &k2, b"x"),
+        Err(crate::FsError::ReadOnly)
+    );
+}
