@@ -457,4 +457,5 @@ fn namespace_operations_are_atomic() {
     assert!(renames > 20, "only {renames} renames");
     assert!(writes_done > 20, "only {writes_done} writes");
     assert!(states > 800, "only {states} states");
+    std::println!("v2 namespace crash: {states} states, {renames} renames, {writes_done} writes");
 }
