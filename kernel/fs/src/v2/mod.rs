@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod file;
+pub mod fs;
 pub mod key;
 pub mod node;
 pub mod space;
@@ -17,6 +18,7 @@ pub mod tree;
 pub mod volume;
 
 pub use cache::{CacheStats, MIN_FRAMES, NodeCache};
+pub use fs::{DirEntry, Fs, Ino, Stat, StatFs};
 pub use key::Key;
 pub use space::Space;
 pub use superblock::Superblock;

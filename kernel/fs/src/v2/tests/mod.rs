@@ -2,6 +2,7 @@
 //! enumeration.
 
 mod crash;
+mod fs;
 mod fuzz;
 mod model;
 mod space;
