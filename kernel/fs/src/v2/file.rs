@@ -3,12 +3,16 @@
 //! the first item at or after `(ino, EXTENT, b + 1)`). A write puts every block it touches in
 //! a newly allocated block and splits or merges at most three extent items for it, so a random
 //! overwrite changes O(log n) metadata blocks and never the rest of the file. Data goes
-//! through the volume's one-block buffer (a copying path, one block per I/O; run allocation
-//! and the zero-copy paths are not built yet).
+//! through the volume's data buffer in runs: a write takes a run of contiguous new blocks
+//! (as many as the buffer holds and the free space gives in a row), fills it, writes it in
+//! one I/O and maps it as one extent; a read reads each extent piece of a buffer's worth in
+//! one I/O. [`Volume::write_buffer`] lends the buffer for a zero-copy write and
+//! [`Volume::read_buffer`] lends it for a zero-copy read.
 
 use super::key::{Key, kind};
+use super::node::MAX_HEIGHT;
 use super::space::Space;
-use super::volume::{Kind, Volume};
+use super::volume::{Inode, Kind, Volume};
 use crate::error::{FsError, IoOp, Result};
 use crate::format::BLOCK_SIZE;
 use crate::io::{BlockIo, Run, WriteFlags};
@@ -28,9 +32,10 @@ fn corrupt(what: &'static str) -> FsError {
     FsError::Corrupt { block: 0, what }
 }
 
-impl<D: BlockIo, const N: usize, const G: usize> Volume<'_, D, N, G> {
-    /// The extent covering file block `fb` of `ino`: `(start, end, device block of start)`.
-    fn extent_at(&mut self, ino: u64, fb: u64) -> Result<Option<(u64, u64, u64)>> {
+impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
+    /// The first extent of `ino` ending after file block `fb`: `(start, end, device block of
+    /// start)`.
+    fn extent_from(&mut self, ino: u64, fb: u64) -> Result<Option<(u64, u64, u64)>> {
         let mut b = [0u8; EXTENT_SIZE];
         let from = Key::new(ino, kind::EXTENT, fb + 1);
         match self.tree.next(&mut self.dev, &from, &mut b)? {
@@ -42,10 +47,15 @@ impl<D: BlockIo, const N: usize, const G: usize> Volume<'_, D, N, G> {
                 if start >= k.offset || phys.checked_add(k.offset - start).is_none() {
                     return Err(corrupt("extent out of range"));
                 }
-                Ok((start <= fb).then_some((start, k.offset, phys)))
+                Ok(Some((start, k.offset, phys)))
             }
             _ => Ok(None),
         }
+    }
+
+    /// The extent covering file block `fb` of `ino`: `(start, end, device block of start)`.
+    fn extent_at(&mut self, ino: u64, fb: u64) -> Result<Option<(u64, u64, u64)>> {
+        Ok(self.extent_from(ino, fb)?.filter(|&(s, _, _)| s <= fb))
     }
 
     fn put_extent(&mut self, ino: u64, start: u64, end: u64, phys: u64) -> Result<()> {
@@ -55,24 +65,25 @@ impl<D: BlockIo, const N: usize, const G: usize> Volume<'_, D, N, G> {
         self.put(Key::new(ino, kind::EXTENT, end), &v)
     }
 
-    /// Maps file block `fb` to device block `nb`, which replaces `old` (the extent that
-    /// covered it, whose block is freed at commit), merging with a contiguous extent before.
-    fn map_block(
-        &mut self,
-        ino: u64,
-        fb: u64,
-        nb: u64,
-        old: Option<(u64, u64, u64)>,
-    ) -> Result<()> {
-        if let Some((s, e, p)) = old {
+    /// Maps file blocks `[fb, fb + k)` to device blocks `[nb, nb + k)`: the extents that
+    /// covered them are cut (their blocks there freed at commit), and the new extent merges
+    /// with a contiguous one ending at `fb`.
+    fn map_range(&mut self, ino: u64, fb: u64, k: u64, nb: u64) -> Result<()> {
+        let end = fb + k;
+        while let Some((s, e, p)) = self.extent_from(ino, fb)? {
+            if s >= end {
+                break;
+            }
             self.del(Key::new(ino, kind::EXTENT, e))?;
             if s < fb {
                 self.put_extent(ino, s, fb, p)?;
             }
-            if fb + 1 < e {
-                self.put_extent(ino, fb + 1, e, p + (fb + 1 - s))?;
+            if e > end {
+                self.put_extent(ino, end, e, p + (end - s))?;
             }
-            self.space.free(&mut self.dev, p + (fb - s))?;
+            for b in s.max(fb)..e.min(end) {
+                self.space.free(&mut self.dev, p + (b - s))?;
+            }
         }
         let (mut start, mut phys) = (fb, nb);
         let mut b = [0u8; EXTENT_SIZE];
@@ -85,7 +96,188 @@ impl<D: BlockIo, const N: usize, const G: usize> Volume<'_, D, N, G> {
                 phys = lp;
             }
         }
-        self.put_extent(ino, start, fb + 1, phys)
+        self.put_extent(ino, start, end, phys)
+    }
+
+    /// Extents of `ino` that overlap file blocks `[fb, fb + k)`, counted up to `k`.
+    fn overlapping(&mut self, ino: u64, fb: u64, k: u64) -> Result<u64> {
+        let mut c = 0;
+        let mut at = fb;
+        while c < k {
+            match self.extent_from(ino, at)? {
+                Some((s, e, _)) if s < fb + k => {
+                    c += 1;
+                    at = e;
+                }
+                _ => break,
+            }
+        }
+        Ok(c)
+    }
+
+    /// Reads file block `fb` of `ino` into buffer block `at` (zeros for a hole).
+    fn read_old(&mut self, ino: u64, fb: u64, at: usize) -> Result<()> {
+        let ext = self.extent_at(ino, fb)?;
+        let dst = &mut self.data[at * BLOCK_SIZE..(at + 1) * BLOCK_SIZE];
+        match ext {
+            Some((s, _, p)) => self
+                .dev
+                .read(p + (fb - s), dst)
+                .map_err(|e| FsError::io(IoOp::ReadData, e)),
+            None => {
+                dst.fill(0);
+                Ok(())
+            }
+        }
+    }
+
+    /// Prepares the next chunk of a write of bytes `[off, end)` to `ino`: checks the space
+    /// its tree updates and blocks need (a single block when a longer run does not fit),
+    /// allocates a run of new blocks and reads the partial first and last blocks' old bytes
+    /// into the buffer.
+    fn prepare(&mut self, ino: u64, off: u64, end: u64) -> Result<Chunk> {
+        if self.failed {
+            return Err(FsError::Failed {
+                durable: self.tree.generation(),
+            });
+        }
+        let inode = self.file(ino)?;
+        if end.div_ceil(BS) > MAX_FILE_BLOCKS {
+            return Err(FsError::FileTooLarge);
+        }
+        let fb = off / BS;
+        let cap = (self.data.len() / BLOCK_SIZE) as u64;
+        let mut k = ((end - 1) / BS + 1 - fb).min(cap);
+        loop {
+            let c = self.overlapping(ino, fb, k)?;
+            match self.room(c + 6) {
+                Ok(()) if self.space.allocatable() >= (c + 6) * (2 * MAX_HEIGHT as u64 + 2) + k => {
+                    break;
+                }
+                _ if k > 1 => k = 1,
+                Ok(()) => return Err(FsError::NoSpace),
+                Err(e) => return Err(e),
+            }
+        }
+        let nb = self.space.alloc(&mut self.dev)?;
+        let mut got = 1;
+        while got < k && self.space.extend(&mut self.dev, nb + got - 1)? {
+            got += 1;
+        }
+        let k = got;
+        let cend = end.min((fb + k) * BS);
+        let c = Chunk {
+            ino,
+            inode,
+            fb,
+            k,
+            nb,
+            lo: (off - fb * BS) as usize,
+            hi: (cend - fb * BS) as usize,
+        };
+        let r = (|| {
+            if !c.lo.is_multiple_of(BLOCK_SIZE) {
+                self.read_old(ino, fb, 0)?;
+            }
+            if !c.hi.is_multiple_of(BLOCK_SIZE) && (k > 1 || c.lo.is_multiple_of(BLOCK_SIZE)) {
+                self.read_old(ino, fb + k - 1, (k - 1) as usize)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            self.release(&c);
+            return Err(e);
+        }
+        Ok(c)
+    }
+
+    /// Gives back a prepared chunk's blocks (nothing was mapped).
+    fn release(&mut self, c: &Chunk) {
+        for b in c.nb..c.nb + c.k {
+            if self.space.free(&mut self.dev, b).is_err() {
+                self.failed = true;
+            }
+        }
+    }
+
+    /// Writes a prepared chunk's run in one I/O and maps it; returns the new bytes' count.
+    fn finish(&mut self, c: &Chunk) -> Result<usize> {
+        let run = Run {
+            block: c.nb,
+            data: &self.data[..(c.k * BS) as usize],
+        };
+        if let Err(e) = self.dev.write(&[run], WriteFlags::NONE) {
+            self.failed = true;
+            return Err(FsError::io(IoOp::WriteData, e));
+        }
+        self.map_range(c.ino, c.fb, c.k, c.nb)?;
+        let mut inode = c.inode;
+        inode.size = inode.size.max(c.fb * BS + c.hi as u64);
+        inode.mtime = self.now;
+        inode.ctime = self.now;
+        self.put_inode(c.ino, &inode)?;
+        Ok(c.hi - c.lo)
+    }
+
+    /// Lends the part of the data buffer that the next chunk of a write of `len` bytes at
+    /// `off` to file `ino` goes out from: fill [`WriteBuf::buf`] in place, then
+    /// [`WriteBuf::commit`] writes it (one I/O) with no copy. The region may be shorter than
+    /// `len` (the buffer's size, a short free run): call again from `off + WriteBuf::len()`.
+    /// The partial first and last blocks' old bytes are already around the region, so the
+    /// caller supplies only the new bytes. Dropping it uncommitted changes nothing.
+    pub fn write_buffer(
+        &mut self,
+        ino: u64,
+        off: u64,
+        len: usize,
+    ) -> Result<WriteBuf<'_, 'b, D, N, G>> {
+        if len == 0 {
+            return Err(FsError::InvalidArgument);
+        }
+        let end = off.checked_add(len as u64).ok_or(FsError::FileTooLarge)?;
+        let c = self.prepare(ino, off, end)?;
+        Ok(WriteBuf {
+            vol: self,
+            c,
+            live: true,
+        })
+    }
+
+    /// Lends the data buffer holding file `ino`'s bytes from `off`: at most `len` of them,
+    /// fewer at the end of the file or past the buffer's size (then call again from `off` +
+    /// the length returned); empty at or past the end. Each extent piece is one read; holes
+    /// read as zeros. The slice is valid until the next call on the volume.
+    pub fn read_buffer(&mut self, ino: u64, off: u64, len: usize) -> Result<&[u8]> {
+        let inode = self.file(ino)?;
+        if off >= inode.size || len == 0 {
+            return Ok(&[]);
+        }
+        let end = inode.size.min(off.saturating_add(len as u64));
+        let fb = off / BS;
+        let cap = (self.data.len() / BLOCK_SIZE) as u64;
+        let k = ((end - 1) / BS + 1 - fb).min(cap);
+        let mut i = 0;
+        while i < k {
+            let at = fb + i;
+            let ext = self.extent_from(ino, at)?;
+            let (n, phys) = match ext {
+                Some((s, e, p)) if s <= at => ((e - at).min(k - i), Some(p + (at - s))),
+                Some((s, _, _)) => ((s - at).min(k - i), None),
+                None => (k - i, None),
+            };
+            let dst = &mut self.data[(i * BS) as usize..((i + n) * BS) as usize];
+            match phys {
+                Some(p) => self
+                    .dev
+                    .read(p, dst)
+                    .map_err(|e| FsError::io(IoOp::ReadData, e))?,
+                None => dst.fill(0),
+            }
+            i += n;
+        }
+        let lo = (off - fb * BS) as usize;
+        let hi = (end.min((fb + k) * BS) - fb * BS) as usize;
+        Ok(&self.data[lo..hi])
     }
 
     fn file(&mut self, ino: u64) -> Result<super::volume::Inode> {
@@ -97,55 +289,24 @@ impl<D: BlockIo, const N: usize, const G: usize> Volume<'_, D, N, G> {
     }
 
     /// Writes `data` at byte `off` of file `ino` (anywhere: past the end, into holes). Every
-    /// block touched goes to a new block. Returns the bytes written: short only when space
-    /// ran out after the first block (then the file holds a consistent prefix of the write).
+    /// block touched goes to a new block, a run of them per chunk of the buffer's size, one
+    /// I/O each. Returns the bytes written: short only when space ran out after the first
+    /// chunk (then the file holds a consistent prefix of the write).
     pub fn write(&mut self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
-        if self.failed {
-            return Err(FsError::Failed {
-                durable: self.tree.generation(),
-            });
-        }
-        let mut inode = self.file(ino)?;
-        off.checked_add(data.len() as u64)
-            .filter(|&e| e.div_ceil(BS) <= MAX_FILE_BLOCKS)
+        let end = off
+            .checked_add(data.len() as u64)
             .ok_or(FsError::FileTooLarge)?;
         let mut done = 0usize;
         while done < data.len() {
-            let pos = off + done as u64;
-            let (fb, inb) = (pos / BS, (pos % BS) as usize);
-            let n = (BLOCK_SIZE - inb).min(data.len() - done);
-            if let Err(e) = self.room(7) {
-                if done > 0 {
-                    break;
-                }
-                return Err(e);
-            }
-            let old = self.extent_at(ino, fb)?;
-            if n < BLOCK_SIZE {
-                match old {
-                    Some((s, _, p)) => self
-                        .dev
-                        .read(p + (fb - s), self.data)
-                        .map_err(|e| FsError::io(IoOp::ReadData, e))?,
-                    None => self.data.fill(0),
-                }
-            }
-            self.data[inb..inb + n].copy_from_slice(&data[done..done + n]);
-            let nb = self.space.alloc(&mut self.dev)?;
-            let run = Run {
-                block: nb,
-                data: self.data,
+            let c = match self.prepare(ino, off + done as u64, end) {
+                Ok(c) => c,
+                Err(FsError::NoSpace) if done > 0 => break,
+                Err(e) => return Err(e),
             };
-            if let Err(e) = self.dev.write(&[run], WriteFlags::NONE) {
-                self.failed = true;
-                return Err(FsError::io(IoOp::WriteData, e));
-            }
-            self.map_block(ino, fb, nb, old)?;
+            let n = c.hi - c.lo;
+            self.data[c.lo..c.hi].copy_from_slice(&data[done..done + n]);
+            self.finish(&c)?;
             done += n;
-            inode.size = inode.size.max(pos + n as u64);
-            inode.mtime = self.now;
-            inode.ctime = self.now;
-            self.put_inode(ino, &inode)?;
         }
         Ok(done)
     }
@@ -153,30 +314,16 @@ impl<D: BlockIo, const N: usize, const G: usize> Volume<'_, D, N, G> {
     /// Reads from byte `off` of file `ino` into `buf`; returns the bytes read (short at the
     /// end of the file). Holes read as zeros.
     pub fn read(&mut self, ino: u64, off: u64, buf: &mut [u8]) -> Result<usize> {
-        let inode = self.file(ino)?;
-        if off >= inode.size {
-            return Ok(0);
-        }
-        let len = buf
-            .len()
-            .min((inode.size - off).min(usize::MAX as u64) as usize);
         let mut done = 0;
-        while done < len {
-            let pos = off + done as u64;
-            let (fb, inb) = (pos / BS, (pos % BS) as usize);
-            let n = (BLOCK_SIZE - inb).min(len - done);
-            match self.extent_at(ino, fb)? {
-                Some((s, _, p)) => {
-                    self.dev
-                        .read(p + (fb - s), self.data)
-                        .map_err(|e| FsError::io(IoOp::ReadData, e))?;
-                    buf[done..done + n].copy_from_slice(&self.data[inb..inb + n]);
-                }
-                None => buf[done..done + n].fill(0),
+        while done < buf.len() {
+            let src = self.read_buffer(ino, off + done as u64, buf.len() - done)?;
+            if src.is_empty() {
+                break;
             }
-            done += n;
+            buf[done..done + src.len()].copy_from_slice(src);
+            done += src.len();
         }
-        Ok(len)
+        Ok(done)
     }
 
     /// Sets the size of file `ino`: shrinking frees the blocks past the end (at commit) and
@@ -221,22 +368,20 @@ impl<D: BlockIo, const N: usize, const G: usize> Volume<'_, D, N, G> {
             let tail = (size % BS) as usize;
             if tail != 0 {
                 let fb = size / BS;
-                if let Some(old @ (s, _, p)) = self.extent_at(ino, fb)? {
+                if self.extent_at(ino, fb)?.is_some() {
                     self.room(7)?;
-                    self.dev
-                        .read(p + (fb - s), self.data)
-                        .map_err(|e| FsError::io(IoOp::ReadData, e))?;
-                    self.data[tail..].fill(0);
+                    self.read_old(ino, fb, 0)?;
+                    self.data[tail..BLOCK_SIZE].fill(0);
                     let nb = self.space.alloc(&mut self.dev)?;
                     let run = Run {
                         block: nb,
-                        data: self.data,
+                        data: &self.data[..BLOCK_SIZE],
                     };
                     if let Err(e) = self.dev.write(&[run], WriteFlags::NONE) {
                         self.failed = true;
                         return Err(FsError::io(IoOp::WriteData, e));
                     }
-                    self.map_block(ino, fb, nb, Some(old))?;
+                    self.map_range(ino, fb, 1, nb)?;
                 }
             }
         }
@@ -269,6 +414,64 @@ impl<D: BlockIo, const N: usize, const G: usize> Volume<'_, D, N, G> {
                 }
                 _ => return Ok(()),
             }
+        }
+    }
+}
+
+/// A prepared chunk of a write: file blocks `[fb, fb + k)` go to new blocks `[nb, nb + k)`
+/// from the buffer's start; buffer bytes `[lo, hi)` are the new ones.
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    ino: u64,
+    inode: Inode,
+    fb: u64,
+    k: u64,
+    nb: u64,
+    lo: usize,
+    hi: usize,
+}
+
+/// A region of the volume's data buffer lent for a zero-copy write
+/// ([`Volume::write_buffer`]). It holds the volume borrowed; dropping it without
+/// [`WriteBuf::commit`] gives its blocks back and leaves the file as it was.
+pub struct WriteBuf<'v, 'b, D: BlockIo, const N: usize, const G: usize> {
+    vol: &'v mut Volume<'b, D, N, G>,
+    c: Chunk,
+    live: bool,
+}
+
+impl<D: BlockIo, const N: usize, const G: usize> WriteBuf<'_, '_, D, N, G> {
+    /// The bytes to fill: file bytes `[offset, offset + len)`.
+    pub fn buf(&mut self) -> &mut [u8] {
+        &mut self.vol.data[self.c.lo..self.c.hi]
+    }
+
+    /// Bytes lent (at most the `len` asked for).
+    pub fn len(&self) -> usize {
+        self.c.hi - self.c.lo
+    }
+
+    /// Whether the region is empty (never: a region has at least one byte).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The file offset of the region's first byte.
+    pub fn offset(&self) -> u64 {
+        self.c.fb * BS + self.c.lo as u64
+    }
+
+    /// Writes the region (one I/O) and maps it into the file; returns its length.
+    pub fn commit(mut self) -> Result<usize> {
+        self.live = false;
+        self.vol.finish(&self.c)
+    }
+}
+
+impl<D: BlockIo, const N: usize, const G: usize> Drop for WriteBuf<'_, '_, D, N, G> {
+    fn drop(&mut self) {
+        if self.live {
+            self.vol.release(&self.c);
         }
     }
 }

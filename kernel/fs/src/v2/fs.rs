@@ -1,11 +1,13 @@
 //! Paths and the version-1 API on a version-2 volume: [`Fs`] has the method names and
 //! semantics of [`crate::Fs`] (`create`, `mkdir`, `open`, `stat`, `stat_path`, `statfs`,
-//! `readdir`, `unlink`, `rmdir`, `rename`, `read`, `write`, `append`, `truncate`, `fsync`,
-//! `sync`), so a caller switches by changing types. What differs: mounting is a constructor
-//! ([`Fs::mount`] takes the device and memory and returns the instance, [`Fs::mkfs`] is an
-//! associated function), inode numbers are 64-bit and never reused, directory cookies are
-//! 64-bit, and [`Stat`] carries the caller's clock instead of a commit generation.
+//! `readdir`, `unlink`, `rmdir`, `rename`, `read`, `write`, `write_buffer`, `append`,
+//! `truncate`, `fsync`, `sync`; and `read_buffer`, a zero-copy read), so a caller switches by
+//! changing types. What differs: mounting is a constructor ([`Fs::mount`] takes the device
+//! and memory and returns the instance, [`Fs::mkfs`] is an associated function), inode numbers
+//! are 64-bit and never reused, directory cookies are 64-bit, and [`Stat`] carries the
+//! caller's clock instead of a commit generation.
 
+use super::file::WriteBuf;
 use super::key::{Key, kind};
 use super::tree::MountInfo;
 use super::volume::{self, Volume};
@@ -311,6 +313,25 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Fs<'b, D, N, G> {
             return Ok(0);
         }
         self.vol.write(ino.0, off, data)
+    }
+
+    /// Lends the data buffer for a zero-copy write of (a first part of) `len` bytes at `off`
+    /// (see [`Volume::write_buffer`]): fill [`WriteBuf::buf`], then [`WriteBuf::commit`];
+    /// continue from `off + WriteBuf::len()`.
+    pub fn write_buffer(
+        &mut self,
+        ino: Ino,
+        off: u64,
+        len: usize,
+    ) -> Result<WriteBuf<'_, 'b, D, N, G>> {
+        self.writable()?;
+        self.vol.write_buffer(ino.0, off, len)
+    }
+
+    /// Lends the data buffer holding (a first part of) `len` bytes of the file from `off`, a
+    /// zero-copy read (see [`Volume::read_buffer`]); empty at the end of the file.
+    pub fn read_buffer(&mut self, ino: Ino, off: u64, len: usize) -> Result<&[u8]> {
+        self.vol.read_buffer(ino.0, off, len)
     }
 
     /// Appends `data`; returns the offset it was written at.

@@ -18,6 +18,7 @@ pub mod tree;
 pub mod volume;
 
 pub use cache::{CacheStats, MIN_FRAMES, NodeCache};
+pub use file::WriteBuf;
 pub use fs::{DirEntry, Fs, Ino, Stat, StatFs};
 pub use key::Key;
 pub use space::Space;

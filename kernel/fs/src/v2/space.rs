@@ -225,6 +225,33 @@ impl<'b, const G: usize> FreeSpace<'b, G> {
             .saturating_sub(COMMIT_RESERVE)
     }
 
+    /// Takes `block + 1` if it is free in both versions and in the same group as `block` (which
+    /// the caller just allocated): how a data run grows one block at a time, contiguous on
+    /// disk. `false` (nothing taken) when it is not, or only the commit reserve is left.
+    pub fn extend<D: BlockIo>(&mut self, dev: &mut D, block: u64) -> Result<bool> {
+        let next = block + 1;
+        let g = block / self.group_blocks;
+        if next >= self.block_count
+            || next / self.group_blocks != g
+            || g >= self.groups_ready
+            || self.free_blocks.saturating_sub(self.pinned) <= COMMIT_RESERVE
+        {
+            return Ok(false);
+        }
+        let i = self.load(dev, g)?;
+        let k = next - g * self.group_blocks;
+        if bit(self.frame(2 * i), k) || bit(self.frame(2 * i + 1), k) {
+            return Ok(false);
+        }
+        let wb = self.frame_mut(2 * i + 1);
+        set_bit(wb, k, true);
+        set_count(wb, count(wb) - 1);
+        self.ent[i].dirty = true;
+        self.free_blocks -= 1;
+        self.cursor = next + 1;
+        Ok(true)
+    }
+
     /// Groups with bitmaps.
     pub fn groups_ready(&self) -> u64 {
         self.groups_ready

@@ -140,7 +140,8 @@ pub struct Volume<'b, D: BlockIo, const N: usize, const G: usize> {
     pub(super) dev: D,
     pub(super) tree: Tree<'b, N>,
     pub(super) space: FreeSpace<'b, G>,
-    /// One block for file data (partial blocks are read, patched and written from here).
+    /// The data buffer: the memory past the tree's and the free space's frames, at least one
+    /// block; its size bounds one data I/O (a run of blocks).
     pub(super) data: &'b mut [u8],
     /// A data write failed: nothing is committed again on this mount.
     pub(super) failed: bool,
@@ -162,7 +163,8 @@ enum Slot {
     Free(Key),
 }
 
-/// Blocks of memory a [`Volume`] with `N` node frames and `G` cached groups needs.
+/// Blocks of memory a [`Volume`] with `N` node frames and `G` cached groups needs at least
+/// (with a one-block data buffer).
 pub const fn volume_frames(n: usize, g: usize) -> usize {
     n + space_frames(g) + 1
 }
@@ -188,13 +190,15 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         vol.sync()
     }
 
-    /// Mounts the filesystem on `dev`; `mem` holds [`volume_frames`]`(N, G)` blocks.
+    /// Mounts the filesystem on `dev`; `mem` holds at least [`volume_frames`]`(N, G)` blocks,
+    /// and every block past those enlarges the data buffer (the largest data I/O, one run).
     pub fn mount(mut dev: D, mem: &'b mut [u8], read_only: bool) -> Result<(Self, MountInfo)> {
         if mem.len() < volume_frames(N, G) * BLOCK_SIZE {
             return Err(FsError::BufferTooSmall);
         }
         let (tmem, rest) = mem.split_at_mut(N * BLOCK_SIZE);
         let (smem, data) = rest.split_at_mut(space_frames(G) * BLOCK_SIZE);
+        let len = data.len() / BLOCK_SIZE * BLOCK_SIZE;
         let (tree, info) = Tree::mount(&mut dev, tmem, read_only)?;
         let space = FreeSpace::open(smem, tree.superblock())?;
         Ok((
@@ -202,7 +206,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 dev,
                 tree,
                 space,
-                data: &mut data[..BLOCK_SIZE],
+                data: &mut data[..len],
                 failed: false,
                 now: 0,
             },

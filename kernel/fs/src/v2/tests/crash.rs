@@ -357,7 +357,8 @@ fn namespace_operations_are_atomic() {
         disk: MemDisk::new(512),
         log: Vec::new(),
     };
-    let mut m = std::vec![0u8; volume_frames(MIN_FRAMES, TEST_GROUPS) * BLOCK_SIZE];
+    // A four-block data buffer: writes of several blocks go out as runs.
+    let mut m = std::vec![0u8; (volume_frames(MIN_FRAMES, TEST_GROUPS) + 3) * BLOCK_SIZE];
     crate::v2::Volume::<Recorder, MIN_FRAMES, TEST_GROUPS>::mkfs(&mut dev, &mut m, 64, 0).unwrap();
     let mut img = dev.disk.data.clone();
     dev.log.clear();
