@@ -13,11 +13,21 @@ use super::key::{Key, kind};
 use super::node::MAX_HEIGHT;
 use super::space::Space;
 use super::volume::{Inode, Kind, Volume};
+use crate::crc::crc32c;
 use crate::error::{FsError, IoOp, Result};
 use crate::format::BLOCK_SIZE;
 use crate::io::{BlockIo, Run, WriteFlags};
 
 const EXTENT_SIZE: usize = 16;
+/// Data checksums per `CSUM` item (a CRC32C each), the item covering file blocks
+/// `[base, base + CSUMS)` keyed `(ino, CSUM, base)` with `base` a multiple of `CSUMS`.
+const CSUMS: u64 = 240;
+const CSUM_ITEM: usize = CSUMS as usize * 4;
+
+/// A block's recorded checksum: its CRC32C, never 0 (0 marks "none recorded").
+fn block_crc(b: &[u8]) -> u32 {
+    crc32c(b).max(1)
+}
 /// Largest file, in blocks (the largest filesystem).
 pub const MAX_FILE_BLOCKS: u64 = 1 << 32;
 const BS: u64 = BLOCK_SIZE as u64;
@@ -120,13 +130,88 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         let ext = self.extent_at(ino, fb)?;
         let dst = &mut self.data[at * BLOCK_SIZE..(at + 1) * BLOCK_SIZE];
         match ext {
-            Some((s, _, p)) => self
-                .dev
-                .read(p + (fb - s), dst)
-                .map_err(|e| FsError::io(IoOp::ReadData, e)),
+            Some((s, _, p)) => {
+                self.dev
+                    .read(p + (fb - s), dst)
+                    .map_err(|e| FsError::io(IoOp::ReadData, e))?;
+                self.verify(ino, fb, 1, at, p + (fb - s))
+            }
             None => {
                 dst.fill(0);
                 Ok(())
+            }
+        }
+    }
+
+    /// With data checksums: checks buffer blocks `[at, at + k)`, read from device blocks
+    /// `[phys, phys + k)` as file blocks `[fb, fb + k)`, against their recorded checksums.
+    fn verify(&mut self, ino: u64, fb: u64, k: u64, at: usize, phys: u64) -> Result<()> {
+        if !self.data_checksums() {
+            return Ok(());
+        }
+        let mut v = [0u8; CSUM_ITEM];
+        let mut loaded = None;
+        for i in 0..k {
+            let x = fb + i;
+            let base = x / CSUMS * CSUMS;
+            if loaded != Some(base) {
+                let key = Key::new(ino, kind::CSUM, base);
+                match self.tree.get(&mut self.dev, &key, &mut v)? {
+                    Some(CSUM_ITEM) => {}
+                    Some(_) => return Err(corrupt("checksum item of the wrong size")),
+                    None => v.fill(0),
+                }
+                loaded = Some(base);
+            }
+            let o = ((x - base) * 4) as usize;
+            let want = u32::from_le_bytes([v[o], v[o + 1], v[o + 2], v[o + 3]]);
+            let b = at + i as usize;
+            if block_crc(&self.data[b * BLOCK_SIZE..(b + 1) * BLOCK_SIZE]) != want {
+                return Err(FsError::DataChecksum { block: phys + i });
+            }
+        }
+        Ok(())
+    }
+
+    /// With data checksums: records the checksums of buffer blocks `[0, k)` as file blocks
+    /// `[fb, fb + k)`.
+    fn put_csums(&mut self, ino: u64, fb: u64, k: u64) -> Result<()> {
+        if !self.data_checksums() {
+            return Ok(());
+        }
+        let mut v = [0u8; CSUM_ITEM];
+        let mut x = fb;
+        while x < fb + k {
+            let base = x / CSUMS * CSUMS;
+            let key = Key::new(ino, kind::CSUM, base);
+            match self.tree.get(&mut self.dev, &key, &mut v)? {
+                Some(CSUM_ITEM) => {}
+                Some(_) => return Err(corrupt("checksum item of the wrong size")),
+                None => v.fill(0),
+            }
+            let stop = (base + CSUMS).min(fb + k);
+            for y in x..stop {
+                let b = (y - fb) as usize;
+                let crc = block_crc(&self.data[b * BLOCK_SIZE..(b + 1) * BLOCK_SIZE]);
+                let o = ((y - base) * 4) as usize;
+                v[o..o + 4].copy_from_slice(&crc.to_le_bytes());
+            }
+            self.put(key, &v)?;
+            x = stop;
+        }
+        Ok(())
+    }
+
+    /// Deletes the checksum items of `ino` from the one covering file block `from` on.
+    fn drop_csums(&mut self, ino: u64, from: u64) -> Result<()> {
+        loop {
+            let at = Key::new(ino, kind::CSUM, from.div_ceil(CSUMS) * CSUMS);
+            match self.tree.next(&mut self.dev, &at, &mut [])? {
+                Some((k, _)) if k.id == ino && k.kind == kind::CSUM => {
+                    self.room(1)?;
+                    self.del(k)?;
+                }
+                _ => return Ok(()),
             }
         }
     }
@@ -149,7 +234,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         let cap = (self.data.len() / BLOCK_SIZE) as u64;
         let mut k = ((end - 1) / BS + 1 - fb).min(cap);
         loop {
-            let c = self.overlapping(ino, fb, k)?;
+            let c = self.overlapping(ino, fb, k)? + k / CSUMS + 2;
             match self.room(c + 6) {
                 Ok(()) if self.space.allocatable() >= (c + 6) * (2 * MAX_HEIGHT as u64 + 2) + k => {
                     break;
@@ -211,6 +296,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             return Err(FsError::io(IoOp::WriteData, e));
         }
         self.map_range(c.ino, c.fb, c.k, c.nb)?;
+        self.put_csums(c.ino, c.fb, c.k)?;
         let mut inode = c.inode;
         inode.size = inode.size.max(c.fb * BS + c.hi as u64);
         inode.mtime = self.now;
@@ -267,10 +353,12 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             };
             let dst = &mut self.data[(i * BS) as usize..((i + n) * BS) as usize];
             match phys {
-                Some(p) => self
-                    .dev
-                    .read(p, dst)
-                    .map_err(|e| FsError::io(IoOp::ReadData, e))?,
+                Some(p) => {
+                    self.dev
+                        .read(p, dst)
+                        .map_err(|e| FsError::io(IoOp::ReadData, e))?;
+                    self.verify(ino, at, n, i as usize, p)?;
+                }
                 None => dst.fill(0),
             }
             i += n;
@@ -293,6 +381,15 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// I/O each. Returns the bytes written: short only when space ran out after the first
     /// chunk (then the file holds a consistent prefix of the write).
     pub fn write(&mut self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
+        if data.is_empty() {
+            if self.failed {
+                return Err(FsError::Failed {
+                    durable: self.tree.generation(),
+                });
+            }
+            self.file(ino)?;
+            return Ok(0);
+        }
         let end = off
             .checked_add(data.len() as u64)
             .ok_or(FsError::FileTooLarge)?;
@@ -363,13 +460,14 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                     self.space.free(&mut self.dev, phys + (fb - start))?;
                 }
             }
+            self.drop_csums(ino, keep)?;
             // The bytes of the last block past the new end read as zeros if the file grows
             // again: rewrite that block with them cleared.
             let tail = (size % BS) as usize;
             if tail != 0 {
                 let fb = size / BS;
                 if self.extent_at(ino, fb)?.is_some() {
-                    self.room(7)?;
+                    self.room(8)?;
                     self.read_old(ino, fb, 0)?;
                     self.data[tail..BLOCK_SIZE].fill(0);
                     let nb = self.space.alloc(&mut self.dev)?;
@@ -382,6 +480,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                         return Err(FsError::io(IoOp::WriteData, e));
                     }
                     self.map_range(ino, fb, 1, nb)?;
+                    self.put_csums(ino, fb, 1)?;
                 }
             }
         }
@@ -412,7 +511,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                         self.space.free(&mut self.dev, phys + i)?;
                     }
                 }
-                _ => return Ok(()),
+                _ => return self.drop_csums(ino, 0),
             }
         }
     }

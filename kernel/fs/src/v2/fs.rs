@@ -115,6 +115,17 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Fs<'b, D, N, G> {
         Volume::<D, N, G>::mkfs(dev, mem, group_blocks, now)
     }
 
+    /// [`Fs::mkfs`] with data checksums when `data_checksums` (see [`Volume::mkfs_with`]).
+    pub fn mkfs_with(
+        dev: &mut D,
+        mem: &mut [u8],
+        group_blocks: u32,
+        now: u64,
+        data_checksums: bool,
+    ) -> Result<()> {
+        Volume::<D, N, G>::mkfs_with(dev, mem, group_blocks, now, data_checksums)
+    }
+
     /// Mounts the filesystem on `dev` (read-only as asked, or as [`MountInfo::rolled_back`]
     /// forces); `mem` holds [`volume::volume_frames`]`(N, G)` blocks.
     pub fn mount(dev: D, mem: &'b mut [u8], read_only: bool) -> Result<(Self, MountInfo)> {

@@ -9,7 +9,7 @@
 use super::key::{Key, kind};
 use super::node::MAX_HEIGHT;
 use super::space::{FreeSpace, space_frames};
-use super::superblock::Superblock;
+use super::superblock::{FLAG_DATA_CSUM, Superblock};
 use super::tree::{MountInfo, Tree};
 use crate::crc::crc32c;
 use crate::error::{FsError, Result};
@@ -174,8 +174,24 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// with free-space groups of `group_blocks` blocks; `mem` holds [`volume_frames`]`(N, G)`
     /// blocks.
     pub fn mkfs(dev: &mut D, mem: &mut [u8], group_blocks: u32, now: u64) -> Result<()> {
+        Self::mkfs_with(dev, mem, group_blocks, now, false)
+    }
+
+    /// [`Volume::mkfs`], with data checksums when `data_checksums` (every data block's CRC32C
+    /// recorded when written and verified when read; a mismatch is
+    /// [`FsError::DataChecksum`]).
+    pub fn mkfs_with(
+        dev: &mut D,
+        mem: &mut [u8],
+        group_blocks: u32,
+        now: u64,
+        data_checksums: bool,
+    ) -> Result<()> {
         let mut sb = FreeSpace::<G>::mkfs(dev, mem, group_blocks)?;
         sb.next_ino = ROOT + 1;
+        if data_checksums {
+            sb.flags |= FLAG_DATA_CSUM;
+        }
         Tree::<N>::mkfs_with(dev, mem, &sb)?;
         let mut vol = Volume::<&mut D, N, G>::mount(dev, mem, false)?.0;
         vol.now = now;
@@ -217,6 +233,11 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// Sets the clock new timestamps are taken from (the kernel's, in whatever unit it keeps).
     pub fn set_clock(&mut self, now: u64) {
         self.now = now;
+    }
+
+    /// Whether data blocks carry checksums (chosen at mkfs).
+    pub fn data_checksums(&self) -> bool {
+        self.tree.superblock().flags & FLAG_DATA_CSUM != 0
     }
 
     /// The superblock the next commit writes.
@@ -471,8 +492,13 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         self.room(10)?;
         let new_key = match target {
             Slot::Found {
-                key: tkey, ino: t, ..
+                key: tkey,
+                ino: t,
+                kind: tk,
             } => {
+                if tk == Kind::File {
+                    self.free_extents(t)?;
+                }
                 self.del(Key::new(t, kind::PARENT, to_dir))?;
                 self.del(Key::new(t, kind::INODE, 0))?;
                 if k == Kind::Dir {

@@ -359,7 +359,12 @@ fn namespace_operations_are_atomic() {
     };
     // A four-block data buffer: writes of several blocks go out as runs.
     let mut m = std::vec![0u8; (volume_frames(MIN_FRAMES, TEST_GROUPS) + 3) * BLOCK_SIZE];
-    crate::v2::Volume::<Recorder, MIN_FRAMES, TEST_GROUPS>::mkfs(&mut dev, &mut m, 64, 0).unwrap();
+    // With data checksums: every state's contents are read back verified, so checksum items
+    // must commit with their extents.
+    crate::v2::Volume::<Recorder, MIN_FRAMES, TEST_GROUPS>::mkfs_with(
+        &mut dev, &mut m, 64, 0, true,
+    )
+    .unwrap();
     let mut img = dev.disk.data.clone();
     dev.log.clear();
     let mut m2 = m.clone();
