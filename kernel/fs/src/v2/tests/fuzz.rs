@@ -196,7 +196,8 @@ fn fuzzed_images_never_panic() {
 #[test]
 fn fuzzed_volumes_never_panic() {
     // A volume with nested directories and fragmented files; each mutated image is mounted,
-    // listed and read everywhere, changed (creates, writes, renames, removals) and synced:
+    // listed and read everywhere, changed (creates, writes, renames, removals) and synced
+    // (with data checksums, through a four-block data buffer):
     // errors are fine, panics and endless loops are not.
     use crate::v2::Kind;
     use crate::v2::Volume;
@@ -204,8 +205,10 @@ fn fuzzed_volumes_never_panic() {
     const VG: usize = TEST_GROUPS;
     let mut rng = Rng::new(0x5EED_0003);
     let mut disk = MemDisk::new(700);
-    let mut m = std::vec![0u8; volume_frames(MIN_FRAMES, VG) * BLOCK_SIZE];
-    Volume::<MemDisk, MIN_FRAMES, VG>::mkfs(&mut disk, &mut m, 64, 1).unwrap();
+    // Data checksums and a four-block data buffer (runs), so checksum items are among the
+    // mutated metadata and reads and writes go through the run paths.
+    let mut m = std::vec![0u8; (volume_frames(MIN_FRAMES, VG) + 3) * BLOCK_SIZE];
+    Volume::<MemDisk, MIN_FRAMES, VG>::mkfs_with(&mut disk, &mut m, 64, 1, true).unwrap();
     {
         let (mut v, _) =
             Volume::<&mut MemDisk, MIN_FRAMES, VG>::mount(&mut disk, &mut m, false).unwrap();
