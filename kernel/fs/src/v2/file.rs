@@ -226,6 +226,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 durable: self.tree.generation(),
             });
         }
+        self.tree.writable()?;
         let inode = self.file(ino)?;
         if end.div_ceil(BS) > MAX_FILE_BLOCKS {
             return Err(FsError::FileTooLarge);
@@ -431,6 +432,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 durable: self.tree.generation(),
             });
         }
+        self.tree.writable()?;
         let mut inode = self.file(ino)?;
         if size.div_ceil(BS) > MAX_FILE_BLOCKS {
             return Err(FsError::FileTooLarge);

@@ -228,7 +228,8 @@ impl<'b, const N: usize> Tree<'b, N> {
         self.durable + 1
     }
 
-    fn writable(&self) -> Result<()> {
+    /// `ReadOnly` on a read-only mount, `Failed` after a failed write; otherwise nothing.
+    pub(super) fn writable(&self) -> Result<()> {
         if self.failed {
             return Err(FsError::Failed {
                 durable: self.durable,

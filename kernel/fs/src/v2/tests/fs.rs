@@ -212,6 +212,16 @@ fn api_details() {
     assert_eq!(fs.sync(), Err(FsError::ReadOnly));
     let d = fs.open("/d").unwrap();
     assert!(fs.readdir(d, 0).unwrap().is_none());
+    // The volume underneath refuses too, before writing anything.
+    let f = fs.open(&format!("/{}", "n".repeat(255))).unwrap();
+    let img = fs.device().data.clone();
+    assert_eq!(
+        fs.volume().write(f.0, 0, &[1; 9000]),
+        Err(FsError::ReadOnly)
+    );
+    assert_eq!(fs.volume().truncate(f.0, 0), Err(FsError::ReadOnly));
+    assert!(fs.volume().write_buffer(f.0, 0, 10).is_err());
+    assert!(fs.device().data == img, "a read-only volume wrote");
 }
 
 /// A device that counts data-sized I/Os.
