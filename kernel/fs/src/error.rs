@@ -22,6 +22,11 @@ pub enum IoOp {
     WriteSuperblock,
     /// Writing a new filesystem (mkfs).
     Format,
+    /// Reading a tree node (format version 2).
+    ReadNode,
+    /// Writing a tree node (format version 2): before a commit, or early when the node cache
+    /// is full of changed nodes.
+    WriteNode,
 }
 
 impl IoOp {
@@ -36,6 +41,8 @@ impl IoOp {
             IoOp::WriteInodeTable => "inode-table write",
             IoOp::WriteSuperblock => "commit record (superblock) write",
             IoOp::Format => "mkfs write",
+            IoOp::ReadNode => "tree node read",
+            IoOp::WriteNode => "tree node write",
         }
     }
 }
@@ -106,6 +113,12 @@ pub enum FsError {
     BufferTooSmall,
     /// The filesystem needs more than this instance was built for.
     Unsupported(&'static str),
+    /// A data block read back does not match the checksum recorded when it was written
+    /// (format version 2 with data checksums): the device block.
+    DataChecksum {
+        /// The device block whose contents changed.
+        block: u64,
+    },
 }
 
 impl core::fmt::Display for FsError {
@@ -117,6 +130,9 @@ impl core::fmt::Display for FsError {
             FsError::Unsupported(what) => write!(f, "unsupported: {what}"),
             FsError::Io { op, block, error } => {
                 write!(f, "I/O error in {} at block {block}: {error}", op.name())
+            }
+            FsError::DataChecksum { block } => {
+                write!(f, "data checksum mismatch in block {block}")
             }
             FsError::DeviceReadOnly => f.write_str("the device is read-only"),
             FsError::ReadOnly => f.write_str("the filesystem is mounted read-only"),

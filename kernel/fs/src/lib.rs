@@ -18,6 +18,7 @@ pub mod extent;
 pub mod format;
 mod fs;
 pub mod io;
+pub mod v2;
 
 #[cfg(any(test, feature = "std"))]
 pub mod host;

@@ -1,7 +1,7 @@
 mod basic;
 mod crash;
 mod fuzz;
-mod model;
+pub(crate) mod model;
 
 /// xorshift64*: a small deterministic generator for the randomized tests.
 pub struct Rng(u64);

@@ -1,0 +1,578 @@
+//! File data on the tree: extent items `(ino, EXTENT, end)` whose value is the first file
+//! block and the first device block (`end` exclusive, so the extent covering file block `b` is
+//! the first item at or after `(ino, EXTENT, b + 1)`). A write puts every block it touches in
+//! a newly allocated block and splits or merges at most three extent items for it, so a random
+//! overwrite changes O(log n) metadata blocks and never the rest of the file. Data goes
+//! through the volume's data buffer in runs: a write takes a run of contiguous new blocks
+//! (as many as the buffer holds and the free space gives in a row), fills it, writes it in
+//! one I/O and maps it as one extent; a read reads each extent piece of a buffer's worth in
+//! one I/O. [`Volume::write_buffer`] lends the buffer for a zero-copy write and
+//! [`Volume::read_buffer`] lends it for a zero-copy read.
+
+use super::key::{Key, kind};
+use super::node::MAX_HEIGHT;
+use super::space::Space;
+use super::volume::{Inode, Kind, Volume};
+use crate::crc::crc32c;
+use crate::error::{FsError, IoOp, Result};
+use crate::format::BLOCK_SIZE;
+use crate::io::{BlockIo, Run, WriteFlags};
+
+const EXTENT_SIZE: usize = 16;
+/// Data checksums per `CSUM` item (a CRC32C each), the item covering file blocks
+/// `[base, base + CSUMS)` keyed `(ino, CSUM, base)` with `base` a multiple of `CSUMS`.
+const CSUMS: u64 = 240;
+const CSUM_ITEM: usize = CSUMS as usize * 4;
+
+/// A block's recorded checksum: its CRC32C, never 0 (0 marks "none recorded").
+fn block_crc(b: &[u8]) -> u32 {
+    crc32c(b).max(1)
+}
+/// Largest file, in blocks (the largest filesystem).
+pub const MAX_FILE_BLOCKS: u64 = 1 << 32;
+const BS: u64 = BLOCK_SIZE as u64;
+
+fn rd64(b: &[u8], o: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[o..o + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn corrupt(what: &'static str) -> FsError {
+    FsError::Corrupt { block: 0, what }
+}
+
+impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
+    /// The first extent of `ino` ending after file block `fb`: `(start, end, device block of
+    /// start)`.
+    fn extent_from(&mut self, ino: u64, fb: u64) -> Result<Option<(u64, u64, u64)>> {
+        let mut b = [0u8; EXTENT_SIZE];
+        let from = Key::new(ino, kind::EXTENT, fb + 1);
+        match self.tree.next(&mut self.dev, &from, &mut b)? {
+            Some((k, n)) if k.id == ino && k.kind == kind::EXTENT => {
+                if n != EXTENT_SIZE {
+                    return Err(corrupt("extent item of the wrong size"));
+                }
+                let (start, phys) = (rd64(&b, 0), rd64(&b, 8));
+                if start >= k.offset || phys.checked_add(k.offset - start).is_none() {
+                    return Err(corrupt("extent out of range"));
+                }
+                Ok(Some((start, k.offset, phys)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The extent covering file block `fb` of `ino`: `(start, end, device block of start)`.
+    fn extent_at(&mut self, ino: u64, fb: u64) -> Result<Option<(u64, u64, u64)>> {
+        Ok(self.extent_from(ino, fb)?.filter(|&(s, _, _)| s <= fb))
+    }
+
+    fn put_extent(&mut self, ino: u64, start: u64, end: u64, phys: u64) -> Result<()> {
+        let mut v = [0u8; EXTENT_SIZE];
+        v[..8].copy_from_slice(&start.to_le_bytes());
+        v[8..].copy_from_slice(&phys.to_le_bytes());
+        self.put(Key::new(ino, kind::EXTENT, end), &v)
+    }
+
+    /// Maps file blocks `[fb, fb + k)` to device blocks `[nb, nb + k)`: the extents that
+    /// covered them are cut (their blocks there freed at commit), and the new extent merges
+    /// with a contiguous one ending at `fb`.
+    fn map_range(&mut self, ino: u64, fb: u64, k: u64, nb: u64) -> Result<()> {
+        let end = fb + k;
+        while let Some((s, e, p)) = self.extent_from(ino, fb)? {
+            if s >= end {
+                break;
+            }
+            self.del(Key::new(ino, kind::EXTENT, e))?;
+            if s < fb {
+                self.put_extent(ino, s, fb, p)?;
+            }
+            if e > end {
+                self.put_extent(ino, end, e, p + (end - s))?;
+            }
+            for b in s.max(fb)..e.min(end) {
+                self.space.free(&mut self.dev, p + (b - s))?;
+            }
+        }
+        let (mut start, mut phys) = (fb, nb);
+        let mut b = [0u8; EXTENT_SIZE];
+        let left = Key::new(ino, kind::EXTENT, fb);
+        if fb > 0 && self.tree.get(&mut self.dev, &left, &mut b)? == Some(EXTENT_SIZE) {
+            let (ls, lp) = (rd64(&b, 0), rd64(&b, 8));
+            if ls < fb && lp.checked_add(fb - ls) == Some(nb) {
+                self.del(left)?;
+                start = ls;
+                phys = lp;
+            }
+        }
+        self.put_extent(ino, start, end, phys)
+    }
+
+    /// Extents of `ino` that overlap file blocks `[fb, fb + k)`, counted up to `k`.
+    fn overlapping(&mut self, ino: u64, fb: u64, k: u64) -> Result<u64> {
+        let mut c = 0;
+        let mut at = fb;
+        while c < k {
+            match self.extent_from(ino, at)? {
+                Some((s, e, _)) if s < fb + k => {
+                    c += 1;
+                    at = e;
+                }
+                _ => break,
+            }
+        }
+        Ok(c)
+    }
+
+    /// Reads file block `fb` of `ino` into buffer block `at` (zeros for a hole).
+    fn read_old(&mut self, ino: u64, fb: u64, at: usize) -> Result<()> {
+        let ext = self.extent_at(ino, fb)?;
+        let dst = &mut self.data[at * BLOCK_SIZE..(at + 1) * BLOCK_SIZE];
+        match ext {
+            Some((s, _, p)) => {
+                self.dev
+                    .read(p + (fb - s), dst)
+                    .map_err(|e| FsError::io(IoOp::ReadData, e))?;
+                self.verify(ino, fb, 1, at, p + (fb - s))
+            }
+            None => {
+                dst.fill(0);
+                Ok(())
+            }
+        }
+    }
+
+    /// With data checksums: checks buffer blocks `[at, at + k)`, read from device blocks
+    /// `[phys, phys + k)` as file blocks `[fb, fb + k)`, against their recorded checksums.
+    fn verify(&mut self, ino: u64, fb: u64, k: u64, at: usize, phys: u64) -> Result<()> {
+        if !self.data_checksums() {
+            return Ok(());
+        }
+        let mut v = [0u8; CSUM_ITEM];
+        let mut loaded = None;
+        for i in 0..k {
+            let x = fb + i;
+            let base = x / CSUMS * CSUMS;
+            if loaded != Some(base) {
+                let key = Key::new(ino, kind::CSUM, base);
+                match self.tree.get(&mut self.dev, &key, &mut v)? {
+                    Some(CSUM_ITEM) => {}
+                    Some(_) => return Err(corrupt("checksum item of the wrong size")),
+                    None => v.fill(0),
+                }
+                loaded = Some(base);
+            }
+            let o = ((x - base) * 4) as usize;
+            let want = u32::from_le_bytes([v[o], v[o + 1], v[o + 2], v[o + 3]]);
+            let b = at + i as usize;
+            if block_crc(&self.data[b * BLOCK_SIZE..(b + 1) * BLOCK_SIZE]) != want {
+                return Err(FsError::DataChecksum { block: phys + i });
+            }
+        }
+        Ok(())
+    }
+
+    /// With data checksums: records the checksums of buffer blocks `[0, k)` as file blocks
+    /// `[fb, fb + k)`.
+    fn put_csums(&mut self, ino: u64, fb: u64, k: u64) -> Result<()> {
+        if !self.data_checksums() {
+            return Ok(());
+        }
+        let mut v = [0u8; CSUM_ITEM];
+        let mut x = fb;
+        while x < fb + k {
+            let base = x / CSUMS * CSUMS;
+            let key = Key::new(ino, kind::CSUM, base);
+            match self.tree.get(&mut self.dev, &key, &mut v)? {
+                Some(CSUM_ITEM) => {}
+                Some(_) => return Err(corrupt("checksum item of the wrong size")),
+                None => v.fill(0),
+            }
+            let stop = (base + CSUMS).min(fb + k);
+            for y in x..stop {
+                let b = (y - fb) as usize;
+                let crc = block_crc(&self.data[b * BLOCK_SIZE..(b + 1) * BLOCK_SIZE]);
+                let o = ((y - base) * 4) as usize;
+                v[o..o + 4].copy_from_slice(&crc.to_le_bytes());
+            }
+            self.put(key, &v)?;
+            x = stop;
+        }
+        Ok(())
+    }
+
+    /// Deletes the checksum items of `ino` from the one covering file block `from` on.
+    fn drop_csums(&mut self, ino: u64, from: u64) -> Result<()> {
+        loop {
+            let at = Key::new(ino, kind::CSUM, from.div_ceil(CSUMS) * CSUMS);
+            match self.tree.next(&mut self.dev, &at, &mut [])? {
+                Some((k, _)) if k.id == ino && k.kind == kind::CSUM => {
+                    self.room(1)?;
+                    self.del(k)?;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Prepares the next chunk of a write of bytes `[off, end)` to `ino`: checks the space
+    /// its tree updates and blocks need (a single block when a longer run does not fit),
+    /// allocates a run of new blocks and reads the partial first and last blocks' old bytes
+    /// into the buffer.
+    fn prepare(&mut self, ino: u64, off: u64, end: u64) -> Result<Chunk> {
+        if self.failed {
+            return Err(FsError::Failed {
+                durable: self.tree.generation(),
+            });
+        }
+        self.tree.writable()?;
+        let inode = self.file(ino)?;
+        if end.div_ceil(BS) > MAX_FILE_BLOCKS {
+            return Err(FsError::FileTooLarge);
+        }
+        let fb = off / BS;
+        let cap = (self.data.len() / BLOCK_SIZE) as u64;
+        let mut k = ((end - 1) / BS + 1 - fb).min(cap);
+        loop {
+            let c = self.overlapping(ino, fb, k)? + k / CSUMS + 2;
+            match self.room(c + 6) {
+                Ok(()) if self.space.allocatable() >= (c + 6) * (2 * MAX_HEIGHT as u64 + 2) + k => {
+                    break;
+                }
+                _ if k > 1 => k = 1,
+                Ok(()) => return Err(FsError::NoSpace),
+                Err(e) => return Err(e),
+            }
+        }
+        let nb = self.space.alloc(&mut self.dev)?;
+        let mut got = 1;
+        while got < k && self.space.extend(&mut self.dev, nb + got - 1)? {
+            got += 1;
+        }
+        let k = got;
+        let cend = end.min((fb + k) * BS);
+        let c = Chunk {
+            ino,
+            inode,
+            fb,
+            k,
+            nb,
+            lo: (off - fb * BS) as usize,
+            hi: (cend - fb * BS) as usize,
+        };
+        let r = (|| {
+            if !c.lo.is_multiple_of(BLOCK_SIZE) {
+                self.read_old(ino, fb, 0)?;
+            }
+            if !c.hi.is_multiple_of(BLOCK_SIZE) && (k > 1 || c.lo.is_multiple_of(BLOCK_SIZE)) {
+                self.read_old(ino, fb + k - 1, (k - 1) as usize)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            self.release(&c);
+            return Err(e);
+        }
+        Ok(c)
+    }
+
+    /// Gives back a prepared chunk's blocks (nothing was mapped).
+    fn release(&mut self, c: &Chunk) {
+        for b in c.nb..c.nb + c.k {
+            if self.space.free(&mut self.dev, b).is_err() {
+                self.failed = true;
+            }
+        }
+    }
+
+    /// Writes a prepared chunk's run in one I/O and maps it; returns the new bytes' count.
+    fn finish(&mut self, c: &Chunk) -> Result<usize> {
+        let run = Run {
+            block: c.nb,
+            data: &self.data[..(c.k * BS) as usize],
+        };
+        if let Err(e) = self.dev.write(&[run], WriteFlags::NONE) {
+            self.failed = true;
+            return Err(FsError::io(IoOp::WriteData, e));
+        }
+        self.map_range(c.ino, c.fb, c.k, c.nb)?;
+        self.put_csums(c.ino, c.fb, c.k)?;
+        let mut inode = c.inode;
+        inode.size = inode.size.max(c.fb * BS + c.hi as u64);
+        inode.mtime = self.now;
+        inode.ctime = self.now;
+        self.put_inode(c.ino, &inode)?;
+        Ok(c.hi - c.lo)
+    }
+
+    /// Lends the part of the data buffer that the next chunk of a write of `len` bytes at
+    /// `off` to file `ino` goes out from: fill [`WriteBuf::buf`] in place, then
+    /// [`WriteBuf::commit`] writes it (one I/O) with no copy. The region may be shorter than
+    /// `len` (the buffer's size, a short free run): call again from `off + WriteBuf::len()`.
+    /// The partial first and last blocks' old bytes are already around the region, so the
+    /// caller supplies only the new bytes. Dropping it uncommitted changes nothing.
+    pub fn write_buffer(
+        &mut self,
+        ino: u64,
+        off: u64,
+        len: usize,
+    ) -> Result<WriteBuf<'_, 'b, D, N, G>> {
+        if len == 0 {
+            return Err(FsError::InvalidArgument);
+        }
+        let end = off.checked_add(len as u64).ok_or(FsError::FileTooLarge)?;
+        let c = self.prepare(ino, off, end)?;
+        Ok(WriteBuf {
+            vol: self,
+            c,
+            live: true,
+        })
+    }
+
+    /// Lends the data buffer holding file `ino`'s bytes from `off`: at most `len` of them,
+    /// fewer at the end of the file or past the buffer's size (then call again from `off` +
+    /// the length returned); empty at or past the end. Each extent piece is one read; holes
+    /// read as zeros. The slice is valid until the next call on the volume.
+    pub fn read_buffer(&mut self, ino: u64, off: u64, len: usize) -> Result<&[u8]> {
+        let inode = self.file(ino)?;
+        if off >= inode.size || len == 0 {
+            return Ok(&[]);
+        }
+        let end = inode.size.min(off.saturating_add(len as u64));
+        let fb = off / BS;
+        let cap = (self.data.len() / BLOCK_SIZE) as u64;
+        let k = ((end - 1) / BS + 1 - fb).min(cap);
+        let mut i = 0;
+        while i < k {
+            let at = fb + i;
+            let ext = self.extent_from(ino, at)?;
+            let (n, phys) = match ext {
+                Some((s, e, p)) if s <= at => ((e - at).min(k - i), Some(p + (at - s))),
+                Some((s, _, _)) => ((s - at).min(k - i), None),
+                None => (k - i, None),
+            };
+            let dst = &mut self.data[(i * BS) as usize..((i + n) * BS) as usize];
+            match phys {
+                Some(p) => {
+                    self.dev
+                        .read(p, dst)
+                        .map_err(|e| FsError::io(IoOp::ReadData, e))?;
+                    self.verify(ino, at, n, i as usize, p)?;
+                }
+                None => dst.fill(0),
+            }
+            i += n;
+        }
+        let lo = (off - fb * BS) as usize;
+        let hi = (end.min((fb + k) * BS) - fb * BS) as usize;
+        Ok(&self.data[lo..hi])
+    }
+
+    fn file(&mut self, ino: u64) -> Result<super::volume::Inode> {
+        let i = self.stat(ino)?;
+        if i.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        Ok(i)
+    }
+
+    /// Writes `data` at byte `off` of file `ino` (anywhere: past the end, into holes). Every
+    /// block touched goes to a new block, a run of them per chunk of the buffer's size, one
+    /// I/O each. Returns the bytes written: short only when space ran out after the first
+    /// chunk (then the file holds a consistent prefix of the write).
+    pub fn write(&mut self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
+        if data.is_empty() {
+            if self.failed {
+                return Err(FsError::Failed {
+                    durable: self.tree.generation(),
+                });
+            }
+            self.file(ino)?;
+            return Ok(0);
+        }
+        let end = off
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::FileTooLarge)?;
+        let mut done = 0usize;
+        while done < data.len() {
+            let c = match self.prepare(ino, off + done as u64, end) {
+                Ok(c) => c,
+                Err(FsError::NoSpace) if done > 0 => break,
+                Err(e) => return Err(e),
+            };
+            let n = c.hi - c.lo;
+            self.data[c.lo..c.hi].copy_from_slice(&data[done..done + n]);
+            self.finish(&c)?;
+            done += n;
+        }
+        Ok(done)
+    }
+
+    /// Reads from byte `off` of file `ino` into `buf`; returns the bytes read (short at the
+    /// end of the file). Holes read as zeros.
+    pub fn read(&mut self, ino: u64, off: u64, buf: &mut [u8]) -> Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            let src = self.read_buffer(ino, off + done as u64, buf.len() - done)?;
+            if src.is_empty() {
+                break;
+            }
+            buf[done..done + src.len()].copy_from_slice(src);
+            done += src.len();
+        }
+        Ok(done)
+    }
+
+    /// Sets the size of file `ino`: shrinking frees the blocks past the end (at commit) and
+    /// zeroes the rest of the last block (in a new block), growing leaves a hole.
+    pub fn truncate(&mut self, ino: u64, size: u64) -> Result<()> {
+        if self.failed {
+            return Err(FsError::Failed {
+                durable: self.tree.generation(),
+            });
+        }
+        self.tree.writable()?;
+        let mut inode = self.file(ino)?;
+        if size.div_ceil(BS) > MAX_FILE_BLOCKS {
+            return Err(FsError::FileTooLarge);
+        }
+        if size < inode.size {
+            let keep = size.div_ceil(BS);
+            let mut b = [0u8; EXTENT_SIZE];
+            loop {
+                let from = Key::new(ino, kind::EXTENT, keep + 1);
+                let Some((k, n)) = self.tree.next(&mut self.dev, &from, &mut b)? else {
+                    break;
+                };
+                if k.id != ino || k.kind != kind::EXTENT {
+                    break;
+                }
+                let (start, phys) = (rd64(&b, 0), rd64(&b, 8));
+                if n != EXTENT_SIZE || start >= k.offset {
+                    return Err(corrupt("extent out of range"));
+                }
+                self.room(3)?;
+                self.del(k)?;
+                let first_freed = start.max(keep);
+                if start < keep {
+                    self.put_extent(ino, start, keep, phys)?;
+                }
+                for fb in first_freed..k.offset {
+                    self.space.free(&mut self.dev, phys + (fb - start))?;
+                }
+            }
+            self.drop_csums(ino, keep)?;
+            // The bytes of the last block past the new end read as zeros if the file grows
+            // again: rewrite that block with them cleared.
+            let tail = (size % BS) as usize;
+            if tail != 0 {
+                let fb = size / BS;
+                if self.extent_at(ino, fb)?.is_some() {
+                    self.room(8)?;
+                    self.read_old(ino, fb, 0)?;
+                    self.data[tail..BLOCK_SIZE].fill(0);
+                    let nb = self.space.alloc(&mut self.dev)?;
+                    let run = Run {
+                        block: nb,
+                        data: &self.data[..BLOCK_SIZE],
+                    };
+                    if let Err(e) = self.dev.write(&[run], WriteFlags::NONE) {
+                        self.failed = true;
+                        return Err(FsError::io(IoOp::WriteData, e));
+                    }
+                    self.map_range(ino, fb, 1, nb)?;
+                    self.put_csums(ino, fb, 1)?;
+                }
+            }
+        }
+        inode.size = size;
+        inode.mtime = self.now;
+        inode.ctime = self.now;
+        self.room(1)?;
+        self.put_inode(ino, &inode)
+    }
+
+    /// Frees every extent of `ino` (its blocks at commit), one item at a time.
+    pub(super) fn free_extents(&mut self, ino: u64) -> Result<()> {
+        let mut b = [0u8; EXTENT_SIZE];
+        loop {
+            let from = Key::new(ino, kind::EXTENT, 0);
+            match self.tree.next(&mut self.dev, &from, &mut b)? {
+                Some((k, n)) if k.id == ino && k.kind == kind::EXTENT => {
+                    if n != EXTENT_SIZE {
+                        return Err(corrupt("extent item of the wrong size"));
+                    }
+                    let (start, phys) = (rd64(&b, 0), rd64(&b, 8));
+                    if start >= k.offset {
+                        return Err(corrupt("extent out of range"));
+                    }
+                    self.room(1)?;
+                    self.del(k)?;
+                    for i in 0..k.offset - start {
+                        self.space.free(&mut self.dev, phys + i)?;
+                    }
+                }
+                _ => return self.drop_csums(ino, 0),
+            }
+        }
+    }
+}
+
+/// A prepared chunk of a write: file blocks `[fb, fb + k)` go to new blocks `[nb, nb + k)`
+/// from the buffer's start; buffer bytes `[lo, hi)` are the new ones.
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    ino: u64,
+    inode: Inode,
+    fb: u64,
+    k: u64,
+    nb: u64,
+    lo: usize,
+    hi: usize,
+}
+
+/// A region of the volume's data buffer lent for a zero-copy write
+/// ([`Volume::write_buffer`]). It holds the volume borrowed; dropping it without
+/// [`WriteBuf::commit`] gives its blocks back and leaves the file as it was.
+pub struct WriteBuf<'v, 'b, D: BlockIo, const N: usize, const G: usize> {
+    vol: &'v mut Volume<'b, D, N, G>,
+    c: Chunk,
+    live: bool,
+}
+
+impl<D: BlockIo, const N: usize, const G: usize> WriteBuf<'_, '_, D, N, G> {
+    /// The bytes to fill: file bytes `[offset, offset + len)`.
+    pub fn buf(&mut self) -> &mut [u8] {
+        &mut self.vol.data[self.c.lo..self.c.hi]
+    }
+
+    /// Bytes lent (at most the `len` asked for).
+    pub fn len(&self) -> usize {
+        self.c.hi - self.c.lo
+    }
+
+    /// Whether the region is empty (never: a region has at least one byte).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The file offset of the region's first byte.
+    pub fn offset(&self) -> u64 {
+        self.c.fb * BS + self.c.lo as u64
+    }
+
+    /// Writes the region (one I/O) and maps it into the file; returns its length.
+    pub fn commit(mut self) -> Result<usize> {
+        self.live = false;
+        self.vol.finish(&self.c)
+    }
+}
+
+impl<D: BlockIo, const N: usize, const G: usize> Drop for WriteBuf<'_, '_, D, N, G> {
+    fn drop(&mut self) {
+        if self.live {
+            self.vol.release(&self.c);
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! Crash-state enumeration: a recording device keeps every write and every durability
+//! barrier of a workload that grows the tree past three levels and shrinks it again (leaf and
+//! interior splits and merges, root growth and collapse in flight). For every commit, crash
+//! images are built from the previous durable image plus every prefix of the commit's writes,
+//! random subsets of them (some torn at a sector), and the complete set with a torn commit
+//! record. Each must mount to exactly the tree of the previous commit, or (all writes plus
+//! the whole commit record) the new one; the whole tree must check clean, and a sample of
+//! states must take new changes, commit and mount again.
+
+use std::collections::BTreeMap;
+use std::vec::Vec;
+
+use super::{AnySpace, SpaceKind, TEST_GROUPS, mkfs, scan, space_mem, value_for};
+use crate::format::BLOCK_SIZE;
+use crate::host::MemDisk;
+use crate::io::{BlockIo, IoError, Run, WriteFlags};
+use crate::tests::{Rng, scale};
+use crate::v2::Kind;
+use crate::v2::volume::{ROOT, volume_frames};
+use crate::v2::{Key, MIN_FRAMES, Tree};
+
+type T<'b> = Tree<'b, MIN_FRAMES>;
+
+enum Event {
+    Write { block: u64, data: Vec<u8> },
+    Barrier,
+}
+
+struct Recorder {
+    disk: MemDisk,
+    log: Vec<Event>,
+}
+
+impl BlockIo for Recorder {
+    fn block_count(&self) -> u64 {
+        self.disk.block_count()
+    }
+    fn read(&mut self, block: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        self.disk.read(block, buf)
+    }
+    fn write(&mut self, runs: &[Run<'_>], flags: WriteFlags) -> Result<(), IoError> {
+        if flags.preflush {
+            self.log.push(Event::Barrier);
+        }
+        self.disk.write(runs, flags)?;
+        for r in runs {
+            for (i, c) in r.data.chunks(BLOCK_SIZE).enumerate() {
+                self.log.push(Event::Write {
+                    block: r.block + i as u64,
+                    data: c.to_vec(),
+                });
+            }
+        }
+        if flags.fua {
+            self.log.push(Event::Barrier);
+        }
+        Ok(())
+    }
+}
+
+type Items = Vec<(Key, Vec<u8>)>;
+
+/// One write of a crash state: block, bytes, and how many leading 512-byte sectors of it
+/// reached the disk (8 = all).
+struct Piece<'a> {
+    block: u64,
+    data: &'a [u8],
+    sectors: usize,
+}
+
+struct Checker {
+    kind: SpaceKind,
+    img: Vec<u8>,
+    mem: Vec<u8>,
+    smem: Vec<u8>,
+    states: u64,
+    follow_ups: u64,
+}
+
+impl Checker {
+    /// Builds the state (base image + pieces), checks it mounts to `want` generation with
+    /// exactly `snap`, then restores the base image.
+    fn check(
+        &mut self,
+        pieces: &[Piece<'_>],
+        want: u64,
+        snap: &Items,
+        follow_up: bool,
+        what: &str,
+    ) {
+        let mut saved = Vec::new();
+        for p in pieces {
+            let o = p.block as usize * BLOCK_SIZE;
+            saved.push((o, self.img[o..o + BLOCK_SIZE].to_vec()));
+            let n = p.sectors * 512;
+            self.img[o..o + n].copy_from_slice(&p.data[..n]);
+        }
+        let mut disk = MemDisk {
+            data: std::mem::take(&mut self.img),
+        };
+        {
+            let (mut tree, info) = T::mount(&mut disk, &mut self.mem, false)
+                .unwrap_or_else(|e| panic!("{what}: mount failed: {e}"));
+            assert_eq!(
+                info.generation, want,
+                "{what}: mounted the wrong generation"
+            );
+            AnySpace::mount(self.kind, &mut disk, &mut tree, &mut self.smem);
+            assert_eq!(&scan(&mut disk, &mut tree), snap, "{what}: contents differ");
+            if follow_up {
+                // The state takes new work: the allocator must not hand out a block the
+                // mounted tree uses.
+                let mut copy = MemDisk {
+                    data: disk.data.clone(),
+                };
+                let (mut tree, _) = T::mount(&mut copy, &mut self.mem, false).unwrap();
+                let mut space = AnySpace::mount(self.kind, &mut copy, &mut tree, &mut self.smem);
+                let mut model: BTreeMap<Key, Vec<u8>> = snap.iter().cloned().collect();
+                for i in 0..30u64 {
+                    let k = Key::new(1_000_000 + i, 0, 0);
+                    let v = value_for(&k, 9, 900);
+                    tree.insert(&mut copy, &mut space, &k, &v).unwrap();
+                    model.insert(k, v);
+                }
+                space.commit(&mut copy, &mut tree);
+                let (mut tree, info) = T::mount(&mut copy, &mut self.mem, false).unwrap();
+                assert_eq!(info.generation, want + 1);
+                let want_items: Items = model.into_iter().collect();
+                assert_eq!(scan(&mut copy, &mut tree), want_items, "{what}: follow-up");
+                AnySpace::mount(self.kind, &mut copy, &mut tree, &mut self.smem);
+                self.follow_ups += 1;
+            }
+        }
+        self.img = disk.data;
+        for (o, b) in saved.into_iter().rev() {
+            self.img[o..o + BLOCK_SIZE].copy_from_slice(&b);
+        }
+        self.states += 1;
+    }
+}
+
+#[test]
+fn every_commit_prefix_and_subset_mounts_old_or_new() {
+    // The tree alone, over an allocator rebuilt from the tree at mount. The run over on-disk
+    // bitmaps below covers the tree as well; this one is for long runs.
+    if scale() > 1 {
+        crash_run(SpaceKind::Mem);
+    }
+}
+
+#[test]
+fn on_disk_bitmaps_every_commit_prefix_and_subset() {
+    // Groups of 64 blocks, two cached: bitmaps and selectors are written early and in every
+    // commit, so crash states hold stale bitmap slots of the lost transaction.
+    crash_run(SpaceKind::Bitmaps(64));
+}
+
+fn crash_run(kind: SpaceKind) {
+    let blocks = 1024;
+    let mut dev = Recorder {
+        disk: MemDisk::new(blocks),
+        log: Vec::new(),
+    };
+    let mut mem = std::vec![0u8; MIN_FRAMES * BLOCK_SIZE];
+    let mut smem = space_mem();
+    mkfs::<_, MIN_FRAMES>(&mut dev, &mut mem, kind);
+    let mut checker = Checker {
+        kind,
+        img: dev.disk.data.clone(),
+        mem: std::vec![0u8; MIN_FRAMES * BLOCK_SIZE],
+        smem: space_mem(),
+        states: 0,
+        follow_ups: 0,
+    };
+    dev.log.clear();
+    let (mut tree, _) = T::mount(&mut dev, &mut mem, false).unwrap();
+    let mut space = AnySpace::mount(kind, &mut dev, &mut tree, &mut smem);
+    let mut remounts = 0;
+    let mut model: BTreeMap<Key, Vec<u8>> = BTreeMap::new();
+    let mut old: Items = Vec::new();
+    let mut rng = Rng::new(0xC0FFEE);
+    let rounds = 48 * scale();
+    let (mut max_height, mut min_height_after_max) = (1, u8::MAX);
+    let mut version = 0;
+    for round in 0..rounds {
+        // Grow for the first half, shrink for the second.
+        let growing = round < rounds / 2;
+        let ops = 1 + rng.below(if growing { 90 } else { 60 });
+        for _ in 0..ops {
+            version += 1;
+            let k = Key::new(rng.below(2000), 0, 0);
+            let insert = if growing {
+                rng.chance(90)
+            } else {
+                rng.chance(5)
+            };
+            if insert {
+                let v = value_for(&k, version, 560 + rng.below(400) as usize);
+                tree.insert(&mut dev, &mut space, &k, &v).unwrap();
+                model.insert(k, v);
+            } else {
+                let k = model.range(k..).next().map_or(k, |(k, _)| *k);
+                let had = tree.remove(&mut dev, &mut space, &k).unwrap();
+                assert_eq!(had, model.remove(&k).is_some());
+            }
+        }
+        max_height = max_height.max(tree.height());
+        if max_height >= 3 {
+            min_height_after_max = min_height_after_max.min(tree.height());
+        }
+        let old_gen = tree.generation();
+        let new_gen = space.commit(&mut dev, &mut tree);
+        let new: Items = model.iter().map(|(k, v)| (*k, v.clone())).collect();
+
+        // The commit's writes: everything before the commit record's PREFLUSH barrier, then
+        // the record itself.
+        let log = std::mem::take(&mut dev.log);
+        let mut writes = Vec::new();
+        let mut record = None;
+        let mut barriers = 0;
+        for e in &log {
+            match e {
+                Event::Barrier => barriers += 1,
+                Event::Write { block, data } if barriers == 0 => writes.push((*block, &data[..])),
+                Event::Write { block, data } => {
+                    assert!(record.is_none(), "one commit record per commit");
+                    assert!(*block < 2);
+                    record = Some((*block, &data[..]));
+                }
+            }
+        }
+        assert_eq!(barriers, 2);
+        let record = record.expect("commit record");
+        let tag = |s: &str| std::format!("round {round} gen {new_gen}: {s}");
+
+        // Every prefix of the writes, the record not reached.
+        let all: Vec<Piece<'_>> = writes.iter().map(|&w| piece(w, 8)).collect();
+        for k in 0..=all.len() {
+            let follow = k % 7 == 3;
+            checker.check(
+                &all[..k],
+                old_gen,
+                &old,
+                follow,
+                &tag(&std::format!("prefix {k}")),
+            );
+        }
+        // Everything, with the record whole (new), or torn either way (old).
+        let mut with_record: Vec<Piece<'_>> = writes.iter().map(|&w| piece(w, 8)).collect();
+        with_record.push(piece(record, 8));
+        checker.check(
+            &with_record,
+            new_gen,
+            &new,
+            round % 5 == 0,
+            &tag("complete"),
+        );
+        for sectors in [1, 4, 7] {
+            with_record.last_mut().unwrap().sectors = sectors;
+            checker.check(&with_record, old_gen, &old, false, &tag("torn record"));
+        }
+        // Random subsets in issue order (writes to one block keep their order), some torn.
+        for s in 0..16 {
+            let mut subset: Vec<Piece<'_>> = Vec::new();
+            for &w in &writes {
+                if rng.chance(50) {
+                    let sectors = if rng.chance(20) {
+                        1 + rng.below(7) as usize
+                    } else {
+                        8
+                    };
+                    subset.push(piece(w, sectors));
+                }
+            }
+            checker.check(&subset, old_gen, &old, s == 0, &tag("subset"));
+        }
+        // The next round starts from this commit's durable image: the base plus every write.
+        for p in &with_record[..with_record.len() - 1] {
+            let o = p.block as usize * BLOCK_SIZE;
+            checker.img[o..o + BLOCK_SIZE].copy_from_slice(p.data);
+        }
+        let o = record.0 as usize * BLOCK_SIZE;
+        checker.img[o..o + BLOCK_SIZE].copy_from_slice(record.1);
+        assert!(checker.img == dev.disk.data, "the log misses a write");
+        old = new;
+        if round % 3 == 2 {
+            // Remount now and then: allocation starts over from the front of the disk, where
+            // blocks freed by the transaction lie ahead of it.
+            tree = T::mount(&mut dev, &mut mem, false).unwrap().0;
+            space = AnySpace::mount(kind, &mut dev, &mut tree, &mut smem);
+            assert!(dev.log.is_empty(), "mount wrote");
+            remounts += 1;
+        }
+    }
+    assert!(remounts > 10);
+    assert!(max_height >= 3, "the workload never reached three levels");
+    assert!(
+        min_height_after_max < max_height,
+        "the workload never shrank the tree"
+    );
+    assert!(
+        checker.states >= 2_000 * scale(),
+        "only {} crash states",
+        checker.states
+    );
+    assert!(checker.follow_ups > 50);
+    std::println!(
+        "v2 crash ({kind:?}): {} states, {} follow-ups, max height {max_height}",
+        checker.states,
+        checker.follow_ups
+    );
+}
+
+fn piece((block, data): (u64, &[u8]), sectors: usize) -> Piece<'_> {
+    Piece {
+        block,
+        data,
+        sectors,
+    }
+}
+
+/// Every directory reachable from the root: its entries, sorted.
+fn namespace<D: BlockIo>(v: &mut crate::v2::Volume<'_, D, MIN_FRAMES, TEST_GROUPS>) -> Names {
+    let mut out = BTreeMap::new();
+    let mut todo = std::vec![ROOT];
+    while let Some(d) = todo.pop() {
+        let mut entries = Vec::new();
+        let mut cookie = 0;
+        while let Some((e, next)) = v.readdir(d, cookie).unwrap() {
+            let mut sum = 0;
+            if e.kind == Kind::Dir {
+                todo.push(e.ino);
+            } else {
+                let size = v.stat(e.ino).unwrap().size as usize;
+                let mut bytes = std::vec![0u8; size];
+                assert_eq!(v.read(e.ino, 0, &mut bytes).unwrap(), size);
+                sum = (size as u64) << 32 | crate::crc::crc32c(&bytes) as u64;
+            }
+            entries.push((e.name().to_vec(), e.ino, e.kind, sum));
+            cookie = next;
+        }
+        entries.sort();
+        out.insert(d, entries);
+    }
+    out
+}
+
+/// Directory -> its entries (name, inode, kind, file size << 32 | CRC32C of the contents).
+type Names = BTreeMap<u64, Vec<(Vec<u8>, u64, Kind, u64)>>;
+
+#[test]
+fn namespace_operations_are_atomic() {
+    // Creates, removals, renames across directories (with replacement), writes and truncates,
+    // a few per commit;
+    // every crash state of every commit shows exactly the namespace before or after it.
+    let mut dev = Recorder {
+        disk: MemDisk::new(512),
+        log: Vec::new(),
+    };
+    // A four-block data buffer: writes of several blocks go out as runs.
+    let mut m = std::vec![0u8; (volume_frames(MIN_FRAMES, TEST_GROUPS) + 3) * BLOCK_SIZE];
+    // With data checksums: every state's contents are read back verified, so checksum items
+    // must commit with their extents.
+    crate::v2::Volume::<Recorder, MIN_FRAMES, TEST_GROUPS>::mkfs_with(
+        &mut dev, &mut m, 64, 0, true,
+    )
+    .unwrap();
+    let mut img = dev.disk.data.clone();
+    dev.log.clear();
+    let mut m2 = m.clone();
+    let (mut v, _) =
+        crate::v2::Volume::<&mut Recorder, MIN_FRAMES, TEST_GROUPS>::mount(&mut dev, &mut m, false)
+            .unwrap();
+    let mut rng = Rng::new(0xA70);
+    let mut old = namespace(&mut v);
+    let (mut states, mut renames, mut writes_done) = (0u64, 0u64, 0u64);
+    for round in 0..90 * scale() {
+        let dirs: Vec<u64> = old.keys().copied().collect();
+        for _ in 0..1 + rng.below(6) {
+            let d = dirs[rng.below(dirs.len() as u64) as usize];
+            let mut n = std::format!("e{}", rng.below(12)).into_bytes();
+            let present = &old[&d];
+            if !present.is_empty() && rng.chance(70) {
+                n = present[rng.below(present.len() as u64) as usize].0.clone();
+            }
+            let _ = match rng.below(16) {
+                10..16 => match present.iter().find(|e| e.0 == n && e.2 == Kind::File) {
+                    Some(e) if rng.chance(25) => v.truncate(e.1, rng.below(12_000)),
+                    Some(e) => {
+                        let data = std::vec![rng.next() as u8; 1 + rng.below(9000) as usize];
+                        writes_done += 1;
+                        v.write(e.1, rng.below(20_000), &data).map(|_| ())
+                    }
+                    None => Ok(()),
+                },
+                0..4 => v.create(d, &n, Kind::File).map(|_| ()),
+                4..6 => v.create(d, &n, Kind::Dir).map(|_| ()),
+                6..7 => v.remove(d, &n),
+                _ => {
+                    let to = dirs[rng.below(dirs.len() as u64) as usize];
+                    let tn = std::format!("e{}", rng.below(12)).into_bytes();
+                    let r = v.rename(d, &n, to, &tn);
+                    renames += u64::from(r.is_ok());
+                    r
+                }
+            };
+        }
+        let old_gen = v.superblock().generation;
+        v.sync().unwrap();
+        let new_gen = v.superblock().generation;
+        let new = namespace(&mut v);
+        let log = std::mem::take(&mut v.device().log);
+        let mut writes = Vec::new();
+        let mut record = None;
+        let mut barriers = 0;
+        for e in &log {
+            match e {
+                Event::Barrier => barriers += 1,
+                Event::Write { block, data } if barriers == 0 => writes.push((*block, &data[..])),
+                Event::Write { block, data } => record = Some((*block, &data[..])),
+            }
+        }
+        let record = record.expect("commit record");
+        let mut check =
+            |pieces: &[(u64, &[u8], usize)], want_gen: u64, want: &Names, what: &str| {
+                let mut data = img.clone();
+                for &(b, d, sectors) in pieces {
+                    let o = b as usize * BLOCK_SIZE;
+                    data[o..o + sectors * 512].copy_from_slice(&d[..sectors * 512]);
+                }
+                let mut disk = MemDisk { data };
+                let (mut cv, info) =
+                    crate::v2::Volume::<&mut MemDisk, MIN_FRAMES, TEST_GROUPS>::mount(
+                        &mut disk, &mut m2, false,
+                    )
+                    .unwrap_or_else(|e| panic!("round {round} {what}: {e}"));
+                assert_eq!(info.generation, want_gen, "round {round} {what}");
+                assert_eq!(&namespace(&mut cv), want, "round {round} {what}");
+            };
+        let all: Vec<(u64, &[u8], usize)> = writes.iter().map(|&(b, d)| (b, d, 8)).collect();
+        for k in 0..=all.len() {
+            check(&all[..k], old_gen, &old, "prefix");
+            states += 1;
+        }
+        let mut full = all.clone();
+        full.push((record.0, record.1, 8));
+        check(&full, new_gen, &new, "complete");
+        full.last_mut().unwrap().2 = 3;
+        check(&full, old_gen, &old, "torn record");
+        for _ in 0..12 {
+            let mut subset = Vec::new();
+            for &(b, d, _) in &all {
+                if rng.chance(50) {
+                    subset.push((b, d, if rng.chance(20) { 1 } else { 8 }));
+                }
+            }
+            check(&subset, old_gen, &old, "subset");
+        }
+        states += 14;
+        img = v.device().disk.data.clone();
+        old = new;
+    }
+    assert!(renames > 20, "only {renames} renames");
+    assert!(writes_done > 20, "only {writes_done} writes");
+    assert!(states > 800, "only {states} states");
+    std::println!("v2 namespace crash: {states} states, {renames} renames, {writes_done} writes");
+}

@@ -1,0 +1,184 @@
+//! On-disk free space: a 1 TiB sparse filesystem (mount reads two blocks, allocation brings
+//! groups into use one by one), the 2^32-block limit, and a full filesystem whose frees
+//! become allocatable only after the commit.
+
+use std::collections::BTreeMap;
+use std::vec::Vec;
+
+use super::{AnySpace, SpaceKind, TEST_GROUPS, scan, space_mem, value_for};
+use crate::FsError;
+use crate::format::BLOCK_SIZE;
+use crate::io::{BlockIo, IoError, IoErrorKind, Run, WriteFlags};
+use crate::v2::space::{COMMIT_RESERVE, FIRST_ROOT, FreeSpace, Space};
+use crate::v2::superblock::{GROUP_BLOCKS_MAX, MAX_BLOCKS};
+use crate::v2::{Key, MIN_FRAMES, Tree};
+
+type T<'b> = Tree<'b, MIN_FRAMES>;
+
+/// A device of any size that stores only the blocks written; counts reads.
+struct SparseDisk {
+    blocks: u64,
+    data: BTreeMap<u64, Vec<u8>>,
+    reads: u64,
+}
+
+impl BlockIo for SparseDisk {
+    fn block_count(&self) -> u64 {
+        self.blocks
+    }
+    fn read(&mut self, block: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        for (i, c) in buf.chunks_mut(BLOCK_SIZE).enumerate() {
+            let b = block + i as u64;
+            if b >= self.blocks {
+                return Err(IoError::new(b, IoErrorKind::OutOfRange));
+            }
+            match self.data.get(&b) {
+                Some(d) => c.copy_from_slice(d),
+                None => c.fill(0),
+            }
+            self.reads += 1;
+        }
+        Ok(())
+    }
+    fn write(&mut self, runs: &[Run<'_>], _flags: WriteFlags) -> Result<(), IoError> {
+        for r in runs {
+            for (i, c) in r.data.chunks(BLOCK_SIZE).enumerate() {
+                let b = r.block + i as u64;
+                if b >= self.blocks {
+                    return Err(IoError::new(b, IoErrorKind::OutOfRange));
+                }
+                self.data.insert(b, c.to_vec());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn one_tebibyte_sparse() {
+    let blocks = 1u64 << 28; // 1 TiB of 4 KiB blocks
+    let mut disk = SparseDisk {
+        blocks,
+        data: BTreeMap::new(),
+        reads: 0,
+    };
+    let mut mem = std::vec![0u8; MIN_FRAMES * BLOCK_SIZE];
+    let mut smem = space_mem();
+    let sb = FreeSpace::<TEST_GROUPS>::mkfs(&mut disk, &mut mem, GROUP_BLOCKS_MAX).unwrap();
+    assert_eq!(sb.block_count, blocks);
+    T::mkfs_with(&mut disk, &mut mem, &sb).unwrap();
+    assert!(
+        disk.data.len() <= 5,
+        "mkfs wrote {} blocks",
+        disk.data.len()
+    );
+    let mut model = BTreeMap::new();
+    for round in 0..6u64 {
+        disk.reads = 0;
+        let (mut tree, _) = T::mount(&mut disk, &mut mem, false).unwrap();
+        assert_eq!(disk.reads, 3, "mount reads both slots and the root");
+        let mut space = AnySpace::Bits(FreeSpace::open(&mut smem, tree.superblock()).unwrap());
+        for i in 0..3000u64 {
+            let k = Key::new(16 + (i * 7919 + round) % 20_000, 1, round);
+            let v = value_for(&k, round, 200);
+            tree.insert(&mut disk, &mut space, &k, &v).unwrap();
+            model.insert(k, v);
+        }
+        space.commit(&mut disk, &mut tree);
+        space.verify(&mut disk, &mut tree);
+        let want: Vec<_> = model.iter().map(|(k, v)| (*k, v.clone())).collect();
+        assert_eq!(scan(&mut disk, &mut tree), want);
+        let st = *tree.superblock();
+        assert!(st.groups_ready >= 1 && st.groups_ready < 20);
+        assert!(st.free_blocks > blocks - 2 * blocks.div_ceil(GROUP_BLOCKS_MAX as u64) - 10_000);
+    }
+    assert!(
+        disk.data.len() < 20_000,
+        "{} blocks written",
+        disk.data.len()
+    );
+}
+
+#[test]
+fn sixteen_tebibytes_is_the_limit() {
+    let mut disk = SparseDisk {
+        blocks: MAX_BLOCKS + 12345,
+        data: BTreeMap::new(),
+        reads: 0,
+    };
+    let mut mem = std::vec![0u8; MIN_FRAMES * BLOCK_SIZE];
+    let sb = FreeSpace::<TEST_GROUPS>::mkfs(&mut disk, &mut mem, GROUP_BLOCKS_MAX).unwrap();
+    assert_eq!(sb.block_count, MAX_BLOCKS);
+    T::mkfs_with(&mut disk, &mut mem, &sb).unwrap();
+    let (tree, _) = T::mount(&mut disk, &mut mem, false).unwrap();
+    assert_eq!(tree.superblock().block_count, MAX_BLOCKS);
+    assert_eq!(tree.superblock().root, FIRST_ROOT);
+    // A last group too short for its bitmap slots is cut off.
+    let mut small = SparseDisk {
+        blocks: 64 * 10 + 3,
+        data: BTreeMap::new(),
+        reads: 0,
+    };
+    let sb = FreeSpace::<TEST_GROUPS>::mkfs(&mut small, &mut mem, 64).unwrap();
+    assert_eq!(sb.block_count, 640);
+    assert_eq!(sb.free_blocks, 640 - 5 - 2 * 9);
+}
+
+#[test]
+fn frees_wait_for_the_commit() {
+    // Fill a small filesystem, then free: nothing freed is handed out before the commit,
+    // everything is after it.
+    let mut disk = SparseDisk {
+        blocks: 300,
+        data: BTreeMap::new(),
+        reads: 0,
+    };
+    let mut mem = std::vec![0u8; MIN_FRAMES * BLOCK_SIZE];
+    let mut smem = space_mem();
+    super::mkfs::<_, MIN_FRAMES>(&mut disk, &mut mem, SpaceKind::Bitmaps(64));
+    let (mut tree, _) = T::mount(&mut disk, &mut mem, false).unwrap();
+    let mut space = FreeSpace::<TEST_GROUPS>::open(&mut smem, tree.superblock()).unwrap();
+    let mut got = Vec::new();
+    loop {
+        match space.alloc(&mut disk) {
+            Ok(b) => got.push(b),
+            Err(FsError::NoSpace) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // 300 blocks: 2 superblocks, 5 groups with 2 bitmap slots each, the root, and the
+    // blocks kept for the commit's selector copies.
+    assert_eq!(got.len() as u64, 300 - 2 - 10 - 1 - COMMIT_RESERVE);
+    assert_eq!(space.free_blocks(), COMMIT_RESERVE);
+    space.commit(&mut disk, &mut tree).unwrap();
+    for &b in &got[..50] {
+        space.free(&mut disk, b).unwrap();
+    }
+    assert_eq!(space.alloc(&mut disk), Err(FsError::NoSpace));
+    assert!(matches!(
+        space.free(&mut disk, got[0]),
+        Err(FsError::Corrupt { .. })
+    ));
+    space.commit(&mut disk, &mut tree).unwrap();
+    let mut again = Vec::new();
+    loop {
+        match space.alloc(&mut disk) {
+            Ok(b) => again.push(b),
+            Err(FsError::NoSpace) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // All but the commit reserve of the freed blocks are handed out again.
+    let reused = again.iter().filter(|b| got[..50].contains(b)).count() as u64;
+    assert!(
+        reused >= 50 - COMMIT_RESERVE,
+        "only {reused} freed blocks reused"
+    );
+    // Blocks allocated and freed in one transaction are free again at once (the durable tree
+    // never used them), unlike the 50 above.
+    space.free(&mut disk, again[3]).unwrap();
+    space.free(&mut disk, again[4]).unwrap();
+    assert!(space.alloc(&mut disk).is_ok());
+    assert!(space.alloc(&mut disk).is_ok());
+    assert_eq!(space.alloc(&mut disk), Err(FsError::NoSpace));
+}

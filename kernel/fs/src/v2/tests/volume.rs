@@ -1,0 +1,523 @@
+//! The namespace on the tree: a model test of create, lookup, remove, rename and readdir
+//! across directories with remounts; names whose hashes collide; 100,000 files in one
+//! directory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::vec::Vec;
+
+use super::verify_volume;
+use crate::FsError;
+use crate::crc::crc32c;
+use crate::format::BLOCK_SIZE;
+use crate::host::MemDisk;
+use crate::tests::{Rng, scale};
+use crate::v2::volume::{NAME_MAX, ROOT, volume_frames};
+use crate::v2::{Kind, MIN_FRAMES, Volume};
+
+const N: usize = MIN_FRAMES;
+const G: usize = 2;
+type V<'b> = Volume<'b, &'b mut MemDisk, N, G>;
+
+fn mem() -> Vec<u8> {
+    std::vec![0u8; volume_frames(N, G) * BLOCK_SIZE]
+}
+
+/// Every entry of `dir` by readdir, checking the cookies ascend.
+fn list(v: &mut V<'_>, dir: u64) -> Vec<(Vec<u8>, u64, Kind)> {
+    let mut out = Vec::new();
+    let mut cookie = 0;
+    while let Some((e, next)) = v.readdir(dir, cookie).unwrap() {
+        assert!(next > cookie);
+        out.push((e.name().to_vec(), e.ino, e.kind));
+        cookie = next;
+    }
+    out
+}
+
+#[derive(Clone, Default)]
+struct Model {
+    /// Directory -> name -> (ino, kind).
+    dirs: BTreeMap<u64, BTreeMap<Vec<u8>, (u64, Kind)>>,
+    parent: HashMap<u64, u64>,
+}
+
+impl Model {
+    fn below(&self, a: u64, mut d: u64) -> bool {
+        loop {
+            if d == a {
+                return true;
+            }
+            if d == ROOT {
+                return false;
+            }
+            d = self.parent[&d];
+        }
+    }
+}
+
+fn name(rng: &mut Rng) -> Vec<u8> {
+    // Few distinct short names (so they repeat), now and then a long one.
+    if rng.chance(10) {
+        let len = 200 + rng.below(NAME_MAX as u64 - 199) as usize;
+        (0..len)
+            .map(|i| b'a' + ((i as u64 + rng.below(2)) % 26) as u8)
+            .collect()
+    } else {
+        std::format!("n{}", rng.below(40)).into_bytes()
+    }
+}
+
+#[test]
+fn namespace_model() {
+    let mut disk = MemDisk::new(4096);
+    let mut m = mem();
+    Volume::<MemDisk, N, G>::mkfs(&mut disk, &mut m, 128, 1).unwrap();
+    let mut rng = Rng::new(15);
+    let mut committed = Model::default();
+    committed.dirs.insert(ROOT, BTreeMap::new());
+    let mut steps = 0;
+    // How often each interesting outcome happened: the run must reach all of them.
+    let mut seen: BTreeMap<&str, u64> = BTreeMap::new();
+    while steps < 15_000 * scale() {
+        let (mut v, info) = V::mount(&mut disk, &mut m, false).unwrap();
+        assert!(!info.fell_back);
+        let mut model = committed.clone();
+        for (&d, entries) in &model.dirs {
+            let mut got = list(&mut v, d);
+            got.sort();
+            let want: Vec<_> = entries
+                .iter()
+                .map(|(n, &(i, k))| (n.clone(), i, k))
+                .collect();
+            assert_eq!(got, want, "step {steps}: dir {d} after mount");
+        }
+        loop {
+            steps += 1;
+            v.set_clock(steps);
+            let dirs: Vec<u64> = model.dirs.keys().copied().collect();
+            let d = dirs[rng.below(dirs.len() as u64) as usize];
+            let n = name(&mut rng);
+            match rng.below(100) {
+                0..40 => {
+                    let k = if rng.chance(25) {
+                        Kind::Dir
+                    } else {
+                        Kind::File
+                    };
+                    let r = v.create(d, &n, k);
+                    if model.dirs[&d].contains_key(&n) {
+                        *seen.entry("exists").or_default() += 1;
+                        assert_eq!(r, Err(FsError::Exists));
+                    } else {
+                        let ino = r.unwrap();
+                        assert!(ino > ROOT);
+                        model.dirs.get_mut(&d).unwrap().insert(n, (ino, k));
+                        if k == Kind::Dir {
+                            model.dirs.insert(ino, BTreeMap::new());
+                            model.parent.insert(ino, d);
+                        }
+                        let st = v.stat(ino).unwrap();
+                        assert_eq!((st.kind, st.mtime), (k, steps));
+                    }
+                }
+                40..55 => {
+                    let r = v.lookup(d, &n);
+                    match model.dirs[&d].get(&n) {
+                        Some(&(i, k)) => assert_eq!(r, Ok((i, k))),
+                        None => assert_eq!(r, Err(FsError::NotFound)),
+                    }
+                }
+                55..75 => {
+                    let r = v.remove(d, &n);
+                    match model.dirs[&d].get(&n).copied() {
+                        None => assert_eq!(r, Err(FsError::NotFound)),
+                        Some((i, Kind::Dir)) if !model.dirs[&i].is_empty() => {
+                            *seen.entry("remove not empty").or_default() += 1;
+                            assert_eq!(r, Err(FsError::NotEmpty));
+                        }
+                        Some((i, k)) => {
+                            r.unwrap();
+                            model.dirs.get_mut(&d).unwrap().remove(&n);
+                            if k == Kind::Dir {
+                                model.dirs.remove(&i);
+                                model.parent.remove(&i);
+                            }
+                            assert_eq!(v.stat(i), Err(FsError::NotFound));
+                        }
+                    }
+                }
+                75..92 => {
+                    // Now and then into the moved directory's own subtree, or in place.
+                    let to = match model.dirs[&d].get(&n) {
+                        Some(&(i, Kind::Dir)) if rng.chance(30) => {
+                            let below: Vec<u64> = dirs
+                                .iter()
+                                .copied()
+                                .filter(|&x| model.below(i, x))
+                                .collect();
+                            below[rng.below(below.len() as u64) as usize]
+                        }
+                        _ if rng.chance(30) => d,
+                        _ => dirs[rng.below(dirs.len() as u64) as usize],
+                    };
+                    let tn = name(&mut rng);
+                    let r = v.rename(d, &n, to, &tn);
+                    let src = model.dirs[&d].get(&n).copied();
+                    let dst = model.dirs[&to].get(&tn).copied();
+                    match (src, dst) {
+                        (None, _) => assert_eq!(r, Err(FsError::NotFound)),
+                        (Some((i, Kind::Dir)), _) if model.below(i, to) => {
+                            *seen.entry("rename below itself").or_default() += 1;
+                            assert_eq!(r, Err(FsError::InvalidArgument));
+                        }
+                        (Some((i, _)), Some((t, _))) if i == t => r.unwrap(),
+                        (Some((_, Kind::File)), Some((_, Kind::Dir))) => {
+                            assert_eq!(r, Err(FsError::IsDir));
+                        }
+                        (Some((_, Kind::Dir)), Some((_, Kind::File))) => {
+                            assert_eq!(r, Err(FsError::NotDir));
+                        }
+                        (Some((_, Kind::Dir)), Some((t, Kind::Dir)))
+                            if !model.dirs[&t].is_empty() =>
+                        {
+                            assert_eq!(r, Err(FsError::NotEmpty));
+                        }
+                        (Some((i, k)), dst) => {
+                            r.unwrap();
+                            let what = match (k, dst.is_some(), d == to) {
+                                (Kind::Dir, _, false) => "rename dir across",
+                                (_, true, _) => "rename replacing",
+                                (_, false, false) => "rename across",
+                                (_, false, true) => "rename in place",
+                            };
+                            *seen.entry(what).or_default() += 1;
+                            if let Some((t, tk)) = dst {
+                                if tk == Kind::Dir {
+                                    model.dirs.remove(&t);
+                                    model.parent.remove(&t);
+                                }
+                                assert_eq!(v.stat(t), Err(FsError::NotFound));
+                            }
+                            model.dirs.get_mut(&d).unwrap().remove(&n);
+                            model.dirs.get_mut(&to).unwrap().insert(tn.clone(), (i, k));
+                            if k == Kind::Dir {
+                                model.parent.insert(i, to);
+                            }
+                            assert_eq!(v.lookup(to, &tn), Ok((i, k)));
+                        }
+                    }
+                }
+                92..96 => {
+                    *seen.entry("readdir").or_default() += 1;
+                    let mut got = list(&mut v, d);
+                    got.sort();
+                    let want: Vec<_> = model.dirs[&d]
+                        .iter()
+                        .map(|(n, &(i, k))| (n.clone(), i, k))
+                        .collect();
+                    assert_eq!(got, want, "step {steps}: readdir {d}");
+                    let st = v.stat(d).unwrap();
+                    let subdirs = model.dirs[&d].values().filter(|e| e.1 == Kind::Dir).count();
+                    assert_eq!(st.nlink as usize, 2 + subdirs, "step {steps}: nlink of {d}");
+                }
+                96..99 => {
+                    v.sync().unwrap();
+                    committed = model.clone();
+                    if rng.chance(30) {
+                        break;
+                    }
+                }
+                _ => break, // remount, dropping what was not synced
+            }
+        }
+    }
+    for what in [
+        "exists",
+        "remove not empty",
+        "rename below itself",
+        "rename dir across",
+        "rename replacing",
+        "rename across",
+        "rename in place",
+        "readdir",
+    ] {
+        assert!(
+            seen.get(what).copied().unwrap_or(0) >= 5,
+            "{what}: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn names_with_colliding_hashes() {
+    // Find names whose CRC32C collide (their entries share a hash and differ in the low
+    // bits of the key offset).
+    let mut seen: HashMap<u32, Vec<u8>> = HashMap::new();
+    let mut pairs = Vec::new();
+    let mut i = 0u64;
+    while pairs.len() < 6 {
+        let n = std::format!("file-{i:x}").into_bytes();
+        if let Some(prev) = seen.insert(crc32c(&n), n.clone()) {
+            pairs.push((prev, n));
+        }
+        i += 1;
+    }
+    let mut disk = MemDisk::new(2048);
+    let mut m = mem();
+    Volume::<MemDisk, N, G>::mkfs(&mut disk, &mut m, 128, 1).unwrap();
+    let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
+    let mut inos = BTreeMap::new();
+    for (a, b) in &pairs {
+        inos.insert(a.clone(), v.create(ROOT, a, Kind::File).unwrap());
+        inos.insert(b.clone(), v.create(ROOT, b, Kind::File).unwrap());
+        assert_eq!(v.create(ROOT, b, Kind::File), Err(FsError::Exists));
+    }
+    for (n, &ino) in &inos {
+        assert_eq!(v.lookup(ROOT, n), Ok((ino, Kind::File)));
+    }
+    // Remove the first of a pair: the second is still found, and a re-create takes the gap.
+    let (a, b) = &pairs[0];
+    v.remove(ROOT, a).unwrap();
+    assert_eq!(v.lookup(ROOT, a), Err(FsError::NotFound));
+    assert_eq!(v.lookup(ROOT, b), Ok((inos[b], Kind::File)));
+    let again = v.create(ROOT, a, Kind::File).unwrap();
+    inos.insert(a.clone(), again);
+    v.sync().unwrap();
+    let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
+    let mut got: Vec<_> = list(&mut v, ROOT)
+        .into_iter()
+        .map(|(n, i, _)| (n, i))
+        .collect();
+    got.sort();
+    let want: Vec<_> = inos.into_iter().collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn name_rules() {
+    let mut disk = MemDisk::new(512);
+    let mut m = mem();
+    Volume::<MemDisk, N, G>::mkfs(&mut disk, &mut m, 128, 1).unwrap();
+    let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
+    let long = [b'x'; NAME_MAX];
+    let f = v.create(ROOT, &long, Kind::File).unwrap();
+    assert_eq!(v.lookup(ROOT, &long), Ok((f, Kind::File)));
+    assert_eq!(
+        v.create(ROOT, &[b'x'; NAME_MAX + 1], Kind::File),
+        Err(FsError::NameTooLong)
+    );
+    for bad in [&b""[..], b".", b"..", b"a/b", b"a\0"] {
+        assert_eq!(v.create(ROOT, bad, Kind::File), Err(FsError::InvalidName));
+    }
+    assert_eq!(v.create(f, b"x", Kind::File), Err(FsError::NotDir));
+    assert_eq!(v.lookup(12345, b"x"), Err(FsError::NotFound));
+}
+
+#[test]
+fn hundred_thousand_files_in_one_directory() {
+    let files = 100_000u64;
+    let mut disk = MemDisk::new(16_384);
+    let mut m = mem();
+    Volume::<MemDisk, N, G>::mkfs(&mut disk, &mut m, 32_480, 1).unwrap();
+    let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
+    for i in 0..files {
+        v.create(ROOT, std::format!("f{i}").as_bytes(), Kind::File)
+            .unwrap();
+    }
+    v.sync().unwrap();
+    let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
+    assert_eq!(list(&mut v, ROOT).len() as u64, files);
+    let mut rng = Rng::new(3);
+    for _ in 0..1000 {
+        let i = rng.below(files);
+        let (ino, k) = v.lookup(ROOT, std::format!("f{i}").as_bytes()).unwrap();
+        assert_eq!((ino, k), (ROOT + 1 + i, Kind::File));
+    }
+    for i in (0..files).step_by(2) {
+        v.remove(ROOT, std::format!("f{i}").as_bytes()).unwrap();
+    }
+    v.sync().unwrap();
+    let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
+    let left = list(&mut v, ROOT);
+    assert_eq!(left.len() as u64, files / 2);
+    assert!(left.iter().all(|(_, ino, _)| (ino - ROOT - 1) % 2 == 1));
+    assert_eq!(v.lookup(ROOT, b"f0"), Err(FsError::NotFound));
+    assert!(v.superblock().height >= 3);
+}
+
+#[test]
+fn file_data_model() {
+    // Random writes (anywhere: overwrites, appends, past the end, block-crossing), reads,
+    // removals and re-creations checked against byte vectors; after every sync the bitmaps
+    // must match the tree and the extents exactly; remounts with and without a sync. A
+    // four-block data buffer, so longer writes go out in runs.
+    let mut disk = MemDisk::new(3000);
+    let mut m = std::vec![0u8; (volume_frames(N, G) + 3) * BLOCK_SIZE];
+    Volume::<MemDisk, N, G>::mkfs(&mut disk, &mut m, 256, 1).unwrap();
+    let mut rng = Rng::new(0xF11E);
+    let mut committed: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = BTreeMap::new();
+    let mut steps = 0;
+    let mut overwrites = 0;
+    let mut truncates = 0;
+    while steps < 3000 * scale() {
+        let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
+        let mut model = committed.clone();
+        for (n, (ino, bytes)) in &model {
+            assert_eq!(v.lookup(ROOT, n), Ok((*ino, Kind::File)));
+            let mut out = std::vec![0u8; bytes.len() + 10];
+            assert_eq!(v.read(*ino, 0, &mut out).unwrap(), bytes.len());
+            assert!(
+                out[..bytes.len()] == bytes[..],
+                "step {steps}: contents after mount"
+            );
+        }
+        loop {
+            steps += 1;
+            let n = std::format!("f{}", rng.below(8)).into_bytes();
+            match rng.below(100) {
+                0..45 => {
+                    let ino = match model.get(&n) {
+                        Some(&(ino, _)) => ino,
+                        None => {
+                            let ino = v.create(ROOT, &n, Kind::File).unwrap();
+                            model.insert(n.clone(), (ino, Vec::new()));
+                            ino
+                        }
+                    };
+                    let bytes = &mut model.get_mut(&n).unwrap().1;
+                    let off = if rng.chance(50) && !bytes.is_empty() {
+                        overwrites += 1;
+                        rng.below(bytes.len() as u64)
+                    } else {
+                        rng.below(80_000)
+                    };
+                    let most = if rng.chance(20) { 20_000 } else { 3_000 };
+                    let len = 1 + rng.below(most) as usize;
+                    let data: Vec<u8> = (0..len).map(|i| (i as u64 ^ steps) as u8).collect();
+                    assert_eq!(v.write(ino, off, &data).unwrap(), len);
+                    let end = off as usize + len;
+                    if bytes.len() < end {
+                        bytes.resize(end, 0);
+                    }
+                    bytes[off as usize..end].copy_from_slice(&data);
+                    assert_eq!(v.stat(ino).unwrap().size, bytes.len() as u64);
+                }
+                45..75 => {
+                    if let Some((ino, bytes)) = model.get(&n) {
+                        let off = rng.below(bytes.len() as u64 + 100);
+                        let mut out = std::vec![0xEEu8; 1 + rng.below(9000) as usize];
+                        let got = v.read(*ino, off, &mut out).unwrap();
+                        let want = bytes.get(off as usize..).unwrap_or(&[]);
+                        let k = want.len().min(out.len());
+                        assert_eq!(got, k, "step {steps}: read length");
+                        assert!(out[..k] == want[..k], "step {steps}: read at {off}");
+                    }
+                }
+                75..80 => {
+                    if model.remove(&n).is_some() {
+                        v.remove(ROOT, &n).unwrap();
+                    }
+                }
+                80..85 => {
+                    if let Some((ino, bytes)) = model.get_mut(&n) {
+                        // Shrink (often mid-block) or grow.
+                        let size = if rng.chance(70) {
+                            rng.below(bytes.len() as u64 + 1)
+                        } else {
+                            bytes.len() as u64 + rng.below(10_000)
+                        };
+                        v.truncate(*ino, size).unwrap();
+                        bytes.resize(size as usize, 0);
+                        truncates += 1;
+                    }
+                }
+                85..97 => {
+                    v.sync().unwrap();
+                    committed = model.clone();
+                    let data = verify_volume(&mut v);
+                    let want: u64 = model
+                        .values()
+                        .map(|(_, b)| (b.len() as u64).div_ceil(4096))
+                        .sum();
+                    assert!(data <= want, "step {steps}: {data} data blocks for {want}");
+                    if rng.chance(25) {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+    assert!(overwrites > 300);
+    assert!(truncates > 50);
+}
+
+/// A device that counts the blocks written.
+struct Counting {
+    disk: MemDisk,
+    written: u64,
+}
+
+impl crate::io::BlockIo for Counting {
+    fn block_count(&self) -> u64 {
+        self.disk.block_count()
+    }
+    fn read(&mut self, block: u64, buf: &mut [u8]) -> Result<(), crate::io::IoError> {
+        self.disk.read(block, buf)
+    }
+    fn write(
+        &mut self,
+        runs: &[crate::io::Run<'_>],
+        flags: crate::io::WriteFlags,
+    ) -> Result<(), crate::io::IoError> {
+        self.written += runs
+            .iter()
+            .map(|r| (r.data.len() / BLOCK_SIZE) as u64)
+            .sum::<u64>();
+        self.disk.write(runs, flags)
+    }
+}
+
+#[test]
+fn random_overwrite_rewrites_little_metadata() {
+    // A fragmented file (every block its own extent); then random 4 KiB overwrites, each
+    // followed by a commit. Blocks written per overwrite: the data block, the changed path of
+    // the tree, the bitmaps of the groups touched, a selector, the superblock; the same for a
+    // file 80 times larger, whose tree is a level taller.
+    let mut per_op = Vec::new();
+    for blocks in [256u64, 20_000] {
+        let mut dev = Counting {
+            disk: MemDisk::new(blocks + blocks / 2 + 2000),
+            written: 0,
+        };
+        let mut m = mem();
+        Volume::<Counting, N, G>::mkfs(&mut dev, &mut m, 32_480, 1).unwrap();
+        let (mut v, _) = Volume::<&mut Counting, N, G>::mount(&mut dev, &mut m, false).unwrap();
+        let f = v.create(ROOT, b"big", Kind::File).unwrap();
+        let block = [7u8; BLOCK_SIZE];
+        // Backwards, so that no two neighbours are contiguous on disk: one extent per block.
+        for b in (0..blocks).rev() {
+            v.write(f, b * BLOCK_SIZE as u64, &block).unwrap();
+        }
+        v.sync().unwrap();
+        let mut rng = Rng::new(blocks);
+        let ops = 200;
+        let before = v.device().written;
+        for _ in 0..ops {
+            let b = rng.below(blocks);
+            v.write(f, b * BLOCK_SIZE as u64, &block).unwrap();
+            v.sync().unwrap();
+        }
+        let per = (v.device().written - before) as f64 / ops as f64;
+        std::println!(
+            "v2: {blocks}-block file, height {}: {per:.1} blocks written per random overwrite + sync",
+            v.superblock().height
+        );
+        per_op.push(per);
+        verify_volume(&mut v);
+    }
+    // O(log n): a file 80 times larger costs about one more node (and its neighbours now and
+    // then) per overwrite.
+    assert!(per_op[0] <= 10.0, "{per_op:?}");
+    assert!(per_op[1] <= per_op[0] + 3.0, "{per_op:?}");
+}

@@ -1,0 +1,555 @@
+//! The namespace on the tree (`docs/tinyfs-v2.md`, "One tree"): inodes, directory entries
+//! keyed by name hash with collision handling, back references; create, lookup, stat,
+//! readdir, remove, rename, sync. File data is in `file.rs`.
+//!
+//! Every operation checks before its first change that the free space covers its worst case
+//! (a few tree updates), so `NoSpace` never leaves half an operation behind; any other error
+//! fails the tree (no later commit), so an operation is all or nothing across a crash.
+
+use super::key::{Key, kind};
+use super::node::MAX_HEIGHT;
+use super::space::{FreeSpace, space_frames};
+use super::superblock::{FLAG_DATA_CSUM, Superblock};
+use super::tree::{MountInfo, Tree};
+use crate::crc::crc32c;
+use crate::error::{FsError, Result};
+use crate::format::BLOCK_SIZE;
+use crate::io::BlockIo;
+
+/// The root directory's inode number.
+pub const ROOT: u64 = 16;
+/// Longest name, in bytes.
+pub const NAME_MAX: usize = 255;
+/// Entries one name hash can hold (the low 16 bits of the entry's key offset).
+const COLLISIONS: u64 = 1 << 16;
+const INODE_SIZE: usize = 40;
+const DIRENT_HDR: usize = 9;
+
+/// What an inode is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+}
+
+impl Kind {
+    fn code(self) -> u8 {
+        match self {
+            Kind::File => 1,
+            Kind::Dir => 2,
+        }
+    }
+    fn from_code(c: u8, block: u64) -> Result<Kind> {
+        match c {
+            1 => Ok(Kind::File),
+            2 => Ok(Kind::Dir),
+            _ => Err(FsError::Corrupt {
+                block,
+                what: "unknown inode kind",
+            }),
+        }
+    }
+}
+
+/// An inode item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inode {
+    /// File or directory.
+    pub kind: Kind,
+    /// Links: 1 for a file; 2 + subdirectories for a directory.
+    pub nlink: u32,
+    /// Size in bytes (0 until file data is built).
+    pub size: u64,
+    /// Last change of the contents (the clock the caller set, see [`Volume::set_clock`]).
+    pub mtime: u64,
+    /// Last change of the inode.
+    pub ctime: u64,
+}
+
+impl Inode {
+    fn encode(&self) -> [u8; INODE_SIZE] {
+        let mut b = [0u8; INODE_SIZE];
+        b[0] = self.kind.code();
+        b[4..8].copy_from_slice(&self.nlink.to_le_bytes());
+        b[8..16].copy_from_slice(&self.size.to_le_bytes());
+        b[16..24].copy_from_slice(&self.mtime.to_le_bytes());
+        b[24..32].copy_from_slice(&self.ctime.to_le_bytes());
+        b
+    }
+    fn decode(b: &[u8]) -> Result<Inode> {
+        let bad = FsError::Corrupt {
+            block: 0,
+            what: "inode item of the wrong size",
+        };
+        if b.len() != INODE_SIZE {
+            return Err(bad);
+        }
+        let u64_at = |o: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[o..o + 8]);
+            u64::from_le_bytes(a)
+        };
+        Ok(Inode {
+            kind: Kind::from_code(b[0], 0)?,
+            nlink: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            size: u64_at(8),
+            mtime: u64_at(16),
+            ctime: u64_at(24),
+        })
+    }
+}
+
+/// A directory entry returned by [`Volume::readdir`].
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    /// The inode it names.
+    pub ino: u64,
+    /// Its kind.
+    pub kind: Kind,
+    name: [u8; NAME_MAX],
+    len: u8,
+}
+
+impl Entry {
+    /// The name.
+    pub fn name(&self) -> &[u8] {
+        &self.name[..self.len as usize]
+    }
+}
+
+/// A name's hash: the high bits of its entries' key offsets.
+fn name_hash(name: &[u8]) -> u64 {
+    crc32c(name) as u64
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.iter().any(|&c| c == b'/' || c == 0)
+    {
+        return Err(FsError::InvalidName);
+    }
+    Ok(())
+}
+
+/// A version-2 filesystem's namespace: the tree, its free space, the device.
+pub struct Volume<'b, D: BlockIo, const N: usize, const G: usize> {
+    pub(super) dev: D,
+    pub(super) tree: Tree<'b, N>,
+    pub(super) space: FreeSpace<'b, G>,
+    /// The data buffer: the memory past the tree's and the free space's frames, at least one
+    /// block; its size bounds one data I/O (a run of blocks).
+    pub(super) data: &'b mut [u8],
+    /// A data write failed: nothing is committed again on this mount.
+    pub(super) failed: bool,
+    pub(super) now: u64,
+}
+
+impl<D: BlockIo, const N: usize, const G: usize> core::fmt::Debug for Volume<'_, D, N, G> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Volume")
+            .field("tree", &self.tree)
+            .field("space", &self.space)
+            .finish()
+    }
+}
+
+/// Where a name is, or would go, in a directory.
+enum Slot {
+    Found { key: Key, ino: u64, kind: Kind },
+    Free(Key),
+}
+
+/// Blocks of memory a [`Volume`] with `N` node frames and `G` cached groups needs at least
+/// (with a one-block data buffer).
+pub const fn volume_frames(n: usize, g: usize) -> usize {
+    n + space_frames(g) + 1
+}
+
+impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
+    /// Writes an empty filesystem (the root directory, inode [`ROOT`]) on the whole device
+    /// with free-space groups of `group_blocks` blocks; `mem` holds [`volume_frames`]`(N, G)`
+    /// blocks.
+    pub fn mkfs(dev: &mut D, mem: &mut [u8], group_blocks: u32, now: u64) -> Result<()> {
+        Self::mkfs_with(dev, mem, group_blocks, now, false)
+    }
+
+    /// [`Volume::mkfs`], with data checksums when `data_checksums` (every data block's CRC32C
+    /// recorded when written and verified when read; a mismatch is
+    /// [`FsError::DataChecksum`]).
+    pub fn mkfs_with(
+        dev: &mut D,
+        mem: &mut [u8],
+        group_blocks: u32,
+        now: u64,
+        data_checksums: bool,
+    ) -> Result<()> {
+        let mut sb = FreeSpace::<G>::mkfs(dev, mem, group_blocks)?;
+        sb.next_ino = ROOT + 1;
+        if data_checksums {
+            sb.flags |= FLAG_DATA_CSUM;
+        }
+        Tree::<N>::mkfs_with(dev, mem, &sb)?;
+        let mut vol = Volume::<&mut D, N, G>::mount(dev, mem, false)?.0;
+        vol.now = now;
+        let root = Inode {
+            kind: Kind::Dir,
+            nlink: 2,
+            size: 0,
+            mtime: now,
+            ctime: now,
+        };
+        vol.put_inode(ROOT, &root)?;
+        vol.sync()
+    }
+
+    /// Mounts the filesystem on `dev`; `mem` holds at least [`volume_frames`]`(N, G)` blocks,
+    /// and every block past those enlarges the data buffer (the largest data I/O, one run).
+    pub fn mount(mut dev: D, mem: &'b mut [u8], read_only: bool) -> Result<(Self, MountInfo)> {
+        if mem.len() < volume_frames(N, G) * BLOCK_SIZE {
+            return Err(FsError::BufferTooSmall);
+        }
+        let (tmem, rest) = mem.split_at_mut(N * BLOCK_SIZE);
+        let (smem, data) = rest.split_at_mut(space_frames(G) * BLOCK_SIZE);
+        let len = data.len() / BLOCK_SIZE * BLOCK_SIZE;
+        let (tree, info) = Tree::mount(&mut dev, tmem, read_only)?;
+        let space = FreeSpace::open(smem, tree.superblock())?;
+        Ok((
+            Volume {
+                dev,
+                tree,
+                space,
+                data: &mut data[..len],
+                failed: false,
+                now: 0,
+            },
+            info,
+        ))
+    }
+
+    /// Sets the clock new timestamps are taken from (the kernel's, in whatever unit it keeps).
+    pub fn set_clock(&mut self, now: u64) {
+        self.now = now;
+    }
+
+    /// Whether data blocks carry checksums (chosen at mkfs).
+    pub fn data_checksums(&self) -> bool {
+        self.tree.superblock().flags & FLAG_DATA_CSUM != 0
+    }
+
+    /// The superblock the next commit writes.
+    pub fn superblock(&self) -> &Superblock {
+        self.tree.superblock()
+    }
+
+    /// Commits everything: on return every change made before is durable.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.failed {
+            return Err(FsError::Failed {
+                durable: self.tree.generation(),
+            });
+        }
+        self.space.commit(&mut self.dev, &mut self.tree).map(|_| ())
+    }
+
+    /// Refuses with `NoSpace`, before any change, an operation of `updates` tree updates that
+    /// the free space might not cover.
+    pub(super) fn room(&self, updates: u64) -> Result<()> {
+        let worst = updates * (2 * MAX_HEIGHT as u64 + 2);
+        if self.space.allocatable() < worst {
+            return Err(FsError::NoSpace);
+        }
+        Ok(())
+    }
+
+    pub(super) fn put(&mut self, key: Key, value: &[u8]) -> Result<()> {
+        self.tree
+            .insert(&mut self.dev, &mut self.space, &key, value)
+            .map(|_| ())
+    }
+
+    pub(super) fn del(&mut self, key: Key) -> Result<()> {
+        if self.tree.remove(&mut self.dev, &mut self.space, &key)? {
+            Ok(())
+        } else {
+            Err(FsError::Corrupt {
+                block: 0,
+                what: "item missing",
+            })
+        }
+    }
+
+    pub(super) fn put_inode(&mut self, ino: u64, i: &Inode) -> Result<()> {
+        self.put(Key::new(ino, kind::INODE, 0), &i.encode())
+    }
+
+    /// The inode `ino`.
+    pub fn stat(&mut self, ino: u64) -> Result<Inode> {
+        let mut b = [0u8; INODE_SIZE];
+        match self
+            .tree
+            .get(&mut self.dev, &Key::new(ino, kind::INODE, 0), &mut b)?
+        {
+            Some(INODE_SIZE) => Inode::decode(&b),
+            Some(_) => Err(FsError::Corrupt {
+                block: 0,
+                what: "inode item of the wrong size",
+            }),
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    fn dir(&mut self, ino: u64) -> Result<Inode> {
+        let i = self.stat(ino)?;
+        if i.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(i)
+    }
+
+    /// Finds `name` in `dir`: its entry, or the key a new entry would take.
+    fn find(&mut self, dir: u64, name: &[u8]) -> Result<Slot> {
+        let base = name_hash(name) << 16;
+        let mut free = None;
+        let mut expect = base;
+        let mut b = [0u8; DIRENT_HDR + NAME_MAX];
+        let mut from = Key::new(dir, kind::DIRENT, base);
+        while let Some((k, n)) = self.tree.next(&mut self.dev, &from, &mut b)? {
+            if k.id != dir || k.kind != kind::DIRENT || k.offset >= base + COLLISIONS {
+                break;
+            }
+            if n < DIRENT_HDR + 1 || n > b.len() {
+                return Err(FsError::Corrupt {
+                    block: 0,
+                    what: "directory entry of the wrong size",
+                });
+            }
+            if free.is_none() && k.offset != expect {
+                free = Some(expect);
+            }
+            expect = k.offset + 1;
+            if &b[DIRENT_HDR..n] == name {
+                let mut ino = [0u8; 8];
+                ino.copy_from_slice(&b[..8]);
+                return Ok(Slot::Found {
+                    key: k,
+                    ino: u64::from_le_bytes(ino),
+                    kind: Kind::from_code(b[8], 0)?,
+                });
+            }
+            match k.successor() {
+                Some(s) => from = s,
+                None => break,
+            }
+        }
+        let off = free.unwrap_or(expect);
+        if off >= base + COLLISIONS {
+            return Err(FsError::NoSpace);
+        }
+        Ok(Slot::Free(Key::new(dir, kind::DIRENT, off)))
+    }
+
+    /// Looks `name` up in directory `dir`: its inode and kind.
+    pub fn lookup(&mut self, dir: u64, name: &[u8]) -> Result<(u64, Kind)> {
+        check_name(name)?;
+        self.dir(dir)?;
+        match self.find(dir, name)? {
+            Slot::Found { ino, kind, .. } => Ok((ino, kind)),
+            Slot::Free(_) => Err(FsError::NotFound),
+        }
+    }
+
+    fn put_entry(&mut self, key: Key, ino: u64, kind_: Kind, name: &[u8]) -> Result<()> {
+        let mut v = [0u8; DIRENT_HDR + NAME_MAX];
+        v[..8].copy_from_slice(&ino.to_le_bytes());
+        v[8] = kind_.code();
+        v[DIRENT_HDR..DIRENT_HDR + name.len()].copy_from_slice(name);
+        self.put(key, &v[..DIRENT_HDR + name.len()])?;
+        self.put(
+            Key::new(ino, kind::PARENT, key.id),
+            &key.offset.to_le_bytes(),
+        )
+    }
+
+    fn touch_dir(&mut self, dir: u64, nlink_delta: i32) -> Result<()> {
+        let mut d = self.stat(dir)?;
+        d.nlink = d.nlink.wrapping_add_signed(nlink_delta);
+        d.mtime = self.now;
+        d.ctime = self.now;
+        self.put_inode(dir, &d)
+    }
+
+    /// Creates `name` in directory `dir` as a `kind`; returns its inode number (never reused).
+    pub fn create(&mut self, dir: u64, name: &[u8], kind_: Kind) -> Result<u64> {
+        check_name(name)?;
+        self.dir(dir)?;
+        let key = match self.find(dir, name)? {
+            Slot::Found { .. } => return Err(FsError::Exists),
+            Slot::Free(k) => k,
+        };
+        self.room(4)?;
+        let ino = self.tree.superblock().next_ino;
+        self.tree.superblock_mut().next_ino = ino + 1;
+        let i = Inode {
+            kind: kind_,
+            nlink: if kind_ == Kind::Dir { 2 } else { 1 },
+            size: 0,
+            mtime: self.now,
+            ctime: self.now,
+        };
+        self.put_inode(ino, &i)?;
+        self.put_entry(key, ino, kind_, name)?;
+        self.touch_dir(dir, i32::from(kind_ == Kind::Dir))?;
+        Ok(ino)
+    }
+
+    fn is_empty_dir(&mut self, ino: u64) -> Result<bool> {
+        let first = self
+            .tree
+            .next(&mut self.dev, &Key::new(ino, kind::DIRENT, 0), &mut [])?;
+        Ok(!matches!(first, Some((k, _)) if k.id == ino && k.kind == kind::DIRENT))
+    }
+
+    /// Removes `name` from `dir`: a file, or an empty directory (`NotEmpty` otherwise).
+    pub fn remove(&mut self, dir: u64, name: &[u8]) -> Result<()> {
+        check_name(name)?;
+        self.dir(dir)?;
+        let Slot::Found { key, ino, kind: k } = self.find(dir, name)? else {
+            return Err(FsError::NotFound);
+        };
+        if k == Kind::Dir && !self.is_empty_dir(ino)? {
+            return Err(FsError::NotEmpty);
+        }
+        if k == Kind::File {
+            self.free_extents(ino)?;
+        }
+        self.room(4)?;
+        self.del(key)?;
+        self.del(Key::new(ino, kind::PARENT, dir))?;
+        self.del(Key::new(ino, kind::INODE, 0))?;
+        self.touch_dir(dir, -i32::from(k == Kind::Dir))
+    }
+
+    /// The parent of directory `ino` (the root is its own).
+    fn parent_of(&mut self, ino: u64) -> Result<u64> {
+        if ino == ROOT {
+            return Ok(ROOT);
+        }
+        match self
+            .tree
+            .next(&mut self.dev, &Key::new(ino, kind::PARENT, 0), &mut [])?
+        {
+            Some((k, _)) if k.id == ino && k.kind == kind::PARENT => Ok(k.offset),
+            _ => Err(FsError::Corrupt {
+                block: 0,
+                what: "directory without a parent",
+            }),
+        }
+    }
+
+    /// Moves `name` of `dir` to `to_name` in `to_dir`, atomically: replaces a file, or an
+    /// empty directory, of the same kind there; a directory cannot move below itself.
+    pub fn rename(&mut self, dir: u64, name: &[u8], to_dir: u64, to_name: &[u8]) -> Result<()> {
+        check_name(name)?;
+        check_name(to_name)?;
+        self.dir(dir)?;
+        self.dir(to_dir)?;
+        let Slot::Found { key, ino, kind: k } = self.find(dir, name)? else {
+            return Err(FsError::NotFound);
+        };
+        if k == Kind::Dir {
+            let mut up = to_dir;
+            for _ in 0..1_000_000 {
+                if up == ino {
+                    return Err(FsError::InvalidArgument);
+                }
+                if up == ROOT {
+                    break;
+                }
+                up = self.parent_of(up)?;
+            }
+        }
+        let target = self.find(to_dir, to_name)?;
+        if let Slot::Found {
+            ino: t, kind: tk, ..
+        } = target
+        {
+            if t == ino {
+                return Ok(());
+            }
+            match (k, tk) {
+                (Kind::File, Kind::Dir) => return Err(FsError::IsDir),
+                (Kind::Dir, Kind::File) => return Err(FsError::NotDir),
+                (Kind::Dir, Kind::Dir) if !self.is_empty_dir(t)? => {
+                    return Err(FsError::NotEmpty);
+                }
+                _ => {}
+            }
+        }
+        self.room(10)?;
+        let new_key = match target {
+            Slot::Found {
+                key: tkey,
+                ino: t,
+                kind: tk,
+            } => {
+                if tk == Kind::File {
+                    self.free_extents(t)?;
+                }
+                self.del(Key::new(t, kind::PARENT, to_dir))?;
+                self.del(Key::new(t, kind::INODE, 0))?;
+                if k == Kind::Dir {
+                    self.touch_dir(to_dir, -1)?;
+                }
+                tkey
+            }
+            Slot::Free(fk) => fk,
+        };
+        self.del(key)?;
+        self.del(Key::new(ino, kind::PARENT, dir))?;
+        self.put_entry(new_key, ino, k, to_name)?;
+        let dirs = i32::from(k == Kind::Dir);
+        self.touch_dir(dir, -dirs)?;
+        self.touch_dir(to_dir, dirs)?;
+        let mut i = self.stat(ino)?;
+        i.ctime = self.now;
+        self.put_inode(ino, &i)
+    }
+
+    /// The first entry of `dir` at or after `cookie` (0 to start), and the cookie of the next;
+    /// entries come in hash order, and one present throughout a listing is listed once.
+    pub fn readdir(&mut self, dir: u64, cookie: u64) -> Result<Option<(Entry, u64)>> {
+        let mut b = [0u8; DIRENT_HDR + NAME_MAX];
+        let from = Key::new(dir, kind::DIRENT, cookie);
+        match self.tree.next(&mut self.dev, &from, &mut b)? {
+            Some((k, n)) if k.id == dir && k.kind == kind::DIRENT => {
+                if !(DIRENT_HDR + 1..=b.len()).contains(&n) {
+                    return Err(FsError::Corrupt {
+                        block: 0,
+                        what: "directory entry of the wrong size",
+                    });
+                }
+                let mut e = Entry {
+                    ino: 0,
+                    kind: Kind::from_code(b[8], 0)?,
+                    name: [0; NAME_MAX],
+                    len: (n - DIRENT_HDR) as u8,
+                };
+                let mut ino = [0u8; 8];
+                ino.copy_from_slice(&b[..8]);
+                e.ino = u64::from_le_bytes(ino);
+                e.name[..n - DIRENT_HDR].copy_from_slice(&b[DIRENT_HDR..n]);
+                Ok(Some((e, k.offset + 1)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The device (for tests and tools).
+    pub fn device(&mut self) -> &mut D {
+        &mut self.dev
+    }
+}
