@@ -123,8 +123,11 @@ fn word(kind: usize, legs: u32) -> usize {
     kind | (legs as usize) << 8
 }
 
+/// Where a direct write's bio keeps its leg in its private word (the write slot below it).
+const LEG_SHIFT: usize = 16;
+
 /// The front pad of the bios a mirror sends to its legs on the direct write path: which
-/// mirror, write slot and leg.
+/// mirror, write slot and leg (the completion reads slot and leg from the bio's private word).
 #[derive(Clone, Copy)]
 pub struct LegWrite {
     mirror: &'static Mirror,
@@ -530,7 +533,10 @@ impl Mirror {
         let l = &self.legs[leg];
         c.set_sector(l.offset + rel);
         c.set_dev(l.lower.dev);
-        c.set_end_io(leg_write_done);
+        // The clone ends through the mirror's hook too: slot and leg in its private word (read
+        // there without the front pad's type check).
+        c.set_end_hook(self);
+        c.set_private(slot as usize | leg << LEG_SHIFT);
         Some(c)
     }
 
@@ -896,9 +902,22 @@ impl Mirror {
 }
 
 impl EndHook for Mirror {
-    /// Leg 0 of a direct write answered with the mirror's own bio.
+    /// A bio of a direct write answered: the mirror's own bio from leg 0, or a clone (its leg,
+    /// not 0, above [`LEG_SHIFT`] in the private word).
     fn bio_end(&'static self, mut bio: Bio) {
         let slot = bio.private() as u16;
+        let leg = (bio.private() >> LEG_SHIFT) as u8;
+        if leg != 0 {
+            debug_assert!(
+                bio.front::<LegWrite>()
+                    .is_some_and(|f| core::ptr::eq(f.mirror, self)
+                        && f.slot == slot
+                        && f.leg == leg)
+            );
+            let failed = bio.status().is_err();
+            self.leg_done(slot, leg, failed, bio);
+            return;
+        }
         let w = &self.writes[slot as usize];
         if bio.status().is_err() {
             w.failed.fetch_or(1, Ordering::Relaxed);
@@ -922,15 +941,6 @@ impl EndHook for Mirror {
             }
         }
     }
-}
-
-/// End of a leg bio of the direct write path.
-fn leg_write_done(bio: Bio) {
-    let Some(&LegWrite { mirror, slot, leg }) = bio.front::<LegWrite>() else {
-        return;
-    };
-    let failed = bio.status().is_err();
-    mirror.leg_done(slot, leg, failed, bio);
 }
 
 impl IoNotify for Mirror {
