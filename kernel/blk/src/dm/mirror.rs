@@ -547,7 +547,8 @@ impl Mirror {
         Some(c)
     }
 
-    #[inline]
+    // Always inline: called once per leg of each direct write (a call frame per leg otherwise).
+    #[inline(always)]
     fn send(&self, leg: usize, bio: Bio, ctx: &CpuCtx) {
         if self.leaf & (1 << leg) != 0 {
             submit_to_leaf(self.legs[leg].lower.dev, bio, ctx);
