@@ -123,8 +123,11 @@ fn word(kind: usize, legs: u32) -> usize {
     kind | (legs as usize) << 8
 }
 
+/// Where a direct write's bio keeps its leg in its private word (the write slot below it).
+const LEG_SHIFT: usize = 16;
+
 /// The front pad of the bios a mirror sends to its legs on the direct write path: which
-/// mirror, write slot and leg.
+/// mirror, write slot and leg (the completion reads slot and leg from the bio's private word).
 #[derive(Clone, Copy)]
 pub struct LegWrite {
     mirror: &'static Mirror,
@@ -141,19 +144,20 @@ struct Saved {
     rel: u64,
     sectors: u64,
     parked: Option<Bio>,
+    /// The leg-1 clone of the last write, kept for the next (slots under [`KEEP_SLOTS`]).
+    spare: Option<Bio>,
 }
 
 /// One write on the direct path.
 struct WriteSlot {
-    /// Touched only by the slot's owner: the builder, then leg 0's completion, then the last
-    /// leg's (the tag and `remaining` order them), so the lock is never contended.
+    /// Touched by the builder, then by the legs' completions (leg 1 keeping its clone, leg 0
+    /// parking the bio, the last one ending the write; the tag orders the builder before
+    /// them), each for a few stores: legs completing on two CPUs at once wait only for those.
     saved: spin::Mutex<Saved>,
     /// Legs not completed yet.
     remaining: AtomicU32,
     /// Bit `i`: leg `i` failed this write.
     failed: AtomicU32,
-    /// The leg-1 clone of the last write, kept for the next (slots under [`KEEP_SLOTS`]).
-    spare: spin::Mutex<Option<Bio>>,
 }
 
 impl WriteSlot {
@@ -165,10 +169,10 @@ impl WriteSlot {
                 rel: 0,
                 sectors: 0,
                 parked: None,
+                spare: None,
             }),
             remaining: AtomicU32::new(0),
             failed: AtomicU32::new(0),
-            spare: spin::Mutex::new(None),
         }
     }
 }
@@ -452,12 +456,18 @@ impl Mirror {
             return Err(bio);
         };
         let n = self.legs.len();
+        let w = &self.writes[slot as usize];
+        // The slot is this write's alone now: its lock is not contended.
+        let mut s = w.saved.lock();
+        let mut spare = s.spare.take();
         // Legs 1.. get a clone each: the first one kept apart (the common 2-leg case moves no
         // list), the others in a list.
         let mut first = None;
         let mut more = heapless::Vec::<Bio, MAX_LEGS>::new();
         for i in 1..n {
-            let Some(c) = self.clone_for(i, slot, rel, &bio) else {
+            let Some(c) = self.clone_for(i, slot, rel, &bio, &mut spare) else {
+                s.spare = spare;
+                drop(s);
                 drop(first);
                 drop(more);
                 self.write_tags.free(slot);
@@ -469,14 +479,11 @@ impl Mirror {
                 let _ = more.push(c);
             }
         }
-        let w = &self.writes[slot as usize];
-        {
-            let mut s = w.saved.lock();
-            s.end_io = bio.end_io();
-            s.private = bio.private();
-            s.rel = rel;
-            s.sectors = bio.sectors();
-        }
+        s.end_io = bio.end_io();
+        s.private = bio.private();
+        s.rel = rel;
+        s.sectors = bio.sectors();
+        drop(s);
         w.failed.store(0, Ordering::Relaxed);
         w.remaining.store(n as u32, Ordering::Release);
         let l0 = &self.legs[0];
@@ -498,18 +505,21 @@ impl Mirror {
         Ok(())
     }
 
-    /// Leg `leg`'s clone of `bio` for direct write `slot`, or `None` if the set has none free
-    /// at once.
+    /// Leg `leg`'s clone of `bio` for direct write `slot` (leg 1 reuses the slot's kept clone
+    /// `spare` when it is big enough), or `None` if the set has none free at once.
     #[inline]
-    fn clone_for(&'static self, leg: usize, slot: u16, rel: u64, bio: &Bio) -> Option<Bio> {
+    fn clone_for(
+        &'static self,
+        leg: usize,
+        slot: u16,
+        rel: u64,
+        bio: &Bio,
+        spare: &mut Option<Bio>,
+    ) -> Option<Bio> {
         let nvecs = bio.vecs().len();
         // Slot and leg are the kept clone's front pad already.
         let kept = if leg == 1 {
-            self.writes[slot as usize]
-                .spare
-                .lock()
-                .take()
-                .filter(|c| c.max_vecs() >= nvecs)
+            spare.take().filter(|c| c.max_vecs() >= nvecs)
         } else {
             None
         };
@@ -530,11 +540,15 @@ impl Mirror {
         let l = &self.legs[leg];
         c.set_sector(l.offset + rel);
         c.set_dev(l.lower.dev);
-        c.set_end_io(leg_write_done);
+        // The clone ends through the mirror's hook too: slot and leg in its private word (read
+        // there without the front pad's type check).
+        c.set_end_hook(self);
+        c.set_private(slot as usize | leg << LEG_SHIFT);
         Some(c)
     }
 
-    #[inline]
+    // Always inline: called once per leg of each direct write (a call frame per leg otherwise).
+    #[inline(always)]
     fn send(&self, leg: usize, bio: Bio, ctx: &CpuCtx) {
         if self.leaf & (1 << leg) != 0 {
             submit_to_leaf(self.legs[leg].lower.dev, bio, ctx);
@@ -551,7 +565,7 @@ impl Mirror {
         }
         // Kept before the count drops: the slot is not reused before that.
         if leg == 1 && (slot as usize) < KEEP_SLOTS {
-            *w.spare.lock() = Some(clone);
+            w.saved.lock().spare = Some(clone);
         } else {
             drop(clone);
         }
@@ -571,7 +585,18 @@ impl Mirror {
         let errors = w.failed.load(Ordering::Relaxed);
         if errors == 0 && self.out.load(Ordering::Acquire) == 0 {
             self.write_tags.free(slot);
-            bio_endio(bio);
+            // What `bio_endio` would do for a bio with no chain parent or child and a callback,
+            // without its second pass.
+            if let EndIo::Callback(f) = bio.end_io()
+                && !bio.has_parent()
+                && bio.remaining() == 1
+            {
+                let mut bio = bio;
+                bio.clear_end_io();
+                f(bio);
+            } else {
+                bio_endio(bio);
+            }
             return;
         }
         let (rel, sectors) = {
@@ -896,9 +921,22 @@ impl Mirror {
 }
 
 impl EndHook for Mirror {
-    /// Leg 0 of a direct write answered with the mirror's own bio.
+    /// A bio of a direct write answered: the mirror's own bio from leg 0, or a clone (its leg,
+    /// not 0, above [`LEG_SHIFT`] in the private word).
     fn bio_end(&'static self, mut bio: Bio) {
         let slot = bio.private() as u16;
+        let leg = (bio.private() >> LEG_SHIFT) as u8;
+        if leg != 0 {
+            debug_assert!(
+                bio.front::<LegWrite>()
+                    .is_some_and(|f| core::ptr::eq(f.mirror, self)
+                        && f.slot == slot
+                        && f.leg == leg)
+            );
+            let failed = bio.status().is_err();
+            self.leg_done(slot, leg, failed, bio);
+            return;
+        }
         let w = &self.writes[slot as usize];
         if bio.status().is_err() {
             w.failed.fetch_or(1, Ordering::Relaxed);
@@ -922,15 +960,6 @@ impl EndHook for Mirror {
             }
         }
     }
-}
-
-/// End of a leg bio of the direct write path.
-fn leg_write_done(bio: Bio) {
-    let Some(&LegWrite { mirror, slot, leg }) = bio.front::<LegWrite>() else {
-        return;
-    };
-    let failed = bio.status().is_err();
-    mirror.leg_done(slot, leg, failed, bio);
 }
 
 impl IoNotify for Mirror {

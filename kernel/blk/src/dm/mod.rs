@@ -79,6 +79,8 @@ pub struct DmDevice {
     lines: heapless::Vec<Line, MAX_TARGETS>,
     len: u64,
     lbs: u32,
+    /// `lbs - 1` when `lbs` is a power of two (the check masks instead of dividing), else 0.
+    lbs_mask: u64,
     limits: QueueLimits,
     env: DmEnv,
     stats: BlkStats,
@@ -167,6 +169,11 @@ impl DmDevice {
             lines,
             len,
             lbs,
+            lbs_mask: if lbs.is_power_of_two() {
+                lbs as u64 - 1
+            } else {
+                0
+            },
             limits,
             env,
             stats: BlkStats::new(),
@@ -334,10 +341,14 @@ impl BlockDevice for DmDevice {
         if op.is_write() && self.ro {
             return Err(BlkError::ReadOnly);
         }
-        let lbs = self.lbs as u64;
-        if !(bio.sector() << SECTOR_SHIFT).is_multiple_of(lbs)
-            || !(bio.size() as u64).is_multiple_of(lbs)
-        {
+        let (pos, size) = (bio.sector() << SECTOR_SHIFT, bio.size() as u64);
+        let misaligned = if self.lbs_mask != 0 {
+            (pos | size) & self.lbs_mask != 0
+        } else {
+            let lbs = self.lbs as u64;
+            !pos.is_multiple_of(lbs) || !size.is_multiple_of(lbs)
+        };
+        if misaligned {
             return Err(BlkError::Misaligned);
         }
         match bio.sector().checked_add(bio.sectors()) {
