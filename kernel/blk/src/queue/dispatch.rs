@@ -13,11 +13,13 @@ use crate::limits::{check_bio, split_point};
 use crate::request::Attempts;
 use crate::request::Request;
 use crate::slab::Wait;
-use crate::split::bio_split;
+use crate::split::bio_split_on;
 
 impl<const D: usize> Queue<D> {
-    /// Splits, bounces, merges and dispatches `bios` (in order).
-    pub(super) fn make_requests(&'static self, mut bios: BioList) {
+    /// Splits, bounces, merges and dispatches `bios` (in order) for CPU `cpu`: on its hardware
+    /// context, split bios from its magazine.
+    pub(super) fn make_requests(&'static self, mut bios: BioList, cpu: u32) {
+        let h = self.hw_context_of(cpu);
         let mut open = Open::new();
         let l = &self.limits;
         while let Some(bio) = bios.pop_front() {
@@ -38,7 +40,7 @@ impl<const D: usize> Queue<D> {
                     };
                     let cap = BOUNCE_MAX_BYTES / l.logical_block_size * l.logical_block_size;
                     if b.size() > cap {
-                        match self.split_front(&mut b, cap, &mut open) {
+                        match self.split_front(&mut b, cap, &mut open, cpu) {
                             Ok(front) => {
                                 self.stats.splits(1);
                                 work.push_front(b);
@@ -78,12 +80,12 @@ impl<const D: usize> Queue<D> {
                         self.stats.bio_errors(1);
                         bio_io_error(b, e);
                     }
-                    Ok(None) => self.add_bio(b, &mut open),
-                    Ok(Some(n)) => match self.split_front(&mut b, n, &mut open) {
+                    Ok(None) => self.add_bio(b, &mut open, h),
+                    Ok(Some(n)) => match self.split_front(&mut b, n, &mut open, cpu) {
                         Ok(front) => {
                             self.stats.splits(1);
                             work.push_front(b);
-                            self.add_bio(front, &mut open);
+                            self.add_bio(front, &mut open, h);
                         }
                         Err(e) => {
                             self.stats.bio_errors(1);
@@ -108,12 +110,13 @@ impl<const D: usize> Queue<D> {
         b: &mut Bio,
         bytes: u32,
         open: &mut Open,
+        cpu: u32,
     ) -> Result<Bio, BlkError> {
-        match bio_split(b, bytes, self.split_set, Wait::Never) {
+        match bio_split_on(cpu, b, bytes, self.split_set, Wait::Never) {
             Err(BlkError::NoMemory) if self.may_wait() => {
                 self.dispatch(open);
                 open.clear();
-                bio_split(b, bytes, self.split_set, self.cfg.wait)
+                bio_split_on(cpu, b, bytes, self.split_set, self.cfg.wait)
             }
             r => r,
         }
@@ -157,7 +160,9 @@ impl<const D: usize> Queue<D> {
         None
     }
 
-    pub(super) fn add_bio(&'static self, bio: Bio, open: &mut Open) {
+    /// Merges `bio` into a request of the open batch, or starts a request for it with a tag of
+    /// hardware context `h`.
+    pub(super) fn add_bio(&'static self, bio: Bio, open: &mut Open, h: usize) {
         let segs = self.limits.bio_segments(&bio);
         for &t in open.iter().rev() {
             let Some(slot) = self.slot(t) else { continue };
@@ -191,13 +196,13 @@ impl<const D: usize> Queue<D> {
             self.dispatch(open);
             open.clear();
         }
-        let tag = match self.tags.alloc() {
+        let tag = match self.alloc_tag(h) {
             Some(t) => Some(t),
             None => {
                 // Let the open batch go first: its completions free tags.
                 self.dispatch(open);
                 open.clear();
-                self.get_tag()
+                self.get_tag(h)
             }
         };
         let Some(tag) = tag else {
@@ -224,7 +229,9 @@ impl<const D: usize> Queue<D> {
         let _ = open.push(tag);
     }
 
-    /// Hands requests in state BUILD or REQUEUE (already moved to BUILD) to the driver.
+    /// Hands requests in state BUILD or REQUEUE (already moved to BUILD) to the driver. A
+    /// batch of one submission is all on one hardware context; a requeue batch may mix them:
+    /// `last` and the commit then close each run of one context.
     pub(super) fn dispatch(&self, tags: &[u16]) {
         if tags.is_empty() {
             return;
@@ -233,18 +240,28 @@ impl<const D: usize> Queue<D> {
         let n = tags.len();
         for (i, &t) in tags.iter().enumerate() {
             let Some(slot) = self.slot(t) else { continue };
+            let h = slot.hctx.load(Ordering::Relaxed);
+            let last = match tags.get(i + 1).and_then(|&u| self.slot(u)) {
+                Some(next) => next.hctx.load(Ordering::Relaxed) != h,
+                None => true,
+            };
             slot.early_bytes.store(NO_BYTES, Ordering::Relaxed);
             slot.deadline
                 .store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
             slot.state.store(DISPATCHING, Ordering::Release);
             let res = {
+                let _g = self.hctx(h as usize).guard();
                 let mut rq = slot.rq.lock();
                 rq.bios.normalize();
-                self.hw.queue_rq(&rq, i + 1 == n)
+                let res = self.hw.queue_rq(&rq, last || i + 1 == n);
+                drop(rq);
+                if last {
+                    self.hw.commit_hctx(h as usize);
+                }
+                res
             };
             self.dispatched(slot, t, res);
         }
-        self.hw.commit();
     }
 
     /// What follows the driver's answer to `queue_rq` for request `t`.
@@ -331,11 +348,11 @@ impl<const D: usize> Queue<D> {
     /// The direct path for a bio submitted without a plug: if it fits the limits as it is and
     /// a tag is free now, it becomes a request and goes to the driver at once. Otherwise the
     /// bio is handed back for the general path.
-    pub(super) fn submit_direct(&'static self, bio: Bio) -> Result<(), Bio> {
+    pub(super) fn submit_direct(&'static self, bio: Bio, h: usize) -> Result<(), Bio> {
         let Some(segs) = self.direct_segments(&bio) else {
             return Err(bio);
         };
-        let Some(tag) = self.tags.alloc() else {
+        let Some(tag) = self.alloc_tag(h) else {
             return Err(bio);
         };
         let Some(slot) = self.slot(tag) else {
@@ -346,6 +363,7 @@ impl<const D: usize> Queue<D> {
         slot.early_bytes.store(NO_BYTES, Ordering::Relaxed);
         slot.deadline
             .store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
+        let g = self.hctx(h).guard();
         let res = {
             let mut rq = slot.rq.lock();
             rq.tag = tag;
@@ -362,8 +380,9 @@ impl<const D: usize> Queue<D> {
             slot.state.store(DISPATCHING, Ordering::Release);
             self.hw.queue_rq(&rq, true)
         };
+        self.hw.commit_hctx(h);
+        drop(g);
         self.dispatched(slot, tag, res);
-        self.hw.commit();
         self.kick();
         Ok(())
     }

@@ -29,6 +29,8 @@ pub(super) const NO_BYTES: u32 = u32::MAX;
 /// by CAS. The spin lock is therefore never contended; it only gives safe interior mutability.
 pub(super) struct RqSlot {
     pub(super) state: AtomicU8,
+    /// The hardware context whose tag range holds this slot (set at attach).
+    pub(super) hctx: AtomicU8,
     pub(super) deadline: AtomicU64,
     pub(super) early_status: AtomicU32,
     pub(super) early_bytes: AtomicU32,
@@ -40,6 +42,7 @@ impl RqSlot {
     pub(super) const fn new(tag: u16) -> Self {
         RqSlot {
             state: AtomicU8::new(FREE),
+            hctx: AtomicU8::new(0),
             deadline: AtomicU64::new(u64::MAX),
             early_status: AtomicU32::new(0),
             early_bytes: AtomicU32::new(NO_BYTES),

@@ -9,18 +9,19 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering};
 use core::task::Waker;
 
-use super::{AtomicWaker, Mempool, PoolBox, Wait};
+use super::{AtomicWaker, Mempool, NO_CPU, PoolBox, Wait};
 
 // ---------------------------------------------------------------------------------------------
 // Type-erased handles: bios and bio vectors come from pools of several element types.
 
 /// What a type-erased handle needs from the pool its slot came from.
 pub trait SlotHome: Sync {
-    /// Drops the value in slot `idx` and frees the slot.
+    /// Drops the value in slot `idx` and frees the slot, into CPU `cpu`'s magazine if it has
+    /// room (`NO_CPU`: the shared stack; any id is sound, see [`Mempool::alloc_on`]).
     ///
     /// # Safety
     /// Slot `idx` must be allocated and initialised, and no handle to it may be used afterwards.
-    unsafe fn release(&self, idx: u32);
+    unsafe fn release(&self, idx: u32, cpu: u32);
     /// A pointer to the front-pad value of slot `idx` if it has type `ty`.
     fn front_ptr(&self, idx: u32, ty: TypeId) -> Option<NonNull<()>>;
     /// Whether an allocation from this home would have to wait now ([`Mempool::exhausted`]).
@@ -30,10 +31,10 @@ pub trait SlotHome: Sync {
 }
 
 impl<E: Send + 'static, const N: usize> SlotHome for Mempool<[E; N]> {
-    unsafe fn release(&self, idx: u32) {
+    unsafe fn release(&self, idx: u32, cpu: u32) {
         // SAFETY: the caller guarantees slot `idx` is allocated, initialised and not used again.
         unsafe { core::ptr::drop_in_place(self.slot_ptr(idx)) };
-        self.put(idx);
+        self.put_on(cpu, idx);
     }
     fn front_ptr(&self, _idx: u32, _ty: TypeId) -> Option<NonNull<()>> {
         None
@@ -46,6 +47,7 @@ pub struct VecBuf<E: 'static> {
     len: u32,
     home: &'static dyn SlotHome,
     idx: u32,
+    cpu: u32,
 }
 
 // SAFETY: unique owner of its slice, like `Box<[E]>`.
@@ -64,6 +66,7 @@ impl<E: Send + 'static, const N: usize> PoolBox<[E; N]> {
             len: N as u32,
             home: this.pool,
             idx: this.idx,
+            cpu: this.cpu,
         }
     }
 }
@@ -86,7 +89,7 @@ impl<E> DerefMut for VecBuf<E> {
 impl<E> Drop for VecBuf<E> {
     fn drop(&mut self) {
         // SAFETY: this handle owns the initialised slot and is never used after drop.
-        unsafe { self.home.release(self.idx) };
+        unsafe { self.home.release(self.idx, self.cpu) };
     }
 }
 
@@ -145,10 +148,10 @@ pub struct Padded<B, F> {
 }
 
 impl<B: Send + 'static, F: Send + Sync + 'static> SlotHome for Mempool<Padded<B, F>> {
-    unsafe fn release(&self, idx: u32) {
+    unsafe fn release(&self, idx: u32, cpu: u32) {
         // SAFETY: the caller guarantees slot `idx` is allocated, initialised and not used again.
         unsafe { core::ptr::drop_in_place(self.slot_ptr(idx)) };
-        self.put(idx);
+        self.put_on(cpu, idx);
     }
     fn front_ptr(&self, idx: u32, ty: TypeId) -> Option<NonNull<()>> {
         if ty != TypeId::of::<F>() || idx as usize >= self.slots.len() {
@@ -174,6 +177,7 @@ pub struct Node<B: 'static> {
     hdr: NonNull<NodeHdr>,
     home: &'static dyn SlotHome,
     idx: u32,
+    cpu: u32,
 }
 
 // SAFETY: unique owner of the body; the header is only atomics and a spin-locked waker.
@@ -189,7 +193,20 @@ impl<B: Send + 'static> Node<B> {
         front: F,
         wait: Wait,
     ) -> Result<Node<B>, (B, F)> {
-        let Some(idx) = pool.take_waiting(wait) else {
+        Self::alloc_on(pool, NO_CPU, body, front, wait)
+    }
+
+    /// As [`Node::alloc`], from CPU `cpu`'s magazine (see [`Mempool::alloc_on`]); the node
+    /// goes back there when it is freed, whichever CPU frees it.
+    #[inline]
+    pub fn alloc_on<F: Send + Sync + 'static>(
+        pool: &'static Mempool<Padded<B, F>>,
+        cpu: u32,
+        body: B,
+        front: F,
+        wait: Wait,
+    ) -> Result<Node<B>, (B, F)> {
+        let Some(idx) = pool.take_waiting_on(cpu, wait) else {
             return Err((body, front));
         };
         let p = pool.slot_ptr(idx);
@@ -212,6 +229,7 @@ impl<B: Send + 'static> Node<B> {
             hdr: NonNull::new(hp).unwrap_or(NonNull::dangling()),
             home: pool,
             idx,
+            cpu,
         })
     }
 
@@ -254,6 +272,7 @@ impl<B: Send + 'static> Node<B> {
             hdr: self.hdr,
             home: self.home,
             idx: self.idx,
+            cpu: self.cpu,
             _p: PhantomData,
         }
     }
@@ -287,6 +306,7 @@ impl<B: Send + 'static> Node<B> {
             hdr: self.hdr,
             home: self.home,
             idx: self.idx,
+            cpu: self.cpu,
             _p: PhantomData,
         })
     }
@@ -303,7 +323,7 @@ impl<B: Send + 'static> Node<B> {
 ///
 /// # Safety
 /// The caller must own the node (no other owner) and never use it again; a waiter exists.
-unsafe fn hand_to_waiter(hdr: NonNull<NodeHdr>, home: &'static dyn SlotHome, idx: u32) {
+unsafe fn hand_to_waiter(hdr: NonNull<NodeHdr>, home: &'static dyn SlotHome, idx: u32, cpu: u32) {
     // SAFETY: the caller owns the allocated node; the slot is released only after W_RELEASED
     // is set below (by the waiter, or here if it was abandoned).
     let h = unsafe { hdr.as_ref() };
@@ -313,7 +333,7 @@ unsafe fn hand_to_waiter(hdr: NonNull<NodeHdr>, home: &'static dyn SlotHome, idx
     if prev & W_ABANDONED != 0 {
         // SAFETY: the waiter is gone and the node was handed over: nothing else refers to the
         // allocated, initialised slot.
-        unsafe { home.release(idx) };
+        unsafe { home.release(idx, cpu) };
     }
 }
 
@@ -341,7 +361,7 @@ impl<B: 'static> Drop for Node<B> {
         let h = unsafe { self.hdr.as_ref() };
         if h.wait_state.load(Ordering::Acquire) & W_WAITER != 0 {
             // SAFETY: this handle is the owner and is not used after drop; a waiter exists.
-            unsafe { hand_to_waiter(self.hdr, self.home, self.idx) };
+            unsafe { hand_to_waiter(self.hdr, self.home, self.idx, self.cpu) };
             return;
         }
         // A count of 1 seen by the owner: no chain reference is left (see `put`).
@@ -349,7 +369,7 @@ impl<B: 'static> Drop for Node<B> {
             || h.remaining.fetch_sub(1, Ordering::AcqRel) == 1
         {
             // SAFETY: no chain reference is left and this handle is not used after drop.
-            unsafe { self.home.release(self.idx) };
+            unsafe { self.home.release(self.idx, self.cpu) };
         }
         // Otherwise children still hold chain references; the last one frees the slot.
     }
@@ -361,6 +381,7 @@ pub struct ChainRef<B: 'static> {
     hdr: NonNull<NodeHdr>,
     home: &'static dyn SlotHome,
     idx: u32,
+    cpu: u32,
     _p: PhantomData<B>,
 }
 
@@ -389,6 +410,7 @@ impl<B: Send + 'static> ChainRef<B> {
                 hdr: this.hdr,
                 home: this.home,
                 idx: this.idx,
+                cpu: this.cpu,
             })
         } else {
             None
@@ -403,7 +425,7 @@ impl<B: 'static> Drop for ChainRef<B> {
         if h.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             // Last reference dropped without completing: free the parent (no end_io).
             // SAFETY: as in `put`, this side is the unique owner of the parked slot.
-            unsafe { self.home.release(self.idx) };
+            unsafe { self.home.release(self.idx, self.cpu) };
         }
     }
 }
@@ -414,6 +436,7 @@ pub struct WaitRef<B: 'static> {
     hdr: NonNull<NodeHdr>,
     home: &'static dyn SlotHome,
     idx: u32,
+    cpu: u32,
     _p: PhantomData<B>,
 }
 
@@ -447,6 +470,7 @@ impl<B: Send + 'static> WaitRef<B> {
             hdr: this.hdr,
             home: this.home,
             idx: this.idx,
+            cpu: this.cpu,
         })
     }
 
@@ -473,7 +497,7 @@ impl<B: 'static> Drop for WaitRef<B> {
         let prev = h.wait_state.fetch_or(W_ABANDONED, Ordering::SeqCst);
         if prev & W_RELEASED != 0 {
             // SAFETY: completion handed the node to this waiter, which owns it uniquely.
-            unsafe { self.home.release(self.idx) };
+            unsafe { self.home.release(self.idx, self.cpu) };
         }
     }
 }

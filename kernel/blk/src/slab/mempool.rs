@@ -65,8 +65,8 @@ pub struct Mempool<T: 'static> {
     mags_used: AtomicU8,
 }
 
-/// The CPU id of a [`PoolBox`] allocated without one.
-const NO_CPU: u32 = u32::MAX;
+/// The CPU id meaning "no CPU": allocations and frees with it use the shared stack.
+pub const NO_CPU: u32 = u32::MAX;
 
 // SAFETY: as for `Slab`: each slot has one owner at a time, handed over through the lock-free
 // stacks; the counters are atomics.
@@ -215,7 +215,7 @@ impl<T: 'static> Mempool<T> {
     /// Returns slot `idx` freed on CPU `cpu`: the reserve if it is short, else that CPU's
     /// magazine, else the shared stack.
     #[inline]
-    fn put_on(&self, cpu: u32, idx: u32) {
+    pub(super) fn put_on(&self, cpu: u32, idx: u32) {
         if let Some(m) = self.mags.get(cpu as usize)
             && self.reserve_len.load(Ordering::Relaxed) >= self.min_nr
             && m.put(idx)
@@ -255,12 +255,7 @@ impl<T: 'static> Mempool<T> {
     }
 
     #[inline]
-    pub(super) fn take_waiting(&self, wait: Wait) -> Option<u32> {
-        self.take_waiting_on(NO_CPU, wait)
-    }
-
-    #[inline]
-    fn take_waiting_on(&self, cpu: u32, wait: Wait) -> Option<u32> {
+    pub(super) fn take_waiting_on(&self, cpu: u32, wait: Wait) -> Option<u32> {
         if let Some(i) = self.take_on(cpu) {
             return Some(i);
         }
@@ -366,7 +361,7 @@ impl<T: 'static> Mempool<T> {
 pub struct PoolBox<T: 'static> {
     pub(super) pool: &'static Mempool<T>,
     pub(super) idx: u32,
-    cpu: u32,
+    pub(super) cpu: u32,
 }
 
 // SAFETY: a `PoolBox` is the unique owner of its value, like `Box<T>`.
