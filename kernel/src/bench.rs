@@ -198,7 +198,13 @@ fn run_job(
                 .segment(((issued % slots) * job.bs) as usize, job.bs)
                 .ok_or(BlkError::InvalidArgument)?;
             // The front pad holds the submit time.
-            let mut b = SET.alloc(arch::now_ns(), job.op, 1, Wait::Hook(block::wait))?;
+            let mut b = SET.alloc_on(
+                block::this_cpu(),
+                arch::now_ns(),
+                job.op,
+                1,
+                Wait::Hook(block::wait),
+            )?;
             b.set_dev(dev);
             b.set_sector(block * u64::from(job.bs) / SECTOR_SIZE as u64);
             b.add_vec(v)?;

@@ -20,6 +20,13 @@ pub const MAX_CPUS: usize = 8;
 #[repr(align(128))]
 pub struct Magazine {
     slots: [AtomicU32; MAG_SLOTS],
+    /// A hint, never trusted for correctness: slots below it are probably full, the rest
+    /// probably empty. Whoever takes or puts stores the new position (a plain store, no
+    /// read-modify-write), so the owner's take and put go straight to one slot and an empty
+    /// or full magazine is seen without a scan. A stale hint only sends an operation to the
+    /// scan (which corrects it); elements parked beyond it are reached by the next scan or a
+    /// thief ([`Magazine::take_any`]).
+    top: AtomicU32,
     allocs: AtomicU64,
     frees: AtomicU64,
 }
@@ -36,6 +43,7 @@ impl Magazine {
     pub const fn new() -> Self {
         Magazine {
             slots: [const { AtomicU32::new(NIL) }; MAG_SLOTS],
+            top: AtomicU32::new(0),
             allocs: AtomicU64::new(0),
             frees: AtomicU64::new(0),
         }
@@ -46,38 +54,79 @@ impl Magazine {
     pub fn new() -> Self {
         Magazine {
             slots: core::array::from_fn(|_| AtomicU32::new(NIL)),
+            top: AtomicU32::new(0),
             allocs: AtomicU64::new(0),
             frees: AtomicU64::new(0),
         }
     }
 
-    /// Takes a free index, if the magazine holds one; the caller then owns it.
+    /// Takes a free index, if the magazine holds one by its hint; the caller then owns it.
+    /// `None` may leave elements parked beyond a stale hint (see [`Magazine::take_any`]).
     #[inline]
     pub fn take(&self) -> Option<u32> {
-        for s in &self.slots {
+        let t = self.top.load(Ordering::Relaxed) as usize;
+        if t == 0 {
+            return None;
+        }
+        if let Some(s) = self.slots.get(t - 1) {
+            // Acquire: the last owner's writes to the element (and its drop) happen before.
+            let v = s.swap(NIL, Ordering::Acquire);
+            if v != NIL {
+                self.top.store(t as u32 - 1, Ordering::Relaxed);
+                return Some(v);
+            }
+        }
+        self.take_any()
+    }
+
+    /// Takes a free index from any slot (a scan, whatever the hint says): what a thief and
+    /// the owner's fallback use.
+    #[inline(never)]
+    pub fn take_any(&self) -> Option<u32> {
+        for (i, s) in self.slots.iter().enumerate() {
             if s.load(Ordering::Relaxed) != NIL {
-                // Acquire: the last owner's writes to the element (and its drop) happen before.
+                // Acquire: as in `take`.
                 let v = s.swap(NIL, Ordering::Acquire);
                 if v != NIL {
+                    self.top.store(i as u32, Ordering::Relaxed);
                     return Some(v);
                 }
             }
         }
+        self.top.store(0, Ordering::Relaxed);
         None
     }
 
     /// Puts free index `idx` (owned by the caller) in an empty slot; false if the magazine is
-    /// full (the caller keeps `idx`).
+    /// full by its hint (the caller keeps `idx`).
     #[inline]
     pub fn put(&self, idx: u32) -> bool {
-        for s in &self.slots {
+        let t = self.top.load(Ordering::Relaxed) as usize;
+        let Some(s) = self.slots.get(t) else {
+            return false;
+        };
+        if s.compare_exchange(NIL, idx, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.top.store(t as u32 + 1, Ordering::Relaxed);
+            return true;
+        }
+        self.put_any(idx)
+    }
+
+    /// Puts `idx` in any empty slot (the hint was stale).
+    #[inline(never)]
+    fn put_any(&self, idx: u32) -> bool {
+        for (i, s) in self.slots.iter().enumerate() {
             if s.load(Ordering::Relaxed) == NIL
                 && s.compare_exchange(NIL, idx, Ordering::Release, Ordering::Relaxed)
                     .is_ok()
             {
+                self.top.store(i as u32 + 1, Ordering::Relaxed);
                 return true;
             }
         }
+        self.top.store(MAG_SLOTS as u32, Ordering::Relaxed);
         false
     }
 
@@ -143,7 +192,7 @@ mod loom_tests {
             });
             let (m3, o3) = (m.clone(), owned.clone());
             let thief = loom::thread::spawn(move || {
-                let i = m3.take();
+                let i = m3.take_any();
                 if let Some(i) = i {
                     assert_eq!(o3[i as usize].fetch_add(1, Ordering::SeqCst), 0);
                     o3[i as usize].fetch_sub(1, Ordering::SeqCst);
@@ -162,7 +211,7 @@ mod loom_tests {
                 assert!(!seen[i as usize], "duplicated element");
                 seen[i as usize] = true;
             }
-            while let Some(i) = m.take() {
+            while let Some(i) = m.take_any() {
                 assert!(!seen[i as usize], "duplicated element");
                 seen[i as usize] = true;
             }
@@ -197,7 +246,7 @@ mod loom_tests {
             }
             t.join().unwrap();
             let mut seen = [false; 3];
-            while let Some(i) = m.take() {
+            while let Some(i) = m.take_any() {
                 if i < 3 {
                     assert!(!seen[i as usize], "duplicated element");
                     seen[i as usize] = true;

@@ -168,6 +168,8 @@ fn attach_port(hba: &Hba, port: usize, mode: Mode, n: usize) -> Result<(), ahci:
     // the block layer at submission, and the filesystem sees a read-only device.
     cfg.read_only = i.write_protected;
     let queue = QUEUES[n].call_once(|| Queue::new(hw, hw.limits(), cfg, &super::SPLIT_SET));
+    // One command list per port, shared by every CPU: one hardware context.
+    super::map_queue(queue, 1);
     hw.attach(queue);
     let (model, serial) = hw.model_serial();
     let id = &i.identify;

@@ -5,6 +5,7 @@ mod blockdev;
 mod cpu;
 mod faults;
 mod fs;
+mod mq;
 mod nvme;
 mod partitions;
 mod pci;

@@ -192,7 +192,7 @@ impl<T: 'static> Mempool<T> {
         if self.mags_used.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let i = self.mags.iter().find_map(|m| m.take())?;
+        let i = self.mags.iter().find_map(|m| m.take_any())?;
         self.counters.allocs.fetch_add(1, Ordering::Relaxed);
         Some(i)
     }
