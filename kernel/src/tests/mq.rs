@@ -265,7 +265,7 @@ fn failures() -> TestResult {
 
 ktest! {
     fn all_cpus_write_own_region_read_every_region() -> TestResult {
-        let (dev, _) = disk()?;
+        let (dev, max_bytes) = disk()?;
         let cpus = arch::cpus_online().min(MAX_CPUS);
         SET.init().map_err(|e| fail(format_args!("bio set: {:?}", e)))?;
         reset();
@@ -282,7 +282,10 @@ ktest! {
             }
         }
         let s = dev_stats();
-        check!(s.0 > s0.0, "no split ({} before, {} after)", s0.0, s.0);
+        // The large write exceeds a request unless the disk takes requests of 2 MiB or more.
+        if max_bytes < SPLIT_MAX - 4096 {
+            check!(s.0 > s0.0, "no split ({} before, {} after)", s0.0, s.0);
+        }
         check!(s.1 > s0.1, "no merge ({} before, {} after)", s0.1, s.1);
         check_eq!(blk_tags_in_use(), 0);
         let _ = dev;
