@@ -219,6 +219,32 @@ mod loom_tests {
         });
     }
 
+    /// A bio allocated on one CPU and completed on another: the completing CPU frees into the
+    /// owner's magazine while the owner takes and puts through its hint. Nothing is lost or
+    /// handed out twice, whatever the hint says at the end.
+    #[test]
+    fn loom_magazine_remote_free() {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.check(|| {
+            let m = Arc::new(Magazine::new());
+            assert!(m.put(0));
+            let m2 = m.clone();
+            let remote = loom::thread::spawn(move || m2.put(1));
+            let mine = m.take();
+            let back = mine.map(|i| m.put(i));
+            let remote_put = remote.join().unwrap();
+            assert!(remote_put, "room for the remote free");
+            assert_eq!(back, mine.map(|_| true), "room to put back");
+            let mut seen = [false; 2];
+            while let Some(i) = m.take_any() {
+                assert!(!seen[i as usize], "duplicated element");
+                seen[i as usize] = true;
+            }
+            assert_eq!(seen, [true; 2], "lost element");
+        });
+    }
+
     /// A full magazine spills to the shared stack while another CPU allocates from the
     /// stack and frees into the same magazine.
     #[test]
