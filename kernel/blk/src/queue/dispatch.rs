@@ -363,7 +363,28 @@ impl<const D: usize> Queue<D> {
         slot.early_bytes.store(NO_BYTES, Ordering::Relaxed);
         slot.deadline
             .store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
-        let g = self.hctx(h).guard();
+        // A context of one CPU takes no lock; a shared one locks out of line.
+        let res = if self.hctx(h).shared.load(Ordering::Relaxed) {
+            self.issue_direct_shared(slot, tag, bio, segs, h)
+        } else {
+            self.issue_direct(slot, tag, bio, segs, h)
+        };
+        self.dispatched(slot, tag, res);
+        self.kick();
+        Ok(())
+    }
+
+    /// Builds the one-bio request of the direct path in `slot` and hands it to the driver on
+    /// context `h`, with the batch's commit.
+    #[inline(always)]
+    fn issue_direct(
+        &self,
+        slot: &RqSlot,
+        tag: u16,
+        bio: Bio,
+        segs: u32,
+        h: usize,
+    ) -> Result<(), QueueRqError> {
         let res = {
             let mut rq = slot.rq.lock();
             rq.tag = tag;
@@ -381,9 +402,21 @@ impl<const D: usize> Queue<D> {
             self.hw.queue_rq(&rq, true)
         };
         self.hw.commit_hctx(h);
-        drop(g);
-        self.dispatched(slot, tag, res);
-        self.kick();
-        Ok(())
+        res
+    }
+
+    /// [`Queue::issue_direct`] under the lock of a context several CPUs share.
+    #[cold]
+    #[inline(never)]
+    fn issue_direct_shared(
+        &self,
+        slot: &RqSlot,
+        tag: u16,
+        bio: Bio,
+        segs: u32,
+        h: usize,
+    ) -> Result<(), QueueRqError> {
+        let _g = self.hctx(h).lock.lock();
+        self.issue_direct(slot, tag, bio, segs, h)
     }
 }

@@ -16,7 +16,7 @@ use crate::tag::TagSet;
 /// Most hardware contexts a queue has (one per CPU the magazines know).
 pub const MAX_HW_CTX: usize = crate::magazine::MAX_CPUS;
 
-/// CPU ids the map covers; a larger id uses context `cpu % contexts`.
+/// CPU ids the map covers; a larger id uses the entry of `cpu % MAX_CPUS`.
 pub const MAX_CPUS: usize = crate::magazine::MAX_CPUS;
 
 /// One hardware context: its tags (local numbers; the queue's tag is `base + local`), whether
@@ -63,6 +63,8 @@ pub fn cpu_to_ctx(cpu: usize, nr_cpus: usize, nr_ctx: usize) -> usize {
         cpu % nr_ctx
     }
 }
+
+const _: () = assert!(MAX_CPUS.is_power_of_two() && MAX_HW_CTX.is_power_of_two());
 
 impl<const D: usize> Queue<D> {
     /// Splits the queue into `granted` hardware contexts (what the device granted, clamped to
@@ -112,12 +114,8 @@ impl<const D: usize> Queue<D> {
     /// The context CPU `cpu` submits through.
     #[inline]
     pub fn hw_context_of(&self, cpu: u32) -> usize {
-        let i = cpu as usize;
-        let h = if i < MAX_CPUS {
-            self.cpu_map[i].load(Ordering::Relaxed) as usize
-        } else {
-            i % self.nr_hw_contexts().max(1)
-        };
+        // Ids past MAX_CPUS wrap onto the map (a power of two: a mask, no branch).
+        let h = self.cpu_map[cpu as usize & (MAX_CPUS - 1)].load(Ordering::Relaxed) as usize;
         h & (MAX_HW_CTX - 1)
     }
 
