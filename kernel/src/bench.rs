@@ -330,10 +330,11 @@ pub fn run() -> bool {
         return false;
     }
     defmt::println!(
-        "BENCH start arch={=str} attach={} capacity_sectors={=u64}",
+        "BENCH start arch={=str} attach={} capacity_sectors={=u64} cpus={=usize}",
         arch::NAME,
         d,
-        dev.capacity()
+        dev.capacity(),
+        arch::cpus_online()
     );
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     // Warm-up (not reported): first touch of the rings, the slab and the code paths.

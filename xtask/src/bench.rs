@@ -64,6 +64,10 @@ pub struct BenchArgs {
     /// QEMU accelerator.
     #[arg(long, value_enum, default_value_t = Accel::Tcg)]
     accel: Accel,
+    /// CPUs QEMU starts (`-smp N`, given after the profile's `-smp 1`). The JSON's `cpus` is
+    /// what the kernel reports online.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    smp: u32,
     /// Build the kernel with the dev profile (default: release).
     #[arg(long)]
     debug: bool,
@@ -244,13 +248,15 @@ struct Setup {
     accel: &'static str,
     icount: bool,
     attach: String,
+    /// CPUs online in the guest (the `cpus=` of the kernel's `BENCH start` line).
+    cpus: u32,
 }
 
 fn table(setup: &Setup, rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} ({}), {}, accel {}{}, attach {}",
+        "{} ({}), {}, accel {}{}, {} CPU(s), attach {}",
         setup.profile,
         setup.arch,
         setup.qemu,
@@ -260,6 +266,7 @@ fn table(setup: &Setup, rows: &[Row]) -> String {
         } else {
             ""
         },
+        setup.cpus,
         setup.attach
     );
     let insn = if setup.icount { "  insn/io" } else { "" };
@@ -376,6 +383,7 @@ fn json(setup: &Setup, rows: &[Row]) -> String {
     let _ = writeln!(out, "  \"accel\": {},", json_str(setup.accel));
     let _ = writeln!(out, "  \"icount\": {},", setup.icount);
     let _ = writeln!(out, "  \"attach\": {},", json_str(&setup.attach));
+    let _ = writeln!(out, "  \"cpus\": {},", setup.cpus);
     out.push_str("  \"rows\": [\n");
     for (i, r) in rows.iter().enumerate() {
         let _ = write!(
@@ -453,6 +461,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if args.icount {
         extra.extend(["-icount".to_owned(), "shift=0".to_owned()]);
     }
+    if args.smp != 1 {
+        extra.extend(["-smp".to_owned(), args.smp.to_string()]);
+    }
     let spec = BootSpec {
         profile: &profile,
         kernel: &kernel,
@@ -482,6 +493,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut rows = Vec::new();
     let mut transcript = Vec::new();
     let mut attach = String::from("?");
+    let mut cpus = 1u32;
     let mut problems = Vec::new();
     let verbose = args.verbose;
     let (_, ending) = boot::supervise(&mut guest, &mut console, Some(limits), |line, _| {
@@ -496,6 +508,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 .find_map(|w| w.strip_prefix("attach="))
                 .unwrap_or("?")
                 .to_owned();
+            // Kernels before the `cpus=` word ran on one CPU.
+            cpus = rest
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("cpus=")?.parse().ok())
+                .unwrap_or(1);
         }
         match Row::parse(msg) {
             Some(Ok(row)) => rows.push(row),
@@ -530,6 +547,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         },
         icount: args.icount,
         attach,
+        cpus,
     };
     if !rows.is_empty() {
         print!("{}", table(&setup, &rows));
@@ -599,8 +617,10 @@ mod tests {
             accel: "tcg",
             icount: true,
             attach: "PciMsix".into(),
+            cpus: 2,
         };
         let text = json(&setup, &[row.clone(), row]);
+        assert!(text.contains("\"cpus\": 2,"));
         for key in [
             "\"job\"",
             "\"qd\"",
