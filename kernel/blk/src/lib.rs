@@ -22,6 +22,7 @@ pub(crate) mod loom;
 
 pub mod freelist;
 pub mod magazine;
+pub mod slot_state;
 pub mod tag;
 
 #[cfg(not(loom))]

@@ -3,7 +3,7 @@
 
 use core::sync::atomic::Ordering;
 
-use super::slot::{BUILD, COMPLETING, DISPATCHING, INFLIGHT, NO_BYTES, RqSlot};
+use super::slot::{BUILD, COMPLETING, DISPATCHING, NO_BYTES, RqSlot};
 use super::{Open, Queue};
 use crate::bio::{Bio, BioFlags, BioList, BioVec, Op, bio_io_error};
 use crate::bounce::BOUNCE_MAX_BYTES;
@@ -13,6 +13,7 @@ use crate::limits::{check_bio, split_point};
 use crate::request::Attempts;
 use crate::request::Request;
 use crate::slab::Wait;
+use crate::slot_state::{self, Dispatched};
 use crate::split::bio_split_on;
 
 impl<const D: usize> Queue<D> {
@@ -272,20 +273,12 @@ impl<const D: usize> Queue<D> {
             {
                 match res {
                     Ok(()) => {
-                        if slot
-                            .state
-                            .compare_exchange(
-                                DISPATCHING,
-                                INFLIGHT,
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            )
-                            .is_err()
+                        let early = (&slot.early_status, &slot.early_bytes);
+                        if let Dispatched::FinishEarly(st, b) =
+                            slot_state::dispatched(&slot.state, early)
                         {
                             // Completed during queue_rq (state EARLY): finish it here.
-                            let st = status_from_code(slot.early_status.load(Ordering::Acquire));
-                            let b = slot.early_bytes.load(Ordering::Acquire);
-                            slot.state.store(COMPLETING, Ordering::Release);
+                            let st = status_from_code(st);
                             self.finish(t, st, (b != NO_BYTES).then_some(b), true);
                         }
                     }

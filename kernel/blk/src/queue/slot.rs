@@ -13,15 +13,9 @@ pub(crate) enum PtKind {
     Sync,
 }
 
-pub(super) const FREE: u8 = 0;
-pub(super) const BUILD: u8 = 1;
-pub(super) const DISPATCHING: u8 = 2;
-pub(super) const INFLIGHT: u8 = 3;
-pub(super) const COMPLETING: u8 = 4;
-pub(super) const EARLY: u8 = 5;
-pub(super) const REQUEUE: u8 = 6;
-pub(super) const TIMEDOUT: u8 = 7;
-pub(super) const PT_DONE: u8 = 8;
+pub(super) use crate::slot_state::{
+    BUILD, COMPLETING, DISPATCHING, FREE, INFLIGHT, PT_DONE, REQUEUE,
+};
 
 pub(super) const NO_BYTES: u32 = u32::MAX;
 
