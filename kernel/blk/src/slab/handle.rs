@@ -10,6 +10,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use core::task::Waker;
 
 use super::{AtomicWaker, Mempool, NO_CPU, PoolBox, Wait};
+use crate::handoff::{ChainCount, WaitPoll, WaitState};
 
 // ---------------------------------------------------------------------------------------------
 // Type-erased handles: bios and bio vectors come from pools of several element types.
@@ -96,23 +97,18 @@ impl<E> Drop for VecBuf<E> {
 /// The part of a node that may be touched by several parties at once: the chain count, the
 /// first error, the waiter handshake and a waker. Only atomics and a try-locked waker.
 pub struct NodeHdr {
-    remaining: AtomicU32,
+    remaining: ChainCount,
     status: AtomicU32,
-    wait_state: AtomicU32,
+    wait: WaitState,
     waker: AtomicWaker,
 }
-
-const W_WAITER: u32 = 1;
-const W_DONE: u32 = 2;
-const W_ABANDONED: u32 = 4;
-const W_RELEASED: u32 = 8;
 
 impl NodeHdr {
     const fn new() -> Self {
         NodeHdr {
-            remaining: AtomicU32::new(1),
+            remaining: ChainCount::new(),
             status: AtomicU32::new(0),
-            wait_state: AtomicU32::new(0),
+            wait: WaitState::new(),
             waker: AtomicWaker::new(),
         }
     }
@@ -136,7 +132,7 @@ impl NodeHdr {
 
     /// The chain count (1 + outstanding children).
     pub fn remaining(&self) -> u32 {
-        self.remaining.load(Ordering::Acquire)
+        self.remaining.get()
     }
 }
 
@@ -266,7 +262,7 @@ impl<B: Send + 'static> Node<B> {
     /// Takes one more chain reference: the node will not complete (see [`Node::put`]) until
     /// the returned `ChainRef` is put.
     pub fn chain_ref(&self) -> ChainRef<B> {
-        self.hdr().remaining.fetch_add(1, Ordering::AcqRel);
+        self.hdr().remaining.add_ref();
         ChainRef {
             body: self.body,
             hdr: self.hdr,
@@ -280,14 +276,8 @@ impl<B: Send + 'static> Node<B> {
     /// Drops the owner's chain reference. If it was the last one, the node is handed back to
     /// complete; otherwise it is parked and the last [`ChainRef::put`] gets it.
     pub fn put(self) -> Option<Node<B>> {
-        // Only the owner makes chain references, so a count of 1 seen by the owner means no
-        // child is outstanding and none can appear: no read-modify-write needed.
-        if self.hdr().remaining.load(Ordering::Acquire) == 1 {
-            return Some(self);
-        }
-        if self.hdr().remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // Unique again: restore the owner's own reference.
-            self.hdr().remaining.store(1, Ordering::Release);
+        // `ChainCount::owner_put` (checked by loom in `handoff`).
+        if self.hdr().remaining.owner_put() {
             Some(self)
         } else {
             core::mem::forget(self);
@@ -297,8 +287,7 @@ impl<B: Send + 'static> Node<B> {
 
     /// Registers the one waiter of this node. `None` if a waiter exists already.
     pub fn waiter(&self) -> Option<WaitRef<B>> {
-        let prev = self.hdr().wait_state.fetch_or(W_WAITER, Ordering::AcqRel);
-        if prev & W_WAITER != 0 {
+        if !self.hdr().wait.register() {
             return None;
         }
         Some(WaitRef {
@@ -327,10 +316,8 @@ unsafe fn hand_to_waiter(hdr: NonNull<NodeHdr>, home: &'static dyn SlotHome, idx
     // SAFETY: the caller owns the allocated node; the slot is released only after W_RELEASED
     // is set below (by the waiter, or here if it was abandoned).
     let h = unsafe { hdr.as_ref() };
-    h.wait_state.fetch_or(W_DONE, Ordering::SeqCst);
-    h.waker.wake();
-    let prev = h.wait_state.fetch_or(W_RELEASED, Ordering::SeqCst);
-    if prev & W_ABANDONED != 0 {
+    // `WaitState::hand_over` (checked by loom in `handoff`).
+    if h.wait.hand_over(|| h.waker.wake()) {
         // SAFETY: the waiter is gone and the node was handed over: nothing else refers to the
         // allocated, initialised slot.
         unsafe { home.release(idx, cpu) };
@@ -359,15 +346,13 @@ impl<B: 'static> Drop for Node<B> {
     fn drop(&mut self) {
         // SAFETY: the header is valid while this handle owns the slot.
         let h = unsafe { self.hdr.as_ref() };
-        if h.wait_state.load(Ordering::Acquire) & W_WAITER != 0 {
+        if h.wait.has_waiter() {
             // SAFETY: this handle is the owner and is not used after drop; a waiter exists.
             unsafe { hand_to_waiter(self.hdr, self.home, self.idx, self.cpu) };
             return;
         }
         // A count of 1 seen by the owner: no chain reference is left (see `put`).
-        if h.remaining.load(Ordering::Acquire) == 1
-            || h.remaining.fetch_sub(1, Ordering::AcqRel) == 1
-        {
+        if h.remaining.owner_drop() {
             // SAFETY: no chain reference is left and this handle is not used after drop.
             unsafe { self.home.release(self.idx, self.cpu) };
         }
@@ -401,10 +386,9 @@ impl<B: Send + 'static> ChainRef<B> {
     /// Drops this reference; the last one gets the parent node back to complete it.
     pub fn put(self) -> Option<Node<B>> {
         let this = ManuallyDrop::new(self);
-        if this.hdr().remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if this.hdr().remaining.child_put() {
             // The owner parked the node (its `put` saw a count above one) and every other
             // reference is gone: this side is now the unique owner.
-            this.hdr().remaining.store(1, Ordering::Release);
             Some(Node {
                 body: this.body,
                 hdr: this.hdr,
@@ -422,7 +406,7 @@ impl<B: 'static> Drop for ChainRef<B> {
     fn drop(&mut self) {
         // SAFETY: the count held by this reference keeps the header valid.
         let h = unsafe { self.hdr.as_ref() };
-        if h.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if h.remaining.child_drop() {
             // Last reference dropped without completing: free the parent (no end_io).
             // SAFETY: as in `put`, this side is the unique owner of the parked slot.
             unsafe { self.home.release(self.idx, self.cpu) };
@@ -454,7 +438,7 @@ impl<B: Send + 'static> WaitRef<B> {
 
     /// Whether the node completed and was handed over.
     pub fn is_done(&self) -> bool {
-        self.h().wait_state.load(Ordering::SeqCst) & W_RELEASED != 0
+        self.h().wait.poll() == WaitPoll::Released
     }
 
     /// Takes the node back if it completed.
@@ -464,7 +448,7 @@ impl<B: Send + 'static> WaitRef<B> {
         }
         let this = ManuallyDrop::new(self);
         // The handshake is over: the node is an ordinary owned node again.
-        this.h().wait_state.store(0, Ordering::Release);
+        this.h().wait.reset();
         Ok(Node {
             body: this.body,
             hdr: this.hdr,
@@ -478,15 +462,15 @@ impl<B: Send + 'static> WaitRef<B> {
     pub fn poll_done(&self, waker: &Waker) -> bool {
         let h = self.h();
         h.waker.register(waker);
-        let s = h.wait_state.load(Ordering::SeqCst);
-        if s & W_RELEASED != 0 {
-            return true;
+        match h.wait.poll() {
+            WaitPoll::Released => true,
+            WaitPoll::Completing => {
+                // The completer is between DONE and RELEASED: come back very soon.
+                waker.wake_by_ref();
+                false
+            }
+            WaitPoll::Pending => false,
         }
-        if s & W_DONE != 0 {
-            // The completer is between DONE and RELEASED: come back very soon.
-            waker.wake_by_ref();
-        }
-        false
     }
 }
 
@@ -494,8 +478,7 @@ impl<B: 'static> Drop for WaitRef<B> {
     fn drop(&mut self) {
         // SAFETY: see `h`.
         let h = unsafe { self.hdr.as_ref() };
-        let prev = h.wait_state.fetch_or(W_ABANDONED, Ordering::SeqCst);
-        if prev & W_RELEASED != 0 {
+        if h.wait.abandon() {
             // SAFETY: completion handed the node to this waiter, which owns it uniquely.
             unsafe { self.home.release(self.idx, self.cpu) };
         }
