@@ -23,6 +23,7 @@ pub(crate) mod loom;
 pub mod freelist;
 pub mod handoff;
 pub mod magazine;
+pub mod reserve;
 pub mod slot_state;
 pub mod tag;
 

@@ -8,6 +8,7 @@ use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use crate::error::BlkError;
 use crate::freelist::FreeStack;
 use crate::magazine::{MAG_SLOTS, MAX_CPUS, Magazine};
+use crate::reserve::Reserve;
 
 use super::{Slab, Slot, Wait};
 
@@ -56,9 +57,7 @@ pub struct Mempool<T: 'static> {
     links: &'static [AtomicU32],
     shared: &'static FreeStack,
     fresh: &'static AtomicU32,
-    reserve: FreeStack,
-    reserve_len: AtomicU32,
-    min_nr: u32,
+    reserve: Reserve,
     state: AtomicU8,
     counters: MempoolCounters,
     mags: [Magazine; MAX_CPUS],
@@ -81,9 +80,7 @@ impl<T: 'static> Mempool<T> {
             links: &slab.links,
             shared: &slab.free,
             fresh: &slab.fresh,
-            reserve: FreeStack::new(),
-            reserve_len: AtomicU32::new(0),
-            min_nr,
+            reserve: Reserve::new(min_nr),
             state: AtomicU8::new(UNINIT),
             counters: MempoolCounters {
                 allocs: AtomicU64::new(0),
@@ -114,11 +111,12 @@ impl<T: 'static> Mempool<T> {
             }
         }
         let mut ok = true;
-        for _ in 0..self.min_nr {
+        for _ in 0..self.reserve.min_nr() {
             match self.take_shared() {
                 Some(i) => {
-                    self.reserve_len.fetch_add(1, Ordering::Relaxed);
-                    self.reserve.push(self.links, i);
+                    if !self.reserve.refill(self.links, i) {
+                        self.shared.push(self.links, i);
+                    }
                 }
                 None => {
                     ok = false;
@@ -159,8 +157,7 @@ impl<T: 'static> Mempool<T> {
         let idx = match self.take_shared() {
             Some(i) => i,
             None => {
-                let i = self.reserve.pop(self.links)?;
-                self.reserve_len.fetch_sub(1, Ordering::Relaxed);
+                let i = self.reserve.take(self.links)?;
                 self.counters.reserve_hits.fetch_add(1, Ordering::Relaxed);
                 i
             }
@@ -217,7 +214,7 @@ impl<T: 'static> Mempool<T> {
     #[inline]
     pub(super) fn put_on(&self, cpu: u32, idx: u32) {
         if let Some(m) = self.mags.get(cpu as usize)
-            && self.reserve_len.load(Ordering::Relaxed) >= self.min_nr
+            && !self.reserve.is_short()
             && m.put(idx)
         {
             m.count_free();
@@ -230,20 +227,8 @@ impl<T: 'static> Mempool<T> {
     #[inline]
     pub(super) fn put(&self, idx: u32) {
         self.counters.frees.fetch_add(1, Ordering::Relaxed);
-        let mut n = self.reserve_len.load(Ordering::Relaxed);
-        while n < self.min_nr {
-            match self.reserve_len.compare_exchange_weak(
-                n,
-                n + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    self.reserve.push(self.links, idx);
-                    return;
-                }
-                Err(now) => n = now,
-            }
+        if self.reserve.refill(self.links, idx) {
+            return;
         }
         self.shared.push(self.links, idx);
     }
@@ -347,13 +332,13 @@ impl<T: 'static> Mempool<T> {
             failures: self.counters.failures.load(Ordering::Relaxed),
             in_use: allocs.saturating_sub(frees),
             high_water: self.counters.high_water.load(Ordering::Relaxed),
-            reserve_len: self.reserve_len.load(Ordering::Relaxed),
+            reserve_len: self.reserve.len(),
         }
     }
 
     /// The reserve size this pool keeps.
     pub fn min_nr(&self) -> u32 {
-        self.min_nr
+        self.reserve.min_nr()
     }
 }
 
