@@ -163,17 +163,28 @@ impl<T: 'static> Mempool<T> {
             }
         };
         let allocs = self.counters.allocs.fetch_add(1, Ordering::Relaxed) + 1;
+        // Counted on the shared side only, elements parked in magazines look in use: an upper
+        // bound. Only when it passes the mark are the magazines' counts summed for the exact
+        // figure (a magazine miss on a pool below its mark costs no walk over every CPU).
+        let in_use = allocs.saturating_sub(self.counters.frees.load(Ordering::Relaxed));
+        if in_use > self.counters.high_water.load(Ordering::Relaxed) {
+            self.raise_high_water(allocs);
+        }
+        Some(idx)
+    }
+
+    /// Raises the high-water mark to the elements in use now (shared and magazine counts),
+    /// `allocs` being the shared side's allocations including the one just made.
+    #[inline(never)]
+    fn raise_high_water(&self, allocs: u64) {
         let mut in_use = allocs.saturating_sub(self.counters.frees.load(Ordering::Relaxed));
         if self.mags_used.load(Ordering::Relaxed) != 0 {
             let (a, f) = self.mag_counts();
             in_use = (allocs + a).saturating_sub(self.counters.frees.load(Ordering::Relaxed) + f);
         }
-        if in_use > self.counters.high_water.load(Ordering::Relaxed) {
-            self.counters
-                .high_water
-                .fetch_max(in_use, Ordering::Relaxed);
-        }
-        Some(idx)
+        self.counters
+            .high_water
+            .fetch_max(in_use, Ordering::Relaxed);
     }
 
     /// Allocations and frees counted in the magazines.
