@@ -21,7 +21,10 @@
 pub(crate) mod loom;
 
 pub mod freelist;
+pub mod handoff;
 pub mod magazine;
+pub mod reserve;
+pub mod slot_state;
 pub mod tag;
 
 #[cfg(not(loom))]

@@ -3,7 +3,7 @@
 
 use core::sync::atomic::Ordering;
 
-use super::slot::{BUILD, COMPLETING, DISPATCHING, INFLIGHT, NO_BYTES, RqSlot};
+use super::slot::{BUILD, COMPLETING, DISPATCHING, NO_BYTES, RqSlot};
 use super::{Open, Queue};
 use crate::bio::{Bio, BioFlags, BioList, BioVec, Op, bio_io_error};
 use crate::bounce::BOUNCE_MAX_BYTES;
@@ -13,11 +13,14 @@ use crate::limits::{check_bio, split_point};
 use crate::request::Attempts;
 use crate::request::Request;
 use crate::slab::Wait;
-use crate::split::bio_split;
+use crate::slot_state::{self, Dispatched};
+use crate::split::bio_split_on;
 
 impl<const D: usize> Queue<D> {
-    /// Splits, bounces, merges and dispatches `bios` (in order).
-    pub(super) fn make_requests(&'static self, mut bios: BioList) {
+    /// Splits, bounces, merges and dispatches `bios` (in order) for CPU `cpu`: on its hardware
+    /// context, split bios from its magazine.
+    pub(super) fn make_requests(&'static self, mut bios: BioList, cpu: u32) {
+        let h = self.hw_context_of(cpu);
         let mut open = Open::new();
         let l = &self.limits;
         while let Some(bio) = bios.pop_front() {
@@ -38,7 +41,7 @@ impl<const D: usize> Queue<D> {
                     };
                     let cap = BOUNCE_MAX_BYTES / l.logical_block_size * l.logical_block_size;
                     if b.size() > cap {
-                        match self.split_front(&mut b, cap, &mut open) {
+                        match self.split_front(&mut b, cap, &mut open, cpu) {
                             Ok(front) => {
                                 self.stats.splits(1);
                                 work.push_front(b);
@@ -78,12 +81,12 @@ impl<const D: usize> Queue<D> {
                         self.stats.bio_errors(1);
                         bio_io_error(b, e);
                     }
-                    Ok(None) => self.add_bio(b, &mut open),
-                    Ok(Some(n)) => match self.split_front(&mut b, n, &mut open) {
+                    Ok(None) => self.add_bio(b, &mut open, h),
+                    Ok(Some(n)) => match self.split_front(&mut b, n, &mut open, cpu) {
                         Ok(front) => {
                             self.stats.splits(1);
                             work.push_front(b);
-                            self.add_bio(front, &mut open);
+                            self.add_bio(front, &mut open, h);
                         }
                         Err(e) => {
                             self.stats.bio_errors(1);
@@ -108,12 +111,13 @@ impl<const D: usize> Queue<D> {
         b: &mut Bio,
         bytes: u32,
         open: &mut Open,
+        cpu: u32,
     ) -> Result<Bio, BlkError> {
-        match bio_split(b, bytes, self.split_set, Wait::Never) {
+        match bio_split_on(cpu, b, bytes, self.split_set, Wait::Never) {
             Err(BlkError::NoMemory) if self.may_wait() => {
                 self.dispatch(open);
                 open.clear();
-                bio_split(b, bytes, self.split_set, self.cfg.wait)
+                bio_split_on(cpu, b, bytes, self.split_set, self.cfg.wait)
             }
             r => r,
         }
@@ -157,7 +161,9 @@ impl<const D: usize> Queue<D> {
         None
     }
 
-    pub(super) fn add_bio(&'static self, bio: Bio, open: &mut Open) {
+    /// Merges `bio` into a request of the open batch, or starts a request for it with a tag of
+    /// hardware context `h`.
+    pub(super) fn add_bio(&'static self, bio: Bio, open: &mut Open, h: usize) {
         let segs = self.limits.bio_segments(&bio);
         for &t in open.iter().rev() {
             let Some(slot) = self.slot(t) else { continue };
@@ -191,13 +197,13 @@ impl<const D: usize> Queue<D> {
             self.dispatch(open);
             open.clear();
         }
-        let tag = match self.tags.alloc() {
+        let tag = match self.alloc_tag(h) {
             Some(t) => Some(t),
             None => {
                 // Let the open batch go first: its completions free tags.
                 self.dispatch(open);
                 open.clear();
-                self.get_tag()
+                self.get_tag(h)
             }
         };
         let Some(tag) = tag else {
@@ -224,7 +230,9 @@ impl<const D: usize> Queue<D> {
         let _ = open.push(tag);
     }
 
-    /// Hands requests in state BUILD or REQUEUE (already moved to BUILD) to the driver.
+    /// Hands requests in state BUILD or REQUEUE (already moved to BUILD) to the driver. A
+    /// batch of one submission is all on one hardware context; a requeue batch may mix them:
+    /// `last` and the commit then close each run of one context.
     pub(super) fn dispatch(&self, tags: &[u16]) {
         if tags.is_empty() {
             return;
@@ -233,18 +241,28 @@ impl<const D: usize> Queue<D> {
         let n = tags.len();
         for (i, &t) in tags.iter().enumerate() {
             let Some(slot) = self.slot(t) else { continue };
+            let h = slot.hctx.load(Ordering::Relaxed);
+            let last = match tags.get(i + 1).and_then(|&u| self.slot(u)) {
+                Some(next) => next.hctx.load(Ordering::Relaxed) != h,
+                None => true,
+            };
             slot.early_bytes.store(NO_BYTES, Ordering::Relaxed);
             slot.deadline
                 .store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
             slot.state.store(DISPATCHING, Ordering::Release);
             let res = {
+                let _g = self.hctx(h as usize).guard();
                 let mut rq = slot.rq.lock();
                 rq.bios.normalize();
-                self.hw.queue_rq(&rq, i + 1 == n)
+                let res = self.hw.queue_rq(&rq, last || i + 1 == n);
+                drop(rq);
+                if last {
+                    self.hw.commit_hctx(h as usize);
+                }
+                res
             };
             self.dispatched(slot, t, res);
         }
-        self.hw.commit();
     }
 
     /// What follows the driver's answer to `queue_rq` for request `t`.
@@ -255,20 +273,12 @@ impl<const D: usize> Queue<D> {
             {
                 match res {
                     Ok(()) => {
-                        if slot
-                            .state
-                            .compare_exchange(
-                                DISPATCHING,
-                                INFLIGHT,
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            )
-                            .is_err()
+                        let early = (&slot.early_status, &slot.early_bytes);
+                        if let Dispatched::FinishEarly(st, b) =
+                            slot_state::dispatched(&slot.state, early)
                         {
                             // Completed during queue_rq (state EARLY): finish it here.
-                            let st = status_from_code(slot.early_status.load(Ordering::Acquire));
-                            let b = slot.early_bytes.load(Ordering::Acquire);
-                            slot.state.store(COMPLETING, Ordering::Release);
+                            let st = status_from_code(st);
                             self.finish(t, st, (b != NO_BYTES).then_some(b), true);
                         }
                     }
@@ -331,11 +341,11 @@ impl<const D: usize> Queue<D> {
     /// The direct path for a bio submitted without a plug: if it fits the limits as it is and
     /// a tag is free now, it becomes a request and goes to the driver at once. Otherwise the
     /// bio is handed back for the general path.
-    pub(super) fn submit_direct(&'static self, bio: Bio) -> Result<(), Bio> {
+    pub(super) fn submit_direct(&'static self, bio: Bio, h: usize) -> Result<(), Bio> {
         let Some(segs) = self.direct_segments(&bio) else {
             return Err(bio);
         };
-        let Some(tag) = self.tags.alloc() else {
+        let Some(tag) = self.alloc_tag(h) else {
             return Err(bio);
         };
         let Some(slot) = self.slot(tag) else {
@@ -346,6 +356,28 @@ impl<const D: usize> Queue<D> {
         slot.early_bytes.store(NO_BYTES, Ordering::Relaxed);
         slot.deadline
             .store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
+        // A context of one CPU takes no lock; a shared one locks out of line.
+        let res = if self.hctx(h).shared.load(Ordering::Relaxed) {
+            self.issue_direct_shared(slot, tag, bio, segs, h)
+        } else {
+            self.issue_direct(slot, tag, bio, segs, h)
+        };
+        self.dispatched(slot, tag, res);
+        self.kick();
+        Ok(())
+    }
+
+    /// Builds the one-bio request of the direct path in `slot` and hands it to the driver on
+    /// context `h`, with the batch's commit.
+    #[inline(always)]
+    fn issue_direct(
+        &self,
+        slot: &RqSlot,
+        tag: u16,
+        bio: Bio,
+        segs: u32,
+        h: usize,
+    ) -> Result<(), QueueRqError> {
         let res = {
             let mut rq = slot.rq.lock();
             rq.tag = tag;
@@ -362,9 +394,22 @@ impl<const D: usize> Queue<D> {
             slot.state.store(DISPATCHING, Ordering::Release);
             self.hw.queue_rq(&rq, true)
         };
-        self.dispatched(slot, tag, res);
-        self.hw.commit();
-        self.kick();
-        Ok(())
+        self.hw.commit_hctx(h);
+        res
+    }
+
+    /// [`Queue::issue_direct`] under the lock of a context several CPUs share.
+    #[cold]
+    #[inline(never)]
+    fn issue_direct_shared(
+        &self,
+        slot: &RqSlot,
+        tag: u16,
+        bio: Bio,
+        segs: u32,
+        h: usize,
+    ) -> Result<(), QueueRqError> {
+        let _g = self.hctx(h).lock.lock();
+        self.issue_direct(slot, tag, bio, segs, h)
     }
 }

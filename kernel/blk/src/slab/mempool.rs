@@ -8,6 +8,7 @@ use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use crate::error::BlkError;
 use crate::freelist::FreeStack;
 use crate::magazine::{MAG_SLOTS, MAX_CPUS, Magazine};
+use crate::reserve::Reserve;
 
 use super::{Slab, Slot, Wait};
 
@@ -56,17 +57,15 @@ pub struct Mempool<T: 'static> {
     links: &'static [AtomicU32],
     shared: &'static FreeStack,
     fresh: &'static AtomicU32,
-    reserve: FreeStack,
-    reserve_len: AtomicU32,
-    min_nr: u32,
+    reserve: Reserve,
     state: AtomicU8,
     counters: MempoolCounters,
     mags: [Magazine; MAX_CPUS],
     mags_used: AtomicU8,
 }
 
-/// The CPU id of a [`PoolBox`] allocated without one.
-const NO_CPU: u32 = u32::MAX;
+/// The CPU id meaning "no CPU": allocations and frees with it use the shared stack.
+pub const NO_CPU: u32 = u32::MAX;
 
 // SAFETY: as for `Slab`: each slot has one owner at a time, handed over through the lock-free
 // stacks; the counters are atomics.
@@ -81,9 +80,7 @@ impl<T: 'static> Mempool<T> {
             links: &slab.links,
             shared: &slab.free,
             fresh: &slab.fresh,
-            reserve: FreeStack::new(),
-            reserve_len: AtomicU32::new(0),
-            min_nr,
+            reserve: Reserve::new(min_nr),
             state: AtomicU8::new(UNINIT),
             counters: MempoolCounters {
                 allocs: AtomicU64::new(0),
@@ -114,11 +111,12 @@ impl<T: 'static> Mempool<T> {
             }
         }
         let mut ok = true;
-        for _ in 0..self.min_nr {
+        for _ in 0..self.reserve.min_nr() {
             match self.take_shared() {
                 Some(i) => {
-                    self.reserve_len.fetch_add(1, Ordering::Relaxed);
-                    self.reserve.push(self.links, i);
+                    if !self.reserve.refill(self.links, i) {
+                        self.shared.push(self.links, i);
+                    }
                 }
                 None => {
                     ok = false;
@@ -159,24 +157,34 @@ impl<T: 'static> Mempool<T> {
         let idx = match self.take_shared() {
             Some(i) => i,
             None => {
-                let i = self.reserve.pop(self.links)?;
-                self.reserve_len.fetch_sub(1, Ordering::Relaxed);
+                let i = self.reserve.take(self.links)?;
                 self.counters.reserve_hits.fetch_add(1, Ordering::Relaxed);
                 i
             }
         };
         let allocs = self.counters.allocs.fetch_add(1, Ordering::Relaxed) + 1;
+        // Counted on the shared side only, elements parked in magazines look in use: an upper
+        // bound. Only when it passes the mark are the magazines' counts summed for the exact
+        // figure (a magazine miss on a pool below its mark costs no walk over every CPU).
+        let in_use = allocs.saturating_sub(self.counters.frees.load(Ordering::Relaxed));
+        if in_use > self.counters.high_water.load(Ordering::Relaxed) {
+            self.raise_high_water(allocs);
+        }
+        Some(idx)
+    }
+
+    /// Raises the high-water mark to the elements in use now (shared and magazine counts),
+    /// `allocs` being the shared side's allocations including the one just made.
+    #[inline(never)]
+    fn raise_high_water(&self, allocs: u64) {
         let mut in_use = allocs.saturating_sub(self.counters.frees.load(Ordering::Relaxed));
         if self.mags_used.load(Ordering::Relaxed) != 0 {
             let (a, f) = self.mag_counts();
             in_use = (allocs + a).saturating_sub(self.counters.frees.load(Ordering::Relaxed) + f);
         }
-        if in_use > self.counters.high_water.load(Ordering::Relaxed) {
-            self.counters
-                .high_water
-                .fetch_max(in_use, Ordering::Relaxed);
-        }
-        Some(idx)
+        self.counters
+            .high_water
+            .fetch_max(in_use, Ordering::Relaxed);
     }
 
     /// Allocations and frees counted in the magazines.
@@ -192,7 +200,7 @@ impl<T: 'static> Mempool<T> {
         if self.mags_used.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let i = self.mags.iter().find_map(|m| m.take())?;
+        let i = self.mags.iter().find_map(|m| m.take_any())?;
         self.counters.allocs.fetch_add(1, Ordering::Relaxed);
         Some(i)
     }
@@ -215,9 +223,9 @@ impl<T: 'static> Mempool<T> {
     /// Returns slot `idx` freed on CPU `cpu`: the reserve if it is short, else that CPU's
     /// magazine, else the shared stack.
     #[inline]
-    fn put_on(&self, cpu: u32, idx: u32) {
+    pub(super) fn put_on(&self, cpu: u32, idx: u32) {
         if let Some(m) = self.mags.get(cpu as usize)
-            && self.reserve_len.load(Ordering::Relaxed) >= self.min_nr
+            && !self.reserve.is_short()
             && m.put(idx)
         {
             m.count_free();
@@ -230,20 +238,8 @@ impl<T: 'static> Mempool<T> {
     #[inline]
     pub(super) fn put(&self, idx: u32) {
         self.counters.frees.fetch_add(1, Ordering::Relaxed);
-        let mut n = self.reserve_len.load(Ordering::Relaxed);
-        while n < self.min_nr {
-            match self.reserve_len.compare_exchange_weak(
-                n,
-                n + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    self.reserve.push(self.links, idx);
-                    return;
-                }
-                Err(now) => n = now,
-            }
+        if self.reserve.refill(self.links, idx) {
+            return;
         }
         self.shared.push(self.links, idx);
     }
@@ -255,12 +251,7 @@ impl<T: 'static> Mempool<T> {
     }
 
     #[inline]
-    pub(super) fn take_waiting(&self, wait: Wait) -> Option<u32> {
-        self.take_waiting_on(NO_CPU, wait)
-    }
-
-    #[inline]
-    fn take_waiting_on(&self, cpu: u32, wait: Wait) -> Option<u32> {
+    pub(super) fn take_waiting_on(&self, cpu: u32, wait: Wait) -> Option<u32> {
         if let Some(i) = self.take_on(cpu) {
             return Some(i);
         }
@@ -352,13 +343,13 @@ impl<T: 'static> Mempool<T> {
             failures: self.counters.failures.load(Ordering::Relaxed),
             in_use: allocs.saturating_sub(frees),
             high_water: self.counters.high_water.load(Ordering::Relaxed),
-            reserve_len: self.reserve_len.load(Ordering::Relaxed),
+            reserve_len: self.reserve.len(),
         }
     }
 
     /// The reserve size this pool keeps.
     pub fn min_nr(&self) -> u32 {
-        self.min_nr
+        self.reserve.min_nr()
     }
 }
 
@@ -366,7 +357,7 @@ impl<T: 'static> Mempool<T> {
 pub struct PoolBox<T: 'static> {
     pub(super) pool: &'static Mempool<T>,
     pub(super) idx: u32,
-    cpu: u32,
+    pub(super) cpu: u32,
 }
 
 // SAFETY: a `PoolBox` is the unique owner of its value, like `Box<T>`.

@@ -21,7 +21,7 @@ mod mempool;
 mod waker;
 
 pub use handle::{ChainRef, Node, NodeHdr, Padded, SlotHome, VecBuf, WaitRef};
-pub use mempool::{Mempool, MempoolCounters, MempoolStats, PoolBox};
+pub use mempool::{Mempool, MempoolCounters, MempoolStats, NO_CPU, PoolBox};
 pub use waker::AtomicWaker;
 
 /// How a may-wait allocation waits when both the shared slab and the reserve are empty.
