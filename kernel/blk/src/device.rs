@@ -342,6 +342,20 @@ impl Drop for Plug<'_> {
     }
 }
 
+/// Hands a remapped bio straight to `leaf`, a request queue below a stacked device
+/// ([`BlockDevice::is_leaf`]), after the queue's own check: what the submission loop would do
+/// next, without the round trip through `ctx`'s pending list. A queue never submits through
+/// `ctx` itself, so this adds one frame at the bottom of a stack and the depth stays bounded.
+/// A failed check ends the bio with the error.
+#[inline]
+pub fn submit_to_leaf(leaf: &'static dyn BlockDevice, bio: Bio, ctx: &CpuCtx) {
+    debug_assert!(leaf.is_leaf());
+    match leaf.check(&bio) {
+        Ok(()) => leaf.submit(bio, ctx),
+        Err(e) => bio_io_error(bio, e),
+    }
+}
+
 /// Submits `bio` to its device. Up-front refusals (no device, out of range, misaligned,
 /// read-only, unsupported op) hand the bio back with the error; later errors reach `end_io`.
 ///

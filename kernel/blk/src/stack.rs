@@ -4,7 +4,7 @@
 
 use crate::bio::{Bio, Op, SECTOR_SHIFT, bio_endio, bio_io_error};
 use crate::bioset::BioSet;
-use crate::device::{BlockDevice, CpuCtx};
+use crate::device::{BlockDevice, CpuCtx, submit_to_leaf};
 use crate::error::BlkError;
 use crate::partition::PartEntry;
 use crate::slab::Wait;
@@ -97,13 +97,8 @@ impl BlockDevice for Linear {
         bio.set_dev(self.lower);
         self.stats.remaps(1);
         if self.direct {
-            // A request queue below (a partition of a disk): straight to it after its own
-            // check, as the submission loop would do next, without the round trip through the
-            // pending list. It never submits through `ctx` itself, so the stack stays bounded.
-            match self.lower.check(&bio) {
-                Ok(()) => self.lower.submit(bio, ctx),
-                Err(e) => bio_io_error(bio, e),
-            }
+            // A request queue below (a partition of a disk).
+            submit_to_leaf(self.lower, bio, ctx);
             return;
         }
         ctx.submit(bio);

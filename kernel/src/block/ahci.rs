@@ -62,15 +62,28 @@ pub enum ProbeError {
 /// several disks share it.
 struct Ports;
 
+/// Rounds of [`Ports::handle`] over the HBA's `IS` before it leaves the rest to the next
+/// interrupt (a bound against a port that keeps raising).
+const DISPATCH_ROUNDS: usize = 8;
+
 impl hal::IrqHandler for Ports {
     fn handle(&self) {
         let Some(hba) = HBA.get() else {
             return;
         };
-        let pending = hba.pending();
-        for hw in HW.iter().map_while(Once::get) {
-            if pending & (1 << hw.port()) != 0 {
-                hw.handle_irq();
+        // Go round until `IS` reads 0: a port that raised while another was being handled
+        // keeps a shared INTx line high, and an interrupt controller that only sees rising
+        // edges (QEMU's PLIC on riscv64 `virt`) would never signal that port again; its
+        // requests, and then every port's, would wait for the request timeout.
+        for _ in 0..DISPATCH_ROUNDS {
+            let pending = hba.pending();
+            if pending == 0 {
+                return;
+            }
+            for hw in HW.iter().map_while(Once::get) {
+                if pending & (1 << hw.port()) != 0 {
+                    hw.handle_irq();
+                }
             }
         }
     }

@@ -25,7 +25,7 @@ static PAGE_POOL: Mempool<BouncePage> = Mempool::new(&PAGE_SLAB, BOUNCE_PAGES as
 /// [`BOUNCE_PAGES`] entries each). As many clones as pages, so that a queue's whole depth of
 /// 4 KiB bios (AHCI: 32) can be bounced and in flight at once.
 static PAD_SLAB: BioSlab<BouncePad, PAGES> = BioSlab::new();
-static PAD_BVEC_SLABS: BvecSlabs<PAGES, 16, 16, 1, 1, 1> = BvecSlabs::new();
+static PAD_BVEC_SLABS: BvecSlabs<PAGES, 16, 16, 2, 2, 2> = BvecSlabs::new();
 static PAD_BVECS: BvecPools = BvecPools::new(&PAD_BVEC_SLABS, 2);
 static PAD_SET: BioSet<BouncePad> = BioSet::new(&PAD_SLAB, 2, Some(&PAD_BVECS));
 

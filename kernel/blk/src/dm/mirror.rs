@@ -18,7 +18,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::bio::{Bio, BioFlags, Op, SECTOR_SHIFT, bio_endio, bio_io_error};
 use crate::bioset::BioSet;
-use crate::device::CpuCtx;
+use crate::device::{CpuCtx, submit_to_leaf};
 use crate::dm::io::{DmIo, IoDone, IoNotify, IoRequest, Mem, Region};
 use crate::dm::table::{Leg, MAX_LEGS};
 use crate::error::BlkError;
@@ -423,11 +423,7 @@ impl Mirror {
         // The slot is not touched after the last leg bio is sent: it may end the write.
         for (i, c) in out.into_iter().enumerate() {
             if self.leaf & (1 << i) != 0 {
-                let dev = self.legs[i].lower.dev;
-                match dev.check(&c) {
-                    Ok(()) => dev.submit(c, ctx),
-                    Err(e) => bio_io_error(c, e),
-                }
+                submit_to_leaf(self.legs[i].lower.dev, c, ctx);
             } else {
                 ctx.submit(c);
             }

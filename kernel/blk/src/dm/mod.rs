@@ -17,7 +17,7 @@ mod tests;
 
 use crate::bio::{Bio, Op, SECTOR_SHIFT, bio_endio, bio_io_error};
 use crate::bioset::BioSet;
-use crate::device::{BlockDevice, CpuCtx};
+use crate::device::{BlockDevice, CpuCtx, submit_to_leaf};
 use crate::error::BlkError;
 use crate::limits::QueueLimits;
 use crate::slab::Wait;
@@ -364,12 +364,7 @@ impl BlockDevice for DmDevice {
                 bio.set_dev(l.lower.dev);
                 self.stats.remaps(1);
                 if line.direct {
-                    // A request queue below: straight to it after its check, as
-                    // `stack::Linear` does (one frame, only at the bottom of a stack).
-                    match l.lower.dev.check(&bio) {
-                        Ok(()) => l.lower.dev.submit(bio, ctx),
-                        Err(e) => bio_io_error(bio, e),
-                    }
+                    submit_to_leaf(l.lower.dev, bio, ctx);
                     return;
                 }
                 ctx.submit(bio);
