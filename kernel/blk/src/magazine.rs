@@ -1,6 +1,8 @@
-//! Per-CPU magazines: a few free element indices a CPU keeps in front of a mempool's shared
-//! Treiber stack, with that CPU's allocation counters, on 128-byte blocks of their own (pairs
-//! of cache lines: the adjacent-line prefetcher fetches lines in pairs).
+//! Per-CPU magazines: a few free element indices a CPU keeps in front of a slab's shared
+//! Treiber stack, on 128-byte blocks of their own (pairs of cache lines: the adjacent-line
+//! prefetcher fetches lines in pairs). They belong to the slab ([`Magazines`]), so every
+//! mempool over the slab takes from and steals from the same ones: an element parked by one
+//! pool is never out of reach of another.
 //!
 //! Every operation on a magazine slot is one atomic instruction (a swap to take, a compare-and-
 //! swap of an empty slot to put), so a magazine stays consistent whoever uses it at the same
@@ -8,7 +10,7 @@
 //! from it when the shared stack is empty. There is no `next` link to go stale, so no ABA.
 
 use crate::freelist::NIL;
-use crate::loom::{AtomicU32, AtomicU64, Ordering};
+use crate::loom::{AtomicU8, AtomicU32, Ordering};
 
 /// Free indices a magazine holds: a queue depth of 32 completing in one interrupt fits, so a
 /// CPU refilling that depth allocates from its magazine, not from the shared stack (with 8,
@@ -18,7 +20,7 @@ pub const MAG_SLOTS: usize = 32;
 /// Most CPUs a mempool keeps magazines for; other CPU ids use the shared stack directly.
 pub const MAX_CPUS: usize = 8;
 
-/// One CPU's magazine and counters.
+/// One CPU's magazine.
 #[repr(align(128))]
 pub struct Magazine {
     slots: [AtomicU32; MAG_SLOTS],
@@ -29,8 +31,6 @@ pub struct Magazine {
     /// scan (which corrects it); elements parked beyond it are reached by the next scan or a
     /// thief ([`Magazine::take_any`]).
     top: AtomicU32,
-    allocs: AtomicU64,
-    frees: AtomicU64,
 }
 
 impl Default for Magazine {
@@ -46,8 +46,6 @@ impl Magazine {
         Magazine {
             slots: [const { AtomicU32::new(NIL) }; MAG_SLOTS],
             top: AtomicU32::new(0),
-            allocs: AtomicU64::new(0),
-            frees: AtomicU64::new(0),
         }
     }
 
@@ -57,8 +55,6 @@ impl Magazine {
         Magazine {
             slots: core::array::from_fn(|_| AtomicU32::new(NIL)),
             top: AtomicU32::new(0),
-            allocs: AtomicU64::new(0),
-            frees: AtomicU64::new(0),
         }
     }
 
@@ -144,25 +140,78 @@ impl Magazine {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
 
-    /// Counts an allocation served on this CPU (one atomic add on this CPU's line).
-    #[inline]
-    pub fn count_alloc(&self) {
-        self.allocs.fetch_add(1, Ordering::Relaxed);
+/// The magazines of one slab, one per CPU, shared by every mempool over it.
+pub struct Magazines {
+    mags: [Magazine; MAX_CPUS],
+    /// Set once an index may have been put in a magazine (a CPU's first magazine miss, or a
+    /// free redirected to a CPU): until then a steal has nothing to scan.
+    used: AtomicU8,
+}
+
+impl Default for Magazines {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Magazines {
+    /// Empty magazines.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Magazines {
+            mags: [const { Magazine::new() }; MAX_CPUS],
+            used: AtomicU8::new(0),
+        }
     }
 
-    /// Counts a free done on this CPU.
-    #[inline]
-    pub fn count_free(&self) {
-        self.frees.fetch_add(1, Ordering::Relaxed);
+    /// Empty magazines.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Magazines {
+            mags: core::array::from_fn(|_| Magazine::new()),
+            used: AtomicU8::new(0),
+        }
     }
 
-    /// Allocations and frees counted here.
-    pub fn counts(&self) -> (u64, u64) {
-        (
-            self.allocs.load(Ordering::Relaxed),
-            self.frees.load(Ordering::Relaxed),
-        )
+    /// CPU `cpu`'s magazine (`None` for ids `>= MAX_CPUS`).
+    #[inline]
+    pub fn get(&self, cpu: u32) -> Option<&Magazine> {
+        self.mags.get(cpu as usize)
+    }
+
+    /// Records that a magazine may hold indices from now on.
+    #[inline]
+    pub fn mark_used(&self) {
+        if self.used.load(Ordering::Relaxed) == 0 {
+            self.used.store(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes a free index from any CPU's magazine (a scan of every slot): what an allocation
+    /// does once the shared stack and its pool's reserve are empty, so that nothing parked in
+    /// a cache is out of reach.
+    pub fn steal(&self) -> Option<u32> {
+        if self.used.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.mags.iter().find_map(Magazine::take_any)
+    }
+
+    /// Whether every magazine looked empty.
+    pub fn all_empty(&self) -> bool {
+        self.used.load(Ordering::Relaxed) == 0 || self.mags.iter().all(Magazine::is_empty)
+    }
+
+    /// Indices held in all of them now (a racy count).
+    pub fn len(&self) -> usize {
+        self.mags.iter().map(Magazine::len).sum()
+    }
+
+    /// Whether they hold nothing now (a racy look).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

@@ -1,5 +1,5 @@
-//! Mempools: allocations from a shared [`Slab`] backed by a reserve of their own, per-CPU
-//! magazines, and the owning [`PoolBox`].
+//! Mempools: allocations from a shared [`Slab`] (its free list and per-CPU magazines) backed
+//! by a reserve of their own, and the owning [`PoolBox`].
 
 use core::mem::ManuallyDrop;
 use core::ops::{Deref, DerefMut};
@@ -7,7 +7,7 @@ use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use crate::error::BlkError;
 use crate::freelist::FreeStack;
-use crate::magazine::{MAG_SLOTS, MAX_CPUS, Magazine};
+use crate::magazine::{MAG_SLOTS, MAX_CPUS, Magazines};
 use crate::reserve::Reserve;
 
 use super::{Slab, Slot, Wait};
@@ -44,6 +44,23 @@ pub struct MempoolStats {
     pub reserve_len: u32,
 }
 
+/// One CPU's allocation counters of one mempool (the magazine hits and the frees into a
+/// magazine), on a line of their own.
+#[repr(align(64))]
+struct CpuCounts {
+    allocs: AtomicU64,
+    frees: AtomicU64,
+}
+
+impl CpuCounts {
+    const fn new() -> Self {
+        CpuCounts {
+            allocs: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
+        }
+    }
+}
+
 const UNINIT: u8 = 0;
 const INITING: u8 = 1;
 const READY: u8 = 2;
@@ -60,7 +77,12 @@ pub struct Mempool<T: 'static> {
     reserve: Reserve,
     state: AtomicU8,
     counters: MempoolCounters,
-    mags: [Magazine; MAX_CPUS],
+    /// The slab's magazines (shared with every mempool over the slab).
+    mags: &'static Magazines,
+    /// This pool's counters of allocations and frees served by each CPU's magazine.
+    cpu_counts: [CpuCounts; MAX_CPUS],
+    /// Set once an allocation of this pool missed a magazine: until then every allocation was
+    /// counted on the shared side and the per-CPU counts need no summing.
     mags_used: AtomicU8,
 }
 
@@ -90,7 +112,8 @@ impl<T: 'static> Mempool<T> {
                 failures: AtomicU64::new(0),
                 high_water: AtomicU64::new(0),
             },
-            mags: [const { Magazine::new() }; MAX_CPUS],
+            mags: &slab.mags,
+            cpu_counts: [const { CpuCounts::new() }; MAX_CPUS],
             mags_used: AtomicU8::new(0),
         }
     }
@@ -187,20 +210,21 @@ impl<T: 'static> Mempool<T> {
             .fetch_max(in_use, Ordering::Relaxed);
     }
 
-    /// Allocations and frees counted in the magazines.
+    /// Allocations and frees of this pool counted per CPU (magazine hits and frees into a
+    /// magazine).
     fn mag_counts(&self) -> (u64, u64) {
-        self.mags.iter().fold((0, 0), |(a, f), m| {
-            let (ma, mf) = m.counts();
-            (a + ma, f + mf)
+        self.cpu_counts.iter().fold((0, 0), |(a, f), c| {
+            (
+                a + c.allocs.load(Ordering::Relaxed),
+                f + c.frees.load(Ordering::Relaxed),
+            )
         })
     }
 
-    /// Takes an element from any CPU's magazine (the shared stack and the reserve are empty).
+    /// Takes an element from any CPU's magazine of the slab, whichever pool parked it there
+    /// (the shared stack and this pool's reserve are empty).
     fn steal(&self) -> Option<u32> {
-        if self.mags_used.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
-        let i = self.mags.iter().find_map(|m| m.take_any())?;
+        let i = self.mags.steal()?;
         self.counters.allocs.fetch_add(1, Ordering::Relaxed);
         Some(i)
     }
@@ -208,13 +232,14 @@ impl<T: 'static> Mempool<T> {
     /// As `take`, CPU `cpu`'s magazine first.
     #[inline]
     fn take_on(&self, cpu: u32) -> Option<u32> {
-        if let Some(m) = self.mags.get(cpu as usize) {
+        if let (Some(m), Some(c)) = (self.mags.get(cpu), self.cpu_counts.get(cpu as usize)) {
             if let Some(i) = m.take() {
-                m.count_alloc();
+                c.allocs.fetch_add(1, Ordering::Relaxed);
                 return Some(i);
             }
             if self.mags_used.load(Ordering::Relaxed) == 0 {
                 self.mags_used.store(1, Ordering::Relaxed);
+                self.mags.mark_used();
             }
         }
         self.take()
@@ -224,11 +249,11 @@ impl<T: 'static> Mempool<T> {
     /// magazine, else the shared stack.
     #[inline]
     pub(super) fn put_on(&self, cpu: u32, idx: u32) {
-        if let Some(m) = self.mags.get(cpu as usize)
+        if let (Some(m), Some(c)) = (self.mags.get(cpu), self.cpu_counts.get(cpu as usize))
             && !self.reserve.is_short()
             && m.put(idx)
         {
-            m.count_free();
+            c.frees.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.put(idx);
@@ -311,23 +336,23 @@ impl<T: 'static> Mempool<T> {
         self.alloc_on(cpu, value, Wait::Never)
     }
 
-    /// Whether an allocation would have to wait now: the shared slab (free list and never-used
-    /// slots), the reserve and every magazine are empty. A plug uses it to stop holding bios
-    /// of a pool that only their completion would refill (`CpuCtx::add_to_plug`).
+    /// Whether an allocation would have to wait now: the shared slab (free list, never-used
+    /// slots and every magazine) and the reserve are empty. A plug uses it to stop holding
+    /// bios of a pool that only their completion would refill (`CpuCtx::add_to_plug`).
     pub fn exhausted(&self) -> bool {
         self.shared.is_empty()
             && self.fresh.load(Ordering::Relaxed) as usize >= self.slots.len()
             && self.reserve.is_empty()
-            && (self.mags_used.load(Ordering::Relaxed) == 0
-                || self.mags.iter().all(|m| m.is_empty()))
+            && self.mags.all_empty()
     }
 
-    /// Free elements cached in the per-CPU magazines now (at most `MAG_SLOTS * MAX_CPUS`).
+    /// Free elements cached in the slab's per-CPU magazines now (at most
+    /// `MAG_SLOTS * MAX_CPUS`; shared by every mempool over the slab).
     pub fn cached(&self) -> usize {
-        self.mags.iter().map(|m| m.len()).sum()
+        self.mags.len()
     }
 
-    /// Most free elements the per-CPU magazines of one mempool can hold.
+    /// Most free elements the per-CPU magazines of one slab can hold.
     pub const MAX_CACHED: usize = MAG_SLOTS * MAX_CPUS;
 
     /// A snapshot of the counters.
@@ -383,6 +408,8 @@ impl<T> PoolBox<T> {
 
     /// Frees on CPU `cpu` (into its magazine) instead of the CPU given at allocation.
     pub fn free_on(mut self, cpu: u32) {
+        // The slot may land in a magazine no allocation of this pool has missed yet.
+        self.pool.mags.mark_used();
         self.cpu = cpu;
     }
 
