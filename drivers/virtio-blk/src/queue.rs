@@ -168,7 +168,9 @@ impl VirtioBlk {
 
     /// Requests in flight in the device.
     pub fn in_flight(&self) -> u16 {
-        self.inner.lock().heads.in_flight()
+        let n = self.inner.lock().heads.in_flight();
+        self.reap_if_pending();
+        n
     }
 
     /// Physical range of the command memory (host tests check descriptors against it).
@@ -180,7 +182,9 @@ impl VirtioBlk {
 
     /// Whether a protocol violation left the device unusable.
     pub fn is_dead(&self) -> bool {
-        self.inner.lock().dead
+        let dead = self.inner.lock().dead;
+        self.reap_if_pending();
+        dead
     }
 }
 
@@ -208,6 +212,9 @@ impl HwQueue for VirtioBlk {
             return 0;
         };
         if inner.used.idx() == inner.taken {
+            // An interrupt may have handed its reap over while this held the lock.
+            drop(inner);
+            self.reap_if_pending();
             return 0;
         }
         let n = self.reap_deliver(inner);
