@@ -100,9 +100,12 @@ impl ReapHandover {
 
     /// After letting go of the lock: whether a reap was handed over (the caller reaps). A
     /// read-modify-write that changes nothing: ordered with the handler's (see the module).
+    /// `SeqCst`, not `AcqRel`: LLVM turns an idempotent read-modify-write into a plain load
+    /// (x86_64: no fence), which may be served before the lock's release store leaves the
+    /// store buffer; with `SeqCst` it keeps a full fence before the load.
     #[inline]
     pub fn after_unlock(&self) -> bool {
-        self.pending.fetch_or(false, Ordering::AcqRel)
+        self.pending.fetch_or(false, Ordering::SeqCst)
     }
 }
 
