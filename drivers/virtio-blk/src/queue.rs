@@ -194,8 +194,14 @@ impl HwQueue for VirtioBlk {
     }
 
     fn commit(&self) {
-        // Set (under the lock, by this CPU or another) whenever a chain was added without a
-        // doorbell decision; the CPU that added it reads its own store here.
+        self.commit_hctx(0);
+    }
+
+    fn commit_hctx(&self, _hctx: usize) {
+        // One virtqueue: every context rings it (the body is here, not behind the default's
+        // second call). `unnotified` is set (under the lock, by this CPU or another) whenever
+        // a chain was added without a doorbell decision; the CPU that added it reads its own
+        // store here.
         if self.unnotified.load(Ordering::Relaxed) {
             let mut inner = self.inner.lock();
             self.notify_locked(&mut inner);

@@ -250,18 +250,34 @@ impl<const D: usize> Queue<D> {
             slot.deadline
                 .store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
             slot.state.store(DISPATCHING, Ordering::Release);
-            let res = {
-                let _g = self.hctx(h as usize).guard();
-                let mut rq = slot.rq.lock();
-                rq.bios.normalize();
-                let res = self.hw.queue_rq(&rq, last || i + 1 == n);
-                drop(rq);
+            let hc = self.hctx(h as usize);
+            if hc.shared.load(Ordering::Relaxed) {
+                let res = {
+                    let _g = hc.lock.lock();
+                    let mut rq = slot.rq.lock();
+                    rq.bios.normalize();
+                    let res = self.hw.queue_rq(&rq, last || i + 1 == n);
+                    drop(rq);
+                    if last {
+                        self.hw.commit_hctx(h as usize);
+                    }
+                    res
+                };
+                self.dispatched(slot, t, res);
+            } else {
+                // One CPU on this context: no lock, and the request is in flight before the
+                // doorbell, so its completion finds it INFLIGHT (not DISPATCHING, which would
+                // send it through the early-completion path).
+                let res = {
+                    let mut rq = slot.rq.lock();
+                    rq.bios.normalize();
+                    self.hw.queue_rq(&rq, last || i + 1 == n)
+                };
+                self.dispatched(slot, t, res);
                 if last {
                     self.hw.commit_hctx(h as usize);
                 }
-                res
-            };
-            self.dispatched(slot, t, res);
+            }
         }
     }
 
@@ -338,14 +354,24 @@ impl<const D: usize> Queue<D> {
         (n <= l.max_segments as u32).then_some(n)
     }
 
-    /// The direct path for a bio submitted without a plug: if it fits the limits as it is and
-    /// a tag is free now, it becomes a request and goes to the driver at once. Otherwise the
-    /// bio is handed back for the general path.
-    pub(super) fn submit_direct(&'static self, bio: Bio, h: usize) -> Result<(), Bio> {
-        let Some(segs) = self.direct_segments(&bio) else {
-            return Err(bio);
+    /// The direct path for a bio submitted without a plug that fits the limits as it is (in
+    /// `segs` segments, [`Queue::direct_segments`]): if a tag is free now, it becomes a request
+    /// and goes to the driver at once. Otherwise the bio is handed back for the general path.
+    /// `ONE`: the queue has one context with one CPU
+    /// on it (`h` is 0, whose tags start at 0, and no lock is needed).
+    #[inline(always)]
+    pub(super) fn submit_direct<const ONE: bool>(
+        &'static self,
+        bio: Bio,
+        segs: u32,
+        h: usize,
+    ) -> Result<(), Bio> {
+        let tag = if ONE {
+            self.hctxs[0].tags.alloc()
+        } else {
+            self.alloc_tag(h)
         };
-        let Some(tag) = self.alloc_tag(h) else {
+        let Some(tag) = tag else {
             return Err(bio);
         };
         let Some(slot) = self.slot(tag) else {
@@ -356,19 +382,23 @@ impl<const D: usize> Queue<D> {
         slot.early_bytes.store(NO_BYTES, Ordering::Relaxed);
         slot.deadline
             .store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
-        // A context of one CPU takes no lock; a shared one locks out of line.
-        let res = if self.hctx(h).shared.load(Ordering::Relaxed) {
-            self.issue_direct_shared(slot, tag, bio, segs, h)
+        if !ONE && self.hctx(h).shared.load(Ordering::Relaxed) {
+            // A shared context locks out of line, around `queue_rq` and the commit.
+            let res = self.issue_direct_shared(slot, tag, bio, segs, h);
+            self.dispatched(slot, tag, res);
         } else {
-            self.issue_direct(slot, tag, bio, segs, h)
-        };
-        self.dispatched(slot, tag, res);
+            // A context of one CPU takes no lock, and the request is in flight before the
+            // doorbell (its completion then finds it INFLIGHT, not DISPATCHING).
+            let res = self.issue_direct(slot, tag, bio, segs);
+            self.dispatched(slot, tag, res);
+            self.hw.commit_hctx(h);
+        }
         self.kick();
         Ok(())
     }
 
-    /// Builds the one-bio request of the direct path in `slot` and hands it to the driver on
-    /// context `h`, with the batch's commit.
+    /// Builds the one-bio request of the direct path in `slot` and hands it to the driver
+    /// (the caller commits).
     #[inline(always)]
     fn issue_direct(
         &self,
@@ -376,29 +406,24 @@ impl<const D: usize> Queue<D> {
         tag: u16,
         bio: Bio,
         segs: u32,
-        h: usize,
     ) -> Result<(), QueueRqError> {
-        let res = {
-            let mut rq = slot.rq.lock();
-            rq.tag = tag;
-            rq.op = bio.op();
-            rq.flags = bio.flags();
-            rq.sector = bio.sector();
-            rq.bytes = bio.size();
-            rq.nr_segs = segs;
-            rq.attempts = Attempts::NONE;
-            rq.pt = None;
-            // One bio: merges never look at this request, so its first and last segments
-            // are not needed.
-            rq.bios.push_front(bio);
-            slot.state.store(DISPATCHING, Ordering::Release);
-            self.hw.queue_rq(&rq, true)
-        };
-        self.hw.commit_hctx(h);
-        res
+        let mut rq = slot.rq.lock();
+        rq.tag = tag;
+        rq.op = bio.op();
+        rq.flags = bio.flags();
+        rq.sector = bio.sector();
+        rq.bytes = bio.size();
+        rq.nr_segs = segs;
+        rq.attempts = Attempts::NONE;
+        rq.pt = None;
+        // One bio: merges never look at this request, so its first and last segments
+        // are not needed.
+        rq.bios.push_front(bio);
+        slot.state.store(DISPATCHING, Ordering::Release);
+        self.hw.queue_rq(&rq, true)
     }
 
-    /// [`Queue::issue_direct`] under the lock of a context several CPUs share.
+    /// [`Queue::issue_direct`] and the commit under the lock of a context several CPUs share.
     #[cold]
     #[inline(never)]
     fn issue_direct_shared(
@@ -410,6 +435,8 @@ impl<const D: usize> Queue<D> {
         h: usize,
     ) -> Result<(), QueueRqError> {
         let _g = self.hctx(h).lock.lock();
-        self.issue_direct(slot, tag, bio, segs, h)
+        let res = self.issue_direct(slot, tag, bio, segs);
+        self.hw.commit_hctx(h);
+        res
     }
 }

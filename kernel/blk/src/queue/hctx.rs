@@ -39,16 +39,6 @@ impl HwCtx {
             lock: spin::Mutex::new(()),
         }
     }
-
-    /// The lock if several CPUs share this context, else nothing.
-    #[inline]
-    pub(super) fn guard(&self) -> Option<spin::MutexGuard<'_, ()>> {
-        if self.shared.load(Ordering::Relaxed) {
-            Some(self.lock.lock())
-        } else {
-            None
-        }
-    }
 }
 
 /// The CPU -> context map for `nr_cpus` CPUs over `nr_ctx` contexts: CPUs are spread in
@@ -102,6 +92,8 @@ impl<const D: usize> Queue<D> {
         for (cpu, m) in self.cpu_map.iter().enumerate() {
             m.store(cpu_to_ctx(cpu, nr_cpus, n) as u8, Ordering::Relaxed);
         }
+        let single = n == 1 && !self.hctxs[0].shared.load(Ordering::Relaxed);
+        self.single.store(single, Ordering::Relaxed);
         self.nr_hctx.store(n as u8, Ordering::Release);
         Ok(n)
     }

@@ -6,7 +6,7 @@
 //! (completion by tag, partial completion, retries), `timeout.rs`, `passthrough.rs`,
 //! `slot.rs` (the per-tag state machine) and `hctx.rs` (hardware contexts and the CPU map).
 
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use crate::bio::{Bio, BioList, Op};
 use crate::bioset::BioSet;
@@ -87,6 +87,9 @@ pub struct Queue<const D: usize> {
     depth: usize,
     hctxs: [HwCtx; MAX_HW_CTX],
     nr_hctx: AtomicU8,
+    /// One context with one CPU on it (set at attach): submission goes to context 0 with no
+    /// map lookup and no lock.
+    single: AtomicBool,
     cpu_map: [AtomicU8; MAX_CPUS],
     slots: [RqSlot; D],
     requeue: [AtomicU64; TAG_WORDS],
@@ -116,6 +119,7 @@ impl<const D: usize> Queue<D> {
             depth: D,
             hctxs: [const { HwCtx::new(D) }; MAX_HW_CTX],
             nr_hctx: AtomicU8::new(1),
+            single: AtomicBool::new(true),
             cpu_map: [const { AtomicU8::new(0) }; MAX_CPUS],
             slots,
             requeue: [const { AtomicU64::new(0) }; TAG_WORDS],
@@ -195,7 +199,12 @@ impl<const D: usize> Queue<D> {
     fn release(&self, slot: &RqSlot, tag: u16) {
         slot.deadline.store(u64::MAX, Ordering::Relaxed);
         slot.state.store(FREE, Ordering::Release);
-        self.free_tag(slot.hctx.load(Ordering::Relaxed), tag);
+        if self.single.load(Ordering::Relaxed) {
+            // Context 0 holds every tag, from 0.
+            self.hctxs[0].tags.free(tag);
+        } else {
+            self.free_tag(slot.hctx.load(Ordering::Relaxed), tag);
+        }
     }
 }
 
@@ -227,10 +236,19 @@ impl<const D: usize> BlockDevice for Queue<D> {
             ctx.add_to_plug(bio);
             return;
         }
-        // No plug: a bio that needs no split or bounce goes straight to the driver.
-        let bio = match self.submit_direct(bio, self.hw_context_of(ctx.cpu())) {
-            Ok(()) => return,
-            Err(bio) => bio,
+        // No plug: a bio that needs no split or bounce goes straight to the driver. One
+        // context of one CPU: context 0, known here (no map lookup, no lock).
+        let bio = match self.direct_segments(&bio) {
+            None => bio,
+            Some(segs) => {
+                let r = if self.single.load(Ordering::Relaxed) {
+                    self.submit_direct::<true>(bio, segs, 0)
+                } else {
+                    self.submit_direct::<false>(bio, segs, self.hw_context_of(ctx.cpu()))
+                };
+                let Err(bio) = r else { return };
+                bio
+            }
         };
         let mut l = BioList::new();
         l.push_back(bio);
