@@ -101,15 +101,19 @@ pub struct NodeHdr {
     status: AtomicU32,
     wait: WaitState,
     waker: AtomicWaker,
+    /// The CPU whose magazine the slot goes back to (set at allocation, read-only after): kept
+    /// here, not in every handle, so a bio handle stays as small as on one CPU.
+    cpu: u32,
 }
 
 impl NodeHdr {
-    const fn new() -> Self {
+    const fn new(cpu: u32) -> Self {
         NodeHdr {
             remaining: ChainCount::new(),
             status: AtomicU32::new(0),
             wait: WaitState::new(),
             waker: AtomicWaker::new(),
+            cpu,
         }
     }
 
@@ -173,7 +177,6 @@ pub struct Node<B: 'static> {
     hdr: NonNull<NodeHdr>,
     home: &'static dyn SlotHome,
     idx: u32,
-    cpu: u32,
 }
 
 // SAFETY: unique owner of the body; the header is only atomics and a spin-locked waker.
@@ -211,7 +214,7 @@ impl<B: Send + 'static> Node<B> {
         // without creating references, so the three handles' regions stay disjoint.
         let (bp, hp) = unsafe {
             p.write(Padded {
-                hdr: NodeHdr::new(),
+                hdr: NodeHdr::new(cpu),
                 body,
                 front,
             });
@@ -225,7 +228,6 @@ impl<B: Send + 'static> Node<B> {
             hdr: NonNull::new(hp).unwrap_or(NonNull::dangling()),
             home: pool,
             idx,
-            cpu,
         })
     }
 
@@ -268,7 +270,6 @@ impl<B: Send + 'static> Node<B> {
             hdr: self.hdr,
             home: self.home,
             idx: self.idx,
-            cpu: self.cpu,
             _p: PhantomData,
         }
     }
@@ -295,7 +296,6 @@ impl<B: Send + 'static> Node<B> {
             hdr: self.hdr,
             home: self.home,
             idx: self.idx,
-            cpu: self.cpu,
             _p: PhantomData,
         })
     }
@@ -312,7 +312,7 @@ impl<B: Send + 'static> Node<B> {
 ///
 /// # Safety
 /// The caller must own the node (no other owner) and never use it again; a waiter exists.
-unsafe fn hand_to_waiter(hdr: NonNull<NodeHdr>, home: &'static dyn SlotHome, idx: u32, cpu: u32) {
+unsafe fn hand_to_waiter(hdr: NonNull<NodeHdr>, home: &'static dyn SlotHome, idx: u32) {
     // SAFETY: the caller owns the allocated node; the slot is released only after W_RELEASED
     // is set below (by the waiter, or here if it was abandoned).
     let h = unsafe { hdr.as_ref() };
@@ -320,7 +320,7 @@ unsafe fn hand_to_waiter(hdr: NonNull<NodeHdr>, home: &'static dyn SlotHome, idx
     if h.wait.hand_over(|| h.waker.wake()) {
         // SAFETY: the waiter is gone and the node was handed over: nothing else refers to the
         // allocated, initialised slot.
-        unsafe { home.release(idx, cpu) };
+        unsafe { home.release(idx, h.cpu) };
     }
 }
 
@@ -348,13 +348,13 @@ impl<B: 'static> Drop for Node<B> {
         let h = unsafe { self.hdr.as_ref() };
         if h.wait.has_waiter() {
             // SAFETY: this handle is the owner and is not used after drop; a waiter exists.
-            unsafe { hand_to_waiter(self.hdr, self.home, self.idx, self.cpu) };
+            unsafe { hand_to_waiter(self.hdr, self.home, self.idx) };
             return;
         }
         // A count of 1 seen by the owner: no chain reference is left (see `put`).
         if h.remaining.owner_drop() {
             // SAFETY: no chain reference is left and this handle is not used after drop.
-            unsafe { self.home.release(self.idx, self.cpu) };
+            unsafe { self.home.release(self.idx, h.cpu) };
         }
         // Otherwise children still hold chain references; the last one frees the slot.
     }
@@ -366,7 +366,6 @@ pub struct ChainRef<B: 'static> {
     hdr: NonNull<NodeHdr>,
     home: &'static dyn SlotHome,
     idx: u32,
-    cpu: u32,
     _p: PhantomData<B>,
 }
 
@@ -394,7 +393,6 @@ impl<B: Send + 'static> ChainRef<B> {
                 hdr: this.hdr,
                 home: this.home,
                 idx: this.idx,
-                cpu: this.cpu,
             })
         } else {
             None
@@ -409,7 +407,7 @@ impl<B: 'static> Drop for ChainRef<B> {
         if h.remaining.child_drop() {
             // Last reference dropped without completing: free the parent (no end_io).
             // SAFETY: as in `put`, this side is the unique owner of the parked slot.
-            unsafe { self.home.release(self.idx, self.cpu) };
+            unsafe { self.home.release(self.idx, h.cpu) };
         }
     }
 }
@@ -420,7 +418,6 @@ pub struct WaitRef<B: 'static> {
     hdr: NonNull<NodeHdr>,
     home: &'static dyn SlotHome,
     idx: u32,
-    cpu: u32,
     _p: PhantomData<B>,
 }
 
@@ -454,7 +451,6 @@ impl<B: Send + 'static> WaitRef<B> {
             hdr: this.hdr,
             home: this.home,
             idx: this.idx,
-            cpu: this.cpu,
         })
     }
 
@@ -480,7 +476,7 @@ impl<B: 'static> Drop for WaitRef<B> {
         let h = unsafe { self.hdr.as_ref() };
         if h.wait.abandon() {
             // SAFETY: completion handed the node to this waiter, which owns it uniquely.
-            unsafe { self.home.release(self.idx, self.cpu) };
+            unsafe { self.home.release(self.idx, h.cpu) };
         }
     }
 }
