@@ -199,7 +199,13 @@ fn run_job(
                 .segment(((issued % slots) * job.bs) as usize, job.bs)
                 .ok_or(BlkError::InvalidArgument)?;
             // The front pad holds the submit time.
-            let mut b = SET.alloc(arch::now_ns(), job.op, 1, Wait::Hook(block::wait))?;
+            let mut b = SET.alloc_on(
+                block::this_cpu(),
+                arch::now_ns(),
+                job.op,
+                1,
+                Wait::Hook(block::wait),
+            )?;
             b.set_dev(dev);
             b.set_sector(block * u64::from(job.bs) / SECTOR_SIZE as u64);
             b.add_vec(v)?;
@@ -369,11 +375,12 @@ pub fn run() -> bool {
         return false;
     }
     defmt::println!(
-        "BENCH start arch={=str} attach={} dev={=str} capacity_sectors={=u64}",
+        "BENCH start arch={=str} attach={} dev={=str} capacity_sectors={=u64} cpus={=usize}",
         arch::NAME,
         d,
         dev_name,
-        dev.capacity()
+        dev.capacity(),
+        arch::cpus_online()
     );
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     // Warm-up (not reported): first touch of the rings, the slab and the code paths.

@@ -64,6 +64,10 @@ pub struct BenchArgs {
     /// QEMU accelerator.
     #[arg(long, value_enum, default_value_t = Accel::Tcg)]
     accel: Accel,
+    /// CPUs QEMU starts (`-smp N`, given after the profile's `-smp 1`). The JSON's `cpus` is
+    /// what the kernel reports online.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    smp: u32,
     /// Build the kernel with the dev profile (default: release).
     #[arg(long)]
     debug: bool,
@@ -251,13 +255,15 @@ struct Setup {
     attach: String,
     /// The device the jobs ran on: `raw`, `linear` or a registered name.
     dev: String,
+    /// CPUs online in the guest (the `cpus=` of the kernel's `BENCH start` line).
+    cpus: u32,
 }
 
 fn table(setup: &Setup, rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} ({}), {}, accel {}{}, attach {}, device {}",
+        "{} ({}), {}, accel {}{}, {} CPU(s), attach {}, device {}",
         setup.profile,
         setup.arch,
         setup.qemu,
@@ -267,6 +273,7 @@ fn table(setup: &Setup, rows: &[Row]) -> String {
         } else {
             ""
         },
+        setup.cpus,
         setup.attach,
         setup.dev
     );
@@ -385,6 +392,7 @@ fn json(setup: &Setup, rows: &[Row]) -> String {
     let _ = writeln!(out, "  \"icount\": {},", setup.icount);
     let _ = writeln!(out, "  \"attach\": {},", json_str(&setup.attach));
     let _ = writeln!(out, "  \"dev\": {},", json_str(&setup.dev));
+    let _ = writeln!(out, "  \"cpus\": {},", setup.cpus);
     out.push_str("  \"rows\": [\n");
     for (i, r) in rows.iter().enumerate() {
         let _ = write!(
@@ -462,6 +470,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if args.icount {
         extra.extend(["-icount".to_owned(), "shift=0".to_owned()]);
     }
+    if args.smp != 1 {
+        extra.extend(["-smp".to_owned(), args.smp.to_string()]);
+    }
     let spec = BootSpec {
         profile: &profile,
         kernel: &kernel,
@@ -495,6 +506,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut transcript = Vec::new();
     let mut attach = String::from("?");
     let mut dev = String::from("raw");
+    let mut cpus = 1u32;
     let mut problems = Vec::new();
     let verbose = args.verbose;
     let (_, ending) = boot::supervise(&mut guest, &mut console, Some(limits), |line, _| {
@@ -512,6 +524,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             if let Some(d) = rest.split_whitespace().find_map(|w| w.strip_prefix("dev=")) {
                 d.clone_into(&mut dev);
             }
+            // Kernels before the `cpus=` word ran on one CPU.
+            cpus = rest
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("cpus=")?.parse().ok())
+                .unwrap_or(1);
         }
         match Row::parse(msg) {
             Some(Ok(row)) => rows.push(row),
@@ -547,6 +564,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         icount: args.icount,
         attach,
         dev,
+        cpus,
     };
     if !rows.is_empty() {
         print!("{}", table(&setup, &rows));
@@ -617,9 +635,11 @@ mod tests {
             icount: true,
             attach: "PciMsix".into(),
             dev: "linear".into(),
+            cpus: 2,
         };
         let text = json(&setup, &[row.clone(), row]);
         assert!(text.contains("\"dev\": \"linear\""));
+        assert!(text.contains("\"cpus\": 2,"));
         assert!(table(&setup, &[]).contains("device linear"));
         for key in [
             "\"job\"",

@@ -1,7 +1,9 @@
 //! Completion: the interrupt handler and `poll` reap the I/O completion queue (and the admin
 //! one while an admin command is outstanding) by phase bit, check each entry's queue, head and
-//! command id, and deliver after the locks are let go; INTx is masked while process context
-//! holds a lock and unmasked by whoever next finishes a reap.
+//! command id, and deliver after the locks are let go. A reaper that finds a lock taken hands
+//! the reap to its holder, and INTx is masked until a reap completes: the handshake of
+//! `blk::handover` (checked by loom there), which holds with the handler on one CPU and
+//! process context on any number of others.
 
 use core::sync::atomic::Ordering;
 
@@ -31,48 +33,50 @@ impl Nvme {
     /// The interrupt handler: reap both completion queues, complete by tag. Never waits.
     pub fn handle_irq(&self) {
         self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
-        self.pending.store(true, Ordering::Release);
-        if !self.reap_pending() && self.cfg.intx {
-            // Process context holds a lock: mask the level interrupt until it reaps (the
-            // holder's `after_unlock`, or any other reaper that gets there first, unmasks).
-            self.masked.store(true, Ordering::Release);
-            self.stats.masks.fetch_add(1, Ordering::Relaxed);
-            self.regs.mask_vectors(IntVectors::V0);
+        self.hand.request();
+        if self.reap_pending() || !self.cfg.intx {
+            return;
         }
+        // A lock holder (process context, on this CPU or another) has the reap: mask the
+        // level interrupt until a reap completes. Mask, then record it, which hands the reap
+        // over again: whoever takes it unmasks after its reap (the holder that took the first
+        // hand-over may have finished before the mask). Then try once more ourselves.
+        self.regs.mask_vectors(IntVectors::V0);
+        self.hand.masked();
+        self.stats.masks.fetch_add(1, Ordering::Relaxed);
+        self.reap_pending();
     }
 
     /// Reaps while someone asked for it; `false` if a lock was taken (its holder reaps).
     /// A complete reap also lifts the handler's INTx mask, whoever does it: the handler, the
     /// lock holder's `after_unlock`, `poll` (passthrough waits, tag waits, timeouts). When
-    /// only `after_unlock` unmasked, a `poll` that consumed `pending` first left INTx masked
-    /// for good and every later completion went unsignalled (see `docs/nvme.md`).
+    /// only `after_unlock` unmasked, a `poll` that consumed the request first left INTx
+    /// masked for good and every later completion went unsignalled (see `docs/nvme.md`).
     pub(crate) fn reap_pending(&self) -> bool {
         // Made once per call (not per pass): making a batch is a store to each of its slots.
         let mut done = CompletionBatch::<BATCH>::new();
-        while self.pending.swap(false, Ordering::AcqRel) {
+        while self.hand.take() {
             done.clear();
-            let Some(mut io) = self.io.try_lock() else {
-                self.pending.store(true, Ordering::Release);
+            let Some(mut io) = self.hand.lock_or_hand_over(|| self.io.try_lock()) else {
                 return false;
             };
-            // One CPU: nothing submits an admin command while this runs, so a 0 here means
-            // no admin completion can be posted before the next look.
-            let mut admin = if self.admin_outstanding.load(Ordering::Acquire) != 0 {
-                let Some(a) = self.admin.try_lock() else {
-                    self.pending.store(true, Ordering::Release);
-                    return false;
-                };
-                Some(a)
-            } else {
-                None
-            };
+            let mut admin = None;
+            let mut handed_over = false;
             loop {
+                // Looked at on every pass: another CPU may submit an admin command while this
+                // reaps (it raises `admin_outstanding` under the admin lock before its
+                // doorbell), and with INTx its completion keeps the shared line high.
+                if admin.is_none() && self.admin_outstanding.load(Ordering::Acquire) != 0 {
+                    admin = self.hand.lock_or_hand_over(|| self.admin.try_lock());
+                    // Not got: the admin lock's holder reaps both queues when it lets go.
+                    handed_over = admin.is_none();
+                }
                 let mut n = self.reap_io(&mut io, &mut done);
                 if let Some(a) = admin.as_mut() {
                     n += self.reap_admin(a, &mut done);
                 }
                 if done.is_full() {
-                    self.pending.store(true, Ordering::Release);
+                    self.hand.request();
                     break;
                 }
                 // Each reap ran until its queue looked empty. With MSI-X an entry posted after
@@ -81,29 +85,33 @@ impl Nvme {
                 // when a head doorbell finds its queue empty, and QEMU 7.2's PLIC only signals
                 // a rising edge, so an entry posted after the last look but before the doorbell
                 // would otherwise wait for the next interrupt.
-                if n == 0 || !self.cfg.intx {
+                if n == 0 || !self.cfg.intx || handed_over {
                     break;
                 }
             }
             drop(admin);
             drop(io);
             self.deliver(&done);
+            if handed_over {
+                return false;
+            }
         }
         // Both queues were found empty after their head doorbells with no lock taken: the
         // controller has lowered its INTx status, and unmasking raises the line again only
         // if something new was posted since (a fresh edge for the PLIC).
-        if self.masked.load(Ordering::Acquire) && self.masked.swap(false, Ordering::AcqRel) {
+        if self.hand.take_mask() {
             self.stats.unmasks.fetch_add(1, Ordering::Relaxed);
             self.regs.unmask_vectors(IntVectors::V0);
         }
         true
     }
 
-    /// After process context let go of the locks: reap what an interrupt left (which
-    /// unmasks INTx if the handler masked it). Every path that takes `io` or `admin` in
-    /// process context ends with this; `submit` relies on the block layer's `commit`.
+    /// After process context let go of the locks: reap what an interrupt or another CPU
+    /// handed over (which unmasks INTx if the handler masked it). Every path that takes `io`
+    /// or `admin` ends with this; `submit` relies on the block layer's `commit`.
+    #[inline]
     pub(crate) fn after_unlock(&self) {
-        if self.pending.load(Ordering::Acquire) {
+        if self.hand.after_unlock() {
             self.reap_pending();
         }
     }
@@ -270,7 +278,7 @@ impl Nvme {
 
     /// Reaps both queues now (`poll`, timeouts, waits); returns the entries consumed.
     pub(crate) fn reap_all(&self) -> usize {
-        self.pending.store(true, Ordering::Release);
+        self.hand.request();
         let before = self.stats.reaped.load(Ordering::Relaxed);
         self.reap_pending();
         (self.stats.reaped.load(Ordering::Relaxed) - before) as usize

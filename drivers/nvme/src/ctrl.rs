@@ -5,6 +5,7 @@
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
 
 use blk::driver::{CompletionBatch, CompletionSink};
+use blk::handover::ReapHandover;
 use blk::{BlkError, QueueLimits, TagComplete};
 use hal::{DmaBuf, Mmio};
 use spin::Mutex;
@@ -176,9 +177,9 @@ pub struct Nvme {
     /// Each namespace queue's completions, by queue index.
     pub(crate) sinks: [CompletionSink; MAX_NS_QUEUES],
     /// Someone has to reap: set by an interrupt that found a lock taken.
-    pub(crate) pending: AtomicBool,
-    /// The handler masked INTx (`INTMS`): whoever next finishes a reap unmasks.
-    pub(crate) masked: AtomicBool,
+    /// and the handler masked INTx (`INTMS`): whoever next finishes a reap unmasks (see
+    /// `complete.rs`).
+    pub(crate) hand: ReapHandover,
     /// Admin commands submitted and not reaped yet (changed under the `admin` lock). The
     /// controller posts nothing unasked on the admin queue (no asynchronous event requests),
     /// so the interrupt path leaves the admin queue alone while this is 0.
@@ -275,8 +276,7 @@ impl Nvme {
             limits: QueueLimits::new(),
             cfg,
             sinks: [const { CompletionSink::new() }; MAX_NS_QUEUES],
-            pending: AtomicBool::new(false),
-            masked: AtomicBool::new(false),
+            hand: ReapHandover::new(),
             admin_outstanding: AtomicU32::new(0),
             unrung: AtomicBool::new(false),
             dead: AtomicBool::new(false),

@@ -234,6 +234,11 @@ impl HwQueue for Nvme {
         self.commit_io();
     }
 
+    fn commit_hctx(&self, _hctx: usize) {
+        // One I/O queue pair: the same doorbell (no second call through the default).
+        self.commit_io();
+    }
+
     fn poll(&self) -> usize {
         self.reap_all()
     }
@@ -265,6 +270,10 @@ impl HwQueue for NsQueue<'_> {
     }
 
     fn commit(&self) {
+        self.hw.commit_io();
+    }
+
+    fn commit_hctx(&self, _hctx: usize) {
         self.hw.commit_io();
     }
 

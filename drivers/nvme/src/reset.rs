@@ -68,7 +68,7 @@ impl Nvme {
         };
         if self.cfg.intx {
             // The disable cleared the controller's mask; keep ours in step.
-            self.masked.store(false, Ordering::Release);
+            self.hand.clear_mask();
             self.regs.unmask_vectors(IntVectors::V0);
         }
         self.deliver(&done);

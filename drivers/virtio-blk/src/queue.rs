@@ -168,7 +168,9 @@ impl VirtioBlk {
 
     /// Requests in flight in the device.
     pub fn in_flight(&self) -> u16 {
-        self.inner.lock().heads.in_flight()
+        let n = self.inner.lock().heads.in_flight();
+        self.reap_if_pending();
+        n
     }
 
     /// Physical range of the command memory (host tests check descriptors against it).
@@ -180,7 +182,9 @@ impl VirtioBlk {
 
     /// Whether a protocol violation left the device unusable.
     pub fn is_dead(&self) -> bool {
-        self.inner.lock().dead
+        let dead = self.inner.lock().dead;
+        self.reap_if_pending();
+        dead
     }
 }
 
@@ -190,8 +194,14 @@ impl HwQueue for VirtioBlk {
     }
 
     fn commit(&self) {
-        // Set (under the lock, by this CPU or another) whenever a chain was added without a
-        // doorbell decision; the CPU that added it reads its own store here.
+        self.commit_hctx(0);
+    }
+
+    fn commit_hctx(&self, _hctx: usize) {
+        // One virtqueue: every context rings it (the body is here, not behind the default's
+        // second call). `unnotified` is set (under the lock, by this CPU or another) whenever
+        // a chain was added without a doorbell decision; the CPU that added it reads its own
+        // store here.
         if self.unnotified.load(Ordering::Relaxed) {
             let mut inner = self.inner.lock();
             self.notify_locked(&mut inner);
@@ -208,6 +218,9 @@ impl HwQueue for VirtioBlk {
             return 0;
         };
         if inner.used.idx() == inner.taken {
+            // An interrupt may have handed its reap over while this held the lock.
+            drop(inner);
+            self.reap_if_pending();
             return 0;
         }
         let n = self.reap_deliver(inner);

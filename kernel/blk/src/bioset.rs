@@ -2,7 +2,7 @@
 
 use crate::bio::{Bio, BioInner, BioVec, INLINE_VECS, MAX_VECS, Op};
 use crate::error::BlkError;
-use crate::slab::{Mempool, MempoolStats, Node, Padded, Slab, VecBuf, Wait};
+use crate::slab::{Mempool, MempoolStats, NO_CPU, Node, Padded, Slab, VecBuf, Wait};
 
 /// The slab type backing `BioSet<F>`s: `N` slots each holding a bio and an `F`.
 /// All `BioSet<F>` with the same `F` may share one.
@@ -97,36 +97,46 @@ impl BvecPools {
 
     /// A vector array of at least `n` entries (the smallest class that fits).
     pub fn alloc(&'static self, n: usize, wait: Wait) -> Result<VecBuf<BioVec>, BlkError> {
+        self.alloc_on(NO_CPU, n, wait)
+    }
+
+    /// As [`BvecPools::alloc`], from CPU `cpu`'s magazine ([`Mempool::alloc_on`]).
+    pub fn alloc_on(
+        &'static self,
+        cpu: u32,
+        n: usize,
+        wait: Wait,
+    ) -> Result<VecBuf<BioVec>, BlkError> {
         let z = BioVec::ZERO;
         let r = match n {
             0..=1 => self
                 .p1
-                .alloc([z; 1], wait)
+                .alloc_on(cpu, [z; 1], wait)
                 .map(|b| b.into_vecbuf())
                 .map_err(|_| ()),
             2..=4 => self
                 .p4
-                .alloc([z; 4], wait)
+                .alloc_on(cpu, [z; 4], wait)
                 .map(|b| b.into_vecbuf())
                 .map_err(|_| ()),
             5..=16 => self
                 .p16
-                .alloc([z; 16], wait)
+                .alloc_on(cpu, [z; 16], wait)
                 .map(|b| b.into_vecbuf())
                 .map_err(|_| ()),
             17..=64 => self
                 .p64
-                .alloc([z; 64], wait)
+                .alloc_on(cpu, [z; 64], wait)
                 .map(|b| b.into_vecbuf())
                 .map_err(|_| ()),
             65..=128 => self
                 .p128
-                .alloc([z; 128], wait)
+                .alloc_on(cpu, [z; 128], wait)
                 .map(|b| b.into_vecbuf())
                 .map_err(|_| ()),
             129..=MAX_VECS => self
                 .p256
-                .alloc([z; 256], wait)
+                .alloc_on(cpu, [z; 256], wait)
                 .map(|b| b.into_vecbuf())
                 .map_err(|_| ()),
             _ => return Err(BlkError::InvalidArgument),
@@ -189,13 +199,29 @@ impl<F: Send + Sync + 'static> BioSet<F> {
         nr_vecs: usize,
         wait: Wait,
     ) -> Result<Bio, BlkError> {
+        self.alloc_on(NO_CPU, front, op, nr_vecs, wait)
+    }
+
+    /// As [`BioSet::alloc`] on CPU `cpu` (the caller's CPU id): the bio and its vector array
+    /// come from that CPU's magazines before the shared stacks and go back there when freed,
+    /// on whichever CPU the bio completes. The submission hot path of a multi-CPU kernel
+    /// allocates this way; any id is sound (see [`Mempool::alloc_on`]).
+    #[inline]
+    pub fn alloc_on(
+        &'static self,
+        cpu: u32,
+        front: F,
+        op: Op,
+        nr_vecs: usize,
+        wait: Wait,
+    ) -> Result<Bio, BlkError> {
         let vecs = if nr_vecs <= INLINE_VECS {
             None
         } else {
             let pools = self.bvecs.ok_or(BlkError::InvalidArgument)?;
-            Some(pools.alloc(nr_vecs, wait)?)
+            Some(pools.alloc_on(cpu, nr_vecs, wait)?)
         };
-        Node::alloc(&self.pool, BioInner::new(op, vecs), front, wait)
+        Node::alloc_on(&self.pool, cpu, BioInner::new(op, vecs), front, wait)
             .map(Bio)
             .map_err(|_| BlkError::NoMemory)
     }

@@ -21,7 +21,11 @@
 pub(crate) mod loom;
 
 pub mod freelist;
+pub mod handoff;
+pub mod handover;
 pub mod magazine;
+pub mod reserve;
+pub mod slot_state;
 pub mod tag;
 
 #[cfg(not(loom))]

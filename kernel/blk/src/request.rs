@@ -17,6 +17,7 @@ pub use crate::queue::{BATCH_MAX, KICK_ROUNDS, Queue, QueueConfig};
 /// tag that names its slot in the queue's static array.
 pub struct Request {
     pub(crate) tag: u16,
+    pub(crate) hctx: u16,
     pub(crate) op: Op,
     pub(crate) flags: BioFlags,
     pub(crate) sector: u64,
@@ -56,6 +57,7 @@ impl Request {
     pub(crate) const fn empty(tag: u16) -> Self {
         Request {
             tag,
+            hctx: 0,
             op: Op::Read,
             flags: BioFlags::empty(),
             sector: 0,
@@ -72,6 +74,11 @@ impl Request {
     /// The tag (index in the queue's request array).
     pub fn tag(&self) -> u16 {
         self.tag
+    }
+    /// The hardware context (hardware queue) the request goes to: `0..nr_hw_contexts` of its
+    /// queue ([`Queue::map_hw_contexts`]); always 0 for a queue with one context.
+    pub fn hctx(&self) -> usize {
+        self.hctx as usize
     }
     /// The operation.
     pub fn op(&self) -> Op {
@@ -138,6 +145,12 @@ impl Request {
         rq.nr_segs = bios.iter().map(|b| b.segments().count() as u32).sum();
         rq.bios = bios;
         rq
+    }
+
+    /// Sets the hardware context of a request built with [`Request::standalone`] (a driver's
+    /// own tests of its hardware queues).
+    pub fn set_hctx(&mut self, hctx: usize) {
+        self.hctx = hctx.min(u16::MAX as usize) as u16;
     }
 
     pub(crate) fn end_sector(&self) -> u64 {

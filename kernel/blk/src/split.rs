@@ -3,7 +3,7 @@
 use crate::bio::Bio;
 use crate::bioset::BioSet;
 use crate::error::BlkError;
-use crate::slab::Wait;
+use crate::slab::{NO_CPU, Wait};
 
 /// Splits off the first `bytes` of `bio` into a new bio from `set`, which it returns.
 ///
@@ -11,6 +11,18 @@ use crate::slab::Wait;
 /// front part. `bio` then completes once, after the front part and itself, with the first
 /// error of either. `bytes` must be non-zero and less than `bio.size()`.
 pub fn bio_split(
+    bio: &mut Bio,
+    bytes: u32,
+    set: &'static BioSet<()>,
+    wait: Wait,
+) -> Result<Bio, BlkError> {
+    bio_split_on(NO_CPU, bio, bytes, set, wait)
+}
+
+/// As [`bio_split`], the front bio (and its vector array) allocated on CPU `cpu`'s magazines
+/// ([`BioSet::alloc_on`]).
+pub fn bio_split_on(
+    cpu: u32,
     bio: &mut Bio,
     bytes: u32,
     set: &'static BioSet<()>,
@@ -34,7 +46,7 @@ pub fn bio_split(
     } else {
         0
     };
-    let mut front = set.alloc((), op, nvecs, wait)?;
+    let mut front = set.alloc_on(cpu, (), op, nvecs, wait)?;
     front.copy_meta_from(bio);
     if op.has_data() {
         let mut left = bytes;

@@ -11,7 +11,8 @@ pub const MAX_DEPTH: usize = TAG_WORDS * 64;
 /// success) and may be called from interrupt context.
 pub struct TagSet {
     words: [AtomicU64; TAG_WORDS],
-    depth: u32,
+    /// Tags `0..depth` are in use; changed only by [`TagSet::set_depth`] (at attach time).
+    depth: AtomicU32,
     hint: AtomicU32,
 }
 
@@ -28,7 +29,7 @@ impl TagSet {
         };
         TagSet {
             words: [const { AtomicU64::new(0) }; TAG_WORDS],
-            depth: depth as u32,
+            depth: AtomicU32::new(depth as u32),
             hint: AtomicU32::new(0),
         }
     }
@@ -39,31 +40,42 @@ impl TagSet {
         let depth = depth.clamp(1, MAX_DEPTH);
         TagSet {
             words: core::array::from_fn(|_| AtomicU64::new(0)),
-            depth: depth as u32,
+            depth: AtomicU32::new(depth as u32),
             hint: AtomicU32::new(0),
         }
     }
 
     /// The depth.
     pub fn depth(&self) -> usize {
-        self.depth as usize
+        self.depth.load(Ordering::Relaxed) as usize
     }
 
-    fn word_mask(&self, w: usize) -> u64 {
+    /// Uses tags `0..depth` from now on (clamped to `1..=MAX_DEPTH`). Meant for attach time,
+    /// before any tag is taken: a tag at or above the new depth that is in use stays in use
+    /// until freed (its `free` is refused, so it is lost to the set) and is never handed out
+    /// again. Sound either way; only the tag count is at stake.
+    pub fn set_depth(&self, depth: usize) {
+        let depth = depth.clamp(1, MAX_DEPTH);
+        self.depth.store(depth as u32, Ordering::Relaxed);
+        self.hint.store(0, Ordering::Relaxed);
+    }
+
+    fn word_mask(depth: u32, w: usize) -> u64 {
         let base = w as u32 * 64;
-        if self.depth >= base + 64 {
+        if depth >= base + 64 {
             u64::MAX
-        } else if self.depth <= base {
+        } else if depth <= base {
             0
         } else {
-            (1u64 << (self.depth - base)) - 1
+            (1u64 << (depth - base)) - 1
         }
     }
 
     /// Takes a free tag, or `None` when all `depth` tags are in use.
     #[inline]
     pub fn alloc(&self) -> Option<u16> {
-        let nwords = (self.depth as usize).div_ceil(64);
+        let depth = self.depth.load(Ordering::Relaxed);
+        let nwords = (depth as usize).div_ceil(64);
         let start = self.hint.load(Ordering::Relaxed) as usize;
         let start = if start < nwords { start } else { 0 };
         for k in 0..nwords {
@@ -72,7 +84,7 @@ impl TagSet {
             } else {
                 start + k - nwords
             };
-            let mask = self.word_mask(w);
+            let mask = Self::word_mask(depth, w);
             let mut cur = self.words[w].load(Ordering::Relaxed);
             loop {
                 let free = !cur & mask;
@@ -96,7 +108,7 @@ impl TagSet {
     /// Returns `tag`. Returns false (and changes nothing) if it was not allocated.
     pub fn free(&self, tag: u16) -> bool {
         let (w, bit) = (tag as usize / 64, tag as u32 % 64);
-        if tag as u32 >= self.depth || w >= TAG_WORDS {
+        if tag as u32 >= self.depth.load(Ordering::Relaxed) || w >= TAG_WORDS {
             return false;
         }
         let prev = self.words[w].fetch_and(!(1u64 << bit), Ordering::Release);

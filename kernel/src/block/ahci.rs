@@ -204,6 +204,8 @@ fn attach_port(hba: &Hba, port: usize, mode: Mode, n: usize) -> Result<(), ahci:
     let queue = QUEUES[n].call_once(|| {
         Queue::new(hw, limits, cfg, &super::SPLIT_SET).with_bounce(&super::bounce::BOUNCER)
     });
+    // One command list per port, shared by every CPU: one hardware context.
+    super::map_queue(queue, 1);
     hw.attach(queue);
     let (model, serial) = hw.model_serial();
     let id = &i.identify;

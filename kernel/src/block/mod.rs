@@ -75,12 +75,48 @@ impl<H: DriverDeferred, const DEPTH: usize> Disk<H, DEPTH> {
     }
 }
 
-/// One submission context per CPU (one CPU for now).
-static CPUS: [CpuCtx; 1] = [CpuCtx::new(0)];
+/// Most CPUs the block layer keeps a submission context, magazines and a hardware-context
+/// map entry for (the magazines' and the queues' limit); a CPU past it shares the last one's
+/// context.
+pub const MAX_CPUS: usize = blk::queue::MAX_CPUS;
+
+/// One submission context (pending list, plug) per CPU.
+static CPUS: [CpuCtx; MAX_CPUS] = [
+    CpuCtx::new(0),
+    CpuCtx::new(1),
+    CpuCtx::new(2),
+    CpuCtx::new(3),
+    CpuCtx::new(4),
+    CpuCtx::new(5),
+    CpuCtx::new(6),
+    CpuCtx::new(7),
+];
+const _: () = assert!(MAX_CPUS == 8 && blk::magazine::MAX_CPUS == MAX_CPUS);
 
 /// The running CPU's submission context.
+#[inline]
 pub fn cpu_ctx() -> &'static CpuCtx {
-    &CPUS[arch::cpu_id().min(CPUS.len() - 1)]
+    &CPUS[arch::cpu_id().min(MAX_CPUS - 1)]
+}
+
+/// The running CPU's id as the block layer uses it: its submission context, its magazines
+/// (`BioSet::alloc_on(this_cpu(), ..)`) and its hardware contexts.
+#[inline]
+pub fn this_cpu() -> u32 {
+    cpu_ctx().cpu()
+}
+
+/// CPUs the queues map onto hardware contexts (online CPUs, at most [`MAX_CPUS`]).
+pub fn cpus_for_queues() -> usize {
+    arch::cpus_online().clamp(1, MAX_CPUS)
+}
+
+/// Maps the online CPUs onto the `granted` hardware queues of a new `queue` (at attach,
+/// nothing in flight); returns the number of hardware contexts.
+pub fn map_queue<const D: usize>(queue: &Queue<D>, granted: usize) -> usize {
+    queue
+        .map_hw_contexts(granted, cpus_for_queues())
+        .unwrap_or_else(|_| queue.nr_hw_contexts())
 }
 
 /// The block layer's clock: monotonic nanoseconds.

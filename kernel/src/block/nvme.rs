@@ -183,12 +183,14 @@ pub fn attach(polled: bool, prefer_sgl: bool) -> Result<Option<&'static NvmeDisk
     let i = *hw.info();
     let queue =
         QUEUE.call_once(|| Queue::new(hw, hw.limits(), queue_config(hw, 0), &super::SPLIT_SET));
+    super::map_queue(queue, 1);
     hw.attach(queue);
     for k in 1..hw.ns_queues() {
         if let (Some(nq), Some(limits)) = (hw.ns_queue(k), hw.ns_limits(k)) {
             let nhw = NS_HW[k].call_once(|| nq);
             let q = NS_QUEUES[k]
                 .call_once(|| Queue::new(nhw, limits, queue_config(hw, k), &super::SPLIT_SET));
+            super::map_queue(q, 1);
             hw.attach_ns(k, q);
         }
     }

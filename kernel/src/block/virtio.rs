@@ -55,6 +55,7 @@ pub fn probe(info: &BootInfo, polled: bool) {
     let depth = hw.info().queue_depth as usize;
     let queue =
         QUEUE.call_once(|| Queue::new(hw, hw.limits(), cfg, &super::SPLIT_SET).with_depth(depth));
+    super::map_queue(queue, 1);
     hw.attach(queue);
     let (irq, attach) = match found {
         Found::Pci(f) => match (mode, hal::irq::alloc_msi()) {

@@ -6,6 +6,7 @@ mod bounce;
 mod cpu;
 mod faults;
 mod fs;
+mod mq;
 mod nvme;
 mod partitions;
 mod pci;

@@ -1,7 +1,7 @@
 //! Completion: the interrupt handler and polling acknowledge PxIS, reap PxSACT/PxCI into a
 //! [`DoneList`] under the lock, and deliver it by tag after the lock is dropped.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{Ordering, fence};
 
 use blk::BlkError;
 use blk::driver::TagMaskBatch;
@@ -87,6 +87,10 @@ impl Ahci {
         loop {
             drop(guard);
             self.deliver(&done);
+            // Orders the release above before the look at `reap_pending`; the handler fences
+            // between its store and its look at the lock: one of the two always reaps, on
+            // whichever CPUs they run.
+            fence(Ordering::SeqCst);
             if !self.reap_pending.load(Ordering::Acquire) {
                 return;
             }
@@ -132,6 +136,9 @@ impl Ahci {
         self.abar.write32(hba::IS, 1 << self.port);
         self.pending_is.fetch_or(s, Ordering::AcqRel);
         self.reap_pending.store(true, Ordering::Release);
+        // See `unlock_and_deliver`: a holder on another CPU that fails to see this store
+        // must still hold the lock when it is looked at below.
+        fence(Ordering::SeqCst);
         if let Some(mut g) = self.inner.try_lock() {
             let mut done = NO_DONE;
             self.reap_locked(&mut g, &mut done);

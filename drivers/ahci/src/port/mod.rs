@@ -232,7 +232,11 @@ impl Ahci {
 
     /// Requests the driver holds now.
     pub fn in_flight(&self) -> u32 {
-        self.inner.lock().tracker.busy().count_ones()
+        let g = self.inner.lock();
+        let n = g.tracker.busy().count_ones();
+        // An interrupt may have handed its reap over while this held the lock.
+        self.unlock_and_deliver(g, NO_DONE);
+        n
     }
 
     /// The HBA port the disk is on (its bit in the HBA's `IS`, [`Hba::pending`]).
@@ -242,13 +246,19 @@ impl Ahci {
 
     /// Whether a reset failed and the port is unusable.
     pub fn is_dead(&self) -> bool {
-        self.inner.lock().refuse & DEAD != 0
+        let g = self.inner.lock();
+        let dead = g.refuse & DEAD != 0;
+        self.unlock_and_deliver(g, NO_DONE);
+        dead
     }
 
     /// Whether the disk reported write-protected media: writes (and TRIM) then fail at once
     /// with `BlkError::ReadOnly`; reads, flushes and passthrough commands go on.
     pub fn is_read_only(&self) -> bool {
-        self.inner.lock().refuse & READ_ONLY != 0
+        let g = self.inner.lock();
+        let ro = g.refuse & READ_ONLY != 0;
+        self.unlock_and_deliver(g, NO_DONE);
+        ro
     }
 
     #[inline]

@@ -34,29 +34,46 @@ pub(super) enum Stop {
 
 impl VirtioBlk {
     /// The interrupt handler: acknowledge, reap, complete by tag. Never waits.
+    ///
+    /// With the lock taken (process context, on this CPU or another), the reap is handed to
+    /// the holder: `reap_pending` is set before each look at the lock, and every holder looks
+    /// at it after letting go ([`VirtioBlk::reap_if_pending`]), with a full fence on both
+    /// sides, so one of the two always reaps. A level-triggered line is masked meanwhile and
+    /// the reap handed over once more after the mask: the holder that reaps it unmasks after
+    /// the mask, whatever CPU it runs on.
     pub fn handle_irq(&self) {
         self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
         self.reap_pending.store(true, Ordering::Release);
-        match self.inner.try_lock() {
-            Some(mut inner) => {
-                inner.transport.ack_interrupt();
-                self.reap_deliver(inner);
-                self.reap_if_pending();
-            }
-            None => {
-                // Process context holds the lock on this CPU: it reaps when it lets go. A
-                // level-triggered line stays masked until then.
-                if let Some(l) = self.irq.get() {
-                    let _ = l.disable();
-                }
-            }
+        fence(Ordering::SeqCst);
+        if let Some(mut inner) = self.inner.try_lock() {
+            inner.transport.ack_interrupt();
+            self.reap_deliver(inner);
+            self.reap_if_pending();
+            return;
+        }
+        if let Some(l) = self.irq.get() {
+            let _ = l.disable();
+            self.reap_pending.store(true, Ordering::Release);
+            fence(Ordering::SeqCst);
+            // The holder may have let go (and reaped) before the mask: then nobody else
+            // would unmask.
+            self.reap_if_pending_fenced();
         }
     }
 
-    /// Reaps if an interrupt asked for it while the lock was taken.
+    /// Reaps if an interrupt asked for it while the lock was taken. Called after letting go
+    /// of the lock: the fence orders that release before the look at `reap_pending`.
+    #[inline]
     pub(super) fn reap_if_pending(&self) {
+        fence(Ordering::SeqCst);
+        self.reap_if_pending_fenced();
+    }
+
+    /// [`VirtioBlk::reap_if_pending`] after the fence.
+    fn reap_if_pending_fenced(&self) {
         while self.reap_pending.load(Ordering::Acquire) {
             let Some(mut inner) = self.inner.try_lock() else {
+                // The holder looks at `reap_pending` after it lets go.
                 return;
             };
             if self.mode == Mode::Interrupt {

@@ -71,6 +71,13 @@ impl VirtioBlk {
     /// A request passed its deadline. virtio has no per-request abort: the device is reset
     /// (it stops using every chain), everything else in flight fails with `Aborted`, and the late request is retried by the block layer.
     pub(super) fn abort_by_reset(&self, tag: u16) -> TimeoutAction {
+        let a = self.abort_by_reset_inner(tag);
+        // An interrupt may have handed its reap over while this held the lock.
+        self.reap_if_pending();
+        a
+    }
+
+    fn abort_by_reset_inner(&self, tag: u16) -> TimeoutAction {
         let mut inner = self.inner.lock();
         let Some(slot_in_flight) = inner.slots.get(tag as usize).map(|s| s.readable != 0) else {
             return TimeoutAction::Fail;

@@ -128,9 +128,21 @@ pub trait HwQueue: Sync {
     fn queue_rq(&self, rq: &Request, last: bool) -> Result<(), QueueRqError>;
     /// Ends a batch: ring the doorbell.
     fn commit(&self) {}
+    /// Ends a batch of hardware context `hctx` (a driver with several hardware queues rings
+    /// that queue's doorbell). The default calls [`HwQueue::commit`].
+    fn commit_hctx(&self, hctx: usize) {
+        let _ = hctx;
+        self.commit();
+    }
     /// Reaps completions without an interrupt; returns how many.
     fn poll(&self) -> usize {
         0
+    }
+    /// Reaps the completions of hardware context `hctx` only. The default calls
+    /// [`HwQueue::poll`].
+    fn poll_hctx(&self, hctx: usize) -> usize {
+        let _ = hctx;
+        self.poll()
     }
     /// `rq` passed its deadline. Abort it in the hardware before returning `Retry` or `Fail`.
     fn timeout(&self, rq: &Request) -> TimeoutAction {

@@ -4,11 +4,12 @@
 use core::sync::atomic::Ordering;
 
 use super::Queue;
-use super::slot::{COMPLETING, DISPATCHING, EARLY, INFLIGHT, NO_BYTES, PT_DONE, PtKind};
+use super::slot::{NO_BYTES, PT_DONE, PtKind};
 use crate::bio::{BioList, SECTOR_SHIFT, bio_endio};
 use crate::driver::{PtResult, TagComplete};
 use crate::error::{BlkError, BlkStatus, status_code};
 use crate::request::MAX_ABORTS;
+use crate::slot_state::{self, Completed};
 
 impl<const D: usize> Queue<D> {
     /// Ends request `tag` (the caller moved its state to COMPLETING).
@@ -152,41 +153,16 @@ impl<const D: usize> Queue<D> {
             self.stats.late_completions(1);
             return;
         };
-        let mut s = slot.state.load(Ordering::Acquire);
-        loop {
-            match s {
-                INFLIGHT => match slot.state.compare_exchange(
-                    INFLIGHT,
-                    COMPLETING,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => {
-                        self.finish(tag, status, done_bytes, true);
-                        return;
-                    }
-                    Err(now) => s = now,
-                },
-                DISPATCHING => {
-                    slot.early_status
-                        .store(status_code(status), Ordering::Release);
-                    slot.early_bytes
-                        .store(done_bytes.unwrap_or(NO_BYTES), Ordering::Release);
-                    match slot.state.compare_exchange(
-                        DISPATCHING,
-                        EARLY,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => return,
-                        Err(now) => s = now,
-                    }
-                }
-                _ => {
-                    self.stats.late_completions(1);
-                    return;
-                }
-            }
+        let record_early = || {
+            slot.early_status
+                .store(status_code(status), Ordering::Release);
+            slot.early_bytes
+                .store(done_bytes.unwrap_or(NO_BYTES), Ordering::Release);
+        };
+        match slot_state::complete(&slot.state, record_early) {
+            Completed::Finish => self.finish(tag, status, done_bytes, true),
+            Completed::Early => {}
+            Completed::Late => self.stats.late_completions(1),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use core::sync::atomic::Ordering;
 
-use super::slot::{BUILD, COMPLETING, DISPATCHING, INFLIGHT, NO_BYTES, RqSlot};
+use super::slot::{BUILD, COMPLETING, DISPATCHING, NO_BYTES, RqSlot};
 use super::{Open, Queue};
 use crate::bio::{Bio, BioFlags, BioList, BioVec, Op, bio_io_error};
 use crate::bounce::BOUNCE_MAX_BYTES;
@@ -13,11 +13,14 @@ use crate::limits::{check_bio, split_point};
 use crate::request::Attempts;
 use crate::request::Request;
 use crate::slab::Wait;
-use crate::split::bio_split;
+use crate::slot_state::{self, Dispatched};
+use crate::split::bio_split_on;
 
 impl<const D: usize> Queue<D> {
-    /// Splits, bounces, merges and dispatches `bios` (in order).
-    pub(super) fn make_requests(&'static self, mut bios: BioList) {
+    /// Splits, bounces, merges and dispatches `bios` (in order) for CPU `cpu`: on its hardware
+    /// context, split bios from its magazine.
+    pub(super) fn make_requests(&'static self, mut bios: BioList, cpu: u32) {
+        let h = self.hw_context_of(cpu);
         let mut open = Open::new();
         let l = &self.limits;
         while let Some(bio) = bios.pop_front() {
@@ -38,7 +41,7 @@ impl<const D: usize> Queue<D> {
                     };
                     let cap = BOUNCE_MAX_BYTES / l.logical_block_size * l.logical_block_size;
                     if b.size() > cap {
-                        match self.split_front(&mut b, cap, &mut open) {
+                        match self.split_front(&mut b, cap, &mut open, cpu) {
                             Ok(front) => {
                                 self.stats.splits(1);
                                 work.push_front(b);
@@ -78,12 +81,12 @@ impl<const D: usize> Queue<D> {
                         self.stats.bio_errors(1);
                         bio_io_error(b, e);
                     }
-                    Ok(None) => self.add_bio(b, &mut open),
-                    Ok(Some(n)) => match self.split_front(&mut b, n, &mut open) {
+                    Ok(None) => self.add_bio(b, &mut open, h),
+                    Ok(Some(n)) => match self.split_front(&mut b, n, &mut open, cpu) {
                         Ok(front) => {
                             self.stats.splits(1);
                             work.push_front(b);
-                            self.add_bio(front, &mut open);
+                            self.add_bio(front, &mut open, h);
                         }
                         Err(e) => {
                             self.stats.bio_errors(1);
@@ -108,12 +111,13 @@ impl<const D: usize> Queue<D> {
         b: &mut Bio,
         bytes: u32,
         open: &mut Open,
+        cpu: u32,
     ) -> Result<Bio, BlkError> {
-        match bio_split(b, bytes, self.split_set, Wait::Never) {
+        match bio_split_on(cpu, b, bytes, self.split_set, Wait::Never) {
             Err(BlkError::NoMemory) if self.may_wait() => {
                 self.dispatch(open);
                 open.clear();
-                bio_split(b, bytes, self.split_set, self.cfg.wait)
+                bio_split_on(cpu, b, bytes, self.split_set, self.cfg.wait)
             }
             r => r,
         }
@@ -157,7 +161,9 @@ impl<const D: usize> Queue<D> {
         None
     }
 
-    pub(super) fn add_bio(&'static self, bio: Bio, open: &mut Open) {
+    /// Merges `bio` into a request of the open batch, or starts a request for it with a tag of
+    /// hardware context `h`.
+    pub(super) fn add_bio(&'static self, bio: Bio, open: &mut Open, h: usize) {
         let segs = self.limits.bio_segments(&bio);
         for &t in open.iter().rev() {
             let Some(slot) = self.slot(t) else { continue };
@@ -191,13 +197,13 @@ impl<const D: usize> Queue<D> {
             self.dispatch(open);
             open.clear();
         }
-        let tag = match self.tags.alloc() {
+        let tag = match self.alloc_tag(h) {
             Some(t) => Some(t),
             None => {
                 // Let the open batch go first: its completions free tags.
                 self.dispatch(open);
                 open.clear();
-                self.get_tag()
+                self.get_tag(h)
             }
         };
         let Some(tag) = tag else {
@@ -224,7 +230,9 @@ impl<const D: usize> Queue<D> {
         let _ = open.push(tag);
     }
 
-    /// Hands requests in state BUILD or REQUEUE (already moved to BUILD) to the driver.
+    /// Hands requests in state BUILD or REQUEUE (already moved to BUILD) to the driver. A
+    /// batch of one submission is all on one hardware context; a requeue batch may mix them:
+    /// `last` and the commit then close each run of one context.
     pub(super) fn dispatch(&self, tags: &[u16]) {
         if tags.is_empty() {
             return;
@@ -233,18 +241,44 @@ impl<const D: usize> Queue<D> {
         let n = tags.len();
         for (i, &t) in tags.iter().enumerate() {
             let Some(slot) = self.slot(t) else { continue };
+            let h = slot.hctx.load(Ordering::Relaxed);
+            let last = match tags.get(i + 1).and_then(|&u| self.slot(u)) {
+                Some(next) => next.hctx.load(Ordering::Relaxed) != h,
+                None => true,
+            };
             slot.early_bytes.store(NO_BYTES, Ordering::Relaxed);
             slot.deadline
                 .store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
             slot.state.store(DISPATCHING, Ordering::Release);
-            let res = {
-                let mut rq = slot.rq.lock();
-                rq.bios.normalize();
-                self.hw.queue_rq(&rq, i + 1 == n)
-            };
-            self.dispatched(slot, t, res);
+            let hc = self.hctx(h as usize);
+            if hc.shared.load(Ordering::Relaxed) {
+                let res = {
+                    let _g = hc.lock.lock();
+                    let mut rq = slot.rq.lock();
+                    rq.bios.normalize();
+                    let res = self.hw.queue_rq(&rq, last || i + 1 == n);
+                    drop(rq);
+                    if last {
+                        self.hw.commit_hctx(h as usize);
+                    }
+                    res
+                };
+                self.dispatched(slot, t, res);
+            } else {
+                // One CPU on this context: no lock, and the request is in flight before the
+                // doorbell, so its completion finds it INFLIGHT (not DISPATCHING, which would
+                // send it through the early-completion path).
+                let res = {
+                    let mut rq = slot.rq.lock();
+                    rq.bios.normalize();
+                    self.hw.queue_rq(&rq, last || i + 1 == n)
+                };
+                self.dispatched(slot, t, res);
+                if last {
+                    self.hw.commit_hctx(h as usize);
+                }
+            }
         }
-        self.hw.commit();
     }
 
     /// What follows the driver's answer to `queue_rq` for request `t`.
@@ -255,20 +289,12 @@ impl<const D: usize> Queue<D> {
             {
                 match res {
                     Ok(()) => {
-                        if slot
-                            .state
-                            .compare_exchange(
-                                DISPATCHING,
-                                INFLIGHT,
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            )
-                            .is_err()
+                        let early = (&slot.early_status, &slot.early_bytes);
+                        if let Dispatched::FinishEarly(st, b) =
+                            slot_state::dispatched(&slot.state, early)
                         {
                             // Completed during queue_rq (state EARLY): finish it here.
-                            let st = status_from_code(slot.early_status.load(Ordering::Acquire));
-                            let b = slot.early_bytes.load(Ordering::Acquire);
-                            slot.state.store(COMPLETING, Ordering::Release);
+                            let st = status_from_code(st);
                             self.finish(t, st, (b != NO_BYTES).then_some(b), true);
                         }
                     }
@@ -328,14 +354,24 @@ impl<const D: usize> Queue<D> {
         (n <= l.max_segments as u32).then_some(n)
     }
 
-    /// The direct path for a bio submitted without a plug: if it fits the limits as it is and
-    /// a tag is free now, it becomes a request and goes to the driver at once. Otherwise the
-    /// bio is handed back for the general path.
-    pub(super) fn submit_direct(&'static self, bio: Bio) -> Result<(), Bio> {
-        let Some(segs) = self.direct_segments(&bio) else {
-            return Err(bio);
+    /// The direct path for a bio submitted without a plug that fits the limits as it is (in
+    /// `segs` segments, [`Queue::direct_segments`]): if a tag is free now, it becomes a request
+    /// and goes to the driver at once. Otherwise the bio is handed back for the general path.
+    /// `ONE`: the queue has one context with one CPU
+    /// on it (`h` is 0, whose tags start at 0, and no lock is needed).
+    #[inline(always)]
+    pub(super) fn submit_direct<const ONE: bool>(
+        &'static self,
+        bio: Bio,
+        segs: u32,
+        h: usize,
+    ) -> Result<(), Bio> {
+        let tag = if ONE {
+            self.hctxs[0].tags.alloc()
+        } else {
+            self.alloc_tag(h)
         };
-        let Some(tag) = self.tags.alloc() else {
+        let Some(tag) = tag else {
             return Err(bio);
         };
         let Some(slot) = self.slot(tag) else {
@@ -346,25 +382,61 @@ impl<const D: usize> Queue<D> {
         slot.early_bytes.store(NO_BYTES, Ordering::Relaxed);
         slot.deadline
             .store(now.saturating_add(self.cfg.timeout_ns), Ordering::Relaxed);
-        let res = {
-            let mut rq = slot.rq.lock();
-            rq.tag = tag;
-            rq.op = bio.op();
-            rq.flags = bio.flags();
-            rq.sector = bio.sector();
-            rq.bytes = bio.size();
-            rq.nr_segs = segs;
-            rq.attempts = Attempts::NONE;
-            rq.pt = None;
-            // One bio: merges never look at this request, so its first and last segments
-            // are not needed.
-            rq.bios.push_front(bio);
-            slot.state.store(DISPATCHING, Ordering::Release);
-            self.hw.queue_rq(&rq, true)
-        };
-        self.dispatched(slot, tag, res);
-        self.hw.commit();
+        if !ONE && self.hctx(h).shared.load(Ordering::Relaxed) {
+            // A shared context locks out of line, around `queue_rq` and the commit.
+            let res = self.issue_direct_shared(slot, tag, bio, segs, h);
+            self.dispatched(slot, tag, res);
+        } else {
+            // A context of one CPU takes no lock, and the request is in flight before the
+            // doorbell (its completion then finds it INFLIGHT, not DISPATCHING).
+            let res = self.issue_direct(slot, tag, bio, segs);
+            self.dispatched(slot, tag, res);
+            self.hw.commit_hctx(h);
+        }
         self.kick();
         Ok(())
+    }
+
+    /// Builds the one-bio request of the direct path in `slot` and hands it to the driver
+    /// (the caller commits).
+    #[inline(always)]
+    fn issue_direct(
+        &self,
+        slot: &RqSlot,
+        tag: u16,
+        bio: Bio,
+        segs: u32,
+    ) -> Result<(), QueueRqError> {
+        let mut rq = slot.rq.lock();
+        rq.tag = tag;
+        rq.op = bio.op();
+        rq.flags = bio.flags();
+        rq.sector = bio.sector();
+        rq.bytes = bio.size();
+        rq.nr_segs = segs;
+        rq.attempts = Attempts::NONE;
+        rq.pt = None;
+        // One bio: merges never look at this request, so its first and last segments
+        // are not needed.
+        rq.bios.push_front(bio);
+        slot.state.store(DISPATCHING, Ordering::Release);
+        self.hw.queue_rq(&rq, true)
+    }
+
+    /// [`Queue::issue_direct`] and the commit under the lock of a context several CPUs share.
+    #[cold]
+    #[inline(never)]
+    fn issue_direct_shared(
+        &self,
+        slot: &RqSlot,
+        tag: u16,
+        bio: Bio,
+        segs: u32,
+        h: usize,
+    ) -> Result<(), QueueRqError> {
+        let _g = self.hctx(h).lock.lock();
+        let res = self.issue_direct(slot, tag, bio, segs);
+        self.hw.commit_hctx(h);
+        res
     }
 }

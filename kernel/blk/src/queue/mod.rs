@@ -3,10 +3,10 @@
 //!
 //! One file per stage: `dispatch.rs` (make requests: split, bounce, merge, hand to the
 //! driver, the direct path), `requeue.rs` (requeue bitmap and `kick`), `complete.rs`
-//! (completion by tag, partial completion, retries), `timeout.rs`, `passthrough.rs`, and
-//! `slot.rs` (the per-tag state machine).
+//! (completion by tag, partial completion, retries), `timeout.rs`, `passthrough.rs`,
+//! `slot.rs` (the per-tag state machine) and `hctx.rs` (hardware contexts and the CPU map).
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use crate::bio::{Bio, BioList, Op};
 use crate::bioset::BioSet;
@@ -17,15 +17,18 @@ use crate::error::BlkError;
 use crate::limits::QueueLimits;
 use crate::slab::Wait;
 use crate::stats::BlkStats;
-use crate::tag::{MAX_DEPTH, TAG_WORDS, TagSet};
+use crate::tag::{MAX_DEPTH, TAG_WORDS};
 
 mod complete;
 mod dispatch;
+mod hctx;
 mod passthrough;
 mod requeue;
 mod slot;
 mod timeout;
 
+use hctx::HwCtx;
+pub use hctx::{MAX_CPUS, MAX_HW_CTX, cpu_to_ctx};
 pub(crate) use slot::PtKind;
 use slot::{FREE, RqSlot};
 
@@ -72,14 +75,22 @@ pub const KICK_ROUNDS: usize = 16;
 /// Most requests merged and dispatched as one batch.
 pub const BATCH_MAX: usize = 32;
 
-/// A driver's request queue: `D` request slots indexed by tag, a tag set, the driver's
-/// limits, and the submit → split → bounce → merge → dispatch → complete path.
+/// A driver's request queue: `D` request slots indexed by tag, the driver's limits, the
+/// submit → split → bounce → merge → dispatch → complete path, and up to [`MAX_HW_CTX`]
+/// hardware contexts (one tag set each over a range of the slots) with the CPU map
+/// ([`Queue::map_hw_contexts`]; one context until then).
 pub struct Queue<const D: usize> {
     hw: &'static dyn HwQueue,
     limits: QueueLimits,
     cfg: QueueConfig,
     capacity: AtomicU64,
-    tags: TagSet,
+    depth: usize,
+    hctxs: [HwCtx; MAX_HW_CTX],
+    nr_hctx: AtomicU8,
+    /// One context with one CPU on it (set at attach): submission goes to context 0 with no
+    /// map lookup and no lock.
+    single: AtomicBool,
+    cpu_map: [AtomicU8; MAX_CPUS],
     slots: [RqSlot; D],
     requeue: [AtomicU64; TAG_WORDS],
     split_set: &'static BioSet<()>,
@@ -105,7 +116,11 @@ impl<const D: usize> Queue<D> {
             limits,
             cfg,
             capacity: AtomicU64::new(cfg.capacity),
-            tags: TagSet::new(D),
+            depth: D,
+            hctxs: [const { HwCtx::new(D) }; MAX_HW_CTX],
+            nr_hctx: AtomicU8::new(1),
+            single: AtomicBool::new(true),
+            cpu_map: [const { AtomicU8::new(0) }; MAX_CPUS],
             slots,
             requeue: [const { AtomicU64::new(0) }; TAG_WORDS],
             split_set,
@@ -117,7 +132,16 @@ impl<const D: usize> Queue<D> {
     /// Uses only the first `depth` tags (clamped to `1..=D`): for a driver that learns at
     /// bring-up that its device takes fewer requests at once than the `D` it was built for.
     pub const fn with_depth(mut self, depth: usize) -> Self {
-        self.tags = TagSet::new(if depth < D { depth } else { D });
+        let depth = if depth == 0 {
+            1
+        } else if depth < D {
+            depth
+        } else {
+            D
+        };
+        self.depth = depth;
+        self.hctxs = [const { HwCtx::new(D) }; MAX_HW_CTX];
+        self.hctxs[0] = HwCtx::new(depth);
         self
     }
 
@@ -137,9 +161,14 @@ impl<const D: usize> Queue<D> {
         &self.stats
     }
 
-    /// Tags in use now.
+    /// Tags in use now (all hardware contexts).
     pub fn tags_in_use(&self) -> usize {
-        self.tags.in_use()
+        self.hctxs.iter().map(|c| c.tags.in_use()).sum()
+    }
+
+    /// Tags the queue uses (`D`, or less after [`Queue::with_depth`]).
+    pub fn depth(&self) -> usize {
+        self.depth
     }
 
     /// Changes the capacity (e.g. after the driver identified the device).
@@ -151,16 +180,18 @@ impl<const D: usize> Queue<D> {
         self.slots.get(tag as usize)
     }
 
-    fn get_tag(&self) -> Option<u16> {
+    /// A tag of context `h`, waiting (kick, poll that context, the wait hook) as the queue's
+    /// `wait` says while none is free.
+    fn get_tag(&self, h: usize) -> Option<u16> {
         loop {
-            if let Some(t) = self.tags.alloc() {
+            if let Some(t) = self.alloc_tag(h) {
                 return Some(t);
             }
             if matches!(self.cfg.wait, Wait::Never) {
                 return None;
             }
             self.kick();
-            self.hw.poll();
+            self.hw.poll_hctx(h);
             self.cfg.wait.wait_once();
         }
     }
@@ -168,7 +199,12 @@ impl<const D: usize> Queue<D> {
     fn release(&self, slot: &RqSlot, tag: u16) {
         slot.deadline.store(u64::MAX, Ordering::Relaxed);
         slot.state.store(FREE, Ordering::Release);
-        self.tags.free(tag);
+        if self.single.load(Ordering::Relaxed) {
+            // Context 0 holds every tag, from 0.
+            self.hctxs[0].tags.free(tag);
+        } else {
+            self.free_tag(slot.hctx.load(Ordering::Relaxed), tag);
+        }
     }
 }
 
@@ -200,16 +236,25 @@ impl<const D: usize> BlockDevice for Queue<D> {
             ctx.add_to_plug(bio);
             return;
         }
-        // No plug: a bio that needs no split or bounce goes straight to the driver.
-        let bio = match self.submit_direct(bio) {
-            Ok(()) => return,
-            Err(bio) => bio,
+        // No plug: a bio that needs no split or bounce goes straight to the driver. One
+        // context of one CPU: context 0, known here (no map lookup, no lock).
+        let bio = match self.direct_segments(&bio) {
+            None => bio,
+            Some(segs) => {
+                let r = if self.single.load(Ordering::Relaxed) {
+                    self.submit_direct::<true>(bio, segs, 0)
+                } else {
+                    self.submit_direct::<false>(bio, segs, self.hw_context_of(ctx.cpu()))
+                };
+                let Err(bio) = r else { return };
+                bio
+            }
         };
         let mut l = BioList::new();
         l.push_back(bio);
-        self.make_requests(l);
+        self.make_requests(l, ctx.cpu());
     }
-    fn flush_plugged(&'static self, bios: BioList, _ctx: &CpuCtx) {
-        self.make_requests(bios);
+    fn flush_plugged(&'static self, bios: BioList, ctx: &CpuCtx) {
+        self.make_requests(bios, ctx.cpu());
     }
 }

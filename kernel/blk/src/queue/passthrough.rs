@@ -12,7 +12,7 @@ use crate::request::Attempts;
 
 impl<const D: usize> Queue<D> {
     pub(super) fn start_pt(&self, cmd: PtCmd, kind: PtKind) -> Result<u16, (BlkError, PtCmd)> {
-        let Some(tag) = self.get_tag() else {
+        let Some(tag) = self.get_tag(0) else {
             return Err((BlkError::Busy, cmd));
         };
         let Some(slot) = self.slot(tag) else {
@@ -58,7 +58,7 @@ impl<const D: usize> Queue<D> {
         };
         while slot.state.load(Ordering::Acquire) != PT_DONE {
             self.kick();
-            self.hw.poll();
+            self.hw.poll_hctx(0);
             if slot.state.load(Ordering::Acquire) == PT_DONE {
                 break;
             }

@@ -13,15 +13,9 @@ pub(crate) enum PtKind {
     Sync,
 }
 
-pub(super) const FREE: u8 = 0;
-pub(super) const BUILD: u8 = 1;
-pub(super) const DISPATCHING: u8 = 2;
-pub(super) const INFLIGHT: u8 = 3;
-pub(super) const COMPLETING: u8 = 4;
-pub(super) const EARLY: u8 = 5;
-pub(super) const REQUEUE: u8 = 6;
-pub(super) const TIMEDOUT: u8 = 7;
-pub(super) const PT_DONE: u8 = 8;
+pub(super) use crate::slot_state::{
+    BUILD, COMPLETING, DISPATCHING, FREE, INFLIGHT, PT_DONE, REQUEUE,
+};
 
 pub(super) const NO_BYTES: u32 = u32::MAX;
 
@@ -29,6 +23,8 @@ pub(super) const NO_BYTES: u32 = u32::MAX;
 /// by CAS. The spin lock is therefore never contended; it only gives safe interior mutability.
 pub(super) struct RqSlot {
     pub(super) state: AtomicU8,
+    /// The hardware context whose tag range holds this slot (set at attach).
+    pub(super) hctx: AtomicU8,
     pub(super) deadline: AtomicU64,
     pub(super) early_status: AtomicU32,
     pub(super) early_bytes: AtomicU32,
@@ -40,6 +36,7 @@ impl RqSlot {
     pub(super) const fn new(tag: u16) -> Self {
         RqSlot {
             state: AtomicU8::new(FREE),
+            hctx: AtomicU8::new(0),
             deadline: AtomicU64::new(u64::MAX),
             early_status: AtomicU32::new(0),
             early_bytes: AtomicU32::new(NO_BYTES),

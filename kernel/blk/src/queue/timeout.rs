@@ -3,9 +3,10 @@
 use core::sync::atomic::Ordering;
 
 use super::Queue;
-use super::slot::{COMPLETING, INFLIGHT, TIMEDOUT};
+use super::slot::{COMPLETING, INFLIGHT};
 use crate::driver::TimeoutAction;
 use crate::error::BlkError;
+use crate::slot_state;
 
 impl<const D: usize> Queue<D> {
     /// Looks for requests past their deadline at time `now` and runs the driver's timeout
@@ -18,11 +19,7 @@ impl<const D: usize> Queue<D> {
             {
                 continue;
             }
-            if slot
-                .state
-                .compare_exchange(INFLIGHT, TIMEDOUT, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-            {
+            if !slot_state::time_out(&slot.state) {
                 continue;
             }
             n += 1;

@@ -9,18 +9,20 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering};
 use core::task::Waker;
 
-use super::{AtomicWaker, Mempool, PoolBox, Wait};
+use super::{AtomicWaker, Mempool, NO_CPU, PoolBox, Wait};
+use crate::handoff::{ChainCount, WaitPoll, WaitState};
 
 // ---------------------------------------------------------------------------------------------
 // Type-erased handles: bios and bio vectors come from pools of several element types.
 
 /// What a type-erased handle needs from the pool its slot came from.
 pub trait SlotHome: Sync {
-    /// Drops the value in slot `idx` and frees the slot.
+    /// Drops the value in slot `idx` and frees the slot, into CPU `cpu`'s magazine if it has
+    /// room (`NO_CPU`: the shared stack; any id is sound, see [`Mempool::alloc_on`]).
     ///
     /// # Safety
     /// Slot `idx` must be allocated and initialised, and no handle to it may be used afterwards.
-    unsafe fn release(&self, idx: u32);
+    unsafe fn release(&self, idx: u32, cpu: u32);
     /// A pointer to the front-pad value of slot `idx` if it has type `ty`.
     fn front_ptr(&self, idx: u32, ty: TypeId) -> Option<NonNull<()>>;
     /// Whether an allocation from this home would have to wait now ([`Mempool::exhausted`]).
@@ -30,10 +32,10 @@ pub trait SlotHome: Sync {
 }
 
 impl<E: Send + 'static, const N: usize> SlotHome for Mempool<[E; N]> {
-    unsafe fn release(&self, idx: u32) {
+    unsafe fn release(&self, idx: u32, cpu: u32) {
         // SAFETY: the caller guarantees slot `idx` is allocated, initialised and not used again.
         unsafe { core::ptr::drop_in_place(self.slot_ptr(idx)) };
-        self.put(idx);
+        self.put_on(cpu, idx);
     }
     fn front_ptr(&self, _idx: u32, _ty: TypeId) -> Option<NonNull<()>> {
         None
@@ -46,6 +48,7 @@ pub struct VecBuf<E: 'static> {
     len: u32,
     home: &'static dyn SlotHome,
     idx: u32,
+    cpu: u32,
 }
 
 // SAFETY: unique owner of its slice, like `Box<[E]>`.
@@ -64,6 +67,7 @@ impl<E: Send + 'static, const N: usize> PoolBox<[E; N]> {
             len: N as u32,
             home: this.pool,
             idx: this.idx,
+            cpu: this.cpu,
         }
     }
 }
@@ -86,31 +90,30 @@ impl<E> DerefMut for VecBuf<E> {
 impl<E> Drop for VecBuf<E> {
     fn drop(&mut self) {
         // SAFETY: this handle owns the initialised slot and is never used after drop.
-        unsafe { self.home.release(self.idx) };
+        unsafe { self.home.release(self.idx, self.cpu) };
     }
 }
 
 /// The part of a node that may be touched by several parties at once: the chain count, the
 /// first error, the waiter handshake and a waker. Only atomics and a try-locked waker.
 pub struct NodeHdr {
-    remaining: AtomicU32,
+    remaining: ChainCount,
     status: AtomicU32,
-    wait_state: AtomicU32,
+    wait: WaitState,
     waker: AtomicWaker,
+    /// The CPU whose magazine the slot goes back to (set at allocation, read-only after): kept
+    /// here, not in every handle, so a bio handle stays as small as on one CPU.
+    cpu: u32,
 }
 
-const W_WAITER: u32 = 1;
-const W_DONE: u32 = 2;
-const W_ABANDONED: u32 = 4;
-const W_RELEASED: u32 = 8;
-
 impl NodeHdr {
-    const fn new() -> Self {
+    const fn new(cpu: u32) -> Self {
         NodeHdr {
-            remaining: AtomicU32::new(1),
+            remaining: ChainCount::new(),
             status: AtomicU32::new(0),
-            wait_state: AtomicU32::new(0),
+            wait: WaitState::new(),
             waker: AtomicWaker::new(),
+            cpu,
         }
     }
 
@@ -133,7 +136,7 @@ impl NodeHdr {
 
     /// The chain count (1 + outstanding children).
     pub fn remaining(&self) -> u32 {
-        self.remaining.load(Ordering::Acquire)
+        self.remaining.get()
     }
 }
 
@@ -145,10 +148,10 @@ pub struct Padded<B, F> {
 }
 
 impl<B: Send + 'static, F: Send + Sync + 'static> SlotHome for Mempool<Padded<B, F>> {
-    unsafe fn release(&self, idx: u32) {
+    unsafe fn release(&self, idx: u32, cpu: u32) {
         // SAFETY: the caller guarantees slot `idx` is allocated, initialised and not used again.
         unsafe { core::ptr::drop_in_place(self.slot_ptr(idx)) };
-        self.put(idx);
+        self.put_on(cpu, idx);
     }
     fn front_ptr(&self, idx: u32, ty: TypeId) -> Option<NonNull<()>> {
         if ty != TypeId::of::<F>() || idx as usize >= self.slots.len() {
@@ -189,7 +192,20 @@ impl<B: Send + 'static> Node<B> {
         front: F,
         wait: Wait,
     ) -> Result<Node<B>, (B, F)> {
-        let Some(idx) = pool.take_waiting(wait) else {
+        Self::alloc_on(pool, NO_CPU, body, front, wait)
+    }
+
+    /// As [`Node::alloc`], from CPU `cpu`'s magazine (see [`Mempool::alloc_on`]); the node
+    /// goes back there when it is freed, whichever CPU frees it.
+    #[inline]
+    pub fn alloc_on<F: Send + Sync + 'static>(
+        pool: &'static Mempool<Padded<B, F>>,
+        cpu: u32,
+        body: B,
+        front: F,
+        wait: Wait,
+    ) -> Result<Node<B>, (B, F)> {
+        let Some(idx) = pool.take_waiting_on(cpu, wait) else {
             return Err((body, front));
         };
         let p = pool.slot_ptr(idx);
@@ -198,7 +214,7 @@ impl<B: Send + 'static> Node<B> {
         // without creating references, so the three handles' regions stay disjoint.
         let (bp, hp) = unsafe {
             p.write(Padded {
-                hdr: NodeHdr::new(),
+                hdr: NodeHdr::new(cpu),
                 body,
                 front,
             });
@@ -248,7 +264,7 @@ impl<B: Send + 'static> Node<B> {
     /// Takes one more chain reference: the node will not complete (see [`Node::put`]) until
     /// the returned `ChainRef` is put.
     pub fn chain_ref(&self) -> ChainRef<B> {
-        self.hdr().remaining.fetch_add(1, Ordering::AcqRel);
+        self.hdr().remaining.add_ref();
         ChainRef {
             body: self.body,
             hdr: self.hdr,
@@ -261,14 +277,8 @@ impl<B: Send + 'static> Node<B> {
     /// Drops the owner's chain reference. If it was the last one, the node is handed back to
     /// complete; otherwise it is parked and the last [`ChainRef::put`] gets it.
     pub fn put(self) -> Option<Node<B>> {
-        // Only the owner makes chain references, so a count of 1 seen by the owner means no
-        // child is outstanding and none can appear: no read-modify-write needed.
-        if self.hdr().remaining.load(Ordering::Acquire) == 1 {
-            return Some(self);
-        }
-        if self.hdr().remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // Unique again: restore the owner's own reference.
-            self.hdr().remaining.store(1, Ordering::Release);
+        // `ChainCount::owner_put` (checked by loom in `handoff`).
+        if self.hdr().remaining.owner_put() {
             Some(self)
         } else {
             core::mem::forget(self);
@@ -278,8 +288,7 @@ impl<B: Send + 'static> Node<B> {
 
     /// Registers the one waiter of this node. `None` if a waiter exists already.
     pub fn waiter(&self) -> Option<WaitRef<B>> {
-        let prev = self.hdr().wait_state.fetch_or(W_WAITER, Ordering::AcqRel);
-        if prev & W_WAITER != 0 {
+        if !self.hdr().wait.register() {
             return None;
         }
         Some(WaitRef {
@@ -307,13 +316,11 @@ unsafe fn hand_to_waiter(hdr: NonNull<NodeHdr>, home: &'static dyn SlotHome, idx
     // SAFETY: the caller owns the allocated node; the slot is released only after W_RELEASED
     // is set below (by the waiter, or here if it was abandoned).
     let h = unsafe { hdr.as_ref() };
-    h.wait_state.fetch_or(W_DONE, Ordering::SeqCst);
-    h.waker.wake();
-    let prev = h.wait_state.fetch_or(W_RELEASED, Ordering::SeqCst);
-    if prev & W_ABANDONED != 0 {
+    // `WaitState::hand_over` (checked by loom in `handoff`).
+    if h.wait.hand_over(|| h.waker.wake()) {
         // SAFETY: the waiter is gone and the node was handed over: nothing else refers to the
         // allocated, initialised slot.
-        unsafe { home.release(idx) };
+        unsafe { home.release(idx, h.cpu) };
     }
 }
 
@@ -339,17 +346,15 @@ impl<B: 'static> Drop for Node<B> {
     fn drop(&mut self) {
         // SAFETY: the header is valid while this handle owns the slot.
         let h = unsafe { self.hdr.as_ref() };
-        if h.wait_state.load(Ordering::Acquire) & W_WAITER != 0 {
+        if h.wait.has_waiter() {
             // SAFETY: this handle is the owner and is not used after drop; a waiter exists.
             unsafe { hand_to_waiter(self.hdr, self.home, self.idx) };
             return;
         }
         // A count of 1 seen by the owner: no chain reference is left (see `put`).
-        if h.remaining.load(Ordering::Acquire) == 1
-            || h.remaining.fetch_sub(1, Ordering::AcqRel) == 1
-        {
+        if h.remaining.owner_drop() {
             // SAFETY: no chain reference is left and this handle is not used after drop.
-            unsafe { self.home.release(self.idx) };
+            unsafe { self.home.release(self.idx, h.cpu) };
         }
         // Otherwise children still hold chain references; the last one frees the slot.
     }
@@ -380,10 +385,9 @@ impl<B: Send + 'static> ChainRef<B> {
     /// Drops this reference; the last one gets the parent node back to complete it.
     pub fn put(self) -> Option<Node<B>> {
         let this = ManuallyDrop::new(self);
-        if this.hdr().remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if this.hdr().remaining.child_put() {
             // The owner parked the node (its `put` saw a count above one) and every other
             // reference is gone: this side is now the unique owner.
-            this.hdr().remaining.store(1, Ordering::Release);
             Some(Node {
                 body: this.body,
                 hdr: this.hdr,
@@ -400,10 +404,10 @@ impl<B: 'static> Drop for ChainRef<B> {
     fn drop(&mut self) {
         // SAFETY: the count held by this reference keeps the header valid.
         let h = unsafe { self.hdr.as_ref() };
-        if h.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if h.remaining.child_drop() {
             // Last reference dropped without completing: free the parent (no end_io).
             // SAFETY: as in `put`, this side is the unique owner of the parked slot.
-            unsafe { self.home.release(self.idx) };
+            unsafe { self.home.release(self.idx, h.cpu) };
         }
     }
 }
@@ -431,7 +435,7 @@ impl<B: Send + 'static> WaitRef<B> {
 
     /// Whether the node completed and was handed over.
     pub fn is_done(&self) -> bool {
-        self.h().wait_state.load(Ordering::SeqCst) & W_RELEASED != 0
+        self.h().wait.poll() == WaitPoll::Released
     }
 
     /// Takes the node back if it completed.
@@ -441,7 +445,7 @@ impl<B: Send + 'static> WaitRef<B> {
         }
         let this = ManuallyDrop::new(self);
         // The handshake is over: the node is an ordinary owned node again.
-        this.h().wait_state.store(0, Ordering::Release);
+        this.h().wait.reset();
         Ok(Node {
             body: this.body,
             hdr: this.hdr,
@@ -454,15 +458,15 @@ impl<B: Send + 'static> WaitRef<B> {
     pub fn poll_done(&self, waker: &Waker) -> bool {
         let h = self.h();
         h.waker.register(waker);
-        let s = h.wait_state.load(Ordering::SeqCst);
-        if s & W_RELEASED != 0 {
-            return true;
+        match h.wait.poll() {
+            WaitPoll::Released => true,
+            WaitPoll::Completing => {
+                // The completer is between DONE and RELEASED: come back very soon.
+                waker.wake_by_ref();
+                false
+            }
+            WaitPoll::Pending => false,
         }
-        if s & W_DONE != 0 {
-            // The completer is between DONE and RELEASED: come back very soon.
-            waker.wake_by_ref();
-        }
-        false
     }
 }
 
@@ -470,10 +474,9 @@ impl<B: 'static> Drop for WaitRef<B> {
     fn drop(&mut self) {
         // SAFETY: see `h`.
         let h = unsafe { self.hdr.as_ref() };
-        let prev = h.wait_state.fetch_or(W_ABANDONED, Ordering::SeqCst);
-        if prev & W_RELEASED != 0 {
+        if h.wait.abandon() {
             // SAFETY: completion handed the node to this waiter, which owns it uniquely.
-            unsafe { self.home.release(self.idx) };
+            unsafe { self.home.release(self.idx, h.cpu) };
         }
     }
 }

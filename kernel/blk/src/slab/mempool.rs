@@ -1,5 +1,5 @@
-//! Mempools: allocations from a shared [`Slab`] backed by a reserve of their own, per-CPU
-//! magazines, and the owning [`PoolBox`].
+//! Mempools: allocations from a shared [`Slab`] (its free list and per-CPU magazines) backed
+//! by a reserve of their own, and the owning [`PoolBox`].
 
 use core::mem::ManuallyDrop;
 use core::ops::{Deref, DerefMut};
@@ -7,7 +7,8 @@ use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use crate::error::BlkError;
 use crate::freelist::FreeStack;
-use crate::magazine::{MAG_SLOTS, MAX_CPUS, Magazine};
+use crate::magazine::{MAG_SLOTS, MAX_CPUS, Magazines};
+use crate::reserve::Reserve;
 
 use super::{Slab, Slot, Wait};
 
@@ -43,6 +44,23 @@ pub struct MempoolStats {
     pub reserve_len: u32,
 }
 
+/// One CPU's allocation counters of one mempool (the magazine hits and the frees into a
+/// magazine), on a line of their own.
+#[repr(align(64))]
+struct CpuCounts {
+    allocs: AtomicU64,
+    frees: AtomicU64,
+}
+
+impl CpuCounts {
+    const fn new() -> Self {
+        CpuCounts {
+            allocs: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
+        }
+    }
+}
+
 const UNINIT: u8 = 0;
 const INITING: u8 = 1;
 const READY: u8 = 2;
@@ -56,17 +74,20 @@ pub struct Mempool<T: 'static> {
     links: &'static [AtomicU32],
     shared: &'static FreeStack,
     fresh: &'static AtomicU32,
-    reserve: FreeStack,
-    reserve_len: AtomicU32,
-    min_nr: u32,
+    reserve: Reserve,
     state: AtomicU8,
     counters: MempoolCounters,
-    mags: [Magazine; MAX_CPUS],
+    /// The slab's magazines (shared with every mempool over the slab).
+    mags: &'static Magazines,
+    /// This pool's counters of allocations and frees served by each CPU's magazine.
+    cpu_counts: [CpuCounts; MAX_CPUS],
+    /// Set once an allocation of this pool missed a magazine: until then every allocation was
+    /// counted on the shared side and the per-CPU counts need no summing.
     mags_used: AtomicU8,
 }
 
-/// The CPU id of a [`PoolBox`] allocated without one.
-const NO_CPU: u32 = u32::MAX;
+/// The CPU id meaning "no CPU": allocations and frees with it use the shared stack.
+pub const NO_CPU: u32 = u32::MAX;
 
 // SAFETY: as for `Slab`: each slot has one owner at a time, handed over through the lock-free
 // stacks; the counters are atomics.
@@ -81,9 +102,7 @@ impl<T: 'static> Mempool<T> {
             links: &slab.links,
             shared: &slab.free,
             fresh: &slab.fresh,
-            reserve: FreeStack::new(),
-            reserve_len: AtomicU32::new(0),
-            min_nr,
+            reserve: Reserve::new(min_nr),
             state: AtomicU8::new(UNINIT),
             counters: MempoolCounters {
                 allocs: AtomicU64::new(0),
@@ -93,7 +112,8 @@ impl<T: 'static> Mempool<T> {
                 failures: AtomicU64::new(0),
                 high_water: AtomicU64::new(0),
             },
-            mags: [const { Magazine::new() }; MAX_CPUS],
+            mags: &slab.mags,
+            cpu_counts: [const { CpuCounts::new() }; MAX_CPUS],
             mags_used: AtomicU8::new(0),
         }
     }
@@ -114,11 +134,12 @@ impl<T: 'static> Mempool<T> {
             }
         }
         let mut ok = true;
-        for _ in 0..self.min_nr {
+        for _ in 0..self.reserve.min_nr() {
             match self.take_shared() {
                 Some(i) => {
-                    self.reserve_len.fetch_add(1, Ordering::Relaxed);
-                    self.reserve.push(self.links, i);
+                    if !self.reserve.refill(self.links, i) {
+                        self.shared.push(self.links, i);
+                    }
                 }
                 None => {
                     ok = false;
@@ -159,40 +180,51 @@ impl<T: 'static> Mempool<T> {
         let idx = match self.take_shared() {
             Some(i) => i,
             None => {
-                let i = self.reserve.pop(self.links)?;
-                self.reserve_len.fetch_sub(1, Ordering::Relaxed);
+                let i = self.reserve.take(self.links)?;
                 self.counters.reserve_hits.fetch_add(1, Ordering::Relaxed);
                 i
             }
         };
         let allocs = self.counters.allocs.fetch_add(1, Ordering::Relaxed) + 1;
+        // Counted on the shared side only, elements parked in magazines look in use: an upper
+        // bound. Only when it passes the mark are the magazines' counts summed for the exact
+        // figure (a magazine miss on a pool below its mark costs no walk over every CPU).
+        let in_use = allocs.saturating_sub(self.counters.frees.load(Ordering::Relaxed));
+        if in_use > self.counters.high_water.load(Ordering::Relaxed) {
+            self.raise_high_water(allocs);
+        }
+        Some(idx)
+    }
+
+    /// Raises the high-water mark to the elements in use now (shared and magazine counts),
+    /// `allocs` being the shared side's allocations including the one just made.
+    #[inline(never)]
+    fn raise_high_water(&self, allocs: u64) {
         let mut in_use = allocs.saturating_sub(self.counters.frees.load(Ordering::Relaxed));
         if self.mags_used.load(Ordering::Relaxed) != 0 {
             let (a, f) = self.mag_counts();
             in_use = (allocs + a).saturating_sub(self.counters.frees.load(Ordering::Relaxed) + f);
         }
-        if in_use > self.counters.high_water.load(Ordering::Relaxed) {
-            self.counters
-                .high_water
-                .fetch_max(in_use, Ordering::Relaxed);
-        }
-        Some(idx)
+        self.counters
+            .high_water
+            .fetch_max(in_use, Ordering::Relaxed);
     }
 
-    /// Allocations and frees counted in the magazines.
+    /// Allocations and frees of this pool counted per CPU (magazine hits and frees into a
+    /// magazine).
     fn mag_counts(&self) -> (u64, u64) {
-        self.mags.iter().fold((0, 0), |(a, f), m| {
-            let (ma, mf) = m.counts();
-            (a + ma, f + mf)
+        self.cpu_counts.iter().fold((0, 0), |(a, f), c| {
+            (
+                a + c.allocs.load(Ordering::Relaxed),
+                f + c.frees.load(Ordering::Relaxed),
+            )
         })
     }
 
-    /// Takes an element from any CPU's magazine (the shared stack and the reserve are empty).
+    /// Takes an element from any CPU's magazine of the slab, whichever pool parked it there
+    /// (the shared stack and this pool's reserve are empty).
     fn steal(&self) -> Option<u32> {
-        if self.mags_used.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
-        let i = self.mags.iter().find_map(|m| m.take())?;
+        let i = self.mags.steal()?;
         self.counters.allocs.fetch_add(1, Ordering::Relaxed);
         Some(i)
     }
@@ -200,13 +232,14 @@ impl<T: 'static> Mempool<T> {
     /// As `take`, CPU `cpu`'s magazine first.
     #[inline]
     fn take_on(&self, cpu: u32) -> Option<u32> {
-        if let Some(m) = self.mags.get(cpu as usize) {
+        if let (Some(m), Some(c)) = (self.mags.get(cpu), self.cpu_counts.get(cpu as usize)) {
             if let Some(i) = m.take() {
-                m.count_alloc();
+                c.allocs.fetch_add(1, Ordering::Relaxed);
                 return Some(i);
             }
             if self.mags_used.load(Ordering::Relaxed) == 0 {
                 self.mags_used.store(1, Ordering::Relaxed);
+                self.mags.mark_used();
             }
         }
         self.take()
@@ -215,12 +248,12 @@ impl<T: 'static> Mempool<T> {
     /// Returns slot `idx` freed on CPU `cpu`: the reserve if it is short, else that CPU's
     /// magazine, else the shared stack.
     #[inline]
-    fn put_on(&self, cpu: u32, idx: u32) {
-        if let Some(m) = self.mags.get(cpu as usize)
-            && self.reserve_len.load(Ordering::Relaxed) >= self.min_nr
+    pub(super) fn put_on(&self, cpu: u32, idx: u32) {
+        if let (Some(m), Some(c)) = (self.mags.get(cpu), self.cpu_counts.get(cpu as usize))
+            && !self.reserve.is_short()
             && m.put(idx)
         {
-            m.count_free();
+            c.frees.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.put(idx);
@@ -230,20 +263,8 @@ impl<T: 'static> Mempool<T> {
     #[inline]
     pub(super) fn put(&self, idx: u32) {
         self.counters.frees.fetch_add(1, Ordering::Relaxed);
-        let mut n = self.reserve_len.load(Ordering::Relaxed);
-        while n < self.min_nr {
-            match self.reserve_len.compare_exchange_weak(
-                n,
-                n + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    self.reserve.push(self.links, idx);
-                    return;
-                }
-                Err(now) => n = now,
-            }
+        if self.reserve.refill(self.links, idx) {
+            return;
         }
         self.shared.push(self.links, idx);
     }
@@ -255,12 +276,7 @@ impl<T: 'static> Mempool<T> {
     }
 
     #[inline]
-    pub(super) fn take_waiting(&self, wait: Wait) -> Option<u32> {
-        self.take_waiting_on(NO_CPU, wait)
-    }
-
-    #[inline]
-    fn take_waiting_on(&self, cpu: u32, wait: Wait) -> Option<u32> {
+    pub(super) fn take_waiting_on(&self, cpu: u32, wait: Wait) -> Option<u32> {
         if let Some(i) = self.take_on(cpu) {
             return Some(i);
         }
@@ -320,23 +336,23 @@ impl<T: 'static> Mempool<T> {
         self.alloc_on(cpu, value, Wait::Never)
     }
 
-    /// Whether an allocation would have to wait now: the shared slab (free list and never-used
-    /// slots), the reserve and every magazine are empty. A plug uses it to stop holding bios
-    /// of a pool that only their completion would refill (`CpuCtx::add_to_plug`).
+    /// Whether an allocation would have to wait now: the shared slab (free list, never-used
+    /// slots and every magazine) and the reserve are empty. A plug uses it to stop holding
+    /// bios of a pool that only their completion would refill (`CpuCtx::add_to_plug`).
     pub fn exhausted(&self) -> bool {
         self.shared.is_empty()
             && self.fresh.load(Ordering::Relaxed) as usize >= self.slots.len()
             && self.reserve.is_empty()
-            && (self.mags_used.load(Ordering::Relaxed) == 0
-                || self.mags.iter().all(|m| m.is_empty()))
+            && self.mags.all_empty()
     }
 
-    /// Free elements cached in the per-CPU magazines now (at most `MAG_SLOTS * MAX_CPUS`).
+    /// Free elements cached in the slab's per-CPU magazines now (at most
+    /// `MAG_SLOTS * MAX_CPUS`; shared by every mempool over the slab).
     pub fn cached(&self) -> usize {
-        self.mags.iter().map(|m| m.len()).sum()
+        self.mags.len()
     }
 
-    /// Most free elements the per-CPU magazines of one mempool can hold.
+    /// Most free elements the per-CPU magazines of one slab can hold.
     pub const MAX_CACHED: usize = MAG_SLOTS * MAX_CPUS;
 
     /// A snapshot of the counters.
@@ -352,13 +368,13 @@ impl<T: 'static> Mempool<T> {
             failures: self.counters.failures.load(Ordering::Relaxed),
             in_use: allocs.saturating_sub(frees),
             high_water: self.counters.high_water.load(Ordering::Relaxed),
-            reserve_len: self.reserve_len.load(Ordering::Relaxed),
+            reserve_len: self.reserve.len(),
         }
     }
 
     /// The reserve size this pool keeps.
     pub fn min_nr(&self) -> u32 {
-        self.min_nr
+        self.reserve.min_nr()
     }
 }
 
@@ -366,7 +382,7 @@ impl<T: 'static> Mempool<T> {
 pub struct PoolBox<T: 'static> {
     pub(super) pool: &'static Mempool<T>,
     pub(super) idx: u32,
-    cpu: u32,
+    pub(super) cpu: u32,
 }
 
 // SAFETY: a `PoolBox` is the unique owner of its value, like `Box<T>`.
@@ -392,6 +408,8 @@ impl<T> PoolBox<T> {
 
     /// Frees on CPU `cpu` (into its magazine) instead of the CPU given at allocation.
     pub fn free_on(mut self, cpu: u32) {
+        // The slot may land in a magazine no allocation of this pool has missed yet.
+        self.pool.mags.mark_used();
         self.cpu = cpu;
     }
 

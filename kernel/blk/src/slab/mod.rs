@@ -15,13 +15,14 @@ use core::mem::MaybeUninit;
 use core::sync::atomic::AtomicU32;
 
 pub use crate::freelist::{FreeStack, NIL};
+use crate::magazine::Magazines;
 
 mod handle;
 mod mempool;
 mod waker;
 
 pub use handle::{ChainRef, Node, NodeHdr, Padded, SlotHome, VecBuf, WaitRef};
-pub use mempool::{Mempool, MempoolCounters, MempoolStats, PoolBox};
+pub use mempool::{Mempool, MempoolCounters, MempoolStats, NO_CPU, PoolBox};
 pub use waker::AtomicWaker;
 
 /// How a may-wait allocation waits when both the shared slab and the reserve are empty.
@@ -59,12 +60,14 @@ impl<T> Slot<T> {
 /// `N` slots of `T` in static storage plus their lock-free free list.
 ///
 /// Slots never used yet are handed out by a bump counter, so `new` is `const` and there is no
-/// initialisation pass. Mempools ([`Mempool`]) share a slab and keep their own reserves.
+/// initialisation pass. Mempools ([`Mempool`]) share a slab and keep their own reserves; the
+/// per-CPU magazines in front of the free list are the slab's, shared by all its mempools.
 pub struct Slab<T, const N: usize> {
     slots: [Slot<T>; N],
     links: [AtomicU32; N],
     free: FreeStack,
     fresh: AtomicU32,
+    mags: Magazines,
 }
 
 // SAFETY: a slot's value is only reached through the owning handles of this module, and a slot
@@ -87,6 +90,7 @@ impl<T, const N: usize> Slab<T, N> {
             links: [const { AtomicU32::new(NIL) }; N],
             free: FreeStack::new(),
             fresh: AtomicU32::new(0),
+            mags: Magazines::new(),
         }
     }
 

@@ -217,6 +217,51 @@ fn per_cpu_magazines_are_stolen_when_empty() {
     assert_eq!(pool.stats().high_water, N as u64);
 }
 
+/// Two mempools over one slab (the kernel's split and I/O bio sets): elements one pool parked
+/// in a CPU's magazine are found by the other, through its own CPU's magazine or by a steal,
+/// so an allocation never fails while the slab has a free element anywhere.
+#[test]
+fn pools_sharing_a_slab_reach_each_others_magazines() {
+    const N: usize = 6;
+    let slab = leak(Slab::<u32, N>::new());
+    let a = leak(Mempool::new(slab, 1));
+    let b = leak(Mempool::new(slab, 1));
+    a.init().unwrap();
+    b.init().unwrap();
+    // Pool `a` takes everything but `b`'s reserve and frees it all into CPU 0's magazine.
+    let held: Vec<_> = (0..N as u32 - 1)
+        .map(|i| a.try_alloc_on(0, i).ok().unwrap())
+        .collect();
+    assert!(a.try_alloc_on(0, 0).is_err());
+    drop(held);
+    assert_eq!(a.stats().reserve_len, 1);
+    assert_eq!(a.cached(), N - 2, "the rest parked in CPU 0's magazine");
+    // Pool `b` on another CPU (and with no CPU at all) gets every one of them, then its
+    // reserve: N - 1 in all, none twice.
+    let mut got: Vec<PoolBox<u32>> = Vec::new();
+    for i in 0..N as u32 - 1 {
+        let r = if i % 2 == 0 {
+            b.try_alloc_on(3, i)
+        } else {
+            b.try_alloc(i)
+        };
+        got.push(
+            r.map_err(|_| ())
+                .expect("an element parked by the other pool"),
+        );
+    }
+    assert!(b.try_alloc(9).is_err(), "only `a`'s reserve is left");
+    let mut idx: Vec<u32> = got.iter().map(|x| x.index()).collect();
+    idx.sort();
+    idx.dedup();
+    assert_eq!(idx.len(), N - 1);
+    assert!(b.exhausted());
+    drop(got);
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!((sa.in_use, sb.in_use), (0, 0));
+    assert_eq!((sa.reserve_len, sb.reserve_len), (1, 1));
+}
+
 /// Two CPUs hammer their magazines while a third thread plays an interrupt handler on CPU 0
 /// (same magazine as the first thread) and a fourth uses the plain API: one owner per element
 /// at a time, values intact, nothing lost or duplicated, counters consistent.

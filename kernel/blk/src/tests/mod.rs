@@ -3,6 +3,7 @@ mod driver;
 mod harness;
 mod io;
 mod mempool;
+mod mq;
 mod partitions;
 mod props;
 mod rescue;
