@@ -8,12 +8,14 @@ pub const TAG_WORDS: usize = 16;
 pub const MAX_DEPTH: usize = TAG_WORDS * 64;
 
 /// A set of `depth` tags. `alloc` and `free` are lock-free (one `fetch_or` / `fetch_and` per
-/// success) and may be called from interrupt context.
+/// success) and may be called from interrupt context. Laid out in order (`repr(C)`): the depth
+/// and the hint, which every `alloc` reads, share a cache line with the first bitmap word.
+#[repr(C)]
 pub struct TagSet {
-    words: [AtomicU64; TAG_WORDS],
     /// Tags `0..depth` are in use; changed only by [`TagSet::set_depth`] (at attach time).
     depth: AtomicU32,
     hint: AtomicU32,
+    words: [AtomicU64; TAG_WORDS],
 }
 
 impl TagSet {

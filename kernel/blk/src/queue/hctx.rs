@@ -21,13 +21,15 @@ pub const MAX_CPUS: usize = crate::magazine::MAX_CPUS;
 
 /// One hardware context: its tags (local numbers; the queue's tag is `base + local`), whether
 /// several CPUs submit to it, and the lock they take then. Aligned so that two contexts never
-/// share a cache line (pair).
-#[repr(align(128))]
+/// share a cache line (pair), and laid out in order (`repr(C)`) so that what a submission
+/// reads (base, shared, the lock, the tag set's depth, hint and first bitmap word) is on the
+/// context's first cache line.
+#[repr(C, align(128))]
 pub(super) struct HwCtx {
-    pub(super) tags: TagSet,
     pub(super) base: AtomicU32,
     pub(super) shared: AtomicBool,
     pub(super) lock: spin::Mutex<()>,
+    pub(super) tags: TagSet,
 }
 
 impl HwCtx {
@@ -55,6 +57,10 @@ pub fn cpu_to_ctx(cpu: usize, nr_cpus: usize, nr_ctx: usize) -> usize {
 }
 
 const _: () = assert!(MAX_CPUS.is_power_of_two() && MAX_HW_CTX.is_power_of_two());
+// The hot fields (up to the tag set's first bitmap word, 8 bytes past its depth and hint) fit
+// in the first 64 bytes of a context.
+#[cfg(not(loom))]
+const _: () = assert!(core::mem::offset_of!(HwCtx, tags) + 16 <= 64);
 
 impl<const D: usize> Queue<D> {
     /// Splits the queue into `granted` hardware contexts (what the device granted, clamped to
