@@ -203,6 +203,11 @@ pub fn check<D: BlockIo>(
         });
     }
     // Pass 1: structure and items.
+    for p in sb.selectors {
+        if p != 0 {
+            c.past_ready(p, 1);
+        }
+    }
     c.walk(&mut Pass::Items, path)?;
     c.finish_inode();
     if c.r.inodes == 0 || c.dirs == 0 {
@@ -213,13 +218,17 @@ pub fn check<D: BlockIo>(
         });
     }
     // Pass 2: references against the bitmaps, window by window.
+    // Groups never brought into use are all free (pass 1 reported any reference into
+    // them), so only groups in use are walked: time is bounded by the metadata.
     let gb = sb.group_blocks as u64;
     let per = ((bits.len() as u64 * 8) / gb).max(1);
-    let groups = sb.groups();
-    let mut counted = 0u64;
+    let (groups, ready) = (sb.groups(), sb.groups_ready.min(sb.groups()));
+    let ready_end = (ready * gb).min(sb.block_count);
+    // Their bitmap slots are counted used from mkfs on.
+    let mut counted = (sb.block_count - ready_end) - 2 * (groups - ready);
     let mut g0 = 0;
-    while g0 < groups {
-        let g1 = (g0 + per).min(groups);
+    while g0 < ready {
+        let g1 = (g0 + per).min(ready);
         let (base, end) = (g0 * gb, (g1 * gb).min(sb.block_count));
         let nbits = &mut bits[..((end - base) as usize).div_ceil(8)];
         nbits.fill(0);
@@ -306,6 +315,17 @@ impl<D: BlockIo> Checker<'_, '_, D> {
         }
     }
 
+    /// A reference into groups never brought into use (all free): the first such block.
+    fn past_ready(&mut self, b: u64, n: u64) {
+        let gb = self.sb.group_blocks as u64;
+        let ready_end = self.sb.groups_ready.saturating_mul(gb);
+        if b.saturating_add(n) > ready_end {
+            self.problem(Problem::MarkedFree {
+                block: b.max(ready_end),
+            });
+        }
+    }
+
     /// The superblock slots, the bitmap slots of groups in use and the selectors.
     fn mark_fixed(&mut self, base: u64, end: u64, bits: &mut [u8]) {
         let mut pass = Pass::Mark {
@@ -333,15 +353,6 @@ impl<D: BlockIo> Checker<'_, '_, D> {
         let start = g * gb;
         let len = (self.sb.block_count - start).min(gb);
         let marked = |x: u64| get_bit(bits, x - base);
-        if g >= self.sb.groups_ready {
-            for x in start..start + len {
-                if marked(x) {
-                    self.problem(Problem::MarkedFree { block: x });
-                }
-            }
-            // Its bitmap slots are counted used from mkfs on.
-            return Ok(len.saturating_sub(2));
-        }
         let s = (g / SELECTOR_BITS) as usize;
         let sel = self.sb.selectors[s];
         let mut slot = 0;
@@ -430,6 +441,9 @@ impl<D: BlockIo> Checker<'_, '_, D> {
             return Ok(());
         }
         self.mark(pass, block, 1);
+        if items {
+            self.past_ready(block, 1);
+        }
         let b = &mut path[..BLOCK_SIZE];
         self.read(block, b)?;
         let what = match node::check(b, block) {
@@ -681,6 +695,7 @@ impl<D: BlockIo> Checker<'_, '_, D> {
         if phys < SLOTS || !fits {
             return self.item_bad(block, k, "extent outside the filesystem");
         }
+        self.past_ready(phys, end - start);
         if self.sb.flags & FLAG_DATA_CSUM == 0 {
             return Ok(());
         }
