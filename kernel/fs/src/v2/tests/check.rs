@@ -121,6 +121,24 @@ fn each_corruption_is_reported_with_its_block() {
     block_mut(&mut img, 1).fill(0);
     assert!(matches!(problems(&img)[..], [Problem::Superblock { .. }]));
 
+    // A selector block that does not validate.
+    let sel = (0..2u64)
+        .filter_map(|s| {
+            crate::v2::Superblock::decode(&img0[s as usize * BLOCK_SIZE..][..BLOCK_SIZE], s).ok()
+        })
+        .max_by_key(|s| s.generation)
+        .unwrap()
+        .selectors[0];
+    assert_ne!(sel, 0, "a selector block in use");
+    let mut img = img0.clone();
+    block_mut(&mut img, sel)[200] ^= 1;
+    let got = problems(&img);
+    assert!(
+        got.iter()
+            .any(|p| matches!(p, Problem::FreeSpace { block, .. } if *block == sel)),
+        "{got:?}"
+    );
+
     // An interior node whose two children are the same node: reachable twice.
     let mut img = img0.clone();
     let blk = block_mut(&mut img, interior);
@@ -290,4 +308,69 @@ fn sparse_tebibyte_checks_reading_only_metadata() {
     assert!(r.walks <= 3, "{} walks", r.walks);
     assert!(disk.reads < 20_000, "{} reads", disk.reads);
     std::println!("fsck of 1 TiB: {} reads, {:?}", disk.reads, r);
+}
+
+#[test]
+fn a_loop_of_directories_and_a_bad_newest_root_are_reported() {
+    // Directories a (in the root) and b (in a); then a's entry moves from the root into b,
+    // link counts adjusted: every item is consistent, but a and b only reach each other.
+    let mut disk = MemDisk::new(256);
+    let mut m = std::vec![0u8; volume_frames(MIN_FRAMES, TEST_GROUPS) * BLOCK_SIZE];
+    V::<MemDisk>::mkfs(&mut disk, &mut m, 64, 1).unwrap();
+    let (a, b) = {
+        let (mut v, _) = V::<&mut MemDisk>::mount(&mut disk, &mut m, false).unwrap();
+        let a = v.create(ROOT, b"a", Kind::Dir).unwrap();
+        let b = v.create(a, b"b", Kind::Dir).unwrap();
+        v.sync().unwrap();
+        (a, b)
+    };
+    let clean = disk.data.clone();
+    assert_eq!(problems(&clean), Vec::new());
+    {
+        let (mut v, _) = V::<&mut MemDisk>::mount(&mut disk, &mut m, false).unwrap();
+        let off = u64::from(crate::crc::crc32c(b"a")) << 16;
+        let mut entry = [0u8; 10];
+        v.tree
+            .get(&mut v.dev, &Key::new(ROOT, kind::DIRENT, off), &mut entry)
+            .unwrap()
+            .unwrap();
+        v.del(Key::new(ROOT, kind::DIRENT, off)).unwrap();
+        v.del(Key::new(a, kind::PARENT, ROOT)).unwrap();
+        v.put(Key::new(b, kind::DIRENT, off), &entry).unwrap();
+        v.put(Key::new(a, kind::PARENT, b), &off.to_le_bytes())
+            .unwrap();
+        for (ino, delta) in [(ROOT, -1i32), (b, 1)] {
+            let mut i = v.stat(ino).unwrap();
+            i.nlink = i.nlink.wrapping_add_signed(delta);
+            v.put_inode(ino, &i).unwrap();
+        }
+        v.sync().unwrap();
+    }
+    let got = problems(&disk.data);
+    assert!(
+        got.iter().any(|p| matches!(p, Problem::Inode { what, .. }
+            if what.contains("loop"))),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().all(|p| matches!(p, Problem::Inode { .. })),
+        "{got:?}"
+    );
+
+    // The newest superblock's root overwritten: the older tree is checked, the newest slot
+    // reported.
+    let mut img = clean.clone();
+    let mut sb = [None, None];
+    for s in 0..2u64 {
+        sb[s as usize] = crate::v2::Superblock::decode(block_mut(&mut img, s), s).ok();
+    }
+    let newest = sb.iter().flatten().max_by_key(|s| s.generation).unwrap();
+    let slot = crate::v2::Superblock::slot_of(newest.generation);
+    block_mut(&mut img, newest.root).fill(0xA5);
+    let got = problems(&img);
+    assert!(
+        got.iter()
+            .any(|p| matches!(p, Problem::Superblock { block, .. } if *block == slot)),
+        "{got:?}"
+    );
 }
