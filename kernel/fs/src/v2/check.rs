@@ -157,6 +157,7 @@ struct Checker<'r, 'b, D: BlockIo> {
     cur: Cur,
     last: Option<Key>,
     dirs: u64,
+    root: bool,
 }
 
 /// Checks the volume on `dev` without changing it: every problem goes to `report`, which
@@ -195,6 +196,7 @@ pub fn check<D: BlockIo>(
         cur: Cur::default(),
         last: None,
         dirs: 0,
+        root: false,
     };
     if info.rolled_back {
         c.problem(Problem::Superblock {
@@ -210,7 +212,7 @@ pub fn check<D: BlockIo>(
     }
     c.walk(&mut Pass::Items, path)?;
     c.finish_inode();
-    if c.r.inodes == 0 || c.dirs == 0 {
+    if !c.root {
         c.problem(Problem::Inode {
             ino: ROOT,
             block: 0,
@@ -225,7 +227,7 @@ pub fn check<D: BlockIo>(
     let (groups, ready) = (sb.groups(), sb.groups_ready.min(sb.groups()));
     let ready_end = (ready * gb).min(sb.block_count);
     // Their bitmap slots are counted used from mkfs on.
-    let mut counted = (sb.block_count - ready_end) - 2 * (groups - ready);
+    let mut counted = (sb.block_count - ready_end).saturating_sub(2 * (groups - ready));
     let mut g0 = 0;
     while g0 < ready {
         let g1 = (g0 + per).min(ready);
@@ -557,6 +559,7 @@ impl<D: BlockIo> Checker<'_, '_, D> {
             what,
         };
         if c.ino == ROOT {
+            self.root = true;
             if c.kind != DIR {
                 self.problem(bad("root is not a directory"));
             } else if c.parents != 0 {
