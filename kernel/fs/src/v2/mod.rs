@@ -8,6 +8,7 @@
 //! the disk or the number of items.
 
 pub mod cache;
+pub mod check;
 pub mod file;
 pub mod fs;
 pub mod key;

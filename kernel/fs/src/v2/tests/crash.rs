@@ -429,6 +429,7 @@ fn namespace_operations_are_atomic() {
                     data[o..o + sectors * 512].copy_from_slice(&d[..sectors * 512]);
                 }
                 let mut disk = MemDisk { data };
+                super::fsck_clean(&mut disk);
                 let (mut cv, info) =
                     crate::v2::Volume::<&mut MemDisk, MIN_FRAMES, TEST_GROUPS>::mount(
                         &mut disk, &mut m2, false,

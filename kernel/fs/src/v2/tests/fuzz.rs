@@ -131,12 +131,15 @@ fn fuzzed_images_never_panic() {
     let mut mem = std::vec![0u8; MIN_FRAMES * BLOCK_SIZE];
     let mut smem = space_mem();
     let (mut mounted, mut clean) = (0, 0);
+    let mut scratch = std::vec![0u8; crate::v2::check::MIN_SCRATCH_BLOCKS * BLOCK_SIZE];
     for n in 0..1500 * scale() {
         let mut img = img0.clone();
         for _ in 0..1 + rng.below(3) {
             mutate(&mut rng, &mut img, &meta);
         }
         let mut disk = MemDisk { data: img };
+        // fsck on a raw tree (its items are not a filesystem's): reports, never panics.
+        crate::v2::check::check(&mut disk, &mut scratch, &mut |_| {}).unwrap();
         let what = std::format!("seed {seed} image {n}");
         let Ok((mut tree, _)) = T::mount(&mut disk, &mut mem, false) else {
             continue;
@@ -227,19 +230,29 @@ fn fuzzed_volumes_never_panic() {
         }
         v.sync().unwrap();
     }
+    super::fsck_clean(&mut disk);
     let img0 = disk.data.clone();
     // Metadata: the first blocks hold every node, bitmap and selector of this small image.
     let meta: Vec<u64> = (0..300).collect();
     let mut mounted = 0;
+    let mut scratch = std::vec![0u8; crate::v2::check::MIN_SCRATCH_BLOCKS * BLOCK_SIZE];
+    let (mut fsck_clean, mut fsck_found) = (0, 0);
     for _ in 0..400 * scale() {
         let mut img = img0.clone();
         for _ in 0..1 + rng.below(3) {
             mutate(&mut rng, &mut img, &meta);
         }
         let mut disk = MemDisk { data: img };
-        let Ok((mut v, _)) =
-            Volume::<&mut MemDisk, MIN_FRAMES, VG>::mount(&mut disk, &mut m, false)
-        else {
+        // fsck never panics on a mutated image, and one it finds clean mounts.
+        let r = crate::v2::check::check(&mut disk, &mut scratch, &mut |_| {}).unwrap();
+        if r.problems == 0 {
+            fsck_clean += 1;
+        } else {
+            fsck_found += 1;
+        }
+        let mounts = Volume::<&mut MemDisk, MIN_FRAMES, VG>::mount(&mut disk, &mut m, false);
+        assert!(r.problems > 0 || mounts.is_ok(), "fsck clean, mount fails");
+        let Ok((mut v, _)) = mounts else {
             continue;
         };
         mounted += 1;
@@ -267,4 +280,9 @@ fn fuzzed_volumes_never_panic() {
         let _ = v.sync();
     }
     assert!(mounted > 100, "{mounted} mounted");
+    assert!(
+        fsck_found > 20,
+        "fsck found problems in only {fsck_found} images"
+    );
+    std::println!("v2 volume fuzz: fsck clean {fsck_clean}, problems in {fsck_found}");
 }

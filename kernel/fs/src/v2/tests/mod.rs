@@ -1,6 +1,7 @@
 //! Host tests of the version-2 tree: a model test against `BTreeMap` and crash-state
 //! enumeration.
 
+mod check;
 mod crash;
 mod fs;
 mod fuzz;
@@ -276,5 +277,17 @@ pub fn verify_volume<D: BlockIo, const N: usize, const G: usize>(
         })
         .unwrap();
     assert_eq!(got, want, "bitmaps differ from the tree and the extents");
+    let r = fsck_clean(&mut v.dev);
+    assert_eq!(r.used_blocks, want.len() as u64);
     data
+}
+
+/// Runs [`super::check::check`] with the least scratch and asserts it finds nothing.
+pub fn fsck_clean<D: BlockIo>(dev: &mut D) -> super::check::Report {
+    let mut scratch = std::vec![0u8; super::check::MIN_SCRATCH_BLOCKS * BLOCK_SIZE];
+    let mut found = Vec::new();
+    let r = super::check::check(dev, &mut scratch, &mut |p| found.push(*p)).expect("fsck");
+    assert!(found.is_empty(), "fsck of a clean volume: {found:?}");
+    assert_eq!(r.problems, 0);
+    r
 }

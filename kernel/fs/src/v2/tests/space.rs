@@ -16,10 +16,10 @@ use crate::v2::{Key, MIN_FRAMES, Tree};
 type T<'b> = Tree<'b, MIN_FRAMES>;
 
 /// A device of any size that stores only the blocks written; counts reads.
-struct SparseDisk {
-    blocks: u64,
-    data: BTreeMap<u64, Vec<u8>>,
-    reads: u64,
+pub(super) struct SparseDisk {
+    pub(super) blocks: u64,
+    pub(super) data: BTreeMap<u64, Vec<u8>>,
+    pub(super) reads: u64,
 }
 
 impl BlockIo for SparseDisk {
