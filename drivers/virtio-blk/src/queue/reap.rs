@@ -37,7 +37,7 @@ impl VirtioBlk {
     ///
     /// With the lock taken (process context, on this CPU or another), the reap is handed to
     /// the holder: `reap_pending` is set before each look at the lock, and every holder looks
-    /// at it after letting go ([`VirtioBlk::reap_if_pending`]), with a full fence on both
+    /// at it after letting go (`VirtioBlk::reap_if_pending`), with a full fence on both
     /// sides, so one of the two always reaps. A level-triggered line is masked meanwhile and
     /// the reap handed over once more after the mask: the holder that reaps it unmasks after
     /// the mask, whatever CPU it runs on.
@@ -69,7 +69,7 @@ impl VirtioBlk {
         self.reap_if_pending_fenced();
     }
 
-    /// [`VirtioBlk::reap_if_pending`] after the fence.
+    /// `VirtioBlk::reap_if_pending` after the fence.
     fn reap_if_pending_fenced(&self) {
         while self.reap_pending.load(Ordering::Acquire) {
             let Some(mut inner) = self.inner.try_lock() else {
@@ -90,7 +90,7 @@ impl VirtioBlk {
 
     /// One reap pass with the lock held, then delivery outside it; returns the completions
     /// delivered. A full batch leaves `reap_pending` set: callers follow with
-    /// [`VirtioBlk::reap_if_pending`].
+    /// `VirtioBlk::reap_if_pending`.
     pub(super) fn reap_deliver(&self, mut inner: MutexGuard<'_, Inner>) -> usize {
         let mut done = Batch::new();
         match self.reap_locked(&mut inner, &mut done) {

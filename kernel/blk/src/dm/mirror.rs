@@ -922,7 +922,7 @@ impl Mirror {
 
 impl EndHook for Mirror {
     /// A bio of a direct write answered: the mirror's own bio from leg 0, or a clone (its leg,
-    /// not 0, above [`LEG_SHIFT`] in the private word).
+    /// not 0, above `LEG_SHIFT` in the private word).
     fn bio_end(&'static self, mut bio: Bio) {
         let slot = bio.private() as u16;
         let leg = (bio.private() >> LEG_SHIFT) as u8;

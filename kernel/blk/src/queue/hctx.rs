@@ -66,7 +66,7 @@ impl<const D: usize> Queue<D> {
     /// Splits the queue into `granted` hardware contexts (what the device granted, clamped to
     /// `1..=min(nr_cpus, MAX_HW_CTX, depth)`) and maps the `nr_cpus` online CPUs onto them.
     /// Each context gets `depth / contexts` tags, a contiguous range of the queue's tags
-    /// (context `h` owns tags `h * per ..`); a request's context is [`Request::hctx`]
+    /// (context `h` owns tags `h * per ..`); a request's context is [`Request::hctx`](crate::request::Request::hctx)
     /// (crate::Request::hctx). Returns the number of contexts. Call it at attach time, with
     /// nothing in flight: `Busy` if a tag is in use.
     pub fn map_hw_contexts(&self, granted: usize, nr_cpus: usize) -> Result<usize, BlkError> {
