@@ -117,6 +117,12 @@ impl<const D: usize> Queue<D> {
         h & (MAX_HW_CTX - 1)
     }
 
+    /// Whether submission takes the one-context, one-CPU fast path (no CPU map, no lock):
+    /// true until [`Queue::map_hw_contexts`] maps more than one CPU.
+    pub fn single_cpu_fast_path(&self) -> bool {
+        self.single.load(Ordering::Relaxed)
+    }
+
     /// Whether several CPUs share context `h` (and so lock it).
     pub fn hw_context_shared(&self, h: usize) -> bool {
         self.hctxs

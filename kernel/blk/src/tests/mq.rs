@@ -417,3 +417,45 @@ fn contexts_own_disjoint_tag_ranges() {
     assert_eq!(q.hw_context_of(7), 0);
     assert!(q.hw_context_shared(0));
 }
+
+#[test]
+fn fast_path_only_for_one_context_of_one_cpu() {
+    let ram: &'static RamDisk = leak(RamDisk::new(
+        buf(64 * 512),
+        QueueLimits::new(),
+        CompletionMode::Deferred,
+    ));
+    let q: &'static Queue<64> = leak(Queue::new(
+        ram,
+        QueueLimits::new(),
+        QueueConfig {
+            wait: Wait::Never,
+            ..QueueConfig::new(64)
+        },
+        split_set(),
+    ));
+    ram.attach(q);
+    // (granted queues, CPUs) -> contexts, fast path.
+    for (granted, cpus, n, fast) in [
+        (1, 1, 1, true),
+        (8, 1, 1, true),
+        (1, 2, 1, false),
+        (1, 8, 1, false),
+        (2, 2, 2, false),
+        (4, 4, 4, false),
+        (8, 4, 4, false),
+        (1, 1, 1, true),
+    ] {
+        assert_eq!(q.map_hw_contexts(granted, cpus), Ok(n), "{granted} {cpus}");
+        assert_eq!(
+            q.single_cpu_fast_path(),
+            fast,
+            "granted {granted}, {cpus} CPUs"
+        );
+        assert_eq!(
+            q.hw_context_shared(0),
+            cpus > n,
+            "granted {granted}, {cpus} CPUs"
+        );
+    }
+}
