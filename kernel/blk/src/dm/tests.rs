@@ -10,7 +10,7 @@ use super::mirror::{LegState, LegWrite, ResyncError};
 use super::table::{Lower, TableErrorKind, parse};
 use super::{DmDevice, DmEnv};
 use crate::bio::{Bio, BioFlags, Op};
-use crate::bioset::{BioSet, BioSlab, BvecPools, BvecSlabs};
+use crate::bioset::{BioSet, BioSlab};
 use crate::device::{BlockDevice, CpuCtx, submit_bio};
 use crate::error::BlkError;
 use crate::limits::QueueLimits;
@@ -18,37 +18,8 @@ use crate::mem::DmaRegion;
 use crate::ramdisk::{CompletionMode, RamDisk};
 use crate::request::{HwQueue, Queue, QueueConfig, QueueRqError, Request};
 use crate::slab::Wait;
+use crate::tests::harness::{buf, bvecs, leak, pattern, split_set};
 use crate::wait::submit_bio_wait;
-
-fn leak<T>(v: T) -> &'static T {
-    Box::leak(Box::new(v))
-}
-
-fn buf(n: usize) -> &'static mut [u8] {
-    Box::leak(vec![0u8; n].into_boxed_slice())
-}
-
-fn pattern(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn bvecs() -> &'static BvecPools {
-    let slabs: &'static BvecSlabs<64, 64, 64, 32, 16, 16> = leak(BvecSlabs::new());
-    leak(BvecPools::new(slabs, 2))
-}
-
-fn split_set() -> &'static BioSet<()> {
-    let slab: &'static BioSlab<(), 512> = leak(BioSlab::new());
-    leak(BioSet::new(slab, 8, Some(bvecs())))
-}
 
 fn mirror_set() -> &'static BioSet<LegWrite> {
     let slab: &'static BioSlab<LegWrite, 512> = leak(BioSlab::new());

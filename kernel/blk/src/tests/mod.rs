@@ -1,6 +1,6 @@
 //! Host tests that span modules.
 mod driver;
-mod harness;
+pub(crate) mod harness;
 mod io;
 mod mempool;
 mod mq;

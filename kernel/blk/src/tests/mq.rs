@@ -378,8 +378,8 @@ fn cpu_map_spreads_in_contiguous_groups() {
     assert_eq!(cpu_to_ctx(0, 0, 0), 0);
 }
 
-#[test]
-fn contexts_own_disjoint_tag_ranges() {
+/// A 64-tag queue over a deferred-completion RAM disk, never waiting for a tag.
+fn ram_queue() -> &'static Queue<64> {
     let ram: &'static RamDisk = leak(RamDisk::new(
         buf(64 * 512),
         QueueLimits::new(),
@@ -395,6 +395,12 @@ fn contexts_own_disjoint_tag_ranges() {
         split_set(),
     ));
     ram.attach(q);
+    q
+}
+
+#[test]
+fn contexts_own_disjoint_tag_ranges() {
+    let q = ram_queue();
     assert_eq!(q.map_hw_contexts(3, 3), Ok(3));
     // 64 / 3 = 21 tags each; context h owns 21h..21h+21.
     let mut got = [Vec::new(), Vec::new(), Vec::new()];
@@ -420,21 +426,7 @@ fn contexts_own_disjoint_tag_ranges() {
 
 #[test]
 fn fast_path_only_for_one_context_of_one_cpu() {
-    let ram: &'static RamDisk = leak(RamDisk::new(
-        buf(64 * 512),
-        QueueLimits::new(),
-        CompletionMode::Deferred,
-    ));
-    let q: &'static Queue<64> = leak(Queue::new(
-        ram,
-        QueueLimits::new(),
-        QueueConfig {
-            wait: Wait::Never,
-            ..QueueConfig::new(64)
-        },
-        split_set(),
-    ));
-    ram.attach(q);
+    let q = ram_queue();
     // (granted queues, CPUs) -> contexts, fast path.
     for (granted, cpus, n, fast) in [
         (1, 1, 1, true),
