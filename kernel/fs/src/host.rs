@@ -14,7 +14,7 @@ use std::vec::Vec;
 use crate::error::FsError;
 use crate::format::BLOCK_SIZE;
 use crate::io::{BlockIo, IoError, IoErrorKind, Run, WriteFlags, check_range};
-use crate::{Fs, FsckStatus, Ino, Kind, MkfsOptions, Problem};
+use crate::v1::{Fs, FsckStatus, Ino, Kind, MkfsOptions, Problem};
 
 /// Inode-table blocks of a host instance (the format maximum).
 pub const HOST_IB: usize = 64;
@@ -192,7 +192,7 @@ pub struct FsckReport {
     /// Every problem found (empty: clean).
     pub problems: Vec<Problem>,
     /// Counts.
-    pub stats: crate::FsckStats,
+    pub stats: crate::v1::FsckStats,
 }
 
 impl FsckReport {
@@ -232,7 +232,7 @@ pub fn fsck_device<D: BlockIo>(dev: D) -> FsckReport {
                         what,
                     });
                 }
-                crate::FsckStats {
+                crate::v1::FsckStats {
                     status: FsckStatus::Corrupt,
                     problems: problems.len() as u32,
                     ..Default::default()
@@ -264,7 +264,7 @@ pub fn ls(image: &Path, path: &str) -> Result<Vec<LsEntry>, ToolError> {
 
 /// [`ls`] on a mounted-or-not instance (mounts read-only if needed).
 pub fn ls_fs<D: BlockIo>(fs: &mut HostFs<'_, D>, path: &str) -> Result<Vec<LsEntry>, ToolError> {
-    if fs.mode() == crate::Mode::Unmounted {
+    if fs.mode() == crate::v1::Mode::Unmounted {
         fs.mount(true)?;
     }
     let ino = fs.open(path)?;
