@@ -253,7 +253,7 @@ impl<'m> Instance<'m> {
 pub fn fs_blocks(dev_blocks: u64) -> u64 {
     let gb = u64::from(GROUP_BLOCKS);
     let b = dev_blocks.min(tinyfs::v2::superblock::MAX_BLOCKS);
-    if b % gb != 0 && b % gb < 4 {
+    if !b.is_multiple_of(gb) && b % gb < 4 {
         b - b % gb
     } else {
         b

@@ -531,7 +531,7 @@ fn frag_is(fs: &mut KernelFs<'_>, ino: Ino, filled: bool, buf: &mut [u8]) -> Tes
         check!(n > 0, "short file at {}", off);
         for (k, b) in buf[..n].chunks(BLOCK_SIZE).enumerate() {
             let at = off + k as u64 * bs;
-            if (at / bs) % 2 == 0 || filled {
+            if (at / bs).is_multiple_of(2) || filled {
                 check!(
                     pattern_mismatch(b, FRAG_SEED, at).is_none(),
                     "block {} differs",
@@ -845,7 +845,6 @@ ktest! {
             let (mut fs, info) = ok(inst.mount(false), "mount read-write")?;
             check!(info.rolled_back, "{:?}", info);
             err_is(fs.create("/c"), FsError::ReadOnly, "create")?;
-            drop(fs);
             // The newest root is still there, untouched.
             raw(Op::Read, new.root, &mut buf)?;
             buf.as_mut_slice()[300] ^= 0x40;
