@@ -1,5 +1,6 @@
-//! Host side (feature `std`): in-memory and image-file devices and the image tools
-//! (`mkfs`, `fsck`, `ls`, `put`, `get`) that `cargo xtask` wires to subcommands.
+//! Host side (feature `std`): in-memory and image-file devices ([`MemDisk`], [`FileDisk`]:
+//! any version), and format version 1's image tools (`mkfs`, `fsck`, `ls`, `put`, `get`),
+//! kept for version 1's tests (`cargo xtask`'s image tools run format version 2).
 
 extern crate std;
 
