@@ -143,6 +143,12 @@ pub fn with_fs<R>(f: impl FnOnce(&mut Instance<'_>) -> R) -> Result<R, Setup> {
     with_fs_on(root_device().ok_or(Setup::NoDisk)?, f)
 }
 
+/// Runs `f` on an instance over the registered device `name` (`vda`, `nvme0n1p2`, a mapped
+/// device, ...; [`Setup::NoDisk`] when no device has that name); see [`with_fs_on`].
+pub fn with_fs_named<R>(name: &str, f: impl FnOnce(&mut Instance<'_>) -> R) -> Result<R, Setup> {
+    with_fs_on(registry::find(name).ok_or(Setup::NoDisk)?.dev, f)
+}
+
 /// Runs `f` on an instance over `dev` with the first free instance memory (locked for the
 /// duration; [`Setup::Busy`] when all [`INSTANCES`] are in use). Calls nest: inside `f`,
 /// another call over another device gives a second instance, both mounted at once.

@@ -306,13 +306,11 @@ ktest! {
 }
 
 /// mkfs, a file, remount, read back, fsck, on device `name` (a filesystem instance of
-/// [`crate::fs::with_fs_on`]).
+/// [`crate::fs::with_fs_named`]).
 fn tinyfs_on(name: &str, seed: u64) -> TestResult {
     let d = dev(name)?;
-    crate::fs::with_fs_on(d.dev, |inst| {
-        tinyfs_on_instance(inst, name, d.sectors, seed)
-    })
-    .map_err(|e| fail(format_args!("{}: no filesystem instance: {:?}", name, e)))?
+    crate::fs::with_fs_named(name, |inst| tinyfs_on_instance(inst, name, d.sectors, seed))
+        .map_err(|e| fail(format_args!("{}: no filesystem instance: {:?}", name, e)))?
 }
 
 fn tinyfs_on_instance(
