@@ -1021,3 +1021,68 @@ fn more_instances(
     }
     fs::with_fs_on(dev, |_| more_instances(dev, n - 1))?
 }
+
+/// Files [`fs_large_sparse_disk`] writes: path, size.
+const BIG_DISK_FILES: [(&str, u64); 3] = [
+    ("/big/a.bin", 4 << 20),
+    ("/big/sub/b.bin", 100_001),
+    ("/big/sub/c.bin", 1),
+];
+
+/// Writes [`BIG_DISK_FILES`] and 200 empty files, remounts, reads them back and runs fsck.
+fn fill_and_check(inst: &mut Instance<'_>, buf: &mut [u8]) -> TestResult {
+    let (mut fs, _) = ok(inst.mount(false), "mount")?;
+    ok(fs.mkdir("/big"), "mkdir")?;
+    ok(fs.mkdir("/big/sub"), "mkdir")?;
+    for (k, &(path, size)) in BIG_DISK_FILES.iter().enumerate() {
+        let ino = ok(fs.create(path), path)?;
+        write_pattern(&mut fs, ino, 0xb19 + k as u64, size, buf)?;
+    }
+    let mut name: heapless::String<32> = heapless::String::new();
+    for i in 0..200 {
+        name.clear();
+        let _ = core::fmt::Write::write_fmt(&mut name, format_args!("/big/e{i}"));
+        ok(fs.create(&name), "create")?;
+    }
+    unmount(fs)?;
+    let (mut fs, _) = ok(inst.mount(false), "remount")?;
+    for (k, &(path, size)) in BIG_DISK_FILES.iter().enumerate() {
+        verify_file(&mut fs, path, 0xb19 + k as u64, size, buf)?;
+    }
+    check_eq!(ok(fs.stat_path("/big"), "stat")?.nlink, 3);
+    unmount(fs)?;
+    fsck_clean(inst)
+}
+
+ktest! {
+    #[only_with = "fs_big=1"]
+    fn fs_large_sparse_disk() -> TestResult {
+        on_disk(|inst| {
+            let disk = fs::root_device().ok_or(Outcome::Skip("no filesystem device"))?;
+            let blocks = disk.capacity() / 8;
+            check!(blocks >= 1 << 28, "the profile's disk is {} blocks, not 1 TiB", blocks);
+            let mut buf = scratch(1 << 20)?;
+            let buf = buf.as_mut_slice();
+            // The filesystem the host made, as it is: the whole disk.
+            let (mut fs, how, info) = ok(inst.mount_kernel(), "mount the host's filesystem")?;
+            check_eq!(how, fs::Mounted::Existing);
+            check!(!info.fell_back, "{:?}", info);
+            let s = ok(fs.statfs(), "statfs")?;
+            check_eq!(s.blocks, fs::fs_blocks(blocks));
+            // Used: the two bitmap slots of every group, the superblocks, the root.
+            let groups = s.blocks.div_ceil(u64::from(fs::GROUP_BLOCKS));
+            check!(
+                s.free_blocks + 2 * groups + 64 > s.blocks && s.free_blocks + 2 * groups <= s.blocks,
+                "{} of {} blocks free on an empty filesystem of {} groups",
+                s.free_blocks,
+                s.blocks,
+                groups
+            );
+            unmount(fs)?;
+            fill_and_check(inst, buf)?;
+            // The kernel's own mkfs over the whole terabyte, then the same.
+            ok(inst.mkfs(), "mkfs")?;
+            fill_and_check(inst, buf)
+        })
+    }
+}
