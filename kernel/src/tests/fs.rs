@@ -432,7 +432,7 @@ ktest! {
 }
 
 /// Entries of the large directory.
-const MANY: usize = 3000;
+const MANY: usize = 2000;
 
 fn many_name(i: usize) -> heapless::String<32> {
     let mut s = heapless::String::new();
@@ -518,7 +518,7 @@ ktest! {
 }
 
 /// Blocks of the fragmented file: every other one written, one extent each.
-const FRAG_BLOCKS: u64 = 2400;
+const FRAG_BLOCKS: u64 = 1600;
 const FRAG_SEED: u64 = 0xf7a9;
 
 /// Checks the fragmented file: even blocks hold the pattern, odd ones are holes (zeros) or,
