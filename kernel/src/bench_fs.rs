@@ -3,7 +3,10 @@
 //! `null` backend keeps no data, so a filesystem on it cannot be read back).
 //!
 //! The raw jobs have overwritten the disk, so the filesystem is made afresh (mkfs, mount) and
-//! each job prints a line in the raw jobs' format, under a job name starting with `fs-`:
+//! each job prints a line in the raw jobs' format. The jobs run twice in one run: on format
+//! version 2 (the kernel's filesystem, job names `fs-*`), then on version 1 (`fs-v1-*`, its
+//! kernel instance: 64 MiB, 119 inodes), so the two compare on the same disk and boot;
+//! `benchfs=v2` or `benchfs=v1` runs one version only.
 //!
 //! - `fs-seqwrite`: one new file of [`SEQ_BYTES`] written in [`SEQ_BS`] zero-copy writes
 //!   (`write_buffer` + `commit`: the data goes out from the filesystem's own I/O buffer), then
@@ -18,20 +21,26 @@
 //! - `fs-seqwrite-copy`, `fs-seqwrite-copy-nosync`: the same with the copying `write` (every
 //!   call copies its 128 KiB from the caller's buffer into the I/O buffer);
 //! - `fs-randwrite`: [`RAND_OPS`] 4 KiB overwrites at random block offsets of a
-//!   [`RAND_FILE_BYTES`] file, each followed by `fsync` (latency = write + fsync);
+//!   [`RAND_FILE_BYTES`] file, each followed by `fsync(ino)` (latency = write + fsync);
 //! - `fs-smallfiles`: [`SMALL_FILES`] files, each `create` + 4 KiB `write` + `fsync`
-//!   (latency per file), in rounds of [`SMALL_ROUND`]: the kernel instance has 120 inodes, so
-//!   after each round its files are unlinked and the removal committed; the unlinks and their
-//!   commit are outside the timed spans (`ns` is the sum of the rounds' create/write/fsync spans).
+//!   (latency per file), in rounds of [`SMALL_ROUND`] (version 1's kernel instance has 120
+//!   inodes; version 2 runs the same rounds to compare): after each round its files are
+//!   unlinked and the removal committed; the unlinks and their commit are outside the timed
+//!   spans (`ns` is the sum of the rounds' create/write/fsync spans);
+//! - `fs-dir-create`, `fs-dir-stat`, `fs-dir-unlink` (version 2 only: version 1 holds 119
+//!   files): a directory is filled with [`DIR_ENTRIES`] empty files and synced (untimed), then
+//!   [`DIR_OPS`] new names are created (one `sync` at the end, inside the span), looked up
+//!   and stat'ed by path, and unlinked (one `sync` at the end): per-operation cost in a
+//!   directory of 10,000 entries.
 
 use blk::BlockDevice;
 use hal::DmaBuf;
+use tinyfs::FsError;
 use tinyfs::io::BlockIo;
-use tinyfs::{FsError, Ino};
 
 use crate::bench_profile::{profile_mark_begin, profile_mark_end, profile_request};
 use crate::block;
-use crate::fs::{self, KernelFs};
+use crate::fs::{self, Instance};
 use crate::{arch, boot};
 
 /// Sequential file size and write size.
@@ -44,10 +53,14 @@ const RAND_OPS: usize = 512;
 const SMALL_FILES: usize = 1000;
 const SMALL_ROUND: usize = 100;
 const SMALL_BYTES: usize = 4096;
+/// Directory job: entries in the directory, operations timed.
+const DIR_ENTRIES: usize = 10_000;
+const DIR_OPS: usize = 1000;
 /// Most latencies recorded per job.
 const MAX_OPS: usize = 1024;
 
 /// Timing of one job.
+#[derive(Default)]
 struct Span {
     ns: u64,
     halted_ns: u64,
@@ -92,16 +105,31 @@ fn since(t0: u64) -> u32 {
 
 /// Runs the filesystem jobs if the command line asks for them; `false` if one failed.
 pub fn run() -> bool {
-    if boot::cmdline_arg(crate::boot_info().cmdline, "benchfs") != Some("1") {
-        defmt::println!("BENCH fs skipped (no benchfs=1: the backend keeps no data)");
-        return true;
-    }
+    let which = boot::cmdline_arg(crate::boot_info().cmdline, "benchfs");
+    let (v2, v1) = match which {
+        Some("1") => (true, true),
+        Some("v2") => (true, false),
+        Some("v1") => (false, true),
+        _ => {
+            defmt::println!("BENCH fs skipped (no benchfs=1: the backend keeps no data)");
+            return true;
+        }
+    };
     let Ok(mut src) = DmaBuf::alloc(SEQ_BS, 4096) else {
         defmt::error!("benchfs: no memory for the source buffer");
         return false;
     };
     fs::fill_pattern(src.as_mut_slice(), 0x6265_6e63, 0);
-    match fs::with_fs(|f| jobs(f, src.as_slice())) {
+    let r = fs::with_fs(|inst| -> Result<(), FsError> {
+        if v2 {
+            jobs_v2(inst, src.as_slice())?;
+        }
+        if v1 && profile_request().is_none() {
+            jobs_v1(inst, src.as_slice())?;
+        }
+        Ok(())
+    });
+    match r {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
             defmt::error!("benchfs: {}", defmt::Display2Format(&e));
@@ -118,29 +146,54 @@ pub fn run() -> bool {
     }
 }
 
-fn jobs(f: &mut KernelFs<'_>, src: &[u8]) -> Result<(), FsError> {
+fn jobs_v2(inst: &mut Instance<'_>, src: &[u8]) -> Result<(), FsError> {
     // The raw jobs left garbage in both superblock slots: always format.
-    fs::mkfs(f)?;
-    f.mount(false)?;
+    inst.mkfs()?;
+    let (mut f, _) = inst.mount(false)?;
     let s = f.statfs()?;
     defmt::println!(
-        "BENCH fs mkfs blocks={=u64} inodes={=u32} io_buf={=u32} capacity_sectors={=u64}",
+        "BENCH fs mkfs version=2 blocks={=u64} node_frames={=u32} io_buf={=u32} capacity_sectors={=u64}",
         s.blocks,
-        s.inodes,
-        fs::IO_BUF_BYTES as u32,
+        fs::N as u32,
+        crate::config::FS_DATA_BYTES as u32,
         crate::block::virtio::disk().map_or(0, |d| d.queue.capacity())
     );
     if profile_request().is_some() {
         // `benchprof`: only the zero-copy sequential write, its data phase between the marks.
-        let r = seqwrite(f, src, true, true);
+        let r = v2::seqwrite(&mut f, src, true, true);
         let u = f.unmount();
         r?;
-        return u;
+        return u.map(|_| ());
     }
-    let r = seqwrite(f, src, true, false)
-        .and_then(|()| seqwrite(f, src, false, false))
-        .and_then(|()| randwrite(f, src))
-        .and_then(|()| smallfiles(f, src));
+    let r = v2::seqwrite(&mut f, src, true, false)
+        .and_then(|()| v2::seqwrite(&mut f, src, false, false))
+        .and_then(|()| v2::randwrite(&mut f, src))
+        .and_then(|()| v2::smallfiles(&mut f, src))
+        .and_then(|()| dir_jobs(&mut f));
+    let u = f.unmount();
+    r?;
+    u.map(|_| ())
+}
+
+fn jobs_v1(inst: &mut Instance<'_>, src: &[u8]) -> Result<(), FsError> {
+    let blocks = fs::v1_blocks(inst.block_device().capacity() / 8);
+    let mut f = inst.v1();
+    f.mkfs(tinyfs::v1::MkfsOptions {
+        blocks: Some(blocks),
+        inode_blocks: fs::IB as u32,
+    })?;
+    f.mount(false)?;
+    let s = f.statfs()?;
+    defmt::println!(
+        "BENCH fs mkfs version=1 blocks={=u64} inodes={=u32} io_buf={=u32}",
+        s.blocks,
+        s.inodes,
+        fs::IO_BUF_BYTES as u32,
+    );
+    let r = v1::seqwrite(&mut f, src, true, false)
+        .and_then(|()| v1::seqwrite(&mut f, src, false, false))
+        .and_then(|()| v1::randwrite(&mut f, src))
+        .and_then(|()| v1::smallfiles(&mut f, src));
     let u = f.unmount();
     r?;
     u
@@ -166,184 +219,245 @@ impl Filled {
     }
 }
 
-/// One `SEQ_BS` write at `off`: zero-copy (in as many lent regions as it takes) or copying.
-fn put(
-    f: &mut KernelFs<'_>,
-    ino: Ino,
-    off: u64,
-    src: &[u8],
-    filled: Option<&mut Filled>,
-) -> Result<(), FsError> {
-    let Some(filled) = filled else {
-        return f.write(ino, off, src).map(|_| ());
-    };
-    let mut done = 0;
-    while done < src.len() {
-        let mut w = f.write_buffer(ino, off + done as u64, src.len() - done)?;
-        let n = w.len();
-        let buf = w.buf();
-        if done != 0 || n != src.len() || filled.first_time(buf.as_ptr() as usize) {
-            buf.copy_from_slice(&src[done..done + n]);
-        }
-        w.commit()?;
-        done += n;
-    }
-    Ok(())
-}
+/// The jobs every version runs, over filesystem type `$fs` with inode type `$ino`, job names
+/// prefixed by `$p`.
+macro_rules! common_jobs {
+    ($m:ident, $fs:ty, $ino:ty, $p:literal) => {
+        mod $m {
+            use super::*;
 
-/// `profile`: the data phase runs between the bench's profile marks.
-fn seqwrite(
-    f: &mut KernelFs<'_>,
-    src: &[u8],
-    zero_copy: bool,
-    profile: bool,
-) -> Result<(), FsError> {
-    let ino = f.create("/seq.bin")?;
-    let ios = SEQ_BYTES / SEQ_BS;
-    let mut lat = [0u32; MAX_OPS];
-    let mut span = Span {
-        ns: 0,
-        halted_ns: 0,
-        cycles: 0,
-    };
-    let mut filled = Filled { at: [0; 64], n: 0 };
-    let m = Mark::now();
-    if profile {
-        profile_mark_begin();
-    }
-    for (i, l) in lat.iter_mut().enumerate().take(ios) {
-        let t = arch::now_ns();
-        let off = (i * SEQ_BS) as u64;
-        put(
-            f,
-            ino,
-            off,
-            &src[..SEQ_BS],
-            zero_copy.then_some(&mut filled),
-        )?;
-        *l = since(t);
-    }
-    // The data on the device (write-behind drained), before the commit: comparable to the
-    // raw job, which never flushes.
-    f.device()
-        .drain()
-        .map_err(|e| FsError::io(tinyfs::IoOp::WriteBehind, e))?;
-    if profile {
-        profile_mark_end();
-    }
-    let mut data = Span {
-        ns: 0,
-        halted_ns: 0,
-        cycles: 0,
-    };
-    m.add_to(&mut data);
-    f.fsync(ino)?;
-    m.add_to(&mut span);
-    let (name, nosync) = if zero_copy {
-        ("fs-seqwrite", "fs-seqwrite-nosync")
-    } else {
-        ("fs-seqwrite-copy", "fs-seqwrite-copy-nosync")
-    };
-    report(nosync, SEQ_BS, ios, &data, &mut lat[..ios.min(MAX_OPS)]);
-    report(name, SEQ_BS, ios, &span, &mut lat[..ios.min(MAX_OPS)]);
-    verify(f, ino, src)?;
-    f.unlink("/seq.bin")?;
-    f.sync()
-}
+            type F<'a> = $fs;
 
-/// Reads the sequential file back (untimed): every `SEQ_BS` chunk must be `src`.
-fn verify(f: &mut KernelFs<'_>, ino: Ino, src: &[u8]) -> Result<(), FsError> {
-    let Ok(mut back) = DmaBuf::alloc(SEQ_BS, 4096) else {
-        return Err(FsError::Unsupported("benchfs: no DMA memory to read back"));
-    };
-    let bad = FsError::Corrupt {
-        block: 0,
-        what: "benchfs: file read back differs from what was written",
-    };
-    for i in 0..SEQ_BYTES / SEQ_BS {
-        let n = f.read(ino, (i * SEQ_BS) as u64, back.as_mut_slice())?;
-        if n != SEQ_BS || back.as_slice() != &src[..SEQ_BS] {
-            return Err(bad);
-        }
-    }
-    if f.stat(ino)?.size != SEQ_BYTES as u64 {
-        return Err(bad);
-    }
-    Ok(())
-}
+            /// One `SEQ_BS` write at `off`: zero-copy (in as many lent regions as it takes)
+            /// or copying.
+            fn put(
+                f: &mut F<'_>,
+                ino: $ino,
+                off: u64,
+                src: &[u8],
+                filled: Option<&mut Filled>,
+            ) -> Result<(), FsError> {
+                let Some(filled) = filled else {
+                    return f.write(ino, off, src).map(|_| ());
+                };
+                let mut done = 0;
+                while done < src.len() {
+                    let mut w = f.write_buffer(ino, off + done as u64, src.len() - done)?;
+                    let n = w.len();
+                    let buf = w.buf();
+                    if done != 0 || n != src.len() || filled.first_time(buf.as_ptr() as usize) {
+                        buf.copy_from_slice(&src[done..done + n]);
+                    }
+                    w.commit()?;
+                    done += n;
+                }
+                Ok(())
+            }
 
-fn randwrite(f: &mut KernelFs<'_>, src: &[u8]) -> Result<(), FsError> {
-    let ino = f.create("/rand.bin")?;
-    for off in (0..RAND_FILE_BYTES).step_by(SEQ_BS) {
-        f.write(ino, off as u64, &src[..SEQ_BS])?;
-    }
-    f.fsync(ino)?;
-    let blocks = (RAND_FILE_BYTES / 4096) as u64;
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut lat = [0u32; MAX_OPS];
-    let mut span = Span {
-        ns: 0,
-        halted_ns: 0,
-        cycles: 0,
-    };
-    let m = Mark::now();
-    for l in lat.iter_mut().take(RAND_OPS) {
-        rng ^= rng >> 12;
-        rng ^= rng << 25;
-        rng ^= rng >> 27;
-        let b = rng.wrapping_mul(0x2545_f491_4f6c_dd1d) % blocks;
-        let t = arch::now_ns();
-        f.write(ino, b * 4096, &src[..4096])?;
-        f.fsync(ino)?;
-        *l = since(t);
-    }
-    m.add_to(&mut span);
-    report("fs-randwrite", 4096, RAND_OPS, &span, &mut lat[..RAND_OPS]);
-    f.unlink("/rand.bin")?;
-    f.sync()
-}
+            /// `profile`: the data phase runs between the bench's profile marks.
+            pub(super) fn seqwrite(
+                f: &mut F<'_>,
+                src: &[u8],
+                zero_copy: bool,
+                profile: bool,
+            ) -> Result<(), FsError> {
+                let ino = f.create("/seq.bin")?;
+                let ios = SEQ_BYTES / SEQ_BS;
+                let mut lat = [0u32; MAX_OPS];
+                let mut span = Span::default();
+                let mut filled = Filled { at: [0; 64], n: 0 };
+                let m = Mark::now();
+                if profile {
+                    profile_mark_begin();
+                }
+                for (i, l) in lat.iter_mut().enumerate().take(ios) {
+                    let t = arch::now_ns();
+                    let off = (i * SEQ_BS) as u64;
+                    put(
+                        f,
+                        ino,
+                        off,
+                        &src[..SEQ_BS],
+                        zero_copy.then_some(&mut filled),
+                    )?;
+                    *l = since(t);
+                }
+                // The data on the device (write-behind drained), before the commit:
+                // comparable to the raw job, which never flushes.
+                f.device()
+                    .drain()
+                    .map_err(|e| FsError::io(tinyfs::IoOp::WriteBehind, e))?;
+                if profile {
+                    profile_mark_end();
+                }
+                let mut data = Span::default();
+                m.add_to(&mut data);
+                f.fsync(ino)?;
+                m.add_to(&mut span);
+                let (name, nosync) = if zero_copy {
+                    (concat!($p, "seqwrite"), concat!($p, "seqwrite-nosync"))
+                } else {
+                    (
+                        concat!($p, "seqwrite-copy"),
+                        concat!($p, "seqwrite-copy-nosync"),
+                    )
+                };
+                report(nosync, SEQ_BS, ios, &data, &mut lat[..ios.min(MAX_OPS)]);
+                report(name, SEQ_BS, ios, &span, &mut lat[..ios.min(MAX_OPS)]);
+                verify(f, ino, src)?;
+                f.unlink("/seq.bin")?;
+                f.sync()
+            }
 
-fn smallfiles(f: &mut KernelFs<'_>, src: &[u8]) -> Result<(), FsError> {
-    f.mkdir("/small")?;
-    let mut lat = [0u32; MAX_OPS];
-    let mut span = Span {
-        ns: 0,
-        halted_ns: 0,
-        cycles: 0,
-    };
-    let mut done = 0usize;
-    while done < SMALL_FILES {
-        let round = SMALL_ROUND.min(SMALL_FILES - done);
-        let m = Mark::now();
-        for i in done..done + round {
-            let t = arch::now_ns();
-            let ino: Ino = f.create(name(i).as_str())?;
-            f.write(ino, 0, &src[..SMALL_BYTES])?;
-            f.fsync(ino)?;
-            if let Some(l) = lat.get_mut(i) {
-                *l = since(t);
+            /// Reads the sequential file back (untimed): every `SEQ_BS` chunk must be `src`.
+            fn verify(f: &mut F<'_>, ino: $ino, src: &[u8]) -> Result<(), FsError> {
+                let Ok(mut back) = DmaBuf::alloc(SEQ_BS, 4096) else {
+                    return Err(FsError::Unsupported("benchfs: no DMA memory to read back"));
+                };
+                let bad = FsError::Corrupt {
+                    block: 0,
+                    what: "benchfs: file read back differs from what was written",
+                };
+                for i in 0..SEQ_BYTES / SEQ_BS {
+                    let n = f.read(ino, (i * SEQ_BS) as u64, back.as_mut_slice())?;
+                    if n != SEQ_BS || back.as_slice() != &src[..SEQ_BS] {
+                        return Err(bad);
+                    }
+                }
+                if f.stat(ino)?.size != SEQ_BYTES as u64 {
+                    return Err(bad);
+                }
+                Ok(())
+            }
+
+            pub(super) fn randwrite(f: &mut F<'_>, src: &[u8]) -> Result<(), FsError> {
+                let ino = f.create("/rand.bin")?;
+                for off in (0..RAND_FILE_BYTES).step_by(SEQ_BS) {
+                    f.write(ino, off as u64, &src[..SEQ_BS])?;
+                }
+                f.fsync(ino)?;
+                let blocks = (RAND_FILE_BYTES / 4096) as u64;
+                let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+                let mut lat = [0u32; MAX_OPS];
+                let mut span = Span::default();
+                let m = Mark::now();
+                for l in lat.iter_mut().take(RAND_OPS) {
+                    rng ^= rng >> 12;
+                    rng ^= rng << 25;
+                    rng ^= rng >> 27;
+                    let b = rng.wrapping_mul(0x2545_f491_4f6c_dd1d) % blocks;
+                    let t = arch::now_ns();
+                    f.write(ino, b * 4096, &src[..4096])?;
+                    f.fsync(ino)?;
+                    *l = since(t);
+                }
+                m.add_to(&mut span);
+                report(
+                    concat!($p, "randwrite"),
+                    4096,
+                    RAND_OPS,
+                    &span,
+                    &mut lat[..RAND_OPS],
+                );
+                f.unlink("/rand.bin")?;
+                f.sync()
+            }
+
+            pub(super) fn smallfiles(f: &mut F<'_>, src: &[u8]) -> Result<(), FsError> {
+                f.mkdir("/small")?;
+                let mut lat = [0u32; MAX_OPS];
+                let mut span = Span::default();
+                let mut done = 0usize;
+                while done < SMALL_FILES {
+                    let round = SMALL_ROUND.min(SMALL_FILES - done);
+                    let m = Mark::now();
+                    for i in done..done + round {
+                        let t = arch::now_ns();
+                        let ino = f.create(name("/small/f", i).as_str())?;
+                        f.write(ino, 0, &src[..SMALL_BYTES])?;
+                        f.fsync(ino)?;
+                        if let Some(l) = lat.get_mut(i) {
+                            *l = since(t);
+                        }
+                    }
+                    m.add_to(&mut span);
+                    for i in done..done + round {
+                        f.unlink(name("/small/f", i).as_str())?;
+                    }
+                    f.sync()?;
+                    done += round;
+                }
+                report(
+                    concat!($p, "smallfiles"),
+                    SMALL_BYTES,
+                    SMALL_FILES,
+                    &span,
+                    &mut lat[..SMALL_FILES.min(MAX_OPS)],
+                );
+                f.rmdir("/small")?;
+                f.sync()
             }
         }
-        m.add_to(&mut span);
-        for i in done..done + round {
-            f.unlink(name(i).as_str())?;
-        }
-        f.sync()?;
-        done += round;
+    };
+}
+
+common_jobs!(v2, fs::KernelFs<'a>, tinyfs::Ino, "fs-");
+common_jobs!(v1, fs::V1Fs<'a>, tinyfs::v1::Ino, "fs-v1-");
+
+/// The directory jobs (version 2): create, stat and unlink [`DIR_OPS`] names in a directory of
+/// [`DIR_ENTRIES`] entries.
+fn dir_jobs(f: &mut fs::KernelFs<'_>) -> Result<(), FsError> {
+    f.mkdir("/dir")?;
+    for i in 0..DIR_ENTRIES {
+        f.create(name("/dir/entry-", i).as_str())?;
     }
-    report(
-        "fs-smallfiles",
-        SMALL_BYTES,
-        SMALL_FILES,
-        &span,
-        &mut lat[..SMALL_FILES.min(MAX_OPS)],
-    );
-    f.rmdir("/small")?;
+    f.sync()?;
+    let mut lat = [0u32; MAX_OPS];
+    let new = |i: usize| name("/dir/new-", i);
+    let mut span = Span::default();
+    let m = Mark::now();
+    for (i, l) in lat.iter_mut().enumerate().take(DIR_OPS) {
+        let t = arch::now_ns();
+        f.create(new(i).as_str())?;
+        *l = since(t);
+    }
+    f.sync()?;
+    m.add_to(&mut span);
+    report("fs-dir-create", 0, DIR_OPS, &span, &mut lat[..DIR_OPS]);
+    let mut span = Span::default();
+    let m = Mark::now();
+    for (i, l) in lat.iter_mut().enumerate().take(DIR_OPS) {
+        let t = arch::now_ns();
+        let st = f.stat_path(new(i).as_str())?;
+        if st.size != 0 {
+            return Err(FsError::Corrupt {
+                block: 0,
+                what: "benchfs: a new empty file is not empty",
+            });
+        }
+        *l = since(t);
+    }
+    m.add_to(&mut span);
+    report("fs-dir-stat", 0, DIR_OPS, &span, &mut lat[..DIR_OPS]);
+    let mut span = Span::default();
+    let m = Mark::now();
+    for (i, l) in lat.iter_mut().enumerate().take(DIR_OPS) {
+        let t = arch::now_ns();
+        f.unlink(new(i).as_str())?;
+        *l = since(t);
+    }
+    f.sync()?;
+    m.add_to(&mut span);
+    report("fs-dir-unlink", 0, DIR_OPS, &span, &mut lat[..DIR_OPS]);
+    for i in 0..DIR_ENTRIES {
+        f.unlink(name("/dir/entry-", i).as_str())?;
+    }
+    f.rmdir("/dir")?;
     f.sync()
 }
 
-fn name(i: usize) -> heapless::String<32> {
+fn name(prefix: &str, i: usize) -> heapless::String<32> {
     let mut s = heapless::String::new();
-    let _ = core::fmt::Write::write_fmt(&mut s, format_args!("/small/f{i:04}"));
+    let _ = core::fmt::Write::write_fmt(&mut s, format_args!("{prefix}{i:05}"));
     s
 }

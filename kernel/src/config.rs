@@ -69,6 +69,17 @@ pub const FS_BVEC_256: usize = if MIN_POOLS { 1 } else { 40 };
 /// Vector arrays of each class the filesystem's vector pools keep in reserve.
 pub const FS_BVEC_RESERVE: u32 = if MIN_POOLS { 1 } else { 2 };
 
+// ---- Filesystem instances (`fs::Instance`) ----
+
+/// Filesystem instances mounted at once, each over its own device.
+pub const FS_INSTANCES: usize = 3;
+/// Node frames of an instance's B+tree cache (4 KiB each; at least `tinyfs::v2::MIN_FRAMES`).
+pub const FS_NODE_FRAMES: usize = 64;
+/// Free-space groups an instance caches (two bitmap blocks each).
+pub const FS_GROUPS: usize = 8;
+/// Bytes of an instance's data buffer: the largest data I/O (one 1 MiB bio).
+pub const FS_DATA_BYTES: usize = 1 << 20;
+
 const _: () = {
     assert!(BLOCK_SPLIT_RESERVE >= 1 && BLOCK_IO_RESERVE >= 1 && FS_BIO_RESERVE >= 1);
     assert!(BLOCK_BVEC_RESERVE >= 1 && FS_BVEC_RESERVE >= 1);

@@ -1,15 +1,22 @@
-//! tinyfs on the root device: the registered device `root=<name>` on the command line names
-//! (`vda`, `sda3`, `nvme0n1p2`, ...; [`crate::block::registry`]), else the virtio disk. Here:
-//! the filesystem's bio set (its own slab, reserve and 256-entry
-//! vector pools), its 1 MiB DMA I/O buffers (one per instance: [`INSTANCES`] filesystems can be
-//! mounted at once, each over its own device, [`with_fs_on`]), an instance over the disk,
-//! mounting (with mkfs on a blank disk), and the filesystem half of the `mode=run` demo.
+//! tinyfs on named block devices: the registered device `root=<name>` on the command line
+//! names (`vda`, `sda3`, `nvme0n1p2`, a mapped device, ...; [`crate::block::registry`]) is the
+//! root filesystem's, else the virtio disk. Here: the filesystem's bio set (its own slab,
+//! reserve and 256-entry vector pools), the memory of [`INSTANCES`] filesystem instances (each
+//! its node cache, free-space cache and 1 MiB data buffer, DMA memory taken once and kept: no
+//! heap), an [`Instance`] over any device ([`with_fs_on`]; calls nest, so several filesystems
+//! are mounted at once), the kernel's mount policy ([`Instance::mount_kernel`]: mkfs on a blank
+//! disk), and the filesystem half of the `mode=run` demo.
+//!
+//! The filesystem is tinyfs format version 2 ([`KernelFs`], any size up to 16 TiB: nothing in
+//! memory grows with the disk or the file count). Version 1 ([`V1Fs`]) stays available on the
+//! same instance for side-by-side benchmarks.
 //!
 //! A disk counts as blank only when both superblock slots (blocks 0 and 1) are all zeros; a
 //! disk with anything else there that does not mount is reported, never reformatted. A
-//! read-only disk is mounted read-only, and a mount that fell back to an older generation is
-//! logged with the reason (read-only when the newest tree is corrupt: see
-//! [`tinyfs::MountReport`]).
+//! read-only disk is mounted read-only. A mount that fell back to the older commit record is
+//! logged with the reason: a torn newest record (the lost commit was never reported durable)
+//! as a warning, a newest tree that does not validate as an error, and then the older tree is
+//! mounted read-only so the newer tree's blocks stay intact for a check.
 
 use blk::mem::DmaRegion;
 use blk::{
@@ -18,25 +25,42 @@ use blk::{
 use hal::DmaBuf;
 use spin::Mutex;
 use tinyfs::blkdev::{BlkDisk, FsIo};
-use tinyfs::{
-    BLOCK_SIZE, Fallback, FsError, Ino, IoErrorKind, IoOp, Kind, MkfsOptions, Mode, MountOptions,
-    MountReport,
-};
+use tinyfs::v2::check::{self, Problem, Report};
+use tinyfs::v2::volume::volume_frames;
+use tinyfs::{BLOCK_SIZE, FsError, Ino, IoErrorKind, IoOp, Kind, MountInfo};
 
 use crate::block::{self, cpu_ctx, registry, virtio};
-use crate::config::{FS_BIO_RESERVE, FS_BIO_SLAB, FS_BVEC_256, FS_BVEC_RESERVE, FS_BVEC_SMALL};
+use crate::config::{
+    FS_BIO_RESERVE, FS_BIO_SLAB, FS_BVEC_256, FS_BVEC_RESERVE, FS_BVEC_SMALL, FS_DATA_BYTES,
+    FS_GROUPS, FS_NODE_FRAMES,
+};
 
-/// Inode-table blocks an instance holds (15 inodes each).
+/// Node frames of an instance's B+tree cache ([`crate::config::FS_NODE_FRAMES`]).
+pub const N: usize = FS_NODE_FRAMES;
+/// Free-space groups an instance caches ([`crate::config::FS_GROUPS`]).
+pub const G: usize = FS_GROUPS;
+/// Blocks per free-space group mkfs chooses: the most one bitmap block covers (fewest
+/// bitmaps; 2^32 blocks are 132,235 groups).
+pub const GROUP_BLOCKS: u32 = tinyfs::v2::superblock::GROUP_BLOCKS_MAX;
+/// The filesystem type the kernel uses: format version 2 over an instance's device.
+pub type KernelFs<'b> = tinyfs::Fs<'b, &'b mut BlkDisk, N, G>;
+
+/// Inode-table blocks of a version-1 instance (15 inodes each).
 pub const IB: usize = 8;
-/// Bitmap words: filesystems of up to `64 * BW` blocks (64 MiB).
+/// Bitmap words of a version-1 instance: filesystems of up to `64 * BW` blocks (64 MiB).
 pub const BW: usize = 256;
-/// The filesystem type the kernel uses.
-pub type KernelFs<'b> = tinyfs::Fs<'b, BlkDisk, IB, BW>;
+/// Format version 1 on an instance's device (benchmarks compare it with [`KernelFs`]).
+pub type V1Fs<'b> = tinyfs::v1::Fs<'b, &'b mut BlkDisk, IB, BW>;
 
-/// Bytes of the I/O buffer: the largest single filesystem I/O (256 blocks, one 1 MiB bio).
+/// Bytes of an instance's memory: the node cache and free-space cache of [`volume_frames`]
+/// (less its one-block data buffer) plus the data buffer of [`FS_DATA_BYTES`] (the largest
+/// data I/O: 256 blocks, one 1 MiB bio). Version 1 uses the first 1 MiB as its I/O buffer,
+/// fsck the whole of it as scratch.
+pub const MEM_BYTES: usize = (volume_frames(N, G) - 1) * BLOCK_SIZE + FS_DATA_BYTES;
+/// Bytes of version 1's I/O buffer.
 pub const IO_BUF_BYTES: usize = 1 << 20;
-/// The disk's last MiB is left outside the filesystem: the raw-I/O demo uses it as scratch.
-const TAIL_RESERVED_BLOCKS: u64 = (1 << 20) / BLOCK_SIZE as u64;
+const _: () = assert!(MEM_BYTES >= IO_BUF_BYTES && N >= tinyfs::v2::MIN_FRAMES);
+const _: () = assert!(MEM_BYTES >= check::MIN_SCRATCH_BLOCKS * BLOCK_SIZE);
 
 /// Filesystem bios: one slab, a reserve of 8, and vector pools whose 256-entry class covers
 /// every bio of a full batch (at most 32 in flight).
@@ -55,12 +79,12 @@ static FS_BVECS: BvecPools = BvecPools::new(&FS_BVEC_SLABS, FS_BVEC_RESERVE);
 pub static FS_SET: BioSet<FsIo> = BioSet::new(&FS_SLAB, FS_BIO_RESERVE, Some(&FS_BVECS));
 
 /// Filesystem instances that can exist at once (each over its own device, e.g. two
-/// partitions mounted together), one I/O buffer each.
-pub const INSTANCES: usize = 2;
+/// partitions and a mapped device mounted together), [`MEM_BYTES`] each.
+pub const INSTANCES: usize = crate::config::FS_INSTANCES;
 
-/// The I/O buffers, each allocated on first use and never freed; whoever holds a lock owns that
-/// buffer.
-static IO_BUFS: [Mutex<Option<DmaRegion>>; INSTANCES] = [const { Mutex::new(None) }; INSTANCES];
+/// The instances' memory, each allocated on first use and never freed; whoever holds a lock
+/// owns that memory.
+static MEMS: [Mutex<Option<DmaRegion>>; INSTANCES] = [const { Mutex::new(None) }; INSTANCES];
 
 /// Why no filesystem instance could be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,9 +99,9 @@ pub enum Setup {
     Busy,
 }
 
-fn io_buffer() -> Result<DmaRegion, Setup> {
+fn instance_memory() -> Result<DmaRegion, Setup> {
     FS_SET.init().map_err(|_| Setup::NoMemory)?;
-    let buf = DmaBuf::alloc(IO_BUF_BYTES, BLOCK_SIZE).map_err(|_| Setup::NoMemory)?;
+    let buf = DmaBuf::alloc(MEM_BYTES, BLOCK_SIZE).map_err(|_| Setup::NoMemory)?;
     // Given up for good: the filesystem's block device builds its segments from the region's
     // span, so they can only ever name this memory.
     Ok(DmaRegion::from_dma_buf(buf))
@@ -105,57 +129,147 @@ pub fn root_name() -> Option<&'static str> {
     crate::boot::cmdline_arg(crate::boot_info().cmdline, "root")
 }
 
-/// Runs `f` on an unmounted filesystem instance over the root device ([`root_device`]); see
-/// [`with_fs_on`].
-pub fn with_fs<R>(f: impl FnOnce(&mut KernelFs<'_>) -> R) -> Result<R, Setup> {
+/// A filesystem instance over one device: the device as the filesystem sees it and the
+/// instance's memory. Nothing is mounted; [`Instance::mount`] lends both to a [`KernelFs`]
+/// for as long as it lives.
+pub struct Instance<'m> {
+    disk: BlkDisk,
+    dev: &'static dyn BlockDevice,
+    mem: &'m mut [u8],
+}
+
+/// Runs `f` on an instance over the root device ([`root_device`]); see [`with_fs_on`].
+pub fn with_fs<R>(f: impl FnOnce(&mut Instance<'_>) -> R) -> Result<R, Setup> {
     with_fs_on(root_device().ok_or(Setup::NoDisk)?, f)
 }
 
-/// Runs `f` on an unmounted filesystem instance over `dev`, with the first free I/O buffer
-/// (locked for the duration; [`Setup::Busy`] when all [`INSTANCES`] are in use). Calls nest:
-/// inside `f`, another call over another device gives a second instance, both mounted at once.
-/// `f` should unmount before returning.
+/// Runs `f` on an instance over the registered device `name` (`vda`, `nvme0n1p2`, a mapped
+/// device, ...; [`Setup::NoDisk`] when no device has that name); see [`with_fs_on`].
+pub fn with_fs_named<R>(name: &str, f: impl FnOnce(&mut Instance<'_>) -> R) -> Result<R, Setup> {
+    with_fs_on(registry::find(name).ok_or(Setup::NoDisk)?.dev, f)
+}
+
+/// Runs `f` on an instance over `dev` with the first free instance memory (locked for the
+/// duration; [`Setup::Busy`] when all [`INSTANCES`] are in use). Calls nest: inside `f`,
+/// another call over another device gives a second instance, both mounted at once.
 pub fn with_fs_on<R>(
     dev: &'static dyn BlockDevice,
-    f: impl FnOnce(&mut KernelFs<'_>) -> R,
+    f: impl FnOnce(&mut Instance<'_>) -> R,
 ) -> Result<R, Setup> {
-    let mut guard = IO_BUFS
-        .iter()
-        .find_map(|m| m.try_lock())
-        .ok_or(Setup::Busy)?;
+    let mut guard = MEMS.iter().find_map(|m| m.try_lock()).ok_or(Setup::Busy)?;
     if guard.is_none() {
-        *guard = Some(io_buffer()?);
+        *guard = Some(instance_memory()?);
     }
     let region = guard.as_mut().ok_or(Setup::NoMemory)?;
     let span = region.span();
-    let dev = BlkDisk::new(dev, cpu_ctx(), &FS_SET, block::wait, span).ok_or(Setup::BlockSize)?;
-    let mut fs = KernelFs::new(dev, region.as_mut_slice());
-    Ok(f(&mut fs))
+    let disk = BlkDisk::new(dev, cpu_ctx(), &FS_SET, block::wait, span).ok_or(Setup::BlockSize)?;
+    let mut inst = Instance {
+        disk,
+        dev,
+        mem: region.as_mut_slice(),
+    };
+    Ok(f(&mut inst))
 }
 
-/// The filesystem size mkfs uses on a device of `dev_blocks` blocks.
+/// How [`Instance::mount_kernel`] found the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mounted {
+    /// An existing filesystem.
+    Existing,
+    /// The disk was blank; a new filesystem was written first.
+    Formatted,
+}
+
+impl<'m> Instance<'m> {
+    /// The block device under the instance.
+    pub fn block_device(&self) -> &'static dyn BlockDevice {
+        self.dev
+    }
+
+    /// Writes an empty version-2 filesystem over the whole device (groups of
+    /// [`GROUP_BLOCKS`], no data checksums, clock 0).
+    pub fn mkfs(&mut self) -> Result<(), FsError> {
+        self.mkfs_with(false)
+    }
+
+    /// [`Instance::mkfs`], with data checksums when `data_checksums` (a data block that does
+    /// not match is [`FsError::DataChecksum`] when read).
+    pub fn mkfs_with(&mut self, data_checksums: bool) -> Result<(), FsError> {
+        KernelFs::mkfs_with(
+            &mut &mut self.disk,
+            self.mem,
+            GROUP_BLOCKS,
+            0,
+            data_checksums,
+        )
+    }
+
+    /// Mounts the device's filesystem as it is (no mkfs, nothing logged): read-only as asked
+    /// or as [`MountInfo::rolled_back`] forces; [`FsError::DeviceReadOnly`] for a read-write
+    /// mount of a read-only device.
+    pub fn mount(&mut self, read_only: bool) -> Result<(KernelFs<'_>, MountInfo), FsError> {
+        if !read_only && self.dev.read_only() {
+            return Err(FsError::DeviceReadOnly);
+        }
+        KernelFs::mount(&mut self.disk, self.mem, read_only)
+    }
+
+    /// The kernel's mount, logging what it did: read-write; read-only on a disk that refuses
+    /// writes; on a blank writable disk (both superblocks all zeros) writes a filesystem
+    /// first. Anything else that does not mount is an error (never reformatted). A fallback
+    /// to the older commit record is logged ([`log_mount`]); a corrupt newest tree mounts the
+    /// older one read-only.
+    pub fn mount_kernel(&mut self) -> Result<(KernelFs<'_>, Mounted, MountInfo), FsError> {
+        let read_only = self.dev.read_only();
+        if read_only {
+            defmt::warn!("fs: the disk is read-only: mounting tinyfs read-only");
+        }
+        let how = match KernelFs::mount(&mut self.disk, self.mem, read_only) {
+            Ok(_) => Mounted::Existing,
+            Err(FsError::Corrupt { block, what }) => {
+                if read_only || !superblocks_blank_on(Some(self.dev))? {
+                    return Err(FsError::Corrupt { block, what });
+                }
+                self.mkfs()?;
+                Mounted::Formatted
+            }
+            Err(e) => return Err(e),
+        };
+        let (fs, info) = KernelFs::mount(&mut self.disk, self.mem, read_only)?;
+        log_mount(&info);
+        Ok((fs, how, info))
+    }
+
+    /// Checks the unmounted filesystem ([`tinyfs::v2::check::check`], the instance's memory
+    /// as scratch): every problem goes to `report`, naming its block.
+    pub fn check(&mut self, report: &mut dyn FnMut(&Problem)) -> Result<Report, FsError> {
+        check::check(&mut self.disk, self.mem, report)
+    }
+
+    /// A version-1 instance over the device (unmounted; its I/O buffer is the first
+    /// [`IO_BUF_BYTES`] of the instance's memory).
+    pub fn v1(&mut self) -> V1Fs<'_> {
+        V1Fs::new(&mut self.disk, &mut self.mem[..IO_BUF_BYTES])
+    }
+}
+
+/// The size in blocks of the filesystem [`Instance::mkfs`] writes on a device of `dev_blocks`
+/// blocks: the whole device up to 2^32 blocks, less a last group too short for its bitmap
+/// slots (as `tinyfs::v2::space::FreeSpace::mkfs` lays it out).
 pub fn fs_blocks(dev_blocks: u64) -> u64 {
-    dev_blocks
-        .saturating_sub(TAIL_RESERVED_BLOCKS)
-        .min(64 * BW as u64)
+    let gb = u64::from(GROUP_BLOCKS);
+    let b = dev_blocks.min(tinyfs::v2::superblock::MAX_BLOCKS);
+    if !b.is_multiple_of(gb) && b % gb < 4 {
+        b - b % gb
+    } else {
+        b
+    }
 }
 
-/// Writes an empty filesystem on the root device (the instance stays unmounted).
-pub fn mkfs(fs: &mut KernelFs<'_>) -> Result<(), FsError> {
-    mkfs_on(fs, root_device())
-}
-
-/// Writes an empty filesystem of [`fs_blocks`] on `dev`, the instance's device (the instance
-/// stays unmounted).
-pub fn mkfs_on(
-    fs: &mut KernelFs<'_>,
-    dev: Option<&'static dyn BlockDevice>,
-) -> Result<(), FsError> {
-    let blocks = fs_blocks(dev.map_or(0, |d| d.capacity() / 8));
-    fs.mkfs(MkfsOptions {
-        blocks: Some(blocks),
-        inode_blocks: IB as u32,
-    })
+/// The size of a version-1 filesystem on a device of `dev_blocks` blocks: the whole device up
+/// to the instance's `64 * BW` blocks.
+pub fn v1_blocks(dev_blocks: u64) -> u64 {
+    dev_blocks.min(64 * BW as u64)
 }
 
 /// Whether both superblock slots of `dev` are all zeros (read straight from the disk).
@@ -183,74 +297,17 @@ pub fn superblocks_blank_on(dev: Option<&'static dyn BlockDevice>) -> Result<boo
     Ok(buf.as_slice().iter().all(|&b| b == 0))
 }
 
-/// How [`mount`] found the disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mounted {
-    /// An existing filesystem.
-    Existing,
-    /// The disk was blank; a new filesystem was written first.
-    Formatted,
-}
-
-/// Mounts the disk's filesystem, logging what the mount did: read-write; read-only on a disk
-/// that refuses writes; on a blank writable disk (both superblocks all zeros) writes a
-/// filesystem first. Anything else that does not mount is an error (never reformatted). A
-/// fallback to an older generation is logged as an error with its reason; when the newest
-/// tree is corrupt the mount is read-only (the rollback is not accepted here).
-pub fn mount(fs: &mut KernelFs<'_>) -> Result<(Mounted, MountReport), FsError> {
-    mount_on(fs, root_device())
-}
-
-/// [`mount`] for an instance over `dev` (its device, from [`with_fs_on`]).
-pub fn mount_on(
-    fs: &mut KernelFs<'_>,
-    dev: Option<&'static dyn BlockDevice>,
-) -> Result<(Mounted, MountReport), FsError> {
-    let read_only = dev.is_some_and(|d| d.read_only());
-    if read_only {
-        defmt::warn!("fs: the disk is read-only: mounting tinyfs read-only");
-    }
-    let opts = MountOptions {
-        read_only,
-        accept_rollback: false,
-    };
-    let (how, report) = match fs.mount_with(opts) {
-        Ok(r) => (Mounted::Existing, r),
-        Err(FsError::Corrupt { block, what }) => {
-            if read_only || !superblocks_blank_on(dev)? {
-                return Err(FsError::Corrupt { block, what });
-            }
-            mkfs_on(fs, dev)?;
-            (Mounted::Formatted, fs.mount_with(opts)?)
-        }
-        Err(e) => return Err(e),
-    };
-    log_mount(&report, opts);
-    Ok((how, report))
-}
-
-/// Logs a mount that did not simply use the newest generation.
-pub fn log_mount(report: &MountReport, opts: MountOptions) {
-    if let Some(fb) = &report.fell_back_from {
+/// Logs a mount that did not simply use the newest commit record.
+pub fn log_mount(info: &MountInfo) {
+    if info.rolled_back {
         defmt::error!(
-            "fs: FELL BACK to generation {=u64}: {}",
-            report.generation,
-            defmt::Display2Format(fb)
+            "fs: FELL BACK to generation {=u64}: the newest commit's tree is corrupt; mounted the older tree READ-ONLY so that the newer tree's blocks stay intact; check the disk (cargo xtask fsck)",
+            info.generation
         );
-        if report.rollback_refused(opts) {
-            defmt::error!(
-                "fs: mounted read-only so that the newer generation's blocks stay intact; \
-                 check the disk (cargo xtask fsck) before accepting the rollback"
-            );
-        } else if matches!(fb, Fallback::TornSuperblock(_)) {
-            defmt::warn!("fs: the lost commit was never reported durable (torn commit record)");
-        }
-    }
-    if let Some(s) = &report.damaged_older {
+    } else if info.fell_back {
         defmt::warn!(
-            "fs: the older superblock (slot {=u64}) is damaged: {=str}; the next commit rewrites it",
-            s.slot,
-            s.what
+            "fs: FELL BACK to generation {=u64}: torn commit record; the lost commit was never reported durable",
+            info.generation
         );
     }
 }
@@ -294,7 +351,12 @@ pub fn pattern_mismatch(buf: &[u8], seed: u64, off: u64) -> Option<u64> {
 }
 
 /// Prints the tree under `dir` (whose path is `path`), one line per entry.
-pub fn print_tree(fs: &KernelFs<'_>, dir: Ino, path: &str, depth: usize) -> Result<(), FsError> {
+pub fn print_tree(
+    fs: &mut KernelFs<'_>,
+    dir: Ino,
+    path: &str,
+    depth: usize,
+) -> Result<(), FsError> {
     let mut cookie = 0;
     while let Some((e, next)) = fs.readdir(dir, cookie)? {
         cookie = next;
@@ -317,15 +379,14 @@ pub fn print_tree(fs: &KernelFs<'_>, dir: Ino, path: &str, depth: usize) -> Resu
 }
 
 /// Prints `statfs`.
-pub fn print_statfs(fs: &KernelFs<'_>) -> Result<(), FsError> {
+pub fn print_statfs(fs: &mut KernelFs<'_>) -> Result<(), FsError> {
     let s = fs.statfs()?;
     defmt::println!(
-        "  statfs: {=u64} blocks of {=u32} bytes, {=u64} free; {=u32} inodes, {=u32} free; generation {=u64}; names up to {=u32} bytes",
+        "  statfs: {=u64} blocks of {=u32} bytes, {=u64} free; {=u64} inodes used; generation {=u64}; names up to {=u32} bytes",
         s.blocks,
         s.block_size,
         s.free_blocks,
-        s.inodes,
-        s.free_inodes,
+        s.inodes_used,
         s.generation,
         s.name_max
     );
@@ -353,27 +414,26 @@ pub fn demo() -> bool {
 const DEMO_BIG: usize = 384 * 1024 + 123;
 const DEMO_SEED: u64 = 0x7469_6e79;
 
-fn demo_on(fs: &mut KernelFs<'_>) -> Result<(), FsError> {
-    let (how, report) = mount(fs)?;
+fn demo_on(inst: &mut Instance<'_>) -> Result<(), FsError> {
+    let dev_read_only = inst.block_device().read_only();
+    let (mut fs, how, info) = inst.mount_kernel()?;
+    let read_only = dev_read_only || info.rolled_back;
     defmt::println!(
         "fs: tinyfs mounted ({=str}), generation {=u64}, {=str}",
         match how {
             Mounted::Existing => "existing filesystem",
             Mounted::Formatted => "blank disk: formatted first",
         },
-        report.generation,
-        match report.mode {
-            Mode::ReadOnly => "read-only",
-            _ => "read-write",
-        }
+        info.generation,
+        if read_only { "read-only" } else { "read-write" }
     );
-    if report.mode == Mode::ReadOnly {
+    if read_only {
         defmt::println!("fs: read-only: the tree, no writes");
-        print_tree(fs, Ino::ROOT, "/", 0)?;
-        print_statfs(fs)?;
-        return fs.unmount();
+        print_tree(&mut fs, Ino::ROOT, "/", 0)?;
+        print_statfs(&mut fs)?;
+        return fs.unmount().map(|_| ());
     }
-    let r = demo_files(fs);
+    let r = demo_files(&mut fs);
     let u = fs.unmount();
     r?;
     u?;

@@ -1,6 +1,6 @@
 //! `mode=powercut seed=S`: the guest half of the power-cut test (`cargo xtask powercut`).
 //!
-//! Mounts the tinyfs filesystem the host made on the first disk (virtio-blk, NVMe or AHCI, in
+//! Mounts the tinyfs filesystem (format version 2) the host made on the first disk (virtio-blk, NVMe or AHCI, in
 //! that order), then runs a seeded workload on up to [`FILES`] files under `/pc` until QEMU is
 //! killed: whole-file writes of varied sizes, appends, truncations, overwrites of a range with
 //! other contents, renames over other files and unlinks, each followed by `fsync` (or `sync`
@@ -25,14 +25,12 @@
 //! its own reconstruction. The host kills QEMU at a seeded instant and checks the image.
 
 use blk::BlockDevice;
-use blk::mem::DmaRegion;
 use hal::DmaBuf;
 use heapless::String;
-use tinyfs::blkdev::BlkDisk;
 use tinyfs::{BLOCK_SIZE, FsError, Ino};
 
-use crate::block::{self, ahci, cpu_ctx, nvme, virtio};
-use crate::fs::{FS_SET, IO_BUF_BYTES, KernelFs, fill_pattern};
+use crate::block::{ahci, nvme, virtio};
+use crate::fs::{KernelFs, fill_pattern, with_fs_on};
 
 /// Files the workload keeps (`/pc/f0` ..).
 pub const FILES: usize = 8;
@@ -137,32 +135,27 @@ pub fn run(cmdline: &str) -> bool {
         return false;
     };
     defmt::println!("PC start seed={=u64} disk={=str}", seed, name);
-    if FS_SET.init().is_err() {
-        defmt::error!("PC error: filesystem bio pools");
-        return false;
-    }
-    let (Ok(io), Ok(mut scratch)) = (
-        DmaBuf::alloc(IO_BUF_BYTES, BLOCK_SIZE),
-        DmaBuf::alloc(CHUNK, BLOCK_SIZE),
-    ) else {
+    let Ok(mut scratch) = DmaBuf::alloc(CHUNK, BLOCK_SIZE) else {
         defmt::error!("PC error: no memory for the buffers");
         return false;
     };
-    // Given up for good: the filesystem's block device builds its segments from this region.
-    let mut region = DmaRegion::from_dma_buf(io);
-    let span = region.span();
-    let Some(disk) = BlkDisk::new(dev, cpu_ctx(), &FS_SET, block::wait, span) else {
-        defmt::error!("PC error: the disk's block size does not divide 4 KiB");
-        return false;
-    };
-    let mut fs = KernelFs::new(disk, region.as_mut_slice());
-    match workload(&mut fs, seed, scratch.as_mut_slice()) {
-        Ok(()) => {
-            defmt::println!("PC done");
-            fs.unmount().is_ok()
-        }
-        Err((op, e)) => {
+    let r = with_fs_on(dev, |inst| {
+        let (mut fs, _) = inst.mount(false).map_err(|e| (0, e))?;
+        workload(&mut fs, seed, scratch.as_mut_slice())?;
+        defmt::println!("PC done");
+        fs.unmount().map(|_| ()).map_err(|e| (MAX_OPS, e))
+    });
+    match r {
+        Ok(Ok(())) => true,
+        Ok(Err((op, e))) => {
             defmt::error!("PC error op {=u32}: {}", op, defmt::Display2Format(&e));
+            false
+        }
+        Err(e) => {
+            defmt::error!(
+                "PC error: no filesystem instance: {}",
+                defmt::Debug2Format(&e)
+            );
             false
         }
     }
@@ -188,7 +181,6 @@ fn write_range(
 }
 
 fn workload(fs: &mut KernelFs<'_>, seed: u64, buf: &mut [u8]) -> Result<(), (u32, FsError)> {
-    fs.mount(false).map_err(|e| (0, e))?;
     match fs.mkdir("/pc") {
         Ok(_) | Err(FsError::Exists) => {}
         Err(e) => return Err((0, e)),

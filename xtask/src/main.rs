@@ -613,11 +613,12 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["xtask", "run", "--release", "--debug"]).is_err());
         let cli = Cli::try_parse_from(["xtask", "mkfs", "a.img", "--size", "64M"]).unwrap();
+        assert!(Cli::try_parse_from(["xtask", "mkfs", "a.img", "--size", "16T"]).is_ok());
         assert!(matches!(
             cli.command,
             Cmd::Image(image::ImageCmd::Mkfs {
                 size: 0x400_0000,
-                inode_blocks: 8,
+                data_checksums: false,
                 ..
             })
         ));

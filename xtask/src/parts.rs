@@ -23,8 +23,8 @@
 //!   then slots 3 and 4 filled in by hand: 3 overlaps 1 (4096+2048) and 4 reaches past the
 //!   end of the disk (60000+10000 on a 32 MiB disk). Both must be refused, 1 and 2 kept.
 //! - `gpt-tinyfs`: the disk of `cargo xtask run`: a GPT written by `sgdisk` with partition 1
-//!   `tinyfs` (8300, sectors 2048..100351, 48 MiB) holding an empty tinyfs filesystem (as
-//!   `cargo xtask mkfs` makes, leaving the partition's last MiB out like the kernel's own mkfs)
+//!   `tinyfs` (8300, sectors 2048..100351, 48 MiB) holding an empty tinyfs filesystem over the
+//!   whole partition (as `cargo xtask mkfs` makes, and the kernel's own mkfs)
 //!   and partition 2 `scratch` (8300, 100352..129023, 14 MiB, left zeroed).
 //! - `gpt-4k`: a disk of 4096-byte logical blocks (QEMU's `logical_block_size=4096`) with a
 //!   GPT in 4 KiB sectors: the header in block 1, the entry array in blocks 2..5, the backup at
@@ -459,24 +459,10 @@ pub fn write_gpt(disk: &Path, sector: u64, parts: &[GptPart]) -> Result<()> {
     Ok(())
 }
 
-/// Writes an empty tinyfs filesystem (`cargo xtask mkfs`, default inode table) into the
-/// partition at `(start, len)` bytes of `disk`, leaving the partition's last MiB out.
+/// Writes an empty tinyfs filesystem (`cargo xtask mkfs`) over the whole partition at
+/// `(start, len)` bytes of `disk`.
 fn tinyfs_into(disk: &Path, (start, len): (u64, u64)) -> Result<()> {
-    let mut tmp = disk.as_os_str().to_owned();
-    tmp.push(".fs");
-    let tmp = Path::new(&tmp);
-    let _ = fs::remove_file(tmp);
-    crate::image::mkfs(
-        tmp,
-        len - (1 << 20),
-        tinyfs::MkfsOptions::default().inode_blocks,
-    )?;
-    let bytes = fs::read(tmp)?;
-    fs::remove_file(tmp)?;
-    let mut f = fs::OpenOptions::new().write(true).open(disk)?;
-    f.seek(SeekFrom::Start(start))?;
-    f.write_all(&bytes)?;
-    Ok(())
+    crate::image::mkfs_into(disk, start, len).map(|_| ())
 }
 
 /// Changes the primary GPT header's first-usable field (LBA 1, bytes 40..48) without fixing

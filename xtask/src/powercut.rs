@@ -61,8 +61,6 @@ pub struct PowercutArgs {
 
 /// Size of the image each cut starts from (a fresh tinyfs filesystem).
 const IMAGE_MIB: u64 = 64;
-/// Inode-table blocks of that filesystem (the kernel's instance holds up to 8).
-const INODE_BLOCKS: u32 = 8;
 /// Most acknowledgements a cut waits for before its delay starts.
 const MAX_ACKS: u64 = 24;
 /// Longest extra delay after the last awaited acknowledgement.
@@ -241,8 +239,7 @@ fn one_cut(
     let log = dir.join(format!("{label}-writes.log"));
     let console_log = dir.join(format!("{label}-console.log"));
     let _ = fs::remove_file(&image);
-    tinyfs::host::mkfs(&image, IMAGE_MIB << 20, INODE_BLOCKS)
-        .map_err(|e| anyhow::anyhow!("mkfs {}: {e}", image.display()))?;
+    crate::image::mkfs(&image, IMAGE_MIB << 20)?;
     fs::copy(&image, &base)?;
     fs::write(&log, b"")?;
 
@@ -738,21 +735,19 @@ struct Check {
 
 /// The tree under `/pc` in `image`, contents included.
 fn read_tree(image: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
-    let entries = tinyfs::host::ls(image, "/pc").map_err(|e| format!("ls /pc: {e}"))?;
-    let scratch = image.with_extension("get");
+    let entries = crate::image::ls(image, "/pc").map_err(|e| format!("ls /pc: {e:#}"))?;
     let mut out = BTreeMap::new();
     for e in entries {
         let path = format!("/pc/{}", e.name);
-        tinyfs::host::get(image, &path, &scratch).map_err(|e| format!("get {path}: {e}"))?;
-        let data = fs::read(&scratch).map_err(|e| e.to_string())?;
+        let data =
+            crate::image::read_file(image, &path).map_err(|e| format!("get {path}: {e:#}"))?;
         out.insert(path, data);
     }
-    let _ = fs::remove_file(&scratch);
     Ok(out)
 }
 
 fn check_image(image: &Path, run: &Run) -> Result<Check> {
-    let report = tinyfs::host::fsck(image).map_err(|e| anyhow::anyhow!("fsck: {e}"))?;
+    let report = crate::image::fsck(image)?;
     let clean = report.is_clean();
     let mut detail = String::new();
     if !clean {
@@ -760,7 +755,7 @@ fn check_image(image: &Path, run: &Run) -> Result<Check> {
             .problems
             .iter()
             .take(5)
-            .map(|p| format!("block {}: {}", p.block, p.what))
+            .map(crate::image::problem_line)
             .collect();
         detail = format!(
             "fsck: {} problems: {}",

@@ -583,8 +583,8 @@ mod tests {
             "image = { size_mib = 0 }",
             "image = { size_mib = 16, format = \"ext4\" }",
             "image = { size_mib = 16, formt = \"raw\" }",
-            "image = { size_mib = 8192, format = \"tinyfs\" }",
-            "image = { size_mib = 8192 }",
+            "image = { size_mib = 33554432, format = \"tinyfs\" }",
+            "image = { size_mib = 33554432 }",
         ] {
             let bad = SAMPLE.replace("image = { size_mib = 16 }", image);
             assert!(Profile::parse("x", &bad).is_err(), "{image}");

@@ -6,7 +6,7 @@
 //! 2. The host's fsck on that image (the state the guest left without unmounting).
 //! 3. Boot `fs_phase=verify` on the same image: contents byte-exact, the unsynced file absent,
 //!    clean unmount and fsck in the guest.
-//! 4. The host's fsck again, and `tinyfs::host::get` of every file compared with the expected
+//! 4. The host's fsck again, and `crate::image::read_file` of every file compared with the expected
 //!    contents.
 //!
 //! Both boots pass `ktest=gated`, so only the phase's own test runs and nothing else touches
@@ -173,13 +173,13 @@ fn judge(verdict: &Verdict, test: &str) -> Result<String, String> {
 }
 
 fn host_fsck(image: &Path) -> Result<String, String> {
-    let report = tinyfs::host::fsck(image).map_err(|e| format!("fsck could not run: {e}"))?;
+    let report = crate::image::fsck(image).map_err(|e| format!("fsck could not run: {e:#}"))?;
     if !report.is_clean() {
         let problems: Vec<String> = report
             .problems
             .iter()
             .take(5)
-            .map(|p| format!("block {}: {}", p.block, p.what))
+            .map(crate::image::problem_line)
             .collect();
         return Err(format!(
             "{} problems: {}",
@@ -187,18 +187,17 @@ fn host_fsck(image: &Path) -> Result<String, String> {
             problems.join("; ")
         ));
     }
-    let s = report.stats;
+    let s = report.report;
     Ok(format!(
-        "clean: generation {}, {} files, {} directories, {} blocks used",
-        s.generation, s.files, s.dirs, s.used_blocks
+        "clean: generation {}, {} inodes, {} blocks used",
+        s.generation, s.inodes, s.used_blocks
     ))
 }
 
 fn host_get(image: &Path, scratch: &Path) -> Result<String, String> {
     let mut bytes = 0u64;
     for (path, seed, size) in FILES {
-        tinyfs::host::get(image, path, scratch).map_err(|e| format!("get {path}: {e}"))?;
-        let got = fs::read(scratch).map_err(|e| format!("reading {}: {e}", scratch.display()))?;
+        let got = crate::image::read_file(image, path).map_err(|e| format!("get {path}: {e:#}"))?;
         let want = pattern(seed, size);
         if got.len() != want.len() {
             return Err(format!(

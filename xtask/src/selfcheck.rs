@@ -384,21 +384,19 @@ fn run_twice_check(
     let demo = crate::image::ls(&part, "/demo")?;
     let _ = std::fs::remove_file(&part);
     let names: Vec<&str> = demo.iter().map(|e| e.name.as_str()).collect();
-    Ok(
-        if fsck.status == tinyfs::FsckStatus::Clean && names.contains(&"runs.txt") {
-            Ok(format!(
-                "2 boots of {}: {}; vda1 fsck-clean on the host, /demo holds {}",
-                run.name,
-                seen.join(", then "),
-                names.join(" ")
-            ))
-        } else {
-            Err(format!(
-                "after two runs: fsck {:?} ({}), /demo holds {names:?}",
-                fsck.status, fsck.summary
-            ))
-        },
-    )
+    Ok(if fsck.is_clean() && names.contains(&"runs.txt") {
+        Ok(format!(
+            "2 boots of {}: {}; vda1 fsck-clean on the host, /demo holds {}",
+            run.name,
+            seen.join(", then "),
+            names.join(" ")
+        ))
+    } else {
+        Err(format!(
+            "after two runs: fsck {:?} ({}), /demo holds {names:?}",
+            fsck.status, fsck.summary
+        ))
+    })
 }
 
 #[cfg(test)]

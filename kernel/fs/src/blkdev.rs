@@ -85,7 +85,7 @@ impl BlkDisk {
     /// A filesystem device over `dev`; `None` when its logical block size does not divide 4096.
     ///
     /// `mem` is the span of the [`blk::mem::DmaRegion`] whose bytes are the filesystem's I/O
-    /// buffer (given to [`crate::Fs::new`]); every read and write must fall inside it, or fails
+    /// buffer (given to [`crate::v1::Fs::new`], or the memory a [`crate::Fs`] mounts with); every read and write must fall inside it, or fails
     /// with [`IoErrorKind::Device`].
     pub fn new(
         dev: &'static dyn BlockDevice,

@@ -65,7 +65,7 @@ pub enum FsError {
     NoSpace,
     /// No free inodes.
     NoInodes,
-    /// A name longer than [`NAME_MAX`](crate::NAME_MAX).
+    /// A name longer than [`NAME_MAX`](crate::v1::NAME_MAX) (255 in version 2).
     NameTooLong,
     /// Empty, `.`, `..`, or containing `/` or NUL.
     InvalidName,

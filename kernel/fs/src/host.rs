@@ -1,5 +1,6 @@
-//! Host side (feature `std`): in-memory and image-file devices and the image tools
-//! (`mkfs`, `fsck`, `ls`, `put`, `get`) that `cargo xtask` wires to subcommands.
+//! Host side (feature `std`): in-memory and image-file devices ([`MemDisk`], [`FileDisk`]:
+//! any version), and format version 1's image tools (`mkfs`, `fsck`, `ls`, `put`, `get`),
+//! kept for version 1's tests (`cargo xtask`'s image tools run format version 2).
 
 extern crate std;
 
@@ -14,7 +15,7 @@ use std::vec::Vec;
 use crate::error::FsError;
 use crate::format::BLOCK_SIZE;
 use crate::io::{BlockIo, IoError, IoErrorKind, Run, WriteFlags, check_range};
-use crate::{Fs, FsckStatus, Ino, Kind, MkfsOptions, Problem};
+use crate::v1::{Fs, FsckStatus, Ino, Kind, MkfsOptions, Problem};
 
 /// Inode-table blocks of a host instance (the format maximum).
 pub const HOST_IB: usize = 64;
@@ -192,7 +193,7 @@ pub struct FsckReport {
     /// Every problem found (empty: clean).
     pub problems: Vec<Problem>,
     /// Counts.
-    pub stats: crate::FsckStats,
+    pub stats: crate::v1::FsckStats,
 }
 
 impl FsckReport {
@@ -232,7 +233,7 @@ pub fn fsck_device<D: BlockIo>(dev: D) -> FsckReport {
                         what,
                     });
                 }
-                crate::FsckStats {
+                crate::v1::FsckStats {
                     status: FsckStatus::Corrupt,
                     problems: problems.len() as u32,
                     ..Default::default()
@@ -264,7 +265,7 @@ pub fn ls(image: &Path, path: &str) -> Result<Vec<LsEntry>, ToolError> {
 
 /// [`ls`] on a mounted-or-not instance (mounts read-only if needed).
 pub fn ls_fs<D: BlockIo>(fs: &mut HostFs<'_, D>, path: &str) -> Result<Vec<LsEntry>, ToolError> {
-    if fs.mode() == crate::Mode::Unmounted {
+    if fs.mode() == crate::v1::Mode::Unmounted {
         fs.mount(true)?;
     }
     let ino = fs.open(path)?;

@@ -240,9 +240,9 @@ fn show<const D: usize>(d: &Shown<D>) -> Result<(), BlkError> {
 
 /// What the first two blocks of the filesystem device (tinyfs's superblock slots) say.
 enum Found {
-    /// A superblock slot holds a valid tinyfs superblock of this generation.
+    /// A superblock slot holds a valid tinyfs (format version 2) superblock of this generation.
     Tinyfs(u64),
-    /// Neither slot does.
+    /// Neither slot does (a version-1 filesystem counts as none: it is not mountable).
     Other,
 }
 
@@ -254,11 +254,8 @@ fn superblocks(dev: &'static dyn BlockDevice) -> Result<Found, BlkError> {
     wait_bio(bio(dev, Op::Read, 0, &mut core::iter::once(v), 1)?)?;
     let mut newest = None;
     for (at, b) in buf.as_slice().chunks_exact(BLOCK).enumerate() {
-        let Ok(b) = <&tinyfs::format::Block>::try_from(b) else {
-            continue;
-        };
-        if let Ok(h) = tinyfs::format::check_header(b, tinyfs::format::KIND_SUPER, at as u64) {
-            newest = newest.max(Some(h.generation));
+        if let Ok(sb) = tinyfs::v2::Superblock::decode(b, at as u64) {
+            newest = newest.max(Some(sb.generation));
         }
     }
     Ok(newest.map_or(Found::Other, Found::Tinyfs))

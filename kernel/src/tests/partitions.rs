@@ -352,21 +352,22 @@ ktest! {
         }
         let before = disk.queue_stats.snapshot();
         let text: &[u8] = b"tinyfs on a GPT partition made by sgdisk\n";
-        let r = crate::fs::with_fs(|fs| -> TestResult {
-            let (how, _) = ok(crate::fs::mount(fs), "mount (mkfs on the blank partition)")?;
+        let r = crate::fs::with_fs(|inst| -> TestResult {
+            let (mut fs, how, _) =
+                ok(inst.mount_kernel(), "mount (mkfs on the blank partition)")?;
             check_eq!(how, crate::fs::Mounted::Formatted);
             check_eq!(ok(fs.statfs(), "statfs")?.blocks, crate::fs::fs_blocks(p.sectors / 8));
             let f = ok(fs.create("/hello.txt"), "create")?;
             ok(fs.write(f, 0, text), "write")?;
-            ok(fs.unmount(), "unmount")?;
-            super::fs::fsck_clean(fs)?;
-            let (how, _) = ok(crate::fs::mount(fs), "remount")?;
+            ok(fs.unmount().map(|_| ()), "unmount")?;
+            super::fs::fsck_clean(inst)?;
+            let (mut fs, how, _) = ok(inst.mount_kernel(), "remount")?;
             check_eq!(how, crate::fs::Mounted::Existing);
             let f = ok(fs.open("/hello.txt"), "open")?;
             let mut got = [0u8; 64];
             let n = ok(fs.read(f, 0, &mut got), "read")?;
             check!(got[..n] == *text, "read back {:?}", &got[..n]);
-            ok(fs.unmount(), "unmount")
+            ok(fs.unmount().map(|_| ()), "unmount")
         })
         .map_err(|e| fail(format_args!("filesystem setup: {:?}", e)))?;
         r?;

@@ -32,13 +32,12 @@ use blk::mem::DmaRegion;
 use blk::stack::Linear;
 use blk::{Bio, BioFlags, BlkError, BlockDevice, CpuCtx, Op, Wait, submit_bio_wait};
 use hal::DmaBuf;
-use spin::{Mutex, Once};
-use tinyfs::blkdev::BlkDisk;
-use tinyfs::{FsError, FsckStatus, MkfsOptions};
+use spin::Once;
+use tinyfs::FsError;
 
 use crate::block::registry::{self, DevKind};
 use crate::block::{self, IO_SET, cpu_ctx, dm};
-use crate::fs::{IB, KernelFs, fill_pattern, fs_blocks, pattern_mismatch};
+use crate::fs::{fill_pattern, fs_blocks, pattern_mismatch};
 use crate::ktest::{Outcome, TestResult, fail};
 
 /// `mir` sector whose read fails on the blkdebug leg, every time.
@@ -306,31 +305,23 @@ ktest! {
     }
 }
 
-/// The filesystem buffer of these tests (1 MiB, once).
-static FS_BUF: Mutex<Option<DmaRegion>> = Mutex::new(None);
-
-/// mkfs, a file, remount, read back, fsck, on device `name`.
+/// mkfs, a file, remount, read back, fsck, on device `name` (a filesystem instance of
+/// [`crate::fs::with_fs_named`]).
 fn tinyfs_on(name: &str, seed: u64) -> TestResult {
     let d = dev(name)?;
-    let mut guard = FS_BUF.lock();
-    if guard.is_none() {
-        *guard = Some(region(crate::fs::IO_BUF_BYTES)?);
-    }
-    let buf = guard
-        .as_mut()
-        .ok_or_else(|| fail(format_args!("no buffer")))?;
-    let span = buf.span();
-    let disk = BlkDisk::new(d.dev, cpu_ctx(), &crate::fs::FS_SET, block::wait, span)
-        .ok_or_else(|| fail(format_args!("{}: block size", name)))?;
-    let mut fs: KernelFs<'_> = KernelFs::new(disk, buf.as_mut_slice());
-    ok(
-        fs.mkfs(MkfsOptions {
-            blocks: Some(fs_blocks(d.sectors / 8)),
-            inode_blocks: IB as u32,
-        }),
-        "mkfs",
-    )?;
-    ok(fs.mount(false).map(|_| ()), "mount")?;
+    crate::fs::with_fs_named(name, |inst| tinyfs_on_instance(inst, name, d.sectors, seed))
+        .map_err(|e| fail(format_args!("{}: no filesystem instance: {:?}", name, e)))?
+}
+
+fn tinyfs_on_instance(
+    inst: &mut crate::fs::Instance<'_>,
+    name: &str,
+    sectors: u64,
+    seed: u64,
+) -> TestResult {
+    ok(inst.mkfs(), "mkfs")?;
+    let (mut fs, _) = ok(inst.mount(false), "mount")?;
+    check_eq!(ok(fs.statfs(), "statfs")?.blocks, fs_blocks(sectors / 8));
     let f = ok(fs.create("/data"), "create")?;
     let mut chunk = [0u8; 4096];
     for k in 0..64u64 {
@@ -338,8 +329,8 @@ fn tinyfs_on(name: &str, seed: u64) -> TestResult {
         check_eq!(ok(fs.write(f, k * 4096, &chunk), "write")?, 4096);
     }
     ok(fs.fsync(f), "fsync")?;
-    ok(fs.unmount(), "unmount")?;
-    ok(fs.mount(false).map(|_| ()), "remount")?;
+    ok(fs.unmount().map(|_| ()), "unmount")?;
+    let (mut fs, _) = ok(inst.mount(false), "remount")?;
     let f = ok(fs.open("/data"), "open")?;
     for k in 0..64u64 {
         check_eq!(ok(fs.read(f, k * 4096, &mut chunk), "read")?, 4096);
@@ -350,14 +341,20 @@ fn tinyfs_on(name: &str, seed: u64) -> TestResult {
             k
         );
     }
-    ok(fs.unmount(), "unmount")?;
-    let stats = ok(fs.fsck(&mut |_| {}), "fsck")?;
+    ok(fs.unmount().map(|_| ()), "unmount")?;
+    let mut first = None;
+    let r = ok(
+        inst.check(&mut |p| {
+            first.get_or_insert(*p);
+        }),
+        "fsck",
+    )?;
     check!(
-        stats.status == FsckStatus::Clean && stats.problems == 0,
-        "{}: fsck {:?}, {} problems",
+        r.problems == 0,
+        "{}: fsck {} problems, first {:?}",
         name,
-        stats.status,
-        stats.problems
+        r.problems,
+        first
     );
     Ok(())
 }

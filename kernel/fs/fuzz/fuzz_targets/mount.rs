@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tinyfs::host::MemDisk;
-use tinyfs::{Fs, Ino, Kind};
+use tinyfs::v1::{Fs, Ino, Kind};
 
 type FuzzFs<'b, D> = Fs<'b, D, 8, 64>;
 

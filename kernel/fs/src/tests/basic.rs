@@ -1,5 +1,5 @@
 use crate::host::MemDisk;
-use crate::*;
+use crate::v1::*;
 
 type TestFs<'b, D> = Fs<'b, D, 4, 64>;
 

@@ -11,7 +11,7 @@ use super::{Rng, scale};
 use crate::format::BLOCK_SIZE;
 use crate::host::MemDisk;
 use crate::io::{BlockIo, IoError, Run, WriteFlags};
-use crate::*;
+use crate::v1::*;
 
 enum Event {
     Write {

@@ -12,7 +12,7 @@ use super::model::{Model, SmallFs, step};
 use super::{Rng, scale};
 use crate::format::{BLOCK_SIZE, Superblock, seal};
 use crate::host::MemDisk;
-use crate::*;
+use crate::v1::*;
 
 /// Mounts `img` read-only and read-write and drives whatever mounts. Returns true if it mounted.
 pub fn exercise(img: &[u8]) -> bool {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{Rng, scale};
 use crate::host::MemDisk;
-use crate::*;
+use crate::v1::*;
 
 pub type SmallFs<'b, D> = Fs<'b, D, 4, 64>;
 

@@ -7,7 +7,7 @@ use blk::{BioSet, BioSlab, BvecPools, BvecSlabs, CpuCtx, Queue, QueueConfig, Que
 use super::Rng;
 use super::model::{Model, SmallFs, compare, step};
 use crate::blkdev::{BlkDisk, FsIo};
-use crate::*;
+use crate::v1::*;
 
 fn leak<T>(v: T) -> &'static T {
     Box::leak(Box::new(v))

@@ -5,7 +5,7 @@ use super::model::SmallFs;
 use crate::format::{BLOCK_SIZE, Superblock, seal};
 use crate::host::MemDisk;
 use crate::io::{BlockIo, IoError, IoErrorKind, Run, WriteFlags};
-use crate::*;
+use crate::v1::*;
 
 const A: &[u8] = b"written in generation 2";
 const B: &[u8] = b"written in generation 3, the newest";

@@ -7,7 +7,7 @@ use super::Rng;
 use crate::format::BLOCK_SIZE;
 use crate::host::MemDisk;
 use crate::io::{BlockIo, IoError, Run, WriteFlags};
-use crate::*;
+use crate::v1::*;
 
 type ZcFs<'b, D> = Fs<'b, D, 2, 64>;
 
