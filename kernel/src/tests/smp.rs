@@ -1,8 +1,9 @@
 //! Several CPUs: every CPU the firmware reports is online (or reported as failed), each runs
 //! work through `on_each_cpu` with its own `cpu_id`, all at once; each CPU's timer ticks; an
 //! interrupt delivered to CPU k (an MSI with k's APIC id on x86_64, a PLIC source enabled in
-//! k's context on riscv64) is handled on CPU k, idle or not; a mempool hammered from every CPU
-//! at once, driven empty, loses and duplicates nothing.
+//! k's context on riscv64) is handled on CPU k, idle or not; a mempool and a bio set hammered
+//! from every CPU at once, driven empty, lose and duplicate nothing (the bio set's reserve
+//! serving a waiter, its bios stamped by their holder and handed between CPUs).
 //!
 //! The number of CPUs the machine has comes from `cpus=N` on the command line (xtask adds it
 //! for profiles with `smp = N`; 1 without it); `smp_skip=ID,...` names CPUs the kernel was told
