@@ -67,15 +67,20 @@ pub fn idle_end() {
     if clock.start.load(Ordering::Relaxed) != 0 {
         let start = clock.start.swap(0, Ordering::Relaxed);
         if start != 0 {
+            // The clock is read after the bookkeeping: under `-icount` it counts as halted.
+            let all_since = all_halted_leave();
             let now = arch::now_ns();
             clock
                 .halted
                 .fetch_add(now.saturating_sub(start), Ordering::Relaxed);
-            all_halted_leave(now);
+            if let Some(since) = all_since {
+                ALL_HALTED_NS.fetch_add((now & TIME_MASK).saturating_sub(since), Ordering::Relaxed);
+            }
         }
     }
 }
 
+/// Counts the running CPU in with the halted ones, noting `now` if it is the last.
 #[inline(never)]
 fn all_halted_enter(now: u64) {
     let online = arch::cpus_online() as u64;
@@ -99,23 +104,17 @@ fn all_halted_enter(now: u64) {
     }
 }
 
+/// Counts the running CPU out of the halted ones; when every online CPU was halted, since
+/// when.
 #[inline(never)]
-fn all_halted_leave(now: u64) {
+fn all_halted_leave() -> Option<u64> {
     let online = arch::cpus_online() as u64;
     let mut old = ALL_HALTED.load(Ordering::Relaxed);
     loop {
         let count = old >> COUNT_SHIFT;
         let new = (count.saturating_sub(1) << COUNT_SHIFT) | (old & TIME_MASK);
         match ALL_HALTED.compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Relaxed) {
-            Ok(_) => {
-                if count >= online {
-                    ALL_HALTED_NS.fetch_add(
-                        (now & TIME_MASK).saturating_sub(old & TIME_MASK),
-                        Ordering::Relaxed,
-                    );
-                }
-                return;
-            }
+            Ok(_) => return (count >= online).then_some(old & TIME_MASK),
             Err(seen) => old = seen,
         }
     }
