@@ -541,6 +541,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         preallocate_image(path, spec.size_mib)
             .with_context(|| format!("disk image for {}", profile.name))?;
     }
+    if args.icount && args.smp > 1 && profile.arch == Arch::Riscv64 {
+        eprintln!(
+            "warning: riscv64 with --icount and several CPUs: QEMU runs the harts one at a time, and \
+             a hart spinning for another one runs to the end of its time slice; the figures are \
+             not meaningful and a job can take minutes (see docs/bench.md)"
+        );
+    }
     let mut extra = Vec::new();
     if args.icount {
         extra.extend(["-icount".to_owned(), "shift=0".to_owned()]);
