@@ -6,9 +6,132 @@
 //! looks at its mailbox each time it wakes. [`on_each_cpu`] puts the work in every mailbox,
 //! wakes each CPU with an inter-processor interrupt, runs the work on its own CPU, and waits
 //! until every CPU has marked its mailbox done.
+//!
+//! It also keeps each CPU's halt clock: the time each CPU has spent halted in the block layer's
+//! wait hook ([`halted_ns`]), and the time every online CPU was halted there at once
+//! ([`all_halted_ns`]). `cargo xtask bench` counts busy time with them (`docs/bench.md`).
 
 use crate::arch;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// One CPU's halt clock, alone on its cache lines: written only by its own CPU, on each halt
+/// in the wait hook and on the interrupt that ends it.
+#[repr(align(128))]
+struct HaltClock {
+    /// When the CPU last halted (0: not halted).
+    start: AtomicU64,
+    /// Nanoseconds spent halted so far.
+    halted: AtomicU64,
+}
+
+static HALT_CLOCKS: [HaltClock; arch::MAX_CPUS] = [const {
+    HaltClock {
+        start: AtomicU64::new(0),
+        halted: AtomicU64::new(0),
+    }
+}; arch::MAX_CPUS];
+
+/// How many CPUs are halted in the wait hook (top [`COUNT_SHIFT`] bits up) and, while all
+/// online CPUs are, since when (the low bits, ns). One word, so that the CPU that halts last
+/// and one that wakes cannot see the count and the start time of different moments.
+static ALL_HALTED: AtomicU64 = AtomicU64::new(0);
+/// Nanoseconds every online CPU has spent halted in the wait hook at once.
+static ALL_HALTED_NS: AtomicU64 = AtomicU64::new(0);
+const COUNT_SHIFT: u32 = 56;
+const TIME_MASK: u64 = (1 << COUNT_SHIFT) - 1;
+
+/// The running CPU's halt clock.
+#[inline]
+fn halt_clock() -> &'static HaltClock {
+    &HALT_CLOCKS[arch::cpu_id().min(arch::MAX_CPUS - 1)]
+}
+
+/// Starts a halt of the running CPU in the block layer's wait hook (just before it halts).
+/// Interrupts should be off: an interrupt between this and the halt ends the halt early (its
+/// time is then counted as busy).
+#[inline]
+pub fn idle_begin() {
+    // The clock is read first: under `-icount` what follows counts as halted, not as work.
+    let now = arch::now_ns().max(1);
+    // Counted before `start` is set: an interrupt in between finds no halt to end, so the
+    // count never goes below the CPUs that set one.
+    all_halted_enter(now);
+    halt_clock().start.store(now, Ordering::Relaxed);
+}
+
+/// Ends the running CPU's halt, if it is in one (every interrupt calls this through
+/// `block::woke`, before its handler).
+#[inline]
+pub fn idle_end() {
+    let clock = halt_clock();
+    if clock.start.load(Ordering::Relaxed) != 0 {
+        let start = clock.start.swap(0, Ordering::Relaxed);
+        if start != 0 {
+            // The clock is read after the bookkeeping: under `-icount` it counts as halted.
+            let all_since = all_halted_leave();
+            let now = arch::now_ns();
+            clock
+                .halted
+                .fetch_add(now.saturating_sub(start), Ordering::Relaxed);
+            if let Some(since) = all_since {
+                ALL_HALTED_NS.fetch_add((now & TIME_MASK).saturating_sub(since), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Counts the running CPU in with the halted ones, noting `now` if it is the last.
+#[inline(never)]
+fn all_halted_enter(now: u64) {
+    let online = arch::cpus_online() as u64;
+    let mut old = ALL_HALTED.load(Ordering::Relaxed);
+    loop {
+        let count = (old >> COUNT_SHIFT) + 1;
+        let since = if count == online {
+            now & TIME_MASK
+        } else {
+            old & TIME_MASK
+        };
+        match ALL_HALTED.compare_exchange_weak(
+            old,
+            (count << COUNT_SHIFT) | since,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return,
+            Err(seen) => old = seen,
+        }
+    }
+}
+
+/// Counts the running CPU out of the halted ones; when every online CPU was halted, since
+/// when.
+#[inline(never)]
+fn all_halted_leave() -> Option<u64> {
+    let online = arch::cpus_online() as u64;
+    let mut old = ALL_HALTED.load(Ordering::Relaxed);
+    loop {
+        let count = old >> COUNT_SHIFT;
+        let new = (count.saturating_sub(1) << COUNT_SHIFT) | (old & TIME_MASK);
+        match ALL_HALTED.compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return (count >= online).then_some(old & TIME_MASK),
+            Err(seen) => old = seen,
+        }
+    }
+}
+
+/// Nanoseconds the running CPU has spent halted in the block layer's wait hook since boot.
+pub fn halted_ns() -> u64 {
+    halt_clock().halted.load(Ordering::Relaxed)
+}
+
+/// Nanoseconds during which every online CPU was halted in the block layer's wait hook at
+/// once, since boot. Under `-icount shift=0` the guest clock advances by the instructions any
+/// CPU executes, and by real time only while all are halted: elapsed time minus this is the
+/// instructions all CPUs executed together. On one CPU it is [`halted_ns`].
+pub fn all_halted_ns() -> u64 {
+    ALL_HALTED_NS.load(Ordering::Relaxed)
+}
 
 /// One CPU's mailbox: the round of work it should run and the last round it finished.
 struct Mailbox {

@@ -164,6 +164,13 @@ pub struct Row {
     pub errors: u64,
     pub irqs: u64,
     pub notifies: u64,
+    /// Sum over the CPUs of each one's own elapsed minus its own halted time (`busy_ns=`;
+    /// kernels before it: `ns - halted_ns`).
+    pub busy_ns: u64,
+    /// CPUs the job ran on at once (`cpus=`, 1 if absent).
+    pub cpus: u64,
+    /// Completed I/Os of each CPU (`cpu_ios=a,b,...`; `[ios]` if absent).
+    pub cpu_ios: Vec<u64>,
 }
 
 impl Row {
@@ -189,10 +196,22 @@ impl Row {
             errors: 0,
             irqs: 0,
             notifies: 0,
+            busy_ns: 0,
+            cpus: 1,
+            cpu_ios: Vec::new(),
         };
         let mut seen = 0u32;
+        let mut busy = None;
         for word in words {
             let (key, value) = word.split_once('=').context("word without '='")?;
+            if key == "cpu_ios" {
+                row.cpu_ios = value
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .context("cpu_ios is not a list of numbers")?;
+                continue;
+            }
             let value: u64 = value
                 .parse()
                 .with_context(|| format!("{key} is not a number"))?;
@@ -208,6 +227,11 @@ impl Row {
                 "errors" => (&mut row.errors, 8),
                 "irqs" => (&mut row.irqs, 9),
                 "notifies" => (&mut row.notifies, 10),
+                "cpus" => (&mut row.cpus, 11),
+                "busy_ns" => {
+                    busy = Some(value);
+                    continue;
+                }
                 _ => continue, // newer kernels may add keys
             };
             *field = value;
@@ -215,6 +239,14 @@ impl Row {
         }
         ensure!(seen & 0xff == 0xff, "missing fields");
         ensure!(row.ios > 0 && row.ns > 0, "empty job");
+        row.busy_ns = busy.unwrap_or(row.ns.saturating_sub(row.halted_ns));
+        if row.cpu_ios.is_empty() {
+            row.cpu_ios.push(row.ios);
+        }
+        ensure!(
+            row.cpu_ios.len() as u64 == row.cpus && row.cpu_ios.iter().sum::<u64>() == row.ios,
+            "cpu_ios does not add up to ios over cpus"
+        );
         Ok(row)
     }
 
@@ -230,9 +262,27 @@ impl Row {
         self.cycles as f64 / self.ios as f64
     }
 
-    /// (elapsed - halted) / I/Os: guest instructions per I/O under `-icount shift=0`.
+    /// (elapsed - time all CPUs were halted at once) / I/Os: guest instructions per I/O of
+    /// all CPUs together under `-icount shift=0` (the guest clock counts every CPU's
+    /// instructions, and real time only while all are halted).
     pub fn busy_per_io(&self) -> f64 {
         self.ns.saturating_sub(self.halted_ns) as f64 / self.ios as f64
+    }
+
+    /// Sum of the CPUs' own busy times / I/Os: busy ns per I/O in plain TCG, where each CPU
+    /// is a host thread with its own time (under `-icount` this over-counts on several CPUs:
+    /// a CPU waiting for its turn to run is not halted).
+    pub fn busy_ns_per_io(&self) -> f64 {
+        self.busy_ns as f64 / self.ios as f64
+    }
+
+    /// `a/b/c`: each CPU's I/Os.
+    fn split(&self) -> String {
+        self.cpu_ios
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join("/")
     }
 
     fn label(&self) -> String {
@@ -277,10 +327,15 @@ fn table(setup: &Setup, rows: &[Row]) -> String {
         setup.attach,
         setup.dev
     );
-    let insn = if setup.icount { "  insn/io" } else { "" };
+    let insn = if setup.icount {
+        "  insn/io"
+    } else {
+        " busy ns/io"
+    };
+    let split = if setup.cpus > 1 { "  I/Os per CPU" } else { "" };
     let _ = writeln!(
         out,
-        "{:<14} {:>3} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10}{insn}",
+        "{:<14} {:>3} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10}{insn}{split}",
         "job", "qd", "ios", "IOPS", "MiB/s", "p50 us", "p99 us", "cycles/io"
     );
     for r in rows {
@@ -298,8 +353,19 @@ fn table(setup: &Setup, rows: &[Row]) -> String {
         );
         if setup.icount {
             let _ = write!(out, " {:>8.0}", r.busy_per_io());
+        } else {
+            let _ = write!(out, " {:>11.0}", r.busy_ns_per_io());
+        }
+        if setup.cpus > 1 {
+            let _ = write!(out, "  {}", r.split());
         }
         out.push('\n');
+    }
+    if setup.cpus > 1 {
+        out.push_str(
+            "each job ran on every CPU at once (qd per CPU, each CPU in its own part of the disk); \
+             IOPS, MiB/s and per-I/O figures are of all CPUs together\n",
+        );
     }
     if setup.icount {
         out.push_str(
@@ -399,7 +465,8 @@ fn json(setup: &Setup, rows: &[Row]) -> String {
             out,
             "    {{\"job\": {}, \"bs\": {}, \"qd\": {}, \"ios\": {}, \"iops\": {:.1}, \
              \"mib_s\": {:.2}, \"p50_us\": {:.2}, \"p99_us\": {:.2}, \"cycles_per_io\": {:.1}, \
-             \"elapsed_ns\": {}, \"halted_ns\": {}, \"irqs\": {}, \"notifies\": {}",
+             \"elapsed_ns\": {}, \"halted_ns\": {}, \"irqs\": {}, \"notifies\": {}, \
+             \"busy_ns\": {}, \"busy_ns_per_io\": {:.1}, \"cpus\": {}, \"cpu_ios\": [{}]",
             json_str(&r.label()),
             r.bs,
             r.qd,
@@ -412,7 +479,15 @@ fn json(setup: &Setup, rows: &[Row]) -> String {
             r.ns,
             r.halted_ns,
             r.irqs,
-            r.notifies
+            r.notifies,
+            r.busy_ns,
+            r.busy_ns_per_io(),
+            r.cpus,
+            r.cpu_ios
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         if setup.icount {
             let _ = write!(out, ", \"insn_per_io\": {:.1}", r.busy_per_io());
@@ -465,6 +540,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if let (Some(path), Some(spec)) = (&image, &profile.image) {
         preallocate_image(path, spec.size_mib)
             .with_context(|| format!("disk image for {}", profile.name))?;
+    }
+    if args.icount && args.smp > 1 && profile.arch == Arch::Riscv64 {
+        eprintln!(
+            "warning: riscv64 with --icount and several CPUs: QEMU runs the harts one at a time, and \
+             a hart spinning for another one runs to the end of its time slice; the figures are \
+             not meaningful and a job can take minutes (see docs/bench.md)"
+        );
     }
     let mut extra = Vec::new();
     if args.icount {
@@ -622,6 +704,53 @@ mod tests {
                 .unwrap()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn parses_several_cpus() {
+        // Before `busy_ns=`/`cpus=`/`cpu_ios=`: one CPU, busy = elapsed - halted.
+        let one = Row::parse(LINE).unwrap().unwrap();
+        assert_eq!((one.cpus, one.cpu_ios.clone()), (1, vec![1000]));
+        assert_eq!(one.busy_ns, 2_000_000);
+        let line =
+            LINE.replace("ios=1000", "ios=1001") + " busy_ns=9000000 cpus=3 cpu_ios=300,400,301";
+        let row = Row::parse(&line).unwrap().unwrap();
+        assert_eq!(row.cpus, 3);
+        assert_eq!(row.cpu_ios, vec![300, 400, 301]);
+        assert_eq!(row.split(), "300/400/301");
+        assert!((row.busy_ns_per_io() - 9_000_000.0 / 1001.0).abs() < 1e-6);
+        // The icount figure stays elapsed minus the time all CPUs were halted at once.
+        assert!((row.busy_per_io() - 2_000_000.0 / 1001.0).abs() < 1e-6);
+        // The per-CPU counts must add up to the total and name every CPU.
+        assert!(
+            Row::parse(&line.replace("cpu_ios=300", "cpu_ios=299"))
+                .unwrap()
+                .is_err()
+        );
+        assert!(
+            Row::parse(&line.replace("cpus=3", "cpus=2"))
+                .unwrap()
+                .is_err()
+        );
+        assert!(Row::parse(&line.replace("400", "x")).unwrap().is_err());
+        let setup = Setup {
+            profile: "x86_64-nvme-null".into(),
+            arch: Arch::X86_64,
+            qemu: "QEMU".into(),
+            accel: "tcg",
+            icount: false,
+            attach: "nvme-Msix".into(),
+            dev: "raw".into(),
+            cpus: 3,
+        };
+        let text = table(&setup, std::slice::from_ref(&row));
+        assert!(
+            text.contains("busy ns/io") && text.contains("300/400/301"),
+            "{text}"
+        );
+        let text = json(&setup, &[row]);
+        assert!(text.contains("\"cpu_ios\": [300, 400, 301]"), "{text}");
+        assert!(text.contains("\"busy_ns\": 9000000"), "{text}");
     }
 
     #[test]

@@ -175,35 +175,25 @@ pub fn wait() {
     if POLLED.load(Ordering::Relaxed) {
         core::hint::spin_loop();
     } else {
-        // `max(1)`: 0 means "not halted".
-        HALT_START.store(arch::now_ns().max(1), Ordering::Relaxed);
+        crate::smp::idle_begin();
         arch::wait_for_interrupt();
         woke();
     }
 }
-
-/// When the CPU last went idle in [`wait`] (0: not idle).
-static HALT_START: AtomicU64 = AtomicU64::new(0);
-/// Nanoseconds spent idle in [`wait`] so far.
-static HALTED_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Ends an idle interval. The arch trap handlers call it on every interrupt, before the
 /// handler runs: the interrupt that wakes a halted CPU is taken inside `wait_for_interrupt`,
 /// and its handler is work, not idle time.
 #[inline]
 pub fn woke() {
-    if HALT_START.load(Ordering::Relaxed) != 0 {
-        let start = HALT_START.swap(0, Ordering::Relaxed);
-        if start != 0 {
-            HALTED_NS.fetch_add(arch::now_ns().saturating_sub(start), Ordering::Relaxed);
-        }
-    }
+    crate::smp::idle_end();
 }
 
-/// Nanoseconds the CPU has spent halted waiting for interrupts in [`wait`] since boot. Under
-/// `-icount shift=0` everything else is executed instructions.
+/// Nanoseconds the running CPU has spent halted waiting for interrupts in [`wait`] since boot
+/// ([`crate::smp::halted_ns`]). On one CPU under `-icount shift=0` everything else is executed
+/// instructions.
 pub fn halted_ns() -> u64 {
-    HALTED_NS.load(Ordering::Relaxed)
+    crate::smp::halted_ns()
 }
 
 /// Bios for stacking splits and for the kernel's own I/O (tests, demo): one slab, two sets.

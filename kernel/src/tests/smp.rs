@@ -1,8 +1,9 @@
 //! Several CPUs: every CPU the firmware reports is online (or reported as failed), each runs
 //! work through `on_each_cpu` with its own `cpu_id`, all at once; each CPU's timer ticks; an
 //! interrupt delivered to CPU k (an MSI with k's APIC id on x86_64, a PLIC source enabled in
-//! k's context on riscv64) is handled on CPU k, idle or not; a mempool hammered from every CPU
-//! at once, driven empty, loses and duplicates nothing.
+//! k's context on riscv64) is handled on CPU k, idle or not; a mempool and a bio set hammered
+//! from every CPU at once, driven empty, lose and duplicate nothing (the bio set's reserve
+//! serving a waiter, its bios stamped by their holder and handed between CPUs).
 //!
 //! The number of CPUs the machine has comes from `cpus=N` on the command line (xtask adds it
 //! for profiles with `smp = N`; 1 without it); `smp_skip=ID,...` names CPUs the kernel was told
@@ -471,5 +472,356 @@ fn bio_churn(cpu: usize) {
             OPS.fetch_add(1, Ordering::Relaxed);
             let _ = held.push(bio);
         }
+    }
+}
+
+// ---- A bio mempool under contention, its bios stamped by their holder.
+
+/// Bios in the test's slab: fewer than the CPUs try to hold at once, so the set runs dry.
+const BIO_ELEMS: usize = 24;
+/// Bios in the set's reserve.
+const BIO_RESERVE: u32 = 4;
+/// Most bios one CPU holds at once (two CPUs already want more than there are).
+const BIO_HOLD: usize = 16;
+/// Operations per CPU in the mixed phase.
+const BIO_ROUNDS: u32 = 4000;
+
+/// The front pad of every test bio: who holds it and a serial of the holder's choosing. The
+/// holder writes it when it takes the bio and checks it before letting go: a bio handed to two
+/// CPUs at once would carry the other's stamp.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    cpu: u32,
+    serial: u32,
+}
+
+static BIO_SLAB: blk::BioSlab<Stamp, BIO_ELEMS> = blk::BioSlab::new();
+static BIO_SET: blk::BioSet<Stamp> = blk::BioSet::new(&BIO_SLAB, BIO_RESERVE, None);
+/// Every element's identity (its front pad's address), in the order first seen.
+static BIO_ADDRS: [AtomicUsize; BIO_ELEMS] = [const { AtomicUsize::new(0) }; BIO_ELEMS];
+/// Holder of each element (same index as [`BIO_ADDRS`]): 0 free, CPU + 1 held.
+static BIO_HOLDER: [AtomicU32; BIO_ELEMS] = [const { AtomicU32::new(0) }; BIO_ELEMS];
+/// Bios handed to each CPU by the previous one: the receiver checks and frees them, so they go
+/// back to the allocating CPU's magazine from another CPU (what a completion on another CPU
+/// does).
+static HANDOFF: [spin::Mutex<heapless::Vec<(blk::Bio, u32), BIO_HOLD>>; arch::MAX_CPUS] =
+    [const { spin::Mutex::new(heapless::Vec::new()) }; arch::MAX_CPUS];
+/// Allocations that found the set empty.
+static BIO_FAILS: AtomicU32 = AtomicU32::new(0);
+/// Meeting points of the bio test's phases.
+static BIO_MET: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+/// The waiter phase: armed by CPU 0 before it waits on the dry set; whether the set was dry
+/// then (every bio held, reserve empty); whether the waiter got a bio; whether a bio was
+/// freed to it; and the set's wait and reserve-hit counts the waiter saw move.
+static WAITER_ARMED: AtomicBool = AtomicBool::new(false);
+static WAITER_SAW_DRY: AtomicBool = AtomicBool::new(false);
+static WAITER_SERVED: AtomicBool = AtomicBool::new(false);
+static WAITER_FREER: AtomicBool = AtomicBool::new(false);
+static WAITS_BEFORE: AtomicU64 = AtomicU64::new(0);
+static WAITER_WAITS: AtomicU64 = AtomicU64::new(0);
+static WAITER_RESERVE_HITS: AtomicU64 = AtomicU64::new(0);
+
+/// The identity of `bio`: its index in [`BIO_ADDRS`], registering its address on first sight
+/// (`None`, counted as an error, if more distinct bios than the slab has come out).
+fn bio_id(bio: &blk::Bio) -> Option<usize> {
+    let addr = bio.front::<Stamp>().map(|s| s as *const Stamp as usize)?;
+    for (i, a) in BIO_ADDRS.iter().enumerate() {
+        match a.compare_exchange(0, addr, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some(i),
+            Err(seen) if seen == addr => return Some(i),
+            Err(_) => {}
+        }
+    }
+    error(12);
+    None
+}
+
+/// Takes a bio just allocated with `stamp` on `cpu`: nobody else may hold it, and it must
+/// still carry that stamp.
+fn bio_take(cpu: usize, bio: &blk::Bio, stamp: Stamp) {
+    let Some(id) = bio_id(bio) else { return };
+    if BIO_HOLDER[id].swap(cpu as u32 + 1, Ordering::AcqRel) != 0 {
+        error(11); // handed to two holders at once
+    }
+    if bio.front::<Stamp>() != Some(&stamp) {
+        error(13);
+    }
+}
+
+/// Lets a bio go: `cpu` must hold it and its stamp must be the one it was held with.
+fn bio_give(cpu: usize, bio: &blk::Bio, serial: u32) {
+    let stamp = Stamp {
+        cpu: cpu as u32,
+        serial,
+    };
+    if bio.front::<Stamp>() != Some(&stamp) {
+        error(14); // someone else wrote it
+    }
+    let Some(id) = bio_id(bio) else { return };
+    if BIO_HOLDER[id].swap(0, Ordering::AcqRel) != cpu as u32 + 1 {
+        error(15);
+    }
+}
+
+/// Hands `bio` (held by `cpu` with `serial`) to CPU `to`, restamped; `Err` gives it back if
+/// `to`'s queue is full.
+fn bio_hand(cpu: usize, to: usize, mut bio: blk::Bio, serial: u32) -> Result<(), blk::Bio> {
+    let mut queue = HANDOFF[to].lock();
+    if queue.is_full() {
+        return Err(bio);
+    }
+    if bio.front::<Stamp>()
+        != Some(&Stamp {
+            cpu: cpu as u32,
+            serial,
+        })
+    {
+        error(14);
+    }
+    if let Some(id) = bio_id(&bio)
+        && BIO_HOLDER[id]
+            .compare_exchange(
+                cpu as u32 + 1,
+                to as u32 + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+    {
+        error(16);
+    }
+    if let Some(s) = bio.front_mut::<Stamp>() {
+        *s = Stamp {
+            cpu: to as u32,
+            serial,
+        };
+    }
+    let _ = queue.push((bio, serial));
+    Ok(())
+}
+
+/// Checks and frees the bios handed to the running CPU. Also the hook of its waiting
+/// allocations: a CPU waiting for a bio frees what was handed to it meanwhile.
+fn bio_drain() {
+    let cpu = arch::cpu_id();
+    loop {
+        // One at a time: the lock is not held while a bio is freed.
+        let Some((bio, serial)) = HANDOFF[cpu].lock().pop() else {
+            return;
+        };
+        bio_give(cpu, &bio, serial);
+        drop(bio);
+    }
+}
+
+/// Waits at meeting point `i` for every online CPU, freeing what is handed over meanwhile.
+fn bio_meet(i: usize) {
+    BIO_MET[i].fetch_add(1, Ordering::AcqRel);
+    let start = arch::now_ns();
+    while BIO_MET[i].load(Ordering::Acquire) < arch::cpus_online() {
+        bio_drain();
+        if arch::now_ns().wrapping_sub(start) > WAIT_NS {
+            TIMED_OUT.store(true, Ordering::Relaxed);
+            return;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+fn bio_alloc(cpu: usize, stamp: Stamp, how: u32) -> Result<blk::Bio, blk::BlkError> {
+    match how {
+        0 => BIO_SET.alloc_on(cpu as u32, stamp, blk::Op::Read, 1, Wait::Hook(bio_drain)),
+        1 => BIO_SET.alloc(stamp, blk::Op::Write, 1, Wait::Never),
+        _ => BIO_SET.alloc_on(cpu as u32, stamp, blk::Op::Read, 1, Wait::Never),
+    }
+}
+
+fn bio_hammer(cpu: usize) {
+    bio_meet(0);
+    let online = arch::cpus_online();
+    let mut held: heapless::Vec<(blk::Bio, u32), BIO_HOLD> = heapless::Vec::new();
+    // Every CPU grabs what it can, up to BIO_HOLD, and keeps it: with two CPUs or more the set
+    // (reserve included) runs dry.
+    while !held.is_full() {
+        let stamp = Stamp {
+            cpu: cpu as u32,
+            serial: u32::MAX,
+        };
+        match bio_alloc(cpu, stamp, 2) {
+            Ok(b) => {
+                bio_take(cpu, &b, stamp);
+                let _ = held.push((b, u32::MAX));
+            }
+            Err(_) => {
+                BIO_FAILS.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+    bio_meet(1);
+    // The reserve serves a waiter: CPU 0 waits on the dry set; one other CPU frees one bio
+    // once the set has counted the wait. The free refills the reserve first, and the waiter
+    // takes it from there.
+    if online > 1 {
+        if cpu == 0 {
+            let before = BIO_SET.stats();
+            WAITER_SAW_DRY.store(
+                before.in_use == BIO_ELEMS as u64 && before.reserve_len == 0,
+                Ordering::Relaxed,
+            );
+            WAITS_BEFORE.store(before.waits, Ordering::Relaxed);
+            WAITER_ARMED.store(true, Ordering::Release);
+            let stamp = Stamp {
+                cpu: 0,
+                serial: u32::MAX - 1,
+            };
+            if let Ok(b) = bio_alloc(0, stamp, 0) {
+                let after = BIO_SET.stats();
+                WAITER_WAITS.store(after.waits - before.waits, Ordering::Relaxed);
+                WAITER_RESERVE_HITS
+                    .store(after.reserve_hits - before.reserve_hits, Ordering::Relaxed);
+                WAITER_SERVED.store(true, Ordering::Relaxed);
+                bio_take(0, &b, stamp);
+                if let Err((b, _)) = held.push((b, stamp.serial)) {
+                    bio_give(0, &b, stamp.serial);
+                }
+            }
+        } else if !held.is_empty()
+            && WAITER_FREER
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let start = arch::now_ns();
+            while !(WAITER_ARMED.load(Ordering::Acquire)
+                && BIO_SET.stats().waits > WAITS_BEFORE.load(Ordering::Relaxed))
+            {
+                if arch::now_ns().wrapping_sub(start) > WAIT_NS {
+                    TIMED_OUT.store(true, Ordering::Relaxed);
+                    break;
+                }
+                core::hint::spin_loop();
+            }
+            if let Some((b, serial)) = held.pop() {
+                bio_give(cpu, &b, serial);
+            }
+        }
+        bio_meet(2);
+    }
+    // A random mix: allocations every way the set offers (failing ones expected), frees, and
+    // bios handed to the next CPU to free.
+    let mut x = 0x85EB_CA6Bu32.wrapping_mul(cpu as u32 + 1) | 1;
+    for round in 0..BIO_ROUNDS {
+        bio_drain();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let want_alloc = held.is_empty() || (held.len() < BIO_HOLD && x % 8 < 5);
+        if want_alloc {
+            let stamp = Stamp {
+                cpu: cpu as u32,
+                serial: round,
+            };
+            // Waiting only with empty hands: whoever holds bios lets them go.
+            let how = if held.is_empty() { x % 4 } else { 1 + x % 2 };
+            match bio_alloc(cpu, stamp, how) {
+                Ok(b) => {
+                    bio_take(cpu, &b, stamp);
+                    if held.push((b, round)).is_err() {
+                        error(17);
+                    }
+                }
+                Err(_) => {
+                    BIO_FAILS.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        } else {
+            let i = (x as usize / 8) % held.len();
+            let (b, serial) = held.swap_remove(i);
+            let next = (cpu + 1) % online;
+            if x.is_multiple_of(3) && next != cpu {
+                if let Err(b) = bio_hand(cpu, next, b, serial) {
+                    bio_give(cpu, &b, serial);
+                }
+            } else {
+                bio_give(cpu, &b, serial);
+            }
+        }
+        OPS.fetch_add(1, Ordering::Relaxed);
+    }
+    while let Some((b, serial)) = held.pop() {
+        bio_give(cpu, &b, serial);
+    }
+    // Nobody hands anything over after this meeting point: what is left queued is freed.
+    bio_meet(3);
+    bio_drain();
+}
+
+ktest! {
+    fn a_bio_set_hammered_by_every_cpu_loses_and_duplicates_nothing() -> TestResult {
+        if BIO_SET.init().is_err() {
+            return Err(fail(format_args!("the test set's reserve could not be filled")));
+        }
+        for m in &BIO_MET {
+            m.store(0, Ordering::Relaxed);
+        }
+        for f in [&WAITER_ARMED, &WAITER_SAW_DRY, &WAITER_SERVED, &WAITER_FREER, &TIMED_OUT] {
+            f.store(false, Ordering::Relaxed);
+        }
+        ERRORS.store(0, Ordering::Relaxed);
+        FIRST_ERROR.store(0, Ordering::Relaxed);
+        BIO_FAILS.store(0, Ordering::Relaxed);
+        OPS.store(0, Ordering::Relaxed);
+        let before = BIO_SET.stats();
+        smp::on_each_cpu(bio_hammer);
+        check!(!TIMED_OUT.load(Ordering::Relaxed), "the CPUs did not all meet in time");
+        check!(
+            ERRORS.load(Ordering::Relaxed) == 0,
+            "{} errors, the first with code {}",
+            ERRORS.load(Ordering::Relaxed),
+            FIRST_ERROR.load(Ordering::Relaxed)
+        );
+        let online = arch::cpus_online();
+        check_eq!(OPS.load(Ordering::Relaxed), u64::from(BIO_ROUNDS) * online as u64);
+        let after = BIO_SET.stats();
+        check_eq!(after.in_use, 0);
+        check_eq!(after.allocs - before.allocs, after.frees - before.frees);
+        check!(after.allocs > before.allocs, "nothing was allocated");
+        if online > 1 {
+            // Driven empty: allocations failed, counted by the test and by the set.
+            check!(BIO_FAILS.load(Ordering::Relaxed) > 0, "no allocation found the set empty");
+            check!(after.failures > before.failures, "the set counted no failure");
+            check!(WAITER_SAW_DRY.load(Ordering::Relaxed), "the set was not dry when CPU 0 waited");
+            check!(WAITER_SERVED.load(Ordering::Relaxed), "the waiter got no bio");
+            check!(WAITER_WAITS.load(Ordering::Relaxed) >= 1, "the waiter never waited");
+            check!(WAITER_RESERVE_HITS.load(Ordering::Relaxed) >= 1, "the reserve did not serve the waiter");
+        }
+        check_eq!(after.reserve_len, BIO_RESERVE);
+        for h in &BIO_HOLDER {
+            check_eq!(h.load(Ordering::Relaxed), 0);
+        }
+        for q in &HANDOFF {
+            check!(q.lock().is_empty(), "a handed-over bio was left behind");
+        }
+        // Every bio is still there, once: drain the set from here and count.
+        let mut all: heapless::Vec<blk::Bio, BIO_ELEMS> = heapless::Vec::new();
+        while let Ok(b) = BIO_SET.alloc(Stamp { cpu: 0, serial: 0 }, blk::Op::Read, 1, Wait::Never) {
+            if all.push(b).is_err() {
+                return Err(fail(format_args!("more than {} bios came out", BIO_ELEMS)));
+            }
+        }
+        check_eq!(all.len(), BIO_ELEMS);
+        let mut seen = [false; BIO_ELEMS];
+        for b in &all {
+            let id = bio_id(b);
+            check!(id.is_some(), "a bio never seen before came out");
+            if let Some(id) = id {
+                check!(!seen[id], "bio {} came out twice", id);
+                seen[id] = true;
+            }
+        }
+        check!(ERRORS.load(Ordering::Relaxed) == 0, "more distinct bios than the slab holds");
+        drop(all);
+        check_eq!(BIO_SET.stats().in_use, 0);
+        Ok(())
     }
 }
