@@ -33,7 +33,8 @@ impl Nvme {
     /// The interrupt handler of vector 0: with INTx or a single MSI-X vector the only one.
     /// See [`Nvme::handle_vector`].
     pub fn handle_irq(&self) {
-        self.handle_vector(0);
+        self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+        self.reap_vector(0);
     }
 
     /// The interrupt handler of vector `v`: reaps I/O queue pair `v` (vector 0 also the admin
@@ -44,6 +45,12 @@ impl Nvme {
             return;
         }
         self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+        self.reap_vector(v);
+    }
+
+    /// What a vector's handler does, for pair `v` (below the pairs in use).
+    #[inline(always)]
+    fn reap_vector(&self, v: usize) {
         let hand = &self.pairs[v].hand;
         hand.request();
         if self.reap_pending(v) || !self.cfg.intx {

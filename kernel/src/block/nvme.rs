@@ -47,8 +47,8 @@ static NS_QUEUES: [Once<Queue<QUEUE_DEPTH>>; MAX_NS_QUEUES] =
 static VECTORS: [Once<Vector>; MAX_IO_QUEUES] = [const { Once::new() }; MAX_IO_QUEUES];
 /// The interrupt line of each vector in use.
 static LINES: [Once<IrqLine>; MAX_IO_QUEUES] = [const { Once::new() }; MAX_IO_QUEUES];
-/// Interrupts taken, by vector and by the CPU that took them (the test of per-CPU completion
-/// reads these).
+/// Interrupts taken, by vector and by the CPU that took them, with several vectors (the test
+/// of per-CPU completion reads these).
 static TAKEN: [[AtomicU64; MAX_CPUS]; MAX_IO_QUEUES] =
     [const { [const { AtomicU64::new(0) }; MAX_CPUS] }; MAX_IO_QUEUES];
 
@@ -66,7 +66,8 @@ impl hal::IrqHandler for Vector {
     }
 }
 
-/// Interrupts of vector `k` (I/O queue pair `k`) taken on CPU `cpu` so far.
+/// Interrupts of vector `k` (I/O queue pair `k`) taken on CPU `cpu` so far (counted only with
+/// several vectors).
 pub fn vector_taken_on(k: usize, cpu: usize) -> u64 {
     TAKEN
         .get(k)
@@ -285,7 +286,13 @@ pub fn attach(polled: bool, prefer_sgl: bool) -> Result<Option<&'static NvmeDisk
     };
     for (k, line) in lines.iter().enumerate().take(used) {
         let Some(line) = line else { continue };
-        let h = VECTORS[k].call_once(|| Vector { hw, pair: k });
+        // One vector: the driver's own handler (vector 0), as on one CPU. Several: each
+        // vector's handler reaps its pair and counts the CPU it ran on.
+        let h: &'static dyn hal::IrqHandler = if used > 1 {
+            VECTORS[k].call_once(|| Vector { hw, pair: k })
+        } else {
+            hw
+        };
         if line.register(h).is_err() || line.enable().is_err() {
             defmt::error!("nvme: cannot use interrupt line {=u32}", line.number());
         } else {
