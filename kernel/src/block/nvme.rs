@@ -300,7 +300,7 @@ pub fn attach(polled: bool, prefer_sgl: bool) -> Result<Option<&'static NvmeDisk
         }
     }
     defmt::println!(
-        "nvme: {=usize} I/O queue pairs ({=u16} asked, {=u16} granted), {=usize} vectors, {=usize} CPUs{=str}",
+        "nvme: I/O queue pairs {=usize} ({=u16} asked, {=u16} granted), vectors {=usize}, CPUs {=usize}{=str}",
         pairs,
         i.queues_wanted,
         i.queues_granted,
