@@ -10,7 +10,7 @@ use core::sync::atomic::Ordering;
 use blk::driver::{CompletionBatch, Delivered};
 use blk::{BlkError, BlkStatus};
 
-use crate::ctrl::{AdminQ, IoQ, Nvme, QUEUE_DEPTH};
+use crate::ctrl::{AdminQ, IoQ, MAX_IO_QUEUES, Nvme, Pair, QUEUE_DEPTH};
 use crate::queue::INTERNAL_CID;
 use crate::regs::IntVectors;
 
@@ -51,9 +51,10 @@ impl Nvme {
     /// What a vector's handler does, for pair `v` (below the pairs in use).
     #[inline(always)]
     fn reap_vector(&self, v: usize) {
-        let hand = &self.pairs[v].hand;
+        let pair = &self.pairs[v];
+        let hand = &pair.hand;
         hand.request();
-        if self.reap_pending(v) || !self.cfg.intx {
+        if self.reap_pending(pair, v == 0) || !self.cfg.intx {
             return;
         }
         // INTx (one pair, so `v` is 0). A lock holder (process context, on this CPU or
@@ -64,17 +65,16 @@ impl Nvme {
         self.regs.mask_vectors(IntVectors::V0);
         hand.masked();
         self.stats.masks.fetch_add(1, Ordering::Relaxed);
-        self.reap_pending(v);
+        self.reap_pending(pair, v == 0);
     }
 
-    /// Reaps pair `k` (and, for pair 0, the admin queue) while someone asked for it; `false`
-    /// if a lock was taken (its holder reaps).
+    /// Reaps `pair` (and, with `admin` (pair 0), the admin queue) while someone asked for it;
+    /// `false` if a lock was taken (its holder reaps).
     /// A complete reap also lifts the handler's INTx mask, whoever does it: the handler, the
     /// lock holder's `after_unlock`, `poll` (passthrough waits, tag waits, timeouts). When
     /// only `after_unlock` unmasked, a `poll` that consumed the request first left INTx
     /// masked for good and every later completion went unsignalled (see `docs/nvme.md`).
-    pub(crate) fn reap_pending(&self, k: usize) -> bool {
-        let pair = &self.pairs[k];
+    pub(crate) fn reap_pending(&self, pair: &Pair, admin_too: bool) -> bool {
         // Made once per call (not per pass): making a batch is a store to each of its slots.
         let mut done = CompletionBatch::<BATCH>::new();
         while pair.hand.take() {
@@ -89,7 +89,9 @@ impl Nvme {
                 // reaps (it raises `admin_outstanding` under the admin lock before its
                 // doorbell), and with INTx its completion keeps the shared line high. The
                 // admin queue signals vector 0: pair 0's reaper takes it.
-                if k == 0 && admin.is_none() && self.admin_outstanding.load(Ordering::Acquire) != 0
+                if admin_too
+                    && admin.is_none()
+                    && self.admin_outstanding.load(Ordering::Acquire) != 0
                 {
                     admin = pair.hand.lock_or_hand_over(|| self.admin.try_lock());
                     // Not got: the admin lock's holder reaps both queues when it lets go.
@@ -136,8 +138,15 @@ impl Nvme {
     /// block layer's `commit`.
     #[inline]
     pub(crate) fn after_unlock(&self, k: usize) {
-        if self.pairs[k].hand.after_unlock() {
-            self.reap_pending(k);
+        // `k` is below the pairs in use (every caller's): the mask only spares a bounds check.
+        self.after_unlock_pair(&self.pairs[k & (MAX_IO_QUEUES - 1)], k == 0);
+    }
+
+    /// [`Nvme::after_unlock`] for `pair` (`first`: pair 0, which also reaps the admin queue).
+    #[inline(always)]
+    pub(crate) fn after_unlock_pair(&self, pair: &Pair, first: bool) {
+        if pair.hand.after_unlock() {
+            self.reap_pending(pair, first);
         }
     }
 
@@ -185,7 +194,7 @@ impl Nvme {
         }
         if n > 0 {
             self.stats.reaped.fetch_add(n as u64, Ordering::Relaxed);
-            self.regs.ring_cq(io.qid, io.cq.head());
+            self.regs.ring(io.cq_db, io.cq.head());
         }
         if resubmit {
             self.ring_io(io);
@@ -331,7 +340,7 @@ impl Nvme {
         };
         pair.hand.request();
         let before = self.stats.reaped.load(Ordering::Relaxed);
-        self.reap_pending(k);
+        self.reap_pending(pair, k == 0);
         self.stats
             .reaped
             .load(Ordering::Relaxed)

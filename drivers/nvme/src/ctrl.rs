@@ -148,6 +148,9 @@ pub struct CtrlInfo {
 pub(crate) struct IoQ {
     /// Its queue id (submission and completion queue alike; pair `k` is `IOQ + k`).
     pub(crate) qid: u16,
+    /// Byte offsets of its submission tail and completion head doorbells in BAR0.
+    pub(crate) sq_db: usize,
+    pub(crate) cq_db: usize,
     pub(crate) sq: SubQueue,
     pub(crate) cq: CompQueue,
     pub(crate) cids: CidTable<SLOTS>,
@@ -160,10 +163,13 @@ pub(crate) struct IoQ {
 }
 
 impl IoQ {
-    fn new(qid: u16, entries: u16) -> Result<IoQ, InitError> {
+    fn new(regs: &Regs, qid: u16, entries: u16) -> Result<IoQ, InitError> {
         let nomem = |_| InitError::NoMemory;
+        let (sq_db, cq_db) = regs.doorbells(qid);
         Ok(IoQ {
             qid,
+            sq_db,
+            cq_db,
             sq: SubQueue::new(entries).map_err(nomem)?,
             cq: CompQueue::new(entries).map_err(nomem)?,
             cids: CidTable::new(),
@@ -323,7 +329,7 @@ impl Nvme {
         for (k, p) in pairs.iter_mut().enumerate() {
             let entries = if k < want { io_entries } else { 2 };
             *p = Some(Pair {
-                io: Mutex::new(IoQ::new(IOQ + k as u16, entries)?),
+                io: Mutex::new(IoQ::new(&regs, IOQ + k as u16, entries)?),
                 hand: ReapHandover::new(),
                 unrung: AtomicBool::new(false),
             });

@@ -12,7 +12,7 @@ use blk::driver::{block_range, with_sg};
 use blk::{BioFlags, BlkError, HwQueue, Op, QueueRqError, Request, SgEntry, TimeoutAction};
 
 use crate::cmd::{Command, DataPtr};
-use crate::ctrl::{IoQ, LIST_PAGES, MAX_SEGMENTS, Nvme, QUEUE_DEPTH};
+use crate::ctrl::{IoQ, LIST_PAGES, MAX_IO_QUEUES, MAX_SEGMENTS, Nvme, QUEUE_DEPTH};
 use crate::device_error;
 use crate::prp::{ListPages, PAGE, build_prp, build_sgl};
 use crate::spec::nvm;
@@ -29,7 +29,7 @@ impl Nvme {
     pub(crate) fn ring_io(&self, io: &mut IoQ) {
         if io.rung != io.sq.tail() {
             fence(Ordering::SeqCst);
-            self.regs.ring_sq(io.qid, io.sq.tail());
+            self.regs.ring(io.sq_db, io.sq.tail());
             io.rung = io.sq.tail();
             self.stats.doorbells.fetch_add(1, Ordering::Relaxed);
         }
@@ -170,7 +170,9 @@ impl Nvme {
     /// otherwise.
     #[inline(always)]
     pub(crate) fn pair_of(&self, hctx: usize) -> usize {
-        if hctx < self.nr_io { hctx } else { 0 }
+        // The mask (a no-op: `nr_io` is at most `MAX_IO_QUEUES`) spares the bounds check of
+        // the index that follows.
+        (if hctx < self.nr_io { hctx } else { 0 }) & (MAX_IO_QUEUES - 1)
     }
 }
 
@@ -216,7 +218,7 @@ impl Nvme {
 
     /// Ends a batch of hardware context `hctx`: rings its pair for entries still unrung
     /// (every namespace queue shares the pairs).
-    #[inline]
+    #[inline(always)]
     fn commit_pair(&self, hctx: usize) {
         let k = self.pair_of(hctx);
         let pair = &self.pairs[k];
@@ -228,7 +230,7 @@ impl Nvme {
             self.ring_io(&mut io);
             drop(io);
         }
-        self.after_unlock(k);
+        self.after_unlock_pair(pair, k == 0);
     }
 
     /// Ends a batch on every pair (a caller that does not say which context).

@@ -114,18 +114,26 @@ impl Nvme {
         }
     }
 
+    /// A fatal status (or a reset asked for): reset from deferred work.
+    #[cold]
+    #[inline(never)]
+    fn fatal_reset(&self) {
+        self.stats.fatal.fetch_add(1, Ordering::Relaxed);
+        self.reset_controller(None);
+    }
+
     /// Test hook: reset the controller now, as a timeout or a fatal status would.
     pub fn force_reset(&self) -> bool {
         self.reset_controller(None)
     }
 
     /// Process-context work: reset after a fatal status; reap in polling mode.
+    #[inline]
     pub fn deferred(&self) {
         if self.reset_wanted.swap(false, Ordering::AcqRel)
             || (!self.is_dead() && self.regs.csts().contains(Csts::CFS))
         {
-            self.stats.fatal.fetch_add(1, Ordering::Relaxed);
-            self.reset_controller(None);
+            self.fatal_reset();
         }
         if self.cfg.mode == Mode::Polling {
             HwQueue::poll(self);
