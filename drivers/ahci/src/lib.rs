@@ -28,7 +28,7 @@ pub mod sg;
 pub mod spec;
 pub mod stats;
 
-pub use port::{Ahci, DeviceInfo, Hba, Mode, PortStatus, Tracker};
+pub use port::{Ahci, DeviceInfo, Hba, Mode, Owner, PortStatus, Tracker};
 pub use spec::IdentifyInfo;
 pub use stats::DriverStats;
 

@@ -16,6 +16,9 @@ blk::driver_stats! {
         trims,
         /// Interrupt handler runs.
         interrupts,
+        /// Reaps handed back to the CPU that owns the interrupt by a lock holder on another
+        /// CPU ([`Ahci::set_owner`](crate::Ahci::set_owner)).
+        kicks,
         /// Requests completed to the block layer.
         completions,
         /// Requests completed with an error.

@@ -803,3 +803,51 @@ fn limit_dma_pretends_the_controller_has_no_64_bit_addressing() {
     hw.limit_dma(u64::MAX);
     assert_eq!(hw.limits().dma_limit, 0xffff_ffff);
 }
+
+thread_local! {
+    /// Whether the test thread plays the CPU that owns the port's interrupt.
+    static ON_OWNER: Cell<bool> = const { Cell::new(true) };
+    /// Kicks the driver sent to the owner.
+    static KICKS: Cell<u32> = const { Cell::new(0) };
+}
+
+#[test]
+fn a_reap_handed_to_another_cpu_goes_back_to_the_interrupts_cpu() {
+    let e = env();
+    e.hw.set_owner(crate::Owner {
+        here: || ON_OWNER.with(Cell::get),
+        kick: || KICKS.with(|k| k.set(k.get() + 1)),
+    });
+    let bufs: Vec<DmaBuf> = (0..4).map(|_| page(0)).collect();
+    for (i, b) in bufs.iter().enumerate() {
+        e.submit(i, Op::Read, BioFlags::empty(), 64 * i as u64, Some(b));
+    }
+    e.fake.step();
+    assert!(e.fake.take_irq());
+    // The interrupt comes while a submitter on another CPU holds the port's lock: that CPU
+    // does not reap when it lets go, it kicks the owner.
+    ON_OWNER.with(|o| o.set(false));
+    e.hw.with_lock_held(|| e.hw.handle_irq());
+    assert_eq!(KICKS.with(Cell::get), 1);
+    assert!(e.ends().is_empty(), "completed off the interrupt's CPU");
+    assert_eq!(
+        e.hw.stats()
+            .kicks
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The owner runs its handler again (the kick): everything completes there, once.
+    ON_OWNER.with(|o| o.set(true));
+    e.hw.handle_irq();
+    let ends = e.ends();
+    assert_eq!(ends.len(), 4);
+    assert!(ends.iter().enumerate().all(|(i, x)| *x == (i, Ok(()))));
+    // A lock holder on the owner's CPU (the handler interrupted it) reaps itself.
+    e.submit(9, Op::Read, BioFlags::empty(), 512, Some(&bufs[0]));
+    e.fake.step();
+    assert!(e.fake.take_irq());
+    e.hw.with_lock_held(|| e.hw.handle_irq());
+    assert_eq!(KICKS.with(Cell::get), 1);
+    assert_eq!(e.ends().len(), 5);
+    e.idle();
+}

@@ -81,6 +81,7 @@ fn run() {
         intx: false,
         prefer_sgl: false,
         clock: fake::clock,
+        queues: 1,
     };
     let hw = match Nvme::new(f.bar(), cfg) {
         Ok(n) => HW.call_once(|| n),

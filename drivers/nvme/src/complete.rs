@@ -1,5 +1,5 @@
-//! Completion: the interrupt handler and `poll` reap the I/O completion queue (and the admin
-//! one while an admin command is outstanding) by phase bit, check each entry's queue, head and
+//! Completion: each vector's interrupt handler and `poll_hctx` reap one I/O queue pair's
+//! completion queue (pair 0's also the admin one while an admin command is outstanding) by phase bit, check each entry's queue, head and
 //! command id, and deliver after the locks are let go. A reaper that finds a lock taken hands
 //! the reap to its holder, and INTx is masked until a reap completes: the handshake of
 //! `blk::handover` (checked by loom there), which holds with the handler on one CPU and
@@ -10,7 +10,7 @@ use core::sync::atomic::Ordering;
 use blk::driver::{CompletionBatch, Delivered};
 use blk::{BlkError, BlkStatus};
 
-use crate::ctrl::{AdminQ, IOQ, IoQ, Nvme, QUEUE_DEPTH};
+use crate::ctrl::{AdminQ, IoQ, MAX_IO_QUEUES, Nvme, Pair, QUEUE_DEPTH};
 use crate::queue::INTERNAL_CID;
 use crate::regs::IntVectors;
 
@@ -30,34 +30,56 @@ enum Staged {
 }
 
 impl Nvme {
-    /// The interrupt handler: reap both completion queues, complete by tag. Never waits.
+    /// The interrupt handler of vector 0: with INTx or a single MSI-X vector the only one.
+    /// See [`Nvme::handle_vector`].
     pub fn handle_irq(&self) {
         self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
-        self.hand.request();
-        if self.reap_pending() || !self.cfg.intx {
-            return;
-        }
-        // A lock holder (process context, on this CPU or another) has the reap: mask the
-        // level interrupt until a reap completes. Mask, then record it, which hands the reap
-        // over again: whoever takes it unmasks after its reap (the holder that took the first
-        // hand-over may have finished before the mask). Then try once more ourselves.
-        self.regs.mask_vectors(IntVectors::V0);
-        self.hand.masked();
-        self.stats.masks.fetch_add(1, Ordering::Relaxed);
-        self.reap_pending();
+        self.reap_vector(0);
     }
 
-    /// Reaps while someone asked for it; `false` if a lock was taken (its holder reaps).
+    /// The interrupt handler of vector `v`: reaps I/O queue pair `v` (vector 0 also the admin
+    /// queue) and completes by tag. Never waits. A vector past the pairs in use has nothing
+    /// to reap.
+    pub fn handle_vector(&self, v: usize) {
+        if v >= self.nr_io {
+            return;
+        }
+        self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+        self.reap_vector(v);
+    }
+
+    /// What a vector's handler does, for pair `v` (below the pairs in use).
+    #[inline(always)]
+    fn reap_vector(&self, v: usize) {
+        let pair = &self.pairs[v];
+        let hand = &pair.hand;
+        hand.request();
+        if self.reap_pending(pair, v == 0) || !self.cfg.intx {
+            return;
+        }
+        // INTx (one pair, so `v` is 0). A lock holder (process context, on this CPU or
+        // another) has the reap: mask the level interrupt until a reap completes. Mask, then
+        // record it, which hands the reap over again: whoever takes it unmasks after its reap
+        // (the holder that took the first hand-over may have finished before the mask). Then
+        // try once more ourselves.
+        self.regs.mask_vectors(IntVectors::V0);
+        hand.masked();
+        self.stats.masks.fetch_add(1, Ordering::Relaxed);
+        self.reap_pending(pair, v == 0);
+    }
+
+    /// Reaps `pair` (and, with `admin` (pair 0), the admin queue) while someone asked for it;
+    /// `false` if a lock was taken (its holder reaps).
     /// A complete reap also lifts the handler's INTx mask, whoever does it: the handler, the
     /// lock holder's `after_unlock`, `poll` (passthrough waits, tag waits, timeouts). When
     /// only `after_unlock` unmasked, a `poll` that consumed the request first left INTx
     /// masked for good and every later completion went unsignalled (see `docs/nvme.md`).
-    pub(crate) fn reap_pending(&self) -> bool {
+    pub(crate) fn reap_pending(&self, pair: &Pair, admin_too: bool) -> bool {
         // Made once per call (not per pass): making a batch is a store to each of its slots.
         let mut done = CompletionBatch::<BATCH>::new();
-        while self.hand.take() {
+        while pair.hand.take() {
             done.clear();
-            let Some(mut io) = self.hand.lock_or_hand_over(|| self.io.try_lock()) else {
+            let Some(mut io) = pair.hand.lock_or_hand_over(|| pair.io.try_lock()) else {
                 return false;
             };
             let mut admin = None;
@@ -65,9 +87,13 @@ impl Nvme {
             loop {
                 // Looked at on every pass: another CPU may submit an admin command while this
                 // reaps (it raises `admin_outstanding` under the admin lock before its
-                // doorbell), and with INTx its completion keeps the shared line high.
-                if admin.is_none() && self.admin_outstanding.load(Ordering::Acquire) != 0 {
-                    admin = self.hand.lock_or_hand_over(|| self.admin.try_lock());
+                // doorbell), and with INTx its completion keeps the shared line high. The
+                // admin queue signals vector 0: pair 0's reaper takes it.
+                if admin_too
+                    && admin.is_none()
+                    && self.admin_outstanding.load(Ordering::Acquire) != 0
+                {
+                    admin = pair.hand.lock_or_hand_over(|| self.admin.try_lock());
                     // Not got: the admin lock's holder reaps both queues when it lets go.
                     handed_over = admin.is_none();
                 }
@@ -76,7 +102,7 @@ impl Nvme {
                     n += self.reap_admin(a, &mut done);
                 }
                 if done.is_full() {
-                    self.hand.request();
+                    pair.hand.request();
                     break;
                 }
                 // Each reap ran until its queue looked empty. With MSI-X an entry posted after
@@ -99,20 +125,35 @@ impl Nvme {
         // Both queues were found empty after their head doorbells with no lock taken: the
         // controller has lowered its INTx status, and unmasking raises the line again only
         // if something new was posted since (a fresh edge for the PLIC).
-        if self.hand.take_mask() {
+        if pair.hand.take_mask() {
             self.stats.unmasks.fetch_add(1, Ordering::Relaxed);
             self.regs.unmask_vectors(IntVectors::V0);
         }
         true
     }
 
-    /// After process context let go of the locks: reap what an interrupt or another CPU
-    /// handed over (which unmasks INTx if the handler masked it). Every path that takes `io`
-    /// or `admin` ends with this; `submit` relies on the block layer's `commit`.
+    /// After process context let go of pair `k`'s lock (0 for the admin lock): reap what an
+    /// interrupt or another CPU handed over (which unmasks INTx if the handler masked it).
+    /// Every path that takes a pair's `io` or `admin` ends with this; `submit` relies on the
+    /// block layer's `commit`.
     #[inline]
-    pub(crate) fn after_unlock(&self) {
-        if self.hand.after_unlock() {
-            self.reap_pending();
+    pub(crate) fn after_unlock(&self, k: usize) {
+        // `k` is below the pairs in use (every caller's): the mask only spares a bounds check.
+        self.after_unlock_pair(&self.pairs[k & (MAX_IO_QUEUES - 1)], k == 0);
+    }
+
+    /// [`Nvme::after_unlock`] for `pair` (`first`: pair 0, which also reaps the admin queue).
+    #[inline(always)]
+    pub(crate) fn after_unlock_pair(&self, pair: &Pair, first: bool) {
+        if pair.hand.after_unlock() {
+            self.reap_pending(pair, first);
+        }
+    }
+
+    /// [`Nvme::after_unlock`] for every pair in use (after paths that held them all).
+    pub(crate) fn after_unlock_all(&self) {
+        for k in 0..self.nr_io {
+            self.after_unlock(k);
         }
     }
 
@@ -128,7 +169,7 @@ impl Nvme {
             let Some(e) = io.cq.peek() else { break };
             io.cq.advance();
             n += 1;
-            if e.sq_id != IOQ || !io.sq.set_head(e.sq_head) {
+            if e.sq_id != io.qid || !io.sq.set_head(e.sq_head) {
                 self.stats.bad_sq.fetch_add(1, Ordering::Relaxed);
             }
             let Ok(tag) = io.cids.complete(e.cid) else {
@@ -136,7 +177,7 @@ impl Nvme {
                 continue;
             };
             let st = e.status.to_blk();
-            if io.staged[tag as usize].is_some() {
+            if io.staged != 0 && self.is_staged(tag) {
                 match self.start_staged(io, tag, st) {
                     Staged::Submitted => {
                         resubmit = true;
@@ -153,7 +194,7 @@ impl Nvme {
         }
         if n > 0 {
             self.stats.reaped.fetch_add(n as u64, Ordering::Relaxed);
-            self.regs.ring_cq(IOQ, io.cq.head());
+            self.regs.ring(io.cq_db, io.cq.head());
         }
         if resubmit {
             self.ring_io(io);
@@ -165,9 +206,10 @@ impl Nvme {
     #[cold]
     #[inline(never)]
     fn start_staged(&self, io: &mut IoQ, tag: u16, st: BlkStatus) -> Staged {
-        let Some(mut w) = io.staged[tag as usize].take() else {
+        let Some(mut w) = self.staged.get(tag as usize).and_then(|s| s.lock().take()) else {
             return Staged::Done(st);
         };
+        io.staged = io.staged.saturating_sub(1);
         if st.is_err() {
             return Staged::Done(st);
         }
@@ -276,12 +318,33 @@ impl Nvme {
         d
     }
 
-    /// Reaps both queues now (`poll`, timeouts, waits); returns the entries consumed.
+    /// Whether slot `slot` has a write waiting for its pre-flush.
+    #[cold]
+    #[inline(never)]
+    fn is_staged(&self, slot: u16) -> bool {
+        self.staged
+            .get(slot as usize)
+            .is_some_and(|s| s.lock().is_some())
+    }
+
+    /// Reaps every pair and the admin queue now (`poll`, timeouts, waits); returns the
+    /// entries consumed (on this and, meanwhile, other CPUs).
     pub(crate) fn reap_all(&self) -> usize {
-        self.hand.request();
+        (0..self.nr_io).map(|k| self.reap_pair(k)).sum()
+    }
+
+    /// Reaps pair `k` (pair 0: and the admin queue) now (`poll_hctx`, tag waits).
+    pub(crate) fn reap_pair(&self, k: usize) -> usize {
+        let Some(pair) = self.pairs[..self.nr_io].get(k) else {
+            return 0;
+        };
+        pair.hand.request();
         let before = self.stats.reaped.load(Ordering::Relaxed);
-        self.reap_pending();
-        (self.stats.reaped.load(Ordering::Relaxed) - before) as usize
+        self.reap_pending(pair, k == 0);
+        self.stats
+            .reaped
+            .load(Ordering::Relaxed)
+            .wrapping_sub(before) as usize
     }
 }
 

@@ -8,7 +8,7 @@ use blk::driver::{CompletionBatch, CompletionSink};
 use blk::handover::ReapHandover;
 use blk::{BlkError, QueueLimits, TagComplete};
 use hal::{DmaBuf, Mmio};
-use spin::Mutex;
+use spin::{Mutex, MutexGuard};
 
 use crate::cmd::{Command, DataPtr};
 use crate::ns::{AttachedNs, MAX_NS_QUEUES, Namespace, Namespaces, NsQueueInfo, has_wp_feature};
@@ -38,7 +38,11 @@ pub const ADMIN_ENTRIES: u16 = 32;
 pub const LIST_PAGES: usize = 2;
 /// Most scatter-gather entries per request.
 pub const MAX_SEGMENTS: usize = 128;
-/// The I/O queue id.
+/// Most I/O queue pairs a controller gets: one per CPU, as many as a block-layer queue has
+/// hardware contexts.
+pub const MAX_IO_QUEUES: usize = blk::queue::MAX_HW_CTX;
+const _: () = assert!(MAX_IO_QUEUES.is_power_of_two());
+/// The queue id of I/O queue pair 0 (pair `k` is `IOQ + k`).
 pub(crate) const IOQ: u16 = 1;
 
 /// How completions are noticed.
@@ -61,6 +65,12 @@ pub struct Config {
     pub prefer_sgl: bool,
     /// Monotonic nanoseconds (bounds every wait on the controller).
     pub clock: fn() -> u64,
+    /// I/O queue pairs to ask for (at most [`MAX_IO_QUEUES`]): pair `k`'s completion queue
+    /// signals MSI-X vector `k`, which the caller has programmed for the CPU that submits to
+    /// pair `k`. 0 or 1: one pair on vector 0, shared by every CPU (the only choice with INTx
+    /// or polling, which this field is ignored for). The controller may grant fewer
+    /// ([`Nvme::io_queues`]).
+    pub queues: u16,
 }
 
 /// Why a controller could not be brought up.
@@ -120,8 +130,12 @@ pub struct CtrlInfo {
     pub read_only: bool,
     /// `CAP.MQES + 1`.
     pub max_queue_entries: u32,
-    /// Entries of the I/O queue pair.
+    /// Entries of each I/O queue pair.
     pub io_entries: u16,
+    /// I/O queue pairs asked for (Set Features / Number of Queues).
+    pub queues_wanted: u16,
+    /// I/O submission and completion queues the controller granted (the smaller of the two).
+    pub queues_granted: u16,
     /// Logical block size of the first attached namespace.
     pub block_size: u32,
     /// The first attached namespace's size in logical blocks.
@@ -130,16 +144,54 @@ pub struct CtrlInfo {
     pub capacity: u64,
 }
 
-/// The I/O queue pair and what is in flight on it.
+/// One I/O queue pair and what is in flight on it.
 pub(crate) struct IoQ {
+    /// Its queue id (submission and completion queue alike; pair `k` is `IOQ + k`).
+    pub(crate) qid: u16,
+    /// Byte offsets of its submission tail and completion head doorbells in BAR0.
+    pub(crate) sq_db: usize,
+    pub(crate) cq_db: usize,
     pub(crate) sq: SubQueue,
     pub(crate) cq: CompQueue,
     pub(crate) cids: CidTable<SLOTS>,
-    /// Writes waiting for their pre-flush, by slot.
-    pub(crate) staged: [Option<Command>; SLOTS],
+    /// Writes of this pair waiting for their pre-flush (in `Nvme::staged`): none is the
+    /// common case, and then a completion looks no further.
+    pub(crate) staged: u16,
     pub(crate) rung: u16,
     /// The controller has the queue pair (created, not deleted).
     pub(crate) live: bool,
+}
+
+impl IoQ {
+    fn new(regs: &Regs, qid: u16, entries: u16) -> Result<IoQ, InitError> {
+        let nomem = |_| InitError::NoMemory;
+        let (sq_db, cq_db) = regs.doorbells(qid);
+        Ok(IoQ {
+            qid,
+            sq_db,
+            cq_db,
+            sq: SubQueue::new(entries).map_err(nomem)?,
+            cq: CompQueue::new(entries).map_err(nomem)?,
+            cids: CidTable::new(),
+            staged: 0,
+            rung: 0,
+            live: false,
+        })
+    }
+}
+
+/// One I/O queue pair with what its submitter and its interrupt handler share: the reap
+/// hand-over and the unrung flag. Each pair on cache lines of its own, so that CPUs on
+/// different pairs write no common line.
+#[repr(align(128))]
+pub(crate) struct Pair {
+    pub(crate) io: Mutex<IoQ>,
+    /// Someone has to reap this pair: set by an interrupt that found a lock taken; with INTx
+    /// (pair 0 only) also that the handler masked the line (`INTMS`): whoever next finishes
+    /// a reap unmasks (see `complete.rs`). Pair 0's also covers the admin queue.
+    pub(crate) hand: ReapHandover,
+    /// Entries pushed on this pair's submission queue and not rung yet (`commit` rings them).
+    pub(crate) unrung: AtomicBool,
 }
 
 /// The admin queue pair, passthrough commands in flight on it, and the driver's own command.
@@ -154,11 +206,18 @@ pub(crate) struct AdminQ {
 }
 
 /// One NVMe controller, up to [`MAX_NS_QUEUES`] usable active namespaces (each a block-layer
-/// queue: the first through `HwQueue for Nvme`, every one through [`Nvme::ns_queue`]), one
-/// I/O queue pair they share.
+/// queue: the first through `HwQueue for Nvme`, every one through [`Nvme::ns_queue`]), up to
+/// [`MAX_IO_QUEUES`] I/O queue pairs they share: a request goes to the pair of its hardware
+/// context (`Request::hctx`).
 pub struct Nvme {
     pub(crate) regs: Regs,
-    pub(crate) io: Mutex<IoQ>,
+    /// The I/O queue pairs; the first `nr_io` are created on the controller.
+    pub(crate) pairs: [Pair; MAX_IO_QUEUES],
+    /// I/O queue pairs in use (1..=`MAX_IO_QUEUES`), fixed at bring-up.
+    pub(crate) nr_io: usize,
+    /// Writes waiting for their pre-flush, by slot (a slot is on one pair at a time, whose
+    /// lock its holder has when it takes this one).
+    pub(crate) staged: [Mutex<Option<Command>>; SLOTS],
     pub(crate) admin: Mutex<AdminQ>,
     /// `LIST_PAGES` pages per slot of the attached namespaces (PRP lists, SGLs, DSM ranges).
     pub(crate) lists: DmaBuf,
@@ -176,20 +235,40 @@ pub struct Nvme {
     pub(crate) cfg: Config,
     /// Each namespace queue's completions, by queue index.
     pub(crate) sinks: [CompletionSink; MAX_NS_QUEUES],
-    /// Someone has to reap: set by an interrupt that found a lock taken.
-    /// and the handler masked INTx (`INTMS`): whoever next finishes a reap unmasks (see
-    /// `complete.rs`).
-    pub(crate) hand: ReapHandover,
     /// Admin commands submitted and not reaped yet (changed under the `admin` lock). The
     /// controller posts nothing unasked on the admin queue (no asynchronous event requests),
     /// so the interrupt path leaves the admin queue alone while this is 0.
     pub(crate) admin_outstanding: AtomicU32,
-    /// Entries pushed on the I/O submission queue and not rung yet (`commit` rings them).
-    pub(crate) unrung: AtomicBool,
     pub(crate) dead: AtomicBool,
     /// A fatal status was seen: reset from process context.
     pub(crate) reset_wanted: AtomicBool,
     pub(crate) stats: DriverStats,
+}
+
+/// The locks of several I/O queue pairs, taken in pair order (the order every path that
+/// holds more than one keeps; the admin lock comes after them).
+pub(crate) struct Locked<'a> {
+    guards: [Option<MutexGuard<'a, IoQ>>; MAX_IO_QUEUES],
+    len: usize,
+}
+
+impl<'a> Locked<'a> {
+    /// Locks `pairs` (at most [`MAX_IO_QUEUES`]), first to last.
+    pub(crate) fn new(pairs: &'a [Pair]) -> Locked<'a> {
+        let guards = core::array::from_fn(|k| pairs.get(k).map(|p| p.io.lock()));
+        Locked {
+            guards,
+            len: pairs.len().min(MAX_IO_QUEUES),
+        }
+    }
+    /// How many pairs.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+    /// The pairs, in order.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut IoQ> {
+        self.guards.iter_mut().flatten().map(|g| &mut **g)
+    }
 }
 
 /// Waits (spinning) until `done`, at most `ms` milliseconds of `clock`.
@@ -211,7 +290,8 @@ pub(crate) fn wait_until(clock: fn() -> u64, ms: u64, mut done: impl FnMut() -> 
 
 impl Nvme {
     /// Brings the controller in BAR0 up: reset, admin queue, enable, Identify, features, the I/O
-    /// queue pair (interrupt vector 0 in interrupt mode). Bus mastering must be on.
+    /// queue pairs (`cfg.queues` asked for, what the controller grants used; pair `k` on
+    /// interrupt vector `k` in interrupt mode). Bus mastering must be on.
     pub fn new(bar0: Mmio, cfg: Config) -> Result<Nvme, InitError> {
         let regs = Regs::new(bar0).ok_or(InitError::Registers)?;
         let cap = regs.cap();
@@ -233,14 +313,28 @@ impl Nvme {
             internal_cid: None,
             internal: None,
         };
-        let io = IoQ {
-            sq: SubQueue::new(io_entries).map_err(nomem)?,
-            cq: CompQueue::new(io_entries).map_err(nomem)?,
-            cids: CidTable::new(),
-            staged: [None; SLOTS],
-            rung: 0,
-            live: false,
+        // Several pairs need a vector each (MSI-X); INTx and polling have one pair.
+        let want = if cfg.mode == Mode::Interrupt && !cfg.intx {
+            (cfg.queues as usize).clamp(1, MAX_IO_QUEUES)
+        } else {
+            1
         };
+        // As many as BAR0 has doorbells for (pair 0's were checked above).
+        let want = (1..=want)
+            .rev()
+            .find(|&w| regs.has_queue(IOQ + w as u16 - 1))
+            .unwrap_or(1);
+        // Pairs past `want` are never created on the controller: rings of two entries.
+        let mut pairs = [const { None }; MAX_IO_QUEUES];
+        for (k, p) in pairs.iter_mut().enumerate() {
+            let entries = if k < want { io_entries } else { 2 };
+            *p = Some(Pair {
+                io: Mutex::new(IoQ::new(&regs, IOQ + k as u16, entries)?),
+                hand: ReapHandover::new(),
+                unrung: AtomicBool::new(false),
+            });
+        }
+        let pairs = pairs.map(|p| p.expect("every pair was made above"));
         // A placeholder until bring-up knows how many namespaces get slots.
         let lists = DmaBuf::alloc(PAGE as usize, 4096).map_err(nomem)?;
         let ident = DmaBuf::alloc(4096, 4096).map_err(nomem)?;
@@ -259,13 +353,17 @@ impl Nvme {
             read_only: false,
             max_queue_entries: mqe,
             io_entries,
+            queues_wanted: want as u16,
+            queues_granted: 0,
             block_size: 512,
             blocks: 0,
             capacity: 0,
         };
         let mut n = Nvme {
             regs,
-            io: Mutex::new(io),
+            pairs,
+            nr_io: want,
+            staged: [const { Mutex::new(None) }; SLOTS],
             admin: Mutex::new(admin),
             lists,
             ident,
@@ -276,9 +374,7 @@ impl Nvme {
             limits: QueueLimits::new(),
             cfg,
             sinks: [const { CompletionSink::new() }; MAX_NS_QUEUES],
-            hand: ReapHandover::new(),
             admin_outstanding: AtomicU32::new(0),
-            unrung: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             reset_wanted: AtomicBool::new(false),
             stats: DriverStats::new(),
@@ -306,11 +402,13 @@ impl Nvme {
             n.ns_count = count;
         }
         n.limits = n.compute_limits(n.info.block_size);
-        {
-            let mut io = n.io.lock();
+        let (granted, used) = {
+            let mut ios = Locked::new(&n.pairs[..want]);
             let mut admin = n.admin.lock();
-            n.setup_io(&mut admin, &mut io)?;
-        }
+            n.setup_io(&mut admin, &mut ios)?
+        };
+        n.info.queues_granted = granted;
+        n.nr_io = used;
         Ok(n)
     }
 
@@ -394,36 +492,67 @@ impl Nvme {
         Ok((info, found, attached))
     }
 
-    /// Features and the I/O queue pair (after an enable).
-    pub(crate) fn setup_io(&self, admin: &mut AdminQ, io: &mut IoQ) -> Result<(), InitError> {
+    /// Asks for `want` submission and completion queues (Set Features / Number of Queues,
+    /// zero-based counts); returns how many of each the controller granted (the smaller
+    /// count; a controller that answers with no result grants what was asked).
+    fn number_of_queues(&self, admin: &mut AdminQ, want: usize) -> Result<u16, InitError> {
+        let mut done = ColdBatch::new();
+        let n = (want as u32 - 1) & 0xffff;
+        let mut c = Command::set_features(feature::NUMBER_OF_QUEUES, 0);
+        c.dw[11] = n << 16 | n;
+        let e = self
+            .admin_sync(admin, c, &mut done)
+            .map_err(|_| InitError::Admin)?;
+        let (nsqa, ncqa) = (e.result & 0xffff, e.result >> 16);
+        Ok((nsqa.min(ncqa) + 1).min(u16::MAX as u32) as u16)
+    }
+
+    /// Locks every I/O queue pair in use, in order (the order every path that takes several
+    /// of them keeps; the admin lock comes after them).
+    pub(crate) fn lock_pairs(&self) -> Locked<'_> {
+        Locked::new(&self.pairs[..self.nr_io])
+    }
+
+    /// Features and the I/O queue pairs of `ios` (after an enable), as many of them as the
+    /// controller grants: returns the grant and the pairs created. After a reset the same
+    /// pairs are created again with the same ids and vectors, so the block layer's map of
+    /// CPUs to pairs still holds.
+    pub(crate) fn setup_io(
+        &self,
+        admin: &mut AdminQ,
+        ios: &mut Locked<'_>,
+    ) -> Result<(u16, usize), InitError> {
+        let granted = self.number_of_queues(admin, ios.len())?;
+        let used = ios.len().min(granted as usize);
         let mut done = ColdBatch::new();
         let mut run = |admin: &mut AdminQ, c: Command| {
             self.admin_sync(admin, c, &mut done)
                 .map_err(|_| InitError::Admin)
         };
-        // One submission and one completion queue (zero-based counts).
-        run(admin, Command::set_features(feature::NUMBER_OF_QUEUES, 0))?;
         if self.info.vwc {
             run(
                 admin,
                 Command::set_features(feature::VOLATILE_WRITE_CACHE, 1),
             )?;
         }
-        io.sq.reset();
-        io.cq.reset();
-        io.rung = 0;
-        io.live = false;
         let irq = self.cfg.mode == Mode::Interrupt;
-        run(
-            admin,
-            Command::create_cq(IOQ, io.cq.entries(), io.cq.phys(), 0, irq),
-        )?;
-        run(
-            admin,
-            Command::create_sq(IOQ, io.sq.entries(), io.sq.phys(), IOQ),
-        )?;
-        io.live = true;
-        Ok(())
+        for (k, io) in ios.iter_mut().take(used).enumerate() {
+            io.sq.reset();
+            io.cq.reset();
+            io.rung = 0;
+            io.live = false;
+            let q = io.qid;
+            run(
+                admin,
+                Command::create_cq(q, io.cq.entries(), io.cq.phys(), k as u16, irq),
+            )?;
+            run(
+                admin,
+                Command::create_sq(q, io.sq.entries(), io.sq.phys(), q),
+            )?;
+            io.live = true;
+        }
+        Ok((granted, used))
     }
 
     /// Runs one of the driver's own admin commands and waits for it (bounded), reaping the
@@ -542,12 +671,30 @@ impl Nvme {
             None => false,
         }
     }
-    /// Commands in flight (I/O and passthrough).
+    /// Commands in flight (I/O on every pair and passthrough).
     pub fn in_flight(&self) -> usize {
-        let n = self.io.lock().cids.count();
-        let n = n + self.admin.lock().cids.count();
-        self.after_unlock();
+        let mut n = 0;
+        for k in 0..self.nr_io {
+            n += self.pairs[k].io.lock().cids.count();
+            self.after_unlock(k);
+        }
+        n += self.admin.lock().cids.count();
+        self.after_unlock(0);
         n
+    }
+    /// Commands in flight on I/O queue pair `k` (0 past the pairs in use).
+    pub fn in_flight_on(&self, k: usize) -> usize {
+        if k >= self.nr_io {
+            return 0;
+        }
+        let n = self.pairs[k].io.lock().cids.count();
+        self.after_unlock(k);
+        n
+    }
+    /// I/O queue pairs in use: one per hardware context of the block-layer queues (map the
+    /// CPUs with this many), pair `k` completing on interrupt vector `k`.
+    pub fn io_queues(&self) -> usize {
+        self.nr_io
     }
     /// The controller is unusable.
     pub fn is_dead(&self) -> bool {

@@ -1,7 +1,9 @@
 //! The request path: `queue_rq` builds the command for its namespace (data pointer from the
-//! scatter-gather list, PRPs or SGLs in the slot's list pages), takes a command id, writes the
-//! entry at the submission queue tail and rings the doorbell for the last request of a batch;
-//! `commit` rings for what is still unrung. Namespace queue `q`'s tag `t` is slot
+//! scatter-gather list, PRPs or SGLs in the slot's list pages), takes a command id on the I/O
+//! queue pair of the request's hardware context (`Request::hctx`: one pair per CPU when the
+//! controller granted them), writes the entry at that pair's submission queue tail and rings
+//! its doorbell for the last request of a batch; `commit_hctx` rings for what is still unrung
+//! on that pair. Namespace queue `q`'s tag `t` is slot
 //! `q * QUEUE_DEPTH + t`: `HwQueue for Nvme` is queue 0, [`NsQueue`] any of them.
 
 use core::sync::atomic::{Ordering, fence};
@@ -10,7 +12,7 @@ use blk::driver::{block_range, with_sg};
 use blk::{BioFlags, BlkError, HwQueue, Op, QueueRqError, Request, SgEntry, TimeoutAction};
 
 use crate::cmd::{Command, DataPtr};
-use crate::ctrl::{IOQ, IoQ, LIST_PAGES, MAX_SEGMENTS, Nvme, QUEUE_DEPTH};
+use crate::ctrl::{IoQ, LIST_PAGES, MAX_IO_QUEUES, MAX_SEGMENTS, Nvme, QUEUE_DEPTH};
 use crate::device_error;
 use crate::prp::{ListPages, PAGE, build_prp, build_sgl};
 use crate::spec::nvm;
@@ -23,11 +25,11 @@ const SMALL_SG: usize = 4;
 const MAX_BLOCKS: u32 = 65536;
 
 impl Nvme {
-    /// Rings the I/O submission queue doorbell for entries pushed since the last ring.
+    /// Rings an I/O submission queue doorbell for entries pushed since the last ring.
     pub(crate) fn ring_io(&self, io: &mut IoQ) {
         if io.rung != io.sq.tail() {
             fence(Ordering::SeqCst);
-            self.regs.ring_sq(IOQ, io.sq.tail());
+            self.regs.ring(io.sq_db, io.sq.tail());
             io.rung = io.sq.tail();
             self.stats.doorbells.fetch_add(1, Ordering::Relaxed);
         }
@@ -109,9 +111,9 @@ impl Nvme {
         Ok((c, false))
     }
 
-    /// Puts `rq` of namespace queue `q` (below `ns_count`) on a queue; the last request of a
-    /// batch rings the I/O doorbell here (under the lock already taken), earlier ones leave it
-    /// to `commit`.
+    /// Puts `rq` of namespace queue `q` (below `ns_count`) on the I/O queue pair of its
+    /// hardware context; the last request of a batch rings the doorbell here (under the pair's
+    /// lock already taken), earlier ones leave it to `commit`.
     fn submit<Q: QueueIndex>(&self, q: Q, rq: &Request, last: bool) -> Result<(), QueueRqError> {
         if self.dead.load(Ordering::Relaxed) {
             return Err(QueueRqError::Fatal(BlkError::DeviceError(
@@ -124,11 +126,13 @@ impl Nvme {
         };
         if rq.passthrough().is_some() {
             let r = self.submit_admin(slot, rq);
-            self.after_unlock();
+            self.after_unlock(0);
             return r;
         }
         let (cmd, preflush) = self.build(q, slot, rq)?;
-        let mut io = self.io.lock();
+        let k = self.pair_of(rq.hctx());
+        let pair = &self.pairs[k];
+        let mut io = pair.io.lock();
         if io.sq.is_full() {
             drop(io);
             self.stats.busy.fetch_add(1, Ordering::Relaxed);
@@ -141,8 +145,9 @@ impl Nvme {
         };
         let mut first = if preflush {
             self.stats.preflushes.fetch_add(1, Ordering::Relaxed);
-            if let Some(s) = io.staged.get_mut(slot as usize) {
-                *s = Some(cmd);
+            if let Some(s) = self.staged.get(slot as usize) {
+                *s.lock() = Some(cmd);
+                io.staged += 1;
             }
             Command::flush(self.ns[q.get()].nsid)
         } else {
@@ -154,10 +159,20 @@ impl Nvme {
         if last {
             self.ring_io(&mut io);
         } else {
-            self.unrung.store(true, Ordering::Relaxed);
+            pair.unrung.store(true, Ordering::Relaxed);
         }
         drop(io);
         Ok(())
+    }
+
+    /// The I/O queue pair of hardware context `hctx`: the same index while it is below the
+    /// pairs in use (the block layer maps its contexts with [`Nvme::io_queues`]), pair 0
+    /// otherwise.
+    #[inline(always)]
+    pub(crate) fn pair_of(&self, hctx: usize) -> usize {
+        // The mask (a no-op: `nr_io` is at most `MAX_IO_QUEUES`) spares the bounds check of
+        // the index that follows.
+        (if hctx < self.nr_io { hctx } else { 0 }) & (MAX_IO_QUEUES - 1)
     }
 }
 
@@ -201,17 +216,28 @@ impl Nvme {
         (q < self.ns_count).then_some(NsQueue { hw: self, q })
     }
 
-    /// Ends a batch: rings for entries still unrung (every namespace queue shares the ring).
-    fn commit_io(&self) {
+    /// Ends a batch of hardware context `hctx`: rings its pair for entries still unrung
+    /// (every namespace queue shares the pairs).
+    #[inline(always)]
+    fn commit_pair(&self, hctx: usize) {
+        let k = self.pair_of(hctx);
+        let pair = &self.pairs[k];
         // Entries of a batch whose last request was refused (or not marked last) are still
         // unrung; the last request of a batch rang the doorbell itself.
-        if self.unrung.load(Ordering::Relaxed) {
-            let mut io = self.io.lock();
-            self.unrung.store(false, Ordering::Relaxed);
+        if pair.unrung.load(Ordering::Relaxed) {
+            let mut io = pair.io.lock();
+            pair.unrung.store(false, Ordering::Relaxed);
             self.ring_io(&mut io);
             drop(io);
         }
-        self.after_unlock();
+        self.after_unlock_pair(pair, k == 0);
+    }
+
+    /// Ends a batch on every pair (a caller that does not say which context).
+    fn commit_io(&self) {
+        for k in 0..self.nr_io {
+            self.commit_pair(k);
+        }
     }
 
     /// Namespace queue `q`'s request `rq` passed its deadline.
@@ -234,13 +260,16 @@ impl HwQueue for Nvme {
         self.commit_io();
     }
 
-    fn commit_hctx(&self, _hctx: usize) {
-        // One I/O queue pair: the same doorbell (no second call through the default).
-        self.commit_io();
+    fn commit_hctx(&self, hctx: usize) {
+        self.commit_pair(hctx);
     }
 
     fn poll(&self) -> usize {
         self.reap_all()
+    }
+
+    fn poll_hctx(&self, hctx: usize) -> usize {
+        self.reap_pair(self.pair_of(hctx))
     }
 
     fn timeout(&self, rq: &Request) -> TimeoutAction {
@@ -249,7 +278,7 @@ impl HwQueue for Nvme {
 }
 
 /// One attached namespace's queue on a controller: requests name its namespace and use its
-/// range of command slots on the shared I/O queue pair; completions go to the `TagComplete`
+/// range of command slots on the I/O queue pairs every namespace shares; completions go to the `TagComplete`
 /// attached with [`Nvme::attach_ns`]. From [`Nvme::ns_queue`].
 #[derive(Clone, Copy)]
 pub struct NsQueue<'a> {
@@ -273,12 +302,16 @@ impl HwQueue for NsQueue<'_> {
         self.hw.commit_io();
     }
 
-    fn commit_hctx(&self, _hctx: usize) {
-        self.hw.commit_io();
+    fn commit_hctx(&self, hctx: usize) {
+        self.hw.commit_pair(hctx);
     }
 
     fn poll(&self) -> usize {
         self.hw.reap_all()
+    }
+
+    fn poll_hctx(&self, hctx: usize) -> usize {
+        self.hw.reap_pair(self.hw.pair_of(hctx))
     }
 
     fn timeout(&self, rq: &Request) -> TimeoutAction {

@@ -47,7 +47,7 @@ mod tests;
 
 pub use crate::ctrl::{
     ADMIN_ENTRIES, Config, CtrlInfo, IO_QUEUE_ENTRIES_MAX, IO_QUEUE_ENTRIES_MIN, InitError,
-    LIST_PAGES, MAX_SEGMENTS, Mode, Nvme, QUEUE_DEPTH,
+    LIST_PAGES, MAX_IO_QUEUES, MAX_SEGMENTS, Mode, Nvme, QUEUE_DEPTH,
 };
 pub use crate::io::NsQueue;
 pub use crate::ns::{MAX_NAMESPACES, MAX_NS_QUEUES, Namespace, Namespaces, NsQueueInfo, NsState};

@@ -206,6 +206,19 @@ impl Regs {
     pub fn has_queue(&self, qid: u16) -> bool {
         cq_head_doorbell(qid, self.dstrd) + 4 <= self.mmio.len()
     }
+    /// The byte offsets of queue `qid`'s submission tail and completion head doorbells (for
+    /// [`Regs::ring`]).
+    pub fn doorbells(&self, qid: u16) -> (usize, usize) {
+        (
+            sq_tail_doorbell(qid, self.dstrd),
+            cq_head_doorbell(qid, self.dstrd),
+        )
+    }
+    /// Writes `value` to the doorbell at byte offset `off` (from [`Regs::doorbells`]).
+    #[inline]
+    pub fn ring(&self, off: usize, value: u16) {
+        self.mmio.write32(off, value as u32);
+    }
     /// Rings the submission queue tail doorbell.
     pub fn ring_sq(&self, qid: u16, tail: u16) {
         self.mmio

@@ -4,12 +4,20 @@
 //! port that is not attached is logged with the reason (no device, link down, ATAPI, port
 //! multiplier, bring-up error, over the limit). The ports share the controller's interrupt: MSI
 //! on x86_64 when offered, else INTx (through the PLIC on riscv64), or polling (`ahci=poll`).
+//! Each port has one command list, shared by every CPU (one hardware context: NCQ tags from
+//! the block layer's lock-free tag set); with MSI and several CPUs every completion runs on
+//! [`IRQ_CPU`], the CPU the MSI goes to (the driver's completions; a bio whose request
+//! completed while its submitter was still handing it to the driver is ended by the
+//! submitter, as the block layer does for every driver).
 
-use ahci::{Ahci, Hba, Mode, PortStatus, QUEUE_DEPTH};
-use blk::{Queue, QueueConfig, Wait};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use ahci::{Ahci, Hba, Mode, Owner, PortStatus, QUEUE_DEPTH};
+use blk::{BlkStatus, Queue, QueueConfig, TagComplete, Wait};
 use hal::IrqLine;
 use spin::Once;
 
+use super::MAX_CPUS;
 use crate::{arch, config, pci};
 
 pub use super::Attach;
@@ -75,6 +83,13 @@ impl hal::IrqHandler for Ports {
         // keeps a shared INTx line high, and an interrupt controller that only sees rising
         // edges (QEMU's PLIC on riscv64 `virt`) would never signal that port again; its
         // requests, and then every port's, would wait for the request timeout.
+        // A kick from a lock holder on another CPU (`Ahci::set_owner`): `IS` was acknowledged
+        // already, the port only wants its reap.
+        for hw in HW.iter().map_while(Once::get) {
+            if hw.reap_wanted() {
+                hw.handle_irq();
+            }
+        }
         for _ in 0..DISPATCH_ROUNDS {
             let pending = hba.pending();
             if pending == 0 {
@@ -90,6 +105,66 @@ impl hal::IrqHandler for Ports {
 }
 
 static PORTS: Ports = Ports;
+
+/// The CPU the controller's MSI goes to: where every completion runs when several CPUs
+/// submit.
+pub const IRQ_CPU: usize = 0;
+/// The MSI line, when completions are kept on [`IRQ_CPU`].
+static MSI_LINE: Once<IrqLine> = Once::new();
+
+/// Completions the driver delivered to the block layer, by the CPU they ran on (with several
+/// CPUs online).
+static DELIVERED_ON: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Each disk's queue behind its counter (with several CPUs online).
+static COUNTED: [Once<Counted>; MAX_DISKS] = [const { Once::new() }; MAX_DISKS];
+
+/// A disk's queue, with the driver's completions counted by CPU on the way.
+struct Counted(&'static Queue<QUEUE_DEPTH>);
+
+impl Counted {
+    fn count(&self) {
+        DELIVERED_ON[arch::cpu_id() & (MAX_CPUS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl TagComplete for Counted {
+    fn complete(&self, tag: u16, status: BlkStatus, done_bytes: Option<u32>) {
+        self.count();
+        self.0.complete(tag, status, done_bytes);
+    }
+    fn complete_pt(&self, tag: u16, status: BlkStatus, result: u64) {
+        self.count();
+        self.0.complete_pt(tag, status, result);
+    }
+    fn kick(&self) {
+        self.0.kick();
+    }
+}
+
+/// Completions the AHCI driver delivered on CPU `cpu` so far (counted with several CPUs
+/// online).
+pub fn delivered_on(cpu: usize) -> u64 {
+    DELIVERED_ON
+        .get(cpu)
+        .map_or(0, |c| c.load(Ordering::Relaxed))
+}
+
+/// The CPU completions run on ([`IRQ_CPU`]) when the ports have an owner: MSI and several
+/// CPUs.
+pub fn completion_cpu() -> Option<usize> {
+    MSI_LINE.get().map(|_| IRQ_CPU)
+}
+
+fn on_irq_cpu() -> bool {
+    arch::cpu_id() == IRQ_CPU
+}
+
+/// Sends the controller's MSI vector to [`IRQ_CPU`] (a reap handed to another CPU).
+fn kick_irq_cpu() {
+    if let Some(line) = MSI_LINE.get() {
+        arch::raise_msi_on(IRQ_CPU, line.number());
+    }
+}
 
 /// Finds the first AHCI controller and attaches the disk on every port that has one. `Ok(n)`:
 /// `n` disks attached (0 without a controller or a disk); an error when the controller, or
@@ -206,7 +281,12 @@ fn attach_port(hba: &Hba, port: usize, mode: Mode, n: usize) -> Result<(), ahci:
     });
     // One command list per port, shared by every CPU: one hardware context.
     super::map_queue(queue, 1);
-    hw.attach(queue);
+    if super::cpus_for_queues() > 1 {
+        // Several CPUs: count where the driver's completions run (the tests read it).
+        hw.attach(COUNTED[n].call_once(|| Counted(queue)));
+    } else {
+        hw.attach(queue);
+    }
     let (model, serial) = hw.model_serial();
     let id = &i.identify;
     defmt::println!(
@@ -235,7 +315,7 @@ fn connect_interrupt(f: &::pci::PciFunction<'static>, mode: Mode, n: usize) {
         Mode::Polling => (None, Attach::Polled),
         Mode::Interrupt => {
             let msi = if cfg!(target_arch = "x86_64") && f.msi_offset().is_some() {
-                hal::irq::alloc_msi()
+                hal::irq::alloc_msi_on(IRQ_CPU)
             } else {
                 None
             };
@@ -260,6 +340,22 @@ fn connect_interrupt(f: &::pci::PciFunction<'static>, mode: Mode, n: usize) {
     {
         defmt::error!("ahci: cannot use interrupt line {=u32}", line.number());
     }
+    // Several CPUs submit to the ports' one command list each: completions run on the CPU the
+    // MSI goes to, which a lock holder elsewhere sends the interrupt again when it finds a
+    // reap handed to it. INTx (through the IOAPIC or the PLIC) cannot be sent again: whoever
+    // holds the lock reaps, as on one CPU.
+    let owned = attach == Attach::Msi && super::cpus_for_queues() > 1;
+    if let Some(line) = irq
+        && owned
+    {
+        MSI_LINE.call_once(|| line);
+        for hw in HW.iter().take(n).filter_map(Once::get) {
+            hw.set_owner(Owner {
+                here: on_irq_cpu,
+                kick: kick_irq_cpu,
+            });
+        }
+    }
     for k in 0..n {
         if let (Some(hw), Some(queue)) = (HW[k].get(), QUEUES[k].get()) {
             DISKS[k].call_once(|| AhciDisk {
@@ -270,5 +366,15 @@ fn connect_interrupt(f: &::pci::PciFunction<'static>, mode: Mode, n: usize) {
             });
         }
     }
-    defmt::println!("ahci: {=usize} disk(s), {}", n, attach);
+    if owned {
+        defmt::println!(
+            "ahci: {=usize} disk(s), {}, one command list per port shared by {=usize} CPUs, completions on CPU {=usize}",
+            n,
+            attach,
+            super::cpus_for_queues(),
+            IRQ_CPU
+        );
+    } else {
+        defmt::println!("ahci: {=usize} disk(s), {}", n, attach);
+    }
 }

@@ -1,16 +1,22 @@
 //! NVMe probing: the first `1b36:0010`-class controller (any NVMe class 01:08:02 function),
 //! BAR0 mapped, bus mastering on, a block-layer queue on each of its first
 //! `nvme::MAX_NS_QUEUES` usable active namespaces (read-only when the namespace is write
-//! protected), all sharing the controller's I/O queue pair; every other active namespace is
-//! logged with the reason it is not attached. MSI-X entry 0 on x86_64, INTx through the PLIC
-//! on riscv64, or polling.
+//! protected), all sharing the controller's I/O queue pairs; every other active namespace is
+//! logged with the reason it is not attached. With MSI-X (x86_64) one I/O queue pair per
+//! online CPU, up to what the controller grants, each completion queue on its own vector
+//! routed to the CPU that submits to it; INTx through the PLIC (riscv64), or polling, one
+//! pair shared by every CPU.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use blk::{Queue, QueueConfig, Wait};
-use nvme::{Config, InitError, MAX_NS_QUEUES, Mode, NsQueue, NsState, Nvme, QUEUE_DEPTH};
+use hal::IrqLine;
+use nvme::{
+    Config, InitError, MAX_IO_QUEUES, MAX_NS_QUEUES, Mode, NsQueue, NsState, Nvme, QUEUE_DEPTH,
+};
 use spin::Once;
 
+use super::MAX_CPUS;
 use crate::{arch, config, pci};
 
 pub use super::Attach;
@@ -37,6 +43,48 @@ static NS_HW: [Once<NsQueue<'static>>; MAX_NS_QUEUES] = [const { Once::new() }; 
 /// The block-layer queues of namespace queues 1.. (queue 0's is the disk's).
 static NS_QUEUES: [Once<Queue<QUEUE_DEPTH>>; MAX_NS_QUEUES] =
     [const { Once::new() }; MAX_NS_QUEUES];
+/// The interrupt handler of each vector (vector k reaps I/O queue pair k).
+static VECTORS: [Once<Vector>; MAX_IO_QUEUES] = [const { Once::new() }; MAX_IO_QUEUES];
+/// The interrupt line of each vector in use.
+static LINES: [Once<IrqLine>; MAX_IO_QUEUES] = [const { Once::new() }; MAX_IO_QUEUES];
+/// Interrupts taken, by vector and by the CPU that took them, with several vectors (the test
+/// of per-CPU completion reads these).
+static TAKEN: [[AtomicU64; MAX_CPUS]; MAX_IO_QUEUES] =
+    [const { [const { AtomicU64::new(0) }; MAX_CPUS] }; MAX_IO_QUEUES];
+
+/// One vector's handler: reaps its own I/O queue pair, counts where it ran.
+struct Vector {
+    hw: &'static Nvme,
+    pair: usize,
+}
+
+impl hal::IrqHandler for Vector {
+    fn handle(&self) {
+        let cpu = arch::cpu_id() & (MAX_CPUS - 1);
+        TAKEN[self.pair & (MAX_IO_QUEUES - 1)][cpu].fetch_add(1, Ordering::Relaxed);
+        self.hw.handle_vector(self.pair);
+    }
+}
+
+/// Interrupts of vector `k` (I/O queue pair `k`) taken on CPU `cpu` so far (counted only with
+/// several vectors).
+pub fn vector_taken_on(k: usize, cpu: usize) -> u64 {
+    TAKEN
+        .get(k)
+        .and_then(|v| v.get(cpu))
+        .map_or(0, |c| c.load(Ordering::Relaxed))
+}
+
+/// Interrupts taken on every vector of the NVMe controller so far.
+pub fn interrupts() -> u64 {
+    LINES.iter().filter_map(Once::get).map(|l| l.count()).sum()
+}
+
+/// The interrupt line of vector `k`, if it is in use.
+pub fn vector_line(k: usize) -> Option<IrqLine> {
+    LINES.get(k).and_then(Once::get).copied()
+}
+
 /// When the other namespaces' queues are next due for a timeout scan.
 static NEXT_NS_SCAN: AtomicU64 = AtomicU64::new(0);
 
@@ -139,8 +187,40 @@ pub fn attach(polled: bool, prefer_sgl: bool) -> Result<Option<&'static NvmeDisk
     };
     f.enable_bus_master();
     super::POLLED.fetch_or(polled, core::sync::atomic::Ordering::Relaxed);
-    let msi = if polled { None } else { hal::irq::alloc_msi() };
-    let intx = !polled && msi.is_none();
+    // One I/O queue pair per CPU, each completion queue on an MSI-X vector of its own that
+    // interrupts the CPU which submits to it; one shared pair on one vector (MSI-X entry 0,
+    // INTx, polling) otherwise. QEMU only signals a completion queue's MSI-X vector if MSI-X
+    // was enabled when the queue was created: program the vectors before the controller is
+    // enabled.
+    let cpus = super::cpus_for_queues();
+    let table = if polled {
+        None
+    } else {
+        f.msix(arch::mmio_mapper()).ok()
+    };
+    let mut lines = [None; MAX_IO_QUEUES];
+    let mut vectors = 0;
+    if let Some(t) = &table {
+        let want = cpus.min(MAX_IO_QUEUES).min(usize::from(t.len()));
+        for (k, l) in lines.iter_mut().enumerate().take(want) {
+            // Vector k interrupts CPU k: the first CPU of hardware context k when every CPU
+            // has its own (the map is `cpu * contexts / cpus`); moved below if fewer pairs
+            // are granted.
+            let Some((line, msg)) = hal::irq::alloc_msi_on(k) else {
+                break;
+            };
+            if t.set_entry(k as u16, msg).is_err() || t.unmask(k as u16).is_err() {
+                defmt::error!("nvme: MSI-X entry {=usize} setup failed", k);
+                break;
+            }
+            *l = Some(line);
+            vectors = k + 1;
+        }
+        if vectors > 0 {
+            t.enable();
+        }
+    }
+    let intx = !polled && vectors == 0;
     let mode = if polled {
         Mode::Polling
     } else {
@@ -151,54 +231,88 @@ pub fn attach(polled: bool, prefer_sgl: bool) -> Result<Option<&'static NvmeDisk
         intx,
         prefer_sgl,
         clock: super::clock,
+        queues: vectors.max(1) as u16,
     };
-    // QEMU only signals a completion queue's MSI-X vector if MSI-X was enabled when the
-    // queue was created: program it before the controller is enabled.
-    let (irq, attach) = match msi {
-        Some((line, msg)) => {
-            let ok = f.msix(arch::mmio_mapper()).is_ok_and(|t| {
-                t.set_entry(0, msg).is_ok() && t.unmask(0).is_ok() && {
-                    t.enable();
-                    true
-                }
-            });
-            if !ok {
-                defmt::error!("nvme: MSI-X setup failed");
-            }
-            (Some(line), Attach::Msix)
+    let (irq, attach) = if vectors > 0 {
+        (lines[0], Attach::Msix)
+    } else if !polled {
+        let line = pci::intx_line(f);
+        if line.is_some() {
+            f.enable_intx();
         }
-        None if !polled => {
-            let line = pci::intx_line(f);
-            if line.is_some() {
-                f.enable_intx();
-            }
-            (line, Attach::Intx)
-        }
-        None => (None, Attach::Polled),
+        lines[0] = line;
+        (line, Attach::Intx)
+    } else {
+        (None, Attach::Polled)
     };
     let hw = match Nvme::new(bar0, cfg) {
         Ok(hw) => HW.call_once(|| hw),
         Err(e) => return Err(ProbeError::Init(e)),
     };
+    let pairs = hw.io_queues();
+    // Fewer pairs granted than CPUs: context k's CPUs are a group; its vector goes to the
+    // group's first CPU (the entries past the pairs in use stay unused).
+    if pairs < cpus
+        && pairs > 1
+        && let Some(t) = &table
+    {
+        for (k, l) in lines.iter_mut().enumerate().take(pairs).skip(1) {
+            let first = (k * cpus).div_ceil(pairs);
+            if let Some((line, msg)) = hal::irq::alloc_msi_on(first)
+                && t.set_entry(k as u16, msg).is_ok()
+            {
+                *l = Some(line);
+            }
+        }
+    }
     let i = *hw.info();
     let queue =
         QUEUE.call_once(|| Queue::new(hw, hw.limits(), queue_config(hw, 0), &super::SPLIT_SET));
-    super::map_queue(queue, 1);
+    super::map_queue(queue, pairs);
     hw.attach(queue);
     for k in 1..hw.ns_queues() {
         if let (Some(nq), Some(limits)) = (hw.ns_queue(k), hw.ns_limits(k)) {
             let nhw = NS_HW[k].call_once(|| nq);
             let q = NS_QUEUES[k]
                 .call_once(|| Queue::new(nhw, limits, queue_config(hw, k), &super::SPLIT_SET));
-            super::map_queue(q, 1);
+            super::map_queue(q, pairs);
             hw.attach_ns(k, q);
         }
     }
-    if let Some(line) = irq
-        && (line.register(hw).is_err() || line.enable().is_err())
-    {
-        defmt::error!("nvme: cannot use interrupt line {=u32}", line.number());
+    let used = if vectors > 0 {
+        pairs
+    } else {
+        usize::from(irq.is_some())
+    };
+    for (k, line) in lines.iter().enumerate().take(used) {
+        let Some(line) = line else { continue };
+        // One vector: the driver's own handler (vector 0), as on one CPU. Several: each
+        // vector's handler reaps its pair and counts the CPU it ran on.
+        let h: &'static dyn hal::IrqHandler = if used > 1 {
+            VECTORS[k].call_once(|| Vector { hw, pair: k })
+        } else {
+            hw
+        };
+        if line.register(h).is_err() || line.enable().is_err() {
+            defmt::error!("nvme: cannot use interrupt line {=u32}", line.number());
+        } else {
+            LINES[k].call_once(|| *line);
+        }
     }
+    defmt::println!(
+        "nvme: I/O queue pairs {=usize} ({=u16} asked, {=u16} granted), vectors {=usize}, CPUs {=usize}{=str}",
+        pairs,
+        i.queues_wanted,
+        i.queues_granted,
+        used,
+        cpus,
+        match attach {
+            Attach::Polled => " (polled: one shared pair)",
+            Attach::Intx => " (INTx: one shared pair)",
+            _ if pairs == 1 && cpus > 1 => " (one vector: one shared pair)",
+            _ => "",
+        }
+    );
     let l = hw.limits();
     defmt::println!(
         "nvme: {} namespace {=u32}{=str}, {=u64} sectors, block {=u32}, mdts {=u64}, max {=u32} sectors x {=u16} segs, vwc {=bool}, dsm {=bool}, wzeroes {=bool}, sgl {=bool}/{=bool}, queue {=u16} of {=u32}, depth {=usize}",

@@ -1,19 +1,21 @@
 //! NVMe: the block-device conformance suite on the first NVMe namespace, a request whose PRP
 //! list needs a second list page, Identify through passthrough, a controller reset in the
 //! middle of a QD32 workload, and the namespaces the profile sets up (`nvme_nsid`,
-//! `nvme_attached`, `nvme_active` on the command line): each attached one its own disk.
+//! `nvme_attached`, `nvme_active` on the command line): each attached one its own disk. Every
+//! CPU's I/O on its own queue pair, completed on that CPU (`nvme_pairs` on the command line:
+//! how many pairs the profile must get).
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use blk::{Bio, BioFlags, BioVec, Op, PtCmd, Wait, submit_bio};
-use hal::PhysAddr;
+use blk::{Bio, BioFlags, BioSet, BioSlab, BioVec, Op, PtCmd, Wait, submit_bio};
+use hal::{DmaBuf, PhysAddr};
 
 use super::blockdev::{
     Target, async_reset, async_wait, completion_accounting, dma, fill, flush_and_fua,
     full_depth_in_flight, io_ok, multi_segment_scattered, past_end_refused, plug_merges,
     readback_start_middle_end, single_sector_and_1mib, split_by_limits, submit_async,
 };
-use crate::block::{self, IO_SET, cpu_ctx, nvme::NvmeDisk};
+use crate::block::{self, IO_SET, MAX_CPUS, cpu_ctx, nvme::NvmeDisk};
 use crate::ktest::{Outcome, TestResult};
 
 fn disk() -> Result<&'static NvmeDisk, Outcome> {
@@ -30,10 +32,16 @@ fn target() -> Result<Target, Outcome> {
                 .unwrap_or_default()
         },
         tags_in_use: || block::nvme::disk().map_or(0, |d| d.queue.tags_in_use()),
-        depth: nvme::QUEUE_DEPTH,
+        depth: cpu_depth(d.queue),
         max_request_bytes: d.queue.limits().max_bytes(),
-        irq_count: || block::nvme::disk().map_or(0, |d| d.irq_count()),
+        irq_count: block::nvme::interrupts,
     })
+}
+
+/// The tags one CPU can have in flight on `q`: those of its hardware context (the queue's
+/// depth split between the I/O queue pairs).
+fn cpu_depth(q: &blk::Queue<{ nvme::QUEUE_DEPTH }>) -> usize {
+    nvme::QUEUE_DEPTH / q.nr_hw_contexts().max(1)
 }
 
 ktest! { fn nvme_readback_start_middle_end() -> TestResult { readback_start_middle_end(&target()?) } }
@@ -344,9 +352,9 @@ fn second_target() -> Result<Target, Outcome> {
                 .unwrap_or_default()
         },
         tags_in_use: || block::nvme::namespace(1).map_or(0, |q| q.tags_in_use()),
-        depth: nvme::QUEUE_DEPTH,
+        depth: cpu_depth(q),
         max_request_bytes: q.limits().max_bytes(),
-        irq_count: || block::nvme::disk().map_or(0, |d| d.irq_count()),
+        irq_count: block::nvme::interrupts,
     })
 }
 
@@ -458,6 +466,150 @@ ktest! {
             unsafe { io_ok(&t[k], Op::Read, 80_000, &[(r.phys(), (N * 4096) as u32)], BioFlags::empty()) }?;
             check!(r.as_slice() == b.as_slice(), "namespace queue {}: data written across the reset", k);
         }
+        Ok(())
+    }
+}
+
+/// Reads per CPU in the per-CPU completion test, all in flight at once.
+const PC_BIOS: u32 = 16;
+static PC_SLAB: BioSlab<u32, { MAX_CPUS * 8 }> = BioSlab::new();
+/// Bios of the per-CPU completion test; the front pad is the submitting CPU.
+static PC_SET: BioSet<u32> = BioSet::new(&PC_SLAB, 4, None);
+/// Bios of each submitting CPU ended so far.
+static PC_ENDED: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+/// Bios of each submitting CPU that ended on another CPU.
+static PC_AWAY: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+static PC_ERRORS: AtomicU32 = AtomicU32::new(0);
+/// CPUs that could not submit (the line of the first failure).
+static PC_FAILED: AtomicU32 = AtomicU32::new(0);
+static PC_FAIL_AT: AtomicU32 = AtomicU32::new(0);
+
+fn pc_end_io(bio: Bio) {
+    let here = crate::arch::cpu_id();
+    if bio.status().is_err() {
+        PC_ERRORS.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(&cpu) = bio.front::<u32>() {
+        let cpu = cpu as usize & (MAX_CPUS - 1);
+        if cpu != here {
+            PC_AWAY[cpu].fetch_add(1, Ordering::Relaxed);
+        }
+        PC_ENDED[cpu].fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+fn pc_fail(line: u32) {
+    PC_FAIL_AT.store(line, Ordering::Relaxed);
+    PC_FAILED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One CPU's share: `PC_BIOS` 4 KiB reads of its own region, all submitted before any is
+/// waited for.
+fn pc_reads(cpu: usize) {
+    let Ok(d) = disk() else { return };
+    let Ok(buf) = DmaBuf::alloc(PC_BIOS as usize * 4096, 4096) else {
+        return pc_fail(line!());
+    };
+    let base = cpu as u64 * PC_BIOS as u64 * 8;
+    let mut submitted = 0;
+    for i in 0..PC_BIOS {
+        let w = Wait::Hook(block::wait);
+        let Ok(mut b) = PC_SET.alloc_on(cpu as u32, cpu as u32, Op::Read, 1, w) else {
+            pc_fail(line!());
+            break;
+        };
+        let at = PhysAddr(buf.phys().0 + i as u64 * 4096);
+        // SAFETY: inside `buf`, which is freed only after every bio of this CPU ended (the
+        // wait below), and which the CPU does not touch meanwhile.
+        if b.add_vec(unsafe { BioVec::new(at, 4096) }).is_err() {
+            pc_fail(line!());
+            break;
+        }
+        b.set_dev(d.queue);
+        b.set_sector(base + i as u64 * 8);
+        b.set_end_io(pc_end_io);
+        if submit_bio(cpu_ctx(), b).is_err() {
+            pc_fail(line!());
+            break;
+        }
+        submitted += 1;
+    }
+    while PC_ENDED[cpu].load(Ordering::Acquire) < submitted {
+        crate::arch::interrupts_disable();
+        if PC_ENDED[cpu].load(Ordering::Acquire) < submitted {
+            block::wait();
+        }
+        crate::arch::interrupts_enable();
+    }
+    drop(buf);
+}
+
+ktest! {
+    fn nvme_each_cpu_completes_on_its_own_queue_pair() -> TestResult {
+        // `nvme_pairs=N` on the command line: the I/O queue pairs (and vectors, with MSI-X)
+        // the profile must get.
+        let d = disk()?;
+        let cpus = crate::arch::cpus_online().min(MAX_CPUS);
+        let pairs = d.hw.io_queues();
+        if let Some(want) = arg("nvme_pairs") {
+            let want: usize = want
+                .parse()
+                .map_err(|_| crate::ktest::fail(format_args!("nvme_pairs={}", want)))?;
+            check_eq!(pairs, want);
+        }
+        check_eq!(d.queue.nr_hw_contexts(), pairs);
+        let msix = d.attach == block::Attach::Msix;
+        if msix {
+            for k in 0..pairs {
+                check!(block::nvme::vector_line(k).is_some(), "no vector for pair {}", k);
+            }
+        } else {
+            check_eq!(pairs, 1);
+        }
+        PC_SET.init().map_err(|e| crate::ktest::fail(format_args!("bio set: {:?}", e)))?;
+        for (e, a) in PC_ENDED.iter().zip(&PC_AWAY) {
+            e.store(0, Ordering::Relaxed);
+            a.store(0, Ordering::Relaxed);
+        }
+        PC_ERRORS.store(0, Ordering::Relaxed);
+        PC_FAILED.store(0, Ordering::Relaxed);
+        let taken = |k: usize, c: usize| block::nvme::vector_taken_on(k, c);
+        let mut before = [[0u64; MAX_CPUS]; MAX_CPUS];
+        for (k, row) in before.iter_mut().enumerate() {
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = taken(k, c);
+            }
+        }
+        crate::smp::on_each_cpu(pc_reads);
+        check!(
+            PC_FAILED.load(Ordering::Relaxed) == 0,
+            "{} CPU(s) could not submit (first at kernel/src/tests/nvme.rs:{})",
+            PC_FAILED.load(Ordering::Relaxed),
+            PC_FAIL_AT.load(Ordering::Relaxed)
+        );
+        check_eq!(PC_ERRORS.load(Ordering::Relaxed), 0);
+        for (c, e) in PC_ENDED.iter().enumerate().take(cpus) {
+            let n = e.load(Ordering::Relaxed);
+            check!(n == PC_BIOS, "CPU {}: {} of {} reads ended", c, n, PC_BIOS);
+        }
+        if msix && pairs == cpus && cpus > 1 {
+            // One pair per CPU: every completion ran on the CPU that submitted, and each
+            // vector interrupted only its own CPU.
+            for c in 0..cpus {
+                let away = PC_AWAY[c].load(Ordering::Relaxed);
+                check!(away == 0, "{} of CPU {}'s reads completed on another CPU", away, c);
+                for (k, row) in before.iter().enumerate().take(pairs) {
+                    let n = taken(k, c) - row[c];
+                    if k == c {
+                        check!(n > 0, "vector {} never interrupted CPU {}", k, c);
+                    } else {
+                        check!(n == 0, "vector {} interrupted CPU {} {} times", k, c, n);
+                    }
+                }
+            }
+        }
+        check_eq!(d.hw.in_flight(), 0);
+        check_eq!(d.queue.tags_in_use(), 0);
         Ok(())
     }
 }

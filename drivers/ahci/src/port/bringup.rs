@@ -223,6 +223,7 @@ impl Ahci {
             }),
             queue: CompletionSink::new(),
             unissued: AtomicBool::new(false),
+            owner: spin::Once::new(),
             pending_is: AtomicU32::new(0),
             reap_pending: AtomicBool::new(false),
             recovery_pending: AtomicBool::new(false),

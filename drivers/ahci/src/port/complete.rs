@@ -1,5 +1,7 @@
 //! Completion: the interrupt handler and polling acknowledge PxIS, reap PxSACT/PxCI into a
-//! [`DoneList`] under the lock, and deliver it by tag after the lock is dropped.
+//! [`DoneList`] under the lock, and deliver it by tag after the lock is dropped. A reap the
+//! handler hands to a lock holder on another CPU goes back to the interrupt's CPU when an
+//! [`Owner`](super::Owner) is set, so completions run there.
 
 use core::sync::atomic::{Ordering, fence};
 
@@ -94,12 +96,31 @@ impl Ahci {
             if !self.reap_pending.load(Ordering::Acquire) {
                 return;
             }
+            if self.kicked_owner() {
+                return;
+            }
             match self.inner.try_lock() {
                 Some(g) => guard = g,
                 None => return,
             }
             done = NO_DONE;
             self.reap_locked(&mut guard, &mut done);
+        }
+    }
+
+    /// A reap was handed over to a CPU that does not own the port's interrupt: send it to
+    /// the owner (its handler reaps; `reap_pending` stays set for it). `false` when this CPU
+    /// reaps itself (no owner set, or this is the owner).
+    #[cold]
+    #[inline(never)]
+    fn kicked_owner(&self) -> bool {
+        match self.owner.get() {
+            Some(o) if !(o.here)() => {
+                self.stats.kicks.fetch_add(1, Ordering::Relaxed);
+                (o.kick)();
+                true
+            }
+            _ => false,
         }
     }
 

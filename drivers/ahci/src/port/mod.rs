@@ -31,6 +31,17 @@ use build::SlotCmd;
 use complete::NO_DONE;
 pub use tracker::{Issue, Recovery, Tracker};
 
+/// The CPU that owns the port's interrupt, for a port several CPUs submit to
+/// ([`Ahci::set_owner`]): completions are delivered there only.
+#[derive(Clone, Copy, Debug)]
+pub struct Owner {
+    /// Whether the caller runs on the CPU that takes the port's interrupt.
+    pub here: fn() -> bool,
+    /// Makes that CPU run the port's interrupt handler soon (e.g. sends it the interrupt's
+    /// vector as an IPI). Called with the port's lock not held, from any context.
+    pub kick: fn(),
+}
+
 /// How completions are noticed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -160,6 +171,8 @@ pub struct Ahci {
     inner: Mutex<Inner>,
     /// `queue_rq` took a request it left for `commit` to issue.
     unissued: AtomicBool,
+    /// The CPU completions run on, when set (several CPUs submit).
+    owner: spin::Once<Owner>,
     queue: CompletionSink,
     /// PxIS bits the handler cleared but could not act on (the lock was held).
     pending_is: AtomicU32,
@@ -230,6 +243,16 @@ impl Ahci {
         self.queue.attach(queue);
     }
 
+    /// Delivers every completion on the CPU that owns the port's interrupt: a submitter on
+    /// another CPU that finds a reap handed over to it (the handler found the lock taken)
+    /// kicks that CPU instead of reaping itself. Without an owner (one CPU, or an interrupt
+    /// that cannot be sent again, like INTx through the PLIC) whoever holds the lock reaps.
+    /// Set once, at attach; later calls are ignored. Recovery (timeouts, errors) and polling
+    /// still complete where they run.
+    pub fn set_owner(&self, owner: Owner) {
+        self.owner.call_once(|| owner);
+    }
+
     /// Requests the driver holds now.
     pub fn in_flight(&self) -> u32 {
         let g = self.inner.lock();
@@ -237,6 +260,22 @@ impl Ahci {
         // An interrupt may have handed its reap over while this held the lock.
         self.unlock_and_deliver(g, NO_DONE);
         n
+    }
+
+    /// Whether a reap was handed over and not done yet: the owner's handler, when it shares
+    /// its interrupt with other ports, calls [`Ahci::handle_irq`] for such a port even when
+    /// the HBA's `IS` has no bit for it (an owner kick, see [`Ahci::set_owner`]).
+    pub fn reap_wanted(&self) -> bool {
+        self.reap_pending.load(Ordering::Acquire)
+    }
+
+    /// Test hook: runs `f` (an interrupt handler, say) while process context holds the
+    /// port's lock, then lets go as every lock holder does.
+    #[cfg(test)]
+    pub(crate) fn with_lock_held(&self, f: impl FnOnce()) {
+        let g = self.inner.lock();
+        f();
+        self.unlock_and_deliver(g, NO_DONE);
     }
 
     /// The HBA port the disk is on (its bit in the HBA's `IS`, [`Hba::pending`]).

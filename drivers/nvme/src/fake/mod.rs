@@ -44,6 +44,7 @@ mod csc {
 /// Generic status codes the driver does not name.
 mod gsc {
     pub const INVALID_NAMESPACE: u8 = 0x0b;
+    pub const COMMAND_SEQUENCE_ERROR: u8 = 0x0c;
     pub const DATA_SGL_LENGTH_INVALID: u8 = 0x0f;
     pub const SGL_DESCRIPTOR_TYPE_INVALID: u8 = 0x11;
     pub const PRP_OFFSET_INVALID: u8 = 0x13;
@@ -66,6 +67,7 @@ struct Cq {
     tail: u16,
     phase: bool,
     ien: bool,
+    vector: u16,
 }
 
 /// A command fetched and held back (never completed unless aborted).
@@ -126,6 +128,14 @@ pub struct Model {
     pub log: Vec<(u16, Command)>,
     /// Completions posted to a queue with interrupts enabled.
     pub irqs: u64,
+    /// The same, by interrupt vector (the completion queue's `IV`).
+    pub irqs_by_vector: BTreeMap<u16, u64>,
+    /// I/O submission and completion queues the controller grants at most (Set Features /
+    /// Number of Queues answers the smaller of this and what was asked; queue ids above
+    /// the grant are refused).
+    pub max_io_queues: u16,
+    /// I/O queues granted since the last enable (0: Number of Queues not set yet: one).
+    pub granted: u16,
     /// `INTMS`/`INTMC` state (vector 0).
     pub masked: bool,
     /// Times `CC.EN` went 0 -> 1.
@@ -230,6 +240,9 @@ impl FakeCtrl {
                 stalled: Vec::new(),
                 log: Vec::new(),
                 irqs: 0,
+                irqs_by_vector: BTreeMap::new(),
+                max_io_queues: 64,
+                granted: 0,
                 masked: false,
                 enables: 0,
                 prp_list_pages: 0,
@@ -401,8 +414,10 @@ impl FakeCtrl {
                 tail: 0,
                 phase: true,
                 ien: true,
+                vector: 0,
             },
         );
+        m.granted = 0;
         m.enabled = true;
         self.set_csts(Csts::RDY);
     }
@@ -483,7 +498,7 @@ impl FakeCtrl {
             return;
         }
         let addr = cq.base + cq.tail as u64 * 16;
-        let (phase, ien) = (cq.phase ^ e.flip_phase, cq.ien);
+        let (phase, ien, vector) = (cq.phase ^ e.flip_phase, cq.ien, cq.vector);
         cq.tail += 1;
         if cq.tail == cq.entries {
             cq.tail = 0;
@@ -499,6 +514,7 @@ impl FakeCtrl {
         );
         if ien {
             m.irqs += 1;
+            *m.irqs_by_vector.entry(vector).or_default() += 1;
         }
     }
 
@@ -563,7 +579,16 @@ impl FakeCtrl {
                 ok
             }
             admin::SET_FEATURES => match c.dw[10] & 0xff {
-                feature::NUMBER_OF_QUEUES => Outcome::Complete(Status::empty(), 0),
+                feature::NUMBER_OF_QUEUES => {
+                    // Zero-based counts, asked and granted; not after queues exist.
+                    if m.sqs.len() > 1 || !m.cqs.keys().all(|&q| q == 0) {
+                        return Outcome::Complete(generic(gsc::COMMAND_SEQUENCE_ERROR), 0);
+                    }
+                    let ask = (c.dw[11] & 0xffff).max(c.dw[11] >> 16) as u16;
+                    let g = ask.saturating_add(1).min(m.max_io_queues).max(1);
+                    m.granted = g;
+                    Outcome::Complete(Status::empty(), (g as u32 - 1) << 16 | (g as u32 - 1))
+                }
                 feature::VOLATILE_WRITE_CACHE if m.vwc => {
                     m.vwc_enabled = c.dw[11] & 1 != 0;
                     ok
@@ -577,7 +602,7 @@ impl FakeCtrl {
                 _ => Outcome::Complete(generic(sc::INVALID_FIELD), 0),
             },
             admin::CREATE_CQ => {
-                if qid == 0 || m.cqs.contains_key(&qid) {
+                if qid == 0 || m.cqs.contains_key(&qid) || qid > m.granted.max(1) {
                     return specific(csc::INVALID_QUEUE_ID);
                 }
                 if entries < 2 || entries > m.max_queue_entries || !prp1.is_multiple_of(PAGE) {
@@ -592,13 +617,14 @@ impl FakeCtrl {
                         tail: 0,
                         phase: true,
                         ien: c.dw[11] & 2 != 0,
+                        vector: (c.dw[11] >> 16) as u16,
                     },
                 );
                 ok
             }
             admin::CREATE_SQ => {
                 let cqid = (c.dw[11] >> 16) as u16;
-                if qid == 0 || m.sqs.contains_key(&qid) {
+                if qid == 0 || m.sqs.contains_key(&qid) || qid > m.granted.max(1) {
                     return specific(csc::INVALID_QUEUE_ID);
                 }
                 if !m.cqs.contains_key(&cqid) {

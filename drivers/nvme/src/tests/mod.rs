@@ -3,6 +3,7 @@
 //! controller reset.
 
 mod hostile;
+mod pairs;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -144,6 +145,7 @@ fn config(mode: Mode, prefer_sgl: bool) -> Config {
         intx: false,
         prefer_sgl,
         clock: fake::clock,
+        queues: 1,
     }
 }
 

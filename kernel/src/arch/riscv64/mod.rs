@@ -357,6 +357,13 @@ pub fn send_ipi(cpu: usize) {
     }
 }
 
+/// Raises a message-signalled interrupt on a CPU: never on riscv64 `virt`, which has no MSI
+/// (a PLIC source cannot be raised by software). Always `false`.
+pub fn raise_msi_on(cpu: usize, irq: u32) -> bool {
+    let _ = (cpu, irq);
+    false
+}
+
 /// Starts the other harts the device tree lists (at most [`MAX_CPUS`] CPUs in all) through
 /// SBI HSM, one at a time; a hart that does not report in within a second is logged with its
 /// hart id and left out. `smp_skip=ID,...` on the command line names hart ids to leave stopped

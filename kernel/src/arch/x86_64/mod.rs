@@ -328,6 +328,19 @@ pub fn send_ipi(cpu: usize) {
     }
 }
 
+/// Raises interrupt `irq` (a message-signalled interrupt's vector from `hal::irq::alloc_msi*`)
+/// on logical CPU `cpu`, as if its device had sent it there: its handler runs on that CPU.
+/// `false` if the CPU is not online.
+pub fn raise_msi_on(cpu: usize, irq: u32) -> bool {
+    match percpu::hw_id(cpu) {
+        Some(id) => {
+            apic::send_ipi(id, irq);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Starts the other CPUs the MADT lists (at most [`MAX_CPUS`](percpu::MAX_CPUS) in all), one
 /// at a time; a CPU that does not report in within a second is logged with its APIC id and
 /// left out. `smp_skip=ID,...` on the command line names APIC ids to leave stopped (a test of
