@@ -19,6 +19,8 @@ mod fake;
 mod hal_impl;
 #[cfg(test)]
 mod hostile;
+#[cfg(test)]
+mod mq;
 pub mod pci;
 pub mod queue;
 pub mod ring;
