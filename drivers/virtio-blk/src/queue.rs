@@ -302,10 +302,17 @@ impl VirtioBlk {
 
     /// Process context: does a reset a protocol violation asked for where it could not run
     /// (an interrupt handler that found a queue lock taken). Cheap when none is owed.
+    #[inline]
     pub fn recover(&self) {
         if self.reset_wanted.load(Ordering::Acquire) {
-            self.reset_all_deliver(&blk::driver::CompletionBatch::<0>::new(), true);
+            self.recover_now();
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn recover_now(&self) {
+        self.reset_all_deliver(&blk::driver::CompletionBatch::<0>::new(), true);
     }
 }
 
@@ -338,7 +345,7 @@ impl HwQueue for VirtioBlk {
 }
 
 impl VirtioBlk {
-    #[inline]
+    #[inline(always)]
     fn commit_vq(&self, v: &Vq) {
         // `unnotified` is set (under the queue's lock, by this CPU or another) whenever a
         // chain was added without a doorbell decision; the CPU that added it reads its own

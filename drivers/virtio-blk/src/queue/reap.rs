@@ -38,6 +38,16 @@ impl VirtioBlk {
     /// Never waits.
     pub fn handle_irq(&self) {
         self.handle_vq_irq(&self.vq0);
+        if self.nr_queues > 1 {
+            self.handle_other_queues();
+        }
+    }
+
+    /// [`VirtioBlk::handle_irq`] for queues 1.. (several queues on one interrupt: only a
+    /// device whose queues did not each get a vector).
+    #[cold]
+    #[inline(never)]
+    fn handle_other_queues(&self) {
         for v in self.more.iter().flatten() {
             self.handle_vq_irq(v);
         }
@@ -61,6 +71,7 @@ impl VirtioBlk {
     /// on both sides, so one of the two always reaps. A level-triggered line is masked
     /// meanwhile and the reap handed over once more after the mask: the holder that reaps it
     /// unmasks after the mask, whatever CPU it runs on.
+    #[inline]
     fn handle_vq_irq(&self, v: &Vq) -> usize {
         self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
         v.reap_pending.store(true, Ordering::Release);
