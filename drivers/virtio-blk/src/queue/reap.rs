@@ -108,10 +108,14 @@ impl VirtioBlk {
     #[inline]
     pub(super) fn reap_if_pending(&self, v: &Vq) {
         fence(Ordering::SeqCst);
-        self.reap_if_pending_fenced(v);
+        if v.reap_pending.load(Ordering::Acquire) {
+            self.reap_if_pending_fenced(v);
+        }
     }
 
-    /// `VirtioBlk::reap_if_pending` after the fence.
+    /// `VirtioBlk::reap_if_pending` after the fence (out of line: the look at `reap_pending`
+    /// is the common case, and finds nothing).
+    #[inline(never)]
     fn reap_if_pending_fenced(&self, v: &Vq) {
         while v.reap_pending.load(Ordering::Acquire) {
             let Some(inner) = v.inner.try_lock() else {

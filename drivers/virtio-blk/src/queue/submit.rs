@@ -104,6 +104,7 @@ impl VirtioBlk {
     }
 
     /// The doorbell decision for queue `v` (its lock held as `inner`).
+    #[inline]
     pub(super) fn notify_locked(&self, v: &Vq, inner: &mut Inner) {
         v.unnotified.store(false, Ordering::Relaxed);
         if inner.added == inner.notified {
@@ -119,13 +120,19 @@ impl VirtioBlk {
             self.stats.notifies.fetch_add(1, Ordering::Relaxed);
             match &inner.doorbell {
                 Some(d) => d.write16(0, v.index),
-                None => self.transport.lock().notify(v.index),
+                None => self.notify_transport(v.index),
             }
         } else {
             self.stats
                 .notifies_suppressed
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Notifies queue `q` through the transport (a queue without a doorbell of its own).
+    #[inline(never)]
+    fn notify_transport(&self, q: u16) {
+        self.transport.lock().notify(q);
     }
 
     /// Checks `rq`, maps a read's or write's segments and adds its chain (`queue_rq`).
