@@ -38,10 +38,8 @@ impl VirtioBlk {
             done.push(c.tag, c.status);
         }
         self.reset_wanted.store(true, Ordering::Release);
-        let _ = self.lock_for_reset(wait, |guards| {
-            self.reset_locked(guards, &mut done);
-            true
-        });
+        // Not all locks got (interrupt context): the reset stays owed (`reset_wanted`).
+        let _ = self.lock_for_reset(wait, |guards| self.reset_locked(guards, &mut done));
         self.deliver(&done);
         // Locks let go: an interrupt may have handed a reap over meanwhile.
         for v in self.queues() {
