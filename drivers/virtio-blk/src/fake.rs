@@ -18,6 +18,8 @@ use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Trans
 use virtio_drivers::{Error, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+/// Queues the model can hold.
+pub const QUEUES: usize = 8;
 /// Ring entries the model offers (`queue_num_max`) unless a test sets [`Device::max_queue`].
 pub const MAX_QUEUE: u32 = 256;
 /// `VIRTIO_BLK_T_*` request types, from the specification (not from the driver's tables).
@@ -69,9 +71,18 @@ pub struct Device {
     status: DeviceStatus,
     /// Configuration space (virtio-blk layout).
     pub config: [u8; 64],
-    ring: Option<Ring>,
-    last_avail: u16,
-    used_idx: u16,
+    /// Each queue's rings, as the driver set them.
+    rings: [Option<Ring>; QUEUES],
+    last_avail: [u16; QUEUES],
+    used_idx: [u16; QUEUES],
+    /// The queue the single-queue methods (`take_chain`, `push_used`, ...) act on.
+    cur: usize,
+    /// Queues that exist (`max_queue_size` is 0 for the others).
+    pub queues: u16,
+    /// Doorbell writes per queue.
+    pub queue_notifies: [u32; QUEUES],
+    /// Chains taken per queue.
+    pub queue_served: [u32; QUEUES],
     interrupt: bool,
     /// Doorbell writes.
     pub notifies: u32,
@@ -110,9 +121,28 @@ impl Device {
         self.status.contains(DeviceStatus::DRIVER_OK)
     }
 
-    /// Takes every chain on the available ring, performs it and writes its used entry; raises
-    /// the interrupt if it wrote any. Returns the chains taken.
+    /// Takes every chain on every queue's available ring, performs it and writes its used
+    /// entry; raises the interrupt if it wrote any. Returns the chains taken.
     pub fn run(&mut self) -> usize {
+        let cur = self.cur;
+        let n = (0..QUEUES).map(|q| self.run_queue(q)).sum();
+        self.cur = cur;
+        n
+    }
+
+    /// Makes the single-queue methods act on queue `q`.
+    pub fn select(&mut self, q: usize) {
+        self.cur = q;
+    }
+
+    /// Sets `num_queues` in configuration space (read with `VIRTIO_BLK_F_MQ`).
+    pub fn set_num_queues(&mut self, n: u16) {
+        self.config[34..36].copy_from_slice(&n.to_le_bytes());
+    }
+
+    /// [`Device::run`] for queue `q` only (and selects it).
+    pub fn run_queue(&mut self, q: usize) -> usize {
+        self.cur = q;
         let mut n = 0;
         loop {
             let fault = self.faults.front().copied();
@@ -142,21 +172,23 @@ impl Device {
     /// the outcome) into its status byte; returns its head and the bytes written, without a
     /// used entry (the caller posts one, or not).
     pub fn take_chain(&mut self, status: Option<u8>) -> Option<(u16, u32)> {
-        let r = self.ring.filter(|_| self.driver_ok())?;
+        let q = self.cur;
+        let r = self.rings[q].filter(|_| self.driver_ok())?;
         // What every `rd`/`wr` of this model relies on: the addresses are the rings the driver
         // set with `queue_set` (in the leaked DMA test region) and the buffers its descriptors
         // name (leaked test buffers), and the driver does not touch a chain or the used ring
         // while the device owns them.
         // SAFETY: a field of the available ring the driver set (see above).
         let avail_idx = unsafe { rd::<u16>(r.avail + 2) };
-        if self.last_avail == avail_idx {
+        if self.last_avail[q] == avail_idx {
             return None;
         }
-        let slot = u64::from(self.last_avail % r.size);
+        let slot = u64::from(self.last_avail[q] % r.size);
         // SAFETY: a field of the available ring the driver set (see above).
         let head = unsafe { rd::<u16>(r.avail + 4 + 2 * slot) };
-        self.last_avail = self.last_avail.wrapping_add(1);
+        self.last_avail[q] = self.last_avail[q].wrapping_add(1);
         self.served += 1;
+        self.queue_served[q] += 1;
         let (len, status_at, st) = self.serve(&r, head);
         if let Some(at) = status_at {
             // SAFETY: the chain's status byte (see above).
@@ -172,42 +204,47 @@ impl Device {
 
     /// The used index as the device last published it.
     pub fn used_idx(&self) -> u16 {
-        self.used_idx
+        self.used_idx[self.cur]
     }
 
     /// Publishes used index `idx` without writing any element (stale entries, or going
     /// back).
     pub fn set_used_idx(&mut self, idx: u16) {
-        let Some(r) = self.ring else { return };
-        self.used_idx = idx;
+        let Some(r) = self.rings[self.cur] else {
+            return;
+        };
+        self.used_idx[self.cur] = idx;
         // SAFETY: the index of the used ring the driver set (see `take_chain`).
         unsafe { wr::<u16>(r.used + 2, idx) };
     }
 
     /// Writes `v` into the used ring's `avail_event` (the driver's doorbell hint).
     pub fn set_avail_event(&mut self, v: u16) {
-        let Some(r) = self.ring else { return };
+        let Some(r) = self.rings[self.cur] else {
+            return;
+        };
         // SAFETY: the field after the used ring's elements (see `take_chain`).
         unsafe { wr::<u16>(r.used + 4 + 8 * u64::from(r.size), v) };
     }
 
     /// Ring entries the driver set (0: no queue).
     pub fn ring_size(&self) -> u16 {
-        self.ring.map_or(0, |r| r.size)
+        self.rings[self.cur].map_or(0, |r| r.size)
     }
 
     /// Writes a used element `{id, len}` and publishes it.
     pub fn push_used(&mut self, id: u32, len: u32) {
-        let Some(r) = self.ring else { return };
-        let at = r.used + 4 + 8 * u64::from(self.used_idx % r.size);
+        let q = self.cur;
+        let Some(r) = self.rings[q] else { return };
+        let at = r.used + 4 + 8 * u64::from(self.used_idx[q] % r.size);
         // SAFETY: an element or the index of the used ring the driver set (see `take_chain`).
         unsafe { wr::<u32>(at, id) };
         // SAFETY: an element or the index of the used ring the driver set (see `take_chain`).
         unsafe { wr::<u32>(at + 4, len) };
-        self.used_idx = self.used_idx.wrapping_add(1);
+        self.used_idx[q] = self.used_idx[q].wrapping_add(1);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         // SAFETY: an element or the index of the used ring the driver set (see `take_chain`).
-        unsafe { wr::<u16>(r.used + 2, self.used_idx) };
+        unsafe { wr::<u16>(r.used + 2, self.used_idx[q]) };
     }
 
     /// Performs the chain at `head`: the bytes written (data and status), where the status
@@ -348,9 +385,13 @@ impl FakeTransport {
             driver_features: 0,
             status: DeviceStatus::empty(),
             config,
-            ring: None,
-            last_avail: 0,
-            used_idx: 0,
+            rings: [None; QUEUES],
+            last_avail: [0; QUEUES],
+            used_idx: [0; QUEUES],
+            cur: 0,
+            queues: QUEUES as u16,
+            queue_notifies: [0; QUEUES],
+            queue_served: [0; QUEUES],
             interrupt: false,
             notifies: 0,
             resets: 0,
@@ -393,12 +434,17 @@ impl Transport for FakeTransport {
         self.lock().driver_features = driver_features;
     }
 
-    fn max_queue_size(&mut self, _queue: u16) -> u32 {
-        self.lock().max_queue
+    fn max_queue_size(&mut self, queue: u16) -> u32 {
+        let d = self.lock();
+        if queue < d.queues { d.max_queue } else { 0 }
     }
 
-    fn notify(&mut self, _queue: u16) {
-        self.lock().notifies += 1;
+    fn notify(&mut self, queue: u16) {
+        let mut d = self.lock();
+        d.notifies += 1;
+        if let Some(n) = d.queue_notifies.get_mut(usize::from(queue)) {
+            *n += 1;
+        }
     }
 
     fn get_status(&self) -> DeviceStatus {
@@ -410,9 +456,9 @@ impl Transport for FakeTransport {
         if status.is_empty() {
             // Reset: the device forgets the queue and stops touching memory.
             d.resets += 1;
-            d.ring = None;
-            d.last_avail = 0;
-            d.used_idx = 0;
+            d.rings = [None; QUEUES];
+            d.last_avail = [0; QUEUES];
+            d.used_idx = [0; QUEUES];
             d.interrupt = false;
         }
         d.status = status;
@@ -426,13 +472,13 @@ impl Transport for FakeTransport {
 
     fn queue_set(
         &mut self,
-        _queue: u16,
+        queue: u16,
         size: u32,
         descriptors: PhysAddr,
         driver_area: PhysAddr,
         device_area: PhysAddr,
     ) {
-        self.lock().ring = Some(Ring {
+        self.lock().rings[usize::from(queue)] = Some(Ring {
             size: size as u16,
             desc: descriptors,
             avail: driver_area,
@@ -440,12 +486,12 @@ impl Transport for FakeTransport {
         });
     }
 
-    fn queue_unset(&mut self, _queue: u16) {
-        self.lock().ring = None;
+    fn queue_unset(&mut self, queue: u16) {
+        self.lock().rings[usize::from(queue)] = None;
     }
 
-    fn queue_used(&mut self, _queue: u16) -> bool {
-        self.lock().ring.is_some()
+    fn queue_used(&mut self, queue: u16) -> bool {
+        self.lock().rings[usize::from(queue)].is_some()
     }
 
     fn ack_interrupt(&mut self) -> InterruptStatus {

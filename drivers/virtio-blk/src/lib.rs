@@ -8,7 +8,10 @@
 //! reaps the used ring from the interrupt handler (or from `poll`) and completes by tag. The
 //! device is not trusted: the used index is checked against the chains in flight, every used id
 //! against the driver's own table of them and every used length against what the chain needed;
-//! a bad index or id resets the device and fails what was in flight with a device error. See
+//! a bad index or id resets the device and fails what was in flight with a device error. With
+//! `VIRTIO_BLK_F_MQ` a device may get several request queues ([`VirtioBlk::with_queues`]), one
+//! per hardware context of the block layer's queue, each with its own lock, doorbell and
+//! interrupt handler ([`VirtioBlk::handle_queue_irq`]); a reset covers them all. See
 //! `docs/virtio-blk.md`.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -19,6 +22,8 @@ mod fake;
 mod hal_impl;
 #[cfg(test)]
 mod hostile;
+#[cfg(test)]
+mod mq;
 pub mod pci;
 pub mod queue;
 pub mod ring;

@@ -35,35 +35,82 @@ pub fn transport(f: &'static PciFunction<'static>) -> Result<SomeTransport<'stat
         .map_err(|_| InitError::Transport)
 }
 
-/// Points queue 0's interrupt at MSI-X table entry `entry` and turns configuration-change
-/// interrupts off. Call after the device is initialised; `false` if the device refused.
+/// Points queue `queue`'s interrupt at MSI-X table entry `entry` and turns configuration-change
+/// interrupts off. Call after the queue is set up; `false` if the device refused.
 pub fn set_queue_msix_vector(
     f: &'static PciFunction<'static>,
     mapper: &dyn MmioMapper,
+    queue: u16,
     entry: u16,
 ) -> bool {
     let Some(common) = common_cfg(f, mapper) else {
         return false;
     };
     common.write16(pci_common::MSIX_CONFIG, pci_common::NO_VECTOR);
-    common.write16(pci_common::QUEUE_SELECT, 0);
+    common.write16(pci_common::QUEUE_SELECT, queue);
     common.write16(pci_common::QUEUE_MSIX_VECTOR, entry);
     common.read16(pci_common::QUEUE_MSIX_VECTOR) == entry
 }
 
-/// The common configuration window (from the vendor capability of type 1).
+/// Where each queue's doorbell is (the notification capability), so that every queue is
+/// notified with one register write of its own, without the transport (whose `notify` selects
+/// the queue in the shared common configuration first, which two CPUs must not do at once).
+pub struct Doorbells {
+    common: hal::Mmio,
+    notify: hal::Mmio,
+    multiplier: u32,
+}
+
+impl Doorbells {
+    /// The doorbells of `f`: `None` if its common configuration or notification capability is
+    /// missing or outside its BAR.
+    pub fn of(f: &'static PciFunction<'static>, mapper: &dyn MmioMapper) -> Option<Doorbells> {
+        let common = common_cfg(f, mapper)?;
+        let cap = find_cap(f, pci_common::CAP_NOTIFY_CFG)?;
+        let multiplier = f.config_read32(cap + 16);
+        let notify = cap_window(f, mapper, cap)?;
+        Some(Doorbells {
+            common,
+            notify,
+            multiplier,
+        })
+    }
+
+    /// Queue `queue`'s doorbell (a 16-bit register the queue index is written to). Selects the
+    /// queue in the common configuration: only while nothing else does (bring-up).
+    pub(crate) fn for_queue(&self, queue: u16) -> Option<hal::Mmio> {
+        self.common.write16(pci_common::QUEUE_SELECT, queue);
+        let off = self.common.read16(pci_common::QUEUE_NOTIFY_OFF) as usize;
+        let at = off.checked_mul(self.multiplier as usize)?;
+        self.notify.subregion(at, 2)
+    }
+}
+
+/// The first virtio vendor capability of type `cfg_type` (byte 3 of each).
 ///
 /// The capability list is the one enumeration recorded (bounded against loops); each virtio
 /// vendor capability holds `cfg_type` in byte 3, then the BAR, the offset and the length.
-fn common_cfg(f: &'static PciFunction<'static>, mapper: &dyn MmioMapper) -> Option<hal::Mmio> {
-    let cap = f
-        .capabilities()
+fn find_cap(f: &'static PciFunction<'static>, cfg_type: u8) -> Option<u16> {
+    f.capabilities()
         .find_all(::pci::cap::id::VENDOR)
         .map(u16::from)
-        .find(|&cap| (f.config_read32(cap) >> 24) as u8 == pci_common::CAP_COMMON_CFG)?;
+        .find(|&cap| (f.config_read32(cap) >> 24) as u8 == cfg_type)
+}
+
+/// The window a virtio vendor capability at `cap` describes (BAR, offset, length).
+fn cap_window(
+    f: &'static PciFunction<'static>,
+    mapper: &dyn MmioMapper,
+    cap: u16,
+) -> Option<hal::Mmio> {
     let bar = f.config_read32(cap + 4) & 0xff;
     let off = f.config_read32(cap + 8) as usize;
     let len = f.config_read32(cap + 12) as usize;
     let regs = f.map_bar(bar as usize, mapper)?;
     regs.subregion(off, len)
+}
+
+/// The common configuration window (from the vendor capability of type 1).
+fn common_cfg(f: &'static PciFunction<'static>, mapper: &dyn MmioMapper) -> Option<hal::Mmio> {
+    cap_window(f, mapper, find_cap(f, pci_common::CAP_COMMON_CFG)?)
 }

@@ -42,6 +42,8 @@ pub mod feature {
     pub const DISCARD: u64 = 1 << 13;
     /// Write-zeroes is supported (`max_write_zeroes_*` valid).
     pub const WRITE_ZEROES: u64 = 1 << 14;
+    /// `VIRTIO_BLK_F_MQ`: the device has `num_queues` request queues.
+    pub const MQ: u64 = 1 << 12;
     /// Indirect descriptors.
     pub const RING_INDIRECT_DESC: u64 = 1 << 28;
     /// `used_event` / `avail_event` notification suppression.
@@ -62,6 +64,8 @@ pub mod config {
     pub const BLK_SIZE: usize = 20;
     /// `le32 max_discard_sectors`.
     pub const MAX_DISCARD_SECTORS: usize = 36;
+    /// `le16 num_queues` (with `VIRTIO_BLK_F_MQ`).
+    pub const NUM_QUEUES: usize = 34;
     /// `le32 max_write_zeroes_sectors`.
     pub const MAX_WRITE_ZEROES_SECTORS: usize = 48;
 }
@@ -98,10 +102,15 @@ pub mod pci_common {
     pub const QUEUE_SELECT: usize = 0x16;
     /// `le16 queue_msix_vector`.
     pub const QUEUE_MSIX_VECTOR: usize = 0x1a;
+    /// `le16 queue_notify_off`.
+    pub const QUEUE_NOTIFY_OFF: usize = 0x1e;
     /// "No vector".
     pub const NO_VECTOR: u16 = 0xffff;
     /// Vendor-specific capability: `cfg_type` of the common configuration.
     pub const CAP_COMMON_CFG: u8 = 1;
+    /// Vendor-specific capability: `cfg_type` of the notification area (followed by
+    /// `le32 notify_off_multiplier` at byte 16).
+    pub const CAP_NOTIFY_CFG: u8 = 2;
 }
 
 /// Used-ring layout (split virtqueue), for the driver's own reads of what the device wrote.

@@ -116,8 +116,14 @@ impl HwQueue for Shim {
     fn commit(&self) {
         self.hw.commit();
     }
+    fn commit_hctx(&self, hctx: usize) {
+        self.hw.commit_hctx(hctx);
+    }
     fn poll(&self) -> usize {
         self.hw.poll()
+    }
+    fn poll_hctx(&self, hctx: usize) -> usize {
+        self.hw.poll_hctx(hctx)
     }
     fn timeout(&self, rq: &Request) -> TimeoutAction {
         let a = self.hw.timeout(rq);
@@ -170,6 +176,8 @@ pub(crate) struct Shared {
     set: &'static BioSet<Io>,
     split: &'static BioSet<()>,
     ctx: &'static CpuCtx,
+    /// One submission context per CPU the multi-queue tests pretend to run on.
+    cpus: Vec<&'static CpuCtx>,
     pool: usize,
 }
 
@@ -186,6 +194,7 @@ pub(crate) fn shared() -> &'static Shared {
             set: leak(BioSet::new(slab, 4, Some(pools))),
             split: leak(BioSet::new(split_slab, 8, Some(pools))),
             ctx: leak(CpuCtx::new(0)),
+            cpus: (0..8).map(|c| leak(CpuCtx::new(c))).collect(),
             pool: (mem.as_mut_ptr() as usize).next_multiple_of(PAGE),
         })
     })
@@ -235,15 +244,28 @@ impl Setup {
     }
 
     pub(crate) fn stack(&self) -> Result<&'static Stack, InitError> {
+        self.stack_mq(1, 1, |_| {})
+    }
+
+    /// [`Setup::stack`] with up to `want` request queues, the device model changed by `dev`
+    /// first (offer `VIRTIO_BLK_F_MQ`, `num_queues`, queues that exist), and the block layer's
+    /// queue mapped for `cpus` CPUs onto the queues the driver set up.
+    pub(crate) fn stack_mq(
+        &self,
+        want: usize,
+        cpus: usize,
+        dev: impl FnOnce(&mut Device),
+    ) -> Result<&'static Stack, InitError> {
         let sh = shared();
         let t = self.transport();
+        dev(&mut t.device().lock().unwrap());
         let dev = t.device();
         let mode = if self.polled {
             Mode::Polling
         } else {
             Mode::Interrupt
         };
-        let hw = leak(VirtioBlk::new(t, mode)?);
+        let hw = leak(VirtioBlk::with_queues(t, mode, want, None)?);
         let shim = leak(Shim {
             hw,
             q: spin::Once::new(),
@@ -259,6 +281,8 @@ impl Setup {
         let q: &'static Queue<QUEUE_DEPTH> =
             leak(Queue::new(shim, hw.limits(), cfg, sh.split).with_depth(depth));
         shim.q.call_once(|| q);
+        q.map_hw_contexts(hw.nr_queues(), cpus)
+            .expect("nothing in flight at attach");
         hw.attach(shim);
         let (lo, hi) = hw.cmd_range();
         dev.lock().unwrap().dma_ok = vec![
@@ -353,8 +377,18 @@ impl Stack {
     }
 
     pub(crate) fn submit(&self, b: Bio) -> Result<(), BlkError> {
+        self.submit_on(0, b)
+    }
+
+    /// [`Stack::submit`] through CPU `cpu`'s submission context (its hardware context).
+    pub(crate) fn submit_on(&self, cpu: usize, b: Bio) -> Result<(), BlkError> {
         let idx = b.front::<Io>().map(|io| io.0);
-        match submit_bio(shared().ctx, b) {
+        let ctx = if cpu == 0 {
+            shared().ctx
+        } else {
+            shared().cpus[cpu]
+        };
+        match submit_bio(ctx, b) {
             Ok(()) => Ok(()),
             Err((e, _)) => {
                 // Refused before it was queued: it never completes.

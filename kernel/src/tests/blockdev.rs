@@ -512,7 +512,8 @@ fn virtio() -> Result<Target, Outcome> {
                 .unwrap_or_default()
         },
         tags_in_use: || block::virtio::disk().map_or(0, |d| d.queue.tags_in_use()),
-        depth: d.hw.info().queue_depth as usize,
+        // What one CPU can fill: the tags of its hardware context (all of them with one queue).
+        depth: d.hw.info().queue_depth as usize / d.queue.nr_hw_contexts().max(1),
         max_request_bytes: d.queue.limits().max_bytes(),
         irq_count: || block::virtio::disk().map_or(0, |d| d.irq_count()),
     })

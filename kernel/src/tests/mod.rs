@@ -13,3 +13,4 @@ mod pci;
 mod selftest;
 mod smp;
 mod stack;
+mod virtio_mq;

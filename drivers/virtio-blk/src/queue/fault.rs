@@ -7,16 +7,18 @@ use super::VirtioBlk;
 
 impl VirtioBlk {
     /// Test hook: writes a used entry with id `id` into the used ring as if the device had,
-    /// and reaps it at once. Only with nothing in flight (returns `false` otherwise).
+    /// (on queue 0) and reaps it at once. Only with nothing in flight (returns `false`
+    /// otherwise).
     pub fn inject_corrupt_used(&self, id: u32) -> bool {
-        let inner = self.inner.lock();
+        let v = &self.vq0;
+        let inner = v.inner.lock();
         if inner.heads.in_flight() != 0 {
             return false;
         }
         let u = inner.used;
         u.inject(id, 1);
-        self.reap_deliver(inner);
-        self.reap_if_pending();
+        self.reap_deliver(v, inner);
+        self.reap_if_pending(v);
         true
     }
 

@@ -9,7 +9,7 @@ use blk::driver::{CompletionBatch, Deliver};
 use spin::MutexGuard;
 use virtio_drivers::transport::Transport;
 
-use super::{CMD_STATUS, CMD_STRIDE, Inner, Mode, Slot, VirtioBlk, device_error};
+use super::{CMD_STATUS, CMD_STRIDE, Inner, Mode, Slot, VirtioBlk, Vq, device_error};
 use crate::sg::NONE;
 use crate::spec::status;
 
@@ -33,53 +33,99 @@ pub(super) enum Stop {
 }
 
 impl VirtioBlk {
-    /// The interrupt handler: acknowledge, reap, complete by tag. Never waits.
-    ///
-    /// With the lock taken (process context, on this CPU or another), the reap is handed to
-    /// the holder: `reap_pending` is set before each look at the lock, and every holder looks
-    /// at it after letting go (`VirtioBlk::reap_if_pending`), with a full fence on both
-    /// sides, so one of the two always reaps. A level-triggered line is masked meanwhile and
-    /// the reap handed over once more after the mask: the holder that reaps it unmasks after
-    /// the mask, whatever CPU it runs on.
+    /// The interrupt handler of a device with one interrupt for all its queues (INTx, a
+    /// virtio-mmio line, one MSI-X vector): acknowledge, reap every queue, complete by tag.
+    /// Never waits.
     pub fn handle_irq(&self) {
+        self.handle_vq_irq(&self.vq0);
+        if self.nr_queues > 1 {
+            self.handle_other_queues();
+        }
+    }
+
+    /// [`VirtioBlk::handle_irq`] for queues 1.. (several queues on one interrupt: only a
+    /// device whose queues did not each get a vector).
+    #[cold]
+    #[inline(never)]
+    fn handle_other_queues(&self) {
+        for v in self.more.iter().flatten() {
+            self.handle_vq_irq(v);
+        }
+    }
+
+    /// The interrupt handler of queue `q` alone (its own MSI-X vector, delivered to the CPU
+    /// that submits to it); returns the requests it completed. Never waits.
+    pub fn handle_queue_irq(&self, q: usize) -> usize {
+        match self.queue(q) {
+            Some(v) => self.handle_vq_irq(v),
+            None => 0,
+        }
+    }
+
+    /// Acknowledge (not with MSI-X), reap queue `v`, complete by tag; the completions
+    /// delivered here (not those handed over).
+    ///
+    /// With the queue's lock taken (process context, on this CPU or another), the reap is
+    /// handed to the holder: `reap_pending` is set before each look at the lock, and every
+    /// holder looks at it after letting go (`VirtioBlk::reap_if_pending`), with a full fence
+    /// on both sides, so one of the two always reaps. A level-triggered line is masked
+    /// meanwhile and the reap handed over once more after the mask: the holder that reaps it
+    /// unmasks after the mask, whatever CPU it runs on.
+    #[inline]
+    fn handle_vq_irq(&self, v: &Vq) -> usize {
         self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
-        self.reap_pending.store(true, Ordering::Release);
+        v.reap_pending.store(true, Ordering::Release);
         fence(Ordering::SeqCst);
-        if let Some(mut inner) = self.inner.try_lock() {
-            inner.transport.ack_interrupt();
-            self.reap_deliver(inner);
-            self.reap_if_pending();
-            return;
+        if let Some(inner) = v.inner.try_lock() {
+            self.ack();
+            let n = self.reap_deliver(v, inner);
+            self.reap_if_pending(v);
+            return n;
         }
         if let Some(l) = self.irq.get() {
             let _ = l.disable();
-            self.reap_pending.store(true, Ordering::Release);
+            v.reap_pending.store(true, Ordering::Release);
             fence(Ordering::SeqCst);
             // The holder may have let go (and reaped) before the mask: then nobody else
             // would unmask.
-            self.reap_if_pending_fenced();
+            self.reap_if_pending_fenced(v);
+        }
+        0
+    }
+
+    /// Acknowledges the interrupt at the device (reads the ISR), with a queue's lock held;
+    /// nothing with MSI-X, where the vector says which queue.
+    #[inline]
+    fn ack(&self) {
+        if self.msix.get().is_none() {
+            self.transport.lock().ack_interrupt();
         }
     }
 
-    /// Reaps if an interrupt asked for it while the lock was taken. Called after letting go
-    /// of the lock: the fence orders that release before the look at `reap_pending`.
+    /// Reaps queue `v` if an interrupt asked for it while its lock was taken. Called after
+    /// letting go of the lock: the fence orders that release before the look at
+    /// `reap_pending`.
     #[inline]
-    pub(super) fn reap_if_pending(&self) {
+    pub(super) fn reap_if_pending(&self, v: &Vq) {
         fence(Ordering::SeqCst);
-        self.reap_if_pending_fenced();
+        if v.reap_pending.load(Ordering::Acquire) {
+            self.reap_if_pending_fenced(v);
+        }
     }
 
-    /// `VirtioBlk::reap_if_pending` after the fence.
-    fn reap_if_pending_fenced(&self) {
-        while self.reap_pending.load(Ordering::Acquire) {
-            let Some(mut inner) = self.inner.try_lock() else {
+    /// `VirtioBlk::reap_if_pending` after the fence (out of line: the look at `reap_pending`
+    /// is the common case, and finds nothing).
+    #[inline(never)]
+    fn reap_if_pending_fenced(&self, v: &Vq) {
+        while v.reap_pending.load(Ordering::Acquire) {
+            let Some(inner) = v.inner.try_lock() else {
                 // The holder looks at `reap_pending` after it lets go.
                 return;
             };
             if self.mode == Mode::Interrupt {
-                inner.transport.ack_interrupt();
+                self.ack();
             }
-            self.reap_deliver(inner);
+            self.reap_deliver(v, inner);
             if let Some(l) = self.irq.get()
                 && self.mode == Mode::Interrupt
             {
@@ -88,16 +134,23 @@ impl VirtioBlk {
         }
     }
 
-    /// One reap pass with the lock held, then delivery outside it; returns the completions
-    /// delivered. A full batch leaves `reap_pending` set: callers follow with
-    /// `VirtioBlk::reap_if_pending`.
-    pub(super) fn reap_deliver(&self, mut inner: MutexGuard<'_, Inner>) -> usize {
+    /// One reap pass of queue `v` with its lock held, then delivery outside it; returns the
+    /// completions delivered. A full batch leaves `reap_pending` set: callers follow with
+    /// `VirtioBlk::reap_if_pending`. A protocol violation resets the device (every queue).
+    pub(super) fn reap_deliver(&self, v: &Vq, mut inner: MutexGuard<'_, Inner>) -> usize {
         let mut done = Batch::new();
-        match self.reap_locked(&mut inner, &mut done) {
+        match self.reap_locked(v, &mut inner, &mut done) {
             Stop::Empty => {}
-            Stop::Full => self.reap_pending.store(true, Ordering::Release),
-            Stop::Violation => return self.reset_deliver(inner, &done),
+            Stop::Full => v.reap_pending.store(true, Ordering::Release),
+            Stop::Violation => {
+                drop(inner);
+                return self.reset_all_deliver(&done, false);
+            }
         }
+        // Only the lock holder counts: a plain add.
+        let c = v.completions.load(Ordering::Relaxed);
+        v.completions
+            .store(c + done.len() as u64, Ordering::Relaxed);
         drop(inner);
         self.deliver(&done);
         done.len()
@@ -112,8 +165,8 @@ impl VirtioBlk {
 
     /// Takes used entries, checking each, until the ring is empty, `done` is full or an entry
     /// breaks the protocol; returns why it stopped.
-    pub(super) fn reap_locked(&self, inner: &mut Inner, done: &mut Batch) -> Stop {
-        self.reap_pending.store(false, Ordering::Relaxed);
+    pub(super) fn reap_locked(&self, v: &Vq, inner: &mut Inner, done: &mut Batch) -> Stop {
+        v.reap_pending.store(false, Ordering::Relaxed);
         let mut reaped = 0u64;
         let mut renotify = false;
         let used = inner.used;
@@ -187,7 +240,7 @@ impl VirtioBlk {
         };
         self.stats.reaped.fetch_add(reaped, Ordering::Relaxed);
         if renotify {
-            self.notify_locked(inner);
+            self.notify_locked(v, inner);
         }
         stop
     }

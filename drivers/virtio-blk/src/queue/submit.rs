@@ -10,7 +10,7 @@ use core::sync::atomic::Ordering;
 use blk::driver::with_sg;
 use blk::{BioFlags, BlkError, Op, QueueRqError, Request, SgEntry};
 
-use super::{CMD_RANGE, CMD_SG, CMD_STATUS, CMD_STRIDE, Inner, Slot, VirtioBlk, device_error};
+use super::{CMD_RANGE, CMD_SG, CMD_STATUS, CMD_STRIDE, Inner, Slot, VirtioBlk, Vq, device_error};
 use virtio_drivers::transport::Transport;
 
 use crate::MAX_SEGMENTS;
@@ -103,8 +103,10 @@ impl VirtioBlk {
         Ok(head)
     }
 
-    pub(super) fn notify_locked(&self, inner: &mut Inner) {
-        self.unnotified.store(false, Ordering::Relaxed);
+    /// The doorbell decision for queue `v` (its lock held as `inner`).
+    #[inline]
+    pub(super) fn notify_locked(&self, v: &Vq, inner: &mut Inner) {
+        v.unnotified.store(false, Ordering::Relaxed);
         if inner.added == inner.notified {
             return;
         }
@@ -116,12 +118,21 @@ impl VirtioBlk {
         inner.notified = inner.added;
         if need {
             self.stats.notifies.fetch_add(1, Ordering::Relaxed);
-            inner.transport.notify(0);
+            match &inner.doorbell {
+                Some(d) => d.write16(0, v.index),
+                None => self.notify_transport(v.index),
+            }
         } else {
             self.stats
                 .notifies_suppressed
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Notifies queue `q` through the transport (a queue without a doorbell of its own).
+    #[inline(never)]
+    fn notify_transport(&self, q: u16) {
+        self.transport.lock().notify(q);
     }
 
     /// Checks `rq`, maps a read's or write's segments and adds its chain (`queue_rq`).
@@ -233,8 +244,9 @@ impl VirtioBlk {
             self.cmd.write32(base + 12, 0);
         }
         let p = plan(kind, nsg as u16, rq.bytes());
-        let mut inner = self.inner.lock();
-        if inner.dead {
+        let v = self.vq(rq.hctx());
+        let mut inner = v.inner.lock();
+        if self.dead.load(Ordering::Relaxed) {
             return Err(QueueRqError::Fatal(BlkError::DeviceError(
                 device_error::DEAD,
             )));
@@ -255,22 +267,22 @@ impl VirtioBlk {
                 if last {
                     // The end of the batch: the doorbell decision now, under this lock
                     // (`commit` then has nothing to do).
-                    self.notify_locked(&mut inner);
+                    self.notify_locked(v, &mut inner);
                 } else {
-                    self.unnotified.store(true, Ordering::Relaxed);
+                    v.unnotified.store(true, Ordering::Relaxed);
                 }
             }
             Err(QueueRqError::Busy) => {
                 self.stats.busy.fetch_add(1, Ordering::Relaxed);
                 // Descriptors may only come back through a reap: make sure one happens.
                 if inner.heads.in_flight() > 0 {
-                    self.notify_locked(&mut inner);
+                    self.notify_locked(v, &mut inner);
                 }
             }
             Err(_) => {}
         }
         drop(inner);
-        self.reap_if_pending();
+        self.reap_if_pending(v);
         res.map(|_| ())
     }
 }
