@@ -365,7 +365,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Fs<'b, D, N, G> {
         if self.vol.stat(ino.0)?.kind == volume::Kind::Dir {
             return Err(FsError::IsDir);
         }
-        self.sync()
+        self.vol.fsync(ino.0)
     }
 
     /// Commits every change: on return every change made before is durable.

@@ -6,12 +6,13 @@
 //! (a few tree updates), so `NoSpace` never leaves half an operation behind; any other error
 //! fails the tree (no later commit), so an operation is all or nothing across a crash.
 
+use super::crc::crc32c;
 use super::key::{Key, kind};
+use super::log::LogState;
 use super::node::MAX_HEIGHT;
 use super::space::{FreeSpace, space_frames};
 use super::superblock::{FLAG_DATA_CSUM, Superblock};
 use super::tree::{MountInfo, Tree};
-use crate::crc::crc32c;
 use crate::error::{FsError, Result};
 use crate::format::BLOCK_SIZE;
 use crate::io::BlockIo;
@@ -22,7 +23,8 @@ pub const ROOT: u64 = 16;
 pub const NAME_MAX: usize = 255;
 /// Entries one name hash can hold (the low 16 bits of the entry's key offset).
 const COLLISIONS: u64 = 1 << 16;
-const INODE_SIZE: usize = 40;
+/// Bytes of an inode item's value.
+pub const INODE_SIZE: usize = 40;
 const DIRENT_HDR: usize = 9;
 
 /// What an inode is.
@@ -69,7 +71,7 @@ pub struct Inode {
 }
 
 impl Inode {
-    fn encode(&self) -> [u8; INODE_SIZE] {
+    pub(super) fn encode(&self) -> [u8; INODE_SIZE] {
         let mut b = [0u8; INODE_SIZE];
         b[0] = self.kind.code();
         b[4..8].copy_from_slice(&self.nlink.to_le_bytes());
@@ -78,7 +80,7 @@ impl Inode {
         b[24..32].copy_from_slice(&self.ctime.to_le_bytes());
         b
     }
-    fn decode(b: &[u8]) -> Result<Inode> {
+    pub(super) fn decode(b: &[u8]) -> Result<Inode> {
         let bad = FsError::Corrupt {
             block: 0,
             what: "inode item of the wrong size",
@@ -146,6 +148,8 @@ pub struct Volume<'b, D: BlockIo, const N: usize, const G: usize> {
     /// A data write failed: nothing is committed again on this mount.
     pub(super) failed: bool,
     pub(super) now: u64,
+    /// The fsync log of the open transaction.
+    pub(super) log: LogState,
 }
 
 impl<D: BlockIo, const N: usize, const G: usize> core::fmt::Debug for Volume<'_, D, N, G> {
@@ -215,19 +219,24 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         let (tmem, rest) = mem.split_at_mut(N * BLOCK_SIZE);
         let (smem, data) = rest.split_at_mut(space_frames(G) * BLOCK_SIZE);
         let len = data.len() / BLOCK_SIZE * BLOCK_SIZE;
-        let (tree, info) = Tree::mount(&mut dev, tmem, read_only)?;
+        let (tree, mut info) = Tree::mount(&mut dev, tmem, read_only)?;
         let space = FreeSpace::open(smem, tree.superblock())?;
-        Ok((
-            Volume {
-                dev,
-                tree,
-                space,
-                data: &mut data[..len],
-                failed: false,
-                now: 0,
-            },
-            info,
-        ))
+        let sb = *tree.superblock();
+        let mut vol = Volume {
+            dev,
+            tree,
+            space,
+            data: &mut data[..len],
+            failed: false,
+            now: 0,
+            log: LogState::new(sb.log_root, sb.next_ino),
+        };
+        // A read-only mount, or the older tree after a rollback, leaves the log alone (the
+        // newer tree of a rollback folded it already; its blocks may be reused).
+        if !read_only && !info.rolled_back {
+            info.replayed = vol.replay()?;
+        }
+        Ok((vol, info))
     }
 
     /// Sets the clock new timestamps are taken from (the kernel's, in whatever unit it keeps).
@@ -252,7 +261,13 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 durable: self.tree.generation(),
             });
         }
-        self.space.commit(&mut self.dev, &mut self.tree).map(|_| ())
+        self.tree.writable()?;
+        let root = self.log_before_commit()?;
+        self.tree.superblock_mut().log_root = root;
+        self.space.commit(&mut self.dev, &mut self.tree)?;
+        let next_ino = self.tree.superblock().next_ino;
+        self.log.reset(root, next_ino);
+        Ok(())
     }
 
     /// Refuses with `NoSpace`, before any change, an operation of `updates` tree updates that
@@ -426,6 +441,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         if k == Kind::File {
             self.free_extents(ino)?;
         }
+        self.log.forget(ino);
         self.room(4)?;
         self.del(key)?;
         self.del(Key::new(ino, kind::PARENT, dir))?;
@@ -499,6 +515,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 if tk == Kind::File {
                     self.free_extents(t)?;
                 }
+                self.log.forget(t);
                 self.del(Key::new(t, kind::PARENT, to_dir))?;
                 self.del(Key::new(t, kind::INODE, 0))?;
                 if k == Kind::Dir {
