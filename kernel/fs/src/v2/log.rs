@@ -120,22 +120,25 @@ impl LogState {
         if ino >= self.first_ino {
             return;
         }
-        for d in &mut self.dirty[..self.ndirty] {
-            if d.ino != ino {
+        let (mut lo, mut hi) = (lo, hi);
+        let mut i = 0;
+        while i < self.ndirty {
+            let d = self.dirty[i];
+            if d.ino == ino && (lo == hi || d.lo == d.hi || (lo <= d.hi && d.lo <= hi)) {
+                if lo == hi {
+                    return;
+                }
+                // Absorb the entry (then look for others the union now touches).
+                if d.lo != d.hi {
+                    lo = lo.min(d.lo);
+                    hi = hi.max(d.hi);
+                }
+                self.ndirty -= 1;
+                self.dirty[i] = self.dirty[self.ndirty];
+                i = 0;
                 continue;
             }
-            if lo == hi {
-                return;
-            }
-            if d.lo == d.hi {
-                (d.lo, d.hi) = (lo, hi);
-                return;
-            }
-            if lo <= d.hi && d.lo <= hi {
-                d.lo = d.lo.min(lo);
-                d.hi = d.hi.max(hi);
-                return;
-            }
+            i += 1;
         }
         if self.ndirty == DIRTY_MAX {
             self.overflow = true;
@@ -573,6 +576,11 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                     }
                     if fresh {
                         self.map_range(ino, first + i, j - i, phys + i)?;
+                        // A record may repeat a mapping already applied (an older record,
+                        // or a replay that crashed): cutting it freed these blocks again.
+                        for b in phys + i..phys + j {
+                            self.space.claim(&mut self.dev, b)?;
+                        }
                         if self.data_checksums() {
                             self.set_csums(ino, first + i, &crcs[i as usize..j as usize])?;
                         }
