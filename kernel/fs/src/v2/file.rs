@@ -80,7 +80,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// covered them are cut (their blocks there freed at commit), and the new extent merges
     /// with a contiguous one ending at `fb`.
     pub(super) fn map_range(&mut self, ino: u64, fb: u64, k: u64, nb: u64) -> Result<()> {
-        self.cut_range(ino, fb, k)?;
+        self.cut(ino, fb, k, true)?;
         let end = fb + k;
         let (mut start, mut phys) = (fb, nb);
         let mut b = [0u8; EXTENT_SIZE];
@@ -99,12 +99,21 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// Unmaps file blocks `[fb, fb + k)` of `ino`: the extents covering them are cut (their
     /// blocks there freed at commit).
     pub(super) fn cut_range(&mut self, ino: u64, fb: u64, k: u64) -> Result<()> {
+        self.cut(ino, fb, k, false)
+    }
+
+    /// [`Volume::cut_range`]; with `remap`, an extent ending exactly at `fb + k` keeps its
+    /// item, which the caller replaces at once (one tree update instead of a removal and an
+    /// insertion: the random overwrite of a fragmented file).
+    fn cut(&mut self, ino: u64, fb: u64, k: u64, remap: bool) -> Result<()> {
         let end = fb + k;
         while let Some((s, e, p)) = self.extent_from(ino, fb)? {
             if s >= end {
                 break;
             }
-            self.del(Key::new(ino, kind::EXTENT, e))?;
+            if !(remap && e == end) {
+                self.del(Key::new(ino, kind::EXTENT, e))?;
+            }
             if s < fb {
                 self.put_extent(ino, s, fb, p)?;
             }
@@ -113,6 +122,10 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             }
             for b in s.max(fb)..e.min(end) {
                 self.space.free(&mut self.dev, p + (b - s))?;
+            }
+            if e >= end {
+                // No later extent overlaps (and a kept item must not be found again).
+                break;
             }
         }
         Ok(())
