@@ -371,6 +371,19 @@ impl<D: BlockIo> Checker<'_, '_, D> {
         }
     }
 
+    /// Whether blocks `[b, b + n)` include a superblock slot or a group's bitmap slot.
+    fn covers_fixed(&self, b: u64, n: u64) -> bool {
+        let gb = self.sb.group_blocks as u64;
+        if b < SLOTS {
+            return true;
+        }
+        let end = b + n;
+        (b / gb..=(end - 1) / gb).any(|g| {
+            let s = g * gb + SLOTS;
+            s < end && s + 2 > b
+        })
+    }
+
     /// Follows the fsync log chain as mount would and checks each record: its layout, the
     /// blocks it maps inside the filesystem, its inode a file. The chain's blocks and the data
     /// it maps are free in the durable bitmaps (the replay claims them), so pass 2 does not
@@ -400,7 +413,15 @@ impl<D: BlockIo> Checker<'_, '_, D> {
                 o = next;
                 self.r.log_records += 1;
                 let ino = match rec {
-                    log::Record::Inode { ino, .. } => ino,
+                    log::Record::Inode { ino, value } => {
+                        if value[0] != FILE {
+                            self.problem(Problem::Log {
+                                block: at,
+                                what: "log inode record not of a file",
+                            });
+                        }
+                        ino
+                    }
                     log::Record::Range {
                         ino, count, phys, ..
                     } => {
@@ -413,6 +434,11 @@ impl<D: BlockIo> Checker<'_, '_, D> {
                             self.problem(Problem::Log {
                                 block: at,
                                 what: "log range outside the filesystem",
+                            });
+                        } else if phys != 0 && self.covers_fixed(phys, count) {
+                            self.problem(Problem::Log {
+                                block: at,
+                                what: "log range over a superblock or bitmap slot",
                             });
                         }
                         ino

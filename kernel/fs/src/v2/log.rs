@@ -493,8 +493,10 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 break;
             };
             if n > 0 {
+                // A block the durable state uses cannot be part of the chain (only a
+                // corruption makes it look like one): the chain ends before it.
                 if !self.space.claim(&mut self.dev, at)? {
-                    return Err(corrupt(at, "log block used by the durable state"));
+                    break;
                 }
                 if !self.space.hold(at, 1) {
                     return Err(corrupt(at, "log chain too long"));
