@@ -11,7 +11,7 @@
 //! transaction; each later fsync writes there and allocates the next. A log block is valid
 //! only with the durable generation, its sequence number, the chain's root and its CRC, so a
 //! torn write, a stale block and the end of the chain read as the end. Blocks the log names
-//! (its own chain and the data it maps) are held ([`FreeSpace::hold`]): never handed out
+//! (its own chain and the data it maps) are held ([`super::space::FreeSpace::hold`]): never handed out
 //! again before the next commit, even if freed. The next commit folds everything into the
 //! tree (it is already there in memory), frees the chain and names a new root.
 //!
