@@ -19,7 +19,7 @@ use super::node::{self, HDR, MAX_HEIGHT};
 use super::space::{KIND_BITMAP, KIND_SELECTOR};
 use super::superblock::{FLAG_DATA_CSUM, SELECTOR_BITS, SLOTS, Superblock};
 use super::tree::Tree;
-use super::volume::ROOT;
+use super::volume::{ORPHANS, ROOT};
 use crate::error::{FsError, IoOp, Result};
 use crate::format::BLOCK_SIZE;
 use crate::io::BlockIo;
@@ -679,6 +679,13 @@ impl<D: BlockIo> Checker<'_, '_, D> {
             } else if c.parents != 0 {
                 self.problem(bad("root has a directory entry"));
             }
+        } else if c.parents == 0 && c.kind == FILE && c.nlink == 0 {
+            // Unlinked, its blocks being freed: the orphan list must name it.
+            let key = Key::new(ORPHANS, kind::ORPHAN, c.ino);
+            if !matches!(self.tree.get(self.dev, &key, &mut []), Ok(Some(0))) {
+                self.problem(bad("unlinked file not on the orphan list"));
+            }
+            return;
         } else if c.parents == 0 {
             self.problem(bad("orphan: no directory entry names it"));
         } else if c.parents > 1 {
@@ -692,6 +699,28 @@ impl<D: BlockIo> Checker<'_, '_, D> {
 
     fn check_item(&mut self, block: u64, k: Key, v: &[u8]) -> Result<()> {
         self.r.items += 1;
+        if k.id == ORPHANS {
+            if k.kind != kind::ORPHAN || !v.is_empty() {
+                self.item_problem(block, k, "unknown item under the orphan list");
+                return Ok(());
+            }
+            let mut ib = [0u8; INODE_SIZE];
+            match self
+                .tree
+                .get(self.dev, &Key::new(k.offset, kind::INODE, 0), &mut ib)
+            {
+                Ok(Some(INODE_SIZE)) if ib[0] == FILE && rd32(&ib, 4) == 0 => {}
+                Ok(_) | Err(FsError::Corrupt { .. }) => {
+                    self.item_problem(
+                        block,
+                        k,
+                        "orphan item of an inode that is not an unlinked file",
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+            return Ok(());
+        }
         if k.id != self.cur.ino || !self.cur.have {
             if k.id != self.cur.ino {
                 self.finish_inode();

@@ -239,7 +239,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     }
 
     /// Deletes the checksum items of `ino` from the one covering file block `from` on.
-    fn drop_csums(&mut self, ino: u64, from: u64) -> Result<()> {
+    pub(super) fn drop_csums(&mut self, ino: u64, from: u64) -> Result<()> {
         loop {
             let at = Key::new(ino, kind::CSUM, from.div_ceil(CSUMS) * CSUMS);
             match self.tree.next(&mut self.dev, &at, &mut [])? {
@@ -411,6 +411,10 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         if i.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
+        if i.nlink == 0 {
+            // Unlinked, its blocks being freed.
+            return Err(FsError::NotFound);
+        }
         Ok(i)
     }
 
@@ -536,10 +540,15 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         self.put_inode(ino, &inode)
     }
 
-    /// Frees every extent of `ino` (its blocks at commit), one item at a time.
-    pub(super) fn free_extents(&mut self, ino: u64) -> Result<()> {
+    /// Frees up to `budget` extent items of `ino` (their blocks at commit), one at a time;
+    /// returns how many (fewer than `budget`: none is left).
+    pub(super) fn free_extents_upto(&mut self, ino: u64, budget: u64) -> Result<u64> {
         let mut b = [0u8; EXTENT_SIZE];
+        let mut done = 0;
         loop {
+            if done == budget {
+                return Ok(done);
+            }
             let from = Key::new(ino, kind::EXTENT, 0);
             match self.tree.next(&mut self.dev, &from, &mut b)? {
                 Some((k, n)) if k.id == ino && k.kind == kind::EXTENT => {
@@ -555,8 +564,9 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                     for i in 0..k.offset - start {
                         self.space.free(&mut self.dev, phys + i)?;
                     }
+                    done += 1;
                 }
-                _ => return self.drop_csums(ino, 0),
+                _ => return Ok(done),
             }
         }
     }

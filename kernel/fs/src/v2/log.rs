@@ -310,6 +310,9 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         }
         self.tree.writable()?;
         let inode = self.stat(ino)?;
+        if inode.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
         if inode.kind == Kind::Dir
             || self.log.head == 0
             || ino >= self.log.first_ino
