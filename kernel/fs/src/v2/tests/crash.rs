@@ -371,10 +371,25 @@ fn namespace_operations_are_atomic() {
     let (mut v, _) =
         crate::v2::Volume::<&mut Recorder, MIN_FRAMES, TEST_GROUPS>::mount(&mut dev, &mut m, false)
             .unwrap();
+    // Unlinked files of more than two extents stay orphans, freed one extent per commit:
+    // states with orphans half freed, finished by the mount.
+    v.reap_step = 1;
     let mut rng = Rng::new(0xA70);
     let mut old = namespace(&mut v);
     let (mut states, mut renames, mut writes_done) = (0u64, 0u64, 0u64);
+    let mut orphan_commits = 0u64;
     for round in 0..90 * scale() {
+        // A file of eight extents every ten rounds, unlinked in the next: an orphan freed
+        // over the following commits.
+        if round % 10 == 0 {
+            if let Ok(f) = v.create(ROOT, b"big", Kind::File) {
+                for b in 0..8u64 {
+                    v.write(f, b * 8192, &[b as u8 + 1; 4096]).unwrap();
+                }
+            }
+        } else if round % 10 == 1 {
+            v.remove(ROOT, b"big").unwrap();
+        }
         let dirs: Vec<u64> = old.keys().copied().collect();
         for _ in 0..1 + rng.below(6) {
             let d = dirs[rng.below(dirs.len() as u64) as usize];
@@ -386,6 +401,12 @@ fn namespace_operations_are_atomic() {
             let _ = match rng.below(16) {
                 10..16 => match present.iter().find(|e| e.0 == n && e.2 == Kind::File) {
                     Some(e) if rng.chance(25) => v.truncate(e.1, rng.below(12_000)),
+                    Some(e) if rng.chance(40) => {
+                        // Every other block: files of many extents (orphans when unlinked).
+                        writes_done += 1;
+                        let at = rng.below(10) * 8192;
+                        v.write(e.1, at, &[rng.next() as u8; 4096]).map(|_| ())
+                    }
                     Some(e) => {
                         let data = std::vec![rng.next() as u8; 1 + rng.below(9000) as usize];
                         writes_done += 1;
@@ -407,6 +428,7 @@ fn namespace_operations_are_atomic() {
         }
         let old_gen = v.superblock().generation;
         v.sync().unwrap();
+        orphan_commits += u64::from(v.orphans().unwrap() > 0);
         let new_gen = v.superblock().generation;
         let new = namespace(&mut v);
         let log = std::mem::take(&mut v.device().log);
@@ -437,6 +459,11 @@ fn namespace_operations_are_atomic() {
                     .unwrap_or_else(|e| panic!("round {round} {what}: {e}"));
                 assert_eq!(info.generation, want_gen, "round {round} {what}");
                 assert_eq!(&namespace(&mut cv), want, "round {round} {what}");
+                assert_eq!(
+                    cv.orphans().unwrap(),
+                    0,
+                    "round {round} {what}: mount finishes orphans"
+                );
             };
         let all: Vec<(u64, &[u8], usize)> = writes.iter().map(|&(b, d)| (b, d, 8)).collect();
         for k in 0..=all.len() {
@@ -461,10 +488,16 @@ fn namespace_operations_are_atomic() {
         img = v.device().disk.data.clone();
         old = new;
     }
+    assert!(
+        orphan_commits > 10,
+        "only {orphan_commits} commits with orphans"
+    );
     assert!(renames > 20, "only {renames} renames");
     assert!(writes_done > 20, "only {writes_done} writes");
     assert!(states > 800, "only {states} states");
-    std::println!("v2 namespace crash: {states} states, {renames} renames, {writes_done} writes");
+    std::println!(
+        "v2 namespace crash: {states} states, {renames} renames, {writes_done} writes, {orphan_commits} commits with orphans"
+    );
 }
 
 /// Expected contents after a crash: the namespace of the last commit, with the files

@@ -521,3 +521,59 @@ fn random_overwrite_rewrites_little_metadata() {
     assert!(per_op[0] <= 10.0, "{per_op:?}");
     assert!(per_op[1] <= per_op[0] + 3.0, "{per_op:?}");
 }
+
+#[test]
+fn large_unlink_is_freed_in_steps_and_finished_at_mount() {
+    // A file of 60 extents unlinked with steps of 8: its name goes at once, its blocks a
+    // step per commit (the bitmaps and fsck agree at every commit, the orphan included); a
+    // crash (drop) with the orphan half freed, and the mount finishes it.
+    let mut disk = MemDisk::new(2048);
+    let mut m = mem();
+    Volume::<MemDisk, N, G>::mkfs(&mut disk, &mut m, 256, 0).unwrap();
+    let keep = {
+        let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
+        v.reap_step = 8;
+        let keep = v.create(ROOT, b"keep", Kind::File).unwrap();
+        for round in 0..2 {
+            let f = v.create(ROOT, b"big", Kind::File).unwrap();
+            for b in 0..60u64 {
+                // Every other block: 60 extents.
+                v.write(f, 2 * b * 4096, &[b as u8 + 1; 4096]).unwrap();
+                v.write(keep, b * 100, &[7; 100]).unwrap();
+            }
+            v.sync().unwrap();
+            let free0 = v.space.free_blocks();
+            v.remove(ROOT, b"big").unwrap();
+            assert_eq!(v.lookup(ROOT, b"big"), Err(FsError::NotFound));
+            assert_eq!(
+                v.write(f, 0, b"x"),
+                Err(FsError::NotFound),
+                "an orphan is not writable"
+            );
+            assert_eq!(v.orphans().unwrap(), 1);
+            let mut syncs = 0;
+            while v.orphans().unwrap() > 0 {
+                v.sync().unwrap();
+                verify_volume(&mut v);
+                syncs += 1;
+                assert!(syncs < 20);
+                if round == 1 && syncs == 3 {
+                    break;
+                }
+            }
+            if round == 0 {
+                // 60 items in steps of 8: 7 more commits after the unlink's own step.
+                assert_eq!(syncs, 7);
+                assert!(v.space.free_blocks() >= free0 + 60);
+            }
+        }
+        assert_eq!(v.orphans().unwrap(), 1, "left half freed");
+        keep
+    };
+    let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
+    assert_eq!(v.orphans().unwrap(), 0, "the mount finished the orphan");
+    verify_volume(&mut v);
+    let mut b = [0u8; 100];
+    assert_eq!(v.read(keep, 0, &mut b).unwrap(), 100);
+    assert_eq!(b, [7; 100]);
+}
