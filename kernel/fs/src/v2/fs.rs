@@ -364,10 +364,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Fs<'b, D, N, G> {
     /// the last commit need [`Fs::sync`]. `IsDir` for a directory.
     pub fn fsync(&mut self, ino: Ino) -> Result<()> {
         self.writable()?;
-        if self.vol.stat(ino.0)?.kind == volume::Kind::Dir {
-            return Err(FsError::IsDir);
-        }
-        self.vol.fsync(ino.0)
+        self.vol.fsync_file(ino.0)
     }
 
     /// Commits every change: on return every change made before is durable.

@@ -303,16 +303,28 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// root yet) it commits everything ([`Volume::sync`]). A file with no change since its
     /// last fsync costs no I/O.
     pub fn fsync(&mut self, ino: u64) -> Result<()> {
+        self.fsync_inner(ino, false)
+    }
+
+    /// [`Volume::fsync`] of a file only: `IsDir` for a directory (the path API's `fsync`).
+    pub fn fsync_file(&mut self, ino: u64) -> Result<()> {
+        self.fsync_inner(ino, true)
+    }
+
+    fn fsync_inner(&mut self, ino: u64, file_only: bool) -> Result<()> {
+        let inode = self.stat(ino)?;
+        if inode.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if file_only && inode.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
         if self.failed {
             return Err(FsError::Failed {
                 durable: self.tree.generation(),
             });
         }
         self.tree.writable()?;
-        let inode = self.stat(ino)?;
-        if inode.nlink == 0 {
-            return Err(FsError::NotFound);
-        }
         if inode.kind == Kind::Dir
             || self.log.head == 0
             || ino >= self.log.first_ino

@@ -274,6 +274,12 @@ pub fn remove_at(b: &mut [u8], i: usize) {
 /// Replaces item `i`'s value by `v`. Returns `false`, changing nothing, when it does not fit.
 pub fn set_value(b: &mut [u8], i: usize, v: &[u8]) -> bool {
     let old = vlen(b, i);
+    if v.len() == old {
+        // Same size (an inode, an extent remapped, a checksum item): in place, nothing moves.
+        let o = voff(b, i);
+        b[o..o + old].copy_from_slice(v);
+        return true;
+    }
     if v.len() > old && free(b) < v.len() - old {
         return false;
     }
