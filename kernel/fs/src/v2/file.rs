@@ -104,14 +104,18 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
 
     /// [`Volume::cut_range`]; with `remap`, an extent ending exactly at `fb + k` keeps its
     /// item, which the caller replaces at once (one tree update instead of a removal and an
-    /// insertion: the random overwrite of a fragmented file).
+    /// insertion: the random overwrite of a fragmented file). An extent ending past the range
+    /// always keeps its item, replaced by the piece after the range.
     fn cut(&mut self, ino: u64, fb: u64, k: u64, remap: bool) -> Result<()> {
         let end = fb + k;
         while let Some((s, e, p)) = self.extent_from(ino, fb)? {
             if s >= end {
                 break;
             }
-            if !(remap && e == end) {
+            // An extent ending past the range keeps its item (the piece after the range is
+            // written over it just below); one ending exactly at it keeps it when the caller
+            // maps the range.
+            if e < end || (e == end && !remap) {
                 self.del(Key::new(ino, kind::EXTENT, e))?;
             }
             if s < fb {
