@@ -212,7 +212,21 @@ pub fn search(b: &[u8], k: &Key) -> Result<usize, usize> {
     let (mut lo, mut hi) = (0, nitems(b));
     while lo < hi {
         let mid = (lo + hi) / 2;
-        match key(b, mid).cmp(k) {
+        // Compared field by field from the item header (one bounds check, the offset read
+        // only when id and kind are equal): the hottest loop of every lookup.
+        let o = ih(mid);
+        let kb: &[u8; KEY_SIZE] = b[o..o + KEY_SIZE].try_into().unwrap_or(&[0xff; KEY_SIZE]);
+        let id = u64::from_le_bytes([kb[0], kb[1], kb[2], kb[3], kb[4], kb[5], kb[6], kb[7]]);
+        let ord = id
+            .cmp(&k.id)
+            .then_with(|| kb[8].cmp(&k.kind))
+            .then_with(|| {
+                u64::from_le_bytes([
+                    kb[9], kb[10], kb[11], kb[12], kb[13], kb[14], kb[15], kb[16],
+                ])
+                .cmp(&k.offset)
+            });
+        match ord {
             core::cmp::Ordering::Less => lo = mid + 1,
             core::cmp::Ordering::Greater => hi = mid,
             core::cmp::Ordering::Equal => return Ok(mid),
