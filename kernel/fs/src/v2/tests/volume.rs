@@ -515,6 +515,31 @@ fn random_overwrite_rewrites_little_metadata() {
         );
         per_op.push(per);
         verify_volume(&mut v);
+        // The same with fsync: the data block and one log block each, whatever the height,
+        // and every LOG_MAX-th fsync commits.
+        let before = v.device().written;
+        let (logged0, committed0) = v.fsync_stats();
+        for _ in 0..ops {
+            let b = rng.below(blocks);
+            v.write(f, b * BLOCK_SIZE as u64, &block).unwrap();
+            v.fsync(f).unwrap();
+        }
+        let (logged, committed) = v.fsync_stats();
+        let per_fsync = (v.device().written - before) as f64 / ops as f64;
+        std::println!(
+            "v2: {blocks}-block file: {per_fsync:.2} blocks written per random overwrite + fsync ({} logged, {} committed)",
+            logged - logged0,
+            committed - committed0
+        );
+        // The commits every LOG_MAX fsyncs write every leaf changed since: about one node
+        // per op on the large file.
+        assert!(committed - committed0 <= ops / 60, "{committed}");
+        assert!(
+            per_fsync >= 2.0 && per_fsync < per / 2.0,
+            "{per_fsync} against {per}"
+        );
+        v.sync().unwrap();
+        verify_volume(&mut v);
     }
     // O(log n): a file 80 times larger costs about one more node (and its neighbours now and
     // then) per overwrite.
