@@ -602,3 +602,54 @@ fn large_unlink_is_freed_in_steps_and_finished_at_mount() {
     assert_eq!(v.read(keep, 0, &mut b).unwrap(), 100);
     assert_eq!(b, [7; 100]);
 }
+
+#[test]
+fn timestamps_come_from_the_clock_and_survive_remounts() {
+    // mtime and ctime are the clock set by the caller: a create stamps the inode and its
+    // directory, a write or truncate the file, a rename the file's ctime and both
+    // directories; a sync keeps them, and an fsync keeps the file's (replayed after a crash).
+    let mut disk = MemDisk::new(1024);
+    let mut m = mem();
+    Volume::<MemDisk, N, G>::mkfs(&mut disk, &mut m, 256, 1).unwrap();
+    let (d, f) = {
+        let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
+        let t = |v: &mut V<'_>, ino| {
+            let i = v.stat(ino).unwrap();
+            (i.mtime, i.ctime)
+        };
+        v.set_clock(100);
+        let d = v.create(ROOT, b"d", Kind::Dir).unwrap();
+        let f = v.create(d, b"f", Kind::File).unwrap();
+        assert_eq!(
+            (t(&mut v, d), t(&mut v, f), t(&mut v, ROOT)),
+            ((100, 100), (100, 100), (100, 100))
+        );
+        v.set_clock(200);
+        v.write(f, 10, b"abc").unwrap();
+        assert_eq!((t(&mut v, f), t(&mut v, d)), ((200, 200), (100, 100)));
+        v.set_clock(300);
+        v.rename(d, b"f", ROOT, b"g").unwrap();
+        assert_eq!(
+            (t(&mut v, f), t(&mut v, d), t(&mut v, ROOT)),
+            ((200, 300), (300, 300), (300, 300))
+        );
+        v.set_clock(400);
+        v.truncate(f, 2).unwrap();
+        assert_eq!(t(&mut v, f), (400, 400));
+        v.sync().unwrap();
+        v.set_clock(500);
+        v.write(f, 0, b"x").unwrap();
+        v.fsync(f).unwrap();
+        assert_eq!(v.fsync_stats(), (1, 0));
+        (d, f)
+    };
+    // Dropped without a sync: the fsync's log block brings the file's times back.
+    let (mut v, info) = V::mount(&mut disk, &mut m, false).unwrap();
+    assert_eq!(info.replayed, 1);
+    let i = v.stat(f).unwrap();
+    assert_eq!((i.mtime, i.ctime, i.size), (500, 500, 2));
+    let i = v.stat(d).unwrap();
+    assert_eq!((i.mtime, i.ctime), (300, 300));
+    assert_eq!(v.lookup(ROOT, b"g"), Ok((f, Kind::File)));
+    verify_volume(&mut v);
+}
