@@ -243,6 +243,16 @@ pub fn child_index(b: &[u8], k: &Key) -> usize {
     }
 }
 
+/// Moves the value offsets of the item headers in `hdrs` (whole headers) by `by` bytes, up
+/// or down: one pass over the headers, no per-item bounds checks.
+fn shift_offsets(hdrs: &mut [u8], by: usize, up: bool) {
+    for h in hdrs.chunks_exact_mut(ITEM_HDR) {
+        let o = u16::from_le_bytes([h[KEY_SIZE], h[KEY_SIZE + 1]]);
+        let o = if up { o + by as u16 } else { o - by as u16 };
+        h[KEY_SIZE..KEY_SIZE + 2].copy_from_slice(&o.to_le_bytes());
+    }
+}
+
 /// Inserts `(k, v)` at position `i` (keys must stay sorted). Returns `false`, changing
 /// nothing, when it does not fit.
 pub fn insert_at(b: &mut [u8], i: usize, k: &Key, v: &[u8]) -> bool {
@@ -256,10 +266,7 @@ pub fn insert_at(b: &mut [u8], i: usize, k: &Key, v: &[u8]) -> bool {
     // Values of items i.. move down by len; their headers move up by one slot.
     b.copy_within(lo..end, lo - len);
     b.copy_within(ih(i)..ih(n), ih(i + 1));
-    for j in i + 1..=n {
-        let (o, l) = (voff(b, j), vlen(b, j));
-        set_vloc(b, j, o - len, l);
-    }
+    shift_offsets(&mut b[ih(i + 1)..ih(n + 1)], len, false);
     b[end - len..end].copy_from_slice(v);
     set_key(b, i, k);
     set_vloc(b, i, end - len, len);
@@ -274,10 +281,7 @@ pub fn remove_at(b: &mut [u8], i: usize) {
     let (o, len) = (voff(b, i), vlen(b, i));
     b.copy_within(lo..o, lo + len);
     b.copy_within(ih(i + 1)..ih(n), ih(i));
-    for j in i..n - 1 {
-        let (oj, lj) = (voff(b, j), vlen(b, j));
-        set_vloc(b, j, oj + len, lj);
-    }
+    shift_offsets(&mut b[ih(i)..ih(n - 1)], len, true);
     set_nitems(b, n - 1);
     let end = ih(n - 1);
     b[end..ih(n)].fill(0);
