@@ -12,13 +12,14 @@
 //! compared with the group's durable bitmap (found by its selector bit). The first window's
 //! walk also follows each directory's parents up to the root (a loop is reported).
 
+use super::crc::crc32c;
 use super::key::{Key, kind};
+use super::log::{self, LOG_MAX};
 use super::node::{self, HDR, MAX_HEIGHT};
 use super::space::{KIND_BITMAP, KIND_SELECTOR};
 use super::superblock::{FLAG_DATA_CSUM, SELECTOR_BITS, SLOTS, Superblock};
 use super::tree::Tree;
-use super::volume::ROOT;
-use crate::crc::crc32c;
+use super::volume::{ORPHANS, ROOT};
 use crate::error::{FsError, IoOp, Result};
 use crate::format::BLOCK_SIZE;
 use crate::io::BlockIo;
@@ -97,6 +98,14 @@ pub enum Problem {
         /// The block.
         block: u64,
     },
+    /// An fsync log block (valid for its chain: the right generation, root, sequence number
+    /// and CRC) holding a record that replay would refuse.
+    Log {
+        /// The log block.
+        block: u64,
+        /// What is wrong.
+        what: &'static str,
+    },
     /// The superblock's free count differs from the bitmaps'.
     FreeCount {
         /// In the superblock.
@@ -123,6 +132,10 @@ pub struct Report {
     pub used_blocks: u64,
     /// Tree walks made (one per window of groups, plus one).
     pub walks: u64,
+    /// Valid blocks of the fsync log chain (a read-write mount replays them).
+    pub log_blocks: u64,
+    /// Records in them.
+    pub log_records: u64,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -210,7 +223,13 @@ pub fn check<D: BlockIo>(
             c.past_ready(p, 1);
         }
     }
+    if sb.log_root != 0 {
+        c.past_ready(sb.log_root, 1);
+    }
     c.walk(&mut Pass::Items, path)?;
+    if !info.rolled_back {
+        c.check_log(blk)?;
+    }
     c.finish_inode();
     if !c.root {
         c.problem(Problem::Inode {
@@ -347,6 +366,101 @@ impl<D: BlockIo> Checker<'_, '_, D> {
                 self.mark(&mut pass, s, 1);
             }
         }
+        if self.sb.log_root != 0 {
+            self.mark(&mut pass, self.sb.log_root, 1);
+        }
+    }
+
+    /// Whether blocks `[b, b + n)` include a superblock slot or a group's bitmap slot.
+    fn covers_fixed(&self, b: u64, n: u64) -> bool {
+        let gb = self.sb.group_blocks as u64;
+        if b < SLOTS {
+            return true;
+        }
+        let end = b + n;
+        (b / gb..=(end - 1) / gb).any(|g| {
+            let s = g * gb + SLOTS;
+            s < end && s + 2 > b
+        })
+    }
+
+    /// Follows the fsync log chain as mount would and checks each record: its layout, the
+    /// blocks it maps inside the filesystem, its inode a file. The chain's blocks and the data
+    /// it maps are free in the durable bitmaps (the replay claims them), so pass 2 does not
+    /// mark them.
+    fn check_log(&mut self, blk: &mut [u8]) -> Result<()> {
+        let csums = self.sb.flags & FLAG_DATA_CSUM != 0;
+        let mut at = self.sb.log_root;
+        let mut seq = 1u32;
+        while at != 0 && (seq as usize) <= LOG_MAX {
+            if at < SLOTS || at >= self.sb.block_count {
+                break;
+            }
+            self.read(at, blk)?;
+            let Some(lb) = log::validate(blk, at, self.sb.generation, self.sb.log_root, seq) else {
+                break;
+            };
+            self.r.log_blocks += 1;
+            let mut o = log::LOG_HDR;
+            for _ in 0..lb.count {
+                let (rec, next) = match log::record(blk, o, lb.end, csums) {
+                    Ok(x) => x,
+                    Err(what) => {
+                        self.problem(Problem::Log { block: at, what });
+                        break;
+                    }
+                };
+                o = next;
+                self.r.log_records += 1;
+                let ino = match rec {
+                    log::Record::Inode { ino, value } => {
+                        if value[0] != FILE {
+                            self.problem(Problem::Log {
+                                block: at,
+                                what: "log inode record not of a file",
+                            });
+                        }
+                        ino
+                    }
+                    log::Record::Range {
+                        ino, count, phys, ..
+                    } => {
+                        if phys != 0
+                            && (phys < SLOTS
+                                || phys
+                                    .checked_add(count)
+                                    .is_none_or(|e| e > self.sb.block_count))
+                        {
+                            self.problem(Problem::Log {
+                                block: at,
+                                what: "log range outside the filesystem",
+                            });
+                        } else if phys != 0 && self.covers_fixed(phys, count) {
+                            self.problem(Problem::Log {
+                                block: at,
+                                what: "log range over a superblock or bitmap slot",
+                            });
+                        }
+                        ino
+                    }
+                };
+                let mut v = [0u8; 40];
+                match self
+                    .tree
+                    .get(self.dev, &Key::new(ino, kind::INODE, 0), &mut v)
+                {
+                    Ok(Some(40)) if v[0] == 1 => {}
+                    Ok(_) | Err(FsError::Corrupt { .. }) => self.problem(Problem::Log {
+                        block: at,
+                        what: "log record of an inode that is not a file",
+                    }),
+                    Err(e) => return Err(e),
+                }
+            }
+            at = lb.next;
+            seq += 1;
+        }
+        Ok(())
     }
 
     /// Compares group `g`'s durable bitmap with the marks; returns its free blocks.
@@ -565,6 +679,13 @@ impl<D: BlockIo> Checker<'_, '_, D> {
             } else if c.parents != 0 {
                 self.problem(bad("root has a directory entry"));
             }
+        } else if c.parents == 0 && c.kind == FILE && c.nlink == 0 {
+            // Unlinked, its blocks being freed: the orphan list must name it.
+            let key = Key::new(ORPHANS, kind::ORPHAN, c.ino);
+            if !matches!(self.tree.get(self.dev, &key, &mut []), Ok(Some(0))) {
+                self.problem(bad("unlinked file not on the orphan list"));
+            }
+            return;
         } else if c.parents == 0 {
             self.problem(bad("orphan: no directory entry names it"));
         } else if c.parents > 1 {
@@ -578,6 +699,28 @@ impl<D: BlockIo> Checker<'_, '_, D> {
 
     fn check_item(&mut self, block: u64, k: Key, v: &[u8]) -> Result<()> {
         self.r.items += 1;
+        if k.id == ORPHANS {
+            if k.kind != kind::ORPHAN || !v.is_empty() {
+                self.item_problem(block, k, "unknown item under the orphan list");
+                return Ok(());
+            }
+            let mut ib = [0u8; INODE_SIZE];
+            match self
+                .tree
+                .get(self.dev, &Key::new(k.offset, kind::INODE, 0), &mut ib)
+            {
+                Ok(Some(INODE_SIZE)) if ib[0] == FILE && rd32(&ib, 4) == 0 => {}
+                Ok(_) | Err(FsError::Corrupt { .. }) => {
+                    self.item_problem(
+                        block,
+                        k,
+                        "orphan item of an inode that is not an unlinked file",
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+            return Ok(());
+        }
         if k.id != self.cur.ino || !self.cur.have {
             if k.id != self.cur.ino {
                 self.finish_inode();

@@ -9,11 +9,11 @@
 //! one I/O. [`Volume::write_buffer`] lends the buffer for a zero-copy write and
 //! [`Volume::read_buffer`] lends it for a zero-copy read.
 
+use super::crc::crc32c;
 use super::key::{Key, kind};
 use super::node::MAX_HEIGHT;
 use super::space::Space;
 use super::volume::{Inode, Kind, Volume};
-use crate::crc::crc32c;
 use crate::error::{FsError, IoOp, Result};
 use crate::format::BLOCK_SIZE;
 use crate::io::{BlockIo, Run, WriteFlags};
@@ -21,8 +21,9 @@ use crate::io::{BlockIo, Run, WriteFlags};
 const EXTENT_SIZE: usize = 16;
 /// Data checksums per `CSUM` item (a CRC32C each), the item covering file blocks
 /// `[base, base + CSUMS)` keyed `(ino, CSUM, base)` with `base` a multiple of `CSUMS`.
-const CSUMS: u64 = 240;
-const CSUM_ITEM: usize = CSUMS as usize * 4;
+pub(super) const CSUMS: u64 = 240;
+/// Bytes of a `CSUM` item's value.
+pub(super) const CSUM_ITEM: usize = CSUMS as usize * 4;
 
 /// A block's recorded checksum: its CRC32C, never 0 (0 marks "none recorded").
 fn block_crc(b: &[u8]) -> u32 {
@@ -45,7 +46,7 @@ fn corrupt(what: &'static str) -> FsError {
 impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// The first extent of `ino` ending after file block `fb`: `(start, end, device block of
     /// start)`.
-    fn extent_from(&mut self, ino: u64, fb: u64) -> Result<Option<(u64, u64, u64)>> {
+    pub(super) fn extent_from(&mut self, ino: u64, fb: u64) -> Result<Option<(u64, u64, u64)>> {
         let mut b = [0u8; EXTENT_SIZE];
         let from = Key::new(ino, kind::EXTENT, fb + 1);
         match self.tree.next(&mut self.dev, &from, &mut b)? {
@@ -78,23 +79,9 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// Maps file blocks `[fb, fb + k)` to device blocks `[nb, nb + k)`: the extents that
     /// covered them are cut (their blocks there freed at commit), and the new extent merges
     /// with a contiguous one ending at `fb`.
-    fn map_range(&mut self, ino: u64, fb: u64, k: u64, nb: u64) -> Result<()> {
+    pub(super) fn map_range(&mut self, ino: u64, fb: u64, k: u64, nb: u64) -> Result<()> {
+        self.cut(ino, fb, k, true)?;
         let end = fb + k;
-        while let Some((s, e, p)) = self.extent_from(ino, fb)? {
-            if s >= end {
-                break;
-            }
-            self.del(Key::new(ino, kind::EXTENT, e))?;
-            if s < fb {
-                self.put_extent(ino, s, fb, p)?;
-            }
-            if e > end {
-                self.put_extent(ino, end, e, p + (end - s))?;
-            }
-            for b in s.max(fb)..e.min(end) {
-                self.space.free(&mut self.dev, p + (b - s))?;
-            }
-        }
         let (mut start, mut phys) = (fb, nb);
         let mut b = [0u8; EXTENT_SIZE];
         let left = Key::new(ino, kind::EXTENT, fb);
@@ -107,6 +94,45 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             }
         }
         self.put_extent(ino, start, end, phys)
+    }
+
+    /// Unmaps file blocks `[fb, fb + k)` of `ino`: the extents covering them are cut (their
+    /// blocks there freed at commit).
+    pub(super) fn cut_range(&mut self, ino: u64, fb: u64, k: u64) -> Result<()> {
+        self.cut(ino, fb, k, false)
+    }
+
+    /// [`Volume::cut_range`]; with `remap`, an extent ending exactly at `fb + k` keeps its
+    /// item, which the caller replaces at once (one tree update instead of a removal and an
+    /// insertion: the random overwrite of a fragmented file). An extent ending past the range
+    /// always keeps its item, replaced by the piece after the range.
+    fn cut(&mut self, ino: u64, fb: u64, k: u64, remap: bool) -> Result<()> {
+        let end = fb + k;
+        while let Some((s, e, p)) = self.extent_from(ino, fb)? {
+            if s >= end {
+                break;
+            }
+            // An extent ending past the range keeps its item (the piece after the range is
+            // written over it just below); one ending exactly at it keeps it when the caller
+            // maps the range.
+            if e < end || (e == end && !remap) {
+                self.del(Key::new(ino, kind::EXTENT, e))?;
+            }
+            if s < fb {
+                self.put_extent(ino, s, fb, p)?;
+            }
+            if e > end {
+                self.put_extent(ino, end, e, p + (end - s))?;
+            }
+            for b in s.max(fb)..e.min(end) {
+                self.space.free(&mut self.dev, p + (b - s))?;
+            }
+            if e >= end {
+                // No later extent overlaps (and a kept item must not be found again).
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Extents of `ino` that overlap file blocks `[fb, fb + k)`, counted up to `k`.
@@ -179,6 +205,17 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         if !self.data_checksums() {
             return Ok(());
         }
+        self.csums_from(ino, fb, k, None)
+    }
+
+    /// Records `crcs` as the checksums of file blocks `[fb, fb + crcs.len())` of `ino`.
+    pub(super) fn set_csums(&mut self, ino: u64, fb: u64, crcs: &[u32]) -> Result<()> {
+        self.csums_from(ino, fb, crcs.len() as u64, Some(crcs))
+    }
+
+    /// Records checksums of file blocks `[fb, fb + k)`: `crcs`, or those of buffer blocks
+    /// `[0, k)`.
+    fn csums_from(&mut self, ino: u64, fb: u64, k: u64, crcs: Option<&[u32]>) -> Result<()> {
         let mut v = [0u8; CSUM_ITEM];
         let mut x = fb;
         while x < fb + k {
@@ -192,7 +229,10 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             let stop = (base + CSUMS).min(fb + k);
             for y in x..stop {
                 let b = (y - fb) as usize;
-                let crc = block_crc(&self.data[b * BLOCK_SIZE..(b + 1) * BLOCK_SIZE]);
+                let crc = match crcs {
+                    Some(c) => c[b],
+                    None => block_crc(&self.data[b * BLOCK_SIZE..(b + 1) * BLOCK_SIZE]),
+                };
                 let o = ((y - base) * 4) as usize;
                 v[o..o + 4].copy_from_slice(&crc.to_le_bytes());
             }
@@ -203,7 +243,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     }
 
     /// Deletes the checksum items of `ino` from the one covering file block `from` on.
-    fn drop_csums(&mut self, ino: u64, from: u64) -> Result<()> {
+    pub(super) fn drop_csums(&mut self, ino: u64, from: u64) -> Result<()> {
         loop {
             let at = Key::new(ino, kind::CSUM, from.div_ceil(CSUMS) * CSUMS);
             match self.tree.next(&mut self.dev, &at, &mut [])? {
@@ -298,6 +338,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         }
         self.map_range(c.ino, c.fb, c.k, c.nb)?;
         self.put_csums(c.ino, c.fb, c.k)?;
+        self.log.touch(c.ino, c.fb, c.fb + c.k);
         let mut inode = c.inode;
         inode.size = inode.size.max(c.fb * BS + c.hi as u64);
         inode.mtime = self.now;
@@ -374,6 +415,10 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         if i.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
+        if i.nlink == 0 {
+            // Unlinked, its blocks being freed.
+            return Err(FsError::NotFound);
+        }
         Ok(i)
     }
 
@@ -437,8 +482,14 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         if size.div_ceil(BS) > MAX_FILE_BLOCKS {
             return Err(FsError::FileTooLarge);
         }
+        self.log.touch(ino, 0, 0);
         if size < inode.size {
             let keep = size.div_ceil(BS);
+            self.log.touch(
+                ino,
+                (size / BS).min(keep),
+                inode.size.div_ceil(BS).max(keep),
+            );
             let mut b = [0u8; EXTENT_SIZE];
             loop {
                 let from = Key::new(ino, kind::EXTENT, keep + 1);
@@ -493,10 +544,15 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         self.put_inode(ino, &inode)
     }
 
-    /// Frees every extent of `ino` (its blocks at commit), one item at a time.
-    pub(super) fn free_extents(&mut self, ino: u64) -> Result<()> {
+    /// Frees up to `budget` extent items of `ino` (their blocks at commit), one at a time;
+    /// returns how many (fewer than `budget`: none is left).
+    pub(super) fn free_extents_upto(&mut self, ino: u64, budget: u64) -> Result<u64> {
         let mut b = [0u8; EXTENT_SIZE];
+        let mut done = 0;
         loop {
+            if done == budget {
+                return Ok(done);
+            }
             let from = Key::new(ino, kind::EXTENT, 0);
             match self.tree.next(&mut self.dev, &from, &mut b)? {
                 Some((k, n)) if k.id == ino && k.kind == kind::EXTENT => {
@@ -512,8 +568,9 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                     for i in 0..k.offset - start {
                         self.space.free(&mut self.dev, phys + i)?;
                     }
+                    done += 1;
                 }
-                _ => return self.drop_csums(ino, 0),
+                _ => return Ok(done),
             }
         }
     }

@@ -359,13 +359,12 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Fs<'b, D, N, G> {
         self.vol.truncate(ino.0, size)
     }
 
-    /// Makes a file durable. (A commit is whole-filesystem for now: this is [`Fs::sync`].)
+    /// Makes a file's data and inode durable: one log block after its data when the file
+    /// existed at the last commit, a commit otherwise ([`Volume::fsync`]); names changed since
+    /// the last commit need [`Fs::sync`]. `IsDir` for a directory.
     pub fn fsync(&mut self, ino: Ino) -> Result<()> {
         self.writable()?;
-        if self.vol.stat(ino.0)?.kind == volume::Kind::Dir {
-            return Err(FsError::IsDir);
-        }
-        self.sync()
+        self.vol.fsync_file(ino.0)
     }
 
     /// Commits every change: on return every change made before is durable.

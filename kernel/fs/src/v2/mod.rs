@@ -9,9 +9,11 @@
 
 pub mod cache;
 pub mod check;
+pub mod crc;
 pub mod file;
 pub mod fs;
 pub mod key;
+pub mod log;
 pub mod node;
 pub mod space;
 pub mod superblock;

@@ -95,7 +95,15 @@ pub struct FreeSpace<'b, const G: usize> {
     durable: u64,
     clock: u64,
     early_writes: u64,
+    /// Block ranges `(first, count)` the fsync log references: never handed out (even once
+    /// freed) until the next commit is durable, because a crash before it replays the log.
+    held: [(u64, u64); HOLDS],
+    nheld: usize,
+    held_blocks: u64,
 }
+
+/// Block ranges [`FreeSpace::hold`] keeps at once.
+pub const HOLDS: usize = 64;
 
 /// Blocks the allocator keeps back for a commit's selector copies, so that a full filesystem
 /// can still commit (and so free space).
@@ -181,6 +189,7 @@ impl<'b, const G: usize> FreeSpace<'b, G> {
             flags: 0,
             // Group 0's used blocks, and the two slots of every other group.
             free_blocks: blocks - used_in_0 - 2 * (groups - 1),
+            log_root: 0,
             group_blocks,
             groups_ready: 1,
             selectors: [0; SELECTORS],
@@ -209,6 +218,9 @@ impl<'b, const G: usize> FreeSpace<'b, G> {
             durable: sb.generation,
             clock: 0,
             early_writes: 0,
+            held: [(0, 0); HOLDS],
+            nheld: 0,
+            held_blocks: 0,
         })
     }
 
@@ -222,7 +234,70 @@ impl<'b, const G: usize> FreeSpace<'b, G> {
     pub fn allocatable(&self) -> u64 {
         self.free_blocks
             .saturating_sub(self.pinned)
+            .saturating_sub(self.held_blocks)
             .saturating_sub(COMMIT_RESERVE)
+    }
+
+    /// Keeps blocks `[first, first + count)` from being handed out until the next commit is
+    /// durable, even after they are freed (the fsync log references them). `false` (nothing
+    /// held) when [`HOLDS`] ranges are held already.
+    pub fn hold(&mut self, first: u64, count: u64) -> bool {
+        if let Some(last) = self.nheld.checked_sub(1) {
+            let (f, c) = self.held[last];
+            if f + c == first {
+                self.held[last].1 += count;
+                self.held_blocks += count;
+                return true;
+            }
+        }
+        if self.nheld == HOLDS {
+            return false;
+        }
+        self.held[self.nheld] = (first, count);
+        self.nheld += 1;
+        self.held_blocks += count;
+        true
+    }
+
+    /// Ranges that [`FreeSpace::hold`] can still take.
+    pub fn holds_left(&self) -> usize {
+        HOLDS - self.nheld
+    }
+
+    fn is_held(&self, block: u64) -> bool {
+        self.held[..self.nheld]
+            .iter()
+            .any(|&(f, c)| block >= f && block < f + c)
+    }
+
+    /// Marks `block` used in the working bitmap if it is free in the durable one (a block the
+    /// fsync log names, found at mount before anything is allocated); `false` when the durable
+    /// bitmap already has it (it is part of the durable state). Groups up to the block's are
+    /// brought into use.
+    pub fn claim<D: BlockIo>(&mut self, dev: &mut D, block: u64) -> Result<bool> {
+        let g = block / self.group_blocks;
+        let k = block - g * self.group_blocks;
+        if block < SLOTS || block >= self.block_count || k == 2 || k == 3 {
+            return Err(FsError::Corrupt {
+                block,
+                what: "log names a block outside the data area",
+            });
+        }
+        while self.groups_ready <= g {
+            self.load(dev, self.groups_ready)?;
+        }
+        let i = self.load(dev, g)?;
+        if bit(self.frame(2 * i), k) {
+            return Ok(false);
+        }
+        let wb = self.frame_mut(2 * i + 1);
+        if !bit(wb, k) {
+            set_bit(wb, k, true);
+            set_count(wb, count(wb) - 1);
+            self.ent[i].dirty = true;
+            self.free_blocks = self.free_blocks.saturating_sub(1);
+        }
+        Ok(true)
     }
 
     /// Takes `block + 1` if it is free in both versions and in the same group as `block` (which
@@ -235,6 +310,7 @@ impl<'b, const G: usize> FreeSpace<'b, G> {
             || next / self.group_blocks != g
             || g >= self.groups_ready
             || self.free_blocks.saturating_sub(self.pinned) <= COMMIT_RESERVE
+            || (self.nheld > 0 && self.is_held(next))
         {
             return Ok(false);
         }
@@ -583,6 +659,8 @@ impl<'b, const G: usize> FreeSpace<'b, G> {
     pub fn committed(&mut self, generation: u64) {
         self.durable = generation;
         self.pinned = 0;
+        self.nheld = 0;
+        self.held_blocks = 0;
         for s in 0..SELECTORS {
             if self.sel[s].fresh != 0 {
                 self.durable_sel[s] = self.sel[s].fresh;
@@ -670,7 +748,10 @@ impl<'b, const G: usize> FreeSpace<'b, G> {
                 k += 8;
                 continue;
             }
-            if !bit(d, k) && !bit(w, k) {
+            if !bit(d, k)
+                && !bit(w, k)
+                && (self.nheld == 0 || !self.is_held(g * self.group_blocks + k))
+            {
                 return Some(k);
             }
             k += 1;

@@ -50,6 +50,10 @@ pub struct Superblock {
     pub flags: u64,
     /// Free blocks, for `statfs`.
     pub free_blocks: u64,
+    /// The first block of the fsync log (`docs/tinyfs-format.md`, "Fsync log"): a block this
+    /// commit keeps allocated, where the first log block of this generation goes; 0 = none
+    /// (then `fsync` commits).
+    pub log_root: u64,
     /// Blocks per free-space group (one bitmap block each), chosen at mkfs.
     pub group_blocks: u32,
     /// Groups `0..groups_ready` have bitmap blocks; later groups are untouched (all free).
@@ -80,7 +84,7 @@ impl Superblock {
         wr64(b, O_NEXT_INO, self.next_ino);
         wr64(b, O_FLAGS, self.flags);
         wr64(b, O_FREE, self.free_blocks);
-        wr64(b, O_LOG_ROOT, 0);
+        wr64(b, O_LOG_ROOT, self.log_root);
         b[O_GROUP_BLOCKS..O_GROUP_BLOCKS + 4].copy_from_slice(&self.group_blocks.to_le_bytes());
         wr64(b, O_GROUPS_READY, self.groups_ready);
         for (i, &p) in self.selectors.iter().enumerate() {
@@ -109,6 +113,7 @@ impl Superblock {
             next_ino: rd64(b, O_NEXT_INO),
             flags: rd64(b, O_FLAGS),
             free_blocks: rd64(b, O_FREE),
+            log_root: rd64(b, O_LOG_ROOT),
             group_blocks: u32::from_le_bytes([
                 b[O_GROUP_BLOCKS],
                 b[O_GROUP_BLOCKS + 1],
@@ -133,8 +138,8 @@ impl Superblock {
         if s.free_blocks > s.block_count {
             return Err("free count larger than the filesystem");
         }
-        if rd64(b, O_LOG_ROOT) != 0 {
-            return Err("fsync log present (not supported by this version)");
+        if s.log_root != 0 && (s.log_root < SLOTS || s.log_root >= s.block_count) {
+            return Err("log root outside the filesystem");
         }
         if !(GROUP_BLOCKS_MIN..=GROUP_BLOCKS_MAX).contains(&s.group_blocks) {
             return Err("group size out of range");
@@ -175,6 +180,7 @@ mod tests {
             next_ino: 17,
             flags: FLAG_DATA_CSUM,
             free_blocks: 100,
+            log_root: 11,
             group_blocks: GROUP_BLOCKS_MAX,
             groups_ready: 3,
             selectors: [0, 5, 0, 0, 0],

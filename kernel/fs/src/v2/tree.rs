@@ -35,6 +35,10 @@ pub struct MountInfo {
     /// the mount is read-only whatever was asked, because writing would reuse the newer
     /// tree's blocks and make the loss permanent (as in version 1).
     pub rolled_back: bool,
+    /// Fsync log blocks replayed (and committed) by a read-write volume mount; 0 when there
+    /// was no log or the mount is read-only (then the data of fsyncs since the last commit
+    /// is not visible until a read-write mount replays it).
+    pub replayed: u32,
 }
 
 /// The tree and its commit state.
@@ -90,6 +94,7 @@ impl<'b, const N: usize> Tree<'b, N> {
             next_ino: 0,
             flags: 0,
             free_blocks: blocks - FIRST_ROOT - 1,
+            log_root: 0,
             group_blocks: super::superblock::GROUP_BLOCKS_MAX,
             groups_ready: 0,
             selectors: [0; super::superblock::SELECTORS],
@@ -158,6 +163,7 @@ impl<'b, const N: usize> Tree<'b, N> {
                 next_ino: 0,
                 flags: 0,
                 free_blocks: 0,
+                log_root: 0,
                 group_blocks: 0,
                 groups_ready: 0,
                 selectors: [0; super::superblock::SELECTORS],
@@ -180,6 +186,7 @@ impl<'b, const N: usize> Tree<'b, N> {
                         generation: sb.generation,
                         fell_back: rank > 0 || other_torn,
                         rolled_back: rank > 0,
+                        replayed: 0,
                     };
                     tree.read_only |= rank > 0;
                     return Ok((tree, info));

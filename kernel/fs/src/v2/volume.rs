@@ -6,23 +6,31 @@
 //! (a few tree updates), so `NoSpace` never leaves half an operation behind; any other error
 //! fails the tree (no later commit), so an operation is all or nothing across a crash.
 
+use super::crc::crc32c;
 use super::key::{Key, kind};
+use super::log::LogState;
 use super::node::MAX_HEIGHT;
 use super::space::{FreeSpace, space_frames};
 use super::superblock::{FLAG_DATA_CSUM, Superblock};
 use super::tree::{MountInfo, Tree};
-use crate::crc::crc32c;
 use crate::error::{FsError, Result};
 use crate::format::BLOCK_SIZE;
 use crate::io::BlockIo;
 
 /// The root directory's inode number.
 pub const ROOT: u64 = 16;
+/// The id of the orphan items `(ORPHANS, ORPHAN, ino)`: unlinked files still being freed.
+pub const ORPHANS: u64 = 2;
+/// Extent items an unlink frees at once, and a commit frees of orphans before it writes: a
+/// larger file stays an orphan and is freed in steps of this many (at each commit, and to
+/// the end at mount).
+pub const REAP_STEP: u64 = 256;
 /// Longest name, in bytes.
 pub const NAME_MAX: usize = 255;
 /// Entries one name hash can hold (the low 16 bits of the entry's key offset).
 const COLLISIONS: u64 = 1 << 16;
-const INODE_SIZE: usize = 40;
+/// Bytes of an inode item's value.
+pub const INODE_SIZE: usize = 40;
 const DIRENT_HDR: usize = 9;
 
 /// What an inode is.
@@ -69,7 +77,7 @@ pub struct Inode {
 }
 
 impl Inode {
-    fn encode(&self) -> [u8; INODE_SIZE] {
+    pub(super) fn encode(&self) -> [u8; INODE_SIZE] {
         let mut b = [0u8; INODE_SIZE];
         b[0] = self.kind.code();
         b[4..8].copy_from_slice(&self.nlink.to_le_bytes());
@@ -78,7 +86,7 @@ impl Inode {
         b[24..32].copy_from_slice(&self.ctime.to_le_bytes());
         b
     }
-    fn decode(b: &[u8]) -> Result<Inode> {
+    pub(super) fn decode(b: &[u8]) -> Result<Inode> {
         let bad = FsError::Corrupt {
             block: 0,
             what: "inode item of the wrong size",
@@ -146,6 +154,10 @@ pub struct Volume<'b, D: BlockIo, const N: usize, const G: usize> {
     /// A data write failed: nothing is committed again on this mount.
     pub(super) failed: bool,
     pub(super) now: u64,
+    /// The fsync log of the open transaction.
+    pub(super) log: LogState,
+    /// Extent items freed per step of an orphan ([`REAP_STEP`]; tests lower it).
+    pub(super) reap_step: u64,
 }
 
 impl<D: BlockIo, const N: usize, const G: usize> core::fmt::Debug for Volume<'_, D, N, G> {
@@ -215,19 +227,33 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         let (tmem, rest) = mem.split_at_mut(N * BLOCK_SIZE);
         let (smem, data) = rest.split_at_mut(space_frames(G) * BLOCK_SIZE);
         let len = data.len() / BLOCK_SIZE * BLOCK_SIZE;
-        let (tree, info) = Tree::mount(&mut dev, tmem, read_only)?;
+        let (tree, mut info) = Tree::mount(&mut dev, tmem, read_only)?;
         let space = FreeSpace::open(smem, tree.superblock())?;
-        Ok((
-            Volume {
-                dev,
-                tree,
-                space,
-                data: &mut data[..len],
-                failed: false,
-                now: 0,
-            },
-            info,
-        ))
+        let sb = *tree.superblock();
+        let mut vol = Volume {
+            dev,
+            tree,
+            space,
+            data: &mut data[..len],
+            failed: false,
+            now: 0,
+            log: LogState::new(sb.log_root, sb.next_ino),
+            reap_step: REAP_STEP,
+        };
+        // A read-only mount, or the older tree after a rollback, leaves the log alone (the
+        // newer tree of a rollback folded it already; its blocks may be reused).
+        if !read_only && !info.rolled_back {
+            info.replayed = vol.replay()?;
+            // Files unlinked before whose blocks were still being freed: a step and a
+            // commit at a time, to the end.
+            if vol.orphans()? > 0 {
+                while vol.reap(vol.reap_step)? {
+                    vol.commit()?;
+                }
+                vol.commit()?;
+            }
+        }
+        Ok((vol, info))
     }
 
     /// Sets the clock new timestamps are taken from (the kernel's, in whatever unit it keeps).
@@ -252,7 +278,19 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 durable: self.tree.generation(),
             });
         }
-        self.space.commit(&mut self.dev, &mut self.tree).map(|_| ())
+        self.tree.writable()?;
+        self.reap(self.reap_step)?;
+        self.commit()
+    }
+
+    /// The commit itself: moves the log root, writes everything.
+    fn commit(&mut self) -> Result<()> {
+        let root = self.log_before_commit()?;
+        self.tree.superblock_mut().log_root = root;
+        self.space.commit(&mut self.dev, &mut self.tree)?;
+        let next_ino = self.tree.superblock().next_ino;
+        self.log.reset(root, next_ino);
+        Ok(())
     }
 
     /// Refuses with `NoSpace`, before any change, an operation of `updates` tree updates that
@@ -423,14 +461,99 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         if k == Kind::Dir && !self.is_empty_dir(ino)? {
             return Err(FsError::NotEmpty);
         }
-        if k == Kind::File {
-            self.free_extents(ino)?;
-        }
-        self.room(4)?;
+        self.log.forget(ino);
+        self.room(6)?;
         self.del(key)?;
         self.del(Key::new(ino, kind::PARENT, dir))?;
-        self.del(Key::new(ino, kind::INODE, 0))?;
+        if k == Kind::File {
+            self.unlink_file(ino)?;
+        } else {
+            self.del(Key::new(ino, kind::INODE, 0))?;
+        }
         self.touch_dir(dir, -i32::from(k == Kind::Dir))
+    }
+
+    /// Turns file `ino`, whose name is gone, into an orphan (link count 0, an orphan item, in
+    /// the same transaction as the removal of its name) and frees up to a step of its
+    /// extents; a file that small is gone at once. The rest is freed by later commits (and
+    /// mount), a step at a time: an unlink of any size is a bounded transaction.
+    fn unlink_file(&mut self, ino: u64) -> Result<()> {
+        let mut i = self.stat(ino)?;
+        i.nlink = 0;
+        i.ctime = self.now;
+        self.put_inode(ino, &i)?;
+        self.put(Key::new(ORPHANS, kind::ORPHAN, ino), &[])?;
+        let step = self.reap_step;
+        match self.reap_one(ino, step) {
+            Ok(_) | Err(FsError::NoSpace) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Frees up to `budget` extent items of orphan `ino`; when none are left, its checksum
+    /// items, inode and orphan item go. Returns the items freed.
+    fn reap_one(&mut self, ino: u64, budget: u64) -> Result<u64> {
+        let n = self.free_extents_upto(ino, budget)?;
+        if n < budget {
+            self.drop_csums(ino, 0)?;
+            self.room(2)?;
+            self.del(Key::new(ino, kind::INODE, 0))?;
+            self.del(Key::new(ORPHANS, kind::ORPHAN, ino))?;
+        }
+        Ok(n)
+    }
+
+    /// Frees up to `budget` extent items of orphans; `true` if any orphan is left (its
+    /// budget spent), `false` when there is none. Running out of space stops it quietly
+    /// (the orphans stay for a later commit).
+    pub(super) fn reap(&mut self, budget: u64) -> Result<bool> {
+        if self.tree.writable().is_err() {
+            return Ok(false);
+        }
+        let mut left = budget;
+        loop {
+            let first = Key::new(ORPHANS, kind::ORPHAN, 0);
+            let Some((k, _)) = self.tree.next(&mut self.dev, &first, &mut [])? else {
+                return Ok(false);
+            };
+            if k.id != ORPHANS || k.kind != kind::ORPHAN {
+                return Ok(false);
+            }
+            if left == 0 {
+                return Ok(true);
+            }
+            match self.stat(k.offset) {
+                Ok(i) if i.kind == Kind::File && i.nlink == 0 => {}
+                _ => {
+                    return Err(FsError::Corrupt {
+                        block: 0,
+                        what: "orphan item of an inode that is not an unlinked file",
+                    });
+                }
+            }
+            match self.reap_one(k.offset, left) {
+                Ok(n) => left -= n.min(left),
+                Err(FsError::NoSpace) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Orphans: unlinked files whose blocks are not all freed yet (tests, tools).
+    pub fn orphans(&mut self) -> Result<u64> {
+        let mut n = 0;
+        let mut from = Key::new(ORPHANS, kind::ORPHAN, 0);
+        while let Some((k, _)) = self.tree.next(&mut self.dev, &from, &mut [])? {
+            if k.id != ORPHANS || k.kind != kind::ORPHAN {
+                break;
+            }
+            n += 1;
+            match k.successor() {
+                Some(s) => from = s,
+                None => break,
+            }
+        }
+        Ok(n)
     }
 
     /// The parent of directory `ino` (the root is its own).
@@ -489,18 +612,20 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 _ => {}
             }
         }
-        self.room(10)?;
+        self.room(12)?;
         let new_key = match target {
             Slot::Found {
                 key: tkey,
                 ino: t,
                 kind: tk,
             } => {
-                if tk == Kind::File {
-                    self.free_extents(t)?;
-                }
+                self.log.forget(t);
                 self.del(Key::new(t, kind::PARENT, to_dir))?;
-                self.del(Key::new(t, kind::INODE, 0))?;
+                if tk == Kind::File {
+                    self.unlink_file(t)?;
+                } else {
+                    self.del(Key::new(t, kind::INODE, 0))?;
+                }
                 if k == Kind::Dir {
                     self.touch_dir(to_dir, -1)?;
                 }

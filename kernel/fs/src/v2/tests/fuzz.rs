@@ -15,6 +15,7 @@ use crate::host::MemDisk;
 use crate::tests::{Rng, scale};
 use crate::v2::node::DATA_END;
 use crate::v2::space::FreeSpace;
+use crate::v2::superblock::Superblock;
 use crate::v2::{Key, MIN_FRAMES, Tree};
 
 type T<'b> = Tree<'b, MIN_FRAMES>;
@@ -95,8 +96,15 @@ fn mutate(rng: &mut Rng, img: &mut [u8], meta: &[u64]) {
         }
     }
     if rng.chance(60) {
-        let c = crc32c(&blk[..DATA_END]);
-        blk[DATA_END..].copy_from_slice(&c.to_le_bytes());
+        // A log block's CRC is where its records end (and the header may say so still).
+        let end = u16::from_le_bytes([blk[30], blk[31]]) as usize;
+        if blk[4] == crate::v2::log::KIND_LOG as u8 && (48..=BLOCK_SIZE - 4).contains(&end) {
+            let c = crc32c(&blk[..end]);
+            blk[end..end + 4].copy_from_slice(&c.to_le_bytes());
+        } else {
+            let c = crc32c(&blk[..DATA_END]);
+            blk[DATA_END..].copy_from_slice(&c.to_le_bytes());
+        }
     }
 }
 
@@ -229,11 +237,40 @@ fn fuzzed_volumes_never_panic() {
             }
         }
         v.sync().unwrap();
+        // Then fsyncs by log blocks, never committed: every mount below replays a chain of
+        // them (whose blocks the mutations hit too, CRC re-sealed where their records end).
+        for i in 0..12u64 {
+            let (f, _) = v
+                .lookup(ROOT, std::format!("f{}", 1 + i % 6 * 3).as_bytes())
+                .unwrap();
+            v.write(f, i * 1000, &[0xC0 | i as u8; 6000]).unwrap();
+            if i % 4 == 3 {
+                v.truncate(f, 2000 + i).unwrap();
+            }
+            v.fsync(f).unwrap();
+        }
+        assert_eq!(v.fsync_stats(), (12, 0));
     }
     super::fsck_clean(&mut disk);
+    let log_root = Superblock::decode(&disk.data[..BLOCK_SIZE], 0)
+        .or_else(|_| Superblock::decode(&disk.data[BLOCK_SIZE..2 * BLOCK_SIZE], 1))
+        .unwrap()
+        .log_root;
+    assert!(log_root < 300, "the log must be among the mutated blocks");
     let img0 = disk.data.clone();
-    // Metadata: the first blocks hold every node, bitmap and selector of this small image.
-    let meta: Vec<u64> = (0..300).collect();
+    // Metadata: the first blocks hold every node, bitmap and selector of this small image;
+    // log blocks (found by their header) weigh more.
+    let mut meta: Vec<u64> = (0..300).collect();
+    let mut logs = 0;
+    for b in 0..disk.data.len() / BLOCK_SIZE {
+        let h = &disk.data[b * BLOCK_SIZE..b * BLOCK_SIZE + 8];
+        if h[..4] == crate::v2::node::MAGIC.to_le_bytes() && h[4] == crate::v2::log::KIND_LOG as u8
+        {
+            meta.extend([b as u64; 20]);
+            logs += 1;
+        }
+    }
+    assert!(logs >= 12, "only {logs} log blocks");
     let mut mounted = 0;
     let mut scratch = std::vec![0u8; crate::v2::check::MIN_SCRATCH_BLOCKS * BLOCK_SIZE];
     let (mut fsck_clean, mut fsck_found) = (0, 0);

@@ -250,6 +250,13 @@ pub fn verify_volume<D: BlockIo, const N: usize, const G: usize>(
             assert!(want.insert(p), "selector block {p} used twice");
         }
     }
+    if sb.log_root != 0 {
+        assert!(
+            want.insert(sb.log_root),
+            "log root {} used twice",
+            sb.log_root
+        );
+    }
     v.tree
         .check(&mut v.dev, &mut |b, _| {
             assert!(want.insert(b), "node {b} used twice");

@@ -515,9 +515,141 @@ fn random_overwrite_rewrites_little_metadata() {
         );
         per_op.push(per);
         verify_volume(&mut v);
+        // The same with fsync: the data block and one log block each, whatever the height,
+        // and every LOG_MAX-th fsync commits.
+        let before = v.device().written;
+        let (logged0, committed0) = v.fsync_stats();
+        for _ in 0..ops {
+            let b = rng.below(blocks);
+            v.write(f, b * BLOCK_SIZE as u64, &block).unwrap();
+            v.fsync(f).unwrap();
+        }
+        let (logged, committed) = v.fsync_stats();
+        let per_fsync = (v.device().written - before) as f64 / ops as f64;
+        std::println!(
+            "v2: {blocks}-block file: {per_fsync:.2} blocks written per random overwrite + fsync ({} logged, {} committed)",
+            logged - logged0,
+            committed - committed0
+        );
+        // The commits every LOG_MAX fsyncs write every leaf changed since: about one node
+        // per op on the large file.
+        assert!(committed - committed0 <= ops / 60, "{committed}");
+        assert!(
+            per_fsync >= 2.0 && per_fsync < per / 2.0,
+            "{per_fsync} against {per}"
+        );
+        v.sync().unwrap();
+        verify_volume(&mut v);
     }
     // O(log n): a file 80 times larger costs about one more node (and its neighbours now and
     // then) per overwrite.
     assert!(per_op[0] <= 10.0, "{per_op:?}");
     assert!(per_op[1] <= per_op[0] + 3.0, "{per_op:?}");
+}
+
+#[test]
+fn large_unlink_is_freed_in_steps_and_finished_at_mount() {
+    // A file of 60 extents unlinked with steps of 8: its name goes at once, its blocks a
+    // step per commit (the bitmaps and fsck agree at every commit, the orphan included); a
+    // crash (drop) with the orphan half freed, and the mount finishes it.
+    let mut disk = MemDisk::new(2048);
+    let mut m = mem();
+    Volume::<MemDisk, N, G>::mkfs(&mut disk, &mut m, 256, 0).unwrap();
+    let keep = {
+        let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
+        v.reap_step = 8;
+        let keep = v.create(ROOT, b"keep", Kind::File).unwrap();
+        for round in 0..2 {
+            let f = v.create(ROOT, b"big", Kind::File).unwrap();
+            for b in 0..60u64 {
+                // Every other block: 60 extents.
+                v.write(f, 2 * b * 4096, &[b as u8 + 1; 4096]).unwrap();
+                v.write(keep, b * 100, &[7; 100]).unwrap();
+            }
+            v.sync().unwrap();
+            let free0 = v.space.free_blocks();
+            v.remove(ROOT, b"big").unwrap();
+            assert_eq!(v.lookup(ROOT, b"big"), Err(FsError::NotFound));
+            assert_eq!(
+                v.write(f, 0, b"x"),
+                Err(FsError::NotFound),
+                "an orphan is not writable"
+            );
+            assert_eq!(v.orphans().unwrap(), 1);
+            let mut syncs = 0;
+            while v.orphans().unwrap() > 0 {
+                v.sync().unwrap();
+                verify_volume(&mut v);
+                syncs += 1;
+                assert!(syncs < 20);
+                if round == 1 && syncs == 3 {
+                    break;
+                }
+            }
+            if round == 0 {
+                // 60 items in steps of 8: 7 more commits after the unlink's own step.
+                assert_eq!(syncs, 7);
+                assert!(v.space.free_blocks() >= free0 + 60);
+            }
+        }
+        assert_eq!(v.orphans().unwrap(), 1, "left half freed");
+        keep
+    };
+    let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
+    assert_eq!(v.orphans().unwrap(), 0, "the mount finished the orphan");
+    verify_volume(&mut v);
+    let mut b = [0u8; 100];
+    assert_eq!(v.read(keep, 0, &mut b).unwrap(), 100);
+    assert_eq!(b, [7; 100]);
+}
+
+#[test]
+fn timestamps_come_from_the_clock_and_survive_remounts() {
+    // mtime and ctime are the clock set by the caller: a create stamps the inode and its
+    // directory, a write or truncate the file, a rename the file's ctime and both
+    // directories; a sync keeps them, and an fsync keeps the file's (replayed after a crash).
+    let mut disk = MemDisk::new(1024);
+    let mut m = mem();
+    Volume::<MemDisk, N, G>::mkfs(&mut disk, &mut m, 256, 1).unwrap();
+    let (d, f) = {
+        let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
+        let t = |v: &mut V<'_>, ino| {
+            let i = v.stat(ino).unwrap();
+            (i.mtime, i.ctime)
+        };
+        v.set_clock(100);
+        let d = v.create(ROOT, b"d", Kind::Dir).unwrap();
+        let f = v.create(d, b"f", Kind::File).unwrap();
+        assert_eq!(
+            (t(&mut v, d), t(&mut v, f), t(&mut v, ROOT)),
+            ((100, 100), (100, 100), (100, 100))
+        );
+        v.set_clock(200);
+        v.write(f, 10, b"abc").unwrap();
+        assert_eq!((t(&mut v, f), t(&mut v, d)), ((200, 200), (100, 100)));
+        v.set_clock(300);
+        v.rename(d, b"f", ROOT, b"g").unwrap();
+        assert_eq!(
+            (t(&mut v, f), t(&mut v, d), t(&mut v, ROOT)),
+            ((200, 300), (300, 300), (300, 300))
+        );
+        v.set_clock(400);
+        v.truncate(f, 2).unwrap();
+        assert_eq!(t(&mut v, f), (400, 400));
+        v.sync().unwrap();
+        v.set_clock(500);
+        v.write(f, 0, b"x").unwrap();
+        v.fsync(f).unwrap();
+        assert_eq!(v.fsync_stats(), (1, 0));
+        (d, f)
+    };
+    // Dropped without a sync: the fsync's log block brings the file's times back.
+    let (mut v, info) = V::mount(&mut disk, &mut m, false).unwrap();
+    assert_eq!(info.replayed, 1);
+    let i = v.stat(f).unwrap();
+    assert_eq!((i.mtime, i.ctime, i.size), (500, 500, 2));
+    let i = v.stat(d).unwrap();
+    assert_eq!((i.mtime, i.ctime), (300, 300));
+    assert_eq!(v.lookup(ROOT, b"g"), Ok((f, Kind::File)));
+    verify_volume(&mut v);
 }
