@@ -19,8 +19,9 @@
 
 use std::time::Instant;
 
+use tinyfs::v1::MkfsOptions;
 use tinyfs::v2::volume::volume_frames;
-use tinyfs::{BLOCK_SIZE, BlockIo, IoError, IoErrorKind, MkfsOptions, Run, WriteFlags};
+use tinyfs::{BLOCK_SIZE, BlockIo, IoError, IoErrorKind, Run, WriteFlags};
 
 const DISK_BLOCKS: u64 = 16_384;
 const FILE_BYTES: usize = 4 << 20;
@@ -99,7 +100,12 @@ fn report(name: &str, ram: &Ram, w0: u64, f0: u64, ns: u128) {
 }
 
 #[inline(never)]
-fn ops_v1(fs: &mut tinyfs::Fs<'_, &mut Ram, 8, 256>, ino: tinyfs::Ino, offs: &[u64], src: &[u8]) {
+fn ops_v1(
+    fs: &mut tinyfs::v1::Fs<'_, &mut Ram, 8, 256>,
+    ino: tinyfs::v1::Ino,
+    offs: &[u64],
+    src: &[u8],
+) {
     for &o in offs {
         fs.write(ino, o, &src[..4096]).unwrap();
         fs.fsync(ino).unwrap();
@@ -115,7 +121,7 @@ fn v1(src: &[u8], offs: &[u64]) {
     let mut buf = vec![0u8; 1 << 20];
     let (w0, f0, ns);
     {
-        let mut fs = tinyfs::Fs::<&mut Ram, 8, 256>::new(&mut ram, &mut buf);
+        let mut fs = tinyfs::v1::Fs::<&mut Ram, 8, 256>::new(&mut ram, &mut buf);
         fs.mkfs(MkfsOptions::default()).unwrap();
         fs.mount(false).unwrap();
         let ino = fs.create("/rand.bin").unwrap();

@@ -1,4 +1,6 @@
-//! CRC32C (Castagnoli), table driven, computed at compile time.
+//! CRC32C (Castagnoli), slice-by-8: eight 256-entry tables built at compile time, eight bytes
+//! per step (about four times fewer instructions per byte than a byte-at-a-time table). Every
+//! checksum of both format versions goes through it.
 
 const POLY: u32 = 0x82F6_3B78;
 

@@ -12,7 +12,6 @@
 //! compared with the group's durable bitmap (found by its selector bit). The first window's
 //! walk also follows each directory's parents up to the root (a loop is reported).
 
-use super::crc::crc32c;
 use super::key::{Key, kind};
 use super::log::{self, LOG_MAX};
 use super::node::{self, HDR, MAX_HEIGHT};
@@ -20,6 +19,7 @@ use super::space::{KIND_BITMAP, KIND_SELECTOR};
 use super::superblock::{FLAG_DATA_CSUM, SELECTOR_BITS, SLOTS, Superblock};
 use super::tree::Tree;
 use super::volume::{ORPHANS, ROOT};
+use crate::crc::crc32c;
 use crate::error::{FsError, IoOp, Result};
 use crate::format::BLOCK_SIZE;
 use crate::io::BlockIo;

@@ -9,11 +9,11 @@
 //! one I/O. [`Volume::write_buffer`] lends the buffer for a zero-copy write and
 //! [`Volume::read_buffer`] lends it for a zero-copy read.
 
-use super::crc::crc32c;
 use super::key::{Key, kind};
 use super::node::MAX_HEIGHT;
 use super::space::Space;
 use super::volume::{Inode, Kind, Volume};
+use crate::crc::crc32c;
 use crate::error::{FsError, IoOp, Result};
 use crate::format::BLOCK_SIZE;
 use crate::io::{BlockIo, Run, WriteFlags};

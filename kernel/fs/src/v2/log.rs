@@ -21,12 +21,12 @@
 //! replay leaves the durable superblock and its chain as they were: the next mount replays
 //! the same records again.
 
-use super::crc::crc32c;
 use super::file::{CSUM_ITEM, CSUMS};
 use super::key::{Key, kind};
 use super::node::{MAGIC, VERSION, rd64, wr64};
 use super::space::Space;
 use super::volume::{INODE_SIZE, Inode, Kind, Volume};
+use crate::crc::crc32c;
 use crate::error::{FsError, IoOp, Result};
 use crate::format::BLOCK_SIZE;
 use crate::io::{BlockIo, Run, WriteFlags};

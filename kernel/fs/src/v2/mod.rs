@@ -2,14 +2,13 @@
 //! `(id, kind, offset)`, with a node cache of fixed size and a superblock pair as the commit
 //! record.
 //!
-//! This is the core the version-2 filesystem is built on; the crate's [`crate::Fs`] is still
-//! version 1. Everything here is `no_std` and heap-free: the node cache's frames are memory
+//! This is the filesystem the crate's [`crate::Fs`] is (version 1 stays in [`crate::v1`] for
+//! comparison). Everything here is `no_std` and heap-free: the node cache's frames are memory
 //! the caller lends (over `blk`, part of the DMA region), and nothing grows with the size of
 //! the disk or the number of items.
 
 pub mod cache;
 pub mod check;
-pub mod crc;
 pub mod file;
 pub mod fs;
 pub mod key;

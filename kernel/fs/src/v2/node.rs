@@ -6,8 +6,8 @@
 //! ranges without checking for overlaps, and no edit of a validated node can index out of
 //! the block. Every function takes a block-sized slice (`BLOCK_SIZE` bytes).
 
-use super::crc::crc32c;
 use super::key::{KEY_SIZE, Key};
+use crate::crc::crc32c;
 use crate::format::BLOCK_SIZE;
 
 /// `T F S 2`.

@@ -6,13 +6,13 @@
 //! (a few tree updates), so `NoSpace` never leaves half an operation behind; any other error
 //! fails the tree (no later commit), so an operation is all or nothing across a crash.
 
-use super::crc::crc32c;
 use super::key::{Key, kind};
 use super::log::LogState;
 use super::node::MAX_HEIGHT;
 use super::space::{FreeSpace, space_frames};
 use super::superblock::{FLAG_DATA_CSUM, Superblock};
 use super::tree::{MountInfo, Tree};
+use crate::crc::crc32c;
 use crate::error::{FsError, Result};
 use crate::format::BLOCK_SIZE;
 use crate::io::BlockIo;

@@ -405,7 +405,7 @@ fn fsync_log_is_followed_and_its_bad_records_reported() {
     let head = sb.log_root;
     let reseal = |b: &mut [u8]| {
         let end = u16::from_le_bytes([b[30], b[31]]) as usize;
-        let c = crate::v2::crc::crc32c(&b[..end]);
+        let c = crate::crc::crc32c(&b[..end]);
         b[end..end + 4].copy_from_slice(&c.to_le_bytes());
     };
     // The head's first record is a range (tag 2): ino at 49, first block at 57, count at 65,
