@@ -9,6 +9,7 @@
 //! directory tree; `put` commits once at the end, so an image changes only when the whole copy
 //! succeeded.
 
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -307,6 +308,62 @@ impl<D: BlockIo> BlockIo for Window<D> {
     }
 }
 
+/// A device whose writes stay in memory: reads see them, the device under it is only read.
+/// The read-only tools mount through it read-write, so that the filesystem is shown as the
+/// kernel's next mount would show it (the fsync log replayed, unfinished orphans freed) while
+/// the image is not changed.
+pub struct Overlay<D> {
+    dev: D,
+    written: HashMap<u64, Box<[u8]>>,
+}
+
+impl<D: BlockIo> Overlay<D> {
+    /// `dev`, with no block written yet.
+    pub fn new(dev: D) -> Self {
+        Overlay {
+            dev,
+            written: HashMap::new(),
+        }
+    }
+
+    fn range(&self, block: u64, bytes: usize) -> Result<(), IoError> {
+        let n = bytes.div_ceil(BLOCK_SIZE) as u64;
+        if block
+            .checked_add(n)
+            .is_none_or(|end| end > self.dev.block_count())
+        {
+            return Err(IoError::new(block, IoErrorKind::OutOfRange));
+        }
+        Ok(())
+    }
+}
+
+impl<D: BlockIo> BlockIo for Overlay<D> {
+    fn block_count(&self) -> u64 {
+        self.dev.block_count()
+    }
+    fn read(&mut self, block: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        self.range(block, buf.len())?;
+        for (i, out) in buf.chunks_mut(BLOCK_SIZE).enumerate() {
+            let b = block + i as u64;
+            match self.written.get(&b) {
+                Some(data) => out.copy_from_slice(&data[..out.len()]),
+                None => self.dev.read(b, out)?,
+            }
+        }
+        Ok(())
+    }
+    fn write(&mut self, runs: &[Run<'_>], _flags: WriteFlags) -> Result<(), IoError> {
+        for r in runs {
+            self.range(r.block, r.data.len())?;
+            for (i, data) in r.data.chunks(BLOCK_SIZE).enumerate() {
+                self.written.insert(r.block + i as u64, data.into());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The memory of one mount.
 fn memory() -> Vec<u8> {
     vec![0; MEM_BYTES]
@@ -515,6 +572,17 @@ pub fn fsck(image: &Path) -> Result<Fsck> {
     })
 }
 
+/// Mounts `dev` for a tool that only reads: read-write over an [`Overlay`], so that what it
+/// shows includes the fsync log and finished orphans (a read-only mount does not replay the
+/// log), while `dev` is only read.
+fn mount_view<'b, D: BlockIo>(
+    dev: D,
+    mem: &'b mut [u8],
+    image: &Path,
+) -> Result<HostFs<'b, Overlay<D>>> {
+    mount_with(Overlay::new(dev), mem, image, false, false)
+}
+
 /// Mounts `dev` for a tool; a fallback to the older commit is printed on stderr, and a write
 /// mount of a rolled-back filesystem (the newest tree corrupt: read-only) is refused.
 fn mount<'b, D: BlockIo>(
@@ -523,8 +591,19 @@ fn mount<'b, D: BlockIo>(
     image: &Path,
     write: bool,
 ) -> Result<HostFs<'b, D>> {
+    mount_with(dev, mem, image, write, !write)
+}
+
+/// [`mount`], read-only when `read_only`.
+fn mount_with<'b, D: BlockIo>(
+    dev: D,
+    mem: &'b mut [u8],
+    image: &Path,
+    write: bool,
+    read_only: bool,
+) -> Result<HostFs<'b, D>> {
     let what = format!("mounting {}", image.display());
-    let (fs, info) = HostFs::mount(dev, mem, !write).map_err(fs_err(&what))?;
+    let (fs, info) = HostFs::mount(dev, mem, read_only).map_err(fs_err(&what))?;
     if info.rolled_back {
         eprintln!(
             "warning: {}: the newest commit's tree is corrupt: generation {} mounted read-only",
@@ -577,7 +656,7 @@ fn list<D: BlockIo>(fs: &mut HostFs<'_, D>, dir: Ino) -> Result<Vec<Entry>, FsEr
 /// The entries of directory `path` (or the file itself), sorted by name.
 pub fn ls(image: &Path, path: &str) -> Result<Vec<Entry>> {
     let mut mem = memory();
-    let mut fs = mount(open(image, false)?, &mut mem, image, false)?;
+    let mut fs = mount_view(open(image, false)?, &mut mem, image)?;
     let what = format!("ls {}:{path}", image.display());
     let st = fs.stat_path(path).map_err(fs_err(&what))?;
     if st.kind == Kind::Dir {
@@ -594,7 +673,7 @@ pub fn ls(image: &Path, path: &str) -> Result<Vec<Entry>> {
 /// The whole contents of file `path` of `image`.
 pub fn read_file(image: &Path, path: &str) -> Result<Vec<u8>> {
     let mut mem = memory();
-    let mut fs = mount(open(image, false)?, &mut mem, image, false)?;
+    let mut fs = mount_view(open(image, false)?, &mut mem, image)?;
     let what = format!("read {}:{path}", image.display());
     let st = fs.stat_path(path).map_err(fs_err(&what))?;
     if st.kind == Kind::Dir {
@@ -796,7 +875,7 @@ fn list_inos<D: BlockIo>(
 /// directory), a directory's whole tree into `host` (created if missing).
 pub fn get(image: &Path, path: &str, host: &Path) -> Result<Copied> {
     let mut mem = memory();
-    let mut fs = mount(open(image, false)?, &mut mem, image, false)?;
+    let mut fs = mount_view(open(image, false)?, &mut mem, image)?;
     let what = format!("get {}:{path}", image.display());
     let st = fs.stat_path(path).map_err(fs_err(&what))?;
     let mut c = Copied::default();
@@ -1111,6 +1190,39 @@ mod tests {
             })
             .max_by_key(|s| s.generation)
             .unwrap()
+    }
+
+    #[test]
+    fn reading_tools_show_fsynced_data_and_leave_the_image_alone() {
+        let dir = TempDir::new("fsynced");
+        let img = dir.path.join("fs.img");
+        mkfs(&img, 32 << 20).unwrap();
+        let one = dir.path.join("one");
+        fs::write(&one, vec![1u8; 8192]).unwrap();
+        put(&img, &one, "/f").unwrap();
+        // Overwrite and fsync, then stop without a commit (a power cut): the new data is
+        // only in the fsync log.
+        {
+            let mut mem = memory();
+            let (mut fs, _) = HostFs::mount(open(&img, true).unwrap(), &mut mem, false).unwrap();
+            let ino = fs.open("/f").unwrap();
+            fs.write(ino, 4096, &[2u8; 4096]).unwrap();
+            fs.fsync(ino).unwrap();
+        }
+        let before = fs::read(&img).unwrap();
+        let mut want = vec![1u8; 4096];
+        want.extend_from_slice(&[2u8; 4096]);
+        assert_eq!(
+            read_file(&img, "/f").unwrap(),
+            want,
+            "the fsync log is not replayed"
+        );
+        assert_eq!(ls(&img, "/f").unwrap()[0].size, 8192);
+        assert!(
+            fs::read(&img).unwrap() == before,
+            "a reading tool wrote the image"
+        );
+        assert_eq!(exit_status(&img), ExitCode::SUCCESS);
     }
 
     #[test]
