@@ -218,7 +218,8 @@ impl<'m> Instance<'m> {
     /// writes; on a blank writable disk (both superblocks all zeros) writes a filesystem
     /// first. Anything else that does not mount is an error (never reformatted). A fallback
     /// to the older commit record is logged ([`log_mount`]); a corrupt newest tree mounts the
-    /// older one read-only.
+    /// older one read-only. A read-only mount does not replay the fsync log: a pending log is
+    /// announced.
     pub fn mount_kernel(&mut self) -> Result<(KernelFs<'_>, Mounted, MountInfo), FsError> {
         let read_only = self.dev.read_only();
         if read_only {
@@ -235,8 +236,16 @@ impl<'m> Instance<'m> {
             }
             Err(e) => return Err(e),
         };
-        let (fs, info) = KernelFs::mount(&mut self.disk, self.mem, read_only)?;
+        let (mut fs, info) = KernelFs::mount(&mut self.disk, self.mem, read_only)?;
         log_mount(&info);
+        if read_only && fs.volume().superblock().log_root != 0 {
+            // A read-only mount shows the last commit: what was fsynced after it is in the
+            // log, which only a read-write mount replays.
+            defmt::warn!(
+                "fs: read-only: the fsync log after generation {=u64} is NOT replayed: files fsynced since show their contents as of that commit (a read-write mount replays the log)",
+                info.generation
+            );
+        }
         Ok((fs, how, info))
     }
 
