@@ -60,8 +60,8 @@ macro_rules! driver_stats {
             }
 
             /// Adds every counter of `other` to this set's (relaxed loads and adds): for totals
-            /// over sets kept per hardware queue. Counters that are counts only (a maximum
-            /// kept in a counter does not add up).
+            /// over sets kept per hardware queue. Only for sets whose counters are all counts:
+            /// a high-water mark kept in a counter would be added, not maxed.
             pub fn add_from(&self, other: &Self) {
                 $(
                     self.$name.fetch_add(
