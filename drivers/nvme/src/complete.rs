@@ -13,6 +13,7 @@ use blk::{BlkError, BlkStatus};
 use crate::ctrl::{AdminQ, IoQ, MAX_IO_QUEUES, Nvme, Pair, QUEUE_DEPTH};
 use crate::queue::INTERNAL_CID;
 use crate::regs::IntVectors;
+use crate::stats::DriverStats;
 
 /// Completions delivered per pass of the interrupt path: a full batch leaves the reap pending
 /// for another pass. The cold paths (bring-up, reset, waits for admin commands) collect into a
@@ -33,7 +34,6 @@ impl Nvme {
     /// The interrupt handler of vector 0: with INTx or a single MSI-X vector the only one.
     /// See [`Nvme::handle_vector`].
     pub fn handle_irq(&self) {
-        self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
         self.reap_vector(0);
     }
 
@@ -44,7 +44,6 @@ impl Nvme {
         if v >= self.nr_io {
             return;
         }
-        self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
         self.reap_vector(v);
     }
 
@@ -52,6 +51,7 @@ impl Nvme {
     #[inline(always)]
     fn reap_vector(&self, v: usize) {
         let pair = &self.pairs[v];
+        pair.stats.interrupts.fetch_add(1, Ordering::Relaxed);
         let hand = &pair.hand;
         hand.request();
         if self.reap_pending(pair, v == 0) || !self.cfg.intx {
@@ -64,7 +64,7 @@ impl Nvme {
         // try once more ourselves.
         self.regs.mask_vectors(IntVectors::V0);
         hand.masked();
-        self.stats.masks.fetch_add(1, Ordering::Relaxed);
+        pair.stats.masks.fetch_add(1, Ordering::Relaxed);
         self.reap_pending(pair, v == 0);
     }
 
@@ -97,9 +97,9 @@ impl Nvme {
                     // Not got: the admin lock's holder reaps both queues when it lets go.
                     handed_over = admin.is_none();
                 }
-                let mut n = self.reap_io(&mut io, &mut done);
+                let mut n = self.reap_io(&mut io, &mut done, &pair.stats);
                 if let Some(a) = admin.as_mut() {
-                    n += self.reap_admin(a, &mut done);
+                    n += self.reap_admin(a, &mut done, &pair.stats);
                 }
                 if done.is_full() {
                     pair.hand.request();
@@ -117,7 +117,7 @@ impl Nvme {
             }
             drop(admin);
             drop(io);
-            self.deliver(&done);
+            self.deliver(&done, &pair.stats);
             if handed_over {
                 return false;
             }
@@ -126,7 +126,7 @@ impl Nvme {
         // controller has lowered its INTx status, and unmasking raises the line again only
         // if something new was posted since (a fresh edge for the PLIC).
         if pair.hand.take_mask() {
-            self.stats.unmasks.fetch_add(1, Ordering::Relaxed);
+            pair.stats.unmasks.fetch_add(1, Ordering::Relaxed);
             self.regs.unmask_vectors(IntVectors::V0);
         }
         true
@@ -162,6 +162,7 @@ impl Nvme {
         &self,
         io: &mut IoQ,
         done: &mut CompletionBatch<N>,
+        stats: &DriverStats,
     ) -> usize {
         let mut n = 0;
         let mut resubmit = false;
@@ -170,10 +171,10 @@ impl Nvme {
             io.cq.advance();
             n += 1;
             if e.sq_id != io.qid || !io.sq.set_head(e.sq_head) {
-                self.stats.bad_sq.fetch_add(1, Ordering::Relaxed);
+                stats.bad_sq.fetch_add(1, Ordering::Relaxed);
             }
             let Ok(tag) = io.cids.complete(e.cid) else {
-                self.stats.bad_cids.fetch_add(1, Ordering::Relaxed);
+                stats.bad_cids.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             let st = e.status.to_blk();
@@ -193,11 +194,11 @@ impl Nvme {
             let _ = done.push(tag, st);
         }
         if n > 0 {
-            self.stats.reaped.fetch_add(n as u64, Ordering::Relaxed);
+            stats.reaped.fetch_add(n as u64, Ordering::Relaxed);
             self.regs.ring(io.cq_db, io.cq.head());
         }
         if resubmit {
-            self.ring_io(io);
+            self.ring_io(io, stats);
         }
         n
     }
@@ -239,6 +240,7 @@ impl Nvme {
         &self,
         a: &mut AdminQ,
         done: &mut CompletionBatch<N>,
+        stats: &DriverStats,
     ) -> usize {
         let mut n = 0;
         let mut matched = 0u32;
@@ -247,7 +249,7 @@ impl Nvme {
             a.cq.advance();
             n += 1;
             if e.sq_id != 0 || !a.sq.set_head(e.sq_head) {
-                self.stats.bad_sq.fetch_add(1, Ordering::Relaxed);
+                stats.bad_sq.fetch_add(1, Ordering::Relaxed);
             }
             if e.cid & INTERNAL_CID != 0 {
                 if a.internal_cid == Some(e.cid) {
@@ -255,7 +257,7 @@ impl Nvme {
                     a.internal = Some(e);
                     matched += 1;
                 } else {
-                    self.stats.bad_cids.fetch_add(1, Ordering::Relaxed);
+                    stats.bad_cids.fetch_add(1, Ordering::Relaxed);
                 }
                 continue;
             }
@@ -265,12 +267,12 @@ impl Nvme {
                     let _ = done.push_pt(tag, e.status.to_blk(), e.result as u64);
                 }
                 Err(_) => {
-                    self.stats.bad_cids.fetch_add(1, Ordering::Relaxed);
+                    stats.bad_cids.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
         if n > 0 {
-            self.stats.reaped.fetch_add(n as u64, Ordering::Relaxed);
+            stats.reaped.fetch_add(n as u64, Ordering::Relaxed);
             self.regs.ring_cq(0, a.cq.head());
             let left = self.admin_outstanding.load(Ordering::Relaxed);
             self.admin_outstanding
@@ -282,7 +284,7 @@ impl Nvme {
     /// Hands the gathered completions to the block layer (after the locks are let go) and
     /// counts them. With one namespace queue a slot is its tag; with more, each completion
     /// goes to its slot's queue.
-    pub(crate) fn deliver<const N: usize>(&self, done: &CompletionBatch<N>) {
+    pub(crate) fn deliver<const N: usize>(&self, done: &CompletionBatch<N>, stats: &DriverStats) {
         if done.is_empty() {
             return;
         }
@@ -291,7 +293,7 @@ impl Nvme {
         } else {
             self.deliver_routed(done)
         };
-        d.count(&self.stats.completions, &self.stats.errors);
+        d.count(&stats.completions, &stats.errors);
     }
 
     /// [`Nvme::deliver`] for several namespace queues: slot `q * QUEUE_DEPTH + t` completes
@@ -339,9 +341,9 @@ impl Nvme {
             return 0;
         };
         pair.hand.request();
-        let before = self.stats.reaped.load(Ordering::Relaxed);
+        let before = pair.stats.reaped.load(Ordering::Relaxed);
         self.reap_pending(pair, k == 0);
-        self.stats
+        pair.stats
             .reaped
             .load(Ordering::Relaxed)
             .wrapping_sub(before) as usize

@@ -181,8 +181,8 @@ impl IoQ {
 }
 
 /// One I/O queue pair with what its submitter and its interrupt handler share: the reap
-/// hand-over and the unrung flag. Each pair on cache lines of its own, so that CPUs on
-/// different pairs write no common line.
+/// hand-over, the unrung flag and the pair's counters. Each pair on cache lines of its own, so
+/// that CPUs on different pairs write no common line.
 #[repr(align(128))]
 pub(crate) struct Pair {
     pub(crate) io: Mutex<IoQ>,
@@ -192,6 +192,9 @@ pub(crate) struct Pair {
     pub(crate) hand: ReapHandover,
     /// Entries pushed on this pair's submission queue and not rung yet (`commit` rings them).
     pub(crate) unrung: AtomicBool,
+    /// The counters of the I/O path on this pair (submission, doorbells, its interrupts,
+    /// reaps and completions): [`Nvme::stats`] adds them up.
+    pub(crate) stats: DriverStats,
 }
 
 /// The admin queue pair, passthrough commands in flight on it, and the driver's own command.
@@ -242,6 +245,8 @@ pub struct Nvme {
     pub(crate) dead: AtomicBool,
     /// A fatal status was seen: reset from process context.
     pub(crate) reset_wanted: AtomicBool,
+    /// The counters of the controller's own paths (admin, passthrough, resets, timeouts);
+    /// each pair keeps those of its I/O path.
     pub(crate) stats: DriverStats,
 }
 
@@ -332,6 +337,7 @@ impl Nvme {
                 io: Mutex::new(IoQ::new(&regs, IOQ + k as u16, entries)?),
                 hand: ReapHandover::new(),
                 unrung: AtomicBool::new(false),
+                stats: DriverStats::new(),
             });
         }
         let pairs = pairs.map(|p| p.expect("every pair was made above"));
@@ -579,7 +585,7 @@ impl Nvme {
         );
         let mut got = None;
         wait_until(self.cfg.clock, 2_000, || {
-            self.reap_admin(a, done);
+            self.reap_admin(a, done, &self.stats);
             if let Some(e) = a.internal.take()
                 && e.cid == cid
             {
@@ -652,9 +658,16 @@ impl Nvme {
     pub fn mode(&self) -> Mode {
         self.cfg.mode
     }
-    /// The counters.
-    pub fn stats(&self) -> &DriverStats {
-        &self.stats
+    /// The counters: totals over the controller's own and every I/O queue pair's (each
+    /// counter read once, relaxed; not at one instant). A copy: read it again for later
+    /// values.
+    pub fn stats(&self) -> DriverStats {
+        let total = DriverStats::new();
+        total.add_from(&self.stats);
+        for p in &self.pairs {
+            total.add_from(&p.stats);
+        }
+        total
     }
     /// Connects the block layer's queue of the first attached namespace (completion by tag).
     pub fn attach(&self, queue: &'static dyn TagComplete) {

@@ -16,6 +16,7 @@ use crate::ctrl::{IoQ, LIST_PAGES, MAX_IO_QUEUES, MAX_SEGMENTS, Nvme, QUEUE_DEPT
 use crate::device_error;
 use crate::prp::{ListPages, PAGE, build_prp, build_sgl};
 use crate::spec::nvm;
+use crate::stats::DriverStats;
 
 /// Scatter-gather entries of the list on the stack for requests of a few segments (clearing
 /// a `MAX_SEGMENTS` list for each of them was ~300 instructions); bigger ones map out of line.
@@ -25,13 +26,14 @@ const SMALL_SG: usize = 4;
 const MAX_BLOCKS: u32 = 65536;
 
 impl Nvme {
-    /// Rings an I/O submission queue doorbell for entries pushed since the last ring.
-    pub(crate) fn ring_io(&self, io: &mut IoQ) {
+    /// Rings an I/O submission queue doorbell for entries pushed since the last ring (counted
+    /// in `stats`: its pair's).
+    pub(crate) fn ring_io(&self, io: &mut IoQ, stats: &DriverStats) {
         if io.rung != io.sq.tail() {
             fence(Ordering::SeqCst);
             self.regs.ring(io.sq_db, io.sq.tail());
             io.rung = io.sq.tail();
-            self.stats.doorbells.fetch_add(1, Ordering::Relaxed);
+            stats.doorbells.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -44,8 +46,13 @@ impl Nvme {
         }
     }
 
-    /// PRPs or SGLs for `sg` in slot `slot`'s list pages.
-    pub(crate) fn data_ptr(&self, slot: u16, sg: &[SgEntry]) -> Result<DataPtr, QueueRqError> {
+    /// PRPs or SGLs for `sg` in slot `slot`'s list pages (counted in `stats`).
+    pub(crate) fn data_ptr(
+        &self,
+        slot: u16,
+        sg: &[SgEntry],
+        stats: &DriverStats,
+    ) -> Result<DataPtr, QueueRqError> {
         let lp = self.list_pages(slot);
         let r = if self.info.sgl {
             build_sgl(sg, &lp)
@@ -54,23 +61,25 @@ impl Nvme {
         };
         let (d, pages) = r.map_err(|_| QueueRqError::Fatal(BlkError::InvalidArgument))?;
         if self.info.sgl {
-            self.stats.sgls.fetch_add(1, Ordering::Relaxed);
+            stats.sgls.fetch_add(1, Ordering::Relaxed);
         } else if pages > 0 {
-            self.stats.prp_lists.fetch_add(1, Ordering::Relaxed);
+            stats.prp_lists.fetch_add(1, Ordering::Relaxed);
         }
         if pages > 1 {
-            self.stats.chained_lists.fetch_add(1, Ordering::Relaxed);
+            stats.chained_lists.fetch_add(1, Ordering::Relaxed);
         }
         Ok(d)
     }
 
     /// The command of a read, write, flush, write zeroes or discard for namespace queue `q`
-    /// in slot `slot`; `true` when a PREFLUSH write needs a flush first.
+    /// in slot `slot` (list pages counted in `stats`); `true` when a PREFLUSH write needs a
+    /// flush first.
     fn build<Q: QueueIndex>(
         &self,
         q: Q,
         slot: u16,
         rq: &Request,
+        stats: &DriverStats,
     ) -> Result<(Command, bool), QueueRqError> {
         let ns = &self.ns[q.get()];
         let shift = ns.block_size.trailing_zeros();
@@ -83,7 +92,7 @@ impl Nvme {
                 let fua = write && rq.flags().contains(BioFlags::FUA);
                 let mut c = Command::rw(opc, nsid, r.lba, r.blocks, fua);
                 let data = with_sg::<SMALL_SG, MAX_SEGMENTS, _>(rq, &self.limits, |sg| {
-                    self.data_ptr(slot, sg)
+                    self.data_ptr(slot, sg, stats)
                 })??;
                 c.set_data(data);
                 let pre = write && self.info.vwc && rq.flags().contains(BioFlags::PREFLUSH);
@@ -129,22 +138,21 @@ impl Nvme {
             self.after_unlock(0);
             return r;
         }
-        let (cmd, preflush) = self.build(q, slot, rq)?;
-        let k = self.pair_of(rq.hctx());
-        let pair = &self.pairs[k];
+        let pair = &self.pairs[self.pair_of(rq.hctx())];
+        let (cmd, preflush) = self.build(q, slot, rq, &pair.stats)?;
         let mut io = pair.io.lock();
         if io.sq.is_full() {
             drop(io);
-            self.stats.busy.fetch_add(1, Ordering::Relaxed);
+            pair.stats.busy.fetch_add(1, Ordering::Relaxed);
             return Err(QueueRqError::Busy);
         }
         let Some(cid) = io.cids.issue(slot) else {
             drop(io);
-            self.stats.busy.fetch_add(1, Ordering::Relaxed);
+            pair.stats.busy.fetch_add(1, Ordering::Relaxed);
             return Err(QueueRqError::Busy);
         };
         let mut first = if preflush {
-            self.stats.preflushes.fetch_add(1, Ordering::Relaxed);
+            pair.stats.preflushes.fetch_add(1, Ordering::Relaxed);
             if let Some(s) = self.staged.get(slot as usize) {
                 *s.lock() = Some(cmd);
                 io.staged += 1;
@@ -155,9 +163,9 @@ impl Nvme {
         };
         first.set_cid(cid);
         let _ = io.sq.push(&first);
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        pair.stats.requests.fetch_add(1, Ordering::Relaxed);
         if last {
-            self.ring_io(&mut io);
+            self.ring_io(&mut io, &pair.stats);
         } else {
             pair.unrung.store(true, Ordering::Relaxed);
         }
@@ -227,7 +235,7 @@ impl Nvme {
         if pair.unrung.load(Ordering::Relaxed) {
             let mut io = pair.io.lock();
             pair.unrung.store(false, Ordering::Relaxed);
-            self.ring_io(&mut io);
+            self.ring_io(&mut io, &pair.stats);
             drop(io);
         }
         self.after_unlock_pair(pair, k == 0);

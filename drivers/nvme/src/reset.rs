@@ -26,7 +26,7 @@ impl Nvme {
             let mut a = self.admin.lock();
             self.admin_sync(&mut a, c, &mut done)
         };
-        self.deliver(&done);
+        self.deliver(&done, &self.stats);
         self.after_unlock(0);
         r
     }
@@ -43,9 +43,9 @@ impl Nvme {
             let mut a = self.admin.lock();
             // What already finished completes normally.
             for io in ios.iter_mut() {
-                self.reap_io(io, &mut done);
+                self.reap_io(io, &mut done, &self.stats);
             }
-            self.reap_admin(&mut a, &mut done);
+            self.reap_admin(&mut a, &mut done, &self.stats);
             self.delete_io_queues(&mut a, &mut ios, &mut done);
             let _ = self.disable();
             // What was still in flight fails after it (dropped if `done` is full: it has room
@@ -82,7 +82,7 @@ impl Nvme {
             self.pairs[0].hand.clear_mask();
             self.regs.unmask_vectors(IntVectors::V0);
         }
-        self.deliver(&done);
+        self.deliver(&done, &self.stats);
         self.after_unlock_all();
         ok
     }
@@ -107,7 +107,7 @@ impl Nvme {
                 return;
             }
             io.live = false;
-            self.reap_io(io, done);
+            self.reap_io(io, done, &self.stats);
         }
         for io in ios.iter_mut() {
             let _ = self.admin_sync(a, Command::delete_cq(io.qid), done);

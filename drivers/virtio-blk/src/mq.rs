@@ -10,7 +10,7 @@ use core::sync::atomic::Ordering::{Relaxed, SeqCst};
 use blk::{BioFlags, Op};
 
 use crate::fake::Device;
-use crate::queue::QueueFallback;
+use crate::queue::{DriverStats, QueueFallback};
 use crate::stack::{BIO_DONE, BIO_ERR, Setup, Stack, reset_counters, serial};
 
 /// `VIRTIO_BLK_F_MQ` (virtio 1.2, 5.2.3), spelled out here rather than taken from the driver.
@@ -57,6 +57,13 @@ fn each_cpu_submits_on_its_own_ring_and_its_interrupt_reaps_only_that_ring() {
     assert_eq!(info.queue_fallback, None);
     assert_ne!(s.dev().driver_features & F_MQ, 0, "MQ not negotiated");
     assert_eq!((s.hw.nr_queues(), s.q.nr_hw_contexts()), (4, 4));
+    let before = s.hw.stats().snapshot();
+    let rung = || {
+        (0..4)
+            .map(|q| s.dev().queue_notifies[q] as u64)
+            .sum::<u64>()
+    };
+    let rung0 = rung();
     for cpu in 0..4 {
         assert!(!s.q.hw_context_shared(cpu));
         read_on(s, cpu, cpu);
@@ -84,6 +91,21 @@ fn each_cpu_submits_on_its_own_ring_and_its_interrupt_reaps_only_that_ring() {
         assert_eq!(s.dev().queue_served[q], 1, "queue {q}");
     }
     assert_eq!(BIO_ERR.iter().map(|e| e.load(SeqCst)).sum::<u32>(), 0);
+    // Each queue counted its own I/O path; the totals add every queue's up.
+    let t = s.hw.stats();
+    let delta = |name: &str| {
+        let k = DriverStats::NAMES.iter().position(|n| *n == name).unwrap();
+        t.snapshot()[k] - before[k]
+    };
+    assert_eq!(delta("requests"), 4);
+    assert_eq!(delta("reaped"), 4);
+    assert_eq!(delta("completions"), 4);
+    assert_eq!(delta("errors"), 0);
+    // Seven handler runs: three that found their ring empty, four that reaped one each.
+    assert_eq!(delta("interrupts"), 7);
+    // One doorbell decision per read (each the last of its batch), every doorbell counted.
+    assert_eq!(delta("notifies") + delta("notifies_suppressed"), 4);
+    assert_eq!(delta("notifies"), rung() - rung0);
     s.check_idle(4).unwrap();
 }
 

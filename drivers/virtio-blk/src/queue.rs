@@ -104,8 +104,8 @@ pub(crate) struct Inner {
 }
 
 /// One request queue (virtqueue): its ring state under its own lock (taken by the one CPU
-/// that submits to it and by its interrupt handler), and its reap hand-over flags. Aligned so
-/// that two queues never share a cache line (pair).
+/// that submits to it and by its interrupt handler), its reap hand-over flags and its
+/// counters. Aligned so that two queues never share a cache line (pair).
 #[repr(align(128))]
 pub(crate) struct Vq {
     inner: Mutex<Inner>,
@@ -117,6 +117,9 @@ pub(crate) struct Vq {
     unnotified: AtomicBool,
     /// Requests completed from this queue's used ring.
     completions: AtomicU64,
+    /// The counters of the I/O path on this queue (requests, doorbells, its interrupts, reaps
+    /// and completions): [`VirtioBlk::stats`] adds them up.
+    stats: DriverStats,
 }
 
 impl Vq {
@@ -136,6 +139,7 @@ impl Vq {
             reap_pending: AtomicBool::new(false),
             unnotified: AtomicBool::new(false),
             completions: AtomicU64::new(0),
+            stats: DriverStats::new(),
         }
     }
 }
@@ -176,6 +180,8 @@ pub struct VirtioBlk {
     /// `corrupt_next` is set (checked before taking its lock on every used entry).
     #[cfg(feature = "fault-injection")]
     corrupt_armed: AtomicBool,
+    /// The counters of the device's own paths (resets, timeouts, completions a reset
+    /// delivers); each queue keeps those of its I/O path.
     stats: DriverStats,
 }
 
@@ -195,9 +201,15 @@ impl VirtioBlk {
         self.mode
     }
 
-    /// Counters.
-    pub fn stats(&self) -> &DriverStats {
-        &self.stats
+    /// Counters: totals over the device's own and every queue's (each counter read once,
+    /// relaxed; not at one instant). A copy: read it again for later values.
+    pub fn stats(&self) -> DriverStats {
+        let total = DriverStats::new();
+        total.add_from(&self.stats);
+        for v in self.queues() {
+            total.add_from(&v.stats);
+        }
+        total
     }
 
     /// Connects the block layer's queue (completion by tag). Once.

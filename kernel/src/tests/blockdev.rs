@@ -534,8 +534,8 @@ ktest! {
         let (fua0, pre0) = (s.fua_flushes.load(Ordering::Relaxed), s.preflushes.load(Ordering::Relaxed));
         flush_and_fua(&t)?;
         if d.hw.info().flush {
-            check_eq!(s.fua_flushes.load(Ordering::Relaxed) - fua0, 1);
-            check_eq!(s.preflushes.load(Ordering::Relaxed) - pre0, 1);
+            check_eq!(d.hw.stats().fua_flushes.load(Ordering::Relaxed) - fua0, 1);
+            check_eq!(d.hw.stats().preflushes.load(Ordering::Relaxed) - pre0, 1);
         }
         Ok(())
     }
@@ -553,11 +553,11 @@ ktest! {
             d.irq_count(),
         );
         completion_accounting(&t)?;
-        let reqs = s.requests.load(Ordering::Relaxed) - req0;
-        check_eq!(s.completions.load(Ordering::Relaxed) - done0, reqs);
+        let reqs = d.hw.stats().requests.load(Ordering::Relaxed) - req0;
+        check_eq!(d.hw.stats().completions.load(Ordering::Relaxed) - done0, reqs);
         check_eq!(d.hw.in_flight(), 0);
         if d.irq.is_some() {
-            let handler_runs = s.interrupts.load(Ordering::Relaxed) - irq0;
+            let handler_runs = d.hw.stats().interrupts.load(Ordering::Relaxed) - irq0;
             check!(handler_runs > 0, "{} requests completed without an interrupt", reqs);
             check_eq!(d.irq_count() - line0, handler_runs);
             check!(handler_runs <= reqs, "{} interrupts for {} requests", handler_runs, reqs);
@@ -598,8 +598,14 @@ fn corrupt_used_ring() -> TestResult {
             d.hw.inject_corrupt_used(id),
             "requests in flight at injection"
         );
-        check_eq!(s.bad_used_ids.load(Ordering::Relaxed), bad0 + k as u64 + 1);
-        check_eq!(s.resets.load(Ordering::Relaxed), resets0 + k as u64 + 1);
+        check_eq!(
+            d.hw.stats().bad_used_ids.load(Ordering::Relaxed),
+            bad0 + k as u64 + 1
+        );
+        check_eq!(
+            d.hw.stats().resets.load(Ordering::Relaxed),
+            resets0 + k as u64 + 1
+        );
         check!(!d.hw.is_dead(), "device dead after a reset");
     }
     // A corrupt id on a real completion: the device is reset, the request it cut off ends
@@ -617,7 +623,7 @@ fn corrupt_used_ring() -> TestResult {
     // bio) and are not touched meanwhile.
     unsafe { io_ok(&t, Op::Read, 100, &[(r.phys(), 4096)], BioFlags::empty()) }?;
     check!(r.as_slice() == w.as_slice(), "read after reset wrong");
-    check_eq!(s.bad_used_ids.load(Ordering::Relaxed), bad0 + 3);
+    check_eq!(d.hw.stats().bad_used_ids.load(Ordering::Relaxed), bad0 + 3);
     let after = (t.stats)();
     check!(
         after.requeues > before.requeues,
@@ -625,7 +631,7 @@ fn corrupt_used_ring() -> TestResult {
     );
     check_eq!(after.retries, before.retries);
     check!(
-        s.errors.load(Ordering::Relaxed) > 0,
+        d.hw.stats().errors.load(Ordering::Relaxed) > 0,
         "no device error reported"
     );
     // Still working afterwards.

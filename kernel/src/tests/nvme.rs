@@ -62,10 +62,10 @@ ktest! {
         let bad0 = s.bad_cids.load(Ordering::Relaxed);
         completion_accounting(&t)?;
         check_eq!(d.hw.in_flight(), 0);
-        check_eq!(s.bad_cids.load(Ordering::Relaxed), bad0);
+        check_eq!(d.hw.stats().bad_cids.load(Ordering::Relaxed), bad0);
         if d.irq.is_some() {
             check!(
-                s.interrupts.load(Ordering::Relaxed) > irq0,
+                d.hw.stats().interrupts.load(Ordering::Relaxed) > irq0,
                 "no interrupt for 32 reads"
             );
         }
@@ -183,7 +183,7 @@ ktest! {
         res?;
         defmt::println!("reset ({}) with {=usize} commands in flight", d.attach, in_flight);
         async_wait(32)?;
-        check_eq!(s.resets.load(Ordering::Relaxed), resets0 + 1);
+        check_eq!(d.hw.stats().resets.load(Ordering::Relaxed), resets0 + 1);
         check!(!d.hw.is_dead(), "controller dead");
         let after = (t.stats)();
         check_eq!(after.late_completions, before.late_completions);
@@ -453,7 +453,7 @@ ktest! {
         res?;
         defmt::println!("reset with {=usize} commands in flight on two namespaces", in_flight);
         async_wait(2 * N as u32)?;
-        check_eq!(s.resets.load(Ordering::Relaxed), resets0 + 1);
+        check_eq!(d.hw.stats().resets.load(Ordering::Relaxed), resets0 + 1);
         check!(!d.hw.is_dead(), "controller dead");
         for (k, tk) in t.iter().enumerate() {
             check_eq!((tk.stats)().late_completions, late0[k]);

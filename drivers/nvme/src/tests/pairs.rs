@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::DriverStats;
 
 /// The driver asking for `queues` pairs, under a queue whose `cpus` CPUs are mapped onto the
 /// pairs granted, one submission context per CPU.
@@ -130,6 +131,7 @@ fn one_pair_per_cpu_each_request_on_its_own_sq_and_cq() {
     // Two reads from each CPU.
     let sectors: Vec<u64> = (0..8).map(|k| 100 + 8 * k).collect();
     let irqs = e.irqs_now();
+    let before = e.nvme.stats().snapshot();
     let counts: Vec<Counts> = (0..8)
         .map(|k| e.read(k % 4, sectors[k], &bufs[k]))
         .collect();
@@ -161,6 +163,18 @@ fn one_pair_per_cpu_each_request_on_its_own_sq_and_cq() {
     assert_eq!(e.rec.take().len(), 8);
     assert_eq!(e.nvme.in_flight(), 0);
     assert_eq!(e.q.tags_in_use(), 0);
+    // Each pair counted its own I/O path; the totals add every pair's up.
+    let after = e.nvme.stats().snapshot();
+    let delta = |name: &str| {
+        let k = DriverStats::NAMES.iter().position(|n| *n == name).unwrap();
+        after[k] - before[k]
+    };
+    assert_eq!(delta("requests"), 8);
+    assert_eq!(delta("reaped"), 8);
+    assert_eq!(delta("completions"), 8);
+    assert_eq!(delta("errors"), 0);
+    // Vectors 2, 0, 1 and 3 (7 has no pair and is not counted).
+    assert_eq!(delta("interrupts"), 4);
     // Polling one context reaps only its pair.
     let c = e.read(1, 300, &bufs[0]);
     let d = e.read(3, 308, &bufs[1]);

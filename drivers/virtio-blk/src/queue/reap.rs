@@ -9,7 +9,7 @@ use blk::driver::{CompletionBatch, Deliver};
 use spin::MutexGuard;
 use virtio_drivers::transport::Transport;
 
-use super::{CMD_STATUS, CMD_STRIDE, Inner, Mode, Slot, VirtioBlk, Vq, device_error};
+use super::{CMD_STATUS, CMD_STRIDE, DriverStats, Inner, Mode, Slot, VirtioBlk, Vq, device_error};
 use crate::sg::NONE;
 use crate::spec::status;
 
@@ -73,7 +73,7 @@ impl VirtioBlk {
     /// unmasks after the mask, whatever CPU it runs on.
     #[inline]
     fn handle_vq_irq(&self, v: &Vq) -> usize {
-        self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+        v.stats.interrupts.fetch_add(1, Ordering::Relaxed);
         v.reap_pending.store(true, Ordering::Release);
         fence(Ordering::SeqCst);
         if let Some(inner) = v.inner.try_lock() {
@@ -152,15 +152,15 @@ impl VirtioBlk {
         v.completions
             .store(c + done.len() as u64, Ordering::Relaxed);
         drop(inner);
-        self.deliver(&done);
+        self.deliver(&done, &v.stats);
         done.len()
     }
 
-    /// Completes `done` to the attached queue, counting completions and errors (called with
-    /// the queue lock released).
-    pub(super) fn deliver(&self, done: &impl Deliver) {
+    /// Completes `done` to the attached queue, counting completions and errors in `stats`
+    /// (called with the queue lock released).
+    pub(super) fn deliver(&self, done: &impl Deliver, stats: &DriverStats) {
         let d = self.sink.deliver(done);
-        d.count(&self.stats.completions, &self.stats.errors);
+        d.count(&stats.completions, &stats.errors);
     }
 
     /// Takes used entries, checking each, until the ring is empty, `done` is full or an entry
@@ -185,8 +185,8 @@ impl VirtioBlk {
                 // entries would complete chains the device has not finished) or went back.
                 if pending > inner.heads.in_flight() {
                     // Some entry names no chain in flight: a bad id, found early.
-                    self.stats.bad_used_ids.fetch_add(1, Ordering::Relaxed);
-                    self.stats.bad_used_idx.fetch_add(1, Ordering::Relaxed);
+                    v.stats.bad_used_ids.fetch_add(1, Ordering::Relaxed);
+                    v.stats.bad_used_idx.fetch_add(1, Ordering::Relaxed);
                     break Stop::Violation;
                 }
                 // The entries are read after the index that published them.
@@ -198,7 +198,7 @@ impl VirtioBlk {
             #[cfg(feature = "fault-injection")]
             let id = self.corrupted_used_id(id);
             let Ok(tag) = inner.heads.check(id) else {
-                self.stats.bad_used_ids.fetch_add(1, Ordering::Relaxed);
+                v.stats.bad_used_ids.fetch_add(1, Ordering::Relaxed);
                 break Stop::Violation;
             };
             let Some(&slot) = inner.slots.get(tag as usize) else {
@@ -211,7 +211,7 @@ impl VirtioBlk {
             inner.taken = inner.taken.wrapping_add(1);
             reaped += 1;
             let st = if len < slot.min_used_len {
-                self.stats.short_lengths.fetch_add(1, Ordering::Relaxed);
+                v.stats.short_lengths.fetch_add(1, Ordering::Relaxed);
                 Err(BlkError::DeviceError(device_error::SHORT_LENGTH))
             } else {
                 match self.cmd.read8(tag as usize * CMD_STRIDE + CMD_STATUS) {
@@ -224,7 +224,7 @@ impl VirtioBlk {
             if st.is_ok() && (slot.fua || slot.preflush_segs > 0) {
                 // The next stage of the same request: the write after its pre-flush, or the
                 // flush that makes a FUA write stable.
-                if self.next_stage_locked(inner, tag, &slot) {
+                if self.next_stage_locked(v, inner, tag, &slot) {
                     renotify = true;
                     continue;
                 }
@@ -238,7 +238,7 @@ impl VirtioBlk {
             inner.slots[tag as usize] = Slot::EMPTY;
             done.push(tag, st);
         };
-        self.stats.reaped.fetch_add(reaped, Ordering::Relaxed);
+        v.stats.reaped.fetch_add(reaped, Ordering::Relaxed);
         if renotify {
             self.notify_locked(v, inner);
         }

@@ -40,7 +40,7 @@ impl VirtioBlk {
         self.reset_wanted.store(true, Ordering::Release);
         // Not all locks got (interrupt context): the reset stays owed (`reset_wanted`).
         let _ = self.lock_for_reset(wait, |guards| self.reset_locked(guards, &mut done));
-        self.deliver(&done);
+        self.deliver(&done, &self.stats);
         // Locks let go: an interrupt may have handed a reap over meanwhile.
         for v in self.queues() {
             self.reap_if_pending(v);
@@ -136,7 +136,7 @@ impl VirtioBlk {
             TimeoutAction::Retry
         });
         // The late request's own completion is dropped by the queue (it owns the tag now).
-        self.deliver(&done);
+        self.deliver(&done, &self.stats);
         // Locks let go: an interrupt may have handed a reap over meanwhile.
         for v in self.queues() {
             self.reap_if_pending(v);

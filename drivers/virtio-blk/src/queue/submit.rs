@@ -18,8 +18,15 @@ use crate::hal_impl::{ChainBuf, MAX_CHAIN, SMALL_CHAIN, TINY_CHAIN};
 use crate::sg::{RequestKind, need_event, plan};
 
 impl VirtioBlk {
-    /// Starts the next chain of a staged request; `false` if the ring has no room.
-    pub(super) fn next_stage_locked(&self, inner: &mut Inner, tag: u16, slot: &Slot) -> bool {
+    /// Starts the next chain of a staged request on queue `v` (its lock held as `inner`);
+    /// `false` if the ring has no room.
+    pub(super) fn next_stage_locked(
+        &self,
+        v: &Vq,
+        inner: &mut Inner,
+        tag: u16,
+        slot: &Slot,
+    ) -> bool {
         let mut sg = [SgEntry::default(); MAX_SEGMENTS as usize];
         let (kind, nsg, fua) = if slot.preflush_segs > 0 {
             let base = tag as usize * CMD_STRIDE + CMD_SG;
@@ -31,7 +38,7 @@ impl VirtioBlk {
             self.write_header(tag, RequestKind::Write, slot.sector);
             (RequestKind::Write, nsg, slot.fua)
         } else {
-            self.stats.fua_flushes.fetch_add(1, Ordering::Relaxed);
+            v.stats.fua_flushes.fetch_add(1, Ordering::Relaxed);
             self.write_header(tag, RequestKind::Flush, 0);
             (RequestKind::Flush, 0, false)
         };
@@ -117,15 +124,13 @@ impl VirtioBlk {
         };
         inner.notified = inner.added;
         if need {
-            self.stats.notifies.fetch_add(1, Ordering::Relaxed);
+            v.stats.notifies.fetch_add(1, Ordering::Relaxed);
             match &inner.doorbell {
                 Some(d) => d.write16(0, v.index),
                 None => self.notify_transport(v.index),
             }
         } else {
-            self.stats
-                .notifies_suppressed
-                .fetch_add(1, Ordering::Relaxed);
+            v.stats.notifies_suppressed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -230,8 +235,9 @@ impl VirtioBlk {
         } else {
             (kind, nsg)
         };
+        let v = self.vq(rq.hctx());
         let preflush_segs = if preflush {
-            self.stats.preflushes.fetch_add(1, Ordering::Relaxed);
+            v.stats.preflushes.fetch_add(1, Ordering::Relaxed);
             data_segs
         } else {
             0
@@ -244,7 +250,6 @@ impl VirtioBlk {
             self.cmd.write32(base + 12, 0);
         }
         let p = plan(kind, nsg as u16, rq.bytes());
-        let v = self.vq(rq.hctx());
         let mut inner = v.inner.lock();
         if self.dead.load(Ordering::Relaxed) {
             return Err(QueueRqError::Fatal(BlkError::DeviceError(
@@ -263,7 +268,7 @@ impl VirtioBlk {
                     preflush_segs,
                     sector,
                 };
-                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                v.stats.requests.fetch_add(1, Ordering::Relaxed);
                 if last {
                     // The end of the batch: the doorbell decision now, under this lock
                     // (`commit` then has nothing to do).
@@ -273,7 +278,7 @@ impl VirtioBlk {
                 }
             }
             Err(QueueRqError::Busy) => {
-                self.stats.busy.fetch_add(1, Ordering::Relaxed);
+                v.stats.busy.fetch_add(1, Ordering::Relaxed);
                 // Descriptors may only come back through a reap: make sure one happens.
                 if inner.heads.in_flight() > 0 {
                     self.notify_locked(v, &mut inner);

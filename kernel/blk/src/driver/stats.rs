@@ -1,8 +1,10 @@
 //! [`driver_stats!`](crate::driver_stats): the counters struct every driver keeps.
 
 /// Declares a struct of counters, each a relaxed `AtomicU64`, with a `const fn new()` (for a
-/// `static` or a `const` constructor), `NAMES`, `for_each` (name and value of every counter)
-/// and `snapshot` (the values in declaration order).
+/// `static` or a `const` constructor), `NAMES`, `for_each` (name and value of every counter),
+/// `snapshot` (the values in declaration order) and `add_from` (totals over several sets, for a
+/// driver that keeps one set per hardware queue so that CPUs on different queues write no
+/// common cache line).
 ///
 /// ```
 /// use core::sync::atomic::Ordering;
@@ -56,6 +58,18 @@ macro_rules! driver_stats {
             pub fn snapshot(&self) -> [u64; [$(stringify!($name)),*].len()] {
                 [$( self.$name.load(::core::sync::atomic::Ordering::Relaxed) ),*]
             }
+
+            /// Adds every counter of `other` to this set's (relaxed loads and adds): for totals
+            /// over sets kept per hardware queue. Only for sets whose counters are all counts:
+            /// a high-water mark kept in a counter would be added, not maxed.
+            pub fn add_from(&self, other: &Self) {
+                $(
+                    self.$name.fetch_add(
+                        other.$name.load(::core::sync::atomic::Ordering::Relaxed),
+                        ::core::sync::atomic::Ordering::Relaxed,
+                    );
+                )*
+            }
         }
     };
 }
@@ -96,5 +110,9 @@ mod tests {
         assert_eq!(Counters::NAMES, ["a", "b", "c"]);
         STATIC.a.fetch_add(7, Ordering::Relaxed);
         assert_eq!(STATIC.snapshot()[0], 7);
+        let total = Counters::new();
+        total.add_from(&s);
+        total.add_from(&STATIC);
+        assert_eq!(total.snapshot(), [7, 4, 1]);
     }
 }
