@@ -449,6 +449,7 @@ pub fn problem_line(p: &Problem) -> String {
             format!("block {block}: marked used, referenced by nothing (leaked)")
         }
         Problem::MarkedFree { block } => format!("block {block}: referenced but marked free"),
+        Problem::Log { block, what } => format!("block {block}: fsync log: {what}"),
         Problem::FreeCount { recorded, counted } => {
             format!("superblock: free count {recorded}, the bitmaps count {counted}")
         }
