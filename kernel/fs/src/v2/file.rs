@@ -319,11 +319,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             }
         }
         let nb = self.space.alloc(&mut self.dev)?;
-        let mut got = 1;
-        while got < k && self.space.extend(&mut self.dev, nb + got - 1)? {
-            got += 1;
-        }
-        let k = got;
+        let k = 1 + self.space.extend_run(&mut self.dev, nb, k - 1)?;
         let cend = end.min((fb + k) * BS);
         let c = Chunk {
             ino,
