@@ -157,6 +157,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         let dst = &mut self.data[at * BLOCK_SIZE..(at + 1) * BLOCK_SIZE];
         match ext {
             Some((s, _, p)) => {
+                // (Only a chunk that waited for the writes in flight reads old blocks.)
                 self.dev
                     .read(p + (fb - s), dst)
                     .map_err(|e| FsError::io(IoOp::ReadData, e))?;
@@ -199,23 +200,29 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         Ok(())
     }
 
-    /// With data checksums: records the checksums of buffer blocks `[0, k)` as file blocks
-    /// `[fb, fb + k)`.
-    fn put_csums(&mut self, ino: u64, fb: u64, k: u64) -> Result<()> {
+    /// With data checksums: records the checksums of buffer blocks `[at, at + k)` as file
+    /// blocks `[fb, fb + k)`.
+    fn put_csums(&mut self, ino: u64, fb: u64, k: u64, at: usize) -> Result<()> {
         if !self.data_checksums() {
             return Ok(());
         }
-        self.csums_from(ino, fb, k, None)
+        self.csums_from(ino, fb, k, Err(at))
     }
 
     /// Records `crcs` as the checksums of file blocks `[fb, fb + crcs.len())` of `ino`.
     pub(super) fn set_csums(&mut self, ino: u64, fb: u64, crcs: &[u32]) -> Result<()> {
-        self.csums_from(ino, fb, crcs.len() as u64, Some(crcs))
+        self.csums_from(ino, fb, crcs.len() as u64, Ok(crcs))
     }
 
-    /// Records checksums of file blocks `[fb, fb + k)`: `crcs`, or those of buffer blocks
-    /// `[0, k)`.
-    fn csums_from(&mut self, ino: u64, fb: u64, k: u64, crcs: Option<&[u32]>) -> Result<()> {
+    /// Records checksums of file blocks `[fb, fb + k)`: `crcs`, or (`Err(at)`) those of
+    /// buffer blocks `[at, at + k)`.
+    fn csums_from(
+        &mut self,
+        ino: u64,
+        fb: u64,
+        k: u64,
+        crcs: core::result::Result<&[u32], usize>,
+    ) -> Result<()> {
         let mut v = [0u8; CSUM_ITEM];
         let mut x = fb;
         while x < fb + k {
@@ -230,8 +237,10 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             for y in x..stop {
                 let b = (y - fb) as usize;
                 let crc = match crcs {
-                    Some(c) => c[b],
-                    None => block_crc(&self.data[b * BLOCK_SIZE..(b + 1) * BLOCK_SIZE]),
+                    Ok(c) => c[b],
+                    Err(at) => {
+                        block_crc(&self.data[(at + b) * BLOCK_SIZE..(at + b + 1) * BLOCK_SIZE])
+                    }
                 };
                 let o = ((y - base) * 4) as usize;
                 v[o..o + 4].copy_from_slice(&crc.to_le_bytes());
@@ -260,6 +269,13 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// its tree updates and blocks need (a single block when a longer run does not fit),
     /// allocates a run of new blocks and reads the partial first and last blocks' old bytes
     /// into the buffer.
+    ///
+    /// Write-behind: a chunk starting block-aligned past every mapped block of the file (an
+    /// append) reads nothing from the device and frees nothing, so it goes out from the next
+    /// unused part of the buffer (a ring over it) and is not waited for; any other
+    /// chunk, and whatever reads data blocks, frees blocks or makes anything durable, first
+    /// waits for such writes ([`Volume::quiesce`]). The data is thus complete on the device
+    /// before the commit or log block that points to it is issued.
     fn prepare(&mut self, ino: u64, off: u64, end: u64) -> Result<Chunk> {
         if self.failed {
             return Err(FsError::Failed {
@@ -272,8 +288,25 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             return Err(FsError::FileTooLarge);
         }
         let fb = off / BS;
-        let cap = (self.data.len() / BLOCK_SIZE) as u64;
+        let behind = off.is_multiple_of(BS) && fb >= inode.size.div_ceil(BS);
+        let base = if behind {
+            if self.ring + BLOCK_SIZE > self.data.len() {
+                self.ring = 0;
+            }
+            self.ring
+        } else {
+            self.quiesce()?;
+            0
+        };
+        let cap = ((self.data.len() - base) / BLOCK_SIZE) as u64;
         let mut k = ((end - 1) / BS + 1 - fb).min(cap);
+        if behind {
+            let region = &self.data[base..base + (k * BS) as usize];
+            if let Err(e) = self.dev.wait_for(region) {
+                self.failed = true;
+                return Err(FsError::io(IoOp::WriteBehind, e));
+            }
+        }
         loop {
             let c = self.overlapping(ino, fb, k)? + k / CSUMS + 2;
             match self.room(c + 6) {
@@ -286,11 +319,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             }
         }
         let nb = self.space.alloc(&mut self.dev)?;
-        let mut got = 1;
-        while got < k && self.space.extend(&mut self.dev, nb + got - 1)? {
-            got += 1;
-        }
-        let k = got;
+        let k = 1 + self.space.extend_run(&mut self.dev, nb, k - 1)?;
         let cend = end.min((fb + k) * BS);
         let c = Chunk {
             ino,
@@ -298,15 +327,18 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             fb,
             k,
             nb,
+            base,
+            behind,
             lo: (off - fb * BS) as usize,
             hi: (cend - fb * BS) as usize,
         };
+        let at = base / BLOCK_SIZE;
         let r = (|| {
             if !c.lo.is_multiple_of(BLOCK_SIZE) {
-                self.read_old(ino, fb, 0)?;
+                self.read_old(ino, fb, at)?;
             }
             if !c.hi.is_multiple_of(BLOCK_SIZE) && (k > 1 || c.lo.is_multiple_of(BLOCK_SIZE)) {
-                self.read_old(ino, fb + k - 1, (k - 1) as usize)?;
+                self.read_old(ino, fb + k - 1, at + (k - 1) as usize)?;
             }
             Ok(())
         })();
@@ -326,18 +358,31 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         }
     }
 
-    /// Writes a prepared chunk's run in one I/O and maps it; returns the new bytes' count.
+    /// Writes a prepared chunk's run in one I/O (behind, or waited) and maps it; returns the
+    /// new bytes' count.
     fn finish(&mut self, c: &Chunk) -> Result<usize> {
         let run = Run {
             block: c.nb,
-            data: &self.data[..(c.k * BS) as usize],
+            data: &self.data[c.base..c.base + (c.k * BS) as usize],
         };
-        if let Err(e) = self.dev.write(&[run], WriteFlags::NONE) {
+        let r = if c.behind {
+            self.ring = c.base + (c.k * BS) as usize;
+            self.behind = true;
+            self.dev.write_behind(&[run])
+        } else {
+            self.dev.write(&[run], WriteFlags::NONE)
+        };
+        if let Err(e) = r {
             self.failed = true;
-            return Err(FsError::io(IoOp::WriteData, e));
+            let op = if c.behind {
+                IoOp::WriteBehind
+            } else {
+                IoOp::WriteData
+            };
+            return Err(FsError::io(op, e));
         }
         self.map_range(c.ino, c.fb, c.k, c.nb)?;
-        self.put_csums(c.ino, c.fb, c.k)?;
+        self.put_csums(c.ino, c.fb, c.k, c.base / BLOCK_SIZE)?;
         self.log.touch(c.ino, c.fb, c.fb + c.k);
         let mut inode = c.inode;
         inode.size = inode.size.max(c.fb * BS + c.hi as u64);
@@ -380,6 +425,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         if off >= inode.size || len == 0 {
             return Ok(&[]);
         }
+        self.quiesce()?;
         let end = inode.size.min(off.saturating_add(len as u64));
         let fb = off / BS;
         let cap = (self.data.len() / BLOCK_SIZE) as u64;
@@ -447,7 +493,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 Err(e) => return Err(e),
             };
             let n = c.hi - c.lo;
-            self.data[c.lo..c.hi].copy_from_slice(&data[done..done + n]);
+            self.data[c.base + c.lo..c.base + c.hi].copy_from_slice(&data[done..done + n]);
             self.finish(&c)?;
             done += n;
         }
@@ -482,6 +528,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         if size.div_ceil(BS) > MAX_FILE_BLOCKS {
             return Err(FsError::FileTooLarge);
         }
+        self.quiesce()?;
         self.log.touch(ino, 0, 0);
         if size < inode.size {
             let keep = size.div_ceil(BS);
@@ -533,7 +580,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                         return Err(FsError::io(IoOp::WriteData, e));
                     }
                     self.map_range(ino, fb, 1, nb)?;
-                    self.put_csums(ino, fb, 1)?;
+                    self.put_csums(ino, fb, 1, 0)?;
                 }
             }
         }
@@ -547,6 +594,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// Frees up to `budget` extent items of `ino` (their blocks at commit), one at a time;
     /// returns how many (fewer than `budget`: none is left).
     pub(super) fn free_extents_upto(&mut self, ino: u64, budget: u64) -> Result<u64> {
+        self.quiesce()?;
         let mut b = [0u8; EXTENT_SIZE];
         let mut done = 0;
         loop {
@@ -577,7 +625,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
 }
 
 /// A prepared chunk of a write: file blocks `[fb, fb + k)` go to new blocks `[nb, nb + k)`
-/// from the buffer's start; buffer bytes `[lo, hi)` are the new ones.
+/// from buffer byte `base` on; buffer bytes `[base + lo, base + hi)` are the new ones.
 #[derive(Clone, Copy, Debug)]
 struct Chunk {
     ino: u64,
@@ -585,6 +633,10 @@ struct Chunk {
     fb: u64,
     k: u64,
     nb: u64,
+    /// Where in the buffer the chunk's first block is.
+    base: usize,
+    /// Written behind (not waited for).
+    behind: bool,
     lo: usize,
     hi: usize,
 }
@@ -601,7 +653,7 @@ pub struct WriteBuf<'v, 'b, D: BlockIo, const N: usize, const G: usize> {
 impl<D: BlockIo, const N: usize, const G: usize> WriteBuf<'_, '_, D, N, G> {
     /// The bytes to fill: file bytes `[offset, offset + len)`.
     pub fn buf(&mut self) -> &mut [u8] {
-        &mut self.vol.data[self.c.lo..self.c.hi]
+        &mut self.vol.data[self.c.base + self.c.lo..self.c.base + self.c.hi]
     }
 
     /// Bytes lent (at most the `len` asked for).

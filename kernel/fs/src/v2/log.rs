@@ -325,6 +325,8 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             });
         }
         self.tree.writable()?;
+        // The file's data written behind must be complete before the log block's PREFLUSH.
+        self.quiesce()?;
         if inode.kind == Kind::Dir
             || self.log.head == 0
             || ino >= self.log.first_ino

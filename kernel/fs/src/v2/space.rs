@@ -300,32 +300,59 @@ impl<'b, const G: usize> FreeSpace<'b, G> {
         Ok(true)
     }
 
-    /// Takes `block + 1` if it is free in both versions and in the same group as `block` (which
-    /// the caller just allocated): how a data run grows one block at a time, contiguous on
-    /// disk. `false` (nothing taken) when it is not, or only the commit reserve is left.
-    pub fn extend<D: BlockIo>(&mut self, dev: &mut D, block: u64) -> Result<bool> {
-        let next = block + 1;
+    /// Takes up to `max` blocks from `block + 1` on, as long as each is free in both
+    /// versions, not held, and in the same group as `block` (which the caller just
+    /// allocated): how a data run grows, contiguous on disk. Returns how many were taken
+    /// (0 when `block + 1` is not free, or only the commit reserve is left). One group
+    /// lookup for the whole run.
+    pub fn extend_run<D: BlockIo>(&mut self, dev: &mut D, block: u64, max: u64) -> Result<u64> {
         let g = block / self.group_blocks;
-        if next >= self.block_count
-            || next / self.group_blocks != g
-            || g >= self.groups_ready
-            || self.free_blocks.saturating_sub(self.pinned) <= COMMIT_RESERVE
-            || (self.nheld > 0 && self.is_held(next))
-        {
-            return Ok(false);
+        if max == 0 || g >= self.groups_ready {
+            return Ok(0);
         }
+        let base = g * self.group_blocks;
+        // Blocks past the commit reserve: each taken one lowers the free count.
+        let avail = self
+            .free_blocks
+            .saturating_sub(self.pinned)
+            .saturating_sub(COMMIT_RESERVE);
+        let limit = (block + 1)
+            .saturating_add(max.min(avail))
+            .min(self.block_count)
+            .min(base + self.group_blocks);
         let i = self.load(dev, g)?;
-        let k = next - g * self.group_blocks;
-        if bit(self.frame(2 * i), k) || bit(self.frame(2 * i + 1), k) {
-            return Ok(false);
+        let mut next = block + 1;
+        while next < limit {
+            if self.nheld > 0 && self.is_held(next) {
+                break;
+            }
+            let k = next - base;
+            let at = HDR + (k / 8) as usize;
+            // Eight free blocks (a whole byte of both bitmaps) at once when nothing is held.
+            if k.is_multiple_of(8)
+                && next + 8 <= limit
+                && self.nheld == 0
+                && self.frame(2 * i)[at] | self.frame(2 * i + 1)[at] == 0
+            {
+                self.frame_mut(2 * i + 1)[at] = 0xFF;
+                next += 8;
+                continue;
+            }
+            if bit(self.frame(2 * i), k) || bit(self.frame(2 * i + 1), k) {
+                break;
+            }
+            set_bit(self.frame_mut(2 * i + 1), k, true);
+            next += 1;
         }
-        let wb = self.frame_mut(2 * i + 1);
-        set_bit(wb, k, true);
-        set_count(wb, count(wb) - 1);
-        self.ent[i].dirty = true;
-        self.free_blocks -= 1;
-        self.cursor = next + 1;
-        Ok(true)
+        let got = next - (block + 1);
+        if got > 0 {
+            self.free_blocks -= got;
+            let wb = self.frame_mut(2 * i + 1);
+            set_count(wb, count(wb) - got as u32);
+            self.ent[i].dirty = true;
+            self.cursor = next;
+        }
+        Ok(got)
     }
 
     /// Groups with bitmaps.

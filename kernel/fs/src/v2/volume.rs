@@ -13,7 +13,7 @@ use super::space::{FreeSpace, space_frames};
 use super::superblock::{FLAG_DATA_CSUM, Superblock};
 use super::tree::{MountInfo, Tree};
 use crate::crc::crc32c;
-use crate::error::{FsError, Result};
+use crate::error::{FsError, IoOp, Result};
 use crate::format::BLOCK_SIZE;
 use crate::io::BlockIo;
 
@@ -153,6 +153,11 @@ pub struct Volume<'b, D: BlockIo, const N: usize, const G: usize> {
     pub(super) data: &'b mut [u8],
     /// A data write failed: nothing is committed again on this mount.
     pub(super) failed: bool,
+    /// Where the next write-behind chunk goes in the data buffer (bytes from its start).
+    pub(super) ring: usize,
+    /// Data writes were started with [`BlockIo::write_behind`] and not yet waited for
+    /// ([`Volume::quiesce`]).
+    pub(super) behind: bool,
     pub(super) now: u64,
     /// The fsync log of the open transaction.
     pub(super) log: LogState,
@@ -236,6 +241,8 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             space,
             data: &mut data[..len],
             failed: false,
+            ring: 0,
+            behind: false,
             now: 0,
             log: LogState::new(sb.log_root, sb.next_ino),
             reap_step: REAP_STEP,
@@ -279,12 +286,32 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             });
         }
         self.tree.writable()?;
+        self.quiesce()?;
         self.reap(self.reap_step)?;
         self.commit()
     }
 
+    /// Waits for the data writes a write left in flight ([`BlockIo::write_behind`]). Done
+    /// before anything that reads the device's data blocks, frees blocks, reuses the data
+    /// buffer from its start, or makes anything durable (a commit, a log block: their
+    /// `PREFLUSH` covers completed writes only); an error among those writes fails the
+    /// instance. Nothing in flight: no call to the device.
+    #[inline]
+    pub(super) fn quiesce(&mut self) -> Result<()> {
+        self.ring = 0;
+        if self.behind {
+            self.behind = false;
+            if let Err(e) = self.dev.drain() {
+                self.failed = true;
+                return Err(FsError::io(IoOp::WriteBehind, e));
+            }
+        }
+        Ok(())
+    }
+
     /// The commit itself: moves the log root, writes everything.
     fn commit(&mut self) -> Result<()> {
+        self.quiesce()?;
         let root = self.log_before_commit()?;
         self.tree.superblock_mut().log_root = root;
         self.space.commit(&mut self.dev, &mut self.tree)?;

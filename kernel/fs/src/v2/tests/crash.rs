@@ -26,9 +26,48 @@ enum Event {
     Barrier,
 }
 
+/// Records writes and barriers. A write started by `write_behind` is at its laziest: it
+/// completes (reaches the disk and the log) only when `wait_for` names its memory or `drain`
+/// is called, and the recorder panics on what would be wrong with it in flight: a barrier, a
+/// read or a waited write of one of its blocks, its memory changed before it completed.
 struct Recorder {
     disk: MemDisk,
     log: Vec<Event>,
+    /// Writes in flight: (memory address, bytes, first block, the bytes at submission).
+    pending: Vec<(usize, usize, u64, Vec<u8>)>,
+    /// Writes started behind.
+    behind: u64,
+}
+
+impl Recorder {
+    fn new(blocks: u64) -> Self {
+        Recorder {
+            disk: MemDisk::new(blocks),
+            log: Vec::new(),
+            pending: Vec::new(),
+            behind: 0,
+        }
+    }
+
+    fn in_flight(&self, block: u64, n: u64) -> bool {
+        self.pending.iter().any(|&(_, len, b, _)| {
+            let e = b + (len / BLOCK_SIZE) as u64;
+            b < block + n && block < e
+        })
+    }
+
+    fn complete(&mut self, i: usize) {
+        let (_, _, block, data) = self.pending.remove(i);
+        self.disk
+            .write(&[Run { block, data: &data }], WriteFlags::NONE)
+            .unwrap();
+        for (j, c) in data.chunks(BLOCK_SIZE).enumerate() {
+            self.log.push(Event::Write {
+                block: block + j as u64,
+                data: c.to_vec(),
+            });
+        }
+    }
 }
 
 impl BlockIo for Recorder {
@@ -36,9 +75,23 @@ impl BlockIo for Recorder {
         self.disk.block_count()
     }
     fn read(&mut self, block: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        let n = (buf.len() / BLOCK_SIZE) as u64;
+        assert!(!self.in_flight(block, n), "read of block {block} in flight");
         self.disk.read(block, buf)
     }
     fn write(&mut self, runs: &[Run<'_>], flags: WriteFlags) -> Result<(), IoError> {
+        assert!(
+            !flags.preflush || self.pending.is_empty(),
+            "a barrier with data writes in flight"
+        );
+        for r in runs {
+            let n = (r.data.len() / BLOCK_SIZE) as u64;
+            assert!(
+                !self.in_flight(r.block, n),
+                "block {} written twice",
+                r.block
+            );
+        }
         if flags.preflush {
             self.log.push(Event::Barrier);
         }
@@ -53,6 +106,51 @@ impl BlockIo for Recorder {
         }
         if flags.fua {
             self.log.push(Event::Barrier);
+        }
+        Ok(())
+    }
+    fn write_behind(&mut self, runs: &[Run<'_>]) -> Result<(), IoError> {
+        for r in runs {
+            crate::io::check_range(self.block_count(), r.block, r.data.len())?;
+            let (lo, n) = (r.data.as_ptr() as usize, r.data.len());
+            assert!(
+                !self
+                    .pending
+                    .iter()
+                    .any(|&(a, l, _, _)| a < lo + n && lo < a + l),
+                "memory of a write in flight written again"
+            );
+            assert!(
+                !self.in_flight(r.block, (n / BLOCK_SIZE) as u64),
+                "block {} written twice",
+                r.block
+            );
+            self.pending.push((lo, n, r.block, r.data.to_vec()));
+            self.behind += 1;
+        }
+        Ok(())
+    }
+    fn wait_for(&mut self, mem: &[u8]) -> Result<(), IoError> {
+        let lo = mem.as_ptr() as usize;
+        let hi = lo + mem.len();
+        while let Some(i) = self
+            .pending
+            .iter()
+            .position(|&(a, n, _, _)| a < hi && lo < a + n)
+        {
+            let (a, n, _, ref data) = self.pending[i];
+            let (s, e) = (a.max(lo), (a + n).min(hi));
+            assert!(
+                mem[s - lo..e - lo] == data[s - a..e - a],
+                "memory of a write in flight changed"
+            );
+            self.complete(i);
+        }
+        Ok(())
+    }
+    fn drain(&mut self) -> Result<(), IoError> {
+        while !self.pending.is_empty() {
+            self.complete(0);
         }
         Ok(())
     }
@@ -157,10 +255,7 @@ fn on_disk_bitmaps_every_commit_prefix_and_subset() {
 
 fn crash_run(kind: SpaceKind) {
     let blocks = 1024;
-    let mut dev = Recorder {
-        disk: MemDisk::new(blocks),
-        log: Vec::new(),
-    };
+    let mut dev = Recorder::new(blocks);
     let mut mem = std::vec![0u8; MIN_FRAMES * BLOCK_SIZE];
     let mut smem = space_mem();
     mkfs::<_, MIN_FRAMES>(&mut dev, &mut mem, kind);
@@ -353,10 +448,7 @@ fn namespace_operations_are_atomic() {
     // Creates, removals, renames across directories (with replacement), writes and truncates,
     // a few per commit;
     // every crash state of every commit shows exactly the namespace before or after it.
-    let mut dev = Recorder {
-        disk: MemDisk::new(512),
-        log: Vec::new(),
-    };
+    let mut dev = Recorder::new(512);
     // A four-block data buffer: writes of several blocks go out as runs.
     let mut m = std::vec![0u8; (volume_frames(MIN_FRAMES, TEST_GROUPS) + 3) * BLOCK_SIZE];
     // With data checksums: every state's contents are read back verified, so checksum items
@@ -549,16 +641,14 @@ fn fsynced_files_survive_every_crash_state() {
     // A state must mount to the last commit's namespace with every file fsynced since
     // showing its contents as of its last fsync, check clean first, and (one complete
     // state in three) survive a crash at every point of its own replay.
-    let mut dev = Recorder {
-        disk: MemDisk::new(400),
-        log: Vec::new(),
-    };
+    let mut dev = Recorder::new(400);
     let mut m = std::vec![0u8; (volume_frames(MIN_FRAMES, TEST_GROUPS) + 3) * BLOCK_SIZE];
     Vol::<Recorder>::mkfs_with(&mut dev, &mut m, 64, 0, true).unwrap();
     let mut m2 = m.clone();
     let mut m3 = m.clone();
     let (mut v, _) = Vol::<&mut Recorder>::mount(&mut dev, &mut m, false).unwrap();
     let mut rng = Rng::new(0xF5C);
+    let mut behind_rng = Rng::new(0xBE4);
     let d = v.create(ROOT, b"d", Kind::Dir).unwrap();
     for i in 0..5u8 {
         let dir = if i < 3 { ROOT } else { d };
@@ -615,6 +705,16 @@ fn fsynced_files_survive_every_crash_state() {
                 let data = std::vec![rng.next() as u8 | 1; BLOCK_SIZE];
                 let _ = v.write(target, rng.below(48) * BLOCK_SIZE as u64, &data);
             }
+        }
+        if behind_rng.chance(30) {
+            // An append from a block boundary past the end, written behind and in flight at
+            // the fsync or sync (an rng of its own: the rest of the workload stays the same).
+            let at = v
+                .stat(target)
+                .map_or(0, |i| i.size.div_ceil(BLOCK_SIZE as u64));
+            let len = 1 + behind_rng.below(3 * BLOCK_SIZE as u64);
+            let data = std::vec![behind_rng.next() as u8 | 1; len as usize];
+            let _ = v.write(target, at * BLOCK_SIZE as u64, &data);
         }
         let sync = rng.chance(6);
         if sync {
@@ -749,6 +849,8 @@ fn fsynced_files_survive_every_crash_state() {
                     data: complete.clone(),
                 },
                 log: Vec::new(),
+                pending: Vec::new(),
+                behind: 0,
             };
             {
                 let (_, info) = Vol::<&mut Recorder>::mount(&mut rec, &mut m3, false).unwrap();
@@ -787,7 +889,9 @@ fn fsynced_files_survive_every_crash_state() {
     assert!(replays > 8, "only {replays} replays crashed");
     assert!(states >= 900, "only {states} states");
     assert!(torn > 10, "only {torn} multi-sector records torn");
+    let behind = v.device().behind;
+    assert!(behind > 40, "only {behind} writes behind");
     std::println!(
-        "v2 fsync crash: {states} states, {logged} logged fsyncs, {replays} replays crashed, {torn} torn"
+        "v2 fsync crash: {states} states, {logged} logged fsyncs, {replays} replays crashed, {torn} torn, {behind} writes behind"
     );
 }

@@ -182,3 +182,40 @@ fn frees_wait_for_the_commit() {
     assert!(space.alloc(&mut disk).is_ok());
     assert_eq!(space.alloc(&mut disk), Err(FsError::NoSpace));
 }
+
+#[test]
+fn extend_run_stops_at_used_held_and_group_end() {
+    // Groups of 64 blocks: a run grows over free blocks (a byte of the bitmaps at a time
+    // where it can) up to its limit, the group's end, a used block or a held one, and the
+    // free count drops by what it took.
+    let mut disk = SparseDisk {
+        blocks: 300,
+        data: BTreeMap::new(),
+        reads: 0,
+    };
+    let mut mem = std::vec![0u8; MIN_FRAMES * BLOCK_SIZE];
+    let mut smem = space_mem();
+    super::mkfs::<_, MIN_FRAMES>(&mut disk, &mut mem, SpaceKind::Bitmaps(64));
+    let (tree, _) = T::mount(&mut disk, &mut mem, false).unwrap();
+    let mut space = FreeSpace::<TEST_GROUPS>::open(&mut smem, tree.superblock()).unwrap();
+    let free = space.free_blocks();
+    // Group 0: superblocks, bitmap slots, the root; the rest is free.
+    let b = space.alloc(&mut disk).unwrap();
+    assert_eq!(b, FIRST_ROOT + 1);
+    assert_eq!(space.extend_run(&mut disk, b, 3).unwrap(), 3);
+    let b = b + 3;
+    assert_eq!(space.extend_run(&mut disk, b, 1000).unwrap(), 64 - b - 1);
+    assert_eq!(space.free_blocks(), free - (64 - FIRST_ROOT - 1));
+    // Group 1 starts with two free blocks, then its bitmap slots (used).
+    let b = space.alloc(&mut disk).unwrap();
+    assert_eq!(b, 64);
+    assert_eq!(space.extend_run(&mut disk, b, 10).unwrap(), 1);
+    // A held block ends a run.
+    let b = space.alloc(&mut disk).unwrap();
+    assert_eq!(b, 68);
+    assert!(space.hold(80, 1));
+    assert_eq!(space.extend_run(&mut disk, b, 100).unwrap(), 11);
+    assert_eq!(space.extend_run(&mut disk, 80, 0).unwrap(), 0);
+    // Nothing taken twice: the next allocation is past the held block.
+    assert_eq!(space.alloc(&mut disk).unwrap(), 81);
+}
