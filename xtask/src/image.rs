@@ -653,17 +653,6 @@ fn list<D: BlockIo>(fs: &mut HostFs<'_, D>, dir: Ino) -> Result<Vec<Entry>, FsEr
     Ok(out)
 }
 
-/// Mounts `image` read-write and unmounts it: the mount replays the fsync log (files made
-/// durable by `fsync` since the last commit) and commits it. A read-only mount (`ls`, `get`)
-/// shows the last commit only.
-pub fn replay(image: &Path) -> Result<()> {
-    let mut mem = memory();
-    let fs = mount(open(image, true)?, &mut mem, image, true)?;
-    let what = format!("unmounting {}", image.display());
-    fs.unmount().map_err(fs_err(&what))?;
-    Ok(())
-}
-
 /// The entries of directory `path` (or the file itself), sorted by name.
 pub fn ls(image: &Path, path: &str) -> Result<Vec<Entry>> {
     let mut mem = memory();

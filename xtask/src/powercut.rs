@@ -733,22 +733,9 @@ struct Check {
     detail: String,
 }
 
-/// The tree under `/pc` in `image`, contents included, as a mount sees it: the fsync log
-/// replayed (on a copy, so the image itself stays as the cut left it).
+/// The tree under `/pc` in `image`, contents included, as a mount sees it (the reading
+/// tools replay the fsync log in memory; the image stays as the cut left it).
 fn read_tree(image: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
-    let mut name = image.as_os_str().to_owned();
-    name.push(".replayed");
-    let copy = std::path::PathBuf::from(name);
-    std::fs::copy(image, &copy).map_err(|e| format!("copying {}: {e}", image.display()))?;
-    let r = crate::image::replay(&copy)
-        .map_err(|e| format!("mount: {e:#}"))
-        .and_then(|()| read_tree_as_is(&copy));
-    let _ = std::fs::remove_file(&copy);
-    r
-}
-
-/// The tree under `/pc` in `image` as its last commit holds it.
-fn read_tree_as_is(image: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
     let entries = crate::image::ls(image, "/pc").map_err(|e| format!("ls /pc: {e:#}"))?;
     let mut out = BTreeMap::new();
     for e in entries {
