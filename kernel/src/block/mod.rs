@@ -119,6 +119,36 @@ pub fn map_queue<const D: usize>(queue: &Queue<D>, granted: usize) -> usize {
         .unwrap_or_else(|_| queue.nr_hw_contexts())
 }
 
+/// Counts by hardware queue and by the CPU that counted them, for the tests that check where
+/// a queue's interrupts and completions run. A row is one queue's 64 bytes, written by the
+/// CPUs its interrupt reaches (its owner).
+#[repr(align(64))]
+pub struct PerCpuCounts<const Q: usize>([[AtomicU64; MAX_CPUS]; Q]);
+
+impl<const Q: usize> PerCpuCounts<Q> {
+    /// All zero.
+    pub const fn new() -> Self {
+        PerCpuCounts([const { [const { AtomicU64::new(0) }; MAX_CPUS] }; Q])
+    }
+
+    /// Adds `n` to queue `q`'s count on the running CPU (nothing for a queue out of range).
+    #[inline]
+    pub fn add(&self, q: usize, n: u64) {
+        let cpu = arch::cpu_id().min(MAX_CPUS - 1);
+        if let Some(row) = self.0.get(q) {
+            row[cpu].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Queue `q`'s count on CPU `cpu` (0 out of range).
+    pub fn get(&self, q: usize, cpu: usize) -> u64 {
+        self.0
+            .get(q)
+            .and_then(|row| row.get(cpu))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
 /// The block layer's clock: monotonic nanoseconds.
 pub fn clock() -> u64 {
     arch::now_ns()

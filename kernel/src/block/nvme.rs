@@ -16,7 +16,6 @@ use nvme::{
 };
 use spin::Once;
 
-use super::MAX_CPUS;
 use crate::{arch, config, pci};
 
 pub use super::Attach;
@@ -49,8 +48,7 @@ static VECTORS: [Once<Vector>; MAX_IO_QUEUES] = [const { Once::new() }; MAX_IO_Q
 static LINES: [Once<IrqLine>; MAX_IO_QUEUES] = [const { Once::new() }; MAX_IO_QUEUES];
 /// Interrupts taken, by vector and by the CPU that took them, with several vectors (the test
 /// of per-CPU completion reads these).
-static TAKEN: [[AtomicU64; MAX_CPUS]; MAX_IO_QUEUES] =
-    [const { [const { AtomicU64::new(0) }; MAX_CPUS] }; MAX_IO_QUEUES];
+static TAKEN: super::PerCpuCounts<MAX_IO_QUEUES> = super::PerCpuCounts::new();
 
 /// One vector's handler: reaps its own I/O queue pair, counts where it ran.
 struct Vector {
@@ -60,8 +58,7 @@ struct Vector {
 
 impl hal::IrqHandler for Vector {
     fn handle(&self) {
-        let cpu = arch::cpu_id() & (MAX_CPUS - 1);
-        TAKEN[self.pair & (MAX_IO_QUEUES - 1)][cpu].fetch_add(1, Ordering::Relaxed);
+        TAKEN.add(self.pair, 1);
         self.hw.handle_vector(self.pair);
     }
 }
@@ -69,10 +66,7 @@ impl hal::IrqHandler for Vector {
 /// Interrupts of vector `k` (I/O queue pair `k`) taken on CPU `cpu` so far (counted only with
 /// several vectors).
 pub fn vector_taken_on(k: usize, cpu: usize) -> u64 {
-    TAKEN
-        .get(k)
-        .and_then(|v| v.get(cpu))
-        .map_or(0, |c| c.load(Ordering::Relaxed))
+    TAKEN.get(k, cpu)
 }
 
 /// Interrupts taken on every vector of the NVMe controller so far.

@@ -6,8 +6,6 @@
 //! its own MSI-X vector delivered to the CPU that submits to it. INTx, virtio-mmio, polled
 //! mode and devices without `VIRTIO_BLK_F_MQ` share one queue.
 
-use core::sync::atomic::{AtomicU64, Ordering};
-
 use blk::{Queue, QueueConfig, Wait};
 use hal::{IrqLine, MsiMessage, PhysAddr};
 use spin::Once;
@@ -44,13 +42,8 @@ impl hal::IrqHandler for QueueIrq {
     fn handle(&self) {
         let Some(hw) = HW.get() else { return };
         let n = hw.handle_queue_irq(self.q);
-        let cpu = arch::cpu_id().min(super::MAX_CPUS - 1);
-        if let Some(c) = QUEUE_DONE_ON.get(self.q).and_then(|row| row.get(cpu)) {
-            c.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        if let Some(c) = QUEUE_IRQ_ON.get(self.q).and_then(|row| row.get(cpu)) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
+        QUEUE_DONE_ON.add(self.q, n as u64);
+        QUEUE_IRQ_ON.add(self.q, 1);
     }
 }
 
@@ -65,12 +58,10 @@ static QUEUE_IRQS: [QueueIrq; MAX_QUEUES] = {
 };
 
 /// Completions delivered by queue `q`'s own interrupt handler on CPU `cpu`.
-static QUEUE_DONE_ON: [[AtomicU64; super::MAX_CPUS]; MAX_QUEUES] =
-    [const { [const { AtomicU64::new(0) }; super::MAX_CPUS] }; MAX_QUEUES];
+static QUEUE_DONE_ON: super::PerCpuCounts<MAX_QUEUES> = super::PerCpuCounts::new();
 
 /// Runs of queue `q`'s own interrupt handler on CPU `cpu`.
-static QUEUE_IRQ_ON: [[AtomicU64; super::MAX_CPUS]; MAX_QUEUES] =
-    [const { [const { AtomicU64::new(0) }; super::MAX_CPUS] }; MAX_QUEUES];
+static QUEUE_IRQ_ON: super::PerCpuCounts<MAX_QUEUES> = super::PerCpuCounts::new();
 
 /// The per-queue interrupt lines (one MSI-X vector each), when the device has them.
 static QUEUE_LINES: Once<([Option<IrqLine>; MAX_QUEUES], usize)> = Once::new();
@@ -78,20 +69,14 @@ static QUEUE_LINES: Once<([Option<IrqLine>; MAX_QUEUES], usize)> = Once::new();
 /// Completions queue `q`'s own interrupt handler has delivered on CPU `cpu` so far (0 without
 /// per-queue vectors).
 pub fn queue_completions_on(q: usize, cpu: usize) -> u64 {
-    QUEUE_DONE_ON
-        .get(q)
-        .and_then(|row| row.get(cpu))
-        .map_or(0, |c| c.load(Ordering::Relaxed))
+    QUEUE_DONE_ON.get(q, cpu)
 }
 
 /// Times queue `q`'s own interrupt handler has run on CPU `cpu` so far (0 without per-queue
 /// vectors). A run may deliver nothing: the reap is handed to the code it interrupted (on the
 /// same CPU) when that holds the queue's lock.
 pub fn queue_interrupts_on(q: usize, cpu: usize) -> u64 {
-    QUEUE_IRQ_ON
-        .get(q)
-        .and_then(|row| row.get(cpu))
-        .map_or(0, |c| c.load(Ordering::Relaxed))
+    QUEUE_IRQ_ON.get(q, cpu)
 }
 
 /// Request queues with an interrupt vector of their own (0: one shared interrupt).
