@@ -26,6 +26,23 @@ enum Event {
     Barrier,
 }
 
+/// A durable point's events split at its first barrier: the writes before it, the writes
+/// after it (the record that makes the point durable: a commit record or an fsync log block),
+/// and the number of barriers.
+type Split<'a> = (Vec<(u64, &'a [u8])>, Vec<(u64, &'a [u8])>, usize);
+
+fn split_at_barrier(events: &[Event]) -> Split<'_> {
+    let (mut before, mut after, mut barriers) = (Vec::new(), Vec::new(), 0);
+    for e in events {
+        match e {
+            Event::Barrier => barriers += 1,
+            Event::Write { block, data } if barriers == 0 => before.push((*block, &data[..])),
+            Event::Write { block, data } => after.push((*block, &data[..])),
+        }
+    }
+    (before, after, barriers)
+}
+
 /// Records writes and barriers. A write started by `write_behind` is at its laziest: it
 /// completes (reaches the disk and the log) only when `wait_for` names its memory or `drain`
 /// is called, and the recorder panics on what would be wrong with it in flight: a barrier, a
@@ -310,22 +327,11 @@ fn crash_run(kind: SpaceKind) {
         // The commit's writes: everything before the commit record's PREFLUSH barrier, then
         // the record itself.
         let log = std::mem::take(&mut dev.log);
-        let mut writes = Vec::new();
-        let mut record = None;
-        let mut barriers = 0;
-        for e in &log {
-            match e {
-                Event::Barrier => barriers += 1,
-                Event::Write { block, data } if barriers == 0 => writes.push((*block, &data[..])),
-                Event::Write { block, data } => {
-                    assert!(record.is_none(), "one commit record per commit");
-                    assert!(*block < 2);
-                    record = Some((*block, &data[..]));
-                }
-            }
-        }
+        let (writes, after, barriers) = split_at_barrier(&log);
+        assert_eq!(after.len(), 1, "one commit record per commit");
+        assert!(after[0].0 < 2);
         assert_eq!(barriers, 2);
-        let record = record.expect("commit record");
+        let record = after[0];
         let tag = |s: &str| std::format!("round {round} gen {new_gen}: {s}");
 
         // Every prefix of the writes, the record not reached.
@@ -524,17 +530,8 @@ fn namespace_operations_are_atomic() {
         let new_gen = v.superblock().generation;
         let new = namespace(&mut v);
         let log = std::mem::take(&mut v.device().log);
-        let mut writes = Vec::new();
-        let mut record = None;
-        let mut barriers = 0;
-        for e in &log {
-            match e {
-                Event::Barrier => barriers += 1,
-                Event::Write { block, data } if barriers == 0 => writes.push((*block, &data[..])),
-                Event::Write { block, data } => record = Some((*block, &data[..])),
-            }
-        }
-        let record = record.expect("commit record");
+        let (writes, after, _) = split_at_barrier(&log);
+        let record = *after.last().expect("commit record");
         let mut check =
             |pieces: &[(u64, &[u8], usize)], want_gen: u64, want: &Names, what: &str| {
                 let mut data = img.clone();
@@ -744,16 +741,8 @@ fn fsynced_files_survive_every_crash_state() {
             continue;
         }
         let events = std::mem::take(&mut v.device().log);
-        let mut writes = Vec::new();
-        let mut record = None;
-        let mut barriers = 0;
-        for e in &events {
-            match e {
-                Event::Barrier => barriers += 1,
-                Event::Write { block, data } if barriers == 0 => writes.push((*block, &data[..])),
-                Event::Write { block, data } => record = Some((*block, &data[..])),
-            }
-        }
+        let (writes, after, barriers) = split_at_barrier(&events);
+        let record = after.last().copied();
         assert_eq!(
             barriers, 2,
             "round {round}: one PREFLUSH | FUA write per durable point"
