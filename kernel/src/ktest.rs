@@ -1,6 +1,6 @@
 //! The in-kernel test runner.
 //!
-//! Tests register themselves with [`ktest!`](crate::ktest): each becomes a [`KTest`] in the
+//! Tests register themselves with [`ktest!`](macro@crate::ktest): each becomes a [`KTest`] in the
 //! `.ktests` linker section, which the runner walks in link order. Each test reports
 //! `KTEST start <name>`, then `KTEST pass <name>`, `KTEST fail <name>: <why> at <file>:<line>`
 //! or `KTEST skip <name>: <why>`; the run ends with

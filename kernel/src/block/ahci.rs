@@ -70,7 +70,7 @@ pub enum ProbeError {
 /// several disks share it.
 struct Ports;
 
-/// Rounds of [`Ports::handle`] over the HBA's `IS` before it leaves the rest to the next
+/// Rounds of `Ports::handle` over the HBA's `IS` before it leaves the rest to the next
 /// interrupt (a bound against a port that keeps raising).
 const DISPATCH_ROUNDS: usize = 8;
 

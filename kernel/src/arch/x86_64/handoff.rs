@@ -5,7 +5,7 @@
 //! The Multiboot2 structure is parsed by `bootproto::multiboot2` (every tag checked against the
 //! structure's size). A structure that is missing or malformed, a kernel image or page table
 //! outside the RAM the map lists as available, or an unknown boot protocol stops the boot with
-//! a plain-text message on the serial console ([`Handoff::fatal`]): the defmt stream has not
+//! a plain-text message on the serial console ([`Fatal`]): the defmt stream has not
 //! started yet, so the host (or a terminal) shows it as text.
 
 use super::acpi::phys_bytes;
