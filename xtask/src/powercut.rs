@@ -584,7 +584,7 @@ const LOG_DISCARD: u64 = 4;
 const LOG_MARK: u64 = 8;
 const LOG_SECTOR: u64 = 512;
 /// Sectors of tinyfs's two superblock slots (blocks 0 and 1).
-const SUPERBLOCK_SECTORS: u64 = 16;
+const BLOCK_SECTORS: u64 = 8;
 
 /// One logged write (or flush).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -663,20 +663,21 @@ impl WriteLog {
             .map_or(0, |i| i + 1)
     }
 
-    /// Whether entry `i` is durable by itself: logged as FUA, or (with `commit_fua`) a
-    /// tinyfs commit record, a write to the superblock slots (blocks 0 and 1) right after a
-    /// flush, i.e. the `PREFLUSH | FUA` write.
+    /// Whether entry `i` is durable by itself: logged as FUA, or (with `commit_fua`) the
+    /// write of a `PREFLUSH | FUA` pair: a one-block write right after a flush. tinyfs writes
+    /// exactly two such: a commit record (a superblock slot) and an fsync log block (anywhere).
     ///
     /// QEMU's NVMe model passes no FUA flag to its block backend (it completes a FUA write
     /// like any other), so the log cannot show one; the NVMe driver's host tests check that it
-    /// sets FUA on the command. For NVMe the commit record is therefore taken as the FUA write
-    /// the driver sent. Everything else still needs a flush.
+    /// sets FUA on the command. For NVMe the one-block write after a flush is therefore taken
+    /// as the FUA write the driver sent. Everything else still needs a flush.
     fn self_durable(&self, i: usize, commit_fua: bool) -> bool {
         let e = &self.entries[i];
         e.flags & LOG_FUA != 0
             || (commit_fua
                 && e.flags & LOG_FLUSH == 0
-                && e.sector + e.sectors <= SUPERBLOCK_SECTORS
+                && e.sectors > 0
+                && e.sectors <= BLOCK_SECTORS
                 && i > 0
                 && self.entries[i - 1].flags & LOG_FLUSH != 0)
     }
@@ -972,20 +973,46 @@ mod tests {
     }
 
     #[test]
-    fn commit_record_after_a_flush_counts_as_fua_only_when_asked() {
+    fn one_block_write_after_a_flush_counts_as_fua_only_when_asked() {
         let mut log = vec![0u8; LOG_SECTOR as usize];
         log.extend(entry(100, 8, 0, 1)); // data
         log.extend(entry(0, 0, LOG_FLUSH, 0));
         log.extend(entry(8, 8, 0, 2)); // commit record (block 1) right after the flush
         log.extend(entry(200, 8, 0, 3)); // data of the next operation
         log.extend(entry(0, 8, 0, 4)); // a superblock write not after a flush
+        log.extend(entry(0, 0, LOG_FLUSH, 0));
+        log.extend(entry(800, 8, 0, 5)); // an fsync log block right after a flush
+        log.extend(entry(900, 8, 0, 6)); // data after it
+        log.extend(entry(0, 0, LOG_FLUSH, 0));
+        log.extend(entry(300, 16, 0, 7)); // two blocks after a flush: not a FUA pair's write
         let w = WriteLog::parse(&log).unwrap();
-        assert_eq!(w.volatile(false), 3);
-        assert_eq!(w.volatile(true), 2);
+        assert_eq!(w.volatile(false), 1);
+        assert_eq!(w.volatile(true), 1);
         let v = w.variants(&mut Rng(1), true);
-        assert_eq!(v[0].1, vec![true, true, true, false, false]);
+        let mut want = vec![true; 10];
+        want[9] = false;
+        assert_eq!(v[0].1, want);
+        // Only the last write is past the last flush; before it, what the flushes cover.
         let v = w.variants(&mut Rng(1), false);
-        assert_eq!(v[0].1, vec![true, true, false, false, false]);
+        assert!(!v[0].1[9]);
+        // Without the flushes after them, the one-block writes after a flush count as FUA
+        // (NVMe) or not.
+        let mut short = vec![0u8; LOG_SECTOR as usize];
+        short.extend(entry(100, 8, 0, 1));
+        short.extend(entry(0, 0, LOG_FLUSH, 0));
+        short.extend(entry(800, 8, 0, 2)); // log block
+        short.extend(entry(200, 8, 0, 3)); // data of the next operation
+        let w = WriteLog::parse(&short).unwrap();
+        assert_eq!(w.volatile(false), 2);
+        assert_eq!(w.volatile(true), 1);
+        assert_eq!(
+            w.variants(&mut Rng(1), true)[0].1,
+            vec![true, true, true, false]
+        );
+        assert_eq!(
+            w.variants(&mut Rng(1), false)[0].1,
+            vec![true, true, false, false]
+        );
     }
 
     #[test]
