@@ -43,6 +43,12 @@ fn corrupt(what: &'static str) -> FsError {
     FsError::Corrupt { block: 0, what }
 }
 
+/// An extent `(start, end, device block of start)`, or none.
+type Extent = Option<(u64, u64, u64)>;
+
+/// A lookup's result already known ([`Extent`]), or `None`: look it up.
+type Known = Option<Extent>;
+
 impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// The first extent of `ino` ending after file block `fb`: `(start, end, device block of
     /// start)`.
@@ -80,7 +86,13 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// covered them are cut (their blocks there freed at commit), and the new extent merges
     /// with a contiguous one ending at `fb`.
     pub(super) fn map_range(&mut self, ino: u64, fb: u64, k: u64, nb: u64) -> Result<()> {
-        self.cut(ino, fb, k, true)?;
+        self.map_range_from(ino, fb, k, nb, None)
+    }
+
+    /// [`Volume::map_range`]; `first`, when known, is what [`Volume::extent_from`]`(ino, fb)`
+    /// returns on the tree as it is now (one lookup fewer).
+    fn map_range_from(&mut self, ino: u64, fb: u64, k: u64, nb: u64, first: Known) -> Result<()> {
+        self.cut(ino, fb, k, true, first)?;
         let end = fb + k;
         let (mut start, mut phys) = (fb, nb);
         let mut b = [0u8; EXTENT_SIZE];
@@ -99,16 +111,23 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// Unmaps file blocks `[fb, fb + k)` of `ino`: the extents covering them are cut (their
     /// blocks there freed at commit).
     pub(super) fn cut_range(&mut self, ino: u64, fb: u64, k: u64) -> Result<()> {
-        self.cut(ino, fb, k, false)
+        self.cut(ino, fb, k, false, None)
     }
 
     /// [`Volume::cut_range`]; with `remap`, an extent ending exactly at `fb + k` keeps its
     /// item, which the caller replaces at once (one tree update instead of a removal and an
     /// insertion: the random overwrite of a fragmented file). An extent ending past the range
-    /// always keeps its item, replaced by the piece after the range.
-    fn cut(&mut self, ino: u64, fb: u64, k: u64, remap: bool) -> Result<()> {
+    /// always keeps its item, replaced by the piece after the range. `first`: as in
+    /// [`Volume::map_range_from`].
+    fn cut(&mut self, ino: u64, fb: u64, k: u64, remap: bool, first: Known) -> Result<()> {
         let end = fb + k;
-        while let Some((s, e, p)) = self.extent_from(ino, fb)? {
+        let mut known = first;
+        loop {
+            let found = match known.take() {
+                Some(x) => x,
+                None => self.extent_from(ino, fb)?,
+            };
+            let Some((s, e, p)) = found else { break };
             if s >= end {
                 break;
             }
@@ -135,12 +154,18 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         Ok(())
     }
 
-    /// Extents of `ino` that overlap file blocks `[fb, fb + k)`, counted up to `k`.
-    fn overlapping(&mut self, ino: u64, fb: u64, k: u64) -> Result<u64> {
+    /// Extents of `ino` that overlap file blocks `[fb, fb + k)`, counted up to `k`, and the
+    /// first lookup's result ([`Volume::extent_from`]`(ino, fb)`).
+    fn overlapping(&mut self, ino: u64, fb: u64, k: u64) -> Result<(u64, Extent)> {
         let mut c = 0;
         let mut at = fb;
+        let mut first = None;
         while c < k {
-            match self.extent_from(ino, at)? {
+            let x = self.extent_from(ino, at)?;
+            if at == fb {
+                first = x;
+            }
+            match x {
                 Some((s, e, _)) if s < fb + k => {
                     c += 1;
                     at = e;
@@ -148,7 +173,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 _ => break,
             }
         }
-        Ok(c)
+        Ok((c, first))
     }
 
     /// Reads file block `fb` of `ino` into buffer block `at` (zeros for a hole).
@@ -307,8 +332,11 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 return Err(FsError::io(IoOp::WriteBehind, e));
             }
         }
+        let mut first;
         loop {
-            let c = self.overlapping(ino, fb, k)? + k / CSUMS + 2;
+            let (n, x) = self.overlapping(ino, fb, k)?;
+            first = (x, self.tree.generation());
+            let c = n + k / CSUMS + 2;
             match self.room(c + 6) {
                 Ok(()) if self.space.allocatable() >= (c + 6) * (2 * MAX_HEIGHT as u64 + 2) + k => {
                     break;
@@ -322,6 +350,9 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         let k = 1 + self.space.extend_run(&mut self.dev, nb, k - 1)?;
         let cend = end.min((fb + k) * BS);
         let c = Chunk {
+            // Nothing changes the tree between the lookup and the mapping (`room` only checks,
+            // the rest reads or allocates); a commit in between would drop it all the same.
+            first: (first.1 == self.tree.generation()).then_some(first.0),
             ino,
             inode,
             fb,
@@ -381,7 +412,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             };
             return Err(FsError::io(op, e));
         }
-        self.map_range(c.ino, c.fb, c.k, c.nb)?;
+        self.map_range_from(c.ino, c.fb, c.k, c.nb, c.first)?;
         self.put_csums(c.ino, c.fb, c.k, c.base / BLOCK_SIZE)?;
         self.log.touch(c.ino, c.fb, c.fb + c.k);
         let mut inode = c.inode;
@@ -628,6 +659,8 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
 /// from buffer byte `base` on; buffer bytes `[base + lo, base + hi)` are the new ones.
 #[derive(Clone, Copy, Debug)]
 struct Chunk {
+    /// [`Volume::extent_from`]`(ino, fb)` when still true of the tree.
+    first: Known,
     ino: u64,
     inode: Inode,
     fb: u64,
