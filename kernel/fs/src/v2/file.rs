@@ -92,18 +92,26 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// [`Volume::map_range`]; `first`, when known, is what [`Volume::extent_from`]`(ino, fb)`
     /// returns on the tree as it is now (one lookup fewer).
     fn map_range_from(&mut self, ino: u64, fb: u64, k: u64, nb: u64, first: Known) -> Result<()> {
-        self.cut(ino, fb, k, true, first)?;
+        let piece = self.cut(ino, fb, k, true, first)?;
         let end = fb + k;
         let (mut start, mut phys) = (fb, nb);
         let mut b = [0u8; EXTENT_SIZE];
         let left = Key::new(ino, kind::EXTENT, fb);
-        if fb > 0 && self.tree.get(&mut self.dev, &left, &mut b)? == Some(EXTENT_SIZE) {
-            let (ls, lp) = (rd64(&b, 0), rd64(&b, 8));
-            if ls < fb && lp.checked_add(fb - ls) == Some(nb) {
-                self.del(left)?;
-                start = ls;
-                phys = lp;
+        // The extent ending at `fb`: the piece the cut just wrote, else looked up.
+        let before = match piece {
+            Some(x) => Some(x),
+            None if fb > 0 && self.tree.get(&mut self.dev, &left, &mut b)? == Some(EXTENT_SIZE) => {
+                Some((rd64(&b, 0), rd64(&b, 8)))
             }
+            None => None,
+        };
+        if let Some((ls, lp)) = before
+            && ls < fb
+            && lp.checked_add(fb - ls) == Some(nb)
+        {
+            self.del(left)?;
+            start = ls;
+            phys = lp;
         }
         self.put_extent(ino, start, end, phys)
     }
@@ -111,17 +119,26 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// Unmaps file blocks `[fb, fb + k)` of `ino`: the extents covering them are cut (their
     /// blocks there freed at commit).
     pub(super) fn cut_range(&mut self, ino: u64, fb: u64, k: u64) -> Result<()> {
-        self.cut(ino, fb, k, false, None)
+        self.cut(ino, fb, k, false, None).map(|_| ())
     }
 
     /// [`Volume::cut_range`]; with `remap`, an extent ending exactly at `fb + k` keeps its
     /// item, which the caller replaces at once (one tree update instead of a removal and an
     /// insertion: the random overwrite of a fragmented file). An extent ending past the range
     /// always keeps its item, replaced by the piece after the range. `first`: as in
-    /// [`Volume::map_range_from`].
-    fn cut(&mut self, ino: u64, fb: u64, k: u64, remap: bool, first: Known) -> Result<()> {
+    /// [`Volume::map_range_from`]. Returns the piece before the range it wrote, `(start,
+    /// device block of start)` of the extent now ending at `fb`, if any.
+    fn cut(
+        &mut self,
+        ino: u64,
+        fb: u64,
+        k: u64,
+        remap: bool,
+        first: Known,
+    ) -> Result<Option<(u64, u64)>> {
         let end = fb + k;
         let mut known = first;
+        let mut piece = None;
         loop {
             let found = match known.take() {
                 Some(x) => x,
@@ -138,7 +155,10 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 self.del(Key::new(ino, kind::EXTENT, e))?;
             }
             if s < fb {
+                // Only the extent covering `fb` starts before it: at most one such piece,
+                // and no later step of the cut touches its item.
                 self.put_extent(ino, s, fb, p)?;
+                piece = Some((s, p));
             }
             if e > end {
                 self.put_extent(ino, end, e, p + (end - s))?;
@@ -151,7 +171,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 break;
             }
         }
-        Ok(())
+        Ok(piece)
     }
 
     /// Extents of `ino` that overlap file blocks `[fb, fb + k)`, counted up to `k`, and the
