@@ -43,6 +43,12 @@ fn corrupt(what: &'static str) -> FsError {
     FsError::Corrupt { block: 0, what }
 }
 
+/// An extent `(start, end, device block of start)`, or none.
+type Extent = Option<(u64, u64, u64)>;
+
+/// A lookup's result already known ([`Extent`]), or `None`: look it up.
+type Known = Option<Extent>;
+
 impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// The first extent of `ino` ending after file block `fb`: `(start, end, device block of
     /// start)`.
@@ -80,18 +86,32 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// covered them are cut (their blocks there freed at commit), and the new extent merges
     /// with a contiguous one ending at `fb`.
     pub(super) fn map_range(&mut self, ino: u64, fb: u64, k: u64, nb: u64) -> Result<()> {
-        self.cut(ino, fb, k, true)?;
+        self.map_range_from(ino, fb, k, nb, None)
+    }
+
+    /// [`Volume::map_range`]; `first`, when known, is what [`Volume::extent_from`]`(ino, fb)`
+    /// returns on the tree as it is now (one lookup fewer).
+    fn map_range_from(&mut self, ino: u64, fb: u64, k: u64, nb: u64, first: Known) -> Result<()> {
+        let piece = self.cut(ino, fb, k, true, first)?;
         let end = fb + k;
         let (mut start, mut phys) = (fb, nb);
         let mut b = [0u8; EXTENT_SIZE];
         let left = Key::new(ino, kind::EXTENT, fb);
-        if fb > 0 && self.tree.get(&mut self.dev, &left, &mut b)? == Some(EXTENT_SIZE) {
-            let (ls, lp) = (rd64(&b, 0), rd64(&b, 8));
-            if ls < fb && lp.checked_add(fb - ls) == Some(nb) {
-                self.del(left)?;
-                start = ls;
-                phys = lp;
+        // The extent ending at `fb`: the piece the cut just wrote, else looked up.
+        let before = match piece {
+            Some(x) => Some(x),
+            None if fb > 0 && self.tree.get(&mut self.dev, &left, &mut b)? == Some(EXTENT_SIZE) => {
+                Some((rd64(&b, 0), rd64(&b, 8)))
             }
+            None => None,
+        };
+        if let Some((ls, lp)) = before
+            && ls < fb
+            && lp.checked_add(fb - ls) == Some(nb)
+        {
+            self.del(left)?;
+            start = ls;
+            phys = lp;
         }
         self.put_extent(ino, start, end, phys)
     }
@@ -99,16 +119,32 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// Unmaps file blocks `[fb, fb + k)` of `ino`: the extents covering them are cut (their
     /// blocks there freed at commit).
     pub(super) fn cut_range(&mut self, ino: u64, fb: u64, k: u64) -> Result<()> {
-        self.cut(ino, fb, k, false)
+        self.cut(ino, fb, k, false, None).map(|_| ())
     }
 
     /// [`Volume::cut_range`]; with `remap`, an extent ending exactly at `fb + k` keeps its
     /// item, which the caller replaces at once (one tree update instead of a removal and an
     /// insertion: the random overwrite of a fragmented file). An extent ending past the range
-    /// always keeps its item, replaced by the piece after the range.
-    fn cut(&mut self, ino: u64, fb: u64, k: u64, remap: bool) -> Result<()> {
+    /// always keeps its item, replaced by the piece after the range. `first`: as in
+    /// [`Volume::map_range_from`]. Returns the piece before the range it wrote, `(start,
+    /// device block of start)` of the extent now ending at `fb`, if any.
+    fn cut(
+        &mut self,
+        ino: u64,
+        fb: u64,
+        k: u64,
+        remap: bool,
+        first: Known,
+    ) -> Result<Option<(u64, u64)>> {
         let end = fb + k;
-        while let Some((s, e, p)) = self.extent_from(ino, fb)? {
+        let mut known = first;
+        let mut piece = None;
+        loop {
+            let found = match known.take() {
+                Some(x) => x,
+                None => self.extent_from(ino, fb)?,
+            };
+            let Some((s, e, p)) = found else { break };
             if s >= end {
                 break;
             }
@@ -119,7 +155,10 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 self.del(Key::new(ino, kind::EXTENT, e))?;
             }
             if s < fb {
+                // Only the extent covering `fb` starts before it: at most one such piece,
+                // and no later step of the cut touches its item.
                 self.put_extent(ino, s, fb, p)?;
+                piece = Some((s, p));
             }
             if e > end {
                 self.put_extent(ino, end, e, p + (end - s))?;
@@ -132,15 +171,21 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 break;
             }
         }
-        Ok(())
+        Ok(piece)
     }
 
-    /// Extents of `ino` that overlap file blocks `[fb, fb + k)`, counted up to `k`.
-    fn overlapping(&mut self, ino: u64, fb: u64, k: u64) -> Result<u64> {
+    /// Extents of `ino` that overlap file blocks `[fb, fb + k)`, counted up to `k`, and the
+    /// first lookup's result ([`Volume::extent_from`]`(ino, fb)`).
+    fn overlapping(&mut self, ino: u64, fb: u64, k: u64) -> Result<(u64, Extent)> {
         let mut c = 0;
         let mut at = fb;
+        let mut first = None;
         while c < k {
-            match self.extent_from(ino, at)? {
+            let x = self.extent_from(ino, at)?;
+            if at == fb {
+                first = x;
+            }
+            match x {
                 Some((s, e, _)) if s < fb + k => {
                     c += 1;
                     at = e;
@@ -148,7 +193,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 _ => break,
             }
         }
-        Ok(c)
+        Ok((c, first))
     }
 
     /// Reads file block `fb` of `ino` into buffer block `at` (zeros for a hole).
@@ -307,8 +352,11 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 return Err(FsError::io(IoOp::WriteBehind, e));
             }
         }
+        let mut first;
         loop {
-            let c = self.overlapping(ino, fb, k)? + k / CSUMS + 2;
+            let (n, x) = self.overlapping(ino, fb, k)?;
+            first = (x, self.tree.generation());
+            let c = n + k / CSUMS + 2;
             match self.room(c + 6) {
                 Ok(()) if self.space.allocatable() >= (c + 6) * (2 * MAX_HEIGHT as u64 + 2) + k => {
                     break;
@@ -322,6 +370,9 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         let k = 1 + self.space.extend_run(&mut self.dev, nb, k - 1)?;
         let cend = end.min((fb + k) * BS);
         let c = Chunk {
+            // Nothing changes the tree between the lookup and the mapping (`room` only checks,
+            // the rest reads or allocates); a commit in between would drop it all the same.
+            first: (first.1 == self.tree.generation()).then_some(first.0),
             ino,
             inode,
             fb,
@@ -381,7 +432,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             };
             return Err(FsError::io(op, e));
         }
-        self.map_range(c.ino, c.fb, c.k, c.nb)?;
+        self.map_range_from(c.ino, c.fb, c.k, c.nb, c.first)?;
         self.put_csums(c.ino, c.fb, c.k, c.base / BLOCK_SIZE)?;
         self.log.touch(c.ino, c.fb, c.fb + c.k);
         let mut inode = c.inode;
@@ -628,6 +679,8 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
 /// from buffer byte `base` on; buffer bytes `[base + lo, base + hi)` are the new ones.
 #[derive(Clone, Copy, Debug)]
 struct Chunk {
+    /// [`Volume::extent_from`]`(ino, fb)` when still true of the tree.
+    first: Known,
     ino: u64,
     inode: Inode,
     fb: u64,
