@@ -339,6 +339,10 @@ fn connect_interrupt(f: &::pci::PciFunction<'static>, mode: Mode, n: usize) {
         && (line.register(handler).is_err() || line.enable().is_err())
     {
         defmt::error!("ahci: cannot use interrupt line {=u32}", line.number());
+        super::setup_errors::record(format_args!(
+            "ahci: cannot use interrupt line {}",
+            line.number()
+        ));
     }
     // Several CPUs submit to the ports' one command list each: completions run on the CPU the
     // MSI goes to, which a lock holder elsewhere sends the interrupt again when it finds a

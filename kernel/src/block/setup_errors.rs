@@ -1,6 +1,7 @@
 //! Problems met while the block layer was set up that leave the boot going: a pool whose
-//! reserve could not be filled at [`super::init`], a `dm=` table refused or a mapped device's
-//! mirror that could not be resynced at creation. Each is logged where it happens and also
+//! reserve could not be filled at [`super::init`], a `dm=` table refused, a mapped device's
+//! mirror that could not be resynced at creation, or a disk's interrupt that could not be set
+//! up (its queues would never complete: MSI-X programming, a vector or a line refused). Each is logged where it happens and also
 //! kept here, so that the in-kernel test run fails on it (`kernel::ktest::block_setup_clean`,
 //! before any test) and run mode lists it again after the devices ([`super::registry::print`]).
 

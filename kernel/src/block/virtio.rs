@@ -175,6 +175,10 @@ pub fn probe(info: &BootInfo, polled: bool) {
                 "virtio-blk: cannot use interrupt line {=u32}",
                 line.number()
             );
+            super::setup_errors::record(format_args!(
+                "virtio-blk: cannot use interrupt line {}",
+                line.number()
+            ));
         }
     }
     let i = hw.info();
@@ -224,6 +228,7 @@ fn msix_vectors(
     let n = hw.nr_queues();
     let Ok(t) = f.msix(arch::mmio_mapper()) else {
         defmt::error!("virtio-blk: MSI-X setup failed");
+        super::setup_errors::record(format_args!("virtio-blk: MSI-X setup failed"));
         return 0;
     };
     let mut lines = [None; MAX_QUEUES];
@@ -235,6 +240,9 @@ fn msix_vectors(
         } else {
             let Some(v) = hal::irq::alloc_msi_on(owner_cpu(q, n)) else {
                 defmt::error!("virtio-blk: no interrupt vector for queue {=usize}", q);
+                super::setup_errors::record(format_args!(
+                    "virtio-blk: no interrupt vector for queue {q}"
+                ));
                 ok = false;
                 break;
             };
@@ -246,6 +254,10 @@ fn msix_vectors(
                 "virtio-blk: cannot use interrupt line {=u32}",
                 line.number()
             );
+            super::setup_errors::record(format_args!(
+                "virtio-blk: cannot use interrupt line {}",
+                line.number()
+            ));
             ok = false;
         }
         *slot = Some(line);
@@ -254,6 +266,7 @@ fn msix_vectors(
     t.enable();
     if !ok || !hw.set_msix(f, arch::mmio_mapper()) {
         defmt::error!("virtio-blk: MSI-X setup failed");
+        super::setup_errors::record(format_args!("virtio-blk: MSI-X setup failed"));
     }
     if n > 1 {
         QUEUE_LINES.call_once(|| (lines, programmed));
