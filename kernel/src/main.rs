@@ -53,6 +53,7 @@ pub fn kmain(info: BootInfo) -> ! {
         info.cmdline
     );
     arch::log_boot_details();
+    defmt::println!("crc32c: {=str}", arch::install_crc());
     // Before the devices: drivers spread their queues over the CPUs online at attach.
     smp::start_others();
     pci::init(info);

@@ -187,6 +187,11 @@ fn one() -> u32 {
 /// Most CPUs a profile may ask for (the kernel brings up at most this many).
 pub const MAX_SMP: u32 = 8;
 
+/// The CPU model of x86_64 profiles that name none: QEMU's default `qemu64` plus SSE4.2, whose
+/// `crc32` instruction the kernel uses for the filesystem's checksums (every x86_64 CPU since
+/// 2008 has it). A profile that wants the bare model (the software checksum) says `-cpu qemu64`.
+pub const X86_64_CPU: &str = "qemu64,+sse4.2";
+
 /// Values substituted into profile arguments.
 #[derive(Debug, Default)]
 pub struct Placeholders {
@@ -302,12 +307,19 @@ impl Profile {
     }
 
     /// The profile's QEMU arguments with placeholders filled in, `-smp N` first when the profile
-    /// has more than one CPU. Each entry is split on whitespace before substitution, so
+    /// has more than one CPU, then on x86_64 [`X86_64_CPU`] unless the profile names a `-cpu`. Each entry is split on whitespace before substitution, so
     /// substituted paths may contain spaces.
     pub fn qemu_args(&self, values: &Placeholders) -> Result<Vec<String>> {
         let mut out = Vec::new();
         if self.smp > 1 {
             out.extend(["-smp".to_owned(), self.smp.to_string()]);
+        }
+        if self.arch == Arch::X86_64
+            && !self
+                .all_args()
+                .any(|a| a.split_whitespace().any(|w| w == "-cpu"))
+        {
+            out.extend(["-cpu".to_owned(), X86_64_CPU.to_owned()]);
         }
         for entry in self.all_args() {
             for word in entry.split_whitespace() {
@@ -538,6 +550,33 @@ mod tests {
             "disk = \"virtio\"\nexpect = [\"scsi\"]",
         );
         assert!(Profile::parse("x", &unknown).is_err());
+    }
+
+    #[test]
+    fn x86_64_gets_a_cpu_model_unless_it_names_one() {
+        let values = Placeholders {
+            image: Some(PathBuf::from("disk.img")),
+            ..Placeholders::default()
+        };
+        let cpu = |text: &str| {
+            let args = Profile::parse("x", text)
+                .unwrap()
+                .qemu_args(&values)
+                .unwrap();
+            let at = args.iter().position(|a| a == "-cpu");
+            assert_eq!(
+                args.iter().filter(|a| *a == "-cpu").count(),
+                usize::from(at.is_some())
+            );
+            at.map(|i| args[i + 1].clone())
+        };
+        assert_eq!(cpu(SAMPLE), None);
+        let x86 = SAMPLE
+            .replace("riscv64", "x86_64")
+            .replace("-machine virt", "-machine q35");
+        assert_eq!(cpu(&x86).as_deref(), Some(X86_64_CPU));
+        let named = x86.replace("\"-m 128M\"", "\"-m 128M\", \"-cpu qemu64\"");
+        assert_eq!(cpu(&named).as_deref(), Some("qemu64"));
     }
 
     #[test]

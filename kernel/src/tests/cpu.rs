@@ -44,6 +44,29 @@ ktest! {
     }
 }
 
+ktest! {
+    fn crc32c_uses_the_instruction_the_cpu_has_and_agrees_with_software() -> TestResult {
+        use tinyfs::crc::{accelerated, crc32c, crc32c_soft};
+        check_eq!(accelerated(), arch::crc_instruction());
+        let mut buf = [0u8; 4096 + 16];
+        let mut x = arch::cycles() | 1;
+        for b in buf.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        check_eq!(crc32c(b"123456789"), 0xE306_9283);
+        for lo in 0..16 {
+            for len in (0..=100).chain([511, 512, 4095, 4096]) {
+                let d = &buf[lo..lo + len];
+                check!(crc32c(d) == crc32c_soft(d), "CRC32C of {} bytes at {} differs", len, lo);
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 ktest! {
     fn madt_interrupt_source_overrides_are_honoured() -> TestResult {

@@ -202,6 +202,17 @@ fn boot_stop(hart: usize, dtb: usize, why: &str) -> ! {
     exit(false)
 }
 
+/// The filesystem's CRC32C stays in software: the base ISA has no CRC instruction (the
+/// carry-less multiply of Zbc could fold one; not done). Returns what it uses.
+pub fn install_crc() -> &'static str {
+    "software (no CRC instruction on riscv64)"
+}
+
+/// Whether the CPU has a CRC32C instruction the kernel uses: not on riscv64.
+pub fn crc_instruction() -> bool {
+    false
+}
+
 /// Logs the boot hart and where the device tree was. Called by `kmain` once the console runs.
 pub fn log_boot_details() {
     if let Some(&(hart, dtb, size)) = BOOT_HANDOFF.get() {

@@ -10,6 +10,7 @@
 
 mod acpi;
 mod apic;
+mod crc;
 mod entry;
 mod gdt;
 mod handoff;
@@ -20,6 +21,8 @@ mod smp;
 mod time;
 mod trap;
 mod vectors;
+
+pub use crc::{crc_instruction, install_crc};
 
 use crate::arch::percpu::{self, PERCPU};
 use crate::boot::{BootInfo, IntxMap, PciHost};
