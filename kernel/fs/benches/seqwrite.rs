@@ -129,33 +129,42 @@ fn report(name: &str, ram: &Ram, w0: (u64, u64, u64), ns: u128) {
     );
 }
 
-type V1<'b> = tinyfs::v1::Fs<'b, &'b mut Ram, 8, 256>;
-
-#[inline(never)]
-fn ops_v1(fs: &mut V1<'_>, ino: tinyfs::v1::Ino, src: &[u8], copy: bool) {
-    let mut filled = Filled::default();
-    for i in 0..PIECES {
-        let off = (i * PIECE) as u64;
-        if copy {
-            assert_eq!(fs.write(ino, off, src).unwrap(), PIECE);
-            continue;
-        }
-        let mut done = 0;
-        while done < PIECE {
-            let mut w = fs
-                .write_buffer(ino, off + done as u64, PIECE - done)
-                .unwrap();
-            let n = w.len();
-            let buf = w.buf();
-            if done != 0 || n != PIECE || filled.first_time(buf.as_ptr() as usize) {
-                fill(buf, &src[done..done + n]);
+/// `$name(fs, ino, src, copy)`: the timed part on filesystem type `$fs` with inode type
+/// `$ino` (both versions have the same write API).
+macro_rules! ops {
+    ($name:ident, $fs:ty, $ino:ty) => {
+        #[inline(never)]
+        fn $name(fs: &mut $fs, ino: $ino, src: &[u8], copy: bool) {
+            let mut filled = Filled::default();
+            for i in 0..PIECES {
+                let off = (i * PIECE) as u64;
+                if copy {
+                    assert_eq!(fs.write(ino, off, src).unwrap(), PIECE);
+                    continue;
+                }
+                let mut done = 0;
+                while done < PIECE {
+                    let mut w = fs
+                        .write_buffer(ino, off + done as u64, PIECE - done)
+                        .unwrap();
+                    let n = w.len();
+                    let buf = w.buf();
+                    if done != 0 || n != PIECE || filled.first_time(buf.as_ptr() as usize) {
+                        fill(buf, &src[done..done + n]);
+                    }
+                    w.commit().unwrap();
+                    done += n;
+                }
             }
-            w.commit().unwrap();
-            done += n;
+            fs.fsync(ino).unwrap();
         }
-    }
-    fs.fsync(ino).unwrap();
+    };
 }
+
+type V1<'b> = tinyfs::v1::Fs<'b, &'b mut Ram, 8, 256>;
+ops!(ops_v1, V1<'_>, tinyfs::v1::Ino);
+type V2<'b> = tinyfs::v2::Fs<'b, &'b mut Ram, N, G>;
+ops!(ops_v2, V2<'_>, tinyfs::v2::Ino);
 
 fn v1(src: &[u8], copy: bool) {
     let mut ram = Ram::new();
@@ -186,34 +195,6 @@ fn check_v1(fs: &mut V1<'_>, ino: tinyfs::v1::Ino, src: &[u8]) {
         assert_eq!(fs.read(ino, (i * PIECE) as u64, &mut back).unwrap(), PIECE);
         assert!(back == src, "piece {i} reads back different");
     }
-}
-
-type V2<'b> = tinyfs::v2::Fs<'b, &'b mut Ram, N, G>;
-
-#[inline(never)]
-fn ops_v2(fs: &mut V2<'_>, ino: tinyfs::v2::Ino, src: &[u8], copy: bool) {
-    let mut filled = Filled::default();
-    for i in 0..PIECES {
-        let off = (i * PIECE) as u64;
-        if copy {
-            assert_eq!(fs.write(ino, off, src).unwrap(), PIECE);
-            continue;
-        }
-        let mut done = 0;
-        while done < PIECE {
-            let mut w = fs
-                .write_buffer(ino, off + done as u64, PIECE - done)
-                .unwrap();
-            let n = w.len();
-            let buf = w.buf();
-            if done != 0 || n != PIECE || filled.first_time(buf.as_ptr() as usize) {
-                fill(buf, &src[done..done + n]);
-            }
-            w.commit().unwrap();
-            done += n;
-        }
-    }
-    fs.fsync(ino).unwrap();
 }
 
 fn v2(src: &[u8], copy: bool) {
