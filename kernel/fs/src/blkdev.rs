@@ -49,6 +49,8 @@ pub struct BlkDisk {
     blocks: u64,
     /// Write-behind bios in flight: the future and the memory range (address, bytes) it reads.
     pending: [Option<(BioFuture, usize, usize)>; MAX_INFLIGHT],
+    /// Occupied slots of `pending` (the scans stop once they have seen them all).
+    inflight: usize,
     /// First error of a write-behind bio not yet reported.
     error: Option<IoError>,
 }
@@ -110,6 +112,7 @@ impl BlkDisk {
             mem,
             blocks: dev.capacity() / SECTORS_PER_BLOCK,
             pending: [const { None }; MAX_INFLIGHT],
+            inflight: 0,
             error: None,
         })
     }
@@ -148,17 +151,23 @@ impl BlkDisk {
         Ok(bio)
     }
 
-    /// Polls the write-behind bios until `done(address, bytes)` holds for none still in flight
-    /// and at least `free` slots are empty, calling the wait hook between polls.
-    fn reap(&mut self, free: usize, busy: &dyn Fn(usize, usize) -> bool) {
+    /// Polls the write-behind bios until `busy(address, bytes)` holds for none still in
+    /// flight and at least `free` slots are empty, calling the wait hook between polls.
+    fn reap(&mut self, free: usize, busy: impl Fn(usize, usize) -> bool) {
         let mut cx = Context::from_waker(Waker::noop());
         loop {
-            let mut empty = self.pending.iter().filter(|s| s.is_none()).count();
+            let mut empty = MAX_INFLIGHT - self.inflight;
             let mut blocked = false;
+            // Occupied slots not seen yet: the scan ends with the last of them.
+            let mut left = self.inflight;
             for slot in self.pending.iter_mut() {
+                if left == 0 {
+                    break;
+                }
                 let Some((f, addr, len)) = slot.as_mut() else {
                     continue;
                 };
+                left -= 1;
                 let hit = busy(*addr, *len);
                 if !hit && empty >= free {
                     // Neither waited for nor needed for room: left for a later reap (`drain`
@@ -173,6 +182,7 @@ impl BlkDisk {
                             self.error = Some(bio_err(bio.as_ref(), e));
                         }
                         *slot = None;
+                        self.inflight -= 1;
                         empty += 1;
                     }
                     Poll::Pending => blocked |= hit,
@@ -269,7 +279,9 @@ impl BlockIo for BlkDisk {
             self.drain()?;
             return self.write(runs, WriteFlags::NONE);
         }
-        self.reap(total, &|_, _| false);
+        if MAX_INFLIGHT - self.inflight < total {
+            self.reap(total, |_, _| false);
+        }
         // A plug only pays for itself with several bios to merge and batch; one bio (a
         // sequential write of up to `BLOCKS_PER_BIO` blocks) takes the queue's direct path.
         let _plug = (total > 1).then(|| self.ctx.plug());
@@ -289,6 +301,7 @@ impl BlockIo for BlkDisk {
                     .ok_or(IoError::new(at, IoErrorKind::Device))?;
                 let fut = blk::submit_bio_async(self.ctx, bio);
                 self.pending[slot] = Some((fut, part.as_ptr() as usize, part.len()));
+                self.inflight += 1;
             }
         }
         Ok(())
@@ -296,12 +309,12 @@ impl BlockIo for BlkDisk {
 
     fn wait_for(&mut self, mem: &[u8]) -> Result<(), IoError> {
         let (lo, hi) = (mem.as_ptr() as usize, mem.as_ptr() as usize + mem.len());
-        self.reap(0, &|a, n| a < hi && lo < a + n);
+        self.reap(0, |a, n| a < hi && lo < a + n);
         self.take_error()
     }
 
     fn drain(&mut self) -> Result<(), IoError> {
-        self.reap(MAX_INFLIGHT, &|_, _| true);
+        self.reap(MAX_INFLIGHT, |_, _| true);
         self.take_error()
     }
 

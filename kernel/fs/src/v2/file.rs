@@ -94,21 +94,36 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     fn map_range_from(&mut self, ino: u64, fb: u64, k: u64, nb: u64, first: Known) -> Result<()> {
         let piece = self.cut(ino, fb, k, true, first)?;
         let end = fb + k;
-        let (mut start, mut phys) = (fb, nb);
-        let mut b = [0u8; EXTENT_SIZE];
         let left = Key::new(ino, kind::EXTENT, fb);
-        // The extent ending at `fb`: the piece the cut just wrote, else looked up.
+        // Whether the extent `(start, device block of start)` ending at `fb` continues on disk
+        // into the new blocks.
+        let joins = |(ls, lp): (u64, u64)| ls < fb && lp.checked_add(fb - ls) == Some(nb);
+        // The extent ending at `fb`: the piece the cut just wrote, else found by moving its
+        // item's key from `fb` to `end` when it joins (the append of a sequential write: one
+        // tree update, its value unchanged), else as seen there.
         let before = match piece {
             Some(x) => Some(x),
-            None if fb > 0 && self.tree.get(&mut self.dev, &left, &mut b)? == Some(EXTENT_SIZE) => {
-                Some((rd64(&b, 0), rd64(&b, 8)))
+            None if fb > 0 => {
+                let mut seen = None;
+                let grown = self.tree.rekey(
+                    &mut self.dev,
+                    &mut self.space,
+                    &left,
+                    &Key::new(ino, kind::EXTENT, end),
+                    |v| {
+                        seen = (v.len() == EXTENT_SIZE).then(|| (rd64(v, 0), rd64(v, 8)));
+                        seen.is_some_and(joins)
+                    },
+                )?;
+                if grown {
+                    return Ok(());
+                }
+                seen
             }
             None => None,
         };
-        if let Some((ls, lp)) = before
-            && ls < fb
-            && lp.checked_add(fb - ls) == Some(nb)
-        {
+        let (mut start, mut phys) = (fb, nb);
+        if let Some((ls, lp)) = before.filter(|&x| joins(x)) {
             self.del(left)?;
             start = ls;
             phys = lp;
@@ -354,7 +369,12 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         }
         let mut first;
         loop {
-            let (n, x) = self.overlapping(ino, fb, k)?;
+            // An append overlaps nothing: every extent ends within the file's size.
+            let (n, x) = if behind {
+                (0, None)
+            } else {
+                self.overlapping(ino, fb, k)?
+            };
             first = (x, self.tree.generation());
             let c = n + k / CSUMS + 2;
             match self.room(c + 6) {

@@ -142,7 +142,8 @@ pub fn key(b: &[u8], i: usize) -> Key {
     Key::decode(&b[ih(i)..])
 }
 
-fn set_key(b: &mut [u8], i: usize, k: &Key) {
+/// Sets item `i`'s key to `k` (which must keep the keys sorted).
+pub(super) fn set_key(b: &mut [u8], i: usize, k: &Key) {
     k.encode(&mut b[ih(i)..ih(i) + KEY_SIZE]);
 }
 

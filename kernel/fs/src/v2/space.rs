@@ -131,6 +131,36 @@ fn set_bit(b: &mut [u8], i: u64, on: bool) {
     }
 }
 
+/// Marks bits `[from, to)` used in the working bitmap `w` as long as each is free in both
+/// `d` and `w`, a 64-bit word at a time; returns how many it marked (it stops at the first
+/// used bit). Bit `k` is bit `k % 64` of the little-endian word at `HDR + k / 64 * 8`.
+fn take_free(d: &[u8], w: &mut [u8], from: u64, to: u64) -> u64 {
+    let word = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0xff; 8]));
+    let mut k = from;
+    while k < to {
+        let o = HDR + (k / 64 * 8) as usize;
+        let sh = k % 64;
+        let ww = word(w, o);
+        let n = (u64::from(((word(d, o) | ww) >> sh).trailing_zeros()))
+            .min(64 - sh)
+            .min(to - k);
+        if n == 0 {
+            break;
+        }
+        let mask = if n == 64 {
+            u64::MAX
+        } else {
+            ((1 << n) - 1) << sh
+        };
+        w[o..o + 8].copy_from_slice(&(ww | mask).to_le_bytes());
+        k += n;
+        if n < 64 - sh {
+            break;
+        }
+    }
+    k - from
+}
+
 fn rd32(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
@@ -316,35 +346,20 @@ impl<'b, const G: usize> FreeSpace<'b, G> {
             .free_blocks
             .saturating_sub(self.pinned)
             .saturating_sub(COMMIT_RESERVE);
-        let limit = (block + 1)
+        let mut limit = (block + 1)
             .saturating_add(max.min(avail))
             .min(self.block_count)
             .min(base + self.group_blocks);
-        let i = self.load(dev, g)?;
-        let mut next = block + 1;
-        while next < limit {
-            if self.nheld > 0 && self.is_held(next) {
-                break;
+        // A held block ends the run.
+        for &(f, c) in &self.held[..self.nheld] {
+            if f < limit && f + c > block + 1 {
+                limit = limit.min(f.max(block + 1));
             }
-            let k = next - base;
-            let at = HDR + (k / 8) as usize;
-            // Eight free blocks (a whole byte of both bitmaps) at once when nothing is held.
-            if k.is_multiple_of(8)
-                && next + 8 <= limit
-                && self.nheld == 0
-                && self.frame(2 * i)[at] | self.frame(2 * i + 1)[at] == 0
-            {
-                self.frame_mut(2 * i + 1)[at] = 0xFF;
-                next += 8;
-                continue;
-            }
-            if bit(self.frame(2 * i), k) || bit(self.frame(2 * i + 1), k) {
-                break;
-            }
-            set_bit(self.frame_mut(2 * i + 1), k, true);
-            next += 1;
         }
-        let got = next - (block + 1);
+        let i = self.load(dev, g)?;
+        let (d, w) = self.frames(i);
+        let got = take_free(d, w, block + 1 - base, limit.max(block + 1) - base);
+        let next = block + 1 + got;
         if got > 0 {
             self.free_blocks -= got;
             let wb = self.frame_mut(2 * i + 1);

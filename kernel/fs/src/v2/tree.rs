@@ -546,6 +546,66 @@ impl<'b, const N: usize> Tree<'b, N> {
         }
     }
 
+    /// Gives the item at `old` the larger key `new` in place (same value, same place in its
+    /// leaf) when `keep(value)` agrees and no key or separator lies in `(old, new]`: a file's
+    /// last extent, keyed by its end, grows by one descent instead of a removal and an
+    /// insertion. `keep` is called whenever `old` is there. Returns whether the key changed;
+    /// `false` leaves every item as it was (the leaf's path may have been copied, as an
+    /// insertion near `old` would copy it). Errors as for [`Tree::insert`].
+    pub fn rekey<D: BlockIo, S: Space<D>>(
+        &mut self,
+        dev: &mut D,
+        space: &mut S,
+        old: &Key,
+        new: &Key,
+        keep: impl FnOnce(&[u8]) -> bool,
+    ) -> Result<bool> {
+        self.writable()?;
+        if *new <= *old {
+            return Ok(false);
+        }
+        self.cache.begin_op();
+        let r = (|| {
+            let f = self.root_frame(dev)?;
+            let mut f = self.cow(dev, space, f)?;
+            self.sb.root = self.cache.block_of(f);
+            // The smallest separator right of the path: the leaf's keys stay below it.
+            let mut bound: Option<Key> = None;
+            loop {
+                let b = self.cache.frame(f);
+                let lvl = node::level(b);
+                if lvl == 0 {
+                    break;
+                }
+                let i = node::child_index(b, old);
+                if i + 1 < node::nitems(b) {
+                    let k = node::key(b, i + 1);
+                    bound = Some(bound.map_or(k, |x| x.min(k)));
+                }
+                let (cb, g) = (node::child(b, i), node::generation(b));
+                let c = self.load(dev, cb, lvl - 1, g)?;
+                let c = self.cow(dev, space, c)?;
+                let cblock = self.cache.block_of(c);
+                node::set_child(self.cache.frame_mut(f), i, cblock);
+                f = c;
+            }
+            let b = self.cache.frame(f);
+            let Ok(i) = node::search(b, old) else {
+                return Ok(false);
+            };
+            // `keep` first: it sees the value whenever `old` is there.
+            if !keep(node::value(b, i))
+                || bound.is_some_and(|k| *new >= k)
+                || (i + 1 < node::nitems(b) && *new >= node::key(b, i + 1))
+            {
+                return Ok(false);
+            }
+            node::set_key(self.cache.frame_mut(f), i, new);
+            Ok(true)
+        })();
+        self.settle(r)
+    }
+
     /// Removes `key`; returns whether it was there. Errors as for [`Tree::insert`] (running
     /// out of space while merging nodes only skips the merge).
     pub fn remove<D: BlockIo, S: Space<D>>(

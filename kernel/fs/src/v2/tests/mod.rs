@@ -3,6 +3,7 @@
 
 mod check;
 mod crash;
+mod file;
 mod fs;
 mod fuzz;
 mod model;
