@@ -309,6 +309,11 @@ impl<'b, const G: usize> FreeSpace<'b, G> {
     /// The end (exclusive) of the held range holding `block`, if one does.
     fn held_end(&self, block: u64) -> Option<u64> {
         let held = &self.held[..self.nheld];
+        // Past every held range (the allocation cursor usually is): no search.
+        let (lf, lc) = *held.last()?;
+        if block >= lf + lc {
+            return None;
+        }
         let i = held.partition_point(|&(f, _)| f <= block);
         let (f, c) = *held.get(i.checked_sub(1)?)?;
         (block < f + c).then_some(f + c)

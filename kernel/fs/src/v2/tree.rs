@@ -60,6 +60,9 @@ impl<const N: usize> core::fmt::Debug for Tree<'_, N> {
     }
 }
 
+/// Where a key is in a leaf: `Ok(i)` item `i` has it, `Err(i)` it goes in at `i`.
+type LeafAt = core::result::Result<usize, usize>;
+
 /// Where a descent goes when it leaves a node: the frame, and the entry it followed.
 #[derive(Clone, Copy, Default)]
 struct Step {
@@ -441,9 +444,10 @@ impl<'b, const N: usize> Tree<'b, N> {
         r
     }
 
-    /// Whether `key` with `value` fits in leaf `b` (as a new item or a replacement).
-    fn leaf_fits(b: &[u8], key: &Key, value: &[u8]) -> bool {
-        match node::search(b, key) {
+    /// Whether `key` with `value` fits in leaf `b` at `at` (its search result: a
+    /// replacement of item `i`, or a new item).
+    fn leaf_fits(b: &[u8], at: core::result::Result<usize, usize>, value: &[u8]) -> bool {
+        match at {
             Ok(i) => {
                 let old = node::value(b, i).len();
                 value.len() <= old || node::free(b) >= value.len() - old
@@ -452,19 +456,24 @@ impl<'b, const N: usize> Tree<'b, N> {
         }
     }
 
-    fn is_full(&self, f: usize, key: &Key, value: &[u8]) -> bool {
+    /// Whether node `f` cannot take `key` with `value` (a leaf) or one more entry (an
+    /// interior node); for a leaf also where `key` is in it, so that the put after the
+    /// descent does not search the leaf again.
+    fn is_full(&self, f: usize, key: &Key, value: &[u8]) -> (bool, Option<LeafAt>) {
         let b = self.cache.frame(f);
         if node::level(b) == 0 {
-            !Self::leaf_fits(b, key, value)
+            let at = node::search(b, key);
+            (!Self::leaf_fits(b, at, value), Some(at))
         } else {
-            node::free(b) < node::item_size(CHILD_SIZE)
+            (node::free(b) < node::item_size(CHILD_SIZE), None)
         }
     }
 
-    fn leaf_put(&mut self, f: usize, key: &Key, value: &[u8]) -> Result<bool> {
+    /// Puts `key` with `value` in leaf `f`, at `at` if that is its search result there.
+    fn leaf_put(&mut self, f: usize, at: Option<LeafAt>, key: &Key, value: &[u8]) -> Result<bool> {
         let block = self.cache.block_of(f);
         let b = self.cache.frame_mut(f);
-        match node::search(b, key) {
+        match at.unwrap_or_else(|| node::search(b, key)) {
             Ok(i) => {
                 if node::set_value(b, i, value) {
                     Ok(true)
@@ -492,7 +501,9 @@ impl<'b, const N: usize> Tree<'b, N> {
         let f = self.root_frame(dev)?;
         let mut f = self.cow(dev, space, f)?;
         self.sb.root = self.cache.block_of(f);
-        if self.is_full(f, key, value) {
+        // Where `key` is in `f` when `f` is a leaf that has room (its search result).
+        let (full, mut at) = self.is_full(f, key, value);
+        if full {
             // Grow: a new root with the old one as its only child, split below.
             if self.sb.height as usize >= MAX_HEIGHT {
                 return Err(FsError::Unsupported("tree height limit"));
@@ -505,11 +516,12 @@ impl<'b, const N: usize> Tree<'b, N> {
             self.sb.root = self.cache.block_of(nf);
             self.sb.height += 1;
             f = nf;
+            at = None;
         }
         loop {
             let lvl = node::level(self.cache.frame(f));
             if lvl == 0 {
-                return self.leaf_put(f, key, value);
+                return self.leaf_put(f, at, key, value);
             }
             let b = self.cache.frame(f);
             let i = node::child_index(b, key);
@@ -522,8 +534,11 @@ impl<'b, const N: usize> Tree<'b, N> {
             let mut c = self.cow(dev, space, c)?;
             let cblock = self.cache.block_of(c);
             node::set_child(self.cache.frame_mut(f), i, cblock);
-            if self.is_full(c, key, value) {
+            let (full, cat) = self.is_full(c, key, value);
+            at = cat;
+            if full {
                 // Split the child; its parent has room (checked one level up).
+                at = None;
                 let d = self.new_node(dev, space, lvl - 1)?;
                 let cb = self.cache.frame(c);
                 let at = if lvl == 1 {
