@@ -44,6 +44,16 @@ pub struct NodeCache<'b, const N: usize> {
     clock: u64,
     op_start: u64,
     stats: CacheStats,
+    /// A guess of the frame holding a block, by the block's low bits (checked against the
+    /// frame's block before use): most lookups find their frame without scanning.
+    hint: [u16; HINTS],
+}
+
+/// Entries of [`NodeCache`]'s frame hint.
+const HINTS: usize = 64;
+
+fn hint_slot(block: u64) -> usize {
+    (block % HINTS as u64) as usize
 }
 
 impl<const N: usize> core::fmt::Debug for NodeCache<'_, N> {
@@ -71,6 +81,7 @@ impl<'b, const N: usize> NodeCache<'b, N> {
             clock: 0,
             op_start: 1,
             stats: CacheStats::default(),
+            hint: [0; HINTS],
         })
     }
 
@@ -115,7 +126,14 @@ impl<'b, const N: usize> NodeCache<'b, N> {
 
     /// The frame holding `block`, if cached (and marks it used).
     pub fn find(&mut self, block: u64) -> Option<usize> {
-        let f = self.meta.iter().position(|m| m.block == block)?;
+        let h = self.hint[hint_slot(block)] as usize;
+        let f = if self.meta.get(h).is_some_and(|m| m.block == block) {
+            h
+        } else {
+            let f = self.meta.iter().position(|m| m.block == block)?;
+            self.hint[hint_slot(block)] = f as u16;
+            f
+        };
         self.touch(f);
         Some(f)
     }
@@ -184,6 +202,7 @@ impl<'b, const N: usize> NodeCache<'b, N> {
         r.map_err(|e| FsError::io(IoOp::ReadNode, e))?;
         check(self.frame(f)).map_err(|what| FsError::Corrupt { block, what })?;
         self.meta[f].block = block;
+        self.hint[hint_slot(block)] = f as u16;
         self.touch(f);
         Ok(f)
     }
@@ -197,6 +216,7 @@ impl<'b, const N: usize> NodeCache<'b, N> {
             dirty: true,
             used: 0,
         };
+        self.hint[hint_slot(block)] = f as u16;
         self.touch(f);
         Ok(f)
     }

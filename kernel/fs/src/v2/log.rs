@@ -34,7 +34,7 @@ use crate::io::{BlockIo, Run, WriteFlags};
 /// Header kind of a log block.
 pub const KIND_LOG: u16 = 6;
 /// Log blocks one chain holds at most; an fsync past that commits instead.
-pub const LOG_MAX: usize = 64;
+pub const LOG_MAX: usize = 256;
 /// Files with changes not yet logged that are tracked at once (each a range of file blocks);
 /// past that, `fsync` commits.
 pub const DIRTY_MAX: usize = 32;

@@ -102,8 +102,8 @@ pub struct FreeSpace<'b, const G: usize> {
     held_blocks: u64,
 }
 
-/// Block ranges [`FreeSpace::hold`] keeps at once.
-pub const HOLDS: usize = 64;
+/// Disjoint block ranges [`FreeSpace::hold`] keeps at once (ranges that touch are merged).
+pub const HOLDS: usize = 256;
 
 /// Blocks the allocator keeps back for a commit's selector copies, so that a full filesystem
 /// can still commit (and so free space).
@@ -269,23 +269,55 @@ impl<'b, const G: usize> FreeSpace<'b, G> {
     }
 
     /// Keeps blocks `[first, first + count)` from being handed out until the next commit is
-    /// durable, even after they are freed (the fsync log references them). `false` (nothing
-    /// held) when [`HOLDS`] ranges are held already.
+    /// durable, even after they are freed (the fsync log references them). The held ranges
+    /// are kept sorted and merged (a range touching or overlapping others joins them), so
+    /// the consecutive blocks successive fsyncs hold (data, next log block) take one entry
+    /// and a check is a binary search. `false` (nothing held) when the range needs an entry
+    /// of its own and [`HOLDS`] are in use.
     pub fn hold(&mut self, first: u64, count: u64) -> bool {
+        if count == 0 {
+            return true;
+        }
+        let end = first.saturating_add(count);
+        // The usual case: the range starts in or right after the last one, or past it.
         if let Some(last) = self.nheld.checked_sub(1) {
             let (f, c) = self.held[last];
-            if f + c == first {
-                self.held[last].1 += count;
+            if first >= f && first <= f + c {
+                let e = end.max(f + c);
+                self.held_blocks += e - (f + c);
+                self.held[last].1 = e - f;
+                return true;
+            }
+            if first > f + c && self.nheld < HOLDS {
+                self.held[self.nheld] = (first, count);
+                self.nheld += 1;
                 self.held_blocks += count;
                 return true;
             }
         }
-        if self.nheld == HOLDS {
-            return false;
+        let held = &self.held[..self.nheld];
+        // Entries `lo..hi` touch or overlap `[first, end)`: entries before `lo` end before
+        // `first`, entries from `hi` on start after `end`.
+        let lo = held.partition_point(|&(f, c)| f + c < first);
+        let hi = lo + held[lo..].partition_point(|&(f, _)| f <= end);
+        if lo == hi {
+            if self.nheld == HOLDS {
+                return false;
+            }
+            self.held.copy_within(lo..self.nheld, lo + 1);
+            self.held[lo] = (first, count);
+            self.nheld += 1;
+            self.held_blocks += count;
+            return true;
         }
-        self.held[self.nheld] = (first, count);
-        self.nheld += 1;
-        self.held_blocks += count;
+        let f = first.min(self.held[lo].0);
+        let (lf, lc) = self.held[hi - 1];
+        let e = end.max(lf + lc);
+        let before: u64 = self.held[lo..hi].iter().map(|&(_, c)| c).sum();
+        self.held[lo] = (f, e - f);
+        self.held.copy_within(hi..self.nheld, lo + 1);
+        self.nheld -= hi - lo - 1;
+        self.held_blocks = self.held_blocks - before + (e - f);
         true
     }
 
@@ -294,10 +326,27 @@ impl<'b, const G: usize> FreeSpace<'b, G> {
         HOLDS - self.nheld
     }
 
-    fn is_held(&self, block: u64) -> bool {
-        self.held[..self.nheld]
-            .iter()
-            .any(|&(f, c)| block >= f && block < f + c)
+    /// Blocks held by [`FreeSpace::hold`] now.
+    pub fn held_blocks(&self) -> u64 {
+        self.held_blocks
+    }
+
+    /// Whether [`FreeSpace::hold`] holds `block`: a binary search of the sorted ranges.
+    pub fn is_held(&self, block: u64) -> bool {
+        self.held_end(block).is_some()
+    }
+
+    /// The end (exclusive) of the held range holding `block`, if one does.
+    fn held_end(&self, block: u64) -> Option<u64> {
+        let held = &self.held[..self.nheld];
+        // Past every held range (the allocation cursor usually is): no search.
+        let (lf, lc) = *held.last()?;
+        if block >= lf + lc {
+            return None;
+        }
+        let i = held.partition_point(|&(f, _)| f <= block);
+        let (f, c) = *held.get(i.checked_sub(1)?)?;
+        (block < f + c).then_some(f + c)
     }
 
     /// Marks `block` used in the working bitmap if it is free in the durable one (a block the
@@ -790,11 +839,13 @@ impl<'b, const G: usize> FreeSpace<'b, G> {
                 k += 8;
                 continue;
             }
-            if !bit(d, k)
-                && !bit(w, k)
-                && (self.nheld == 0 || !self.is_held(g * self.group_blocks + k))
-            {
-                return Some(k);
+            if !bit(d, k) && !bit(w, k) {
+                let Some(end) = self.held_end(g * self.group_blocks + k) else {
+                    return Some(k);
+                };
+                // Past the held range at once.
+                k = end - g * self.group_blocks;
+                continue;
             }
             k += 1;
         }

@@ -48,6 +48,45 @@ pub struct Tree<'b, const N: usize> {
     durable: u64,
     failed: bool,
     read_only: bool,
+    /// The leaf the last descent reached and the key range its parents give it: a lookup
+    /// or an insertion of a key in that range goes straight to the leaf.
+    finger: Option<Finger>,
+    /// Bumped by every change of the tree's shape (a node copied, created or freed, a
+    /// separator lowered, a removal, a commit): a finger of an older shape is not used.
+    shape: u64,
+}
+
+/// A leaf and the keys `[lo, hi)` that a descent from the root sends to it (a subset of
+/// its parents' ranges), valid while the tree's shape is `shape`.
+#[derive(Clone, Copy, Debug)]
+struct Finger {
+    block: u64,
+    lo: Key,
+    hi: Option<Key>,
+    shape: u64,
+}
+
+/// The key range a descent has narrowed to so far.
+#[derive(Clone, Copy)]
+struct Range {
+    lo: Key,
+    hi: Option<Key>,
+}
+
+impl Range {
+    const ALL: Range = Range {
+        lo: Key::MIN,
+        hi: None,
+    };
+
+    /// Narrows to entry `i` of interior node `b`.
+    fn enter(&mut self, b: &[u8], i: usize) {
+        self.lo = self.lo.max(node::key(b, i));
+        if i + 1 < node::nitems(b) {
+            let k = node::key(b, i + 1);
+            self.hi = Some(self.hi.map_or(k, |h| h.min(k)));
+        }
+    }
 }
 
 impl<const N: usize> core::fmt::Debug for Tree<'_, N> {
@@ -59,6 +98,9 @@ impl<const N: usize> core::fmt::Debug for Tree<'_, N> {
             .finish()
     }
 }
+
+/// Where a key is in a leaf: `Ok(i)` item `i` has it, `Err(i)` it goes in at `i`.
+type LeafAt = core::result::Result<usize, usize>;
 
 /// Where a descent goes when it leaves a node: the frame, and the entry it followed.
 #[derive(Clone, Copy, Default)]
@@ -171,6 +213,8 @@ impl<'b, const N: usize> Tree<'b, N> {
             durable: 0,
             failed: false,
             read_only,
+            finger: None,
+            shape: 0,
         };
         for (rank, &s) in order.iter().enumerate() {
             let Some(sb) = slots[s] else { continue };
@@ -294,6 +338,7 @@ impl<'b, const N: usize> Tree<'b, N> {
         if node::generation(self.cache.frame(f)) == txn {
             return Ok(f);
         }
+        self.shape += 1;
         let old = self.cache.block_of(f);
         let nb = space.alloc(dev)?;
         let nf = self.cache.create(dev, nb)?;
@@ -312,6 +357,7 @@ impl<'b, const N: usize> Tree<'b, N> {
         space: &mut S,
         block: u64,
     ) -> Result<()> {
+        self.shape += 1;
         self.cache.discard(block);
         space.free(dev, block)
     }
@@ -323,6 +369,7 @@ impl<'b, const N: usize> Tree<'b, N> {
         space: &mut S,
         level: u8,
     ) -> Result<usize> {
+        self.shape += 1;
         let nb = space.alloc(dev)?;
         let nf = self.cache.create(dev, nb)?;
         let txn = self.txn();
@@ -335,6 +382,27 @@ impl<'b, const N: usize> Tree<'b, N> {
         self.load(dev, self.sb.root, self.sb.height - 1, txn)
     }
 
+    /// The frame of the finger's leaf if `key` is in its range, the shape unchanged since
+    /// and the leaf still cached.
+    fn finger_leaf(&mut self, key: &Key) -> Option<usize> {
+        let fg = self.finger?;
+        if fg.shape != self.shape || *key < fg.lo || fg.hi.is_some_and(|h| *key >= h) {
+            return None;
+        }
+        let f = self.cache.find(fg.block)?;
+        (node::level(self.cache.frame(f)) == 0).then_some(f)
+    }
+
+    /// Notes that a descent for a key in `r` reached leaf frame `f`.
+    fn set_finger(&mut self, f: usize, r: Range) {
+        self.finger = Some(Finger {
+            block: self.cache.block_of(f),
+            lo: r.lo,
+            hi: r.hi,
+            shape: self.shape,
+        });
+    }
+
     /// Looks `key` up; copies its value into `out` (as much as fits) and returns its length.
     pub fn get<D: BlockIo>(
         &mut self,
@@ -343,11 +411,18 @@ impl<'b, const N: usize> Tree<'b, N> {
         out: &mut [u8],
     ) -> Result<Option<usize>> {
         self.cache.begin_op();
-        let mut f = self.root_frame(dev)?;
+        let (mut f, mut r) = match self.finger_leaf(key) {
+            Some(f) => (f, None),
+            None => (self.root_frame(dev)?, Some(Range::ALL)),
+        };
         loop {
             let b = self.cache.frame(f);
             let lvl = node::level(b);
             if lvl == 0 {
+                if let Some(r) = r {
+                    self.set_finger(f, r);
+                }
+                let b = self.cache.frame(f);
                 return Ok(match node::search(b, key) {
                     Ok(i) => {
                         let v = node::value(b, i);
@@ -359,6 +434,9 @@ impl<'b, const N: usize> Tree<'b, N> {
                 });
             }
             let i = node::child_index(b, key);
+            if let Some(r) = r.as_mut() {
+                r.enter(b, i);
+            }
             let (c, g) = (node::child(b, i), node::generation(b));
             f = self.load(dev, c, lvl - 1, g)?;
         }
@@ -373,9 +451,24 @@ impl<'b, const N: usize> Tree<'b, N> {
         out: &mut [u8],
     ) -> Result<Option<(Key, usize)>> {
         let mut from = *from;
+        self.cache.begin_op();
+        if let Some(f) = self.finger_leaf(&from) {
+            // The item is in the finger's leaf unless `from` is past its last key (then
+            // the descent below finds the next leaf).
+            let b = self.cache.frame(f);
+            if let Ok(i) | Err(i) = node::search(b, &from)
+                && i < node::nitems(b)
+            {
+                let v = node::value(b, i);
+                let n = v.len().min(out.len());
+                out[..n].copy_from_slice(&v[..n]);
+                return Ok(Some((node::key(b, i), v.len())));
+            }
+        }
         loop {
             self.cache.begin_op();
             let mut bound = None;
+            let mut r = Range::ALL;
             let mut f = self.root_frame(dev)?;
             loop {
                 let b = self.cache.frame(f);
@@ -384,12 +477,14 @@ impl<'b, const N: usize> Tree<'b, N> {
                     break;
                 }
                 let i = node::child_index(b, &from);
+                r.enter(b, i);
                 if i + 1 < node::nitems(b) {
                     bound = Some(node::key(b, i + 1));
                 }
                 let (c, g) = (node::child(b, i), node::generation(b));
                 f = self.load(dev, c, lvl - 1, g)?;
             }
+            self.set_finger(f, r);
             let b = self.cache.frame(f);
             let i = match node::search(b, &from) {
                 Ok(i) | Err(i) => i,
@@ -441,9 +536,10 @@ impl<'b, const N: usize> Tree<'b, N> {
         r
     }
 
-    /// Whether `key` with `value` fits in leaf `b` (as a new item or a replacement).
-    fn leaf_fits(b: &[u8], key: &Key, value: &[u8]) -> bool {
-        match node::search(b, key) {
+    /// Whether `key` with `value` fits in leaf `b` at `at` (its search result: a
+    /// replacement of item `i`, or a new item).
+    fn leaf_fits(b: &[u8], at: core::result::Result<usize, usize>, value: &[u8]) -> bool {
+        match at {
             Ok(i) => {
                 let old = node::value(b, i).len();
                 value.len() <= old || node::free(b) >= value.len() - old
@@ -452,19 +548,24 @@ impl<'b, const N: usize> Tree<'b, N> {
         }
     }
 
-    fn is_full(&self, f: usize, key: &Key, value: &[u8]) -> bool {
+    /// Whether node `f` cannot take `key` with `value` (a leaf) or one more entry (an
+    /// interior node); for a leaf also where `key` is in it, so that the put after the
+    /// descent does not search the leaf again.
+    fn is_full(&self, f: usize, key: &Key, value: &[u8]) -> (bool, Option<LeafAt>) {
         let b = self.cache.frame(f);
         if node::level(b) == 0 {
-            !Self::leaf_fits(b, key, value)
+            let at = node::search(b, key);
+            (!Self::leaf_fits(b, at, value), Some(at))
         } else {
-            node::free(b) < node::item_size(CHILD_SIZE)
+            (node::free(b) < node::item_size(CHILD_SIZE), None)
         }
     }
 
-    fn leaf_put(&mut self, f: usize, key: &Key, value: &[u8]) -> Result<bool> {
+    /// Puts `key` with `value` in leaf `f`, at `at` if that is its search result there.
+    fn leaf_put(&mut self, f: usize, at: Option<LeafAt>, key: &Key, value: &[u8]) -> Result<bool> {
         let block = self.cache.block_of(f);
         let b = self.cache.frame_mut(f);
-        match node::search(b, key) {
+        match at.unwrap_or_else(|| node::search(b, key)) {
             Ok(i) => {
                 if node::set_value(b, i, value) {
                     Ok(true)
@@ -489,10 +590,23 @@ impl<'b, const N: usize> Tree<'b, N> {
         key: &Key,
         value: &[u8],
     ) -> Result<bool> {
+        // A key in the finger's leaf, fresh (so is its whole path) and with room: only the
+        // leaf changes, the descent would copy and split nothing.
+        if let Some(f) = self.finger_leaf(key)
+            && node::generation(self.cache.frame(f)) == self.txn()
+        {
+            let (full, at) = self.is_full(f, key, value);
+            if !full {
+                return self.leaf_put(f, at, key, value);
+            }
+        }
         let f = self.root_frame(dev)?;
         let mut f = self.cow(dev, space, f)?;
         self.sb.root = self.cache.block_of(f);
-        if self.is_full(f, key, value) {
+        let mut r = Range::ALL;
+        // Where `key` is in `f` when `f` is a leaf that has room (its search result).
+        let (full, mut at) = self.is_full(f, key, value);
+        if full {
             // Grow: a new root with the old one as its only child, split below.
             if self.sb.height as usize >= MAX_HEIGHT {
                 return Err(FsError::Unsupported("tree height limit"));
@@ -505,25 +619,32 @@ impl<'b, const N: usize> Tree<'b, N> {
             self.sb.root = self.cache.block_of(nf);
             self.sb.height += 1;
             f = nf;
+            at = None;
         }
         loop {
             let lvl = node::level(self.cache.frame(f));
             if lvl == 0 {
-                return self.leaf_put(f, key, value);
+                self.set_finger(f, r);
+                return self.leaf_put(f, at, key, value);
             }
             let b = self.cache.frame(f);
             let i = node::child_index(b, key);
             if i == 0 && *key < node::key(b, 0) {
+                self.shape += 1;
                 node::lower_first_key(self.cache.frame_mut(f), key);
             }
             let b = self.cache.frame(f);
+            r.enter(b, i);
             let (cb, g) = (node::child(b, i), node::generation(b));
             let c = self.load(dev, cb, lvl - 1, g)?;
             let mut c = self.cow(dev, space, c)?;
             let cblock = self.cache.block_of(c);
             node::set_child(self.cache.frame_mut(f), i, cblock);
-            if self.is_full(c, key, value) {
+            let (full, cat) = self.is_full(c, key, value);
+            at = cat;
+            if full {
                 // Split the child; its parent has room (checked one level up).
+                at = None;
                 let d = self.new_node(dev, space, lvl - 1)?;
                 let cb = self.cache.frame(c);
                 let at = if lvl == 1 {
@@ -540,6 +661,9 @@ impl<'b, const N: usize> Tree<'b, N> {
                 }
                 if *key >= sep {
                     c = d;
+                    r.lo = r.lo.max(sep);
+                } else {
+                    r.hi = Some(r.hi.map_or(sep, |h| h.min(sep)));
                 }
             }
             f = c;
@@ -619,6 +743,7 @@ impl<'b, const N: usize> Tree<'b, N> {
             return Ok(false);
         }
         self.cache.begin_op();
+        self.shape += 1;
         let r = self.remove_inner(dev, space, key);
         self.settle(r)
     }
@@ -751,6 +876,7 @@ impl<'b, const N: usize> Tree<'b, N> {
             return Err(FsError::Unsupported("generation limit reached"));
         }
         self.cache.begin_op();
+        self.shape += 1;
         let r = self.commit_inner(dev, txn);
         if r.is_err() {
             self.failed = true;
