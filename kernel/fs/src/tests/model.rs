@@ -436,7 +436,8 @@ pub fn durable_step<F: ModelFs>(rng: &mut Rng, fs: &mut F, m: &mut Model, h: &mu
 ///   durable);
 /// - a file created after `k` and `fsync`ed after it may exist (an `fsync` that logs a new
 ///   file's name makes it durable without a commit) under a name it had, holding such bytes,
-///   and so may a directory created after `k`.
+///   also where that name held something else at `k`; and so may a directory created after
+///   `k`.
 ///
 /// So an `fsync` that does not make the file durable fails the check as soon as the file
 /// changed between the commit and the `fsync`, while names and unrelated files are free to be
@@ -552,28 +553,33 @@ impl History {
             next_id: self.snaps.last().map_or(0, |m| m.next_id),
         };
         for (p, node) in &snap.nodes {
-            match (node, seen.get(p)) {
-                (Node::Dir, Some(Seen::Dir)) => {}
-                (Node::File { id, data }, Some(Seen::File(got))) => {
-                    if !self.may_hold(k, *id, Some(data), got) {
-                        return Err(format!(
-                            "{p}: holds {} bytes, not its {} bytes of then nor what it held at an fsync since",
-                            got.len(),
-                            data.len()
-                        ));
+            let node = match (node, seen.get(p)) {
+                (Node::Dir, Some(Seen::Dir)) => Node::Dir,
+                (Node::File { id, data }, Some(Seen::File(got)))
+                    if self.may_hold(k, *id, Some(data), got) =>
+                {
+                    Node::File {
+                        id: *id,
+                        data: got.clone(),
                     }
-                    out.nodes.insert(
-                        p.clone(),
-                        Node::File {
-                            id: *id,
-                            data: got.clone(),
-                        },
-                    );
-                    continue;
+                }
+                // The name may have gone to a file created and fsynced since.
+                (_, Some(Seen::File(got))) if let Some(id) = self.new_file(k, p, got) => {
+                    Node::File {
+                        id,
+                        data: got.clone(),
+                    }
+                }
+                (Node::File { data, .. }, Some(Seen::File(got))) => {
+                    return Err(format!(
+                        "{p}: holds {} bytes, not its {} bytes of then nor what it held at an fsync since",
+                        got.len(),
+                        data.len()
+                    ));
                 }
                 (_, got) => return Err(format!("{p}: was {node:?}, fs has {got:?}")),
-            }
-            out.nodes.insert(p.clone(), Node::Dir);
+            };
+            out.nodes.insert(p.clone(), node);
         }
         for (p, s) in seen {
             if snap.nodes.contains_key(p) {
@@ -582,31 +588,33 @@ impl History {
             let later = &self.snaps[k + 1..];
             let node = match s {
                 Seen::Dir if later.iter().any(|m| m.nodes.get(p) == Some(&Node::Dir)) => Node::Dir,
-                Seen::File(got) => {
-                    // A file new since `k`, fsynced since, that had this name.
-                    let id = self
-                        .fsyncs
-                        .iter()
-                        .map(|&(_, id)| id)
-                        .filter(|&id| snap.file(id).is_none() && self.may_hold(k, id, None, got))
-                        .find(|&id| {
-                            later.iter().any(|m| {
-                                matches!(m.nodes.get(p), Some(Node::File { id: i, .. }) if *i == id)
-                            })
-                        });
-                    match id {
-                        Some(id) => Node::File {
-                            id,
-                            data: got.clone(),
-                        },
-                        None => return Err(format!("{p}: fs has a file the model did not have")),
-                    }
-                }
+                Seen::File(got) => match self.new_file(k, p, got) {
+                    Some(id) => Node::File {
+                        id,
+                        data: got.clone(),
+                    },
+                    None => return Err(format!("{p}: fs has a file the model did not have")),
+                },
                 Seen::Dir => return Err(format!("{p}: fs has a directory the model did not have")),
             };
             out.nodes.insert(p.clone(), node);
         }
         Ok(out)
+    }
+
+    /// A file created after operation `k` and fsynced since that had the name `p` and may
+    /// hold `got`.
+    fn new_file(&self, k: usize, p: &str, got: &[u8]) -> Option<u64> {
+        let snap = &self.snaps[k];
+        self.fsyncs
+            .iter()
+            .map(|&(_, id)| id)
+            .filter(|&id| snap.file(id).is_none() && self.may_hold(k, id, None, got))
+            .find(|&id| {
+                self.snaps[k + 1..]
+                    .iter()
+                    .any(|m| matches!(m.nodes.get(p), Some(Node::File { id: i, .. }) if *i == id))
+            })
     }
 }
 
