@@ -27,11 +27,14 @@
 //!   inodes; version 2 runs the same rounds to compare): after each round its files are
 //!   unlinked and the removal committed; the unlinks and their commit are outside the timed
 //!   spans (`ns` is the sum of the rounds' create/write/fsync spans);
-//! - `fs-dir-create`, `fs-dir-stat`, `fs-dir-unlink` (version 2 only: version 1 holds 119
-//!   files): a directory is filled with [`DIR_ENTRIES`] empty files and synced (untimed), then
-//!   [`DIR_OPS`] new names are created (one `sync` at the end, inside the span), looked up
-//!   and stat'ed by path, and unlinked (one `sync` at the end): per-operation cost in a
-//!   directory of 10,000 entries.
+//! - `fs-dir{100,1k,10k,100k}-{create,stat,unlink}` (version 2 only: version 1 holds 119
+//!   files): one directory, filled with empty files (untimed, one `sync`) to each size of
+//!   [`DIR_SIZES`] in turn; at each size [`DIR_OPS`] new names (as many as the directory
+//!   holds at 100) are created (one `sync` at the end, inside the span), looked up and
+//!   stat'ed by path, and unlinked (one `sync` at the end): per-operation cost in a directory
+//!   of 100 to 100,000 entries. The 100,000 size runs only with `benchfs_large=1` on the
+//!   command line (`cargo xtask bench --fs-large`): filling it adds about 25 s under TCG,
+//!   as long as the rest of the run.
 
 use blk::BlockDevice;
 use hal::DmaBuf;
@@ -53,8 +56,29 @@ const RAND_OPS: usize = 512;
 const SMALL_FILES: usize = 1000;
 const SMALL_ROUND: usize = 100;
 const SMALL_BYTES: usize = 4096;
-/// Directory job: entries in the directory, operations timed.
-const DIR_ENTRIES: usize = 10_000;
+/// Directory jobs: the directory's sizes, in order (each filled up from the one before), and
+/// the job names (create, stat, unlink) of each.
+const DIR_SIZES: [(usize, [&str; 3]); 4] = [
+    (
+        100,
+        ["fs-dir100-create", "fs-dir100-stat", "fs-dir100-unlink"],
+    ),
+    (
+        1_000,
+        ["fs-dir1k-create", "fs-dir1k-stat", "fs-dir1k-unlink"],
+    ),
+    (
+        10_000,
+        ["fs-dir10k-create", "fs-dir10k-stat", "fs-dir10k-unlink"],
+    ),
+    (
+        100_000,
+        ["fs-dir100k-create", "fs-dir100k-stat", "fs-dir100k-unlink"],
+    ),
+];
+/// Sizes from this one on run only with `benchfs_large=1` on the command line.
+const DIR_LARGE: usize = 100_000;
+/// Operations timed at each size (at most the directory's size).
 const DIR_OPS: usize = 1000;
 /// Most latencies recorded per job.
 const MAX_OPS: usize = 1024;
@@ -65,20 +89,28 @@ struct Span {
     ns: u64,
     halted_ns: u64,
     cycles: u64,
+    /// Bios submitted to the virtio disk's queue (reads, writes and flushes).
+    bios: u64,
 }
 
 /// Start marks of a [`Span`].
-struct Mark(u64, u64, u64);
+struct Mark(u64, u64, u64, u64);
+
+/// Bios submitted to the virtio disk so far (0 without one).
+fn bios() -> u64 {
+    block::virtio::disk().map_or(0, |d| d.queue.stats().snapshot().bios_submitted)
+}
 
 impl Mark {
     fn now() -> Mark {
-        Mark(arch::now_ns(), block::halted_ns(), arch::cycles())
+        Mark(arch::now_ns(), block::halted_ns(), arch::cycles(), bios())
     }
 
     fn add_to(&self, s: &mut Span) {
         s.ns += arch::now_ns() - self.0;
         s.halted_ns += block::halted_ns() - self.1;
         s.cycles += arch::cycles() - self.2;
+        s.bios += bios() - self.3;
     }
 }
 
@@ -87,7 +119,7 @@ fn report(name: &str, bs: usize, ios: usize, span: &Span, lat: &mut [u32]) {
     let n = lat.len().max(1);
     let pct = |p: usize| lat.get((n * p / 100).min(n - 1)).copied().unwrap_or(0);
     defmt::println!(
-        "BENCH job={=str} bs={=u32} qd=1 ios={=u32} ns={=u64} halted_ns={=u64} cycles={=u64} p50_ns={=u32} p99_ns={=u32} errors=0",
+        "BENCH job={=str} bs={=u32} qd=1 ios={=u32} ns={=u64} halted_ns={=u64} cycles={=u64} p50_ns={=u32} p99_ns={=u32} errors=0 bios={=u64}",
         name,
         bs as u32,
         ios as u32,
@@ -95,7 +127,8 @@ fn report(name: &str, bs: usize, ios: usize, span: &Span, lat: &mut [u32]) {
         span.halted_ns,
         span.cycles,
         pct(50),
-        pct(99)
+        pct(99),
+        span.bios
     );
 }
 
@@ -169,7 +202,10 @@ fn jobs_v2(inst: &mut Instance<'_>, src: &[u8]) -> Result<(), FsError> {
         .and_then(|()| v2::seqwrite(&mut f, src, false, false))
         .and_then(|()| v2::randwrite(&mut f, src))
         .and_then(|()| v2::smallfiles(&mut f, src))
-        .and_then(|()| dir_jobs(&mut f));
+        .and_then(|()| {
+            let large = boot::cmdline_arg(crate::boot_info().cmdline, "benchfs_large");
+            dir_jobs(&mut f, large == Some("1"))
+        });
     let u = f.unmount();
     r?;
     u.map(|_| ())
@@ -404,29 +440,53 @@ macro_rules! common_jobs {
 common_jobs!(v2, fs::KernelFs<'a>, tinyfs::Ino, "fs-");
 common_jobs!(v1, fs::V1Fs<'a>, tinyfs::v1::Ino, "fs-v1-");
 
-/// The directory jobs (version 2): create, stat and unlink [`DIR_OPS`] names in a directory of
-/// [`DIR_ENTRIES`] entries.
-fn dir_jobs(f: &mut fs::KernelFs<'_>) -> Result<(), FsError> {
+/// The directory jobs (version 2): at each size of [`DIR_SIZES`] (the directory filled up
+/// from the size before, untimed), create, stat and unlink up to [`DIR_OPS`] names.
+fn dir_jobs(f: &mut fs::KernelFs<'_>, large: bool) -> Result<(), FsError> {
     f.mkdir("/dir")?;
-    for i in 0..DIR_ENTRIES {
-        f.create(name("/dir/entry-", i).as_str())?;
+    let mut have = 0;
+    for &(size, names) in DIR_SIZES.iter().filter(|d| large || d.0 < DIR_LARGE) {
+        let m = Mark::now();
+        let mut span = Span::default();
+        for i in have..size {
+            f.create(name("/dir/entry-", i).as_str())?;
+        }
+        f.sync()?;
+        m.add_to(&mut span);
+        have = size;
+        defmt::println!(
+            "BENCH fs dir filled entries={=u32} ns={=u64} halted_ns={=u64} bios={=u64} used_blocks={=u64}",
+            size as u32,
+            span.ns,
+            span.halted_ns,
+            span.bios,
+            f.statfs().map(|s| s.blocks - s.free_blocks)?
+        );
+        dir_ops(f, DIR_OPS.min(size), names)?;
     }
-    f.sync()?;
+    // The entries stay: the filesystem is unmounted next (and version 1's jobs format the
+    // disk); removing 100,000 names would cost more than filling the directory.
+    f.sync()
+}
+
+/// Creates (one `sync` at the end), stats by path and unlinks (one `sync`) `ops` new names
+/// in `/dir`, reported as the jobs `names` (create, stat, unlink).
+fn dir_ops(f: &mut fs::KernelFs<'_>, ops: usize, names: [&str; 3]) -> Result<(), FsError> {
     let mut lat = [0u32; MAX_OPS];
     let new = |i: usize| name("/dir/new-", i);
     let mut span = Span::default();
     let m = Mark::now();
-    for (i, l) in lat.iter_mut().enumerate().take(DIR_OPS) {
+    for (i, l) in lat.iter_mut().enumerate().take(ops) {
         let t = arch::now_ns();
         f.create(new(i).as_str())?;
         *l = since(t);
     }
     f.sync()?;
     m.add_to(&mut span);
-    report("fs-dir-create", 0, DIR_OPS, &span, &mut lat[..DIR_OPS]);
+    report(names[0], 0, ops, &span, &mut lat[..ops]);
     let mut span = Span::default();
     let m = Mark::now();
-    for (i, l) in lat.iter_mut().enumerate().take(DIR_OPS) {
+    for (i, l) in lat.iter_mut().enumerate().take(ops) {
         let t = arch::now_ns();
         let st = f.stat_path(new(i).as_str())?;
         if st.size != 0 {
@@ -438,22 +498,18 @@ fn dir_jobs(f: &mut fs::KernelFs<'_>) -> Result<(), FsError> {
         *l = since(t);
     }
     m.add_to(&mut span);
-    report("fs-dir-stat", 0, DIR_OPS, &span, &mut lat[..DIR_OPS]);
+    report(names[1], 0, ops, &span, &mut lat[..ops]);
     let mut span = Span::default();
     let m = Mark::now();
-    for (i, l) in lat.iter_mut().enumerate().take(DIR_OPS) {
+    for (i, l) in lat.iter_mut().enumerate().take(ops) {
         let t = arch::now_ns();
         f.unlink(new(i).as_str())?;
         *l = since(t);
     }
     f.sync()?;
     m.add_to(&mut span);
-    report("fs-dir-unlink", 0, DIR_OPS, &span, &mut lat[..DIR_OPS]);
-    for i in 0..DIR_ENTRIES {
-        f.unlink(name("/dir/entry-", i).as_str())?;
-    }
-    f.rmdir("/dir")?;
-    f.sync()
+    report(names[2], 0, ops, &span, &mut lat[..ops]);
+    Ok(())
 }
 
 fn name(prefix: &str, i: usize) -> heapless::String<32> {

@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// Print the whole kernel console.
     #[arg(long, short)]
     verbose: bool,
+    /// Also run the filesystem's directory jobs at 100,000 entries (`benchfs_large=1`; disk
+    /// image backends only): filling the directory makes the run about 25 s longer (twice as long).
+    #[arg(long)]
+    fs_large: bool,
     /// Run the jobs on this device over the disk instead of the raw disk: `linear` (a window
     /// of the disk from sector 2048 to its end, as a partition made by the Linux tools) or a
     /// registered device's name (`vda1`, ...).
@@ -391,7 +395,8 @@ fn fs_ratios(rows: &[Row]) -> String {
     let durable = rows
         .iter()
         .find(|r| r.job == "seqwrite-flush" && r.bs == 128 << 10);
-    for r in rows.iter().filter(|r| r.job.starts_with("fs-")) {
+    // (Jobs that move no bytes, the directory operations, have no bandwidth to compare.)
+    for r in rows.iter().filter(|r| r.job.starts_with("fs-") && r.bs > 0) {
         let _ = writeln!(
             out,
             "{:<18} {:>9.1} MiB/s = {:>6.1}% of raw seqwrite-128k qd{} ({:.1} MiB/s); {:.0} ops/s",
@@ -431,6 +436,81 @@ fn fs_ratios(rows: &[Row]) -> String {
         }
     }
     out
+}
+
+/// The directory sizes of the filesystem's directory jobs (`fs-dir{TAG}-{OP}`): tag, entries.
+const DIR_SIZES: [(&str, u64); 4] = [
+    ("100", 100),
+    ("1k", 1_000),
+    ("10k", 10_000),
+    ("100k", 100_000),
+];
+/// The directory jobs' operations.
+const DIR_OPS: [&str; 3] = ["create", "stat", "unlink"];
+
+/// How flat the directory jobs are over the directory sizes run.
+#[derive(Debug, PartialEq)]
+struct DirFlat {
+    /// The sizes with all three jobs, ascending.
+    sizes: Vec<u64>,
+    /// For each of [`DIR_OPS`]: the largest busy time per operation over `sizes` divided by
+    /// the smallest (under `-icount`, busy guest instructions).
+    ratios: [f64; 3],
+}
+
+/// The directory jobs' flatness, if at least two sizes ran.
+fn dir_flat(rows: &[Row]) -> Option<DirFlat> {
+    let per_op = |tag: &str, op: &str| {
+        let job = format!("fs-dir{tag}-{op}");
+        rows.iter().find(|r| r.job == job).map(Row::busy_per_io)
+    };
+    let mut sizes = Vec::new();
+    let mut costs: [Vec<f64>; 3] = Default::default();
+    for (tag, n) in DIR_SIZES {
+        let got: Vec<f64> = DIR_OPS.iter().filter_map(|op| per_op(tag, op)).collect();
+        if got.len() == DIR_OPS.len() {
+            sizes.push(n);
+            for (c, v) in costs.iter_mut().zip(got) {
+                c.push(v);
+            }
+        }
+    }
+    if sizes.len() < 2 {
+        return None;
+    }
+    let ratios = costs.map(|c| {
+        let max = c.iter().copied().fold(f64::MIN, f64::max);
+        let min = c.iter().copied().fold(f64::MAX, f64::min);
+        if min > 0.0 { max / min } else { f64::INFINITY }
+    });
+    Some(DirFlat { sizes, ratios })
+}
+
+/// `12345` as `12,345`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One line: the directory jobs' ratios (largest over smallest cost per operation).
+fn dir_flat_line(d: &DirFlat, icount: bool) -> String {
+    format!(
+        "dir ops {} -> {}: create {:.2}, stat {:.2}, unlink {:.2} (max/min of busy {} per op over {} sizes)\n",
+        thousands(d.sizes[0]),
+        thousands(d.sizes[d.sizes.len() - 1]),
+        d.ratios[0],
+        d.ratios[1],
+        d.ratios[2],
+        if icount { "instructions" } else { "ns" },
+        d.sizes.len()
+    )
 }
 
 fn json_str(s: &str) -> String {
@@ -498,7 +578,25 @@ fn json(setup: &Setup, rows: &[Row]) -> String {
         }
         out.push('\n');
     }
-    out.push_str("  ]\n}\n");
+    out.push_str("  ],\n");
+    match dir_flat(rows) {
+        Some(d) => {
+            let _ = writeln!(
+                out,
+                "  \"dir_flat\": {{\"sizes\": [{}], \"create\": {:.3}, \"stat\": {:.3}, \"unlink\": {:.3}}}",
+                d.sizes
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                d.ratios[0],
+                d.ratios[1],
+                d.ratios[2]
+            );
+        }
+        None => out.push_str("  \"dir_flat\": null\n"),
+    }
+    out.push_str("}\n");
     out
 }
 
@@ -564,6 +662,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             let mut w = vec!["mode=bench".to_owned()];
             if profile.image.is_some() {
                 w.push("benchfs=1".into());
+                if args.fs_large {
+                    w.push("benchfs_large=1".into());
+                }
             }
             w.extend(args.dev.as_ref().map(|d| format!("bench_dev={d}")));
             w
@@ -651,6 +752,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if !rows.is_empty() {
         print!("{}", table(&setup, &rows));
         print!("{}", fs_ratios(&rows));
+        if let Some(d) = dir_flat(&rows) {
+            print!("{}", dir_flat_line(&d, args.icount));
+        }
     }
     if let Some(path) = &args.json {
         fs::write(path, json(&setup, &rows))
@@ -822,6 +926,63 @@ mod tests {
         ]);
         // Only the job with the fsync is compared with the flushed raw write.
         assert_eq!(text.matches("of raw seqwrite-flush").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn directory_jobs_flatness() {
+        let row = |job: &str, ns: u64| {
+            Row::parse(&format!(
+                "BENCH job={job} bs=0 qd=1 ios=100 ns={ns} halted_ns=1000 cycles=1 p50_ns=1 \
+                 p99_ns=1 errors=0"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        let mut rows = Vec::new();
+        for (tag, ns) in [("100", 10_000), ("10k", 16_000), ("100k", 31_000)] {
+            for (op, k) in [("create", 1), ("stat", 2), ("unlink", 3)] {
+                rows.push(row(&format!("fs-dir{tag}-{op}"), ns * k + 1000));
+            }
+        }
+        // A size missing a job is left out.
+        rows.push(row("fs-dir1k-create", 99_000_000));
+        let d = dir_flat(&rows).unwrap();
+        assert_eq!(d.sizes, [100, 10_000, 100_000]);
+        for r in d.ratios {
+            assert!((r - 3.1).abs() < 1e-9, "{r}");
+        }
+        assert_eq!(
+            dir_flat_line(&d, true),
+            "dir ops 100 -> 100,000: create 3.10, stat 3.10, unlink 3.10 (max/min of busy \
+             instructions per op over 3 sizes)\n"
+        );
+        assert!(
+            json(&setup_for_test(), &rows)
+                .contains("\"dir_flat\": {\"sizes\": [100, 10000, 100000], \"create\": 3.100")
+        );
+        assert!(dir_flat(&rows[..3]).is_none());
+        assert!(json(&setup_for_test(), &rows[..3]).contains("\"dir_flat\": null"));
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(100), "100");
+        // No bandwidth line for jobs without bytes.
+        let raw = Row::parse(&LINE.replace("randread bs=4096 qd=32", "seqwrite bs=131072 qd=8"))
+            .unwrap()
+            .unwrap();
+        rows.push(raw);
+        assert!(!fs_ratios(&rows).contains("fs-dir"));
+    }
+
+    fn setup_for_test() -> Setup {
+        Setup {
+            profile: "x86_64-virtio-file".into(),
+            arch: Arch::X86_64,
+            qemu: "QEMU".into(),
+            accel: "tcg",
+            icount: true,
+            attach: "PciMsix".into(),
+            dev: "raw".into(),
+            cpus: 1,
+        }
     }
 
     #[test]
