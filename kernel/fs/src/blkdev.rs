@@ -240,6 +240,8 @@ impl BlkDisk {
         let mut result = Ok(());
         while i < n {
             let mut futs: [Option<BioFuture>; MAX_INFLIGHT] = [const { None }; MAX_INFLIGHT];
+            // Slots filled: only those are polled at each wake-up.
+            let mut used = 0;
             {
                 let _plug = (n - i > 1).then(|| self.ctx.plug());
                 for slot in futs.iter_mut() {
@@ -254,10 +256,11 @@ impl BlkDisk {
                             break;
                         }
                     }
+                    used += 1;
                     i += 1;
                 }
             }
-            let r = self.wait_all(&mut futs);
+            let r = self.wait_all(&mut futs[..used]);
             if result.is_ok() {
                 result = r;
             }
