@@ -623,7 +623,8 @@ fn bench_target(raw: &'static dyn BlockDevice) -> Option<(&'static dyn BlockDevi
     }
 }
 
-/// The `benchprof` job number of the filesystem's sequential write (one past the raw jobs).
+/// The `benchprof` job number of the filesystem's sequential write (one past the raw jobs);
+/// the next one is its random overwrite + `fsync`, the one after its small files.
 pub(crate) const FS_PROFILE_JOB: usize = JOBS.len();
 
 /// Runs every job; `false` if there is no disk or an I/O failed.
@@ -723,7 +724,7 @@ pub fn run() -> bool {
             }
         }
     }
-    if prof.is_none_or(|(j, _)| j == FS_PROFILE_JOB) {
+    if prof.is_none_or(|(j, _)| j >= FS_PROFILE_JOB) {
         ok &= crate::bench_fs::run();
     }
     defmt::println!(

@@ -191,17 +191,22 @@ fn jobs_v2(inst: &mut Instance<'_>, src: &[u8]) -> Result<(), FsError> {
         crate::config::FS_DATA_BYTES as u32,
         crate::block::virtio::disk().map_or(0, |d| d.queue.capacity())
     );
-    if profile_request().is_some() {
-        // `benchprof`: only the zero-copy sequential write, its data phase between the marks.
-        let r = v2::seqwrite(&mut f, src, true, true);
+    if let Some((job, _)) = profile_request() {
+        // `benchprof`: one job, its timed phase between the marks: the zero-copy sequential
+        // write, the random overwrite + fsync or the small files.
+        let r = match job - crate::bench::FS_PROFILE_JOB {
+            0 => v2::seqwrite(&mut f, src, true, true),
+            1 => v2::randwrite(&mut f, src, true),
+            _ => v2::smallfiles(&mut f, src, true),
+        };
         let u = f.unmount();
         r?;
         return u.map(|_| ());
     }
     let r = v2::seqwrite(&mut f, src, true, false)
         .and_then(|()| v2::seqwrite(&mut f, src, false, false))
-        .and_then(|()| v2::randwrite(&mut f, src))
-        .and_then(|()| v2::smallfiles(&mut f, src))
+        .and_then(|()| v2::randwrite(&mut f, src, false))
+        .and_then(|()| v2::smallfiles(&mut f, src, false))
         .and_then(|()| {
             let large = boot::cmdline_arg(crate::boot_info().cmdline, "benchfs_large");
             dir_jobs(&mut f, large == Some("1"))
@@ -228,8 +233,8 @@ fn jobs_v1(inst: &mut Instance<'_>, src: &[u8]) -> Result<(), FsError> {
     );
     let r = v1::seqwrite(&mut f, src, true, false)
         .and_then(|()| v1::seqwrite(&mut f, src, false, false))
-        .and_then(|()| v1::randwrite(&mut f, src))
-        .and_then(|()| v1::smallfiles(&mut f, src));
+        .and_then(|()| v1::randwrite(&mut f, src, false))
+        .and_then(|()| v1::smallfiles(&mut f, src, false));
     let u = f.unmount();
     r?;
     u
@@ -366,7 +371,12 @@ macro_rules! common_jobs {
                 Ok(())
             }
 
-            pub(super) fn randwrite(f: &mut F<'_>, src: &[u8]) -> Result<(), FsError> {
+            /// `profile`: the timed loop runs between the bench's profile marks.
+            pub(super) fn randwrite(
+                f: &mut F<'_>,
+                src: &[u8],
+                profile: bool,
+            ) -> Result<(), FsError> {
                 let ino = f.create("/rand.bin")?;
                 for off in (0..RAND_FILE_BYTES).step_by(SEQ_BS) {
                     f.write(ino, off as u64, &src[..SEQ_BS])?;
@@ -377,6 +387,9 @@ macro_rules! common_jobs {
                 let mut lat = [0u32; MAX_OPS];
                 let mut span = Span::default();
                 let m = Mark::now();
+                if profile {
+                    profile_mark_begin();
+                }
                 for l in lat.iter_mut().take(RAND_OPS) {
                     rng ^= rng >> 12;
                     rng ^= rng << 25;
@@ -386,6 +399,9 @@ macro_rules! common_jobs {
                     f.write(ino, b * 4096, &src[..4096])?;
                     f.fsync(ino)?;
                     *l = since(t);
+                }
+                if profile {
+                    profile_mark_end();
                 }
                 m.add_to(&mut span);
                 report(
@@ -399,7 +415,12 @@ macro_rules! common_jobs {
                 f.sync()
             }
 
-            pub(super) fn smallfiles(f: &mut F<'_>, src: &[u8]) -> Result<(), FsError> {
+            /// `profile`: the timed rounds run between the bench's profile marks.
+            pub(super) fn smallfiles(
+                f: &mut F<'_>,
+                src: &[u8],
+                profile: bool,
+            ) -> Result<(), FsError> {
                 f.mkdir("/small")?;
                 let mut lat = [0u32; MAX_OPS];
                 let mut span = Span::default();
@@ -407,6 +428,11 @@ macro_rules! common_jobs {
                 while done < SMALL_FILES {
                     let round = SMALL_ROUND.min(SMALL_FILES - done);
                     let m = Mark::now();
+                    // Profiled: the first round ([`SMALL_ROUND`] files).
+                    let marks = profile && done == 0;
+                    if marks {
+                        profile_mark_begin();
+                    }
                     for i in done..done + round {
                         let t = arch::now_ns();
                         let ino = f.create(name("/small/f", i).as_str())?;
@@ -415,6 +441,9 @@ macro_rules! common_jobs {
                         if let Some(l) = lat.get_mut(i) {
                             *l = since(t);
                         }
+                    }
+                    if marks {
+                        profile_mark_end();
                     }
                     m.add_to(&mut span);
                     for i in done..done + round {

@@ -34,8 +34,10 @@ pub struct ProfArgs {
     profile: Option<String>,
     /// Job index in the kernel's bench table (0: randread 4k QD1, 1: randread 4k QD32,
     /// 2: randwrite 4k QD32, 3: seqread 128k QD8, 4: seqwrite 128k QD8, 5: seqwrite 128k QD8
-    /// ending with a flush; with a file-backend profile, 6: the filesystem's zero-copy
-    /// sequential write, 256 writes of 128 KiB: pass `--ios 256`).
+    /// ending with a flush; with a file-backend profile, the filesystem's jobs: 6: zero-copy
+    /// sequential write, 256 writes of 128 KiB (`--ios 256`); 7: random 4 KiB overwrite +
+    /// fsync (`--ios 512`); 8: small files, the first round of create + 4 KiB write + fsync
+    /// (`--ios 100`)).
     #[arg(long, default_value_t = 0)]
     job: u32,
     /// I/Os of the profiled job (the trace has one line per guest instruction).
@@ -106,8 +108,8 @@ pub fn run(args: ProfArgs) -> Result<ExitCode> {
         .join(format!("{name}.toml"));
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let profile = Profile::parse(&name, &text).with_context(|| format!("in {}", path.display()))?;
-    // A disk-image profile (file backend) also runs the filesystem jobs: `--job 6` profiles
-    // the filesystem's sequential write (256 writes).
+    // A disk-image profile (file backend) also runs the filesystem jobs: `--job 6`, 7 and 8
+    // profile the filesystem's sequential write, random overwrite + fsync and small files.
     let image = match &profile.image {
         Some(spec) => {
             let path = workspace::target_dir()
