@@ -197,7 +197,8 @@ fn jobs_v2(inst: &mut Instance<'_>, src: &[u8]) -> Result<(), FsError> {
         let r = match job - crate::bench::FS_PROFILE_JOB {
             0 => v2::seqwrite(&mut f, src, true, true),
             1 => v2::randwrite(&mut f, src, true),
-            _ => v2::smallfiles(&mut f, src, true),
+            2 => v2::smallfiles(&mut f, src, true),
+            _ => dir_jobs(&mut f, false, true),
         };
         let u = f.unmount();
         r?;
@@ -209,7 +210,7 @@ fn jobs_v2(inst: &mut Instance<'_>, src: &[u8]) -> Result<(), FsError> {
         .and_then(|()| v2::smallfiles(&mut f, src, false))
         .and_then(|()| {
             let large = boot::cmdline_arg(crate::boot_info().cmdline, "benchfs_large");
-            dir_jobs(&mut f, large == Some("1"))
+            dir_jobs(&mut f, large == Some("1"), false)
         });
     let u = f.unmount();
     r?;
@@ -471,7 +472,8 @@ common_jobs!(v1, fs::V1Fs<'a>, tinyfs::v1::Ino, "fs-v1-");
 
 /// The directory jobs (version 2): at each size of [`DIR_SIZES`] (the directory filled up
 /// from the size before, untimed), create, stat and unlink up to [`DIR_OPS`] names.
-fn dir_jobs(f: &mut fs::KernelFs<'_>, large: bool) -> Result<(), FsError> {
+/// `profile`: the stats in the largest directory run between the bench's profile marks.
+fn dir_jobs(f: &mut fs::KernelFs<'_>, large: bool, profile: bool) -> Result<(), FsError> {
     f.mkdir("/dir")?;
     let mut have = 0;
     for &(size, names) in DIR_SIZES.iter().filter(|d| large || d.0 < DIR_LARGE) {
@@ -491,7 +493,12 @@ fn dir_jobs(f: &mut fs::KernelFs<'_>, large: bool) -> Result<(), FsError> {
             span.bios,
             f.statfs().map(|s| s.blocks - s.free_blocks)?
         );
-        dir_ops(f, DIR_OPS.min(size), names)?;
+        let last = size
+            == DIR_SIZES
+                .iter()
+                .rfind(|d| large || d.0 < DIR_LARGE)
+                .map_or(0, |d| d.0);
+        dir_ops(f, DIR_OPS.min(size), names, profile && last)?;
     }
     // The entries stay: the filesystem is unmounted next (and version 1's jobs format the
     // disk); removing 100,000 names would cost more than filling the directory.
@@ -499,8 +506,14 @@ fn dir_jobs(f: &mut fs::KernelFs<'_>, large: bool) -> Result<(), FsError> {
 }
 
 /// Creates (one `sync` at the end), stats by path and unlinks (one `sync`) `ops` new names
-/// in `/dir`, reported as the jobs `names` (create, stat, unlink).
-fn dir_ops(f: &mut fs::KernelFs<'_>, ops: usize, names: [&str; 3]) -> Result<(), FsError> {
+/// in `/dir`, reported as the jobs `names` (create, stat, unlink); `profile`: the stats run
+/// between the bench's profile marks.
+fn dir_ops(
+    f: &mut fs::KernelFs<'_>,
+    ops: usize,
+    names: [&str; 3],
+    profile: bool,
+) -> Result<(), FsError> {
     let mut lat = [0u32; MAX_OPS];
     let new = |i: usize| name("/dir/new-", i);
     let mut span = Span::default();
@@ -515,6 +528,9 @@ fn dir_ops(f: &mut fs::KernelFs<'_>, ops: usize, names: [&str; 3]) -> Result<(),
     report(names[0], 0, ops, &span, &mut lat[..ops]);
     let mut span = Span::default();
     let m = Mark::now();
+    if profile {
+        profile_mark_begin();
+    }
     for (i, l) in lat.iter_mut().enumerate().take(ops) {
         let t = arch::now_ns();
         let st = f.stat_path(new(i).as_str())?;
@@ -525,6 +541,9 @@ fn dir_ops(f: &mut fs::KernelFs<'_>, ops: usize, names: [&str; 3]) -> Result<(),
             });
         }
         *l = since(t);
+    }
+    if profile {
+        profile_mark_end();
     }
     m.add_to(&mut span);
     report(names[1], 0, ops, &span, &mut lat[..ops]);

@@ -37,7 +37,7 @@ pub struct ProfArgs {
     /// ending with a flush; with a file-backend profile, the filesystem's jobs: 6: zero-copy
     /// sequential write, 256 writes of 128 KiB (`--ios 256`); 7: random 4 KiB overwrite +
     /// fsync (`--ios 512`); 8: small files, the first round of create + 4 KiB write + fsync
-    /// (`--ios 100`)).
+    /// (`--ios 100`); 9: `stat` by path of 1,000 names in a directory of 10,000 (`--ios 1000`)).
     #[arg(long, default_value_t = 0)]
     job: u32,
     /// I/Os of the profiled job (the trace has one line per guest instruction).
@@ -108,8 +108,9 @@ pub fn run(args: ProfArgs) -> Result<ExitCode> {
         .join(format!("{name}.toml"));
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let profile = Profile::parse(&name, &text).with_context(|| format!("in {}", path.display()))?;
-    // A disk-image profile (file backend) also runs the filesystem jobs: `--job 6`, 7 and 8
-    // profile the filesystem's sequential write, random overwrite + fsync and small files.
+    // A disk-image profile (file backend) also runs the filesystem jobs: `--job 6` to 9
+    // profile the filesystem's sequential write, random overwrite + fsync, small files and
+    // directory stats.
     let image = match &profile.image {
         Some(spec) => {
             let path = workspace::target_dir()

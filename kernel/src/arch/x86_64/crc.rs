@@ -25,14 +25,46 @@ pub fn install_crc() -> &'static str {
     }
 }
 
-/// Advances the CRC32C state `c` (not inverted) over `data`, eight bytes per instruction.
+/// Advances the CRC32C state `c` (not inverted) over `data`, eight bytes per instruction, four
+/// of them per loop step (a 4 KiB node or bitmap: 128 steps).
 fn crc32c_sse42(c: u32, data: &[u8]) -> u32 {
     let mut c = u64::from(c);
-    let (words, rest) = data.as_chunks::<8>();
+    let (quads, rest) = data.as_chunks::<32>();
+    for q in quads {
+        let w = |i: usize| {
+            u64::from_le_bytes([
+                q[i],
+                q[i + 1],
+                q[i + 2],
+                q[i + 3],
+                q[i + 4],
+                q[i + 5],
+                q[i + 6],
+                q[i + 7],
+            ])
+        };
+        let (w0, w1, w2, w3) = (w(0), w(8), w(16), w(24));
+        // SAFETY: installed by `install_crc` only when CPUID reported SSE4.2, which defines
+        // `crc32` with a 64-bit operand; it reads and writes only the registers named.
+        unsafe {
+            asm!(
+                "crc32 {c}, {w0}",
+                "crc32 {c}, {w1}",
+                "crc32 {c}, {w2}",
+                "crc32 {c}, {w3}",
+                c = inout(reg) c,
+                w0 = in(reg) w0,
+                w1 = in(reg) w1,
+                w2 = in(reg) w2,
+                w3 = in(reg) w3,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+    }
+    let (words, rest) = rest.as_chunks::<8>();
     for w in words {
         let w = u64::from_le_bytes(*w);
-        // SAFETY: installed by `install_crc` only when CPUID reported SSE4.2, which defines
-        // `crc32` with a 64-bit operand; it reads and writes only the two registers named.
+        // SAFETY: as above.
         unsafe {
             asm!("crc32 {c}, {w}", c = inout(reg) c, w = in(reg) w, options(pure, nomem, nostack, preserves_flags));
         }
