@@ -40,6 +40,9 @@ pub const LOG_MAX: usize = 64;
 pub const DIRTY_MAX: usize = 32;
 /// Checksums one range record carries at most (longer ranges are split).
 pub const RECORD_CSUMS: u64 = 64;
+/// Files created since the last commit whose creation the chain holds, remembered so that
+/// their later fsyncs do not log it again (past that, a creation is logged again: harmless).
+const CREATED_MAX: usize = 8;
 
 const O_SEQ: usize = 24;
 const O_COUNT: usize = 28;
@@ -88,6 +91,9 @@ pub(super) struct LogState {
     ndirty: usize,
     /// A change was not tracked (the table was full): fsync commits.
     overflow: bool,
+    /// Files whose creation a log block of the chain holds (a ring of the latest).
+    created: [u64; CREATED_MAX],
+    ncreated: usize,
     /// Fsyncs done with a log block, and fsyncs that committed instead.
     pub logged: u64,
     pub committed: u64,
@@ -106,6 +112,8 @@ impl LogState {
             dirty: [Dirty::default(); DIRTY_MAX],
             ndirty: 0,
             overflow: false,
+            created: [0; CREATED_MAX],
+            ncreated: 0,
             logged: 0,
             committed: 0,
         }
@@ -391,10 +399,12 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             return Ok(());
         }
         // A file created since the last commit: its creation goes in the log block too, when
-        // its directory is in the durable tree (no namespace change but file creations since
-        // the commit, checked above, so the durable tree plus the logged creations is a
-        // consistent tree whatever subset of them a crash keeps).
-        let created = if ino >= self.log.first_ino {
+        // its directory is in the durable tree (and no namespace change but file creations
+        // since the commit, checked above: so the durable tree plus the logged creations is a
+        // consistent tree whatever prefix of the chain a crash keeps), unless an earlier
+        // block of the chain holds it (replay applies the chain in order, to its first
+        // invalid block, so this block is replayed only after that one).
+        let created = if ino >= self.log.first_ino && !self.log.created.contains(&ino) {
             let (dir, offset) = self.entry_of(ino)?;
             if dir >= self.log.first_ino {
                 self.log.committed += 1;
@@ -405,6 +415,11 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             None
         };
         if self.write_log(ino, &inode, created)? {
+            if created.is_some() {
+                // Later log blocks of the chain are replayed only after this one.
+                self.log.created[self.log.ncreated % CREATED_MAX] = ino;
+                self.log.ncreated += 1;
+            }
             self.log.forget(ino);
             self.log.logged += 1;
             Ok(())
@@ -532,6 +547,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
 
     /// Writes the creation record of `ino` (entry `offset` in `dir`) at the start of the log
     /// block being built; returns where the next record goes.
+    #[inline(never)]
     fn log_create(&mut self, ino: u64, inode: &Inode, dir: u64, offset: u64) -> Result<usize> {
         let mut e = [0u8; DIRENT_HDR + NAME_MAX];
         let n = match self

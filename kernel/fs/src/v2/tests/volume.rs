@@ -652,7 +652,7 @@ fn new_file_fsync_commits_after_other_namespace_changes() {
     v.create(ROOT, b"moved", Kind::File).unwrap();
     v.sync().unwrap();
     let data = [9u8; 100];
-    let mut new = |v: &mut V<'_>, dir: u64, name: &[u8]| {
+    let new = |v: &mut V<'_>, dir: u64, name: &[u8]| {
         let f = v.create(dir, name, Kind::File).unwrap();
         v.write(f, 0, &data).unwrap();
         f
