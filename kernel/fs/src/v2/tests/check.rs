@@ -480,31 +480,28 @@ fn fsync_log_creations_are_checked() {
     let h = &img[head as usize * BLOCK_SIZE..];
     assert_eq!((h[48], h[153], h[154]), (3, 1, b'g'));
     let f_slot = (crate::crc::crc32c(b"f") as u64) << 16;
-    let cases: [(&dyn Fn(&mut [u8]), &str); 7] = [
+    let in_f_slot = move |b: &mut [u8]| {
+        b[154] = b'f';
+        b[65..73].copy_from_slice(&f_slot.to_le_bytes());
+    };
+    let after_f_slot = move |b: &mut [u8]| {
+        b[154] = b'f';
+        b[65..73].copy_from_slice(&(f_slot | 1).to_le_bytes());
+    };
+    type Case<'a> = (&'a dyn Fn(&mut [u8]), &'static str);
+    let cases: [Case<'_>; 7] = [
         (
             &|b| b[154] = b'h',
             "log creation with a name not matching its entry",
         ),
+        (&in_f_slot, "log creation in an entry slot in use"),
+        (&after_f_slot, "log creation of a name in use"),
         (
-            &|b| {
-                b[154] = b'f';
-                b[65..73].copy_from_slice(&f_slot.to_le_bytes());
-            },
-            "log creation in an entry slot in use",
-        ),
-        (
-            &|b| {
-                b[154] = b'f';
-                b[65..73].copy_from_slice(&(f_slot | 1).to_le_bytes());
-            },
-            "log creation of a name in use",
-        ),
-        (
-            &|b| b[49..57].copy_from_slice(&f.to_le_bytes()),
+            &move |b: &mut [u8]| b[49..57].copy_from_slice(&f.to_le_bytes()),
             "log creation of an inode number in use",
         ),
         (
-            &|b| b[57..65].copy_from_slice(&d.to_le_bytes()),
+            &move |b: &mut [u8]| b[57..65].copy_from_slice(&d.to_le_bytes()),
             "log creation in a directory that changed",
         ),
         (&|b| b[117] += 1, "log creation in a directory that changed"),

@@ -605,7 +605,6 @@ fn small_file_fsync_logs_its_creation() {
     v.fsync(inos[99]).unwrap();
     assert_eq!(v.device().written, w);
     let top = *inos.iter().max().unwrap();
-    drop(v);
     let (mut v, info) = Volume::<&mut Counting, N, G>::mount(&mut dev, &mut m, false).unwrap();
     assert!(info.replayed > 0);
     for (i, &f) in inos.iter().enumerate() {
@@ -625,7 +624,6 @@ fn small_file_fsync_logs_its_creation() {
     let new = v.create(d, b"after", Kind::File).unwrap();
     assert!(new > top, "inode {new} handed out again");
     v.sync().unwrap();
-    drop(v);
     super::fsck_clean(&mut dev.disk);
 }
 
@@ -709,7 +707,6 @@ fn new_file_fsync_commits_after_other_namespace_changes() {
     let t = new(&mut v, ROOT, b"t");
     assert_eq!(fsync_counts(&mut v, t), (1, 0));
     v.remove(ROOT, b"t").unwrap();
-    drop(v);
     super::fsck_clean(&mut disk);
     let (mut v, info) = V::mount(&mut disk, &mut m, false).unwrap();
     assert_eq!(info.replayed, 1);
@@ -723,7 +720,6 @@ fn new_file_fsync_commits_after_other_namespace_changes() {
     assert!(v.create(ROOT, b"next", Kind::File).unwrap() > t);
     verify_volume(&mut v);
     v.sync().unwrap();
-    drop(v);
     super::fsck_clean(&mut disk);
 }
 
@@ -754,7 +750,6 @@ fn new_file_fsync_in_a_collision_slot_with_checksums() {
     v.write(fb, 100, &bytes).unwrap();
     assert_eq!(fsync_counts(&mut v, fa), (1, 0));
     assert_eq!(fsync_counts(&mut v, fb), (1, 0));
-    drop(v);
     super::fsck_clean(&mut disk);
     let (mut v, info) = V::mount(&mut disk, &mut m, false).unwrap();
     assert_eq!(info.replayed, 2);
@@ -775,7 +770,6 @@ fn new_file_fsync_in_a_collision_slot_with_checksums() {
     }
     verify_volume(&mut v);
     v.sync().unwrap();
-    drop(v);
     super::fsck_clean(&mut disk);
 }
 
@@ -811,7 +805,6 @@ fn sync_without_changes_writes_nothing() {
     v.sync().unwrap();
     assert!(v.device().written > w2 && v.superblock().generation == g0 + 2);
     // The path API's unmount of an unchanged filesystem: no I/O either.
-    drop(v);
     let (mut fs, _) = crate::v2::Fs::<&mut Counting, N, G>::mount(&mut dev, &mut m, false).unwrap();
     let w3 = fs.device().written;
     let dev2 = fs.unmount().unwrap();
@@ -822,7 +815,6 @@ fn sync_without_changes_writes_nothing() {
     assert!(v.write(f, 0, &[2u8; 10]).is_err());
     assert!(matches!(v.sync(), Err(FsError::Failed { .. })));
     assert!(matches!(v.sync(), Err(FsError::Failed { .. })));
-    drop(v);
     dev.fail = false;
     // A read-only mount refuses as before.
     let (mut v, _) = Volume::<&mut Counting, N, G>::mount(&mut dev, &mut m, true).unwrap();
