@@ -224,7 +224,22 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             ctime: now,
         };
         vol.put_inode(ROOT, &root)?;
-        vol.sync()
+        vol.sync()?;
+        // The log root of the first generation: an earlier filesystem on the device, made the
+        // same way, may have left there a log block valid for this one (same generation, same
+        // block, same root); a mount would replay its records. Zeroed, durably.
+        let at = vol.tree.superblock().log_root;
+        let zero = &mut vol.data[..BLOCK_SIZE];
+        zero.fill(0);
+        vol.dev
+            .write(
+                &[crate::io::Run {
+                    block: at,
+                    data: &vol.data[..BLOCK_SIZE],
+                }],
+                crate::io::WriteFlags::COMMIT,
+            )
+            .map_err(|e| FsError::io(IoOp::WriteSuperblock, e))
     }
 
     /// Mounts the filesystem on `dev`; `mem` holds at least [`volume_frames`]`(N, G)` blocks,

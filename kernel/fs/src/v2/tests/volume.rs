@@ -927,3 +927,22 @@ fn timestamps_come_from_the_clock_and_survive_remounts() {
     assert_eq!(v.lookup(ROOT, b"g"), Ok((f, Kind::File)));
     verify_volume(&mut v);
 }
+
+#[test]
+fn mkfs_over_a_logged_filesystem_replays_nothing_of_it() {
+    // A filesystem made, a file created and fsynced by a log block at its first generation,
+    // then mkfs again on the same device: the new filesystem's log root is the same block at
+    // the same generation, so the old log block would be valid for it; mkfs zeroes it.
+    let mut disk = MemDisk::new(1024);
+    let mut m = mem();
+    for round in 0..2 {
+        Volume::<MemDisk, N, G>::mkfs(&mut disk, &mut m, 128, 1).unwrap();
+        let (mut v, info) = V::mount(&mut disk, &mut m, false).unwrap();
+        assert_eq!(info.replayed, 0, "round {round}");
+        assert!(list(&mut v, ROOT).is_empty(), "round {round}");
+        let f = v.create(ROOT, b"f", Kind::File).unwrap();
+        v.write(f, 0, &[7u8; 100]).unwrap();
+        assert_eq!(fsync_counts(&mut v, f), (1, 0));
+    }
+    super::fsck_clean(&mut disk);
+}
