@@ -162,6 +162,16 @@ impl LogState {
         self.ndirty += 1;
     }
 
+    /// Notes a file just created (its inode number is new, so the table has no entry of it).
+    pub(super) fn track_new(&mut self, ino: u64) {
+        if self.ndirty == DIRTY_MAX {
+            self.overflow = true;
+            return;
+        }
+        self.dirty[self.ndirty] = Dirty { ino, lo: 0, hi: 0 };
+        self.ndirty += 1;
+    }
+
     /// Forgets the changes of `ino` (logged, or the file is gone).
     pub(super) fn forget(&mut self, ino: u64) {
         let mut i = 0;

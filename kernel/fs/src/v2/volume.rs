@@ -496,7 +496,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         self.tree.superblock_mut().next_ino = ino + 1;
         if kind_ == Kind::File {
             // Its fsync logs its creation (and whatever it was written since).
-            self.log.touch(ino, 0, 0);
+            self.log.track_new(ino);
         } else {
             self.log.names = true;
         }
