@@ -392,6 +392,10 @@ impl<D: BlockIo> Checker<'_, '_, D> {
         let csums = self.sb.flags & FLAG_DATA_CSUM != 0;
         let mut at = self.sb.log_root;
         let mut seq = 1u32;
+        // Files the chain created so far: (inode, directory, entry offset). One creation per
+        // log block at most is written, so the chain's length bounds them.
+        let mut created = [(0u64, 0u64, 0u64); LOG_MAX];
+        let mut ncreated = 0;
         while at != 0 && (seq as usize) <= LOG_MAX {
             if at < SLOTS || at >= self.sb.block_count {
                 break;
@@ -443,7 +447,47 @@ impl<D: BlockIo> Checker<'_, '_, D> {
                         }
                         ino
                     }
+                    log::Record::Create {
+                        ino,
+                        dir,
+                        offset,
+                        inode,
+                        dir_inode,
+                        name,
+                        len,
+                    } => {
+                        let what = match created[..ncreated].iter().find(|c| c.0 == ino) {
+                            Some(&c) if c == (ino, dir, offset) => None,
+                            Some(_) => Some("log creates a file twice differently"),
+                            None if created[..ncreated]
+                                .iter()
+                                .any(|c| c.1 == dir && c.2 == offset) =>
+                            {
+                                Some("log creates two files in one entry slot")
+                            }
+                            None if ncreated == LOG_MAX => Some("log creates too many files"),
+                            None => {
+                                created[ncreated] = (ino, dir, offset);
+                                ncreated += 1;
+                                self.check_create(
+                                    ino,
+                                    dir,
+                                    offset,
+                                    &inode,
+                                    &dir_inode,
+                                    &name[..len],
+                                )?
+                            }
+                        };
+                        if let Some(what) = what {
+                            self.problem(Problem::Log { block: at, what });
+                        }
+                        continue;
+                    }
                 };
+                if created[..ncreated].iter().any(|c| c.0 == ino) {
+                    continue;
+                }
                 let mut v = [0u8; 40];
                 match self
                     .tree
@@ -461,6 +505,68 @@ impl<D: BlockIo> Checker<'_, '_, D> {
             seq += 1;
         }
         Ok(())
+    }
+
+    /// Checks a creation record of the log against the durable tree as replay would take it
+    /// (`Volume::apply_create`): what is wrong, if anything.
+    fn check_create(
+        &mut self,
+        ino: u64,
+        dir: u64,
+        offset: u64,
+        inode: &[u8; INODE_SIZE],
+        dir_inode: &[u8; INODE_SIZE],
+        name: &[u8],
+    ) -> Result<Option<&'static str>> {
+        let nlink = |v: &[u8]| u32::from_le_bytes([v[4], v[5], v[6], v[7]]);
+        if !valid_name(name) || crc32c(name) as u64 != offset >> 16 {
+            return Ok(Some("log creation with a name not matching its entry"));
+        }
+        if inode[0] != FILE || nlink(inode) != 1 || dir_inode[0] != DIR {
+            return Ok(Some("log creation with inodes of the wrong kind"));
+        }
+        if ino < self.sb.next_ino || ino == u64::MAX || dir >= self.sb.next_ino {
+            return Ok(Some("log creation of an inode number in use"));
+        }
+        let mut v = [0u8; INODE_SIZE];
+        match self
+            .tree
+            .get(self.dev, &Key::new(dir, kind::INODE, 0), &mut v)
+        {
+            Ok(Some(INODE_SIZE)) if v[0] == DIR && nlink(&v) == nlink(dir_inode) => {}
+            Ok(_) | Err(FsError::Corrupt { .. }) => {
+                return Ok(Some("log creation in a directory that changed"));
+            }
+            Err(e) => return Err(e),
+        }
+        // The slot free and the name in no other slot of its hash.
+        let base = offset >> 16 << 16;
+        let mut from = Key::new(dir, kind::DIRENT, base);
+        let mut e = [0u8; DIRENT_HDR + NAME_MAX];
+        loop {
+            let (k, n) = match self.tree.next(self.dev, &from, &mut e) {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(FsError::Corrupt { .. }) => {
+                    return Ok(Some("log creation in a directory that does not read"));
+                }
+                Err(e) => return Err(e),
+            };
+            if k.id != dir || k.kind != kind::DIRENT || k.offset > base | 0xffff {
+                break;
+            }
+            if k.offset == offset {
+                return Ok(Some("log creation in an entry slot in use"));
+            }
+            if n <= e.len() && &e[DIRENT_HDR.min(n)..n] == name {
+                return Ok(Some("log creation of a name in use"));
+            }
+            match k.successor() {
+                Some(s) => from = s,
+                None => break,
+            }
+        }
+        Ok(None)
     }
 
     /// Compares group `g`'s durable bitmap with the marks; returns its free blocks.

@@ -25,7 +25,7 @@ use super::file::{CSUM_ITEM, CSUMS};
 use super::key::{Key, kind};
 use super::node::{MAGIC, VERSION, rd64, wr64};
 use super::space::Space;
-use super::volume::{INODE_SIZE, Inode, Kind, Volume};
+use super::volume::{DIRENT_HDR, INODE_SIZE, Inode, Kind, NAME_MAX, Volume};
 use crate::crc::crc32c;
 use crate::error::{FsError, IoOp, Result};
 use crate::format::BLOCK_SIZE;
@@ -40,6 +40,9 @@ pub const LOG_MAX: usize = 256;
 pub const DIRTY_MAX: usize = 32;
 /// Checksums one range record carries at most (longer ranges are split).
 pub const RECORD_CSUMS: u64 = 64;
+/// Files created since the last commit whose creation the chain holds, remembered so that
+/// their later fsyncs do not log it again (past that, a creation is logged again: harmless).
+const CREATED_MAX: usize = 8;
 
 const O_SEQ: usize = 24;
 const O_COUNT: usize = 28;
@@ -51,8 +54,12 @@ pub const LOG_HDR: usize = 48;
 /// Record tags.
 const REC_INODE: u8 = 1;
 const REC_RANGE: u8 = 2;
+const REC_CREATE: u8 = 3;
 const INODE_REC: usize = 1 + 8 + INODE_SIZE;
 const RANGE_REC: usize = 1 + 8 + 8 + 4 + 8;
+/// A creation record without its name: tag, inode, directory, entry offset, the file's inode
+/// item, the directory's inode item, the name's length.
+const CREATE_REC: usize = 1 + 8 + 8 + 8 + 2 * INODE_SIZE + 1;
 
 /// File blocks `[lo, hi)` of `ino` changed since its last fsync (`lo == hi`: only the inode).
 #[derive(Clone, Copy, Debug, Default)]
@@ -74,12 +81,19 @@ pub(super) struct LogState {
     pub nwritten: usize,
     /// Sequence number of the next log block (1: nothing logged since the commit).
     pub seq: u32,
-    /// Inodes from this number on were created after the last commit: fsync commits.
+    /// Inodes from this number on were created after the last commit: their fsync logs
+    /// their creation too.
     pub first_ino: u64,
+    /// A namespace change other than the creation of a file (a directory created, a name
+    /// removed or renamed) since the last commit: an fsync of a file created since commits.
+    pub names: bool,
     dirty: [Dirty; DIRTY_MAX],
     ndirty: usize,
     /// A change was not tracked (the table was full): fsync commits.
     overflow: bool,
+    /// Files whose creation a log block of the chain holds (a ring of the latest).
+    created: [u64; CREATED_MAX],
+    ncreated: usize,
     /// Fsyncs done with a log block, and fsyncs that committed instead.
     pub logged: u64,
     pub committed: u64,
@@ -94,9 +108,12 @@ impl LogState {
             nwritten: 0,
             seq: 1,
             first_ino,
+            names: false,
             dirty: [Dirty::default(); DIRTY_MAX],
             ndirty: 0,
             overflow: false,
+            created: [0; CREATED_MAX],
+            ncreated: 0,
             logged: 0,
             committed: 0,
         }
@@ -117,9 +134,6 @@ impl LogState {
 
     /// Notes that file blocks `[lo, hi)` of `ino` (or only its inode, `lo == hi`) changed.
     pub(super) fn touch(&mut self, ino: u64, lo: u64, hi: u64) {
-        if ino >= self.first_ino {
-            return;
-        }
         let (mut lo, mut hi) = (lo, hi);
         let mut i = 0;
         while i < self.ndirty {
@@ -145,6 +159,16 @@ impl LogState {
             return;
         }
         self.dirty[self.ndirty] = Dirty { ino, lo, hi };
+        self.ndirty += 1;
+    }
+
+    /// Notes a file just created (its inode number is new, so the table has no entry of it).
+    pub(super) fn track_new(&mut self, ino: u64) {
+        if self.ndirty == DIRTY_MAX {
+            self.overflow = true;
+            return;
+        }
+        self.dirty[self.ndirty] = Dirty { ino, lo: 0, hi: 0 };
         self.ndirty += 1;
     }
 
@@ -231,6 +255,24 @@ pub enum Record {
         /// Checksums (only with data checksums and `phys != 0`).
         crcs: [u32; RECORD_CSUMS as usize],
     },
+    /// File `ino` was created as `name` in directory `dir` (entry key offset `offset`):
+    /// its inode item, its entry, its back reference and the directory's inode item.
+    Create {
+        /// The new file.
+        ino: u64,
+        /// Its directory (in the durable tree).
+        dir: u64,
+        /// The entry's key offset in `dir` (`crc32c(name) << 16 | n`).
+        offset: u64,
+        /// The file's inode item.
+        inode: [u8; INODE_SIZE],
+        /// The directory's inode item.
+        dir_inode: [u8; INODE_SIZE],
+        /// The name's bytes (`name[..len]`).
+        name: [u8; NAME_MAX],
+        /// The name's length.
+        len: usize,
+    },
 }
 
 /// Decodes the record at byte `o` of a log block whose records end at `end`; returns it and
@@ -287,6 +329,30 @@ pub fn record(
                 next,
             ))
         }
+        Some(&REC_CREATE) if o + CREATE_REC <= end => {
+            let len = b[o + CREATE_REC - 1] as usize;
+            if len == 0 || o + CREATE_REC + len > end {
+                return Err("log creation record past the end");
+            }
+            let mut inode = [0u8; INODE_SIZE];
+            inode.copy_from_slice(&b[o + 25..o + 25 + INODE_SIZE]);
+            let mut dir_inode = [0u8; INODE_SIZE];
+            dir_inode.copy_from_slice(&b[o + 25 + INODE_SIZE..o + 25 + 2 * INODE_SIZE]);
+            let mut name = [0u8; NAME_MAX];
+            name[..len].copy_from_slice(&b[o + CREATE_REC..o + CREATE_REC + len]);
+            Ok((
+                Record::Create {
+                    ino: rd64(b, o + 1),
+                    dir: rd64(b, o + 9),
+                    offset: rd64(b, o + 17),
+                    inode,
+                    dir_inode,
+                    name,
+                    len,
+                },
+                o + CREATE_REC + len,
+            ))
+        }
         _ => Err("log record of unknown type or past the end"),
     }
 }
@@ -329,9 +395,9 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         self.quiesce()?;
         if inode.kind == Kind::Dir
             || self.log.head == 0
-            || ino >= self.log.first_ino
             || self.log.overflow
             || self.log.nwritten + 1 >= LOG_MAX
+            || (ino >= self.log.first_ino && self.log.names)
         {
             self.log.committed += 1;
             return self.sync();
@@ -342,7 +408,28 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         {
             return Ok(());
         }
-        if self.write_log(ino, &inode)? {
+        // A file created since the last commit: its creation goes in the log block too, when
+        // its directory is in the durable tree (and no namespace change but file creations
+        // since the commit, checked above: so the durable tree plus the logged creations is a
+        // consistent tree whatever prefix of the chain a crash keeps), unless an earlier
+        // block of the chain holds it (replay applies the chain in order, to its first
+        // invalid block, so this block is replayed only after that one).
+        let created = if ino >= self.log.first_ino && !self.log.created.contains(&ino) {
+            let (dir, offset) = self.entry_of(ino)?;
+            if dir >= self.log.first_ino {
+                self.log.committed += 1;
+                return self.sync();
+            }
+            Some((dir, offset))
+        } else {
+            None
+        };
+        if self.write_log(ino, &inode, created)? {
+            if created.is_some() {
+                // Later log blocks of the chain are replayed only after this one.
+                self.log.created[self.log.ncreated % CREATED_MAX] = ino;
+                self.log.ncreated += 1;
+            }
             self.log.forget(ino);
             self.log.logged += 1;
             Ok(())
@@ -354,10 +441,14 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
 
     /// Writes the log block of `ino`'s changes; `false` (nothing written) when they do not
     /// fit one block or the holds run out.
-    fn write_log(&mut self, ino: u64, inode: &Inode) -> Result<bool> {
+    fn write_log(&mut self, ino: u64, inode: &Inode, created: Option<(u64, u64)>) -> Result<bool> {
         let csums = self.data_checksums();
         let mut o = LOG_HDR;
         let mut count = 0u16;
+        if let Some((dir, offset)) = created {
+            o = self.log_create(ino, inode, dir, offset)?;
+            count += 1;
+        }
         let mut i = 0;
         while i < self.log.ndirty {
             let d = self.log.dirty[i];
@@ -448,6 +539,46 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             return Err(FsError::io(IoOp::WriteSuperblock, e));
         }
         Ok(true)
+    }
+
+    /// The directory and entry key offset of file `ino` (from its back reference).
+    fn entry_of(&mut self, ino: u64) -> Result<(u64, u64)> {
+        let mut v = [0u8; 8];
+        match self
+            .tree
+            .next(&mut self.dev, &Key::new(ino, kind::PARENT, 0), &mut v)?
+        {
+            Some((k, 8)) if k.id == ino && k.kind == kind::PARENT => {
+                Ok((k.offset, u64::from_le_bytes(v)))
+            }
+            _ => Err(corrupt(0, "file without a back reference")),
+        }
+    }
+
+    /// Writes the creation record of `ino` (entry `offset` in `dir`) at the start of the log
+    /// block being built; returns where the next record goes.
+    #[inline(never)]
+    fn log_create(&mut self, ino: u64, inode: &Inode, dir: u64, offset: u64) -> Result<usize> {
+        let mut e = [0u8; DIRENT_HDR + NAME_MAX];
+        let n = match self
+            .tree
+            .get(&mut self.dev, &Key::new(dir, kind::DIRENT, offset), &mut e)?
+        {
+            Some(n) if n > DIRENT_HDR && n <= e.len() && rd64(&e, 0) == ino => n,
+            _ => return Err(corrupt(0, "back reference without its entry")),
+        };
+        let d = self.stat(dir)?;
+        let o = LOG_HDR;
+        let b = &mut self.data[..BLOCK_SIZE];
+        b[o] = REC_CREATE;
+        wr64(b, o + 1, ino);
+        wr64(b, o + 9, dir);
+        wr64(b, o + 17, offset);
+        b[o + 25..o + 25 + INODE_SIZE].copy_from_slice(&inode.encode());
+        b[o + 25 + INODE_SIZE..o + 25 + 2 * INODE_SIZE].copy_from_slice(&d.encode());
+        b[o + CREATE_REC - 1] = (n - DIRENT_HDR) as u8;
+        b[o + CREATE_REC..o + CREATE_REC + n - DIRENT_HDR].copy_from_slice(&e[DIRENT_HDR..n]);
+        Ok(o + CREATE_REC + n - DIRENT_HDR)
     }
 
     /// Copies the recorded checksums of file blocks `[fb, fb + n)` of `ino` into the log
@@ -610,7 +741,74 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 }
                 Ok(())
             }
+            Record::Create {
+                ino,
+                dir,
+                offset,
+                inode,
+                dir_inode,
+                name,
+                len,
+            } => self.apply_create(ino, dir, offset, &inode, &dir_inode, &name[..len]),
         }
+    }
+
+    /// Applies a creation record: the file's inode item, its entry and back reference, the
+    /// directory's inode item, and the inode counter moved past it. The same creation again
+    /// (an older fsync of the file, a replay that crashed) finds them in place and rewrites
+    /// them; anything else that does not fit the tree (an inode number the durable tree may
+    /// use, a directory created since, the name or the slot taken by another inode, a changed
+    /// link count) is corruption.
+    fn apply_create(
+        &mut self,
+        ino: u64,
+        dir: u64,
+        offset: u64,
+        inode: &[u8; INODE_SIZE],
+        dir_inode: &[u8; INODE_SIZE],
+        name: &[u8],
+    ) -> Result<()> {
+        let bad = |what| Err(corrupt(0, what));
+        let i = Inode::decode(inode)?;
+        let di = Inode::decode(dir_inode)?;
+        super::volume::check_name(name).or(bad("log creation of an invalid name"))?;
+        if i.kind != Kind::File || i.nlink != 1 || di.kind != Kind::Dir {
+            return bad("log creation with inodes of the wrong kind");
+        }
+        if ino < self.log.first_ino || dir >= self.log.first_ino || ino == u64::MAX {
+            return bad("log creation of an inode number in use");
+        }
+        if super::volume::name_hash(name) != offset >> 16 {
+            return bad("log creation with an entry not matching its name");
+        }
+        let cur = match self.stat(dir) {
+            Err(FsError::NotFound) => return bad("log creation in a directory that changed"),
+            r => r?,
+        };
+        if cur.kind != Kind::Dir || cur.nlink != di.nlink {
+            return bad("log creation in a directory that changed");
+        }
+        let key = Key::new(dir, kind::DIRENT, offset);
+        match self.find(dir, name)? {
+            super::volume::Slot::Found { key: k, ino: x, .. } if k == key && x == ino => {}
+            super::volume::Slot::Found { .. } => return bad("log creation of a name in use"),
+            super::volume::Slot::Free(_) => {
+                if self.tree.get(&mut self.dev, &key, &mut [])?.is_some() {
+                    return bad("log creation in an entry slot in use");
+                }
+                match self.stat(ino) {
+                    Err(FsError::NotFound) => {}
+                    Ok(_) => return bad("log creation of an inode that exists"),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.put_inode(ino, &i)?;
+        self.put_entry(key, ino, Kind::File, name)?;
+        self.put_inode(dir, &di)?;
+        let sb = self.tree.superblock_mut();
+        sb.next_ino = sb.next_ino.max(ino + 1);
+        Ok(())
     }
 
     /// Before a commit: moves the log root. A chain that was used is freed (its root at the
@@ -640,5 +838,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     }
 }
 
-const _: () =
-    assert!(LOG_HDR + RANGE_REC + 4 * RECORD_CSUMS as usize + INODE_REC + 4 <= BLOCK_SIZE);
+const _: () = assert!(
+    LOG_HDR + CREATE_REC + NAME_MAX + RANGE_REC + 4 * RECORD_CSUMS as usize + INODE_REC + 4
+        <= BLOCK_SIZE
+);

@@ -31,7 +31,8 @@ pub const NAME_MAX: usize = 255;
 const COLLISIONS: u64 = 1 << 16;
 /// Bytes of an inode item's value.
 pub const INODE_SIZE: usize = 40;
-const DIRENT_HDR: usize = 9;
+/// Bytes of a directory entry's value before the name (child inode, kind).
+pub(super) const DIRENT_HDR: usize = 9;
 
 /// What an inode is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -128,11 +129,11 @@ impl Entry {
 }
 
 /// A name's hash: the high bits of its entries' key offsets.
-fn name_hash(name: &[u8]) -> u64 {
+pub(super) fn name_hash(name: &[u8]) -> u64 {
     crc32c(name) as u64
 }
 
-fn check_name(name: &[u8]) -> Result<()> {
+pub(super) fn check_name(name: &[u8]) -> Result<()> {
     if name.len() > NAME_MAX {
         return Err(FsError::NameTooLong);
     }
@@ -163,6 +164,9 @@ pub struct Volume<'b, D: BlockIo, const N: usize, const G: usize> {
     pub(super) log: LogState,
     /// Extent items freed per step of an orphan ([`REAP_STEP`]; tests lower it).
     pub(super) reap_step: u64,
+    /// The superblock of the last commit (or as mounted): a [`Volume::sync`] that would
+    /// write the same commits nothing.
+    durable_sb: Superblock,
 }
 
 impl<D: BlockIo, const N: usize, const G: usize> core::fmt::Debug for Volume<'_, D, N, G> {
@@ -175,7 +179,7 @@ impl<D: BlockIo, const N: usize, const G: usize> core::fmt::Debug for Volume<'_,
 }
 
 /// Where a name is, or would go, in a directory.
-enum Slot {
+pub(super) enum Slot {
     Found { key: Key, ino: u64, kind: Kind },
     Free(Key),
 }
@@ -220,7 +224,22 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             ctime: now,
         };
         vol.put_inode(ROOT, &root)?;
-        vol.sync()
+        vol.sync()?;
+        // The log root of the first generation: an earlier filesystem on the device, made the
+        // same way, may have left there a log block valid for this one (same generation, same
+        // block, same root); a mount would replay its records. Zeroed, durably.
+        let at = vol.tree.superblock().log_root;
+        let zero = &mut vol.data[..BLOCK_SIZE];
+        zero.fill(0);
+        vol.dev
+            .write(
+                &[crate::io::Run {
+                    block: at,
+                    data: &vol.data[..BLOCK_SIZE],
+                }],
+                crate::io::WriteFlags::COMMIT,
+            )
+            .map_err(|e| FsError::io(IoOp::WriteSuperblock, e))
     }
 
     /// Mounts the filesystem on `dev`; `mem` holds at least [`volume_frames`]`(N, G)` blocks,
@@ -246,6 +265,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             now: 0,
             log: LogState::new(sb.log_root, sb.next_ino),
             reap_step: REAP_STEP,
+            durable_sb: sb,
         };
         // A read-only mount, or the older tree after a rollback, leaves the log alone (the
         // newer tree of a rollback folded it already; its blocks may be reused).
@@ -278,7 +298,9 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         self.tree.superblock()
     }
 
-    /// Commits everything: on return every change made before is durable.
+    /// Commits everything: on return every change made before is durable. With nothing
+    /// changed since the last commit (no tree change, no log block, nothing allocated or
+    /// freed, no orphan left to free) there is nothing to make durable: no I/O.
     pub fn sync(&mut self) -> Result<()> {
         if self.failed {
             return Err(FsError::Failed {
@@ -288,7 +310,20 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         self.tree.writable()?;
         self.quiesce()?;
         self.reap(self.reap_step)?;
+        if self.unchanged() {
+            return Ok(());
+        }
         self.commit()
+    }
+
+    /// Whether the open transaction changed nothing: the superblock the next commit would
+    /// write equals the durable one but for its generation (a change to the tree moves its
+    /// root, a creation the inode counter, an allocation or a free the free count), and no
+    /// log block was written.
+    fn unchanged(&self) -> bool {
+        let mut sb = *self.tree.superblock();
+        self.space.fill_superblock(&mut sb);
+        sb == self.durable_sb && !self.log.used() && self.log.head != 0
     }
 
     /// Waits for the data writes a write left in flight ([`BlockIo::write_behind`]). Done
@@ -317,6 +352,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         self.space.commit(&mut self.dev, &mut self.tree)?;
         let next_ino = self.tree.superblock().next_ino;
         self.log.reset(root, next_ino);
+        self.durable_sb = *self.tree.superblock();
         Ok(())
     }
 
@@ -376,7 +412,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     }
 
     /// Finds `name` in `dir`: its entry, or the key a new entry would take.
-    fn find(&mut self, dir: u64, name: &[u8]) -> Result<Slot> {
+    pub(super) fn find(&mut self, dir: u64, name: &[u8]) -> Result<Slot> {
         let base = name_hash(name) << 16;
         let mut free = None;
         let mut expect = base;
@@ -427,7 +463,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         }
     }
 
-    fn put_entry(&mut self, key: Key, ino: u64, kind_: Kind, name: &[u8]) -> Result<()> {
+    pub(super) fn put_entry(&mut self, key: Key, ino: u64, kind_: Kind, name: &[u8]) -> Result<()> {
         let mut v = [0u8; DIRENT_HDR + NAME_MAX];
         v[..8].copy_from_slice(&ino.to_le_bytes());
         v[8] = kind_.code();
@@ -458,6 +494,12 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         self.room(4)?;
         let ino = self.tree.superblock().next_ino;
         self.tree.superblock_mut().next_ino = ino + 1;
+        if kind_ == Kind::File {
+            // Its fsync logs its creation (and whatever it was written since).
+            self.log.track_new(ino);
+        } else {
+            self.log.names = true;
+        }
         let i = Inode {
             kind: kind_,
             nlink: if kind_ == Kind::Dir { 2 } else { 1 },
@@ -490,6 +532,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         }
         self.log.forget(ino);
         self.room(6)?;
+        self.log.names = true;
         self.del(key)?;
         self.del(Key::new(ino, kind::PARENT, dir))?;
         if k == Kind::File {
@@ -640,6 +683,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             }
         }
         self.room(12)?;
+        self.log.names = true;
         let new_key = match target {
             Slot::Found {
                 key: tkey,

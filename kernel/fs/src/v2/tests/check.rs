@@ -438,3 +438,91 @@ fn fsync_log_is_followed_and_its_bad_records_reported() {
     let r = super::fsck_clean(&mut d);
     assert_eq!(r.log_blocks, 0, "a block failing its CRC ends the chain");
 }
+
+#[test]
+fn fsync_log_creations_are_checked() {
+    // A file created since the last commit and fsynced twice: the first log block carries its
+    // creation (the second only its range and inode), and fsck counts the records and finds
+    // nothing. A creation record changed (re-sealed) so that replay would refuse it is
+    // reported with the log block, and the mount refuses it too.
+    let mut disk = MemDisk::new(1024);
+    let mut m = std::vec![0u8; (volume_frames(MIN_FRAMES, TEST_GROUPS) + 3) * BLOCK_SIZE];
+    V::<MemDisk>::mkfs_with(&mut disk, &mut m, 64, 1, false).unwrap();
+    let (d, f) = {
+        let (mut v, _) = V::<&mut MemDisk>::mount(&mut disk, &mut m, false).unwrap();
+        let d = v.create(ROOT, b"d", Kind::Dir).unwrap();
+        let f = v.create(ROOT, b"f", Kind::File).unwrap();
+        v.sync().unwrap();
+        let g = v.create(ROOT, b"g", Kind::File).unwrap();
+        v.write(g, 0, &[1; 5000]).unwrap();
+        v.fsync(g).unwrap();
+        v.write(g, 9000, &[2; 100]).unwrap();
+        v.fsync(g).unwrap();
+        assert_eq!(v.fsync_stats(), (2, 0));
+        (d, f)
+    };
+    let img = disk.data;
+    let mut disk = MemDisk { data: img.clone() };
+    let r = super::fsck_clean(&mut disk);
+    assert_eq!((r.log_blocks, r.log_records), (2, 5));
+    let sb = crate::v2::superblock::Superblock::decode(&img[..BLOCK_SIZE], 0)
+        .or_else(|_| crate::v2::superblock::Superblock::decode(&img[BLOCK_SIZE..2 * BLOCK_SIZE], 1))
+        .unwrap();
+    let head = sb.log_root;
+    let reseal = |b: &mut [u8]| {
+        let end = u16::from_le_bytes([b[30], b[31]]) as usize;
+        let c = crate::crc::crc32c(&b[..end]);
+        b[end..end + 4].copy_from_slice(&c.to_le_bytes());
+    };
+    // The head's first record is the creation (tag 3): inode at 49, directory at 57, entry
+    // offset at 65, the file's inode item at 73, the directory's at 113, the name's length
+    // at 153 and the name at 154.
+    let h = &img[head as usize * BLOCK_SIZE..];
+    assert_eq!((h[48], h[153], h[154]), (3, 1, b'g'));
+    let f_slot = (crate::crc::crc32c(b"f") as u64) << 16;
+    let in_f_slot = move |b: &mut [u8]| {
+        b[154] = b'f';
+        b[65..73].copy_from_slice(&f_slot.to_le_bytes());
+    };
+    let after_f_slot = move |b: &mut [u8]| {
+        b[154] = b'f';
+        b[65..73].copy_from_slice(&(f_slot | 1).to_le_bytes());
+    };
+    type Case<'a> = (&'a dyn Fn(&mut [u8]), &'static str);
+    let cases: [Case<'_>; 7] = [
+        (
+            &|b| b[154] = b'h',
+            "log creation with a name not matching its entry",
+        ),
+        (&in_f_slot, "log creation in an entry slot in use"),
+        (&after_f_slot, "log creation of a name in use"),
+        (
+            &move |b: &mut [u8]| b[49..57].copy_from_slice(&f.to_le_bytes()),
+            "log creation of an inode number in use",
+        ),
+        (
+            &move |b: &mut [u8]| b[57..65].copy_from_slice(&d.to_le_bytes()),
+            "log creation in a directory that changed",
+        ),
+        (&|b| b[117] += 1, "log creation in a directory that changed"),
+        (&|b| b[73] = 2, "log creation with inodes of the wrong kind"),
+    ];
+    for (change, what) in cases {
+        let mut bad = img.clone();
+        let blk = block_mut(&mut bad, head);
+        change(blk);
+        reseal(blk);
+        let found = problems(&bad);
+        assert!(
+            found.contains(&Problem::Log { block: head, what }),
+            "{what}: {found:?}"
+        );
+        let mut dd = MemDisk { data: bad };
+        let mounted = V::<&mut MemDisk>::mount(&mut dd, &mut m, false);
+        assert!(
+            matches!(mounted, Err(crate::FsError::Corrupt { .. })),
+            "{what}: {:?}",
+            mounted.map(|_| ())
+        );
+    }
+}

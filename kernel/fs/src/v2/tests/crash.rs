@@ -530,6 +530,11 @@ fn namespace_operations_are_atomic() {
         let new_gen = v.superblock().generation;
         let new = namespace(&mut v);
         let log = std::mem::take(&mut v.device().log);
+        if log.is_empty() {
+            // Every step refused: nothing changed, so the sync wrote nothing.
+            assert_eq!((new_gen, &new), (old_gen, &old), "round {round}");
+            continue;
+        }
         let (writes, after, _) = split_at_barrier(&log);
         let record = *after.last().expect("commit record");
         let mut check =
@@ -589,10 +594,22 @@ fn namespace_operations_are_atomic() {
     );
 }
 
-/// Expected contents after a crash: the namespace of the last commit, with the files
+/// Expected contents after a crash: the namespace of the last commit plus the files created
+/// since and fsynced by a log block (`created`: inode -> directory and name), with the files
 /// fsynced since (by a log block) showing their contents as of their last fsync.
-fn expected(committed: &Names, fsynced: &BTreeMap<u64, u64>) -> Names {
+fn expected(
+    committed: &Names,
+    created: &BTreeMap<u64, (u64, Vec<u8>)>,
+    fsynced: &BTreeMap<u64, u64>,
+) -> Names {
     let mut want = committed.clone();
+    for (&ino, (dir, name)) in created {
+        let entries = want
+            .get_mut(dir)
+            .expect("a logged file's directory is durable");
+        entries.push((name.clone(), ino, Kind::File, 0));
+        entries.sort();
+    }
     for entries in want.values_mut() {
         for e in entries.iter_mut() {
             if let Some(&sum) = fsynced.get(&e.1) {
@@ -616,7 +633,9 @@ fn file_sum<D: BlockIo>(
 
 type Vol<'b, D> = crate::v2::Volume<'b, D, MIN_FRAMES, TEST_GROUPS>;
 
-/// Mounts `data` (fsck first: it must find nothing, log or not) and compares with `want`.
+/// Mounts `data` (fsck first: it must find nothing, log or not) and compares with `want`;
+/// after a replay, the inode counter must be past every inode `want` names (a file created
+/// then gets a new number), and fsck must be clean again.
 fn mount_expect(data: Vec<u8>, mem: &mut [u8], want: &Names, what: &str) -> (MemDisk, u32) {
     let mut disk = MemDisk { data };
     super::fsck_clean(&mut disk);
@@ -624,8 +643,16 @@ fn mount_expect(data: Vec<u8>, mem: &mut [u8], want: &Names, what: &str) -> (Mem
         let (mut cv, info) = Vol::<&mut MemDisk>::mount(&mut disk, mem, false)
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(&namespace(&mut cv), want, "{what}");
+        if info.replayed > 0 {
+            let top = want.values().flatten().map(|e| e.1).max().unwrap_or(ROOT);
+            let ino = cv.create(ROOT, b"after-replay", Kind::File).unwrap();
+            assert!(ino > top, "{what}: inode {ino} handed out again");
+        }
         info.replayed
     };
+    if replayed > 0 {
+        super::fsck_clean(&mut disk);
+    }
     (disk, replayed)
 }
 
@@ -657,8 +684,13 @@ fn fsynced_files_survive_every_crash_state() {
     let mut img = v.device().disk.data.clone();
     let mut committed = namespace(&mut v);
     let mut fsynced: BTreeMap<u64, u64> = BTreeMap::new();
+    // Files created since the last commit and fsynced by a log block: inode -> (directory,
+    // name); with how many such fsyncs, and of those later removed, renamed or recreated
+    // before the next commit.
+    let mut created: BTreeMap<u64, (u64, Vec<u8>)> = BTreeMap::new();
+    let (mut logged_new, mut undone) = (0u64, 0u64);
     let (mut states, mut logged, mut replays, mut torn) = (0u64, 0u64, 0u64, 0u64);
-    for round in 0..80 * scale() {
+    for round in 0..100 * scale() {
         let files: Vec<u64> = namespace(&mut v)
             .values()
             .flatten()
@@ -667,7 +699,7 @@ fn fsynced_files_survive_every_crash_state() {
             .collect();
         for _ in 0..1 + rng.below(3) {
             let f = files[rng.below(files.len() as u64) as usize];
-            let _ = match rng.below(12) {
+            let _ = match rng.below(13) {
                 0 => v.truncate(f, rng.below(30_000)),
                 1 => v
                     .create(
@@ -680,6 +712,37 @@ fn fsynced_files_survive_every_crash_state() {
                 3 => v
                     .rename(d, b"f3", ROOT, b"f3")
                     .and_then(|_| v.rename(ROOT, b"f3", d, b"f3")),
+                4 => {
+                    // A file created in an earlier round (perhaps logged since the last
+                    // commit): removed, renamed, or removed and created again.
+                    let mut made: Vec<(u64, Vec<u8>, u64)> = namespace(&mut v)
+                        .iter()
+                        .filter(|&(&dir, _)| dir == ROOT || dir == d)
+                        .flat_map(|(&dir, es)| es.iter().map(move |e| (dir, e.0.clone(), e.1)))
+                        .filter(|(_, n, _)| n[0] == b'c')
+                        .collect();
+                    if rng.chance(70) && made.iter().any(|m| created.contains_key(&m.2)) {
+                        made.retain(|m| created.contains_key(&m.2));
+                    }
+                    if made.is_empty() {
+                        Ok(())
+                    } else {
+                        let (dir, n, ino) = made[rng.below(made.len() as u64) as usize].clone();
+                        undone += u64::from(created.contains_key(&ino));
+                        match rng.below(3) {
+                            0 => v.remove(dir, &n),
+                            1 => {
+                                let mut to = n.clone();
+                                to.push(b'r');
+                                v.rename(dir, &n, dir, &to)
+                            }
+                            _ => v.remove(dir, &n).and_then(|_| {
+                                let f = v.create(dir, &n, Kind::File)?;
+                                v.write(f, 0, &[rng.next() as u8 | 1; 3000]).map(|_| ())
+                            }),
+                        }
+                    }
+                }
                 _ => {
                     let max = if rng.chance(30) { 20_000 } else { 4096 };
                     let len = 1 + rng.below(max);
@@ -695,7 +758,17 @@ fn fsynced_files_survive_every_crash_state() {
             .filter(|e| e.2 == Kind::File)
             .map(|e| e.1)
             .collect();
-        let target = files[rng.below(files.len() as u64) as usize];
+        let mut target = files[rng.below(files.len() as u64) as usize];
+        if rng.chance(35) {
+            // A file created now, written and fsynced: its creation goes in the log block.
+            let dir = if rng.chance(50) { ROOT } else { d };
+            let name = std::format!("c{round}");
+            if let Ok(f) = v.create(dir, name.as_bytes(), Kind::File) {
+                let len = 1 + rng.below(3 * BLOCK_SIZE as u64);
+                let _ = v.write(f, 0, &std::vec![rng.next() as u8 | 1; len as usize]);
+                target = f;
+            }
+        }
         if rng.chance(25) {
             // Scattered one-block writes: a log block of many ranges (several sectors).
             for _ in 0..12 + rng.below(12) {
@@ -720,17 +793,32 @@ fn fsynced_files_survive_every_crash_state() {
             v.fsync(target).unwrap();
         }
         let after = v.fsync_stats();
-        let old_want = expected(&committed, &fsynced);
+        let old_want = expected(&committed, &created, &fsynced);
         let by_log = !sync && after.0 > before.0;
         if sync || after.1 > before.1 {
             committed = namespace(&mut v);
             fsynced.clear();
+            created.clear();
         } else if by_log {
             let sum = file_sum(&mut v, target);
             fsynced.insert(target, sum);
             logged += 1;
+            if !committed.values().flatten().any(|e| e.1 == target) {
+                // Created since the commit: no rename since either (that commits), so its
+                // name is the one it was created with.
+                let (dir, name) = namespace(&mut v)
+                    .iter()
+                    .find_map(|(&dir, es)| {
+                        es.iter()
+                            .find(|e| e.1 == target)
+                            .map(|e| (dir, e.0.clone()))
+                    })
+                    .expect("a logged new file has a name");
+                created.insert(target, (dir, name));
+                logged_new += 1;
+            }
         }
-        let new_want = expected(&committed, &fsynced);
+        let new_want = expected(&committed, &created, &fsynced);
         if !v.device().log.iter().any(|e| matches!(e, Event::Barrier)) {
             // Nothing made durable (an fsync of a file without changes): the writes so far
             // stay pending for the next durable point.
@@ -874,13 +962,21 @@ fn fsynced_files_survive_every_crash_state() {
         }
         img = v.device().disk.data.clone();
     }
+    let behind = v.device().behind;
+    std::println!(
+        "v2 fsync crash: {states} states, {logged} logged fsyncs ({logged_new} of new files, {undone} of them undone before a commit), {replays} replays crashed, {torn} torn, {behind} writes behind"
+    );
     assert!(logged > 40, "only {logged} fsyncs by log");
+    assert!(
+        logged_new > 15,
+        "only {logged_new} new files fsynced by log"
+    );
+    assert!(
+        undone > 4,
+        "only {undone} logged new files removed or renamed"
+    );
     assert!(replays > 8, "only {replays} replays crashed");
     assert!(states >= 900, "only {states} states");
     assert!(torn > 10, "only {torn} multi-sector records torn");
-    let behind = v.device().behind;
     assert!(behind > 40, "only {behind} writes behind");
-    std::println!(
-        "v2 fsync crash: {states} states, {logged} logged fsyncs, {replays} replays crashed, {torn} torn, {behind} writes behind"
-    );
 }

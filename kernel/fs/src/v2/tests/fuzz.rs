@@ -239,10 +239,21 @@ fn fuzzed_volumes_never_panic() {
         v.sync().unwrap();
         // Then fsyncs by log blocks, never committed: every mount below replays a chain of
         // them (whose blocks the mutations hit too, CRC re-sealed where their records end).
+        // A third of them of files created since the commit: their log blocks carry the
+        // creation records (inode, entry, back reference, the directory's inode).
         for i in 0..12u64 {
-            let (f, _) = v
-                .lookup(ROOT, std::format!("f{}", 1 + i % 6 * 3).as_bytes())
-                .unwrap();
+            let f = if i % 3 == 1 {
+                let parent = if i % 2 == 0 { d } else { ROOT };
+                let f = v
+                    .create(parent, std::format!("new{i}").as_bytes(), Kind::File)
+                    .unwrap();
+                v.write(f, 0, &[0xA0 | i as u8; 5000]).unwrap();
+                f
+            } else {
+                v.lookup(ROOT, std::format!("f{}", 1 + i % 6 * 3).as_bytes())
+                    .unwrap()
+                    .0
+            };
             v.write(f, i * 1000, &[0xC0 | i as u8; 6000]).unwrap();
             if i % 4 == 3 {
                 v.truncate(f, 2000 + i).unwrap();
@@ -252,6 +263,20 @@ fn fuzzed_volumes_never_panic() {
         assert_eq!(v.fsync_stats(), (12, 0));
     }
     super::fsck_clean(&mut disk);
+    {
+        // The new files exist only in the log: a replay finds them.
+        let mut copy = MemDisk {
+            data: disk.data.clone(),
+        };
+        let (mut v, info) =
+            Volume::<&mut MemDisk, MIN_FRAMES, VG>::mount(&mut copy, &mut m, false).unwrap();
+        assert_eq!(info.replayed, 12);
+        let d = v.lookup(ROOT, b"dir").unwrap().0;
+        for i in [1u64, 4, 7, 10] {
+            let parent = if i % 2 == 0 { d } else { ROOT };
+            v.lookup(parent, std::format!("new{i}").as_bytes()).unwrap();
+        }
+    }
     let log_root = Superblock::decode(&disk.data[..BLOCK_SIZE], 0)
         .or_else(|_| Superblock::decode(&disk.data[BLOCK_SIZE..2 * BLOCK_SIZE], 1))
         .unwrap()
