@@ -142,6 +142,9 @@ impl<'b, const N: usize> NodeCache<'b, N> {
     /// used unpinned one (written back first if dirty).
     fn victim<D: BlockIo>(&mut self, dev: &mut D) -> Result<usize> {
         let mut best: Option<usize> = None;
+        // Clean frames first, then the least recently used: the order of `(dirty, used)`,
+        // kept for the best frame so far instead of reading its entry again per frame.
+        let mut best_rank = (true, u64::MAX);
         for (i, m) in self.meta.iter().enumerate() {
             if m.block == EMPTY {
                 best = Some(i);
@@ -150,16 +153,10 @@ impl<'b, const N: usize> NodeCache<'b, N> {
             if m.used >= self.op_start {
                 continue;
             }
-            // Clean frames first, then the least recently used.
-            let better = match best {
-                None => true,
-                Some(b) => {
-                    let o = &self.meta[b];
-                    (m.dirty, m.used) < (o.dirty, o.used)
-                }
-            };
-            if better {
+            let rank = (m.dirty, m.used);
+            if best.is_none() || rank < best_rank {
                 best = Some(i);
+                best_rank = rank;
             }
         }
         let f = best.ok_or(FsError::Unsupported("node cache too small for the tree"))?;

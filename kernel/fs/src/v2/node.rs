@@ -394,22 +394,29 @@ pub fn check(b: &[u8], at: u64) -> Result<u64, &'static str> {
     if lvl > 0 && n == 0 {
         return Err("empty interior node");
     }
+    // One pass over the item headers as one slice (no per-item bounds checks: every node
+    // read from the device comes through here).
+    let first_value = ih(n);
     let mut end = DATA_END;
-    for i in 0..n {
-        let (o, l) = (voff(b, i), vlen(b, i));
+    let mut prev: Option<Key> = None;
+    for h in b[HDR..first_value].chunks_exact(ITEM_HDR) {
+        let o = u16::from_le_bytes([h[KEY_SIZE], h[KEY_SIZE + 1]]) as usize;
+        let l = u16::from_le_bytes([h[KEY_SIZE + 2], h[KEY_SIZE + 3]]) as usize;
         if lvl > 0 && l != CHILD_SIZE {
             return Err("interior value is not a block number");
         }
         if l > VALUE_MAX {
             return Err("value too long");
         }
-        if o.checked_add(l) != Some(end) || o < ih(n) {
+        if o + l != end || o < first_value {
             return Err("value out of place");
         }
         end = o;
-        if i > 0 && key(b, i - 1) >= key(b, i) {
+        let k = Key::decode(h);
+        if prev.is_some_and(|p| p >= k) {
             return Err("keys out of order");
         }
+        prev = Some(k);
     }
     Ok(generation)
 }
