@@ -17,11 +17,15 @@
 //! Arguments pick the runs (`v1`, `v2`, `v2csum`: version 2 with data checksums); none runs
 //! all three.
 
+mod ram;
+
+use ram::Ram;
+
 use std::time::Instant;
 
+use tinyfs::BLOCK_SIZE;
 use tinyfs::v1::MkfsOptions;
 use tinyfs::v2::volume::volume_frames;
-use tinyfs::{BLOCK_SIZE, BlockIo, IoError, IoErrorKind, Run, WriteFlags};
 
 const DISK_BLOCKS: u64 = 16_384;
 const FILE_BYTES: usize = 4 << 20;
@@ -31,51 +35,6 @@ const OPS: usize = 512;
 const N: usize = 64;
 const G: usize = 8;
 const DATA_BLOCKS: usize = 32;
-
-/// A RAM block device that counts what it is asked to do.
-struct Ram {
-    data: Vec<u8>,
-    writes: u64,
-    flushes: u64,
-}
-
-#[inline(never)]
-fn ram_read(data: &[u8], block: u64, buf: &mut [u8]) {
-    let o = block as usize * BLOCK_SIZE;
-    buf.copy_from_slice(&data[o..o + buf.len()]);
-}
-
-#[inline(never)]
-fn ram_write(data: &mut [u8], block: u64, src: &[u8]) {
-    let o = block as usize * BLOCK_SIZE;
-    data[o..o + src.len()].copy_from_slice(src);
-}
-
-impl BlockIo for &mut Ram {
-    fn block_count(&self) -> u64 {
-        DISK_BLOCKS
-    }
-    fn read(&mut self, block: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        if (block as usize * BLOCK_SIZE + buf.len()) > self.data.len() {
-            return Err(IoError::new(block, IoErrorKind::OutOfRange));
-        }
-        ram_read(&self.data, block, buf);
-        Ok(())
-    }
-    fn write(&mut self, runs: &[Run<'_>], flags: WriteFlags) -> Result<(), IoError> {
-        if flags.preflush || flags.fua {
-            self.flushes += 1;
-        }
-        for r in runs {
-            if (r.block as usize * BLOCK_SIZE + r.data.len()) > self.data.len() {
-                return Err(IoError::new(r.block, IoErrorKind::OutOfRange));
-            }
-            ram_write(&mut self.data, r.block, r.data);
-            self.writes += (r.data.len() / BLOCK_SIZE) as u64;
-        }
-        Ok(())
-    }
-}
 
 fn offsets() -> Vec<u64> {
     let blocks = (FILE_BYTES / 4096) as u64;
@@ -113,11 +72,7 @@ fn ops_v1(
 }
 
 fn v1(src: &[u8], offs: &[u64]) {
-    let mut ram = Ram {
-        data: vec![0; DISK_BLOCKS as usize * BLOCK_SIZE],
-        writes: 0,
-        flushes: 0,
-    };
+    let mut ram = Ram::new(DISK_BLOCKS);
     let mut buf = vec![0u8; 1 << 20];
     let (w0, f0, ns);
     {
@@ -149,11 +104,7 @@ fn ops_v2(fs: &mut V2<'_>, ino: tinyfs::v2::Ino, offs: &[u64], src: &[u8]) {
 }
 
 fn v2(src: &[u8], offs: &[u64], csums: bool) {
-    let mut ram = Ram {
-        data: vec![0; DISK_BLOCKS as usize * BLOCK_SIZE],
-        writes: 0,
-        flushes: 0,
-    };
+    let mut ram = Ram::new(DISK_BLOCKS);
     let mut mem = vec![0u8; (volume_frames(N, G) + DATA_BLOCKS - 1) * BLOCK_SIZE];
     V2::mkfs_with(&mut &mut ram, &mut mem, 8192, 0, csums).unwrap();
     let (w0, f0, ns, logged, committed);

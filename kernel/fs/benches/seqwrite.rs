@@ -22,11 +22,15 @@
 //! runs fill a lent region only the first time its address comes up, as the kernel bench does
 //! (the data buffer holds 8 such regions).
 
+mod ram;
+
+use ram::Ram;
+
 use std::time::Instant;
 
+use tinyfs::BLOCK_SIZE;
 use tinyfs::v1::MkfsOptions;
 use tinyfs::v2::volume::volume_frames;
-use tinyfs::{BLOCK_SIZE, BlockIo, IoError, IoErrorKind, Run, WriteFlags};
 
 /// The kernel bench's disk: 256 MiB.
 const DISK_BLOCKS: u64 = 65_536;
@@ -41,68 +45,10 @@ const G: usize = 8;
 const DATA_BLOCKS: usize = 256;
 const GROUP_BLOCKS: u32 = tinyfs::v2::superblock::GROUP_BLOCKS_MAX;
 
-/// A RAM block device that counts what it is asked to do.
-struct Ram {
-    data: Vec<u8>,
-    writes: u64,
-    ios: u64,
-    flushes: u64,
-}
-
-impl Ram {
-    fn new() -> Ram {
-        Ram {
-            data: vec![0; DISK_BLOCKS as usize * BLOCK_SIZE],
-            writes: 0,
-            ios: 0,
-            flushes: 0,
-        }
-    }
-}
-
-#[inline(never)]
-fn ram_read(data: &[u8], block: u64, buf: &mut [u8]) {
-    let o = block as usize * BLOCK_SIZE;
-    buf.copy_from_slice(&data[o..o + buf.len()]);
-}
-
 /// The caller producing its data into a lent region (the first time it comes up).
 #[inline(never)]
 fn fill(buf: &mut [u8], src: &[u8]) {
     buf.copy_from_slice(src);
-}
-
-#[inline(never)]
-fn ram_write(data: &mut [u8], block: u64, src: &[u8]) {
-    let o = block as usize * BLOCK_SIZE;
-    data[o..o + src.len()].copy_from_slice(src);
-}
-
-impl BlockIo for &mut Ram {
-    fn block_count(&self) -> u64 {
-        DISK_BLOCKS
-    }
-    fn read(&mut self, block: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        if (block as usize * BLOCK_SIZE + buf.len()) > self.data.len() {
-            return Err(IoError::new(block, IoErrorKind::OutOfRange));
-        }
-        ram_read(&self.data, block, buf);
-        Ok(())
-    }
-    fn write(&mut self, runs: &[Run<'_>], flags: WriteFlags) -> Result<(), IoError> {
-        if flags.preflush || flags.fua {
-            self.flushes += 1;
-        }
-        for r in runs {
-            if (r.block as usize * BLOCK_SIZE + r.data.len()) > self.data.len() {
-                return Err(IoError::new(r.block, IoErrorKind::OutOfRange));
-            }
-            ram_write(&mut self.data, r.block, r.data);
-            self.writes += (r.data.len() / BLOCK_SIZE) as u64;
-            self.ios += 1;
-        }
-        Ok(())
-    }
 }
 
 /// Addresses of lent regions already holding the data.
@@ -167,7 +113,7 @@ type V2<'b> = tinyfs::v2::Fs<'b, &'b mut Ram, N, G>;
 ops!(ops_v2, V2<'_>, tinyfs::v2::Ino);
 
 fn v1(src: &[u8], copy: bool) {
-    let mut ram = Ram::new();
+    let mut ram = Ram::new(DISK_BLOCKS);
     let mut buf = vec![0u8; 1 << 20];
     let (w0, ns);
     {
@@ -198,7 +144,7 @@ fn check_v1(fs: &mut V1<'_>, ino: tinyfs::v1::Ino, src: &[u8]) {
 }
 
 fn v2(src: &[u8], copy: bool) {
-    let mut ram = Ram::new();
+    let mut ram = Ram::new(DISK_BLOCKS);
     let mut mem = vec![0u8; (volume_frames(N, G) + DATA_BLOCKS - 1) * BLOCK_SIZE];
     V2::mkfs(&mut &mut ram, &mut mem, GROUP_BLOCKS, 0).unwrap();
     let (w0, ns);
