@@ -932,7 +932,9 @@ fn timestamps_come_from_the_clock_and_survive_remounts() {
 fn mkfs_over_a_logged_filesystem_replays_nothing_of_it() {
     // A filesystem made, a file created and fsynced by a log block at its first generation,
     // then mkfs again on the same device: the new filesystem's log root is the same block at
-    // the same generation, so the old log block would be valid for it; mkfs zeroes it.
+    // the same generation, so the old log block would be valid for it but for the
+    // filesystem's identity, which differs (the same clock: the previous superblock is
+    // mixed in).
     let mut disk = MemDisk::new(1024);
     let mut m = mem();
     for round in 0..2 {
