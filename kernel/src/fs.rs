@@ -187,7 +187,9 @@ impl<'m> Instance<'m> {
     }
 
     /// Writes an empty version-2 filesystem over the whole device (groups of
-    /// [`GROUP_BLOCKS`], no data checksums, clock 0).
+    /// [`GROUP_BLOCKS`], no data checksums; the clock is [`block::clock`], which also
+    /// seeds the filesystem's identity: two mkfs on a disk whose superblocks were blanked
+    /// in between get different identities).
     pub fn mkfs(&mut self) -> Result<(), FsError> {
         self.mkfs_with(false)
     }
@@ -199,7 +201,7 @@ impl<'m> Instance<'m> {
             &mut &mut self.disk,
             self.mem,
             GROUP_BLOCKS,
-            0,
+            block::clock(),
             data_checksums,
         )
     }

@@ -98,8 +98,8 @@ pub enum Problem {
         /// The block.
         block: u64,
     },
-    /// An fsync log block (valid for its chain: the right generation, root, sequence number
-    /// and CRC) holding a record that replay would refuse.
+    /// An fsync log block (valid for its chain: the right generation, filesystem identity,
+    /// root, sequence number and CRC) holding a record that replay would refuse.
     Log {
         /// The log block.
         block: u64,
@@ -401,7 +401,7 @@ impl<D: BlockIo> Checker<'_, '_, D> {
                 break;
             }
             self.read(at, blk)?;
-            let Some(lb) = log::validate(blk, at, self.sb.generation, self.sb.log_root, seq) else {
+            let Some(lb) = log::validate(blk, at, &self.sb, seq) else {
                 break;
             };
             self.r.log_blocks += 1;

@@ -9,8 +9,10 @@
 //! The first fsync after it writes its log block there (generation = the durable
 //! generation, sequence 1) and names in it the next block, allocated in the open
 //! transaction; each later fsync writes there and allocates the next. A log block is valid
-//! only with the durable generation, its sequence number, the chain's root and its CRC, so a
-//! torn write, a stale block and the end of the chain read as the end. Blocks the log names
+//! only with the durable generation, the filesystem's identity (the superblock's `fsid`,
+//! chosen at mkfs), its sequence number, the chain's root and its CRC, so a torn write, a
+//! stale block (of an older chain, or of an earlier filesystem on the device) and the end of
+//! the chain read as the end. Blocks the log names
 //! (its own chain and the data it maps) are held ([`super::space::FreeSpace::hold`]): never handed out
 //! again before the next commit, even if freed. The next commit folds everything into the
 //! tree (it is already there in memory), frees the chain and names a new root.
@@ -25,6 +27,7 @@ use super::file::{CSUM_ITEM, CSUMS};
 use super::key::{Key, kind};
 use super::node::{MAGIC, VERSION, rd64, wr64};
 use super::space::Space;
+use super::superblock::Superblock;
 use super::volume::{DIRENT_HDR, INODE_SIZE, Inode, Kind, NAME_MAX, Volume};
 use crate::crc::crc32c;
 use crate::error::{FsError, IoOp, Result};
@@ -49,8 +52,9 @@ const O_COUNT: usize = 28;
 const O_END: usize = 30;
 const O_HEAD: usize = 32;
 const O_NEXT: usize = 40;
+const O_FSID: usize = 48;
 /// First record byte.
-pub const LOG_HDR: usize = 48;
+pub const LOG_HDR: usize = 56;
 /// Record tags.
 const REC_INODE: u8 = 1;
 const REC_RANGE: u8 = 2;
@@ -193,17 +197,19 @@ fn rd32(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 
-/// Checks a log block read from `at`: header, CRC over its used bytes, generation, chain
-/// root and sequence number. `None` if it is not the expected block (the end of the chain).
-pub fn validate(b: &[u8], at: u64, generation: u64, head: u64, seq: u32) -> Option<LogBlock> {
+/// Checks a log block read from `at` as block `seq` of the chain of superblock `sb`: header,
+/// CRC over its used bytes, generation, filesystem identity, chain root and sequence number.
+/// `None` if it is not the expected block (the end of the chain).
+pub fn validate(b: &[u8], at: u64, sb: &Superblock, seq: u32) -> Option<LogBlock> {
     if b.len() < BLOCK_SIZE
         || rd32(b, 0) != MAGIC
         || rd16(b, 4) != KIND_LOG
         || rd16(b, 6) != VERSION
         || rd64(b, 16) != at
-        || rd64(b, 8) != generation
+        || rd64(b, 8) != sb.generation
         || rd32(b, O_SEQ) != seq
-        || rd64(b, O_HEAD) != head
+        || rd64(b, O_HEAD) != sb.log_root
+        || rd64(b, O_FSID) != sb.fsid
     {
         return None;
     }
@@ -500,6 +506,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             return Ok(false);
         }
         let generation = self.tree.generation();
+        let fsid = self.tree.superblock().fsid;
         let head = self.log.head;
         let target = if self.log.tail != 0 {
             self.log.tail
@@ -519,6 +526,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         b[O_END..O_END + 2].copy_from_slice(&(o as u16).to_le_bytes());
         wr64(b, O_HEAD, head);
         wr64(b, O_NEXT, next);
+        wr64(b, O_FSID, fsid);
         // Bytes past the CRC are not part of the block (whatever the buffer held: this
         // file's data, which its own blocks hold anyway); zeroing them cost more than the
         // rest of the fsync.
@@ -615,13 +623,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         self.dev
             .read(at, &mut self.data[..BLOCK_SIZE])
             .map_err(|e| FsError::io(IoOp::ReadNode, e))?;
-        Ok(validate(
-            &self.data[..BLOCK_SIZE],
-            at,
-            sb.generation,
-            sb.log_root,
-            seq,
-        ))
+        Ok(validate(&self.data[..BLOCK_SIZE], at, &sb, seq))
     }
 
     /// Replays the fsync log of the mounted superblock and commits it; returns the log blocks

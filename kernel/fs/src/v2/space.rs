@@ -223,6 +223,8 @@ impl<'b, const G: usize> FreeSpace<'b, G> {
             group_blocks,
             groups_ready: 1,
             selectors: [0; SELECTORS],
+            // Chosen by `Tree::mkfs_with`, which writes the superblock.
+            fsid: 0,
         })
     }
 

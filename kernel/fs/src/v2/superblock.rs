@@ -2,6 +2,7 @@
 //! record. Generation `g` lives in slot `g % 2` (blocks 0 and 1).
 
 use super::node::{self, KIND_SUPER, MAX_HEIGHT, rd64, wr64};
+use crate::crc::crc32c;
 
 /// Superblock slots (blocks 0 and 1).
 pub const SLOTS: u64 = 2;
@@ -29,6 +30,7 @@ const O_LOG_ROOT: usize = 80;
 const O_GROUP_BLOCKS: usize = 88;
 const O_GROUPS_READY: usize = 96;
 const O_SELECTORS: usize = 104;
+const O_FSID: usize = 144;
 
 /// Superblock flag: data blocks carry checksums.
 pub const FLAG_DATA_CSUM: u64 = 1;
@@ -61,6 +63,10 @@ pub struct Superblock {
     /// Selector blocks: bit `g % SELECTOR_BITS` of block `g / SELECTOR_BITS` names the slot
     /// holding group `g`'s durable bitmap; 0 = not written yet (every bit 0).
     pub selectors: [u64; SELECTORS],
+    /// The filesystem's identity, chosen at mkfs ([`FsidSeed`]), never 0: every fsync log
+    /// block carries it, so a log block left on the device by an earlier filesystem is not
+    /// part of this one's chain.
+    pub fsid: u64,
 }
 
 impl Superblock {
@@ -90,6 +96,7 @@ impl Superblock {
         for (i, &p) in self.selectors.iter().enumerate() {
             wr64(b, O_SELECTORS + 8 * i, p);
         }
+        wr64(b, O_FSID, self.fsid);
         node::seal(b);
     }
 
@@ -122,7 +129,12 @@ impl Superblock {
             ]),
             groups_ready: rd64(b, O_GROUPS_READY),
             selectors: core::array::from_fn(|i| rd64(b, O_SELECTORS + 8 * i)),
+            fsid: rd64(b, O_FSID),
         };
+        if s.fsid == 0 {
+            // Images made before the identity existed (no compatibility with them).
+            return Err("no filesystem identity");
+        }
         if s.block_count <= SLOTS || s.block_count > MAX_BLOCKS {
             return Err("block count out of range");
         }
@@ -165,6 +177,60 @@ impl Superblock {
     }
 }
 
+/// One step of mixing 64 bits (xor-shifts and multiplications by odd constants): a
+/// bijection of `u64` in which every input bit moves about half the output bits.
+const fn mix(x: u64) -> u64 {
+    let x = (x ^ (x >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let x = (x ^ (x >> 29)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+    x ^ (x >> 32)
+}
+
+/// Builds the identity of a filesystem being made from what mkfs knows:
+/// the caller's clock, the geometry, and what the device's superblock slots held before.
+#[derive(Clone, Copy, Debug)]
+pub struct FsidSeed {
+    h: u64,
+    previous: [u64; SLOTS as usize],
+}
+
+impl FsidSeed {
+    /// Starts from the caller's clock (`now`) and the new filesystem's superblock.
+    pub fn new(now: u64, sb: &Superblock) -> Self {
+        let mut h = mix(now ^ 0x5446_5332_6673_6964);
+        h = mix(h ^ sb.block_count);
+        h = mix(h ^ ((sb.group_blocks as u64) << 32) ^ sb.flags);
+        FsidSeed {
+            h,
+            previous: [0; SLOTS as usize],
+        }
+    }
+
+    /// Mixes in the bytes superblock slot `at` holds before mkfs overwrites it, and notes
+    /// the identity of the filesystem they belong to if they are a valid superblock.
+    pub fn slot(&mut self, at: u64, b: &[u8]) {
+        self.h = mix(self.h ^ crc32c(b) as u64 ^ (at << 32));
+        if let Ok(old) = Superblock::decode(b, at) {
+            self.previous[at as usize] = old.fsid;
+            self.h = mix(self.h ^ old.fsid);
+        }
+    }
+
+    /// The identity: never 0, and never that of a filesystem whose superblock a slot held,
+    /// even when everything else mixed in (the clock, the geometry) is the same.
+    pub fn fsid(&self) -> u64 {
+        // `mix` is a bijection: four distinct inputs give four distinct outputs, and at most
+        // three values are excluded.
+        let mut k = 0;
+        loop {
+            let id = mix(self.h.wrapping_add(k));
+            if id != 0 && !self.previous.contains(&id) {
+                return id;
+            }
+            k += 1;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +250,7 @@ mod tests {
             group_blocks: GROUP_BLOCKS_MAX,
             groups_ready: 3,
             selectors: [0, 5, 0, 0, 0],
+            fsid: 0x1234_5678_9abc_def0,
         };
         let mut b = [0u8; BLOCK_SIZE];
         s.encode(&mut b);
@@ -202,6 +269,53 @@ mod tests {
         assert_eq!(
             Superblock::decode(&b, 1),
             Err("root outside the filesystem")
+        );
+    }
+
+    #[test]
+    fn a_new_identity_differs_from_the_one_it_replaces() {
+        // mkfs again and again over the same slots with the same clock: each identity is new
+        // (never 0, never the previous one), and blank slots give one too.
+        let mut sb = Superblock {
+            generation: 1,
+            block_count: 1024,
+            root: 4,
+            height: 1,
+            next_ino: 17,
+            flags: 0,
+            free_blocks: 1000,
+            log_root: 5,
+            group_blocks: 128,
+            groups_ready: 1,
+            selectors: [0; SELECTORS],
+            fsid: 0,
+        };
+        let mut slots = [[0u8; BLOCK_SIZE], [0u8; BLOCK_SIZE]];
+        let mut seen = std::vec::Vec::new();
+        for _ in 0..100 {
+            let mut seed = FsidSeed::new(7, &sb);
+            for (at, b) in slots.iter().enumerate() {
+                seed.slot(at as u64, b);
+            }
+            let id = seed.fsid();
+            assert_ne!(id, 0);
+            assert!(!seen.contains(&id), "identity {id:#x} again");
+            seen.push(id);
+            sb.fsid = id;
+            sb.encode(&mut slots[1]);
+            slots[0].fill(0);
+        }
+        // The previous identity is excluded even if everything mixed in leads to it.
+        let mut seed = FsidSeed::new(7, &sb);
+        seed.previous = [mix(seed.h), mix(seed.h + 1)];
+        let id = seed.fsid();
+        assert!(id != 0 && !seed.previous.contains(&id));
+        // A superblock without an identity is refused.
+        sb.fsid = 0;
+        sb.encode(&mut slots[1]);
+        assert_eq!(
+            Superblock::decode(&slots[1], 1),
+            Err("no filesystem identity")
         );
     }
 }

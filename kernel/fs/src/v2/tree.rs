@@ -16,8 +16,9 @@ use super::cache::NodeCache;
 use super::key::Key;
 use super::node::{self, CAPACITY, CHILD_SIZE, MAX_HEIGHT, VALUE_MAX};
 use super::space::Space;
-use super::superblock::{MAX_BLOCKS, SLOTS, Superblock};
+use super::superblock::{FsidSeed, MAX_BLOCKS, SLOTS, Superblock};
 use crate::error::{FsError, IoOp, Result};
+use crate::format::BLOCK_SIZE;
 use crate::io::{BlockIo, WriteFlags};
 
 /// Where mkfs puts the first root node.
@@ -140,17 +141,40 @@ impl<'b, const N: usize> Tree<'b, N> {
             group_blocks: super::superblock::GROUP_BLOCKS_MAX,
             groups_ready: 0,
             selectors: [0; super::superblock::SELECTORS],
+            fsid: 0,
         };
-        Self::mkfs_with(dev, mem, &sb)
+        Self::mkfs_with(dev, mem, &sb, 0)
     }
 
     /// Writes an empty tree whose root leaf is at `sb.root`, then `sb` (generation 1) to slot 1
     /// with `PREFLUSH | FUA`; slot 0 is zeroed. Whatever else the filesystem needs (bitmaps)
     /// must be written before.
-    pub fn mkfs_with<D: BlockIo>(dev: &mut D, mem: &'b mut [u8], sb: &Superblock) -> Result<()> {
+    ///
+    /// The filesystem's identity (`sb.fsid` is ignored) is chosen here ([`FsidSeed`]): from
+    /// `now` (the caller's clock), the geometry, and what the superblock slots held before,
+    /// read first, so that it differs from the identity of a filesystem they held.
+    pub fn mkfs_with<D: BlockIo>(
+        dev: &mut D,
+        mem: &'b mut [u8],
+        sb: &Superblock,
+        now: u64,
+    ) -> Result<()> {
         if sb.generation != 1 || sb.height != 1 || sb.block_count > dev.block_count() {
             return Err(FsError::InvalidArgument);
         }
+        if mem.len() < BLOCK_SIZE {
+            return Err(FsError::BufferTooSmall);
+        }
+        let mut seed = FsidSeed::new(now, sb);
+        for at in 0..SLOTS {
+            dev.read(at, &mut mem[..BLOCK_SIZE])
+                .map_err(|e| FsError::io(IoOp::Format, e))?;
+            seed.slot(at, &mem[..BLOCK_SIZE]);
+        }
+        let sb = &Superblock {
+            fsid: seed.fsid(),
+            ..*sb
+        };
         let mut cache = NodeCache::<N>::new(mem)?;
         let root = sb.root;
         cache.write_with(dev, root, WriteFlags::NONE, IoOp::Format, |b| {
@@ -209,6 +233,7 @@ impl<'b, const N: usize> Tree<'b, N> {
                 group_blocks: 0,
                 groups_ready: 0,
                 selectors: [0; super::superblock::SELECTORS],
+                fsid: 0,
             },
             durable: 0,
             failed: false,

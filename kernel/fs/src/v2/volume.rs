@@ -193,7 +193,10 @@ pub const fn volume_frames(n: usize, g: usize) -> usize {
 impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// Writes an empty filesystem (the root directory, inode [`ROOT`]) on the whole device
     /// with free-space groups of `group_blocks` blocks; `mem` holds [`volume_frames`]`(N, G)`
-    /// blocks.
+    /// blocks. `now` is the clock (the root directory's times); it is also mixed into the
+    /// filesystem's identity, with what the device's superblock slots held before
+    /// ([`super::superblock::FsidSeed`]), so a filesystem made again on the device gets an
+    /// identity different from the one it replaces even with the same clock.
     pub fn mkfs(dev: &mut D, mem: &mut [u8], group_blocks: u32, now: u64) -> Result<()> {
         Self::mkfs_with(dev, mem, group_blocks, now, false)
     }
@@ -213,7 +216,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         if data_checksums {
             sb.flags |= FLAG_DATA_CSUM;
         }
-        Tree::<N>::mkfs_with(dev, mem, &sb)?;
+        Tree::<N>::mkfs_with(dev, mem, &sb, now)?;
         let mut vol = Volume::<&mut D, N, G>::mount(dev, mem, false)?.0;
         vol.now = now;
         let root = Inode {
@@ -224,22 +227,10 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             ctime: now,
         };
         vol.put_inode(ROOT, &root)?;
-        vol.sync()?;
-        // The log root of the first generation: an earlier filesystem on the device, made the
-        // same way, may have left there a log block valid for this one (same generation, same
-        // block, same root); a mount would replay its records. Zeroed, durably.
-        let at = vol.tree.superblock().log_root;
-        let zero = &mut vol.data[..BLOCK_SIZE];
-        zero.fill(0);
-        vol.dev
-            .write(
-                &[crate::io::Run {
-                    block: at,
-                    data: &vol.data[..BLOCK_SIZE],
-                }],
-                crate::io::WriteFlags::COMMIT,
-            )
-            .map_err(|e| FsError::io(IoOp::WriteSuperblock, e))
+        // No need to clear the log root this commit names: a log block an earlier
+        // filesystem left there (or anywhere) carries that filesystem's identity, not this
+        // one's.
+        vol.sync()
     }
 
     /// Mounts the filesystem on `dev`; `mem` holds at least [`volume_frames`]`(N, G)` blocks,

@@ -408,19 +408,19 @@ fn fsync_log_is_followed_and_its_bad_records_reported() {
         let c = crate::crc::crc32c(&b[..end]);
         b[end..end + 4].copy_from_slice(&c.to_le_bytes());
     };
-    // The head's first record is a range (tag 2): ino at 49, first block at 57, count at 65,
-    // device block at 69.
-    assert_eq!(img[head as usize * BLOCK_SIZE + 48], 2);
+    // The head's first record (at LOG_HDR, 56) is a range (tag 2): ino at 57, first block at
+    // 65, count at 73, device block at 77.
+    assert_eq!(img[head as usize * BLOCK_SIZE + crate::v2::log::LOG_HDR], 2);
     for (o, v, what) in [
-        (49usize, 999u64, "log record of an inode that is not a file"),
-        (69, 66, "log range over a superblock or bitmap slot"),
-        (69, 1023, "log range outside the filesystem"),
+        (57usize, 999u64, "log record of an inode that is not a file"),
+        (77, 66, "log range over a superblock or bitmap slot"),
+        (77, 1023, "log range outside the filesystem"),
     ] {
         let mut bad = img.clone();
         let blk = block_mut(&mut bad, head);
         blk[o..o + 8].copy_from_slice(&v.to_le_bytes());
-        if o == 69 {
-            blk[65..69].copy_from_slice(&2u32.to_le_bytes());
+        if o == 77 {
+            blk[73..77].copy_from_slice(&2u32.to_le_bytes());
         }
         reseal(blk);
         let found = problems(&bad);
@@ -433,7 +433,7 @@ fn fsync_log_is_followed_and_its_bad_records_reported() {
         let _ = V::<&mut MemDisk>::mount(&mut d, &mut m, false);
     }
     let mut torn = img.clone();
-    block_mut(&mut torn, head)[60] ^= 1;
+    block_mut(&mut torn, head)[68] ^= 1;
     let mut d = MemDisk { data: torn };
     let r = super::fsck_clean(&mut d);
     assert_eq!(r.log_blocks, 0, "a block failing its CRC ends the chain");
@@ -474,38 +474,39 @@ fn fsync_log_creations_are_checked() {
         let c = crate::crc::crc32c(&b[..end]);
         b[end..end + 4].copy_from_slice(&c.to_le_bytes());
     };
-    // The head's first record is the creation (tag 3): inode at 49, directory at 57, entry
-    // offset at 65, the file's inode item at 73, the directory's at 113, the name's length
-    // at 153 and the name at 154.
+    // The head's first record (at LOG_HDR, 56) is the creation (tag 3): inode at 57,
+    // directory at 65, entry offset at 73, the file's inode item at 81, the directory's at
+    // 121, the name's length at 161 and the name at 162.
     let h = &img[head as usize * BLOCK_SIZE..];
-    assert_eq!((h[48], h[153], h[154]), (3, 1, b'g'));
+    assert_eq!(crate::v2::log::LOG_HDR, 56);
+    assert_eq!((h[56], h[161], h[162]), (3, 1, b'g'));
     let f_slot = (crate::crc::crc32c(b"f") as u64) << 16;
     let in_f_slot = move |b: &mut [u8]| {
-        b[154] = b'f';
-        b[65..73].copy_from_slice(&f_slot.to_le_bytes());
+        b[162] = b'f';
+        b[73..81].copy_from_slice(&f_slot.to_le_bytes());
     };
     let after_f_slot = move |b: &mut [u8]| {
-        b[154] = b'f';
-        b[65..73].copy_from_slice(&(f_slot | 1).to_le_bytes());
+        b[162] = b'f';
+        b[73..81].copy_from_slice(&(f_slot | 1).to_le_bytes());
     };
     type Case<'a> = (&'a dyn Fn(&mut [u8]), &'static str);
     let cases: [Case<'_>; 7] = [
         (
-            &|b| b[154] = b'h',
+            &|b| b[162] = b'h',
             "log creation with a name not matching its entry",
         ),
         (&in_f_slot, "log creation in an entry slot in use"),
         (&after_f_slot, "log creation of a name in use"),
         (
-            &move |b: &mut [u8]| b[49..57].copy_from_slice(&f.to_le_bytes()),
+            &move |b: &mut [u8]| b[57..65].copy_from_slice(&f.to_le_bytes()),
             "log creation of an inode number in use",
         ),
         (
-            &move |b: &mut [u8]| b[57..65].copy_from_slice(&d.to_le_bytes()),
+            &move |b: &mut [u8]| b[65..73].copy_from_slice(&d.to_le_bytes()),
             "log creation in a directory that changed",
         ),
-        (&|b| b[117] += 1, "log creation in a directory that changed"),
-        (&|b| b[73] = 2, "log creation with inodes of the wrong kind"),
+        (&|b| b[125] += 1, "log creation in a directory that changed"),
+        (&|b| b[81] = 2, "log creation with inodes of the wrong kind"),
     ];
     for (change, what) in cases {
         let mut bad = img.clone();
@@ -524,5 +525,64 @@ fn fsync_log_creations_are_checked() {
             "{what}: {:?}",
             mounted.map(|_| ())
         );
+    }
+}
+
+#[test]
+fn a_log_block_of_another_filesystem_ends_the_chain() {
+    // Three log blocks; one whose identity is another filesystem's (re-sealed, so nothing
+    // else is wrong with it) ends the chain for fsck and mount alike: the blocks before it
+    // count and are replayed, it and the ones after are not.
+    let mut disk = MemDisk::new(1024);
+    let mut m = std::vec![0u8; (volume_frames(MIN_FRAMES, TEST_GROUPS) + 3) * BLOCK_SIZE];
+    V::<MemDisk>::mkfs_with(&mut disk, &mut m, 64, 1, false).unwrap();
+    let f = {
+        let (mut v, _) = V::<&mut MemDisk>::mount(&mut disk, &mut m, false).unwrap();
+        let f = v.create(ROOT, b"f", Kind::File).unwrap();
+        v.write(f, 0, &[1; 3 * BLOCK_SIZE]).unwrap();
+        v.sync().unwrap();
+        for i in 0..3u8 {
+            v.write(f, i as u64 * BLOCK_SIZE as u64, &[i + 2; 100])
+                .unwrap();
+            v.fsync(f).unwrap();
+        }
+        assert_eq!(v.fsync_stats(), (3, 0));
+        f
+    };
+    let img = disk.data;
+    let sb = crate::v2::superblock::Superblock::decode(&img[..BLOCK_SIZE], 0)
+        .or_else(|_| crate::v2::superblock::Superblock::decode(&img[BLOCK_SIZE..2 * BLOCK_SIZE], 1))
+        .unwrap();
+    // The chain: the head, then each block's `next` (bytes 40..48); the identity at 48..56.
+    let mut chain = std::vec![sb.log_root];
+    for _ in 0..2 {
+        let b = &img[*chain.last().unwrap() as usize * BLOCK_SIZE..];
+        chain.push(u64::from_le_bytes(b[40..48].try_into().unwrap()));
+    }
+    for &at in &chain {
+        let b = &img[at as usize * BLOCK_SIZE..];
+        assert_eq!(u64::from_le_bytes(b[48..56].try_into().unwrap()), sb.fsid);
+    }
+    let mut d = MemDisk { data: img.clone() };
+    assert_eq!(super::fsck_clean(&mut d).log_blocks, 3);
+    for (k, &at) in chain.iter().enumerate() {
+        let mut bad = img.clone();
+        let blk = block_mut(&mut bad, at);
+        blk[48..56].copy_from_slice(&(sb.fsid ^ 1 << 40).to_le_bytes());
+        let end = u16::from_le_bytes([blk[30], blk[31]]) as usize;
+        let c = crate::crc::crc32c(&blk[..end]);
+        blk[end..end + 4].copy_from_slice(&c.to_le_bytes());
+        let mut d = MemDisk { data: bad };
+        assert_eq!(super::fsck_clean(&mut d).log_blocks, k as u64, "block {k}");
+        let (mut v, info) = V::<&mut MemDisk>::mount(&mut d, &mut m, false).unwrap();
+        assert_eq!(info.replayed, k as u32, "block {k}");
+        let mut b = [0u8; 3 * BLOCK_SIZE];
+        assert_eq!(v.read(f, 0, &mut b).unwrap(), 3 * BLOCK_SIZE);
+        for (i, blk) in b.chunks(BLOCK_SIZE).enumerate() {
+            let want = if i < k { i as u8 + 2 } else { 1 };
+            assert_eq!(blk[0], want, "block {k}: file block {i}");
+        }
+        v.sync().unwrap();
+        super::fsck_clean(&mut d);
     }
 }

@@ -98,7 +98,9 @@ fn mutate(rng: &mut Rng, img: &mut [u8], meta: &[u64]) {
     if rng.chance(60) {
         // A log block's CRC is where its records end (and the header may say so still).
         let end = u16::from_le_bytes([blk[30], blk[31]]) as usize;
-        if blk[4] == crate::v2::log::KIND_LOG as u8 && (48..=BLOCK_SIZE - 4).contains(&end) {
+        if blk[4] == crate::v2::log::KIND_LOG as u8
+            && (crate::v2::log::LOG_HDR..=BLOCK_SIZE - 4).contains(&end)
+        {
             let c = crc32c(&blk[..end]);
             blk[end..end + 4].copy_from_slice(&c.to_le_bytes());
         } else {

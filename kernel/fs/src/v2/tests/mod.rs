@@ -148,7 +148,7 @@ pub fn mkfs<D: BlockIo, const N: usize>(dev: &mut D, mem: &mut [u8], kind: Space
         SpaceKind::Mem => Tree::<N>::mkfs(dev, mem).unwrap(),
         SpaceKind::Bitmaps(gb) => {
             let sb = FreeSpace::<TEST_GROUPS>::mkfs(dev, mem, gb).unwrap();
-            Tree::<N>::mkfs_with(dev, mem, &sb).unwrap();
+            Tree::<N>::mkfs_with(dev, mem, &sb, 0).unwrap();
         }
     }
 }

@@ -66,7 +66,7 @@ fn one_tebibyte_sparse() {
     let mut smem = space_mem();
     let sb = FreeSpace::<TEST_GROUPS>::mkfs(&mut disk, &mut mem, GROUP_BLOCKS_MAX).unwrap();
     assert_eq!(sb.block_count, blocks);
-    T::mkfs_with(&mut disk, &mut mem, &sb).unwrap();
+    T::mkfs_with(&mut disk, &mut mem, &sb, 0).unwrap();
     assert!(
         disk.data.len() <= 5,
         "mkfs wrote {} blocks",
@@ -109,7 +109,7 @@ fn sixteen_tebibytes_is_the_limit() {
     let mut mem = std::vec![0u8; MIN_FRAMES * BLOCK_SIZE];
     let sb = FreeSpace::<TEST_GROUPS>::mkfs(&mut disk, &mut mem, GROUP_BLOCKS_MAX).unwrap();
     assert_eq!(sb.block_count, MAX_BLOCKS);
-    T::mkfs_with(&mut disk, &mut mem, &sb).unwrap();
+    T::mkfs_with(&mut disk, &mut mem, &sb, 0).unwrap();
     let (tree, _) = T::mount(&mut disk, &mut mem, false).unwrap();
     assert_eq!(tree.superblock().block_count, MAX_BLOCKS);
     assert_eq!(tree.superblock().root, FIRST_ROOT);

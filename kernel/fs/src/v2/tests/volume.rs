@@ -932,7 +932,9 @@ fn timestamps_come_from_the_clock_and_survive_remounts() {
 fn mkfs_over_a_logged_filesystem_replays_nothing_of_it() {
     // A filesystem made, a file created and fsynced by a log block at its first generation,
     // then mkfs again on the same device: the new filesystem's log root is the same block at
-    // the same generation, so the old log block would be valid for it; mkfs zeroes it.
+    // the same generation, so the old log block would be valid for it but for the
+    // filesystem's identity, which differs (the same clock: the previous superblock is
+    // mixed in).
     let mut disk = MemDisk::new(1024);
     let mut m = mem();
     for round in 0..2 {
@@ -944,5 +946,75 @@ fn mkfs_over_a_logged_filesystem_replays_nothing_of_it() {
         v.write(f, 0, &[7u8; 100]).unwrap();
         assert_eq!(fsync_counts(&mut v, f), (1, 0));
     }
+    super::fsck_clean(&mut disk);
+}
+
+/// One life of the device for [`mkfs_again_replays_nothing_of_the_earlier_chain`]: mkfs
+/// (clock 1), a file `a` committed, then `steps` steps each creating file `n{i}` with data,
+/// overwriting a block of `a`, and fsyncing both (two log blocks a step); then a crash (the
+/// volume dropped, nothing unmounted). File bytes are `life * 16 + step`. Returns the
+/// identity of the filesystem.
+fn logged_life(disk: &mut MemDisk, m: &mut [u8], life: u8, steps: u8) -> u64 {
+    Volume::<MemDisk, N, G>::mkfs(disk, m, 128, 1).unwrap();
+    let (mut v, info) = V::mount(disk, m, false).unwrap();
+    assert_eq!(
+        info.replayed, 0,
+        "life {life}: a fresh filesystem has no log"
+    );
+    let a = v.create(ROOT, b"a", Kind::File).unwrap();
+    v.write(a, 0, &[life * 16; 8 * BLOCK_SIZE]).unwrap();
+    v.sync().unwrap();
+    for i in 0..steps {
+        let x = life * 16 + i + 1;
+        let n = v
+            .create(ROOT, std::format!("n{i}").as_bytes(), Kind::File)
+            .unwrap();
+        v.write(n, 0, &[x; 3000]).unwrap();
+        assert_eq!(fsync_counts(&mut v, n), (1, 0), "life {life} step {i}");
+        v.write(a, i as u64 * BLOCK_SIZE as u64, &[x; BLOCK_SIZE])
+            .unwrap();
+        assert_eq!(fsync_counts(&mut v, a), (1, 0), "life {life} step {i}");
+    }
+    v.superblock().fsid
+}
+
+#[test]
+fn mkfs_again_replays_nothing_of_the_earlier_chain() {
+    // The same operations on the same device with the same clock allocate the same blocks:
+    // the second filesystem's chain goes to the blocks the first one's went to, at the same
+    // generation, from the same root. The first life writes 8 log blocks, the second 4; the
+    // first life's blocks 5..8 follow, as valid as ever but for the identity: mount replays
+    // only the second life's 4 (no file `n2`, `n3`, no byte of the first life).
+    let mut disk = MemDisk::new(1024);
+    let mut m = mem();
+    let first = logged_life(&mut disk, &mut m, 1, 4);
+    let second = logged_life(&mut disk, &mut m, 2, 2);
+    assert_ne!(first, second, "the same clock gave the same identity");
+    assert_ne!(second, 0);
+    let r = super::fsck_clean(&mut disk);
+    assert_eq!(r.log_blocks, 4, "fsck follows a block of the first life");
+    let (mut v, info) = V::mount(&mut disk, &mut m, false).unwrap();
+    assert_eq!(info.replayed, 4, "a block of the first life replayed");
+    let names: Vec<Vec<u8>> = list(&mut v, ROOT).into_iter().map(|e| e.0).collect();
+    let mut want: Vec<Vec<u8>> = [&b"a"[..], b"n0", b"n1"].map(|n| n.to_vec()).to_vec();
+    let mut got = names.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    for i in 0..2u8 {
+        let n = v.lookup(ROOT, std::format!("n{i}").as_bytes()).unwrap().0;
+        let mut b = std::vec![0u8; 4000];
+        assert_eq!(v.read(n, 0, &mut b).unwrap(), 3000, "n{i}");
+        assert!(b[..3000].iter().all(|&x| x == 32 + i + 1), "n{i}");
+    }
+    let a = v.lookup(ROOT, b"a").unwrap().0;
+    let mut b = std::vec![0u8; 8 * BLOCK_SIZE];
+    assert_eq!(v.read(a, 0, &mut b).unwrap(), 8 * BLOCK_SIZE);
+    for (i, blk) in b.chunks(BLOCK_SIZE).enumerate() {
+        let want = if i < 2 { 32 + i as u8 + 1 } else { 32 };
+        assert!(blk.iter().all(|&x| x == want), "block {i} of a");
+    }
+    assert_eq!(v.superblock().fsid, second);
+    v.sync().unwrap();
     super::fsck_clean(&mut disk);
 }
