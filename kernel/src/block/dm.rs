@@ -142,9 +142,6 @@ fn resolve(name: &str) -> Option<Lower> {
 pub fn create(name: &str, table: &str) -> Result<&'static registry::Device, CreateError> {
     let _g = CREATE.lock();
     let k = COUNT.load(Ordering::Acquire);
-    if k == MAX_DM {
-        return Err(CreateError::Full);
-    }
     let mut n = Name::new();
     if name.is_empty() {
         let _ = write!(n, "dm-{}", k);
@@ -157,7 +154,12 @@ pub fn create(name: &str, table: &str) -> Result<&'static registry::Device, Crea
     if registry::find(&n).is_some() {
         return Err(CreateError::NameTaken);
     }
+    // The table is checked before the room for it: a bad table is reported as such (its
+    // line and what is wrong) whether or not the registry is full.
     let parsed = table::parse(table, &mut resolve).map_err(CreateError::Table)?;
+    if k == MAX_DM {
+        return Err(CreateError::Full);
+    }
     SPLIT_SET
         .init()
         .and_then(|_| IO_SET.init())
