@@ -641,7 +641,8 @@ fn record_write_fails(d: &Disk, sector: u64) -> TestResult {
             fs_ok(make_file(&mut fs, "/pad", 9), "create /pad")?;
             fs_ok(fs.sync(), "commit to the other slot")?;
         }
-        // Not unmounted: an unmount commits once more (to the faulty slot, as the next one).
+        // Not unmounted: nothing changed since, so an unmount would write nothing; dropped
+        // all the same, as a machine that goes down.
         Ok(())
     })?;
     commit_fails(d, Cause::RecordWrite)

@@ -243,7 +243,9 @@ ktest! {
             names_are(&mut fs, "/d", &["b.txt", "e"])?;
             names_are(&mut fs, "/d/e", &["f"])?;
 
-            // fsync commits: a new generation, blocks in use; inode numbers are never reused.
+            // fsync commits (a new file's fsync is logged only in a directory of the last
+            // commit with nothing but creations since; /d/e is new and names were removed):
+            // a new generation, blocks in use; inode numbers are never reused.
             let g = fs.generation();
             ok(fs.fsync(f), "fsync")?;
             let s1 = ok(fs.statfs(), "statfs")?;
@@ -800,7 +802,8 @@ fn two_generations(
     let b = ok(fs.create("/b"), "create /b")?;
     ok(fs.write(b, 0, b"newest"), "write /b")?;
     ok(fs.sync(), "sync")?;
-    // Not unmounted: an unmount would commit once more, with no change (the same root).
+    // Not unmounted: dropped as a machine that goes down (with no change since, an unmount
+    // would write nothing).
     let g = fs.generation();
     let new = superblock(Superblock::slot_of(g), buf)?;
     let old = superblock(Superblock::slot_of(g - 1), buf)?;
