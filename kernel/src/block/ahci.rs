@@ -338,7 +338,6 @@ fn connect_interrupt(f: &::pci::PciFunction<'static>, mode: Mode, n: usize) {
     if let Some(line) = irq
         && (line.register(handler).is_err() || line.enable().is_err())
     {
-        defmt::error!("ahci: cannot use interrupt line {=u32}", line.number());
         super::setup_errors::record(format_args!(
             "ahci: cannot use interrupt line {}",
             line.number()

@@ -211,12 +211,10 @@ fn sync_mirror(name: &str, m: &'static Mirror) {
     let result = match buf {
         Ok(mut buf) => m.resync(cpu_ctx(), &mut buf, wait),
         Err(e) => {
-            defmt::error!(
-                "dm: {=str}: no DMA memory for the resync ({}): legs stay out of sync",
-                name,
-                defmt::Debug2Format(&e)
-            );
-            setup_errors::record(format_args!("dm {}: no DMA memory for the resync", name));
+            setup_errors::record(format_args!(
+                "dm: {}: no DMA memory for the resync ({:?}): legs stay out of sync",
+                name, e
+            ));
             return;
         }
     };
@@ -229,14 +227,13 @@ fn sync_mirror(name: &str, m: &'static Mirror) {
             r.passes
         ),
         Err(e) => {
-            defmt::error!(
-                "dm: {=str}: mirror resync failed: {}; {=u32} of {=usize} legs in sync",
+            setup_errors::record(format_args!(
+                "dm: {}: mirror resync failed: {:?}; {} of {} legs in sync",
                 name,
-                defmt::Debug2Format(&e),
-                m.status().in_sync as u32,
+                e,
+                m.status().in_sync,
                 m.legs().len()
-            );
-            setup_errors::record(format_args!("dm {}: mirror resync failed: {:?}", name, e));
+            ));
         }
     }
 }
@@ -259,7 +256,6 @@ pub fn create_from_cmdline(cmdline: &str) {
         };
         rest = next;
         let Some((name, table)) = value.split_once(':') else {
-            defmt::error!("dm: {=str}: {=str}", value, "expected dm=<name>:<table>");
             setup_errors::record(format_args!(
                 "dm={}: refused: expected dm=<name>:<table>",
                 value
@@ -270,11 +266,6 @@ pub fn create_from_cmdline(cmdline: &str) {
         for c in table.chars() {
             let c = if c == '_' { ' ' } else { c };
             if text.push(c).is_err() {
-                defmt::error!(
-                    "dm: {=str}: table longer than {=usize} bytes",
-                    name,
-                    TABLE_BYTES
-                );
                 setup_errors::record(format_args!(
                     "dm={}: table longer than {} bytes",
                     name, TABLE_BYTES
@@ -290,11 +281,6 @@ pub fn create_from_cmdline(cmdline: &str) {
                 text.as_str()
             ),
             Err(e) => {
-                defmt::error!(
-                    "dm: {=str} not created: {}",
-                    name,
-                    defmt::Display2Format(&e)
-                );
                 setup_errors::record(format_args!("dm={}: not created: {}", name, e));
             }
         }

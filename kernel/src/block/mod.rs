@@ -247,11 +247,9 @@ pub static IO_SET: BioSet<()> = BioSet::new(&BIO_SLAB, BLOCK_IO_RESERVE, Some(&B
 /// storage controller found with what became of it.
 pub fn init(info: &crate::boot::BootInfo) {
     if let Err(e) = SPLIT_SET.init().and_then(|_| IO_SET.init()) {
-        defmt::error!("block: bio pools: {}", defmt::Debug2Format(&e));
         setup_errors::record(format_args!("block: bio pools: {:?}", e));
     }
     if let Err(e) = bounce::init() {
-        defmt::error!("block: bounce pools: {}", defmt::Debug2Format(&e));
         setup_errors::record(format_args!("block: bounce pools: {:?}", e));
     }
     let polled = crate::boot::cmdline_arg(info.cmdline, "vblk") == Some("poll");

@@ -288,7 +288,6 @@ pub fn attach(polled: bool, prefer_sgl: bool) -> Result<Option<&'static NvmeDisk
             hw
         };
         if line.register(h).is_err() || line.enable().is_err() {
-            defmt::error!("nvme: cannot use interrupt line {=u32}", line.number());
             super::setup_errors::record(format_args!(
                 "nvme: cannot use interrupt line {}",
                 line.number()

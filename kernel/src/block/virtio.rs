@@ -171,10 +171,6 @@ pub fn probe(info: &BootInfo, polled: bool) {
             hw.set_irq_line(line);
         }
         if line.register(hw).is_err() || line.enable().is_err() {
-            defmt::error!(
-                "virtio-blk: cannot use interrupt line {=u32}",
-                line.number()
-            );
             super::setup_errors::record(format_args!(
                 "virtio-blk: cannot use interrupt line {}",
                 line.number()
@@ -227,7 +223,6 @@ fn msix_vectors(
 ) -> usize {
     let n = hw.nr_queues();
     let Ok(t) = f.msix(arch::mmio_mapper()) else {
-        defmt::error!("virtio-blk: MSI-X setup failed");
         super::setup_errors::record(format_args!("virtio-blk: MSI-X setup failed"));
         return 0;
     };
@@ -239,7 +234,6 @@ fn msix_vectors(
             first
         } else {
             let Some(v) = hal::irq::alloc_msi_on(owner_cpu(q, n)) else {
-                defmt::error!("virtio-blk: no interrupt vector for queue {=usize}", q);
                 super::setup_errors::record(format_args!(
                     "virtio-blk: no interrupt vector for queue {q}"
                 ));
@@ -250,10 +244,6 @@ fn msix_vectors(
         };
         ok &= t.set_entry(q as u16, msg).is_ok() && t.unmask(q as u16).is_ok();
         if n > 1 && (line.register(&QUEUE_IRQS[q]).is_err() || line.enable().is_err()) {
-            defmt::error!(
-                "virtio-blk: cannot use interrupt line {=u32}",
-                line.number()
-            );
             super::setup_errors::record(format_args!(
                 "virtio-blk: cannot use interrupt line {}",
                 line.number()
@@ -265,7 +255,6 @@ fn msix_vectors(
     }
     t.enable();
     if !ok || !hw.set_msix(f, arch::mmio_mapper()) {
-        defmt::error!("virtio-blk: MSI-X setup failed");
         super::setup_errors::record(format_args!("virtio-blk: MSI-X setup failed"));
     }
     if n > 1 {

@@ -21,7 +21,12 @@ pub fn install_crc() -> &'static str {
     }
     match tinyfs::crc::set_accel(crc32c_sse42) {
         Ok(()) | Err(tinyfs::crc::AccelError::Installed) => "the SSE4.2 crc32 instruction",
-        Err(tinyfs::crc::AccelError::Wrong) => "software (the crc32 instruction gave wrong values)",
+        Err(tinyfs::crc::AccelError::Wrong) => {
+            // A CPU that claims SSE4.2 and computes wrong CRCs: said as a warning, not only in
+            // the boot line.
+            defmt::warn!("crc32c: the crc32 instruction disagrees with the software CRC32C");
+            "software (the crc32 instruction gave wrong values)"
+        }
     }
 }
 
