@@ -109,6 +109,8 @@ impl Nvme {
             io.live = false;
             self.reap_io(io, done, &self.stats);
         }
+        // A completion queue that will not go is dropped by the disable that follows (every
+        // submission queue is gone already, so nothing posts to it): nothing to report.
         for io in ios.iter_mut() {
             let _ = self.admin_sync(a, Command::delete_cq(io.qid), done);
         }
