@@ -193,12 +193,15 @@ fn jobs_v2(inst: &mut Instance<'_>, src: &[u8]) -> Result<(), FsError> {
     );
     if let Some((job, _)) = profile_request() {
         // `benchprof`: one job, its timed phase between the marks: the zero-copy sequential
-        // write, the random overwrite + fsync or the small files.
+        // write, the random overwrite + fsync, the small files, or the stats, creates or
+        // unlinks in the directory of 10,000 entries.
         let r = match job - crate::bench::FS_PROFILE_JOB {
             0 => v2::seqwrite(&mut f, src, true, true),
             1 => v2::randwrite(&mut f, src, true),
             2 => v2::smallfiles(&mut f, src, true),
-            _ => dir_jobs(&mut f, false, true),
+            3 => dir_jobs(&mut f, false, Some(DirOp::Stat)),
+            4 => dir_jobs(&mut f, false, Some(DirOp::Create)),
+            _ => dir_jobs(&mut f, false, Some(DirOp::Unlink)),
         };
         let u = f.unmount();
         r?;
@@ -210,7 +213,7 @@ fn jobs_v2(inst: &mut Instance<'_>, src: &[u8]) -> Result<(), FsError> {
         .and_then(|()| v2::smallfiles(&mut f, src, false))
         .and_then(|()| {
             let large = boot::cmdline_arg(crate::boot_info().cmdline, "benchfs_large");
-            dir_jobs(&mut f, large == Some("1"), false)
+            dir_jobs(&mut f, large == Some("1"), None)
         });
     let u = f.unmount();
     r?;
@@ -470,10 +473,19 @@ macro_rules! common_jobs {
 common_jobs!(v2, fs::KernelFs<'a>, tinyfs::Ino, "fs-");
 common_jobs!(v1, fs::V1Fs<'a>, tinyfs::v1::Ino, "fs-v1-");
 
+/// The operation of the directory jobs that runs between the bench's profile marks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DirOp {
+    Create,
+    Stat,
+    Unlink,
+}
+
 /// The directory jobs (version 2): at each size of [`DIR_SIZES`] (the directory filled up
 /// from the size before, untimed), create, stat and unlink up to [`DIR_OPS`] names.
-/// `profile`: the stats in the largest directory run between the bench's profile marks.
-fn dir_jobs(f: &mut fs::KernelFs<'_>, large: bool, profile: bool) -> Result<(), FsError> {
+/// `profile`: the operation whose run in the largest directory goes between the bench's
+/// profile marks.
+fn dir_jobs(f: &mut fs::KernelFs<'_>, large: bool, profile: Option<DirOp>) -> Result<(), FsError> {
     f.mkdir("/dir")?;
     let mut have = 0;
     for &(size, names) in DIR_SIZES.iter().filter(|d| large || d.0 < DIR_LARGE) {
@@ -498,7 +510,7 @@ fn dir_jobs(f: &mut fs::KernelFs<'_>, large: bool, profile: bool) -> Result<(), 
                 .iter()
                 .rfind(|d| large || d.0 < DIR_LARGE)
                 .map_or(0, |d| d.0);
-        dir_ops(f, DIR_OPS.min(size), names, profile && last)?;
+        dir_ops(f, DIR_OPS.min(size), names, profile.filter(|_| last))?;
     }
     // The entries stay: the filesystem is unmounted next (and version 1's jobs format the
     // disk); removing 100,000 names would cost more than filling the directory.
@@ -506,31 +518,41 @@ fn dir_jobs(f: &mut fs::KernelFs<'_>, large: bool, profile: bool) -> Result<(), 
 }
 
 /// Creates (one `sync` at the end), stats by path and unlinks (one `sync`) `ops` new names
-/// in `/dir`, reported as the jobs `names` (create, stat, unlink); `profile`: the stats run
-/// between the bench's profile marks.
+/// in `/dir`, reported as the jobs `names` (create, stat, unlink); `profile`: the operation
+/// that runs between the bench's profile marks (its `sync` included).
 fn dir_ops(
     f: &mut fs::KernelFs<'_>,
     ops: usize,
     names: [&str; 3],
-    profile: bool,
+    profile: Option<DirOp>,
 ) -> Result<(), FsError> {
+    let begin = |op| {
+        if profile == Some(op) {
+            profile_mark_begin();
+        }
+    };
+    let end = |op| {
+        if profile == Some(op) {
+            profile_mark_end();
+        }
+    };
     let mut lat = [0u32; MAX_OPS];
     let new = |i: usize| name("/dir/new-", i);
     let mut span = Span::default();
     let m = Mark::now();
+    begin(DirOp::Create);
     for (i, l) in lat.iter_mut().enumerate().take(ops) {
         let t = arch::now_ns();
         f.create(new(i).as_str())?;
         *l = since(t);
     }
     f.sync()?;
+    end(DirOp::Create);
     m.add_to(&mut span);
     report(names[0], 0, ops, &span, &mut lat[..ops]);
     let mut span = Span::default();
     let m = Mark::now();
-    if profile {
-        profile_mark_begin();
-    }
+    begin(DirOp::Stat);
     for (i, l) in lat.iter_mut().enumerate().take(ops) {
         let t = arch::now_ns();
         let st = f.stat_path(new(i).as_str())?;
@@ -542,19 +564,19 @@ fn dir_ops(
         }
         *l = since(t);
     }
-    if profile {
-        profile_mark_end();
-    }
+    end(DirOp::Stat);
     m.add_to(&mut span);
     report(names[1], 0, ops, &span, &mut lat[..ops]);
     let mut span = Span::default();
     let m = Mark::now();
+    begin(DirOp::Unlink);
     for (i, l) in lat.iter_mut().enumerate().take(ops) {
         let t = arch::now_ns();
         f.unlink(new(i).as_str())?;
         *l = since(t);
     }
     f.sync()?;
+    end(DirOp::Unlink);
     m.add_to(&mut span);
     report(names[2], 0, ops, &span, &mut lat[..ops]);
     Ok(())

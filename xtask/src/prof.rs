@@ -108,9 +108,9 @@ pub fn run(args: ProfArgs) -> Result<ExitCode> {
         .join(format!("{name}.toml"));
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let profile = Profile::parse(&name, &text).with_context(|| format!("in {}", path.display()))?;
-    // A disk-image profile (file backend) also runs the filesystem jobs: `--job 6` to 9
+    // A disk-image profile (file backend) also runs the filesystem jobs: `--job 6` to 11
     // profile the filesystem's sequential write, random overwrite + fsync, small files and
-    // directory stats.
+    // directory stats, creates and unlinks.
     let image = match &profile.image {
         Some(spec) => {
             let path = workspace::target_dir()
