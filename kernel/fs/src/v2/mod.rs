@@ -13,6 +13,7 @@ pub mod file;
 pub mod fs;
 pub mod key;
 pub mod log;
+pub mod names;
 pub mod node;
 pub mod space;
 pub mod superblock;

@@ -8,6 +8,7 @@
 
 use super::key::{Key, kind};
 use super::log::LogState;
+use super::names::{Cached, NAME_FRAMES, NameCache, NameStats};
 use super::node::MAX_HEIGHT;
 use super::space::{FreeSpace, space_frames};
 use super::superblock::{FLAG_DATA_CSUM, Superblock};
@@ -149,6 +150,8 @@ pub struct Volume<'b, D: BlockIo, const N: usize, const G: usize> {
     pub(super) dev: D,
     pub(super) tree: Tree<'b, N>,
     pub(super) space: FreeSpace<'b, G>,
+    /// Directory entries recently found or made.
+    names: NameCache<'b>,
     /// The data buffer: the memory past the tree's and the free space's frames, at least one
     /// block; its size bounds one data I/O (a run of blocks).
     pub(super) data: &'b mut [u8],
@@ -184,10 +187,11 @@ pub(super) enum Slot {
     Free(Key),
 }
 
-/// Blocks of memory a [`Volume`] with `N` node frames and `G` cached groups needs at least
-/// (with a one-block data buffer).
+/// Blocks of memory a [`Volume`] with `N` node frames and `G` cached groups needs at least:
+/// the node cache, the free-space cache, the name cache ([`NAME_FRAMES`]) and a one-block
+/// data buffer.
 pub const fn volume_frames(n: usize, g: usize) -> usize {
-    n + space_frames(g) + 1
+    n + space_frames(g) + NAME_FRAMES + 1
 }
 
 impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
@@ -240,7 +244,8 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             return Err(FsError::BufferTooSmall);
         }
         let (tmem, rest) = mem.split_at_mut(N * BLOCK_SIZE);
-        let (smem, data) = rest.split_at_mut(space_frames(G) * BLOCK_SIZE);
+        let (smem, rest) = rest.split_at_mut(space_frames(G) * BLOCK_SIZE);
+        let (nmem, data) = rest.split_at_mut(NAME_FRAMES * BLOCK_SIZE);
         let len = data.len() / BLOCK_SIZE * BLOCK_SIZE;
         let (tree, mut info) = Tree::mount(&mut dev, tmem, read_only)?;
         let space = FreeSpace::open(smem, tree.superblock())?;
@@ -249,6 +254,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             dev,
             tree,
             space,
+            names: NameCache::new(nmem),
             data: &mut data[..len],
             failed: false,
             ring: 0,
@@ -402,9 +408,18 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         Ok(i)
     }
 
-    /// Finds `name` in `dir`: its entry, or the key a new entry would take.
+    /// Finds `name` in `dir`: its entry (from the name cache when it has it), or the key a
+    /// new entry would take.
     pub(super) fn find(&mut self, dir: u64, name: &[u8]) -> Result<Slot> {
-        let base = name_hash(name) << 16;
+        let hash = name_hash(name);
+        if let Some(c) = self.names.get(dir, hash, name) {
+            return Ok(Slot::Found {
+                key: Key::new(dir, kind::DIRENT, c.offset),
+                ino: c.ino,
+                kind: Kind::from_code(c.kind, 0)?,
+            });
+        }
+        let base = hash << 16;
         let mut free = None;
         let mut expect = base;
         let mut b = [0u8; DIRENT_HDR + NAME_MAX];
@@ -426,11 +441,19 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
             if &b[DIRENT_HDR..n] == name {
                 let mut ino = [0u8; 8];
                 ino.copy_from_slice(&b[..8]);
-                return Ok(Slot::Found {
-                    key: k,
-                    ino: u64::from_le_bytes(ino),
-                    kind: Kind::from_code(b[8], 0)?,
-                });
+                let ino = u64::from_le_bytes(ino);
+                let kind = Kind::from_code(b[8], 0)?;
+                self.names.put(
+                    dir,
+                    hash,
+                    name,
+                    Cached {
+                        offset: k.offset,
+                        ino,
+                        kind: kind.code(),
+                    },
+                );
+                return Ok(Slot::Found { key: k, ino, kind });
             }
             match k.successor() {
                 Some(s) => from = s,
@@ -447,6 +470,10 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// Looks `name` up in directory `dir`: its inode and kind.
     pub fn lookup(&mut self, dir: u64, name: &[u8]) -> Result<(u64, Kind)> {
         check_name(name)?;
+        // A cached entry is in the tree, so `dir` is a directory: no need to read its inode.
+        if let Some(c) = self.names.get(dir, name_hash(name), name) {
+            return Ok((c.ino, Kind::from_code(c.kind, 0)?));
+        }
         self.dir(dir)?;
         match self.find(dir, name)? {
             Slot::Found { ino, kind, .. } => Ok((ino, kind)),
@@ -454,6 +481,8 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         }
     }
 
+    /// Puts the entry `key` naming `ino` and its back reference; the name cache has it once
+    /// both are in the tree.
     pub(super) fn put_entry(&mut self, key: Key, ino: u64, kind_: Kind, name: &[u8]) -> Result<()> {
         let mut v = [0u8; DIRENT_HDR + NAME_MAX];
         v[..8].copy_from_slice(&ino.to_le_bytes());
@@ -463,7 +492,23 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         self.put(
             Key::new(ino, kind::PARENT, key.id),
             &key.offset.to_le_bytes(),
-        )
+        )?;
+        self.names.put(
+            key.id,
+            key.offset >> 16,
+            name,
+            Cached {
+                offset: key.offset,
+                ino,
+                kind: kind_.code(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Lookups the name cache answered and not.
+    pub fn name_stats(&self) -> NameStats {
+        self.names.stats()
     }
 
     fn touch_dir(&mut self, dir: u64, nlink_delta: i32) -> Result<()> {
@@ -524,6 +569,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         self.log.forget(ino);
         self.room(6)?;
         self.log.names = true;
+        self.names.forget(dir, key.offset >> 16, name);
         self.del(key)?;
         self.del(Key::new(ino, kind::PARENT, dir))?;
         if k == Kind::File {
@@ -675,6 +721,8 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         }
         self.room(12)?;
         self.log.names = true;
+        self.names.forget(dir, key.offset >> 16, name);
+        self.names.forget(to_dir, name_hash(to_name), to_name);
         let new_key = match target {
             Slot::Found {
                 key: tkey,

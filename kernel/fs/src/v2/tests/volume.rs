@@ -294,6 +294,68 @@ fn names_with_colliding_hashes() {
 }
 
 #[test]
+fn lookups_of_names_in_use_come_from_the_name_cache_and_never_go_stale() {
+    let mut disk = MemDisk::new(4096);
+    let mut m = mem();
+    Volume::<MemDisk, N, G>::mkfs(&mut disk, &mut m, 4096, 1).unwrap();
+    let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
+    let d = v.create(ROOT, b"d", Kind::Dir).unwrap();
+    let files = 2000u64;
+    let mut inos = Vec::new();
+    for i in 0..files {
+        inos.push(
+            v.create(d, std::format!("f{i}").as_bytes(), Kind::File)
+                .unwrap(),
+        );
+    }
+    v.sync().unwrap();
+    // The last names made are looked up without a tree search: no node is read, however
+    // few frames the node cache has for the directory's leaves.
+    let (s0, r0) = (v.name_stats(), v.tree.cache_stats().reads);
+    for i in files - 200..files {
+        let (ino, k) = v.lookup(d, std::format!("f{i}").as_bytes()).unwrap();
+        assert_eq!((ino, k), (inos[i as usize], Kind::File));
+    }
+    let s1 = v.name_stats();
+    assert!(s1.hits - s0.hits >= 190, "{s0:?} -> {s1:?}");
+    assert_eq!(
+        v.tree.cache_stats().reads,
+        r0,
+        "a cached lookup read a node"
+    );
+    // Removed, renamed and replaced names answer as the tree does.
+    v.remove(d, b"f1999").unwrap();
+    assert_eq!(v.lookup(d, b"f1999"), Err(FsError::NotFound));
+    v.rename(d, b"f1998", ROOT, b"moved").unwrap();
+    assert_eq!(v.lookup(d, b"f1998"), Err(FsError::NotFound));
+    assert_eq!(v.lookup(ROOT, b"moved").unwrap().0, inos[1998]);
+    v.rename(d, b"f1997", d, b"f1996").unwrap();
+    assert_eq!(v.lookup(d, b"f1996").unwrap().0, inos[1997]);
+    assert_eq!(v.lookup(d, b"f1997"), Err(FsError::NotFound));
+    assert_eq!(v.create(d, b"f1996", Kind::File), Err(FsError::Exists));
+    let again = v.create(d, b"f1999", Kind::File).unwrap();
+    assert_ne!(again, inos[1999]);
+    assert_eq!(v.lookup(d, b"f1999").unwrap().0, again);
+    // A name too long to cache, and a file's name used as a directory.
+    let long = [b'l'; NAME_MAX];
+    let l = v.create(d, &long, Kind::File).unwrap();
+    assert_eq!(v.lookup(d, &long).unwrap().0, l);
+    assert_eq!(v.lookup(d, &long).unwrap().0, l);
+    assert_eq!(v.lookup(inos[0], b"x"), Err(FsError::NotDir));
+    v.sync().unwrap();
+    // After a remount (an empty name cache) every name still answers from the tree.
+    let (mut v, _) = V::mount(&mut disk, &mut m, false).unwrap();
+    assert_eq!(v.name_stats().hits, 0);
+    assert_eq!(v.lookup(d, b"f1996").unwrap().0, inos[1997]);
+    assert_eq!(v.lookup(d, b"f1999").unwrap().0, again);
+    assert_eq!(v.lookup(d, b"f1998"), Err(FsError::NotFound));
+    for (i, &ino) in inos.iter().enumerate().take(1996) {
+        assert_eq!(v.lookup(d, std::format!("f{i}").as_bytes()).unwrap().0, ino);
+    }
+    verify_volume(&mut v);
+}
+
+#[test]
 fn name_rules() {
     let mut disk = MemDisk::new(512);
     let mut m = mem();
