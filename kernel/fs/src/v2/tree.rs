@@ -49,13 +49,22 @@ pub struct Tree<'b, const N: usize> {
     durable: u64,
     failed: bool,
     read_only: bool,
-    /// The leaf the last descent reached and the key range its parents give it: a lookup
-    /// or an insertion of a key in that range goes straight to the leaf.
-    finger: Option<Finger>,
-    /// Bumped by every change of the tree's shape (a node copied, created or freed, a
-    /// separator lowered, a removal, a commit): a finger of an older shape is not used.
+    /// The leaves the last descents reached and the key ranges their parents give them: a
+    /// lookup or an insertion of a key in one of those ranges goes straight to the leaf.
+    /// An operation works in a few places of the key space at once (a create: the new
+    /// inode's leaf, the directory entry's, the directory inode's), so one finger per place.
+    fingers: [Option<Finger>; FINGERS],
+    /// The finger [`Tree::set_finger`] replaces next when none names its leaf.
+    next_finger: usize,
+    /// Bumped by every change of a leaf's key range (a node created or freed, a separator
+    /// lowered, a commit): a finger of an older shape is not used. A copy-on-write copy
+    /// keeps the ranges: the copied block is freed at commit, so no node takes its number
+    /// before the next shape, and a finger naming it finds no frame.
     shape: u64,
 }
+
+/// Fingers a tree keeps.
+const FINGERS: usize = 4;
 
 /// A leaf and the keys `[lo, hi)` that a descent from the root sends to it (a subset of
 /// its parents' ranges), valid while the tree's shape is `shape`.
@@ -238,7 +247,8 @@ impl<'b, const N: usize> Tree<'b, N> {
             durable: 0,
             failed: false,
             read_only,
-            finger: None,
+            fingers: [None; FINGERS],
+            next_finger: 0,
             shape: 0,
         };
         for (rank, &s) in order.iter().enumerate() {
@@ -363,7 +373,7 @@ impl<'b, const N: usize> Tree<'b, N> {
         if node::generation(self.cache.frame(f)) == txn {
             return Ok(f);
         }
-        self.shape += 1;
+        // No shape change: the copy covers the same keys (see `shape`).
         let old = self.cache.block_of(f);
         let nb = space.alloc(dev)?;
         let nf = self.cache.create(dev, nb)?;
@@ -407,24 +417,43 @@ impl<'b, const N: usize> Tree<'b, N> {
         self.load(dev, self.sb.root, self.sb.height - 1, txn)
     }
 
-    /// The frame of the finger's leaf if `key` is in its range, the shape unchanged since
-    /// and the leaf still cached.
+    /// The frame of a finger's leaf if `key` is in its range, the shape unchanged since and
+    /// the leaf still cached.
     fn finger_leaf(&mut self, key: &Key) -> Option<usize> {
-        let fg = self.finger?;
-        if fg.shape != self.shape || *key < fg.lo || fg.hi.is_some_and(|h| *key >= h) {
-            return None;
-        }
+        let shape = self.shape;
+        let fg = self
+            .fingers
+            .iter()
+            .flatten()
+            .find(|fg| fg.shape == shape && *key >= fg.lo && fg.hi.is_none_or(|h| *key < h))?;
         let f = self.cache.find(fg.block)?;
         (node::level(self.cache.frame(f)) == 0).then_some(f)
     }
 
-    /// Notes that a descent for a key in `r` reached leaf frame `f`.
+    /// Notes that a descent for a key in `r` reached leaf frame `f`: replaces the finger of
+    /// that leaf, else one of an older shape, else the next in turn.
     fn set_finger(&mut self, f: usize, r: Range) {
-        self.finger = Some(Finger {
-            block: self.cache.block_of(f),
+        let block = self.cache.block_of(f);
+        let shape = self.shape;
+        let slot = self
+            .fingers
+            .iter()
+            .position(|fg| fg.is_some_and(|fg| fg.block == block))
+            .or_else(|| {
+                self.fingers
+                    .iter()
+                    .position(|fg| fg.is_none_or(|fg| fg.shape != shape))
+            })
+            .unwrap_or_else(|| {
+                let i = self.next_finger;
+                self.next_finger = (i + 1) % FINGERS;
+                i
+            });
+        self.fingers[slot] = Some(Finger {
+            block,
             lo: r.lo,
             hi: r.hi,
-            shape: self.shape,
+            shape,
         });
     }
 
@@ -768,7 +797,20 @@ impl<'b, const N: usize> Tree<'b, N> {
             return Ok(false);
         }
         self.cache.begin_op();
-        self.shape += 1;
+        // The leaf the lookup reached, when it is fresh (so is its path) and stays at least a
+        // quarter full (no merge): the item goes in place and nothing else changes. A
+        // removal changes no node's key range; a merge changes the shape when it frees a node.
+        if let Some(f) = self.finger_leaf(key)
+            && node::generation(self.cache.frame(f)) == self.txn()
+            && let Ok(i) = node::search(self.cache.frame(f), key)
+        {
+            let b = self.cache.frame(f);
+            let left = node::used(b) - node::item_size(node::value(b, i).len());
+            if self.sb.height == 1 || left >= CAPACITY / 4 {
+                node::remove_at(self.cache.frame_mut(f), i);
+                return Ok(true);
+            }
+        }
         let r = self.remove_inner(dev, space, key);
         self.settle(r)
     }
