@@ -59,7 +59,8 @@ pub enum AccelError {
 }
 
 /// Makes every later [`crc32c`] use `f`, after checking it against [`update`] on inputs of
-/// every length from 0 to 64 at every alignment to 8 and on a whole 4 KiB block.
+/// every length from 0 to 64 and of 4095 and 4096 bytes (a whole block, and one with a piece
+/// of every size below an accelerator's step left over), each at every alignment to 8.
 pub fn set_accel(f: Accel) -> Result<(), AccelError> {
     let mut buf = [0u8; 4096 + 8];
     let mut x = 0x9e37_79b9u32;
@@ -76,7 +77,7 @@ pub fn set_accel(f: Accel) -> Result<(), AccelError> {
                 return Err(AccelError::Wrong);
             }
         }
-        if !same(&buf[lo..lo + 4096]) {
+        if !same(&buf[lo..lo + 4095]) || !same(&buf[lo..lo + 4096]) {
             return Err(AccelError::Wrong);
         }
     }
@@ -165,11 +166,18 @@ mod tests {
         super::update(c, data) ^ u32::from(data.len() > 40)
     }
 
+    /// Wrong on inputs that end in an odd byte after 4 KiB less 128 (the remainder after a
+    /// 128-byte step), which only the 4095-byte input has.
+    fn wrong_in_a_long_tail(c: u32, data: &[u8]) -> u32 {
+        super::update(c, data) ^ u32::from(data.len() > 3968 && data.len() % 2 == 1)
+    }
+
     #[test]
     fn accelerator_is_checked_before_use() {
         use super::{AccelError, set_accel};
         assert_eq!(set_accel(|c, _| c), Err(AccelError::Wrong));
         assert_eq!(set_accel(wrong_when_long), Err(AccelError::Wrong));
+        assert_eq!(set_accel(wrong_in_a_long_tail), Err(AccelError::Wrong));
         assert!(!super::accelerated() || set_accel(bytewise).is_err());
         // The process-wide accelerator the other tests then share computes the same values.
         let first = set_accel(bytewise);
