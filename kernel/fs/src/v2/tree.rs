@@ -58,8 +58,8 @@ pub struct Tree<'b, const N: usize> {
     next_finger: usize,
     /// Bumped by every change of a leaf's key range (a node created or freed, a separator
     /// lowered, a commit): a finger of an older shape is not used. A copy-on-write copy
-    /// keeps the ranges: the copied block is freed at commit, so no node takes its number
-    /// before the next shape, and a finger naming it finds no frame.
+    /// keeps the ranges (a finger on the copied node moves to the copy; the copied block is
+    /// freed at commit, so no node takes its number before the next shape).
     shape: u64,
 }
 
@@ -373,7 +373,6 @@ impl<'b, const N: usize> Tree<'b, N> {
         if node::generation(self.cache.frame(f)) == txn {
             return Ok(f);
         }
-        // No shape change: the copy covers the same keys (see `shape`).
         let old = self.cache.block_of(f);
         let nb = space.alloc(dev)?;
         let nf = self.cache.create(dev, nb)?;
@@ -381,6 +380,12 @@ impl<'b, const N: usize> Tree<'b, N> {
         dst.copy_from_slice(src);
         node::relabel(dst, txn, nb);
         self.cache.discard(old);
+        // The copy covers the old node's keys: a finger on it moves along.
+        for fg in self.fingers.iter_mut().flatten() {
+            if fg.block == old {
+                fg.block = nb;
+            }
+        }
         space.free(dev, old)?;
         Ok(nf)
     }
