@@ -4,8 +4,8 @@
 //! Frames touched since [`NodeCache::begin_op`] are pinned: a miss never evicts them, so an
 //! operation may hold frame indices until it ends. A miss takes an empty frame if there is one,
 //! else the next unpinned frame a clock hand finds not touched since its last pass (second
-//! chance: a touch sets a frame's referenced bit, the hand clears it and moves on), so a miss
-//! costs a few steps of the hand, not a scan of every frame. If that frame is dirty it is
+//! chance: a frame touched since the hand passed it is passed again, and marked passed), so a
+//! miss costs a few steps of the hand, not a scan of every frame. If that frame is dirty it is
 //! written back first, together with the next dirty frames the hand would take (up to
 //! [`WRITE_BATCH`], in one plugged write sorted by block), so the misses after it find clean
 //! frames. Only fresh nodes (allocated in the open transaction, not referenced by any durable
@@ -38,16 +38,17 @@ struct Frame {
     block: u64,
     /// The clock value of the last touch: pinned while `>= op_start`.
     used: u64,
+    /// The clock value when the clock hand last passed the frame: it was touched since (is
+    /// referenced) while `used > passed`. (Kept so that a touch stores only `used`.)
+    passed: u64,
     dirty: bool,
-    /// Touched since the clock hand last passed the frame.
-    referenced: bool,
 }
 
 const UNUSED: Frame = Frame {
     block: EMPTY,
     used: 0,
+    passed: 0,
     dirty: false,
-    referenced: false,
 };
 
 /// Cache statistics (for tests and reports).
@@ -127,9 +128,7 @@ impl<'b, const N: usize> NodeCache<'b, N> {
 
     fn touch(&mut self, f: usize) {
         self.clock += 1;
-        let m = &mut self.meta[f];
-        m.used = self.clock;
-        m.referenced = true;
+        self.meta[f].used = self.clock;
     }
 
     /// The bytes of frame `f`.
@@ -167,17 +166,27 @@ impl<'b, const N: usize> NodeCache<'b, N> {
         if i + 1 == 2 * N { 0 } else { i + 1 }
     }
 
+    /// The frame that holds `block`.
+    fn lookup(&self, block: u64) -> Option<usize> {
+        let t = self.index.as_flattened();
+        let mut i = Self::home(block);
+        // At most `N` of the `2 * N` slots are used: the search reaches an empty one
+        // (`NO_FRAME`, no frame of `meta`).
+        loop {
+            let f = t[i] as usize;
+            if self.meta.get(f)?.block == block {
+                return Some(f);
+            }
+            i = Self::next_slot(i);
+        }
+    }
+
     /// The index slot naming the frame that holds `block`.
     fn slot_of(&self, block: u64) -> Option<usize> {
         let t = self.index.as_flattened();
         let mut i = Self::home(block);
-        // At most `N` of the `2 * N` slots are used: the search reaches an empty one.
         loop {
-            let f = t[i];
-            if f == NO_FRAME {
-                return None;
-            }
-            if self.meta[f as usize].block == block {
+            if self.meta.get(t[i] as usize)?.block == block {
                 return Some(i);
             }
             i = Self::next_slot(i);
@@ -233,8 +242,7 @@ impl<'b, const N: usize> NodeCache<'b, N> {
 
     /// The frame holding `block`, if cached (and marks it used).
     pub fn find(&mut self, block: u64) -> Option<usize> {
-        let i = self.slot_of(block)?;
-        let f = self.index.as_flattened()[i] as usize;
+        let f = self.lookup(block)?;
         self.touch(f);
         Some(f)
     }
@@ -259,7 +267,7 @@ impl<'b, const N: usize> NodeCache<'b, N> {
     }
 
     /// Moves the clock hand to the next unpinned frame not touched since the hand last
-    /// passed it, clearing the referenced bit of each unpinned frame it passes. Two turns
+    /// passed it, marking each unpinned frame it passes as passed. Two turns
     /// find one whenever an unpinned frame exists.
     fn sweep(&mut self) -> Option<usize> {
         for _ in 0..2 * N {
@@ -269,8 +277,8 @@ impl<'b, const N: usize> NodeCache<'b, N> {
             if m.used >= self.op_start {
                 continue;
             }
-            if m.referenced {
-                m.referenced = false;
+            if m.used > m.passed {
+                m.passed = self.clock;
                 continue;
             }
             return Some(f);
@@ -279,23 +287,24 @@ impl<'b, const N: usize> NodeCache<'b, N> {
     }
 
     /// Writes back dirty frame `f` (unpinned) and, in the same plugged write, the next dirty
-    /// unpinned frames the hand would take (not touched since it passed them), up to
-    /// [`WRITE_BATCH`] in all, sorted by block so that neighbours merge. On an error every
-    /// frame stays dirty.
+    /// unpinned frames the hand would take (not touched since it passed them) within half a
+    /// turn, up to [`WRITE_BATCH`] in all and a quarter of the frames, sorted by block so
+    /// that neighbours merge. On an error every frame stays dirty.
     fn write_back_from<D: BlockIo>(&mut self, dev: &mut D, f: usize) -> Result<()> {
+        let most = (N / 4).min(WRITE_BATCH);
         let mut idx = [0usize; WRITE_BATCH];
         idx[0] = f;
         let mut k = 1;
         let mut g = f;
-        for _ in 1..N {
+        for _ in 1..N / 2 {
+            if k == most {
+                break;
+            }
             g = if g + 1 == N { 0 } else { g + 1 };
             let m = &self.meta[g];
-            if m.dirty && !m.referenced && m.used < self.op_start && m.block != EMPTY {
+            if m.dirty && m.used <= m.passed && m.used < self.op_start && m.block != EMPTY {
                 idx[k] = g;
                 k += 1;
-                if k == WRITE_BATCH {
-                    break;
-                }
             }
         }
         let idx = &mut idx[..k];
@@ -305,7 +314,8 @@ impl<'b, const N: usize> NodeCache<'b, N> {
         Ok(())
     }
 
-    /// Seals frames `idx` (at most [`WRITE_BATCH`], dirty) and writes them in one call; they
+    /// Seals frames `idx` (at most [`WRITE_BATCH`], dirty, sorted by block) and writes them
+    /// in one call, frames that are neighbours in memory and on the device as one run; they
     /// are clean if it succeeds.
     fn write_frames<D: BlockIo>(&mut self, dev: &mut D, idx: &[usize]) -> Result<()> {
         for &fi in idx {
@@ -315,13 +325,24 @@ impl<'b, const N: usize> NodeCache<'b, N> {
             block: 0,
             data: &[],
         }; WRITE_BATCH];
-        for (r, &fi) in runs.iter_mut().zip(idx) {
-            *r = Run {
-                block: self.meta[fi].block,
-                data: &self.mem[fi * BLOCK_SIZE..(fi + 1) * BLOCK_SIZE],
+        let (mut n, mut k) = (0, 0);
+        while k < idx.len() {
+            let (f, block) = (idx[k], self.meta[idx[k]].block);
+            let mut len = 1;
+            while k + len < idx.len()
+                && idx[k + len] == f + len
+                && self.meta[f + len].block == block + len as u64
+            {
+                len += 1;
+            }
+            runs[n] = Run {
+                block,
+                data: &self.mem[f * BLOCK_SIZE..(f + len) * BLOCK_SIZE],
             };
+            n += 1;
+            k += len;
         }
-        dev.write(&runs[..idx.len()], WriteFlags::NONE)
+        dev.write(&runs[..n], WriteFlags::NONE)
             .map_err(|e| FsError::io(IoOp::WriteNode, e))?;
         for &fi in idx {
             self.meta[fi].dirty = false;
@@ -435,7 +456,7 @@ impl<'b, const N: usize> NodeCache<'b, N> {
     }
 
     /// Seals and writes every dirty frame (one plugged batch of up to [`WRITE_BATCH`] at a
-    /// time).
+    /// time, sorted by block, neighbours as one run).
     pub fn flush<D: BlockIo>(&mut self, dev: &mut D) -> Result<()> {
         let mut f = 0;
         while f < N {
@@ -451,7 +472,9 @@ impl<'b, const N: usize> NodeCache<'b, N> {
             if k == 0 {
                 continue;
             }
-            self.write_frames(dev, &idx[..k])?;
+            let idx = &mut idx[..k];
+            idx.sort_unstable_by_key(|&g| self.meta[g].block);
+            self.write_frames(dev, idx)?;
             self.stats.flushed += k as u64;
         }
         Ok(())
