@@ -2,11 +2,18 @@
 //! of the DMA region, so nodes are read and written in place).
 //!
 //! Frames touched since [`NodeCache::begin_op`] are pinned: a miss never evicts them, so an
-//! operation may hold frame indices until it ends. A miss takes the least recently used
-//! unpinned frame; if it is dirty it is written back first. Only fresh nodes (allocated in the
-//! open transaction, not referenced by any durable superblock) are ever dirty, so writing one
-//! back early is always safe: the cache is the dirty-node budget and hitting it costs a write,
-//! not a commit.
+//! operation may hold frame indices until it ends. A miss takes an empty frame if there is one,
+//! else the next unpinned frame a clock hand finds not touched since its last pass (second
+//! chance: a frame touched since the hand passed it is passed again, and marked passed), so a
+//! miss costs a few steps of the hand, not a scan of every frame. If that frame is dirty it is
+//! written back first, together with the next dirty frames the hand would take (up to
+//! [`WRITE_BATCH`], in one plugged write sorted by block), so the misses after it find clean
+//! frames. Only fresh nodes (allocated in the open transaction, not referenced by any durable
+//! superblock) are ever dirty, so writing one back early is always safe: the cache is the
+//! dirty-node budget and hitting it costs a write, not a commit.
+//!
+//! Lookups go through an index of `2 * N` slots (open addressing, linear probing, at least
+//! half of it empty), so finding a block costs about one probe at any `N`.
 
 use super::node;
 use crate::error::{FsError, IoOp, Result};
@@ -17,14 +24,32 @@ use crate::io::{BlockIo, Run, WriteFlags};
 /// old and new root and one node being copied.
 pub const MIN_FRAMES: usize = 2 * node::MAX_HEIGHT + 4;
 
+/// The most dirty frames a miss writes back in its one write (and [`NodeCache::flush`] per
+/// write).
+pub const WRITE_BATCH: usize = 16;
+
 const EMPTY: u64 = u64::MAX;
+
+/// An index slot that holds no frame.
+const NO_FRAME: u16 = u16::MAX;
 
 #[derive(Clone, Copy, Debug)]
 struct Frame {
     block: u64,
-    dirty: bool,
+    /// The clock value of the last touch: pinned while `>= op_start`.
     used: u64,
+    /// The clock value when the clock hand last passed the frame: it was touched since (is
+    /// referenced) while `used > passed`. (Kept so that a touch stores only `used`.)
+    passed: u64,
+    dirty: bool,
 }
+
+const UNUSED: Frame = Frame {
+    block: EMPTY,
+    used: 0,
+    passed: 0,
+    dirty: false,
+};
 
 /// Cache statistics (for tests and reports).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,22 +63,24 @@ pub struct CacheStats {
 }
 
 /// `N` block frames over borrowed memory.
+///
+/// Invariants: a frame holds a block (`block != EMPTY`) exactly when one slot of `index`
+/// names it, and is empty exactly when it is on the `free` stack, except for the frame a
+/// miss is filling.
 pub struct NodeCache<'b, const N: usize> {
     mem: &'b mut [u8],
     meta: [Frame; N],
     clock: u64,
     op_start: u64,
     stats: CacheStats,
-    /// A guess of the frame holding a block, by the block's low bits (checked against the
-    /// frame's block before use): most lookups find their frame without scanning.
-    hint: [u16; HINTS],
-}
-
-/// Entries of [`NodeCache`]'s frame hint.
-const HINTS: usize = 64;
-
-fn hint_slot(block: u64) -> usize {
-    (block % HINTS as u64) as usize
+    /// The frame holding each cached block: `2 * N` slots, a block's search starting at
+    /// [`NodeCache::home`] and ending at an empty slot.
+    index: [[u16; 2]; N],
+    /// Empty frames: `free[..nfree]`.
+    free: [u16; N],
+    nfree: usize,
+    /// The next frame the clock looks at.
+    hand: usize,
 }
 
 impl<const N: usize> core::fmt::Debug for NodeCache<'_, N> {
@@ -66,23 +93,26 @@ impl<const N: usize> core::fmt::Debug for NodeCache<'_, N> {
 }
 
 impl<'b, const N: usize> NodeCache<'b, N> {
-    /// A cache over `mem`, which must be at least `N` blocks; `N >= MIN_FRAMES`.
+    /// A cache over `mem`, which must be at least `N` blocks; `N >= MIN_FRAMES` (and below
+    /// 65,535: frame numbers are 16 bits).
     pub fn new(mem: &'b mut [u8]) -> Result<Self> {
+        const { assert!(N < NO_FRAME as usize, "node cache of 65,535 frames or more") };
         if N < MIN_FRAMES || mem.len() < N * BLOCK_SIZE {
             return Err(FsError::BufferTooSmall);
         }
-        Ok(NodeCache {
+        let mut c = NodeCache {
             mem,
-            meta: [Frame {
-                block: EMPTY,
-                dirty: false,
-                used: 0,
-            }; N],
+            meta: [UNUSED; N],
             clock: 0,
             op_start: 1,
             stats: CacheStats::default(),
-            hint: [0; HINTS],
-        })
+            index: [[NO_FRAME; 2]; N],
+            free: [0; N],
+            nfree: 0,
+            hand: 0,
+        };
+        c.clear();
+        Ok(c)
     }
 
     /// Statistics since the cache was made.
@@ -124,61 +154,199 @@ impl<'b, const N: usize> NodeCache<'b, N> {
         if swap { (y, x) } else { (x, y) }
     }
 
+    /// The index slot where the search for `block` starts (a multiplicative hash scaled to
+    /// the `2 * N` slots).
+    fn home(block: u64) -> usize {
+        let h = block.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        ((u128::from(h) * (2 * N) as u128) >> 64) as usize
+    }
+
+    /// The slot after `i`.
+    fn next_slot(i: usize) -> usize {
+        if i + 1 == 2 * N { 0 } else { i + 1 }
+    }
+
+    /// The frame that holds `block`.
+    fn lookup(&self, block: u64) -> Option<usize> {
+        let t = self.index.as_flattened();
+        let mut i = Self::home(block);
+        // At most `N` of the `2 * N` slots are used: the search reaches an empty one
+        // (`NO_FRAME`, no frame of `meta`).
+        loop {
+            let f = t[i] as usize;
+            if self.meta.get(f)?.block == block {
+                return Some(f);
+            }
+            i = Self::next_slot(i);
+        }
+    }
+
+    /// The index slot naming the frame that holds `block`.
+    fn slot_of(&self, block: u64) -> Option<usize> {
+        let t = self.index.as_flattened();
+        let mut i = Self::home(block);
+        loop {
+            if self.meta.get(t[i] as usize)?.block == block {
+                return Some(i);
+            }
+            i = Self::next_slot(i);
+        }
+    }
+
+    /// Enters frame `f` (just given its block, which no other frame holds) in the index.
+    fn index_add(&mut self, f: usize) {
+        let t = self.index.as_flattened_mut();
+        let mut i = Self::home(self.meta[f].block);
+        while t[i] != NO_FRAME {
+            i = Self::next_slot(i);
+        }
+        t[i] = f as u16;
+    }
+
+    /// Takes `block`'s frame out of the index (the frame still names it) and returns it.
+    fn index_remove(&mut self, block: u64) -> Option<usize> {
+        let mut hole = self.slot_of(block)?;
+        let meta = &self.meta;
+        let t = self.index.as_flattened_mut();
+        let f = t[hole] as usize;
+        // Close the hole: each following entry of the run whose search would start past the
+        // hole (cyclically) moves into it, leaving its own slot as the hole.
+        let mut j = hole;
+        loop {
+            j = Self::next_slot(j);
+            let g = t[j];
+            if g == NO_FRAME {
+                break;
+            }
+            let k = Self::home(meta[g as usize].block);
+            let stays = if hole <= j {
+                hole < k && k <= j
+            } else {
+                hole < k || k <= j
+            };
+            if !stays {
+                t[hole] = g;
+                hole = j;
+            }
+        }
+        t[hole] = NO_FRAME;
+        Some(f)
+    }
+
+    /// Makes frame `f` (on neither the index nor the free stack) empty and free.
+    fn release(&mut self, f: usize) {
+        self.meta[f] = UNUSED;
+        self.free[self.nfree] = f as u16;
+        self.nfree += 1;
+    }
+
     /// The frame holding `block`, if cached (and marks it used).
     pub fn find(&mut self, block: u64) -> Option<usize> {
-        let h = self.hint[hint_slot(block)] as usize;
-        let f = if self.meta.get(h).is_some_and(|m| m.block == block) {
-            h
-        } else {
-            let f = self.meta.iter().position(|m| m.block == block)?;
-            self.hint[hint_slot(block)] = f as u16;
-            f
-        };
+        let f = self.lookup(block)?;
         self.touch(f);
         Some(f)
     }
 
-    /// A frame for `block`, which must not be cached: an unused one, else the least recently
-    /// used unpinned one (written back first if dirty).
+    /// A frame for a block that is not cached: an empty one, else the clock's choice
+    /// (written back first if dirty). The frame returned is empty and on neither the index
+    /// nor the free stack: the caller gives it a block or releases it.
     fn victim<D: BlockIo>(&mut self, dev: &mut D) -> Result<usize> {
-        let mut best: Option<usize> = None;
-        // Clean frames first, then the least recently used: the order of `(dirty, used)`,
-        // kept for the best frame so far instead of reading its entry again per frame.
-        let mut best_rank = (true, u64::MAX);
-        for (i, m) in self.meta.iter().enumerate() {
-            if m.block == EMPTY {
-                best = Some(i);
-                break;
-            }
-            if m.used >= self.op_start {
-                continue;
-            }
-            let rank = (m.dirty, m.used);
-            if best.is_none() || rank < best_rank {
-                best = Some(i);
-                best_rank = rank;
-            }
+        if self.nfree > 0 {
+            self.nfree -= 1;
+            return Ok(self.free[self.nfree] as usize);
         }
-        let f = best.ok_or(FsError::Unsupported("node cache too small for the tree"))?;
-        if self.meta[f].block != EMPTY && self.meta[f].dirty {
-            self.write_back(dev, f)?;
-            self.stats.early_writes += 1;
+        let f = self
+            .sweep()
+            .ok_or(FsError::Unsupported("node cache too small for the tree"))?;
+        if self.meta[f].dirty {
+            self.write_back_from(dev, f)?;
         }
-        self.meta[f] = Frame {
-            block: EMPTY,
-            dirty: false,
-            used: 0,
-        };
+        self.index_remove(self.meta[f].block);
+        self.meta[f] = UNUSED;
         Ok(f)
     }
 
-    fn write_back<D: BlockIo>(&mut self, dev: &mut D, f: usize) -> Result<()> {
-        let block = self.meta[f].block;
-        let b = &mut self.mem[f * BLOCK_SIZE..(f + 1) * BLOCK_SIZE];
-        node::seal(b);
-        dev.write(&[Run { block, data: b }], WriteFlags::NONE)
+    /// Moves the clock hand to the next unpinned frame not touched since the hand last
+    /// passed it, marking each unpinned frame it passes as passed. Two turns
+    /// find one whenever an unpinned frame exists.
+    fn sweep(&mut self) -> Option<usize> {
+        for _ in 0..2 * N {
+            let f = self.hand;
+            self.hand = if f + 1 == N { 0 } else { f + 1 };
+            let m = &mut self.meta[f];
+            if m.used >= self.op_start {
+                continue;
+            }
+            if m.used > m.passed {
+                m.passed = self.clock;
+                continue;
+            }
+            return Some(f);
+        }
+        None
+    }
+
+    /// Writes back dirty frame `f` (unpinned) and, in the same plugged write, the next dirty
+    /// unpinned frames the hand would take (not touched since it passed them) within half a
+    /// turn, up to [`WRITE_BATCH`] in all and a quarter of the frames, sorted by block so
+    /// that neighbours merge. On an error every frame stays dirty.
+    fn write_back_from<D: BlockIo>(&mut self, dev: &mut D, f: usize) -> Result<()> {
+        let most = (N / 4).min(WRITE_BATCH);
+        let mut idx = [0usize; WRITE_BATCH];
+        idx[0] = f;
+        let mut k = 1;
+        let mut g = f;
+        for _ in 1..N / 2 {
+            if k == most {
+                break;
+            }
+            g = if g + 1 == N { 0 } else { g + 1 };
+            let m = &self.meta[g];
+            if m.dirty && m.used <= m.passed && m.used < self.op_start && m.block != EMPTY {
+                idx[k] = g;
+                k += 1;
+            }
+        }
+        let idx = &mut idx[..k];
+        idx.sort_unstable_by_key(|&g| self.meta[g].block);
+        self.write_frames(dev, idx)?;
+        self.stats.early_writes += k as u64;
+        Ok(())
+    }
+
+    /// Seals frames `idx` (at most [`WRITE_BATCH`], dirty, sorted by block) and writes them
+    /// in one call, frames that are neighbours in memory and on the device as one run; they
+    /// are clean if it succeeds.
+    fn write_frames<D: BlockIo>(&mut self, dev: &mut D, idx: &[usize]) -> Result<()> {
+        for &fi in idx {
+            node::seal(&mut self.mem[fi * BLOCK_SIZE..(fi + 1) * BLOCK_SIZE]);
+        }
+        let mut runs = [Run {
+            block: 0,
+            data: &[],
+        }; WRITE_BATCH];
+        let (mut n, mut k) = (0, 0);
+        while k < idx.len() {
+            let (f, block) = (idx[k], self.meta[idx[k]].block);
+            let mut len = 1;
+            while k + len < idx.len()
+                && idx[k + len] == f + len
+                && self.meta[f + len].block == block + len as u64
+            {
+                len += 1;
+            }
+            runs[n] = Run {
+                block,
+                data: &self.mem[f * BLOCK_SIZE..(f + len) * BLOCK_SIZE],
+            };
+            n += 1;
+            k += len;
+        }
+        dev.write(&runs[..n], WriteFlags::NONE)
             .map_err(|e| FsError::io(IoOp::WriteNode, e))?;
-        self.meta[f].dirty = false;
+        for &fi in idx {
+            self.meta[fi].dirty = false;
+        }
         Ok(())
     }
 
@@ -196,10 +364,15 @@ impl<'b, const N: usize> NodeCache<'b, N> {
         let f = self.victim(dev)?;
         let r = dev.read(block, &mut self.mem[f * BLOCK_SIZE..(f + 1) * BLOCK_SIZE]);
         self.stats.reads += 1;
-        r.map_err(|e| FsError::io(IoOp::ReadNode, e))?;
-        check(self.frame(f)).map_err(|what| FsError::Corrupt { block, what })?;
+        let r = r
+            .map_err(|e| FsError::io(IoOp::ReadNode, e))
+            .and_then(|()| check(self.frame(f)).map_err(|what| FsError::Corrupt { block, what }));
+        if let Err(e) = r {
+            self.release(f);
+            return Err(e);
+        }
         self.meta[f].block = block;
-        self.hint[hint_slot(block)] = f as u16;
+        self.index_add(f);
         self.touch(f);
         Ok(f)
     }
@@ -211,9 +384,9 @@ impl<'b, const N: usize> NodeCache<'b, N> {
         self.meta[f] = Frame {
             block,
             dirty: true,
-            used: 0,
+            ..UNUSED
         };
-        self.hint[hint_slot(block)] = f as u16;
+        self.index_add(f);
         self.touch(f);
         Ok(f)
     }
@@ -235,8 +408,11 @@ impl<'b, const N: usize> NodeCache<'b, N> {
         let fr = self.victim(dev)?;
         let r = dev.read(block, &mut self.mem[fr * BLOCK_SIZE..(fr + 1) * BLOCK_SIZE]);
         self.stats.reads += 1;
-        r.map_err(|e| FsError::io(op, e))?;
-        Ok(f(self.frame(fr)))
+        let r = r
+            .map_err(|e| FsError::io(op, e))
+            .map(|()| f(self.frame(fr)));
+        self.release(fr);
+        r
     }
 
     /// Fills a spare frame with `fill`, writes it to `block` with `flags` and waits, and gives
@@ -253,67 +429,52 @@ impl<'b, const N: usize> NodeCache<'b, N> {
         let fr = self.victim(dev)?;
         let b = &mut self.mem[fr * BLOCK_SIZE..(fr + 1) * BLOCK_SIZE];
         fill(b);
-        dev.write(&[Run { block, data: b }], flags)
-            .map_err(|e| FsError::io(op, e))
+        let r = dev
+            .write(&[Run { block, data: b }], flags)
+            .map_err(|e| FsError::io(op, e));
+        self.release(fr);
+        r
     }
 
     /// Forgets `block` (a node that was freed): it is neither kept nor written.
     pub fn discard(&mut self, block: u64) {
-        for m in self.meta.iter_mut().filter(|m| m.block == block) {
-            *m = Frame {
-                block: EMPTY,
-                dirty: false,
-                used: 0,
-            };
+        if let Some(f) = self.index_remove(block) {
+            self.release(f);
         }
     }
 
     /// Forgets every frame (after a failed commit, or at unmount).
     pub fn clear(&mut self) {
-        for f in 0..N {
-            self.meta[f] = Frame {
-                block: EMPTY,
-                dirty: false,
-                used: 0,
-            };
+        self.meta = [UNUSED; N];
+        self.index = [[NO_FRAME; 2]; N];
+        // Frame 0 is taken first.
+        for (i, s) in self.free.iter_mut().enumerate() {
+            *s = (N - 1 - i) as u16;
         }
+        self.nfree = N;
+        self.hand = 0;
     }
 
-    /// Seals and writes every dirty frame (one plugged batch of up to 16 at a time).
+    /// Seals and writes every dirty frame (one plugged batch of up to [`WRITE_BATCH`] at a
+    /// time, sorted by block, neighbours as one run).
     pub fn flush<D: BlockIo>(&mut self, dev: &mut D) -> Result<()> {
-        const BATCH: usize = 16;
-        let mut start = 0;
-        while start < N {
-            let mut idx = [0usize; BATCH];
+        let mut f = 0;
+        while f < N {
+            let mut idx = [0usize; WRITE_BATCH];
             let mut k = 0;
-            let mut f = start;
-            while f < N && k < BATCH {
+            while f < N && k < WRITE_BATCH {
                 if self.meta[f].block != EMPTY && self.meta[f].dirty {
-                    node::seal(&mut self.mem[f * BLOCK_SIZE..(f + 1) * BLOCK_SIZE]);
                     idx[k] = f;
                     k += 1;
                 }
                 f += 1;
             }
-            start = f;
             if k == 0 {
                 continue;
             }
-            let mut runs = [Run {
-                block: 0,
-                data: &[],
-            }; BATCH];
-            for (r, &fi) in runs.iter_mut().zip(&idx[..k]) {
-                *r = Run {
-                    block: self.meta[fi].block,
-                    data: &self.mem[fi * BLOCK_SIZE..(fi + 1) * BLOCK_SIZE],
-                };
-            }
-            dev.write(&runs[..k], WriteFlags::NONE)
-                .map_err(|e| FsError::io(IoOp::WriteNode, e))?;
-            for &fi in &idx[..k] {
-                self.meta[fi].dirty = false;
-            }
+            let idx = &mut idx[..k];
+            idx.sort_unstable_by_key(|&g| self.meta[g].block);
+            self.write_frames(dev, idx)?;
             self.stats.flushed += k as u64;
         }
         Ok(())

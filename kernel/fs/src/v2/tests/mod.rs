@@ -1,6 +1,7 @@
 //! Host tests of the version-2 tree: a model test against `BTreeMap` and crash-state
 //! enumeration.
 
+mod cache;
 mod check;
 mod crash;
 mod file;
