@@ -391,6 +391,20 @@ impl<'b, const N: usize> NodeCache<'b, N> {
         Ok(f)
     }
 
+    /// Moves frame `f`'s node to `block` (not cached), in place: the frame forgets its old
+    /// block and is dirty (a copy-on-write copy without a copy; the old block is still on
+    /// the device for whoever reads it again).
+    pub fn relocate(&mut self, f: usize, block: u64) {
+        self.discard(block);
+        let old = self.meta[f].block;
+        let taken = self.index_remove(old);
+        debug_assert_eq!(taken, Some(f), "relocate of a frame not cached");
+        self.meta[f].block = block;
+        self.meta[f].dirty = true;
+        self.index_add(f);
+        self.touch(f);
+    }
+
     /// The block frame `f` holds.
     pub fn block_of(&self, f: usize) -> u64 {
         self.meta[f].block

@@ -375,11 +375,10 @@ impl<'b, const N: usize> Tree<'b, N> {
         }
         let old = self.cache.block_of(f);
         let nb = space.alloc(dev)?;
-        let nf = self.cache.create(dev, nb)?;
-        let (src, dst) = self.cache.pair_mut(f, nf);
-        dst.copy_from_slice(src);
-        node::relabel(dst, txn, nb);
-        self.cache.discard(old);
+        // The frame becomes the copy: the old node stays on the device (the durable tree's),
+        // so no memory copy and no second frame.
+        self.cache.relocate(f, nb);
+        node::relabel(self.cache.frame_mut(f), txn, nb);
         // The copy covers the old node's keys: a finger on it moves along.
         for fg in self.fingers.iter_mut().flatten() {
             if fg.block == old {
@@ -387,7 +386,7 @@ impl<'b, const N: usize> Tree<'b, N> {
             }
         }
         space.free(dev, old)?;
-        Ok(nf)
+        Ok(f)
     }
 
     /// Frees a node's block and forgets its frame.

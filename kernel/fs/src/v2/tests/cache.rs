@@ -460,3 +460,33 @@ fn failed_reads_give_the_frame_back() {
         assert!(c.find(b).is_some(), "block {b} evicted with a frame empty");
     }
 }
+
+/// A relocated frame answers for its new block only, keeps its bytes, is dirty and goes out
+/// to the new block; the old block is neither cached nor written; a frame that held the new
+/// block before is dropped.
+#[test]
+fn relocate_moves_a_frame_to_its_new_block() {
+    const N: usize = MIN_FRAMES;
+    let mut dev = Watch::new(100);
+    let mut mem = vec![0u8; N * BLOCK_SIZE];
+    let mut c = NodeCache::<N>::new(&mut mem).unwrap();
+    create_dirty(&mut c, &mut dev, 10, 2);
+    c.flush(&mut dev).unwrap();
+    dev.calls.clear();
+    c.begin_op();
+    let f = c.find(10).unwrap();
+    let before = c.frame(f).to_vec();
+    c.relocate(f, 11);
+    assert_eq!(c.find(10), None);
+    assert_eq!(
+        c.find(11),
+        Some(f),
+        "the new block's earlier frame is dropped"
+    );
+    assert_eq!(c.block_of(f), 11);
+    assert_eq!(c.frame(f), &before[..]);
+    assert_eq!(c.dirty(), 1);
+    c.flush(&mut dev).unwrap();
+    assert_eq!(dev.calls, vec![vec![11]]);
+    assert_eq!(dev.block(11), &sealed(&before)[..]);
+}
