@@ -73,8 +73,12 @@ pub const FS_BVEC_RESERVE: u32 = if MIN_POOLS { 1 } else { 2 };
 
 /// Filesystem instances mounted at once, each over its own device.
 pub const FS_INSTANCES: usize = 3;
-/// Node frames of an instance's B+tree cache (4 KiB each; at least `tinyfs::v2::MIN_FRAMES`).
-pub const FS_NODE_FRAMES: usize = 64;
+/// Node frames of an instance's B+tree cache (4 KiB each; at least `tinyfs::v2::MIN_FRAMES`):
+/// 2 MiB holds the interior nodes and a third of the leaves of a directory of 100,000
+/// entries, so operations there cost within 2x of those in a directory of 100 (64 frames:
+/// 2.6x for `create`; docs/tinyfs.md). The cache's lookups and victim choice cost the same
+/// at any size.
+pub const FS_NODE_FRAMES: usize = 512;
 /// Free-space groups an instance caches (two bitmap blocks each).
 pub const FS_GROUPS: usize = 8;
 /// Bytes of an instance's data buffer: the largest data I/O (one 1 MiB bio).
@@ -151,5 +155,5 @@ pub const AHCI_CLASS: (u8, u8, u8) = (0x01, 0x06, 0x01);
 // ---- Memory ----
 
 /// Bytes of DMA-able memory (`dma.rs`): rings, command tables, data buffers of the tests and
-/// benches.
-pub const DMA_BYTES: usize = 16 << 20;
+/// benches, the filesystem instances' memory (3.2 MiB each, kept once taken).
+pub const DMA_BYTES: usize = 24 << 20;
