@@ -35,6 +35,9 @@
 //!   of 100 to 100,000 entries. The 100,000 size runs only with `benchfs_large=1` on the
 //!   command line (`cargo xtask bench --fs-large`): filling it adds about 25 s under TCG,
 //!   as long as the rest of the run.
+//! - `fs-dirsmall-{create,stat,unlink}` and `fs-v1-dirsmall-*`: the same at version 1's own
+//!   size, on both versions: a directory of 10 files, 100 new names created, stat'ed and
+//!   unlinked.
 
 use blk::BlockDevice;
 use hal::DmaBuf;
@@ -80,6 +83,10 @@ const DIR_SIZES: [(usize, [&str; 3]); 4] = [
 const DIR_LARGE: usize = 100_000;
 /// Operations timed at each size (at most the directory's size).
 const DIR_OPS: usize = 1000;
+/// The small-directory job's files before its operations, and its operations: version 1's
+/// kernel instance holds 119 files and directories (this job's: 1 + 10 + 100).
+const SMALL_DIR_FILL: usize = 10;
+const SMALL_DIR_OPS: usize = 100;
 /// Most latencies recorded per job.
 const MAX_OPS: usize = 1024;
 
@@ -211,6 +218,7 @@ fn jobs_v2(inst: &mut Instance<'_>, src: &[u8]) -> Result<(), FsError> {
         .and_then(|()| v2::seqwrite(&mut f, src, false, false))
         .and_then(|()| v2::randwrite(&mut f, src, false))
         .and_then(|()| v2::smallfiles(&mut f, src, false))
+        .and_then(|()| v2::dirsmall(&mut f))
         .and_then(|()| {
             let large = boot::cmdline_arg(crate::boot_info().cmdline, "benchfs_large");
             dir_jobs(&mut f, large == Some("1"), None)
@@ -238,7 +246,8 @@ fn jobs_v1(inst: &mut Instance<'_>, src: &[u8]) -> Result<(), FsError> {
     let r = v1::seqwrite(&mut f, src, true, false)
         .and_then(|()| v1::seqwrite(&mut f, src, false, false))
         .and_then(|()| v1::randwrite(&mut f, src, false))
-        .and_then(|()| v1::smallfiles(&mut f, src, false));
+        .and_then(|()| v1::smallfiles(&mut f, src, false))
+        .and_then(|()| v1::dirsmall(&mut f));
     let u = f.unmount();
     r?;
     u
@@ -466,6 +475,95 @@ macro_rules! common_jobs {
                 f.rmdir("/small")?;
                 f.sync()
             }
+
+            /// Directory operations at version 1's own size, the same job on both versions
+            /// (`fs-dirsmall-*`, `fs-v1-dirsmall-*`): a directory of [`SMALL_DIR_FILL`] files,
+            /// then [`SMALL_DIR_OPS`] new names created (one `sync`), stat'ed by path and
+            /// unlinked (one `sync`).
+            pub(super) fn dirsmall(f: &mut F<'_>) -> Result<(), FsError> {
+                f.mkdir("/sdir")?;
+                for i in 0..SMALL_DIR_FILL {
+                    f.create(name("/sdir/entry-", i).as_str())?;
+                }
+                f.sync()?;
+                let names = [
+                    concat!($p, "dirsmall-create"),
+                    concat!($p, "dirsmall-stat"),
+                    concat!($p, "dirsmall-unlink"),
+                ];
+                dir_ops(f, "/sdir/new-", SMALL_DIR_OPS, names, None)?;
+                for i in 0..SMALL_DIR_FILL {
+                    f.unlink(name("/sdir/entry-", i).as_str())?;
+                }
+                f.rmdir("/sdir")?;
+                f.sync()
+            }
+
+            /// Creates (one `sync` at the end), stats by path and unlinks (one `sync`) `ops` new names
+            /// in `dir` (`/dir/new-` makes `/dir/new-00000`, ...), reported as the jobs `names` (create, stat, unlink); `profile`: the operation
+            /// that runs between the bench's profile marks (its `sync` included).
+            pub(super) fn dir_ops(
+                f: &mut F<'_>,
+                dir: &str,
+                ops: usize,
+                names: [&str; 3],
+                profile: Option<DirOp>,
+            ) -> Result<(), FsError> {
+                let begin = |op| {
+                    if profile == Some(op) {
+                        profile_mark_begin();
+                    }
+                };
+                let end = |op| {
+                    if profile == Some(op) {
+                        profile_mark_end();
+                    }
+                };
+                let mut lat = [0u32; MAX_OPS];
+                let new = |i: usize| name(dir, i);
+                let mut span = Span::default();
+                let m = Mark::now();
+                begin(DirOp::Create);
+                for (i, l) in lat.iter_mut().enumerate().take(ops) {
+                    let t = arch::now_ns();
+                    f.create(new(i).as_str())?;
+                    *l = since(t);
+                }
+                f.sync()?;
+                end(DirOp::Create);
+                m.add_to(&mut span);
+                report(names[0], 0, ops, &span, &mut lat[..ops]);
+                let mut span = Span::default();
+                let m = Mark::now();
+                begin(DirOp::Stat);
+                for (i, l) in lat.iter_mut().enumerate().take(ops) {
+                    let t = arch::now_ns();
+                    let st = f.stat_path(new(i).as_str())?;
+                    if st.size != 0 {
+                        return Err(FsError::Corrupt {
+                            block: 0,
+                            what: "benchfs: a new empty file is not empty",
+                        });
+                    }
+                    *l = since(t);
+                }
+                end(DirOp::Stat);
+                m.add_to(&mut span);
+                report(names[1], 0, ops, &span, &mut lat[..ops]);
+                let mut span = Span::default();
+                let m = Mark::now();
+                begin(DirOp::Unlink);
+                for (i, l) in lat.iter_mut().enumerate().take(ops) {
+                    let t = arch::now_ns();
+                    f.unlink(new(i).as_str())?;
+                    *l = since(t);
+                }
+                f.sync()?;
+                end(DirOp::Unlink);
+                m.add_to(&mut span);
+                report(names[2], 0, ops, &span, &mut lat[..ops]);
+                Ok(())
+            }
         }
     };
 }
@@ -510,76 +608,17 @@ fn dir_jobs(f: &mut fs::KernelFs<'_>, large: bool, profile: Option<DirOp>) -> Re
                 .iter()
                 .rfind(|d| large || d.0 < DIR_LARGE)
                 .map_or(0, |d| d.0);
-        dir_ops(f, DIR_OPS.min(size), names, profile.filter(|_| last))?;
+        v2::dir_ops(
+            f,
+            "/dir/new-",
+            DIR_OPS.min(size),
+            names,
+            profile.filter(|_| last),
+        )?;
     }
     // The entries stay: the filesystem is unmounted next (and version 1's jobs format the
     // disk); removing 100,000 names would cost more than filling the directory.
     f.sync()
-}
-
-/// Creates (one `sync` at the end), stats by path and unlinks (one `sync`) `ops` new names
-/// in `/dir`, reported as the jobs `names` (create, stat, unlink); `profile`: the operation
-/// that runs between the bench's profile marks (its `sync` included).
-fn dir_ops(
-    f: &mut fs::KernelFs<'_>,
-    ops: usize,
-    names: [&str; 3],
-    profile: Option<DirOp>,
-) -> Result<(), FsError> {
-    let begin = |op| {
-        if profile == Some(op) {
-            profile_mark_begin();
-        }
-    };
-    let end = |op| {
-        if profile == Some(op) {
-            profile_mark_end();
-        }
-    };
-    let mut lat = [0u32; MAX_OPS];
-    let new = |i: usize| name("/dir/new-", i);
-    let mut span = Span::default();
-    let m = Mark::now();
-    begin(DirOp::Create);
-    for (i, l) in lat.iter_mut().enumerate().take(ops) {
-        let t = arch::now_ns();
-        f.create(new(i).as_str())?;
-        *l = since(t);
-    }
-    f.sync()?;
-    end(DirOp::Create);
-    m.add_to(&mut span);
-    report(names[0], 0, ops, &span, &mut lat[..ops]);
-    let mut span = Span::default();
-    let m = Mark::now();
-    begin(DirOp::Stat);
-    for (i, l) in lat.iter_mut().enumerate().take(ops) {
-        let t = arch::now_ns();
-        let st = f.stat_path(new(i).as_str())?;
-        if st.size != 0 {
-            return Err(FsError::Corrupt {
-                block: 0,
-                what: "benchfs: a new empty file is not empty",
-            });
-        }
-        *l = since(t);
-    }
-    end(DirOp::Stat);
-    m.add_to(&mut span);
-    report(names[1], 0, ops, &span, &mut lat[..ops]);
-    let mut span = Span::default();
-    let m = Mark::now();
-    begin(DirOp::Unlink);
-    for (i, l) in lat.iter_mut().enumerate().take(ops) {
-        let t = arch::now_ns();
-        f.unlink(new(i).as_str())?;
-        *l = since(t);
-    }
-    f.sync()?;
-    end(DirOp::Unlink);
-    m.add_to(&mut span);
-    report(names[2], 0, ops, &span, &mut lat[..ops]);
-    Ok(())
 }
 
 fn name(prefix: &str, i: usize) -> heapless::String<32> {
