@@ -512,7 +512,13 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     }
 
     fn touch_dir(&mut self, dir: u64, nlink_delta: i32) -> Result<()> {
-        let mut d = self.stat(dir)?;
+        let d = self.stat(dir)?;
+        self.touch_dir_as(dir, d, nlink_delta)
+    }
+
+    /// [`Volume::touch_dir`] of a directory whose inode is `d` (read by this operation, not
+    /// changed since).
+    fn touch_dir_as(&mut self, dir: u64, mut d: Inode, nlink_delta: i32) -> Result<()> {
         d.nlink = d.nlink.wrapping_add_signed(nlink_delta);
         d.mtime = self.now;
         d.ctime = self.now;
@@ -522,7 +528,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// Creates `name` in directory `dir` as a `kind`; returns its inode number (never reused).
     pub fn create(&mut self, dir: u64, name: &[u8], kind_: Kind) -> Result<u64> {
         check_name(name)?;
-        self.dir(dir)?;
+        let d = self.dir(dir)?;
         let key = match self.find(dir, name)? {
             Slot::Found { .. } => return Err(FsError::Exists),
             Slot::Free(k) => k,
@@ -545,7 +551,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         };
         self.put_inode(ino, &i)?;
         self.put_entry(key, ino, kind_, name)?;
-        self.touch_dir(dir, i32::from(kind_ == Kind::Dir))?;
+        self.touch_dir_as(dir, d, i32::from(kind_ == Kind::Dir))?;
         Ok(ino)
     }
 
@@ -559,7 +565,7 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     /// Removes `name` from `dir`: a file, or an empty directory (`NotEmpty` otherwise).
     pub fn remove(&mut self, dir: u64, name: &[u8]) -> Result<()> {
         check_name(name)?;
-        self.dir(dir)?;
+        let d = self.dir(dir)?;
         let Slot::Found { key, ino, kind: k } = self.find(dir, name)? else {
             return Err(FsError::NotFound);
         };
@@ -577,14 +583,23 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
         } else {
             self.del(Key::new(ino, kind::INODE, 0))?;
         }
-        self.touch_dir(dir, -i32::from(k == Kind::Dir))
+        self.touch_dir_as(dir, d, -i32::from(k == Kind::Dir))
     }
 
     /// Turns file `ino`, whose name is gone, into an orphan (link count 0, an orphan item, in
     /// the same transaction as the removal of its name) and frees up to a step of its
-    /// extents; a file that small is gone at once. The rest is freed by later commits (and
+    /// extents; a file that small is gone at once, one without extents at once and without
+    /// an orphan item. The rest is freed by later commits (and
     /// mount), a step at a time: an unlink of any size is a bounded transaction.
     fn unlink_file(&mut self, ino: u64) -> Result<()> {
+        // A file with no extent or checksum item (never written, or cut to nothing) has
+        // nothing to free: its inode goes at once, without an orphan item.
+        let after = self
+            .tree
+            .next(&mut self.dev, &Key::new(ino, kind::EXTENT, 0), &mut [])?;
+        if !matches!(after, Some((k, _)) if k.id == ino) {
+            return self.del(Key::new(ino, kind::INODE, 0));
+        }
         let mut i = self.stat(ino)?;
         i.nlink = 0;
         i.ctime = self.now;
