@@ -469,6 +469,23 @@ impl<'b, const N: usize> Tree<'b, N> {
         out: &mut [u8],
     ) -> Result<Option<usize>> {
         self.cache.begin_op();
+        let (f, at) = self.leaf_of(dev, key)?;
+        let b = self.cache.frame(f);
+        Ok(at.ok().map(|i| {
+            let v = node::value(b, i);
+            let n = v.len().min(out.len());
+            out[..n].copy_from_slice(&v[..n]);
+            v.len()
+        }))
+    }
+
+    /// The leaf frame `key` belongs in (by a finger, else a descent that leaves a finger)
+    /// and `key`'s search result in it. The caller began the operation.
+    fn leaf_of<D: BlockIo>(
+        &mut self,
+        dev: &mut D,
+        key: &Key,
+    ) -> Result<(usize, core::result::Result<usize, usize>)> {
         let (mut f, mut r) = match self.finger_leaf(key) {
             Some(f) => (f, None),
             None => (self.root_frame(dev)?, Some(Range::ALL)),
@@ -480,16 +497,7 @@ impl<'b, const N: usize> Tree<'b, N> {
                 if let Some(r) = r {
                     self.set_finger(f, r);
                 }
-                let b = self.cache.frame(f);
-                return Ok(match node::search(b, key) {
-                    Ok(i) => {
-                        let v = node::value(b, i);
-                        let n = v.len().min(out.len());
-                        out[..n].copy_from_slice(&v[..n]);
-                        Some(v.len())
-                    }
-                    Err(_) => None,
-                });
+                return Ok((f, node::search(self.cache.frame(f), key)));
             }
             let i = node::child_index(b, key);
             if let Some(r) = r.as_mut() {
@@ -797,17 +805,15 @@ impl<'b, const N: usize> Tree<'b, N> {
         key: &Key,
     ) -> Result<bool> {
         self.writable()?;
-        if self.get(dev, key, &mut [])?.is_none() {
-            return Ok(false);
-        }
         self.cache.begin_op();
+        let (f, at) = self.leaf_of(dev, key)?;
+        let Ok(i) = at else {
+            return Ok(false);
+        };
         // The leaf the lookup reached, when it is fresh (so is its path) and stays at least a
         // quarter full (no merge): the item goes in place and nothing else changes. A
         // removal changes no node's key range; a merge changes the shape when it frees a node.
-        if let Some(f) = self.finger_leaf(key)
-            && node::generation(self.cache.frame(f)) == self.txn()
-            && let Ok(i) = node::search(self.cache.frame(f), key)
-        {
+        if node::generation(self.cache.frame(f)) == self.txn() {
             let b = self.cache.frame(f);
             let left = node::used(b) - node::item_size(node::value(b, i).len());
             if self.sb.height == 1 || left >= CAPACITY / 4 {
@@ -815,6 +821,7 @@ impl<'b, const N: usize> Tree<'b, N> {
                 return Ok(true);
             }
         }
+        self.cache.begin_op();
         let r = self.remove_inner(dev, space, key);
         self.settle(r)
     }
