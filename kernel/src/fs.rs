@@ -227,16 +227,13 @@ impl<'m> Instance<'m> {
         if read_only {
             defmt::warn!("fs: the disk is read-only: mounting tinyfs read-only");
         }
-        let how = match KernelFs::mount(&mut self.disk, self.mem, read_only) {
-            Ok(_) => Mounted::Existing,
-            Err(FsError::Corrupt { block, what }) => {
-                if read_only || !superblocks_blank_on(Some(self.dev))? {
-                    return Err(FsError::Corrupt { block, what });
-                }
-                self.mkfs()?;
-                Mounted::Formatted
-            }
-            Err(e) => return Err(e),
+        // Blank (both superblock slots all zeros, which never mount) is decided first, so the
+        // filesystem is mounted once: its log replay and its fallback are the ones reported.
+        let how = if !read_only && superblocks_blank_on(Some(self.dev))? {
+            self.mkfs()?;
+            Mounted::Formatted
+        } else {
+            Mounted::Existing
         };
         let (mut fs, info) = KernelFs::mount(&mut self.disk, self.mem, read_only)?;
         log_mount(&info);
@@ -308,8 +305,16 @@ pub fn superblocks_blank_on(dev: Option<&'static dyn BlockDevice>) -> Result<boo
     Ok(buf.as_slice().iter().all(|&b| b == 0))
 }
 
-/// Logs a mount that did not simply use the newest commit record.
+/// Logs a mount that did not simply use the newest commit record, and the fsync log blocks it
+/// replayed.
 pub fn log_mount(info: &MountInfo) {
+    if info.replayed > 0 {
+        defmt::info!(
+            "fs: replayed {=u32} fsync log block(s) written after generation {=u64}",
+            info.replayed,
+            info.generation
+        );
+    }
     if info.rolled_back {
         defmt::error!(
             "fs: FELL BACK to generation {=u64}: the newest commit's tree is corrupt; mounted the older tree READ-ONLY so that the newer tree's blocks stay intact; check the disk (cargo xtask fsck)",
