@@ -586,3 +586,76 @@ fn a_log_block_of_another_filesystem_ends_the_chain() {
         super::fsck_clean(&mut d);
     }
 }
+
+#[test]
+fn fsync_log_creating_one_name_twice_is_reported() {
+    // Two files created since the last commit, each fsynced (a creation record heads each log
+    // block). The second record changed to create the first one's name in the next slot of
+    // its hash: replay refuses it (the name is in use by then), and fsck says so.
+    let mut disk = MemDisk::new(1024);
+    let mut m = std::vec![0u8; (volume_frames(MIN_FRAMES, TEST_GROUPS) + 3) * BLOCK_SIZE];
+    V::<MemDisk>::mkfs_with(&mut disk, &mut m, 64, 1, false).unwrap();
+    {
+        let (mut v, _) = V::<&mut MemDisk>::mount(&mut disk, &mut m, false).unwrap();
+        v.create(ROOT, b"d", Kind::Dir).unwrap();
+        v.sync().unwrap();
+        for name in [b"g", b"h"] {
+            let f = v.create(ROOT, name, Kind::File).unwrap();
+            v.write(f, 0, &[7; 100]).unwrap();
+            v.fsync(f).unwrap();
+        }
+        assert_eq!(v.fsync_stats(), (2, 0));
+    }
+    let img = disk.data;
+    let mut clean = MemDisk { data: img.clone() };
+    assert_eq!(super::fsck_clean(&mut clean).log_blocks, 2);
+    // The newest commit record names the chain.
+    let sb = [0usize, 1]
+        .iter()
+        .filter_map(|&i| {
+            crate::v2::superblock::Superblock::decode(
+                &img[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE],
+                i as u64,
+            )
+            .ok()
+        })
+        .max_by_key(|sb| sb.generation)
+        .unwrap();
+    let head = sb.log_root;
+    let first = crate::v2::log::validate(
+        &img[head as usize * BLOCK_SIZE..(head as usize + 1) * BLOCK_SIZE],
+        head,
+        &sb,
+        1,
+    )
+    .unwrap();
+    let second = first.next;
+    let b = &img[second as usize * BLOCK_SIZE..];
+    // The creation record (tag 3) first, its name's length at 161 and the name at 162, the
+    // entry offset at 73 (as in `fsync_log_creations_are_checked`).
+    assert_eq!((b[56], b[161], b[162]), (3, 1, b'h'));
+    let g_next_slot = ((crate::crc::crc32c(b"g") as u64) << 16) | 1;
+    let mut bad = img.clone();
+    let blk = block_mut(&mut bad, second);
+    blk[162] = b'g';
+    blk[73..81].copy_from_slice(&g_next_slot.to_le_bytes());
+    let end = u16::from_le_bytes([blk[30], blk[31]]) as usize;
+    let c = crate::crc::crc32c(&blk[..end]);
+    blk[end..end + 4].copy_from_slice(&c.to_le_bytes());
+    let what = "log creates one name in two entry slots";
+    let found = problems(&bad);
+    assert!(
+        found.contains(&Problem::Log {
+            block: second,
+            what
+        }),
+        "{found:?}"
+    );
+    let mut dd = MemDisk { data: bad };
+    let mounted = V::<&mut MemDisk>::mount(&mut dd, &mut m, false);
+    assert!(
+        matches!(mounted, Err(crate::FsError::Corrupt { .. })),
+        "{:?}",
+        mounted.map(|_| ())
+    );
+}
