@@ -499,12 +499,13 @@ macro_rules! common_jobs {
                 f.sync()
             }
 
-            /// Creates (one `sync` at the end), stats by path and unlinks (one `sync`) `ops` new names
-            /// in `dir` (`/dir/new-` makes `/dir/new-00000`, ...), reported as the jobs `names` (create, stat, unlink); `profile`: the operation
+            /// Creates (one `sync` at the end), stats by path and unlinks (one `sync`) `ops`
+            /// new names made from `prefix` (`/dir/new-` makes `/dir/new-00000`, ...),
+            /// reported as the jobs `names` (create, stat, unlink); `profile`: the operation
             /// that runs between the bench's profile marks (its `sync` included).
             pub(super) fn dir_ops(
                 f: &mut F<'_>,
-                dir: &str,
+                prefix: &str,
                 ops: usize,
                 names: [&str; 3],
                 profile: Option<DirOp>,
@@ -520,7 +521,7 @@ macro_rules! common_jobs {
                     }
                 };
                 let mut lat = [0u32; MAX_OPS];
-                let new = |i: usize| name(dir, i);
+                let new = |i: usize| name(prefix, i);
                 let mut span = Span::default();
                 let m = Mark::now();
                 begin(DirOp::Create);
