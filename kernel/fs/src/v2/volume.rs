@@ -419,6 +419,12 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
                 kind: Kind::from_code(c.kind, 0)?,
             });
         }
+        self.find_in_tree(dir, name, hash)
+    }
+
+    /// [`Volume::find`] in the tree (the name cache asked already), of a name whose hash is
+    /// `hash`; a name found goes into the name cache.
+    fn find_in_tree(&mut self, dir: u64, name: &[u8], hash: u64) -> Result<Slot> {
         let base = hash << 16;
         let mut free = None;
         let mut expect = base;
@@ -471,11 +477,12 @@ impl<'b, D: BlockIo, const N: usize, const G: usize> Volume<'b, D, N, G> {
     pub fn lookup(&mut self, dir: u64, name: &[u8]) -> Result<(u64, Kind)> {
         check_name(name)?;
         // A cached entry is in the tree, so `dir` is a directory: no need to read its inode.
-        if let Some(c) = self.names.get(dir, name_hash(name), name) {
+        let hash = name_hash(name);
+        if let Some(c) = self.names.get(dir, hash, name) {
             return Ok((c.ino, Kind::from_code(c.kind, 0)?));
         }
         self.dir(dir)?;
-        match self.find(dir, name)? {
+        match self.find_in_tree(dir, name, hash)? {
             Slot::Found { ino, kind, .. } => Ok((ino, kind)),
             Slot::Free(_) => Err(FsError::NotFound),
         }
